@@ -1,0 +1,46 @@
+# Two commands: `make run` (install everything, serve on https://127.0.0.1:8443)
+# and `make test` (the same set-up, then the whole suite).  Run as root.
+
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+SERVICE_USER ?= retrace
+CONFIG ?= config/retrace-server.conf
+LISTEN ?= 127.0.0.1:8443
+PYTEST_ARGS ?=
+
+.PHONY: run test setup system-packages venv install service-user unit integration bench
+
+run: setup
+	$(VENV)/bin/retrace-server-httpd --config $(CONFIG) --listen $(LISTEN) --user $(SERVICE_USER)
+
+test: setup
+	$(PYTHON) -m pytest $(PYTEST_ARGS) tests
+
+unit: setup
+	$(PYTHON) -m pytest $(PYTEST_ARGS) tests/unit
+
+integration: setup
+	$(PYTHON) -m pytest $(PYTEST_ARGS) tests/integration
+
+setup: system-packages install service-user
+
+system-packages:
+	sh scripts/install-system-packages
+
+$(PYTHON):
+	/usr/bin/python3 -m venv --system-site-packages $(VENV)
+
+venv: $(PYTHON)
+
+# Reinstalled on every run (a second or two) so that Apache's daemon
+# processes, which import the installed copy, always serve this checkout.
+install: venv
+	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation --disable-pip-version-check .
+	rm -rf build retrace_server.egg-info
+
+service-user:
+	id -u $(SERVICE_USER) >/dev/null 2>&1 || useradd --system --user-group \
+		--home-dir /var/lib/$(SERVICE_USER) --shell /usr/sbin/nologin $(SERVICE_USER)
+
+bench: setup
+	$(PYTHON) bench/api.py

@@ -1,0 +1,324 @@
+"""Receive an uploaded crash archive: stream, check, and unpack it safely.
+
+The request body flows through a decompressor straight into the tar reader
+and out to the task's ``crash/`` directory in bounded chunks: the packed
+archive is never stored and nothing is unpacked twice.  Every byte is
+counted on the way, so ``MaxPackedSize``, ``MaxUnpackedSize`` and
+``MinStorageLeft`` hold even when headers lie.  Extraction never shells out
+to tar and accepts only regular files with known names at the top level.
+"""
+
+import dataclasses
+import gzip
+import io
+import lzma
+import os
+import tarfile
+import zlib
+
+import magic
+import zstandard
+
+from retrace.errors import (
+    BadRequest,
+    InvalidCrashData,
+    LengthRequired,
+    MaliciousArchive,
+    MissingCrashFile,
+    NotEnoughStorage,
+    UnsupportedArchive,
+    UploadTooLarge,
+)
+
+CHUNK_SIZE = 1024 * 1024
+_SNIFF_SIZE = 8192
+# Extended headers (pax, GNU long names) are read into memory whole by
+# tarfile; a crash archive's names are a few bytes, so 64 KiB is generous.
+_MAX_METADATA_SIZE = 64 * 1024
+_METADATA_TYPES = {
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+}
+_PLAIN_FILE_TYPES = {tarfile.REGTYPE, tarfile.AREGTYPE}
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchiveFormat:
+    """One accepted Content-Type and how to read bodies of that type."""
+
+    content_type: str
+    aliases: tuple
+    magic_types: frozenset
+    description: str
+    decompress: object
+
+    def accepts(self, content_type):
+        return content_type == self.content_type or content_type in self.aliases
+
+
+def _gzip_reader(raw):
+    return gzip.GzipFile(fileobj=raw, mode="rb")
+
+
+def _xz_reader(raw):
+    return lzma.LZMAFile(raw, mode="rb")
+
+
+def _zstd_reader(raw):
+    return zstandard.ZstdDecompressor().stream_reader(raw, read_size=CHUNK_SIZE, read_across_frames=True)
+
+
+def _plain_reader(raw):
+    return raw
+
+
+# Order matters: /settings lists them like this, xz first as upstream did.
+FORMATS = (
+    ArchiveFormat(
+        "application/x-xz-compressed-tar", ("application/x-xz",), frozenset({"application/x-xz"}), "xz-compressed data", _xz_reader
+    ),
+    ArchiveFormat(
+        "application/x-gzip",
+        ("application/gzip", "application/x-compressed-tar"),
+        frozenset({"application/gzip", "application/x-gzip"}),
+        "gzip-compressed data",
+        _gzip_reader,
+    ),
+    ArchiveFormat(
+        "application/x-zstd-compressed-tar",
+        ("application/zstd",),
+        frozenset({"application/zstd", "application/x-zstd"}),
+        "zstd-compressed data",
+        _zstd_reader,
+    ),
+    ArchiveFormat("application/x-tar", (), frozenset({"application/x-tar"}), "a plain tar archive", _plain_reader),
+)
+
+_DECOMPRESSION_ERRORS = (lzma.LZMAError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError, EOFError, tarfile.TarError)
+
+
+def supported_formats():
+    """Content-Types for ``/settings``, in upstream's order."""
+    return [fmt.content_type for fmt in FORMATS]
+
+
+def format_for(content_type):
+    """The ArchiveFormat for a Content-Type header value, or UnsupportedArchive."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    for fmt in FORMATS:
+        if fmt.accepts(media_type):
+            return fmt
+    raise UnsupportedArchive(
+        "Specified archive format is not supported; send one of: " + ", ".join(supported_formats())
+    )
+
+
+def declared_length(content_length, max_bytes):
+    """Check Content-Length before a single body byte is read."""
+    if content_length is None:
+        raise LengthRequired("You need to set Content-Length header properly")
+    if content_length > max_bytes:
+        raise UploadTooLarge(
+            f"Specified archive is too large: {content_length} bytes, the server accepts at most {max_bytes} bytes"
+        )
+    return content_length
+
+
+def free_bytes(path):
+    stat = os.statvfs(path)
+    return stat.f_bavail * stat.f_frsize
+
+
+def ensure_storage(path, incoming_bytes, min_left_bytes):
+    """NotEnoughStorage unless ``incoming_bytes`` still leave MinStorageLeft free."""
+    if free_bytes(path) - incoming_bytes < min_left_bytes:
+        raise NotEnoughStorage("There is not enough storage space on the server")
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one upload may bring; ``files`` maps allowed names to a size cap (None: any)."""
+
+    max_unpacked_bytes: int
+    min_storage_left_bytes: int
+    files: dict
+
+
+class _RequestBody(io.RawIOBase):
+    """Exactly ``length`` bytes of the request body, read in bounded chunks."""
+
+    def __init__(self, stream, length):
+        super().__init__()
+        self._stream = stream
+        self.length = length
+        self.received = 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        want = min(len(buffer), self.length - self.received, CHUNK_SIZE)
+        if want <= 0:
+            return 0
+        try:
+            data = self._stream.read(want)
+        except OSError:
+            data = b""
+        if not data:
+            raise BadRequest(
+                f"The upload ended after {self.received} of the {self.length} bytes announced in Content-Length"
+            )
+        count = len(data)
+        buffer[:count] = data
+        self.received += count
+        return count
+
+    def drain(self):
+        """Read and drop the rest, so that the client reads our answer cleanly."""
+        sink = bytearray(CHUNK_SIZE)
+        while self.readinto(sink):
+            pass
+
+
+def _display_name(name):
+    """A member name safe to quote back: printable, short, never a path of ours."""
+    shown = "".join(ch if ch.isprintable() else "?" for ch in name)[:64]
+    return shown or "?"
+
+
+class _GuardedTarInfo(tarfile.TarInfo):
+    """Refuses huge extended headers before tarfile reads them into memory."""
+
+    @classmethod
+    def frombuf(cls, buf, encoding, errors):
+        info = super().frombuf(buf, encoding, errors)
+        if info.type in _METADATA_TYPES and info.size > _MAX_METADATA_SIZE:
+            raise MaliciousArchive("The archive has an extended header larger than 64 KiB; crash archives never need one")
+        return info
+
+
+def _member_name(member):
+    """The plain file name of ``member``, or MaliciousArchive saying why not."""
+    name = member.name
+    if name.startswith("./"):
+        name = name[2:]
+    shown = _display_name(member.name)
+    if member.issym():
+        raise MaliciousArchive(f"Symlinks are not allowed to be in the archive ('{shown}')")
+    if member.islnk():
+        raise MaliciousArchive(f"Hard links are not allowed to be in the archive ('{shown}')")
+    if member.ischr() or member.isblk():
+        raise MaliciousArchive(f"Device files are not allowed to be in the archive ('{shown}')")
+    if member.isfifo():
+        raise MaliciousArchive(f"FIFOs are not allowed to be in the archive ('{shown}')")
+    if member.isdir():
+        raise MaliciousArchive(
+            f"Directories are not allowed to be in the archive ('{shown}'); pack the files with bare names"
+        )
+    if member.type not in _PLAIN_FILE_TYPES:
+        raise MaliciousArchive(f"Only regular files are allowed in the archive ('{shown}' is not one)")
+    if name.startswith("/"):
+        raise MaliciousArchive(f"Absolute paths are not allowed in the archive ('{shown}')")
+    if ".." in name.split("/"):
+        raise MaliciousArchive(f"Paths with '..' are not allowed in the archive ('{shown}')")
+    if "/" in name or "\0" in name:
+        raise MaliciousArchive(f"Files must be at the top level of the archive ('{shown}' is not)")
+    return name
+
+
+def _copy_member(source, target_path, size):
+    """Write exactly ``size`` bytes; ``x`` mode never overwrites or follows links."""
+    written = 0
+    with open(target_path, "xb") as target:
+        while written < size:
+            chunk = source.read(min(CHUNK_SIZE, size - written))
+            if not chunk:
+                raise BadRequest("The archive is truncated: a file ends before its declared size")
+            target.write(chunk)
+            written += len(chunk)
+    os.chmod(target_path, 0o640)
+    return written
+
+
+def _sniffed_type(buffered):
+    head = buffered.peek(_SNIFF_SIZE)[:_SNIFF_SIZE]
+    if not head:
+        raise BadRequest("The upload is empty")
+    return magic.from_buffer(head, mime=True)
+
+
+def _check_type(fmt, buffered):
+    actual = _sniffed_type(buffered)
+    if actual in fmt.magic_types:
+        return
+    hint = ""
+    for other in FORMATS:
+        if actual in other.magic_types:
+            hint = f"; send it with Content-Type {other.content_type}"
+    raise UnsupportedArchive(
+        f"The upload is declared as {fmt.content_type} but its content is not {fmt.description} (it looks like {actual}){hint}"
+    )
+
+
+def _unpack_members(stream, crash_dir, limits):
+    unpacked = 0
+    sizes = {}
+    with tarfile.open(fileobj=stream, mode="r|", tarinfo=_GuardedTarInfo) as tar:
+        for member in tar:
+            name = _member_name(member)
+            if name not in limits.files:
+                raise MaliciousArchive(f"File '{_display_name(name)}' is not allowed to be in the archive")
+            if name in sizes:
+                raise MaliciousArchive(f"The archive holds '{name}' more than once")
+            cap = limits.files[name]
+            if cap is not None and member.size > cap:
+                raise InvalidCrashData(f"The '{name}' file is larger than expected ({member.size} bytes, at most {cap})")
+            if unpacked + member.size > limits.max_unpacked_bytes:
+                raise UploadTooLarge(
+                    f"Specified archive's content is too large: it unpacks to more than "
+                    f"{limits.max_unpacked_bytes} bytes, the server's limit"
+                )
+            ensure_storage(crash_dir, member.size, limits.min_storage_left_bytes)
+            sizes[name] = _copy_member(tar.extractfile(member), crash_dir / name, member.size)
+            unpacked += sizes[name]
+    return sizes
+
+
+def receive_archive(body, content_length, fmt, crash_dir, limits):
+    """Stream an upload of ``content_length`` bytes into ``crash_dir``.
+
+    ``content_length`` has passed ``declared_length``.  Returns a dict of
+    the file names written and their sizes.  On any rejection the rest of
+    the body is still read (it is at most MaxPackedSize), so the client gets
+    our answer instead of a reset connection; the caller removes what was
+    written.
+    """
+    raw = _RequestBody(body, content_length)
+    buffered = io.BufferedReader(raw, CHUNK_SIZE)
+    try:
+        _check_type(fmt, buffered)
+        try:
+            sizes = _unpack_members(fmt.decompress(buffered), crash_dir, limits)
+        except _DECOMPRESSION_ERRORS as err:
+            raise BadRequest(f"The archive is corrupt or truncated ({_describe(err)})") from None
+    finally:
+        try:
+            raw.drain()
+        except BadRequest:
+            pass
+    return sizes
+
+
+def _describe(err):
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return text[:200]
+
+
+def require_files(sizes, required):
+    """MissingCrashFile naming the first required file that was not uploaded."""
+    for name in required:
+        if name not in sizes:
+            raise MissingCrashFile(f"Required file '{name}' is missing")

@@ -1,0 +1,170 @@
+"""Server configuration: upstream's INI file and key names, validated once.
+
+The file has a ``[retrace]`` section whose keys keep the names and meanings
+of ABRT's Retrace Server, so an admin's old ``retrace-server.conf`` still
+reads the same.  ``load_config`` returns a frozen ``Config``; the config is
+then passed around as an argument, never looked up from a global.
+"""
+
+import configparser
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+from retrace.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG_PATH = "/etc/retrace-server/retrace-server.conf"
+CONFIG_PATH_VARIABLE = "RETRACE_SERVER_CONFIG_PATH"
+SECTION = "retrace"
+MIB = 1024 * 1024
+
+_TRUE = {"1", "yes", "true", "on"}
+_FALSE = {"0", "no", "false", "off"}
+
+
+def _as_bool(text):
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError("must be 1 or 0 (or yes/no, true/false, on/off)")
+
+
+def _as_int(text):
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+
+
+def _as_path(text):
+    path = Path(text.strip())
+    if not path.is_absolute():
+        raise ValueError("must be an absolute path")
+    return path
+
+
+def _as_str(text):
+    return text.strip()
+
+
+_CONVERTERS = {bool: _as_bool, int: _as_int, Path: _as_path, str: _as_str}
+
+
+def _key(default, minimum=None, maximum=None, choices=None, unit=""):
+    """A config field with its INI key bounds; the INI key is the field name."""
+    return dataclasses.field(
+        default=default,
+        metadata={"minimum": minimum, "maximum": maximum, "choices": choices, "unit": unit},
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every tunable of the server; field names are the INI keys.
+
+    Sizes are in MiB and ages in hours, as upstream; the ``*_bytes``
+    properties convert so that no caller multiplies by hand.
+    """
+
+    SaveDir: Path = _key(Path("/var/spool/retrace-server"))
+    RepoDir: Path = _key(Path("/var/cache/retrace-server"))
+    LogDir: Path = _key(Path("/var/log/retrace-server"))
+    RequireHTTPS: bool = _key(True)
+    AllowAPIDelete: bool = _key(False)
+    AllowInteractive: bool = _key(False)
+    AllowMetrics: bool = _key(False)
+    MaxParallelTasks: int = _key(5, minimum=1, maximum=1000)
+    MaxQueuedTasks: int = _key(20, minimum=0, maximum=100000)
+    MaxPackedSize: int = _key(50, minimum=1, unit="MiB")
+    MaxUnpackedSize: int = _key(1024, minimum=1, unit="MiB")
+    MinStorageLeft: int = _key(1024, minimum=0, unit="MiB")
+    DeleteTaskAfter: int = _key(120, unit="hours")
+    DeleteFailedTaskAfter: int = _key(24, unit="hours")
+    TaskIdLength: int = _key(9, minimum=6, maximum=18)
+    TaskPassLength: int = _key(32, minimum=16, maximum=128)
+
+    @property
+    def max_packed_bytes(self):
+        return self.MaxPackedSize * MIB
+
+    @property
+    def max_unpacked_bytes(self):
+        return self.MaxUnpackedSize * MIB
+
+    @property
+    def min_storage_left_bytes(self):
+        return self.MinStorageLeft * MIB
+
+    @property
+    def task_slots(self):
+        """Tasks the server holds at once: running ones plus queued ones."""
+        return self.MaxParallelTasks + self.MaxQueuedTasks
+
+
+_FIELDS = {field.name: field for field in dataclasses.fields(Config)}
+
+
+def _convert(field, text, source):
+    try:
+        value = _CONVERTERS[field.type](text)
+    except ValueError as err:
+        raise ConfigError(f"{source}: {field.name} {err}, not {text.strip()!r}") from None
+    meta = field.metadata
+    unit = f" {meta['unit']}" if meta["unit"] else ""
+    if meta["minimum"] is not None and value < meta["minimum"]:
+        raise ConfigError(f"{source}: {field.name} must be at least {meta['minimum']}{unit}, not {value}")
+    if meta["maximum"] is not None and value > meta["maximum"]:
+        raise ConfigError(f"{source}: {field.name} must be at most {meta['maximum']}{unit}, not {value}")
+    if meta["choices"] and value not in meta["choices"]:
+        raise ConfigError(f"{source}: {field.name} must be one of {', '.join(meta['choices'])}, not {value!r}")
+    return value
+
+
+def parse_config(text, source):
+    """Build a Config from INI text; ``source`` names the file in messages.
+
+    Returns ``(config, warnings)``: unknown keys are not fatal (an old
+    upstream file has keys we do not implement), but the admin is told.
+    """
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str
+    try:
+        parser.read_string(text, source=str(source))
+    except configparser.Error as err:
+        raise ConfigError(f"{source}: not a valid INI file: {err.message.splitlines()[0]}") from None
+    if not parser.has_section(SECTION):
+        raise ConfigError(f"{source}: has no [{SECTION}] section")
+    values = {}
+    warnings = []
+    for key, text_value in parser.items(SECTION):
+        field = _FIELDS.get(key)
+        if field is None:
+            warnings.append(f"{source}: unknown key {key} in [{SECTION}] is ignored")
+            continue
+        values[key] = _convert(field, text_value, source)
+    return Config(**values), warnings
+
+
+def config_path(environ=os.environ, explicit=None):
+    """Where the config lives: an explicit path, the environment, the default."""
+    return Path(explicit or environ.get(CONFIG_PATH_VARIABLE) or DEFAULT_CONFIG_PATH)
+
+
+def load_config(path=None, environ=os.environ):
+    """Read and validate the config file; unknown keys are logged as warnings."""
+    path = config_path(environ, path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the configuration file: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the configuration file is not UTF-8 text") from None
+    config, warnings = parse_config(text, path)
+    for warning in warnings:
+        log.warning("%s", warning)
+    return config

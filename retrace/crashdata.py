@@ -1,0 +1,90 @@
+"""The files a crash upload may hold, their size caps and what they must say.
+
+Names and caps follow upstream's ``ALLOWED_FILES``; the content rules are
+ours.  Text files end up in logs, statistics and (later) command lines, so
+each is held to a strict pattern here, at the door, once.
+"""
+
+import re
+
+from retrace.coredump import check_elf_core
+from retrace.errors import BadRequest, Conflict, InvalidCrashData
+from retrace.task import TaskType
+
+_PATH = re.compile(r"/[A-Za-z0-9._+,:@%=~/-]*", re.ASCII)
+_NEVR = re.compile(r"[A-Za-z0-9._+~^-]+-([0-9]+:)?[A-Za-z0-9._+~^]+-[A-Za-z0-9._+~^]+", re.ASCII)
+_RELEASE_TEXT = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._,:()/+-]*", re.ASCII)
+_PACKAGE_LIST = re.compile(r"[A-Za-z0-9._+~^:-]+(\s+[A-Za-z0-9._+~^:-]+)*", re.ASCII)
+
+_PATH_RULE = "an absolute path of letters, digits and ._+,:@%=~/- without '..'"
+_RELEASE_RULE = "a release line such as 'Fedora release 41 (Forty One)'"
+
+
+def _is_path(text):
+    return bool(_PATH.fullmatch(text)) and ".." not in text.split("/")
+
+
+# name: (size cap in bytes or None, predicate on the stripped text or None for binary, rule shown to users)
+CRASH_FILES = {
+    "coredump": (None, None, None),
+    "executable": (512, _is_path, _PATH_RULE),
+    "package": (128, _NEVR.fullmatch, "a package name-version-release such as 'bash-5.2.26-3.fc41'"),
+    "os_release": (128, _RELEASE_TEXT.fullmatch, _RELEASE_RULE),
+    "release": (128, _RELEASE_TEXT.fullmatch, _RELEASE_RULE),
+    "os_release_in_rootdir": (128, _RELEASE_TEXT.fullmatch, _RELEASE_RULE),
+    "rootdir": (256, _is_path, _PATH_RULE),
+    "packages": (1024 * 1024, _PACKAGE_LIST.fullmatch, "package names separated by white space"),
+}
+
+_COREDUMP_REQUIRED = ("coredump", "executable", "package")
+REQUIRED_FILES = {
+    TaskType.COREDUMP: _COREDUMP_REQUIRED,
+    TaskType.DEBUG: _COREDUMP_REQUIRED,
+    TaskType.COREDUMP_INTERACTIVE: _COREDUMP_REQUIRED,
+}
+
+
+def parse_task_type(header, allow_interactive):
+    """The TaskType for an ``X-Task-Type`` header (absent means a coredump)."""
+    if header is None or not header.strip():
+        return TaskType.COREDUMP
+    try:
+        value = int(header.strip())
+    except ValueError:
+        raise BadRequest("X-Task-Type must be a whole number (0 for a coredump retrace)") from None
+    try:
+        task_type = TaskType(value)
+    except ValueError:
+        raise BadRequest(f"Unknown X-Task-Type {value}; this server accepts 0 (coredump) and 1 (debug)") from None
+    if task_type in (TaskType.VMCORE, TaskType.VMCORE_INTERACTIVE):
+        raise BadRequest("This server does not retrace kernel vmcores (X-Task-Type 2 and 4)")
+    if task_type == TaskType.COREDUMP_INTERACTIVE and not allow_interactive:
+        raise Conflict("Interactive tasks were disabled by server administrator")
+    return task_type
+
+
+def size_caps():
+    """Allowed file names and their size caps, for the archive reader."""
+    return {name: cap for name, (cap, _, _) in CRASH_FILES.items()}
+
+
+def read_text_file(path, name):
+    """The stripped text of a small crash file, or InvalidCrashData."""
+    try:
+        text = path.read_bytes().decode("ascii")
+    except UnicodeDecodeError:
+        raise InvalidCrashData(f"The '{name}' file must be plain ASCII text") from None
+    return text.strip()
+
+
+def validate_crash_dir(crash_dir, names):
+    """Check the content of every uploaded file in ``names``."""
+    for name in sorted(names):
+        _, predicate, rule = CRASH_FILES[name]
+        path = crash_dir / name
+        if predicate is None:
+            check_elf_core(path, name)
+            continue
+        text = read_text_file(path, name)
+        if not text or not predicate(text):
+            raise InvalidCrashData(f"The '{name}' file must hold {rule}")

@@ -1,0 +1,108 @@
+"""The one exception tree of retrace-server.
+
+Every failure a user can cause or meet carries the sentence they will read,
+the HTTP status the web layer answers with and the exit code a command-line
+tool ends with, so that each edge translates errors in exactly one place
+(the pattern of mock's ``mockbuild/exception.py``).  Sentences never contain
+server paths: they travel to untrusted clients.
+"""
+
+
+class RetraceError(Exception):
+    """Base of all expected failures; ``str(err)`` is the user's sentence."""
+
+    http_status = 500
+    exit_code = 1
+
+    def __init__(self, sentence):
+        super().__init__(sentence)
+        self.sentence = sentence
+
+
+class ConfigError(RetraceError):
+    """The configuration file is missing, unreadable or holds a bad value."""
+
+    exit_code = 2
+
+
+class BadRequest(RetraceError):
+    """The request itself is malformed (headers, body framing)."""
+
+    http_status = 400
+
+
+class InvalidCrashData(RetraceError):
+    """A file in the uploaded archive has content we refuse to process."""
+
+    http_status = 400
+
+
+class Forbidden(RetraceError):
+    """Refused by policy: HTTPS required, feature disabled, bad password."""
+
+    http_status = 403
+
+
+class MaliciousArchive(RetraceError):
+    """The archive holds a member that could escape or confuse the spool.
+
+    403 is what upstream answered for symlinks and unknown names; the ABRT
+    client shows any 403 on /create as "the archive contains malicious
+    files", which is exactly right for this class.
+    """
+
+    http_status = 403
+
+
+class MissingCrashFile(RetraceError):
+    """A file the task type requires is absent (403, as upstream)."""
+
+    http_status = 403
+
+
+class NotFound(RetraceError):
+    """Unknown URL, task or result."""
+
+    http_status = 404
+
+
+class MethodNotAllowed(RetraceError):
+    http_status = 405
+
+    def __init__(self, sentence, allowed):
+        super().__init__(sentence)
+        self.allowed = tuple(allowed)
+
+
+class Conflict(RetraceError):
+    """The request is valid but clashes with the task's or server's state."""
+
+    http_status = 409
+
+
+class LengthRequired(RetraceError):
+    http_status = 411
+
+
+class UploadTooLarge(RetraceError):
+    """Packed or unpacked size over the configured limits."""
+
+    http_status = 413
+
+
+class UnsupportedArchive(RetraceError):
+    """Declared Content-Type unknown, or not what the bytes are."""
+
+    http_status = 415
+
+
+class QueueFull(RetraceError):
+    """Every worker slot and every queue place is taken."""
+
+    http_status = 503
+
+
+class NotEnoughStorage(RetraceError):
+    """Accepting the upload would leave less than MinStorageLeft free."""
+
+    http_status = 507

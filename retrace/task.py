@@ -1,0 +1,293 @@
+"""A task on its spool directory, in upstream's layout.
+
+``<SaveDir>/<id>/`` holds ``password``, ``type``, ``queued_time``,
+``crash/`` (the uploaded files), ``results/``, and once a worker runs
+``status``, ``started_time``, ``retrace_log``, ``retrace_backtrace`` and
+``finished_time``.  A task directory only ever appears complete: uploads are
+unpacked under ``<SaveDir>/.incoming/`` and renamed into place, so a
+rejected upload leaves nothing behind and a reader never sees half a task.
+"""
+
+import enum
+import fcntl
+import hmac
+import os
+import secrets
+import shutil
+import string
+import tempfile
+import time
+from pathlib import Path
+
+from retrace.errors import Forbidden, NotFound, RetraceError
+
+INCOMING_DIR = ".incoming"
+TRASH_PREFIX = ".deleted-"
+_LOCK_NAME = ".upload.lock"
+_PASSWORD_ALPHABET = string.ascii_letters + string.digits
+_ID_ATTEMPTS = 50
+_LOCKLESS_GRACE_SECONDS = 60
+
+
+class TaskStatus(enum.IntEnum):
+    """Codes stored in the ``status`` file, with upstream's sentences."""
+
+    ANALYZE = 0
+    INIT = 1
+    BACKTRACE = 2
+    CLEANUP = 3
+    STATS = 4
+    FINISHING = 5
+    SUCCESS = 6
+    FAIL = 7
+    DOWNLOADING = 8
+    POSTPROCESS = 9
+    CALCULATING_MD5SUM = 10
+
+    @property
+    def sentence(self):
+        return _STATUS_SENTENCES[self]
+
+    @property
+    def is_final(self):
+        return self in (TaskStatus.SUCCESS, TaskStatus.FAIL)
+
+
+_STATUS_SENTENCES = {
+    TaskStatus.ANALYZE: "Analyzing crash data",
+    TaskStatus.INIT: "Preparing environment for backtrace generation",
+    TaskStatus.BACKTRACE: "Generating backtrace",
+    TaskStatus.CLEANUP: "Cleaning environment after backtrace generation",
+    TaskStatus.STATS: "Saving crash statistics",
+    TaskStatus.FINISHING: "Finishing task",
+    TaskStatus.SUCCESS: "Retrace job finished successfully",
+    TaskStatus.FAIL: "Retrace job failed",
+    TaskStatus.DOWNLOADING: "Downloading remote resources",
+    TaskStatus.POSTPROCESS: "Post-processing downloaded file",
+    TaskStatus.CALCULATING_MD5SUM: "Calculating md5sum",
+}
+
+
+class TaskType(enum.IntEnum):
+    """``X-Task-Type`` values, as upstream."""
+
+    COREDUMP = 0
+    DEBUG = 1
+    VMCORE = 2
+    COREDUMP_INTERACTIVE = 3
+    VMCORE_INTERACTIVE = 4
+
+
+def wire_status(status):
+    """The ``X-Task-Status`` header for a status code (None: not started)."""
+    if status == TaskStatus.SUCCESS:
+        return "FINISHED_SUCCESS"
+    if status == TaskStatus.FAIL:
+        return "FINISHED_FAILURE"
+    return "PENDING"
+
+
+def write_atomically(path, text):
+    """Replace ``path`` so that readers see the old or the new text, never half."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as tmp_file:
+            tmp_file.write(text)
+            tmp_file.flush()
+            os.fsync(tmp_file.fileno())
+        os.chmod(tmp, 0o640)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def is_task_id(name, id_length):
+    return len(name) == id_length and name.isascii() and name.isdigit()
+
+
+class Task:
+    """One task directory; every spool read and write goes through here."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.task_id = self.path.name
+
+    @classmethod
+    def open(cls, save_dir, task_id, id_length):
+        """The existing task ``task_id`` or NotFound; ids are digits only."""
+        if not is_task_id(task_id, id_length):
+            raise NotFound("There is no such task")
+        path = Path(save_dir) / task_id
+        if not (path / "password").is_file():
+            raise NotFound("There is no such task")
+        return cls(path)
+
+    @property
+    def crash_dir(self):
+        return self.path / "crash"
+
+    @property
+    def results_dir(self):
+        return self.path / "results"
+
+    def _read(self, name, limit=4096):
+        try:
+            with open(self.path / name, "rb") as handle:
+                return handle.read(limit).decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return None
+
+    def check_password(self, given):
+        """Raise Forbidden unless ``given`` is the task's password.
+
+        Compared in constant time so that response timing tells an attacker
+        nothing about how much of a guess was right.
+        """
+        if given is None:
+            raise Forbidden("This task needs its password in the X-Task-Password header")
+        expected = self._read("password") or ""
+        if not hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8")):
+            raise Forbidden("Invalid password")
+
+    @property
+    def task_type(self):
+        return TaskType(int(self._read("type")))
+
+    @property
+    def status(self):
+        """The stored TaskStatus, or None while the task waits in the queue."""
+        text = self._read("status")
+        if text is None or not text.strip():
+            return None
+        return TaskStatus(int(text))
+
+    def set_status(self, status):
+        write_atomically(self.path / "status", str(int(status)))
+
+    def timestamp(self, name):
+        """``queued_time``, ``started_time`` or ``finished_time`` as a float, or None."""
+        text = self._read(name)
+        return float(text) if text else None
+
+    def mark_time(self, name, when=None):
+        write_atomically(self.path / name, str(int(when if when is not None else time.time())))
+
+    def read_text(self, name, limit):
+        """A result file's text, at most ``limit`` bytes; None when absent."""
+        return self._read(name, limit)
+
+    @property
+    def is_active(self):
+        """Queued or running: it still holds one of the server's task slots."""
+        status = self.status
+        return status is None or not status.is_final
+
+    def delete(self):
+        """Remove the task; it vanishes from the spool at once, then is erased."""
+        trash = self.path.with_name(f"{TRASH_PREFIX}{self.task_id}-{secrets.token_hex(4)}")
+        os.rename(self.path, trash)
+        shutil.rmtree(trash)
+
+
+def iter_tasks(save_dir, id_length):
+    """Every task directory in the spool (in no particular order)."""
+    try:
+        entries = list(os.scandir(save_dir))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if is_task_id(entry.name, id_length) and entry.is_dir(follow_symlinks=False):
+            yield Task(entry.path)
+
+
+class IncomingTask:
+    """A task being uploaded: a private directory that becomes a task on commit.
+
+    Use as a context manager; leaving the block without ``commit`` erases
+    everything written so far.  The directory holds an exclusive lock for
+    its whole life, so a scan can tell a live upload from one abandoned by a
+    crashed process (whose lock the kernel has released).
+    """
+
+    def __init__(self, save_dir):
+        self.save_dir = Path(save_dir)
+        incoming = self.save_dir / INCOMING_DIR
+        incoming.mkdir(mode=0o750, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(dir=incoming))
+        os.chmod(self.path, 0o750)
+        self._lock_fd = os.open(self.path / _LOCK_NAME, os.O_CREAT | os.O_WRONLY, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self.crash_dir = self.path / "crash"
+        self.crash_dir.mkdir(mode=0o750)
+        self.committed = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        os.close(self._lock_fd)
+        if self.committed is None:
+            shutil.rmtree(self.path, ignore_errors=True)
+        return False
+
+    def commit(self, task_type, *, id_length, password_length):
+        """Give the upload an id and password and move it into the spool.
+
+        Returns ``(task, password)``.  The rename is what publishes the task;
+        an id already taken makes the rename fail and another id is drawn.
+        """
+        password = "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(password_length))
+        write_atomically(self.path / "password", password)
+        write_atomically(self.path / "type", str(int(task_type)))
+        (self.path / "results").mkdir(mode=0o750)
+        write_atomically(self.path / "queued_time", repr(time.time()))
+        for _ in range(_ID_ATTEMPTS):
+            task_id = str(secrets.randbelow(9 * 10 ** (id_length - 1)) + 10 ** (id_length - 1))
+            target = self.save_dir / task_id
+            try:
+                os.rename(self.path, target)
+            except OSError as err:
+                if target.exists():
+                    continue
+                raise RetraceError("Unable to create new task") from err
+            os.unlink(target / _LOCK_NAME)
+            self.committed = Task(target)
+            return self.committed, password
+        raise RetraceError("Unable to create new task")
+
+
+def count_live_uploads(save_dir):
+    """Uploads in flight; directories of dead uploads are removed on the way."""
+    incoming = Path(save_dir) / INCOMING_DIR
+    try:
+        entries = list(os.scandir(incoming))
+    except FileNotFoundError:
+        return 0
+    live = 0
+    for entry in entries:
+        if _is_live_upload(Path(entry.path)):
+            live += 1
+        else:
+            shutil.rmtree(entry.path, ignore_errors=True)
+    return live
+
+
+def _is_live_upload(path):
+    try:
+        fd = os.open(path / _LOCK_NAME, os.O_RDONLY)
+    except FileNotFoundError:
+        # mkdtemp has run but the lock is not created yet: young means live.
+        try:
+            return time.time() - path.stat().st_mtime < _LOCKLESS_GRACE_SECONDS
+        except FileNotFoundError:
+            return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+

@@ -1,0 +1,80 @@
+"""Task slots: how many tasks run, how many wait, and who may upload now.
+
+The server holds at most ``MaxParallelTasks`` running plus ``MaxQueuedTasks``
+waiting tasks; an upload in flight already holds a slot (as upstream, where
+the task directory existed during the upload).  ``/settings`` reports the
+same numbers, so an ABRT client refuses exactly when ``/create`` would
+answer 503 (see README, "Capacity").
+"""
+
+import contextlib
+import dataclasses
+import fcntl
+import os
+
+from retrace.errors import QueueFull
+from retrace.task import IncomingTask, count_live_uploads, iter_tasks
+
+_ADMISSION_LOCK = ".admission.lock"
+
+
+@dataclasses.dataclass(frozen=True)
+class Occupancy:
+    running: int
+    queued: int
+    uploading: int
+
+    @property
+    def total(self):
+        return self.running + self.queued + self.uploading
+
+
+def occupancy(config):
+    """Count the spool's running, queued and uploading tasks right now."""
+    running = queued = 0
+    for task in iter_tasks(config.SaveDir, config.TaskIdLength):
+        status = task.status
+        if status is None:
+            queued += 1
+        elif not status.is_final:
+            running += 1
+    return Occupancy(running, queued, count_live_uploads(config.SaveDir))
+
+
+def queued_tasks(config):
+    """Tasks waiting for a worker, oldest first."""
+    waiting = [task for task in iter_tasks(config.SaveDir, config.TaskIdLength) if task.status is None]
+    return sorted(waiting, key=lambda task: (task.timestamp("queued_time") or 0, task.task_id))
+
+
+def queue_position(task, config):
+    """1-based place of ``task`` among the waiting tasks (None if not waiting)."""
+    for position, waiting in enumerate(queued_tasks(config), start=1):
+        if waiting.task_id == task.task_id:
+            return position
+    return None
+
+
+@contextlib.contextmanager
+def _admission_lock(save_dir):
+    fd = os.open(save_dir / _ADMISSION_LOCK, os.O_CREAT | os.O_RDWR, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def admitted_upload(config):
+    """An IncomingTask holding a free slot, or QueueFull.
+
+    Counting and reserving happen under one lock, so concurrent uploads
+    cannot together take more slots than there are.
+    """
+    with _admission_lock(config.SaveDir):
+        if occupancy(config).total >= config.task_slots:
+            raise QueueFull("Retrace server is fully loaded at the moment; try again in a few minutes")
+        incoming = IncomingTask(config.SaveDir)
+    with incoming:
+        yield incoming

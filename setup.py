@@ -1,0 +1,20 @@
+from setuptools import setup
+
+setup(
+    name="retrace-server",
+    version="0.1.0",
+    description="Turn C/C++ coredumps into symbolized backtraces over an ABRT-compatible HTTPS API",
+    license="GPL-2.0-or-later",
+    python_requires=">=3.9",
+    packages=["retrace", "wsgi"],
+    package_data={"wsgi": ["retrace.wsgi"]},
+    data_files=[("share/retrace-server", ["httpd/retrace.conf", "config/retrace-server.conf"])],
+    # webob, python-magic, zstandard and rpm come from the distribution
+    # (apt/dnf), which the venv sees through --system-site-packages.
+    install_requires=[],
+    entry_points={
+        "console_scripts": [
+            "retrace-server-httpd = wsgi.httpd:main",
+        ],
+    },
+)

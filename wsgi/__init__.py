@@ -1,0 +1,1 @@
+"""The HTTP face of retrace-server: webob handlers and the Apache launcher."""

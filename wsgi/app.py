@@ -1,0 +1,103 @@
+"""The WSGI application: routing, and RetraceError -> HTTP in one place."""
+
+import logging
+import re
+
+from webob import Request
+
+from retrace.config import CONFIG_PATH_VARIABLE, load_config
+from retrace.errors import Forbidden, MethodNotAllowed, NotFound, RetraceError
+from wsgi import handlers
+
+log = logging.getLogger(__name__)
+
+_READ = ("GET", "HEAD")
+_TASK = r"/(?P<task_id>[0-9]+)"
+
+# (path pattern, handler, allowed methods, needs HTTPS when RequireHTTPS);
+# which routes check HTTPS follows upstream's scripts.
+ROUTES = [
+    (r"/", handlers.index, _READ, False),
+    (r"/settings", handlers.settings, _READ, False),
+    (r"/checkpackage", handlers.checkpackage, _READ, False),
+    (r"/create", handlers.create, ("POST",), True),
+    (_TASK + r"/?", handlers.status, _READ, True),
+    (_TASK + r"/backtrace", handlers.backtrace, _READ, True),
+    (_TASK + r"/log", handlers.task_log, _READ, True),
+    (_TASK + r"/exploitable", handlers.exploitable, _READ, True),
+    (_TASK + r"/delete", handlers.delete, ("GET", "POST", "DELETE"), True),
+]
+_COMPILED = [(re.compile(pattern), handler, methods, https) for pattern, handler, methods, https in ROUTES]
+
+_METHOD_SENTENCES = {("POST",): "You must use POST method"}
+
+
+def route(path, method):
+    """``(handler, url parts, needs_https)`` for a request, or NotFound / MethodNotAllowed."""
+    for pattern, handler, methods, https in _COMPILED:
+        match = pattern.fullmatch(path)
+        if match is None:
+            continue
+        if method not in methods:
+            sentence = _METHOD_SENTENCES.get(methods, f"This URL accepts only {', '.join(methods)}")
+            raise MethodNotAllowed(sentence, methods)
+        return handler, match.groupdict(), https
+    raise NotFound("Invalid URL")
+
+
+def error_response(err):
+    response = handlers.text_response(err.sentence, status=err.http_status)
+    if isinstance(err, MethodNotAllowed):
+        response.headers["Allow"] = ", ".join(err.allowed)
+    return response
+
+
+def make_app(config):
+    """The WSGI callable serving ``config``'s spool."""
+
+    def application(environ, start_response):
+        request = Request(environ)
+        try:
+            handler, parts, needs_https = route(request.path_info or "/", request.method)
+            if needs_https and config.RequireHTTPS and request.scheme != "https":
+                raise Forbidden("You must use HTTPS")
+            response = handler(config, request, **parts)
+        except RetraceError as err:
+            if err.http_status >= 500 and err.http_status not in (503, 507):
+                log.error("%s %s failed: %s", request.method, request.path_info, err, exc_info=err.__cause__)
+            response = error_response(err)
+        except Exception:
+            log.exception("%s %s crashed", request.method, request.path_info)
+            response = handlers.text_response(
+                "Internal server error; the administrator finds the details in the server log", status=500
+            )
+        return response(environ, start_response)
+
+    return application
+
+
+class LazyApplication:
+    """Loads the config named by the request environment on first use.
+
+    Under mod_wsgi, ``SetEnv RETRACE_SERVER_CONFIG_PATH`` reaches only the
+    per-request environ, not ``os.environ`` at import time, so the real
+    application is built on the first request (once per process).
+    """
+
+    def __init__(self):
+        self._apps = {}
+
+    def __call__(self, environ, start_response):
+        path = environ.get(CONFIG_PATH_VARIABLE)
+        app = self._apps.get(path)
+        if app is None:
+            try:
+                app = make_app(load_config(path))
+            except RetraceError as err:
+                log.error("cannot serve: %s", err)
+                response = handlers.text_response(
+                    "The server is misconfigured; the administrator finds the details in the server log", status=500
+                )
+                return response(environ, start_response)
+            self._apps[path] = app
+        return app(environ, start_response)

@@ -1,0 +1,205 @@
+"""One small function per route: (config, request, **url parts) -> Response.
+
+Handlers raise RetraceError subclasses for every refusal; ``wsgi.app``
+turns them into responses in one place.  Texts and status codes follow
+upstream's scripts so that unmodified ABRT clients work.
+"""
+
+import html
+import logging
+import re
+
+from webob import Response
+
+from retrace import archive, crashdata, taskqueue
+from retrace.errors import Conflict, Forbidden, NotFound
+from retrace.packages import is_package_known
+from retrace.release import ReleaseId, supported_releases
+from retrace.task import Task, wire_status
+
+log = logging.getLogger(__name__)
+
+BACKTRACE_LIMIT = 16 * 1024 * 1024
+LOG_LIMIT = 4 * 1024 * 1024
+EXPLOITABLE_LIMIT = 1024 * 1024
+
+_NVR_HEADER = re.compile(r"[\w.+-]+([1-9][0-9]*:)?[a-zA-Z0-9.+~-]+", re.ASCII)
+_ARCH_HEADER = re.compile(r"\w+", re.ASCII)
+
+
+def text_response(text, status=200, **headers):
+    response = Response(status=status, content_type="text/plain", charset="utf-8", text=text)
+    response.headers.update(headers)
+    return response
+
+
+def _open_task(config, request, task_id):
+    task = Task.open(config.SaveDir, task_id, config.TaskIdLength)
+    task.check_password(request.headers.get("X-Task-Password"))
+    return task
+
+
+def settings(config, request):
+    """Server limits and capabilities in upstream's exact ``key value`` lines.
+
+    ``running_tasks`` counts every slot in use (running, queued, uploading)
+    and ``max_running_tasks`` every slot there is, so an ABRT client, which
+    refuses when the first reaches the second, refuses exactly when
+    ``/create`` would answer 503.
+    """
+    lines = [
+        f"running_tasks {taskqueue.occupancy(config).total}",
+        f"max_running_tasks {config.task_slots}",
+        f"max_packed_size {config.MaxPackedSize}",
+        f"max_unpacked_size {config.MaxUnpackedSize}",
+        "supported_formats " + " ".join(archive.supported_formats()),
+        "supported_releases " + " ".join(str(release) for release in supported_releases(config.RepoDir)),
+    ]
+    return text_response("\n".join(lines))
+
+
+def _required_header(request, name, pattern, what):
+    value = request.headers.get(name)
+    if value is None:
+        raise Forbidden(f"Required header '{name}' not found")
+    value = value.strip()
+    if not pattern.fullmatch(value):
+        raise Forbidden(f"{what} contains illegal characters")
+    return value
+
+
+def checkpackage(config, request):
+    """302 (and deliberately no Location) when the package is known, else 404.
+
+    A Location header would make the ABRT client's HTTP library follow the
+    redirect and misread the answer.
+    """
+    nvr = _required_header(request, "X-Package-NVR", _NVR_HEADER, "Package NVR")
+    arch = _required_header(request, "X-Package-Arch", _ARCH_HEADER, "Architecture")
+    releases = supported_releases(config.RepoDir)
+    release_header = request.headers.get("X-OS-Release")
+    if release_header is not None:
+        wanted = ReleaseId.parse(release_header.strip().lower())
+        if wanted is None:
+            raise Forbidden("OS release contains illegal characters")
+        releases = [release for release in releases if release == wanted]
+    known = is_package_known(config.RepoDir, releases, nvr, arch)
+    return Response(status=302 if known else 404, content_type="text/plain")
+
+
+def create(config, request):
+    """Accept a crash archive: check, stream, unpack, validate, queue."""
+    fmt = archive.format_for(request.headers.get("Content-Type"))
+    length = archive.declared_length(request.content_length, config.max_packed_bytes)
+    if "X-CoreFileDirectory" in request.headers:
+        raise Forbidden("X-CoreFileDirectory header has been disabled by server administrator")
+    task_type = crashdata.parse_task_type(request.headers.get("X-Task-Type"), config.AllowInteractive)
+    archive.ensure_storage(config.SaveDir, length, config.min_storage_left_bytes)
+    limits = archive.Limits(config.max_unpacked_bytes, config.min_storage_left_bytes, crashdata.size_caps())
+    with taskqueue.admitted_upload(config) as incoming:
+        sizes = archive.receive_archive(request.environ["wsgi.input"], length, fmt, incoming.crash_dir, limits)
+        archive.require_files(sizes, crashdata.REQUIRED_FILES[task_type])
+        crashdata.validate_crash_dir(incoming.crash_dir, sizes)
+        task, password = incoming.commit(
+            task_type, id_length=config.TaskIdLength, password_length=config.TaskPassLength
+        )
+    log.info("task %s created: type %d, %d bytes uploaded, files %s", task.task_id, task_type, length, sizes)
+    return Response(status=201, headers={"X-Task-Id": task.task_id, "X-Task-Password": password})
+
+
+def status(config, request, task_id):
+    task = _open_task(config, request, task_id)
+    current = task.status
+    if current is None:
+        position = taskqueue.queue_position(task, config)
+        sentence = f"Waiting in the queue for a free worker (position {position})"
+    else:
+        sentence = current.sentence
+    return text_response(sentence, **{"X-Task-Status": wire_status(current)})
+
+
+def _task_file(config, request, task_id, name, limit, missing):
+    text = _open_task(config, request, task_id).read_text(name, limit)
+    if text is None:
+        raise NotFound(missing)
+    return text_response(text)
+
+
+def backtrace(config, request, task_id):
+    return _task_file(
+        config, request, task_id, "retrace_backtrace", BACKTRACE_LIMIT, "There is no backtrace for the specified task"
+    )
+
+
+def task_log(config, request, task_id):
+    return _task_file(config, request, task_id, "retrace_log", LOG_LIMIT, "There is no log for the specified task")
+
+
+def exploitable(config, request, task_id):
+    return _task_file(
+        config,
+        request,
+        task_id,
+        "results/exploitable",
+        EXPLOITABLE_LIMIT,
+        "There is no exploitability data for the specified task",
+    )
+
+
+def delete(config, request, task_id):
+    if not config.AllowAPIDelete:
+        raise Forbidden("Manual deleting is disabled")
+    task = _open_task(config, request, task_id)
+    current = task.status
+    if current is not None and not current.is_final:
+        raise Conflict("The task is still running; delete it after it has finished")
+    task.delete()
+    log.info("task %s deleted through the API", task_id)
+    return text_response("All task data were deleted successfully")
+
+
+_INDEX_TEMPLATE = """<!DOCTYPE html>
+<html lang="en">
+<head><meta charset="utf-8"><title>Retrace Server</title>
+<style>body{{font-family:sans-serif;max-width:50em;margin:2em auto;line-height:1.4}}code{{background:#eee;padding:0 .2em}}</style>
+</head>
+<body>
+<h1>Retrace Server</h1>
+<p>This server turns C/C++ coredumps into symbolized backtraces, so that you do not
+have to download debuginfo. Use <code>retrace-client</code> or any ABRT-compatible client.</p>
+<h2>Load</h2>
+<p>{load}</p>
+<h2>Supported releases</h2>
+{releases}
+<h2>Your data</h2>
+<p>{https}</p>
+<p>Your coredump is kept on the server only while the retrace job runs; it is deleted
+as soon as the job ends. The backtrace and log are deleted {retention}.</p>
+</body>
+</html>
+"""
+
+
+def index(config, request):
+    now = taskqueue.occupancy(config)
+    load = (
+        f"The server is loaded for {100 * now.running // config.MaxParallelTasks}%: "
+        f"running {now.running} of {config.MaxParallelTasks} jobs, {now.queued + now.uploading} waiting "
+        f"(room for {config.MaxQueuedTasks} in the queue)."
+    )
+    releases = supported_releases(config.RepoDir)
+    if releases:
+        items = "".join(f"<li><code>{html.escape(str(release))}</code></li>" for release in releases)
+        release_html = f"<ul>{items}</ul>"
+    else:
+        release_html = "<p>No release repositories are set up yet.</p>"
+    https = (
+        "Uploads are only accepted over HTTPS."
+        if config.RequireHTTPS
+        else "This server also accepts uploads over plain HTTP; prefer HTTPS."
+    )
+    retention = (
+        f"after {config.DeleteTaskAfter} hours of inactivity" if config.DeleteTaskAfter > 0 else "when the administrator removes them"
+    )
+    page = _INDEX_TEMPLATE.format(load=html.escape(load), releases=release_html, https=https, retention=html.escape(retention))
+    return Response(content_type="text/html", charset="utf-8", text=page)

@@ -1,0 +1,304 @@
+"""retrace-server-httpd: run the real Apache + mod_wsgi around httpd/retrace.conf.
+
+Builds a minimal, self-contained Apache configuration that includes the
+same ``retrace.conf`` an admin drops into conf.d, makes a self-signed
+certificate when none is given, and runs Apache in the foreground until
+SIGTERM.  It refuses to start, with a sentence saying why, when the config
+is invalid, the port is taken or the service user cannot read what the
+daemon processes need (the ``/root`` is 0700 trap).
+"""
+
+import argparse
+import errno
+import grp
+import logging
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+import wsgi
+from retrace.config import ConfigError, load_config
+
+PROG = "retrace-server-httpd"
+_APACHE_BINARIES = ("apache2", "httpd")
+_MODULE_DIRS = ("/usr/lib/apache2/modules", "/usr/lib64/httpd/modules", "/usr/lib/httpd/modules")
+_WSGI_MODULES = ("mod_wsgi.so", "mod_wsgi_python3.so")
+_SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+_READY_TIMEOUT = 30
+
+_ACCESS_CHECK = """
+import os, sys
+for spec in sys.argv[1:]:
+    mode, path = spec.split(":", 1)
+    need = os.R_OK | (os.W_OK if "w" in mode else 0) | (os.X_OK if os.path.isdir(path) else 0)
+    if not os.access(path, need):
+        print(("write to " if "w" in mode else "read ") + path)
+"""
+
+
+class LaunchError(Exception):
+    """Why the server cannot start; printed as one sentence, exit code 2."""
+
+
+def parse_listen(text):
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise LaunchError(f"--listen must look like HOST:PORT (e.g. 127.0.0.1:8443), not {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def check_port_free(host, port):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise LaunchError(f"port {port} on {host} is already in use; choose another with --listen") from None
+            raise LaunchError(f"cannot listen on {host}:{port}: {err.strerror}") from None
+
+
+def find_apache():
+    for name in _APACHE_BINARIES:
+        found = shutil.which(name, path=_SYSTEM_PATH)
+        if found:
+            return found
+    raise LaunchError("Apache httpd is not installed (no apache2 or httpd); run `make run` to install it")
+
+
+def find_module_dir():
+    for directory in _MODULE_DIRS:
+        for wsgi_module in _WSGI_MODULES:
+            if Path(directory, wsgi_module).is_file():
+                return Path(directory), wsgi_module
+    raise LaunchError("mod_wsgi for Python 3 is not installed (libapache2-mod-wsgi-py3 or python3-mod_wsgi)")
+
+
+def default_retrace_conf():
+    """httpd/retrace.conf: installed under <prefix>/share, or in the checkout."""
+    for candidate in (Path(sys.prefix, "share", "retrace-server", "retrace.conf"),
+                      Path(__file__).resolve().parent.parent / "httpd" / "retrace.conf"):
+        if candidate.is_file():
+            return candidate
+    raise LaunchError("cannot find httpd/retrace.conf; pass it with --httpd-conf")
+
+
+def make_certificate(run_dir, host):
+    cert, key = run_dir / "server.crt", run_dir / "server.key"
+    alt_name = f"IP:{host}" if host.replace(".", "").isdigit() or ":" in host else f"DNS:{host}"
+    argv = [
+        "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-days", "365", "-subj", f"/CN={host}", "-addext", f"subjectAltName={alt_name},DNS:localhost",
+        "-addext", "basicConstraints=critical,CA:FALSE",
+        "-keyout", str(key), "-out", str(cert),
+    ]
+    try:
+        subprocess.run(argv, check=True, capture_output=True, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise LaunchError("openssl is not installed; install it or pass --cert and --key") from None
+    except subprocess.CalledProcessError as err:
+        raise LaunchError(f"openssl could not make a certificate: {err.stderr.decode(errors='replace').strip()}") from None
+    return cert, key
+
+
+def prepare_directories(config, user):
+    """Create missing spool and log directories for the service user (as root)."""
+    if os.geteuid() != 0:
+        return
+    for directory, mode, owned in ((config.SaveDir, 0o770, True), (config.LogDir, 0o750, True), (config.RepoDir, 0o755, False)):
+        if not directory.exists():
+            directory.mkdir(mode=mode, parents=True)
+            if owned:
+                os.chown(directory, user.pw_uid, user.pw_gid)
+
+
+def check_service_user_access(user, paths):
+    """LaunchError listing what ``user`` cannot read or write among ``paths``.
+
+    ``paths`` are ``(mode, path)`` with mode "r" or "w".  Checked in a child
+    that has become the user, since only the kernel knows the answer.
+    """
+    if os.geteuid() != 0:
+        return
+    specs = [f"{mode}:{path}" for mode, path in paths]
+    result = subprocess.run(
+        ["/usr/bin/python3", "-I", "-c", _ACCESS_CHECK, *specs],
+        user=user.pw_uid, group=user.pw_gid, extra_groups=[], capture_output=True, text=True,
+        stdin=subprocess.DEVNULL, cwd="/",
+    )
+    problems = [line for line in result.stdout.splitlines() if line] or (
+        [result.stderr.strip()] if result.returncode else []
+    )
+    if problems:
+        raise LaunchError(
+            f"the service user {user.pw_name} cannot " + "; cannot ".join(problems)
+            + " (a checkout or venv under a private home directory is a common cause; "
+            "install with VENV=/opt/retrace-server/venv or fix the permissions)"
+        )
+
+
+def apache_config(*, run_dir, host, port, user, group, config, config_path, retrace_conf, cert, key, module_dir, wsgi_module):
+    listen_host = f"[{host}]" if ":" in host else host
+    defines = {
+        "RETRACE_WSGI_SCRIPT": Path(wsgi.__file__).resolve().parent / "retrace.wsgi",
+        "RETRACE_PYTHON_PATH": sysconfig.get_paths()["purelib"],
+        "RETRACE_CONFIG": config_path,
+        "RETRACE_USER": user,
+        "RETRACE_GROUP": group,
+        "RETRACE_MAX_BODY": config.max_packed_bytes,
+    }
+    modules = [
+        ("mpm_event_module", "mod_mpm_event.so"),
+        ("authz_core_module", "mod_authz_core.so"),
+        ("env_module", "mod_env.so"),
+        ("socache_shmcb_module", "mod_socache_shmcb.so"),
+        ("ssl_module", "mod_ssl.so"),
+        ("wsgi_module", wsgi_module),
+    ]
+    lines = [f'ServerRoot "{run_dir}"', f"ServerName {listen_host}:{port}", f"Listen {listen_host}:{port}"]
+    lines += [f'LoadModule {name} "{module_dir / so}"' for name, so in modules]
+    lines += [
+        f'PidFile "{run_dir}/httpd.pid"',
+        f'DefaultRuntimeDir "{run_dir}"',
+        f"Mutex file:{run_dir} default",
+        f"User {user}",
+        f"Group {group}",
+        f'ErrorLog "{config.LogDir}/httpd_error.log"',
+        "LogLevel warn",
+        'LogFormat "%h %t \\"%r\\" %>s %b %D" retrace',
+        f'CustomLog "{config.LogDir}/httpd_access.log" retrace',
+        "SSLEngine on",
+        "SSLProtocol -all +TLSv1.2 +TLSv1.3",
+        f'SSLCertificateFile "{cert}"',
+        f'SSLCertificateKeyFile "{key}"',
+        f'SSLSessionCache "shmcb:{run_dir}/ssl_scache(512000)"',
+        f'WSGISocketPrefix "{run_dir}/wsgi"',
+    ]
+    lines += [f'Define {name} "{value}"' for name, value in defines.items()]
+    lines.append(f'Include "{retrace_conf}"')
+    return "\n".join(lines) + "\n"
+
+
+def wait_until_listening(host, port, process):
+    deadline = time.monotonic() + _READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def _error_log_tail(config, lines=15):
+    try:
+        text = (config.LogDir / "httpd_error.log").read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def serve(args):
+    config_path = Path(args.config).resolve()
+    try:
+        config = load_config(config_path)
+    except ConfigError as err:
+        raise LaunchError(f"invalid configuration: {err}") from None
+    host, port = parse_listen(args.listen)
+    try:
+        user = pwd.getpwnam(args.user)
+    except KeyError:
+        raise LaunchError(f"the service user {args.user} does not exist; `make run` creates it") from None
+    group = grp.getgrgid(user.pw_gid).gr_name
+    apache = find_apache()
+    module_dir, wsgi_module = find_module_dir()
+    retrace_conf = Path(args.httpd_conf).resolve() if args.httpd_conf else default_retrace_conf()
+    check_port_free(host, port)
+    prepare_directories(config, user)
+    wsgi_script = Path(wsgi.__file__).resolve().parent / "retrace.wsgi"
+    check_service_user_access(user, [
+        ("r", wsgi_script), ("r", sysconfig.get_paths()["purelib"]), ("r", config_path),
+        ("w", config.SaveDir), ("w", config.LogDir), ("r", config.RepoDir),
+    ])
+    run_dir = Path(tempfile.mkdtemp(prefix="retrace-httpd-"))
+    try:
+        os.chmod(run_dir, 0o755)
+        if args.cert:
+            cert, key = Path(args.cert).resolve(), Path(args.key).resolve()
+        else:
+            cert, key = make_certificate(run_dir, host)
+        conf_file = run_dir / "httpd.conf"
+        conf_file.write_text(apache_config(
+            run_dir=run_dir, host=host, port=port, user=user.pw_name, group=group, config=config,
+            config_path=config_path, retrace_conf=retrace_conf, cert=cert, key=key,
+            module_dir=module_dir, wsgi_module=wsgi_module,
+        ))
+        test = subprocess.run([apache, "-t", "-f", str(conf_file)], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if test.returncode != 0:
+            raise LaunchError(f"Apache rejects the generated configuration: {test.stderr.strip()}")
+        return run_apache(apache, conf_file, host, port, config, cert)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def run_apache(apache, conf_file, host, port, config, cert):
+    process = subprocess.Popen([apache, "-f", str(conf_file), "-DFOREGROUND"], stdin=subprocess.DEVNULL)
+    stopping = []
+
+    def stop(signum, _frame):
+        stopping.append(signum)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, stop)
+    if not wait_until_listening(host, port, process):
+        stop(signal.SIGTERM, None)
+        process.wait()
+        raise LaunchError(f"Apache did not start; its error log says:\n{_error_log_tail(config)}")
+    print(f"{PROG}: serving https://{host}:{port}/ (certificate {cert}); stop with Ctrl-C or SIGTERM", flush=True)
+    returncode = process.wait()
+    if stopping:
+        print(f"{PROG}: stopped", flush=True)
+        return 0
+    print(f"{PROG}: Apache exited with status {returncode}; its error log says:\n{_error_log_tail(config)}", file=sys.stderr)
+    return 1
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog=PROG, description="Run retrace-server under Apache httpd + mod_wsgi over HTTPS.")
+    parser.add_argument("--config", required=True, help="retrace-server.conf to serve")
+    parser.add_argument("--listen", default="127.0.0.1:8443", help="HOST:PORT (default %(default)s)")
+    parser.add_argument("--cert", help="PEM certificate (default: a new self-signed one)")
+    parser.add_argument("--key", help="PEM private key for --cert")
+    parser.add_argument("--user", default="retrace", help="service user of the WSGI daemons (default %(default)s)")
+    parser.add_argument("--httpd-conf", help="Apache include file (default: the installed httpd/retrace.conf)")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(format=f"{PROG}: %(levelname)s: %(message)s")
+    if bool(args.cert) != bool(args.key):
+        print(f"{PROG}: --cert and --key go together", file=sys.stderr)
+        return 2
+    try:
+        return serve(args)
+    except LaunchError as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
