@@ -160,6 +160,7 @@ def apache_config(*, run_dir, host, port, user, group, config, config_path, retr
         ("mpm_event_module", "mod_mpm_event.so"),
         ("authz_core_module", "mod_authz_core.so"),
         ("env_module", "mod_env.so"),
+        ("reqtimeout_module", "mod_reqtimeout.so"),
         ("socache_shmcb_module", "mod_socache_shmcb.so"),
         ("ssl_module", "mod_ssl.so"),
         ("wsgi_module", wsgi_module),

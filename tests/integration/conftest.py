@@ -1,3 +1,4 @@
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -63,7 +64,8 @@ def start_server(certificate, release_rpms):
     yield start
     for server in started:
         server.stop()
-        remove_root(server.root)
+        if not os.environ.get("RETRACE_KEEP_TEST_ROOTS"):
+            remove_root(server.root)
 
 
 @pytest.fixture(scope="session")
