@@ -8,6 +8,7 @@ counted on the way, so ``MaxPackedSize``, ``MaxUnpackedSize`` and
 to tar and accepts only regular files with known names at the top level.
 """
 
+import contextlib
 import dataclasses
 import gzip
 import io
@@ -304,11 +305,11 @@ def receive_archive(body, content_length, fmt, crash_dir, limits):
             sizes = _unpack_members(fmt.decompress(buffered), crash_dir, limits)
         except _DECOMPRESSION_ERRORS as err:
             raise BadRequest(f"The archive is corrupt or truncated ({_describe(err)})") from None
-    finally:
-        try:
+    except BaseException:
+        with contextlib.suppress(BadRequest):
             raw.drain()
-        except BadRequest:
-            pass
+        raise
+    raw.drain()
     return sizes
 
 

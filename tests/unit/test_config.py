@@ -1,0 +1,94 @@
+from pathlib import Path
+
+import pytest
+
+from retrace.config import Config, ConfigError, config_path, load_config, parse_config
+
+
+def parse(body):
+    return parse_config("[retrace]\n" + body, "/etc/retrace-server/retrace-server.conf")
+
+
+def test_missing_keys_take_upstream_defaults():
+    config, warnings = parse("")
+    assert config == Config()
+    assert warnings == []
+
+
+def test_shipped_config_file_loads_without_warnings():
+    shipped = Path(__file__).resolve().parents[2] / "config" / "retrace-server.conf"
+    config, warnings = parse_config(shipped.read_text(), shipped)
+    assert warnings == []
+    assert config.SaveDir == Path("/var/spool/retrace-server")
+
+
+def test_values_are_converted_to_the_field_types():
+    config, _ = parse("MaxPackedSize = 7\nRequireHTTPS = no\nSaveDir = /srv/spool\n")
+    assert (config.MaxPackedSize, config.RequireHTTPS, config.SaveDir) == (7, False, Path("/srv/spool"))
+
+
+def test_sizes_in_mib_convert_to_bytes():
+    config, _ = parse("MaxPackedSize = 2\nMaxUnpackedSize = 3\nMinStorageLeft = 4\n")
+    assert (config.max_packed_bytes, config.max_unpacked_bytes, config.min_storage_left_bytes) == (
+        2 * 1048576, 3 * 1048576, 4 * 1048576,
+    )
+
+
+def test_task_slots_are_running_plus_queued():
+    config, _ = parse("MaxParallelTasks = 3\nMaxQueuedTasks = 4\n")
+    assert config.task_slots == 7
+
+
+def test_wrong_type_names_key_and_file():
+    with pytest.raises(ConfigError, match=r"retrace-server.conf: MaxPackedSize must be a whole number, not 'lots'"):
+        parse("MaxPackedSize = lots\n")
+
+
+def test_bad_boolean_names_the_accepted_spellings():
+    with pytest.raises(ConfigError, match="RequireHTTPS must be 1 or 0"):
+        parse("RequireHTTPS = maybe\n")
+
+
+def test_value_below_minimum_is_an_error():
+    with pytest.raises(ConfigError, match="MaxParallelTasks must be at least 1, not 0"):
+        parse("MaxParallelTasks = 0\n")
+
+
+def test_value_above_maximum_is_an_error():
+    with pytest.raises(ConfigError, match="TaskIdLength must be at most 18, not 40"):
+        parse("TaskIdLength = 40\n")
+
+
+def test_relative_path_is_an_error():
+    with pytest.raises(ConfigError, match="SaveDir must be an absolute path"):
+        parse("SaveDir = spool\n")
+
+
+def test_unknown_key_is_a_warning_not_an_error():
+    config, warnings = parse("UseFTPTasks = 1\n")
+    assert config == Config()
+    assert warnings == ["/etc/retrace-server/retrace-server.conf: unknown key UseFTPTasks in [retrace] is ignored"]
+
+
+def test_missing_section_is_an_error():
+    with pytest.raises(ConfigError, match=r"has no \[retrace\] section"):
+        parse_config("[other]\nx = 1\n", "f.conf")
+
+
+def test_broken_ini_is_an_error():
+    with pytest.raises(ConfigError, match="not a valid INI file"):
+        parse_config("no section header\n", "f.conf")
+
+
+def test_unreadable_file_names_the_path(tmp_path):
+    with pytest.raises(ConfigError, match=r"missing.conf: cannot read the configuration file"):
+        load_config(tmp_path / "missing.conf")
+
+
+def test_path_comes_from_environment_when_not_explicit():
+    assert config_path({"RETRACE_SERVER_CONFIG_PATH": "/x.conf"}) == Path("/x.conf")
+    assert config_path({"RETRACE_SERVER_CONFIG_PATH": "/x.conf"}, "/y.conf") == Path("/y.conf")
+
+
+def test_default_path_is_upstreams():
+    assert config_path({}) == Path("/etc/retrace-server/retrace-server.conf")

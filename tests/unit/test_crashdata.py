@@ -1,0 +1,69 @@
+import pytest
+
+from retrace.crashdata import parse_task_type, validate_crash_dir
+from retrace.errors import BadRequest, Conflict, InvalidCrashData
+from retrace.task import TaskType
+
+CORE_HEADER = b"\x7fELF\x02\x01\x01" + bytes(9) + b"\x04\x00" + bytes(46)
+
+
+def crash_dir(tmp_path, **files):
+    contents = {"coredump": CORE_HEADER, "executable": b"/usr/bin/crasher\n", "package": b"crasher-1.0-1.fc41", **files}
+    for name, data in contents.items():
+        (tmp_path / name).write_bytes(data)
+    return contents
+
+
+def test_valid_crash_dir_passes(tmp_path):
+    names = crash_dir(tmp_path, os_release=b"Fedora release 41 (Forty One)\n")
+    validate_crash_dir(tmp_path, names)
+
+
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("executable", b"usr/bin/relative"),
+        ("executable", b"/usr/bin/`id`"),
+        ("executable", b"/usr/bin/a b"),
+        ("package", b"crasher"),
+        ("package", b"crasher-1.0-1.fc41\nevil-1-1"),
+        ("os_release", b"Fedora release 41 $(id)"),
+        ("rootdir", b"/var/lib/../../etc"),
+        ("packages", b"bash-1-1 ;reboot"),
+        ("executable", b""),
+    ],
+)
+def test_bad_text_is_refused(tmp_path, name, data):
+    names = crash_dir(tmp_path, **{name: data})
+    with pytest.raises(InvalidCrashData, match=f"'{name}' file must hold"):
+        validate_crash_dir(tmp_path, names)
+
+
+def test_package_with_epoch_is_accepted(tmp_path):
+    validate_crash_dir(tmp_path, crash_dir(tmp_path, package=b"bash-1:5.2.26-3.fc41"))
+
+
+def test_task_type_defaults_to_coredump():
+    assert parse_task_type(None, False) == TaskType.COREDUMP
+    assert parse_task_type(" 1 ", False) == TaskType.DEBUG
+
+
+def test_task_type_must_be_a_number():
+    with pytest.raises(BadRequest, match="whole number"):
+        parse_task_type("zero", False)
+
+
+def test_unknown_task_type_is_refused():
+    with pytest.raises(BadRequest, match="Unknown X-Task-Type 9"):
+        parse_task_type("9", False)
+
+
+def test_interactive_needs_allow_interactive():
+    with pytest.raises(Conflict):
+        parse_task_type("3", False)
+    assert parse_task_type("3", True) == TaskType.COREDUMP_INTERACTIVE
+
+
+def test_vmcore_types_are_refused():
+    with pytest.raises(BadRequest, match="vmcores"):
+        parse_task_type("2", True)

@@ -1,0 +1,64 @@
+import pytest
+
+from retrace.config import Config
+from retrace.errors import QueueFull
+from retrace.task import IncomingTask, TaskStatus, TaskType
+from retrace.taskqueue import admitted_upload, occupancy, queue_position, queued_tasks
+
+
+def config_for(tmp_path, **values):
+    return Config(SaveDir=tmp_path, **values)
+
+
+def add_task(config, status=None, queued_time=None):
+    with IncomingTask(config.SaveDir) as incoming:
+        task, _ = incoming.commit(TaskType.COREDUMP, id_length=config.TaskIdLength, password_length=32)
+    if status is not None:
+        task.set_status(status)
+    if queued_time is not None:
+        task.mark_time("queued_time", queued_time)
+    return task
+
+
+def test_occupancy_counts_running_queued_and_uploading(tmp_path):
+    config = config_for(tmp_path)
+    add_task(config)
+    add_task(config, TaskStatus.BACKTRACE)
+    add_task(config, TaskStatus.SUCCESS)
+    add_task(config, TaskStatus.FAIL)
+    with IncomingTask(tmp_path):
+        now = occupancy(config)
+    assert (now.running, now.queued, now.uploading, now.total) == (1, 1, 1, 3)
+
+
+def test_queue_is_oldest_first(tmp_path):
+    config = config_for(tmp_path)
+    newer = add_task(config, queued_time=2000)
+    older = add_task(config, queued_time=1000)
+    assert [t.task_id for t in queued_tasks(config)] == [older.task_id, newer.task_id]
+    assert queue_position(newer, config) == 2
+
+
+def test_admission_refuses_when_every_slot_is_taken(tmp_path):
+    config = config_for(tmp_path, MaxParallelTasks=1, MaxQueuedTasks=1)
+    add_task(config)
+    with admitted_upload(config):
+        with pytest.raises(QueueFull, match="fully loaded"):
+            with admitted_upload(config):
+                pass
+
+
+def test_admission_frees_the_slot_of_a_rejected_upload(tmp_path):
+    config = config_for(tmp_path, MaxParallelTasks=1, MaxQueuedTasks=0)
+    with pytest.raises(ValueError):
+        with admitted_upload(config):
+            raise ValueError("bad archive")
+    with admitted_upload(config):
+        pass
+
+
+def test_finished_tasks_do_not_take_slots(tmp_path):
+    config = config_for(tmp_path, MaxParallelTasks=1, MaxQueuedTasks=0)
+    add_task(config, TaskStatus.SUCCESS)
+    with admitted_upload(config):
+        pass
