@@ -267,7 +267,8 @@ def _check_type(fmt, buffered):
 def _unpack_members(stream, crash_dir, limits):
     unpacked = 0
     sizes = {}
-    with tarfile.open(fileobj=stream, mode="r|", tarinfo=_GuardedTarInfo) as tar:
+    # bufsize: tarfile's stream mode otherwise reads in 10 KiB steps.
+    with tarfile.open(fileobj=stream, mode="r|", tarinfo=_GuardedTarInfo, bufsize=CHUNK_SIZE) as tar:
         for member in tar:
             name = _member_name(member)
             if name not in limits.files:

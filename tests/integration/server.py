@@ -79,7 +79,7 @@ def write_config(root, **overrides):
 class Server:
     """A running retrace-server-httpd; ``url`` ends without a slash."""
 
-    def __init__(self, root, cert, key, **settings):
+    def __init__(self, root, cert, key, launcher_args=(), **settings):
         self.root = Path(root)
         self.save_dir = self.root / "spool"
         self.repo_dir = self.root / "repos"
@@ -92,7 +92,7 @@ class Server:
         self.output = open(self.root / "launcher.out", "w+")
         self.process = subprocess.Popen(
             [str(launcher), "--config", str(self.config_path), "--listen", f"127.0.0.1:{self.port}",
-             "--cert", str(cert), "--key", str(key), "--user", SERVICE_USER],
+             "--cert", str(cert), "--key", str(key), "--user", SERVICE_USER, *launcher_args],
             stdout=self.output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         self._wait_ready()
