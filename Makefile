@@ -1,7 +1,7 @@
 # Two commands: `make run` (install everything, serve on https://127.0.0.1:8443)
 # and `make test` (the same set-up, then the whole suite).  Run as root.
 
-VENV ?= .venv
+VENV ?= $(shell /usr/bin/python3 scripts/default-venv)
 PYTHON := $(VENV)/bin/python
 SERVICE_USER ?= retrace
 CONFIG ?= config/retrace-server.conf
@@ -28,7 +28,7 @@ system-packages:
 	sh scripts/install-system-packages
 
 $(PYTHON):
-	/usr/bin/python3 -m venv --system-site-packages $(VENV)
+	mkdir -p $(dir $(VENV)) && /usr/bin/python3 -m venv --system-site-packages $(VENV)
 
 venv: $(PYTHON)
 
