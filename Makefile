@@ -4,7 +4,9 @@
 VENV ?= $(shell /usr/bin/python3 scripts/default-venv)
 PYTHON := $(VENV)/bin/python
 SERVICE_USER ?= retrace
-CONFIG ?= config/retrace-server.conf
+# The installed copy of config/retrace-server.conf, refreshed by every make
+# (readable by the service user even when the checkout is not).
+CONFIG ?= $(VENV)/share/retrace-server/retrace-server.conf
 LISTEN ?= 127.0.0.1:8443
 PYTEST_ARGS ?=
 
