@@ -152,10 +152,6 @@ class Task:
             raise Forbidden("Invalid password")
 
     @property
-    def task_type(self):
-        return TaskType(int(self._read("type")))
-
-    @property
     def status(self):
         """The stored TaskStatus, or None while the task waits in the queue."""
         text = self._read("status")
@@ -177,12 +173,6 @@ class Task:
     def read_text(self, name, limit):
         """A result file's text, at most ``limit`` bytes; None when absent."""
         return self._read(name, limit)
-
-    @property
-    def is_active(self):
-        """Queued or running: it still holds one of the server's task slots."""
-        status = self.status
-        return status is None or not status.is_final
 
     def delete(self):
         """Remove the task; it vanishes from the spool at once, then is erased."""

@@ -13,6 +13,7 @@ import secrets
 import socket
 import ssl
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -268,24 +269,19 @@ def test_upload_that_stalls_before_content_length_is_408(hostile_server, problem
     expect_rejection(hostile_server, send, 408, "The upload stalled")
 
 
-def test_non_integer_task_type_is_400(hostile_server, problem_dir):
-    send = post_archive(hostile_server, abrt_archive(problem_dir), **{"X-Task-Type": "zero"})
-    expect_rejection(hostile_server, send, 400, "X-Task-Type must be a whole number")
-
-
-def test_interactive_task_type_is_409_when_disabled(hostile_server, problem_dir):
-    send = post_archive(hostile_server, abrt_archive(problem_dir), **{"X-Task-Type": "3"})
-    expect_rejection(hostile_server, send, 409, "Interactive tasks were disabled")
-
-
-def test_vmcore_task_type_is_400(hostile_server, problem_dir):
-    send = post_archive(hostile_server, abrt_archive(problem_dir), **{"X-Task-Type": "2"})
-    expect_rejection(hostile_server, send, 400, "does not retrace kernel vmcores")
-
-
-def test_core_file_directory_header_is_403(hostile_server, problem_dir):
-    send = post_archive(hostile_server, abrt_archive(problem_dir), **{"X-CoreFileDirectory": "/etc"})
-    expect_rejection(hostile_server, send, 403, "X-CoreFileDirectory header has been disabled")
+@pytest.mark.parametrize(
+    "header, value, status, fragment",
+    [
+        ("X-Task-Type", "zero", 400, "X-Task-Type must be a whole number"),
+        ("X-Task-Type", "3", 409, "Interactive tasks were disabled"),
+        ("X-Task-Type", "2", 400, "does not retrace kernel vmcores"),
+        ("X-CoreFileDirectory", "/etc", 403, "X-CoreFileDirectory header has been disabled"),
+    ],
+    ids=["non-integer-task-type", "interactive-task-type", "vmcore-task-type", "core-file-directory"],
+)
+def test_refused_create_header(hostile_server, problem_dir, header, value, status, fragment):
+    send = post_archive(hostile_server, abrt_archive(problem_dir), **{header: value})
+    expect_rejection(hostile_server, send, status, fragment)
 
 
 def test_get_on_create_is_405_with_allow(hostile_server):
@@ -350,3 +346,14 @@ def test_full_queue_is_503_and_settings_make_abrt_refuse(start_server, problem_d
     settings = dict(line.split(" ", 1) for line in server.get("/settings").text.split("\n"))
     assert int(settings["running_tasks"]) >= int(settings["max_running_tasks"])
 
+
+
+def test_concurrent_uploads_never_take_more_slots_than_exist(start_server, problem_dir):
+    server = start_server(MaxParallelTasks="2", MaxQueuedTasks="3")
+    body = abrt_archive(problem_dir)
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        responses = pool.map(lambda _: server.post("/create", data=body, headers={"Content-Type": XZ_TAR}), range(12))
+        codes = [response.status_code for response in responses]
+    assert sorted(codes) == [201] * 5 + [503] * 7
+    assert len(server.task_dirs()) == 5
+    assert server.incoming() == []

@@ -70,18 +70,15 @@ def test_password_check_accepts_only_the_password(tmp_path):
         task.check_password(None)
 
 
-def test_new_task_has_no_status_and_is_active(tmp_path):
+def test_new_task_has_no_status(tmp_path):
     task, _ = commit(tmp_path)
     assert task.status is None
-    assert task.is_active
 
 
-def test_final_status_ends_activity(tmp_path):
+def test_status_is_stored_as_upstreams_integer_code(tmp_path):
     task, _ = commit(tmp_path)
-    task.set_status(TaskStatus.BACKTRACE)
-    assert task.is_active
     task.set_status(TaskStatus.FAIL)
-    assert not task.is_active
+    assert task.status == TaskStatus.FAIL
     assert (task.path / "status").read_text() == "7"
 
 
