@@ -18,6 +18,8 @@ from pathlib import Path
 
 import requests
 
+from wsgi.httpd import make_certificate as launcher_certificate
+
 SERVICE_USER = "retrace"
 _START_TIMEOUT = 60
 DEFAULT_SETTINGS = {
@@ -39,14 +41,8 @@ def free_port():
 
 
 def make_certificate(directory):
-    cert, key = Path(directory) / "cert.pem", Path(directory) / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-addext", "basicConstraints=critical,CA:FALSE", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )
-    return cert, key
+    """A self-signed certificate for 127.0.0.1, made the way the launcher makes its own."""
+    return launcher_certificate(Path(directory), "127.0.0.1")
 
 
 def make_root(prefix="retrace-test-"):
