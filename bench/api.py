@@ -22,7 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.fixtures.cores import compile_crasher, crash  # noqa: E402
+from tests.fixtures.cores import crash_installed  # noqa: E402
+from tests.fixtures.distro import build_rpms  # noqa: E402
 from tests.integration.server import Server, make_certificate, make_root, remove_root  # noqa: E402
 
 MIB = 1024 * 1024
@@ -139,9 +140,7 @@ def main():
     root = make_root("retrace-bench-server-")
     server = None
     try:
-        build = work / "crasher"
-        build.mkdir()
-        core = crash(compile_crasher(build), build)
+        core = crash_installed(build_rpms(work / "build"), work)
         tar_path, xz_path, payload = build_archives(work, core)
         cert, key = make_certificate(work)
         server = Server(root, cert, key, MaxPackedSize="400", MaxUnpackedSize="400", MaxQueuedTasks="1000")

@@ -41,6 +41,13 @@ def _as_int(text):
         raise ValueError("must be a whole number") from None
 
 
+def _as_float(text):
+    try:
+        return float(text.strip())
+    except ValueError:
+        raise ValueError("must be a number") from None
+
+
 def _as_path(text):
     path = Path(text.strip())
     if not path.is_absolute():
@@ -52,7 +59,7 @@ def _as_str(text):
     return text.strip()
 
 
-_CONVERTERS = {bool: _as_bool, int: _as_int, Path: _as_path, str: _as_str}
+_CONVERTERS = {bool: _as_bool, int: _as_int, float: _as_float, Path: _as_path, str: _as_str}
 
 
 def _key(default, minimum=None, maximum=None, choices=None, unit=""):
@@ -74,6 +81,10 @@ class Config:
     SaveDir: Path = _key(Path("/var/spool/retrace-server"))
     RepoDir: Path = _key(Path("/var/cache/retrace-server"))
     LogDir: Path = _key(Path("/var/log/retrace-server"))
+    CacheDir: Path = _key(Path("/var/cache/retrace-server-unpacked"))
+    RetraceEnvironment: str = _key("sysroot", choices=("sysroot",))
+    GdbTimeout: float = _key(300.0, minimum=0.01, maximum=86400, unit="seconds")
+    GdbMemoryLimit: int = _key(4096, minimum=64, unit="MiB")
     RequireHTTPS: bool = _key(True)
     AllowAPIDelete: bool = _key(False)
     AllowInteractive: bool = _key(False)
@@ -99,6 +110,10 @@ class Config:
     @property
     def min_storage_left_bytes(self):
         return self.MinStorageLeft * MIB
+
+    @property
+    def gdb_memory_limit_bytes(self):
+        return self.GdbMemoryLimit * MIB
 
     @property
     def task_slots(self):

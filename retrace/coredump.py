@@ -1,12 +1,51 @@
-"""What we can tell about an uploaded coredump from its bytes alone."""
+"""What we can tell about an uploaded coredump from its bytes alone.
 
+``read_core`` reads the ELF notes the kernel writes into every core: the
+mapped files (``NT_FILE``), the signal (``NT_SIGINFO``) and, from the ELF
+headers of each mapped file that the core keeps in memory, its build-id.
+It needs nothing from the host, so it is not fooled by a host file of the
+same name, and every offset it follows is checked against the file, since
+the core is an untrusted upload.
+"""
+
+import dataclasses
 import struct
 
 from retrace.errors import InvalidCrashData
 
 ELF_MAGIC = b"\x7fELF"
 ET_CORE = 4
+PT_LOAD = 1
+PT_NOTE = 4
+NT_FILE = 0x46494C45
+NT_SIGINFO = 0x53494749
+NT_GNU_BUILD_ID = 3
+_MAX_NOTES_BYTES = 64 * 1024 * 1024
+_MAX_HEADERS = 65535
 _ELF_TYPES = {0: "NONE", 1: "REL (an object file)", 2: "EXEC (a program)", 3: "DYN (a program or library)", 4: "CORE"}
+
+# e_machine -> architecture name as releases spell it (upstream's list).
+_MACHINES = {3: "i386", 62: "x86_64", 40: "armhfp", 183: "aarch64", 22: "s390x", 21: "ppc64"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Module:
+    """A file mapped into the crashed process."""
+
+    path: str
+    start: int
+    build_id: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class CoreInfo:
+    arch: str
+    modules: tuple
+    signal: int | None
+    fault_address: int | None
+
+    def module_at(self, path):
+        return next((module for module in self.modules if module.path == path), None)
 
 
 def check_elf_core(path, name="coredump"):
@@ -22,3 +61,170 @@ def check_elf_core(path, name="coredump"):
     if elf_type != ET_CORE:
         described = _ELF_TYPES.get(elf_type, str(elf_type))
         raise InvalidCrashData(f"The '{name}' file is an ELF file of type {described}, not a core file")
+
+
+class _Elf:
+    """Field layout of one ELF class and byte order, shared by the core and the
+    ELF images found inside it."""
+
+    def __init__(self, ident):
+        self.is_64 = ident[4] == 2
+        self.order = "<" if ident[5] == 1 else ">"
+        self.word = "Q" if self.is_64 else "I"
+        self.word_size = 8 if self.is_64 else 4
+        if self.is_64:
+            self.header = struct.Struct(self.order + "16sHHIQQQIHHHHHH")
+            self.phdr = struct.Struct(self.order + "IIQQQQQQ")
+        else:
+            self.header = struct.Struct(self.order + "16sHHIIIIIHHHHHH")
+            self.phdr = struct.Struct(self.order + "IIIIIIII")
+
+    def program_header(self, data):
+        """``(p_type, p_offset, p_vaddr, p_filesz, p_memsz)`` from raw bytes."""
+        fields = self.phdr.unpack(data)
+        if self.is_64:
+            p_type, _flags, offset, vaddr, _paddr, filesz, memsz, _align = fields
+        else:
+            p_type, offset, vaddr, _paddr, filesz, memsz, _flags, _align = fields
+        return p_type, offset, vaddr, filesz, memsz
+
+    def notes(self, data):
+        """``(type, name, desc)`` for every note in ``data``, stopping at damage."""
+        position = 0
+        while position + 12 <= len(data):
+            namesz, descsz, note_type = struct.unpack_from(self.order + "III", data, position)
+            position += 12
+            name_end = position + namesz
+            desc_start = name_end + (-namesz % 4)
+            desc_end = desc_start + descsz
+            if desc_end > len(data):
+                return
+            yield note_type, data[position:name_end].rstrip(b"\0"), data[desc_start:desc_end]
+            position = desc_end + (-descsz % 4)
+
+
+class _CoreReader:
+    def __init__(self, handle, size):
+        self.handle = handle
+        self.size = size
+        ident = self.read(0, 64)
+        self.elf = _Elf(ident)
+        header = self.elf.header.unpack_from(ident)
+        self.machine = header[2]
+        phoff, phentsize, phnum = header[5], header[9], header[10]
+        if phentsize != self.elf.phdr.size or phnum > _MAX_HEADERS:
+            raise InvalidCrashData("The coredump has damaged program headers")
+        table = self.read(phoff, phentsize * phnum)
+        if len(table) < phentsize * phnum:
+            raise InvalidCrashData("The coredump is truncated: its program headers are missing")
+        self.segments = [self.elf.program_header(table[i:i + phentsize]) for i in range(0, len(table), phentsize)]
+        described = max((offset + filesz for _t, offset, _v, filesz, _m in self.segments), default=0)
+        if described > size:
+            raise InvalidCrashData(
+                f"The coredump is truncated: it has {size} bytes, its headers describe {described}"
+            )
+
+    def read(self, offset, length):
+        if offset < 0 or offset >= self.size:
+            return b""
+        self.handle.seek(offset)
+        return self.handle.read(max(0, min(length, self.size - offset)))
+
+    def read_memory(self, address, length):
+        """Bytes of the crashed process's memory, or b"" where the core has none."""
+        for p_type, offset, vaddr, filesz, _memsz in self.segments:
+            if p_type == PT_LOAD and vaddr <= address < vaddr + filesz:
+                available = min(length, vaddr + filesz - address)
+                return self.read(offset + address - vaddr, available)
+        return b""
+
+    def core_notes(self):
+        for p_type, offset, _vaddr, filesz, _memsz in self.segments:
+            if p_type == PT_NOTE:
+                data = self.read(offset, min(filesz, _MAX_NOTES_BYTES))
+                if len(data) < filesz:
+                    raise InvalidCrashData("The coredump is truncated: its notes are cut off")
+                yield from self.elf.notes(data)
+
+    def build_id_at(self, base):
+        """The GNU build-id of the ELF image mapped at ``base``, if the core kept its headers."""
+        ident = self.read_memory(base, 64)
+        if len(ident) < self.elf.header.size or not ident.startswith(ELF_MAGIC):
+            return None
+        header = self.elf.header.unpack_from(ident)
+        phoff, phentsize, phnum = header[5], header[9], header[10]
+        if phentsize != self.elf.phdr.size or phnum > 512:
+            return None
+        table = self.read_memory(base + phoff, phentsize * phnum)
+        headers = [self.elf.program_header(table[i:i + phentsize]) for i in range(0, len(table) - phentsize + 1, phentsize)]
+        first_load = next((h for h in headers if h[0] == PT_LOAD), None)
+        if first_load is None:
+            return None
+        bias = base - (first_load[2] - first_load[1])
+        for p_type, _offset, vaddr, filesz, _memsz in headers:
+            if p_type != PT_NOTE:
+                continue
+            for note_type, name, desc in self.elf.notes(self.read_memory(bias + vaddr, min(filesz, 4096))):
+                if note_type == NT_GNU_BUILD_ID and name == b"GNU" and desc:
+                    return desc.hex()
+        return None
+
+    def mapped_files(self, desc):
+        """``{path: lowest start address mapped at file offset 0}`` from NT_FILE."""
+        word, size = self.elf.word, self.elf.word_size
+        if len(desc) < 2 * size:
+            return {}
+        count, _page_size = struct.unpack_from(self.elf.order + word * 2, desc, 0)
+        table_end = 2 * size + 3 * size * count
+        if table_end > len(desc):
+            return {}
+        ranges = [struct.unpack_from(self.elf.order + word * 3, desc, 2 * size + 3 * size * i) for i in range(count)]
+        names = desc[table_end:].split(b"\0")
+        bases = {}
+        for (start, _end, page_offset), name in zip(ranges, names):
+            path = name.decode("utf-8", errors="replace")
+            if page_offset == 0 and (path not in bases or start < bases[path]):
+                bases[path] = start
+        return bases
+
+    def siginfo(self, desc):
+        """``(signal, fault address)`` from an NT_SIGINFO note."""
+        if len(desc) < 12:
+            return None, None
+        signo, _errno, _code = struct.unpack_from(self.elf.order + "iii", desc, 0)
+        address_offset = 16 if self.elf.is_64 else 12
+        if len(desc) < address_offset + self.elf.word_size:
+            return signo, None
+        (address,) = struct.unpack_from(self.elf.order + self.elf.word, desc, address_offset)
+        return signo, address
+
+
+def _architecture(machine, elf):
+    arch = _MACHINES.get(machine)
+    if arch == "ppc64" and elf.order == "<":
+        return "ppc64le"
+    if arch is None:
+        raise InvalidCrashData(f"The coredump is from an unsupported architecture (ELF machine {machine})")
+    return arch
+
+
+def read_core(path):
+    """A CoreInfo for the core at ``path``; InvalidCrashData when it is not a usable core."""
+    check_elf_core(path)
+    with open(path, "rb") as handle:
+        size = handle.seek(0, 2)
+        core = _CoreReader(handle, size)
+        bases, signal, fault_address = {}, None, None
+        for note_type, name, desc in core.core_notes():
+            if note_type == NT_FILE and name == b"CORE":
+                bases = core.mapped_files(desc)
+            elif note_type == NT_SIGINFO and name == b"CORE":
+                signal, fault_address = core.siginfo(desc)
+        if not bases:
+            raise InvalidCrashData(
+                "The coredump lists no mapped files (it is truncated, or was not written by the Linux kernel)"
+            )
+        modules = tuple(
+            Module(path, start, core.build_id_at(start)) for path, start in sorted(bases.items(), key=lambda item: item[1])
+        )
+        return CoreInfo(_architecture(core.machine, core.elf), modules, signal, fault_address)

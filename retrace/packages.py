@@ -1,5 +1,6 @@
-"""Which packages a release's repository holds."""
+"""Which packages a release's repository holds, and which a crash needs."""
 
+import dataclasses
 import re
 
 from retrace.release import ARCH_FAMILIES, canonical_arch
@@ -32,3 +33,64 @@ def is_package_known(repo_dir, releases, nvr, arch):
             if any(place.is_file() for place in places):
                 return True
     return False
+
+
+@dataclasses.dataclass(frozen=True)
+class Unresolved:
+    """A mapped file we could not fully supply, and why (shown to the user)."""
+
+    path: str
+    build_id: str | None
+    problem: str
+
+
+@dataclasses.dataclass
+class Resolution:
+    packages: list = dataclasses.field(default_factory=list)
+    unresolved: list = dataclasses.field(default_factory=list)
+
+    def add(self, package):
+        if all(known.pkgid != package.pkgid for known in self.packages):
+            self.packages.append(package)
+
+
+def _binary_package(index, module, debuginfo):
+    """The package whose file was mapped: by its build-id link, else by path and build.
+
+    Without a build-id link or a debuginfo package of the same build there is
+    no proof that a file of that path is the one that was mapped, and a
+    mismatched library gives wrong symbols, so none is guessed.
+    """
+    linked = index.by_build_id(module.build_id, "binary")
+    if linked:
+        return linked[0]
+    if debuginfo is None:
+        return None
+    return next((owner for owner in index.owners(module.path) if owner.same_build(debuginfo)), None)
+
+
+def resolve_modules(index, modules):
+    """The binary and debuginfo packages for every mapped module (the order of ``modules``)."""
+    resolution = Resolution()
+    for module in modules:
+        if module.build_id is None:
+            resolution.unresolved.append(Unresolved(module.path, None, "the core does not hold its build-id"))
+            continue
+        debuginfo = next(iter(index.by_build_id(module.build_id, "debuginfo")), None)
+        binary = _binary_package(index, module, debuginfo)
+        if binary is None and debuginfo is None:
+            resolution.unresolved.append(Unresolved(module.path, module.build_id, "no package in the repository"))
+            continue
+        if binary is None:
+            resolution.unresolved.append(
+                Unresolved(module.path, module.build_id, f"no binary package (debuginfo is in {debuginfo.nevra})")
+            )
+        else:
+            resolution.add(binary)
+        if debuginfo is None:
+            resolution.unresolved.append(
+                Unresolved(module.path, module.build_id, f"no debuginfo package (the file is in {binary.nevra})")
+            )
+        else:
+            resolution.add(debuginfo)
+    return resolution

@@ -63,3 +63,80 @@ def supported_releases(repo_dir):
         if release is not None and os.path.isdir(os.path.join(repo_dir, name, "repodata")):
             releases.append(release)
     return sorted(releases)
+
+
+@dataclasses.dataclass(frozen=True)
+class Distribution:
+    """A distribution plugin: how its release line and its dist tag look."""
+
+    name: str
+    release_line: re.Pattern
+    dist_tag: re.Pattern | None
+
+
+# Upstream's abrtparser / guessparser patterns, plus CentOS Stream.  The
+# first group of each is the major version.
+DISTRIBUTIONS = (
+    Distribution("fedora", re.compile(r"Fedora(?: Linux)? release (\d+|rawhide)\b.*", re.I), re.compile(r"\.fc(\d+)")),
+    Distribution(
+        "rhel",
+        re.compile(r"Red Hat Enterprise Linux(?:\s\w+)? release (\d+)(?:\.\d+)*(?:\s\w+)?(?: \(.*\))?"),
+        re.compile(r"\.el(\d+)"),
+    ),
+    Distribution(
+        "centos", re.compile(r"CentOS(?: Linux| Stream)? release (\d+)(?:\.\d+)*(?: \(.*\))?"), re.compile(r"\.el(\d+)")
+    ),
+)
+# Any other "<Name> [Linux] release <N>[.M] (...)" line: the distribution is
+# the first word, lower-cased (AlmaLinux -> almalinux).
+_GENERIC_RELEASE_LINE = re.compile(r"([A-Za-z][A-Za-z0-9]*)(?: [A-Za-z0-9]+)*? release (\d+)(?:\.\d+)*(?: .*)?")
+
+
+def _version(text, release_line):
+    return "rawhide" if "rawhide" in release_line.lower() else text.lower()
+
+
+def release_from_line(release_line, arch):
+    """The ReleaseId an ABRT ``os_release`` line names, or None."""
+    line = release_line.strip()
+    for distribution in DISTRIBUTIONS:
+        match = distribution.release_line.fullmatch(line)
+        if match:
+            return ReleaseId(distribution.name, _version(match[1], line), arch)
+    match = _GENERIC_RELEASE_LINE.fullmatch(line)
+    if match:
+        return ReleaseId(match[1].lower(), _version(match[2], line), arch)
+    return None
+
+
+def releases_from_dist_tag(package_nvr, arch):
+    """Candidate ReleaseIds from a package's dist tag (``.fc41``, ``.el9``), in plugin order."""
+    candidates = []
+    for distribution in DISTRIBUTIONS:
+        if distribution.dist_tag is None:
+            continue
+        match = distribution.dist_tag.search(package_nvr)
+        if match:
+            candidates.append(ReleaseId(distribution.name, match[1], arch))
+    return candidates
+
+
+def detect_release(release_lines, package_nvr, arch, supported):
+    """The release to retrace on, from the crash's release lines, else the dist tag.
+
+    ``release_lines`` are tried in order (upstream: ``os_release_in_rootdir``,
+    ``os_release``, ``release``).  A dist tag shared by several
+    distributions (``.el9``) picks the first one this server supports.
+    Returns ``(release, how)``; release is None when nothing matched.
+    """
+    for name, line in release_lines:
+        release = release_from_line(line, arch)
+        if release is not None:
+            return release, f"from {name} '{line}'"
+    candidates = releases_from_dist_tag(package_nvr, arch)
+    for release in candidates:
+        if release in supported:
+            return release, f"from the dist tag of {package_nvr}"
+    if candidates:
+        return candidates[0], f"from the dist tag of {package_nvr}"
+    return None, "neither the release line nor the package's dist tag names a release"

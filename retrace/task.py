@@ -26,6 +26,9 @@ TRASH_PREFIX = ".deleted-"
 _LOCK_NAME = ".upload.lock"
 _PASSWORD_ALPHABET = string.ascii_letters + string.digits
 _ID_ATTEMPTS = 50
+LOG_NAME = "retrace_log"
+FAILURE_NAME = "results/failure"
+LOG_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 _LOCKLESS_GRACE_SECONDS = 60
 
 
@@ -103,6 +106,12 @@ def write_atomically(path, text):
         raise
 
 
+def format_log_line(level, message, when=None):
+    """A ``retrace_log`` line: ``[YYYY-MM-DD HH:MM:SS] [I] message`` (upstream's format)."""
+    stamp = time.strftime(LOG_TIME_FORMAT, time.localtime(when))
+    return f"[{stamp}] [{level}] {message}\n"
+
+
 def is_task_id(name, id_length):
     return len(name) == id_length and name.isascii() and name.isdigit()
 
@@ -152,6 +161,11 @@ class Task:
             raise Forbidden("Invalid password")
 
     @property
+    def task_type(self):
+        text = self._read("type")
+        return TaskType(int(text)) if text and text.strip().isdigit() else TaskType.COREDUMP
+
+    @property
     def status(self):
         """The stored TaskStatus, or None while the task waits in the queue."""
         text = self._read("status")
@@ -169,6 +183,23 @@ class Task:
 
     def mark_time(self, name, when=None):
         write_atomically(self.path / name, str(int(when if when is not None else time.time())))
+
+    def append_log(self, level, message):
+        with open(self.path / LOG_NAME, "a", encoding="utf-8") as handle:
+            handle.write(format_log_line(level, message))
+
+    @property
+    def failure_reason(self):
+        """Why the task failed, as told to the user; None if it did not."""
+        text = self._read(FAILURE_NAME)
+        return text.strip() if text else None
+
+    def fail(self, reason):
+        """End the task as FINISHED_FAILURE, saying why in the log and the status."""
+        self.append_log("E", f"Task failed: {reason}")
+        write_atomically(self.path / FAILURE_NAME, reason)
+        self.mark_time("finished_time")
+        self.set_status(TaskStatus.FAIL)
 
     def read_text(self, name, limit):
         """A result file's text, at most ``limit`` bytes; None when absent."""

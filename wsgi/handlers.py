@@ -11,11 +11,12 @@ import re
 
 from webob import Response
 
-from retrace import archive, crashdata, taskqueue
+from retrace import archive, crashdata, dispatch, taskqueue
+from retrace.config import config_path
 from retrace.errors import Conflict, Forbidden, NotFound
 from retrace.packages import is_package_known
 from retrace.release import ReleaseId, supported_releases
-from retrace.task import Task, wire_status
+from retrace.task import Task, TaskStatus, wire_status
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +105,24 @@ def create(config, request):
             task_type, id_length=config.TaskIdLength, password_length=config.TaskPassLength
         )
     log.info("task %s created: type %d, %d bytes uploaded, files %s", task.task_id, task_type, length, sizes)
+    dispatch.start_queued(config, config_path(request.environ), request.environ)
     return Response(status=201, headers={"X-Task-Id": task.task_id, "X-Task-Password": password})
 
 
 def status(config, request, task_id):
+    """The task's stage; polling also starts queued work and notices dead workers."""
     task = _open_task(config, request, task_id)
+    current = task.status
+    if current is None:
+        dispatch.start_queued(config, config_path(request.environ), request.environ)
+    elif not current.is_final:
+        dispatch.fail_if_worker_died(task)
     current = task.status
     if current is None:
         position = taskqueue.queue_position(task, config)
         sentence = f"Waiting in the queue for a free worker (position {position})"
+    elif current == TaskStatus.FAIL and task.failure_reason:
+        sentence = f"{current.sentence}: {task.failure_reason}"
     else:
         sentence = current.sentence
     return text_response(sentence, **{"X-Task-Status": wire_status(current)})

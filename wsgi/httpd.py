@@ -114,7 +114,10 @@ def prepare_directories(config, user):
     """Create missing spool and log directories for the service user (as root)."""
     if os.geteuid() != 0:
         return
-    for directory, mode, owned in ((config.SaveDir, 0o770, True), (config.LogDir, 0o750, True), (config.RepoDir, 0o755, False)):
+    for directory, mode, owned in (
+        (config.SaveDir, 0o770, True), (config.LogDir, 0o750, True), (config.CacheDir, 0o750, True),
+        (config.RepoDir, 0o755, False),
+    ):
         if not directory.exists():
             directory.mkdir(mode=mode, parents=True)
             if owned:
@@ -146,12 +149,18 @@ def check_service_user_access(user, paths):
         )
 
 
+def worker_executable():
+    """The retrace-server-worker installed next to this Python (the venv's)."""
+    return Path(sys.executable).with_name("retrace-server-worker")
+
+
 def apache_config(*, run_dir, host, port, user, group, config, config_path, retrace_conf, cert, key, module_dir, wsgi_module):
     listen_host = f"[{host}]" if ":" in host else host
     defines = {
         "RETRACE_WSGI_SCRIPT": Path(wsgi.__file__).resolve().parent / "retrace.wsgi",
         "RETRACE_PYTHON_PATH": sysconfig.get_paths()["purelib"],
         "RETRACE_CONFIG": config_path,
+        "RETRACE_WORKER": worker_executable(),
         "RETRACE_USER": user,
         "RETRACE_GROUP": group,
         "RETRACE_MAX_BODY": config.max_packed_bytes,
@@ -230,7 +239,8 @@ def serve(args):
     wsgi_script = Path(wsgi.__file__).resolve().parent / "retrace.wsgi"
     check_service_user_access(user, [
         ("r", wsgi_script), ("r", sysconfig.get_paths()["purelib"]), ("r", config_path),
-        ("w", config.SaveDir), ("w", config.LogDir), ("r", config.RepoDir),
+        ("w", config.SaveDir), ("w", config.LogDir), ("w", config.CacheDir), ("r", config.RepoDir),
+        ("r", worker_executable()),
     ])
     run_dir = Path(tempfile.mkdtemp(prefix="retrace-httpd-"))
     try:

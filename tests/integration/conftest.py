@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.cores import compile_crasher, crash
-from tests.fixtures.distro import build_release
+from tests.fixtures.cores import crash_installed
+from tests.fixtures.distro import build_rpms, publish_release
 from tests.integration.server import Server, make_certificate, make_root, remove_root
 
 RELEASE_ID = "fedora-41-x86_64"
@@ -16,6 +16,7 @@ CRASH_PACKAGE = "crasher-1.0-1.fc41"
 @pytest.fixture(scope="session")
 def work_dir():
     path = Path(tempfile.mkdtemp(prefix="retrace-fixtures-", dir="/var/tmp"))
+    path.chmod(0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -26,37 +27,52 @@ def certificate(work_dir):
 
 
 @pytest.fixture(scope="session")
-def release_rpms(work_dir):
-    """A real repository ``fedora-41-x86_64`` built by rpmbuild + createrepo_c."""
-    staging = work_dir / "repos"
-    return build_release(staging, RELEASE_ID, work_dir / "build")
+def fixture_rpms(work_dir):
+    """crasher, libcrash and their -debuginfo, built by rpmbuild."""
+    return build_rpms(work_dir / "build")
 
 
 @pytest.fixture(scope="session")
-def problem_dir(work_dir):
-    """An ABRT problem directory with a real core of the crasher."""
-    build = work_dir / "crasher-build"
-    build.mkdir()
-    core = crash(compile_crasher(build), build)
-    directory = work_dir / "problem"
+def release_dir(work_dir, fixture_rpms):
+    """A real repository ``fedora-41-x86_64`` made by createrepo_c."""
+    return publish_release(work_dir / "repos", RELEASE_ID, fixture_rpms)
+
+
+def make_problem_dir(directory, core):
+    """An ABRT problem directory around ``core``, as abrt-ccpp writes it."""
     directory.mkdir()
     shutil.copy(core, directory / "coredump")
     (directory / "executable").write_text("/usr/bin/crasher")
     (directory / "package").write_text(CRASH_PACKAGE)
     (directory / "os_release").write_text("Fedora release 41 (Forty One)\n")
     (directory / "architecture").write_text("x86_64")
-    (directory / "os_info").write_text('NAME="Fedora Linux"\nVERSION_ID=41\n')
     return directory
 
 
 @pytest.fixture(scope="session")
-def start_server(certificate, release_rpms):
-    """Start a server with config overrides; all are stopped at the end of the session."""
+def problem_dir(work_dir, fixture_rpms):
+    """The crasher's real core: SIGSEGV in libcrash called from main."""
+    return make_problem_dir(work_dir / "problem", crash_installed(fixture_rpms, work_dir, "simple"))
+
+
+@pytest.fixture(scope="session")
+def threads_problem_dir(work_dir, fixture_rpms):
+    """The crasher's real core: SIGSEGV in libcrash on a second thread, a third one idle."""
+    return make_problem_dir(work_dir / "problem-threads", crash_installed(fixture_rpms, work_dir, "threads"))
+
+
+@pytest.fixture(scope="session")
+def start_server(certificate, release_dir):
+    """Start a server with config overrides; all are stopped at the end of the session.
+
+    ``repository`` replaces the fixture release (a directory to copy as
+    ``fedora-41-x86_64``).
+    """
     started = []
 
-    def start(**settings):
+    def start(repository=None, **settings):
         root = make_root()
-        shutil.copytree(release_rpms, root / "repos" / RELEASE_ID)
+        shutil.copytree(repository or release_dir, root / "repos" / RELEASE_ID)
         server = Server(root, *certificate, **settings)
         started.append(server)
         return server

@@ -50,7 +50,7 @@ def make_root(prefix="retrace-test-"):
     root = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
     root.chmod(0o755)
     user = pwd.getpwnam(SERVICE_USER)
-    for name, mode in (("spool", 0o770), ("logs", 0o750)):
+    for name, mode in (("spool", 0o770), ("logs", 0o750), ("cache", 0o750)):
         path = root / name
         path.mkdir(mode=mode)
         os.chown(path, user.pw_uid, user.pw_gid)
@@ -63,6 +63,7 @@ def write_config(root, **overrides):
         "SaveDir": root / "spool",
         "RepoDir": root / "repos",
         "LogDir": root / "logs",
+        "CacheDir": root / "cache",
         **DEFAULT_SETTINGS,
         **overrides,
     }
@@ -80,6 +81,7 @@ class Server:
         self.save_dir = self.root / "spool"
         self.repo_dir = self.root / "repos"
         self.log_dir = self.root / "logs"
+        self.cache_dir = self.root / "cache"
         self.cert = cert
         self.config_path = write_config(self.root, **settings)
         self.port = free_port()

@@ -1,0 +1,186 @@
+"""Unpacked RPMs, shared by every task: each package is unpacked once.
+
+``<CacheDir>/rpms/<pkgid>/`` holds ``root/`` (the payload) and
+``manifest.json`` (every entry, so assembling a task's root needs no
+directory walk).  The pkgid is the package's checksum from the repository
+metadata, so a rebuilt package with the same name never reuses a stale tree.
+An entry appears by one rename of a finished temporary directory, under a
+per-package lock, so two tasks that need the same package at once unpack it
+once and neither sees half a tree.
+
+The payload is read with the rpm bindings, not installed and not handed to
+cpio: names are checked here (no absolute paths, no ``..``), and only
+directories, regular files and symlinks are created.
+"""
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import shutil
+import stat
+import tempfile
+import time
+from pathlib import Path
+
+from retrace.errors import RetraceError
+
+_MANIFEST = "manifest.json"
+_COPY_CHUNK = 1024 * 1024
+
+
+class UnpackError(RetraceError):
+    """A package's payload cannot be unpacked."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CachedPackage:
+    path: Path
+    unpacked: bool  # False: it was already in the cache
+    seconds: float
+    waited: bool  # another task held the package's lock first
+
+    @property
+    def root(self):
+        return self.path / "root"
+
+    def manifest(self):
+        """``[[relative path, kind ("d", "f" or "l"), link target or ""], ...]``."""
+        with open(self.path / _MANIFEST, encoding="utf-8") as handle:
+            return json.load(handle)
+
+
+def _rpm():
+    import rpm
+
+    return rpm
+
+
+def _safe_relative(name):
+    """``usr/bin/x`` from a payload name; UnpackError for anything that could escape."""
+    relative = name.lstrip("/")
+    if relative.startswith("./"):
+        relative = relative[2:]
+    parts = relative.split("/")
+    if not relative or any(part in ("", ".", "..") for part in parts):
+        raise UnpackError(f"the package contains an unsafe file name {name!r}")
+    return relative
+
+
+def _refuse_through_symlink(relative, symlinks, rpm_path):
+    """A payload entry below one of its own symlinks could land outside the tree."""
+    parts = relative.split("/")
+    for depth in range(1, len(parts)):
+        if "/".join(parts[:depth]) in symlinks:
+            raise UnpackError(f"{Path(rpm_path).name} places {relative!r} below its own symlink")
+
+
+def _write_content(archive, target, mode):
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, (mode & 0o755) | 0o400)
+    try:
+        archive.readto(fd)
+    finally:
+        os.close(fd)
+
+
+def unpack_rpm(rpm_path, target):
+    """Extract ``rpm_path``'s payload into ``target``; returns the manifest entries."""
+    rpm = _rpm()
+    transaction = rpm.TransactionSet()
+    transaction.setVSFlags(rpm._RPMVSF_NOSIGNATURES | rpm._RPMVSF_NODIGESTS)
+    entries = []
+    pending_links = {}
+    symlinks = set()
+    target.mkdir()
+    fd = os.open(rpm_path, os.O_RDONLY)
+    try:
+        try:
+            header = transaction.hdrFromFdno(fd)
+        except rpm.error as err:
+            raise UnpackError(f"{Path(rpm_path).name} is not a readable RPM ({err})") from None
+        payload = rpm.fd.open(fd, "r", header[rpm.RPMTAG_PAYLOADCOMPRESSOR] or "gzip")
+        archive = rpm.files(header).archive(payload)
+        for entry in archive:
+            relative = _safe_relative(entry.name)
+            _refuse_through_symlink(relative, symlinks, rpm_path)
+            destination = target / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            if stat.S_ISDIR(entry.mode):
+                destination.mkdir(exist_ok=True)
+                entries.append((relative, "d", ""))
+            elif stat.S_ISLNK(entry.mode):
+                os.symlink(entry.linkto, destination)
+                symlinks.add(relative)
+                entries.append((relative, "l", entry.linkto))
+            elif stat.S_ISREG(entry.mode):
+                entries.append((relative, "f", ""))
+                if archive.hascontent():
+                    _write_content(archive, destination, entry.mode)
+                    for waiting in pending_links.pop(entry.inode, ()):
+                        os.link(destination, waiting)
+                else:
+                    # Hard links: rpm sends the content with the last name.
+                    pending_links.setdefault(entry.inode, []).append(destination)
+        for waiting in (path for group in pending_links.values() for path in group):
+            waiting.touch(mode=0o644)
+    except rpm.error as err:
+        raise UnpackError(f"the payload of {Path(rpm_path).name} is damaged ({err})") from None
+    finally:
+        os.close(fd)
+    return entries
+
+
+@contextlib.contextmanager
+def _package_lock(lock_path, on_wait):
+    """Hold the package's lock; yields whether another task held it first."""
+    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o640)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            waited = False
+        except BlockingIOError:
+            on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            waited = True
+        yield waited
+    finally:
+        os.close(fd)
+
+
+class PackageCache:
+    def __init__(self, cache_dir):
+        self.rpms_dir = Path(cache_dir) / "rpms"
+        self.rpms_dir.mkdir(parents=True, exist_ok=True)
+
+    def entry_path(self, pkgid):
+        if not pkgid.isalnum():
+            raise UnpackError(f"invalid package checksum {pkgid!r} in the repository metadata")
+        return self.rpms_dir / pkgid
+
+    def lock_path(self, pkgid):
+        return self.rpms_dir / f"{pkgid}.lock"
+
+    def get(self, pkgid, rpm_path, on_wait=lambda: None):
+        """The unpacked tree of the package ``pkgid``, unpacking it if needed.
+
+        ``on_wait`` is called before blocking on another task's unpacking.
+        """
+        path = self.entry_path(pkgid)
+        started = time.monotonic()
+        if (path / _MANIFEST).exists():
+            return CachedPackage(path, False, time.monotonic() - started, False)
+        with _package_lock(self.lock_path(pkgid), on_wait) as waited:
+            if (path / _MANIFEST).exists():
+                return CachedPackage(path, False, time.monotonic() - started, waited)
+            tmp = Path(tempfile.mkdtemp(dir=self.rpms_dir, prefix=f".tmp-{pkgid}-"))
+            try:
+                os.chmod(tmp, 0o755)
+                entries = unpack_rpm(rpm_path, tmp / "root")
+                with open(tmp / _MANIFEST, "w", encoding="utf-8") as handle:
+                    json.dump(entries, handle)
+                os.replace(tmp, path)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        return CachedPackage(path, True, time.monotonic() - started, waited)

@@ -1,0 +1,125 @@
+"""Starting workers for queued tasks, and noticing workers that died.
+
+A worker proves it is alive by holding an exclusive ``flock`` on its task's
+``.worker.lock`` for as long as it runs; the kernel drops the lock when the
+process dies, however it dies.  A task with a running status whose lock is
+free therefore has no worker any more, and is failed with that reason
+instead of staying PENDING forever (upstream issue #50).
+
+``start_queued`` runs after every upload and whenever a worker ends: under
+one lock it frees the slots of dead workers and starts the oldest queued
+tasks until MaxParallelTasks workers run.  The worker command claims its
+task (lock, status) before it detaches, so when the command returns, the
+slot is visibly taken.
+"""
+
+import contextlib
+import fcntl
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from retrace.config import CONFIG_PATH_VARIABLE
+from retrace.task import iter_tasks
+from retrace.taskqueue import queued_tasks
+
+log = logging.getLogger(__name__)
+
+WORKER_LOCK = ".worker.lock"
+WORKER_VARIABLE = "RETRACE_WORKER"
+_DISPATCH_LOCK = ".dispatch.lock"
+_LAUNCH_TIMEOUT = 60
+DEAD_WORKER_REASON = "the retrace worker stopped unexpectedly (it was killed or crashed) while: {stage}"
+
+
+def worker_command(environ):
+    """The ``retrace-server-worker`` to run: named by the environment, else next to this Python."""
+    named = environ.get(WORKER_VARIABLE)
+    if named:
+        return [named]
+    return [str(Path(sys.executable).with_name("retrace-server-worker"))]
+
+
+def worker_alive(task):
+    """Whether a worker process holds the task's lock right now."""
+    try:
+        fd = os.open(task.path / WORKER_LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def fail_if_worker_died(task):
+    """End a running task whose worker is gone; True when it did."""
+    status = task.status
+    if status is None or status.is_final or worker_alive(task):
+        return False
+    # Re-read: the worker may have finished between the two reads.
+    status = task.status
+    if status is None or status.is_final:
+        return False
+    task.fail(DEAD_WORKER_REASON.format(stage=status.sentence))
+    return True
+
+
+def running_tasks(config):
+    """Tasks with a live worker; dead workers' tasks are failed on the way."""
+    running = []
+    for task in iter_tasks(config.SaveDir, config.TaskIdLength):
+        status = task.status
+        if status is None or status.is_final:
+            continue
+        if not fail_if_worker_died(task):
+            running.append(task)
+    return running
+
+
+@contextlib.contextmanager
+def _dispatch_lock(save_dir):
+    fd = os.open(Path(save_dir) / _DISPATCH_LOCK, os.O_CREAT | os.O_RDWR, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def launch_worker(task, config_path, environ):
+    """Run the worker command for ``task``; it returns once the task is claimed."""
+    command = worker_command(environ)
+    env = {
+        "PATH": environ.get("PATH") or "/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+        CONFIG_PATH_VARIABLE: str(config_path),
+        WORKER_VARIABLE: command[0],
+    }
+    try:
+        result = subprocess.run(
+            [*command, task.task_id], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            close_fds=True, cwd="/", timeout=_LAUNCH_TIMEOUT,
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        log.error("cannot start the worker for task %s: %s", task.task_id, err)
+        task.fail("the server could not start a retrace worker; the administrator finds the details in the server log")
+        return
+    if result.returncode != 0:
+        log.error("the worker for task %s refused to start: %s", task.task_id, result.stderr.strip())
+        if task.status is None:
+            task.fail("the retrace worker could not start; the administrator finds the details in the server log")
+
+
+def start_queued(config, config_path, environ=os.environ):
+    """Start workers for the oldest queued tasks while worker slots are free."""
+    with _dispatch_lock(config.SaveDir):
+        free = config.MaxParallelTasks - len(running_tasks(config))
+        for task in queued_tasks(config)[:max(0, free)]:
+            launch_worker(task, config_path, environ)
+

@@ -1,0 +1,280 @@
+"""Build-id -> package lookups for one release repository.
+
+A task must not scan repository metadata (Fedora's filelists are hundreds
+of MiB unpacked), so the first task after ``repomd.xml`` changes turns
+``primary`` and ``filelists`` into a small SQLite index under
+``<CacheDir>/index/``; every later task does a few indexed queries.  The
+index is built into a temporary file and renamed into place under a lock,
+so concurrent tasks never see half an index and build it only once.
+"""
+
+import bz2
+import contextlib
+import dataclasses
+import fcntl
+import gzip
+import hashlib
+import lzma
+import os
+import re
+import sqlite3
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from retrace.errors import RetraceError
+
+_REPO_NS = "{http://linux.duke.edu/metadata/repo}"
+_COMMON_NS = "{http://linux.duke.edu/metadata/common}"
+_RPM_NS = "{http://linux.duke.edu/metadata/rpm}"
+_FILELISTS_NS = "{http://linux.duke.edu/metadata/filelists}"
+_SCHEMA_VERSION = "1"
+
+_DEBUG_LINK = re.compile(r"/usr/lib/debug/\.build-id/([0-9a-f]{2})/([0-9a-f]{6,})\.debug")
+_BINARY_LINK = re.compile(r"/usr/lib/\.build-id/([0-9a-f]{2})/([0-9a-f]{6,})")
+# Files that are never mapped into a process; leaving them out keeps the
+# index a fraction of the filelists' size.
+_NOT_MAPPED = ("/usr/share/", "/usr/include/", "/usr/src/", "/usr/lib/debug/", "/etc/", "/var/", "/usr/lib/.build-id/")
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE packages (
+    id INTEGER PRIMARY KEY, pkgid TEXT, name TEXT, epoch TEXT, version TEXT, release TEXT,
+    arch TEXT, sourcerpm TEXT, location TEXT, size INTEGER
+);
+CREATE TABLE build_ids (build_id TEXT, package INTEGER, kind TEXT);
+CREATE TABLE files (path TEXT, package INTEGER);
+"""
+_INDEXES = """
+CREATE INDEX build_ids_by_id ON build_ids (build_id);
+CREATE INDEX files_by_path ON files (path);
+CREATE INDEX packages_by_pkgid ON packages (pkgid);
+"""
+
+
+class RepositoryError(RetraceError):
+    """The release repository's metadata cannot be read."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Package:
+    pkgid: str
+    name: str
+    epoch: str
+    version: str
+    release: str
+    arch: str
+    sourcerpm: str
+    location: str
+    size: int
+
+    @property
+    def nevra(self):
+        epoch = f"{self.epoch}:" if self.epoch not in ("", "0") else ""
+        return f"{self.name}-{epoch}{self.version}-{self.release}.{self.arch}"
+
+    @property
+    def file_name(self):
+        return self.location.rsplit("/", 1)[-1]
+
+    def same_build(self, other):
+        """Built from the same source RPM in the same build (so build-ids agree)."""
+        return (self.sourcerpm, self.epoch, self.version, self.release) == (
+            other.sourcerpm, other.epoch, other.version, other.release
+        )
+
+
+def _open_compressed(path):
+    suffix = path.suffix
+    if suffix == ".gz":
+        return gzip.open(path, "rb")
+    if suffix == ".xz":
+        return lzma.open(path, "rb")
+    if suffix == ".bz2":
+        return bz2.open(path, "rb")
+    if suffix == ".zst":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
+    return open(path, "rb")
+
+
+def _metadata_files(release_dir):
+    """``{type: path}`` of the XML metadata listed by repomd.xml."""
+    repomd = release_dir / "repodata" / "repomd.xml"
+    try:
+        root = ET.parse(repomd).getroot()
+    except (OSError, ET.ParseError) as err:
+        raise RepositoryError(f"The repository of {release_dir.name} has no readable repodata/repomd.xml ({err})") from None
+    files = {}
+    for data in root.iter(f"{_REPO_NS}data"):
+        location = data.find(f"{_REPO_NS}location")
+        href = location.get("href") if location is not None else None
+        if href and ".." not in href.split("/"):
+            files[data.get("type")] = release_dir / href
+    for needed in ("primary", "filelists"):
+        if needed not in files:
+            raise RepositoryError(f"The repository of {release_dir.name} has no {needed} metadata in repomd.xml")
+    return files
+
+
+def repomd_digest(release_dir):
+    try:
+        return hashlib.sha256((release_dir / "repodata" / "repomd.xml").read_bytes()).hexdigest()
+    except OSError:
+        raise RepositoryError(f"The repository of {release_dir.name} has no repodata/repomd.xml") from None
+
+
+def _iter_elements(path, tag):
+    """Each complete ``tag`` element of a large XML file, freed after use."""
+    with _open_compressed(path) as stream:
+        for _event, element in ET.iterparse(stream, events=("end",)):
+            if element.tag == tag:
+                yield element
+                element.clear()
+
+
+def _load_primary(db, path):
+    ids = {}
+    for element in _iter_elements(path, f"{_COMMON_NS}package"):
+        version = element.find(f"{_COMMON_NS}version")
+        checksum = element.find(f"{_COMMON_NS}checksum")
+        location = element.find(f"{_COMMON_NS}location")
+        size = element.find(f"{_COMMON_NS}size")
+        fmt = element.find(f"{_COMMON_NS}format")
+        sourcerpm = fmt.findtext(f"{_RPM_NS}sourcerpm", "") if fmt is not None else ""
+        cursor = db.execute(
+            "INSERT INTO packages (pkgid, name, epoch, version, release, arch, sourcerpm, location, size)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                checksum.text, element.findtext(f"{_COMMON_NS}name"), version.get("epoch", "0"), version.get("ver"),
+                version.get("rel"), element.findtext(f"{_COMMON_NS}arch"), sourcerpm, location.get("href"),
+                int(size.get("package", "0")) if size is not None else 0,
+            ),
+        )
+        ids[checksum.text] = cursor.lastrowid
+        provides = fmt.find(f"{_RPM_NS}provides") if fmt is not None else None
+        for entry in provides if provides is not None else ():
+            if entry.get("name") == "debuginfo(build-id)" and entry.get("ver"):
+                db.execute("INSERT INTO build_ids VALUES (?, ?, 'debuginfo')", (entry.get("ver"), cursor.lastrowid))
+    return ids
+
+
+def _load_filelists(db, path, ids):
+    for element in _iter_elements(path, f"{_FILELISTS_NS}package"):
+        package = ids.get(element.get("pkgid"))
+        if package is None:
+            continue
+        for file_element in element.iter(f"{_FILELISTS_NS}file"):
+            name = file_element.text or ""
+            if file_element.get("type") == "dir":
+                continue
+            debug_link = _DEBUG_LINK.fullmatch(name)
+            binary_link = _BINARY_LINK.fullmatch(name)
+            if debug_link:
+                db.execute("INSERT INTO build_ids VALUES (?, ?, 'debuginfo')", (debug_link[1] + debug_link[2], package))
+            elif binary_link:
+                db.execute("INSERT INTO build_ids VALUES (?, ?, 'binary')", (binary_link[1] + binary_link[2], package))
+            elif not name.startswith(_NOT_MAPPED):
+                db.execute("INSERT INTO files VALUES (?, ?)", (name, package))
+
+
+def build_index(release_dir, target, digest):
+    """Write the index of ``release_dir`` to ``target`` (atomically)."""
+    metadata = _metadata_files(release_dir)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    os.close(fd)
+    try:
+        db = sqlite3.connect(tmp)
+        try:
+            db.executescript(_SCHEMA)
+            ids = _load_primary(db, metadata["primary"])
+            _load_filelists(db, metadata["filelists"], ids)
+            db.executescript(_INDEXES)
+            db.executemany("INSERT INTO meta VALUES (?, ?)", [("repomd", digest), ("schema", _SCHEMA_VERSION)])
+            db.commit()
+        finally:
+            db.close()
+        os.chmod(tmp, 0o640)
+        os.replace(tmp, target)
+    except (OSError, ET.ParseError, EOFError, lzma.LZMAError, AttributeError) as err:
+        raise RepositoryError(f"The metadata of {release_dir.name} cannot be indexed: {err}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _stored_digest(path):
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return None
+    try:
+        rows = dict(db.execute("SELECT key, value FROM meta"))
+    except sqlite3.Error:
+        return None
+    finally:
+        db.close()
+    return rows.get("repomd") if rows.get("schema") == _SCHEMA_VERSION else None
+
+
+@contextlib.contextmanager
+def _locked(path):
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+class RepoIndex:
+    """Read-only queries against one release's index."""
+
+    def __init__(self, release_dir, db_path, rebuilt):
+        self.release_dir = Path(release_dir)
+        self.rebuilt = rebuilt
+        self._db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+
+    @classmethod
+    def open(cls, release_dir, cache_dir):
+        """The current index of ``release_dir``, rebuilt first if repomd.xml changed."""
+        release_dir = Path(release_dir)
+        index_dir = Path(cache_dir) / "index"
+        index_dir.mkdir(parents=True, exist_ok=True)
+        target = index_dir / f"{release_dir.name}.sqlite"
+        digest = repomd_digest(release_dir)
+        rebuilt = False
+        if _stored_digest(target) != digest:
+            with _locked(index_dir / f"{release_dir.name}.lock"):
+                if _stored_digest(target) != digest:
+                    build_index(release_dir, target, digest)
+                    rebuilt = True
+        return cls(release_dir, target, rebuilt)
+
+    def close(self):
+        self._db.close()
+
+    def _packages(self, sql, args):
+        rows = self._db.execute(
+            "SELECT p.pkgid, p.name, p.epoch, p.version, p.release, p.arch, p.sourcerpm, p.location, p.size "
+            f"FROM packages p {sql}",
+            args,
+        )
+        return [Package(*row) for row in rows]
+
+    def by_build_id(self, build_id, kind):
+        return self._packages("JOIN build_ids b ON b.package = p.id WHERE b.build_id = ? AND b.kind = ?", (build_id, kind))
+
+    def owners(self, path):
+        """Packages that own ``path``, also across the /lib -> /usr/lib merge."""
+        candidates = {path}
+        if not path.startswith("/usr/"):
+            candidates.add("/usr" + path)
+        elif path.startswith(("/usr/lib", "/usr/bin", "/usr/sbin")):
+            candidates.add(path[len("/usr"):])
+        marks = ", ".join("?" for _ in candidates)
+        return self._packages(f"JOIN files f ON f.package = p.id WHERE f.path IN ({marks})", tuple(candidates))
+
+    def package_path(self, package):
+        return self.release_dir / package.location

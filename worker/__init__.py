@@ -1,0 +1,1 @@
+"""retrace-server-worker: the detached process that retraces one task."""

@@ -1,0 +1,135 @@
+"""``retrace-server-worker TASK_ID [--foreground] [--restart] [-v]``.
+
+The command claims the task before it detaches: it takes the task's worker
+lock, records its pid and sets the first status, so that whoever started
+it (the dispatcher, an admin) sees the slot taken as soon as it returns.
+Then it forks into its own session with no inherited descriptors but the
+lock, which the kernel releases however the worker ends.
+"""
+
+import argparse
+import fcntl
+import logging
+import os
+import shutil
+import sys
+
+from retrace.config import config_path, load_config
+from retrace.dispatch import WORKER_LOCK, start_queued
+from retrace.errors import ConfigError, NotFound
+from retrace.task import LOG_NAME, LOG_TIME_FORMAT, Task, TaskStatus
+from worker.pipeline import RetraceJob
+
+PROG = "retrace-server-worker"
+_GENERATED = ("status", "started_time", "finished_time", LOG_NAME, "retrace_backtrace", "stats.json")
+
+
+class WorkerRefused(Exception):
+    """The worker will not run this task; the message says why (exit status 2)."""
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog=PROG, description="Retrace one task: coredump in, backtrace out.")
+    parser.add_argument("task_id")
+    parser.add_argument("--foreground", action="store_true", help="do not detach; exit when the task ends")
+    parser.add_argument("--restart", action="store_true", help="run a task again that has already been started")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debugging details to the task log")
+    parser.add_argument("--config", help="configuration file (default: $RETRACE_SERVER_CONFIG_PATH or /etc/...)")
+    return parser
+
+
+def claim(task):
+    """Take the task's worker lock; returns its descriptor, which must stay open."""
+    fd = os.open(task.path / WORKER_LOCK, os.O_CREAT | os.O_RDWR, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise WorkerRefused(f"task {task.task_id} already has a running worker") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def reset(task):
+    """Forget a previous run, so that --restart starts from the crash data."""
+    if not (task.crash_dir / "coredump").is_file():
+        raise WorkerRefused(
+            f"task {task.task_id} cannot be restarted: its coredump was deleted when it ended "
+            "(only X-Task-Type 1, debug, tasks keep it)"
+        )
+    for name in _GENERATED:
+        (task.path / name).unlink(missing_ok=True)
+    shutil.rmtree(task.results_dir, ignore_errors=True)
+    task.results_dir.mkdir(mode=0o750)
+    shutil.rmtree(task.path / "sysroot", ignore_errors=True)
+
+
+def task_logger(task, verbose):
+    logger = logging.getLogger(f"retrace.task.{task.task_id}")
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    handler = logging.FileHandler(task.path / LOG_NAME, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("[%(asctime)s] [%(levelname).1s] %(message)s", LOG_TIME_FORMAT))
+    logger.addHandler(handler)
+    return logger
+
+
+def setup_admin_log(config):
+    try:
+        handler = logging.FileHandler(config.LogDir / "worker.log", encoding="utf-8")
+    except OSError:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("retrace").addHandler(handler)
+    logging.getLogger("retrace").setLevel(logging.INFO)
+
+
+def detach():
+    """Fork into a new session; the parent returns False and should exit."""
+    if os.fork() != 0:
+        return False
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    return True
+
+
+def prepare(args):
+    path = config_path(os.environ, args.config)
+    try:
+        config = load_config(path)
+    except ConfigError as err:
+        raise WorkerRefused(str(err)) from None
+    try:
+        task = Task.open(config.SaveDir, args.task_id, config.TaskIdLength)
+    except NotFound:
+        raise WorkerRefused(f"there is no task {args.task_id} in {config.SaveDir}") from None
+    lock_fd = claim(task)
+    if task.status is not None:
+        if not args.restart:
+            os.close(lock_fd)
+            raise WorkerRefused(f"task {task.task_id} has already been started; use --restart to run it again")
+        reset(task)
+    return config, path, task, lock_fd
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    # Crash data and backtraces are private: nothing the worker writes is world-readable.
+    os.umask(0o027)
+    try:
+        config, path, task, _lock_fd = prepare(args)
+    except WorkerRefused as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return 2
+    task.mark_time("started_time")
+    task.set_status(TaskStatus.ANALYZE)
+    if not args.foreground and not detach():
+        os._exit(0)
+    setup_admin_log(config)
+    succeeded = RetraceJob(config, task, task_logger(task, args.verbose)).run()
+    start_queued(config, path)
+    return 0 if succeeded else 1

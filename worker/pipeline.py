@@ -1,0 +1,227 @@
+"""One coredump task, from crash data to backtrace, stage by stage.
+
+Each stage sets upstream's status, logs what it found with its duration,
+and raises a RetraceError whose sentence tells the user what went wrong;
+``RetraceJob.run`` turns that into FINISHED_FAILURE with the sentence in
+``retrace_log`` and in the status body.  Tracebacks of unexpected errors go
+to the admin's ``<LogDir>/worker.log`` only: the task log is shown to the
+client and must not reveal server paths.
+"""
+
+import contextlib
+import json
+import logging
+import re
+import shutil
+import time
+
+from retrace import crashdata
+from retrace.cache import PackageCache
+from retrace.coredump import read_core
+from retrace.environment import assemble_sysroot
+from retrace.errors import RetraceError
+from retrace.exploitable import rate
+from retrace.gdb import run_gdb
+from retrace.packages import resolve_modules
+from retrace.release import detect_release, supported_releases
+from retrace.repoindex import RepoIndex
+from retrace.task import TaskStatus, TaskType, write_atomically
+
+admin_log = logging.getLogger("retrace.worker")
+
+RELEASE_FILES = ("os_release_in_rootdir", "os_release", "release")
+_THREAD_HEADER = re.compile(r"^Thread \d+ ", re.M)
+_FRAME = re.compile(r"^#\d+\s", re.M)
+
+
+class TaskFailed(RetraceError):
+    """A stage cannot go on; the sentence is the user's explanation."""
+
+
+class RetraceJob:
+    def __init__(self, config, task, log):
+        self.config = config
+        self.task = task
+        self.log = log
+        self.cache = PackageCache(config.CacheDir)
+        self.sysroot = task.path / "sysroot"
+        self.started = time.monotonic()
+        self.facts = {}
+
+    # -- driving -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def stage(self, status):
+        self.task.set_status(status)
+        self.log.info("%s", status.sentence)
+        began = time.monotonic()
+        yield
+        self.log.info("%s: done in %.3f s", status.sentence, time.monotonic() - began)
+
+    def run(self):
+        """Run every stage; True on success.  The task always ends final."""
+        try:
+            with self.stage(TaskStatus.ANALYZE):
+                crash = self.analyze()
+            with self.stage(TaskStatus.INIT):
+                self.prepare(crash)
+            with self.stage(TaskStatus.BACKTRACE):
+                self.backtrace(crash)
+            with self.stage(TaskStatus.CLEANUP):
+                self.clean()
+            with self.stage(TaskStatus.STATS):
+                self.save_stats(success=True)
+        except RetraceError as err:
+            self.finish_failed(err.sentence)
+            return False
+        except Exception as err:
+            admin_log.exception("task %s: unexpected error", self.task.task_id)
+            self.finish_failed(
+                f"internal error in the retrace worker ({type(err).__name__}); "
+                "the administrator finds the details in the server's worker.log"
+            )
+            return False
+        self.task.mark_time("finished_time")
+        self.task.set_status(TaskStatus.SUCCESS)
+        self.log.info("Retrace job finished successfully in %.3f s", time.monotonic() - self.started)
+        return True
+
+    def finish_failed(self, reason):
+        with contextlib.suppress(OSError):
+            self.clean()
+        with contextlib.suppress(OSError, RetraceError):
+            self.save_stats(success=False, reason=reason)
+        self.task.fail(reason)
+
+    # -- stages ----------------------------------------------------------------
+
+    def _crash_text(self, name):
+        path = self.task.crash_dir / name
+        if not path.is_file():
+            return None
+        return crashdata.read_text_file(path, name)
+
+    def analyze(self):
+        """Architecture, release, mapped modules and the packages they come from."""
+        core_path = self.task.crash_dir / "coredump"
+        if not core_path.is_file():
+            raise TaskFailed("the task has no coredump (it was deleted when the task ended the first time)")
+        core = read_core(core_path)
+        executable = self._crash_text("executable")
+        package = self._crash_text("package")
+        rootdir = self._crash_text("rootdir")
+        if rootdir and executable.startswith(rootdir.rstrip("/") + "/"):
+            executable = executable[len(rootdir.rstrip("/")):]
+        self.log.info("Coredump: %s, %d mapped files, signal %s", core.arch, len(core.modules), core.signal)
+        supported = supported_releases(self.config.RepoDir)
+        lines = [(name, text) for name in RELEASE_FILES if (text := self._crash_text(name))]
+        release, how = detect_release(lines, package, core.arch, supported)
+        names = ", ".join(str(known) for known in supported) or "none"
+        if release is None:
+            raise TaskFailed(f"cannot tell which release crashed: {how}; this server supports: {names}")
+        if release not in supported:
+            raise TaskFailed(f"release {release} ({how}) is not supported by this server; it supports: {names}")
+        self.log.info("Release %s (%s); crashed package %s", release, how, package)
+        self.facts.update(release=str(release), package=package, executable=executable, arch=core.arch)
+        index = RepoIndex.open(self.config.RepoDir / str(release), self.config.CacheDir)
+        if index.rebuilt:
+            self.log.info("Rebuilt the package index of %s (its repomd.xml changed)", release)
+        exe_module = core.module_at(executable)
+        if exe_module is None:
+            raise TaskFailed(f"the coredump does not map the executable {executable} named in the crash data")
+        modules = [exe_module, *(module for module in core.modules if module is not exe_module)]
+        resolution = resolve_modules(index, modules)
+        exe_problem = next(
+            (u for u in resolution.unresolved if u.path == executable and not u.problem.startswith("no debuginfo")), None
+        )
+        if exe_problem is not None:
+            raise TaskFailed(
+                f"no package of {release} provides the crashing executable {executable} "
+                f"(build-id {exe_module.build_id or 'unknown'}: {exe_problem.problem}); "
+                f"is {package} from the official repositories?"
+            )
+        for unresolved in resolution.unresolved:
+            self.log.warning(
+                "Missing for %s (build-id %s): %s", unresolved.path, unresolved.build_id or "unknown", unresolved.problem
+            )
+        self.log.info("Packages needed: %s", " ".join(p.nevra for p in resolution.packages))
+        self.facts.update(
+            packages=[p.nevra for p in resolution.packages],
+            missing=[{"path": u.path, "build_id": u.build_id, "problem": u.problem} for u in resolution.unresolved],
+        )
+        return _Crash(core, core_path, executable, index, resolution)
+
+    def prepare(self, crash):
+        """Unpack every needed package once (shared cache), then link the task's root."""
+        cached = []
+        for package in crash.resolution.packages:
+            rpm_path = crash.index.package_path(package)
+            if not rpm_path.is_file():
+                raise TaskFailed(
+                    f"{package.nevra} is in the metadata of {crash.index.release_dir.name} but its file is missing "
+                    "(the repository is being synchronised?); try again later"
+                )
+            entry = self.cache.get(
+                package.pkgid, rpm_path,
+                on_wait=lambda nevra=package.nevra: self.log.info("Waiting for another task that is unpacking %s", nevra),
+            )
+            if entry.unpacked:
+                self.log.info("Unpacked %s in %.3f s", package.nevra, entry.seconds)
+            elif entry.waited:
+                self.log.info("Reused %s, unpacked meanwhile by another task (waited %.3f s)", package.nevra, entry.seconds)
+            else:
+                self.log.info("Reused %s from the package cache", package.nevra)
+            cached.append(entry)
+        shutil.rmtree(self.sysroot, ignore_errors=True)
+        linked, seconds = assemble_sysroot(self.sysroot, cached)
+        self.log.info("Assembled the sysroot: %d files linked in %.3f s", linked, seconds)
+
+    def _hide_server_paths(self, text):
+        text = text.replace(str(self.sysroot), "")
+        return re.sub(re.escape(str(self.cache.rpms_dir)) + r"/[0-9A-Za-z]+/root", "", text)
+
+    def backtrace(self, crash):
+        result = run_gdb(
+            self.sysroot, crash.executable, crash.core_path,
+            read_only_paths=[self.sysroot, self.cache.rpms_dir, crash.core_path],
+            timeout=self.config.GdbTimeout, memory_bytes=self.config.gdb_memory_limit_bytes,
+            hide=self._hide_server_paths,
+        )
+        threads = len(_THREAD_HEADER.findall(result.backtrace))
+        frames = len(_FRAME.findall(result.backtrace))
+        self.log.info("gdb finished in %.3f s: %d threads, %d frames", result.seconds, threads, frames)
+        write_atomically(self.task.path / "retrace_backtrace", _missing_header(crash.resolution) + result.backtrace)
+        rating = rate(crash.core.signal, crash.core.fault_address, result.exploitable_section, result.backtrace)
+        write_atomically(self.task.results_dir / "exploitable", rating.report())
+        self.log.info("Exploitable rating %d: %s", rating.value, rating.reason)
+
+    def clean(self):
+        """Remove the sysroot, and the crash data unless the client asked to keep it (debug)."""
+        shutil.rmtree(self.sysroot, ignore_errors=True)
+        if self.task.task_type != TaskType.DEBUG:
+            shutil.rmtree(self.task.crash_dir, ignore_errors=True)
+
+    def save_stats(self, success, reason=None):
+        record = dict(self.facts, success=success, seconds=round(time.monotonic() - self.started, 3))
+        if reason:
+            record["failure"] = reason
+        write_atomically(self.task.path / "stats.json", json.dumps(record, indent=1, sort_keys=True))
+
+
+class _Crash:
+    def __init__(self, core, core_path, executable, index, resolution):
+        self.core = core
+        self.core_path = core_path
+        self.executable = executable
+        self.index = index
+        self.resolution = resolution
+
+
+def _missing_header(resolution):
+    """The lines above the backtrace naming what gdb could not be given."""
+    if not resolution.unresolved:
+        return ""
+    lines = [f"Missing debuginfo or binaries for {len(resolution.unresolved)} mapped files; their frames may lack names:"]
+    for unresolved in resolution.unresolved:
+        lines.append(f"  {unresolved.path} (build-id {unresolved.build_id or 'unknown'}): {unresolved.problem}")
+    return "\n".join(lines) + "\n\n"
