@@ -1,8 +1,9 @@
 """Unpacked RPMs, shared by every task: each package is unpacked once.
 
 ``<CacheDir>/rpms/<pkgid>/`` holds ``root/`` (the payload) and
-``manifest.json`` (every entry, so assembling a task's root needs no
-directory walk).  The pkgid is the package's checksum from the repository
+``manifest.json`` (every entry with the build-id of each ELF file, so
+assembling a task's root needs no directory walk and a file can be matched
+to a core's build-id without reading it again).  The pkgid is the package's checksum from the repository
 metadata, so a rebuilt package with the same name never reuses a stale tree.
 An entry appears by one rename of a finished temporary directory, under a
 per-package lock, so two tasks that need the same package at once unpack it
@@ -24,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from retrace.coredump import file_build_id
 from retrace.errors import RetraceError
 
 _MANIFEST = "manifest.json"
@@ -45,8 +47,16 @@ class CachedPackage:
     def root(self):
         return self.path / "root"
 
+    def build_id_of(self, paths):
+        """The build-id of the first of ``paths`` this package holds, or None."""
+        wanted = [path.lstrip("/") for path in paths]
+        for entry_path, kind, _target, build_id in self.manifest():
+            if kind == "f" and entry_path in wanted:
+                return build_id or None
+        return None
+
     def manifest(self):
-        """``[[relative path, kind ("d", "f" or "l"), link target or ""], ...]``."""
+        """``[[relative path, kind ("d", "f" or "l"), link target or "", build-id or ""], ...]``."""
         with open(self.path / _MANIFEST, encoding="utf-8") as handle:
             return json.load(handle)
 
@@ -108,22 +118,24 @@ def unpack_rpm(rpm_path, target):
             destination.parent.mkdir(parents=True, exist_ok=True)
             if stat.S_ISDIR(entry.mode):
                 destination.mkdir(exist_ok=True)
-                entries.append((relative, "d", ""))
+                entries.append((relative, "d", "", ""))
             elif stat.S_ISLNK(entry.mode):
                 os.symlink(entry.linkto, destination)
                 symlinks.add(relative)
-                entries.append((relative, "l", entry.linkto))
+                entries.append((relative, "l", entry.linkto, ""))
             elif stat.S_ISREG(entry.mode):
-                entries.append((relative, "f", ""))
                 if archive.hascontent():
                     _write_content(archive, destination, entry.mode)
+                    entries.append((relative, "f", "", file_build_id(destination) or ""))
                     for waiting in pending_links.pop(entry.inode, ()):
-                        os.link(destination, waiting)
+                        os.link(destination, waiting[0])
+                        entries.append((waiting[1], "f", "", entries[-1][3]))
                 else:
                     # Hard links: rpm sends the content with the last name.
-                    pending_links.setdefault(entry.inode, []).append(destination)
-        for waiting in (path for group in pending_links.values() for path in group):
+                    pending_links.setdefault(entry.inode, []).append((destination, relative))
+        for waiting, waiting_relative in (pair for group in pending_links.values() for pair in group):
             waiting.touch(mode=0o644)
+            entries.append((waiting_relative, "f", "", ""))
     except rpm.error as err:
         raise UnpackError(f"the payload of {Path(rpm_path).name} is damaged ({err})") from None
     finally:

@@ -103,6 +103,47 @@ class _Elf:
             position = desc_end + (-descsz % 4)
 
 
+def image_build_id(read, mapped):
+    """The GNU build-id of one ELF image, read through ``read(offset, length)``.
+
+    ``mapped``: the image as loaded in memory (notes found by address
+    relative to the first PT_LOAD), not as a file (notes at file offsets).
+    """
+    ident = read(0, 64)
+    if len(ident) < 52 or not ident.startswith(ELF_MAGIC) or ident[4] not in (1, 2) or ident[5] not in (1, 2):
+        return None
+    elf = _Elf(ident)
+    if len(ident) < elf.header.size:
+        return None
+    header = elf.header.unpack_from(ident)
+    phoff, phentsize, phnum = header[5], header[9], header[10]
+    if phentsize != elf.phdr.size or phnum > 512:
+        return None
+    table = read(phoff, phentsize * phnum)
+    headers = [elf.program_header(table[i:i + phentsize]) for i in range(0, len(table) - phentsize + 1, phentsize)]
+    first_load = next((h for h in headers if h[0] == PT_LOAD), None)
+    if mapped and first_load is None:
+        return None
+    for p_type, offset, vaddr, filesz, _memsz in headers:
+        if p_type != PT_NOTE:
+            continue
+        where = vaddr - (first_load[2] - first_load[1]) if mapped else offset
+        for note_type, name, desc in elf.notes(read(where, min(filesz, 4096))):
+            if note_type == NT_GNU_BUILD_ID and name == b"GNU" and desc:
+                return desc.hex()
+    return None
+
+
+def file_build_id(path):
+    """The GNU build-id of the ELF file at ``path``; None for other files."""
+    with open(path, "rb") as handle:
+        def read(offset, length):
+            handle.seek(offset)
+            return handle.read(length)
+
+        return image_build_id(read, mapped=False)
+
+
 class _CoreReader:
     def __init__(self, handle, size):
         self.handle = handle
@@ -148,26 +189,7 @@ class _CoreReader:
 
     def build_id_at(self, base):
         """The GNU build-id of the ELF image mapped at ``base``, if the core kept its headers."""
-        ident = self.read_memory(base, 64)
-        if len(ident) < self.elf.header.size or not ident.startswith(ELF_MAGIC):
-            return None
-        header = self.elf.header.unpack_from(ident)
-        phoff, phentsize, phnum = header[5], header[9], header[10]
-        if phentsize != self.elf.phdr.size or phnum > 512:
-            return None
-        table = self.read_memory(base + phoff, phentsize * phnum)
-        headers = [self.elf.program_header(table[i:i + phentsize]) for i in range(0, len(table) - phentsize + 1, phentsize)]
-        first_load = next((h for h in headers if h[0] == PT_LOAD), None)
-        if first_load is None:
-            return None
-        bias = base - (first_load[2] - first_load[1])
-        for p_type, _offset, vaddr, filesz, _memsz in headers:
-            if p_type != PT_NOTE:
-                continue
-            for note_type, name, desc in self.elf.notes(self.read_memory(bias + vaddr, min(filesz, 4096))):
-                if note_type == NT_GNU_BUILD_ID and name == b"GNU" and desc:
-                    return desc.hex()
-        return None
+        return image_build_id(lambda offset, length: self.read_memory(base + offset, length), mapped=True)
 
     def mapped_files(self, desc):
         """``{path: lowest start address mapped at file offset 0}`` from NT_FILE."""

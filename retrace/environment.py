@@ -31,7 +31,7 @@ def assemble_sysroot(root, cached_packages):
     linked = 0
     for package in cached_packages:
         source_root = str(package.root)
-        for relative, kind, link_target in package.manifest():
+        for relative, kind, link_target, _build_id in package.manifest():
             destination = os.path.join(root, relative)
             if kind == "d":
                 if relative not in made_dirs:

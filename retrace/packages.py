@@ -35,6 +35,16 @@ def is_package_known(repo_dir, releases, nvr, arch):
     return False
 
 
+def usr_merge_variants(path):
+    """``path`` and its twin across the /lib -> /usr/lib merge (packages use either)."""
+    variants = [path]
+    if not path.startswith("/usr/"):
+        variants.append("/usr" + path)
+    elif path.startswith(("/usr/lib", "/usr/bin", "/usr/sbin")):
+        variants.append(path[len("/usr"):])
+    return variants
+
+
 @dataclasses.dataclass(frozen=True)
 class Unresolved:
     """A mapped file we could not fully supply, and why (shown to the user)."""
@@ -46,8 +56,16 @@ class Unresolved:
 
 @dataclasses.dataclass
 class Resolution:
+    """What a crash needs: packages, files we cannot supply, and files to verify.
+
+    ``unverified`` holds ``(module, candidates)`` for files that neither a
+    build-id link nor a debuginfo package ties to a package: the packages
+    owning that path, to be matched by the build-id of the unpacked file.
+    """
+
     packages: list = dataclasses.field(default_factory=list)
     unresolved: list = dataclasses.field(default_factory=list)
+    unverified: list = dataclasses.field(default_factory=list)
 
     def add(self, package):
         if all(known.pkgid != package.pkgid for known in self.packages):
@@ -57,9 +75,8 @@ class Resolution:
 def _binary_package(index, module, debuginfo):
     """The package whose file was mapped: by its build-id link, else by path and build.
 
-    Without a build-id link or a debuginfo package of the same build there is
-    no proof that a file of that path is the one that was mapped, and a
-    mismatched library gives wrong symbols, so none is guessed.
+    A package that merely owns the path is no proof (a mismatched library
+    gives wrong symbols); such candidates are verified after unpacking.
     """
     linked = index.by_build_id(module.build_id, "binary")
     if linked:
@@ -79,7 +96,11 @@ def resolve_modules(index, modules):
         debuginfo = next(iter(index.by_build_id(module.build_id, "debuginfo")), None)
         binary = _binary_package(index, module, debuginfo)
         if binary is None and debuginfo is None:
-            resolution.unresolved.append(Unresolved(module.path, module.build_id, "no package in the repository"))
+            candidates = index.owners(module.path)
+            if candidates:
+                resolution.unverified.append((module, candidates))
+            else:
+                resolution.unresolved.append(Unresolved(module.path, module.build_id, "no package in the repository"))
             continue
         if binary is None:
             resolution.unresolved.append(

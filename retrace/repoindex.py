@@ -23,6 +23,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from retrace.errors import RetraceError
+from retrace.packages import usr_merge_variants
 
 _REPO_NS = "{http://linux.duke.edu/metadata/repo}"
 _COMMON_NS = "{http://linux.duke.edu/metadata/common}"
@@ -268,11 +269,7 @@ class RepoIndex:
 
     def owners(self, path):
         """Packages that own ``path``, also across the /lib -> /usr/lib merge."""
-        candidates = {path}
-        if not path.startswith("/usr/"):
-            candidates.add("/usr" + path)
-        elif path.startswith(("/usr/lib", "/usr/bin", "/usr/sbin")):
-            candidates.add(path[len("/usr"):])
+        candidates = usr_merge_variants(path)
         marks = ", ".join("?" for _ in candidates)
         return self._packages(f"JOIN files f ON f.package = p.id WHERE f.path IN ({marks})", tuple(candidates))
 

@@ -46,9 +46,13 @@ def claim(task):
     except BlockingIOError:
         os.close(fd)
         raise WorkerRefused(f"task {task.task_id} already has a running worker") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
     return fd
+
+
+def record_pid(lock_fd):
+    """Write the worker's pid into its lock file, for admins and cleanup."""
+    os.ftruncate(lock_fd, 0)
+    os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
 
 
 def reset(task):
@@ -121,7 +125,7 @@ def main(argv=None):
     # Crash data and backtraces are private: nothing the worker writes is world-readable.
     os.umask(0o027)
     try:
-        config, path, task, _lock_fd = prepare(args)
+        config, path, task, lock_fd = prepare(args)
     except WorkerRefused as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return 2
@@ -129,6 +133,7 @@ def main(argv=None):
     task.set_status(TaskStatus.ANALYZE)
     if not args.foreground and not detach():
         os._exit(0)
+    record_pid(lock_fd)
     setup_admin_log(config)
     succeeded = RetraceJob(config, task, task_logger(task, args.verbose)).run()
     start_queued(config, path)

@@ -22,7 +22,7 @@ from retrace.environment import assemble_sysroot
 from retrace.errors import RetraceError
 from retrace.exploitable import rate
 from retrace.gdb import run_gdb
-from retrace.packages import resolve_modules
+from retrace.packages import Unresolved, resolve_modules, usr_merge_variants
 from retrace.release import detect_release, supported_releases
 from retrace.repoindex import RepoIndex
 from retrace.task import TaskStatus, TaskType, write_atomically
@@ -135,43 +135,63 @@ class RetraceJob:
             (u for u in resolution.unresolved if u.path == executable and not u.problem.startswith("no debuginfo")), None
         )
         if exe_problem is not None:
-            raise TaskFailed(
-                f"no package of {release} provides the crashing executable {executable} "
-                f"(build-id {exe_module.build_id or 'unknown'}: {exe_problem.problem}); "
-                f"is {package} from the official repositories?"
-            )
+            raise _no_executable_package(release, exe_module, package, exe_problem.problem)
         for unresolved in resolution.unresolved:
             self.log.warning(
                 "Missing for %s (build-id %s): %s", unresolved.path, unresolved.build_id or "unknown", unresolved.problem
             )
         self.log.info("Packages needed: %s", " ".join(p.nevra for p in resolution.packages))
-        self.facts.update(
-            packages=[p.nevra for p in resolution.packages],
-            missing=[{"path": u.path, "build_id": u.build_id, "problem": u.problem} for u in resolution.unresolved],
-        )
+        self.facts["packages"] = [p.nevra for p in resolution.packages]
         return _Crash(core, core_path, executable, index, resolution)
+
+    def _cached(self, package, index):
+        """The package unpacked in the shared cache (by this task or an earlier one)."""
+        rpm_path = index.package_path(package)
+        if not rpm_path.is_file():
+            raise TaskFailed(
+                f"{package.nevra} is in the metadata of {index.release_dir.name} but its file is missing "
+                "(the repository is being synchronised?); try again later"
+            )
+        entry = self.cache.get(
+            package.pkgid, rpm_path,
+            on_wait=lambda: self.log.info("Waiting for another task that is unpacking %s", package.nevra),
+        )
+        if entry.unpacked:
+            self.log.info("Unpacked %s in %.3f s", package.nevra, entry.seconds)
+        elif entry.waited:
+            self.log.info("Reused %s, unpacked meanwhile by another task (waited %.3f s)", package.nevra, entry.seconds)
+        else:
+            self.log.info("Reused %s from the package cache", package.nevra)
+        return entry
+
+    def _verify_candidates(self, crash, module, candidates):
+        """The cached candidate whose file at the module's path has the module's build-id."""
+        for package in candidates:
+            entry = self._cached(package, crash.index)
+            if entry.build_id_of(usr_merge_variants(module.path)) == module.build_id:
+                self.log.info("Matched %s to %s by its build-id", module.path, package.nevra)
+                crash.resolution.add(package)
+                crash.resolution.unresolved.append(
+                    Unresolved(module.path, module.build_id, f"no debuginfo package (the file is in {package.nevra})")
+                )
+                return entry
+        problem = f"no package in the repository ({len(candidates)} own the path, none with this build-id)"
+        if module.path == crash.executable:
+            raise _no_executable_package(self.facts["release"], module, self.facts["package"], problem)
+        crash.resolution.unresolved.append(Unresolved(module.path, module.build_id, problem))
+        self.log.warning("Missing for %s (build-id %s): %s", module.path, module.build_id, problem)
+        return None
 
     def prepare(self, crash):
         """Unpack every needed package once (shared cache), then link the task's root."""
-        cached = []
-        for package in crash.resolution.packages:
-            rpm_path = crash.index.package_path(package)
-            if not rpm_path.is_file():
-                raise TaskFailed(
-                    f"{package.nevra} is in the metadata of {crash.index.release_dir.name} but its file is missing "
-                    "(the repository is being synchronised?); try again later"
-                )
-            entry = self.cache.get(
-                package.pkgid, rpm_path,
-                on_wait=lambda nevra=package.nevra: self.log.info("Waiting for another task that is unpacking %s", nevra),
-            )
-            if entry.unpacked:
-                self.log.info("Unpacked %s in %.3f s", package.nevra, entry.seconds)
-            elif entry.waited:
-                self.log.info("Reused %s, unpacked meanwhile by another task (waited %.3f s)", package.nevra, entry.seconds)
-            else:
-                self.log.info("Reused %s from the package cache", package.nevra)
-            cached.append(entry)
+        cached = [self._cached(package, crash.index) for package in crash.resolution.packages]
+        for module, candidates in crash.resolution.unverified:
+            entry = self._verify_candidates(crash, module, candidates)
+            if entry is not None:
+                cached.append(entry)
+        self.facts["missing"] = [
+            {"path": u.path, "build_id": u.build_id, "problem": u.problem} for u in crash.resolution.unresolved
+        ]
         shutil.rmtree(self.sysroot, ignore_errors=True)
         linked, seconds = assemble_sysroot(self.sysroot, cached)
         self.log.info("Assembled the sysroot: %d files linked in %.3f s", linked, seconds)
@@ -215,6 +235,13 @@ class _Crash:
         self.executable = executable
         self.index = index
         self.resolution = resolution
+
+
+def _no_executable_package(release, module, package, problem):
+    return TaskFailed(
+        f"no package of {release} provides the crashing executable {module.path} "
+        f"(build-id {module.build_id or 'unknown'}: {problem}); is {package} from the official repositories?"
+    )
 
 
 def _missing_header(resolution):

@@ -1,8 +1,17 @@
-"""Archive builders for integration tests: the real tar + xz, or tarfile for hostile shapes."""
+"""Integration-test helpers: archives (real tar + xz, or tarfile for hostile shapes) and task polling."""
 
+import contextlib
+import fcntl
+import hashlib
 import io
+import os
+import pwd
 import subprocess
 import tarfile
+import time
+from pathlib import Path
+
+from tests.integration.server import SERVICE_USER
 
 XZ_TAR = "application/x-xz-compressed-tar"
 ABRT_FILES = ("coredump", "executable", "package", "os_release")
@@ -59,3 +68,59 @@ def parse_settings(text):
 
 def password_header(response):
     return {"X-Task-Password": response.headers["X-Task-Password"]}
+
+
+FINAL_STATUSES = ("FINISHED_SUCCESS", "FINISHED_FAILURE")
+
+
+def submit(server, problem_dir, names=ABRT_FILES, **headers):
+    """Upload a problem dir as abrt-retrace-client does; returns ``(task id, auth headers)``."""
+    response = server.post(
+        "/create", data=abrt_archive(problem_dir, names),
+        headers={"Content-Type": XZ_TAR, "X-Task-Type": "0", **headers},
+    )
+    assert response.status_code == 201, response.text
+    return response.headers["X-Task-Id"], password_header(response)
+
+
+def wait_final(server, task_id, auth, timeout=90):
+    """Poll the status like abrt-retrace-client until the task ends; the last response."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = server.get(f"/{task_id}", headers=auth)
+        assert response.status_code == 200, response.text
+        if response.headers["X-Task-Status"] in FINAL_STATUSES:
+            return response
+        time.sleep(0.05)
+    raise AssertionError(f"task {task_id} did not finish in {timeout} s: {response.text}")
+
+
+def wait_for_log_line(server, task_id, auth, text, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = server.get(f"/{task_id}/log", headers=auth)
+        if response.status_code == 200 and text in response.text:
+            return response.text
+        time.sleep(0.05)
+    raise AssertionError(f"task {task_id} never logged {text!r}")
+
+
+@contextlib.contextmanager
+def package_lock_held(server, rpm_path):
+    """Hold the cache lock of ``rpm_path`` as another unpacking task would.
+
+    Workers that need the package wait (and say so in their log) until the
+    block ends, which makes concurrency tests deterministic.
+    """
+    user = pwd.getpwnam(SERVICE_USER)
+    rpms_dir = server.cache_dir / "rpms"
+    rpms_dir.mkdir(mode=0o750, exist_ok=True)
+    os.chown(rpms_dir, user.pw_uid, user.pw_gid)
+    pkgid = hashlib.sha256(Path(rpm_path).read_bytes()).hexdigest()
+    fd = os.open(rpms_dir / f"{pkgid}.lock", os.O_CREAT | os.O_RDWR, 0o640)
+    os.fchown(fd, user.pw_uid, user.pw_gid)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

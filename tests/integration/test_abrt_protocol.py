@@ -2,13 +2,17 @@
 
 import re
 
+import pytest
+
 from tests.integration.conftest import CRASH_PACKAGE, RELEASE_ID
-from tests.integration.helpers import XZ_TAR, abrt_archive, parse_settings, password_header
+from tests.integration.helpers import (
+    XZ_TAR, abrt_archive, package_lock_held, parse_settings, password_header, wait_final, wait_for_log_line,
+)
 
 
-def create_task(server, problem_dir):
+def create_task(server, problem_dir, task_type="0"):
     response = server.post(
-        "/create", data=abrt_archive(problem_dir), headers={"Content-Type": XZ_TAR, "X-Task-Type": "0"}
+        "/create", data=abrt_archive(problem_dir), headers={"Content-Type": XZ_TAR, "X-Task-Type": task_type}
     )
     assert response.status_code == 201, response.text
     return response
@@ -69,29 +73,45 @@ def test_create_with_abrt_archive_answers_201_with_id_and_password(server, probl
     assert response.content == b""
 
 
-def test_new_task_is_pending_and_says_it_waits_in_the_queue(server, problem_dir):
-    created = create_task(server, problem_dir)
-    response = server.get(f"/{created.headers['X-Task-Id']}", headers=password_header(created))
-    assert response.status_code == 200
-    assert response.headers["X-Task-Status"] == "PENDING"
-    assert response.text.startswith("Waiting in the queue for a free worker (position ")
-
-
 def test_task_spool_keeps_upstream_layout(server, problem_dir):
-    created = create_task(server, problem_dir)
-    task_dir = server.save_dir / created.headers["X-Task-Id"]
+    created = create_task(server, problem_dir, task_type="1")
+    task_id = created.headers["X-Task-Id"]
+    assert wait_final(server, task_id, password_header(created)).headers["X-Task-Status"] == "FINISHED_SUCCESS"
+    task_dir = server.save_dir / task_id
     assert (task_dir / "password").read_text() == created.headers["X-Task-Password"]
-    assert (task_dir / "type").read_text() == "0"
-    assert (task_dir / "results").is_dir()
+    assert (task_dir / "type").read_text() == "1"
+    assert (task_dir / "status").read_text() == "6"
+    assert (task_dir / "started_time").read_text().isdigit() and (task_dir / "finished_time").read_text().isdigit()
+    assert (task_dir / "retrace_log").is_file() and (task_dir / "retrace_backtrace").is_file()
+    assert (task_dir / "results" / "exploitable").is_file()
     assert sorted(p.name for p in (task_dir / "crash").iterdir()) == sorted(
         ["coredump", "executable", "package", "os_release"]
     )
     assert (task_dir / "crash" / "coredump").read_bytes() == (problem_dir / "coredump").read_bytes()
-    assert not (task_dir / "status").exists()
 
 
-def test_results_of_an_unfinished_task_are_404_with_a_sentence(server, problem_dir):
-    created = create_task(server, problem_dir)
+@pytest.fixture
+def busy_server(start_server, fixture_rpms, problem_dir):
+    """A server whose only worker is busy (waiting on a package lock): new tasks queue."""
+    server = start_server(MaxParallelTasks="1", MaxQueuedTasks="3")
+    crasher = next(rpm for rpm in fixture_rpms if rpm.name.startswith("crasher-1.0"))
+    with package_lock_held(server, crasher):
+        created = create_task(server, problem_dir)
+        wait_for_log_line(server, created.headers["X-Task-Id"], password_header(created), "Waiting for another task")
+        yield server
+
+
+def test_queued_task_is_pending_and_says_where_it_waits(busy_server, problem_dir):
+    created = create_task(busy_server, problem_dir)
+    response = busy_server.get(f"/{created.headers['X-Task-Id']}", headers=password_header(created))
+    assert response.status_code == 200
+    assert response.headers["X-Task-Status"] == "PENDING"
+    assert response.text == "Waiting in the queue for a free worker (position 1)"
+    assert not (busy_server.save_dir / created.headers["X-Task-Id"] / "status").exists()
+
+
+def test_results_of_an_unfinished_task_are_404_with_a_sentence(busy_server, problem_dir):
+    created = create_task(busy_server, problem_dir)
     task_id = created.headers["X-Task-Id"]
     expected = {
         "backtrace": "There is no backtrace for the specified task",
@@ -99,15 +119,13 @@ def test_results_of_an_unfinished_task_are_404_with_a_sentence(server, problem_d
         "exploitable": "There is no exploitability data for the specified task",
     }
     for name, sentence in expected.items():
-        response = server.get(f"/{task_id}/{name}", headers=password_header(created))
+        response = busy_server.get(f"/{task_id}/{name}", headers=password_header(created))
         assert (response.status_code, response.text) == (404, sentence)
 
 
-def test_settings_count_the_new_tasks_as_taken_slots(start_server, problem_dir):
-    server = start_server(MaxParallelTasks="1", MaxQueuedTasks="3")
-    create_task(server, problem_dir)
-    create_task(server, problem_dir)
-    settings = parse_settings(server.get("/settings").text)
+def test_settings_count_running_and_queued_tasks_as_taken_slots(busy_server, problem_dir):
+    create_task(busy_server, problem_dir)
+    settings = parse_settings(busy_server.get("/settings").text)
     assert (settings["running_tasks"], settings["max_running_tasks"]) == ("2", "4")
 
 

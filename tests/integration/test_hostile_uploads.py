@@ -17,7 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.integration.helpers import XZ_TAR, abrt_archive, problem_members, regular, tar_bytes, xz
+from tests.integration.helpers import (
+    XZ_TAR, abrt_archive, package_lock_held, problem_members, regular, tar_bytes, xz,
+)
 
 MIB = 1024 * 1024
 
@@ -41,7 +43,8 @@ def _tree(root, skip):
 
 def expect_rejection(server, send, status, fragment):
     """Run ``send`` and check everything a rejection must (and must not) do."""
-    skip = {str(server.save_dir), str(server.log_dir), str(server.root / "launcher.out")}
+    # SaveDir, LogDir and CacheDir change under the workers of earlier tasks.
+    skip = {str(server.save_dir), str(server.log_dir), str(server.cache_dir), str(server.root / "launcher.out")}
     tasks_before = server.task_dirs()
     tree_before = _tree(server.root, skip)
     response = send()
@@ -338,20 +341,27 @@ def test_delete_is_403_when_disabled(hostile_server, task):
 # --- capacity ---------------------------------------------------------------
 
 
-def test_full_queue_is_503_and_settings_make_abrt_refuse(start_server, problem_dir):
+def _crasher_rpm(fixture_rpms):
+    return next(rpm for rpm in fixture_rpms if rpm.name.startswith("crasher-1.0"))
+
+
+def test_full_queue_is_503_and_settings_make_abrt_refuse(start_server, problem_dir, fixture_rpms):
     server = start_server(MaxParallelTasks="1", MaxQueuedTasks="1")
-    for _ in range(2):
-        assert server.post("/create", data=abrt_archive(problem_dir), headers={"Content-Type": XZ_TAR}).status_code == 201
-    expect_rejection(server, post_archive(server, abrt_archive(problem_dir)), 503, "fully loaded")
-    settings = dict(line.split(" ", 1) for line in server.get("/settings").text.split("\n"))
-    assert int(settings["running_tasks"]) >= int(settings["max_running_tasks"])
+    # Workers wait on the held package lock, so accepted tasks keep their slots.
+    with package_lock_held(server, _crasher_rpm(fixture_rpms)):
+        for _ in range(2):
+            response = server.post("/create", data=abrt_archive(problem_dir), headers={"Content-Type": XZ_TAR})
+            assert response.status_code == 201
+        expect_rejection(server, post_archive(server, abrt_archive(problem_dir)), 503, "fully loaded")
+        settings = dict(line.split(" ", 1) for line in server.get("/settings").text.split("\n"))
+        assert int(settings["running_tasks"]) >= int(settings["max_running_tasks"])
 
 
 
-def test_concurrent_uploads_never_take_more_slots_than_exist(start_server, problem_dir):
+def test_concurrent_uploads_never_take_more_slots_than_exist(start_server, problem_dir, fixture_rpms):
     server = start_server(MaxParallelTasks="2", MaxQueuedTasks="3")
     body = abrt_archive(problem_dir)
-    with ThreadPoolExecutor(max_workers=12) as pool:
+    with package_lock_held(server, _crasher_rpm(fixture_rpms)), ThreadPoolExecutor(max_workers=12) as pool:
         responses = pool.map(lambda _: server.post("/create", data=body, headers={"Content-Type": XZ_TAR}), range(12))
         codes = [response.status_code for response in responses]
     assert sorted(codes) == [201] * 5 + [503] * 7
