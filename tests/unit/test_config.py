@@ -92,3 +92,13 @@ def test_path_comes_from_environment_when_not_explicit():
 
 def test_default_path_is_upstreams():
     assert config_path({}) == Path("/etc/retrace-server/retrace-server.conf")
+
+
+def test_gdb_timeout_accepts_fractions_of_a_second():
+    config, _ = parse_config("[retrace]\nGdbTimeout = 0.5\n", "t.conf")
+    assert config.GdbTimeout == 0.5
+
+
+def test_unknown_retrace_environment_lists_the_choices():
+    with pytest.raises(ConfigError, match="RetraceEnvironment must be one of sysroot, not 'podman'"):
+        parse_config("[retrace]\nRetraceEnvironment = podman\n", "t.conf")

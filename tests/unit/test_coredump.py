@@ -1,9 +1,8 @@
-import struct
-
 import pytest
 
 from retrace.coredump import Module, check_elf_core, file_build_id, read_core
 from retrace.errors import InvalidCrashData
+from tests.fixtures.synthetic_core import BUILD_ID, IMAGE_BASE, elf_image, synthetic_core
 
 
 def elf(tmp_path, elf_type, byte_order=1):
@@ -38,56 +37,13 @@ def test_empty_file_is_not_a_core(tmp_path):
         check_elf_core(path)
 
 
-# --- read_core on synthetic cores (layout as the Linux kernel writes it) -----
-
-BUILD_ID = bytes.fromhex("3a3aab71ba072f8739a5120ed5abe254817dedea")
-IMAGE_BASE = 0x400000
-
-
-def _note(name, note_type, desc):
-    name_bytes = name + b"\0"
-    pad = lambda data: data + bytes(-len(data) % 4)  # noqa: E731
-    return struct.pack("<III", len(name_bytes), len(desc), note_type) + pad(name_bytes) + pad(desc)
-
-
-def _elf_header(elf_type, phoff, phnum, machine=62):
-    ident = b"\x7fELF\x02\x01\x01" + bytes(9)
-    return ident + struct.pack("<HHIQQQIHHHHHH", elf_type, machine, 1, 0, phoff, 0, 0, 64, 56, phnum, 64, 0, 0)
-
-
-def _phdr(p_type, offset, vaddr, size):
-    return struct.pack("<IIQQQQQQ", p_type, 4, offset, vaddr, 0, size, size, 1)
-
-
-def _image():
-    """The first page of a mapped ELF program: header, PT_LOAD, PT_NOTE with the build-id."""
-    note = _note(b"GNU", 3, BUILD_ID)
-    note_offset = 64 + 2 * 56
-    headers = _phdr(1, 0, 0, 4096) + _phdr(4, note_offset, note_offset, len(note))
-    image = _elf_header(2, 64, 2) + headers + note
-    return image + bytes(4096 - len(image))
-
-
-def _core(paths=("/usr/bin/crasher",), signal=11, fault_address=0, truncate=0, machine=62):
-    files = struct.pack("<QQ", len(paths), 4096)
-    for index, _ in enumerate(paths):
-        start = IMAGE_BASE + index * 0x10000
-        files += struct.pack("<QQQ", start, start + 4096, 0)
-    files += b"".join(path.encode() + b"\0" for path in paths)
-    siginfo = struct.pack("<iiiiQ", signal, 0, 1, 0, fault_address) + bytes(112)
-    notes = _note(b"CORE", 0x46494C45, files) + _note(b"CORE", 0x53494749, siginfo)
-    notes_offset = 64 + 2 * 56
-    load_offset = notes_offset + len(notes)
-    headers = _phdr(4, notes_offset, 0, len(notes)) + _phdr(1, load_offset, IMAGE_BASE, 4096)
-    core = _elf_header(4, 64, 2, machine) + headers + notes + _image()
-    return core[: len(core) - truncate]
-
+# --- read_core on synthetic cores ----------------------------------------------
 
 @pytest.fixture
 def core_file(tmp_path):
     def write(**options):
         path = tmp_path / "coredump"
-        path.write_bytes(_core(**options))
+        path.write_bytes(synthetic_core(**options))
         return path
 
     return write
@@ -126,7 +82,7 @@ def test_core_without_file_notes_is_refused(core_file):
 
 def test_file_build_id_reads_an_elf_file_and_ignores_other_files(tmp_path):
     program = tmp_path / "program"
-    program.write_bytes(_image())
+    program.write_bytes(elf_image())
     text = tmp_path / "text"
     text.write_text("not elf")
     assert file_build_id(program) == BUILD_ID.hex()

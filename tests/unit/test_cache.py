@@ -1,0 +1,81 @@
+import json
+import os
+
+import pytest
+
+from retrace.cache import CachedPackage, PackageCache, UnpackError, _refuse_through_symlink, _safe_relative
+from retrace.environment import assemble_sysroot
+
+
+@pytest.mark.parametrize("name", ["../etc/passwd", "/usr/../../etc/shadow", "./", "/usr//lib", "/usr/lib/."])
+def test_payload_names_that_could_escape_are_refused(name):
+    with pytest.raises(UnpackError, match="unsafe file name"):
+        _safe_relative(name)
+
+
+def test_payload_names_become_relative_paths():
+    assert _safe_relative("/usr/lib64/libcrash.so.1") == "usr/lib64/libcrash.so.1"
+    assert _safe_relative("./usr/bin/crasher") == "usr/bin/crasher"
+
+
+def test_entry_below_the_packages_own_symlink_is_refused():
+    with pytest.raises(UnpackError, match="below its own symlink"):
+        _refuse_through_symlink("usr/lib/evil/file", {"usr/lib/evil"}, "evil.rpm")
+
+
+def test_cache_refuses_a_checksum_that_is_not_a_plain_name(tmp_path):
+    with pytest.raises(UnpackError, match="invalid package checksum"):
+        PackageCache(tmp_path).entry_path("../../x")
+
+
+def cached(tmp_path, name, entries, contents=()):
+    """A CachedPackage as the cache leaves it: root/ files and manifest.json."""
+    path = tmp_path / name
+    (path / "root").mkdir(parents=True)
+    for relative, kind, target, _ in entries:
+        destination = path / "root" / relative
+        if kind == "d":
+            destination.mkdir(parents=True, exist_ok=True)
+        elif kind == "f":
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            destination.write_text(dict(contents).get(relative, name))
+        else:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(target, destination)
+    (path / "manifest.json").write_text(json.dumps(entries))
+    return CachedPackage(path, True, 0.0, False)
+
+
+def test_manifest_gives_the_build_id_of_a_packaged_file(tmp_path):
+    package = cached(tmp_path, "lib", [["usr/lib64/libx.so.1", "f", "", "abc123"]])
+    assert package.build_id_of(["/lib64/libx.so.1", "/usr/lib64/libx.so.1"]) == "abc123"
+    assert package.build_id_of(["/usr/lib64/other.so"]) is None
+
+
+def test_sysroot_links_files_to_the_cache_and_merges_directories(tmp_path):
+    program = cached(tmp_path, "program", [["usr/bin", "d", "", ""], ["usr/bin/crasher", "f", "", "aa"]])
+    library = cached(tmp_path, "library", [["usr/lib64/libcrash.so.1", "f", "", "bb"], ["usr/bin/helper", "f", "", ""]])
+    root = tmp_path / "sysroot"
+    linked, _ = assemble_sysroot(root, [program, library])
+    assert linked == 3
+    assert os.readlink(root / "usr/bin/crasher") == str(program.root / "usr/bin/crasher")
+    assert (root / "usr/bin/helper").read_text() == "library"
+    assert (root / "usr/lib64/libcrash.so.1").read_text() == "library"
+
+
+def test_first_package_wins_a_file_both_hold(tmp_path):
+    first = cached(tmp_path, "first", [["usr/lib64/libz.so.1", "f", "", ""]])
+    second = cached(tmp_path, "second", [["usr/lib64/libz.so.1", "f", "", ""]])
+    assemble_sysroot(tmp_path / "sysroot", [first, second])
+    assert (tmp_path / "sysroot/usr/lib64/libz.so.1").read_text() == "first"
+
+
+def test_absolute_package_symlinks_resolve_inside_the_sysroot(tmp_path):
+    package = cached(tmp_path, "p", [
+        ["usr/lib64/libz.so.1.3", "f", "", ""],
+        ["usr/lib64/libz.so.1", "l", "/usr/lib64/libz.so.1.3", ""],
+    ])
+    root = tmp_path / "sysroot"
+    assemble_sysroot(root, [package])
+    assert os.readlink(root / "usr/lib64/libz.so.1") == "libz.so.1.3"
+    assert (root / "usr/lib64/libz.so.1").read_text() == "p"

@@ -1,0 +1,85 @@
+import fcntl
+import os
+
+from retrace.config import Config
+from retrace.dispatch import WORKER_LOCK, fail_if_worker_died, start_queued, worker_alive
+from retrace.task import IncomingTask, TaskStatus, TaskType
+
+
+def add_task(save_dir, status=None):
+    with IncomingTask(save_dir) as incoming:
+        task, _ = incoming.commit(TaskType.COREDUMP, id_length=9, password_length=32)
+    if status is not None:
+        task.set_status(status)
+    return task
+
+
+def hold_worker_lock(task):
+    fd = os.open(task.path / WORKER_LOCK, os.O_CREAT | os.O_RDWR, 0o640)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def test_worker_is_alive_exactly_while_its_lock_is_held(tmp_path):
+    task = add_task(tmp_path, TaskStatus.BACKTRACE)
+    assert not worker_alive(task)
+    fd = hold_worker_lock(task)
+    assert worker_alive(task)
+    os.close(fd)
+    assert not worker_alive(task)
+
+
+def test_running_task_without_worker_fails_saying_where_it_stopped(tmp_path):
+    task = add_task(tmp_path, TaskStatus.INIT)
+    assert fail_if_worker_died(task)
+    assert task.status == TaskStatus.FAIL
+    assert task.failure_reason == (
+        "the retrace worker stopped unexpectedly (it was killed or crashed) while: "
+        "Preparing environment for backtrace generation"
+    )
+    assert "[E] Task failed: the retrace worker stopped unexpectedly" in (task.path / "retrace_log").read_text()
+    assert (task.path / "finished_time").read_text().isdigit()
+
+
+def test_task_with_a_live_worker_or_no_status_is_left_alone(tmp_path):
+    running = add_task(tmp_path, TaskStatus.BACKTRACE)
+    fd = hold_worker_lock(running)
+    queued = add_task(tmp_path)
+    try:
+        assert not fail_if_worker_died(running) and not fail_if_worker_died(queued)
+    finally:
+        os.close(fd)
+    assert running.status == TaskStatus.BACKTRACE and queued.status is None
+
+
+def recording_worker(tmp_path):
+    """A worker command that only records which task it was asked to start."""
+    record = tmp_path / "started"
+    script = tmp_path / "worker"
+    script.write_text(f'#!/bin/sh\necho "$1" >> {record}\n')
+    script.chmod(0o755)
+    return script, record
+
+
+def test_dispatcher_starts_queued_tasks_only_into_free_worker_slots(tmp_path):
+    save_dir = tmp_path / "spool"
+    save_dir.mkdir()
+    config = Config(SaveDir=save_dir, MaxParallelTasks=2)
+    busy = add_task(save_dir, TaskStatus.BACKTRACE)
+    fd = hold_worker_lock(busy)
+    queued = [add_task(save_dir) for _ in range(3)]
+    script, record = recording_worker(tmp_path)
+    try:
+        start_queued(config, tmp_path / "retrace-server.conf", {"RETRACE_WORKER": str(script)})
+    finally:
+        os.close(fd)
+    started = record.read_text().split()
+    assert len(started) == 1 and started[0] in {task.task_id for task in queued}
+
+
+def test_worker_that_refuses_to_start_fails_its_task_with_a_sentence(tmp_path):
+    config = Config(SaveDir=tmp_path, MaxParallelTasks=1)
+    task = add_task(tmp_path)
+    start_queued(config, tmp_path / "retrace-server.conf", {"RETRACE_WORKER": "false"})
+    assert task.status == TaskStatus.FAIL
+    assert task.failure_reason.startswith("the retrace worker could not start")
