@@ -46,3 +46,4 @@ service-user:
 
 bench: setup
 	$(PYTHON) bench/api.py
+	$(PYTHON) bench/retrace.py
