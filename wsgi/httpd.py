@@ -26,6 +26,7 @@ from pathlib import Path
 
 import wsgi
 from retrace.config import ConfigError, load_config
+from retrace.gdb import sandbox_argv
 
 PROG = "retrace-server-httpd"
 _APACHE_BINARIES = ("apache2", "httpd")
@@ -154,6 +155,25 @@ def worker_executable():
     return Path(sys.executable).with_name("retrace-server-worker")
 
 
+def check_gdb_sandbox(user):
+    """LaunchError unless the service user can start the sandbox gdb runs in.
+
+    Without unprivileged user namespaces every retrace would fail; saying so
+    at start-up beats a server that accepts crashes it cannot retrace.
+    """
+    if shutil.which("bwrap") is None or shutil.which("gdb") is None:
+        raise LaunchError("bubblewrap (bwrap) and gdb must be installed; `make run` installs them")
+    as_user = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if os.geteuid() == 0 else {}
+    result = subprocess.run(
+        sandbox_argv(["true"], []), capture_output=True, text=True, stdin=subprocess.DEVNULL, cwd="/", **as_user,
+    )
+    if result.returncode != 0:
+        raise LaunchError(
+            f"the gdb sandbox (bubblewrap) cannot start as {user.pw_name}: {result.stderr.strip()} "
+            "(unprivileged user namespaces must be enabled: sysctl user.max_user_namespaces > 0)"
+        )
+
+
 def apache_config(*, run_dir, host, port, user, group, config, config_path, retrace_conf, cert, key, module_dir, wsgi_module):
     listen_host = f"[{host}]" if ":" in host else host
     defines = {
@@ -242,6 +262,7 @@ def serve(args):
         ("w", config.SaveDir), ("w", config.LogDir), ("w", config.CacheDir), ("r", config.RepoDir),
         ("r", worker_executable()),
     ])
+    check_gdb_sandbox(user)
     run_dir = Path(tempfile.mkdtemp(prefix="retrace-httpd-"))
     try:
         os.chmod(run_dir, 0o755)
