@@ -10,15 +10,10 @@ import os
 import re
 import shutil
 import signal
-import threading
-
-import pytest
 
 from tests.fixtures.distro import publish_release
 from tests.integration.conftest import RELEASE_ID
 from tests.integration.helpers import package_lock_held, submit, wait_final, wait_for_log_line
-
-BUILD_ID = re.compile(r"[0-9a-f]{40}")
 
 
 def retrace(server, problem_dir):
