@@ -27,7 +27,8 @@ import time
 from retrace.errors import RetraceError
 
 EXPLOITABLE_MARKER = "== EXPLOITABLE =="
-_FRAME = re.compile(r"^#\d+\s", re.M)
+# A stack frame with an address; "#0  <unavailable> in ?? ()" is none.
+USABLE_FRAME = re.compile(r"^#\d+\s+(?!<unavailable>)\S", re.M)
 _BWRAP_FAILURE = re.compile(r"^bwrap: (.*)$", re.M)
 _HOST_DIRS = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin")
 _HOST_FILES = ("/etc/ld.so.cache", "/etc/localtime")
@@ -155,13 +156,15 @@ def run_gdb(sysroot, executable, core, *, read_only_paths, timeout, memory_bytes
         )
     if process.returncode < 0:
         name = signal.Signals(-process.returncode).name
-        raise GdbError(f"gdb was killed by {name} (memory limit {memory_bytes >> 20} MiB?); its last output: {_tail(text)}")
+        raise GdbError(f"gdb was killed by {name} (memory limit {memory_bytes >> 20} MiB?); gdb said: {_gist(text)}")
     backtrace, _, exploitable = text.partition(EXPLOITABLE_MARKER)
-    if not _FRAME.search(backtrace):
-        raise GdbError(f"gdb output is unusable: it holds no stack frame; gdb said: {_tail(backtrace)}")
+    if not USABLE_FRAME.search(backtrace):
+        raise GdbError(f"gdb output is unusable: it holds no stack frame with an address; gdb said: {_gist(backtrace)}")
     return GdbResult(backtrace.rstrip() + "\n", exploitable.strip(), seconds)
 
 
-def _tail(text, lines=6):
-    kept = [line for line in text.strip().splitlines() if line.strip()][-lines:]
-    return " | ".join(kept) if kept else "(nothing)"
+def _gist(text, warnings=3, lines=3):
+    """gdb's first warnings and last lines: where it says why it could not read the core."""
+    kept = [line for line in text.strip().splitlines() if line.strip()]
+    first = [line for line in kept if line.startswith("warning:")][:warnings]
+    return " | ".join(dict.fromkeys(first + kept[-lines:])) or "(nothing)"

@@ -21,7 +21,7 @@ from retrace.coredump import read_core
 from retrace.environment import assemble_sysroot
 from retrace.errors import RetraceError
 from retrace.exploitable import rate
-from retrace.gdb import run_gdb
+from retrace.gdb import USABLE_FRAME, run_gdb
 from retrace.packages import Unresolved, resolve_modules, usr_merge_variants
 from retrace.release import detect_release, supported_releases
 from retrace.repoindex import RepoIndex
@@ -31,7 +31,6 @@ admin_log = logging.getLogger("retrace.worker")
 
 RELEASE_FILES = ("os_release_in_rootdir", "os_release", "release")
 _THREAD_HEADER = re.compile(r"^Thread \d+ ", re.M)
-_FRAME = re.compile(r"^#\d+\s", re.M)
 
 
 class TaskFailed(RetraceError):
@@ -208,7 +207,7 @@ class RetraceJob:
             hide=self._hide_server_paths,
         )
         threads = len(_THREAD_HEADER.findall(result.backtrace))
-        frames = len(_FRAME.findall(result.backtrace))
+        frames = len(USABLE_FRAME.findall(result.backtrace))
         self.log.info("gdb finished in %.3f s: %d threads, %d frames", result.seconds, threads, frames)
         write_atomically(self.task.path / "retrace_backtrace", _missing_header(crash.resolution) + result.backtrace)
         rating = rate(crash.core.signal, crash.core.fault_address, result.exploitable_section, result.backtrace)

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import time
 
 from tests.fixtures.distro import publish_release
 from tests.integration.conftest import RELEASE_ID
@@ -199,3 +200,44 @@ def test_task_waits_in_the_queue_while_all_workers_are_busy_then_runs(start_serv
         assert queued.text == "Waiting in the queue for a free worker (position 1)"
     for task_id, auth in (first, second):
         assert wait_final(server, task_id, auth).headers["X-Task-Status"] == "FINISHED_SUCCESS"
+
+
+def without_thread_notes(core):
+    """The core with its NT_PRSTATUS notes renamed: gdb then has no registers, so no stack."""
+    data = bytearray(core)
+    phoff, phentsize, phnum = int.from_bytes(data[32:40], "little"), 56, int.from_bytes(data[56:58], "little")
+    for index in range(phnum):
+        header = phoff + index * phentsize
+        if int.from_bytes(data[header:header + 4], "little") != 4:  # PT_NOTE
+            continue
+        position = int.from_bytes(data[header + 8:header + 16], "little")
+        end = position + int.from_bytes(data[header + 32:header + 40], "little")
+        while position + 12 <= end:
+            namesz, descsz, note_type = (int.from_bytes(data[position + i:position + i + 4], "little") for i in (0, 4, 8))
+            if note_type == 1:  # NT_PRSTATUS
+                data[position + 8:position + 12] = (0x7FFF).to_bytes(4, "little")
+            position += 12 + (namesz + 3) // 4 * 4 + (descsz + 3) // 4 * 4
+    return bytes(data)
+
+
+def test_core_without_threads_fails_because_gdb_output_is_unusable(server, problem_dir, tmp_path):
+    damaged = without_thread_notes((problem_dir / "coredump").read_bytes())
+    status, log = failure(server, edited_problem_dir(problem_dir, tmp_path, coredump=damaged))
+    assert "gdb output is unusable: it holds no stack frame with an address; gdb said:" in status
+    assert "Couldn't find general-purpose registers in core file" in status
+    assert "gdb output is unusable" in log
+
+
+def test_worker_survives_an_apache_stop_and_finishes_its_task(start_server, fixture_rpms, problem_dir):
+    server = start_server()
+    with package_lock_held(server, rpm_named(fixture_rpms, "crasher-1.0")):
+        task_id, auth = submit(server, problem_dir)
+        wait_for_log_line(server, task_id, auth, "Waiting for another task")
+        server.stop()
+    task_dir = server.save_dir / task_id
+    for _ in range(600):
+        if (task_dir / "status").read_text() in ("6", "7"):
+            break
+        time.sleep(0.05)
+    assert (task_dir / "status").read_text() == "6", (task_dir / "retrace_log").read_text()
+    assert "crash_in_library" in (task_dir / "retrace_backtrace").read_text()
