@@ -47,11 +47,20 @@ def usr_merge_variants(path):
 
 @dataclasses.dataclass(frozen=True)
 class Unresolved:
-    """A mapped file we could not fully supply, and why (shown to the user)."""
+    """A mapped file we could not fully supply, and why (shown to the user).
+
+    ``binary_found``: the file itself is in the sysroot, only its debuginfo
+    is missing (frames get names from the symbol table, without lines).
+    """
 
     path: str
     build_id: str | None
     problem: str
+    binary_found: bool = False
+
+    @classmethod
+    def debuginfo_only(cls, module, binary):
+        return cls(module.path, module.build_id, f"no debuginfo package (the file is in {binary.nevra})", True)
 
 
 @dataclasses.dataclass
@@ -109,9 +118,7 @@ def resolve_modules(index, modules):
         else:
             resolution.add(binary)
         if debuginfo is None:
-            resolution.unresolved.append(
-                Unresolved(module.path, module.build_id, f"no debuginfo package (the file is in {binary.nevra})")
-            )
+            resolution.unresolved.append(Unresolved.debuginfo_only(module, binary))
         else:
             resolution.add(debuginfo)
     return resolution

@@ -9,20 +9,22 @@ client and must not reveal server paths.
 """
 
 import contextlib
+import dataclasses
 import json
 import logging
 import re
 import shutil
 import time
+from pathlib import Path
 
 from retrace import crashdata
 from retrace.cache import PackageCache
-from retrace.coredump import read_core
+from retrace.coredump import CoreInfo, read_core
 from retrace.environment import assemble_sysroot
 from retrace.errors import RetraceError
 from retrace.exploitable import rate
 from retrace.gdb import USABLE_FRAME, run_gdb
-from retrace.packages import Unresolved, resolve_modules, usr_merge_variants
+from retrace.packages import Resolution, Unresolved, resolve_modules, usr_merge_variants
 from retrace.release import detect_release, supported_releases
 from retrace.repoindex import RepoIndex
 from retrace.task import TaskStatus, TaskType, write_atomically
@@ -106,12 +108,36 @@ class RetraceJob:
         if not core_path.is_file():
             raise TaskFailed("the task has no coredump (it was deleted when the task ended the first time)")
         core = read_core(core_path)
-        executable = self._crash_text("executable")
-        package = self._crash_text("package")
-        rootdir = self._crash_text("rootdir")
-        if rootdir and executable.startswith(rootdir.rstrip("/") + "/"):
-            executable = executable[len(rootdir.rstrip("/")):]
         self.log.info("Coredump: %s, %d mapped files, signal %s", core.arch, len(core.modules), core.signal)
+        executable = self._executable()
+        package = self._crash_text("package")
+        release = self._release(core, package)
+        self.facts.update(release=str(release), package=package, executable=executable, arch=core.arch)
+        index = RepoIndex.open(self.config.RepoDir / str(release), self.config.CacheDir)
+        if index.rebuilt:
+            self.log.info("Rebuilt the package index of %s (its repomd.xml changed)", release)
+        exe_module = core.module_at(executable)
+        if exe_module is None:
+            raise TaskFailed(f"the coredump does not map the executable {executable} named in the crash data")
+        resolution = resolve_modules(index, [exe_module, *(m for m in core.modules if m is not exe_module)])
+        exe_problem = next((u for u in resolution.unresolved if u.path == executable and not u.binary_found), None)
+        if exe_problem is not None:
+            raise _no_executable_package(release, exe_module, package, exe_problem.problem)
+        for unresolved in resolution.unresolved:
+            self._log_missing(unresolved)
+        self.log.info("Packages needed: %s", " ".join(p.nevra for p in resolution.packages))
+        self.facts["packages"] = [p.nevra for p in resolution.packages]
+        return _Crash(core, core_path, executable, index, resolution)
+
+    def _executable(self):
+        """The crashed executable's path as mapped (upstream strips ``rootdir``)."""
+        executable = self._crash_text("executable")
+        rootdir = (self._crash_text("rootdir") or "").rstrip("/")
+        if rootdir and executable.startswith(rootdir + "/"):
+            return executable[len(rootdir):]
+        return executable
+
+    def _release(self, core, package):
         supported = supported_releases(self.config.RepoDir)
         lines = [(name, text) for name in RELEASE_FILES if (text := self._crash_text(name))]
         release, how = detect_release(lines, package, core.arch, supported)
@@ -121,27 +147,12 @@ class RetraceJob:
         if release not in supported:
             raise TaskFailed(f"release {release} ({how}) is not supported by this server; it supports: {names}")
         self.log.info("Release %s (%s); crashed package %s", release, how, package)
-        self.facts.update(release=str(release), package=package, executable=executable, arch=core.arch)
-        index = RepoIndex.open(self.config.RepoDir / str(release), self.config.CacheDir)
-        if index.rebuilt:
-            self.log.info("Rebuilt the package index of %s (its repomd.xml changed)", release)
-        exe_module = core.module_at(executable)
-        if exe_module is None:
-            raise TaskFailed(f"the coredump does not map the executable {executable} named in the crash data")
-        modules = [exe_module, *(module for module in core.modules if module is not exe_module)]
-        resolution = resolve_modules(index, modules)
-        exe_problem = next(
-            (u for u in resolution.unresolved if u.path == executable and not u.problem.startswith("no debuginfo")), None
+        return release
+
+    def _log_missing(self, unresolved):
+        self.log.warning(
+            "Missing for %s (build-id %s): %s", unresolved.path, unresolved.build_id or "unknown", unresolved.problem
         )
-        if exe_problem is not None:
-            raise _no_executable_package(release, exe_module, package, exe_problem.problem)
-        for unresolved in resolution.unresolved:
-            self.log.warning(
-                "Missing for %s (build-id %s): %s", unresolved.path, unresolved.build_id or "unknown", unresolved.problem
-            )
-        self.log.info("Packages needed: %s", " ".join(p.nevra for p in resolution.packages))
-        self.facts["packages"] = [p.nevra for p in resolution.packages]
-        return _Crash(core, core_path, executable, index, resolution)
 
     def _cached(self, package, index):
         """The package unpacked in the shared cache (by this task or an earlier one)."""
@@ -170,15 +181,14 @@ class RetraceJob:
             if entry.build_id_of(usr_merge_variants(module.path)) == module.build_id:
                 self.log.info("Matched %s to %s by its build-id", module.path, package.nevra)
                 crash.resolution.add(package)
-                crash.resolution.unresolved.append(
-                    Unresolved(module.path, module.build_id, f"no debuginfo package (the file is in {package.nevra})")
-                )
+                crash.resolution.unresolved.append(Unresolved.debuginfo_only(module, package))
+                self._log_missing(crash.resolution.unresolved[-1])
                 return entry
         problem = f"no package in the repository ({len(candidates)} own the path, none with this build-id)"
         if module.path == crash.executable:
             raise _no_executable_package(self.facts["release"], module, self.facts["package"], problem)
         crash.resolution.unresolved.append(Unresolved(module.path, module.build_id, problem))
-        self.log.warning("Missing for %s (build-id %s): %s", module.path, module.build_id, problem)
+        self._log_missing(crash.resolution.unresolved[-1])
         return None
 
     def prepare(self, crash):
@@ -227,13 +237,15 @@ class RetraceJob:
         write_atomically(self.task.path / "stats.json", json.dumps(record, indent=1, sort_keys=True))
 
 
+@dataclasses.dataclass
 class _Crash:
-    def __init__(self, core, core_path, executable, index, resolution):
-        self.core = core
-        self.core_path = core_path
-        self.executable = executable
-        self.index = index
-        self.resolution = resolution
+    """What analysis found, handed from stage to stage."""
+
+    core: CoreInfo
+    core_path: Path
+    executable: str
+    index: RepoIndex
+    resolution: Resolution
 
 
 def _no_executable_package(release, module, package, problem):
