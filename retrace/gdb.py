@@ -58,6 +58,7 @@ def batch_commands(sysroot, executable, core):
         "set confirm off",
         f"set sysroot {sysroot}",
         f"set debug-file-directory {sysroot}/usr/lib/debug",
+        f"set substitute-path /usr/src/debug {sysroot}/usr/src/debug",
         f"file {sysroot}{executable}",
         f"core-file {core}",
         "thread apply all -ascending backtrace full 2048",

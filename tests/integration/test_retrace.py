@@ -60,6 +60,7 @@ def test_library_crash_gives_function_file_line_and_locals(server, problem_dir):
         r'^#0  0x[0-9a-f]+ in crash_in_library \(depth=0, label=0x[0-9a-f]+ "simple"\) at libcrash\.c:13$', backtrace, re.M
     ), backtrace
     assert "local_counter = 21" in backtrace
+    assert re.search(r"^13\t    \*target = local_counter;", backtrace, re.M), "source line from the debuginfo's sources"
     assert re.search(r"in main \(argc=2, argv=0x[0-9a-f]+\) at crasher\.c:\d+", backtrace), backtrace
 
 

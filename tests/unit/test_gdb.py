@@ -7,9 +7,10 @@ from retrace.gdb import EXPLOITABLE_MARKER, batch_commands, gdb_argv, sandbox_ar
 
 def test_batch_script_prints_all_threads_ascending_then_the_exploitable_section():
     commands = batch_commands("/root", "/usr/bin/crasher", "/task/coredump")
-    assert commands[:7] == [
+    assert commands[:8] == [
         "set pagination off", "set width 0", "set confirm off", "set sysroot /root",
-        "set debug-file-directory /root/usr/lib/debug", "file /root/usr/bin/crasher", "core-file /task/coredump",
+        "set debug-file-directory /root/usr/lib/debug", "set substitute-path /usr/src/debug /root/usr/src/debug",
+        "file /root/usr/bin/crasher", "core-file /task/coredump",
     ]
     assert commands.index("thread apply all -ascending backtrace full 2048") < commands.index("info sharedlib")
     assert commands[-2:] == [f"echo {EXPLOITABLE_MARKER}\\n", "x/i $pc"]
