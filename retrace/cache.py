@@ -14,9 +14,7 @@ cpio: names are checked here (no absolute paths, no ``..``), and only
 directories, regular files and symlinks are created.
 """
 
-import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import shutil
@@ -25,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from retrace import locking
 from retrace.coredump import file_build_id
 from retrace.errors import RetraceError
 
@@ -143,23 +142,6 @@ def unpack_rpm(rpm_path, target):
     return entries
 
 
-@contextlib.contextmanager
-def _package_lock(lock_path, on_wait):
-    """Hold the package's lock; yields whether another task held it first."""
-    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o640)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            waited = False
-        except BlockingIOError:
-            on_wait()
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            waited = True
-        yield waited
-    finally:
-        os.close(fd)
-
-
 class PackageCache:
     def __init__(self, cache_dir):
         self.rpms_dir = Path(cache_dir) / "rpms"
@@ -182,7 +164,7 @@ class PackageCache:
         started = time.monotonic()
         if (path / _MANIFEST).exists():
             return CachedPackage(path, False, time.monotonic() - started, False)
-        with _package_lock(self.lock_path(pkgid), on_wait) as waited:
+        with locking.exclusive(self.lock_path(pkgid), on_wait) as waited:
             if (path / _MANIFEST).exists():
                 return CachedPackage(path, False, time.monotonic() - started, waited)
             tmp = Path(tempfile.mkdtemp(dir=self.rpms_dir, prefix=f".tmp-{pkgid}-"))

@@ -13,14 +13,13 @@ task (lock, status) before it detaches, so when the command returns, the
 slot is visibly taken.
 """
 
-import contextlib
-import fcntl
 import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from retrace import locking
 from retrace.config import CONFIG_PATH_VARIABLE
 from retrace.task import iter_tasks
 from retrace.taskqueue import queued_tasks
@@ -44,17 +43,7 @@ def worker_command(environ):
 
 def worker_alive(task):
     """Whether a worker process holds the task's lock right now."""
-    try:
-        fd = os.open(task.path / WORKER_LOCK, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return bool(locking.is_held(task.path / WORKER_LOCK))
 
 
 def fail_if_worker_died(task):
@@ -80,16 +69,6 @@ def running_tasks(config):
         if not fail_if_worker_died(task):
             running.append(task)
     return running
-
-
-@contextlib.contextmanager
-def _dispatch_lock(save_dir):
-    fd = os.open(Path(save_dir) / _DISPATCH_LOCK, os.O_CREAT | os.O_RDWR, 0o640)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def launch_worker(task, config_path, environ):
@@ -118,7 +97,7 @@ def launch_worker(task, config_path, environ):
 
 def start_queued(config, config_path, environ=os.environ):
     """Start workers for the oldest queued tasks while worker slots are free."""
-    with _dispatch_lock(config.SaveDir):
+    with locking.exclusive(Path(config.SaveDir) / _DISPATCH_LOCK):
         free = config.MaxParallelTasks - len(running_tasks(config))
         for task in queued_tasks(config)[:max(0, free)]:
             launch_worker(task, config_path, environ)

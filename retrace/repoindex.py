@@ -9,9 +9,7 @@ so concurrent tasks never see half an index and build it only once.
 """
 
 import bz2
-import contextlib
 import dataclasses
-import fcntl
 import gzip
 import hashlib
 import lzma
@@ -22,6 +20,7 @@ import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from retrace import locking
 from retrace.errors import RetraceError
 from retrace.packages import usr_merge_variants
 
@@ -219,16 +218,6 @@ def _stored_digest(path):
     return rows.get("repomd") if rows.get("schema") == _SCHEMA_VERSION else None
 
 
-@contextlib.contextmanager
-def _locked(path):
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o640)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 class RepoIndex:
     """Read-only queries against one release's index."""
 
@@ -247,7 +236,7 @@ class RepoIndex:
         digest = repomd_digest(release_dir)
         rebuilt = False
         if _stored_digest(target) != digest:
-            with _locked(index_dir / f"{release_dir.name}.lock"):
+            with locking.exclusive(index_dir / f"{release_dir.name}.lock"):
                 if _stored_digest(target) != digest:
                     build_index(release_dir, target, digest)
                     rebuilt = True

@@ -9,7 +9,6 @@ rejected upload leaves nothing behind and a reader never sees half a task.
 """
 
 import enum
-import fcntl
 import hmac
 import os
 import secrets
@@ -19,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from retrace import locking
 from retrace.errors import Forbidden, NotFound, RetraceError
 
 INCOMING_DIR = ".incoming"
@@ -238,8 +238,7 @@ class IncomingTask:
         incoming.mkdir(mode=0o750, exist_ok=True)
         self.path = Path(tempfile.mkdtemp(dir=incoming))
         os.chmod(self.path, 0o750)
-        self._lock_fd = os.open(self.path / _LOCK_NAME, os.O_CREAT | os.O_WRONLY, 0o600)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self._lock_fd = locking.try_exclusive(self.path / _LOCK_NAME)
         self.crash_dir = self.path / "crash"
         self.crash_dir.mkdir(mode=0o750)
         self.committed = None
@@ -296,19 +295,12 @@ def count_live_uploads(save_dir):
 
 
 def _is_live_upload(path):
+    held = locking.is_held(path / _LOCK_NAME)
+    if held is not None:
+        return held
+    # mkdtemp has run but the lock is not created yet: young means live.
     try:
-        fd = os.open(path / _LOCK_NAME, os.O_RDONLY)
+        return time.time() - path.stat().st_mtime < _LOCKLESS_GRACE_SECONDS
     except FileNotFoundError:
-        # mkdtemp has run but the lock is not created yet: young means live.
-        try:
-            return time.time() - path.stat().st_mtime < _LOCKLESS_GRACE_SECONDS
-        except FileNotFoundError:
-            return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+        return False
 

@@ -9,9 +9,8 @@ answer 503 (see README, "Capacity").
 
 import contextlib
 import dataclasses
-import fcntl
-import os
 
+from retrace import locking
 from retrace.errors import QueueFull
 from retrace.task import IncomingTask, count_live_uploads, iter_tasks
 
@@ -56,23 +55,13 @@ def queue_position(task, config):
 
 
 @contextlib.contextmanager
-def _admission_lock(save_dir):
-    fd = os.open(save_dir / _ADMISSION_LOCK, os.O_CREAT | os.O_RDWR, 0o640)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
 def admitted_upload(config):
     """An IncomingTask holding a free slot, or QueueFull.
 
     Counting and reserving happen under one lock, so concurrent uploads
     cannot together take more slots than there are.
     """
-    with _admission_lock(config.SaveDir):
+    with locking.exclusive(config.SaveDir / _ADMISSION_LOCK):
         if occupancy(config).total >= config.task_slots:
             raise QueueFull("Retrace server is fully loaded at the moment; try again in a few minutes")
         incoming = IncomingTask(config.SaveDir)

@@ -8,12 +8,12 @@ lock, which the kernel releases however the worker ends.
 """
 
 import argparse
-import fcntl
 import logging
 import os
 import shutil
 import sys
 
+from retrace import locking
 from retrace.config import config_path, load_config
 from retrace.dispatch import WORKER_LOCK, start_queued
 from retrace.errors import ConfigError, NotFound
@@ -40,12 +40,9 @@ def build_parser():
 
 def claim(task):
     """Take the task's worker lock; returns its descriptor, which must stay open."""
-    fd = os.open(task.path / WORKER_LOCK, os.O_CREAT | os.O_RDWR, 0o640)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise WorkerRefused(f"task {task.task_id} already has a running worker") from None
+    fd = locking.try_exclusive(task.path / WORKER_LOCK)
+    if fd is None:
+        raise WorkerRefused(f"task {task.task_id} already has a running worker")
     return fd
 
 

@@ -1,0 +1,61 @@
+"""File locks (``flock``) for everything processes share on disk.
+
+A lock held by a process is released by the kernel however the process
+ends, so "is this lock held?" is also "is its owner still alive?": that is
+how uploads, workers and unpackers are told apart from the ones that died.
+"""
+
+import contextlib
+import fcntl
+import os
+
+
+@contextlib.contextmanager
+def exclusive(path, on_wait=None):
+    """Hold an exclusive lock on ``path`` (created if needed) for the block.
+
+    ``on_wait`` is called when another process holds the lock, before
+    blocking; the block receives whether it had to wait.
+    """
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o640)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            waited = False
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            waited = True
+        yield waited
+    finally:
+        os.close(fd)
+
+
+def try_exclusive(path):
+    """An open descriptor holding the lock on ``path``, or None if another process holds it.
+
+    The caller keeps the descriptor open for as long as it owns the lock.
+    """
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def is_held(path):
+    """True while some process holds a lock on ``path``; None when there is no such file."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
