@@ -5,7 +5,9 @@ Run as root after `make setup`:  .venv/bin/python bench/retrace.py
 On the fixture crash (crasher + libcrash, each with -debuginfo, built by
 rpmbuild; a real core from a private mount namespace), in one run:
   1. end-to-end time, upload -> FINISHED_SUCCESS as seen by a polling
-     client, with a cold package cache (and index) and with a warm one;
+     client: with a cold package cache, with a warm one, and for the first
+     task after repomd.xml changed (index rebuilt, cache cold); plus the
+     worker's own stage times from the task log;
   2. the floor: bare host gdb, no sandbox, with the same batch commands on
      the same core and a sysroot unpacked beforehand;
   3. the cold baseline: `rpm2cpio | cpio -id` of the same four packages;
@@ -13,6 +15,8 @@ rpmbuild; a real core from a private mount namespace), in one run:
      MaxParallelTasks 2 on this 2-core machine; all must succeed.
 """
 
+import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -25,51 +29,54 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from retrace.gdb import gdb_argv  # noqa: E402
-from tests.fixtures.cores import crash_installed  # noqa: E402
+from tests.fixtures.cores import crash_installed, make_problem_dir  # noqa: E402
 from tests.fixtures.distro import build_rpms, publish_release  # noqa: E402
-from tests.integration.helpers import abrt_archive, XZ_TAR, password_header  # noqa: E402
+from tests.integration.helpers import abrt_archive, submit, wait_final  # noqa: E402
 from tests.integration.server import Server, make_certificate, make_root, remove_root  # noqa: E402
 
 RELEASE_ID = "fedora-41-x86_64"
 COLD_RUNS = 5
-WARM_RUNS = 10
+PAIRED_RUNS = 10
 FLOOR_RUNS = 10
 BURST = 10
 POLL_SECONDS = 0.01
+STAGE_LINE = re.compile(r"\] ([A-Z][a-z]+(?: [a-z]+)*): done in (\d+\.\d+) s$", re.M)
 
 
-def problem_dir(work, core):
-    directory = work / "problem"
-    directory.mkdir()
-    shutil.copy(core, directory / "coredump")
-    (directory / "executable").write_text("/usr/bin/crasher")
-    (directory / "package").write_text("crasher-1.0-1.fc41")
-    (directory / "os_release").write_text("Fedora release 41 (Forty One)\n")
-    return directory
-
-
-def retrace_once(server, archive):
-    """Seconds from the start of the upload to FINISHED_SUCCESS."""
+def retrace_once(server, archive, logs=None):
+    """Seconds from the start of the upload to FINISHED_SUCCESS (the task log goes to ``logs``)."""
     started = time.monotonic()
-    response = server.post("/create", data=archive, headers={"Content-Type": XZ_TAR, "X-Task-Type": "0"})
-    assert response.status_code == 201, response.text
-    task_id, auth = response.headers["X-Task-Id"], password_header(response)
-    while True:
-        status = server.get(f"/{task_id}", headers=auth)
-        state = status.headers["X-Task-Status"]
-        if state == "FINISHED_SUCCESS":
-            return time.monotonic() - started
-        if state == "FINISHED_FAILURE":
-            raise RuntimeError(f"task {task_id} failed: {status.text}")
-        time.sleep(POLL_SECONDS)
+    task_id, auth = submit(server, None, archive=archive)
+    status = wait_final(server, task_id, auth, poll=POLL_SECONDS)
+    seconds = time.monotonic() - started
+    if status.headers["X-Task-Status"] != "FINISHED_SUCCESS":
+        raise RuntimeError(f"task {task_id} failed: {status.text}")
+    if logs is not None:
+        logs.append(server.get(f"/{task_id}/log", headers=auth).text)
+    return seconds
 
 
-def empty_cache(server):
-    for entry in server.cache_dir.iterdir():
-        if entry.is_dir():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+def empty_cache(server, index_too=False):
+    """Forget the unpacked packages (and with ``index_too`` the repodata index)."""
+    for name in ("rpms", "index") if index_too else ("rpms",):
+        shutil.rmtree(server.cache_dir / name, ignore_errors=True)
+    # Flush the deletions now, not in the middle of the next measurement.
+    os.sync()
+
+
+def stage_medians(logs):
+    """Median seconds of each worker stage, from the ``<stage>: done in N s`` log lines."""
+    stages = {}
+    for log in logs:
+        for stage, seconds in STAGE_LINE.findall(log):
+            stages.setdefault(stage, []).append(float(seconds))
+    return {stage: statistics.median(values) for stage, values in stages.items()}
+
+
+def print_stages(label, logs):
+    medians = stage_medians(logs)
+    print(f"worker stages, {label} (median): " + ", ".join(f"{stage} {seconds * 1000:.0f} ms" for stage, seconds in medians.items())
+          + f"; sum {sum(medians.values()) * 1000:.0f} ms")
 
 
 def unpack_baseline(rpms, target):
@@ -109,15 +116,20 @@ def main():
         rpms = build_rpms(work / "build")
         core = crash_installed(rpms, work, "simple")
         publish_release(root / "repos", RELEASE_ID, rpms)
-        archive = abrt_archive(problem_dir(work, core))
+        archive = abrt_archive(make_problem_dir(work / "problem", core))
         cert, key = make_certificate(work)
         server = Server(root, cert, key, MaxParallelTasks="2", MaxQueuedTasks="20")
 
-        cold = []
+        first, cold, cold_logs, warm_logs = [], [], [], []
         for _ in range(COLD_RUNS):
+            empty_cache(server, index_too=True)
+            first.append(retrace_once(server, archive))
+        warm = []
+        # Cold and warm runs alternate, so that drift on a shared machine hits both alike.
+        for _ in range(PAIRED_RUNS):
             empty_cache(server)
-            cold.append(retrace_once(server, archive))
-        warm = [retrace_once(server, archive) for _ in range(WARM_RUNS)]
+            cold.append(retrace_once(server, archive, cold_logs))
+            warm.append(retrace_once(server, archive, warm_logs))
         unpack = [unpack_baseline(rpms, work / f"unpacked-{i}") for i in range(FLOOR_RUNS)]
         floor = [bare_gdb(work / "unpacked-0", core) for _ in range(FLOOR_RUNS)]
         burst_seconds, burst_durations = burst(server, archive)
@@ -127,10 +139,14 @@ def main():
         package_bytes = sum(rpm.stat().st_size for rpm in rpms)
         print(f"fixture: {len(rpms)} packages, {package_bytes / 1024:.0f} KiB, core {core.stat().st_size / 1024:.0f} KiB, "
               f"upload {len(archive) / 1024:.0f} KiB (xz tar)")
-        print(f"cold end-to-end (upload -> FINISHED), median of {COLD_RUNS}: {cold_median * 1000:.0f} ms "
+        print(f"cold end-to-end (upload -> FINISHED, packages not yet unpacked), median of {PAIRED_RUNS}: {cold_median * 1000:.0f} ms "
               f"(min {min(cold) * 1000:.0f}, max {max(cold) * 1000:.0f})")
-        print(f"warm end-to-end, median of {WARM_RUNS}: {warm_median * 1000:.0f} ms "
+        print(f"warm end-to-end, median of {PAIRED_RUNS}: {warm_median * 1000:.0f} ms "
               f"(min {min(warm) * 1000:.0f}, max {max(warm) * 1000:.0f})")
+        print(f"first task after repomd.xml changed (index rebuilt, cache cold), median of {COLD_RUNS}: "
+              f"{statistics.median(first) * 1000:.0f} ms")
+        print_stages("cold", cold_logs)
+        print_stages("warm", warm_logs)
         print(f"floor: bare host gdb on a ready sysroot, median of {FLOOR_RUNS}: {floor_median * 1000:.0f} ms")
         print(f"cold baseline: rpm2cpio | cpio of the {len(rpms)} packages, median of {FLOOR_RUNS}: "
               f"{unpack_median * 1000:.0f} ms")

@@ -5,12 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.cores import crash_installed
+from tests.fixtures.cores import crash_installed, make_problem_dir
 from tests.fixtures.distro import build_rpms, publish_release
 from tests.integration.server import Server, make_certificate, make_root, remove_root
 
 RELEASE_ID = "fedora-41-x86_64"
-CRASH_PACKAGE = "crasher-1.0-1.fc41"
 
 
 @pytest.fixture(scope="session")
@@ -36,17 +35,6 @@ def fixture_rpms(work_dir):
 def release_dir(work_dir, fixture_rpms):
     """A real repository ``fedora-41-x86_64`` made by createrepo_c."""
     return publish_release(work_dir / "repos", RELEASE_ID, fixture_rpms)
-
-
-def make_problem_dir(directory, core):
-    """An ABRT problem directory around ``core``, as abrt-ccpp writes it."""
-    directory.mkdir()
-    shutil.copy(core, directory / "coredump")
-    (directory / "executable").write_text("/usr/bin/crasher")
-    (directory / "package").write_text(CRASH_PACKAGE)
-    (directory / "os_release").write_text("Fedora release 41 (Forty One)\n")
-    (directory / "architecture").write_text("x86_64")
-    return directory
 
 
 @pytest.fixture(scope="session")

@@ -73,17 +73,20 @@ def password_header(response):
 FINAL_STATUSES = ("FINISHED_SUCCESS", "FINISHED_FAILURE")
 
 
-def submit(server, problem_dir, names=ABRT_FILES, **headers):
-    """Upload a problem dir as abrt-retrace-client does; returns ``(task id, auth headers)``."""
+def submit(server, problem_dir, names=ABRT_FILES, archive=None, **headers):
+    """Upload a problem dir (or its ready ``archive``) as abrt-retrace-client does.
+
+    Returns ``(task id, auth headers)``.
+    """
     response = server.post(
-        "/create", data=abrt_archive(problem_dir, names),
+        "/create", data=archive or abrt_archive(problem_dir, names),
         headers={"Content-Type": XZ_TAR, "X-Task-Type": "0", **headers},
     )
     assert response.status_code == 201, response.text
     return response.headers["X-Task-Id"], password_header(response)
 
 
-def wait_final(server, task_id, auth, timeout=90):
+def wait_final(server, task_id, auth, timeout=90, poll=0.05):
     """Poll the status like abrt-retrace-client until the task ends; the last response."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -91,7 +94,7 @@ def wait_final(server, task_id, auth, timeout=90):
         assert response.status_code == 200, response.text
         if response.headers["X-Task-Status"] in FINAL_STATUSES:
             return response
-        time.sleep(0.05)
+        time.sleep(poll)
     raise AssertionError(f"task {task_id} did not finish in {timeout} s: {response.text}")
 
 

@@ -4,7 +4,8 @@ import re
 
 import pytest
 
-from tests.integration.conftest import CRASH_PACKAGE, RELEASE_ID
+from tests.fixtures.cores import CRASH_PACKAGE
+from tests.integration.conftest import RELEASE_ID
 from tests.integration.helpers import (
     XZ_TAR, abrt_archive, package_lock_held, parse_settings, password_header, wait_final, wait_for_log_line,
 )
