@@ -29,7 +29,14 @@ class Occupancy:
 
 
 def occupancy(config):
-    """Count the spool's running, queued and uploading tasks right now."""
+    """Count the spool's running, queued and uploading tasks right now.
+
+    Uploads are counted before tasks: an upload that is committed (renamed
+    from ``.incoming/`` into the spool) between the two scans is then
+    counted twice, never zero times, so admission can err only on the safe
+    side.
+    """
+    uploading = count_live_uploads(config.SaveDir)
     running = queued = 0
     for task in iter_tasks(config.SaveDir, config.TaskIdLength):
         status = task.status
@@ -37,7 +44,7 @@ def occupancy(config):
             queued += 1
         elif not status.is_final:
             running += 1
-    return Occupancy(running, queued, count_live_uploads(config.SaveDir))
+    return Occupancy(running, queued, uploading)
 
 
 def queued_tasks(config):
