@@ -6,7 +6,7 @@ setup(
     description="Turn C/C++ coredumps into symbolized backtraces over an ABRT-compatible HTTPS API",
     license="GPL-2.0-or-later",
     python_requires=">=3.9",
-    packages=["retrace", "wsgi", "worker"],
+    packages=["retrace", "wsgi", "worker", "client"],
     package_data={"wsgi": ["retrace.wsgi"]},
     data_files=[("share/retrace-server", ["httpd/retrace.conf", "config/retrace-server.conf"])],
     # webob, python-magic, zstandard and rpm come from the distribution
@@ -16,6 +16,7 @@ setup(
         "console_scripts": [
             "retrace-server-httpd = wsgi.httpd:main",
             "retrace-server-worker = worker.cli:main",
+            "retrace-client = client.cli:main",
         ],
     },
 )

@@ -1,0 +1,1 @@
+"""retrace-client: send a crash to a retrace server and get its backtrace."""

@@ -1,0 +1,265 @@
+"""``retrace-client OPERATION [options]``: abrt-retrace-client's operations and messages.
+
+Exit status: 0 success, 1 the retrace failed (its log is printed), 2 usage
+or local input error, 3 the server refused (its sentence is printed).
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from client.crash import CrashInputError, from_core, from_coredumpctl, from_problem_dir
+from client.progress import MIB, ProgressFile, Reporter, human_size
+from client.server import XZ_TAR, RetraceServer, ServerRefused
+
+PROG = "retrace-client"
+EXIT_OK, EXIT_FAILED, EXIT_LOCAL, EXIT_REFUSED = 0, 1, 2, 3
+ASK_ABOVE_BYTES = 8 * MIB
+EXPLOITABLE_SAVE_RATING = 4
+TASK_OPERATIONS = ("status", "backtrace", "log", "exploitable")
+
+
+class LocalError(Exception):
+    """A usage or local input problem; exit status 2."""
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog=PROG, description="Get a symbolized backtrace of a crash from a retrace server.")
+    parser.add_argument("operation", choices=("batch", "create", "settings", *TASK_OPERATIONS))
+    parser.add_argument("--uri", default=os.environ.get("RETRACE_SERVER_URI"),
+                        help="server, e.g. https://retrace.example.org (env RETRACE_SERVER_URI)")
+    parser.add_argument("-k", "--insecure", action="store_true",
+                        default=os.environ.get("RETRACE_SERVER_INSECURE") == "insecure",
+                        help="do not verify the server's TLS certificate")
+    parser.add_argument("--cafile", help="CA certificate(s) to verify the server with")
+    parser.add_argument("-d", "--dir", help="ABRT problem directory (coredump, executable, package, os_release...)")
+    parser.add_argument("-c", "--core", help="a core file (with --executable)")
+    parser.add_argument("--executable", help="absolute path of the program that crashed (with --core)")
+    parser.add_argument("--coredumpctl", metavar="MATCH", help="the newest crash systemd-coredump kept matching MATCH")
+    parser.add_argument("--package", help="name-version-release of the crashed package (default: rpm -qf)")
+    parser.add_argument("--os-release", help="release line, e.g. 'Fedora release 41 (Forty One)' (default: this system)")
+    parser.add_argument("-l", "--status-delay", type=float, default=float(os.environ.get("ABRT_STATUS_DELAY", 10)),
+                        help="seconds between status queries (default 10)")
+    parser.add_argument("--no-pkgcheck", action="store_true", help="do not ask the server whether it knows the package")
+    parser.add_argument("--headers", action="store_true", help="print response headers to stderr")
+    parser.add_argument("-t", "--task", help="task id (status, backtrace, log, exploitable)")
+    parser.add_argument("-p", "--password", help="task password (status, backtrace, log, exploitable)")
+    parser.add_argument("-y", "--yes", action="store_true", help="upload large crashes without asking")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print every status answer")
+    return parser
+
+
+def load_crash(args):
+    forms = [form for form in (args.dir, args.core, args.coredumpctl) if form]
+    if len(forms) != 1:
+        raise LocalError("give the crash as exactly one of --dir DIR, --core FILE --executable PATH, --coredumpctl MATCH")
+    if args.dir:
+        return from_problem_dir(args.dir)
+    if args.core:
+        if not args.executable:
+            raise LocalError("--core needs --executable PATH (the program that crashed)")
+        return from_core(args.core, args.executable, args.package, args.os_release)
+    return from_coredumpctl(args.coredumpctl, args.package, args.os_release)
+
+
+@contextlib.contextmanager
+def xz_archive(crash):
+    """``tar cO --directory=D names | xz -2`` into an unnamed file in /var/tmp, as ABRT did."""
+    with tempfile.TemporaryFile(dir="/var/tmp", prefix="retrace-client-archive-") as archive:
+        tar = subprocess.Popen(["tar", "cO", f"--directory={crash.directory}", "--", *crash.files], stdout=subprocess.PIPE)
+        xz = subprocess.run(["xz", "-2", "-"], stdin=tar.stdout, stdout=archive)
+        tar.stdout.close()
+        if tar.wait() != 0 or xz.returncode != 0:
+            raise LocalError("cannot create the archive to upload (tar or xz failed)")
+        size = archive.tell()
+        archive.seek(0)
+        yield archive, size
+
+
+def confirm_large_upload(size, args):
+    if size <= ASK_ABOVE_BYTES or args.yes or not sys.stdin.isatty():
+        return
+    answer = input(f"You are going to upload {human_size(size)}. Continue? [y/N] ")
+    if answer.strip().lower() not in ("y", "yes"):
+        raise LocalError("upload cancelled")
+
+
+def check_settings(settings, crash):
+    """Refuse locally, with upstream's sentences, what the server would refuse."""
+    if settings.fully_occupied:
+        raise ServerRefused("The server is fully occupied. Try again later.")
+    limit = settings.max_unpacked_size * MIB
+    if limit and crash.unpacked_size > limit:
+        raise ServerRefused(
+            "Retrace server can not be used, because the crash is too large. Try local retracing. "
+            f"The size of your crash is {human_size(crash.unpacked_size)}, but the retrace server only accepts "
+            f"crashes smaller or equal to {human_size(limit)}."
+        )
+    if XZ_TAR not in settings.supported_formats:
+        raise ServerRefused("The server does not support xz-compressed tarballs.")
+    if crash.release and crash.release not in settings.supported_releases:
+        raise ServerRefused(
+            f"The release '{crash.release}' is not supported by the Retrace server "
+            f"(it supports: {', '.join(settings.supported_releases) or 'none'})."
+        )
+
+
+def submit(server, crash, args, reporter):
+    reporter.say("Querying server settings")
+    settings = server.settings()
+    check_settings(settings, crash)
+    if not args.no_pkgcheck and crash.release and not server.package_known(crash.package, crash.arch, crash.release):
+        raise ServerRefused(
+            f"Retrace server is unable to process package '{crash.package}.{crash.arch}'. "
+            f"Is it a part of official '{crash.release}' repositories?"
+        )
+    reporter.say("Preparing an archive to upload")
+    with xz_archive(crash) as (archive, size):
+        if settings.max_packed_size and size > settings.max_packed_size * MIB:
+            raise ServerRefused(
+                f"The size of your archive is {human_size(size)}, but the retrace server only accepts archives "
+                f"up to {human_size(settings.max_packed_size * MIB)}."
+            )
+        confirm_large_upload(size, args)
+        reporter.say(f"Uploading {human_size(size)}")
+        task = server.create(ProgressFile(archive, size, reporter))
+    reporter.say("Upload successful")
+    return task
+
+
+def wait_until_finished(server, task_id, password, delay, reporter, verbose=False):
+    """Poll as ABRT did: sleep before each query, show the sentence when it changes."""
+    previous = None
+    started = time.monotonic()
+    while True:
+        time.sleep(delay)
+        status = server.status(task_id, password)
+        reporter.status(status.sentence, verbose or status.sentence != previous, time.monotonic() - started)
+        previous = status.sentence
+        if status.finished:
+            reporter.done()
+            return status
+
+
+def exploitable_rating(text):
+    try:
+        return int(text.rsplit(":", 1)[1])
+    except (AttributeError, IndexError, ValueError):
+        return None
+
+
+def upload_crash(server, args, reporter):
+    """Load the crash named on the command line and create a task from it: ``(id, password)``."""
+    crash = load_crash(args)
+    try:
+        return submit(server, crash, args, reporter)
+    finally:
+        crash.discard()
+
+
+def batch(server, args, reporter):
+    task_id, password = upload_crash(server, args, reporter)
+    reporter.say(f"Retrace job #{task_id} started")
+    status = wait_until_finished(server, task_id, password, args.status_delay, reporter, args.verbose)
+    result = {"task_id": task_id, "password": password, "status": status.state, "sentence": status.sentence}
+    if status.state != "FINISHED_SUCCESS":
+        reporter.say("Retrace failed. Try again later and if the problem persists report this issue please.")
+        result["log"] = server.result(task_id, password, "log") or ""
+        emit(args, result, result["log"])
+        return EXIT_FAILED
+    result["backtrace"] = server.result(task_id, password, "backtrace") or ""
+    exploitable = server.result(task_id, password, "exploitable")
+    result["exploitable"] = exploitable
+    rating = exploitable_rating(exploitable)
+    if rating is not None:
+        reporter.say(f"Exploitable rating (0-8 scale): {rating}")
+    if args.dir:
+        save(args.dir, "backtrace", result["backtrace"], reporter)
+        if rating is not None and rating >= EXPLOITABLE_SAVE_RATING:
+            save(args.dir, "exploitable", exploitable, reporter)
+        emit(args, result, None)
+    else:
+        emit(args, result, result["backtrace"])
+    return EXIT_OK
+
+
+def save(directory, name, text, reporter):
+    path = os.path.join(directory, name)
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as err:
+        raise LocalError(f"cannot save the {name} into {directory}: {err.strerror}") from None
+    reporter.say(f"Saved {path}")
+
+
+def emit(args, result, text):
+    if args.json:
+        print(json.dumps(result, indent=1, sort_keys=True))
+    elif text is not None:
+        sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+
+
+def create(server, args, reporter):
+    task_id, password = upload_crash(server, args, reporter)
+    emit(args, {"task_id": task_id, "password": password}, f"Task Id: {task_id}\nTask Password: {password}")
+    return EXIT_OK
+
+
+def settings(server, args, _reporter):
+    current = server.settings()
+    lines = [f"{key} {' '.join(value) if isinstance(value, tuple) else value}" for key, value in vars(current).items()]
+    emit(args, vars(current), "\n".join(lines))
+    return EXIT_OK
+
+
+def task_operation(server, args, _reporter):
+    if not args.task or not args.password:
+        raise LocalError(f"{args.operation} needs --task ID and --password PASSWORD")
+    if args.operation == "status":
+        status = server.status(args.task, args.password)
+        emit(args, {"status": status.state, "sentence": status.sentence},
+             f"Task Status: {status.state}\n{status.sentence}")
+        return EXIT_OK
+    text = server.result(args.task, args.password, args.operation)
+    if text is None:
+        if args.operation != "exploitable":
+            raise ServerRefused(f"The server has no {args.operation} for task {args.task} (yet)")
+        text = "No exploitability information available."
+    emit(args, {args.operation: text}, text)
+    return EXIT_OK
+
+
+OPERATIONS = {"batch": batch, "create": create, "settings": settings, **{op: task_operation for op in TASK_OPERATIONS}}
+
+
+def print_headers(response):
+    print(f"HTTP {response.status_code} {response.request.method} {response.url}", file=sys.stderr)
+    for key, value in response.headers.items():
+        print(f"{key}: {value}", file=sys.stderr)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    reporter = Reporter()
+    try:
+        if not args.uri:
+            raise LocalError("give the server with --uri URI or the RETRACE_SERVER_URI environment variable")
+        verify = False if args.insecure else (args.cafile or True)
+        server = RetraceServer(args.uri, verify, print_headers if args.headers else None)
+        return OPERATIONS[args.operation](server, args, reporter)
+    except (LocalError, CrashInputError) as err:
+        reporter.say(f"{PROG}: {err}")
+        return EXIT_LOCAL
+    except ServerRefused as err:
+        reporter.say(f"{PROG}: {err}")
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        reporter.say(f"{PROG}: interrupted")
+        return EXIT_LOCAL

@@ -1,0 +1,177 @@
+"""The three ways a crash reaches the client, turned into one problem directory.
+
+``--dir`` is an ABRT problem directory as it is.  ``--core FILE --executable
+PATH`` and ``--coredumpctl MATCH`` build one in a private temporary
+directory: the core, the executable's path, the owning package from the rpm
+database and the release from the system's release files, each overridable
+(``--package``, ``--os-release``) for machines without an rpm database.
+"""
+
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from retrace.coredump import read_core
+from retrace.errors import InvalidCrashData
+from retrace.release import canonical_arch, release_from_line
+
+REQUIRED = ("coredump", "executable", "package", "os_release")
+OPTIONAL = ("rootdir", "os_release_in_rootdir")
+_OS_RELEASE_FILES = ("/etc/os-release", "/usr/lib/os-release")
+_RELEASE_LINE_FILES = ("/etc/system-release", "/etc/redhat-release")
+_OS_RELEASE_LINE = re.compile(r'^([A-Z_]+)=(?:"(.*)"|\'(.*)\'|(.*))$', re.M)
+
+
+class CrashInputError(Exception):
+    """The crash given on the command line cannot be used; exit status 2."""
+
+
+@dataclasses.dataclass
+class Crash:
+    directory: Path
+    files: list
+    package: str
+    arch: str
+    release: str | None  # e.g. fedora-41-x86_64, None when it cannot be told
+    temporary: bool = False
+
+    @property
+    def unpacked_size(self):
+        return sum((self.directory / name).stat().st_size for name in self.files)
+
+    def discard(self):
+        if self.temporary:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def parse_os_release(text):
+    """``/etc/os-release`` as a dict (shell-style quoting, as the spec allows)."""
+    values = {}
+    for match in _OS_RELEASE_LINE.finditer(text):
+        values[match[1]] = next(group for group in match.groups()[1:] if group is not None)
+    return values
+
+
+def release_id(os_info, os_release_line, arch):
+    """The server's release id: from os-release fields, else from the release line."""
+    fields = parse_os_release(os_info or "")
+    distribution = fields.get("ID", "").lower()
+    version = fields.get("REDHAT_BUGZILLA_PRODUCT_VERSION") or fields.get("VERSION_ID", "")
+    if distribution and version:
+        version = "rawhide" if version.lower() == "rawhide" else version.split(".")[0].split()[0].lower()
+        return f"{distribution}-{version}-{arch}"
+    release = release_from_line(os_release_line or "", arch)
+    return str(release) if release else None
+
+
+def _read(path):
+    try:
+        return Path(path).read_text(errors="replace").strip()
+    except OSError:
+        return None
+
+
+def _core_arch(core):
+    try:
+        return read_core(core).arch
+    except (InvalidCrashData, OSError) as err:
+        raise CrashInputError(f"{core} is not a usable core file: {err}") from None
+
+
+def from_problem_dir(directory):
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CrashInputError(f"{directory} is not a directory")
+    for name in REQUIRED:
+        if not (directory / name).is_file():
+            raise CrashInputError(f"'{name}' must be a regular file in order to use Retrace server ({directory})")
+    files = [*REQUIRED, *(name for name in OPTIONAL if (directory / name).is_file())]
+    arch = canonical_arch(_read(directory / "architecture") or _core_arch(directory / "coredump"))
+    release = release_id(_read(directory / "os_info"), _read(directory / "os_release"), arch)
+    return Crash(directory, files, _read(directory / "package"), arch, release)
+
+
+def _system_release_line():
+    for path in _RELEASE_LINE_FILES:
+        line = _read(path)
+        if line:
+            return line
+    fields = parse_os_release(_system_os_info() or "")
+    if fields.get("NAME") and fields.get("VERSION_ID"):
+        return f"{fields['NAME']} release {fields['VERSION_ID']}"
+    return None
+
+
+def _system_os_info():
+    return next((text for text in map(_read, _OS_RELEASE_FILES) if text), None)
+
+
+def _owning_package(executable):
+    if shutil.which("rpm") is None:
+        raise CrashInputError("cannot tell which package owns the executable (no rpm here); give --package NVR")
+    result = subprocess.run(
+        ["rpm", "-qf", "--qf", "%{NAME}-%|EPOCH?{%{EPOCH}:}|%{VERSION}-%{RELEASE}\\n", "--", executable],
+        capture_output=True, text=True,
+    )
+    if result.returncode != 0 or not result.stdout.strip():
+        raise CrashInputError(
+            f"{executable} is not owned by any package in the rpm database; give --package NVR"
+        )
+    return result.stdout.splitlines()[0].strip()
+
+
+def from_core(core, executable, package=None, os_release=None):
+    """A problem directory for a bare core of ``executable``."""
+    core = Path(core)
+    if not core.is_file():
+        raise CrashInputError(f"{core} is not a file")
+    if not executable.startswith("/"):
+        raise CrashInputError(f"--executable must be an absolute path, not {executable!r}")
+    arch = _core_arch(core)
+    package = package or _owning_package(executable)
+    os_info = None if os_release else _system_os_info()
+    os_release = os_release or _system_release_line()
+    if not os_release:
+        raise CrashInputError("cannot tell the release of this system; give --os-release 'Fedora release 41'")
+    directory = Path(tempfile.mkdtemp(prefix="retrace-client-"))
+    try:
+        try:
+            os.link(core, directory / "coredump")
+        except OSError:
+            shutil.copyfile(core, directory / "coredump")
+        (directory / "executable").write_text(executable)
+        (directory / "package").write_text(package)
+        (directory / "os_release").write_text(os_release + "\n")
+    except OSError as err:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise CrashInputError(f"cannot prepare the crash for upload: {err}") from None
+    return Crash(directory, list(REQUIRED), package, arch, release_id(os_info, os_release, arch), temporary=True)
+
+
+_INFO_FIELD = re.compile(r"^\s*(PID|Executable):\s*(\S+)", re.M)
+
+
+def from_coredumpctl(match, package=None, os_release=None):
+    """The newest crash systemd-coredump kept that matches ``match`` (a PID, name or path)."""
+    if shutil.which("coredumpctl") is None:
+        raise CrashInputError("coredumpctl is not installed (systemd-coredump keeps no crashes here)")
+    info = subprocess.run(["coredumpctl", "--no-pager", "-1", "info", "--", match], capture_output=True, text=True)
+    fields = dict(_INFO_FIELD.findall(info.stdout))
+    if info.returncode != 0 or "Executable" not in fields:
+        raise CrashInputError(f"coredumpctl has no crash matching {match!r}: {info.stderr.strip() or 'no match'}")
+    directory = Path(tempfile.mkdtemp(prefix="retrace-client-core-"))
+    core = directory / "core"
+    dump = subprocess.run(
+        ["coredumpctl", "--no-pager", "dump", "--output", str(core), "--", fields.get("PID", match)],
+        capture_output=True, text=True,
+    )
+    try:
+        if dump.returncode != 0 or not core.is_file():
+            raise CrashInputError(f"coredumpctl could not extract the core: {dump.stderr.strip()}")
+        return from_core(core, fields["Executable"], package, os_release)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -1,0 +1,141 @@
+"""The retrace server's HTTP protocol, as abrt-retrace-client spoke it.
+
+Every method maps one request; anything but the expected answer raises
+ServerRefused with the sentence a person should read (the server's own
+sentence where it sent one), so that this client also works against an old
+upstream server.
+"""
+
+import dataclasses
+
+import requests
+
+XZ_TAR = "application/x-xz-compressed-tar"
+_TIMEOUT = 60
+_UPLOAD_TIMEOUT = 600
+
+
+class ServerRefused(Exception):
+    """The server said no (or answered something we cannot use); exit status 3."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    running_tasks: int
+    max_running_tasks: int
+    max_packed_size: int  # MiB
+    max_unpacked_size: int  # MiB
+    supported_formats: tuple
+    supported_releases: tuple
+
+    @classmethod
+    def parse(cls, text):
+        """Upstream's ``key value`` lines; keys case-insensitive, unknown keys ignored."""
+        values = {}
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            values[key.strip().lower()] = value.strip()
+        try:
+            return cls(
+                int(values.get("running_tasks", "0")), int(values.get("max_running_tasks", "0")),
+                int(values.get("max_packed_size", "0")), int(values.get("max_unpacked_size", "0")),
+                tuple(values.get("supported_formats", "").split()), tuple(values.get("supported_releases", "").split()),
+            )
+        except ValueError:
+            raise ServerRefused("The server sent settings this client cannot read") from None
+
+    @property
+    def fully_occupied(self):
+        return self.running_tasks >= self.max_running_tasks
+
+
+@dataclasses.dataclass(frozen=True)
+class Status:
+    state: str  # PENDING, FINISHED_SUCCESS or FINISHED_FAILURE
+    sentence: str
+
+    @property
+    def finished(self):
+        return self.state.startswith("FINISHED")
+
+
+def _body(response):
+    return response.text.strip() or f"HTTP {response.status_code} without explanation"
+
+
+class RetraceServer:
+    def __init__(self, uri, verify=True, show_headers=None):
+        self.uri = uri if "://" in uri else f"https://{uri}"
+        self.uri = self.uri.rstrip("/")
+        # Passed with every request: a session-wide verify loses to REQUESTS_CA_BUNDLE.
+        self.verify = verify
+        self.session = requests.Session()
+        self.session.headers["Accept-Charset"] = "UTF-8"
+        self.show_headers = show_headers
+
+    def _request(self, method, path, **kwargs):
+        kwargs.setdefault("timeout", _TIMEOUT)
+        kwargs["verify"] = self.verify
+        try:
+            response = self.session.request(method, self.uri + path, allow_redirects=False, **kwargs)
+        except requests.exceptions.SSLError as err:
+            raise ServerRefused(
+                f"The server's TLS certificate cannot be verified ({err.__class__.__name__}); "
+                "use --cafile FILE, or -k to skip the check"
+            ) from None
+        except requests.RequestException as err:
+            raise ServerRefused(f"Cannot reach the retrace server at {self.uri}: {err}") from None
+        if self.show_headers is not None:
+            self.show_headers(response)
+        return response
+
+    def settings(self):
+        response = self._request("GET", "/settings")
+        if response.status_code != 200 or not response.text.strip():
+            raise ServerRefused(f"Unexpected HTTP response from server: {response.status_code}")
+        return Settings.parse(response.text)
+
+    def package_known(self, nvr, arch, release):
+        """True (302) or False (404) for /checkpackage."""
+        response = self._request(
+            "GET", "/checkpackage", headers={"X-Package-NVR": nvr, "X-Package-Arch": arch, "X-OS-Release": release}
+        )
+        if response.status_code in (302, 404):
+            return response.status_code == 302
+        raise ServerRefused(f"Unexpected HTTP response from server: {response.status_code}\n{_body(response)}")
+
+    def create(self, archive, task_type=0):
+        """Upload ``archive`` (a file-like object with ``len()``); ``(task id, password)``."""
+        response = self._request(
+            "POST", "/create", data=archive, timeout=_UPLOAD_TIMEOUT,
+            headers={"Content-Type": XZ_TAR, "X-Task-Type": str(task_type), "Content-Length": str(len(archive))},
+        )
+        if response.status_code == 201:
+            task_id = response.headers.get("X-Task-Id")
+            password = response.headers.get("X-Task-Password")
+            if not task_id or not password:
+                missing = "X-Task-Id" if not task_id else "X-Task-Password"
+                raise ServerRefused(f"Invalid response from server: missing {missing}.")
+            return task_id, password
+        if response.status_code == 403:
+            raise ServerRefused(
+                "Your problem directory is corrupted and can not be processed by the Retrace server: "
+                + _body(response)
+            )
+        raise ServerRefused(f"Unexpected HTTP response from server: {response.status_code}\n{_body(response)}")
+
+    def status(self, task_id, password):
+        response = self._request("GET", f"/{task_id}", headers={"X-Task-Password": password})
+        state = response.headers.get("X-Task-Status")
+        if response.status_code != 200 or not state:
+            raise ServerRefused(f"Unexpected HTTP response from server: {response.status_code}\n{_body(response)}")
+        return Status(state, response.text.strip())
+
+    def result(self, task_id, password, name):
+        """The text of ``backtrace``, ``log`` or ``exploitable``; None when the server has none (404)."""
+        response = self._request("GET", f"/{task_id}/{name}", headers={"X-Task-Password": password})
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise ServerRefused(f"Unexpected HTTP response from server: {response.status_code}\n{_body(response)}")
+        return response.text

@@ -1,0 +1,78 @@
+import io
+
+import pytest
+
+from client.cli import exploitable_rating
+from client.crash import parse_os_release, release_id
+from client.progress import Reporter, human_size
+from client.server import ServerRefused, Settings
+
+FEDORA_OS_RELEASE = """NAME="Fedora Linux"
+VERSION="41 (Workstation Edition)"
+ID=fedora
+VERSION_ID=41
+REDHAT_BUGZILLA_PRODUCT="Fedora"
+REDHAT_BUGZILLA_PRODUCT_VERSION=41
+"""
+
+
+def test_os_release_values_lose_their_quotes():
+    fields = parse_os_release(FEDORA_OS_RELEASE + "PRETTY_NAME='Fedora Linux 41'\n")
+    assert fields["NAME"] == "Fedora Linux" and fields["PRETTY_NAME"] == "Fedora Linux 41"
+
+
+@pytest.mark.parametrize("os_info, expected", [
+    (FEDORA_OS_RELEASE, "fedora-41-x86_64"),
+    (FEDORA_OS_RELEASE.replace("PRODUCT_VERSION=41", "PRODUCT_VERSION=rawhide"), "fedora-rawhide-x86_64"),
+    ('ID="rhel"\nVERSION_ID="9.4"\n', "rhel-9-x86_64"),
+    ('ID="centos"\nVERSION_ID="9"\n', "centos-9-x86_64"),
+])
+def test_release_id_comes_from_os_release_fields(os_info, expected):
+    assert release_id(os_info, None, "x86_64") == expected
+
+
+def test_release_id_falls_back_to_the_release_line():
+    assert release_id(None, "Fedora release 41 (Forty One)", "aarch64") == "fedora-41-aarch64"
+    assert release_id(None, "something else", "x86_64") is None
+
+
+def test_settings_parse_upstream_lines_with_any_key_case_and_unknown_keys():
+    settings = Settings.parse(
+        "running_tasks 2\nMAX_RUNNING_TASKS 2\nmax_packed_size 50\nmax_unpacked_size 1024\n"
+        "supported_formats application/x-xz-compressed-tar application/x-tar\n"
+        "supported_releases fedora-41-x86_64\nsomething_new 7"
+    )
+    assert settings.fully_occupied
+    assert settings.supported_releases == ("fedora-41-x86_64",)
+
+
+def test_settings_with_garbage_numbers_are_refused():
+    with pytest.raises(ServerRefused, match="cannot read"):
+        Settings.parse("running_tasks many")
+
+
+def test_exploitable_rating_is_the_number_after_the_last_colon():
+    assert exploitable_rating("Signal: SIGSEGV\nExploitable rating (0-8 scale): 6\n") == 6
+    assert exploitable_rating(None) is None and exploitable_rating("no rating") is None
+
+
+def test_sizes_read_like_a_person_writes_them():
+    assert (human_size(512), human_size(1536), human_size(5 * 1024 * 1024)) == ("512 bytes", "1.5 KiB", "5.0 MiB")
+
+
+def test_without_a_terminal_status_lines_appear_only_when_they_change():
+    stream = io.StringIO()
+    reporter = Reporter(stream, live=False)
+    reporter.status("Generating backtrace", True, 1)
+    reporter.status("Generating backtrace", False, 2)
+    reporter.upload_progress(10, 100, 0)
+    assert stream.getvalue() == "Generating backtrace\n"
+
+
+def test_on_a_terminal_progress_redraws_one_line_then_ends_it():
+    stream = io.StringIO()
+    reporter = Reporter(stream, live=True)
+    reporter.upload_progress(50, 100, 0)
+    reporter.say("Upload successful")
+    assert stream.getvalue().startswith("\r\033[KUploading [###############               ]  50% 50 bytes of 100 bytes")
+    assert stream.getvalue().endswith("\nUpload successful\n")
