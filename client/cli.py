@@ -252,6 +252,8 @@ def main(argv=None):
         if not args.uri:
             raise LocalError("give the server with --uri URI or the RETRACE_SERVER_URI environment variable")
         verify = False if args.insecure else (args.cafile or True)
+        if args.insecure:
+            reporter.say("warning: the server's TLS certificate is not verified (-k)")
         server = RetraceServer(args.uri, verify, print_headers if args.headers else None)
         return OPERATIONS[args.operation](server, args, reporter)
     except (LocalError, CrashInputError) as err:

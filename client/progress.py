@@ -73,6 +73,7 @@ class ProgressFile:
 
     def read(self, amount=-1):
         data = self.handle.read(amount)
-        self.sent += len(data)
-        self.reporter.upload_progress(self.sent, self.size, self.started)
+        if data:
+            self.sent += len(data)
+            self.reporter.upload_progress(self.sent, self.size, self.started)
         return data

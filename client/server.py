@@ -9,6 +9,7 @@ upstream server.
 import dataclasses
 
 import requests
+import urllib3
 
 XZ_TAR = "application/x-xz-compressed-tar"
 _TIMEOUT = 60
@@ -69,6 +70,9 @@ class RetraceServer:
         self.uri = self.uri.rstrip("/")
         # Passed with every request: a session-wide verify loses to REQUESTS_CA_BUNDLE.
         self.verify = verify
+        if verify is False:
+            # The person chose -k; one warning from the CLI beats one per request from urllib3.
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         self.session = requests.Session()
         self.session.headers["Accept-Charset"] = "UTF-8"
         self.show_headers = show_headers
