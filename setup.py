@@ -6,8 +6,8 @@ setup(
     description="Turn C/C++ coredumps into symbolized backtraces over an ABRT-compatible HTTPS API",
     license="GPL-2.0-or-later",
     python_requires=">=3.9",
-    packages=["retrace", "wsgi", "worker", "client"],
-    package_data={"wsgi": ["retrace.wsgi"]},
+    packages=["retrace", "wsgi", "worker", "client", "reposync", "cleanup"],
+    package_data={"wsgi": ["retrace.wsgi"], "reposync": ["distributions/*.conf"]},
     data_files=[("share/retrace-server", ["httpd/retrace.conf", "config/retrace-server.conf"])],
     # webob, python-magic, zstandard and rpm come from the distribution
     # (apt/dnf), which the venv sees through --system-site-packages.
@@ -17,6 +17,8 @@ setup(
             "retrace-server-httpd = wsgi.httpd:main",
             "retrace-server-worker = worker.cli:main",
             "retrace-client = client.cli:main",
+            "retrace-server-reposync = reposync.cli:main",
+            "retrace-server-cleanup = cleanup.cli:main",
         ],
     },
 )

@@ -1,9 +1,10 @@
 """Unpacked RPMs, shared by every task: each package is unpacked once.
 
-``<CacheDir>/rpms/<pkgid>/`` holds ``root/`` (the payload) and
+``<CacheDir>/rpms/<pkgid>/`` holds ``root/`` (the payload),
 ``manifest.json`` (every entry with the build-id of each ELF file, so
 assembling a task's root needs no directory walk and a file can be matched
-to a core's build-id without reading it again).  The pkgid is the package's checksum from the repository
+to a core's build-id without reading it again; its mtime is the entry's
+last use) and ``size`` (bytes unpacked, for the cleanup's budget).  The pkgid is the package's checksum from the repository
 metadata, so a rebuilt package with the same name never reuses a stale tree.
 An entry appears by one rename of a finished temporary directory, under a
 per-package lock, so two tasks that need the same package at once unpack it
@@ -28,6 +29,7 @@ from retrace.coredump import file_build_id
 from retrace.errors import RetraceError
 
 _MANIFEST = "manifest.json"
+SIZE_FILE = "size"
 _COPY_CHUNK = 1024 * 1024
 
 
@@ -158,19 +160,23 @@ class PackageCache:
     def get(self, pkgid, rpm_path, on_wait=lambda: None):
         """The unpacked tree of the package ``pkgid``, unpacking it if needed.
 
-        ``on_wait`` is called before blocking on another task's unpacking.
+        Always under the package's lock, which is also what eviction takes:
+        an entry is never removed while a task is fetching it, and fetching
+        refreshes the entry's last-use time (the manifest's mtime), so
+        ``retrace-server-cleanup`` leaves it alone while that task runs.
+        ``on_wait`` is called before blocking on another task.
         """
         path = self.entry_path(pkgid)
         started = time.monotonic()
-        if (path / _MANIFEST).exists():
-            return CachedPackage(path, False, time.monotonic() - started, False)
         with locking.exclusive(self.lock_path(pkgid), on_wait) as waited:
             if (path / _MANIFEST).exists():
+                os.utime(path / _MANIFEST)
                 return CachedPackage(path, False, time.monotonic() - started, waited)
             tmp = Path(tempfile.mkdtemp(dir=self.rpms_dir, prefix=f".tmp-{pkgid}-"))
             try:
                 os.chmod(tmp, 0o755)
                 entries = unpack_rpm(rpm_path, tmp / "root")
+                (tmp / SIZE_FILE).write_text(str(_tree_bytes(tmp / "root")))
                 with open(tmp / _MANIFEST, "w", encoding="utf-8") as handle:
                     json.dump(entries, handle)
                 os.replace(tmp, path)
@@ -178,3 +184,38 @@ class PackageCache:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
         return CachedPackage(path, True, time.monotonic() - started, waited)
+
+    def entries(self):
+        """``(pkgid, last use (epoch seconds), bytes)`` of every complete cache entry."""
+        found = []
+        for entry in os.scandir(self.rpms_dir):
+            if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                continue
+            try:
+                last_use = os.stat(os.path.join(entry.path, _MANIFEST)).st_mtime
+                size = int(Path(entry.path, SIZE_FILE).read_text())
+            except (OSError, ValueError):
+                continue
+            found.append((entry.name, last_use, size))
+        return found
+
+    def evict(self, pkgid):
+        """Remove an entry unless a task holds its lock right now; whether it was removed."""
+        fd = locking.try_exclusive(self.lock_path(pkgid))
+        if fd is None:
+            return False
+        try:
+            trash = Path(tempfile.mkdtemp(dir=self.rpms_dir, prefix=f".evict-{pkgid}-"))
+            os.rename(self.entry_path(pkgid), trash / "entry")
+        finally:
+            os.close(fd)
+        shutil.rmtree(trash, ignore_errors=True)
+        return True
+
+
+def _tree_bytes(root):
+    total = 0
+    for directory, _dirs, files in os.walk(root):
+        for name in files:
+            total += os.lstat(os.path.join(directory, name)).st_size
+    return total

@@ -96,6 +96,14 @@ class Config:
     MinStorageLeft: int = _key(1024, minimum=0, unit="MiB")
     DeleteTaskAfter: int = _key(120, unit="hours")
     DeleteFailedTaskAfter: int = _key(24, unit="hours")
+    ArchiveTaskAfter: int = _key(0, unit="hours")
+    DropDir: Path = _key(Path("/srv/retrace/archive"))
+    WorkerTimeLimit: int = _key(3600, minimum=1, unit="seconds")
+    CacheSize: int = _key(20480, minimum=1, unit="MiB")
+    KeepRawhideLatest: int = _key(3, minimum=1)
+    UseCreaterepoUpdate: bool = _key(False)
+    SyncReleases: str = _key("")
+    PluginDir: Path = _key(Path("/etc/retrace-server/plugins"))
     TaskIdLength: int = _key(9, minimum=6, maximum=18)
     TaskPassLength: int = _key(32, minimum=16, maximum=128)
 
@@ -114,6 +122,15 @@ class Config:
     @property
     def gdb_memory_limit_bytes(self):
         return self.GdbMemoryLimit * MIB
+
+    @property
+    def cache_size_bytes(self):
+        return self.CacheSize * MIB
+
+    @property
+    def sync_releases(self):
+        """``SyncReleases`` as a list of release ids (``reposync --all``)."""
+        return self.SyncReleases.split()
 
     @property
     def task_slots(self):

@@ -24,8 +24,8 @@ from retrace import locking
 from retrace.errors import RetraceError
 from retrace.packages import usr_merge_variants
 
-_REPO_NS = "{http://linux.duke.edu/metadata/repo}"
-_COMMON_NS = "{http://linux.duke.edu/metadata/common}"
+REPO_NS = "{http://linux.duke.edu/metadata/repo}"
+COMMON_NS = "{http://linux.duke.edu/metadata/common}"
 _RPM_NS = "{http://linux.duke.edu/metadata/rpm}"
 _FILELISTS_NS = "{http://linux.duke.edu/metadata/filelists}"
 _SCHEMA_VERSION = "1"
@@ -84,7 +84,7 @@ class Package:
         )
 
 
-def _open_compressed(path):
+def open_compressed(path):
     suffix = path.suffix
     if suffix == ".gz":
         return gzip.open(path, "rb")
@@ -107,8 +107,8 @@ def _metadata_files(release_dir):
     except (OSError, ET.ParseError) as err:
         raise RepositoryError(f"The repository of {release_dir.name} has no readable repodata/repomd.xml ({err})") from None
     files = {}
-    for data in root.iter(f"{_REPO_NS}data"):
-        location = data.find(f"{_REPO_NS}location")
+    for data in root.iter(f"{REPO_NS}data"):
+        location = data.find(f"{REPO_NS}location")
         href = location.get("href") if location is not None else None
         if href and ".." not in href.split("/"):
             files[data.get("type")] = release_dir / href
@@ -125,9 +125,9 @@ def repomd_digest(release_dir):
         raise RepositoryError(f"The repository of {release_dir.name} has no repodata/repomd.xml") from None
 
 
-def _iter_elements(path, tag):
+def iter_elements(path, tag):
     """Each complete ``tag`` element of a large XML file, freed after use."""
-    with _open_compressed(path) as stream:
+    with open_compressed(path) as stream:
         for _event, element in ET.iterparse(stream, events=("end",)):
             if element.tag == tag:
                 yield element
@@ -136,19 +136,19 @@ def _iter_elements(path, tag):
 
 def _load_primary(db, path):
     ids = {}
-    for element in _iter_elements(path, f"{_COMMON_NS}package"):
-        version = element.find(f"{_COMMON_NS}version")
-        checksum = element.find(f"{_COMMON_NS}checksum")
-        location = element.find(f"{_COMMON_NS}location")
-        size = element.find(f"{_COMMON_NS}size")
-        fmt = element.find(f"{_COMMON_NS}format")
+    for element in iter_elements(path, f"{COMMON_NS}package"):
+        version = element.find(f"{COMMON_NS}version")
+        checksum = element.find(f"{COMMON_NS}checksum")
+        location = element.find(f"{COMMON_NS}location")
+        size = element.find(f"{COMMON_NS}size")
+        fmt = element.find(f"{COMMON_NS}format")
         sourcerpm = fmt.findtext(f"{_RPM_NS}sourcerpm", "") if fmt is not None else ""
         cursor = db.execute(
             "INSERT INTO packages (pkgid, name, epoch, version, release, arch, sourcerpm, location, size)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                checksum.text, element.findtext(f"{_COMMON_NS}name"), version.get("epoch", "0"), version.get("ver"),
-                version.get("rel"), element.findtext(f"{_COMMON_NS}arch"), sourcerpm, location.get("href"),
+                checksum.text, element.findtext(f"{COMMON_NS}name"), version.get("epoch", "0"), version.get("ver"),
+                version.get("rel"), element.findtext(f"{COMMON_NS}arch"), sourcerpm, location.get("href"),
                 int(size.get("package", "0")) if size is not None else 0,
             ),
         )
@@ -161,7 +161,7 @@ def _load_primary(db, path):
 
 
 def _load_filelists(db, path, ids):
-    for element in _iter_elements(path, f"{_FILELISTS_NS}package"):
+    for element in iter_elements(path, f"{_FILELISTS_NS}package"):
         package = ids.get(element.get("pkgid"))
         if package is None:
             continue
@@ -252,6 +252,9 @@ class RepoIndex:
             args,
         )
         return [Package(*row) for row in rows]
+
+    def all_packages(self):
+        return self._packages("", ())
 
     def by_build_id(self, build_id, kind):
         return self._packages("JOIN build_ids b ON b.package = p.id WHERE b.build_id = ? AND b.kind = ?", (build_id, kind))

@@ -117,7 +117,7 @@ def prepare_directories(config, user):
         return
     for directory, mode, owned in (
         (config.SaveDir, 0o770, True), (config.LogDir, 0o750, True), (config.CacheDir, 0o750, True),
-        (config.RepoDir, 0o755, False),
+        (config.RepoDir, 0o755, True),
     ):
         if not directory.exists():
             directory.mkdir(mode=mode, parents=True)

@@ -55,6 +55,7 @@ def make_root(prefix="retrace-test-"):
         path.mkdir(mode=mode)
         os.chown(path, user.pw_uid, user.pw_gid)
     (root / "repos").mkdir(mode=0o755)
+    os.chown(root / "repos", user.pw_uid, user.pw_gid)
     return root
 
 

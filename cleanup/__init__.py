@@ -1,0 +1,1 @@
+"""retrace-server-cleanup: the hourly garbage collector."""

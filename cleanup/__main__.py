@@ -1,0 +1,5 @@
+import sys
+
+from cleanup.cli import main
+
+sys.exit(main())

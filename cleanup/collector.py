@@ -1,0 +1,178 @@
+"""What one cleanup run does, step by step; every step can be a dry run.
+
+Order matters: overdue workers are stopped first and orphans ended, so
+that their slots count as free when queued tasks are started and their
+tasks can expire in later runs; the cache is trimmed last, after tasks
+that held packages are gone.
+"""
+
+import os
+import shutil
+import signal
+import tarfile
+import time
+from pathlib import Path
+
+from retrace.cache import PackageCache
+from retrace.dispatch import WORKER_LOCK, fail_if_worker_died, start_queued, worker_alive
+from retrace.task import TaskStatus, iter_tasks
+
+HOUR = 3600
+_KILL_WAIT_SECONDS = 10
+_ARCHIVE_SKIP = ("password", WORKER_LOCK)
+
+
+class Collector:
+    def __init__(self, config, config_path, log, dry_run=False, now=None):
+        self.config = config
+        self.config_path = config_path
+        self.log = log
+        self.dry_run = dry_run
+        self.now = now if now is not None else time.time()
+
+    def act(self, message):
+        """Log an action; returns whether to carry it out (not in a dry run)."""
+        self.log.info("%s%s", "would: " if self.dry_run else "", message)
+        return not self.dry_run
+
+    def run(self):
+        self.stop_overdue_workers()
+        self.end_orphans()
+        if self.act("start queued tasks into free worker slots"):
+            start_queued(self.config, self.config_path)
+        self.expire_tasks()
+        self.trim_cache()
+
+    # -- workers ---------------------------------------------------------------
+
+    def _tasks(self):
+        return list(iter_tasks(self.config.SaveDir, self.config.TaskIdLength))
+
+    def stop_overdue_workers(self):
+        limit = self.config.WorkerTimeLimit
+        for task in self._tasks():
+            status = task.status
+            started = task.timestamp("started_time")
+            if status is None or status.is_final or started is None or not worker_alive(task):
+                continue
+            running = self.now - started
+            if running <= limit:
+                continue
+            pid = _worker_pid(task)
+            reason = (
+                f"the retrace worker was stopped after running {running / 60:.0f} min "
+                f"(the limit is WorkerTimeLimit = {limit} s) while: {status.sentence}"
+            )
+            if pid is None or not self.act(f"task {task.task_id}: kill worker {pid}; {reason}"):
+                continue
+            _kill_worker(pid)
+            _wait_until_dead(task)
+            task.fail(reason)
+
+    def end_orphans(self):
+        for task in self._tasks():
+            status = task.status
+            if status is None or status.is_final or worker_alive(task):
+                continue
+            if self.act(f"task {task.task_id}: no worker runs it any more ({status.sentence}); ending it failed"):
+                fail_if_worker_died(task)
+
+    # -- expiry ----------------------------------------------------------------
+
+    def _age_hours(self, task):
+        return (self.now - task.path.stat().st_mtime) / HOUR
+
+    def _rule(self, task, status):
+        """``("archive" | "delete", why)`` for an expired task, else None."""
+        config = self.config
+        age = self._age_hours(task)
+        delete_after = config.DeleteFailedTaskAfter if status == TaskStatus.FAIL else config.DeleteTaskAfter
+        if config.ArchiveTaskAfter > 0 and age >= config.ArchiveTaskAfter and (
+            delete_after <= 0 or config.ArchiveTaskAfter <= delete_after
+        ):
+            return "archive", f"{age:.0f} h since its last activity (ArchiveTaskAfter = {config.ArchiveTaskAfter})"
+        if status == TaskStatus.FAIL and config.DeleteFailedTaskAfter > 0 and age >= config.DeleteFailedTaskAfter:
+            return "delete", f"failed, {age:.0f} h since its last activity (DeleteFailedTaskAfter)"
+        if config.DeleteTaskAfter > 0 and age >= config.DeleteTaskAfter:
+            return "delete", f"{age:.0f} h since its last activity (DeleteTaskAfter)"
+        return None
+
+    def expire_tasks(self):
+        for task in self._tasks():
+            status = task.status
+            if (status is not None and not status.is_final) or worker_alive(task):
+                continue
+            rule = self._rule(task, status)
+            if rule is None:
+                continue
+            action, why = rule
+            if action == "archive":
+                archive = Path(self.config.DropDir) / f"{task.task_id}-{time.strftime('%Y%m%d%H%M%S', time.localtime(self.now))}.tar.gz"
+                if self.act(f"task {task.task_id}: archive to {archive} and delete; {why}"):
+                    _archive(task, archive)
+                    task.delete()
+            elif self.act(f"task {task.task_id}: delete; {why}"):
+                task.delete()
+
+    # -- cache -----------------------------------------------------------------
+
+    def trim_cache(self):
+        """Evict least recently used packages until the cache fits CacheSize and MinStorageLeft.
+
+        A package fetched within WorkerTimeLimit may belong to a running task
+        (no task runs longer), so it stays whatever the budget says.
+        """
+        if not (Path(self.config.CacheDir) / "rpms").is_dir():
+            return
+        cache = PackageCache(self.config.CacheDir)
+        entries = sorted(cache.entries(), key=lambda entry: entry[1])
+        total = sum(size for _, _, size in entries)
+        free = shutil.disk_usage(self.config.CacheDir).free
+        for pkgid, last_use, size in entries:
+            over_budget = total > self.config.cache_size_bytes
+            low_on_disk = free < self.config.min_storage_left_bytes
+            if not (over_budget or low_on_disk):
+                break
+            if self.now - last_use < self.config.WorkerTimeLimit:
+                self.log.debug("cache over budget, but %s was used %.0f s ago and stays", pkgid, self.now - last_use)
+                continue
+            why = "over CacheSize" if over_budget else "below MinStorageLeft"
+            idle_hours = (self.now - last_use) / HOUR
+            if self.act(f"cache: evict {pkgid} ({size} bytes, unused for {idle_hours:.1f} h; {why})"):
+                if not cache.evict(pkgid):
+                    self.log.info("cache: %s is in use right now and stays", pkgid)
+                    continue
+            total -= size
+            free += size
+
+
+def _worker_pid(task):
+    try:
+        text = (task.path / WORKER_LOCK).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _kill_worker(pid):
+    """SIGKILL the worker's process group (it leads its own session; gdb dies with it)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        os.kill(pid, signal.SIGKILL)
+
+
+def _wait_until_dead(task):
+    deadline = time.monotonic() + _KILL_WAIT_SECONDS
+    while worker_alive(task) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _archive(task, archive):
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    partial = archive.with_name(archive.name + ".part")
+    with tarfile.open(partial, "w:gz") as tar:
+        tar.add(task.path, arcname=task.task_id, filter=lambda info: None if Path(info.name).name in _ARCHIVE_SKIP else info)
+    os.replace(partial, archive)

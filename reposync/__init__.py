@@ -1,0 +1,1 @@
+"""retrace-server-reposync: fill a release repository from its mirrors."""

@@ -1,0 +1,108 @@
+"""``retrace-server-reposync``: keep release repositories complete, from cron.
+
+    retrace-server-reposync DISTRIBUTION VERSION ARCH [--dry-run] [-v]
+    retrace-server-reposync --all            (every release in SyncReleases)
+    retrace-server-reposync --discover DISTRIBUTION [--arch ARCH]
+
+Exit status: 0 done; 1 usage or configuration error; 2 another sync of the
+release is running; 3 some repository had no working mirror (what was
+fetched is in place and the metadata covers it); 4 createrepo_c failed.
+With --all the highest status of all releases is returned.
+"""
+
+import argparse
+import os
+import pwd
+import sys
+
+from reposync.plugins import PluginError, load_plugins
+from reposync.repository import EXIT_USAGE, SyncError, discover_versions, parse_release, sync_release
+from retrace.config import ConfigError, config_path, load_config
+from retrace.release import ReleaseId
+
+PROG = "retrace-server-reposync"
+
+
+class Output:
+    """Steps always, single packages with -v; both on stdout for cron's mail or log."""
+
+    def __init__(self, verbose):
+        self.verbose = verbose
+
+    def step(self, message):
+        print(message, flush=True)
+
+    def item(self, message):
+        if self.verbose:
+            print(message, flush=True)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog=PROG, description="Mirror a release's packages and debuginfo into RepoDir.")
+    parser.add_argument("release", nargs="*", metavar="DISTRIBUTION VERSION ARCH")
+    parser.add_argument("--all", action="store_true", help="sync every release listed in SyncReleases")
+    parser.add_argument("--discover", metavar="DISTRIBUTION", help="list the versions the distribution's mirror offers")
+    parser.add_argument("--arch", default="x86_64", help="architecture for --discover (default x86_64)")
+    parser.add_argument("--dry-run", action="store_true", help="say what would be fetched; change nothing")
+    parser.add_argument("-v", "--verbose", action="store_true", help="list every package fetched")
+    parser.add_argument("--config", help="configuration file (default: $RETRACE_SERVER_CONFIG_PATH or /etc/...)")
+    parser.add_argument("--user", default="retrace", help="when started as root, run as this user (default retrace)")
+    return parser
+
+
+def drop_privileges(user_name):
+    """Run as the service user, so that repositories and indexes belong to it, as upstream."""
+    if os.geteuid() != 0 or user_name == "root":
+        return
+    try:
+        user = pwd.getpwnam(user_name)
+    except KeyError:
+        raise SyncError(f"the user {user_name} does not exist (give --user)", EXIT_USAGE) from None
+    os.setgroups([])
+    os.setgid(user.pw_gid)
+    os.setuid(user.pw_uid)
+
+
+def releases_to_sync(args, config):
+    if args.all:
+        releases = [ReleaseId.parse(text) for text in config.sync_releases]
+        if not releases or None in releases:
+            raise SyncError(
+                f"SyncReleases must list release ids such as fedora-41-x86_64 (it is {config.SyncReleases!r})",
+                EXIT_USAGE,
+            )
+        return releases
+    if len(args.release) != 3:
+        raise SyncError("give DISTRIBUTION VERSION ARCH (e.g. fedora 41 x86_64), --all or --discover", EXIT_USAGE)
+    return [parse_release(*args.release)]
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    output = Output(args.verbose)
+    path = config_path(os.environ, args.config)
+    try:
+        config = load_config(path)
+        drop_privileges(args.user)
+        plugins = load_plugins(config.PluginDir, path)
+        if args.discover:
+            for version in discover_versions(plugins, args.discover.lower(), args.arch):
+                print(version)
+            return 0
+        worst = 0
+        for release in releases_to_sync(args, config):
+            try:
+                summary = sync_release(config, plugins, release, output, args.dry_run)
+            except SyncError as err:
+                print(f"{PROG}: {release}: {err}", file=sys.stderr)
+                worst = max(worst, err.exit_code)
+                continue
+            output.step(summary.line())
+            worst = max(worst, summary.exit_code)
+        return worst
+    except (ConfigError, PluginError) as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except SyncError as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return err.exit_code

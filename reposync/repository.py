@@ -1,0 +1,256 @@
+"""One release repository, ``<RepoDir>/<dist>-<ver>-<arch>/``, synced without a visible half state.
+
+Packages arrive complete (see ``mirrors``); new metadata is written by
+createrepo_c into a staging directory and swapped with ``repodata/`` in one
+``renameat2(RENAME_EXCHANGE)``, so readers (the worker's index, dnf,
+/settings) see the old metadata or the new, never none.  One sync per
+release at a time: an flock the kernel drops if the sync dies.
+"""
+
+import ctypes
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import requests
+
+from reposync.mirrors import MirrorError, http_session, mirror_for
+from retrace import locking
+from retrace.release import ReleaseId, canonical_arch
+from retrace.repoindex import RepoIndex, RepositoryError
+
+EXIT_OK = 0
+EXIT_USAGE = 1
+EXIT_LOCKED = 2
+EXIT_MIRRORS_FAILED = 3
+EXIT_CREATEREPO_FAILED = 4
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+_LIST_TIMEOUT = 60
+_HREF = re.compile(r'href="([^"?/][^"?]*)"')
+
+
+class SyncError(Exception):
+    """The sync cannot run; ``exit_code`` says how the command ends."""
+
+    def __init__(self, message, exit_code):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclasses.dataclass
+class SyncSummary:
+    release: str
+    added: int = 0
+    bytes: int = 0
+    removed: int = 0
+    failed_repositories: list = dataclasses.field(default_factory=list)
+    metadata_updated: bool = False
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self):
+        return EXIT_MIRRORS_FAILED if self.failed_repositories else EXIT_OK
+
+    def line(self):
+        text = (
+            f"{self.release}: {self.added} packages added ({self.bytes / 1048576:.1f} MiB), {self.removed} removed, "
+            f"metadata {'updated' if self.metadata_updated else 'unchanged'}, {self.seconds:.1f} s"
+        )
+        if self.failed_repositories:
+            text += "; no working mirror for: " + ", ".join(self.failed_repositories)
+        return text
+
+
+def exchange_directories(first, second):
+    """Atomically swap two directories (Linux renameat2); falls back to two renames."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is not None:
+        result = renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE)
+        if result == 0:
+            return
+    parked = Path(f"{second}.old")
+    os.rename(second, parked)
+    os.rename(first, second)
+    os.rename(parked, first)
+
+
+def _rpm_header(path):
+    import rpm
+
+    transaction = rpm.TransactionSet()
+    transaction.setVSFlags(rpm._RPMVSF_NOSIGNATURES | rpm._RPMVSF_NODIGESTS)
+    with open(path, "rb") as handle:
+        return transaction.hdrFromFdno(handle.fileno())
+
+
+def prune_rawhide(packages_dir, keep, report, dry_run=False):
+    """Keep the ``keep`` newest versions of each package name and arch; returns how many went."""
+    import rpm
+
+    by_name = {}
+    for path in packages_dir.glob("*.rpm"):
+        try:
+            header = _rpm_header(path)
+        except (rpm.error, OSError):
+            continue
+        evr = (str(header[rpm.RPMTAG_EPOCH] or 0), header[rpm.RPMTAG_VERSION], header[rpm.RPMTAG_RELEASE])
+        by_name.setdefault((header[rpm.RPMTAG_NAME], header[rpm.RPMTAG_ARCH]), []).append((evr, path))
+    removed = 0
+    for versions in by_name.values():
+        ordered = sorted(versions, key=_LabelKey, reverse=True)
+        for _evr, path in ordered[keep:]:
+            report(f"  {'would remove' if dry_run else 'removing'} {path.name} (rawhide keeps the {keep} newest)")
+            if not dry_run:
+                path.unlink()
+            removed += 1
+    return removed
+
+
+class _LabelKey:
+    """Sort key comparing ``(evr, path)`` pairs by rpm's own version order."""
+
+    def __init__(self, item):
+        self.evr = item[0]
+
+    def __lt__(self, other):
+        import rpm
+
+        return rpm.labelCompare(self.evr, other.evr) < 0
+
+
+def write_metadata(target, staging, use_update, report):
+    """createrepo_c into ``staging`` and swap the result in; the old metadata is removed."""
+    output = staging / "metadata"
+    shutil.rmtree(output, ignore_errors=True)
+    output.mkdir()
+    argv = ["createrepo_c", "--quiet", "--outputdir", str(output)]
+    if use_update and (target / "repodata" / "repomd.xml").is_file():
+        argv += ["--update", "--update-md-path", str(target / "repodata")]
+    argv.append(str(target))
+    process = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if process.returncode != 0:
+        raise SyncError(f"createrepo_c failed: {process.stderr.strip()[-500:]}", EXIT_CREATEREPO_FAILED)
+    new = output / "repodata"
+    if (target / "repodata").is_dir():
+        exchange_directories(new, target / "repodata")
+        shutil.rmtree(new)
+    else:
+        os.rename(new, target / "repodata")
+    report(f"  metadata written by createrepo_c{' --update' if '--update' in argv else ''}")
+
+
+def parse_release(distribution, version, arch):
+    release = ReleaseId.parse(f"{distribution.lower()}-{version.lower()}-{canonical_arch(arch)}")
+    if release is None:
+        raise SyncError(f"'{distribution} {version} {arch}' is not a release (e.g. fedora 41 x86_64)", EXIT_USAGE)
+    return release
+
+
+def sync_release(config, plugins, release, output, dry_run=False, session=None):
+    """Sync one release from its plugin's mirrors; a SyncSummary (SyncError when it cannot run)."""
+    repositories = plugins.get(release.distribution)
+    if repositories is None:
+        known = ", ".join(sorted(plugins)) or "none"
+        raise SyncError(f"no plugin for the distribution '{release.distribution}' (known: {known})", EXIT_USAGE)
+    if not repositories:
+        raise SyncError(
+            f"the plugin for '{release.distribution}' lists no repositories; add mirrors (see README, reposync)",
+            EXIT_USAGE,
+        )
+    started = time.monotonic()
+    target = Path(config.RepoDir) / str(release)
+    lock_path = Path(config.RepoDir) / f".reposync-{release}.lock"
+    try:
+        lock_fd = locking.try_exclusive(lock_path)
+    except OSError as err:
+        raise SyncError(f"cannot use {lock_path}: {err.strerror} (run as the service user?)", EXIT_USAGE) from None
+    if lock_fd is None:
+        raise SyncError(f"another reposync of {release} is running; this one stops", EXIT_LOCKED)
+    try:
+        packages_dir = target / "Packages"
+        staging = Path(config.RepoDir) / f".reposync-{release}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        if not dry_run:
+            packages_dir.mkdir(parents=True, exist_ok=True)
+        summary = SyncSummary(str(release))
+        session = session or http_session()
+        for repository in repositories:
+            _sync_repository(repository, release, packages_dir, staging, output, dry_run, session, summary)
+        if release.version == "rawhide" and packages_dir.is_dir():
+            summary.removed = prune_rawhide(packages_dir, config.KeepRawhideLatest, output.item, dry_run)
+        changed = summary.added or summary.removed or not (target / "repodata" / "repomd.xml").is_file()
+        if changed and not dry_run and packages_dir.is_dir():
+            write_metadata(target, staging, config.UseCreaterepoUpdate, output.step)
+            summary.metadata_updated = True
+            _prebuild_index(target, config.CacheDir, output.step)
+        shutil.rmtree(staging, ignore_errors=True)
+        summary.seconds = time.monotonic() - started
+        return summary
+    finally:
+        os.close(lock_fd)
+
+
+def _sync_repository(repository, release, packages_dir, staging, output, dry_run, session, summary):
+    for url in repository.mirror_urls(release.version, release.arch):
+        output.step(f"{repository.name}: {url}")
+        try:
+            result = mirror_for(url, session).sync(packages_dir, staging, output.item, dry_run)
+        except MirrorError as err:
+            output.step(f"  mirror failed: {err}; trying the next one")
+            continue
+        summary.added += len(result.added)
+        summary.bytes += result.bytes
+        output.step(f"  {len(result.added)} new packages ({result.bytes / 1048576:.1f} MiB)")
+        return
+    output.step(f"  no working mirror for {repository.name}")
+    summary.failed_repositories.append(repository.name)
+
+
+def _prebuild_index(target, cache_dir, report):
+    """Index the new metadata now, so the first task after the sync does not pay for it."""
+    try:
+        RepoIndex.open(target, cache_dir).close()
+        report("  build-id index rebuilt")
+    except (OSError, RepositoryError) as err:
+        report(f"  the build-id index will be rebuilt by the first task ({err})")
+
+
+def discover_versions(plugins, distribution, arch, session=None):
+    """Versions the first mirror of the distribution's first repository offers (``--discover``)."""
+    repositories = plugins.get(distribution)
+    if not repositories:
+        raise SyncError(f"no plugin with repositories for '{distribution}'", EXIT_USAGE)
+    template = repositories[0].mirrors[0]
+    if "$VER" not in template:
+        raise SyncError(f"the first mirror of '{distribution}' has no $VER to discover", EXIT_USAGE)
+    parent = template.split("$VER", 1)[0]
+    names = _list_directory(parent.replace("$ARCH", arch), session or http_session())
+    return sorted({name for name in names if name.isdigit() or name == "rawhide"}, key=lambda v: (not v.isdigit(), v.zfill(8)))
+
+
+def _list_directory(url, session):
+    if url.startswith(("http://", "https://")):
+        try:
+            response = session.get(url, timeout=_LIST_TIMEOUT)
+        except requests.RequestException as err:
+            raise SyncError(f"cannot list {url}: {err}", EXIT_MIRRORS_FAILED) from None
+        if response.status_code != 200:
+            raise SyncError(f"cannot list {url}: HTTP {response.status_code}", EXIT_MIRRORS_FAILED)
+        return [href.rstrip("/") for href in _HREF.findall(response.text)]
+    if url.startswith("rsync://"):
+        process = subprocess.run(["rsync", "--no-motd", "--list-only", url], capture_output=True, text=True)
+        if process.returncode != 0:
+            raise SyncError(f"cannot list {url}: {process.stderr.strip()}", EXIT_MIRRORS_FAILED)
+        return [line.split()[-1] for line in process.stdout.splitlines() if line.strip()]
+    path = Path(url[len("file://"):] if url.startswith("file://") else url)
+    if not path.is_dir():
+        raise SyncError(f"cannot list {path}: not a directory", EXIT_MIRRORS_FAILED)
+    return [entry.name for entry in path.iterdir()]
+
