@@ -8,7 +8,13 @@ setup(
     python_requires=">=3.9",
     packages=["retrace", "wsgi", "worker", "client", "reposync", "cleanup"],
     package_data={"wsgi": ["retrace.wsgi"], "reposync": ["distributions/*.conf"]},
-    data_files=[("share/retrace-server", ["httpd/retrace.conf", "config/retrace-server.conf"])],
+    data_files=[
+        ("share/retrace-server", ["httpd/retrace.conf", "config/retrace-server.conf", "config/retrace-server.cron"]),
+        ("share/retrace-server/systemd", [
+            "config/systemd/retrace-server-cleanup.service", "config/systemd/retrace-server-cleanup.timer",
+            "config/systemd/retrace-server-reposync.service", "config/systemd/retrace-server-reposync.timer",
+        ]),
+    ],
     # webob, python-magic, zstandard and rpm come from the distribution
     # (apt/dnf), which the venv sees through --system-site-packages.
     install_requires=[],

@@ -11,6 +11,7 @@ import sys
 
 from cleanup.collector import Collector
 from retrace.config import ConfigError, config_path, load_config
+from retrace.privileges import DEFAULT_USER, PrivilegeError, run_as_service_user
 
 PROG = "retrace-server-cleanup"
 
@@ -20,6 +21,7 @@ def build_parser():
     parser.add_argument("--dry-run", action="store_true", help="print what would be done; change nothing")
     parser.add_argument("-v", "--verbose", action="store_true", help="also print what is left alone and why")
     parser.add_argument("--config", help="configuration file (default: $RETRACE_SERVER_CONFIG_PATH or /etc/...)")
+    parser.add_argument("--user", default=DEFAULT_USER, help=f"when started as root, run as this user (default {DEFAULT_USER})")
     return parser
 
 
@@ -55,7 +57,8 @@ def main(argv=None):
     try:
         config = load_config(path)
         check_expiry_settings(config)
-    except ConfigError as err:
+        run_as_service_user(args.user)
+    except (ConfigError, PrivilegeError) as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return 1
     log = make_log(config, args.verbose, args.dry_run)

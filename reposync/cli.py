@@ -12,12 +12,12 @@ With --all the highest status of all releases is returned.
 
 import argparse
 import os
-import pwd
 import sys
 
 from reposync.plugins import PluginError, load_plugins
 from reposync.repository import EXIT_USAGE, SyncError, discover_versions, parse_release, sync_release
 from retrace.config import ConfigError, config_path, load_config
+from retrace.privileges import DEFAULT_USER, PrivilegeError, run_as_service_user
 from retrace.release import ReleaseId
 
 PROG = "retrace-server-reposync"
@@ -46,21 +46,8 @@ def build_parser():
     parser.add_argument("--dry-run", action="store_true", help="say what would be fetched; change nothing")
     parser.add_argument("-v", "--verbose", action="store_true", help="list every package fetched")
     parser.add_argument("--config", help="configuration file (default: $RETRACE_SERVER_CONFIG_PATH or /etc/...)")
-    parser.add_argument("--user", default="retrace", help="when started as root, run as this user (default retrace)")
+    parser.add_argument("--user", default=DEFAULT_USER, help=f"when started as root, run as this user (default {DEFAULT_USER})")
     return parser
-
-
-def drop_privileges(user_name):
-    """Run as the service user, so that repositories and indexes belong to it, as upstream."""
-    if os.geteuid() != 0 or user_name == "root":
-        return
-    try:
-        user = pwd.getpwnam(user_name)
-    except KeyError:
-        raise SyncError(f"the user {user_name} does not exist (give --user)", EXIT_USAGE) from None
-    os.setgroups([])
-    os.setgid(user.pw_gid)
-    os.setuid(user.pw_uid)
 
 
 def releases_to_sync(args, config):
@@ -83,7 +70,7 @@ def main(argv=None):
     path = config_path(os.environ, args.config)
     try:
         config = load_config(path)
-        drop_privileges(args.user)
+        run_as_service_user(args.user)
         plugins = load_plugins(config.PluginDir, path)
         if args.discover:
             for version in discover_versions(plugins, args.discover.lower(), args.arch):
@@ -100,7 +87,7 @@ def main(argv=None):
             output.step(summary.line())
             worst = max(worst, summary.exit_code)
         return worst
-    except (ConfigError, PluginError) as err:
+    except (ConfigError, PluginError, PrivilegeError) as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return EXIT_USAGE
     except SyncError as err:

@@ -17,6 +17,7 @@ from retrace import locking
 from retrace.config import config_path, load_config
 from retrace.dispatch import WORKER_LOCK, start_queued
 from retrace.errors import ConfigError, NotFound
+from retrace.privileges import DEFAULT_USER, PrivilegeError, run_as_service_user
 from retrace.task import LOG_NAME, LOG_TIME_FORMAT, Task, TaskStatus
 from worker.pipeline import RetraceJob
 
@@ -35,6 +36,7 @@ def build_parser():
     parser.add_argument("--restart", action="store_true", help="run a task again that has already been started")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging details to the task log")
     parser.add_argument("--config", help="configuration file (default: $RETRACE_SERVER_CONFIG_PATH or /etc/...)")
+    parser.add_argument("--user", default=DEFAULT_USER, help=f"when started as root, run as this user (default {DEFAULT_USER})")
     return parser
 
 
@@ -102,13 +104,16 @@ def prepare(args):
     path = config_path(os.environ, args.config)
     try:
         config = load_config(path)
-    except ConfigError as err:
+        run_as_service_user(args.user)
+    except (ConfigError, PrivilegeError) as err:
         raise WorkerRefused(str(err)) from None
     try:
         task = Task.open(config.SaveDir, args.task_id, config.TaskIdLength)
+        lock_fd = claim(task)
     except NotFound:
         raise WorkerRefused(f"there is no task {args.task_id} in {config.SaveDir}") from None
-    lock_fd = claim(task)
+    except OSError as err:
+        raise WorkerRefused(f"cannot open task {args.task_id}: {err.strerror} (run as the service user?)") from None
     if task.status is not None:
         if not args.restart:
             os.close(lock_fd)

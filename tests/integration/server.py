@@ -59,7 +59,7 @@ def make_root(prefix="retrace-test-"):
     return root
 
 
-def write_config(root, **overrides):
+def write_config(root, name="retrace-server.conf", **overrides):
     settings = {
         "SaveDir": root / "spool",
         "RepoDir": root / "repos",
@@ -68,7 +68,7 @@ def write_config(root, **overrides):
         **DEFAULT_SETTINGS,
         **overrides,
     }
-    path = root / "retrace-server.conf"
+    path = root / name
     path.write_text("[retrace]\n" + "".join(f"{key} = {value}\n" for key, value in settings.items()))
     path.chmod(0o644)
     return path

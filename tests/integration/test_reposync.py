@@ -283,3 +283,13 @@ def test_synced_release_is_served_and_retraces(start_server, http_mirror, proble
     assert RELEASE_ID in server.get("/settings").text
     task_id, auth = submit(server, problem_dir)
     assert wait_final(server, task_id, auth).headers["X-Task-Status"] == "FINISHED_SUCCESS"
+
+
+def test_createrepo_update_mode_reuses_the_old_metadata(admin, http_mirror, mirror_dir, newer_rpms):
+    repo = admin([http_mirror], UseCreaterepoUpdate="1")
+    repo.sync()
+    publish_release(mirror_dir.parent, mirror_dir.name, newer_rpms)
+    result = repo.sync()
+    assert result.returncode == 0, result.stdout
+    assert "metadata written by createrepo_c --update" in result.stdout
+    assert len(repo.indexed_builds()) == 8

@@ -37,7 +37,8 @@ def add_task(spool, task_type=TaskType.COREDUMP):
 
 def worker(spool, task_id, *options):
     return subprocess.run(
-        [sys.executable, "-m", "worker", task_id, "--foreground", "--config", str(spool / "retrace-server.conf"), *options],
+        [sys.executable, "-m", "worker", task_id, "--foreground", "--config", str(spool / "retrace-server.conf"),
+         "--user", "root", *options],
         capture_output=True, text=True, timeout=60,
     )
 

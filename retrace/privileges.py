@@ -1,0 +1,31 @@
+"""Admin commands started as root do their work as the service user.
+
+Everything in SaveDir, RepoDir and CacheDir belongs to the user Apache's
+daemon processes and the workers run as; a file written there by root
+would be unreadable to them (a 500 for the next status request).  So
+cleanup, reposync and a hand-started worker switch users first, as
+upstream's tools did.
+"""
+
+import os
+import pwd
+
+DEFAULT_USER = "retrace"
+
+
+class PrivilegeError(Exception):
+    """The service user does not exist or cannot be switched to."""
+
+
+def run_as_service_user(user_name=DEFAULT_USER):
+    """Become ``user_name`` when running as root (``root`` keeps root); no-op otherwise."""
+    if os.geteuid() != 0 or user_name == "root":
+        return
+    try:
+        user = pwd.getpwnam(user_name)
+    except KeyError:
+        raise PrivilegeError(f"the service user {user_name} does not exist (give --user)") from None
+    os.setgroups([])
+    os.setgid(user.pw_gid)
+    os.setuid(user.pw_uid)
+    os.environ["HOME"] = user.pw_dir

@@ -1,0 +1,150 @@
+"""The cleanup's rules on a spool and a package cache built by the tests."""
+
+import logging
+import os
+import tarfile
+import time
+
+import pytest
+
+from cleanup.cli import check_expiry_settings
+from cleanup.collector import HOUR, Collector
+from retrace.cache import SIZE_FILE, PackageCache
+from retrace.config import Config, ConfigError
+from retrace.dispatch import WORKER_LOCK
+from retrace import locking
+from retrace.task import IncomingTask, Task, TaskStatus, TaskType
+
+NOW = time.time()
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def config(tmp_path):
+    (tmp_path / "spool").mkdir()
+    return Config(SaveDir=tmp_path / "spool", CacheDir=tmp_path / "cache", DropDir=tmp_path / "archive",
+                  LogDir=tmp_path, DeleteTaskAfter=120, DeleteFailedTaskAfter=24, MinStorageLeft=0)
+
+
+def add_task(config, status, age_hours):
+    with IncomingTask(config.SaveDir) as incoming:
+        task, _ = incoming.commit(TaskType.COREDUMP, id_length=config.TaskIdLength, password_length=32)
+    if status is not None:
+        task.set_status(status)
+    (task.path / "retrace_backtrace").write_text("#0  main () at main.c:1\n")
+    stamp = NOW - age_hours * HOUR
+    os.utime(task.path, (stamp, stamp))
+    return task
+
+
+def collector(config, caplog, dry_run=False):
+    caplog.set_level(logging.DEBUG, logger="test.cleanup")
+    return Collector(config, None, logging.getLogger("test.cleanup"), dry_run=dry_run, now=NOW)
+
+
+def exists(task):
+    return task.path.exists()
+
+
+def test_finished_task_is_deleted_after_delete_task_after(config, caplog):
+    old, young = add_task(config, TaskStatus.SUCCESS, 121), add_task(config, TaskStatus.SUCCESS, 119)
+    collector(config, caplog).expire_tasks()
+    assert not exists(old) and exists(young)
+    assert f"task {old.task_id}: delete; 121 h since its last activity (DeleteTaskAfter)" in caplog.text
+
+
+def test_failed_task_goes_after_delete_failed_task_after(config, caplog):
+    failed, succeeded = add_task(config, TaskStatus.FAIL, 25), add_task(config, TaskStatus.SUCCESS, 25)
+    collector(config, caplog).expire_tasks()
+    assert not exists(failed) and exists(succeeded)
+
+
+def test_queued_task_nobody_started_expires_too(config, caplog):
+    queued = add_task(config, None, 121)
+    collector(config, caplog).expire_tasks()
+    assert not exists(queued)
+
+
+def test_task_whose_worker_runs_is_never_expired(config, caplog):
+    running = add_task(config, TaskStatus.BACKTRACE, 500)
+    fd = locking.try_exclusive(running.path / WORKER_LOCK)
+    try:
+        collector(config, caplog).expire_tasks()
+    finally:
+        os.close(fd)
+    assert exists(running)
+
+
+def test_archive_task_after_saves_a_tarball_without_the_password(config, caplog):
+    config = Config(**{**vars(config), "ArchiveTaskAfter": 48})
+    task = add_task(config, TaskStatus.SUCCESS, 50)
+    collector(config, caplog).expire_tasks()
+    [archive] = list(config.DropDir.glob(f"{task.task_id}-*.tar.gz"))
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert f"{task.task_id}/retrace_backtrace" in names and f"{task.task_id}/password" not in names
+    assert not exists(task)
+
+
+def test_dry_run_only_says_what_it_would_do(config, caplog):
+    task = add_task(config, TaskStatus.SUCCESS, 200)
+    collector(config, caplog, dry_run=True).expire_tasks()
+    assert exists(task)
+    assert f"would: task {task.task_id}: delete" in caplog.text
+
+
+def test_orphan_is_ended_failed_with_the_stage_it_was_in(config, caplog):
+    orphan = add_task(config, TaskStatus.BACKTRACE, 1)
+    collector(config, caplog).end_orphans()
+    assert Task(orphan.path).status == TaskStatus.FAIL
+    assert "stopped unexpectedly" in Task(orphan.path).failure_reason and "Generating backtrace" in caplog.text
+
+
+def cache_entry(config, pkgid, size, idle_seconds):
+    """An entry as PackageCache leaves it, claiming ``size`` bytes, last used ``idle_seconds`` ago."""
+    path = PackageCache(config.CacheDir).entry_path(pkgid)
+    (path / "root").mkdir(parents=True)
+    (path / "manifest.json").write_text("[]")
+    (path / SIZE_FILE).write_text(str(size))
+    os.utime(path / "manifest.json", (NOW - idle_seconds, NOW - idle_seconds))
+    return path
+
+
+def test_cache_over_budget_evicts_least_recently_used_first(config, caplog):
+    config = Config(**{**vars(config), "CacheSize": 3})
+    oldest = cache_entry(config, "aaa", 2 * MIB, 9 * HOUR)
+    older = cache_entry(config, "bbb", 1 * MIB, 8 * HOUR)
+    newer = cache_entry(config, "ccc", 1 * MIB, 7 * HOUR)
+    collector(config, caplog).trim_cache()
+    assert not oldest.exists() and older.exists() and newer.exists()
+
+
+def test_package_used_within_the_worker_time_limit_stays_over_budget(config, caplog):
+    config = Config(**{**vars(config), "CacheSize": 1})
+    in_use = cache_entry(config, "aaa", 5 * MIB, 60)
+    collector(config, caplog).trim_cache()
+    assert in_use.exists()
+    assert "was used 60 s ago and stays" in caplog.text
+
+
+def test_package_locked_by_a_task_right_now_stays(config, caplog):
+    config = Config(**{**vars(config), "CacheSize": 1})
+    locked = cache_entry(config, "aaa", 5 * MIB, 9 * HOUR)
+    fd = locking.try_exclusive(PackageCache(config.CacheDir).lock_path("aaa"))
+    try:
+        collector(config, caplog).trim_cache()
+    finally:
+        os.close(fd)
+    assert locked.exists() and "in use right now and stays" in caplog.text
+
+
+def test_low_disk_evicts_even_within_budget(config, caplog):
+    config = Config(**{**vars(config), "MinStorageLeft": 1024 * 1024 * 1024})
+    idle = cache_entry(config, "aaa", 1024, 9 * HOUR)
+    collector(config, caplog).trim_cache()
+    assert not idle.exists() and "below MinStorageLeft" in caplog.text
+
+
+def test_failed_tasks_outliving_successful_ones_is_a_config_error():
+    with pytest.raises(ConfigError, match="DeleteTaskAfter .* is shorter than DeleteFailedTaskAfter"):
+        check_expiry_settings(Config(DeleteTaskAfter=10, DeleteFailedTaskAfter=24))
