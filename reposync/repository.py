@@ -164,6 +164,11 @@ def sync_release(config, plugins, release, output, dry_run=False, session=None):
             EXIT_USAGE,
         )
     started = time.monotonic()
+    if not os.access(config.RepoDir, os.W_OK | os.X_OK):
+        raise SyncError(
+            f"RepoDir {config.RepoDir} is not writable by this user (uid {os.geteuid()}); "
+            "chown it to the service user", EXIT_USAGE,
+        )
     target = Path(config.RepoDir) / str(release)
     lock_path = Path(config.RepoDir) / f".reposync-{release}.lock"
     try:

@@ -293,3 +293,11 @@ def test_createrepo_update_mode_reuses_the_old_metadata(admin, http_mirror, mirr
     assert result.returncode == 0, result.stdout
     assert "metadata written by createrepo_c --update" in result.stdout
     assert len(repo.indexed_builds()) == 8
+
+
+def test_repo_dir_the_service_user_cannot_write_is_refused_with_advice(admin, http_mirror):
+    repo = admin([http_mirror])
+    os.chown(repo.repo_dir, 0, 0)
+    result = repo.sync()
+    assert result.returncode == 1
+    assert "is not writable by this user" in result.stderr and "chown it to the service user" in result.stderr
