@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from retrace.cache import PackageCache
-from retrace.dispatch import WORKER_LOCK, fail_if_worker_died, start_queued, worker_alive
+from retrace.dispatch import WORKER_LOCK, end_failed, fail_if_worker_died, start_queued, worker_alive
 from retrace.task import TaskStatus, iter_tasks
 
 HOUR = 3600
@@ -67,7 +67,7 @@ class Collector:
                 continue
             _kill_worker(pid)
             _wait_until_dead(task)
-            task.fail(reason)
+            end_failed(self.config, task, reason, "worker time limit")
 
     def end_orphans(self):
         for task in self._tasks():
@@ -75,7 +75,7 @@ class Collector:
             if status is None or status.is_final or worker_alive(task):
                 continue
             if self.act(f"task {task.task_id}: no worker runs it any more ({status.sentence}); ending it failed"):
-                fail_if_worker_died(task)
+                fail_if_worker_died(task, self.config)
 
     # -- expiry ----------------------------------------------------------------
 

@@ -36,6 +36,8 @@ _COPY_CHUNK = 1024 * 1024
 class UnpackError(RetraceError):
     """A package's payload cannot be unpacked."""
 
+    category = "unpack error"
+
 
 @dataclasses.dataclass(frozen=True)
 class CachedPackage:

@@ -104,6 +104,8 @@ class Config:
     UseCreaterepoUpdate: bool = _key(False)
     SyncReleases: str = _key("")
     PluginDir: Path = _key(Path("/etc/retrace-server/plugins"))
+    DBFile: str = _key("stats.db")
+    StatsIPRetention: int = _key(24, minimum=0, unit="hours")
     TaskIdLength: int = _key(9, minimum=6, maximum=18)
     TaskPassLength: int = _key(32, minimum=16, maximum=128)
 

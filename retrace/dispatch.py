@@ -15,12 +15,14 @@ slot is visibly taken.
 
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 from retrace import locking
 from retrace.config import CONFIG_PATH_VARIABLE
+from retrace.stats import record_ended_task
 from retrace.task import iter_tasks
 from retrace.taskqueue import queued_tasks
 
@@ -46,7 +48,16 @@ def worker_alive(task):
     return bool(locking.is_held(task.path / WORKER_LOCK))
 
 
-def fail_if_worker_died(task):
+def end_failed(config, task, reason, category):
+    """End ``task`` FINISHED_FAILURE with ``reason`` and count it in the statistics."""
+    task.fail(reason)
+    try:
+        record_ended_task(config, task, reason, category)
+    except (sqlite3.Error, OSError) as err:
+        log.error("task %s: statistics not saved: %s", task.task_id, err)
+
+
+def fail_if_worker_died(task, config):
     """End a running task whose worker is gone; True when it did."""
     status = task.status
     if status is None or status.is_final or worker_alive(task):
@@ -55,7 +66,7 @@ def fail_if_worker_died(task):
     status = task.status
     if status is None or status.is_final:
         return False
-    task.fail(DEAD_WORKER_REASON.format(stage=status.sentence))
+    end_failed(config, task, DEAD_WORKER_REASON.format(stage=status.sentence), "worker died")
     return True
 
 
@@ -66,12 +77,12 @@ def running_tasks(config):
         status = task.status
         if status is None or status.is_final:
             continue
-        if not fail_if_worker_died(task):
+        if not fail_if_worker_died(task, config):
             running.append(task)
     return running
 
 
-def launch_worker(task, config_path, environ):
+def launch_worker(task, config, config_path, environ):
     """Run the worker command for ``task``; it returns once the task is claimed."""
     command = worker_command(environ)
     env = {
@@ -87,12 +98,14 @@ def launch_worker(task, config_path, environ):
         )
     except (OSError, subprocess.TimeoutExpired) as err:
         log.error("cannot start the worker for task %s: %s", task.task_id, err)
-        task.fail("the server could not start a retrace worker; the administrator finds the details in the server log")
+        end_failed(config, task, "the server could not start a retrace worker; the administrator finds the details "
+                   "in the server log", "worker did not start")
         return
     if result.returncode != 0:
         log.error("the worker for task %s refused to start: %s", task.task_id, result.stderr.strip())
         if task.status is None:
-            task.fail("the retrace worker could not start; the administrator finds the details in the server log")
+            end_failed(config, task, "the retrace worker could not start; the administrator finds the details in the "
+                       "server log", "worker did not start")
 
 
 def start_queued(config, config_path, environ=os.environ):
@@ -100,5 +113,5 @@ def start_queued(config, config_path, environ=os.environ):
     with locking.exclusive(Path(config.SaveDir) / _DISPATCH_LOCK):
         free = config.MaxParallelTasks - len(running_tasks(config))
         for task in queued_tasks(config)[:max(0, free)]:
-            launch_worker(task, config_path, environ)
+            launch_worker(task, config, config_path, environ)
 

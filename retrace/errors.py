@@ -13,10 +13,14 @@ class RetraceError(Exception):
 
     http_status = 500
     exit_code = 1
+    # The failure reason category a failed task is counted under in the statistics.
+    category = "other"
 
-    def __init__(self, sentence):
+    def __init__(self, sentence, category=None):
         super().__init__(sentence)
         self.sentence = sentence
+        if category is not None:
+            self.category = category
 
 
 class ConfigError(RetraceError):
@@ -35,6 +39,7 @@ class InvalidCrashData(RetraceError):
     """A file in the uploaded archive has content we refuse to process."""
 
     http_status = 400
+    category = "bad core"
 
 
 class Forbidden(RetraceError):

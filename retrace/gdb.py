@@ -38,9 +38,13 @@ _SANDBOX_UID = 65534
 class GdbError(RetraceError):
     """gdb failed, hung or said nothing useful."""
 
+    category = "gdb failed"
+
 
 class SandboxUnavailable(GdbError):
     """bubblewrap cannot create its namespaces on this host."""
+
+    category = "sandbox unavailable"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +150,7 @@ def run_gdb(sysroot, executable, core, *, read_only_paths, timeout, memory_bytes
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
-        raise GdbError(f"gdb did not finish within {timeout:g} s (GdbTimeout) and was stopped") from None
+        raise GdbError(f"gdb did not finish within {timeout:g} s (GdbTimeout) and was stopped", "gdb timeout") from None
     seconds = time.monotonic() - started
     text = output.decode("utf-8", errors="replace")
     text = hide(text).replace(str(core), "coredump")
@@ -160,7 +164,10 @@ def run_gdb(sysroot, executable, core, *, read_only_paths, timeout, memory_bytes
         raise GdbError(f"gdb was killed by {name} (memory limit {memory_bytes >> 20} MiB?); gdb said: {_gist(text)}")
     backtrace, _, exploitable = text.partition(EXPLOITABLE_MARKER)
     if not USABLE_FRAME.search(backtrace):
-        raise GdbError(f"gdb output is unusable: it holds no stack frame with an address; gdb said: {_gist(backtrace)}")
+        raise GdbError(
+            f"gdb output is unusable: it holds no stack frame with an address; gdb said: {_gist(backtrace)}",
+            "gdb output unusable",
+        )
     return GdbResult(backtrace.rstrip() + "\n", exploitable.strip(), seconds)
 
 

@@ -55,6 +55,8 @@ CREATE INDEX packages_by_pkgid ON packages (pkgid);
 class RepositoryError(RetraceError):
     """The release repository's metadata cannot be read."""
 
+    category = "repository error"
+
 
 @dataclasses.dataclass(frozen=True)
 class Package:

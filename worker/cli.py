@@ -22,7 +22,7 @@ from retrace.task import LOG_NAME, LOG_TIME_FORMAT, Task, TaskStatus
 from worker.pipeline import RetraceJob
 
 PROG = "retrace-server-worker"
-_GENERATED = ("status", "started_time", "finished_time", LOG_NAME, "retrace_backtrace", "stats.json")
+_GENERATED = ("status", "started_time", "finished_time", LOG_NAME, "retrace_backtrace")
 
 
 class WorkerRefused(Exception):

@@ -10,14 +10,14 @@ client and must not reveal server paths.
 
 import contextlib
 import dataclasses
-import json
 import logging
 import re
 import shutil
+import sqlite3
 import time
 from pathlib import Path
 
-from retrace import crashdata
+from retrace import crashdata, taskqueue
 from retrace.cache import PackageCache
 from retrace.coredump import CoreInfo, read_core
 from retrace.environment import assemble_sysroot
@@ -27,6 +27,7 @@ from retrace.gdb import USABLE_FRAME, run_gdb
 from retrace.packages import Resolution, Unresolved, resolve_modules, usr_merge_variants
 from retrace.release import detect_release, supported_releases
 from retrace.repoindex import RepoIndex
+from retrace.stats import FAILURE, SUCCESS, StatsDB, TaskRecord
 from retrace.task import TaskStatus, TaskType, write_atomically
 
 admin_log = logging.getLogger("retrace.worker")
@@ -47,7 +48,13 @@ class RetraceJob:
         self.cache = PackageCache(config.CacheDir)
         self.sysroot = task.path / "sysroot"
         self.started = time.monotonic()
-        self.facts = {}
+        now = time.time()
+        queued_time = task.timestamp("queued_time")
+        self.record = TaskRecord(
+            task.task_id, SUCCESS, task.timestamp("started_time") or now, 0.0,
+            queue_wait=round(max(0.0, now - queued_time), 3) if queued_time else None,
+            running_before=taskqueue.occupancy(config).running,
+        )
 
     # -- driving -------------------------------------------------------------
 
@@ -57,7 +64,9 @@ class RetraceJob:
         self.log.info("%s", status.sentence)
         began = time.monotonic()
         yield
-        self.log.info("%s: done in %.3f s", status.sentence, time.monotonic() - began)
+        seconds = time.monotonic() - began
+        self.record.phases[status.name.lower()] = round(seconds, 4)
+        self.log.info("%s: done in %.3f s", status.sentence, seconds)
 
     def run(self):
         """Run every stage; True on success.  The task always ends final."""
@@ -71,15 +80,16 @@ class RetraceJob:
             with self.stage(TaskStatus.CLEANUP):
                 self.clean()
             with self.stage(TaskStatus.STATS):
-                self.save_stats(success=True)
+                self.save_stats()
         except RetraceError as err:
-            self.finish_failed(err.sentence)
+            self.finish_failed(err.sentence, err.category)
             return False
         except Exception as err:
             admin_log.exception("task %s: unexpected error", self.task.task_id)
             self.finish_failed(
                 f"internal error in the retrace worker ({type(err).__name__}); "
-                "the administrator finds the details in the server's worker.log"
+                "the administrator finds the details in the server's worker.log",
+                "internal error",
             )
             return False
         self.task.mark_time("finished_time")
@@ -87,11 +97,11 @@ class RetraceJob:
         self.log.info("Retrace job finished successfully in %.3f s", time.monotonic() - self.started)
         return True
 
-    def finish_failed(self, reason):
+    def finish_failed(self, reason, category):
         with contextlib.suppress(OSError):
             self.clean()
-        with contextlib.suppress(OSError, RetraceError):
-            self.save_stats(success=False, reason=reason)
+        self.record.status, self.record.failure, self.record.failure_category = FAILURE, reason, category
+        self.save_stats()
         self.task.fail(reason)
 
     # -- stages ----------------------------------------------------------------
@@ -106,19 +116,21 @@ class RetraceJob:
         """Architecture, release, mapped modules and the packages they come from."""
         core_path = self.task.crash_dir / "coredump"
         if not core_path.is_file():
-            raise TaskFailed("the task has no coredump (it was deleted when the task ended the first time)")
+            raise TaskFailed("the task has no coredump (it was deleted when the task ended the first time)", "bad core")
         core = read_core(core_path)
         self.log.info("Coredump: %s, %d mapped files, signal %s", core.arch, len(core.modules), core.signal)
         executable = self._executable()
         package = self._crash_text("package")
+        self.record.package, self.record.arch, self.record.coresize = package, core.arch, core_path.stat().st_size
         release = self._release(core, package)
-        self.facts.update(release=str(release), package=package, executable=executable, arch=core.arch)
         index = RepoIndex.open(self.config.RepoDir / str(release), self.config.CacheDir)
         if index.rebuilt:
             self.log.info("Rebuilt the package index of %s (its repomd.xml changed)", release)
         exe_module = core.module_at(executable)
         if exe_module is None:
-            raise TaskFailed(f"the coredump does not map the executable {executable} named in the crash data")
+            raise TaskFailed(
+                f"the coredump does not map the executable {executable} named in the crash data", "bad crash data"
+            )
         resolution = resolve_modules(index, [exe_module, *(m for m in core.modules if m is not exe_module)])
         exe_problem = next((u for u in resolution.unresolved if u.path == executable and not u.binary_found), None)
         if exe_problem is not None:
@@ -126,7 +138,7 @@ class RetraceJob:
         for unresolved in resolution.unresolved:
             self._log_missing(unresolved)
         self.log.info("Packages needed: %s", " ".join(p.nevra for p in resolution.packages))
-        self.facts["packages"] = [p.nevra for p in resolution.packages]
+
         return _Crash(core, core_path, executable, index, resolution)
 
     def _executable(self):
@@ -141,11 +153,14 @@ class RetraceJob:
         supported = supported_releases(self.config.RepoDir)
         lines = [(name, text) for name in RELEASE_FILES if (text := self._crash_text(name))]
         release, how = detect_release(lines, package, core.arch, supported)
+        self.record.release = str(release) if release else None
         names = ", ".join(str(known) for known in supported) or "none"
         if release is None:
-            raise TaskFailed(f"cannot tell which release crashed: {how}; this server supports: {names}")
+            raise TaskFailed(f"cannot tell which release crashed: {how}; this server supports: {names}",
+                             "unsupported release")
         if release not in supported:
-            raise TaskFailed(f"release {release} ({how}) is not supported by this server; it supports: {names}")
+            raise TaskFailed(f"release {release} ({how}) is not supported by this server; it supports: {names}",
+                             "unsupported release")
         self.log.info("Release %s (%s); crashed package %s", release, how, package)
         return release
 
@@ -160,15 +175,19 @@ class RetraceJob:
         if not rpm_path.is_file():
             raise TaskFailed(
                 f"{package.nevra} is in the metadata of {index.release_dir.name} but its file is missing "
-                "(the repository is being synchronised?); try again later"
+                "(the repository is being synchronised?); try again later",
+                "repository error",
             )
         entry = self.cache.get(
             package.pkgid, rpm_path,
             on_wait=lambda: self.log.info("Waiting for another task that is unpacking %s", package.nevra),
         )
         if entry.unpacked:
+            self.record.cache_misses += 1
             self.log.info("Unpacked %s in %.3f s", package.nevra, entry.seconds)
-        elif entry.waited:
+            return entry
+        self.record.cache_hits += 1
+        if entry.waited:
             self.log.info("Reused %s, unpacked meanwhile by another task (waited %.3f s)", package.nevra, entry.seconds)
         else:
             self.log.info("Reused %s from the package cache", package.nevra)
@@ -186,7 +205,7 @@ class RetraceJob:
                 return entry
         problem = f"no package in the repository ({len(candidates)} own the path, none with this build-id)"
         if module.path == crash.executable:
-            raise _no_executable_package(self.facts["release"], module, self.facts["package"], problem)
+            raise _no_executable_package(self.record.release, module, self.record.package, problem)
         crash.resolution.unresolved.append(Unresolved(module.path, module.build_id, problem))
         self._log_missing(crash.resolution.unresolved[-1])
         return None
@@ -198,9 +217,8 @@ class RetraceJob:
             entry = self._verify_candidates(crash, module, candidates)
             if entry is not None:
                 cached.append(entry)
-        self.facts["missing"] = [
-            {"path": u.path, "build_id": u.build_id, "problem": u.problem} for u in crash.resolution.unresolved
-        ]
+        self.record.packages = [package.nevra for package in crash.resolution.packages]
+        self.record.missing = [(u.path, u.build_id) for u in crash.resolution.unresolved if u.build_id]
         shutil.rmtree(self.sysroot, ignore_errors=True)
         linked, seconds = assemble_sysroot(self.sysroot, cached)
         self.log.info("Assembled the sysroot: %d files linked in %.3f s", linked, seconds)
@@ -230,11 +248,16 @@ class RetraceJob:
         if self.task.task_type != TaskType.DEBUG:
             shutil.rmtree(self.task.crash_dir, ignore_errors=True)
 
-    def save_stats(self, success, reason=None):
-        record = dict(self.facts, success=success, seconds=round(time.monotonic() - self.started, 3))
-        if reason:
-            record["failure"] = reason
-        write_atomically(self.task.path / "stats.json", json.dumps(record, indent=1, sort_keys=True))
+    def save_stats(self):
+        """Add the task to the statistics; a database problem is logged, never fatal."""
+        self.record.duration = round(time.monotonic() - self.started, 3)
+        self.record.running_after = taskqueue.occupancy(self.config).running
+        try:
+            with StatsDB.for_config(self.config) as stats:
+                stats.record_task(self.record)
+        except (sqlite3.Error, OSError) as err:
+            self.log.warning("Statistics not saved: %s", err)
+            admin_log.error("task %s: statistics not saved: %s", self.task.task_id, err)
 
 
 @dataclasses.dataclass
@@ -251,7 +274,8 @@ class _Crash:
 def _no_executable_package(release, module, package, problem):
     return TaskFailed(
         f"no package of {release} provides the crashing executable {module.path} "
-        f"(build-id {module.build_id or 'unknown'}: {problem}); is {package} from the official repositories?"
+        f"(build-id {module.build_id or 'unknown'}: {problem}); is {package} from the official repositories?",
+        "missing package",
     )
 
 

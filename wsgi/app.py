@@ -20,6 +20,8 @@ ROUTES = [
     (r"/", handlers.index, _READ, False),
     (r"/settings", handlers.settings, _READ, False),
     (r"/checkpackage", handlers.checkpackage, _READ, False),
+    (r"/stats", handlers.stats_page, _READ, False),
+    (r"/metrics", handlers.metrics_page, _READ, True),
     (r"/create", handlers.create, ("POST",), True),
     (_TASK + r"/?", handlers.status, _READ, True),
     (_TASK + r"/backtrace", handlers.backtrace, _READ, True),

@@ -5,18 +5,23 @@ turns them into responses in one place.  Texts and status codes follow
 upstream's scripts so that unmodified ABRT clients work.
 """
 
+import contextlib
 import html
+import json
 import logging
 import re
+import sqlite3
 
 from webob import Response
 
 from retrace import archive, crashdata, dispatch, taskqueue
 from retrace.config import config_path
-from retrace.errors import Conflict, Forbidden, NotFound
+from retrace.errors import Conflict, Forbidden, NotFound, QueueFull
 from retrace.packages import is_package_known
 from retrace.release import ReleaseId, supported_releases
+from retrace.stats import StatsDB
 from retrace.task import Task, TaskStatus, wire_status
+from wsgi import metrics, statspage
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +102,7 @@ def create(config, request):
     task_type = crashdata.parse_task_type(request.headers.get("X-Task-Type"), config.AllowInteractive)
     archive.ensure_storage(config.SaveDir, length, config.min_storage_left_bytes)
     limits = archive.Limits(config.max_unpacked_bytes, config.min_storage_left_bytes, crashdata.size_caps())
-    with taskqueue.admitted_upload(config) as incoming:
+    with _refusals_counted(config, request), taskqueue.admitted_upload(config) as incoming:
         sizes = archive.receive_archive(request.environ["wsgi.input"], length, fmt, incoming.crash_dir, limits)
         archive.require_files(sizes, crashdata.REQUIRED_FILES[task_type])
         crashdata.validate_crash_dir(incoming.crash_dir, sizes)
@@ -109,6 +114,40 @@ def create(config, request):
     return Response(status=201, headers={"X-Task-Id": task.task_id, "X-Task-Password": password})
 
 
+@contextlib.contextmanager
+def _refusals_counted(config, request):
+    """Count a "server full" refusal in the statistics (upstream's reportfull) and let it through."""
+    try:
+        yield
+    except QueueFull:
+        try:
+            with StatsDB.for_config(config) as stats:
+                stats.record_refusal(request.client_addr, config.StatsIPRetention)
+        except (sqlite3.Error, OSError) as err:
+            log.error("refusal not counted in the statistics: %s", err)
+        raise
+
+
+def stats_page(config, request):
+    """Statistics for people (HTML with SVG charts) or scripts (``?format=json``)."""
+    with StatsDB.for_config(config) as stats:
+        summary = stats.summary()
+    now = taskqueue.occupancy(config)
+    if request.GET.get("format") == "json":
+        body = dict(summary, running=now.running, queued=now.queued)
+        return Response(content_type="application/json", charset="utf-8", text=json.dumps(body, indent=1))
+    return Response(content_type="text/html", charset="utf-8", text=statspage.render(summary, now))
+
+
+def metrics_page(config, request):
+    if not config.AllowMetrics:
+        raise Forbidden("Metrics are not enabled for this server")
+    body, content_type = metrics.exposition(config)
+    response = Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
+
+
 def status(config, request, task_id):
     """The task's stage; polling also starts queued work and notices dead workers."""
     task = _open_task(config, request, task_id)
@@ -116,7 +155,7 @@ def status(config, request, task_id):
     if current is None:
         dispatch.start_queued(config, config_path(request.environ), request.environ)
     elif not current.is_final:
-        dispatch.fail_if_worker_died(task)
+        dispatch.fail_if_worker_died(task, config)
     current = task.status
     if current is None:
         position = taskqueue.queue_position(task, config)
@@ -178,7 +217,7 @@ _INDEX_TEMPLATE = """<!DOCTYPE html>
 <p>This server turns C/C++ coredumps into symbolized backtraces, so that you do not
 have to download debuginfo. Use <code>retrace-client</code> or any ABRT-compatible client.</p>
 <h2>Load</h2>
-<p>{load}</p>
+<p>{load} <a href="stats">Statistics</a></p>
 <h2>Supported releases</h2>
 {releases}
 <h2>Your data</h2>

@@ -31,7 +31,7 @@ def test_worker_is_alive_exactly_while_its_lock_is_held(tmp_path):
 
 def test_running_task_without_worker_fails_saying_where_it_stopped(tmp_path):
     task = add_task(tmp_path, TaskStatus.INIT)
-    assert fail_if_worker_died(task)
+    assert fail_if_worker_died(task, Config(SaveDir=tmp_path))
     assert task.status == TaskStatus.FAIL
     assert task.failure_reason == (
         "the retrace worker stopped unexpectedly (it was killed or crashed) while: "
@@ -46,7 +46,8 @@ def test_task_with_a_live_worker_or_no_status_is_left_alone(tmp_path):
     fd = hold_worker_lock(running)
     queued = add_task(tmp_path)
     try:
-        assert not fail_if_worker_died(running) and not fail_if_worker_died(queued)
+        config = Config(SaveDir=tmp_path)
+        assert not fail_if_worker_died(running, config) and not fail_if_worker_died(queued, config)
     finally:
         os.close(fd)
     assert running.status == TaskStatus.BACKTRACE and queued.status is None

@@ -1,0 +1,264 @@
+"""Crash statistics in ``<SaveDir>/<DBFile>`` (SQLite), upstream's tables and more.
+
+Schema version 1 is upstream's (``tasks``, ``success``, ``packages``,
+``packages_tasks``, ``buildids``, ``reportfull``), so an old ``stats.db``
+opens and is migrated in place; version 2 adds what upstream lacked: the
+release, the failure reason and its category, the queue wait, per-phase
+times and package-cache hits.  ``PRAGMA user_version`` holds the version.
+
+Every worker writes its row at the end of its task, and the web handlers
+read, all at once: WAL mode lets readers run beside the single writer, and
+the busy timeout makes concurrent writers wait for each other instead of
+failing.  Client addresses of refused uploads are blanked after
+``StatsIPRetention`` hours.
+"""
+
+import contextlib
+import dataclasses
+import sqlite3
+import time
+from pathlib import Path
+
+_BUSY_TIMEOUT_SECONDS = 30
+SUCCESS, FAILURE = 6, 7
+
+_MIGRATIONS = (
+    # 1: upstream's schema, verbatim.
+    """
+    CREATE TABLE IF NOT EXISTS tasks (id INTEGER PRIMARY KEY AUTOINCREMENT, taskid, package, version, arch,
+        starttime NOT NULL, duration NOT NULL, coresize, status NOT NULL);
+    CREATE TABLE IF NOT EXISTS success (taskid REFERENCES tasks(id), pre NOT NULL, post NOT NULL,
+        rootsize NOT NULL);
+    CREATE TABLE IF NOT EXISTS packages (id INTEGER PRIMARY KEY AUTOINCREMENT, name NOT NULL, version NOT NULL);
+    CREATE TABLE IF NOT EXISTS packages_tasks (pkgid REFERENCES packages(id), taskid REFERENCES tasks(id));
+    CREATE TABLE IF NOT EXISTS buildids (taskid REFERENCES tasks(id), soname, buildid NOT NULL);
+    CREATE TABLE IF NOT EXISTS reportfull (requesttime NOT NULL, ip NOT NULL);
+    """,
+    # 2: what operators asked for and upstream never had.
+    """
+    ALTER TABLE tasks ADD COLUMN release TEXT;
+    ALTER TABLE tasks ADD COLUMN failure_category TEXT;
+    ALTER TABLE tasks ADD COLUMN failure TEXT;
+    ALTER TABLE tasks ADD COLUMN queue_wait REAL;
+    ALTER TABLE tasks ADD COLUMN cache_hits INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN cache_misses INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE phases (taskid REFERENCES tasks(id), phase TEXT NOT NULL, seconds REAL NOT NULL);
+    CREATE INDEX tasks_by_starttime ON tasks (starttime);
+    CREATE INDEX phases_by_phase ON phases (phase);
+    CREATE INDEX buildids_by_buildid ON buildids (buildid);
+    """,
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+@dataclasses.dataclass
+class TaskRecord:
+    """One finished task, as the worker (or whoever ended it) knows it."""
+
+    task_id: str
+    status: int
+    starttime: float
+    duration: float
+    package: str | None = None  # crashed package NVR, e.g. crasher-1.0-1.fc41
+    arch: str | None = None
+    release: str | None = None
+    coresize: int | None = None
+    queue_wait: float | None = None
+    failure: str | None = None
+    failure_category: str | None = None
+    phases: dict = dataclasses.field(default_factory=dict)  # TaskStatus name, lower case -> seconds
+    packages: list = dataclasses.field(default_factory=list)  # NEVRAs used
+    missing: list = dataclasses.field(default_factory=list)  # (path, build-id)
+    cache_hits: int = 0
+    cache_misses: int = 0
+    running_before: int = 0
+    running_after: int = 0
+
+
+def _split_nvr(nvr):
+    """``(name, version-release)`` of ``name-version-release`` (upstream keeps both)."""
+    name, _, rest = (nvr or "").rpartition("-")
+    name, _, version = name.rpartition("-")
+    return (name, f"{version}-{rest}") if name else (nvr, "")
+
+
+def record_ended_task(config, task, reason, category):
+    """Count a task that someone other than its worker ended failed (dead or overdue worker)."""
+    started = task.timestamp("started_time")
+    queued = task.timestamp("queued_time")
+    now = time.time()
+    record = TaskRecord(
+        task.task_id, FAILURE, started or now, round(now - started, 3) if started else 0.0,
+        queue_wait=round(started - queued, 3) if started and queued else None,
+        failure=reason, failure_category=category,
+    )
+    with StatsDB.for_config(config) as stats:
+        stats.record_task(record)
+
+
+class StatsDB:
+    def __init__(self, path):
+        self.path = Path(path)
+        self.db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_SECONDS, isolation_level=None)
+        self.db.execute("PRAGMA foreign_keys = ON")
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self._migrate()
+
+    @classmethod
+    def for_config(cls, config):
+        return cls(Path(config.SaveDir) / config.DBFile)
+
+    def close(self):
+        self.db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """One write transaction, taken at once so that concurrent writers queue up."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _migrate(self):
+        with self.transaction() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0 and db.execute("SELECT 1 FROM sqlite_master WHERE name = 'tasks'").fetchone():
+                version = 1  # an upstream stats.db
+            for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+                for statement in filter(str.strip, script.split(";")):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number}")
+
+    @property
+    def schema_version(self):
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    def record_task(self, record):
+        name, version = _split_nvr(record.package)
+        with self.transaction() as db:
+            row = db.execute(
+                "INSERT INTO tasks (taskid, package, version, arch, starttime, duration, coresize, status, release,"
+                " failure_category, failure, queue_wait, cache_hits, cache_misses)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (record.task_id, name, version, record.arch, int(record.starttime), record.duration, record.coresize,
+                 record.status, record.release, record.failure_category, record.failure, record.queue_wait,
+                 record.cache_hits, record.cache_misses),
+            ).lastrowid
+            if record.status == SUCCESS:
+                db.execute("INSERT INTO success VALUES (?, ?, ?, ?)",
+                           (row, record.running_before, record.running_after, len(record.packages)))
+            db.executemany("INSERT INTO phases VALUES (?, ?, ?)", [(row, p, s) for p, s in record.phases.items()])
+            for nevra in record.packages:
+                db.execute("INSERT INTO packages_tasks VALUES (?, ?)", (self._package_id(db, nevra), row))
+            db.executemany("INSERT INTO buildids VALUES (?, ?, ?)", [(row, path, bid) for path, bid in record.missing])
+
+    @staticmethod
+    def _package_id(db, nevra):
+        name, version = _split_nvr(nevra.rsplit(".", 1)[0])
+        found = db.execute("SELECT id FROM packages WHERE name = ? AND version = ?", (name, version)).fetchone()
+        if found:
+            return found[0]
+        return db.execute("INSERT INTO packages (name, version) VALUES (?, ?)", (name, version)).lastrowid
+
+    def record_refusal(self, ip, retention_hours, now=None):
+        """A refused upload; addresses older than the retention are blanked on the way."""
+        now = now if now is not None else time.time()
+        with self.transaction() as db:
+            db.execute("INSERT INTO reportfull VALUES (?, ?)", (int(now), ip or ""))
+            db.execute("UPDATE reportfull SET ip = '' WHERE ip != '' AND requesttime < ?",
+                       (int(now - retention_hours * 3600),))
+
+    # -- reading ---------------------------------------------------------------
+
+    def _scalar(self, sql, args=()):
+        return self.db.execute(sql, args).fetchone()[0]
+
+    def summary(self, now=None, days=30, top=15):
+        """Everything /stats shows, as plain data (also the JSON answer)."""
+        now = now if now is not None else time.time()
+        total = self._scalar("SELECT COUNT(*) FROM tasks")
+        succeeded = self._scalar("SELECT COUNT(*) FROM tasks WHERE status = ?", (SUCCESS,))
+        first = self._scalar("SELECT MIN(starttime) FROM tasks")
+        return {
+            "total": total,
+            "successful": succeeded,
+            "failed": total - succeeded,
+            "success_rate": round(succeeded / total, 4) if total else None,
+            "first_retrace": int(first) if first is not None else None,
+            "refused": self.refusals(),
+            "per_day": self._per_day(now, days),
+            "phases": self.phase_percentiles(),
+            "queue_wait": _percentiles([r[0] for r in self.db.execute(
+                "SELECT queue_wait FROM tasks WHERE queue_wait IS NOT NULL")]),
+            "top_packages": self._pairs(
+                "SELECT package, COUNT(*) AS n FROM tasks WHERE package IS NOT NULL AND package != ''"
+                " GROUP BY package ORDER BY n DESC, package LIMIT ?", (top,)),
+            "failure_categories": self._pairs(
+                "SELECT failure_category, COUNT(*) AS n FROM tasks WHERE status = ? GROUP BY failure_category"
+                " ORDER BY n DESC", (FAILURE,)),
+            "missing_buildids": [
+                {"buildid": buildid, "library": soname, "count": count}
+                for buildid, soname, count in self.db.execute(
+                    "SELECT buildid, MAX(soname), COUNT(*) AS n FROM buildids GROUP BY buildid"
+                    " ORDER BY n DESC, buildid LIMIT ?", (top,))
+            ],
+            "releases": self._pairs("SELECT release, COUNT(*) AS n FROM tasks WHERE release IS NOT NULL"
+                                    " GROUP BY release ORDER BY n DESC, release"),
+            "architectures": self._pairs("SELECT arch, COUNT(*) AS n FROM tasks WHERE arch IS NOT NULL"
+                                         " GROUP BY arch ORDER BY n DESC, arch"),
+        }
+
+    def refusals(self):
+        return self._scalar("SELECT COUNT(*) FROM reportfull")
+
+    def _pairs(self, sql, args=()):
+        return [[key if key is not None else "unknown", count] for key, count in self.db.execute(sql, args)]
+
+    def _per_day(self, now, days):
+        start_day = int(now // 86400) - days + 1
+        counts = dict(self.db.execute(
+            "SELECT starttime / 86400 AS day, COUNT(*) FROM tasks WHERE starttime >= ? GROUP BY day",
+            (start_day * 86400,)))
+        return [[time.strftime("%Y-%m-%d", time.gmtime(day * 86400)), counts.get(day, 0)]
+                for day in range(start_day, start_day + days)]
+
+    def phase_percentiles(self):
+        return {phase: _percentiles(values) for phase, values in self.phase_samples().items()}
+
+    def phase_samples(self):
+        """``{phase: [seconds, ...]}`` for histograms."""
+        samples = {}
+        for phase, seconds in self.db.execute("SELECT phase, seconds FROM phases"):
+            samples.setdefault(phase, []).append(seconds)
+        return samples
+
+    def finished_counts(self):
+        """``[(result, failure category or "", count)]`` of finished tasks."""
+        return [
+            ("success" if status == SUCCESS else "fail", category or "", count)
+            for status, category, count in self.db.execute(
+                "SELECT status, failure_category, COUNT(*) FROM tasks GROUP BY status, failure_category")
+        ]
+
+    def cache_totals(self):
+        return self.db.execute("SELECT COALESCE(SUM(cache_hits), 0), COALESCE(SUM(cache_misses), 0) FROM tasks").fetchone()
+
+
+def _percentiles(values):
+    if not values:
+        return None
+    ordered = sorted(values)
+
+    def at(fraction):
+        return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 3)
+
+    return {"count": len(ordered), "p50": at(0.5), "p95": at(0.95)}

@@ -1,0 +1,87 @@
+"""/metrics: Prometheus text exposition built with prometheus-client.
+
+The numbers are read fresh for every scrape (spool, statistics database,
+cache, disks) by a custom collector in a registry of its own, so that
+several daemon processes answer alike and nothing is kept in memory.
+"""
+
+import shutil
+from pathlib import Path
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from retrace.cache import PackageCache
+from retrace.stats import StatsDB
+from retrace.taskqueue import occupancy
+
+# Seconds; a warm retrace phase takes milliseconds, a cold unpack or a big
+# gdb run minutes.
+PHASE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+
+
+def _histogram_buckets(samples):
+    ordered = sorted(samples)
+    buckets = [(str(bound), sum(1 for value in ordered if value <= bound)) for bound in PHASE_BUCKETS]
+    return buckets + [("+Inf", len(ordered))]
+
+
+def _free_bytes(path):
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 0
+
+
+class RetraceCollector:
+    def __init__(self, config):
+        self.config = config
+
+    def collect(self):
+        config = self.config
+        now = occupancy(config)
+        yield GaugeMetricFamily("retrace_tasks_running", "Retrace workers running now", value=now.running)
+        yield GaugeMetricFamily("retrace_tasks_queued", "Tasks waiting for a free worker", value=now.queued)
+        yield GaugeMetricFamily("retrace_uploads_in_progress", "Crash uploads being received", value=now.uploading)
+        with StatsDB.for_config(config) as stats:
+            finished = CounterMetricFamily(
+                "retrace_tasks_finished", "Retrace tasks finished, by result and failure reason",
+                labels=["result", "reason"],
+            )
+            for result, reason, count in stats.finished_counts():
+                finished.add_metric([result, reason], count)
+            yield finished
+            yield CounterMetricFamily(
+                "retrace_tasks_overload", "Uploads refused because all task slots were taken",
+                value=stats.refusals(),
+            )
+            phases = HistogramMetricFamily(
+                "retrace_phase_duration_seconds", "Time each task spent in each phase", labels=["phase"]
+            )
+            for phase, samples in sorted(stats.phase_samples().items()):
+                phases.add_metric([phase], _histogram_buckets(samples), sum_value=sum(samples))
+            yield phases
+            hits, misses = stats.cache_totals()
+        lookups = CounterMetricFamily("retrace_cache_lookups", "Package cache lookups by tasks", labels=["result"])
+        lookups.add_metric(["hit"], hits)
+        lookups.add_metric(["miss"], misses)
+        yield lookups
+        yield GaugeMetricFamily(
+            "retrace_cache_hit_ratio", "Share of package lookups served from the unpacked cache",
+            value=hits / (hits + misses) if hits + misses else 0.0,
+        )
+        cache_bytes = 0
+        if (Path(config.CacheDir) / "rpms").is_dir():
+            cache_bytes = sum(size for _, _, size in PackageCache(config.CacheDir).entries())
+        yield GaugeMetricFamily("retrace_cache_bytes", "Bytes of unpacked packages in the cache", value=cache_bytes)
+        yield GaugeMetricFamily("retrace_savedir_free_bytes", "Free disk space on the volume with tasks",
+                                value=_free_bytes(config.SaveDir))
+        yield GaugeMetricFamily("retrace_cache_free_bytes", "Free disk space on the volume with the package cache",
+                                value=_free_bytes(config.CacheDir))
+
+
+def exposition(config):
+    """``(body bytes, content type)`` of one scrape."""
+    registry = CollectorRegistry()
+    registry.register(RetraceCollector(config))
+    return generate_latest(registry), CONTENT_TYPE_LATEST
