@@ -28,7 +28,7 @@ from retrace import locking
 from retrace.coredump import file_build_id
 from retrace.errors import RetraceError
 
-_MANIFEST = "manifest.json"
+MANIFEST = "manifest.json"
 SIZE_FILE = "size"
 _COPY_CHUNK = 1024 * 1024
 
@@ -60,7 +60,7 @@ class CachedPackage:
 
     def manifest(self):
         """``[[relative path, kind ("d", "f" or "l"), link target or "", build-id or ""], ...]``."""
-        with open(self.path / _MANIFEST, encoding="utf-8") as handle:
+        with open(self.path / MANIFEST, encoding="utf-8") as handle:
             return json.load(handle)
 
 
@@ -90,11 +90,17 @@ def _refuse_through_symlink(relative, symlinks, rpm_path):
 
 
 def _write_content(archive, target, mode):
+    """Copy the current payload file in chunks.
+
+    Not ``archive.readto(fd)``: the rpm bindings keep a duplicate of that
+    descriptor open, and a library left open for writing in the worker makes
+    every later exec of it (gdb's loader, in the chroot environment) fail
+    with "Text file busy".
+    """
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, (mode & 0o755) | 0o400)
-    try:
-        archive.readto(fd)
-    finally:
-        os.close(fd)
+    with os.fdopen(fd, "wb") as out:
+        while chunk := archive.read(_COPY_CHUNK):
+            out.write(chunk)
 
 
 def unpack_rpm(rpm_path, target):
@@ -105,6 +111,7 @@ def unpack_rpm(rpm_path, target):
     entries = []
     pending_links = {}
     symlinks = set()
+    closing = []
     target.mkdir()
     fd = os.open(rpm_path, os.O_RDONLY)
     try:
@@ -113,6 +120,7 @@ def unpack_rpm(rpm_path, target):
         except rpm.error as err:
             raise UnpackError(f"{Path(rpm_path).name} is not a readable RPM ({err})") from None
         payload = rpm.fd.open(fd, "r", header[rpm.RPMTAG_PAYLOADCOMPRESSOR] or "gzip")
+        closing.append(payload)
         archive = rpm.files(header).archive(payload)
         for entry in archive:
             relative = _safe_relative(entry.name)
@@ -142,8 +150,36 @@ def unpack_rpm(rpm_path, target):
     except rpm.error as err:
         raise UnpackError(f"the payload of {Path(rpm_path).name} is damaged ({err})") from None
     finally:
+        for opened in closing:
+            opened.close()
         os.close(fd)
     return entries
+
+
+def cached_entry(path, lock_path, build, on_wait=lambda: None):
+    """The cache entry at ``path``, made by ``build(tmp)`` first if it is not there.
+
+    ``build`` fills ``tmp/root`` and returns its manifest entries; the entry
+    appears by one rename, under ``lock_path``, with its size and manifest.
+    Finding the entry refreshes its last-use time.
+    """
+    started = time.monotonic()
+    with locking.exclusive(lock_path, on_wait) as waited:
+        if (path / MANIFEST).exists():
+            os.utime(path / MANIFEST)
+            return CachedPackage(path, False, time.monotonic() - started, waited)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".tmp-{path.name}-"))
+        try:
+            os.chmod(tmp, 0o755)
+            entries = build(tmp)
+            (tmp / SIZE_FILE).write_text(str(_tree_bytes(tmp / "root")))
+            with open(tmp / MANIFEST, "w", encoding="utf-8") as handle:
+                json.dump(entries, handle)
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return CachedPackage(path, True, time.monotonic() - started, waited)
 
 
 class PackageCache:
@@ -168,24 +204,10 @@ class PackageCache:
         ``retrace-server-cleanup`` leaves it alone while that task runs.
         ``on_wait`` is called before blocking on another task.
         """
-        path = self.entry_path(pkgid)
-        started = time.monotonic()
-        with locking.exclusive(self.lock_path(pkgid), on_wait) as waited:
-            if (path / _MANIFEST).exists():
-                os.utime(path / _MANIFEST)
-                return CachedPackage(path, False, time.monotonic() - started, waited)
-            tmp = Path(tempfile.mkdtemp(dir=self.rpms_dir, prefix=f".tmp-{pkgid}-"))
-            try:
-                os.chmod(tmp, 0o755)
-                entries = unpack_rpm(rpm_path, tmp / "root")
-                (tmp / SIZE_FILE).write_text(str(_tree_bytes(tmp / "root")))
-                with open(tmp / _MANIFEST, "w", encoding="utf-8") as handle:
-                    json.dump(entries, handle)
-                os.replace(tmp, path)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-        return CachedPackage(path, True, time.monotonic() - started, waited)
+        def unpack(tmp):
+            return unpack_rpm(rpm_path, tmp / "root")
+
+        return cached_entry(self.entry_path(pkgid), self.lock_path(pkgid), unpack, on_wait)
 
     def entries(self):
         """``(pkgid, last use (epoch seconds), bytes)`` of every complete cache entry."""
@@ -194,7 +216,7 @@ class PackageCache:
             if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
                 continue
             try:
-                last_use = os.stat(os.path.join(entry.path, _MANIFEST)).st_mtime
+                last_use = os.stat(os.path.join(entry.path, MANIFEST)).st_mtime
                 size = int(Path(entry.path, SIZE_FILE).read_text())
             except (OSError, ValueError):
                 continue

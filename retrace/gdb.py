@@ -55,15 +55,22 @@ class GdbResult:
 
 
 def batch_commands(sysroot, executable, core):
-    """The ``-ex`` commands, in order (each fails on its own, as in upstream)."""
+    """The ``-ex`` commands, in order (each fails on its own, as in upstream).
+
+    ``sysroot`` "/" means gdb runs inside the crashed release's root, where
+    every file is at its own path and gdb's defaults are right.
+    """
+    where = [] if sysroot == "/" else [
+        f"set sysroot {sysroot}",
+        f"set debug-file-directory {sysroot}/usr/lib/debug",
+        f"set substitute-path /usr/src/debug {sysroot}/usr/src/debug",
+    ]
     return [
         "set pagination off",
         "set width 0",
         "set confirm off",
-        f"set sysroot {sysroot}",
-        f"set debug-file-directory {sysroot}/usr/lib/debug",
-        f"set substitute-path /usr/src/debug {sysroot}/usr/src/debug",
-        f"file {sysroot}{executable}",
+        *where,
+        f"file {str(sysroot).rstrip('/')}{executable}",
         f"core-file {core}",
         "thread apply all -ascending backtrace full 2048",
         "info sharedlib",
@@ -102,13 +109,19 @@ def _host_binds():
     return binds
 
 
-def sandbox_argv(command, read_only_paths):
-    """bwrap around ``command``; ``read_only_paths`` appear at their own paths."""
+def sandbox_argv(command, read_only_paths, root=None):
+    """bwrap around ``command``; ``read_only_paths`` appear at their own paths.
+
+    Without ``root`` the host's /usr provides gdb; with it, ``root`` is
+    mounted read-only as ``/`` (it must hold the mount points of /proc,
+    /dev, /tmp and of ``read_only_paths``: see ``prepare_mount_points``).
+    """
+    system = ["--ro-bind", str(root), "/"] if root is not None else _host_binds()
     argv = [
         "bwrap", "--unshare-all", "--unshare-user", "--uid", str(_SANDBOX_UID), "--gid", str(_SANDBOX_UID),
         "--die-with-parent", "--new-session", "--clearenv",
         "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8", "--setenv", "HOME", "/tmp",
-        *_host_binds(),
+        *system,
         "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--chdir", "/tmp",
     ]
     for path in read_only_paths:
@@ -132,14 +145,28 @@ def require_sandbox():
             raise SandboxUnavailable(f"{program} is not installed on the retrace server")
 
 
-def run_gdb(sysroot, executable, core, *, read_only_paths, timeout, memory_bytes, hide):
+def prepare_mount_points(root, paths):
+    """Create, inside a root bubblewrap will mount read-only, where ``paths`` get mounted."""
+    for name in ("proc", "dev", "tmp"):
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+    for path in map(str, paths):
+        target = os.path.join(root, path.lstrip("/"))
+        if os.path.isdir(path):
+            os.makedirs(target, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            open(target, "a").close()
+
+
+def run_gdb(sysroot, executable, core, *, read_only_paths, timeout, memory_bytes, hide, root=None):
     """Run the batch script sandboxed; the backtrace and the exploitable section.
 
     ``hide`` rewrites gdb's output before anyone sees it: server paths (the
     sysroot, the cache) go, so that paths read as on the crashed machine.
+    With ``root`` (the chroot environment) gdb is the root's own.
     """
     require_sandbox()
-    argv = sandbox_argv(gdb_argv(sysroot, executable, core), read_only_paths)
+    argv = sandbox_argv(gdb_argv("/" if root is not None else sysroot, executable, core), read_only_paths, root)
     started = time.monotonic()
     process = subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -162,6 +189,11 @@ def run_gdb(sysroot, executable, core, *, read_only_paths, timeout, memory_bytes
     if process.returncode < 0:
         name = signal.Signals(-process.returncode).name
         raise GdbError(f"gdb was killed by {name} (memory limit {memory_bytes >> 20} MiB?); gdb said: {_gist(text)}")
+    return interpret_output(text, seconds)
+
+
+def interpret_output(text, seconds):
+    """The GdbResult of the batch script's output, or GdbError when it holds no usable stack."""
     backtrace, _, exploitable = text.partition(EXPLOITABLE_MARKER)
     if not USABLE_FRAME.search(backtrace):
         raise GdbError(

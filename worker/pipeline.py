@@ -23,9 +23,11 @@ from retrace.coredump import CoreInfo, read_core
 from retrace.environment import assemble_sysroot
 from retrace.errors import RetraceError
 from retrace.exploitable import rate
-from retrace.gdb import USABLE_FRAME, run_gdb
+from retrace.chroot import GdbRoots, root_key
+from retrace.gdb import USABLE_FRAME, interpret_output, prepare_mount_points, run_gdb
+from retrace.mock import MockEnvironment
 from retrace.packages import Resolution, Unresolved, resolve_modules, usr_merge_variants
-from retrace.release import detect_release, supported_releases
+from retrace.release import ReleaseId, detect_release, supported_releases
 from retrace.repoindex import RepoIndex
 from retrace.stats import FAILURE, SUCCESS, StatsDB, TaskRecord
 from retrace.task import TaskStatus, TaskType, write_atomically
@@ -210,8 +212,20 @@ class RetraceJob:
         self._log_missing(crash.resolution.unresolved[-1])
         return None
 
+    @property
+    def environment(self):
+        return self.config.RetraceEnvironment
+
     def prepare(self, crash):
-        """Unpack every needed package once (shared cache), then link the task's root."""
+        """Unpack every needed package once (shared cache), then link the task's root.
+
+        In the chroot environment the release's gdb root joins the tree
+        (the crash's own files win), and the tree becomes gdb's ``/``; mock
+        installs the packages itself.
+        """
+        if self.environment == "mock":
+            self.record.packages = [package.nevra for package in crash.resolution.packages]
+            return
         cached = [self._cached(package, crash.index) for package in crash.resolution.packages]
         for module, candidates in crash.resolution.unverified:
             entry = self._verify_candidates(crash, module, candidates)
@@ -219,21 +233,58 @@ class RetraceJob:
                 cached.append(entry)
         self.record.packages = [package.nevra for package in crash.resolution.packages]
         self.record.missing = [(u.path, u.build_id) for u in crash.resolution.unresolved if u.build_id]
+        if self.environment == "chroot":
+            cached.append(self._gdb_root(crash))
         shutil.rmtree(self.sysroot, ignore_errors=True)
         linked, seconds = assemble_sysroot(self.sysroot, cached)
-        self.log.info("Assembled the sysroot: %d files linked in %.3f s", linked, seconds)
+        if self.environment == "chroot":
+            prepare_mount_points(self.sysroot, self._read_only_paths(crash))
+        self.log.info("Assembled the %s: %d files linked in %.3f s", self.environment, linked, seconds)
+
+    def _gdb_root(self, crash):
+        packages = self.config.ChrootPackages.split()
+        key = root_key(crash.index, packages)
+        release = crash.index.release_dir.name
+        entry = GdbRoots(self.config.CacheDir).get(
+            release, release.split("-")[1], crash.index.release_dir, key, packages, hidden=[self.config.SaveDir],
+            on_wait=lambda: self.log.info("Waiting for another task building the gdb root of %s", release),
+        )
+        if entry.unpacked:
+            self.log.info("Built the gdb root of %s (%s) with dnf in %.3f s", release, " ".join(packages), entry.seconds)
+        else:
+            self.log.info("Reused the gdb root of %s", release)
+        return entry
+
+    def _read_only_paths(self, crash):
+        """What gdb's sandbox shows besides its root: the cache the links point into, and the core."""
+        paths = [self.cache.rpms_dir, crash.core_path]
+        if self.environment == "chroot":
+            paths.append(GdbRoots(self.config.CacheDir).roots_dir)
+        else:
+            paths.append(self.sysroot)
+        return paths
 
     def _hide_server_paths(self, text):
         text = text.replace(str(self.sysroot), "")
-        return re.sub(re.escape(str(self.cache.rpms_dir)) + r"/[0-9A-Za-z]+/root", "", text)
+        cache = re.escape(str(self.config.CacheDir))
+        return re.sub(cache + r"/(rpms/[0-9A-Za-z]+|roots/[^/\s]+)/root", "", text)
+
+    def _run_gdb(self, crash):
+        if self.environment == "mock":
+            mock = MockEnvironment(self.task.path, self.task.task_id, ReleaseId.parse(self.record.release),
+                                   crash.index.release_dir, self.config.ChrootPackages.split())
+            started = time.monotonic()
+            output = mock.run(self.record.packages, crash.executable, self.config.GdbTimeout)
+            return interpret_output(self._hide_server_paths(output), time.monotonic() - started)
+        return run_gdb(
+            self.sysroot, crash.executable, crash.core_path,
+            read_only_paths=self._read_only_paths(crash),
+            timeout=self.config.GdbTimeout, memory_bytes=self.config.gdb_memory_limit_bytes,
+            hide=self._hide_server_paths, root=self.sysroot if self.environment == "chroot" else None,
+        )
 
     def backtrace(self, crash):
-        result = run_gdb(
-            self.sysroot, crash.executable, crash.core_path,
-            read_only_paths=[self.sysroot, self.cache.rpms_dir, crash.core_path],
-            timeout=self.config.GdbTimeout, memory_bytes=self.config.gdb_memory_limit_bytes,
-            hide=self._hide_server_paths,
-        )
+        result = self._run_gdb(crash)
         threads = len(_THREAD_HEADER.findall(result.backtrace))
         frames = len(USABLE_FRAME.findall(result.backtrace))
         self.log.info("gdb finished in %.3f s: %d threads, %d frames", result.seconds, threads, frames)
@@ -243,9 +294,9 @@ class RetraceJob:
         self.log.info("Exploitable rating %d: %s", rating.value, rating.reason)
 
     def clean(self):
-        """Remove the sysroot, and the crash data unless the client asked to keep it (debug)."""
-        shutil.rmtree(self.sysroot, ignore_errors=True)
+        """Remove the task's root and crash data, unless the client asked to keep them (debug)."""
         if self.task.task_type != TaskType.DEBUG:
+            shutil.rmtree(self.sysroot, ignore_errors=True)
             shutil.rmtree(self.task.crash_dir, ignore_errors=True)
 
     def save_stats(self):

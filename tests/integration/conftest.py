@@ -7,6 +7,7 @@ import pytest
 
 from tests.fixtures.cores import crash_installed, make_problem_dir
 from tests.fixtures.distro import build_rpms, publish_release
+from tests.fixtures.userland import build_userland_rpms
 from tests.integration.server import Server, make_certificate, make_root, remove_root
 
 RELEASE_ID = "fedora-41-x86_64"
@@ -29,6 +30,18 @@ def certificate(work_dir):
 def fixture_rpms(work_dir):
     """crasher, libcrash and their -debuginfo, built by rpmbuild."""
     return build_rpms(work_dir / "build")
+
+
+@pytest.fixture(scope="session")
+def userland_rpms(work_dir):
+    """filesystem, glibc, bash and gdb repackaged from this host (for dnf --installroot)."""
+    return build_userland_rpms(work_dir / "userland")
+
+
+@pytest.fixture(scope="session")
+def chroot_release_dir(work_dir, fixture_rpms, userland_rpms):
+    """``fedora-41-x86_64`` with the crash packages and a userland dnf can install gdb from."""
+    return publish_release(work_dir / "repos-with-userland", RELEASE_ID, [*fixture_rpms, *userland_rpms])
 
 
 @pytest.fixture(scope="session")

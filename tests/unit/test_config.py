@@ -100,5 +100,5 @@ def test_gdb_timeout_accepts_fractions_of_a_second():
 
 
 def test_unknown_retrace_environment_lists_the_choices():
-    with pytest.raises(ConfigError, match="RetraceEnvironment must be one of sysroot, not 'podman'"):
+    with pytest.raises(ConfigError, match="RetraceEnvironment must be one of sysroot, chroot, mock, not 'podman'"):
         parse_config("[retrace]\nRetraceEnvironment = podman\n", "t.conf")

@@ -1,0 +1,134 @@
+"""``RetraceEnvironment = chroot``: gdb from the crashed release's own userland.
+
+Per release, a *gdb root* (``ChrootPackages``, by default just gdb, with
+everything it requires) is installed once with ``dnf --installroot`` from
+the release's repository into ``<CacheDir>/roots/``, and kept until the
+repository's versions of those packages change.  dnf runs as the service
+user inside a user namespace where it is root (bubblewrap with a uid 0
+mapping), so no real root is needed and nothing it installs can touch the
+host; the spool is hidden from it.
+
+Per task, the gdb root and the crash's packages (from the unpacked package
+cache) are linked into one tree (``retrace.environment``), which bubblewrap
+then mounts as ``/`` for gdb: no copying, no installing per task.
+"""
+
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from retrace.cache import cached_entry
+from retrace.errors import RetraceError
+
+_DNF_TIMEOUT = 3600
+# Mount points bubblewrap needs inside a root it mounts read-only.
+MOUNT_POINTS = ("proc", "dev", "tmp")
+
+
+class ChrootError(RetraceError):
+    """The release's gdb root cannot be built."""
+
+    category = "environment"
+
+
+def root_key(index, names):
+    """A digest of every repository package named in ``names``: it changes when any version does."""
+    packages = [package for package in index.all_packages() if package.name in names]
+    missing = set(names) - {package.name for package in packages}
+    if missing:
+        raise ChrootError(
+            f"the repository of {index.release_dir.name} has no {', '.join(sorted(missing))} "
+            "to build the gdb root from (ChrootPackages)"
+        )
+    return hashlib.sha256(" ".join(sorted(package.pkgid for package in packages)).encode()).hexdigest()[:16]
+
+
+def manifest_of(root):
+    """Every directory, file and symlink under ``root`` in the package cache's manifest form."""
+    entries = []
+    for directory, dirs, files in os.walk(root):
+        relative_dir = os.path.relpath(directory, root)
+        for name in list(dirs):
+            relative = os.path.normpath(os.path.join(relative_dir, name))
+            path = os.path.join(directory, name)
+            if os.path.islink(path):
+                entries.append((relative, "l", os.readlink(path), ""))
+                dirs.remove(name)
+            else:
+                entries.append((relative, "d", "", ""))
+        for name in files:
+            relative = os.path.normpath(os.path.join(relative_dir, name))
+            path = os.path.join(directory, name)
+            if os.path.islink(path):
+                entries.append((relative, "l", os.readlink(path), ""))
+            elif os.path.isfile(path):
+                entries.append((relative, "f", "", ""))
+    return entries
+
+
+def dnf_argv(root, cache, release_dir, version, packages):
+    return [
+        "dnf", "--installroot", str(root), "--releasever", version, "--setopt=reposdir=/dev/null",
+        f"--setopt=cachedir={cache}", "--setopt=install_weak_deps=False", "--setopt=tsflags=nodocs",
+        "--setopt=keepcache=False", "--repofrompath", f"retrace,file://{release_dir}", "--repo", "retrace",
+        "--nogpgcheck", "-y", "-q", "install", *packages,
+    ]
+
+
+def fakeroot_argv(command, writable, hidden):
+    """bubblewrap making the caller root of a private user namespace, network off.
+
+    The host is visible read-only (dnf and rpm come from it); ``writable``
+    paths are bound read-write and ``hidden`` ones replaced by empty tmpfs.
+    """
+    argv = ["bwrap", "--unshare-user", "--uid", "0", "--gid", "0", "--cap-add", "ALL", "--unshare-net",
+            "--unshare-ipc", "--unshare-pid", "--die-with-parent", "--ro-bind", "/", "/",
+            "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev"]
+    for path in hidden:
+        argv += ["--tmpfs", str(path)]
+    # Last, so that no tmpfs above can cover a writable path below it.
+    for path in writable:
+        argv += ["--bind", str(path), str(path)]
+    return argv + ["--", *command]
+
+
+class GdbRoots:
+    def __init__(self, cache_dir):
+        self.roots_dir = Path(cache_dir) / "roots"
+        self.roots_dir.mkdir(parents=True, exist_ok=True)
+
+    def get(self, release, version, release_dir, key, packages, hidden=(), on_wait=lambda: None):
+        """The gdb root of ``release`` for ``key``, built with dnf if it is not there yet.
+
+        It has the shape of a cache entry (``root/``, ``manifest.json``), so
+        it joins a task's tree like any unpacked package; ``unpacked`` says
+        that this call built it.
+        """
+        def install(tmp):
+            self._install(tmp, version, release_dir, packages, hidden)
+            return manifest_of(tmp / "root")
+
+        return cached_entry(self.roots_dir / f"{release}-{key}", self.roots_dir / f"{release}.lock", install, on_wait)
+
+    @staticmethod
+    def _install(tmp, version, release_dir, packages, hidden):
+        if shutil.which("dnf") is None:
+            raise ChrootError("RetraceEnvironment = chroot needs dnf, which is not installed on this server")
+        root, cache = tmp / "root", tmp / "dnf-cache"
+        root.mkdir()
+        cache.mkdir()
+        command = fakeroot_argv(dnf_argv(root, cache, release_dir, version, packages), [tmp], hidden)
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                    timeout=_DNF_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise ChrootError(f"dnf did not install {' '.join(packages)} within {_DNF_TIMEOUT} s") from None
+        if result.returncode != 0:
+            said = " | ".join(line for line in result.stderr.strip().splitlines()[-4:] if line.strip())
+            said = said.replace(str(tmp), "<gdb root>")
+            raise ChrootError(f"dnf could not install {' '.join(packages)} for the gdb root: {said or 'no output'}")
+        shutil.rmtree(cache, ignore_errors=True)
+        if not (root / "usr" / "bin" / "gdb").exists():
+            raise ChrootError(f"the gdb root has no /usr/bin/gdb after installing {' '.join(packages)}")

@@ -1,0 +1,75 @@
+"""RetraceEnvironment = chroot (the release's own gdb) and mock, against the sysroot environment."""
+
+import re
+import shutil
+
+import pytest
+
+from tests.integration.helpers import submit, wait_final
+
+
+def retraced(server, problem_dir, **headers):
+    task_id, auth = submit(server, problem_dir, **headers)
+    status = wait_final(server, task_id, auth)
+    log = server.get(f"/{task_id}/log", headers=auth).text
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", log
+    return server.get(f"/{task_id}/backtrace", headers=auth).text, log, task_id
+
+
+def crashing_thread(backtrace):
+    """Frames and locals of thread 1: what must not depend on the environment."""
+    thread = backtrace[backtrace.index("\nThread 1 "):]
+    thread = thread[:thread.find("\n\n", 1)] if "\n\n" in thread[1:] else thread
+    return [line for line in thread.splitlines() if re.match(r"#\d+ |\s+\w+ = ", line)]
+
+
+@pytest.fixture(scope="module")
+def chroot_server(start_server, chroot_release_dir):
+    return start_server(repository=chroot_release_dir, RetraceEnvironment="chroot")
+
+
+def test_chroot_gives_the_same_frames_files_and_locals_as_sysroot(start_server, chroot_release_dir, chroot_server,
+                                                                  problem_dir):
+    sysroot_server = start_server(repository=chroot_release_dir)
+    in_sysroot, _, _ = retraced(sysroot_server, problem_dir)
+    in_chroot, log, _ = retraced(chroot_server, problem_dir)
+    assert "crash_in_library (depth=0" in in_chroot and "libcrash.c:13" in in_chroot
+    assert crashing_thread(in_chroot) == crashing_thread(in_sysroot)
+    assert "Assembled the chroot" in log
+
+
+def test_gdb_root_is_built_once_and_reused_by_the_next_task(chroot_server, problem_dir):
+    logs = [retraced(chroot_server, problem_dir)[1] for _ in range(2)]
+    built = [log for log in logs if "Built the gdb root of fedora-41-x86_64 (gdb) with dnf" in log]
+    assert len(built) <= 1 and all("Reused the gdb root of fedora-41-x86_64" in log for log in logs[1:])
+    roots = list((chroot_server.cache_dir / "roots").glob("fedora-41-x86_64-*"))
+    assert len(roots) == 1 and (roots[0] / "root" / "usr" / "bin" / "gdb").is_file()
+
+
+def test_chroot_gdb_is_the_releases_own(chroot_server, problem_dir):
+    _, log, task_id = retraced(chroot_server, problem_dir, **{"X-Task-Type": "1"})
+    root = chroot_server.save_dir / task_id / "sysroot"
+    gdb = root / "usr" / "bin" / "gdb"
+    assert gdb.is_symlink() and "/roots/fedora-41-x86_64-" in str(gdb.resolve()), "debug tasks keep their root"
+
+
+def test_task_root_is_torn_down_after_a_normal_task(chroot_server, problem_dir):
+    _, _, task_id = retraced(chroot_server, problem_dir)
+    assert not (chroot_server.save_dir / task_id / "sysroot").exists()
+
+
+@pytest.mark.skipif(shutil.which("mock") is None, reason="mock is not installed here (Debian has no mock package)")
+def test_mock_environment_retraces_the_fixture_crash(start_server, chroot_release_dir, problem_dir):
+    server = start_server(repository=chroot_release_dir, RetraceEnvironment="mock")
+    backtrace, _, _ = retraced(server, problem_dir)
+    assert "crash_in_library (depth=0" in backtrace
+
+
+def test_mock_environment_without_mock_fails_saying_so(start_server, chroot_release_dir, problem_dir):
+    if shutil.which("mock"):
+        pytest.skip("mock is installed here; the real mock test covers this host")
+    server = start_server(repository=chroot_release_dir, RetraceEnvironment="mock")
+    task_id, auth = submit(server, problem_dir)
+    status = wait_final(server, task_id, auth)
+    assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
+    assert "RetraceEnvironment = mock, but mock is not installed on this server" in status.text
