@@ -47,3 +47,4 @@ service-user:
 bench: setup
 	$(PYTHON) bench/api.py
 	$(PYTHON) bench/retrace.py
+	$(PYTHON) bench/environments.py
