@@ -2,7 +2,9 @@
 
 import os
 
-from retrace.chroot import dnf_argv, fakeroot_argv, manifest_of
+import pytest
+
+from retrace.chroot import ChrootError, dnf_argv, fakeroot_argv, manifest_of, root_key
 from retrace.gdb import prepare_mount_points
 from retrace.mock import CHROOT_CRASH_DIR, MockEnvironment
 from retrace.release import ReleaseId
@@ -68,3 +70,20 @@ def test_mock_gdb_script_runs_the_common_batch_on_the_bound_core(tmp_path):
     assert script.startswith("#!/bin/sh\nexec gdb -batch -nx")
     assert f"'core-file {CHROOT_CRASH_DIR}/coredump'" in script and "'file /usr/bin/crasher'" in script
     assert "set sysroot" not in script
+
+
+class _Index:
+    def __init__(self, *packages):
+        self.packages = [type("Package", (), {"name": name, "pkgid": pkgid}) for name, pkgid in packages]
+        self.release_dir = type("Dir", (), {"name": "fedora-41-x86_64"})
+
+    def all_packages(self):
+        return self.packages
+
+
+def test_gdb_root_key_changes_only_when_the_repository_s_gdb_does():
+    before = root_key(_Index(("gdb", "a1"), ("bash", "b1")), ["gdb"])
+    assert root_key(_Index(("gdb", "a1"), ("bash", "b2")), ["gdb"]) == before
+    assert root_key(_Index(("gdb", "a1"), ("gdb", "a2")), ["gdb"]) != before
+    with pytest.raises(ChrootError, match="has no gdb to build the gdb root from"):
+        root_key(_Index(("bash", "b1")), ["gdb"])
