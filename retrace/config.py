@@ -105,6 +105,15 @@ class Config:
     UseCreaterepoUpdate: bool = _key(False)
     SyncReleases: str = _key("")
     PluginDir: Path = _key(Path("/etc/retrace-server/plugins"))
+    DebuginfodURLs: str = _key("")
+    DebuginfodReleases: str = _key("")
+    DebuginfodDeadline: float = _key(60.0, minimum=0.1, unit="seconds")
+    DebuginfodTimeout: float = _key(10.0, minimum=0.1, unit="seconds")
+    DebuginfodRetries: int = _key(1, minimum=0, maximum=10)
+    DebuginfodMaxFileSize: int = _key(2048, minimum=1, unit="MiB")
+    DebuginfodMissTTL: int = _key(3600, minimum=0, unit="seconds")
+    DebuginfodServe: bool = _key(False)
+    DebuginfodPort: int = _key(8002, minimum=1, maximum=65535)
     DBFile: str = _key("stats.db")
     StatsIPRetention: int = _key(24, minimum=0, unit="hours")
     TaskIdLength: int = _key(9, minimum=6, maximum=18)
@@ -134,6 +143,11 @@ class Config:
     def sync_releases(self):
         """``SyncReleases`` as a list of release ids (``reposync --all``)."""
         return self.SyncReleases.split()
+
+    @property
+    def debuginfod_releases(self):
+        """Releases served through debuginfod alone (they need DebuginfodURLs)."""
+        return self.DebuginfodReleases.split() if self.DebuginfodURLs.split() else []
 
     @property
     def task_slots(self):

@@ -134,14 +134,42 @@ def image_build_id(read, mapped):
     return None
 
 
+SHT_NOTE = 7
+
+
+def _section_build_id(read):
+    """The build-id from the note sections: in a separate debuginfo file
+    (``objcopy --only-keep-debug``) the program headers still describe the
+    original file's offsets, so only the section headers can be trusted."""
+    ident = read(0, 64)
+    if len(ident) < 52 or not ident.startswith(ELF_MAGIC) or ident[4] not in (1, 2) or ident[5] not in (1, 2):
+        return None
+    elf = _Elf(ident)
+    header = elf.header.unpack_from(ident)
+    shoff, shentsize, shnum = header[6], header[11], header[12]
+    section = struct.Struct(elf.order + ("IIQQQQIIQQ" if elf.is_64 else "IIIIIIIIII"))
+    if shentsize != section.size or shnum > 4096:
+        return None
+    table = read(shoff, shentsize * shnum)
+    for start in range(0, len(table) - shentsize + 1, shentsize):
+        fields = section.unpack_from(table, start)
+        sh_type, sh_offset, sh_size = fields[1], fields[4], fields[5]
+        if sh_type != SHT_NOTE:
+            continue
+        for note_type, name, desc in elf.notes(read(sh_offset, min(sh_size, 4096))):
+            if note_type == NT_GNU_BUILD_ID and name == b"GNU" and desc:
+                return desc.hex()
+    return None
+
+
 def file_build_id(path):
-    """The GNU build-id of the ELF file at ``path``; None for other files."""
+    """The GNU build-id of the ELF file at ``path`` (a program, library or debuginfo); None otherwise."""
     with open(path, "rb") as handle:
         def read(offset, length):
             handle.seek(offset)
             return handle.read(length)
 
-        return image_build_id(read, mapped=False)
+        return _section_build_id(read) or image_build_id(read, mapped=False)
 
 
 class _CoreReader:

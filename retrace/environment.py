@@ -49,3 +49,36 @@ def assemble_sysroot(root, cached_packages):
                 continue
             linked += 1
     return linked, time.monotonic() - started
+
+
+def build_id_debug_path(build_id):
+    """Where gdb looks for the separate debuginfo of ``build_id`` (``debug-file-directory``)."""
+    return f"/usr/lib/debug/.build-id/{build_id[:2]}/{build_id[2:]}.debug"
+
+
+def place_files(root, placements):
+    """Link each ``(path in the tree, file)`` pair into ``root``, keeping what is already there."""
+    placed = 0
+    for path, target in placements:
+        destination = os.path.join(root, path.lstrip("/"))
+        os.makedirs(os.path.dirname(destination), exist_ok=True)
+        try:
+            os.symlink(target, destination)
+        except FileExistsError:
+            continue
+        placed += 1
+    return placed
+
+
+# gdb opens shared libraries by their link-map names (/lib/x86_64-linux-gnu/
+# libc.so.6), cores and packages name /usr/lib/...: on merged-/usr systems
+# both are the same file.
+_MERGED_USR = (("lib", "usr/lib"), ("lib64", "usr/lib64"), ("bin", "usr/bin"), ("sbin", "usr/sbin"))
+
+
+def add_merged_usr_links(root):
+    """/lib -> usr/lib and friends, where the packages did not bring their own."""
+    for name, target in _MERGED_USR:
+        link = os.path.join(root, name)
+        if not os.path.lexists(link) and os.path.isdir(os.path.join(root, target)):
+            os.symlink(target, link)

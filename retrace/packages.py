@@ -50,13 +50,15 @@ class Unresolved:
     """A mapped file we could not fully supply, and why (shown to the user).
 
     ``binary_found``: the file itself is in the sysroot, only its debuginfo
-    is missing (frames get names from the symbol table, without lines).
+    is missing (frames get names from the symbol table, without lines);
+    ``debuginfo_found``: the other way round.
     """
 
     path: str
     build_id: str | None
     problem: str
     binary_found: bool = False
+    debuginfo_found: bool = False
 
     @classmethod
     def debuginfo_only(cls, module, binary):
@@ -75,10 +77,15 @@ class Resolution:
     packages: list = dataclasses.field(default_factory=list)
     unresolved: list = dataclasses.field(default_factory=list)
     unverified: list = dataclasses.field(default_factory=list)
+    # path -> {"binary": source, "debuginfo": source}; a source is a NEVRA or a debuginfod URL.
+    sources: dict = dataclasses.field(default_factory=dict)
 
     def add(self, package):
         if all(known.pkgid != package.pkgid for known in self.packages):
             self.packages.append(package)
+
+    def note_source(self, path, kind, source):
+        self.sources.setdefault(path, {})[kind] = source
 
 
 def _binary_package(index, module, debuginfo):
@@ -112,13 +119,25 @@ def resolve_modules(index, modules):
                 resolution.unresolved.append(Unresolved(module.path, module.build_id, "no package in the repository"))
             continue
         if binary is None:
-            resolution.unresolved.append(
-                Unresolved(module.path, module.build_id, f"no binary package (debuginfo is in {debuginfo.nevra})")
-            )
+            resolution.unresolved.append(Unresolved(
+                module.path, module.build_id, f"no binary package (debuginfo is in {debuginfo.nevra})",
+                debuginfo_found=True,
+            ))
         else:
             resolution.add(binary)
+            resolution.note_source(module.path, "binary", binary.nevra)
         if debuginfo is None:
             resolution.unresolved.append(Unresolved.debuginfo_only(module, binary))
         else:
             resolution.add(debuginfo)
+            resolution.note_source(module.path, "debuginfo", debuginfo.nevra)
+    return resolution
+
+
+def unresolved_everything(modules, why):
+    """The Resolution of a release without a mirror: every file is still to be found."""
+    resolution = Resolution()
+    for module in modules:
+        resolution.unresolved.append(Unresolved(module.path, module.build_id, why if module.build_id else
+                                                "the core does not hold its build-id"))
     return resolution

@@ -51,6 +51,13 @@ class ReleaseId:
         return cls(match["distribution"], match["version"], match["arch"])
 
 
+def served_releases(config):
+    """Releases this server retraces: mirrored ones, and those served by debuginfod alone."""
+    releases = set(supported_releases(config.RepoDir))
+    releases.update(release for release in map(ReleaseId.parse, config.debuginfod_releases) if release)
+    return sorted(releases)
+
+
 def supported_releases(repo_dir):
     """Releases with a repository (a ``repodata/`` directory), sorted."""
     try:

@@ -26,8 +26,10 @@ from retrace.exploitable import rate
 from retrace.chroot import GdbRoots, root_key
 from retrace.gdb import USABLE_FRAME, interpret_output, prepare_mount_points, run_gdb
 from retrace.mock import MockEnvironment
-from retrace.packages import Resolution, Unresolved, resolve_modules, usr_merge_variants
-from retrace.release import ReleaseId, detect_release, supported_releases
+from retrace.debuginfod import BuildIdCache, Settings as DebuginfodSettings, fetch_all
+from retrace.environment import add_merged_usr_links, build_id_debug_path, place_files
+from retrace.packages import Resolution, Unresolved, resolve_modules, unresolved_everything, usr_merge_variants
+from retrace.release import ReleaseId, detect_release, served_releases, supported_releases
 from retrace.repoindex import RepoIndex
 from retrace.stats import FAILURE, SUCCESS, StatsDB, TaskRecord
 from retrace.task import TaskStatus, TaskType, write_atomically
@@ -49,6 +51,7 @@ class RetraceJob:
         self.log = log
         self.cache = PackageCache(config.CacheDir)
         self.sysroot = task.path / "sysroot"
+        self.debuginfod = DebuginfodSettings.from_config(config)
         self.started = time.monotonic()
         now = time.time()
         queued_time = task.timestamp("queued_time")
@@ -125,23 +128,36 @@ class RetraceJob:
         package = self._crash_text("package")
         self.record.package, self.record.arch, self.record.coresize = package, core.arch, core_path.stat().st_size
         release = self._release(core, package)
-        index = RepoIndex.open(self.config.RepoDir / str(release), self.config.CacheDir)
-        if index.rebuilt:
-            self.log.info("Rebuilt the package index of %s (its repomd.xml changed)", release)
         exe_module = core.module_at(executable)
         if exe_module is None:
             raise TaskFailed(
                 f"the coredump does not map the executable {executable} named in the crash data", "bad crash data"
             )
-        resolution = resolve_modules(index, [exe_module, *(m for m in core.modules if m is not exe_module)])
-        exe_problem = next((u for u in resolution.unresolved if u.path == executable and not u.binary_found), None)
-        if exe_problem is not None:
-            raise _no_executable_package(release, exe_module, package, exe_problem.problem)
+        modules = [exe_module, *(m for m in core.modules if m is not exe_module)]
+        index = None
+        if release in supported_releases(self.config.RepoDir):
+            index = RepoIndex.open(self.config.RepoDir / str(release), self.config.CacheDir)
+            if index.rebuilt:
+                self.log.info("Rebuilt the package index of %s (its repomd.xml changed)", release)
+            resolution = resolve_modules(index, modules)
+        else:
+            self.log.info("%s has no mirror here; every file comes from debuginfod", release)
+            resolution = unresolved_everything(modules, f"no mirror of {release}")
+        crash = _Crash(core, core_path, executable, index, resolution, exe_module)
+        if not self.debuginfod.urls:
+            self._check_executable(crash)
         for unresolved in resolution.unresolved:
             self._log_missing(unresolved)
-        self.log.info("Packages needed: %s", " ".join(p.nevra for p in resolution.packages))
+        self.log.info("Packages needed: %s", " ".join(p.nevra for p in resolution.packages) or "none")
+        return crash
 
-        return _Crash(core, core_path, executable, index, resolution)
+    def _check_executable(self, crash):
+        """TaskFailed unless the crashed executable itself can be given to gdb."""
+        exe_problem = next(
+            (u for u in crash.resolution.unresolved if u.path == crash.executable and not u.binary_found), None
+        )
+        if exe_problem is not None:
+            raise _no_executable_package(self.record.release, crash.exe_module, self.record.package, exe_problem.problem)
 
     def _executable(self):
         """The crashed executable's path as mapped (upstream strips ``rootdir``)."""
@@ -152,7 +168,7 @@ class RetraceJob:
         return executable
 
     def _release(self, core, package):
-        supported = supported_releases(self.config.RepoDir)
+        supported = served_releases(self.config)
         lines = [(name, text) for name in RELEASE_FILES if (text := self._crash_text(name))]
         release, how = detect_release(lines, package, core.arch, supported)
         self.record.release = str(release) if release else None
@@ -202,6 +218,7 @@ class RetraceJob:
             if entry.build_id_of(usr_merge_variants(module.path)) == module.build_id:
                 self.log.info("Matched %s to %s by its build-id", module.path, package.nevra)
                 crash.resolution.add(package)
+                crash.resolution.note_source(module.path, "binary", package.nevra)
                 crash.resolution.unresolved.append(Unresolved.debuginfo_only(module, package))
                 self._log_missing(crash.resolution.unresolved[-1])
                 return entry
@@ -231,15 +248,65 @@ class RetraceJob:
             entry = self._verify_candidates(crash, module, candidates)
             if entry is not None:
                 cached.append(entry)
+        placements = self._from_debuginfod(crash) if self.debuginfod.urls else []
+        self._check_executable(crash)
         self.record.packages = [package.nevra for package in crash.resolution.packages]
         self.record.missing = [(u.path, u.build_id) for u in crash.resolution.unresolved if u.build_id]
         if self.environment == "chroot":
             cached.append(self._gdb_root(crash))
         shutil.rmtree(self.sysroot, ignore_errors=True)
         linked, seconds = assemble_sysroot(self.sysroot, cached)
+        linked += place_files(self.sysroot, placements)
         if self.environment == "chroot":
             prepare_mount_points(self.sysroot, self._read_only_paths(crash))
+        else:
+            add_merged_usr_links(self.sysroot)
         self.log.info("Assembled the %s: %d files linked in %.3f s", self.environment, linked, seconds)
+
+    def _from_debuginfod(self, crash):
+        """Fetch what the packages did not give; ``[(path in the tree, cached file)]`` to link."""
+        wanted = []
+        for unresolved in crash.resolution.unresolved:
+            if unresolved.build_id is None:
+                continue
+            if not unresolved.binary_found:
+                wanted.append((unresolved.build_id, "executable"))
+            if not unresolved.debuginfo_found:
+                wanted.append((unresolved.build_id, "debuginfo"))
+        if not wanted:
+            return []
+        started = time.monotonic()
+        fetched = fetch_all(self.debuginfod, BuildIdCache(self.config.CacheDir), wanted)
+        got = sum(1 for result in fetched.values() if result.path)
+        self.log.info("debuginfod: %d of %d files found in %.3f s", got, len(wanted), time.monotonic() - started)
+        placements = []
+        still_missing = []
+        for unresolved in crash.resolution.unresolved:
+            if unresolved.build_id is None:
+                still_missing.append(unresolved)
+                continue
+            binary = fetched.get((unresolved.build_id, "executable"))
+            debuginfo = fetched.get((unresolved.build_id, "debuginfo"))
+            if binary and binary.path:
+                placements += [(path, binary.path) for path in usr_merge_variants(unresolved.path)]
+                crash.resolution.note_source(unresolved.path, "binary", f"debuginfod {binary.source}")
+            if debuginfo and debuginfo.path:
+                placements.append((build_id_debug_path(unresolved.build_id), debuginfo.path))
+                crash.resolution.note_source(unresolved.path, "debuginfo", f"debuginfod {debuginfo.source}")
+            has_binary = unresolved.binary_found or bool(binary and binary.path)
+            has_debuginfo = unresolved.debuginfo_found or bool(debuginfo and debuginfo.path)
+            if has_binary and has_debuginfo:
+                continue
+            missing = [kind for kind, present in (("executable", has_binary), ("debuginfo", has_debuginfo)) if not present]
+            reasons = "; ".join(result.source for result in (binary, debuginfo) if result and not result.path)
+            still_missing.append(Unresolved(
+                unresolved.path, unresolved.build_id,
+                f"{unresolved.problem}; debuginfod has no {' or '.join(missing)} ({reasons})",
+                has_binary, has_debuginfo,
+            ))
+            self._log_missing(still_missing[-1])
+        crash.resolution.unresolved = still_missing
+        return placements
 
     def _gdb_root(self, crash):
         packages = self.config.ChrootPackages.split()
@@ -258,6 +325,8 @@ class RetraceJob:
     def _read_only_paths(self, crash):
         """What gdb's sandbox shows besides its root: the cache the links point into, and the core."""
         paths = [self.cache.rpms_dir, crash.core_path]
+        if self.debuginfod.urls:
+            paths.append(BuildIdCache(self.config.CacheDir).root)
         if self.environment == "chroot":
             paths.append(GdbRoots(self.config.CacheDir).roots_dir)
         else:
@@ -267,6 +336,7 @@ class RetraceJob:
     def _hide_server_paths(self, text):
         text = text.replace(str(self.sysroot), "")
         cache = re.escape(str(self.config.CacheDir))
+        text = re.sub(cache + r"/buildid/\w+/(\w+)/(executable|debuginfo)", r"debuginfod:\1/\2", text)
         return re.sub(cache + r"/(rpms/[0-9A-Za-z]+|roots/[^/\s]+)/root", "", text)
 
     def _run_gdb(self, crash):
@@ -318,8 +388,9 @@ class _Crash:
     core: CoreInfo
     core_path: Path
     executable: str
-    index: RepoIndex
+    index: RepoIndex | None  # None: the release has no mirror, only debuginfod
     resolution: Resolution
+    exe_module: object
 
 
 def _no_executable_package(release, module, package, problem):
@@ -331,10 +402,18 @@ def _no_executable_package(release, module, package, problem):
 
 
 def _missing_header(resolution):
-    """The lines above the backtrace naming what gdb could not be given."""
-    if not resolution.unresolved:
-        return ""
-    lines = [f"Missing debuginfo or binaries for {len(resolution.unresolved)} mapped files; their frames may lack names:"]
-    for unresolved in resolution.unresolved:
-        lines.append(f"  {unresolved.path} (build-id {unresolved.build_id or 'unknown'}): {unresolved.problem}")
-    return "\n".join(lines) + "\n\n"
+    """The lines above the backtrace: where each file came from, and what gdb could not be given."""
+    lines = []
+    if resolution.sources:
+        lines.append("Files given to gdb (binary; debuginfo):")
+        for path, sources in resolution.sources.items():
+            lines.append(f"  {path}: {sources.get('binary', '-')}; {sources.get('debuginfo', '-')}")
+        lines.append("")
+    if resolution.unresolved:
+        lines.append(
+            f"Missing debuginfo or binaries for {len(resolution.unresolved)} mapped files; their frames may lack names:"
+        )
+        for unresolved in resolution.unresolved:
+            lines.append(f"  {unresolved.path} (build-id {unresolved.build_id or 'unknown'}): {unresolved.problem}")
+        lines.append("")
+    return "\n".join(lines) + ("\n" if lines else "")

@@ -18,7 +18,7 @@ from retrace import archive, crashdata, dispatch, taskqueue
 from retrace.config import config_path
 from retrace.errors import Conflict, Forbidden, NotFound, QueueFull
 from retrace.packages import is_package_known
-from retrace.release import ReleaseId, supported_releases
+from retrace.release import ReleaseId, served_releases, supported_releases
 from retrace.stats import StatsDB
 from retrace.task import Task, TaskStatus, wire_status
 from wsgi import metrics, statspage
@@ -59,7 +59,7 @@ def settings(config, request):
         f"max_packed_size {config.MaxPackedSize}",
         f"max_unpacked_size {config.MaxUnpackedSize}",
         "supported_formats " + " ".join(archive.supported_formats()),
-        "supported_releases " + " ".join(str(release) for release in supported_releases(config.RepoDir)),
+        "supported_releases " + " ".join(str(release) for release in served_releases(config)),
     ]
     return text_response("\n".join(lines))
 
@@ -88,6 +88,9 @@ def checkpackage(config, request):
         wanted = ReleaseId.parse(release_header.strip().lower())
         if wanted is None:
             raise Forbidden("OS release contains illegal characters")
+        if str(wanted) in config.debuginfod_releases and wanted not in releases:
+            # No mirror to look in: debuginfod answers by build-id, whatever the package.
+            return Response(status=302, content_type="text/plain", headers={"X-Retrace-Package-Check": "debuginfod"})
         releases = [release for release in releases if release == wanted]
     known = is_package_known(config.RepoDir, releases, nvr, arch)
     return Response(status=302 if known else 404, content_type="text/plain")
@@ -236,7 +239,7 @@ def index(config, request):
         f"running {now.running} of {config.MaxParallelTasks} jobs, {now.queued + now.uploading} waiting "
         f"(room for {config.MaxQueuedTasks} in the queue)."
     )
-    releases = supported_releases(config.RepoDir)
+    releases = served_releases(config)
     if releases:
         items = "".join(f"<li><code>{html.escape(str(release))}</code></li>" for release in releases)
         release_html = f"<ul>{items}</ul>"

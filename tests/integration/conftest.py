@@ -89,3 +89,9 @@ def start_server(certificate, release_dir):
 @pytest.fixture(scope="session")
 def server(start_server):
     return start_server()
+
+
+@pytest.fixture(scope="session")
+def libc_problem_dir(work_dir, fixture_rpms):
+    """The crasher's real core: SIGSEGV in libc's strcmp, called back from libc's qsort."""
+    return make_problem_dir(work_dir / "problem-libc", crash_installed(fixture_rpms, work_dir, "libc"))
