@@ -48,3 +48,4 @@ bench: setup
 	$(PYTHON) bench/api.py
 	$(PYTHON) bench/retrace.py
 	$(PYTHON) bench/environments.py
+	$(PYTHON) bench/debuginfod.py

@@ -13,6 +13,7 @@ setup(
         ("share/retrace-server/systemd", [
             "config/systemd/retrace-server-cleanup.service", "config/systemd/retrace-server-cleanup.timer",
             "config/systemd/retrace-server-reposync.service", "config/systemd/retrace-server-reposync.timer",
+            "config/systemd/retrace-server-debuginfod.service",
         ]),
     ],
     # webob, python-magic, zstandard and rpm come from the distribution
@@ -25,6 +26,7 @@ setup(
             "retrace-client = client.cli:main",
             "retrace-server-reposync = reposync.cli:main",
             "retrace-server-cleanup = cleanup.cli:main",
+            "retrace-server-debuginfod = wsgi.debuginfod_server:main",
         ],
     },
 )

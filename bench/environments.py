@@ -17,7 +17,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -25,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.fixtures.cores import crash_installed, make_problem_dir  # noqa: E402
 from tests.fixtures.distro import build_rpms, publish_release  # noqa: E402
 from tests.fixtures.userland import build_userland_rpms  # noqa: E402
-from tests.integration.helpers import abrt_archive, submit, wait_final  # noqa: E402
+from tests.integration.helpers import abrt_archive, timed_retrace  # noqa: E402
 from tests.integration.server import Server, make_certificate, make_root, remove_root  # noqa: E402
 
 RELEASE_ID = "fedora-41-x86_64"
@@ -36,14 +35,8 @@ LINKED = re.compile(r"\] Assembled the \w+: (\d+) files linked in (\d+\.\d+) s$"
 
 
 def run_task(server, archive):
-    """``(end-to-end seconds, {stage: seconds})`` of one successful retrace."""
-    started = time.monotonic()
-    task_id, auth = submit(server, None, archive=archive)
-    status = wait_final(server, task_id, auth, poll=0.01)
-    seconds = time.monotonic() - started
-    log = server.get(f"/{task_id}/log", headers=auth).text
-    if status.headers["X-Task-Status"] != "FINISHED_SUCCESS":
-        raise RuntimeError(f"task failed: {status.text}\n{log}")
+    """``(end-to-end seconds, {stage: seconds}, log)`` of one successful retrace."""
+    seconds, log = timed_retrace(server, archive)
     stages = {stage: float(value) for stage, value in STAGE.findall(log)}
     stages["linking"] = float(LINKED.search(log)[2])
     return seconds, stages, log

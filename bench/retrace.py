@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from retrace.gdb import gdb_argv  # noqa: E402
 from tests.fixtures.cores import crash_installed, make_problem_dir  # noqa: E402
 from tests.fixtures.distro import build_rpms, publish_release  # noqa: E402
-from tests.integration.helpers import abrt_archive, submit, wait_final  # noqa: E402
+from tests.integration.helpers import abrt_archive, timed_retrace  # noqa: E402
 from tests.integration.server import Server, make_certificate, make_root, remove_root  # noqa: E402
 
 RELEASE_ID = "fedora-41-x86_64"
@@ -45,14 +45,9 @@ STAGE_LINE = re.compile(r"\] ([A-Z][a-z]+(?: [a-z]+)*): done in (\d+\.\d+) s$", 
 
 def retrace_once(server, archive, logs=None):
     """Seconds from the start of the upload to FINISHED_SUCCESS (the task log goes to ``logs``)."""
-    started = time.monotonic()
-    task_id, auth = submit(server, None, archive=archive)
-    status = wait_final(server, task_id, auth, poll=POLL_SECONDS)
-    seconds = time.monotonic() - started
-    if status.headers["X-Task-Status"] != "FINISHED_SUCCESS":
-        raise RuntimeError(f"task {task_id} failed: {status.text}")
+    seconds, log = timed_retrace(server, archive, poll=POLL_SECONDS)
     if logs is not None:
-        logs.append(server.get(f"/{task_id}/log", headers=auth).text)
+        logs.append(log)
     return seconds
 
 

@@ -172,7 +172,7 @@ def cached_entry(path, lock_path, build, on_wait=lambda: None):
         try:
             os.chmod(tmp, 0o755)
             entries = build(tmp)
-            (tmp / SIZE_FILE).write_text(str(_tree_bytes(tmp / "root")))
+            (tmp / SIZE_FILE).write_text(str(tree_bytes(tmp / "root")))
             with open(tmp / MANIFEST, "w", encoding="utf-8") as handle:
                 json.dump(entries, handle)
             os.replace(tmp, path)
@@ -237,7 +237,8 @@ class PackageCache:
         return True
 
 
-def _tree_bytes(root):
+def tree_bytes(root):
+    """Bytes of every file under ``root`` (symlinks count as themselves)."""
     total = 0
     for directory, _dirs, files in os.walk(root):
         for name in files:

@@ -21,8 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import requests
-
 from retrace.coredump import file_build_id
 
 KINDS = ("executable", "debuginfo")
@@ -92,6 +90,14 @@ class BuildIdCache:
         return fd, Path(name)
 
 
+def _requests():
+    """requests, imported on first use: it costs the worker 60 ms of start-up, and most
+    tasks never ask a debuginfod server."""
+    import requests
+
+    return requests
+
+
 class _Rejected(Exception):
     """This server's answer cannot be used; try the next one."""
 
@@ -144,7 +150,7 @@ def fetch_one(session, cache, settings, build_id, kind, deadline):
                 all_absent &= str(err) == "404"
                 if str(err) == "404" or "build-id" in str(err):
                     break
-            except (requests.RequestException, OSError) as err:
+            except (_requests().RequestException, OSError) as err:
                 reasons.append(f"{server}: {type(err).__name__}")
                 all_absent = False
             finally:
@@ -159,6 +165,7 @@ def fetch_all(settings, cache, wanted):
     """``{(build_id, kind): Fetched}`` for every pair in ``wanted``, in parallel, within the deadline."""
     deadline = time.monotonic() + settings.deadline
     results = {}
+    requests = _requests()
     session = requests.Session()
     adapter = requests.adapters.HTTPAdapter(pool_maxsize=_PARALLEL)
     session.mount("http://", adapter)

@@ -27,6 +27,7 @@ from pathlib import Path
 import wsgi
 from retrace.config import ConfigError, load_config
 from retrace.gdb import sandbox_argv
+from wsgi.debuginfod_server import debuginfod_argv
 
 PROG = "retrace-server-httpd"
 _APACHE_BINARIES = ("apache2", "httpd")
@@ -185,6 +186,8 @@ def apache_config(*, run_dir, host, port, user, group, config, config_path, retr
         "RETRACE_GROUP": group,
         "RETRACE_MAX_BODY": config.max_packed_bytes,
     }
+    if config.DebuginfodServe:
+        defines["RETRACE_DEBUGINFOD_PORT"] = config.DebuginfodPort
     modules = [
         ("mpm_event_module", "mod_mpm_event.so"),
         ("authz_core_module", "mod_authz_core.so"),
@@ -194,6 +197,9 @@ def apache_config(*, run_dir, host, port, user, group, config, config_path, retr
         ("ssl_module", "mod_ssl.so"),
         ("wsgi_module", wsgi_module),
     ]
+    if config.DebuginfodServe:
+        modules += [("proxy_module", "mod_proxy.so"), ("proxy_http_module", "mod_proxy_http.so"),
+                    ("deflate_module", "mod_deflate.so")]
     lines = [f'ServerRoot "{run_dir}"', f"ServerName {listen_host}:{port}", f"Listen {listen_host}:{port}"]
     lines += [f'LoadModule {name} "{module_dir / so}"' for name, so in modules]
     lines += [
@@ -279,9 +285,32 @@ def serve(args):
         test = subprocess.run([apache, "-t", "-f", str(conf_file)], capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if test.returncode != 0:
             raise LaunchError(f"Apache rejects the generated configuration: {test.stderr.strip()}")
-        return run_apache(apache, conf_file, host, port, config, cert)
+        helper = start_debuginfod(config, user) if config.DebuginfodServe else None
+        try:
+            return run_apache(apache, conf_file, host, port, config, cert)
+        finally:
+            if helper is not None:
+                helper.terminate()
+                helper.wait()
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def start_debuginfod(config, user):
+    """debuginfod over RepoDir as the service user; LaunchError if it does not listen."""
+    if shutil.which("debuginfod") is None:
+        raise LaunchError("DebuginfodServe = 1 needs debuginfod (Debian: debuginfod, Fedora: elfutils-debuginfod)")
+    process = subprocess.Popen(
+        debuginfod_argv(config), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=open(config.LogDir / "debuginfod.log", "ab"), user=user.pw_uid, group=user.pw_gid, extra_groups=[],
+        cwd="/",
+    )
+    if not wait_until_listening("127.0.0.1", config.DebuginfodPort, process):
+        process.kill()
+        raise LaunchError(
+            f"debuginfod did not start on port {config.DebuginfodPort} (DebuginfodPort); see LogDir/debuginfod.log"
+        )
+    return process
 
 
 def run_apache(apache, conf_file, host, port, config, cert):

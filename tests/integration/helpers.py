@@ -98,6 +98,18 @@ def wait_final(server, task_id, auth, timeout=90, poll=0.05):
     raise AssertionError(f"task {task_id} did not finish in {timeout} s: {response.text}")
 
 
+def timed_retrace(server, archive, poll=0.01):
+    """``(seconds from upload to FINISHED_SUCCESS, task log)``; RuntimeError if the task failed."""
+    started = time.monotonic()
+    task_id, auth = submit(server, None, archive=archive)
+    status = wait_final(server, task_id, auth, poll=poll)
+    seconds = time.monotonic() - started
+    log = server.get(f"/{task_id}/log", headers=auth).text
+    if status.headers["X-Task-Status"] != "FINISHED_SUCCESS":
+        raise RuntimeError(f"task {task_id} failed: {status.text}\n{log}")
+    return seconds, log
+
+
 def wait_for_log_line(server, task_id, auth, text, timeout=60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -1,0 +1,113 @@
+"""Benchmark: retracing via packages (a mirror) against via debuginfod, cold and warm.
+
+Run as root after `make setup`:  .venv/bin/python bench/debuginfod.py
+
+Two crashes: the fixture crash, and `bigcrash`, which dies 2,500 frames deep
+inside a generated library with a few MB of debuginfo.  Two real servers
+on the same RPMs: one with them as its mirror, one with no mirror and a
+real debuginfod (elfutils) over them on loopback.  For each: the first task
+with an empty cache (cold) and the median of 3 more (warm), as upload ->
+FINISHED_SUCCESS; the bytes each way brought in (RPM files unpacked, or
+files downloaded from debuginfod), and the shared cache on disk after it.
+"""
+
+import os
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from retrace.cache import tree_bytes  # noqa: E402
+from retrace.coredump import read_core  # noqa: E402
+from tests.fixtures.cores import crash_installed, make_problem_dir  # noqa: E402
+from tests.fixtures.debuginfod import Debuginfod  # noqa: E402
+from tests.fixtures.distro import build_rpms, publish_release  # noqa: E402
+from tests.integration.helpers import abrt_archive, timed_retrace  # noqa: E402
+from tests.integration.server import Server, make_certificate, make_root, remove_root  # noqa: E402
+
+RELEASE_ID = "fedora-41-x86_64"
+BIGLIB = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "biglib"
+WARM_RUNS = 3
+UNPACKED = re.compile(r"\] Unpacked (\S+) in ")
+
+
+def build_bigcrash(work):
+    import subprocess
+
+    top = work / "bigbuild"
+    subprocess.run(
+        ["rpmbuild", "-bb", str(BIGLIB / "bigcrash.spec"), "--define", f"_topdir {top}",
+         "--define", f"_sourcedir {BIGLIB}", "--define", "dist .fc41", "--define", "_enable_debug_packages 1",
+         "--define", '__debug_install_post %{__find_debuginfo} %{?_smp_mflags} %{?_find_debuginfo_opts} '
+                     '"%{_builddir}/%{?buildsubdir}"', "--nodeps"],
+        check=True, capture_output=True, stdin=subprocess.DEVNULL,
+    )
+    return sorted((top / "RPMS").rglob("*.rpm"))
+
+
+def bigcrash_problem(work, rpms):
+    directory = work / "problem-big"
+    directory.mkdir()
+    shutil.copy(crash_installed(rpms, work, "go", program="/usr/bin/bigcrash"), directory / "coredump")
+    (directory / "executable").write_text("/usr/bin/bigcrash")
+    (directory / "package").write_text("bigcrash-1.0-1.fc41")
+    (directory / "os_release").write_text("Fedora release 41 (Forty One)\n")
+    return directory
+
+
+def measure(server, archive, rpm_sizes):
+    shutil.rmtree(server.cache_dir / "rpms", ignore_errors=True)
+    shutil.rmtree(server.cache_dir / "buildid", ignore_errors=True)
+    os.sync()
+    cold, log = timed_retrace(server, archive)
+    fetched = sum(rpm_sizes.get(nevra, 0) for nevra in UNPACKED.findall(log)) + tree_bytes(server.cache_dir / "buildid")
+    on_disk = tree_bytes(server.cache_dir / "rpms") + tree_bytes(server.cache_dir / "buildid")
+    warm = statistics.median(timed_retrace(server, archive)[0] for _ in range(WARM_RUNS))
+    return cold, warm, fetched, on_disk
+
+
+def main():
+    work = Path(tempfile.mkdtemp(prefix="retrace-bench-dbgd-", dir="/var/tmp"))
+    work.chmod(0o755)
+    servers, roots, debuginfod = [], [], None
+    try:
+        rpms = build_rpms(work / "build") + build_bigcrash(work)
+        rpm_sizes = {rpm.name.removesuffix(".rpm"): rpm.stat().st_size for rpm in rpms}
+        crashes = {
+            "fixture crash": make_problem_dir(work / "problem", crash_installed(rpms[:4], work, "simple")),
+            "bigcrash (large library)": bigcrash_problem(work, rpms),
+        }
+        archives = {name: abrt_archive(directory) for name, directory in crashes.items()}
+        mirror_dir = publish_release(work / "mirror", RELEASE_ID, rpms)
+        probe = read_core(crashes["fixture crash"] / "coredump").module_at("/usr/bin/crasher").build_id
+        debuginfod = Debuginfod([mirror_dir / "Packages"], probe)
+        cert, key = make_certificate(work)
+        for way, settings in (("packages", {}), ("debuginfod", {"DebuginfodURLs": debuginfod.url,
+                                                                "DebuginfodReleases": RELEASE_ID})):
+            root = make_root(f"retrace-bench-{way}-")
+            roots.append(root)
+            if way == "packages":
+                shutil.copytree(mirror_dir, root / "repos" / RELEASE_ID)
+            server = Server(root, cert, key, **settings)
+            servers.append(server)
+            for name, archive in archives.items():
+                cold, warm, fetched, on_disk = measure(server, archive, rpm_sizes)
+                print(f"{name}, via {way}: cold {cold * 1000:.0f} ms, warm {warm * 1000:.0f} ms (median of "
+                      f"{WARM_RUNS}), fetched {fetched / 1024:.0f} KiB, shared cache on disk {on_disk / 1024:.0f} KiB, "
+                      "per-task tree: symlinks only")
+    finally:
+        for server in servers:
+            server.stop()
+        for root in roots:
+            remove_root(root)
+        if debuginfod is not None:
+            debuginfod.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

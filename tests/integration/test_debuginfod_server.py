@@ -1,0 +1,55 @@
+"""Our mirrors served by debuginfod through Apache: a local gdb retraces without uploading its core."""
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from tests.fixtures.debuginfod import free_port
+from tests.integration.test_debuginfod import build_id_of
+
+
+@pytest.fixture(scope="module")
+def serving(start_server, problem_dir):
+    server = start_server(DebuginfodServe="1", DebuginfodPort=str(free_port()))
+    crasher = build_id_of(problem_dir, "/crasher")
+    deadline = time.monotonic() + 60
+    while server.get(f"/buildid/{crasher}/debuginfo").status_code != 200:
+        assert time.monotonic() < deadline, "debuginfod never served the fixture through Apache"
+        time.sleep(0.3)
+    return server
+
+
+def test_buildid_files_come_compressed_through_apache(serving, problem_dir, release_dir):
+    library = build_id_of(problem_dir, "/libcrash.so.1")
+    response = serving.get(f"/buildid/{library}/executable", headers={"Accept-Encoding": "gzip"})
+    assert response.status_code == 200 and response.headers.get("Content-Encoding") == "gzip"
+    assert response.content.startswith(b"\x7fELF")
+
+
+def test_unknown_build_id_is_404_and_the_api_still_answers(serving):
+    assert serving.get("/buildid/" + "0" * 40 + "/debuginfo").status_code == 404
+    assert serving.get("/settings").status_code == 200
+
+
+def test_debuginfod_metrics_are_next_to_ours(serving):
+    response = serving.get("/debuginfod/metrics")
+    assert response.status_code == 200 and "http_requests_total" in response.text
+
+
+def test_local_gdb_with_debuginfod_urls_symbolizes_a_core_it_never_uploads(serving, problem_dir, tmp_path):
+    """gdb trusts our self-signed certificate only inside a private mount namespace."""
+    script = (
+        'mount --bind "$1" /etc/ssl/certs/ca-certificates.crt && exec gdb -batch -nx '
+        '-ex "set debuginfod enabled on" -ex "core-file $2" -ex "bt full"'
+    )
+    env = {**os.environ, "DEBUGINFOD_URLS": serving.url, "DEBUGINFOD_CACHE_PATH": str(tmp_path / "cache"),
+           "HOME": str(tmp_path)}
+    result = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", str(serving.cert),
+         str(problem_dir / "coredump")],
+        capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path,
+    )
+    assert "crash_in_library (depth=0" in result.stdout, result.stdout + result.stderr
+    assert "libcrash.c:13" in result.stdout and "local_counter = 21" in result.stdout
