@@ -6,6 +6,7 @@ tasks can expire in later runs; the cache is trimmed last, after tasks
 that held packages are gone.
 """
 
+import functools
 import os
 import shutil
 import signal
@@ -14,6 +15,8 @@ import time
 from pathlib import Path
 
 from retrace.cache import PackageCache
+from retrace.chroot import GdbRoots
+from retrace.debuginfod import BuildIdCache
 from retrace.dispatch import WORKER_LOCK, end_failed, fail_if_worker_died, start_queued, worker_alive
 from retrace.task import TaskStatus, iter_tasks
 
@@ -116,31 +119,42 @@ class Collector:
 
     # -- cache -----------------------------------------------------------------
 
-    def trim_cache(self):
-        """Evict least recently used packages until the cache fits CacheSize and MinStorageLeft.
+    def _cache_entries(self):
+        """``(description, last use, bytes, evict)`` of everything CacheDir holds for tasks."""
+        cache_dir = Path(self.config.CacheDir)
+        kinds = (("rpms", PackageCache, "package"), ("roots", GdbRoots, "gdb root"),
+                 ("buildid", BuildIdCache, "debuginfod files of"))
+        found = []
+        for directory, store_class, label in kinds:
+            if (cache_dir / directory).is_dir():
+                store = store_class(cache_dir)
+                found += [(f"{label} {name}", last, size, functools.partial(store.evict, name))
+                          for name, last, size in store.entries()]
+        return found
 
-        A package fetched within WorkerTimeLimit may belong to a running task
+    def trim_cache(self):
+        """Evict the least recently used cache entries until CacheDir fits CacheSize and MinStorageLeft.
+
+        Unpacked packages, gdb roots and debuginfod files share the budget.
+        An entry used within WorkerTimeLimit may belong to a running task
         (no task runs longer), so it stays whatever the budget says.
         """
-        if not (Path(self.config.CacheDir) / "rpms").is_dir():
-            return
-        cache = PackageCache(self.config.CacheDir)
-        entries = sorted(cache.entries(), key=lambda entry: entry[1])
-        total = sum(size for _, _, size in entries)
-        free = shutil.disk_usage(self.config.CacheDir).free
-        for pkgid, last_use, size in entries:
+        entries = sorted(self._cache_entries(), key=lambda entry: entry[1])
+        total = sum(entry[2] for entry in entries)
+        free = shutil.disk_usage(self.config.CacheDir).free if Path(self.config.CacheDir).is_dir() else 0
+        for name, last_use, size, evict in entries:
             over_budget = total > self.config.cache_size_bytes
             low_on_disk = free < self.config.min_storage_left_bytes
             if not (over_budget or low_on_disk):
                 break
             if self.now - last_use < self.config.WorkerTimeLimit:
-                self.log.debug("cache over budget, but %s was used %.0f s ago and stays", pkgid, self.now - last_use)
+                self.log.debug("cache over budget, but %s was used %.0f s ago and stays", name, self.now - last_use)
                 continue
             why = "over CacheSize" if over_budget else "below MinStorageLeft"
             idle_hours = (self.now - last_use) / HOUR
-            if self.act(f"cache: evict {pkgid} ({size} bytes, unused for {idle_hours:.1f} h; {why})"):
-                if not cache.evict(pkgid):
-                    self.log.info("cache: %s is in use right now and stays", pkgid)
+            if self.act(f"cache: evict {name} ({size} bytes, unused for {idle_hours:.1f} h; {why})"):
+                if not evict():
+                    self.log.info("cache: %s is in use right now and stays", name)
                     continue
             total -= size
             free += size

@@ -211,30 +211,40 @@ class PackageCache:
 
     def entries(self):
         """``(pkgid, last use (epoch seconds), bytes)`` of every complete cache entry."""
-        found = []
-        for entry in os.scandir(self.rpms_dir):
-            if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
-                continue
-            try:
-                last_use = os.stat(os.path.join(entry.path, MANIFEST)).st_mtime
-                size = int(Path(entry.path, SIZE_FILE).read_text())
-            except (OSError, ValueError):
-                continue
-            found.append((entry.name, last_use, size))
-        return found
+        return cache_entries(self.rpms_dir)
 
     def evict(self, pkgid):
         """Remove an entry unless a task holds its lock right now; whether it was removed."""
-        fd = locking.try_exclusive(self.lock_path(pkgid))
-        if fd is None:
-            return False
+        return evict_entry(self.entry_path(pkgid), self.lock_path(pkgid))
+
+
+def cache_entries(directory):
+    """``(name, last use, bytes)`` of the complete entries (manifest and size) in ``directory``."""
+    found = []
+    for entry in os.scandir(directory):
+        if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+            continue
         try:
-            trash = Path(tempfile.mkdtemp(dir=self.rpms_dir, prefix=f".evict-{pkgid}-"))
-            os.rename(self.entry_path(pkgid), trash / "entry")
-        finally:
-            os.close(fd)
-        shutil.rmtree(trash, ignore_errors=True)
-        return True
+            last_use = os.stat(os.path.join(entry.path, MANIFEST)).st_mtime
+            size = int(Path(entry.path, SIZE_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        found.append((entry.name, last_use, size))
+    return found
+
+
+def evict_entry(path, lock_path):
+    """Remove the entry at ``path`` unless a task holds ``lock_path``; whether it was removed."""
+    fd = locking.try_exclusive(lock_path)
+    if fd is None:
+        return False
+    try:
+        trash = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".evict-{path.name}-"))
+        os.rename(path, trash / "entry")
+    finally:
+        os.close(fd)
+    shutil.rmtree(trash, ignore_errors=True)
+    return True
 
 
 def tree_bytes(root):

@@ -19,7 +19,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from retrace.cache import cached_entry
+from retrace.cache import cache_entries, cached_entry, evict_entry
 from retrace.errors import RetraceError
 
 _DNF_TIMEOUT = 3600
@@ -111,6 +111,14 @@ class GdbRoots:
             return manifest_of(tmp / "root")
 
         return cached_entry(self.roots_dir / f"{release}-{key}", self.roots_dir / f"{release}.lock", install, on_wait)
+
+    def entries(self):
+        """``(name, last use, bytes)`` of every built gdb root."""
+        return cache_entries(self.roots_dir)
+
+    def evict(self, name):
+        release = name.rsplit("-", 1)[0]
+        return evict_entry(self.roots_dir / name, self.roots_dir / f"{release}.lock")
 
     @staticmethod
     def _install(tmp, version, release_dir, packages, hidden):

@@ -17,6 +17,7 @@ gdb runs with debuginfod off.
 import concurrent.futures
 import dataclasses
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -82,6 +83,26 @@ class BuildIdCache:
         marker = self._miss_marker(build_id, kind)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
+
+    def entries(self):
+        """``(build-id, last use, bytes)`` of every build-id with cached files."""
+        found = []
+        for directory in self.root.glob("*/*"):
+            files = [path for path in directory.iterdir() if path.name in KINDS]
+            if files:
+                stats = [path.stat() for path in files]
+                found.append((directory.name, max(s.st_mtime for s in stats), sum(s.st_size for s in stats)))
+        return found
+
+    def evict(self, build_id):
+        """Remove a build-id's files, unless one is being downloaded right now."""
+        directory = self.path(build_id, "executable").parent
+        if any(path.name.startswith(".") for path in directory.iterdir()):
+            return False
+        trash = Path(tempfile.mkdtemp(dir=self.root, prefix=f".evict-{build_id}-"))
+        os.rename(directory, trash / "entry")
+        shutil.rmtree(trash, ignore_errors=True)
+        return True
 
     def temporary(self, build_id, kind):
         directory = self.path(build_id, kind).parent

@@ -148,3 +148,22 @@ def test_low_disk_evicts_even_within_budget(config, caplog):
 def test_failed_tasks_outliving_successful_ones_is_a_config_error():
     with pytest.raises(ConfigError, match="DeleteTaskAfter .* is shorter than DeleteFailedTaskAfter"):
         check_expiry_settings(Config(DeleteTaskAfter=10, DeleteFailedTaskAfter=24))
+
+
+def test_gdb_roots_and_debuginfod_files_share_the_cache_budget(config, caplog):
+    from retrace.debuginfod import BuildIdCache
+
+    config = Config(**{**vars(config), "CacheSize": 1})
+    root = config.CacheDir / "roots" / "fedora-41-x86_64-0123456789abcdef"
+    (root / "root").mkdir(parents=True)
+    (root / "manifest.json").write_text("[]")
+    (root / SIZE_FILE).write_text(str(2 * MIB))
+    os.utime(root / "manifest.json", (NOW - 9 * HOUR, NOW - 9 * HOUR))
+    debuginfo = BuildIdCache(config.CacheDir).path("ab12cd", "debuginfo")
+    debuginfo.parent.mkdir(parents=True)
+    debuginfo.write_bytes(b"x" * (MIB + 1))
+    os.utime(debuginfo, (NOW - 8 * HOUR, NOW - 8 * HOUR))
+    collector(config, caplog).trim_cache()
+    assert not root.exists() and not debuginfo.exists()
+    assert "cache: evict gdb root fedora-41-x86_64-0123456789abcdef" in caplog.text
+    assert "cache: evict debuginfod files of ab12cd" in caplog.text
