@@ -17,6 +17,7 @@ from pathlib import Path
 from retrace.cache import PackageCache
 from retrace.chroot import GdbRoots
 from retrace.debuginfod import BuildIdCache
+from retrace.stats import StatsDB
 from retrace.dispatch import WORKER_LOCK, end_failed, fail_if_worker_died, start_queued, worker_alive
 from retrace.task import TaskStatus, iter_tasks
 
@@ -45,6 +46,7 @@ class Collector:
             start_queued(self.config, self.config_path)
         self.expire_tasks()
         self.trim_cache()
+        self.forget_client_addresses()
 
     # -- workers ---------------------------------------------------------------
 
@@ -116,6 +118,15 @@ class Collector:
                     task.delete()
             elif self.act(f"task {task.task_id}: delete; {why}"):
                 task.delete()
+
+    def forget_client_addresses(self):
+        """Refused clients' addresses go after StatsIPRetention hours, refusals or not."""
+        if not (Path(self.config.SaveDir) / self.config.DBFile).exists():
+            return
+        if self.act(f"statistics: blank client addresses older than {self.config.StatsIPRetention} h"):
+            with StatsDB.for_config(self.config) as stats:
+                forgotten = stats.forget_addresses(self.config.StatsIPRetention, self.now)
+            self.log.info("statistics: %d client addresses blanked", forgotten)
 
     # -- cache -----------------------------------------------------------------
 

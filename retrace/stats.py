@@ -174,8 +174,14 @@ class StatsDB:
         now = now if now is not None else time.time()
         with self.transaction() as db:
             db.execute("INSERT INTO reportfull VALUES (?, ?)", (int(now), ip or ""))
-            db.execute("UPDATE reportfull SET ip = '' WHERE ip != '' AND requesttime < ?",
-                       (int(now - retention_hours * 3600),))
+        return self.forget_addresses(retention_hours, now)
+
+    def forget_addresses(self, retention_hours, now=None):
+        """Blank client addresses older than the retention; how many were blanked."""
+        now = now if now is not None else time.time()
+        with self.transaction() as db:
+            return db.execute("UPDATE reportfull SET ip = '' WHERE ip != '' AND requesttime < ?",
+                              (int(now - retention_hours * 3600),)).rowcount
 
     # -- reading ---------------------------------------------------------------
 

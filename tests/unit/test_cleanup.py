@@ -167,3 +167,14 @@ def test_gdb_roots_and_debuginfod_files_share_the_cache_budget(config, caplog):
     assert not root.exists() and not debuginfo.exists()
     assert "cache: evict gdb root fedora-41-x86_64-0123456789abcdef" in caplog.text
     assert "cache: evict debuginfod files of ab12cd" in caplog.text
+
+
+def test_refused_clients_addresses_are_forgotten_even_without_new_refusals(config, caplog):
+    from retrace.stats import StatsDB
+
+    with StatsDB.for_config(config) as stats:
+        stats.record_refusal("192.0.2.7", retention_hours=24, now=NOW - 30 * HOUR)
+    collector(config, caplog).forget_client_addresses()
+    with StatsDB.for_config(config) as stats:
+        assert [row[0] for row in stats.db.execute("SELECT ip FROM reportfull")] == [""]
+    assert "1 client addresses blanked" in caplog.text
