@@ -13,7 +13,7 @@ setup(
         ("share/retrace-server/systemd", [
             "config/systemd/retrace-server-cleanup.service", "config/systemd/retrace-server-cleanup.timer",
             "config/systemd/retrace-server-reposync.service", "config/systemd/retrace-server-reposync.timer",
-            "config/systemd/retrace-server-debuginfod.service",
+            "config/systemd/retrace-server-debuginfod.service", "config/systemd/retrace-server-worker.service",
         ]),
     ],
     # webob, python-magic, zstandard and rpm come from the distribution

@@ -58,7 +58,14 @@ def end_failed(config, task, reason, category):
 
 
 def fail_if_worker_died(task, config):
-    """End a running task whose worker is gone; True when it did."""
+    """End a running task whose worker is gone; True when it did.
+
+    Not with ``Dispatcher = celery``: there the broker redelivers a task
+    whose worker died (to this host or another), and ends it after the
+    delivery limit.
+    """
+    if config.Dispatcher == "celery":
+        return False
     status = task.status
     if status is None or status.is_final or worker_alive(task):
         return False
@@ -80,6 +87,15 @@ def running_tasks(config):
         if not fail_if_worker_died(task, config):
             running.append(task)
     return running
+
+
+def _publish_queued(config):
+    from retrace.celeryapp import is_published, publish
+
+    with locking.exclusive(Path(config.SaveDir) / _DISPATCH_LOCK):
+        for task in queued_tasks(config):
+            if not is_published(task):
+                publish(config, task)
 
 
 def launch_worker(task, config, config_path, environ):
@@ -109,7 +125,14 @@ def launch_worker(task, config, config_path, environ):
 
 
 def start_queued(config, config_path, environ=os.environ):
-    """Start workers for the oldest queued tasks while worker slots are free."""
+    """Start workers for the oldest queued tasks while worker slots are free.
+
+    With ``Dispatcher = celery`` the slots are the worker hosts': queued
+    tasks not yet on the broker are published instead.
+    """
+    if config.Dispatcher == "celery":
+        _publish_queued(config)
+        return
     with locking.exclusive(Path(config.SaveDir) / _DISPATCH_LOCK):
         free = config.MaxParallelTasks - len(running_tasks(config))
         for task in queued_tasks(config)[:max(0, free)]:

@@ -12,7 +12,7 @@ import dataclasses
 
 from retrace import locking
 from retrace.errors import QueueFull
-from retrace.task import IncomingTask, count_live_uploads, iter_tasks
+from retrace.task import WORKER_HOST, IncomingTask, count_live_uploads, iter_tasks
 
 _ADMISSION_LOCK = ".admission.lock"
 
@@ -45,6 +45,17 @@ def occupancy(config):
         elif not status.is_final:
             running += 1
     return Occupancy(running, queued, uploading)
+
+
+def running_by_host(config):
+    """``{host: running tasks}`` (Dispatcher = celery: the host whose worker holds each task)."""
+    hosts = {}
+    for task in iter_tasks(config.SaveDir, config.TaskIdLength):
+        status = task.status
+        if status is not None and not status.is_final:
+            host = task.read_text(WORKER_HOST, 256) or "local"
+            hosts[host.strip()] = hosts.get(host.strip(), 0) + 1
+    return hosts
 
 
 def queued_tasks(config):

@@ -15,10 +15,11 @@ import sys
 
 from retrace import locking
 from retrace.config import config_path, load_config
+from retrace.celeryapp import host_arch
 from retrace.dispatch import WORKER_LOCK, start_queued
 from retrace.errors import ConfigError, NotFound
 from retrace.privileges import DEFAULT_USER, PrivilegeError, run_as_service_user
-from retrace.task import LOG_NAME, LOG_TIME_FORMAT, Task, TaskStatus
+from retrace.task import LOG_NAME, LOG_TIME_FORMAT, WORKER_HOST, Task, TaskStatus, write_atomically
 from worker.pipeline import RetraceJob
 
 PROG = "retrace-server-worker"
@@ -31,7 +32,12 @@ class WorkerRefused(Exception):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog=PROG, description="Retrace one task: coredump in, backtrace out.")
-    parser.add_argument("task_id")
+    parser.add_argument("task_id", nargs="?")
+    parser.add_argument("--serve", action="store_true",
+                        help="be a Celery worker host (Dispatcher = celery) instead of retracing one task")
+    parser.add_argument("--hostname", help="with --serve: this host's name in logs and statistics")
+    parser.add_argument("--concurrency", type=int, help="with --serve: tasks at once (default MaxParallelTasks)")
+    parser.add_argument("--arch", action="append", help="with --serve: architectures to take (default this host's)")
     parser.add_argument("--foreground", action="store_true", help="do not detach; exit when the task ends")
     parser.add_argument("--restart", action="store_true", help="run a task again that has already been started")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging details to the task log")
@@ -100,13 +106,19 @@ def detach():
     return True
 
 
-def prepare(args):
+def load_as_service_user(args):
+    """``(config, its path)``, now running as the service user; WorkerRefused if either fails."""
     path = config_path(os.environ, args.config)
     try:
         config = load_config(path)
         run_as_service_user(args.user)
     except (ConfigError, PrivilegeError) as err:
         raise WorkerRefused(str(err)) from None
+    return config, path
+
+
+def prepare(args):
+    config, path = load_as_service_user(args)
     try:
         task = Task.open(config.SaveDir, args.task_id, config.TaskIdLength)
         lock_fd = claim(task)
@@ -122,10 +134,63 @@ def prepare(args):
     return config, path, task, lock_fd
 
 
+def run_delivered(config, verbose):
+    """For --serve: claim a delivered task and retrace it here (restarting a dead worker's task)."""
+
+    def run(task, host):
+        try:
+            lock_fd = claim(task)
+        except WorkerRefused:
+            return "a live worker holds it (a repeated delivery)"
+        try:
+            write_atomically(task.path / WORKER_HOST, host)
+            if task.status is not None:
+                reset(task)
+            task.mark_time("started_time")
+            task.set_status(TaskStatus.ANALYZE)
+            record_pid(lock_fd)
+            logger = task_logger(task, verbose)
+            try:
+                succeeded = RetraceJob(config, task, logger).run()
+            finally:
+                for handler in list(logger.handlers):
+                    logger.removeHandler(handler)
+                    handler.close()
+            return "retraced" if succeeded else "failed"
+        except WorkerRefused as err:
+            return str(err)
+        finally:
+            os.close(lock_fd)
+
+    return run
+
+
+def serve_main(args):
+    from worker.serve import serve
+
+    try:
+        config, path = load_as_service_user(args)
+    except WorkerRefused as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return 2
+    if config.Dispatcher != "celery" or not config.BrokerURL:
+        print(f"{PROG}: --serve needs Dispatcher = celery and a BrokerURL in {path}", file=sys.stderr)
+        return 2
+    setup_admin_log(config)
+    serve(config, path, args.hostname, args.concurrency or config.MaxParallelTasks,
+          args.arch or [host_arch()], run_delivered(config, args.verbose))
+    return 0
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     # Crash data and backtraces are private: nothing the worker writes is world-readable.
     os.umask(0o027)
+    if args.serve:
+        return serve_main(args)
+    if not args.task_id:
+        print(f"{PROG}: give a TASK_ID, or --serve", file=sys.stderr)
+        return 2
     try:
         config, path, task, lock_fd = prepare(args)
     except WorkerRefused as err:

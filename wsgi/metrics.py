@@ -13,7 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from retrace.cache import PackageCache
 from retrace.stats import StatsDB
-from retrace.taskqueue import occupancy
+from retrace.taskqueue import occupancy, running_by_host
 
 # Seconds; a warm retrace phase takes milliseconds, a cold unpack or a big
 # gdb run minutes.
@@ -43,6 +43,11 @@ class RetraceCollector:
         yield GaugeMetricFamily("retrace_tasks_running", "Retrace workers running now", value=now.running)
         yield GaugeMetricFamily("retrace_tasks_queued", "Tasks waiting for a free worker", value=now.queued)
         yield GaugeMetricFamily("retrace_uploads_in_progress", "Crash uploads being received", value=now.uploading)
+        by_host = GaugeMetricFamily("retrace_tasks_running_by_host", "Retrace workers running now, per worker host",
+                                    labels=["host"])
+        for host, count in sorted(running_by_host(config).items()):
+            by_host.add_metric([host], count)
+        yield by_host
         with StatsDB.for_config(config) as stats:
             finished = CounterMetricFamily(
                 "retrace_tasks_finished", "Retrace tasks finished, by result and failure reason",

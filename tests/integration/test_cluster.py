@@ -1,0 +1,178 @@
+"""Dispatcher = celery: the real HTTPS API, a real RabbitMQ, real Celery workers on two "hosts".
+
+The hosts are network namespaces (tests/fixtures/cluster.py) sharing SaveDir
+on the local filesystem, which stands in for the NFS mount of a real
+cluster; each host has its own package cache.  Deterministic by holding a
+package's cache lock on a host, as a task unpacking it would.
+"""
+
+import os
+import pwd
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.cluster import Cluster
+from tests.integration.helpers import package_lock_held, submit, wait_final, wait_for_log_line
+from tests.integration.server import SERVICE_USER, write_config
+
+HOSTS = ("w1", "w2")
+CLEANUP = Path(sys.executable).with_name("retrace-server-cleanup")
+
+
+class HostCache:
+    """Stands in for a server object where helpers expect ``cache_dir``."""
+
+    def __init__(self, cache_dir):
+        self.cache_dir = cache_dir
+
+
+@pytest.fixture(scope="module")
+def cluster(start_server, tmp_path_factory):
+    cluster = Cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        cluster.start_broker()
+        server = start_server(Dispatcher="celery", BrokerURL=cluster.broker_url, DeliveryLimit="3", AllowMetrics="1")
+        user = pwd.getpwnam(SERVICE_USER)
+        cluster.server = server
+        cluster.configs = {}
+        for name in HOSTS:
+            cache = server.root / f"cache-{name}"
+            cache.mkdir()
+            os.chown(cache, user.pw_uid, user.pw_gid)
+            cluster.configs[name] = write_config(server.root, name=f"{name}.conf", CacheDir=cache,
+                                                 Dispatcher="celery", BrokerURL=cluster.broker_url, DeliveryLimit="3")
+            cluster.add_host(name, cluster.configs[name])
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def crasher(fixture_rpms):
+    return next(rpm for rpm in fixture_rpms if rpm.name.startswith("crasher-1.0"))
+
+
+def host_of(cluster, task_id):
+    return (cluster.server.save_dir / task_id / "worker_host").read_text()
+
+
+def finished(cluster, task):
+    return wait_final(cluster.server, *task, timeout=120)
+
+
+def test_two_hosts_retrace_crashes_concurrently(cluster, problem_dir):
+    tasks = [submit(cluster.server, problem_dir) for _ in range(4)]
+    for task in tasks:
+        status = finished(cluster, task)
+        assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", status.text
+        assert "crash_in_library (depth=0" in cluster.server.get(f"/{task[0]}/backtrace", headers=task[1]).text
+    assert {host_of(cluster, task_id) for task_id, _ in tasks} == set(HOSTS)
+
+
+def test_killed_host_s_task_finishes_on_the_other_host_exactly_once(cluster, problem_dir, fixture_rpms):
+    cluster.kill_host("w2")
+    w1_cache = HostCache(cluster.server.root / "cache-w1")
+    with package_lock_held(w1_cache, crasher(fixture_rpms)):
+        task = submit(cluster.server, problem_dir)
+        wait_for_log_line(cluster.server, *task, "Waiting for another task")
+        assert host_of(cluster, task[0]) == "w1"
+        cluster.start_worker("w2", cluster.configs["w2"])
+        cluster.kill_host("w1")
+        status = finished(cluster, task)
+    cluster.start_worker("w1", cluster.configs["w1"])
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", status.text
+    assert host_of(cluster, task[0]) == "w2"
+    log = cluster.server.get(f"/{task[0]}/log", headers=task[1]).text
+    assert log.count("Retrace job finished successfully") == 1
+
+
+def test_task_whose_worker_always_dies_fails_after_the_delivery_limit(cluster, problem_dir, fixture_rpms):
+    caches = [HostCache(cluster.server.root / f"cache-{name}") for name in HOSTS]
+    with package_lock_held(caches[0], crasher(fixture_rpms)), package_lock_held(caches[1], crasher(fixture_rpms)):
+        task_id, auth = submit(cluster.server, problem_dir)
+        lock = cluster.server.save_dir / task_id / ".worker.lock"
+        killed = set()
+        deadline = time.monotonic() + 90
+        while cluster.server.get(f"/{task_id}", headers=auth).headers["X-Task-Status"] == "PENDING":
+            assert time.monotonic() < deadline, "the task never ended"
+            text = lock.read_text().strip() if lock.exists() else ""
+            if text.isdigit() and int(text) not in killed and Path(f"/proc/{text}").exists():
+                os.kill(int(text), signal.SIGKILL)
+                killed.add(int(text))
+            time.sleep(0.05)
+    status = cluster.server.get(f"/{task_id}", headers=auth)
+    assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
+    assert "the retrace worker died 4 times on this task" in status.text
+    assert len(killed) == 4
+
+
+def test_upload_while_the_broker_is_down_waits_then_runs_once_it_is_back(cluster, problem_dir):
+    cluster.stop_broker()
+    try:
+        task_id, auth = submit(cluster.server, problem_dir)
+        assert cluster.server.get(f"/{task_id}", headers=auth).headers["X-Task-Status"] == "PENDING"
+        assert not (cluster.server.save_dir / task_id / "published").exists()
+    finally:
+        cluster.start_broker(first=False)
+    cleanup = subprocess.run([str(CLEANUP), "--config", str(cluster.server.config_path)], capture_output=True,
+                             text=True, timeout=120)
+    assert cleanup.returncode == 0, cleanup.stderr
+    assert (cluster.server.save_dir / task_id / "published").exists()
+    assert finished(cluster, (task_id, auth)).headers["X-Task-Status"] == "FINISHED_SUCCESS"
+
+
+def test_broker_restart_loses_neither_queued_nor_running_tasks(cluster, problem_dir, fixture_rpms):
+    caches = [HostCache(cluster.server.root / f"cache-{name}") for name in HOSTS]
+    with package_lock_held(caches[0], crasher(fixture_rpms)), package_lock_held(caches[1], crasher(fixture_rpms)):
+        tasks = [submit(cluster.server, problem_dir) for _ in range(4)]
+        wait_for_log_line(cluster.server, *tasks[0], "Waiting for another task")
+        cluster.stop_broker()
+        cluster.start_broker(first=False)
+    statuses = [finished(cluster, task).headers["X-Task-Status"] for task in tasks]
+    assert statuses == ["FINISHED_SUCCESS"] * 4
+
+
+def test_cut_link_requeues_the_task_but_it_is_run_exactly_once(cluster, problem_dir, fixture_rpms):
+    """The broker requeues the cut host's task after its heartbeat; the other host sees the cut
+    host's worker still holding the task (shared storage is not cut) and leaves it; the task is
+    finished once, by the worker that had it."""
+    cluster.kill_host("w2")
+    w1_cache = HostCache(cluster.server.root / "cache-w1")
+    with package_lock_held(w1_cache, crasher(fixture_rpms)):
+        task = submit(cluster.server, problem_dir)
+        wait_for_log_line(cluster.server, *task, "Waiting for another task")
+        cluster.start_worker("w2", cluster.configs["w2"])
+        cluster.set_link("w1", up=False)
+        try:
+            deadline = time.monotonic() + 90
+            while f"retrace.run[{task[0]}] succeeded" not in cluster.worker_log("w2"):
+                assert time.monotonic() < deadline, "the broker never requeued the cut host's task"
+                time.sleep(0.5)
+        finally:
+            cluster.set_link("w1", up=True)
+    status = finished(cluster, task)
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", status.text
+    assert "a live worker holds it" in cluster.worker_log("w2")
+    assert host_of(cluster, task[0]) == "w1"
+    log = cluster.server.get(f"/{task[0]}/log", headers=task[1]).text
+    assert log.count("Retrace job finished successfully") == 1
+
+
+def test_stats_and_metrics_count_running_tasks_per_host(cluster, problem_dir, fixture_rpms):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    caches = [HostCache(cluster.server.root / f"cache-{name}") for name in HOSTS]
+    with package_lock_held(caches[0], crasher(fixture_rpms)), package_lock_held(caches[1], crasher(fixture_rpms)):
+        tasks = [submit(cluster.server, problem_dir) for _ in range(2)]
+        for task in tasks:
+            wait_for_log_line(cluster.server, *task, "Waiting for another task")
+        assert cluster.server.get("/stats?format=json").json()["running_by_host"] == {"w1": 1, "w2": 1}
+        metrics = text_string_to_metric_families(cluster.server.get("/metrics").text)
+        by_host = next(family for family in metrics if family.name == "retrace_tasks_running_by_host")
+        assert {sample.labels["host"]: sample.value for sample in by_host.samples} == {"w1": 1, "w2": 1}
+    for task in tasks:
+        assert finished(cluster, task).headers["X-Task-Status"] == "FINISHED_SUCCESS"

@@ -1,0 +1,53 @@
+"""``retrace-server-worker --serve``: a Celery worker host (``Dispatcher = celery``).
+
+Each delivery is a task id.  It runs the same claim and pipeline as a
+locally started worker, in the Celery child process, with this host's own
+package cache (``CacheDir`` of this host's config).  A delivery for a task
+that has finished, or that a live worker (here or on another host) holds,
+does nothing; one for a task whose previous worker died starts it again
+from its crash data.  A delivery from the dead-letter queue means the
+delivery limit was reached: the task ends FINISHED_FAILURE with that reason.
+"""
+
+import os
+import socket
+
+from retrace.celeryapp import DEAD_QUEUE, TASK_NAME, make_app, worker_queues
+from retrace.dispatch import end_failed
+from retrace.errors import NotFound
+from retrace.task import Task
+
+
+def retrace_delivery(config, task_id, host, dead_lettered, run_claimed):
+    """Handle one delivery of ``task_id``; what happened, for the host's log."""
+    try:
+        task = Task.open(config.SaveDir, task_id, config.TaskIdLength)
+    except NotFound:
+        return "gone (deleted)"
+    status = task.status
+    if status is not None and status.is_final:
+        return "already finished (a repeated delivery)"
+    if dead_lettered:
+        end_failed(config, task, f"the retrace worker died {config.DeliveryLimit + 1} times on this task; "
+                   "it is not tried again", "worker died repeatedly")
+        return "failed: delivery limit reached"
+    return run_claimed(task, host)
+
+
+def serve(config, config_path, hostname, concurrency, arches, run_claimed):
+    """Run the Celery worker until it is stopped; ``run_claimed(task, host)`` retraces one task."""
+    app = make_app(config)
+    host = hostname or socket.gethostname()
+
+    @app.task(name=TASK_NAME, bind=True)
+    def retrace(self, task_id):
+        dead = (self.request.delivery_info or {}).get("routing_key") == DEAD_QUEUE
+        return retrace_delivery(config, task_id, host, dead, run_claimed)
+
+    app.conf.task_queues = worker_queues(config, arches)
+    os.environ.setdefault("RETRACE_SERVER_CONFIG_PATH", str(config_path))
+    app.worker_main([
+        "worker", "-n", f"{host}@retrace", "-c", str(concurrency), "-Q", ",".join(q.name for q in app.conf.task_queues),
+        "--without-gossip", "--without-mingle", "-l", "info",
+    ])
+
