@@ -11,7 +11,7 @@ import sys
 
 from cleanup.collector import Collector
 from retrace.config import ConfigError, config_path, load_config
-from retrace.privileges import DEFAULT_USER, PrivilegeError, run_as_service_user
+from retrace.privileges import PrivilegeError, add_service_arguments, run_as_service_user
 
 PROG = "retrace-server-cleanup"
 
@@ -20,8 +20,7 @@ def build_parser():
     parser = argparse.ArgumentParser(prog=PROG, description="Expire tasks, stop stuck workers, trim the package cache.")
     parser.add_argument("--dry-run", action="store_true", help="print what would be done; change nothing")
     parser.add_argument("-v", "--verbose", action="store_true", help="also print what is left alone and why")
-    parser.add_argument("--config", help="configuration file (default: $RETRACE_SERVER_CONFIG_PATH or /etc/...)")
-    parser.add_argument("--user", default=DEFAULT_USER, help=f"when started as root, run as this user (default {DEFAULT_USER})")
+    add_service_arguments(parser)
     return parser
 
 

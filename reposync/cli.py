@@ -17,7 +17,7 @@ import sys
 from reposync.plugins import PluginError, load_plugins
 from reposync.repository import EXIT_USAGE, SyncError, discover_versions, parse_release, sync_release
 from retrace.config import ConfigError, config_path, load_config
-from retrace.privileges import DEFAULT_USER, PrivilegeError, run_as_service_user
+from retrace.privileges import PrivilegeError, add_service_arguments, run_as_service_user
 from retrace.release import ReleaseId
 
 PROG = "retrace-server-reposync"
@@ -45,8 +45,7 @@ def build_parser():
     parser.add_argument("--arch", default="x86_64", help="architecture for --discover (default x86_64)")
     parser.add_argument("--dry-run", action="store_true", help="say what would be fetched; change nothing")
     parser.add_argument("-v", "--verbose", action="store_true", help="list every package fetched")
-    parser.add_argument("--config", help="configuration file (default: $RETRACE_SERVER_CONFIG_PATH or /etc/...)")
-    parser.add_argument("--user", default=DEFAULT_USER, help=f"when started as root, run as this user (default {DEFAULT_USER})")
+    add_service_arguments(parser)
     return parser
 
 

@@ -13,6 +13,13 @@ import pwd
 DEFAULT_USER = "retrace"
 
 
+def add_service_arguments(parser):
+    """``--config`` and ``--user``, the same in every admin command."""
+    parser.add_argument("--config", help="configuration file (default: $RETRACE_SERVER_CONFIG_PATH or /etc/...)")
+    parser.add_argument("--user", default=DEFAULT_USER,
+                        help=f"when started as root, run as this user (default {DEFAULT_USER})")
+
+
 class PrivilegeError(Exception):
     """The service user does not exist or cannot be switched to."""
 

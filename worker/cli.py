@@ -18,7 +18,7 @@ from retrace.config import config_path, load_config
 from retrace.celeryapp import host_arch
 from retrace.dispatch import WORKER_LOCK, start_queued
 from retrace.errors import ConfigError, NotFound
-from retrace.privileges import DEFAULT_USER, PrivilegeError, run_as_service_user
+from retrace.privileges import PrivilegeError, add_service_arguments, run_as_service_user
 from retrace.task import LOG_NAME, LOG_TIME_FORMAT, WORKER_HOST, Task, TaskStatus, write_atomically
 from worker.pipeline import RetraceJob
 
@@ -41,8 +41,7 @@ def build_parser():
     parser.add_argument("--foreground", action="store_true", help="do not detach; exit when the task ends")
     parser.add_argument("--restart", action="store_true", help="run a task again that has already been started")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging details to the task log")
-    parser.add_argument("--config", help="configuration file (default: $RETRACE_SERVER_CONFIG_PATH or /etc/...)")
-    parser.add_argument("--user", default=DEFAULT_USER, help=f"when started as root, run as this user (default {DEFAULT_USER})")
+    add_service_arguments(parser)
     return parser
 
 
