@@ -135,6 +135,31 @@ def image_build_id(read, mapped):
 
 
 SHT_NOTE = 7
+PT_INTERP = 3
+
+
+def program_interpreter(path):
+    """The dynamic loader a program names (PT_INTERP, e.g. /lib64/ld-linux-x86-64.so.2), or None."""
+    try:
+        with open(path, "rb") as handle:
+            ident = handle.read(64)
+            if len(ident) < 52 or not ident.startswith(ELF_MAGIC) or ident[4] not in (1, 2) or ident[5] not in (1, 2):
+                return None
+            elf = _Elf(ident)
+            header = elf.header.unpack_from(ident)
+            phoff, phentsize, phnum = header[5], header[9], header[10]
+            if phentsize != elf.phdr.size or phnum > 512:
+                return None
+            handle.seek(phoff)
+            table = handle.read(phentsize * phnum)
+            for start in range(0, len(table) - phentsize + 1, phentsize):
+                p_type, offset, _vaddr, filesz, _memsz = elf.program_header(table[start:start + phentsize])
+                if p_type == PT_INTERP and 0 < filesz < 4096:
+                    handle.seek(offset)
+                    return handle.read(filesz).rstrip(b"\0").decode("utf-8", errors="replace") or None
+    except OSError:
+        return None
+    return None
 
 
 def _section_build_id(read):

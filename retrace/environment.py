@@ -76,6 +76,19 @@ def place_files(root, placements):
 _MERGED_USR = (("lib", "usr/lib"), ("lib64", "usr/lib64"), ("bin", "usr/bin"), ("sbin", "usr/sbin"))
 
 
+def link_program_interpreter(root, interpreter, modules):
+    """Give the loader at the path the program names (gdb looks it up by that name), if only its
+    mapped path (e.g. /usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2) is in the tree."""
+    if not interpreter or os.path.lexists(os.path.join(root, interpreter.lstrip("/"))):
+        return False
+    name = os.path.basename(interpreter)
+    for module in modules:
+        mapped = os.path.join(root, module.path.lstrip("/"))
+        if os.path.basename(module.path) == name and os.path.exists(mapped):
+            return bool(place_files(root, [(interpreter, mapped)]))
+    return False
+
+
 def add_merged_usr_links(root):
     """/lib -> usr/lib and friends, where the packages did not bring their own."""
     for name, target in _MERGED_USR:

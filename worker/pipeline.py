@@ -19,7 +19,7 @@ from pathlib import Path
 
 from retrace import crashdata, taskqueue
 from retrace.cache import PackageCache
-from retrace.coredump import CoreInfo, read_core
+from retrace.coredump import CoreInfo, program_interpreter, read_core
 from retrace.environment import assemble_sysroot
 from retrace.errors import RetraceError
 from retrace.exploitable import rate
@@ -27,7 +27,7 @@ from retrace.chroot import GdbRoots, root_key
 from retrace.gdb import USABLE_FRAME, interpret_output, prepare_mount_points, run_gdb
 from retrace.mock import MockEnvironment
 from retrace.debuginfod import BuildIdCache, Settings as DebuginfodSettings, fetch_all
-from retrace.environment import add_merged_usr_links, build_id_debug_path, place_files
+from retrace.environment import add_merged_usr_links, build_id_debug_path, link_program_interpreter, place_files
 from retrace.packages import Resolution, Unresolved, resolve_modules, unresolved_everything, usr_merge_variants
 from retrace.release import ReleaseId, detect_release, served_releases, supported_releases
 from retrace.repoindex import RepoIndex
@@ -261,6 +261,8 @@ class RetraceJob:
             prepare_mount_points(self.sysroot, self._read_only_paths(crash))
         else:
             add_merged_usr_links(self.sysroot)
+            interpreter = program_interpreter(self.sysroot / crash.executable.lstrip("/"))
+            linked += link_program_interpreter(self.sysroot, interpreter, crash.core.modules)
         self.log.info("Assembled the %s: %d files linked in %.3f s", self.environment, linked, seconds)
 
     def _from_debuginfod(self, crash):

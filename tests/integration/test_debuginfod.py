@@ -76,6 +76,7 @@ def test_crash_inside_libc_gets_libc_names_and_lines_from_debuginfod(start_serve
     assert re.search(r"in compare_names \(.*\) at crasher\.c:\d+", backtrace)
     assert re.search(r"^#\d+  (0x\w+ in )?\w*qsort\w* \(.*\) at \S*msort\.c:\d+$", backtrace, re.M), backtrace
     assert re.search(r"^#0  (0x\w+ in )?__strcmp\w* \(.*\) at \S+strcmp\S*\.S:\d+$", backtrace, re.M)
+    assert re.search(r"^0x\w+\s+0x\w+\s+Yes\s+/lib64/ld-linux-x86-64\.so\.2$", backtrace, re.M), "loader by its PT_INTERP name"
 
 
 def test_mirror_gap_is_filled_from_debuginfod_and_the_header_names_each_source(start_server, work_dir, fixture_rpms,

@@ -79,3 +79,18 @@ def test_absolute_package_symlinks_resolve_inside_the_sysroot(tmp_path):
     assemble_sysroot(root, [package])
     assert os.readlink(root / "usr/lib64/libz.so.1") == "libz.so.1.3"
     assert (root / "usr/lib64/libz.so.1").read_text() == "p"
+
+
+def test_loader_is_linked_at_the_name_the_program_asks_for(tmp_path):
+    from retrace.coredump import Module, program_interpreter
+    from retrace.environment import link_program_interpreter
+
+    root = tmp_path / "root"
+    mapped = root / "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+    mapped.parent.mkdir(parents=True)
+    mapped.write_text("loader")
+    module = Module("/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", 0, "ab")
+    assert program_interpreter("/usr/bin/gdb").endswith("/ld-linux-x86-64.so.2")
+    assert link_program_interpreter(root, "/lib64/ld-linux-x86-64.so.2", [module])
+    assert (root / "lib64/ld-linux-x86-64.so.2").read_text() == "loader"
+    assert not link_program_interpreter(root, "/lib64/ld-linux-x86-64.so.2", [module]), "already there"
