@@ -76,3 +76,31 @@ def test_on_a_terminal_progress_redraws_one_line_then_ends_it():
     reporter.say("Upload successful")
     assert stream.getvalue().startswith("\r\033[KUploading [###############               ]  50% 50 bytes of 100 bytes")
     assert stream.getvalue().endswith("\nUpload successful\n")
+
+
+class _Args:
+    yes = False
+
+
+def test_large_upload_asks_on_a_terminal_and_a_no_cancels(monkeypatch):
+    from client.cli import ASK_ABOVE_BYTES, LocalError, confirm_large_upload
+
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    asked = []
+    monkeypatch.setattr("builtins.input", lambda prompt: asked.append(prompt) or "n")
+    with pytest.raises(LocalError, match="upload cancelled"):
+        confirm_large_upload(ASK_ABOVE_BYTES + 1, _Args())
+    assert asked and "Continue?" in asked[0]
+
+
+def test_small_uploads_yes_flag_and_no_terminal_never_ask(monkeypatch):
+    from client.cli import ASK_ABOVE_BYTES, confirm_large_upload
+
+    monkeypatch.setattr("builtins.input", lambda prompt: pytest.fail("must not ask"))
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    confirm_large_upload(ASK_ABOVE_BYTES, _Args())
+    yes = _Args()
+    yes.yes = True
+    confirm_large_upload(ASK_ABOVE_BYTES + 1, yes)
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    confirm_large_upload(ASK_ABOVE_BYTES + 1, _Args())
