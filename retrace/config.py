@@ -118,6 +118,8 @@ class Config:
     BrokerURL: str = _key("")
     DeliveryLimit: int = _key(3, minimum=1, maximum=100)
     BrokerHeartbeat: int = _key(10, minimum=0, unit="seconds")
+    # Not a [retrace] key: the [debuginfod] section, release id -> its own server list.
+    debuginfod_by_release: tuple = dataclasses.field(default=(), metadata={"section": "debuginfod"})
     DBFile: str = _key("stats.db")
     StatsIPRetention: int = _key(24, minimum=0, unit="hours")
     TaskIdLength: int = _key(9, minimum=6, maximum=18)
@@ -148,10 +150,16 @@ class Config:
         """``SyncReleases`` as a list of release ids (``reposync --all``)."""
         return self.SyncReleases.split()
 
+    def debuginfod_urls(self, release):
+        """The debuginfod servers for ``release``: its own [debuginfod] list, else DebuginfodURLs."""
+        own = dict(self.debuginfod_by_release).get(str(release))
+        return list(own) if own is not None else self.DebuginfodURLs.split()
+
     @property
     def debuginfod_releases(self):
-        """Releases served through debuginfod alone (they need DebuginfodURLs)."""
-        return self.DebuginfodReleases.split() if self.DebuginfodURLs.split() else []
+        """Releases served through debuginfod alone: DebuginfodReleases (given servers) and [debuginfod]'s."""
+        listed = [release for release in self.DebuginfodReleases.split() if self.debuginfod_urls(release)]
+        return sorted(set(listed) | {release for release, urls in self.debuginfod_by_release if urls})
 
     @property
     def task_slots(self):
@@ -159,7 +167,8 @@ class Config:
         return self.MaxParallelTasks + self.MaxQueuedTasks
 
 
-_FIELDS = {field.name: field for field in dataclasses.fields(Config)}
+_FIELDS = {field.name: field for field in dataclasses.fields(Config) if "section" not in field.metadata}
+DEBUGINFOD_SECTION = "debuginfod"
 
 
 def _convert(field, text, source):
@@ -200,6 +209,11 @@ def parse_config(text, source):
             warnings.append(f"{source}: unknown key {key} in [{SECTION}] is ignored")
             continue
         values[key] = _convert(field, text_value, source)
+    if parser.has_section(DEBUGINFOD_SECTION):
+        values["debuginfod_by_release"] = tuple(
+            (release, tuple(url.rstrip("/") for url in urls.split()))
+            for release, urls in parser.items(DEBUGINFOD_SECTION)
+        )
     return Config(**values), warnings
 
 

@@ -39,9 +39,10 @@ class Settings:
     miss_ttl: float
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config, release=None):
+        """The settings for a task of ``release`` (its own server list, if it has one)."""
         return cls(
-            tuple(url.rstrip("/") for url in config.DebuginfodURLs.split()), config.DebuginfodDeadline,
+            tuple(url.rstrip("/") for url in config.debuginfod_urls(release)), config.DebuginfodDeadline,
             config.DebuginfodTimeout, config.DebuginfodRetries, config.DebuginfodMaxFileSize * 1024 * 1024,
             config.DebuginfodMissTTL,
         )

@@ -128,6 +128,7 @@ class RetraceJob:
         package = self._crash_text("package")
         self.record.package, self.record.arch, self.record.coresize = package, core.arch, core_path.stat().st_size
         release = self._release(core, package)
+        self.debuginfod = DebuginfodSettings.from_config(self.config, release)
         exe_module = core.module_at(executable)
         if exe_module is None:
             raise TaskFailed(

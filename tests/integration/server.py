@@ -59,7 +59,8 @@ def make_root(prefix="retrace-test-"):
     return root
 
 
-def write_config(root, name="retrace-server.conf", **overrides):
+def write_config(root, name="retrace-server.conf", extra_ini="", **overrides):
+    """The config file; ``extra_ini`` is appended (sections other than [retrace])."""
     settings = {
         "SaveDir": root / "spool",
         "RepoDir": root / "repos",
@@ -69,7 +70,7 @@ def write_config(root, name="retrace-server.conf", **overrides):
         **overrides,
     }
     path = root / name
-    path.write_text("[retrace]\n" + "".join(f"{key} = {value}\n" for key, value in settings.items()))
+    path.write_text("[retrace]\n" + "".join(f"{key} = {value}\n" for key, value in settings.items()) + extra_ini)
     path.chmod(0o644)
     return path
 

@@ -61,6 +61,14 @@ def test_release_without_a_mirror_retraces_from_debuginfod_alone(start_server, s
     assert "fedora-41-x86_64 has no mirror here; every file comes from debuginfod" in log
 
 
+def test_a_release_with_its_own_debuginfod_section_is_served_by_it(start_server, rpm_debuginfod, problem_dir):
+    own = start_server(repository=False, extra_ini=f"[debuginfod]\n{RELEASE_ID} = {rpm_debuginfod.url}\n")
+    assert RELEASE_ID in own.get("/settings").text
+    status, backtrace, log = retrace(own, problem_dir)
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", log
+    assert f"  /usr/lib64/libcrash.so.1: debuginfod {rpm_debuginfod.url}; debuginfod {rpm_debuginfod.url}" in backtrace
+
+
 def test_checkpackage_for_a_debuginfod_release_says_it_will_try(start_server, rpm_debuginfod):
     only_debuginfod = start_server(repository=False, DebuginfodURLs=rpm_debuginfod.url, DebuginfodReleases=RELEASE_ID)
     response = only_debuginfod.get("/checkpackage", allow_redirects=False, headers={

@@ -102,3 +102,18 @@ def test_gdb_timeout_accepts_fractions_of_a_second():
 def test_unknown_retrace_environment_lists_the_choices():
     with pytest.raises(ConfigError, match="RetraceEnvironment must be one of sysroot, chroot, mock, not 'podman'"):
         parse_config("[retrace]\nRetraceEnvironment = podman\n", "t.conf")
+
+
+def test_a_release_can_have_its_own_debuginfod_servers():
+    config, warnings = parse_config(
+        "[retrace]\nDebuginfodURLs = https://everyone.example/\n"
+        "[debuginfod]\nfedora-41-x86_64 = https://fedora.example/ https://backup.example/\n", "t.conf")
+    assert warnings == []
+    assert config.debuginfod_urls("fedora-41-x86_64") == ["https://fedora.example", "https://backup.example"]
+    assert config.debuginfod_urls("rhel-9-x86_64") == ["https://everyone.example/"]
+    assert config.debuginfod_releases == ["fedora-41-x86_64"], "a release with its own servers needs no mirror"
+
+
+def test_debuginfod_releases_need_servers():
+    config, _ = parse_config("[retrace]\nDebuginfodReleases = fedora-41-x86_64\n", "t.conf")
+    assert config.debuginfod_releases == []
