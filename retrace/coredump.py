@@ -103,24 +103,47 @@ class _Elf:
             position = desc_end + (-descsz % 4)
 
 
-def image_build_id(read, mapped):
-    """The GNU build-id of one ELF image, read through ``read(offset, length)``.
+SHT_NOTE = 7
+PT_INTERP = 3
 
-    ``mapped``: the image as loaded in memory (notes found by address
-    relative to the first PT_LOAD), not as a file (notes at file offsets).
-    """
+
+def _image_header(read):
+    """``(_Elf, header fields)`` of the ELF image ``read`` sees; None when it is not one."""
     ident = read(0, 64)
     if len(ident) < 52 or not ident.startswith(ELF_MAGIC) or ident[4] not in (1, 2) or ident[5] not in (1, 2):
         return None
     elf = _Elf(ident)
     if len(ident) < elf.header.size:
         return None
-    header = elf.header.unpack_from(ident)
+    return elf, elf.header.unpack_from(ident)
+
+
+def _program_headers(read, elf, header):
+    """The image's ``(p_type, p_offset, p_vaddr, p_filesz, p_memsz)`` list; empty when damaged."""
     phoff, phentsize, phnum = header[5], header[9], header[10]
     if phentsize != elf.phdr.size or phnum > 512:
-        return None
+        return []
     table = read(phoff, phentsize * phnum)
-    headers = [elf.program_header(table[i:i + phentsize]) for i in range(0, len(table) - phentsize + 1, phentsize)]
+    return [elf.program_header(table[i:i + phentsize]) for i in range(0, len(table) - phentsize + 1, phentsize)]
+
+
+def _build_id_note(elf, data):
+    for note_type, name, desc in elf.notes(data):
+        if note_type == NT_GNU_BUILD_ID and name == b"GNU" and desc:
+            return desc.hex()
+    return None
+
+
+def image_build_id(read, mapped):
+    """The GNU build-id of one ELF image, read through ``read(offset, length)``.
+
+    ``mapped``: the image as loaded in memory (notes found by address
+    relative to the first PT_LOAD), not as a file (notes at file offsets).
+    """
+    image = _image_header(read)
+    if image is None:
+        return None
+    headers = _program_headers(read, *image)
     first_load = next((h for h in headers if h[0] == PT_LOAD), None)
     if mapped and first_load is None:
         return None
@@ -128,37 +151,9 @@ def image_build_id(read, mapped):
         if p_type != PT_NOTE:
             continue
         where = vaddr - (first_load[2] - first_load[1]) if mapped else offset
-        for note_type, name, desc in elf.notes(read(where, min(filesz, 4096))):
-            if note_type == NT_GNU_BUILD_ID and name == b"GNU" and desc:
-                return desc.hex()
-    return None
-
-
-SHT_NOTE = 7
-PT_INTERP = 3
-
-
-def program_interpreter(path):
-    """The dynamic loader a program names (PT_INTERP, e.g. /lib64/ld-linux-x86-64.so.2), or None."""
-    try:
-        with open(path, "rb") as handle:
-            ident = handle.read(64)
-            if len(ident) < 52 or not ident.startswith(ELF_MAGIC) or ident[4] not in (1, 2) or ident[5] not in (1, 2):
-                return None
-            elf = _Elf(ident)
-            header = elf.header.unpack_from(ident)
-            phoff, phentsize, phnum = header[5], header[9], header[10]
-            if phentsize != elf.phdr.size or phnum > 512:
-                return None
-            handle.seek(phoff)
-            table = handle.read(phentsize * phnum)
-            for start in range(0, len(table) - phentsize + 1, phentsize):
-                p_type, offset, _vaddr, filesz, _memsz = elf.program_header(table[start:start + phentsize])
-                if p_type == PT_INTERP and 0 < filesz < 4096:
-                    handle.seek(offset)
-                    return handle.read(filesz).rstrip(b"\0").decode("utf-8", errors="replace") or None
-    except OSError:
-        return None
+        found = _build_id_note(image[0], read(where, min(filesz, 4096)))
+        if found:
+            return found
     return None
 
 
@@ -166,11 +161,10 @@ def _section_build_id(read):
     """The build-id from the note sections: in a separate debuginfo file
     (``objcopy --only-keep-debug``) the program headers still describe the
     original file's offsets, so only the section headers can be trusted."""
-    ident = read(0, 64)
-    if len(ident) < 52 or not ident.startswith(ELF_MAGIC) or ident[4] not in (1, 2) or ident[5] not in (1, 2):
+    image = _image_header(read)
+    if image is None:
         return None
-    elf = _Elf(ident)
-    header = elf.header.unpack_from(ident)
+    elf, header = image
     shoff, shentsize, shnum = header[6], header[11], header[12]
     section = struct.Struct(elf.order + ("IIQQQQIIQQ" if elf.is_64 else "IIIIIIIIII"))
     if shentsize != section.size or shnum > 4096:
@@ -179,22 +173,42 @@ def _section_build_id(read):
     for start in range(0, len(table) - shentsize + 1, shentsize):
         fields = section.unpack_from(table, start)
         sh_type, sh_offset, sh_size = fields[1], fields[4], fields[5]
-        if sh_type != SHT_NOTE:
-            continue
-        for note_type, name, desc in elf.notes(read(sh_offset, min(sh_size, 4096))):
-            if note_type == NT_GNU_BUILD_ID and name == b"GNU" and desc:
-                return desc.hex()
+        if sh_type == SHT_NOTE:
+            found = _build_id_note(elf, read(sh_offset, min(sh_size, 4096)))
+            if found:
+                return found
     return None
+
+
+def _file_reader(handle):
+    def read(offset, length):
+        handle.seek(offset)
+        return handle.read(length)
+
+    return read
 
 
 def file_build_id(path):
     """The GNU build-id of the ELF file at ``path`` (a program, library or debuginfo); None otherwise."""
     with open(path, "rb") as handle:
-        def read(offset, length):
-            handle.seek(offset)
-            return handle.read(length)
-
+        read = _file_reader(handle)
         return _section_build_id(read) or image_build_id(read, mapped=False)
+
+
+def program_interpreter(path):
+    """The dynamic loader a program names (PT_INTERP, e.g. /lib64/ld-linux-x86-64.so.2), or None."""
+    try:
+        with open(path, "rb") as handle:
+            read = _file_reader(handle)
+            image = _image_header(read)
+            if image is None:
+                return None
+            for p_type, offset, _vaddr, filesz, _memsz in _program_headers(read, *image):
+                if p_type == PT_INTERP and 0 < filesz < 4096:
+                    return read(offset, filesz).rstrip(b"\0").decode("utf-8", errors="replace") or None
+    except OSError:
+        return None
+    return None
 
 
 class _CoreReader:
