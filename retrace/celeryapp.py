@@ -12,7 +12,7 @@ the ones ../shared/docs/scale-out-feasibility.md measured to lose nothing:
   dead-lettered to ``retrace.dead``, where it ends FINISHED_FAILURE;
 * persistent messages and publisher confirms: a task whose publication
   failed (broker down) stays queued in the spool, unmarked, and the next
-  dispatch (a status poll, an upload, the cleanup) publishes it again.
+  upload or cleanup run publishes it.
 
 At-least-once delivery is made safe by the task's worker lock and final
 status: a delivery for a finished task, or one whose worker is alive

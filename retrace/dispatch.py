@@ -90,12 +90,22 @@ def running_tasks(config):
 
 
 def _publish_queued(config):
+    """Publish the queued tasks not yet on the broker; stop at the first failure
+    (the broker is away: each further attempt would only add its timeout)."""
     from retrace.celeryapp import is_published, publish
 
     with locking.exclusive(Path(config.SaveDir) / _DISPATCH_LOCK):
         for task in queued_tasks(config):
-            if not is_published(task):
-                publish(config, task)
+            if not is_published(task) and not publish(config, task):
+                return
+
+
+def on_status_poll(config, config_path, environ):
+    """What a client's status poll of a queued task may do: start local workers into free
+    slots.  With Dispatcher = celery nothing: publishing can wait seconds for an absent
+    broker, and uploads and the cleanup already publish what is left."""
+    if config.Dispatcher == "local":
+        start_queued(config, config_path, environ)
 
 
 def launch_worker(task, config, config_path, environ):

@@ -129,6 +129,10 @@ class StatsDB:
         self.db.execute("COMMIT")
 
     def _migrate(self):
+        """Bring the schema up to date; a current database costs one read, no write lock
+        (every /stats request and /metrics scrape opens it)."""
+        if self.schema_version == SCHEMA_VERSION:
+            return
         with self.transaction() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0 and db.execute("SELECT 1 FROM sqlite_master WHERE name = 'tasks'").fetchone():

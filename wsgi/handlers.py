@@ -156,7 +156,7 @@ def status(config, request, task_id):
     task = _open_task(config, request, task_id)
     current = task.status
     if current is None:
-        dispatch.start_queued(config, config_path(request.environ), request.environ)
+        dispatch.on_status_poll(config, config_path(request.environ), request.environ)
     elif not current.is_final:
         dispatch.fail_if_worker_died(task, config)
     current = task.status
