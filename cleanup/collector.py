@@ -18,8 +18,8 @@ from retrace.cache import PackageCache
 from retrace.chroot import GdbRoots
 from retrace.debuginfod import BuildIdCache
 from retrace.stats import StatsDB
-from retrace.dispatch import WORKER_LOCK, end_failed, fail_if_worker_died, start_queued, worker_alive
-from retrace.task import TaskStatus, iter_tasks
+from retrace.dispatch import end_failed, fail_if_worker_died, start_queued
+from retrace.task import WORKER_LOCK, TaskStatus, iter_tasks, worker_alive
 
 HOUR = 3600
 _KILL_WAIT_SECONDS = 10

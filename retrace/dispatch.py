@@ -23,12 +23,11 @@ from pathlib import Path
 from retrace import locking
 from retrace.config import CONFIG_PATH_VARIABLE
 from retrace.stats import record_ended_task
-from retrace.task import iter_tasks
+from retrace.task import iter_tasks, worker_alive
 from retrace.taskqueue import queued_tasks
 
 log = logging.getLogger(__name__)
 
-WORKER_LOCK = ".worker.lock"
 WORKER_VARIABLE = "RETRACE_WORKER"
 _DISPATCH_LOCK = ".dispatch.lock"
 _LAUNCH_TIMEOUT = 60
@@ -41,11 +40,6 @@ def worker_command(environ):
     if named:
         return [named]
     return [str(Path(sys.executable).with_name("retrace-server-worker"))]
-
-
-def worker_alive(task):
-    """Whether a worker process holds the task's lock right now."""
-    return bool(locking.is_held(task.path / WORKER_LOCK))
 
 
 def end_failed(config, task, reason, category):

@@ -29,6 +29,8 @@ _ID_ATTEMPTS = 50
 LOG_NAME = "retrace_log"
 # Which host's worker holds the task (Dispatcher = celery).
 WORKER_HOST = "worker_host"
+# Held (flock) by the task's worker for as long as it runs.
+WORKER_LOCK = ".worker.lock"
 FAILURE_NAME = "results/failure"
 LOG_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 _LOCKLESS_GRACE_SECONDS = 60
@@ -278,6 +280,11 @@ class IncomingTask:
             self.committed = Task(target)
             return self.committed, password
         raise RetraceError("Unable to create new task")
+
+
+def worker_alive(task):
+    """Whether a worker process holds the task's lock right now."""
+    return bool(locking.is_held(task.path / WORKER_LOCK))
 
 
 def count_live_uploads(save_dir):

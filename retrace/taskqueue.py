@@ -12,7 +12,7 @@ import dataclasses
 
 from retrace import locking
 from retrace.errors import QueueFull
-from retrace.task import WORKER_HOST, IncomingTask, count_live_uploads, iter_tasks
+from retrace.task import WORKER_HOST, IncomingTask, count_live_uploads, iter_tasks, worker_alive
 
 _ADMISSION_LOCK = ".admission.lock"
 
@@ -48,11 +48,15 @@ def occupancy(config):
 
 
 def running_by_host(config):
-    """``{host: running tasks}`` (Dispatcher = celery: the host whose worker holds each task)."""
+    """``{host: running tasks}`` (Dispatcher = celery: the host whose worker holds each task).
+
+    A started task whose worker lock is free is not counted: its worker died
+    and the broker is about to deliver it again, perhaps to another host.
+    """
     hosts = {}
     for task in iter_tasks(config.SaveDir, config.TaskIdLength):
         status = task.status
-        if status is not None and not status.is_final:
+        if status is not None and not status.is_final and worker_alive(task):
             host = task.read_text(WORKER_HOST, 256) or "local"
             hosts[host.strip()] = hosts.get(host.strip(), 0) + 1
     return hosts

@@ -12,14 +12,15 @@ import logging
 import os
 import shutil
 import sys
+import time
 
 from retrace import locking
 from retrace.config import config_path, load_config
 from retrace.celeryapp import host_arch
-from retrace.dispatch import WORKER_LOCK, start_queued
+from retrace.dispatch import start_queued
 from retrace.errors import ConfigError, NotFound
 from retrace.privileges import PrivilegeError, add_service_arguments, run_as_service_user
-from retrace.task import LOG_NAME, LOG_TIME_FORMAT, WORKER_HOST, Task, TaskStatus, write_atomically
+from retrace.task import LOG_NAME, LOG_TIME_FORMAT, WORKER_HOST, WORKER_LOCK, Task, TaskStatus, write_atomically
 from worker.pipeline import RetraceJob
 
 PROG = "retrace-server-worker"
@@ -133,14 +134,34 @@ def prepare(args):
     return config, path, task, lock_fd
 
 
+def claim_when_free(task, limit, poll=0.5):
+    """The task's lock descriptor once no other worker holds it; None after ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while True:
+        fd = locking.try_exclusive(task.path / WORKER_LOCK)
+        if fd is not None or time.monotonic() >= deadline:
+            return fd
+        time.sleep(poll)
+
+
 def run_delivered(config, verbose):
-    """For --serve: claim a delivered task and retrace it here (restarting a dead worker's task)."""
+    """For --serve: claim a delivered task and retrace it here (restarting a dead worker's task).
+
+    A delivery for a task another worker holds waits for that worker
+    instead of leaving: the broker may redeliver after a host lost its link
+    before that host cancels its task, and a delivery acknowledged then
+    would leave the cancelled task to nobody.  Waiting keeps the delivery
+    unacknowledged until the task ends, here or there.
+    """
 
     def run(task, host):
-        try:
-            lock_fd = claim(task)
-        except WorkerRefused:
-            return "a live worker holds it (a repeated delivery)"
+        lock_fd = claim_when_free(task, config.WorkerTimeLimit)
+        if lock_fd is None:
+            return f"a live worker still holds it after {config.WorkerTimeLimit} s (a repeated delivery)"
+        status = task.status
+        if status is not None and status.is_final:
+            os.close(lock_fd)
+            return "finished by the worker that held it while this delivery waited"
         try:
             write_atomically(task.path / WORKER_HOST, host)
             if task.status is not None:

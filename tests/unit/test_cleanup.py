@@ -11,7 +11,7 @@ from cleanup.cli import check_expiry_settings
 from cleanup.collector import HOUR, Collector
 from retrace.cache import SIZE_FILE, PackageCache
 from retrace.config import Config, ConfigError
-from retrace.dispatch import WORKER_LOCK
+from retrace.task import WORKER_LOCK
 from retrace import locking
 from retrace.task import IncomingTask, Task, TaskStatus, TaskType
 

@@ -2,8 +2,8 @@ import fcntl
 import os
 
 from retrace.config import Config
-from retrace.dispatch import WORKER_LOCK, fail_if_worker_died, start_queued, worker_alive
-from retrace.task import IncomingTask, TaskStatus, TaskType
+from retrace.dispatch import fail_if_worker_died, start_queued
+from retrace.task import WORKER_LOCK, IncomingTask, TaskStatus, TaskType, worker_alive
 
 
 def add_task(save_dir, status=None):

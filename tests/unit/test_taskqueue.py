@@ -1,9 +1,12 @@
+import os
+
 import pytest
 
 from retrace.config import Config
 from retrace.errors import QueueFull
-from retrace.task import IncomingTask, TaskStatus, TaskType
-from retrace.taskqueue import admitted_upload, occupancy, queue_position, queued_tasks
+from retrace import locking
+from retrace.task import WORKER_HOST, WORKER_LOCK, IncomingTask, TaskStatus, TaskType
+from retrace.taskqueue import admitted_upload, occupancy, queue_position, queued_tasks, running_by_host
 
 
 def config_for(tmp_path, **values):
@@ -62,3 +65,15 @@ def test_finished_tasks_do_not_take_slots(tmp_path):
     add_task(config, TaskStatus.SUCCESS)
     with admitted_upload(config):
         pass
+
+
+def test_running_by_host_counts_only_tasks_whose_worker_is_alive(tmp_path):
+    config = config_for(tmp_path)
+    alive, dead = add_task(config, TaskStatus.BACKTRACE), add_task(config, TaskStatus.BACKTRACE)
+    for task in (alive, dead):
+        (task.path / WORKER_HOST).write_text("w1")
+    lock = locking.try_exclusive(alive.path / WORKER_LOCK)
+    try:
+        assert running_by_host(config) == {"w1": 1}
+    finally:
+        os.close(lock)

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from retrace.dispatch import WORKER_LOCK
-from retrace.task import IncomingTask, Task, TaskStatus, TaskType
+from retrace import locking
+from retrace.task import WORKER_LOCK, IncomingTask, Task, TaskStatus, TaskType
+from worker.cli import claim_when_free
 from tests.fixtures.synthetic_core import synthetic_core
 
 
@@ -100,3 +101,14 @@ def test_task_with_a_running_worker_is_refused(spool):
 def test_unknown_task_is_refused(spool):
     result = worker(spool, "123456789")
     assert result.returncode == 2 and "there is no task 123456789" in result.stderr
+
+
+def test_a_repeated_delivery_gets_the_lock_once_its_holder_lets_go(spool):
+    task = add_task(spool)
+    holder = locking.try_exclusive(task.path / WORKER_LOCK)
+    assert claim_when_free(task, limit=0.2, poll=0.05) is None
+    os.close(holder)
+    claimed = claim_when_free(task, limit=0.2, poll=0.05)
+    assert claimed is not None
+    assert locking.is_held(task.path / WORKER_LOCK)
+    os.close(claimed)
