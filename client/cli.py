@@ -13,9 +13,9 @@ import sys
 import tempfile
 import time
 
-from client.crash import CrashInputError, from_core, from_coredumpctl, from_problem_dir
+from client.crash import CrashInputError, from_core, from_coredumpctl, from_problem_dir, from_vmcore
 from client.progress import MIB, ProgressFile, Reporter, human_size
-from client.server import XZ_TAR, RetraceServer, ServerRefused
+from client.server import XZ_TAR, ZSTD_TAR, RetraceServer, ServerRefused
 
 PROG = "retrace-client"
 EXIT_OK, EXIT_FAILED, EXIT_LOCAL, EXIT_REFUSED = 0, 1, 2, 3
@@ -41,6 +41,7 @@ def build_parser():
     parser.add_argument("-c", "--core", help="a core file (with --executable)")
     parser.add_argument("--executable", help="absolute path of the program that crashed (with --core)")
     parser.add_argument("--coredumpctl", metavar="MATCH", help="the newest crash systemd-coredump kept matching MATCH")
+    parser.add_argument("--vmcore", metavar="FILE", help="a kernel dump (ELF, kdump-compressed or flattened)")
     parser.add_argument("--package", help="name-version-release of the crashed package (default: rpm -qf)")
     parser.add_argument("--os-release", help="release line, e.g. 'Fedora release 41 (Forty One)' (default: this system)")
     parser.add_argument("-l", "--status-delay", type=float, default=float(os.environ.get("ABRT_STATUS_DELAY", 10)),
@@ -56,9 +57,12 @@ def build_parser():
 
 
 def load_crash(args):
-    forms = [form for form in (args.dir, args.core, args.coredumpctl) if form]
+    forms = [form for form in (args.dir, args.core, args.coredumpctl, args.vmcore) if form]
     if len(forms) != 1:
-        raise LocalError("give the crash as exactly one of --dir DIR, --core FILE --executable PATH, --coredumpctl MATCH")
+        raise LocalError("give the crash as exactly one of --dir DIR, --core FILE --executable PATH, "
+                         "--coredumpctl MATCH, --vmcore FILE")
+    if args.vmcore:
+        return from_vmcore(args.vmcore)
     if args.dir:
         return from_problem_dir(args.dir)
     if args.core:
@@ -68,15 +72,25 @@ def load_crash(args):
     return from_coredumpctl(args.coredumpctl, args.package, args.os_release)
 
 
+# Content type -> compressor.  xz -2 as ABRT did; vmcores (hundreds of MB to GBs)
+# go with zstd where the server takes it: as small, many times faster.
+_COMPRESSORS = {XZ_TAR: ["xz", "-2", "-"], ZSTD_TAR: ["zstd", "-3", "-q", "-c", "-"]}
+
+
+def archive_type(crash, settings):
+    return ZSTD_TAR if crash.task_type == 2 and ZSTD_TAR in settings.supported_formats else XZ_TAR
+
+
 @contextlib.contextmanager
-def xz_archive(crash):
-    """``tar cO --directory=D names | xz -2`` into an unnamed file in /var/tmp, as ABRT did."""
+def crash_archive(crash, content_type=XZ_TAR):
+    """``tar cO --directory=D names | xz -2`` (or zstd) into an unnamed file in /var/tmp, as ABRT did."""
     with tempfile.TemporaryFile(dir="/var/tmp", prefix="retrace-client-archive-") as archive:
-        tar = subprocess.Popen(["tar", "cO", f"--directory={crash.directory}", "--", *crash.files], stdout=subprocess.PIPE)
-        xz = subprocess.run(["xz", "-2", "-"], stdin=tar.stdout, stdout=archive)
+        tar = subprocess.Popen(["tar", "chO", f"--directory={crash.directory}", "--", *crash.files],
+                               stdout=subprocess.PIPE)
+        compressor = subprocess.run(_COMPRESSORS[content_type], stdin=tar.stdout, stdout=archive)
         tar.stdout.close()
-        if tar.wait() != 0 or xz.returncode != 0:
-            raise LocalError("cannot create the archive to upload (tar or xz failed)")
+        if tar.wait() != 0 or compressor.returncode != 0:
+            raise LocalError(f"cannot create the archive to upload (tar or {_COMPRESSORS[content_type][0]} failed)")
         size = archive.tell()
         archive.seek(0)
         yield archive, size
@@ -95,7 +109,7 @@ def check_settings(settings, crash):
     if settings.fully_occupied:
         raise ServerRefused("The server is fully occupied. Try again later.")
     limit = settings.max_unpacked_size * MIB
-    if limit and crash.unpacked_size > limit:
+    if crash.task_type == 0 and limit and crash.unpacked_size > limit:
         raise ServerRefused(
             "Retrace server can not be used, because the crash is too large. Try local retracing. "
             f"The size of your crash is {human_size(crash.unpacked_size)}, but the retrace server only accepts "
@@ -114,21 +128,22 @@ def submit(server, crash, args, reporter):
     reporter.say("Querying server settings")
     settings = server.settings()
     check_settings(settings, crash)
-    if not args.no_pkgcheck and crash.release and not server.package_known(crash.package, crash.arch, crash.release):
+    if not args.no_pkgcheck and crash.package and crash.release and not server.package_known(crash.package, crash.arch, crash.release):
         raise ServerRefused(
             f"Retrace server is unable to process package '{crash.package}.{crash.arch}'. "
             f"Is it a part of official '{crash.release}' repositories?"
         )
     reporter.say("Preparing an archive to upload")
-    with xz_archive(crash) as (archive, size):
-        if settings.max_packed_size and size > settings.max_packed_size * MIB:
+    content_type = archive_type(crash, settings)
+    with crash_archive(crash, content_type) as (archive, size):
+        if crash.task_type == 0 and settings.max_packed_size and size > settings.max_packed_size * MIB:
             raise ServerRefused(
                 f"The size of your archive is {human_size(size)}, but the retrace server only accepts archives "
                 f"up to {human_size(settings.max_packed_size * MIB)}."
             )
         confirm_large_upload(size, args)
         reporter.say(f"Uploading {human_size(size)}")
-        task = server.create(ProgressFile(archive, size, reporter))
+        task = server.create(ProgressFile(archive, size, reporter), crash.task_type, content_type)
     reporter.say("Upload successful")
     return task
 

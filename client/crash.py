@@ -38,6 +38,7 @@ class Crash:
     arch: str
     release: str | None  # e.g. fedora-41-x86_64, None when it cannot be told
     temporary: bool = False
+    task_type: int = 0  # X-Task-Type: 0 a process coredump, 2 a kernel vmcore
 
     @property
     def unpacked_size(self):
@@ -93,6 +94,16 @@ def from_problem_dir(directory):
     arch = canonical_arch(_read(directory / "architecture") or _core_arch(directory / "coredump"))
     release = release_id(_read(directory / "os_info"), _read(directory / "os_release"), arch)
     return Crash(directory, files, _read(directory / "package"), arch, release)
+
+
+def from_vmcore(path):
+    """A kernel vmcore (ELF, kdump-compressed or flattened): the server tells the kernel from the dump itself."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise CrashInputError(f"{path} is not a regular file")
+    directory = Path(tempfile.mkdtemp(prefix="retrace-client-vmcore-", dir="/var/tmp"))
+    (directory / "vmcore").symlink_to(path)
+    return Crash(directory, ["vmcore"], None, None, None, temporary=True, task_type=2)
 
 
 def _system_release_line():

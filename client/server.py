@@ -12,6 +12,7 @@ import requests
 import urllib3
 
 XZ_TAR = "application/x-xz-compressed-tar"
+ZSTD_TAR = "application/x-zstd-compressed-tar"
 _TIMEOUT = 60
 _UPLOAD_TIMEOUT = 600
 
@@ -108,11 +109,12 @@ class RetraceServer:
             return response.status_code == 302
         raise ServerRefused(f"Unexpected HTTP response from server: {response.status_code}\n{_body(response)}")
 
-    def create(self, archive, task_type=0):
+    def create(self, archive, task_type=0, content_type=XZ_TAR):
         """Upload ``archive`` (a file-like object with ``len()``); ``(task id, password)``."""
         response = self._request(
             "POST", "/create", data=archive, timeout=_UPLOAD_TIMEOUT,
-            headers={"Content-Type": XZ_TAR, "X-Task-Type": str(task_type), "Content-Length": str(len(archive))},
+            headers={"Content-Type": content_type, "X-Task-Type": str(task_type),
+                     "Content-Length": str(len(archive))},
         )
         if response.status_code == 201:
             task_id = response.headers.get("X-Task-Id")

@@ -15,6 +15,7 @@ cpio: names are checked here (no absolute paths, no ``..``), and only
 directories, regular files and symlinks are created.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -103,25 +104,36 @@ def _write_content(archive, target, mode):
             out.write(chunk)
 
 
-def unpack_rpm(rpm_path, target):
-    """Extract ``rpm_path``'s payload into ``target``; returns the manifest entries."""
+@contextlib.contextmanager
+def rpm_payload(rpm_path):
+    """The rpm bindings' archive of ``rpm_path``'s payload; UnpackError when it cannot be read."""
     rpm = _rpm()
     transaction = rpm.TransactionSet()
     transaction.setVSFlags(rpm._RPMVSF_NOSIGNATURES | rpm._RPMVSF_NODIGESTS)
-    entries = []
-    pending_links = {}
-    symlinks = set()
-    closing = []
-    target.mkdir()
     fd = os.open(rpm_path, os.O_RDONLY)
+    payload = None
     try:
         try:
             header = transaction.hdrFromFdno(fd)
         except rpm.error as err:
             raise UnpackError(f"{Path(rpm_path).name} is not a readable RPM ({err})") from None
         payload = rpm.fd.open(fd, "r", header[rpm.RPMTAG_PAYLOADCOMPRESSOR] or "gzip")
-        closing.append(payload)
-        archive = rpm.files(header).archive(payload)
+        yield rpm.files(header).archive(payload)
+    except rpm.error as err:
+        raise UnpackError(f"the payload of {Path(rpm_path).name} is damaged ({err})") from None
+    finally:
+        if payload is not None:
+            payload.close()
+        os.close(fd)
+
+
+def unpack_rpm(rpm_path, target):
+    """Extract ``rpm_path``'s payload into ``target``; returns the manifest entries."""
+    entries = []
+    pending_links = {}
+    symlinks = set()
+    target.mkdir()
+    with rpm_payload(rpm_path) as archive:
         for entry in archive:
             relative = _safe_relative(entry.name)
             _refuse_through_symlink(relative, symlinks, rpm_path)
@@ -147,13 +159,21 @@ def unpack_rpm(rpm_path, target):
         for waiting, waiting_relative in (pair for group in pending_links.values() for pair in group):
             waiting.touch(mode=0o644)
             entries.append((waiting_relative, "f", "", ""))
-    except rpm.error as err:
-        raise UnpackError(f"the payload of {Path(rpm_path).name} is damaged ({err})") from None
-    finally:
-        for opened in closing:
-            opened.close()
-        os.close(fd)
     return entries
+
+
+def extract_rpm_file(rpm_path, member, target):
+    """Write the regular file ``member`` (``usr/lib/...``) of ``rpm_path`` to ``target``; whether it was there.
+
+    The payload is read up to that file only: a kernel-debuginfo package
+    holds hundreds of module files besides the one vmlinux wanted.
+    """
+    with rpm_payload(rpm_path) as archive:
+        for entry in archive:
+            if _safe_relative(entry.name) == member and stat.S_ISREG(entry.mode) and archive.hascontent():
+                _write_content(archive, target, entry.mode)
+                return True
+    return False
 
 
 def cached_entry(path, lock_path, build, on_wait=lambda: None):

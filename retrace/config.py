@@ -95,6 +95,13 @@ class Config:
     MaxPackedSize: int = _key(50, minimum=1, unit="MiB")
     MaxUnpackedSize: int = _key(1024, minimum=1, unit="MiB")
     MinStorageLeft: int = _key(1024, minimum=0, unit="MiB")
+    AllowVMCoreTask: bool = _key(True)
+    MaxVmcorePackedSize: int = _key(4096, minimum=1, unit="MiB")
+    MaxVmcoreUnpackedSize: int = _key(65536, minimum=1, unit="MiB")
+    KernelDebuggerPath: Path = _key(Path("/usr/bin/crash"))
+    ProcessCommunicateTimeout: float = _key(3600.0, minimum=0.01, maximum=86400, unit="seconds")
+    VmcoreDumpLevel: int = _key(0, minimum=0, maximum=31)
+    VmcoreDumpSavePercent: int = _key(10, minimum=0, maximum=100)
     DeleteTaskAfter: int = _key(120, unit="hours")
     DeleteFailedTaskAfter: int = _key(24, unit="hours")
     ArchiveTaskAfter: int = _key(0, unit="hours")
@@ -132,6 +139,19 @@ class Config:
     @property
     def max_unpacked_bytes(self):
         return self.MaxUnpackedSize * MIB
+
+    @property
+    def max_vmcore_packed_bytes(self):
+        return self.MaxVmcorePackedSize * MIB
+
+    @property
+    def max_vmcore_unpacked_bytes(self):
+        return self.MaxVmcoreUnpackedSize * MIB
+
+    @property
+    def largest_upload_bytes(self):
+        """What Apache lets through (LimitRequestBody); each task type's own cap is checked after it."""
+        return max(self.max_packed_bytes, self.max_vmcore_packed_bytes if self.AllowVMCoreTask else 0)
 
     @property
     def min_storage_left_bytes(self):

@@ -107,7 +107,7 @@ SHT_NOTE = 7
 PT_INTERP = 3
 
 
-def _image_header(read):
+def image_header(read):
     """``(_Elf, header fields)`` of the ELF image ``read`` sees; None when it is not one."""
     ident = read(0, 64)
     if len(ident) < 52 or not ident.startswith(ELF_MAGIC) or ident[4] not in (1, 2) or ident[5] not in (1, 2):
@@ -118,7 +118,7 @@ def _image_header(read):
     return elf, elf.header.unpack_from(ident)
 
 
-def _program_headers(read, elf, header):
+def program_headers(read, elf, header):
     """The image's ``(p_type, p_offset, p_vaddr, p_filesz, p_memsz)`` list; empty when damaged."""
     phoff, phentsize, phnum = header[5], header[9], header[10]
     if phentsize != elf.phdr.size or phnum > 512:
@@ -140,10 +140,10 @@ def image_build_id(read, mapped):
     ``mapped``: the image as loaded in memory (notes found by address
     relative to the first PT_LOAD), not as a file (notes at file offsets).
     """
-    image = _image_header(read)
+    image = image_header(read)
     if image is None:
         return None
-    headers = _program_headers(read, *image)
+    headers = program_headers(read, *image)
     first_load = next((h for h in headers if h[0] == PT_LOAD), None)
     if mapped and first_load is None:
         return None
@@ -161,7 +161,7 @@ def _section_build_id(read):
     """The build-id from the note sections: in a separate debuginfo file
     (``objcopy --only-keep-debug``) the program headers still describe the
     original file's offsets, so only the section headers can be trusted."""
-    image = _image_header(read)
+    image = image_header(read)
     if image is None:
         return None
     elf, header = image
@@ -200,10 +200,10 @@ def program_interpreter(path):
     try:
         with open(path, "rb") as handle:
             read = _file_reader(handle)
-            image = _image_header(read)
+            image = image_header(read)
             if image is None:
                 return None
-            for p_type, offset, _vaddr, filesz, _memsz in _program_headers(read, *image):
+            for p_type, offset, _vaddr, filesz, _memsz in program_headers(read, *image):
                 if p_type == PT_INTERP and 0 < filesz < 4096:
                     return read(offset, filesz).rstrip(b"\0").decode("utf-8", errors="replace") or None
     except OSError:

@@ -8,7 +8,8 @@ each is held to a strict pattern here, at the door, once.
 import re
 
 from retrace.coredump import check_elf_core
-from retrace.errors import BadRequest, Conflict, InvalidCrashData
+from retrace.vmcore import dump_format
+from retrace.errors import BadRequest, Conflict, Forbidden, InvalidCrashData
 from retrace.task import TaskType
 
 _PATH = re.compile(r"/[A-Za-z0-9._+,:@%=~/-]*", re.ASCII)
@@ -27,6 +28,7 @@ def _is_path(text):
 # name: (size cap in bytes or None, predicate on the stripped text or None for binary, rule shown to users)
 CRASH_FILES = {
     "coredump": (None, None, None),
+    "vmcore": (None, None, None),
     "executable": (512, _is_path, _PATH_RULE),
     "package": (128, _NEVR.fullmatch, "a package name-version-release such as 'bash-5.2.26-3.fc41'"),
     "os_release": (128, _RELEASE_TEXT.fullmatch, _RELEASE_RULE),
@@ -41,10 +43,14 @@ REQUIRED_FILES = {
     TaskType.COREDUMP: _COREDUMP_REQUIRED,
     TaskType.DEBUG: _COREDUMP_REQUIRED,
     TaskType.COREDUMP_INTERACTIVE: _COREDUMP_REQUIRED,
+    TaskType.VMCORE: ("vmcore",),
 }
+# How each binary file is checked: a process core must be an ELF core, a
+# vmcore one of the kernel dump formats.
+_BINARY_CHECKS = {"coredump": check_elf_core, "vmcore": dump_format}
 
 
-def parse_task_type(header, allow_interactive):
+def parse_task_type(header, allow_interactive, allow_vmcore):
     """The TaskType for an ``X-Task-Type`` header (absent means a coredump)."""
     if header is None or not header.strip():
         return TaskType.COREDUMP
@@ -55,9 +61,13 @@ def parse_task_type(header, allow_interactive):
     try:
         task_type = TaskType(value)
     except ValueError:
-        raise BadRequest(f"Unknown X-Task-Type {value}; this server accepts 0 (coredump) and 1 (debug)") from None
-    if task_type in (TaskType.VMCORE, TaskType.VMCORE_INTERACTIVE):
-        raise BadRequest("This server does not retrace kernel vmcores (X-Task-Type 2 and 4)")
+        raise BadRequest(
+            f"Unknown X-Task-Type {value}; this server accepts 0 (coredump), 1 (debug) and 2 (kernel vmcore)"
+        ) from None
+    if task_type == TaskType.VMCORE_INTERACTIVE:
+        raise BadRequest("Interactive vmcore tasks (X-Task-Type 4) are not offered; send the vmcore as type 2")
+    if task_type == TaskType.VMCORE and not allow_vmcore:
+        raise Forbidden("Kernel vmcore tasks were disabled by server administrator")
     if task_type == TaskType.COREDUMP_INTERACTIVE and not allow_interactive:
         raise Conflict("Interactive tasks were disabled by server administrator")
     return task_type
@@ -83,7 +93,7 @@ def validate_crash_dir(crash_dir, names):
         _, predicate, rule = CRASH_FILES[name]
         path = crash_dir / name
         if predicate is None:
-            check_elf_core(path, name)
+            _BINARY_CHECKS[name](path, name)
             continue
         text = read_text_file(path, name)
         if not text or not predicate(text):

@@ -20,8 +20,9 @@ from retrace.celeryapp import host_arch
 from retrace.dispatch import start_queued
 from retrace.errors import ConfigError, NotFound
 from retrace.privileges import PrivilegeError, add_service_arguments, run_as_service_user
-from retrace.task import LOG_NAME, LOG_TIME_FORMAT, WORKER_HOST, WORKER_LOCK, Task, TaskStatus, write_atomically
+from retrace.task import LOG_NAME, LOG_TIME_FORMAT, WORKER_HOST, WORKER_LOCK, Task, TaskStatus, TaskType, write_atomically
 from worker.pipeline import RetraceJob
+from worker.vmcore import VmcoreJob
 
 PROG = "retrace-server-worker"
 _GENERATED = ("status", "started_time", "finished_time", LOG_NAME, "retrace_backtrace")
@@ -60,12 +61,18 @@ def record_pid(lock_fd):
     os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
 
 
+def make_job(config, task, logger):
+    """The pipeline for the task's type: a kernel vmcore, or a process coredump."""
+    job_class = VmcoreJob if task.task_type == TaskType.VMCORE else RetraceJob
+    return job_class(config, task, logger)
+
+
 def reset(task):
     """Forget a previous run, so that --restart starts from the crash data."""
-    if not (task.crash_dir / "coredump").is_file():
+    if not any((task.crash_dir / name).is_file() for name in ("coredump", "vmcore")):
         raise WorkerRefused(
             f"task {task.task_id} cannot be restarted: its coredump was deleted when it ended "
-            "(only X-Task-Type 1, debug, tasks keep it)"
+            "(only X-Task-Type 1, debug, and 2, vmcore, tasks keep their dump)"
         )
     for name in _GENERATED:
         (task.path / name).unlink(missing_ok=True)
@@ -171,7 +178,7 @@ def run_delivered(config, verbose):
             record_pid(lock_fd)
             logger = task_logger(task, verbose)
             try:
-                succeeded = RetraceJob(config, task, logger).run()
+                succeeded = make_job(config, task, logger).run()
             finally:
                 for handler in list(logger.handlers):
                     logger.removeHandler(handler)
@@ -222,6 +229,6 @@ def main(argv=None):
         os._exit(0)
     record_pid(lock_fd)
     setup_admin_log(config)
-    succeeded = RetraceJob(config, task, task_logger(task, args.verbose)).run()
+    succeeded = make_job(config, task, task_logger(task, args.verbose)).run()
     start_queued(config, path)
     return 0 if succeeded else 1

@@ -24,7 +24,8 @@ from retrace.environment import assemble_sysroot
 from retrace.errors import RetraceError
 from retrace.exploitable import rate
 from retrace.chroot import GdbRoots, root_key
-from retrace.gdb import USABLE_FRAME, interpret_output, prepare_mount_points, run_gdb
+from retrace.gdb import USABLE_FRAME, interpret_output, run_gdb
+from retrace.sandbox import prepare_mount_points
 from retrace.mock import MockEnvironment
 from retrace.debuginfod import BuildIdCache, Settings as DebuginfodSettings, fetch_all
 from retrace.environment import add_merged_usr_links, build_id_debug_path, link_program_interpreter, place_files
@@ -44,14 +45,17 @@ class TaskFailed(RetraceError):
     """A stage cannot go on; the sentence is the user's explanation."""
 
 
-class RetraceJob:
+class Job:
+    """The stages every task goes through, with upstream's statuses; subclasses fill them in.
+
+    ``analyze`` returns what the later stages need; ``prepare`` and
+    ``backtrace`` take it; ``clean`` also runs when a stage failed.
+    """
+
     def __init__(self, config, task, log):
         self.config = config
         self.task = task
         self.log = log
-        self.cache = PackageCache(config.CacheDir)
-        self.sysroot = task.path / "sysroot"
-        self.debuginfod = DebuginfodSettings.from_config(config)
         self.started = time.monotonic()
         now = time.time()
         queued_time = task.timestamp("queued_time")
@@ -109,13 +113,34 @@ class RetraceJob:
         self.save_stats()
         self.task.fail(reason)
 
-    # -- stages ----------------------------------------------------------------
-
-    def _crash_text(self, name):
+    def crash_text(self, name):
         path = self.task.crash_dir / name
         if not path.is_file():
             return None
         return crashdata.read_text_file(path, name)
+
+    def save_stats(self):
+        """Add the task to the statistics; a database problem is logged, never fatal."""
+        self.record.duration = round(time.monotonic() - self.started, 3)
+        self.record.running_after = taskqueue.occupancy(self.config).running
+        try:
+            with StatsDB.for_config(self.config) as stats:
+                stats.record_task(self.record)
+        except (sqlite3.Error, OSError) as err:
+            self.log.warning("Statistics not saved: %s", err)
+            admin_log.error("task %s: statistics not saved: %s", self.task.task_id, err)
+
+
+class RetraceJob(Job):
+    """A coredump: packages by build-id, a sysroot (or chroot, or mock), gdb."""
+
+    def __init__(self, config, task, log):
+        super().__init__(config, task, log)
+        self.cache = PackageCache(config.CacheDir)
+        self.sysroot = task.path / "sysroot"
+        self.debuginfod = DebuginfodSettings.from_config(config)
+
+    # -- stages ----------------------------------------------------------------
 
     def analyze(self):
         """Architecture, release, mapped modules and the packages they come from."""
@@ -125,7 +150,7 @@ class RetraceJob:
         core = read_core(core_path)
         self.log.info("Coredump: %s, %d mapped files, signal %s", core.arch, len(core.modules), core.signal)
         executable = self._executable()
-        package = self._crash_text("package")
+        package = self.crash_text("package")
         self.record.package, self.record.arch, self.record.coresize = package, core.arch, core_path.stat().st_size
         release = self._release(core, package)
         self.debuginfod = DebuginfodSettings.from_config(self.config, release)
@@ -162,15 +187,15 @@ class RetraceJob:
 
     def _executable(self):
         """The crashed executable's path as mapped (upstream strips ``rootdir``)."""
-        executable = self._crash_text("executable")
-        rootdir = (self._crash_text("rootdir") or "").rstrip("/")
+        executable = self.crash_text("executable")
+        rootdir = (self.crash_text("rootdir") or "").rstrip("/")
         if rootdir and executable.startswith(rootdir + "/"):
             return executable[len(rootdir):]
         return executable
 
     def _release(self, core, package):
         supported = served_releases(self.config)
-        lines = [(name, text) for name in RELEASE_FILES if (text := self._crash_text(name))]
+        lines = [(name, text) for name in RELEASE_FILES if (text := self.crash_text(name))]
         release, how = detect_release(lines, package, core.arch, supported)
         self.record.release = str(release) if release else None
         names = ", ".join(str(known) for known in supported) or "none"
@@ -372,16 +397,6 @@ class RetraceJob:
             shutil.rmtree(self.sysroot, ignore_errors=True)
             shutil.rmtree(self.task.crash_dir, ignore_errors=True)
 
-    def save_stats(self):
-        """Add the task to the statistics; a database problem is logged, never fatal."""
-        self.record.duration = round(time.monotonic() - self.started, 3)
-        self.record.running_after = taskqueue.occupancy(self.config).running
-        try:
-            with StatsDB.for_config(self.config) as stats:
-                stats.record_task(self.record)
-        except (sqlite3.Error, OSError) as err:
-            self.log.warning("Statistics not saved: %s", err)
-            admin_log.error("task %s: statistics not saved: %s", self.task.task_id, err)
 
 
 @dataclasses.dataclass

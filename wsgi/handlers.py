@@ -20,7 +20,7 @@ from retrace.errors import Conflict, Forbidden, NotFound, QueueFull
 from retrace.packages import is_package_known
 from retrace.release import ReleaseId, served_releases, supported_releases
 from retrace.stats import StatsDB
-from retrace.task import Task, TaskStatus, wire_status
+from retrace.task import Task, TaskStatus, TaskType, wire_status
 from wsgi import metrics, statspage
 
 log = logging.getLogger(__name__)
@@ -99,12 +99,16 @@ def checkpackage(config, request):
 def create(config, request):
     """Accept a crash archive: check, stream, unpack, validate, queue."""
     fmt = archive.format_for(request.headers.get("Content-Type"))
-    length = archive.declared_length(request.content_length, config.max_packed_bytes)
+    task_type = crashdata.parse_task_type(request.headers.get("X-Task-Type"), config.AllowInteractive,
+                                          config.AllowVMCoreTask)
+    is_vmcore = task_type == TaskType.VMCORE
+    packed_cap = config.max_vmcore_packed_bytes if is_vmcore else config.max_packed_bytes
+    length = archive.declared_length(request.content_length, packed_cap)
     if "X-CoreFileDirectory" in request.headers:
         raise Forbidden("X-CoreFileDirectory header has been disabled by server administrator")
-    task_type = crashdata.parse_task_type(request.headers.get("X-Task-Type"), config.AllowInteractive)
     archive.ensure_storage(config.SaveDir, length, config.min_storage_left_bytes)
-    limits = archive.Limits(config.max_unpacked_bytes, config.min_storage_left_bytes, crashdata.size_caps())
+    unpacked_cap = config.max_vmcore_unpacked_bytes if is_vmcore else config.max_unpacked_bytes
+    limits = archive.Limits(unpacked_cap, config.min_storage_left_bytes, crashdata.size_caps())
     with _refusals_counted(config, request), taskqueue.admitted_upload(config) as incoming:
         sizes = archive.receive_archive(request.environ["wsgi.input"], length, fmt, incoming.crash_dir, limits)
         archive.require_files(sizes, crashdata.REQUIRED_FILES[task_type])
@@ -196,6 +200,12 @@ def exploitable(config, request, task_id):
         EXPLOITABLE_LIMIT,
         "There is no exploitability data for the specified task",
     )
+
+
+def result(config, request, task_id, name):
+    """A vmcore task's ``crash`` output: ``sys`` (system summary), ``bt`` (backtrace), ``mod`` (modules)."""
+    return _task_file(config, request, task_id, f"results/{name}", BACKTRACE_LIMIT,
+                      f"There is no '{name}' result for the specified task")
 
 
 def delete(config, request, task_id):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import wsgi
 from retrace.config import ConfigError, load_config
-from retrace.gdb import sandbox_argv
+from retrace.sandbox import sandbox_argv
 from wsgi.debuginfod_server import debuginfod_argv
 
 PROG = "retrace-server-httpd"
@@ -175,6 +175,16 @@ def check_gdb_sandbox(user):
         )
 
 
+# Apache's LimitRequestBody cannot exceed 2 GiB; above it, 0 (no Apache limit) leaves
+# the check to the application, which counts every byte it streams.
+_APACHE_BODY_MAXIMUM = 2147483647
+
+
+def apache_body_limit(config):
+    largest = config.largest_upload_bytes
+    return largest if largest <= _APACHE_BODY_MAXIMUM else 0
+
+
 def apache_config(*, run_dir, host, port, user, group, config, config_path, retrace_conf, cert, key, module_dir, wsgi_module):
     listen_host = f"[{host}]" if ":" in host else host
     defines = {
@@ -184,7 +194,7 @@ def apache_config(*, run_dir, host, port, user, group, config, config_path, retr
         "RETRACE_WORKER": worker_executable(),
         "RETRACE_USER": user,
         "RETRACE_GROUP": group,
-        "RETRACE_MAX_BODY": config.max_packed_bytes,
+        "RETRACE_MAX_BODY": apache_body_limit(config),
     }
     if config.DebuginfodServe:
         defines["RETRACE_DEBUGINFOD_PORT"] = config.DebuginfodPort

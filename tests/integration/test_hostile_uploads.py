@@ -277,10 +277,12 @@ def test_upload_that_stalls_before_content_length_is_408(hostile_server, problem
     [
         ("X-Task-Type", "zero", 400, "X-Task-Type must be a whole number"),
         ("X-Task-Type", "3", 409, "Interactive tasks were disabled"),
-        ("X-Task-Type", "2", 400, "does not retrace kernel vmcores"),
+        ("X-Task-Type", "4", 400, "send the vmcore as type 2"),
+        ("X-Task-Type", "2", 403, "Required file 'vmcore' is missing"),
         ("X-CoreFileDirectory", "/etc", 403, "X-CoreFileDirectory header has been disabled"),
     ],
-    ids=["non-integer-task-type", "interactive-task-type", "vmcore-task-type", "core-file-directory"],
+    ids=["non-integer-task-type", "interactive-task-type", "interactive-vmcore-task-type",
+         "vmcore-task-without-vmcore", "core-file-directory"],
 )
 def test_refused_create_header(hostile_server, problem_dir, header, value, status, fragment):
     send = post_archive(hostile_server, abrt_archive(problem_dir), **{header: value})

@@ -1,7 +1,7 @@
 import pytest
 
 from retrace.crashdata import parse_task_type, validate_crash_dir
-from retrace.errors import BadRequest, Conflict, InvalidCrashData
+from retrace.errors import BadRequest, Conflict, Forbidden, InvalidCrashData
 from retrace.task import TaskType
 
 CORE_HEADER = b"\x7fELF\x02\x01\x01" + bytes(9) + b"\x04\x00" + bytes(46)
@@ -44,26 +44,44 @@ def test_package_with_epoch_is_accepted(tmp_path):
 
 
 def test_task_type_defaults_to_coredump():
-    assert parse_task_type(None, False) == TaskType.COREDUMP
-    assert parse_task_type(" 1 ", False) == TaskType.DEBUG
+    assert parse_task_type(None, False, True) == TaskType.COREDUMP
+    assert parse_task_type(" 1 ", False, True) == TaskType.DEBUG
 
 
 def test_task_type_must_be_a_number():
     with pytest.raises(BadRequest, match="whole number"):
-        parse_task_type("zero", False)
+        parse_task_type("zero", False, True)
 
 
 def test_unknown_task_type_is_refused():
     with pytest.raises(BadRequest, match="Unknown X-Task-Type 9"):
-        parse_task_type("9", False)
+        parse_task_type("9", False, True)
 
 
 def test_interactive_needs_allow_interactive():
     with pytest.raises(Conflict):
-        parse_task_type("3", False)
-    assert parse_task_type("3", True) == TaskType.COREDUMP_INTERACTIVE
+        parse_task_type("3", False, True)
+    assert parse_task_type("3", True, True) == TaskType.COREDUMP_INTERACTIVE
 
 
-def test_vmcore_types_are_refused():
-    with pytest.raises(BadRequest, match="vmcores"):
-        parse_task_type("2", True)
+def test_vmcore_task_is_accepted_unless_the_administrator_disabled_it():
+    assert parse_task_type("2", False, True) == TaskType.VMCORE
+    with pytest.raises(Forbidden, match="vmcore tasks were disabled"):
+        parse_task_type("2", False, False)
+
+
+def test_interactive_vmcore_task_is_refused_with_the_alternative():
+    with pytest.raises(BadRequest, match="send the vmcore as type 2"):
+        parse_task_type("4", True, True)
+
+
+def test_vmcore_must_be_a_kernel_dump(tmp_path):
+    (tmp_path / "vmcore").write_bytes(b"just some text, not a dump")
+    with pytest.raises(InvalidCrashData, match="not a kernel dump"):
+        validate_crash_dir(tmp_path, {"vmcore": 1})
+
+
+def test_vmcore_in_each_dump_format_is_accepted(tmp_path):
+    for head in (b"KDUMP   \x06\x00\x00\x00", b"makedumpfile\x00\x00\x00\x00", CORE_HEADER):
+        (tmp_path / "vmcore").write_bytes(head.ljust(64, b"\0"))
+        validate_crash_dir(tmp_path, {"vmcore": 1})

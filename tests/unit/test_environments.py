@@ -5,7 +5,7 @@ import os
 import pytest
 
 from retrace.chroot import ChrootError, dnf_argv, fakeroot_argv, manifest_of, root_key
-from retrace.gdb import prepare_mount_points
+from retrace.sandbox import prepare_mount_points
 from retrace.mock import CHROOT_CRASH_DIR, MockEnvironment
 from retrace.release import ReleaseId
 

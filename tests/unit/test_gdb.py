@@ -2,7 +2,8 @@ import subprocess
 
 import pytest
 
-from retrace.gdb import EXPLOITABLE_MARKER, batch_commands, gdb_argv, sandbox_argv
+from retrace.gdb import EXPLOITABLE_MARKER, batch_commands, gdb_argv
+from retrace.sandbox import sandbox_argv
 
 
 def test_batch_script_prints_all_threads_ascending_then_the_exploitable_section():

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from retrace.config import Config
-from wsgi.httpd import LaunchError, apache_config, check_port_free, main, parse_listen
+from wsgi.httpd import LaunchError, apache_body_limit, apache_config, check_port_free, main, parse_listen
 
 
 def test_listen_parses_host_and_port():
@@ -30,7 +30,7 @@ def test_taken_port_is_refused_with_a_sentence():
 def test_generated_config_includes_retrace_conf_and_limits_body(tmp_path):
     text = apache_config(
         run_dir=tmp_path, host="127.0.0.1", port=8443, user="retrace", group="retrace",
-        config=Config(MaxPackedSize=3, LogDir=tmp_path), config_path=Path("/etc/r.conf"),
+        config=Config(MaxPackedSize=3, AllowVMCoreTask=False, LogDir=tmp_path), config_path=Path("/etc/r.conf"),
         retrace_conf=Path("/x/httpd/retrace.conf"), cert=tmp_path / "c", key=tmp_path / "k",
         module_dir=Path("/usr/lib/apache2/modules"), wsgi_module="mod_wsgi.so",
     )
@@ -39,6 +39,12 @@ def test_generated_config_includes_retrace_conf_and_limits_body(tmp_path):
     assert 'Define RETRACE_CONFIG "/etc/r.conf"' in text
     assert "User retrace" in text and "SSLEngine on" in text
     assert "Listen 127.0.0.1:8443" in text
+
+
+def test_body_limit_follows_the_larger_cap_and_apache_s_2_gib_ceiling():
+    assert apache_body_limit(Config(MaxPackedSize=3, MaxVmcorePackedSize=5)) == 5 * 1048576
+    assert apache_body_limit(Config(MaxPackedSize=3, MaxVmcorePackedSize=5, AllowVMCoreTask=False)) == 3 * 1048576
+    assert apache_body_limit(Config(MaxVmcorePackedSize=4096)) == 0
 
 
 def test_invalid_config_stops_the_launcher_with_exit_2(tmp_path, capsys):

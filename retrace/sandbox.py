@@ -1,0 +1,145 @@
+"""Running a debugger on untrusted input: bubblewrap, resource limits, a wall-clock timeout.
+
+gdb reads uploaded cores and repository DWARF, ``crash`` reads uploaded
+vmcores and a vmlinux: large inputs from outside.  Both run as an
+unprivileged uid in a new user namespace, without network, with the host's
+``/usr`` (or a release's root) and the task's files read-only, a private
+``/tmp``, address-space and CPU limits, and a timeout after which the whole
+process group is killed.
+"""
+
+import contextlib
+import dataclasses
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from retrace.errors import RetraceError
+
+_BWRAP_FAILURE = re.compile(r"^bwrap: (.*)$", re.M)
+_HOST_DIRS = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin")
+_HOST_FILES = ("/etc/ld.so.cache", "/etc/localtime")
+_SANDBOX_UID = 65534
+
+
+class SandboxUnavailable(RetraceError):
+    """bubblewrap (or the debugger) cannot run on this host."""
+
+    category = "sandbox unavailable"
+
+
+class SandboxTimeout(Exception):
+    """The sandboxed command outlived its timeout and was killed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Sandboxed:
+    returncode: int
+    text: str
+    seconds: float
+
+    @property
+    def killed_by(self):
+        """The signal's name when the command was killed (a limit, usually), else None."""
+        return signal.Signals(-self.returncode).name if self.returncode < 0 else None
+
+
+def _host_binds():
+    """Read-only binds (or symlinks, for merged /usr) of what the debugger itself needs."""
+    binds = []
+    for path in _HOST_DIRS:
+        if os.path.islink(path):
+            binds += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            binds += ["--ro-bind", path, path]
+    for path in _HOST_FILES:
+        binds += ["--ro-bind-try", path, path]
+    return binds
+
+
+def sandbox_argv(command, read_only_paths, root=None, writable_paths=()):
+    """bwrap around ``command``; ``read_only_paths`` (and ``writable_paths``) appear at their own paths.
+
+    Without ``root`` the host's /usr provides gdb; with it, ``root`` is
+    mounted read-only as ``/`` (it must hold the mount points of /proc,
+    /dev, /tmp and of ``read_only_paths``: see ``prepare_mount_points``).
+    """
+    system = ["--ro-bind", str(root), "/"] if root is not None else _host_binds()
+    argv = [
+        "bwrap", "--unshare-all", "--unshare-user", "--uid", str(_SANDBOX_UID), "--gid", str(_SANDBOX_UID),
+        "--die-with-parent", "--new-session", "--clearenv",
+        "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8", "--setenv", "HOME", "/tmp",
+        *system,
+        "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--chdir", "/tmp",
+    ]
+    for path in read_only_paths:
+        argv += ["--ro-bind", str(path), str(path)]
+    for path in writable_paths:
+        argv += ["--bind", str(path), str(path)]
+    return argv + ["--", *command]
+
+
+def _limits(memory_bytes, cpu_seconds):
+    def apply():
+        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    return apply
+
+
+def require_sandbox(program):
+    """SandboxUnavailable unless bwrap and ``program`` are installed."""
+    for needed in ("bwrap", program):
+        if shutil.which(needed) is None:
+            raise SandboxUnavailable(f"{needed} is not installed on the retrace server")
+
+
+def prepare_mount_points(root, paths):
+    """Create, inside a root bubblewrap will mount read-only, where ``paths`` get mounted."""
+    for name in ("proc", "dev", "tmp"):
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+    for path in map(str, paths):
+        target = os.path.join(root, path.lstrip("/"))
+        if os.path.isdir(path):
+            os.makedirs(target, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            open(target, "a").close()
+
+
+def run_sandboxed(command, read_only_paths, *, timeout, memory_bytes, stdin=None, root=None, writable_paths=()):
+    """Run ``command`` in the sandbox; its Sandboxed result (output and errors merged).
+
+    ``stdin`` is text to feed it, or a Path whose content it reads.
+    SandboxTimeout when it outlives ``timeout``; SandboxUnavailable when
+    bubblewrap itself could not start.
+    """
+    argv = sandbox_argv(command, read_only_paths, root, writable_paths)
+    with contextlib.ExitStack() as stack:
+        if isinstance(stdin, Path):
+            source, data = stack.enter_context(open(stdin, "rb")), None
+        else:
+            source = subprocess.PIPE if stdin is not None else subprocess.DEVNULL
+            data = stdin.encode() if stdin is not None else None
+        started = time.monotonic()
+        process = subprocess.Popen(
+            argv, stdin=source, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            close_fds=True, preexec_fn=_limits(memory_bytes, int(timeout) + 1),
+        )
+        try:
+            output, _ = process.communicate(data, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise SandboxTimeout(command[0]) from None
+    text = output.decode("utf-8", errors="replace")
+    failure = _BWRAP_FAILURE.search(text)
+    if process.returncode != 0 and failure:
+        raise SandboxUnavailable(f"the debugger sandbox (bubblewrap) cannot start on this server: {failure[1]}")
+    return Sandboxed(process.returncode, text, time.monotonic() - started)

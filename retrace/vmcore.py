@@ -1,0 +1,203 @@
+"""Kernel dumps: which format, and which kernel wrote them.
+
+Users send three formats: ELF (``/proc/vmcore`` as is, or QEMU's
+``dump-guest-memory``), kdump-compressed (``makedumpfile -c``, signature
+``KDUMP``) and makedumpfile's flattened stream (``-F``, and QEMU 7.2's
+``-z``), which is a list of ``(offset, size, data)`` records to be laid out
+again.  The kernel is named by the dump's VMCOREINFO text
+(``OSRELEASE=``, and since Linux 5.9 ``BUILD-ID=``): an ELF note, or a
+block the kdump sub-header points to.  Reading it ourselves costs
+milliseconds and works without a vmlinux; ``crash --osrelease`` only
+cross-checks.  A dump without VMCOREINFO is searched as text, as upstream
+did ("60% crash, 40% regexes").
+"""
+
+import dataclasses
+import enum
+import re
+import struct
+
+from retrace.coredump import PT_NOTE, image_header, program_headers
+from retrace.errors import InvalidCrashData
+
+ET_CORE = 4
+_FLAT_SIGNATURE = b"makedumpfile\0"
+_FLAT_HEADER_SIZE = 4096
+_FLAT_RECORD = struct.Struct(">qq")
+_KDUMP_SIGNATURES = (b"KDUMP   ", b"DISKDUMP")
+_KDUMP_HEADER = struct.Struct("<8si")
+_UTS_FIELD = 65
+_KDUMP_BLOCK_SIZE_OFFSET = 428
+_KDUMP_VMCOREINFO = struct.Struct("<qQ")  # offset_vmcoreinfo, size_vmcoreinfo in the sub-header
+_KDUMP_VMCOREINFO_AT = 32
+_MAX_VMCOREINFO = 1 << 20
+_TEXT_CHUNK = 8 << 20
+_TEXT_OVERLAP = 4096
+_KERNEL_RELEASE = r"[0-9]+\.[0-9]+[A-Za-z0-9._+~-]*"
+_TEXT_KEYS = {
+    "OSRELEASE": re.compile(rb"OSRELEASE=(" + _KERNEL_RELEASE.encode() + rb")\n"),
+    "BUILD-ID": re.compile(rb"BUILD-ID=([0-9a-f]{40})\n"),
+}
+_LINUX_VERSION = re.compile(rb"Linux version (" + _KERNEL_RELEASE.encode() + rb") \(")
+KERNEL_RELEASE = re.compile(_KERNEL_RELEASE, re.ASCII)
+
+
+class DumpFormat(enum.Enum):
+    ELF = "ELF"
+    KDUMP = "kdump-compressed"
+    FLATTENED = "flattened (makedumpfile -F)"
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelIdentity:
+    """What names the crashed kernel, and where it was read."""
+
+    release: str | None
+    build_id: str | None
+    source: str  # "VMCOREINFO", "text search", ...
+
+
+def dump_format(path, name="vmcore"):
+    """The DumpFormat of an uploaded dump; InvalidCrashData for anything else."""
+    with open(path, "rb") as dump:
+        head = dump.read(64)
+    if head.startswith(_FLAT_SIGNATURE):
+        return DumpFormat.FLATTENED
+    if head[:8] in _KDUMP_SIGNATURES:
+        return DumpFormat.KDUMP
+    found = image_header(lambda offset, length: head[offset:offset + length])
+    if found is not None:
+        if found[1][1] == ET_CORE:
+            return DumpFormat.ELF
+        raise InvalidCrashData(f"The '{name}' file is an ELF file but not a core dump (a vmlinux or a program?)")
+    raise InvalidCrashData(
+        f"The '{name}' file is not a kernel dump: expected ELF, kdump-compressed (makedumpfile -c) "
+        "or flattened (makedumpfile -F) format"
+    )
+
+
+class _FlattenedImage:
+    """Random access to the image a flattened stream describes, without writing it out."""
+
+    def __init__(self, handle):
+        self.handle = handle
+        self.records = []
+        position = _FLAT_HEADER_SIZE
+        while True:
+            handle.seek(position)
+            raw = handle.read(_FLAT_RECORD.size)
+            if len(raw) < _FLAT_RECORD.size:
+                break
+            offset, size = _FLAT_RECORD.unpack(raw)
+            if offset < 0 or size < 0:
+                break
+            self.records.append((offset, size, position + _FLAT_RECORD.size))
+            position += _FLAT_RECORD.size + size
+
+    def read(self, offset, length):
+        """Bytes of the image; a later record wins where records overlap, holes read as zeros."""
+        out = bytearray(length)
+        end = offset + length
+        for start, size, data_at in self.records:
+            low, high = max(start, offset), min(start + size, end)
+            if low < high:
+                self.handle.seek(data_at + low - start)
+                out[low - offset:high - offset] = self.handle.read(high - low).ljust(high - low, b"\0")
+        return bytes(out)
+
+
+def _file_read(handle):
+    def read(offset, length):
+        handle.seek(offset)
+        return handle.read(length)
+
+    return read
+
+
+def _elf_vmcoreinfo(read):
+    found = image_header(read)
+    if found is None:
+        return None
+    elf, header = found
+    for p_type, offset, _vaddr, filesz, _memsz in program_headers(read, elf, header):
+        if p_type != PT_NOTE or filesz > _MAX_VMCOREINFO * 64:
+            continue
+        for _type, name, desc in elf.notes(read(offset, filesz)):
+            if name == b"VMCOREINFO":
+                return desc
+    return None
+
+
+def _kdump_header(read):
+    """``(vmcoreinfo bytes or None, utsname release or None)`` of a kdump-compressed image."""
+    head = read(0, 512)
+    signature, version = _KDUMP_HEADER.unpack_from(head)
+    release = head[12 + 2 * _UTS_FIELD:12 + 3 * _UTS_FIELD].split(b"\0", 1)[0]
+    (block_size,) = struct.unpack_from("<i", head, _KDUMP_BLOCK_SIZE_OFFSET)
+    vmcoreinfo = None
+    if version >= 3 and 0 < block_size <= 1 << 20:
+        offset, size = _KDUMP_VMCOREINFO.unpack(read(block_size + _KDUMP_VMCOREINFO_AT, _KDUMP_VMCOREINFO.size))
+        if 0 < size <= _MAX_VMCOREINFO and offset > 0:
+            vmcoreinfo = read(offset, size)
+    return vmcoreinfo, release.decode("ascii", "replace") or None
+
+
+def parse_vmcoreinfo(raw):
+    """``{key: value}`` of VMCOREINFO's ``KEY=value`` lines."""
+    text = raw.decode("ascii", errors="replace")
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def _identity(fields, source, fallback_release=None):
+    release = fields.get("OSRELEASE") or fallback_release
+    if release is not None and not KERNEL_RELEASE.fullmatch(release):
+        release = None
+    build_id = fields.get("BUILD-ID", "").lower()
+    return KernelIdentity(release, build_id if re.fullmatch(r"[0-9a-f]{40}", build_id) else None, source)
+
+
+def read_vmcoreinfo(path):
+    """The KernelIdentity from the dump's VMCOREINFO (or kdump header); None when it has neither."""
+    with open(path, "rb") as handle:
+        fmt = dump_format(path)
+        read = _FlattenedImage(handle).read if fmt is DumpFormat.FLATTENED else _file_read(handle)
+        image = read(0, 8)
+        if image in _KDUMP_SIGNATURES:
+            raw, uts_release = _kdump_header(read)
+        else:
+            raw, uts_release = _elf_vmcoreinfo(read), None
+    if raw is None and uts_release is None:
+        return None
+    identity = _identity(parse_vmcoreinfo(raw or b""), "VMCOREINFO" if raw else "kdump header", uts_release)
+    return identity if identity.release or identity.build_id else None
+
+
+def search_text(path, limit=None):
+    """The kernel named anywhere in the dump's bytes (the vmcoreinfo page, a boot banner); None if nowhere.
+
+    Only uncompressed dumps hold the text; ``limit`` bounds how many bytes are read.
+    """
+    found = {}
+    banner = None
+    with open(path, "rb") as handle:
+        position = 0
+        tail = b""
+        while limit is None or position < limit:
+            chunk = handle.read(_TEXT_CHUNK)
+            if not chunk:
+                break
+            window = tail + chunk
+            for key, pattern in _TEXT_KEYS.items():
+                if key not in found and (match := pattern.search(window)):
+                    found[key] = match[1].decode("ascii")
+            if banner is None and (match := _LINUX_VERSION.search(window)):
+                banner = match[1].decode("ascii")
+            if len(found) == len(_TEXT_KEYS):
+                break
+            tail = window[-_TEXT_OVERLAP:]
+            position += len(chunk)
+    if not found and banner is None:
+        return None
+    identity = _identity(found, "text search", banner)
+    return identity if identity.release else None
+

@@ -1,0 +1,165 @@
+"""Kernel vmcores (X-Task-Type 2) through the real HTTPS server, the real worker and the real ``crash``.
+
+The dumps are real: a Debian cloud kernel panicked under QEMU
+(tests/fixtures/vmcore.py); its -dbg package is the real one, in a
+``debian-12-x86_64`` repository directory as a mirror would hold it.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.vmcore import MARKER, kernel_debs, make_vmcores
+from tests.integration.helpers import password_header, wait_final
+
+ZSTD_TAR = "application/x-zstd-compressed-tar"
+DEBIAN_RELEASE = "debian-12-x86_64"
+CLIENT = Path(sys.executable).with_name("retrace-client")
+
+
+@pytest.fixture(scope="module")
+def vmcores(work_dir):
+    return make_vmcores(work_dir / "vmcores")
+
+
+@pytest.fixture(scope="module")
+def uploads(vmcores, work_dir):
+    """One zstd-compressed tar per dump, each holding its dump as ``vmcore``."""
+    made = {}
+    for kind in ("elf", "flattened", "kdump", "without_vmcoreinfo"):
+        directory = work_dir / "vmcore-uploads" / kind
+        directory.mkdir(parents=True)
+        os.link(getattr(vmcores, kind), directory / "vmcore")
+        archive = directory.with_suffix(".tar.zst")
+        subprocess.run(["tar", "--zstd", "-cf", str(archive), "-C", str(directory), "vmcore"], check=True)
+        made[kind] = archive
+    return made
+
+
+def add_debian_repository(server, *debs):
+    packages = server.repo_dir / DEBIAN_RELEASE / "Packages"
+    packages.mkdir(parents=True)
+    for deb in debs:
+        (packages / deb.name).symlink_to(deb)
+    for directory in (packages.parent, packages):
+        directory.chmod(0o755)
+
+
+@pytest.fixture(scope="module")
+def kernel_server(start_server):
+    """A server whose only repository is Debian's, holding the kernel's real -dbg package."""
+    server = start_server(repository=False)
+    add_debian_repository(server, kernel_debs().dbg)
+    return server
+
+
+def upload(server, archive):
+    with open(archive, "rb") as body:
+        response = server.post("/create", data=body, headers={"Content-Type": ZSTD_TAR, "X-Task-Type": "2"})
+    assert response.status_code == 201, response.text
+    return response.headers["X-Task-Id"], password_header(response)
+
+
+def retrace(server, archive):
+    task = upload(server, archive)
+    return task, wait_final(server, *task, timeout=240)
+
+
+def text(server, task, path):
+    response = server.get(f"/{task[0]}/{path}", headers=task[1])
+    assert response.status_code == 200, response.text
+    return response.text
+
+
+@pytest.mark.parametrize("kind", ["elf", "flattened", "kdump"])
+def test_each_dump_format_comes_back_as_kernel_log_backtrace_and_summary(kernel_server, uploads, kind):
+    task, status = retrace(kernel_server, uploads[kind])
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", text(kernel_server, task, "log")
+    kernel_log = text(kernel_server, task, "backtrace")
+    assert MARKER in kernel_log
+    assert "Kernel panic - not syncing: sysrq triggered crash" in kernel_log
+    assert "sysrq_handle_crash" in text(kernel_server, task, "results/bt")
+    assert 'PANIC: "Kernel panic - not syncing: sysrq triggered crash"' in text(kernel_server, task, "results/sys")
+    assert "qemu_fw_cfg" in text(kernel_server, task, "results/mod")
+
+
+def test_flattened_dump_is_reassembled_first(kernel_server, uploads):
+    task, status = retrace(kernel_server, uploads["flattened"])
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS"
+    log = text(kernel_server, task, "log")
+    assert "Vmcore: flattened (makedumpfile -F) format" in log
+    assert "Reassembled the flattened dump with makedumpfile -R" in log
+
+
+def test_kernel_is_named_by_the_dump_s_vmcoreinfo(kernel_server, uploads, vmcores):
+    task, _ = retrace(kernel_server, uploads["kdump"])
+    assert f"Kernel {vmcores.release}, build-id " in text(kernel_server, task, "log")
+    assert "(from VMCOREINFO)" in text(kernel_server, task, "log")
+
+
+def test_dump_without_vmcoreinfo_is_identified_by_the_text_search(kernel_server, uploads, vmcores):
+    task, status = retrace(kernel_server, uploads["without_vmcoreinfo"])
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", text(kernel_server, task, "log")
+    log = text(kernel_server, task, "log")
+    assert f"Kernel {vmcores.release}, build-id " in log and "(from text search)" in log
+    assert MARKER in text(kernel_server, task, "backtrace")
+
+
+def test_missing_vmlinux_fails_naming_the_kernel_and_the_package(start_server, uploads, vmcores):
+    server = start_server(repository=False)
+    (server.repo_dir / DEBIAN_RELEASE / "Packages").mkdir(parents=True, mode=0o755)
+    task, status = retrace(server, uploads["kdump"])
+    assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
+    assert f"no vmlinux for kernel {vmcores.release} (build-id " in status.text
+    assert f"linux-image-{vmcores.release}-dbg is in none of {DEBIAN_RELEASE}" in status.text
+    assert "no debuginfod server is configured" in status.text
+
+
+def neighbouring_build(work_dir, release):
+    """A -dbg package of the same kernel release whose vmlinux is another build (another build-id)."""
+    root = work_dir / "neighbour" / "root"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text(
+        f"Package: linux-image-{release}-dbg\nVersion: 0.1\nArchitecture: amd64\n"
+        "Maintainer: retrace tests <root@localhost>\nDescription: another build\n")
+    boot = root / "usr/lib/debug/boot"
+    boot.mkdir(parents=True)
+    shutil.copy("/usr/bin/true", boot / f"vmlinux-{release}")
+    deb = work_dir / "neighbour" / f"linux-image-{release}-dbg_0.1_amd64.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(deb)], check=True,
+                   capture_output=True)
+    return deb
+
+
+def test_vmlinux_of_a_neighbouring_build_is_refused(start_server, uploads, vmcores, work_dir):
+    server = start_server(repository=False)
+    add_debian_repository(server, neighbouring_build(work_dir, vmcores.release))
+    task, status = retrace(server, uploads["kdump"])
+    assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
+    assert f"is another build of {vmcores.release}" in status.text
+    assert "crash would show a wrong backtrace" in status.text
+
+
+def test_hanging_crash_is_cut_off_by_the_timeout(start_server, uploads):
+    server = start_server(repository=False, ProcessCommunicateTimeout="1")
+    add_debian_repository(server, kernel_debs().dbg)
+    task, status = retrace(server, uploads["kdump"])
+    assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
+    assert "crash did not finish within 1 s (ProcessCommunicateTimeout) and was stopped" in status.text
+    leftovers = subprocess.run(["pgrep", "-f", f"{task[0]}/crash/vmcore"], capture_output=True, text=True)
+    assert leftovers.stdout == ""
+
+
+def test_retrace_client_sends_a_vmcore_and_prints_the_kernel_log(kernel_server, vmcores):
+    result = subprocess.run(
+        [str(CLIENT), "batch", "--uri", kernel_server.url, "--cafile", str(kernel_server.cert), "--vmcore",
+         str(vmcores.kdump), "--status-delay", "0.2"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert MARKER in result.stdout
+    assert "Retrace job finished successfully" in result.stderr + result.stdout

@@ -1,0 +1,262 @@
+"""One kernel vmcore task (X-Task-Type 2): dump in, kernel log, backtrace and system summary out.
+
+Analysis reads the dump's own VMCOREINFO (any format; a flattened stream is
+first laid out with ``makedumpfile -R``), cross-checks it with
+``crash --osrelease`` and falls back to a text search of the dump.
+Preparation finds the kernel's debuginfo package in the release
+repositories (or the vmlinux on a debuginfod server by the kernel's
+build-id) and keeps only its vmlinux, once, in the kernel cache; a vmlinux
+whose build-id is not the dump's is refused.  ``crash`` then runs in the
+sandbox; its ``log`` becomes the task's backtrace (as upstream), ``sys``,
+``bt`` and ``mod`` go to ``results/``.  The vmcore stays with the task (support
+teams come back to it), stripped by makedumpfile when VmcoreDumpLevel asks.
+"""
+
+import dataclasses
+import os
+import re
+import time
+from pathlib import Path
+
+from retrace import crash as crash_tool
+from retrace.debuginfod import BuildIdCache, Settings as DebuginfodSettings, fetch_all
+from retrace.kernel import (KernelCache, KernelError, debuginfo_packages, extract_vmlinux, find_debuginfo_package,
+                            is_debian_kernel, kernel_arch, repository_releases)
+from retrace.coredump import file_build_id
+from retrace.release import release_from_line, releases_from_dist_tag
+from retrace.sandbox import SandboxTimeout, run_sandboxed
+from retrace.task import TaskStatus, write_atomically
+from retrace.vmcore import DumpFormat, KernelIdentity, dump_format, read_vmcoreinfo, search_text
+from worker.pipeline import RELEASE_FILES, Job, TaskFailed
+
+_PANIC = re.compile(r"^\s*PANIC: (.*)$", re.M)
+
+
+@dataclasses.dataclass
+class _Dump:
+    """What analysis found, handed from stage to stage."""
+
+    path: Path
+    format: DumpFormat
+    kernel: KernelIdentity
+    arch: str
+    releases: list  # ReleaseIds whose repositories may hold the kernel's debuginfo
+    vmlinux: Path | None = None
+
+
+class VmcoreJob(Job):
+    @property
+    def _vmcore(self):
+        return self.task.crash_dir / "vmcore"
+
+    def _sandboxed(self, command, read_only, writable=(), stdin=None):
+        """A helper program (makedumpfile) on the untrusted dump, in the sandbox; its Sandboxed result."""
+        try:
+            return run_sandboxed(command, read_only, writable_paths=writable, stdin=stdin,
+                                 timeout=self.config.ProcessCommunicateTimeout,
+                                 memory_bytes=self.config.gdb_memory_limit_bytes)
+        except SandboxTimeout:
+            raise TaskFailed(f"{command[0]} did not finish within {self.config.ProcessCommunicateTimeout:g} s "
+                             "(ProcessCommunicateTimeout) and was stopped", "crash timeout") from None
+
+    # -- analysis ----------------------------------------------------------------
+
+    def analyze(self):
+        path = self._vmcore
+        if not path.is_file():
+            raise TaskFailed("the task has no vmcore (it was deleted?)", "bad core")
+        fmt = dump_format(path)
+        self.record.coresize = path.stat().st_size
+        self.log.info("Vmcore: %s format, %d bytes", fmt.value, self.record.coresize)
+        if fmt is DumpFormat.FLATTENED:
+            self._reassemble(path)
+            fmt = dump_format(path)
+        kernel = self._identify(path, fmt)
+        arch = kernel_arch(kernel.release)
+        if arch is None:
+            raise TaskFailed(f"cannot tell the architecture of kernel {kernel.release} from its release string",
+                             "unsupported release")
+        self.record.package, self.record.arch = f"kernel-{kernel.release}", arch
+        releases = self._releases(kernel.release, arch)
+        return _Dump(path, fmt, kernel, arch, releases)
+
+    def _reassemble(self, path):
+        """Lay a flattened stream out as the kdump-compressed file it describes (``makedumpfile -R``)."""
+        started = time.monotonic()
+        target = path.with_name("vmcore.reassembled")
+        target.unlink(missing_ok=True)
+        ran = self._sandboxed(["makedumpfile", "-R", str(target)], [], writable=[path.parent], stdin=path)
+        if ran.returncode != 0 or not target.is_file():
+            target.unlink(missing_ok=True)
+            raise TaskFailed(f"the flattened vmcore cannot be reassembled: makedumpfile said: "
+                             f"{crash_tool.gist(ran.text)}", "bad core")
+        os.replace(target, path)
+        self.log.info("Reassembled the flattened dump with makedumpfile -R in %.3f s", time.monotonic() - started)
+
+    def _identify(self, path, fmt):
+        """The kernel release and build-id: VMCOREINFO, checked by crash --osrelease, else a text search."""
+        kernel = read_vmcoreinfo(path)
+        said = crash_tool.osrelease(self.config.KernelDebuggerPath, path, timeout=self.config.ProcessCommunicateTimeout,
+                                    memory_bytes=self.config.gdb_memory_limit_bytes)
+        if kernel is not None and said is not None and said != kernel.release:
+            self.log.warning("crash --osrelease says %s, the dump's %s says %s; using the latter",
+                             said, kernel.source, kernel.release)
+        if kernel is None and said is not None:
+            kernel = KernelIdentity(said, None, "crash --osrelease")
+        if kernel is None or kernel.build_id is None:
+            found = search_text(path) if fmt is DumpFormat.ELF else None
+            if found is not None and (kernel is None or found.release == kernel.release):
+                kernel = KernelIdentity(found.release, found.build_id, f"{kernel.source} and text search"
+                                        if kernel else found.source)
+        if kernel is None or kernel.release is None:
+            raise TaskFailed(
+                "cannot tell which kernel wrote this vmcore: it holds no VMCOREINFO, crash --osrelease says "
+                "'unknown' and no OSRELEASE= or 'Linux version' text was found in it", "bad core")
+        self.log.info("Kernel %s, build-id %s (from %s)", kernel.release, kernel.build_id or "unknown", kernel.source)
+        if kernel.build_id is None:
+            self.log.warning("The dump records no BUILD-ID (a kernel older than 5.9?): the vmlinux cannot be verified")
+        return kernel
+
+    def _releases(self, kernel_release, arch):
+        """Releases to look in: the task's os_release, the kernel's dist tag, every Debian one for a Debian kernel."""
+        self.debuginfod_release = None
+        candidates = []
+        for name in RELEASE_FILES:
+            line = self.crash_text(name)
+            if line and (release := release_from_line(line, arch)) is not None:
+                candidates.append(release)
+        candidates += releases_from_dist_tag(kernel_release, arch)
+        if is_debian_kernel(kernel_release):
+            candidates += [release for release in repository_releases(self.config.RepoDir)
+                           if release.distribution == "debian" and release.arch == arch]
+        unique = list(dict.fromkeys(candidates))
+        self.record.release = str(unique[0]) if unique else None
+        self.log.info("Releases to search for the kernel's debuginfo: %s", " ".join(map(str, unique)) or "none")
+        return unique
+
+    # -- preparation ---------------------------------------------------------------
+
+    def prepare(self, dump):
+        kernels = KernelCache(self.config.CacheDir)
+        key = kernels.key(dump.kernel.build_id, dump.kernel.release)
+        cached = kernels.cached(key)
+        if cached is not None:
+            os.utime(cached.parent.parent / "manifest.json")
+            self.log.info("Reused the vmlinux of %s from the kernel cache", dump.kernel.release)
+            dump.vmlinux = cached
+            return
+        found = find_debuginfo_package(self.config.RepoDir, dump.releases, dump.kernel.release)
+        if found is None:
+            dump.vmlinux = self._from_debuginfod(dump)
+            return
+        release, package, member = found
+        self.record.release, self.record.packages = str(release), [package.name]
+
+        def fill(vmlinux):
+            started = time.monotonic()
+            if not extract_vmlinux(package, member, vmlinux):
+                raise KernelError(f"{package.name} of {release} holds no /{member}")
+            self._verify(vmlinux, dump.kernel, f"{package.name} of {release}")
+            self.log.info("Extracted the vmlinux from %s of %s in %.3f s", package.name, release,
+                          time.monotonic() - started)
+
+        entry = kernels.get(key, fill, on_wait=lambda: self.log.info(
+            "Waiting for another task that is extracting the vmlinux of %s", dump.kernel.release))
+        if not entry.unpacked:
+            self.log.info("Reused the vmlinux of %s, extracted meanwhile by another task", dump.kernel.release)
+        dump.vmlinux = entry.root / "vmlinux"
+
+    def _verify(self, vmlinux, kernel, origin):
+        """KernelError unless the vmlinux is the very build that crashed."""
+        if kernel.build_id is None:
+            return
+        build_id = file_build_id(vmlinux)
+        if build_id != kernel.build_id:
+            raise KernelError(
+                f"the vmlinux in {origin} is another build of {kernel.release} (build-id {build_id or 'none'}, "
+                f"the crashed kernel's is {kernel.build_id}); crash would show a wrong backtrace with it, so it "
+                "is not used")
+
+    def _from_debuginfod(self, dump):
+        searched = " or ".join(sorted({pattern.split("_")[0].replace("*", "") for pattern, _ in
+                                       debuginfo_packages(dump.kernel.release)})) or "kernel debuginfo package"
+        where = ", ".join(map(str, dump.releases)) or "no repository (no release matches the kernel)"
+        urls = []
+        for release in dump.releases or [None]:
+            settings = DebuginfodSettings.from_config(self.config, release)
+            if settings.urls:
+                urls = settings.urls
+                break
+        if not urls or dump.kernel.build_id is None:
+            why = "no debuginfod server is configured" if not urls else "the dump has no BUILD-ID to ask debuginfod"
+            raise KernelError(f"no vmlinux for kernel {dump.kernel.release} (build-id "
+                              f"{dump.kernel.build_id or 'unknown'}): {searched} is in none of {where}, and {why}")
+        started = time.monotonic()
+        fetched = fetch_all(settings, BuildIdCache(self.config.CacheDir), [(dump.kernel.build_id, "debuginfo")])
+        result = fetched[(dump.kernel.build_id, "debuginfo")]
+        if not result.path:
+            raise KernelError(f"no vmlinux for kernel {dump.kernel.release} (build-id {dump.kernel.build_id}): "
+                              f"{searched} is in none of {where}, and debuginfod has none ({result.source})")
+        self.log.info("Fetched the vmlinux from debuginfod %s in %.3f s", result.source, time.monotonic() - started)
+        return result.path
+
+    # -- analysis with crash -------------------------------------------------------
+
+    def _hide(self, dump):
+        def hide(text):
+            text = text.replace(str(dump.vmlinux), f"vmlinux-{dump.kernel.release}")
+            return text.replace(str(dump.path), "vmcore")
+
+        return hide
+
+    def backtrace(self, dump):
+        output = crash_tool.analyse(
+            self.config.KernelDebuggerPath, dump.vmlinux, dump.path, timeout=self.config.ProcessCommunicateTimeout,
+            memory_bytes=self.config.gdb_memory_limit_bytes, hide=self._hide(dump))
+        for line in output.preamble.splitlines():
+            if line.strip():
+                self.log.warning("crash: %s", line.strip())
+        if output.minimal:
+            self.log.warning("crash could not load the whole dump; only the kernel log (crash --minimal) is available")
+        header = ("crash could only read the kernel log (--minimal): the system summary and the backtrace are "
+                  "missing\n\n" if output.minimal else "")
+        write_atomically(self.task.path / "retrace_backtrace", header + output.kernel_log)
+        for name, command in (("sys", "sys"), ("mod", "mod")):
+            if output.sections.get(command, "").strip():
+                write_atomically(self.task.results_dir / name, output.sections[command])
+        if output.backtrace.strip():
+            write_atomically(self.task.results_dir / "bt", output.backtrace)
+        panic = _PANIC.search(output.sections.get("sys", ""))
+        self.log.info("crash finished in %.3f s: %d lines of kernel log%s", output.seconds,
+                      output.kernel_log.count("\n"), f", {panic[0].strip()}" if panic else "")
+
+    # -- cleaning ------------------------------------------------------------------
+
+    def clean(self):
+        """Remove temporary files; after a success, strip the kept vmcore when VmcoreDumpLevel asks."""
+        self.task.crash_dir.joinpath("vmcore.reassembled").unlink(missing_ok=True)
+        succeeded = self.task.status == TaskStatus.CLEANUP
+        if self.config.VmcoreDumpLevel and succeeded and self._vmcore.is_file():
+            self._strip()
+
+    def _strip(self):
+        path = self._vmcore
+        target = path.with_name("vmcore.stripped")
+        target.unlink(missing_ok=True)
+        started = time.monotonic()
+        ran = self._sandboxed(["makedumpfile", "-c", "-d", str(self.config.VmcoreDumpLevel), str(path), str(target)],
+                              [path], writable=[path.parent])
+        if ran.returncode != 0 or not target.is_file():
+            target.unlink(missing_ok=True)
+            self.log.warning("The vmcore was not stripped: makedumpfile said: %s", crash_tool.gist(ran.text))
+            return
+        before, after = path.stat().st_size, target.stat().st_size
+        saved = 100 * (before - after) / before if before else 0
+        if saved < self.config.VmcoreDumpSavePercent:
+            target.unlink()
+            self.log.info("Kept the vmcore as it was: makedumpfile -d %d would save only %.0f %%",
+                          self.config.VmcoreDumpLevel, saved)
+            return
+        os.replace(target, path)
+        self.log.info("Stripped the vmcore with makedumpfile -d %d in %.3f s: %d -> %d bytes (%.0f %% saved)",
+                      self.config.VmcoreDumpLevel, time.monotonic() - started, before, after, saved)
