@@ -51,3 +51,4 @@ bench: setup
 	$(PYTHON) bench/environments.py
 	$(PYTHON) bench/debuginfod.py
 	$(PYTHON) bench/cluster.py
+	$(PYTHON) bench/vmcore.py

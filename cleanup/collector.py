@@ -17,6 +17,7 @@ from pathlib import Path
 from retrace.cache import PackageCache
 from retrace.chroot import GdbRoots
 from retrace.debuginfod import BuildIdCache
+from retrace.kernel import KernelCache
 from retrace.stats import StatsDB
 from retrace.dispatch import end_failed, fail_if_worker_died, start_queued
 from retrace.task import WORKER_LOCK, TaskStatus, iter_tasks, worker_alive
@@ -134,7 +135,7 @@ class Collector:
         """``(description, last use, bytes, evict)`` of everything CacheDir holds for tasks."""
         cache_dir = Path(self.config.CacheDir)
         kinds = (("rpms", PackageCache, "package"), ("roots", GdbRoots, "gdb root"),
-                 ("buildid", BuildIdCache, "debuginfod files of"))
+                 ("buildid", BuildIdCache, "debuginfod files of"), ("kernel", KernelCache, "vmlinux"))
         found = []
         for directory, store_class, label in kinds:
             if (cache_dir / directory).is_dir():
@@ -146,7 +147,7 @@ class Collector:
     def trim_cache(self):
         """Evict the least recently used cache entries until CacheDir fits CacheSize and MinStorageLeft.
 
-        Unpacked packages, gdb roots and debuginfod files share the budget.
+        Unpacked packages, gdb roots, debuginfod files and vmlinux files share the budget.
         An entry used within WorkerTimeLimit may belong to a running task
         (no task runs longer), so it stays whatever the budget says.
         """

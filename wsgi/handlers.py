@@ -236,7 +236,8 @@ have to download debuginfo. Use <code>retrace-client</code> or any ABRT-compatib
 <h2>Your data</h2>
 <p>{https}</p>
 <p>Your coredump is kept on the server only while the retrace job runs; it is deleted
-as soon as the job ends. The backtrace and log are deleted {retention}.</p>
+as soon as the job ends. A kernel vmcore stays with its task, for a second look.
+The backtrace, log and vmcores are deleted {retention}.</p>
 </body>
 </html>
 """

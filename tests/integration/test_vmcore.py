@@ -30,7 +30,7 @@ def vmcores(work_dir):
 def uploads(vmcores, work_dir):
     """One zstd-compressed tar per dump, each holding its dump as ``vmcore``."""
     made = {}
-    for kind in ("elf", "flattened", "kdump", "without_vmcoreinfo"):
+    for kind in ("elf", "elf_proc", "flattened", "kdump", "without_vmcoreinfo"):
         directory = work_dir / "vmcore-uploads" / kind
         directory.mkdir(parents=True)
         os.link(getattr(vmcores, kind), directory / "vmcore")
@@ -152,6 +152,17 @@ def test_hanging_crash_is_cut_off_by_the_timeout(start_server, uploads):
     assert "crash did not finish within 1 s (ProcessCommunicateTimeout) and was stopped" in status.text
     leftovers = subprocess.run(["pgrep", "-f", f"{task[0]}/crash/vmcore"], capture_output=True, text=True)
     assert leftovers.stdout == ""
+
+
+def test_kept_vmcore_is_stripped_when_vmcore_dump_level_asks(start_server, uploads):
+    server = start_server(repository=False, VmcoreDumpLevel="31")
+    add_debian_repository(server, kernel_debs().dbg)
+    task, status = retrace(server, uploads["elf_proc"])
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", text(server, task, "log")
+    assert "Stripped the vmcore with makedumpfile -d 31" in text(server, task, "log")
+    kept = server.save_dir / task[0] / "crash" / "vmcore"
+    assert kept.stat().st_size < 64 * 2**20
+    assert MARKER in text(server, task, "backtrace")
 
 
 def test_retrace_client_sends_a_vmcore_and_prints_the_kernel_log(kernel_server, vmcores):

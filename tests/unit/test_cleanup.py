@@ -169,6 +169,19 @@ def test_gdb_roots_and_debuginfod_files_share_the_cache_budget(config, caplog):
     assert "cache: evict debuginfod files of ab12cd" in caplog.text
 
 
+def test_cached_vmlinux_shares_the_cache_budget(config, caplog):
+    from retrace.kernel import KernelCache
+
+    config = Config(**{**vars(config), "CacheSize": 1})
+    vmlinux = KernelCache(config.CacheDir).entry_path("3b43fad5")
+    (vmlinux / "root").mkdir(parents=True)
+    (vmlinux / "manifest.json").write_text("[]")
+    (vmlinux / SIZE_FILE).write_text(str(590 * MIB))
+    os.utime(vmlinux / "manifest.json", (NOW - 9 * HOUR, NOW - 9 * HOUR))
+    collector(config, caplog).trim_cache()
+    assert not vmlinux.exists() and "cache: evict vmlinux 3b43fad5" in caplog.text
+
+
 def test_refused_clients_addresses_are_forgotten_even_without_new_refusals(config, caplog):
     from retrace.stats import StatsDB
 

@@ -1,0 +1,142 @@
+"""Benchmark of a kernel vmcore retrace (X-Task-Type 2), end to end through the real server.
+
+Run as root after `make setup`:  .venv/bin/python bench/vmcore.py
+
+On a real kdump-compressed vmcore (a Debian cloud kernel panicked under
+QEMU, tests/fixtures/vmcore.py; makedumpfile -c -d 31, ~15 MB), in one run:
+  1. upload -> FINISHED_SUCCESS as seen by a polling client, cold (the
+     vmlinux is extracted from the real -dbg package, 283 MB .deb) and warm
+     (vmlinux in the kernel cache); plus the worker's stage times;
+  2. the floor: bare host `crash -s vmlinux vmcore` with the same commands
+     (sys, bt -a, bt, log, mod), no sandbox, vmlinux already extracted;
+  3. the cold baseline: what an admin would do by hand to get the vmlinux,
+     `dpkg-deb --fsys-tarfile | tar x` of the whole -dbg package.
+"""
+
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from retrace.crash import COMMANDS, batch_script  # noqa: E402
+from tests.fixtures.vmcore import kernel_debs, make_vmcores  # noqa: E402
+from tests.integration.helpers import password_header, wait_final  # noqa: E402
+from tests.integration.server import Server, make_certificate, make_root, remove_root  # noqa: E402
+
+COLD_RUNS = 3
+WARM_RUNS = 5
+FLOOR_RUNS = 5
+STAGE_LINE = re.compile(r"\] ([A-Z][a-z]+(?: [a-z]+)*): done in (\d+\.\d+) s$", re.M)
+
+
+def tar_zstd(vmcore, work):
+    directory = work / "upload"
+    directory.mkdir()
+    shutil.copy(vmcore, directory / "vmcore")
+    archive = work / "upload.tar.zst"
+    subprocess.run(["tar", "--zstd", "-cf", str(archive), "-C", str(directory), "vmcore"], check=True)
+    return archive
+
+
+def retrace_once(server, archive):
+    """``(seconds from upload to FINISHED_SUCCESS, task log)``."""
+    started = time.monotonic()
+    with open(archive, "rb") as body:
+        response = server.post("/create", data=body, headers={"Content-Type": "application/x-zstd-compressed-tar",
+                                                               "X-Task-Type": "2"})
+    assert response.status_code == 201, response.text
+    task_id, auth = response.headers["X-Task-Id"], password_header(response)
+    status = wait_final(server, task_id, auth, timeout=600, poll=0.05)
+    seconds = time.monotonic() - started
+    log = server.get(f"/{task_id}/log", headers=auth).text
+    if status.headers["X-Task-Status"] != "FINISHED_SUCCESS":
+        raise RuntimeError(f"task {task_id} failed: {status.text}\n{log}")
+    return seconds, log
+
+
+def bare_crash(vmlinux, vmcore):
+    started = time.monotonic()
+    subprocess.run(["crash", "-s", "--no_crashrc", str(vmlinux), str(vmcore)], input=batch_script(COMMANDS),
+                   text=True, capture_output=True, check=True)
+    return time.monotonic() - started
+
+
+def full_unpack(deb, target):
+    target.mkdir()
+    started = time.monotonic()
+    unpacker = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+    subprocess.run(["tar", "x", "-C", str(target)], stdin=unpacker.stdout, check=True)
+    unpacker.stdout.close()
+    unpacker.wait()
+    seconds = time.monotonic() - started
+    shutil.rmtree(target)
+    return seconds
+
+
+def stage_medians(logs):
+    stages = {}
+    for log in logs:
+        for name, seconds in STAGE_LINE.findall(log):
+            stages.setdefault(name, []).append(float(seconds))
+    return {name: statistics.median(values) for name, values in stages.items()}
+
+
+def main():
+    work = Path(tempfile.mkdtemp(prefix="retrace-bench-vmcore-", dir="/var/tmp"))
+    work.chmod(0o755)
+    root = make_root("retrace-bench-vmcore-server-")
+    server = None
+    try:
+        debs = kernel_debs()
+        vmcores = make_vmcores(work / "vmcores")
+        archive = tar_zstd(vmcores.kdump, work)
+        packages = root / "repos" / "debian-12-x86_64" / "Packages"
+        packages.mkdir(parents=True, mode=0o755)
+        (packages / debs.dbg.name).symlink_to(debs.dbg)
+        cert, key = make_certificate(work)
+        server = Server(root, cert, key)
+
+        cold, cold_logs, warm, warm_logs = [], [], [], []
+        for _ in range(COLD_RUNS):
+            shutil.rmtree(server.cache_dir / "kernel", ignore_errors=True)
+            seconds, log = retrace_once(server, archive)
+            cold.append(seconds)
+            cold_logs.append(log)
+        for _ in range(WARM_RUNS):
+            seconds, log = retrace_once(server, archive)
+            warm.append(seconds)
+            warm_logs.append(log)
+        vmlinux = next((server.cache_dir / "kernel").glob("*/root/vmlinux"))
+        floor = [bare_crash(vmlinux, vmcores.kdump) for _ in range(FLOOR_RUNS)]
+        unpack = full_unpack(debs.dbg, work / "unpacked")
+
+        cold_median, warm_median, floor_median = map(statistics.median, (cold, warm, floor))
+        print(f"kernel {vmcores.release}; vmcore {vmcores.kdump.stat().st_size / 2**20:.1f} MiB kdump-compressed, "
+              f"upload {archive.stat().st_size / 2**20:.1f} MiB; -dbg package {debs.dbg.stat().st_size / 2**20:.0f} MiB, "
+              f"vmlinux {vmlinux.stat().st_size / 2**20:.0f} MiB")
+        print(f"cold (vmlinux extracted), upload -> FINISHED: median {cold_median:.2f} s of {COLD_RUNS} "
+              f"({', '.join(f'{s:.2f}' for s in cold)})")
+        print(f"warm (vmlinux cached),    upload -> FINISHED: median {warm_median:.2f} s of {WARM_RUNS} "
+              f"({', '.join(f'{s:.2f}' for s in warm)})")
+        print(f"floor: bare crash, same commands, no sandbox: median {floor_median:.2f} s of {FLOOR_RUNS}")
+        print(f"baseline: full dpkg-deb | tar x of the -dbg package: {unpack:.2f} s")
+        print(f"ratio warm / bare crash: {warm_median / floor_median:.2f}")
+        print(f"ratio cold / (full unpack + bare crash): {cold_median / (unpack + floor_median):.2f}")
+        for label, logs in (("cold", cold_logs), ("warm", warm_logs)):
+            stages = stage_medians(logs)
+            print(f"{label} stages (median s): " + ", ".join(f"{name} {seconds:.3f}" for name, seconds in stages.items()))
+    finally:
+        if server is not None:
+            server.stop()
+        remove_root(root)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Finding a kernel's debuginfo package by its release string, and taking only its vmlinux out."""
+
+import shutil
+import subprocess
+import textwrap
+
+import pytest
+
+from retrace.coredump import file_build_id
+from retrace.kernel import KernelCache, debuginfo_packages, extract_vmlinux, find_debuginfo_package, kernel_arch
+from retrace.release import ReleaseId
+
+
+@pytest.mark.parametrize("release, arch", [
+    ("6.11.4-301.fc41.x86_64", "x86_64"),
+    ("5.14.0-70.el9.aarch64", "aarch64"),
+    ("5.14.0-70.el9.x86_64+debug", "x86_64"),
+    ("6.1.0-56-cloud-amd64", "x86_64"),
+    ("6.1.0-56-arm64", "aarch64"),
+    ("6.1.0-56-686-pae", "i386"),
+    ("6.1.0-custom", None),
+])
+def test_architecture_comes_from_the_release_string(release, arch):
+    assert kernel_arch(release) == arch
+
+
+@pytest.mark.parametrize("release, package, member", [
+    ("6.11.4-301.fc41.x86_64", "kernel-debuginfo-6.11.4-301.fc41.x86_64.rpm",
+     "usr/lib/debug/lib/modules/6.11.4-301.fc41.x86_64/vmlinux"),
+    ("5.14.0-70.el9.x86_64+debug", "kernel-debug-debuginfo-5.14.0-70.el9.x86_64.rpm",
+     "usr/lib/debug/lib/modules/5.14.0-70.el9.x86_64+debug/vmlinux"),
+    ("5.14.0-70.13.1.rt21.83.el9.x86_64", "kernel-rt-debuginfo-5.14.0-70.13.1.rt21.83.el9.x86_64.rpm",
+     "usr/lib/debug/lib/modules/5.14.0-70.13.1.rt21.83.el9.x86_64/vmlinux"),
+    ("6.1.0-56-cloud-amd64", "linux-image-6.1.0-56-cloud-amd64-dbg_*.deb",
+     "usr/lib/debug/boot/vmlinux-6.1.0-56-cloud-amd64"),
+])
+def test_debuginfo_package_is_named_as_the_distribution_names_it(release, package, member):
+    assert debuginfo_packages(release) == [(package, member)]
+
+
+def test_first_release_whose_repository_holds_the_package_wins(tmp_path):
+    for release in ("debian-11-x86_64", "debian-12-x86_64"):
+        (tmp_path / release / "Packages").mkdir(parents=True)
+    deb = tmp_path / "debian-12-x86_64" / "Packages" / "linux-image-6.1.0-56-cloud-amd64-dbg_6.1.192-2_amd64.deb"
+    deb.touch()
+    releases = [ReleaseId.parse("debian-11-x86_64"), ReleaseId.parse("debian-12-x86_64")]
+    assert find_debuginfo_package(tmp_path, releases, "6.1.0-56-cloud-amd64") == (
+        releases[1], deb, "usr/lib/debug/boot/vmlinux-6.1.0-56-cloud-amd64")
+    assert find_debuginfo_package(tmp_path, releases, "6.1.0-55-cloud-amd64") is None
+
+
+@pytest.fixture(scope="module")
+def kernel_debuginfo_rpm(tmp_path_factory):
+    """A kernel-debuginfo RPM built by rpmbuild; its "vmlinux" is a real ELF file with a build-id."""
+    top = tmp_path_factory.mktemp("rpmbuild")
+    release = "6.11.4-301.fc41.x86_64"
+    spec = top / "kernel-debuginfo.spec"
+    spec.write_text(textwrap.dedent(f"""\
+        Name: kernel-debuginfo
+        Version: 6.11.4
+        Release: 301.fc41
+        Summary: test
+        License: MIT
+        %description
+        test
+        %install
+        mkdir -p %{{buildroot}}/usr/lib/debug/lib/modules/{release}/kernel
+        cp /usr/bin/true %{{buildroot}}/usr/lib/debug/lib/modules/{release}/vmlinux
+        echo module > %{{buildroot}}/usr/lib/debug/lib/modules/{release}/kernel/a.ko.debug
+        %files
+        /usr/lib/debug/lib/modules/{release}
+        """))
+    subprocess.run(["rpmbuild", "-bb", "--define", f"_topdir {top}", "--define", "debug_package %{nil}",
+                    "--define", "__strip /bin/true", "--define", "__brp_strip /bin/true", "--target", "x86_64",
+                    str(spec)], check=True, capture_output=True)
+    return next(top.glob("RPMS/x86_64/kernel-debuginfo-*.rpm")), release
+
+
+def test_only_the_vmlinux_is_taken_out_of_a_kernel_debuginfo_rpm(kernel_debuginfo_rpm, tmp_path):
+    rpm_path, release = kernel_debuginfo_rpm
+    (_, member), = debuginfo_packages(release)
+    target = tmp_path / "vmlinux"
+    assert extract_vmlinux(rpm_path, member, target)
+    assert file_build_id(target) == file_build_id("/usr/bin/true")
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_package_without_the_vmlinux_says_so(kernel_debuginfo_rpm, tmp_path):
+    rpm_path, _ = kernel_debuginfo_rpm
+    assert not extract_vmlinux(rpm_path, "usr/lib/debug/lib/modules/other/vmlinux", tmp_path / "vmlinux")
+
+
+def test_kernel_cache_fills_an_entry_once(tmp_path):
+    cache = KernelCache(tmp_path)
+    fills = []
+
+    def fill(vmlinux):
+        fills.append(vmlinux)
+        shutil.copy("/usr/bin/true", vmlinux)
+
+    first = cache.get("abc123", fill)
+    second = cache.get("abc123", fill)
+    assert first.unpacked and not second.unpacked and len(fills) == 1
+    assert cache.cached("abc123") == first.root / "vmlinux"
+    assert cache.key(None, "6.1.0-56-cloud-amd64") == "release-6.1.0-56-cloud-amd64"
