@@ -85,8 +85,9 @@ def archive_type(crash, settings):
 def crash_archive(crash, content_type=XZ_TAR):
     """``tar cO --directory=D names | xz -2`` (or zstd) into an unnamed file in /var/tmp, as ABRT did."""
     with tempfile.TemporaryFile(dir="/var/tmp", prefix="retrace-client-archive-") as archive:
-        tar = subprocess.Popen(["tar", "chO", f"--directory={crash.directory}", "--", *crash.files],
-                               stdout=subprocess.PIPE)
+        # A problem directory goes as it is (a symlink in it is the server's to refuse).
+        tar = subprocess.Popen(["tar", "chO" if crash.follow_symlinks else "cO", f"--directory={crash.directory}",
+                                "--", *crash.files], stdout=subprocess.PIPE)
         compressor = subprocess.run(_COMPRESSORS[content_type], stdin=tar.stdout, stdout=archive)
         tar.stdout.close()
         if tar.wait() != 0 or compressor.returncode != 0:

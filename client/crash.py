@@ -39,6 +39,7 @@ class Crash:
     release: str | None  # e.g. fedora-41-x86_64, None when it cannot be told
     temporary: bool = False
     task_type: int = 0  # X-Task-Type: 0 a process coredump, 2 a kernel vmcore
+    follow_symlinks: bool = False  # a vmcore is named by a symlink to the user's file
 
     @property
     def unpacked_size(self):
@@ -103,7 +104,7 @@ def from_vmcore(path):
         raise CrashInputError(f"{path} is not a regular file")
     directory = Path(tempfile.mkdtemp(prefix="retrace-client-vmcore-", dir="/var/tmp"))
     (directory / "vmcore").symlink_to(path)
-    return Crash(directory, ["vmcore"], None, None, None, temporary=True, task_type=2)
+    return Crash(directory, ["vmcore"], None, None, None, temporary=True, task_type=2, follow_symlinks=True)
 
 
 def _system_release_line():

@@ -119,7 +119,6 @@ class VmcoreJob(Job):
 
     def _releases(self, kernel_release, arch):
         """Releases to look in: the task's os_release, the kernel's dist tag, every Debian one for a Debian kernel."""
-        self.debuginfod_release = None
         candidates = []
         for name in RELEASE_FILES:
             line = self.crash_text(name)
@@ -181,12 +180,9 @@ class VmcoreJob(Job):
         searched = " or ".join(sorted({pattern.split("_")[0].replace("*", "") for pattern, _ in
                                        debuginfo_packages(dump.kernel.release)})) or "kernel debuginfo package"
         where = ", ".join(map(str, dump.releases)) or "no repository (no release matches the kernel)"
-        urls = []
-        for release in dump.releases or [None]:
-            settings = DebuginfodSettings.from_config(self.config, release)
-            if settings.urls:
-                urls = settings.urls
-                break
+        settings = next((settings for settings in (DebuginfodSettings.from_config(self.config, release)
+                                                   for release in dump.releases or [None]) if settings.urls), None)
+        urls = settings.urls if settings else []
         if not urls or dump.kernel.build_id is None:
             why = "no debuginfod server is configured" if not urls else "the dump has no BUILD-ID to ask debuginfod"
             raise KernelError(f"no vmlinux for kernel {dump.kernel.release} (build-id "

@@ -32,7 +32,8 @@ def rpm_debuginfod(release_dir, problem_dir):
 def full_debuginfod(release_dir, problem_dir):
     """debuginfod over the fixture's RPMs and this host's libc6 + libc6-dbg .debs."""
     debs = libc_debs()
-    server = Debuginfod([release_dir / "Packages", debs[0].parent], build_id_of(problem_dir, "/libc.so.6"))
+    server = Debuginfod([release_dir / "Packages", debs[0].parent], build_id_of(problem_dir, "/crasher"),
+                        build_id_of(problem_dir, "/libc.so.6"))
     yield server
     server.stop()
 
