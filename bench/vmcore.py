@@ -13,7 +13,6 @@ QEMU, tests/fixtures/vmcore.py; makedumpfile -c -d 31, ~15 MB), in one run:
      `dpkg-deb --fsys-tarfile | tar x` of the whole -dbg package.
 """
 
-import re
 import shutil
 import statistics
 import subprocess
@@ -24,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.retrace import print_stages  # noqa: E402
 from retrace.crash import COMMANDS, batch_script  # noqa: E402
 from tests.fixtures.vmcore import kernel_debs, make_vmcores  # noqa: E402
 from tests.integration.helpers import password_header, wait_final  # noqa: E402
@@ -32,7 +32,6 @@ from tests.integration.server import Server, make_certificate, make_root, remove
 COLD_RUNS = 3
 WARM_RUNS = 5
 FLOOR_RUNS = 5
-STAGE_LINE = re.compile(r"\] ([A-Z][a-z]+(?: [a-z]+)*): done in (\d+\.\d+) s$", re.M)
 
 
 def tar_zstd(vmcore, work):
@@ -79,14 +78,6 @@ def full_unpack(deb, target):
     return seconds
 
 
-def stage_medians(logs):
-    stages = {}
-    for log in logs:
-        for name, seconds in STAGE_LINE.findall(log):
-            stages.setdefault(name, []).append(float(seconds))
-    return {name: statistics.median(values) for name, values in stages.items()}
-
-
 def main():
     work = Path(tempfile.mkdtemp(prefix="retrace-bench-vmcore-", dir="/var/tmp"))
     work.chmod(0o755)
@@ -128,9 +119,8 @@ def main():
         print(f"baseline: full dpkg-deb | tar x of the -dbg package: {unpack:.2f} s")
         print(f"ratio warm / bare crash: {warm_median / floor_median:.2f}")
         print(f"ratio cold / (full unpack + bare crash): {cold_median / (unpack + floor_median):.2f}")
-        for label, logs in (("cold", cold_logs), ("warm", warm_logs)):
-            stages = stage_medians(logs)
-            print(f"{label} stages (median s): " + ", ".join(f"{name} {seconds:.3f}" for name, seconds in stages.items()))
+        print_stages("cold", cold_logs)
+        print_stages("warm", warm_logs)
     finally:
         if server is not None:
             server.stop()

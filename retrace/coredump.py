@@ -180,7 +180,8 @@ def _section_build_id(read):
     return None
 
 
-def _file_reader(handle):
+def file_reader(handle):
+    """``read(offset, length)`` on an open file, the form the ELF readers take."""
     def read(offset, length):
         handle.seek(offset)
         return handle.read(length)
@@ -191,7 +192,7 @@ def _file_reader(handle):
 def file_build_id(path):
     """The GNU build-id of the ELF file at ``path`` (a program, library or debuginfo); None otherwise."""
     with open(path, "rb") as handle:
-        read = _file_reader(handle)
+        read = file_reader(handle)
         return _section_build_id(read) or image_build_id(read, mapped=False)
 
 
@@ -199,7 +200,7 @@ def program_interpreter(path):
     """The dynamic loader a program names (PT_INTERP, e.g. /lib64/ld-linux-x86-64.so.2), or None."""
     try:
         with open(path, "rb") as handle:
-            read = _file_reader(handle)
+            read = file_reader(handle)
             image = image_header(read)
             if image is None:
                 return None

@@ -17,7 +17,7 @@ import enum
 import re
 import struct
 
-from retrace.coredump import PT_NOTE, image_header, program_headers
+from retrace.coredump import PT_NOTE, file_reader, image_header, program_headers
 from retrace.errors import InvalidCrashData
 
 ET_CORE = 4
@@ -106,14 +106,6 @@ class _FlattenedImage:
         return bytes(out)
 
 
-def _file_read(handle):
-    def read(offset, length):
-        handle.seek(offset)
-        return handle.read(length)
-
-    return read
-
-
 def _elf_vmcoreinfo(read):
     found = image_header(read)
     if found is None:
@@ -160,7 +152,7 @@ def read_vmcoreinfo(path):
     """The KernelIdentity from the dump's VMCOREINFO (or kdump header); None when it has neither."""
     with open(path, "rb") as handle:
         fmt = dump_format(path)
-        read = _FlattenedImage(handle).read if fmt is DumpFormat.FLATTENED else _file_read(handle)
+        read = _FlattenedImage(handle).read if fmt is DumpFormat.FLATTENED else file_reader(handle)
         image = read(0, 8)
         if image in _KDUMP_SIGNATURES:
             raw, uts_release = _kdump_header(read)
