@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.vmcore import MARKER, kernel_debs, make_vmcores
+from tests.fixtures.debuginfod import Debuginfod
+from tests.fixtures.vmcore import MARKER, extract_vmlinux, kernel_debs, make_vmcores
 from tests.integration.helpers import password_header, wait_final
 
 ZSTD_TAR = "application/x-zstd-compressed-tar"
@@ -109,6 +110,22 @@ def test_dump_without_vmcoreinfo_is_identified_by_the_text_search(kernel_server,
     assert MARKER in text(kernel_server, task, "backtrace")
 
 
+def test_vmcores_have_their_own_size_caps(start_server, uploads, problem_dir):
+    from tests.integration.helpers import submit
+
+    server = start_server(repository=False, MaxVmcorePackedSize="1", MaxVmcoreUnpackedSize="4",
+                          MaxPackedSize="50", MaxUnpackedSize="8")
+    with open(uploads["kdump"], "rb") as body:
+        packed = server.post("/create", data=body, headers={"Content-Type": ZSTD_TAR, "X-Task-Type": "2"})
+    assert packed.status_code == 413 and f"the server accepts at most {2**20} bytes" in packed.text
+    roomier = start_server(repository=False, MaxVmcorePackedSize="50", MaxVmcoreUnpackedSize="4")
+    with open(uploads["kdump"], "rb") as body:
+        unpacked = roomier.post("/create", data=body, headers={"Content-Type": ZSTD_TAR, "X-Task-Type": "2"})
+    assert unpacked.status_code == 413 and f"{4 * 2**20} bytes, the server's limit" in unpacked.text
+    assert server.task_dirs() == [] and roomier.task_dirs() == []
+    submit(server, problem_dir)
+
+
 def test_missing_vmlinux_fails_naming_the_kernel_and_the_package(start_server, uploads, vmcores):
     server = start_server(repository=False)
     (server.repo_dir / DEBIAN_RELEASE / "Packages").mkdir(parents=True, mode=0o755)
@@ -117,6 +134,22 @@ def test_missing_vmlinux_fails_naming_the_kernel_and_the_package(start_server, u
     assert f"no vmlinux for kernel {vmcores.release} (build-id " in status.text
     assert f"linux-image-{vmcores.release}-dbg is in none of {DEBIAN_RELEASE}" in status.text
     assert "no debuginfod server is configured" in status.text
+
+
+def test_vmlinux_comes_from_debuginfod_by_the_kernel_build_id_without_a_mirror(start_server, uploads, vmcores,
+                                                                            work_dir):
+    vmlinux = extract_vmlinux(kernel_debs(), work_dir / "debuginfod-vmlinux")
+    build_id = subprocess.run(["eu-readelf", "-n", str(vmlinux)], capture_output=True, text=True,
+                              check=True).stdout.split("Build ID: ")[1].split()[0]
+    debuginfod = Debuginfod([vmlinux.parent], build_id, files=True)
+    try:
+        server = start_server(repository=False, DebuginfodURLs=debuginfod.url)
+        task, status = retrace(server, uploads["kdump"])
+    finally:
+        debuginfod.stop()
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", text(server, task, "log")
+    assert f"Fetched the vmlinux from debuginfod {debuginfod.url}" in text(server, task, "log")
+    assert "sysrq_handle_crash" in text(server, task, "results/bt")
 
 
 def neighbouring_build(work_dir, release):
@@ -163,6 +196,34 @@ def test_kept_vmcore_is_stripped_when_vmcore_dump_level_asks(start_server, uploa
     kept = server.save_dir / task[0] / "crash" / "vmcore"
     assert kept.stat().st_size < 64 * 2**20
     assert MARKER in text(server, task, "backtrace")
+
+
+def crash_too_old_for_the_kernel(directory):
+    """A KernelDebuggerPath (outside /usr, so the sandbox must bind it) whose full load fails as
+    Debian 12's crash fails on a 6.12 kernel; --osrelease and --minimal run the real crash."""
+    directory.mkdir(mode=0o755)
+    wrapper = directory / "crash"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'case " $* " in *" --minimal "*|*" --osrelease "*) exec /usr/bin/crash "$@";; esac\n'
+        'echo "crash: invalid structure member offset: module_core_size" >&2\nexit 1\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def test_when_the_full_load_fails_the_kernel_log_comes_from_crash_minimal(start_server, uploads, work_dir):
+    crash = crash_too_old_for_the_kernel(work_dir / "old-crash")
+    server = start_server(repository=False, KernelDebuggerPath=str(crash))
+    add_debian_repository(server, kernel_debs().dbg)
+    task, status = retrace(server, uploads["kdump"])
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", text(server, task, "log")
+    backtrace = text(server, task, "backtrace")
+    assert backtrace.startswith("crash could only read the kernel log (--minimal)")
+    assert MARKER in backtrace
+    log = text(server, task, "log")
+    assert "only the kernel log (crash --minimal) is available" in log
+    assert "module_core_size" in log
+    assert server.get(f"/{task[0]}/results/bt", headers=task[1]).status_code == 404
 
 
 def test_retrace_client_sends_a_vmcore_and_prints_the_kernel_log(kernel_server, vmcores):
