@@ -71,7 +71,7 @@ def _rpm():
     return rpm
 
 
-def _safe_relative(name):
+def safe_relative(name):
     """``usr/bin/x`` from a payload name; UnpackError for anything that could escape."""
     relative = name.lstrip("/")
     if relative.startswith("./"):
@@ -90,7 +90,7 @@ def _refuse_through_symlink(relative, symlinks, rpm_path):
             raise UnpackError(f"{Path(rpm_path).name} places {relative!r} below its own symlink")
 
 
-def _write_content(archive, target, mode):
+def write_content(archive, target, mode):
     """Copy the current payload file in chunks.
 
     Not ``archive.readto(fd)``: the rpm bindings keep a duplicate of that
@@ -135,7 +135,7 @@ def unpack_rpm(rpm_path, target):
     target.mkdir()
     with rpm_payload(rpm_path) as archive:
         for entry in archive:
-            relative = _safe_relative(entry.name)
+            relative = safe_relative(entry.name)
             _refuse_through_symlink(relative, symlinks, rpm_path)
             destination = target / relative
             destination.parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +148,7 @@ def unpack_rpm(rpm_path, target):
                 entries.append((relative, "l", entry.linkto, ""))
             elif stat.S_ISREG(entry.mode):
                 if archive.hascontent():
-                    _write_content(archive, destination, entry.mode)
+                    write_content(archive, destination, entry.mode)
                     entries.append((relative, "f", "", file_build_id(destination) or ""))
                     for waiting in pending_links.pop(entry.inode, ()):
                         os.link(destination, waiting[0])
@@ -170,8 +170,8 @@ def extract_rpm_file(rpm_path, member, target):
     """
     with rpm_payload(rpm_path) as archive:
         for entry in archive:
-            if _safe_relative(entry.name) == member and stat.S_ISREG(entry.mode) and archive.hascontent():
-                _write_content(archive, target, entry.mode)
+            if safe_relative(entry.name) == member and stat.S_ISREG(entry.mode) and archive.hascontent():
+                write_content(archive, target, entry.mode)
                 return True
     return False
 

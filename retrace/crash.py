@@ -22,6 +22,8 @@ _MARKER = "==RETRACE-SECTION {}=="
 _SECTION = re.compile(r"^==RETRACE-SECTION (.+)==$", re.M)
 _FRAME = re.compile(r"^\s*#\d+ \[", re.M)
 _HOST_PREFIXES = ("/usr/", "/bin/", "/sbin/", "/lib/")
+# A ``mod`` line: address, name, base, size, object file ("(not loaded)  [CONFIG_KALLSYMS]" without debuginfo).
+_MOD_LINE = re.compile(r"^\s*[0-9a-f]+\s+(\S+)\s+[0-9a-f]+\s+\d+\s+(.*)$", re.M)
 
 
 class CrashError(RetraceError):
@@ -48,6 +50,11 @@ class CrashOutput:
             if _FRAME.search(self.sections.get(command, "")):
                 return self.sections[command]
         return self.sections.get("bt -a") or self.sections.get("bt", "")
+
+
+def modules_without_debuginfo(mod_output):
+    """Names of the loaded modules ``mod`` lists without a debuginfo file."""
+    return {name for name, loaded in _MOD_LINE.findall(mod_output) if loaded.startswith("(not loaded)")}
 
 
 def batch_script(commands):
@@ -92,12 +99,16 @@ def gist(text, lines=3):
     return " | ".join(kept[-lines:]) or "(nothing)"
 
 
-def analyse(crash_path, vmlinux, vmcore, *, timeout, memory_bytes, hide):
-    """The CrashOutput of the full batch, or of ``--minimal`` + ``log`` when the full load fails."""
+def analyse(crash_path, vmlinux, vmcore, *, timeout, memory_bytes, hide, module_dir=None):
+    """The CrashOutput of the full batch, or of ``--minimal`` + ``log`` when the full load fails.
+
+    With ``module_dir`` (debuginfo files of modules), ``mod -S`` loads them first.
+    """
     require_sandbox(str(crash_path))
-    binds = crash_binds(crash_path, vmlinux, vmcore)
+    binds = crash_binds(crash_path, vmlinux, vmcore, *([module_dir] if module_dir else []))
     common = ["-s", "--no_crashrc", str(vmlinux), str(vmcore)]
-    ran, text = _run(crash_path, common, binds, batch_script(COMMANDS), timeout=timeout,
+    commands = ((f"mod -S {module_dir}",) if module_dir else ()) + COMMANDS
+    ran, text = _run(crash_path, common, binds, batch_script(commands), timeout=timeout,
                      memory_bytes=memory_bytes, hide=hide)
     preamble, sections = split_sections(text)
     if sections.get("log", "").strip():

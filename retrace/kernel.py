@@ -14,14 +14,25 @@ found by name in the release repositories, as the distributions name them:
 A vmlinux of the same release string but another build (a rebuilt package)
 only makes ``crash`` warn, and its backtrace is wrong, so the build-id the
 dump records must be the vmlinux's, or the vmlinux is refused.
+
+Module debuginfo (``.ko`` on Debian, ``.ko.debug`` on Fedora) is taken
+later, and only for the modules a dump has loaded: ``crash``'s ``mod`` names
+them, their files join the kernel's entry (``root/modules/``, flat, which is
+what ``mod -S`` searches), and modules the package lacks are remembered so
+that no later task searches the package for them again.
 """
 
 import os
 import re
+import shutil
+import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
-from retrace.cache import SIZE_FILE, cache_entries, cached_entry, evict_entry, extract_rpm_file
+from retrace import locking
+from retrace.cache import (SIZE_FILE, safe_relative, write_content, cache_entries, cached_entry, evict_entry,
+                           extract_rpm_file, rpm_payload, tree_bytes)
 from retrace.coredump import file_build_id
 from retrace.errors import RetraceError
 from retrace.release import ReleaseId, canonical_arch
@@ -31,6 +42,9 @@ _DEBIAN_ARCHES = {"amd64": "x86_64", "arm64": "aarch64", "686": "i386", "686-pae
                   "s390x": "s390x", "armmp": "armhfp", "armmp-lpae": "armhfp"}
 _DEBIAN_FLAVOUR = re.compile(r"-(?:rt-|cloud-)?(" + "|".join(map(re.escape, _DEBIAN_ARCHES)) + r")$")
 _DEB_EXTRACT_TIMEOUT = 1800
+_MODULE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
+_MAX_MODULES = 4096
+MISSING_MODULES = ".missing"
 
 
 class KernelError(RetraceError):
@@ -112,6 +126,51 @@ def extract_vmlinux(package, member, target):
     return extract(package, member, target)
 
 
+def module_files(package, names):
+    """``{file name: module name}`` a package may hold for ``names`` (``_`` and ``-`` are one in module names)."""
+    suffix = ".ko" if package.suffix == ".deb" else ".ko.debug"
+    files = {}
+    for name in sorted(names)[:_MAX_MODULES]:
+        if _MODULE_NAME.fullmatch(name):
+            files[name + suffix] = name
+            files[name.replace("_", "-") + suffix] = name
+    return files
+
+
+def _extract_deb_modules(deb_path, directory, files, target):
+    """One pass over the .deb: the wanted files under ``directory``, flat into ``target``."""
+    patterns = [f"./{directory}/*/{name}" for name in sorted(files)]
+    unpacker = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb_path)], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        # tar fails for the name variants that are not there; what it found is what counts.
+        subprocess.run(["tar", "x", "-C", str(target), "--wildcards", "--transform", "s,.*/,,", "--", *patterns],
+                       stdin=unpacker.stdout, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=_DEB_EXTRACT_TIMEOUT)
+    finally:
+        unpacker.stdout.close()
+        unpacker.wait()
+
+
+def _extract_rpm_modules(rpm_path, directory, files, target):
+    with rpm_payload(rpm_path) as archive:
+        for entry in archive:
+            relative = safe_relative(entry.name)
+            name = relative.rsplit("/", 1)[-1]
+            if (relative.startswith(directory + "/") and name in files and stat.S_ISREG(entry.mode)
+                    and archive.hascontent() and not (target / name).exists()):
+                write_content(archive, target / name, entry.mode)
+
+
+def extract_module_debuginfo(package, release, names, target):
+    """Write the debuginfo files of modules ``names`` found in ``package`` into ``target``; the names found."""
+    files = module_files(package, names)
+    directory = f"usr/lib/debug/lib/modules/{release}"
+    extract = _extract_deb_modules if package.suffix == ".deb" else _extract_rpm_modules
+    extract(package, directory, files, target)
+    return {files[path.name] for path in target.iterdir() if path.name in files}
+
+
 class KernelCache:
     """``<CacheDir>/kernel/<key>/root/vmlinux``; the key is the build-id (``release-<r>`` without one)."""
 
@@ -143,6 +202,42 @@ class KernelCache:
             return [("vmlinux", "f", "", file_build_id(vmlinux) or "")]
 
         return cached_entry(self.entry_path(key), self.lock_path(key), build, on_wait)
+
+    def modules_dir(self, key):
+        return self.entry_path(key) / "root" / "modules"
+
+    def missing_modules(self, key):
+        """Modules an earlier task looked for in the package and did not find."""
+        try:
+            return set((self.modules_dir(key) / MISSING_MODULES).read_text().split())
+        except FileNotFoundError:
+            return set()
+
+    def add_modules(self, key, names, fill, on_wait=lambda: None):
+        """Add the module debuginfo ``fill(directory)`` writes for ``names``; the names it found.
+
+        Under the entry's lock (the one eviction takes), into a temporary
+        directory first, so a task never sees half a file; the entry's size
+        is updated for the cleanup's budget.
+        """
+        with locking.exclusive(self.lock_path(key), on_wait):
+            entry = self.entry_path(key)
+            if not (entry / SIZE_FILE).exists():
+                return set()
+            modules = self.modules_dir(key)
+            modules.mkdir(exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=entry, prefix=".modules-"))
+            try:
+                found = fill(tmp)
+                for path in tmp.iterdir():
+                    if path.is_file() and not path.is_symlink() and not (modules / path.name).exists():
+                        os.replace(path, modules / path.name)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            missing = (self.missing_modules(key) | set(names)) - found
+            (modules / MISSING_MODULES).write_text("\n".join(sorted(missing)) + "\n")
+            (entry / SIZE_FILE).write_text(str(tree_bytes(entry / "root")))
+            return found
 
     def entries(self):
         return cache_entries(self.kernels_dir)

@@ -7,8 +7,11 @@ Preparation finds the kernel's debuginfo package in the release
 repositories (or the vmlinux on a debuginfod server by the kernel's
 build-id) and keeps only its vmlinux, once, in the kernel cache; a vmlinux
 whose build-id is not the dump's is refused.  ``crash`` then runs in the
-sandbox; its ``log`` becomes the task's backtrace (as upstream), ``sys``,
-``bt`` and ``mod`` go to ``results/``.  The vmcore stays with the task (support
+sandbox; when its ``mod`` lists loaded modules without debuginfo that the
+package has, their files join the kernel cache and crash runs once more
+with ``mod -S`` (later dumps of that kernel load them from the start).
+Its ``log`` becomes the task's backtrace (as upstream), ``sys``, ``bt`` and
+``mod`` go to ``results/``.  The vmcore stays with the task (support
 teams come back to it), stripped by makedumpfile when VmcoreDumpLevel asks.
 """
 
@@ -20,8 +23,8 @@ from pathlib import Path
 
 from retrace import crash as crash_tool
 from retrace.debuginfod import BuildIdCache, Settings as DebuginfodSettings, fetch_all
-from retrace.kernel import (KernelCache, KernelError, debuginfo_packages, extract_vmlinux, find_debuginfo_package,
-                            is_debian_kernel, kernel_arch, repository_releases)
+from retrace.kernel import (KernelCache, KernelError, debuginfo_packages, extract_module_debuginfo, extract_vmlinux,
+                            find_debuginfo_package, is_debian_kernel, kernel_arch, repository_releases)
 from retrace.coredump import file_build_id
 from retrace.release import release_from_line, releases_from_dist_tag
 from retrace.sandbox import SandboxTimeout, run_sandboxed
@@ -42,6 +45,7 @@ class _Dump:
     arch: str
     releases: list  # ReleaseIds whose repositories may hold the kernel's debuginfo
     vmlinux: Path | None = None
+    cache_key: str | None = None  # the kernel cache entry (None: the vmlinux came from debuginfod)
 
 
 class VmcoreJob(Job):
@@ -142,7 +146,7 @@ class VmcoreJob(Job):
         if cached is not None:
             os.utime(cached.parent.parent / "manifest.json")
             self.log.info("Reused the vmlinux of %s from the kernel cache", dump.kernel.release)
-            dump.vmlinux = cached
+            dump.vmlinux, dump.cache_key = cached, key
             return
         found = find_debuginfo_package(self.config.RepoDir, dump.releases, dump.kernel.release)
         if found is None:
@@ -163,7 +167,7 @@ class VmcoreJob(Job):
             "Waiting for another task that is extracting the vmlinux of %s", dump.kernel.release))
         if not entry.unpacked:
             self.log.info("Reused the vmlinux of %s, extracted meanwhile by another task", dump.kernel.release)
-        dump.vmlinux = entry.root / "vmlinux"
+        dump.vmlinux, dump.cache_key = entry.root / "vmlinux", key
 
     def _verify(self, vmlinux, kernel, origin):
         """KernelError unless the vmlinux is the very build that crashed."""
@@ -200,15 +204,52 @@ class VmcoreJob(Job):
 
     def _hide(self, dump):
         def hide(text):
+            if dump.cache_key is not None:
+                text = text.replace(f"{KernelCache(self.config.CacheDir).modules_dir(dump.cache_key)}/", "")
             text = text.replace(str(dump.vmlinux), f"vmlinux-{dump.kernel.release}")
             return text.replace(str(dump.path), "vmcore")
 
         return hide
 
-    def backtrace(self, dump):
-        output = crash_tool.analyse(
+    def _module_dir(self, dump):
+        """The cached module debuginfo files for ``mod -S``, or None when there are none."""
+        if dump.cache_key is None:
+            return None
+        directory = KernelCache(self.config.CacheDir).modules_dir(dump.cache_key)
+        count = sum(1 for path in directory.glob("*.ko*")) if directory.is_dir() else 0
+        if count:
+            self.log.info("crash loads module debuginfo with mod -S: %d files in the kernel cache", count)
+        return directory if count else None
+
+    def _run_crash(self, dump):
+        return crash_tool.analyse(
             self.config.KernelDebuggerPath, dump.vmlinux, dump.path, timeout=self.config.ProcessCommunicateTimeout,
-            memory_bytes=self.config.gdb_memory_limit_bytes, hide=self._hide(dump))
+            memory_bytes=self.config.gdb_memory_limit_bytes, hide=self._hide(dump), module_dir=self._module_dir(dump))
+
+    def _add_module_debuginfo(self, dump, output):
+        """Extract the debuginfo of loaded modules crash had none for (once per kernel); whether any came."""
+        if dump.cache_key is None or output.minimal:
+            return False
+        kernels = KernelCache(self.config.CacheDir)
+        wanted = crash_tool.modules_without_debuginfo(output.sections.get("mod", ""))
+        wanted -= kernels.missing_modules(dump.cache_key)
+        found_package = find_debuginfo_package(self.config.RepoDir, dump.releases, dump.kernel.release)
+        if not wanted or found_package is None:
+            return False
+        release, package, _ = found_package
+        started = time.monotonic()
+        found = kernels.add_modules(
+            dump.cache_key, wanted, lambda target: extract_module_debuginfo(package, dump.kernel.release, wanted, target),
+            on_wait=lambda: self.log.info("Waiting for another task that is adding module debuginfo"))
+        self.log.info("Module debuginfo: %d of %d loaded modules found in %s of %s in %.3f s%s", len(found),
+                      len(wanted), package.name, release, time.monotonic() - started,
+                      "; running crash again with them" if found else "")
+        return bool(found)
+
+    def backtrace(self, dump):
+        output = self._run_crash(dump)
+        if self._add_module_debuginfo(dump, output):
+            output = self._run_crash(dump)
         for line in output.preamble.splitlines():
             if line.strip():
                 self.log.warning("crash: %s", line.strip())

@@ -88,6 +88,21 @@ def test_each_dump_format_comes_back_as_kernel_log_backtrace_and_summary(kernel_
     assert "qemu_fw_cfg" in text(kernel_server, task, "results/mod")
 
 
+def test_module_debuginfo_is_extracted_once_for_the_modules_the_dump_loaded(start_server, uploads, vmcores):
+    server = start_server(repository=False)
+    add_debian_repository(server, kernel_debs().dbg)
+    first, _ = retrace(server, uploads["kdump"])
+    log = text(server, first, "log")
+    assert f"Module debuginfo: 3 of 3 loaded modules found in linux-image-{vmcores.release}-dbg" in log
+    modules = text(server, first, "results/mod")
+    assert "pvpanic-pci.ko" in modules and "qemu_fw_cfg.ko" in modules and "(not loaded)" not in modules
+    second, _ = retrace(server, uploads["elf"])
+    log = text(server, second, "log")
+    assert "crash loads module debuginfo with mod -S: 3 files in the kernel cache" in log
+    assert "Module debuginfo:" not in log
+    assert "(not loaded)" not in text(server, second, "results/mod")
+
+
 def test_flattened_dump_is_reassembled_first(kernel_server, uploads):
     task, status = retrace(kernel_server, uploads["flattened"])
     assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS"

@@ -3,19 +3,19 @@ import os
 
 import pytest
 
-from retrace.cache import CachedPackage, PackageCache, UnpackError, _refuse_through_symlink, _safe_relative
+from retrace.cache import CachedPackage, PackageCache, UnpackError, _refuse_through_symlink, safe_relative
 from retrace.environment import assemble_sysroot
 
 
 @pytest.mark.parametrize("name", ["../etc/passwd", "/usr/../../etc/shadow", "./", "/usr//lib", "/usr/lib/."])
 def test_payload_names_that_could_escape_are_refused(name):
     with pytest.raises(UnpackError, match="unsafe file name"):
-        _safe_relative(name)
+        safe_relative(name)
 
 
 def test_payload_names_become_relative_paths():
-    assert _safe_relative("/usr/lib64/libcrash.so.1") == "usr/lib64/libcrash.so.1"
-    assert _safe_relative("./usr/bin/crasher") == "usr/bin/crasher"
+    assert safe_relative("/usr/lib64/libcrash.so.1") == "usr/lib64/libcrash.so.1"
+    assert safe_relative("./usr/bin/crasher") == "usr/bin/crasher"
 
 
 def test_entry_below_the_packages_own_symlink_is_refused():

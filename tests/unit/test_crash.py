@@ -1,6 +1,6 @@
 """crash's batch: every command after a marker line, its output split back by them."""
 
-from retrace.crash import COMMANDS, CrashOutput, batch_script, split_sections
+from retrace.crash import COMMANDS, CrashOutput, batch_script, modules_without_debuginfo, split_sections
 
 
 def test_batch_script_echoes_a_marker_before_each_command_and_quits():
@@ -25,3 +25,12 @@ def test_backtrace_is_bt_a_when_it_shows_frames_else_plain_bt():
 
 def test_full_batch_asks_for_summary_backtraces_log_and_modules():
     assert COMMANDS == ("sys", "bt -a", "bt", "log", "mod")
+
+
+def test_modules_without_debuginfo_are_the_ones_mod_shows_not_loaded():
+    mod = """     MODULE       NAME               BASE         SIZE  OBJECT FILE
+ffffffffc03a40c0  pvpanic      ffffffffc03a2000  16384  (not loaded)  [CONFIG_KALLSYMS]
+ffffffffc03ac140  pvpanic_pci  ffffffffc03aa000  16384  pvpanic-pci.ko
+ffffffffc03b62c0  qemu_fw_cfg  ffffffffc03b3000  20480  (not loaded)  [CONFIG_KALLSYMS]
+"""
+    assert modules_without_debuginfo(mod) == {"pvpanic", "qemu_fw_cfg"}

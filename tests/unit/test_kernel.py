@@ -1,13 +1,15 @@
-"""Finding a kernel's debuginfo package by its release string, and taking only its vmlinux out."""
+"""Finding a kernel's debuginfo package by its release string, and taking only its vmlinux (and modules) out."""
 
 import shutil
 import subprocess
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from retrace.coredump import file_build_id
-from retrace.kernel import KernelCache, debuginfo_packages, extract_vmlinux, find_debuginfo_package, kernel_arch
+from retrace.kernel import (KernelCache, debuginfo_packages, extract_module_debuginfo, extract_vmlinux,
+                            find_debuginfo_package, kernel_arch, module_files)
 from retrace.release import ReleaseId
 
 
@@ -66,7 +68,7 @@ def kernel_debuginfo_rpm(tmp_path_factory):
         %install
         mkdir -p %{{buildroot}}/usr/lib/debug/lib/modules/{release}/kernel
         cp /usr/bin/true %{{buildroot}}/usr/lib/debug/lib/modules/{release}/vmlinux
-        echo module > %{{buildroot}}/usr/lib/debug/lib/modules/{release}/kernel/a.ko.debug
+        echo module > %{{buildroot}}/usr/lib/debug/lib/modules/{release}/kernel/pvpanic-pci.ko.debug
         %files
         /usr/lib/debug/lib/modules/{release}
         """))
@@ -103,3 +105,31 @@ def test_kernel_cache_fills_an_entry_once(tmp_path):
     assert first.unpacked and not second.unpacked and len(fills) == 1
     assert cache.cached("abc123") == first.root / "vmlinux"
     assert cache.key(None, "6.1.0-56-cloud-amd64") == "release-6.1.0-56-cloud-amd64"
+
+
+def test_module_file_names_allow_both_spellings_and_refuse_paths():
+    assert module_files(Path("k.deb"), {"pvpanic_pci", "../etc/passwd"}) == {
+        "pvpanic_pci.ko": "pvpanic_pci", "pvpanic-pci.ko": "pvpanic_pci"}
+    assert set(module_files(Path("k.rpm"), {"xfs"})) == {"xfs.ko.debug"}
+
+
+def test_only_the_asked_modules_come_out_of_a_kernel_debuginfo_rpm(kernel_debuginfo_rpm, tmp_path):
+    rpm_path, release = kernel_debuginfo_rpm
+    found = extract_module_debuginfo(rpm_path, release, {"pvpanic_pci", "absent"}, tmp_path)
+    assert found == {"pvpanic_pci"}
+    assert [path.name for path in tmp_path.iterdir()] == ["pvpanic-pci.ko.debug"]
+
+
+def test_module_debuginfo_joins_the_entry_and_misses_are_remembered(tmp_path):
+    cache = KernelCache(tmp_path)
+    cache.get("abc123", lambda vmlinux: shutil.copy("/usr/bin/true", vmlinux))
+
+    def fill(target):
+        (target / "pvpanic.ko").write_bytes(b"debug")
+        return {"pvpanic"}
+
+    assert cache.add_modules("abc123", {"pvpanic", "out_of_tree"}, fill) == {"pvpanic"}
+    assert (cache.modules_dir("abc123") / "pvpanic.ko").read_bytes() == b"debug"
+    assert cache.missing_modules("abc123") == {"out_of_tree"}
+    size = int((cache.entry_path("abc123") / "size").read_text())
+    assert size == Path("/usr/bin/true").stat().st_size + len(b"debug") + len("out_of_tree\n")
