@@ -15,6 +15,7 @@ import re
 
 from retrace.errors import RetraceError
 from retrace.sandbox import SandboxTimeout, require_sandbox, run_sandboxed
+from retrace.vmcore import KERNEL_RELEASE
 
 COMMANDS = ("sys", "bt -a", "bt", "log", "mod")
 MINIMAL_COMMANDS = ("log",)
@@ -125,7 +126,7 @@ def analyse(crash_path, vmlinux, vmcore, *, timeout, memory_bytes, hide, module_
 
 
 def osrelease(crash_path, vmcore, *, timeout, memory_bytes):
-    """``crash --osrelease``: the kernel release crash reads in the dump, or None ("unknown")."""
+    """``crash --osrelease``: the kernel release crash reads in the dump, or None ("unknown", or not a release)."""
     require_sandbox(str(crash_path))
     try:
         ran = run_sandboxed([str(crash_path), "--osrelease", str(vmcore)], crash_binds(crash_path, vmcore),
@@ -133,4 +134,5 @@ def osrelease(crash_path, vmcore, *, timeout, memory_bytes):
     except SandboxTimeout:
         return None
     answer = ran.text.strip().splitlines()[-1:] if ran.returncode == 0 else []
-    return answer[0] if answer and answer[0] != "unknown" else None
+    # What crash read came from the dump: believed only if it looks like a kernel release.
+    return answer[0] if answer and KERNEL_RELEASE.fullmatch(answer[0]) else None
