@@ -101,24 +101,31 @@ def find_debuginfo_package(repo_dir, releases, kernel_release):
     return None
 
 
+def _tar_from_deb(deb_path, tar_arguments, stdout):
+    """Run ``tar`` with ``tar_arguments`` on a .deb's data; tar's exit status.
+
+    dpkg-deb dies of a broken pipe when tar stops early, which is expected.
+    """
+    unpacker = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb_path)], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        return subprocess.run(["tar", *tar_arguments], stdin=unpacker.stdout, stdout=stdout,
+                              stderr=subprocess.DEVNULL, timeout=_DEB_EXTRACT_TIMEOUT).returncode
+    finally:
+        unpacker.stdout.close()
+        unpacker.kill()
+        unpacker.wait()
+
+
 def extract_deb_file(deb_path, member, target):
     """Write ``member`` of a .deb to ``target``; whether it was there.
 
     ``tar --occurrence=1`` stops reading the xz stream at the file (3 s
-    instead of 18 s for a Debian -dbg package); dpkg-deb then dies of a
-    broken pipe, which is expected.
+    instead of 18 s for a Debian -dbg package).
     """
     with open(target, "wb") as out:
-        unpacker = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb_path)], stdout=subprocess.PIPE,
-                                    stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        try:
-            tar = subprocess.run(["tar", "x", "-O", "--occurrence=1", f"./{member}"], stdin=unpacker.stdout,
-                                 stdout=out, stderr=subprocess.PIPE, timeout=_DEB_EXTRACT_TIMEOUT)
-        finally:
-            unpacker.stdout.close()
-            unpacker.kill()
-            unpacker.wait()
-    return tar.returncode == 0 and os.path.getsize(target) > 0
+        status = _tar_from_deb(deb_path, ["x", "-O", "--occurrence=1", f"./{member}"], out)
+    return status == 0 and os.path.getsize(target) > 0
 
 
 def extract_vmlinux(package, member, target):
@@ -140,16 +147,9 @@ def module_files(package, names):
 def _extract_deb_modules(deb_path, directory, files, target):
     """One pass over the .deb: the wanted files under ``directory``, flat into ``target``."""
     patterns = [f"./{directory}/*/{name}" for name in sorted(files)]
-    unpacker = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb_path)], stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    try:
-        # tar fails for the name variants that are not there; what it found is what counts.
-        subprocess.run(["tar", "x", "-C", str(target), "--wildcards", "--transform", "s,.*/,,", "--", *patterns],
-                       stdin=unpacker.stdout, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       timeout=_DEB_EXTRACT_TIMEOUT)
-    finally:
-        unpacker.stdout.close()
-        unpacker.wait()
+    # tar fails for the name variants that are not there; what it found is what counts.
+    _tar_from_deb(deb_path, ["x", "-C", str(target), "--wildcards", "--transform", "s,.*/,,", "--", *patterns],
+                  subprocess.DEVNULL)
 
 
 def _extract_rpm_modules(rpm_path, directory, files, target):
