@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 from retrace import locking
-from retrace.cache import (SIZE_FILE, safe_relative, write_content, cache_entries, cached_entry, evict_entry,
+from retrace.cache import (MANIFEST, SIZE_FILE, safe_relative, write_content, cache_entries, cached_entry, evict_entry,
                            extract_rpm_file, rpm_payload, tree_bytes)
 from retrace.coredump import file_build_id
 from retrace.errors import RetraceError
@@ -189,9 +189,12 @@ class KernelCache:
         return self.kernels_dir / f"{key}.lock"
 
     def cached(self, key):
-        """The cached vmlinux for ``key``, or None."""
+        """The cached vmlinux for ``key`` (its last use refreshed, for the cleanup), or None."""
         path = self.entry_path(key) / "root" / "vmlinux"
-        return path if (self.entry_path(key) / SIZE_FILE).exists() and path.is_file() else None
+        if not ((self.entry_path(key) / SIZE_FILE).exists() and path.is_file()):
+            return None
+        os.utime(self.entry_path(key) / MANIFEST)
+        return path
 
     def get(self, key, fill, on_wait=lambda: None):
         """The entry for ``key``, made by ``fill(vmlinux path)`` if missing (KernelError from fill aborts it)."""

@@ -46,9 +46,14 @@ class _Dump:
     releases: list  # ReleaseIds whose repositories may hold the kernel's debuginfo
     vmlinux: Path | None = None
     cache_key: str | None = None  # the kernel cache entry (None: the vmlinux came from debuginfod)
+    package: tuple | None = None  # (release, path, vmlinux member) of the debuginfo package, once looked up
 
 
 class VmcoreJob(Job):
+    def __init__(self, config, task, log):
+        super().__init__(config, task, log)
+        self.kernels = KernelCache(config.CacheDir)
+
     @property
     def _vmcore(self):
         return self.task.crash_dir / "vmcore"
@@ -140,15 +145,13 @@ class VmcoreJob(Job):
     # -- preparation ---------------------------------------------------------------
 
     def prepare(self, dump):
-        kernels = KernelCache(self.config.CacheDir)
-        key = kernels.key(dump.kernel.build_id, dump.kernel.release)
-        cached = kernels.cached(key)
+        key = self.kernels.key(dump.kernel.build_id, dump.kernel.release)
+        cached = self.kernels.cached(key)
         if cached is not None:
-            os.utime(cached.parent.parent / "manifest.json")
             self.log.info("Reused the vmlinux of %s from the kernel cache", dump.kernel.release)
             dump.vmlinux, dump.cache_key = cached, key
             return
-        found = find_debuginfo_package(self.config.RepoDir, dump.releases, dump.kernel.release)
+        found = dump.package = self._debuginfo_package(dump)
         if found is None:
             dump.vmlinux = self._from_debuginfod(dump)
             return
@@ -163,11 +166,14 @@ class VmcoreJob(Job):
             self.log.info("Extracted the vmlinux from %s of %s in %.3f s", package.name, release,
                           time.monotonic() - started)
 
-        entry = kernels.get(key, fill, on_wait=lambda: self.log.info(
+        entry = self.kernels.get(key, fill, on_wait=lambda: self.log.info(
             "Waiting for another task that is extracting the vmlinux of %s", dump.kernel.release))
         if not entry.unpacked:
             self.log.info("Reused the vmlinux of %s, extracted meanwhile by another task", dump.kernel.release)
         dump.vmlinux, dump.cache_key = entry.root / "vmlinux", key
+
+    def _debuginfo_package(self, dump):
+        return find_debuginfo_package(self.config.RepoDir, dump.releases, dump.kernel.release)
 
     def _verify(self, vmlinux, kernel, origin):
         """KernelError unless the vmlinux is the very build that crashed."""
@@ -205,7 +211,7 @@ class VmcoreJob(Job):
     def _hide(self, dump):
         def hide(text):
             if dump.cache_key is not None:
-                text = text.replace(f"{KernelCache(self.config.CacheDir).modules_dir(dump.cache_key)}/", "")
+                text = text.replace(f"{self.kernels.modules_dir(dump.cache_key)}/", "")
             text = text.replace(str(dump.vmlinux), f"vmlinux-{dump.kernel.release}")
             return text.replace(str(dump.path), "vmcore")
 
@@ -215,7 +221,7 @@ class VmcoreJob(Job):
         """The cached module debuginfo files for ``mod -S``, or None when there are none."""
         if dump.cache_key is None:
             return None
-        directory = KernelCache(self.config.CacheDir).modules_dir(dump.cache_key)
+        directory = self.kernels.modules_dir(dump.cache_key)
         count = sum(1 for path in directory.glob("*.ko*")) if directory.is_dir() else 0
         if count:
             self.log.info("crash loads module debuginfo with mod -S: %d files in the kernel cache", count)
@@ -230,15 +236,17 @@ class VmcoreJob(Job):
         """Extract the debuginfo of loaded modules crash had none for (once per kernel); whether any came."""
         if dump.cache_key is None or output.minimal:
             return False
-        kernels = KernelCache(self.config.CacheDir)
         wanted = crash_tool.modules_without_debuginfo(output.sections.get("mod", ""))
-        wanted -= kernels.missing_modules(dump.cache_key)
-        found_package = find_debuginfo_package(self.config.RepoDir, dump.releases, dump.kernel.release)
-        if not wanted or found_package is None:
+        wanted -= self.kernels.missing_modules(dump.cache_key)
+        if not wanted:
             return False
-        release, package, _ = found_package
+        if dump.package is None:
+            dump.package = self._debuginfo_package(dump)
+        if dump.package is None:
+            return False
+        release, package, _ = dump.package
         started = time.monotonic()
-        found = kernels.add_modules(
+        found = self.kernels.add_modules(
             dump.cache_key, wanted, lambda target: extract_module_debuginfo(package, dump.kernel.release, wanted, target),
             on_wait=lambda: self.log.info("Waiting for another task that is adding module debuginfo"))
         self.log.info("Module debuginfo: %d of %d loaded modules found in %s of %s in %.3f s%s", len(found),

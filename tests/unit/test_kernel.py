@@ -1,5 +1,6 @@
 """Finding a kernel's debuginfo package by its release string, and taking only its vmlinux (and modules) out."""
 
+import os
 import shutil
 import subprocess
 import textwrap
@@ -103,7 +104,9 @@ def test_kernel_cache_fills_an_entry_once(tmp_path):
     first = cache.get("abc123", fill)
     second = cache.get("abc123", fill)
     assert first.unpacked and not second.unpacked and len(fills) == 1
+    os.utime(first.path / "manifest.json", (1, 1))
     assert cache.cached("abc123") == first.root / "vmlinux"
+    assert (first.path / "manifest.json").stat().st_mtime > 1
     assert cache.key(None, "6.1.0-56-cloud-amd64") == "release-6.1.0-56-cloud-amd64"
 
 
