@@ -3,23 +3,36 @@
 People who will not upload a core (it holds secrets) can still use the
 server's mirrors: with ``DEBUGINFOD_URLS=https://<server>/`` their local gdb
 fetches executables, debuginfo and sources by build-id.  debuginfod indexes
-``RepoDir`` (``-R`` RPMs, ``-U`` .deb/.ddeb) on loopback; Apache proxies
-``/buildid/`` under the server's HTTPS host, compressed (debuginfod 0.188
-sends files uncompressed), and ``/debuginfod/metrics`` next to ours.
+``RepoDir`` (``-R`` RPMs, ``-U`` .deb/.ddeb); Apache proxies ``/buildid/``
+under the server's HTTPS host, compressed (debuginfod 0.188 sends files
+uncompressed), and ``/debuginfod/metrics`` next to ours.
+
+debuginfod 0.188 has no listen-address option: on its own it binds every
+interface, and it has no authentication.  So it runs in a network namespace
+of its own (bubblewrap, unprivileged), where the only interface is that
+namespace's loopback, and ``socat`` relays a Unix socket (a file, which
+crosses network namespaces) to it.  Nothing listens on any host interface;
+Apache reaches it as ``unix:<socket>|http://localhost/``.
+
 ``retrace-server-httpd`` runs it when ``DebuginfodServe = 1``; on a system
 install, ``config/systemd/retrace-server-debuginfod.service`` runs this
-command.  debuginfod 0.188 has no listen-address option and binds every
-interface on ``DebuginfodPort``: firewall that port.
+command.
 """
 
 import argparse
 import os
+import socket
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 from retrace.config import ConfigError, config_path, load_config
 
 PROG = "retrace-server-debuginfod"
 RESCAN_SECONDS = 300
+DEFAULT_SOCKET = "/run/retrace-server/debuginfod.sock"
+READY_TIMEOUT = 30
 
 
 def debuginfod_argv(config):
@@ -29,14 +42,94 @@ def debuginfod_argv(config):
     ]
 
 
+def relay_argv(socket_path, port):
+    """socat: every connection to the Unix socket becomes one to debuginfod's port in the namespace.
+
+    Mode 0666 because Apache's children (www-data or apache on a system
+    install) connect to it; the socket is as reachable as a loopback port
+    was, by local processes only.
+    """
+    return ["socat", f"UNIX-LISTEN:{socket_path},fork,unlink-early,mode=0666", f"TCP:127.0.0.1:{port}"]
+
+
+def scratch_dir(config):
+    """debuginfod's TMPDIR (its extracted-file cache): on the cache volume, not a tmpfs in memory."""
+    return config.CacheDir / "debuginfod-tmp"
+
+
+def namespace_argv(config, config_file, socket_path):
+    """bwrap: the host's file system, a private network and pid namespace, this module inside.
+
+    The pid namespace makes the teardown whole: when bwrap dies (SIGTERM
+    from the launcher or systemd), its init dies with it and the kernel
+    kills debuginfod and socat too.
+    """
+    writable = [config.CacheDir, scratch_dir(config), Path(socket_path).parent]
+    argv = ["bwrap", "--unshare-net", "--unshare-pid", "--die-with-parent", "--ro-bind", "/", "/",
+            "--proc", "/proc", "--dev", "/dev"]
+    for path in writable:
+        argv += ["--bind", str(path), str(path)]
+    return argv + ["--", sys.executable, "-m", "wsgi.debuginfod_server", "--config", str(config_file),
+                   "--socket", str(socket_path), "--in-namespace"]
+
+
+def wait_until_connectable(address, process, family=socket.AF_INET, timeout=READY_TIMEOUT):
+    """True once ``address`` accepts a connection; False if ``process`` ends or ``timeout`` passes first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.settimeout(0.5)
+                probe.connect(address)
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def serve_in_namespace(config, socket_path):
+    """Run debuginfod and, once it listens, the relay; end both when either ends."""
+    environment = {**os.environ, "TMPDIR": str(scratch_dir(config))}
+    debuginfod = subprocess.Popen(debuginfod_argv(config), stdin=subprocess.DEVNULL, env=environment, cwd="/")
+    if not wait_until_connectable(("127.0.0.1", config.DebuginfodPort), debuginfod):
+        print(f"{PROG}: debuginfod did not listen on port {config.DebuginfodPort} in its namespace",
+              file=sys.stderr)
+        debuginfod.kill()
+        return 1
+    relay = subprocess.Popen(relay_argv(socket_path, config.DebuginfodPort), stdin=subprocess.DEVNULL)
+    ended, status = os.wait()
+    for process in (debuginfod, relay):
+        if process.pid != ended:
+            process.terminate()
+            process.wait()
+    print(f"{PROG}: {'debuginfod' if ended == debuginfod.pid else 'socat'} ended (status {status})",
+          file=sys.stderr)
+    return 1
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog=PROG, description="Serve RepoDir's packages by build-id with debuginfod.")
     parser.add_argument("--config", help="configuration file (default: $RETRACE_SERVER_CONFIG_PATH or /etc/...)")
+    parser.add_argument("--socket", default=DEFAULT_SOCKET,
+                        help=f"the Unix socket Apache proxies /buildid/ to (default: {DEFAULT_SOCKET})")
+    parser.add_argument("--in-namespace", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    config_file = config_path(os.environ, args.config)
     try:
-        config = load_config(config_path(os.environ, args.config))
+        config = load_config(config_file)
     except ConfigError as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return 1
-    argv = debuginfod_argv(config)
+    socket_path = Path(args.socket).absolute()
+    if args.in_namespace:
+        return serve_in_namespace(config, socket_path)
+    for directory in (scratch_dir(config), socket_path.parent):
+        directory.mkdir(parents=True, exist_ok=True)
+    argv = namespace_argv(config, Path(config_file).absolute(), socket_path)
     os.execvp(argv[0], argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,20 +21,18 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 from pathlib import Path
 
 import wsgi
 from retrace.config import ConfigError, load_config
 from retrace.sandbox import sandbox_argv
-from wsgi.debuginfod_server import debuginfod_argv
+from wsgi.debuginfod_server import wait_until_connectable
 
 PROG = "retrace-server-httpd"
 _APACHE_BINARIES = ("apache2", "httpd")
 _MODULE_DIRS = ("/usr/lib/apache2/modules", "/usr/lib64/httpd/modules", "/usr/lib/httpd/modules")
 _WSGI_MODULES = ("mod_wsgi.so", "mod_wsgi_python3.so")
 _SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
-_READY_TIMEOUT = 30
 
 _ACCESS_CHECK = """
 import os, sys
@@ -185,6 +183,11 @@ def apache_body_limit(config):
     return largest if largest <= _APACHE_BODY_MAXIMUM else 0
 
 
+def debuginfod_socket(run_dir):
+    """The Unix socket the launcher's debuginfod listens on, in a directory the service user owns."""
+    return run_dir / "debuginfod" / "debuginfod.sock"
+
+
 def apache_config(*, run_dir, host, port, user, group, config, config_path, retrace_conf, cert, key, module_dir, wsgi_module):
     listen_host = f"[{host}]" if ":" in host else host
     defines = {
@@ -197,7 +200,7 @@ def apache_config(*, run_dir, host, port, user, group, config, config_path, retr
         "RETRACE_MAX_BODY": apache_body_limit(config),
     }
     if config.DebuginfodServe:
-        defines["RETRACE_DEBUGINFOD_PORT"] = config.DebuginfodPort
+        defines["RETRACE_DEBUGINFOD_SOCKET"] = debuginfod_socket(run_dir)
     modules = [
         ("mpm_event_module", "mod_mpm_event.so"),
         ("authz_core_module", "mod_authz_core.so"),
@@ -232,19 +235,6 @@ def apache_config(*, run_dir, host, port, user, group, config, config_path, retr
     lines += [f'Define {name} "{value}"' for name, value in defines.items()]
     lines.append(f'Include "{retrace_conf}"')
     return "\n".join(lines) + "\n"
-
-
-def wait_until_listening(host, port, process):
-    deadline = time.monotonic() + _READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return False
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
 
 
 def _error_log_tail(config, lines=15):
@@ -295,7 +285,7 @@ def serve(args):
         test = subprocess.run([apache, "-t", "-f", str(conf_file)], capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if test.returncode != 0:
             raise LaunchError(f"Apache rejects the generated configuration: {test.stderr.strip()}")
-        helper = start_debuginfod(config, user) if config.DebuginfodServe else None
+        helper = start_debuginfod(config, config_path, debuginfod_socket(run_dir), user) if config.DebuginfodServe else None
         try:
             return run_apache(apache, conf_file, host, port, config, cert)
         finally:
@@ -306,20 +296,21 @@ def serve(args):
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def start_debuginfod(config, user):
-    """debuginfod over RepoDir as the service user; LaunchError if it does not listen."""
-    if shutil.which("debuginfod") is None:
-        raise LaunchError("DebuginfodServe = 1 needs debuginfod (Debian: debuginfod, Fedora: elfutils-debuginfod)")
+def start_debuginfod(config, config_path, socket_path, user):
+    """retrace-server-debuginfod as the service user; LaunchError unless its socket answers."""
+    if shutil.which("debuginfod") is None or shutil.which("socat") is None:
+        raise LaunchError("DebuginfodServe = 1 needs debuginfod and socat "
+                          "(Debian: debuginfod socat, Fedora: elfutils-debuginfod socat)")
+    socket_path.parent.mkdir(exist_ok=True)
+    os.chown(socket_path.parent, user.pw_uid, user.pw_gid)
     process = subprocess.Popen(
-        debuginfod_argv(config), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=open(config.LogDir / "debuginfod.log", "ab"), user=user.pw_uid, group=user.pw_gid, extra_groups=[],
-        cwd="/",
+        [sys.executable, "-m", "wsgi.debuginfod_server", "--config", str(config_path), "--socket", str(socket_path)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(config.LogDir / "debuginfod.log", "ab"),
+        user=user.pw_uid, group=user.pw_gid, extra_groups=[], cwd="/",
     )
-    if not wait_until_listening("127.0.0.1", config.DebuginfodPort, process):
+    if not wait_until_connectable(str(socket_path), process, socket.AF_UNIX):
         process.kill()
-        raise LaunchError(
-            f"debuginfod did not start on port {config.DebuginfodPort} (DebuginfodPort); see LogDir/debuginfod.log"
-        )
+        raise LaunchError("debuginfod did not start (DebuginfodServe = 1); see LogDir/debuginfod.log")
     return process
 
 
@@ -334,7 +325,7 @@ def run_apache(apache, conf_file, host, port, config, cert):
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, stop)
-    if not wait_until_listening(host, port, process):
+    if not wait_until_connectable((host, port), process):
         stop(signal.SIGTERM, None)
         process.wait()
         raise LaunchError(f"Apache did not start; its error log says:\n{_error_log_tail(config)}")

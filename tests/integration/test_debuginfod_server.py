@@ -1,8 +1,10 @@
 """Our mirrors served by debuginfod through Apache: a local gdb retraces without uploading its core."""
 
 import os
+import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -10,9 +12,12 @@ from tests.fixtures.debuginfod import free_port
 from tests.integration.test_debuginfod import build_id_of
 
 
+DEBUGINFOD_PORT = free_port()
+
+
 @pytest.fixture(scope="module")
 def serving(start_server, problem_dir):
-    server = start_server(DebuginfodServe="1", DebuginfodPort=str(free_port()))
+    server = start_server(DebuginfodServe="1", DebuginfodPort=str(DEBUGINFOD_PORT))
     crasher = build_id_of(problem_dir, "/crasher")
     deadline = time.monotonic() + 60
     while server.get(f"/buildid/{crasher}/debuginfo").status_code != 200:
@@ -31,6 +36,25 @@ def test_buildid_files_come_compressed_through_apache(serving, problem_dir, rele
 def test_unknown_build_id_is_404_and_the_api_still_answers(serving):
     assert serving.get("/buildid/" + "0" * 40 + "/debuginfo").status_code == 404
     assert serving.get("/settings").status_code == 200
+
+
+def listening_ports():
+    """Ports with a listening TCP socket in this network namespace (the host's), IPv4 and IPv6."""
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_debuginfod_listens_on_no_host_interface(serving):
+    """debuginfod 0.188 binds every interface it sees; it sees only its own namespace's loopback."""
+    assert DEBUGINFOD_PORT not in listening_ports()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", DEBUGINFOD_PORT), timeout=2).close()
+    assert serving.get("/debuginfod/metrics").status_code == 200
 
 
 def test_debuginfod_metrics_are_next_to_ours(serving):

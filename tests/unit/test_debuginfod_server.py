@@ -1,0 +1,34 @@
+from pathlib import Path
+
+from retrace.config import Config
+from wsgi.debuginfod_server import namespace_argv, relay_argv
+from wsgi.httpd import apache_config
+
+
+def test_debuginfod_runs_without_the_host_network_and_writes_only_its_cache_and_socket_directory(tmp_path):
+    config = Config(CacheDir=tmp_path / "cache", RepoDir=tmp_path / "repos")
+    argv = namespace_argv(config, Path("/etc/r.conf"), Path("/run/r/debuginfod.sock"))
+    command = argv.index("--")
+    assert {"--unshare-net", "--unshare-pid", "--die-with-parent"} <= set(argv[:command])
+    assert argv[argv.index("--ro-bind") + 1:argv.index("--ro-bind") + 3] == ["/", "/"]
+    writable = {argv[i + 1] for i, word in enumerate(argv[:command]) if word == "--bind"}
+    assert writable == {str(tmp_path / "cache"), str(tmp_path / "cache" / "debuginfod-tmp"), "/run/r"}
+    assert argv[command + 1:][-5:] == ["--config", "/etc/r.conf", "--socket", "/run/r/debuginfod.sock",
+                                       "--in-namespace"]
+
+
+def test_relay_joins_the_unix_socket_to_debuginfod_on_the_namespace_loopback():
+    assert relay_argv(Path("/run/r/d.sock"), 8002) == [
+        "socat", "UNIX-LISTEN:/run/r/d.sock,fork,unlink-early,mode=0666", "TCP:127.0.0.1:8002",
+    ]
+
+
+def test_apache_proxies_buildid_to_the_socket_under_its_run_directory(tmp_path):
+    text = apache_config(
+        run_dir=tmp_path, host="127.0.0.1", port=8443, user="retrace", group="retrace",
+        config=Config(DebuginfodServe=True, LogDir=tmp_path), config_path=Path("/etc/r.conf"),
+        retrace_conf=Path("/x/httpd/retrace.conf"), cert=tmp_path / "c", key=tmp_path / "k",
+        module_dir=Path("/usr/lib/apache2/modules"), wsgi_module="mod_wsgi.so",
+    )
+    assert f'Define RETRACE_DEBUGINFOD_SOCKET "{tmp_path}/debuginfod/debuginfod.sock"' in text
+    assert "LoadModule proxy_http_module" in text
