@@ -29,9 +29,11 @@ from retrace.errors import (
     NotEnoughStorage,
     UnsupportedArchive,
     UploadTooLarge,
+    disk_full_explained,
 )
 
 CHUNK_SIZE = 1024 * 1024
+_NO_STORAGE = "There is not enough storage space on the server"
 _SNIFF_SIZE = 8192
 # Extended headers (pax, GNU long names) are read into memory whole by
 # tarfile; a crash archive's names are a few bytes, so 64 KiB is generous.
@@ -136,7 +138,7 @@ def free_bytes(path):
 def ensure_storage(path, incoming_bytes, min_left_bytes):
     """NotEnoughStorage unless ``incoming_bytes`` still leave MinStorageLeft free."""
     if free_bytes(path) - incoming_bytes < min_left_bytes:
-        raise NotEnoughStorage("There is not enough storage space on the server")
+        raise NotEnoughStorage(_NO_STORAGE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,7 +235,7 @@ def _member_name(member):
 def _copy_member(source, target_path, size):
     """Write exactly ``size`` bytes; ``x`` mode never overwrites or follows links."""
     written = 0
-    with open(target_path, "xb") as target:
+    with disk_full_explained(_NO_STORAGE), open(target_path, "xb") as target:
         while written < size:
             chunk = source.read(min(CHUNK_SIZE, size - written))
             if not chunk:

@@ -7,6 +7,10 @@ tool ends with, so that each edge translates errors in exactly one place
 server paths: they travel to untrusted clients.
 """
 
+import contextlib
+import errno
+import sqlite3
+
 
 class RetraceError(Exception):
     """Base of all expected failures; ``str(err)`` is the user's sentence."""
@@ -108,6 +112,27 @@ class QueueFull(RetraceError):
 
 
 class NotEnoughStorage(RetraceError):
-    """Accepting the upload would leave less than MinStorageLeft free."""
+    """Accepting the upload would leave less than MinStorageLeft free, or a disk filled up."""
 
     http_status = 507
+    category = "disk full"
+
+
+@contextlib.contextmanager
+def disk_full_explained(sentence):
+    """A full disk (ENOSPC, EDQUOT, SQLite's SQLITE_FULL) becomes NotEnoughStorage with ``sentence``, not a crash.
+
+    Free-space checks cannot see uploads, tasks and syncs writing at the same
+    moment; when those win the race the user still reads why, and gets a 507
+    or a task failed for a reason instead of a 500 or an "internal error".
+    """
+    try:
+        yield
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NotEnoughStorage(sentence) from None
+        raise
+    except sqlite3.Error as err:
+        if getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            raise NotEnoughStorage(sentence) from None
+        raise

@@ -21,7 +21,7 @@ from retrace import crashdata, taskqueue
 from retrace.cache import PackageCache
 from retrace.coredump import CoreInfo, program_interpreter, read_core
 from retrace.environment import assemble_sysroot
-from retrace.errors import RetraceError
+from retrace.errors import RetraceError, disk_full_explained
 from retrace.exploitable import rate
 from retrace.chroot import GdbRoots, root_key
 from retrace.gdb import USABLE_FRAME, interpret_output, run_gdb
@@ -72,7 +72,9 @@ class Job:
         self.task.set_status(status)
         self.log.info("%s", status.sentence)
         began = time.monotonic()
-        yield
+        with disk_full_explained(f"The server ran out of disk space at '{status.sentence}'; "
+                                 "try again later (the administrator needs to free space)"):
+            yield
         seconds = time.monotonic() - began
         self.record.phases[status.name.lower()] = round(seconds, 4)
         self.log.info("%s: done in %.3f s", status.sentence, seconds)

@@ -6,15 +6,19 @@ bubblewrap.  Tests that need two things to happen at once hold a package's
 cache lock, as a task that is unpacking it would.
 """
 
+import contextlib
 import os
+import pwd
 import re
 import shutil
 import signal
+import subprocess
 import time
 
 from tests.fixtures.distro import publish_release
 from tests.integration.conftest import RELEASE_ID
 from tests.integration.helpers import package_lock_held, submit, wait_final, wait_for_log_line
+from tests.integration.server import SERVICE_USER
 
 
 def retrace(server, problem_dir):
@@ -160,6 +164,27 @@ def test_gdb_timeout_fails_with_the_limit(start_server, problem_dir):
     status, log = failure(start_server(GdbTimeout="0.01"), problem_dir)
     assert "gdb did not finish within 0.01 s (GdbTimeout)" in status
     assert "gdb did not finish within 0.01 s" in log
+
+
+@contextlib.contextmanager
+def tiny_file_system_at(path, size="8k"):
+    """A real tmpfs of ``size`` over ``path``, writable by the service user: writes past it fail with ENOSPC."""
+    user = pwd.getpwnam(SERVICE_USER)
+    options = f"size={size},uid={user.pw_uid},gid={user.pw_gid},mode=0755"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], check=True)
+
+
+def test_full_cache_disk_fails_the_task_saying_the_disk_is_full(start_server, problem_dir):
+    server = start_server()
+    with tiny_file_system_at(server.cache_dir):
+        status, log = failure(server, problem_dir)
+    assert "The server ran out of disk space at '" in status and "internal error" not in status, status
+    assert "The server ran out of disk space at '" in log
+    assert str(server.cache_dir) not in status + log
 
 
 def test_two_tasks_needing_the_same_packages_both_succeed_and_unpack_each_once(start_server, fixture_rpms, problem_dir):

@@ -2,6 +2,7 @@ import gzip
 import io
 import lzma
 import os
+import subprocess
 import tarfile
 
 import pytest
@@ -100,6 +101,24 @@ def test_insufficient_storage_is_507(tmp_path):
     limits = archive.Limits(max_unpacked_bytes=1 << 20, min_storage_left_bytes=1 << 62, files=CAPS)
     with pytest.raises(NotEnoughStorage):
         receive(GOOD, tmp_path, limits=limits)
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path):
+    """A real 64 KiB file system: writes past it fail with ENOSPC."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)], check=True)
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_disk_filling_up_while_a_member_is_written_is_507_not_a_crash(tiny_filesystem):
+    """Another upload can take the space after the free-space check; the client still gets 507."""
+    with pytest.raises(NotEnoughStorage, match="not enough storage space"):
+        archive._copy_member(io.BytesIO(bytes(256 * 1024)), tiny_filesystem / "coredump", 256 * 1024)
 
 
 def test_dot_slash_prefix_is_accepted(tmp_path):
