@@ -101,6 +101,19 @@ def find_debuginfo_package(repo_dir, releases, kernel_release):
     return None
 
 
+def package_nevra(path):
+    """``name-version-release.arch`` of a package file, the form the statistics split.
+
+    RPM file names already have it; a .deb is ``name_version_arch.deb``, and
+    its name (``linux-image-6.1.0-56-cloud-amd64-dbg``) is full of dashes.
+    """
+    name = Path(path).name
+    if name.endswith(".deb"):
+        package, version, arch = name.removesuffix(".deb").split("_", 2)
+        return f"{package}-{version}.{arch}"
+    return name.removesuffix(".rpm")
+
+
 def _tar_from_deb(deb_path, tar_arguments, stdout):
     """Run ``tar`` with ``tar_arguments`` on a .deb's data; tar's exit status.
 

@@ -60,6 +60,7 @@ class TaskRecord:
     starttime: float
     duration: float
     package: str | None = None  # crashed package NVR, e.g. crasher-1.0-1.fc41
+    package_version: str | None = None  # set when ``package`` is a bare name: kernel + its release string
     arch: str | None = None
     release: str | None = None
     coresize: int | None = None
@@ -147,7 +148,10 @@ class StatsDB:
         return self.db.execute("PRAGMA user_version").fetchone()[0]
 
     def record_task(self, record):
-        name, version = _split_nvr(record.package)
+        if record.package_version is not None:
+            name, version = record.package, record.package_version
+        else:
+            name, version = _split_nvr(record.package)
         with self.transaction() as db:
             row = db.execute(
                 "INSERT INTO tasks (taskid, package, version, arch, starttime, duration, coresize, status, release,"

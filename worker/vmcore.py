@@ -24,7 +24,8 @@ from pathlib import Path
 from retrace import crash as crash_tool
 from retrace.debuginfod import BuildIdCache, Settings as DebuginfodSettings, fetch_all
 from retrace.kernel import (KernelCache, KernelError, debuginfo_packages, extract_module_debuginfo, extract_vmlinux,
-                            find_debuginfo_package, is_debian_kernel, kernel_arch, repository_releases)
+                            find_debuginfo_package, is_debian_kernel, kernel_arch, package_nevra,
+                            repository_releases)
 from retrace.coredump import file_build_id
 from retrace.release import release_from_line, releases_from_dist_tag
 from retrace.sandbox import SandboxTimeout, run_sandboxed
@@ -46,7 +47,7 @@ class _Dump:
     releases: list  # ReleaseIds whose repositories may hold the kernel's debuginfo
     vmlinux: Path | None = None
     cache_key: str | None = None  # the kernel cache entry (None: the vmlinux came from debuginfod)
-    package: tuple | None = None  # (release, path, vmlinux member) of the debuginfo package, once looked up
+    package: tuple | None = None  # (release, path, vmlinux member) of the debuginfo package, if a repository has it
 
 
 class VmcoreJob(Job):
@@ -85,7 +86,7 @@ class VmcoreJob(Job):
         if arch is None:
             raise TaskFailed(f"cannot tell the architecture of kernel {kernel.release} from its release string",
                              "unsupported release")
-        self.record.package, self.record.arch = f"kernel-{kernel.release}", arch
+        self.record.package, self.record.package_version, self.record.arch = "kernel", kernel.release, arch
         releases = self._releases(kernel.release, arch)
         return _Dump(path, fmt, kernel, arch, releases)
 
@@ -145,18 +146,19 @@ class VmcoreJob(Job):
     # -- preparation ---------------------------------------------------------------
 
     def prepare(self, dump):
+        found = dump.package = self._debuginfo_package(dump)
+        if found is not None:
+            self.record.release, self.record.packages = str(found[0]), [package_nevra(found[1])]
         key = self.kernels.key(dump.kernel.build_id, dump.kernel.release)
         cached = self.kernels.cached(key)
         if cached is not None:
             self.log.info("Reused the vmlinux of %s from the kernel cache", dump.kernel.release)
             dump.vmlinux, dump.cache_key = cached, key
             return
-        found = dump.package = self._debuginfo_package(dump)
         if found is None:
             dump.vmlinux = self._from_debuginfod(dump)
             return
         release, package, member = found
-        self.record.release, self.record.packages = str(release), [package.name]
 
         def fill(vmlinux):
             started = time.monotonic()
@@ -240,8 +242,6 @@ class VmcoreJob(Job):
         wanted -= self.kernels.missing_modules(dump.cache_key)
         if not wanted:
             return False
-        if dump.package is None:
-            dump.package = self._debuginfo_package(dump)
         if dump.package is None:
             return False
         release, package, _ = dump.package

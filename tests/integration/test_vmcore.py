@@ -6,6 +6,7 @@ The dumps are real: a Debian cloud kernel panicked under QEMU
 """
 
 import os
+import sqlite3
 import shutil
 import subprocess
 import sys
@@ -115,6 +116,19 @@ def test_kernel_is_named_by_the_dump_s_vmcoreinfo(kernel_server, uploads, vmcore
     task, _ = retrace(kernel_server, uploads["kdump"])
     assert f"Kernel {vmcores.release}, build-id " in text(kernel_server, task, "log")
     assert "(from VMCOREINFO)" in text(kernel_server, task, "log")
+
+
+def test_statistics_count_the_dump_as_kernel_with_its_release_and_the_debuginfo_package(kernel_server, uploads,
+                                                                                      vmcores):
+    (task_id, _), status = retrace(kernel_server, uploads["kdump"])
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS"
+    with sqlite3.connect(kernel_server.save_dir / "stats.db") as stats:
+        assert stats.execute("SELECT package, version FROM tasks WHERE taskid = ?", (task_id,)).fetchone() == (
+            "kernel", vmcores.release)
+        used = stats.execute("SELECT name FROM packages JOIN packages_tasks ON pkgid = packages.id"
+                             " JOIN tasks ON packages_tasks.taskid = tasks.id WHERE tasks.taskid = ?",
+                             (task_id,)).fetchall()
+    assert used == [(f"linux-image-{vmcores.release}-dbg",)]
 
 
 def test_dump_without_vmcoreinfo_is_identified_by_the_text_search(kernel_server, uploads, vmcores):

@@ -10,7 +10,7 @@ import pytest
 
 from retrace.coredump import file_build_id
 from retrace.kernel import (KernelCache, debuginfo_packages, extract_module_debuginfo, extract_vmlinux,
-                            find_debuginfo_package, kernel_arch, module_files)
+                            find_debuginfo_package, kernel_arch, package_nevra, module_files)
 from retrace.release import ReleaseId
 
 
@@ -39,6 +39,14 @@ def test_architecture_comes_from_the_release_string(release, arch):
 ])
 def test_debuginfo_package_is_named_as_the_distribution_names_it(release, package, member):
     assert debuginfo_packages(release) == [(package, member)]
+
+
+@pytest.mark.parametrize("file_name, nevra", [
+    ("kernel-debuginfo-6.11.4-301.fc41.x86_64.rpm", "kernel-debuginfo-6.11.4-301.fc41.x86_64"),
+    ("linux-image-6.1.0-56-cloud-amd64-dbg_6.1.158-1_amd64.deb", "linux-image-6.1.0-56-cloud-amd64-dbg-6.1.158-1.amd64"),
+])
+def test_package_files_are_named_name_version_release_arch_for_the_statistics(file_name, nevra):
+    assert package_nevra(Path("/repos/x/Packages") / file_name) == nevra
 
 
 def test_first_release_whose_repository_holds_the_package_wins(tmp_path):

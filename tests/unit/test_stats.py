@@ -24,9 +24,9 @@ INSERT INTO tasks (taskid, package, version, arch, starttime, duration, coresize
 """
 
 
-def success(task_id, package="crasher-1.0-1.fc41", **fields):
+def success(task_id, package="crasher-1.0-1.fc41", packages=("crasher-1.0-1.fc41.x86_64",), **fields):
     return TaskRecord(task_id, SUCCESS, NOW, 0.2, package=package, arch="x86_64", release="fedora-41-x86_64",
-                      phases={"analyze": 0.01, "backtrace": 0.1}, packages=["crasher-1.0-1.fc41.x86_64"],
+                      phases={"analyze": 0.01, "backtrace": 0.1}, packages=list(packages),
                       queue_wait=0.05, cache_hits=3, cache_misses=1, **fields)
 
 
@@ -51,6 +51,13 @@ def test_upstream_database_is_migrated_in_place_keeping_its_rows(tmp_path):
         assert stats.summary(now=NOW)["top_packages"] == [["bash", 1]]
         stats.record_task(success("000000001"))
         assert stats.summary(now=NOW)["total"] == 2
+
+
+def test_a_kernel_is_counted_as_kernel_with_its_release_as_the_version(db):
+    db.record_task(success("000000002", package="kernel", package_version="6.1.0-56-cloud-amd64",
+                           packages=[]))
+    assert db.summary(now=NOW)["top_packages"] == [["kernel", 1]]
+    assert db.db.execute("SELECT version FROM tasks").fetchone()[0] == "6.1.0-56-cloud-amd64"
 
 
 def test_new_database_opens_at_the_current_schema(db):
