@@ -16,15 +16,14 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.workspace import Workspace  # noqa: E402
 from tests.fixtures.cores import crash_installed  # noqa: E402
 from tests.fixtures.distro import build_rpms  # noqa: E402
-from tests.integration.server import Server, make_certificate, make_root, remove_root  # noqa: E402
 
 MIB = 1024 * 1024
 ARCHIVE_MIB = 200
@@ -74,18 +73,18 @@ def application(environ, start_response):
 """
 
 
-def start_discard_server(work, root, cert, key):
+def start_discard_server(ws):
     """The same Apache + mod_wsgi daemon set-up serving an app that only reads the body.
 
     Its upload speed is the transport floor (TLS, Apache, the relay to the
     daemon process) that no application code can beat on this machine.
     """
-    script = work / "discard.wsgi"
+    script = ws.work / "discard.wsgi"
     script.write_text(_DISCARD_APP)
     retrace_conf = Path(__file__).resolve().parent.parent / "httpd" / "retrace.conf"
-    include = work / "discard.conf"
+    include = ws.work / "discard.conf"
     include.write_text(retrace_conf.read_text().replace("WSGIScriptAlias / ${RETRACE_WSGI_SCRIPT}", f"WSGIScriptAlias / {script}"))
-    return Server(root, cert, key, launcher_args=("--httpd-conf", str(include)), MaxPackedSize="400")
+    return ws.server(ws.root("discard"), launcher_args=("--httpd-conf", str(include)), MaxPackedSize="400")
 
 
 def disk_write_seconds(directory, size, fsync):
@@ -135,26 +134,17 @@ def apachebench(url, cert_headers, requests, concurrency):
 
 
 def main():
-    work = Path(tempfile.mkdtemp(prefix="retrace-bench-", dir="/var/tmp"))
-    work.chmod(0o755)
-    root = make_root("retrace-bench-server-")
-    server = None
-    try:
-        core = crash_installed(build_rpms(work / "build"), work)
-        tar_path, xz_path, payload = build_archives(work, core)
-        cert, key = make_certificate(work)
-        server = Server(root, cert, key, MaxPackedSize="400", MaxUnpackedSize="400", MaxQueuedTasks="1000")
+    with Workspace("api") as ws:
+        core = crash_installed(build_rpms(ws.work / "build"), ws.work)
+        tar_path, xz_path, payload = build_archives(ws.work, core)
+        server = ws.server(ws.root("server"), MaxPackedSize="400", MaxUnpackedSize="400", MaxQueuedTasks="1000")
 
         unpacked = payload.stat().st_size
         page_cache = statistics.median(disk_write_seconds(server.save_dir, unpacked, fsync=False) for _ in range(3))
         synced = statistics.median(disk_write_seconds(server.save_dir, unpacked, fsync=True) for _ in range(3))
-        discard_root = make_root("retrace-bench-discard-")
-        discard = start_discard_server(work, discard_root, cert, key)
-        try:
+        with Workspace("discard") as discarding:
+            discard = start_discard_server(discarding)
             floor_times = [timed_upload(discard, tar_path, "application/x-tar")[0] for _ in range(3)]
-        finally:
-            discard.stop()
-            remove_root(discard_root)
         tar_times = [timed_upload(server, tar_path, "application/x-tar")[0] for _ in range(3)]
         xz_times = [timed_upload(server, xz_path, "application/x-xz-compressed-tar")[0] for _ in range(3)]
         _, created = timed_upload(server, xz_path, "application/x-xz-compressed-tar")
@@ -181,11 +171,6 @@ def main():
         print(f"GET /settings, {CONCURRENCY} clients: {settings['rps']:.0f} req/s, p50 {settings['ms'][50]} ms, "
               f"p99 {settings['ms'][99]} ms, failed {settings['failed'] + settings['non_2xx']} "
               f"(spool holds {len(server.task_dirs())} tasks)")
-    finally:
-        if server is not None:
-            server.stop()
-        remove_root(root)
-        subprocess.run(["rm", "-rf", str(work)], check=False)
 
 
 if __name__ == "__main__":

@@ -14,21 +14,20 @@ machine's 2 cores, sharing SaveDir.  Measured:
 
 import os
 import pwd
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.workspace import Workspace  # noqa: E402
 from tests.fixtures.cluster import Cluster  # noqa: E402
 from tests.fixtures.cores import crash_installed, make_problem_dir  # noqa: E402
 from tests.fixtures.distro import build_rpms, publish_release  # noqa: E402
 from tests.integration.helpers import abrt_archive, submit, wait_final  # noqa: E402
-from tests.integration.server import SERVICE_USER, Server, make_certificate, make_root, remove_root, write_config  # noqa: E402
+from tests.integration.server import SERVICE_USER, write_config  # noqa: E402
 
 RELEASE_ID = "fedora-41-x86_64"
 LATENCY_TASKS = 20
@@ -63,18 +62,15 @@ def percentile(values, fraction):
 
 
 def main():
-    work = Path(tempfile.mkdtemp(prefix="retrace-bench-cluster-", dir="/var/tmp"))
-    work.chmod(0o755)
-    root = make_root("retrace-bench-cluster-server-")
-    cluster = server = None
-    try:
-        rpms = build_rpms(work / "build")
-        archive = abrt_archive(make_problem_dir(work / "problem", crash_installed(rpms, work, "simple")))
+    with Workspace("cluster") as ws:
+        rpms = build_rpms(ws.work / "build")
+        archive = abrt_archive(make_problem_dir(ws.work / "problem", crash_installed(rpms, ws.work, "simple")))
+        root = ws.root("cluster-server")
         publish_release(root / "repos", RELEASE_ID, rpms)
-        cluster = Cluster(work)
+        cluster = Cluster(ws.work)
+        ws.callback(cluster.close)
         cluster.start_broker()
-        cert, key = make_certificate(work)
-        server = Server(root, cert, key, Dispatcher="celery", BrokerURL=cluster.broker_url, MaxQueuedTasks="100")
+        server = ws.server(root, Dispatcher="celery", BrokerURL=cluster.broker_url, MaxQueuedTasks="100")
         user = pwd.getpwnam(SERVICE_USER)
         configs = {}
         for name in ("w1", "w2"):
@@ -100,13 +96,6 @@ def main():
         print(f"throughput, {BURST} crashes at once: one host {one_host:.1f} s = {BURST / one_host * 60:.0f} "
               f"retraces/min; two hosts {two_hosts:.1f} s = {BURST / two_hosts * 60:.0f} retraces/min "
               f"(ratio {one_host / two_hosts:.2f}; all hosts share this machine's 2 cores)")
-    finally:
-        if server is not None:
-            server.stop()
-        if cluster is not None:
-            cluster.close()
-        remove_root(root)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -16,18 +16,17 @@ import re
 import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.workspace import Workspace  # noqa: E402
 from retrace.cache import tree_bytes  # noqa: E402
 from retrace.coredump import read_core  # noqa: E402
 from tests.fixtures.cores import crash_installed, make_problem_dir  # noqa: E402
 from tests.fixtures.debuginfod import Debuginfod  # noqa: E402
 from tests.fixtures.distro import build_rpms, publish_release  # noqa: E402
 from tests.integration.helpers import abrt_archive, timed_retrace  # noqa: E402
-from tests.integration.server import Server, make_certificate, make_root, remove_root  # noqa: E402
 
 RELEASE_ID = "fedora-41-x86_64"
 BIGLIB = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "biglib"
@@ -71,10 +70,8 @@ def measure(server, archive, rpm_sizes):
 
 
 def main():
-    work = Path(tempfile.mkdtemp(prefix="retrace-bench-dbgd-", dir="/var/tmp"))
-    work.chmod(0o755)
-    servers, roots, debuginfod = [], [], None
-    try:
+    with Workspace("dbgd") as ws:
+        work = ws.work
         rpms = build_rpms(work / "build") + build_bigcrash(work)
         rpm_sizes = {rpm.name.removesuffix(".rpm"): rpm.stat().st_size for rpm in rpms}
         crashes = {
@@ -85,28 +82,18 @@ def main():
         mirror_dir = publish_release(work / "mirror", RELEASE_ID, rpms)
         probe = read_core(crashes["fixture crash"] / "coredump").module_at("/usr/bin/crasher").build_id
         debuginfod = Debuginfod([mirror_dir / "Packages"], probe)
-        cert, key = make_certificate(work)
+        ws.callback(debuginfod.stop)
         for way, settings in (("packages", {}), ("debuginfod", {"DebuginfodURLs": debuginfod.url,
                                                                 "DebuginfodReleases": RELEASE_ID})):
-            root = make_root(f"retrace-bench-{way}-")
-            roots.append(root)
+            root = ws.root(way)
             if way == "packages":
                 shutil.copytree(mirror_dir, root / "repos" / RELEASE_ID)
-            server = Server(root, cert, key, **settings)
-            servers.append(server)
+            server = ws.server(root, **settings)
             for name, archive in archives.items():
                 cold, warm, fetched, on_disk = measure(server, archive, rpm_sizes)
                 print(f"{name}, via {way}: cold {cold * 1000:.0f} ms, warm {warm * 1000:.0f} ms (median of "
                       f"{WARM_RUNS}), fetched {fetched / 1024:.0f} KiB, shared cache on disk {on_disk / 1024:.0f} KiB, "
                       "per-task tree: symlinks only")
-    finally:
-        for server in servers:
-            server.stop()
-        for root in roots:
-            remove_root(root)
-        if debuginfod is not None:
-            debuginfod.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -13,19 +13,17 @@ The aim: a warm chroot setup under 2 s (upstream's mock: 73 s and more).
 """
 
 import re
-import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.workspace import Workspace  # noqa: E402
 from tests.fixtures.cores import crash_installed, make_problem_dir  # noqa: E402
 from tests.fixtures.distro import build_rpms, publish_release  # noqa: E402
 from tests.fixtures.userland import build_userland_rpms  # noqa: E402
 from tests.integration.helpers import abrt_archive, timed_retrace  # noqa: E402
-from tests.integration.server import Server, make_certificate, make_root, remove_root  # noqa: E402
 
 RELEASE_ID = "fedora-41-x86_64"
 WARM_RUNS = 10
@@ -47,22 +45,15 @@ def median_of(runs, stage):
 
 
 def main():
-    work = Path(tempfile.mkdtemp(prefix="retrace-bench-env-", dir="/var/tmp"))
-    work.chmod(0o755)
-    roots = []
-    servers = []
-    try:
-        rpms = build_rpms(work / "build")
-        userland = build_userland_rpms(work / "userland")
-        archive = abrt_archive(make_problem_dir(work / "problem", crash_installed(rpms, work, "simple")))
-        cert, key = make_certificate(work)
+    with Workspace("env") as ws:
+        rpms = build_rpms(ws.work / "build")
+        userland = build_userland_rpms(ws.work / "userland")
+        archive = abrt_archive(make_problem_dir(ws.work / "problem", crash_installed(rpms, ws.work, "simple")))
         results = {}
         for environment in ("sysroot", "chroot"):
-            root = make_root(f"retrace-bench-{environment}-")
-            roots.append(root)
+            root = ws.root(environment)
             publish_release(root / "repos", RELEASE_ID, [*rpms, *userland])
-            server = Server(root, cert, key, RetraceEnvironment=environment)
-            servers.append(server)
+            server = ws.server(root, RetraceEnvironment=environment)
             first = run_task(server, archive)
             warm = [run_task(server, archive) for _ in range(WARM_RUNS)]
             results[environment] = (first, warm)
@@ -82,12 +73,6 @@ def main():
         sysroot_setup = median_of(results["sysroot"][1], prepare)
         print(f"ratio warm setup chroot / sysroot: {chroot_setup / sysroot_setup:.1f}; "
               f"aim chroot setup < 2 s: {'met' if chroot_setup < 2 else 'NOT met'}")
-    finally:
-        for server in servers:
-            server.stop()
-        for root in roots:
-            remove_root(root)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

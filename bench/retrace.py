@@ -21,18 +21,17 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.workspace import Workspace  # noqa: E402
 from retrace.gdb import gdb_argv  # noqa: E402
 from tests.fixtures.cores import crash_installed, make_problem_dir  # noqa: E402
 from tests.fixtures.distro import build_rpms, publish_release  # noqa: E402
 from tests.integration.helpers import abrt_archive, timed_retrace  # noqa: E402
-from tests.integration.server import Server, make_certificate, make_root, remove_root  # noqa: E402
 
 RELEASE_ID = "fedora-41-x86_64"
 COLD_RUNS = 5
@@ -103,17 +102,13 @@ def burst(server, archive):
 
 
 def main():
-    work = Path(tempfile.mkdtemp(prefix="retrace-bench-", dir="/var/tmp"))
-    work.chmod(0o755)
-    root = make_root("retrace-bench-server-")
-    server = None
-    try:
-        rpms = build_rpms(work / "build")
-        core = crash_installed(rpms, work, "simple")
+    with Workspace("retrace") as ws:
+        rpms = build_rpms(ws.work / "build")
+        core = crash_installed(rpms, ws.work, "simple")
+        root = ws.root("server")
         publish_release(root / "repos", RELEASE_ID, rpms)
-        archive = abrt_archive(make_problem_dir(work / "problem", core))
-        cert, key = make_certificate(work)
-        server = Server(root, cert, key, MaxParallelTasks="2", MaxQueuedTasks="20")
+        archive = abrt_archive(make_problem_dir(ws.work / "problem", core))
+        server = ws.server(root, MaxParallelTasks="2", MaxQueuedTasks="20")
 
         first, cold, cold_logs, warm_logs = [], [], [], []
         for _ in range(COLD_RUNS):
@@ -125,8 +120,8 @@ def main():
             empty_cache(server)
             cold.append(retrace_once(server, archive, cold_logs))
             warm.append(retrace_once(server, archive, warm_logs))
-        unpack = [unpack_baseline(rpms, work / f"unpacked-{i}") for i in range(FLOOR_RUNS)]
-        floor = [bare_gdb(work / "unpacked-0", core) for _ in range(FLOOR_RUNS)]
+        unpack = [unpack_baseline(rpms, ws.work / f"unpacked-{i}") for i in range(FLOOR_RUNS)]
+        floor = [bare_gdb(ws.work / "unpacked-0", core) for _ in range(FLOOR_RUNS)]
         burst_seconds, burst_durations = burst(server, archive)
 
         cold_median, warm_median = statistics.median(cold), statistics.median(warm)
@@ -155,11 +150,7 @@ def main():
         print(f"ratio cold / (unpack baseline + warm): {cold_median / (unpack_median + warm_median):.2f}; "
               f"aim cold <= 1.3 x unpack + warm = {cold_aim * 1000:.0f} ms: "
               f"{'met' if cold_median <= cold_aim else 'NOT met'}")
-    finally:
-        if server is not None:
-            server.stop()
-        remove_root(root)
-        shutil.rmtree(work, ignore_errors=True)
+
 
 
 if __name__ == "__main__":

@@ -17,17 +17,16 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.retrace import print_stages  # noqa: E402
+from bench.workspace import Workspace  # noqa: E402
 from retrace.crash import COMMANDS, batch_script  # noqa: E402
 from tests.fixtures.vmcore import kernel_debs, make_vmcores  # noqa: E402
 from tests.integration.helpers import password_header, wait_final  # noqa: E402
-from tests.integration.server import Server, make_certificate, make_root, remove_root  # noqa: E402
 
 COLD_RUNS = 3
 WARM_RUNS = 5
@@ -79,19 +78,15 @@ def full_unpack(deb, target):
 
 
 def main():
-    work = Path(tempfile.mkdtemp(prefix="retrace-bench-vmcore-", dir="/var/tmp"))
-    work.chmod(0o755)
-    root = make_root("retrace-bench-vmcore-server-")
-    server = None
-    try:
+    with Workspace("vmcore") as ws:
         debs = kernel_debs()
-        vmcores = make_vmcores(work / "vmcores")
-        archive = tar_zstd(vmcores.kdump, work)
+        vmcores = make_vmcores(ws.work / "vmcores")
+        archive = tar_zstd(vmcores.kdump, ws.work)
+        root = ws.root("vmcore-server")
         packages = root / "repos" / "debian-12-x86_64" / "Packages"
         packages.mkdir(parents=True, mode=0o755)
         (packages / debs.dbg.name).symlink_to(debs.dbg)
-        cert, key = make_certificate(work)
-        server = Server(root, cert, key)
+        server = ws.server(root)
 
         cold, cold_logs, warm, warm_logs = [], [], [], []
         for _ in range(COLD_RUNS):
@@ -105,7 +100,7 @@ def main():
             warm_logs.append(log)
         vmlinux = next((server.cache_dir / "kernel").glob("*/root/vmlinux"))
         floor = [bare_crash(vmlinux, vmcores.kdump) for _ in range(FLOOR_RUNS)]
-        unpack = full_unpack(debs.dbg, work / "unpacked")
+        unpack = full_unpack(debs.dbg, ws.work / "unpacked")
 
         cold_median, warm_median, floor_median = map(statistics.median, (cold, warm, floor))
         print(f"kernel {vmcores.release}; vmcore {vmcores.kdump.stat().st_size / 2**20:.1f} MiB kdump-compressed, "
@@ -121,11 +116,6 @@ def main():
         print(f"ratio cold / (full unpack + bare crash): {cold_median / (unpack + floor_median):.2f}")
         print_stages("cold", cold_logs)
         print_stages("warm", warm_logs)
-    finally:
-        if server is not None:
-            server.stop()
-        remove_root(root)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

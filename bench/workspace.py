@@ -1,0 +1,35 @@
+"""One benchmark run's scratch space: a work directory, server roots, servers and helpers.
+
+Every benchmark builds fixtures under a work directory, starts real servers
+on roots of their own and must leave nothing behind, whatever fails; the
+``Workspace`` undoes everything registered with it, newest first (servers
+stop before their roots go, the work directory goes last).
+"""
+
+import contextlib
+import shutil
+import tempfile
+from pathlib import Path
+
+from tests.integration.server import Server, make_certificate, make_root, remove_root
+
+
+class Workspace(contextlib.ExitStack):
+    def __init__(self, name):
+        super().__init__()
+        self.work = Path(tempfile.mkdtemp(prefix=f"retrace-bench-{name}-", dir="/var/tmp"))
+        self.work.chmod(0o755)
+        self.callback(shutil.rmtree, self.work, ignore_errors=True)
+        self.cert, self.key = make_certificate(self.work)
+
+    def root(self, name):
+        """An empty server root, removed at the end."""
+        root = make_root(f"retrace-bench-{name}-")
+        self.callback(remove_root, root)
+        return root
+
+    def server(self, root, **settings):
+        """The real retrace-server-httpd on ``root``, stopped at the end."""
+        server = Server(root, self.cert, self.key, **settings)
+        self.callback(server.stop)
+        return server
