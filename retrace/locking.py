@@ -8,6 +8,11 @@ how uploads, workers and unpackers are told apart from the ones that died.
 import contextlib
 import fcntl
 import os
+import time
+
+# A probe holds its shared lock for microseconds; 200 x 1 ms outlasts any burst of them.
+_PROBE_RETRIES = 200
+_PROBE_PAUSE = 0.001
 
 
 @contextlib.contextmanager
@@ -36,14 +41,27 @@ def try_exclusive(path):
     """An open descriptor holding the lock on ``path``, or None if another process holds it.
 
     The caller keeps the descriptor open for as long as it owns the lock.
+    Owners hold their locks exclusively; ``is_held`` probes take a shared
+    lock for a moment.  A probe must not make a claim fail (a worker would
+    give up its task, an upload would run unlocked), so when the exclusive
+    lock is refused but a shared one is granted, only probes are in the way
+    and the claim is tried again.
     """
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o640)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
+    for _ in range(_PROBE_RETRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            pass
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            break
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        time.sleep(_PROBE_PAUSE)
+    os.close(fd)
+    return None
 
 
 def is_held(path):

@@ -304,10 +304,12 @@ def count_live_uploads(save_dir):
 
 
 def _is_live_upload(path):
-    held = locking.is_held(path / _LOCK_NAME)
-    if held is not None:
-        return held
-    # mkdtemp has run but the lock is not created yet: young means live.
+    """Held lock: live.  Otherwise young means live too: between ``mkdtemp``
+    and ``flock`` a starting upload holds no lock yet, and removing its
+    directory then would fail the upload (seen under bursts of uploads while
+    status polls count them)."""
+    if locking.is_held(path / _LOCK_NAME):
+        return True
     try:
         return time.time() - path.stat().st_mtime < _LOCKLESS_GRACE_SECONDS
     except FileNotFoundError:

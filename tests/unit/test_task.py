@@ -1,4 +1,5 @@
 import os
+import time
 import re
 
 import pytest
@@ -51,8 +52,19 @@ def test_abandoned_upload_dir_is_swept(tmp_path):
     dead = tmp_path / INCOMING_DIR / "dead"
     dead.mkdir(parents=True)
     (dead / ".upload.lock").write_text("")
+    an_hour_ago = time.time() - 3600
+    os.utime(dead, (an_hour_ago, an_hour_ago))
     assert count_live_uploads(tmp_path) == 0
     assert not dead.exists()
+
+
+def test_upload_that_has_not_locked_yet_is_counted_and_kept(tmp_path):
+    """Between mkdtemp and flock a starting upload holds no lock; sweeping it then failed the upload."""
+    starting = tmp_path / INCOMING_DIR / "starting"
+    starting.mkdir(parents=True)
+    (starting / ".upload.lock").write_text("")
+    assert count_live_uploads(tmp_path) == 1
+    assert starting.exists()
 
 
 def test_open_unknown_or_malformed_id_is_not_found(tmp_path):

@@ -1,0 +1,46 @@
+import fcntl
+import os
+import threading
+import time
+
+from retrace import locking
+
+
+def hold(path, mode, seconds):
+    """Another open file description holding ``mode`` on ``path`` for ``seconds`` (as another process would)."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR)
+    fcntl.flock(fd, mode)
+
+    def release():
+        time.sleep(seconds)
+        os.close(fd)
+
+    thread = threading.Thread(target=release)
+    thread.start()
+    return thread
+
+
+def test_claim_succeeds_past_a_probe_holding_a_shared_lock_for_a_moment(tmp_path):
+    path = tmp_path / "task.lock"
+    probe = hold(path, fcntl.LOCK_SH, 0.02)
+    fd = locking.try_exclusive(path)
+    probe.join()
+    assert fd is not None
+    assert locking.is_held(path) is True
+    os.close(fd)
+
+
+def test_claim_fails_while_an_owner_holds_the_lock(tmp_path):
+    path = tmp_path / "task.lock"
+    owner = hold(path, fcntl.LOCK_EX, 0.5)
+    assert locking.try_exclusive(path) is None
+    owner.join()
+
+
+def test_probe_does_not_take_the_lock_it_looks_at(tmp_path):
+    path = tmp_path / "task.lock"
+    path.write_text("")
+    assert locking.is_held(path) is False
+    fd = locking.try_exclusive(path)
+    assert fd is not None
+    os.close(fd)
