@@ -13,6 +13,7 @@ import secrets
 import socket
 import ssl
 import tarfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -368,4 +369,25 @@ def test_concurrent_uploads_never_take_more_slots_than_exist(start_server, probl
         codes = [response.status_code for response in responses]
     assert sorted(codes) == [201] * 5 + [503] * 7
     assert len(server.task_dirs()) == 5
+    assert server.incoming() == []
+
+
+def test_uploads_while_clients_poll_the_server_are_all_accepted(start_server, problem_dir, fixture_rpms):
+    """Polls count uploads in flight by probing their locks; a probe must never sweep or block an upload."""
+    server = start_server(MaxParallelTasks="2", MaxQueuedTasks="40")
+    body = abrt_archive(problem_dir)
+    polling = threading.Event()
+
+    def poll():
+        while not polling.is_set():
+            server.get("/settings")
+
+    with package_lock_held(server, _crasher_rpm(fixture_rpms)), ThreadPoolExecutor(max_workers=24) as pool:
+        pollers = [pool.submit(poll) for _ in range(4)]
+        responses = list(pool.map(lambda _: server.post("/create", data=body, headers={"Content-Type": XZ_TAR}),
+                                  range(20)))
+        polling.set()
+        for poller in pollers:
+            poller.result()
+    assert [response.status_code for response in responses] == [201] * 20, [r.text for r in responses]
     assert server.incoming() == []
