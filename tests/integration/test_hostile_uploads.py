@@ -255,6 +255,20 @@ def _raw_request(server, request_bytes):
     return status, body.decode(errors="replace")
 
 
+@pytest.mark.parametrize("request_line, header, status, sentence", [
+    ("GET /%2e%2e/etc/passwd HTTP/1.1", "", 400, "The request is malformed"),
+    ("GET /settings HTTP/1.1", "X-OS-Release: Fedora\x01 41\r\n", 400, "The request is malformed"),
+    ("GET /" + "a" * 5000 + " HTTP/1.1", "", 404, "Invalid URL"),
+])
+def test_requests_apache_refuses_itself_get_a_sentence_not_a_page(hostile_server, request_line, header, status,
+                                                                   sentence):
+    raw = f"{request_line}\r\nHost: 127.0.0.1\r\n{header}Connection: close\r\n\r\n".encode()
+    got_status, body = _raw_request(hostile_server, raw)
+    assert got_status == status
+    assert body.startswith(sentence) and "<html" not in body.lower()
+    assert hostile_server.get("/settings").status_code == 200
+
+
 class _Raw:
     def __init__(self, status, text):
         self.status_code, self.text = status, text
