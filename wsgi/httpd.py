@@ -25,6 +25,7 @@ from pathlib import Path
 
 import wsgi
 from retrace.config import ConfigError, load_config
+from retrace.release import served_releases
 from retrace.sandbox import sandbox_argv
 from wsgi.debuginfod_server import wait_until_connectable
 
@@ -330,6 +331,13 @@ def run_apache(apache, conf_file, host, port, config, cert):
         process.wait()
         raise LaunchError(f"Apache did not start; its error log says:\n{_error_log_tail(config)}")
     print(f"{PROG}: serving https://{host}:{port}/ (certificate {cert}); stop with Ctrl-C or SIGTERM", flush=True)
+    releases = served_releases(config)
+    if releases:
+        print(f"{PROG}: releases served: {' '.join(map(str, releases))}", flush=True)
+    else:
+        print(f"{PROG}: no release is served yet (no <dist>-<ver>-<arch>/repodata/ in {config.RepoDir}): "
+              "every crash will be refused as unsupported until `retrace-server-reposync DISTRIBUTION VERSION "
+              "ARCH` fills one (README, 'Repositories')", flush=True)
     returncode = process.wait()
     if stopping:
         print(f"{PROG}: stopped", flush=True)

@@ -47,6 +47,20 @@ def test_warns_about_unknown_keys_and_still_starts(certificate):
         remove_root(server.root)
 
 
+def test_says_no_release_is_served_yet_and_how_to_add_one(certificate):
+    server = Server(make_root(), *certificate)
+    try:
+        assert "no release is served yet" in server.launcher_output()
+        assert "retrace-server-reposync DISTRIBUTION VERSION ARCH" in server.launcher_output()
+    finally:
+        server.stop()
+        remove_root(server.root)
+
+
+def test_lists_the_releases_it_serves(server):
+    assert "releases served: fedora-41-x86_64" in server.launcher_output()
+
+
 def test_makes_a_self_signed_certificate_when_none_is_given():
     root = make_root()
     port = free_port()
