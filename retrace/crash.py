@@ -7,19 +7,30 @@ plain ``bt`` is kept for when it fails), ``log`` and ``mod``.  When the full
 load fails (a kernel newer than this ``crash`` understands, a damaged
 dump), ``crash --minimal`` still reads the kernel log, which upstream
 made the task's backtrace; the result says it is minimal.
+
+crash is driven batch by batch over a pipe (it answers each command at
+once): loading a dump takes seconds, a batch milliseconds, so the module
+debuginfo found after the first batch is loaded into the same session with
+``mod -S`` instead of loading the dump again.
 """
 
+import contextlib
 import dataclasses
 import os
 import re
+import select
+import signal
+import subprocess
+import time
 
 from retrace.errors import RetraceError
-from retrace.sandbox import SandboxTimeout, require_sandbox, run_sandboxed
+from retrace.sandbox import SandboxTimeout, check_started, require_sandbox, run_sandboxed, start_sandboxed
 from retrace.vmcore import KERNEL_RELEASE
 
 COMMANDS = ("sys", "bt -a", "bt", "log", "mod")
 MINIMAL_COMMANDS = ("log",)
 _MARKER = "==RETRACE-SECTION {}=="
+_BATCH_END = "==RETRACE-BATCH-END=="
 _SECTION = re.compile(r"^==RETRACE-SECTION (.+)==$", re.M)
 _FRAME = re.compile(r"^\s*#\d+ \[", re.M)
 _HOST_PREFIXES = ("/usr/", "/bin/", "/sbin/", "/lib/")
@@ -58,12 +69,12 @@ def modules_without_debuginfo(mod_output):
     return {name for name, loaded in _MOD_LINE.findall(mod_output) if loaded.startswith("(not loaded)")}
 
 
-def batch_script(commands):
-    """crash's stdin: each command after its marker line, then quit."""
+def batch_script(commands, then="quit"):
+    """crash's stdin: each command after its marker line, then ``then``."""
     lines = []
     for command in commands:
         lines += [f"echo {_MARKER.format(command)}", command]
-    return "\n".join(lines + ["quit", ""])
+    return "\n".join(lines + [then, ""])
 
 
 def split_sections(text):
@@ -79,6 +90,79 @@ def crash_binds(crash_path, *files):
     if not str(crash_path).startswith(_HOST_PREFIXES):
         binds.append(os.path.dirname(os.path.realpath(crash_path)))
     return binds
+
+
+class _Session:
+    """One crash process, fed a batch of commands at a time, within one deadline for all of them."""
+
+    def __init__(self, process, timeout, memory_bytes):
+        self.process, self.timeout, self.memory_bytes = process, timeout, memory_bytes
+        self.started = time.monotonic()
+        self.deadline = self.started + timeout
+
+    @property
+    def seconds(self):
+        return time.monotonic() - self.started
+
+    def batch(self, commands):
+        """What crash printed for ``commands`` (with their markers); less when it ended on the way."""
+        try:
+            self.process.stdin.write(batch_script(commands, then=f"echo {_BATCH_END}").encode())
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            pass
+        received = bytearray()
+        end = f"\n{_BATCH_END}\n".encode()
+        while end not in received:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                self.kill()
+                raise CrashError(f"crash did not finish within {self.timeout:g} s (ProcessCommunicateTimeout) "
+                                 "and was stopped", "crash timeout")
+            readable, _, _ = select.select([self.process.stdout], [], [], remaining)
+            chunk = os.read(self.process.stdout.fileno(), 65536) if readable else b""
+            if readable and not chunk:
+                return self._ended(received)
+            received += chunk
+        return received.decode("utf-8", errors="replace").replace(_BATCH_END, "")
+
+    def _ended(self, received):
+        """crash left before the end of the batch: why, if not by its own choice."""
+        self.process.wait()
+        text = received.decode("utf-8", errors="replace")
+        check_started(self.process.returncode, text)
+        if self.process.returncode < 0:
+            raise CrashError(f"crash was killed by {signal.Signals(-self.process.returncode).name} (memory limit "
+                             f"{self.memory_bytes >> 20} MiB?); crash said: {gist(text)}")
+        return text
+
+    def kill(self):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def close(self):
+        with contextlib.suppress(BrokenPipeError):
+            self.process.stdin.write(b"quit\n")
+            self.process.stdin.flush()
+        with contextlib.suppress(BrokenPipeError):
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=max(1.0, self.deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self.process.stdout.close()
+
+
+@contextlib.contextmanager
+def _session(crash_path, arguments, binds, *, timeout, memory_bytes):
+    process = start_sandboxed([str(crash_path), *arguments], binds, cpu_seconds=int(timeout) + 1,
+                              memory_bytes=memory_bytes, stdin=subprocess.PIPE)
+    session = _Session(process, timeout, memory_bytes)
+    try:
+        yield session
+    finally:
+        session.close()
 
 
 def _run(crash_path, arguments, binds, script, *, timeout, memory_bytes, hide):
@@ -100,20 +184,29 @@ def gist(text, lines=3):
     return " | ".join(kept[-lines:]) or "(nothing)"
 
 
-def analyse(crash_path, vmlinux, vmcore, *, timeout, memory_bytes, hide, module_dir=None):
+def analyse(crash_path, vmlinux, vmcore, *, timeout, memory_bytes, hide, readable=(), module_dir=None,
+            more_modules=lambda output: None):
     """The CrashOutput of the full batch, or of ``--minimal`` + ``log`` when the full load fails.
 
-    With ``module_dir`` (debuginfo files of modules), ``mod -S`` loads them first.
+    With ``module_dir`` (debuginfo files of modules), ``mod -S`` loads them
+    first.  ``more_modules(output)`` may then bring the files of modules the
+    first batch showed without debuginfo and return their directory (inside
+    ``readable``, which the sandbox shows): the same session loads them and
+    runs the batch again.
     """
     require_sandbox(str(crash_path))
-    binds = crash_binds(crash_path, vmlinux, vmcore, *([module_dir] if module_dir else []))
+    binds = crash_binds(crash_path, vmlinux, vmcore, *readable, *([module_dir] if module_dir else []))
     common = ["-s", "--no_crashrc", str(vmlinux), str(vmcore)]
     commands = ((f"mod -S {module_dir}",) if module_dir else ()) + COMMANDS
-    ran, text = _run(crash_path, common, binds, batch_script(commands), timeout=timeout,
-                     memory_bytes=memory_bytes, hide=hide)
-    preamble, sections = split_sections(text)
-    if sections.get("log", "").strip():
-        return CrashOutput(sections, preamble, False, ran.seconds)
+    with _session(crash_path, common, binds, timeout=timeout, memory_bytes=memory_bytes) as session:
+        text = hide(session.batch(commands))
+        preamble, sections = split_sections(text)
+        if sections.get("log", "").strip():
+            directory = more_modules(CrashOutput(sections, preamble, False, session.seconds))
+            if directory is not None:
+                _, with_modules = split_sections(hide(session.batch((f"mod -S {directory}",) + COMMANDS)))
+                sections = with_modules if with_modules.get("log", "").strip() else sections
+            return CrashOutput(sections, preamble, False, session.seconds)
     full_failure = gist(text)
     ran, text = _run(crash_path, ["--minimal", *common], binds, batch_script(MINIMAL_COMMANDS), timeout=timeout,
                      memory_bytes=memory_bytes, hide=hide)

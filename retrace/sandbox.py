@@ -113,6 +113,27 @@ def prepare_mount_points(root, paths):
             open(target, "a").close()
 
 
+def start_sandboxed(command, read_only_paths, *, cpu_seconds, memory_bytes, stdin=subprocess.DEVNULL, root=None,
+                    writable_paths=()):
+    """Start ``command`` in the sandbox, in a process group of its own; its Popen (output and errors merged).
+
+    For a debugger driven batch by batch (``retrace.crash``); the caller
+    owns the timeout and kills the group when it passes.
+    """
+    return subprocess.Popen(
+        sandbox_argv(command, read_only_paths, root, writable_paths), stdin=stdin, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+        preexec_fn=_limits(memory_bytes, cpu_seconds),
+    )
+
+
+def check_started(returncode, text):
+    """SandboxUnavailable when bubblewrap itself failed (its own message is in ``text``)."""
+    failure = _BWRAP_FAILURE.search(text)
+    if returncode != 0 and failure:
+        raise SandboxUnavailable(f"the debugger sandbox (bubblewrap) cannot start on this server: {failure[1]}")
+
+
 def run_sandboxed(command, read_only_paths, *, timeout, memory_bytes, stdin=None, root=None, writable_paths=()):
     """Run ``command`` in the sandbox; its Sandboxed result (output and errors merged).
 
@@ -120,7 +141,6 @@ def run_sandboxed(command, read_only_paths, *, timeout, memory_bytes, stdin=None
     SandboxTimeout when it outlives ``timeout``; SandboxUnavailable when
     bubblewrap itself could not start.
     """
-    argv = sandbox_argv(command, read_only_paths, root, writable_paths)
     with contextlib.ExitStack() as stack:
         if isinstance(stdin, Path):
             source, data = stack.enter_context(open(stdin, "rb")), None
@@ -128,10 +148,8 @@ def run_sandboxed(command, read_only_paths, *, timeout, memory_bytes, stdin=None
             source = subprocess.PIPE if stdin is not None else subprocess.DEVNULL
             data = stdin.encode() if stdin is not None else None
         started = time.monotonic()
-        process = subprocess.Popen(
-            argv, stdin=source, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-            close_fds=True, preexec_fn=_limits(memory_bytes, int(timeout) + 1),
-        )
+        process = start_sandboxed(command, read_only_paths, cpu_seconds=int(timeout) + 1, memory_bytes=memory_bytes,
+                                  stdin=source, root=root, writable_paths=writable_paths)
         try:
             output, _ = process.communicate(data, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -139,7 +157,5 @@ def run_sandboxed(command, read_only_paths, *, timeout, memory_bytes, stdin=None
             process.communicate()
             raise SandboxTimeout(command[0]) from None
     text = output.decode("utf-8", errors="replace")
-    failure = _BWRAP_FAILURE.search(text)
-    if process.returncode != 0 and failure:
-        raise SandboxUnavailable(f"the debugger sandbox (bubblewrap) cannot start on this server: {failure[1]}")
+    check_started(process.returncode, text)
     return Sandboxed(process.returncode, text, time.monotonic() - started)

@@ -230,20 +230,24 @@ class VmcoreJob(Job):
         return directory if count else None
 
     def _run_crash(self, dump):
+        # A cached kernel's whole entry is shown: module files added during the session appear in it.
+        readable = [dump.vmlinux.parent] if dump.cache_key is not None else []
         return crash_tool.analyse(
             self.config.KernelDebuggerPath, dump.vmlinux, dump.path, timeout=self.config.ProcessCommunicateTimeout,
-            memory_bytes=self.config.gdb_memory_limit_bytes, hide=self._hide(dump), module_dir=self._module_dir(dump))
+            memory_bytes=self.config.gdb_memory_limit_bytes, hide=self._hide(dump), readable=readable,
+            module_dir=self._module_dir(dump), more_modules=lambda output: self._add_module_debuginfo(dump, output))
 
     def _add_module_debuginfo(self, dump, output):
-        """Extract the debuginfo of loaded modules crash had none for (once per kernel); whether any came."""
-        if dump.cache_key is None or output.minimal:
-            return False
+        """Extract the debuginfo of loaded modules crash had none for (once per kernel).
+
+        Returns the directory crash loads them from, or None when none came.
+        """
+        if dump.cache_key is None or dump.package is None:
+            return None
         wanted = crash_tool.modules_without_debuginfo(output.sections.get("mod", ""))
         wanted -= self.kernels.missing_modules(dump.cache_key)
         if not wanted:
-            return False
-        if dump.package is None:
-            return False
+            return None
         release, package, _ = dump.package
         started = time.monotonic()
         found = self.kernels.add_modules(
@@ -251,13 +255,11 @@ class VmcoreJob(Job):
             on_wait=lambda: self.log.info("Waiting for another task that is adding module debuginfo"))
         self.log.info("Module debuginfo: %d of %d loaded modules found in %s of %s in %.3f s%s", len(found),
                       len(wanted), package.name, release, time.monotonic() - started,
-                      "; running crash again with them" if found else "")
-        return bool(found)
+                      "; crash loads them (mod -S) and runs the commands again" if found else "")
+        return self.kernels.modules_dir(dump.cache_key) if found else None
 
     def backtrace(self, dump):
         output = self._run_crash(dump)
-        if self._add_module_debuginfo(dump, output):
-            output = self._run_crash(dump)
         for line in output.preamble.splitlines():
             if line.strip():
                 self.log.warning("crash: %s", line.strip())

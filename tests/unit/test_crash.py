@@ -1,6 +1,13 @@
 """crash's batch: every command after a marker line, its output split back by them."""
 
-from retrace.crash import COMMANDS, CrashOutput, batch_script, modules_without_debuginfo, split_sections
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from retrace.crash import (COMMANDS, CrashError, CrashOutput, _Session, batch_script, modules_without_debuginfo,
+                           split_sections)
 
 
 def test_batch_script_echoes_a_marker_before_each_command_and_quits():
@@ -34,3 +41,57 @@ ffffffffc03ac140  pvpanic_pci  ffffffffc03aa000  16384  pvpanic-pci.ko
 ffffffffc03b62c0  qemu_fw_cfg  ffffffffc03b3000  20480  (not loaded)  [CONFIG_KALLSYMS]
 """
     assert modules_without_debuginfo(mod) == {"pvpanic", "qemu_fw_cfg"}
+
+
+# A stand-in for crash's command loop: answers each command at once, as crash does over a pipe.
+FAKE_CRASH = r"""
+import sys, time
+for line in sys.stdin:
+    command = line.strip()
+    if command == "quit":
+        break
+    if command.startswith("echo "):
+        print(command[5:])
+    elif command == "hang":
+        time.sleep(60)
+    else:
+        print(f"output of {command}")
+    sys.stdout.flush()
+"""
+
+
+def fake_session(timeout=30):
+    process = subprocess.Popen([sys.executable, "-c", FAKE_CRASH], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    return _Session(process, timeout, 1 << 30)
+
+
+def test_one_session_answers_batch_after_batch():
+    session = fake_session()
+    try:
+        _, first = split_sections(session.batch(["sys", "mod"]))
+        _, second = split_sections(session.batch(["mod -S /cache/modules", "mod"]))
+    finally:
+        session.close()
+    assert first == {"sys": "output of sys\n", "mod": "output of mod\n"}
+    assert second == {"mod -S /cache/modules": "output of mod -S /cache/modules\n", "mod": "output of mod\n"}
+    assert session.process.returncode == 0
+
+
+def test_a_batch_past_the_session_deadline_is_stopped_and_says_so():
+    session = fake_session(timeout=0.5)
+    try:
+        with pytest.raises(CrashError, match=r"within 0.5 s \(ProcessCommunicateTimeout\)"):
+            session.batch(["hang"])
+    finally:
+        session.close()
+    assert session.process.returncode == -signal.SIGKILL
+
+
+def test_a_crash_that_leaves_mid_batch_gives_what_it_said():
+    session = fake_session()
+    try:
+        text = session.batch(["sys", "quit", "log"])
+    finally:
+        session.close()
+    assert "output of sys" in text and "output of log" not in text
