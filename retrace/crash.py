@@ -117,8 +117,7 @@ class _Session:
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
                 self.kill()
-                raise CrashError(f"crash did not finish within {self.timeout:g} s (ProcessCommunicateTimeout) "
-                                 "and was stopped", "crash timeout")
+                raise _timed_out(self.timeout)
             readable, _, _ = select.select([self.process.stdout], [], [], remaining)
             chunk = os.read(self.process.stdout.fileno(), 65536) if readable else b""
             if readable and not chunk:
@@ -132,8 +131,7 @@ class _Session:
         text = received.decode("utf-8", errors="replace")
         check_started(self.process.returncode, text)
         if self.process.returncode < 0:
-            raise CrashError(f"crash was killed by {signal.Signals(-self.process.returncode).name} (memory limit "
-                             f"{self.memory_bytes >> 20} MiB?); crash said: {gist(text)}")
+            raise _killed(signal.Signals(-self.process.returncode).name, self.memory_bytes, text)
         return text
 
     def kill(self):
@@ -170,13 +168,21 @@ def _run(crash_path, arguments, binds, script, *, timeout, memory_bytes, hide):
         ran = run_sandboxed([str(crash_path), *arguments], binds, timeout=timeout, memory_bytes=memory_bytes,
                             stdin=script)
     except SandboxTimeout:
-        raise CrashError(f"crash did not finish within {timeout:g} s (ProcessCommunicateTimeout) and was stopped",
-                         "crash timeout") from None
+        raise _timed_out(timeout) from None
     text = hide(ran.text)
     if ran.killed_by:
-        raise CrashError(f"crash was killed by {ran.killed_by} (memory limit {memory_bytes >> 20} MiB?); "
-                         f"crash said: {gist(text)}")
+        raise _killed(ran.killed_by, memory_bytes, text)
     return ran, text
+
+
+def _timed_out(timeout):
+    return CrashError(f"crash did not finish within {timeout:g} s (ProcessCommunicateTimeout) and was stopped",
+                      "crash timeout")
+
+
+def _killed(signal_name, memory_bytes, text):
+    return CrashError(f"crash was killed by {signal_name} (memory limit {memory_bytes >> 20} MiB?); "
+                      f"crash said: {gist(text)}")
 
 
 def gist(text, lines=3):
