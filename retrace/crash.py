@@ -113,7 +113,9 @@ class _Session:
             pass
         received = bytearray()
         end = f"\n{_BATCH_END}\n".encode()
-        while end not in received:
+        searched = 0  # the kernel log can be megabytes: look for the end only in what is new
+        while received.find(end, searched) < 0:
+            searched = max(0, len(received) - len(end))
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
                 self.kill()
