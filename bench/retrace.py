@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.workspace import Workspace  # noqa: E402
-from retrace.gdb import gdb_argv  # noqa: E402
+from retrace.gdb import exploitable_marker, gdb_argv  # noqa: E402
 from tests.fixtures.cores import crash_installed, make_problem_dir  # noqa: E402
 from tests.fixtures.distro import build_rpms, publish_release  # noqa: E402
 from tests.integration.helpers import abrt_archive, timed_retrace  # noqa: E402
@@ -87,7 +87,7 @@ def unpack_baseline(rpms, target):
 
 def bare_gdb(sysroot, core):
     started = time.monotonic()
-    result = subprocess.run(gdb_argv(str(sysroot), "/usr/bin/crasher", str(core)), capture_output=True, text=True)
+    result = subprocess.run(gdb_argv(str(sysroot), "/usr/bin/crasher", str(core), exploitable_marker()), capture_output=True, text=True)
     seconds = time.monotonic() - started
     assert "crash_in_library (depth=0" in result.stdout, result.stdout[-2000:]
     return seconds

@@ -86,6 +86,7 @@ class Config:
     ChrootPackages: str = _key("gdb")
     GdbTimeout: float = _key(300.0, minimum=0.01, maximum=86400, unit="seconds")
     GdbMemoryLimit: int = _key(4096, minimum=64, unit="MiB")
+    DebuggerOutputLimit: int = _key(64, minimum=1, maximum=4096, unit="MiB")
     RequireHTTPS: bool = _key(True)
     AllowAPIDelete: bool = _key(False)
     AllowInteractive: bool = _key(False)
@@ -160,6 +161,10 @@ class Config:
     @property
     def gdb_memory_limit_bytes(self):
         return self.GdbMemoryLimit * MIB
+
+    @property
+    def debugger_output_limit_bytes(self):
+        return self.DebuggerOutputLimit * MIB
 
     @property
     def cache_size_bytes(self):

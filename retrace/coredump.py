@@ -8,10 +8,12 @@ same name, and every offset it follows is checked against the file, since
 the core is an untrusted upload.
 """
 
+import bisect
 import dataclasses
 import struct
 
 from retrace.errors import InvalidCrashData
+from retrace.paths import is_normal_absolute, shown
 
 ELF_MAGIC = b"\x7fELF"
 ET_CORE = 4
@@ -20,8 +22,16 @@ PT_NOTE = 4
 NT_FILE = 0x46494C45
 NT_SIGINFO = 0x53494749
 NT_GNU_BUILD_ID = 3
+# Caps on what one core may make the reader do.  A real core has one
+# PT_NOTE segment (a few hundred KiB for a thousand threads) and an NT_FILE
+# entry per mapping; a forged one repeats headers to multiply the work.
 _MAX_NOTES_BYTES = 64 * 1024 * 1024
+_MAX_NOTE_SEGMENTS = 16
+_MAX_NOTES = 1_000_000
 _MAX_HEADERS = 65535
+MAX_MAPPED_FILES = 65536
+# A program or library has one or two PT_NOTE headers; the build-id is in the first few.
+_MAX_IMAGE_NOTE_SEGMENTS = 8
 _ELF_TYPES = {0: "NONE", 1: "REL (an object file)", 2: "EXEC (a program)", 3: "DYN (a program or library)", 4: "CORE"}
 
 # e_machine -> architecture name as releases spell it (upstream's list).
@@ -147,9 +157,8 @@ def image_build_id(read, mapped):
     first_load = next((h for h in headers if h[0] == PT_LOAD), None)
     if mapped and first_load is None:
         return None
-    for p_type, offset, vaddr, filesz, _memsz in headers:
-        if p_type != PT_NOTE:
-            continue
+    notes = [h for h in headers if h[0] == PT_NOTE][:_MAX_IMAGE_NOTE_SEGMENTS]
+    for _p_type, offset, vaddr, filesz, _memsz in notes:
         where = vaddr - (first_load[2] - first_load[1]) if mapped else offset
         found = _build_id_note(image[0], read(where, min(filesz, 4096)))
         if found:
@@ -216,6 +225,7 @@ class _CoreReader:
     def __init__(self, handle, size):
         self.handle = handle
         self.size = size
+        self._build_ids = {}
         ident = self.read(0, 64)
         self.elf = _Elf(ident)
         header = self.elf.header.unpack_from(ident)
@@ -227,6 +237,11 @@ class _CoreReader:
         if len(table) < phentsize * phnum:
             raise InvalidCrashData("The coredump is truncated: its program headers are missing")
         self.segments = [self.elf.program_header(table[i:i + phentsize]) for i in range(0, len(table), phentsize)]
+        # Memory lookups bisect the loads by address instead of scanning them
+        # (a scan per module made large forged cores quadratic).
+        self.loads = sorted((vaddr, offset, filesz) for p_type, offset, vaddr, filesz, _m in self.segments
+                            if p_type == PT_LOAD and filesz)
+        self.load_starts = [vaddr for vaddr, _offset, _filesz in self.loads]
         described = max((offset + filesz for _t, offset, _v, filesz, _m in self.segments), default=0)
         if described > size:
             raise InvalidCrashData(
@@ -241,23 +256,44 @@ class _CoreReader:
 
     def read_memory(self, address, length):
         """Bytes of the crashed process's memory, or b"" where the core has none."""
-        for p_type, offset, vaddr, filesz, _memsz in self.segments:
-            if p_type == PT_LOAD and vaddr <= address < vaddr + filesz:
-                available = min(length, vaddr + filesz - address)
-                return self.read(offset + address - vaddr, available)
-        return b""
+        where = bisect.bisect_right(self.load_starts, address) - 1
+        if where < 0:
+            return b""
+        vaddr, offset, filesz = self.loads[where]
+        if address >= vaddr + filesz:
+            return b""
+        return self.read(offset + address - vaddr, min(length, vaddr + filesz - address))
 
     def core_notes(self):
-        for p_type, offset, _vaddr, filesz, _memsz in self.segments:
-            if p_type == PT_NOTE:
-                data = self.read(offset, min(filesz, _MAX_NOTES_BYTES))
-                if len(data) < filesz:
-                    raise InvalidCrashData("The coredump is truncated: its notes are cut off")
-                yield from self.elf.notes(data)
+        """Every note of the core, within the caps; InvalidCrashData past them."""
+        note_segments = [(offset, filesz) for p_type, offset, _v, filesz, _m in self.segments if p_type == PT_NOTE]
+        if len(note_segments) > _MAX_NOTE_SEGMENTS:
+            raise InvalidCrashData(f"The coredump has {len(note_segments)} note segments; "
+                                   f"a core written by Linux has one (at most {_MAX_NOTE_SEGMENTS} are read)")
+        budget, count = _MAX_NOTES_BYTES, 0
+        for offset, filesz in note_segments:
+            if filesz > budget:
+                raise InvalidCrashData(f"The coredump's notes are larger than {_MAX_NOTES_BYTES >> 20} MiB in all")
+            budget -= filesz
+            data = self.read(offset, filesz)
+            if len(data) < filesz:
+                raise InvalidCrashData("The coredump is truncated: its notes are cut off")
+            for note in self.elf.notes(data):
+                count += 1
+                if count > _MAX_NOTES:
+                    raise InvalidCrashData(f"The coredump has more than {_MAX_NOTES} notes")
+                yield note
 
     def build_id_at(self, base):
-        """The GNU build-id of the ELF image mapped at ``base``, if the core kept its headers."""
-        return image_build_id(lambda offset, length: self.read_memory(base + offset, length), mapped=True)
+        """The GNU build-id of the ELF image mapped at ``base``, if the core kept its headers.
+
+        Remembered per address: a forged core may name one image under
+        thousands of file names.
+        """
+        if base not in self._build_ids:
+            self._build_ids[base] = image_build_id(
+                lambda offset, length: self.read_memory(base + offset, length), mapped=True)
+        return self._build_ids[base]
 
     def mapped_files(self, desc):
         """``{path: lowest start address mapped at file offset 0}`` from NT_FILE."""
@@ -265,6 +301,8 @@ class _CoreReader:
         if len(desc) < 2 * size:
             return {}
         count, _page_size = struct.unpack_from(self.elf.order + word * 2, desc, 0)
+        if count > MAX_MAPPED_FILES:
+            raise InvalidCrashData(f"The coredump lists {count} mapped files; at most {MAX_MAPPED_FILES} are read")
         table_end = 2 * size + 3 * size * count
         if table_end > len(desc):
             return {}
@@ -273,6 +311,11 @@ class _CoreReader:
         bases = {}
         for (start, _end, page_offset), name in zip(ranges, names):
             path = name.decode("utf-8", errors="replace")
+            if not is_normal_absolute(path):
+                raise InvalidCrashData(
+                    f"The coredump maps a file named '{shown(path)}', which is not a plain absolute path; "
+                    "the Linux kernel never writes such a name"
+                )
             if page_offset == 0 and (path not in bases or start < bases[path]):
                 bases[path] = start
         return bases

@@ -18,20 +18,19 @@ import contextlib
 import dataclasses
 import os
 import re
-import select
+import secrets
 import signal
 import subprocess
 import time
 
 from retrace.errors import RetraceError
-from retrace.sandbox import SandboxTimeout, check_started, require_sandbox, run_sandboxed, start_sandboxed
+from retrace.sandbox import (DEFAULT_OUTPUT_BYTES, SandboxOutputLimit, SandboxTimeout, check_started, kill_group,
+                             read_output, require_sandbox, run_sandboxed, start_sandboxed)
 from retrace.vmcore import KERNEL_RELEASE
 
 COMMANDS = ("sys", "bt -a", "bt", "log", "mod")
 MINIMAL_COMMANDS = ("log",)
-_MARKER = "==RETRACE-SECTION {}=="
-_BATCH_END = "==RETRACE-BATCH-END=="
-_SECTION = re.compile(r"^==RETRACE-SECTION (.+)==$", re.M)
+_MARKER_LINE = re.compile(r"^==RETRACE-\w+ (SECTION .+|BATCH-END)==$")
 _FRAME = re.compile(r"^\s*#\d+ \[", re.M)
 _HOST_PREFIXES = ("/usr/", "/bin/", "/sbin/", "/lib/")
 # A ``mod`` line: address, name, base, size, object file ("(not loaded)  [CONFIG_KALLSYMS]" without debuginfo).
@@ -69,19 +68,36 @@ def modules_without_debuginfo(mod_output):
     return {name for name, loaded in _MOD_LINE.findall(mod_output) if loaded.startswith("(not loaded)")}
 
 
-def batch_script(commands, then="quit"):
-    """crash's stdin: each command after its marker line, then ``then``."""
-    lines = []
-    for command in commands:
-        lines += [f"echo {_MARKER.format(command)}", command]
-    return "\n".join(lines + [then, ""])
+class Markers:
+    """The lines that split crash's output, random for each run.
 
+    The kernel log is written by whoever owns the crashed machine: a fixed
+    marker printed into it would split our output where they chose.
+    """
 
-def split_sections(text):
-    """``(what came before the first marker, {command: output})``."""
-    parts = _SECTION.split(text)
-    preamble, rest = parts[0], parts[1:]
-    return preamble, {rest[i]: rest[i + 1].strip("\n") + "\n" for i in range(0, len(rest) - 1, 2)}
+    def __init__(self, token=None):
+        self.token = token or secrets.token_hex(8)
+        self._section = re.compile(rf"^==RETRACE-{self.token} SECTION (.+)==$", re.M)
+
+    def section(self, command):
+        return f"==RETRACE-{self.token} SECTION {command}=="
+
+    @property
+    def batch_end(self):
+        return f"==RETRACE-{self.token} BATCH-END=="
+
+    def script(self, commands, then="quit"):
+        """crash's stdin: each command after its marker line, then ``then``."""
+        lines = []
+        for command in commands:
+            lines += [f"echo {self.section(command)}", command]
+        return "\n".join(lines + [then, ""])
+
+    def split(self, text):
+        """``(what came before the first marker, {command: output})``."""
+        parts = self._section.split(text)
+        preamble, rest = parts[0], parts[1:]
+        return preamble, {rest[i]: rest[i + 1].strip("\n") + "\n" for i in range(0, len(rest) - 1, 2)}
 
 
 def crash_binds(crash_path, *files):
@@ -93,10 +109,13 @@ def crash_binds(crash_path, *files):
 
 
 class _Session:
-    """One crash process, fed a batch of commands at a time, within one deadline for all of them."""
+    """One crash process, fed a batch of commands at a time, within one deadline and one output cap for all."""
 
-    def __init__(self, process, timeout, memory_bytes):
+    def __init__(self, process, timeout, memory_bytes, output_bytes=DEFAULT_OUTPUT_BYTES, markers=None):
         self.process, self.timeout, self.memory_bytes = process, timeout, memory_bytes
+        self.output_bytes = output_bytes
+        self.markers = markers or Markers()
+        self.received = 0
         self.started = time.monotonic()
         self.deadline = self.started + timeout
 
@@ -106,26 +125,23 @@ class _Session:
 
     def batch(self, commands):
         """What crash printed for ``commands`` (with their markers); less when it ended on the way."""
+        end = self.markers.batch_end
         try:
-            self.process.stdin.write(batch_script(commands, then=f"echo {_BATCH_END}").encode())
+            self.process.stdin.write(self.markers.script(commands, then=f"echo {end}").encode())
             self.process.stdin.flush()
         except BrokenPipeError:
             pass
-        received = bytearray()
-        end = f"\n{_BATCH_END}\n".encode()
-        searched = 0  # the kernel log can be megabytes: look for the end only in what is new
-        while received.find(end, searched) < 0:
-            searched = max(0, len(received) - len(end))
-            remaining = self.deadline - time.monotonic()
-            if remaining <= 0:
-                self.kill()
-                raise _timed_out(self.timeout)
-            readable, _, _ = select.select([self.process.stdout], [], [], remaining)
-            chunk = os.read(self.process.stdout.fileno(), 65536) if readable else b""
-            if readable and not chunk:
-                return self._ended(received)
-            received += chunk
-        return received.decode("utf-8", errors="replace").replace(_BATCH_END, "")
+        try:
+            received, ended = read_output(self.process, self.deadline, self.output_bytes - self.received,
+                                          until=f"\n{end}\n".encode())
+        except SandboxTimeout:
+            raise _timed_out(self.timeout) from None
+        except SandboxOutputLimit:
+            raise _too_much(self.output_bytes) from None
+        self.received += len(received)
+        if ended:
+            return self._ended(received)
+        return received.decode("utf-8", errors="replace").replace(end, "")
 
     def _ended(self, received):
         """crash left before the end of the batch: why, if not by its own choice."""
@@ -136,11 +152,6 @@ class _Session:
             raise _killed(signal.Signals(-self.process.returncode).name, self.memory_bytes, text)
         return text
 
-    def kill(self):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-
     def close(self):
         with contextlib.suppress(BrokenPipeError):
             self.process.stdin.write(b"quit\n")
@@ -150,31 +161,38 @@ class _Session:
         try:
             self.process.wait(timeout=max(1.0, self.deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            self.kill()
+            kill_group(self.process)
         self.process.stdout.close()
 
 
 @contextlib.contextmanager
-def _session(crash_path, arguments, binds, *, timeout, memory_bytes):
+def _session(crash_path, arguments, binds, *, timeout, memory_bytes, output_bytes):
     process = start_sandboxed([str(crash_path), *arguments], binds, cpu_seconds=int(timeout) + 1,
                               memory_bytes=memory_bytes, stdin=subprocess.PIPE)
-    session = _Session(process, timeout, memory_bytes)
+    session = _Session(process, timeout, memory_bytes, output_bytes)
     try:
         yield session
     finally:
         session.close()
 
 
-def _run(crash_path, arguments, binds, script, *, timeout, memory_bytes, hide):
+def _run(crash_path, arguments, binds, script, *, timeout, memory_bytes, output_bytes, hide):
     try:
         ran = run_sandboxed([str(crash_path), *arguments], binds, timeout=timeout, memory_bytes=memory_bytes,
-                            stdin=script)
+                            stdin=script, output_bytes=output_bytes)
     except SandboxTimeout:
         raise _timed_out(timeout) from None
+    except SandboxOutputLimit:
+        raise _too_much(output_bytes) from None
     text = hide(ran.text)
     if ran.killed_by:
         raise _killed(ran.killed_by, memory_bytes, text)
     return ran, text
+
+
+def _too_much(output_bytes):
+    return CrashError(f"crash printed more than {output_bytes >> 20} MiB (DebuggerOutputLimit) and was stopped",
+                      "crash output too large")
 
 
 def _timed_out(timeout):
@@ -188,12 +206,12 @@ def _killed(signal_name, memory_bytes, text):
 
 
 def gist(text, lines=3):
-    kept = [line.strip() for line in text.splitlines() if line.strip() and not _SECTION.match(line.strip())]
+    kept = [line.strip() for line in text.splitlines() if line.strip() and not _MARKER_LINE.match(line.strip())]
     return " | ".join(kept[-lines:]) or "(nothing)"
 
 
 def analyse(crash_path, vmlinux, vmcore, *, timeout, memory_bytes, hide, readable=(), module_dir=None,
-            more_modules=lambda output: None):
+            more_modules=lambda output: None, output_bytes=DEFAULT_OUTPUT_BYTES):
     """The CrashOutput of the full batch, or of ``--minimal`` + ``log`` when the full load fails.
 
     With ``module_dir`` (debuginfo files of modules), ``mod -S`` loads them
@@ -206,19 +224,22 @@ def analyse(crash_path, vmlinux, vmcore, *, timeout, memory_bytes, hide, readabl
     binds = crash_binds(crash_path, vmlinux, vmcore, *readable, *([module_dir] if module_dir else []))
     common = ["-s", "--no_crashrc", str(vmlinux), str(vmcore)]
     commands = ((f"mod -S {module_dir}",) if module_dir else ()) + COMMANDS
-    with _session(crash_path, common, binds, timeout=timeout, memory_bytes=memory_bytes) as session:
+    with _session(crash_path, common, binds, timeout=timeout, memory_bytes=memory_bytes,
+                  output_bytes=output_bytes) as session:
+        split = session.markers.split
         text = hide(session.batch(commands))
-        preamble, sections = split_sections(text)
+        preamble, sections = split(text)
         if sections.get("log", "").strip():
             directory = more_modules(CrashOutput(sections, preamble, False, session.seconds))
             if directory is not None:
-                _, with_modules = split_sections(hide(session.batch((f"mod -S {directory}",) + COMMANDS)))
+                _, with_modules = split(hide(session.batch((f"mod -S {directory}",) + COMMANDS)))
                 sections = with_modules if with_modules.get("log", "").strip() else sections
             return CrashOutput(sections, preamble, False, session.seconds)
     full_failure = gist(text)
-    ran, text = _run(crash_path, ["--minimal", *common], binds, batch_script(MINIMAL_COMMANDS), timeout=timeout,
-                     memory_bytes=memory_bytes, hide=hide)
-    minimal_preamble, sections = split_sections(text)
+    markers = Markers()
+    ran, text = _run(crash_path, ["--minimal", *common], binds, markers.script(MINIMAL_COMMANDS), timeout=timeout,
+                     memory_bytes=memory_bytes, output_bytes=output_bytes, hide=hide)
+    minimal_preamble, sections = markers.split(text)
     if not sections.get("log", "").strip() or "command not available" in sections.get("log", ""):
         raise CrashError(f"crash cannot read this vmcore with this vmlinux: {full_failure}; "
                          f"crash --minimal said: {gist(text)}")

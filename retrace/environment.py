@@ -3,20 +3,21 @@
 The root is a tree of directories and symlinks (``RetraceEnvironment =
 sysroot``): a regular file is a symlink to its copy in the package cache,
 so assembling a root costs one ``symlink`` per file and no data is copied.
-The package's own symlinks are recreated inside the root, with absolute
-targets made relative, so they resolve among the task's packages and never
-to the host's files.
+The package's own symlinks are recreated inside the root, with targets
+made relative and clamped to the root (``retrace.paths``), so they resolve
+among the task's packages and never to the host's files.  Every name joined
+to the root, from a package manifest, a core or a program header, goes
+through ``retrace.paths.inside``.
 """
 
+import logging
 import os
 import time
 from pathlib import Path
 
+from retrace.paths import UnsafePath, clamped_link_target, inside
 
-def _relative_link_target(relative, target):
-    if not target.startswith("/"):
-        return target
-    return os.path.relpath("/" + target.lstrip("/"), "/" + os.path.dirname(relative))
+log = logging.getLogger(__name__)
 
 
 def assemble_sysroot(root, cached_packages):
@@ -32,7 +33,7 @@ def assemble_sysroot(root, cached_packages):
     for package in cached_packages:
         source_root = str(package.root)
         for relative, kind, link_target, _build_id in package.manifest():
-            destination = os.path.join(root, relative)
+            destination = inside(root, relative)
             if kind == "d":
                 if relative not in made_dirs:
                     os.makedirs(destination, exist_ok=True)
@@ -42,7 +43,7 @@ def assemble_sysroot(root, cached_packages):
             if parent and parent not in made_dirs:
                 os.makedirs(os.path.join(root, parent), exist_ok=True)
                 made_dirs.add(parent)
-            target = os.path.join(source_root, relative) if kind == "f" else _relative_link_target(relative, link_target)
+            target = os.path.join(source_root, relative) if kind == "f" else clamped_link_target(relative, link_target)
             try:
                 os.symlink(target, destination)
             except FileExistsError:
@@ -57,14 +58,22 @@ def build_id_debug_path(build_id):
 
 
 def place_files(root, placements):
-    """Link each ``(path in the tree, file)`` pair into ``root``, keeping what is already there."""
+    """Link each ``(path in the tree, file)`` pair into ``root``, keeping what is already there.
+
+    A name that would leave the tree, or whose directory a package made a
+    file, is skipped (and logged for the admin): gdb then reports that
+    file as missing, which is the truth.
+    """
     placed = 0
     for path, target in placements:
-        destination = os.path.join(root, path.lstrip("/"))
-        os.makedirs(os.path.dirname(destination), exist_ok=True)
         try:
+            destination = inside(root, path)
+            os.makedirs(os.path.dirname(destination), exist_ok=True)
             os.symlink(target, destination)
         except FileExistsError:
+            continue
+        except (UnsafePath, NotADirectoryError) as err:
+            log.warning("not placed in %s: %s", root, err)
             continue
         placed += 1
     return placed
@@ -79,11 +88,14 @@ _MERGED_USR = (("lib", "usr/lib"), ("lib64", "usr/lib64"), ("bin", "usr/bin"), (
 def link_program_interpreter(root, interpreter, modules):
     """Give the loader at the path the program names (gdb looks it up by that name), if only its
     mapped path (e.g. /usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2) is in the tree."""
-    if not interpreter or os.path.lexists(os.path.join(root, interpreter.lstrip("/"))):
+    try:
+        if not interpreter or os.path.lexists(inside(root, interpreter)):
+            return False
+    except UnsafePath:
         return False
     name = os.path.basename(interpreter)
     for module in modules:
-        mapped = os.path.join(root, module.path.lstrip("/"))
+        mapped = inside(root, module.path)
         if os.path.basename(module.path) == name and os.path.exists(mapped):
             return bool(place_files(root, [(interpreter, mapped)]))
     return False

@@ -11,13 +11,20 @@ the ``== EXPLOITABLE ==`` marker.
 
 import dataclasses
 import re
+import secrets
 
 from retrace.errors import RetraceError
-from retrace.sandbox import SandboxTimeout, require_sandbox, run_sandboxed
+from retrace.sandbox import SandboxOutputLimit, SandboxTimeout, require_sandbox, run_sandboxed
 
-EXPLOITABLE_MARKER = "== EXPLOITABLE =="
 # A stack frame with an address; "#0  <unavailable> in ?? ()" is none.
 USABLE_FRAME = re.compile(r"^#\d+\s+(?!<unavailable>)\S", re.M)
+
+
+def exploitable_marker():
+    """The line between the backtrace and the exploitable section, random for each run:
+    gdb prints strings from the core (locals, ``__abort_msg``), so a fixed
+    marker could be planted by the crashed program to cut the backtrace."""
+    return f"== EXPLOITABLE {secrets.token_hex(8)} =="
 
 
 class GdbError(RetraceError):
@@ -34,7 +41,7 @@ class GdbResult:
     seconds: float
 
 
-def batch_commands(sysroot, executable, core):
+def batch_commands(sysroot, executable, core, marker):
     """The ``-ex`` commands, in order (each fails on its own, as in upstream).
 
     ``sysroot`` "/" means gdb runs inside the crashed release's root, where
@@ -58,12 +65,12 @@ def batch_commands(sysroot, executable, core):
         "print (char*)__glib_assert_msg",
         "info registers",
         "disassemble",
-        f"echo {EXPLOITABLE_MARKER}\\n",
+        f"echo {marker}\\n",
         "x/i $pc",
     ]
 
 
-def gdb_argv(sysroot, executable, core):
+def gdb_argv(sysroot, executable, core, marker):
     """gdb's argv; ``-iex`` lines run before anything is loaded.
 
     Auto-loading is off: a debuginfo package could ship gdb scripts, and
@@ -71,12 +78,12 @@ def gdb_argv(sysroot, executable, core):
     may use is in the sysroot.
     """
     argv = ["gdb", "-batch", "-nx", "-iex", "set auto-load off", "-iex", "set debuginfod enabled off"]
-    for command in batch_commands(sysroot, executable, core):
+    for command in batch_commands(sysroot, executable, core, marker):
         argv += ["-ex", command]
     return argv
 
 
-def run_gdb(sysroot, executable, core, *, read_only_paths, timeout, memory_bytes, hide, root=None):
+def run_gdb(sysroot, executable, core, *, read_only_paths, timeout, memory_bytes, output_bytes, hide, root=None):
     """Run the batch script sandboxed; the backtrace and the exploitable section.
 
     ``hide`` rewrites gdb's output before anyone sees it: server paths (the
@@ -84,21 +91,26 @@ def run_gdb(sysroot, executable, core, *, read_only_paths, timeout, memory_bytes
     With ``root`` (the chroot environment) gdb is the root's own.
     """
     require_sandbox("gdb")
-    command = gdb_argv("/" if root is not None else sysroot, executable, core)
+    marker = exploitable_marker()
+    command = gdb_argv("/" if root is not None else sysroot, executable, core, marker)
     try:
-        ran = run_sandboxed(command, read_only_paths, timeout=timeout, memory_bytes=memory_bytes, root=root)
+        ran = run_sandboxed(command, read_only_paths, timeout=timeout, memory_bytes=memory_bytes, root=root,
+                            output_bytes=output_bytes)
     except SandboxTimeout:
         raise GdbError(f"gdb did not finish within {timeout:g} s (GdbTimeout) and was stopped", "gdb timeout") from None
+    except SandboxOutputLimit:
+        raise GdbError(f"gdb printed more than {output_bytes >> 20} MiB (DebuggerOutputLimit) and was stopped; "
+                       "the core has more threads or frames than this server shows", "gdb output too large") from None
     text = hide(ran.text).replace(str(core), "coredump")
     if ran.killed_by:
         raise GdbError(f"gdb was killed by {ran.killed_by} (memory limit {memory_bytes >> 20} MiB?); "
                        f"gdb said: {gist(text)}")
-    return interpret_output(text, ran.seconds)
+    return interpret_output(text, ran.seconds, marker)
 
 
-def interpret_output(text, seconds):
+def interpret_output(text, seconds, marker):
     """The GdbResult of the batch script's output, or GdbError when it holds no usable stack."""
-    backtrace, _, exploitable = text.partition(EXPLOITABLE_MARKER)
+    backtrace, _, exploitable = text.partition(marker)
     if not USABLE_FRAME.search(backtrace):
         raise GdbError(
             f"gdb output is unusable: it holds no stack frame with an address; gdb said: {gist(backtrace)}",

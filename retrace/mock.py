@@ -15,7 +15,7 @@ import shutil
 import subprocess
 
 from retrace.errors import RetraceError
-from retrace.gdb import gdb_argv
+from retrace.gdb import exploitable_marker, gdb_argv
 
 CHROOT_CRASH_DIR = "/var/spool/abrt/crash"
 CHROOT_SCRIPT = "/var/spool/abrt/gdb.sh"
@@ -62,6 +62,7 @@ class MockEnvironment:
         self.release_dir = release_dir
         self.setup_packages = setup_packages
         self.gpgcheck = gpgcheck
+        self.marker = exploitable_marker()
 
     def config_text(self):
         return _CONFIG.format(
@@ -76,7 +77,7 @@ class MockEnvironment:
 
     def gdb_script(self, executable):
         """The shell script run inside the chroot: the batch gdb of every environment."""
-        argv = gdb_argv("/", executable, f"{CHROOT_CRASH_DIR}/coredump")
+        argv = gdb_argv("/", executable, f"{CHROOT_CRASH_DIR}/coredump", self.marker)
         return "#!/bin/sh\nexec " + " ".join(shlex.quote(part) for part in argv) + " 2>&1\n"
 
     def commands(self, packages):

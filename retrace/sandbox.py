@@ -15,7 +15,9 @@ import re
 import resource
 import shutil
 import signal
+import select
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -35,6 +37,15 @@ class SandboxUnavailable(RetraceError):
 
 class SandboxTimeout(Exception):
     """The sandboxed command outlived its timeout and was killed."""
+
+
+class SandboxOutputLimit(Exception):
+    """The sandboxed command printed more than it may (``args[0]`` bytes) and was killed."""
+
+
+# What a debugger may print unless told otherwise (DebuggerOutputLimit).
+DEFAULT_OUTPUT_BYTES = 64 << 20
+_READ_SIZE = 65536
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,12 +145,58 @@ def check_started(returncode, text):
         raise SandboxUnavailable(f"the debugger sandbox (bubblewrap) cannot start on this server: {failure[1]}")
 
 
-def run_sandboxed(command, read_only_paths, *, timeout, memory_bytes, stdin=None, root=None, writable_paths=()):
+def kill_group(process):
+    """SIGKILL the command's whole process group (bwrap, the debugger, anything it started) and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def read_output(process, deadline, limit, received=None, until=None):
+    """Read the command's output into ``received`` until it ends (or ``until`` appears in the new bytes).
+
+    The output is untrusted in size: a forged core makes gdb print without
+    end, so past ``limit`` bytes the group is killed (SandboxOutputLimit);
+    past ``deadline`` too (SandboxTimeout).  Returns ``(received, ended)``.
+    """
+    received = bytearray() if received is None else received
+    fd = process.stdout.fileno()
+    searched = len(received)
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            kill_group(process)
+            raise SandboxTimeout()
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if not readable:
+            continue
+        chunk = os.read(fd, _READ_SIZE)
+        if not chunk:
+            return received, True
+        received += chunk
+        if len(received) > limit:
+            kill_group(process)
+            raise SandboxOutputLimit(limit)
+        if until is not None and received.find(until, max(0, searched - len(until))) >= 0:
+            return received, False
+        searched = len(received)
+
+
+def _feed(pipe, data):
+    with contextlib.suppress(BrokenPipeError, OSError):
+        pipe.write(data)
+    with contextlib.suppress(BrokenPipeError, OSError):
+        pipe.close()
+
+
+def run_sandboxed(command, read_only_paths, *, timeout, memory_bytes, stdin=None, root=None, writable_paths=(),
+                  output_bytes=DEFAULT_OUTPUT_BYTES):
     """Run ``command`` in the sandbox; its Sandboxed result (output and errors merged).
 
     ``stdin`` is text to feed it, or a Path whose content it reads.
-    SandboxTimeout when it outlives ``timeout``; SandboxUnavailable when
-    bubblewrap itself could not start.
+    SandboxTimeout when it outlives ``timeout``, SandboxOutputLimit when it
+    prints more than ``output_bytes``; SandboxUnavailable when bubblewrap
+    itself could not start.
     """
     with contextlib.ExitStack() as stack:
         if isinstance(stdin, Path):
@@ -150,11 +207,15 @@ def run_sandboxed(command, read_only_paths, *, timeout, memory_bytes, stdin=None
         started = time.monotonic()
         process = start_sandboxed(command, read_only_paths, cpu_seconds=int(timeout) + 1, memory_bytes=memory_bytes,
                                   stdin=source, root=root, writable_paths=writable_paths)
+        stack.callback(process.stdout.close)
+        if data is not None:
+            threading.Thread(target=_feed, args=(process.stdin, data), daemon=True).start()
+        deadline = started + timeout
+        output, _ = read_output(process, deadline, output_bytes)
         try:
-            output, _ = process.communicate(data, timeout=timeout)
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
+            kill_group(process)
             raise SandboxTimeout(command[0]) from None
     text = output.decode("utf-8", errors="replace")
     check_started(process.returncode, text)

@@ -24,6 +24,8 @@ ET_CORE = 4
 _FLAT_SIGNATURE = b"makedumpfile\0"
 _FLAT_HEADER_SIZE = 4096
 _FLAT_RECORD = struct.Struct(">qq")
+_FLAT_IMAGE_BYTES = 64 << 20
+_MAX_FLAT_RECORDS = 4_000_000
 _KDUMP_SIGNATURES = (b"KDUMP   ", b"DISKDUMP")
 _KDUMP_HEADER = struct.Struct("<8si")
 _UTS_FIELD = 65
@@ -77,13 +79,21 @@ def dump_format(path, name="vmcore"):
 
 
 class _FlattenedImage:
-    """Random access to the image a flattened stream describes, without writing it out."""
+    """Random access to the start of the image a flattened stream describes, without writing it out.
+
+    Everything that names the kernel (ELF or kdump headers, VMCOREINFO)
+    lies in the image's first megabytes, so only the first
+    ``_FLAT_IMAGE_BYTES`` are laid out, in memory, while the stream is
+    read once; at most ``_MAX_FLAT_RECORDS`` records are read.  Memory and
+    time stay bounded however the records are forged (millions of tiny or
+    overlapping ones); makedumpfile -R reassembles the whole image later,
+    in the sandbox.
+    """
 
     def __init__(self, handle):
-        self.handle = handle
-        self.records = []
+        self.image = bytearray()
         position = _FLAT_HEADER_SIZE
-        while True:
+        for _ in range(_MAX_FLAT_RECORDS):
             handle.seek(position)
             raw = handle.read(_FLAT_RECORD.size)
             if len(raw) < _FLAT_RECORD.size:
@@ -91,19 +101,16 @@ class _FlattenedImage:
             offset, size = _FLAT_RECORD.unpack(raw)
             if offset < 0 or size < 0:
                 break
-            self.records.append((offset, size, position + _FLAT_RECORD.size))
+            if offset < _FLAT_IMAGE_BYTES:
+                data = handle.read(min(size, _FLAT_IMAGE_BYTES - offset))
+                if len(self.image) < offset + len(data):
+                    self.image.extend(bytes(offset + len(data) - len(self.image)))
+                self.image[offset:offset + len(data)] = data
             position += _FLAT_RECORD.size + size
 
     def read(self, offset, length):
-        """Bytes of the image; a later record wins where records overlap, holes read as zeros."""
-        out = bytearray(length)
-        end = offset + length
-        for start, size, data_at in self.records:
-            low, high = max(start, offset), min(start + size, end)
-            if low < high:
-                self.handle.seek(data_at + low - start)
-                out[low - offset:high - offset] = self.handle.read(high - low).ljust(high - low, b"\0")
-        return bytes(out)
+        """Bytes of the image (a later record wins where records overlap); holes and the rest read as zeros."""
+        return bytes(self.image[offset:offset + length]).ljust(length, b"\0")
 
 
 def _elf_vmcoreinfo(read):

@@ -375,12 +375,12 @@ class RetraceJob(Job):
                                    crash.index.release_dir, self.config.ChrootPackages.split())
             started = time.monotonic()
             output = mock.run(self.record.packages, crash.executable, self.config.GdbTimeout)
-            return interpret_output(self._hide_server_paths(output), time.monotonic() - started)
+            return interpret_output(self._hide_server_paths(output), time.monotonic() - started, mock.marker)
         return run_gdb(
             self.sysroot, crash.executable, crash.core_path,
             read_only_paths=self._read_only_paths(crash),
             timeout=self.config.GdbTimeout, memory_bytes=self.config.gdb_memory_limit_bytes,
-            hide=self._hide_server_paths, root=self.sysroot if self.environment == "chroot" else None,
+            output_bytes=self.config.debugger_output_limit_bytes, hide=self._hide_server_paths, root=self.sysroot if self.environment == "chroot" else None,
         )
 
     def backtrace(self, crash):

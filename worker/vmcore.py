@@ -235,7 +235,8 @@ class VmcoreJob(Job):
         return crash_tool.analyse(
             self.config.KernelDebuggerPath, dump.vmlinux, dump.path, timeout=self.config.ProcessCommunicateTimeout,
             memory_bytes=self.config.gdb_memory_limit_bytes, hide=self._hide(dump), readable=readable,
-            module_dir=self._module_dir(dump), more_modules=lambda output: self._add_module_debuginfo(dump, output))
+            module_dir=self._module_dir(dump), more_modules=lambda output: self._add_module_debuginfo(dump, output),
+            output_bytes=self.config.debugger_output_limit_bytes)
 
     def _add_module_debuginfo(self, dump, output):
         """Extract the debuginfo of loaded modules crash had none for (once per kernel).

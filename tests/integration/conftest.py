@@ -95,3 +95,9 @@ def server(start_server):
 def libc_problem_dir(work_dir, fixture_rpms):
     """The crasher's real core: SIGSEGV in libc's strcmp, called back from libc's qsort."""
     return make_problem_dir(work_dir / "problem-libc", crash_installed(fixture_rpms, work_dir, "libc"))
+
+
+@pytest.fixture(scope="session")
+def deep_problem_dir(work_dir, fixture_rpms):
+    """The crasher's real core with 16 threads waiting 2000 frames deep: megabytes of gdb output."""
+    return make_problem_dir(work_dir / "problem-deep", crash_installed(fixture_rpms, work_dir, "deep"))

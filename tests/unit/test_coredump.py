@@ -87,3 +87,38 @@ def test_file_build_id_reads_an_elf_file_and_ignores_other_files(tmp_path):
     text.write_text("not elf")
     assert file_build_id(program) == BUILD_ID.hex()
     assert file_build_id(text) is None
+
+
+@pytest.mark.parametrize("path", ["/../../tmp/x", "/usr/lib/../../../etc/x", "usr/lib/libc.so.6", "/usr//lib/x",
+                                  "/usr/./lib/x", "/" + "a" * 4096])
+def test_core_naming_a_mapped_file_that_is_not_a_plain_absolute_path_is_refused(core_file, path):
+    with pytest.raises(InvalidCrashData, match="which is not a plain absolute path; the Linux kernel never writes"):
+        read_core(core_file(paths=("/usr/bin/crasher", path)))
+
+
+def test_mapped_file_marked_deleted_by_the_kernel_is_read(core_file):
+    info = read_core(core_file(paths=("/usr/bin/crasher", "/usr/lib64/libold.so (deleted)")))
+    assert info.module_at("/usr/lib64/libold.so (deleted)") is not None
+
+
+def test_core_repeating_its_note_header_is_refused_before_reading_them(core_file):
+    with pytest.raises(InvalidCrashData, match="has 17 note segments; a core written by Linux has one"):
+        read_core(core_file(note_segments=17))
+
+
+def test_a_few_repeated_note_headers_are_still_read(core_file):
+    assert read_core(core_file(note_segments=2)).modules[0].path == "/usr/bin/crasher"
+
+
+def test_core_claiming_more_mapped_files_than_the_cap_is_refused(core_file):
+    with pytest.raises(InvalidCrashData, match="lists 10000000 mapped files; at most 65536 are read"):
+        read_core(core_file(declared_files=10_000_000))
+
+
+def test_a_core_naming_one_image_under_twenty_thousand_names_is_read(tmp_path):
+    """Each name's build-id is looked up by address once, however many names share the image."""
+    paths = [f"/usr/lib/lib{index}.so" for index in range(20000)]
+    path = tmp_path / "coredump"
+    path.write_bytes(synthetic_core(paths=paths))
+    info = read_core(path)
+    assert len(info.modules) == 20000 and info.modules[0].build_id == BUILD_ID.hex()

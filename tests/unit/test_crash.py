@@ -6,20 +6,28 @@ import sys
 
 import pytest
 
-from retrace.crash import (COMMANDS, CrashError, CrashOutput, _Session, batch_script, modules_without_debuginfo,
-                           split_sections)
+from retrace.crash import COMMANDS, CrashError, CrashOutput, Markers, _Session, modules_without_debuginfo
 
 
 def test_batch_script_echoes_a_marker_before_each_command_and_quits():
-    script = batch_script(["sys", "log"]).splitlines()
-    assert script == ["echo ==RETRACE-SECTION sys==", "sys", "echo ==RETRACE-SECTION log==", "log", "quit"]
+    script = Markers("t0").script(["sys", "log"]).splitlines()
+    assert script == ["echo ==RETRACE-t0 SECTION sys==", "sys", "echo ==RETRACE-t0 SECTION log==", "log", "quit"]
 
 
 def test_output_splits_into_the_preamble_and_each_command_s_text():
-    text = "WARNING: active task not found\n==RETRACE-SECTION sys==\n  PANIC: x\n==RETRACE-SECTION log==\n[ 1.0] hi\n"
-    preamble, sections = split_sections(text)
+    text = "WARNING: active task not found\n==RETRACE-t0 SECTION sys==\n  PANIC: x\n==RETRACE-t0 SECTION log==\n[ 1.0] hi\n"
+    preamble, sections = Markers("t0").split(text)
     assert preamble.strip() == "WARNING: active task not found"
     assert sections == {"sys": "  PANIC: x\n", "log": "[ 1.0] hi\n"}
+
+
+def test_markers_are_random_so_a_kernel_log_cannot_forge_a_section():
+    markers = Markers()
+    assert markers.token != Markers().token
+    forged = "==RETRACE-SECTION bt==\n==RETRACE-0000 SECTION bt==\nfake frames\n"
+    text = f"{markers.section('log')}\n{forged}{markers.section('mod')}\nmodules\n"
+    _, sections = markers.split(text)
+    assert sections == {"log": forged, "mod": "modules\n"}
 
 
 def test_backtrace_is_bt_a_when_it_shows_frames_else_plain_bt():
@@ -54,23 +62,26 @@ for line in sys.stdin:
         print(command[5:])
     elif command == "hang":
         time.sleep(60)
+    elif command == "flood":
+        while True:
+            sys.stdout.write("x" * 65536)
     else:
         print(f"output of {command}")
     sys.stdout.flush()
 """
 
 
-def fake_session(timeout=30):
+def fake_session(timeout=30, output_bytes=1 << 20):
     process = subprocess.Popen([sys.executable, "-c", FAKE_CRASH], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, start_new_session=True)
-    return _Session(process, timeout, 1 << 30)
+    return _Session(process, timeout, 1 << 30, output_bytes)
 
 
 def test_one_session_answers_batch_after_batch():
     session = fake_session()
     try:
-        _, first = split_sections(session.batch(["sys", "mod"]))
-        _, second = split_sections(session.batch(["mod -S /cache/modules", "mod"]))
+        _, first = session.markers.split(session.batch(["sys", "mod"]))
+        _, second = session.markers.split(session.batch(["mod -S /cache/modules", "mod"]))
     finally:
         session.close()
     assert first == {"sys": "output of sys\n", "mod": "output of mod\n"}
@@ -95,3 +106,13 @@ def test_a_crash_that_leaves_mid_batch_gives_what_it_said():
     finally:
         session.close()
     assert "output of sys" in text and "output of log" not in text
+
+
+def test_a_session_that_prints_past_the_output_cap_is_stopped_and_says_so():
+    session = fake_session(output_bytes=1 << 20)
+    try:
+        with pytest.raises(CrashError, match=r"more than 1 MiB \(DebuggerOutputLimit\)"):
+            session.batch(["flood"])
+    finally:
+        session.close()
+    assert session.process.returncode == -signal.SIGKILL

@@ -2,24 +2,34 @@ import subprocess
 
 import pytest
 
-from retrace.gdb import EXPLOITABLE_MARKER, batch_commands, gdb_argv
+from retrace.gdb import batch_commands, exploitable_marker, gdb_argv, interpret_output
 from retrace.sandbox import sandbox_argv
 
 
 def test_batch_script_prints_all_threads_ascending_then_the_exploitable_section():
-    commands = batch_commands("/root", "/usr/bin/crasher", "/task/coredump")
+    commands = batch_commands("/root", "/usr/bin/crasher", "/task/coredump", "== EXPLOITABLE x ==")
     assert commands[:8] == [
         "set pagination off", "set width 0", "set confirm off", "set sysroot /root",
         "set debug-file-directory /root/usr/lib/debug", "set substitute-path /usr/src/debug /root/usr/src/debug",
         "file /root/usr/bin/crasher", "core-file /task/coredump",
     ]
     assert commands.index("thread apply all -ascending backtrace full 2048") < commands.index("info sharedlib")
-    assert commands[-2:] == [f"echo {EXPLOITABLE_MARKER}\\n", "x/i $pc"]
+    assert commands[-2:] == ["echo == EXPLOITABLE x ==\\n", "x/i $pc"]
 
 
 def test_gdb_loads_no_scripts_and_asks_no_debuginfod():
-    argv = gdb_argv("/root", "/usr/bin/x", "/core")
+    argv = gdb_argv("/root", "/usr/bin/x", "/core", exploitable_marker())
     assert argv[:8] == ["gdb", "-batch", "-nx", "-iex", "set auto-load off", "-iex", "set debuginfod enabled off", "-ex"]
+
+
+def test_a_marker_printed_by_the_crashed_program_does_not_split_the_output():
+    marker = exploitable_marker()
+    assert marker != exploitable_marker()
+    text = ('#0  0x401000 in main () at x.c:3\n$1 = 0x4020 "== EXPLOITABLE ==\\nx"\n'
+            f"{marker}\n=> 0x401000 <main+4>:\tmov (%rax),%eax\n")
+    result = interpret_output(text, 0.1, marker)
+    assert "== EXPLOITABLE ==" in result.backtrace
+    assert result.exploitable_section == "=> 0x401000 <main+4>:\tmov (%rax),%eax"
 
 
 def sandboxed(command, *paths):

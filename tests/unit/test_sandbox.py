@@ -1,0 +1,27 @@
+"""The sandbox's own limits: what a debugger may print and how long it may run."""
+
+import pytest
+
+from retrace.sandbox import SandboxOutputLimit, SandboxTimeout, run_sandboxed
+
+
+def test_a_command_printing_past_the_output_cap_is_killed_with_its_group():
+    with pytest.raises(SandboxOutputLimit) as raised:
+        run_sandboxed(["sh", "-c", "yes & yes"], [], timeout=30, memory_bytes=1 << 30, output_bytes=1 << 20)
+    assert raised.value.args == (1 << 20,)
+
+
+def test_output_under_the_cap_is_returned_whole():
+    ran = run_sandboxed(["head", "-c", "100000", "/dev/zero"], [], timeout=30, memory_bytes=1 << 30,
+                        output_bytes=1 << 20)
+    assert ran.returncode == 0 and len(ran.text) == 100000
+
+
+def test_text_on_standard_input_is_fed_while_output_is_read():
+    ran = run_sandboxed(["cat"], [], timeout=30, memory_bytes=1 << 30, stdin="x" * (1 << 20))
+    assert len(ran.text) == 1 << 20
+
+
+def test_a_command_past_its_timeout_is_killed():
+    with pytest.raises(SandboxTimeout):
+        run_sandboxed(["sleep", "30"], [], timeout=0.5, memory_bytes=1 << 30)
