@@ -23,6 +23,7 @@ from pathlib import Path
 from retrace import locking
 from retrace.errors import RetraceError
 from retrace.packages import usr_merge_variants
+from retrace.paths import UnsafePath, inside, shown
 
 REPO_NS = "{http://linux.duke.edu/metadata/repo}"
 COMMON_NS = "{http://linux.duke.edu/metadata/common}"
@@ -112,8 +113,11 @@ def _metadata_files(release_dir):
     for data in root.iter(f"{REPO_NS}data"):
         location = data.find(f"{REPO_NS}location")
         href = location.get("href") if location is not None else None
-        if href and ".." not in href.split("/"):
-            files[data.get("type")] = release_dir / href
+        if href:
+            try:
+                files[data.get("type")] = Path(inside(release_dir, href))
+            except UnsafePath:
+                continue
     for needed in ("primary", "filelists"):
         if needed not in files:
             raise RepositoryError(f"The repository of {release_dir.name} has no {needed} metadata in repomd.xml")
@@ -268,4 +272,11 @@ class RepoIndex:
         return self._packages(f"JOIN files f ON f.package = p.id WHERE f.path IN ({marks})", tuple(candidates))
 
     def package_path(self, package):
-        return self.release_dir / package.location
+        """The package's file; RepositoryError when the metadata names one outside the repository."""
+        try:
+            return Path(inside(self.release_dir, package.location or ""))
+        except UnsafePath:
+            raise RepositoryError(
+                f"the metadata of {self.release_dir.name} places {package.nevra} at '{shown(package.location or '')}', "
+                "outside the repository; the administrator must sync it again"
+            ) from None

@@ -133,3 +133,17 @@ def test_resolution_names_files_no_package_provides(index):
         ("/usr/lib/libc.so.6", "no package in the repository"),
         ("/usr/bin/x", "the core does not hold its build-id"),
     ]
+
+
+def test_a_package_the_metadata_places_outside_the_repository_is_refused_by_name(tmp_path):
+    release_dir = write_repo(tmp_path / "fedora-41-x86_64")
+    primary = release_dir / "repodata" / "primary.xml.gz"
+    text = gzip.decompress(primary.read_bytes()).decode()
+    primary.write_bytes(gzip.compress(text.replace('href="Packages/crasher-1.0', 'href="../../etc/crasher-1.0').encode()))
+    (release_dir / "repodata" / "repomd.xml").write_text(REPOMD.format(revision="2", suffix=".gz"))
+    opened = RepoIndex.open(release_dir, tmp_path / "cache")
+    exe = opened.by_build_id(EXE_ID, "binary")[0]
+    with pytest.raises(RepositoryError, match="places crasher-1.0-1.fc41.x86_64 at '../../etc/crasher-1.0-1.fc41"
+                                              ".x86_64.rpm', outside the repository"):
+        opened.package_path(exe)
+    opened.close()
