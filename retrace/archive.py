@@ -4,7 +4,8 @@ The request body flows through a decompressor straight into the tar reader
 and out to the task's ``crash/`` directory in bounded chunks: the packed
 archive is never stored and nothing is unpacked twice.  Every byte is
 counted on the way, so ``MaxPackedSize``, ``MaxUnpackedSize`` and
-``MinStorageLeft`` hold even when headers lie.  Extraction never shells out
+``MinStorageLeft`` hold even when headers lie, and across concurrent
+uploads (``retrace.storage``).  Extraction never shells out
 to tar and accepts only regular files with known names at the top level.
 """
 
@@ -15,6 +16,7 @@ import io
 import lzma
 import os
 import tarfile
+import threading
 import zlib
 
 import magic
@@ -26,18 +28,18 @@ from retrace.errors import (
     LengthRequired,
     MaliciousArchive,
     MissingCrashFile,
-    NotEnoughStorage,
     UnsupportedArchive,
     UploadTooLarge,
     disk_full_explained,
 )
+from retrace.storage import NO_STORAGE
 
 CHUNK_SIZE = 1024 * 1024
-_NO_STORAGE = "There is not enough storage space on the server"
 _SNIFF_SIZE = 8192
 # Extended headers (pax, GNU long names) are read into memory whole by
 # tarfile; a crash archive's names are a few bytes, so 64 KiB is generous.
 _MAX_METADATA_SIZE = 64 * 1024
+_MAX_METADATA_CHAIN = 8
 _METADATA_TYPES = {
     tarfile.XHDTYPE,
     tarfile.XGLTYPE,
@@ -130,24 +132,17 @@ def declared_length(content_length, max_bytes):
     return content_length
 
 
-def free_bytes(path):
-    stat = os.statvfs(path)
-    return stat.f_bavail * stat.f_frsize
-
-
-def ensure_storage(path, incoming_bytes, min_left_bytes):
-    """NotEnoughStorage unless ``incoming_bytes`` still leave MinStorageLeft free."""
-    if free_bytes(path) - incoming_bytes < min_left_bytes:
-        raise NotEnoughStorage(_NO_STORAGE)
-
-
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    """What one upload may bring; ``files`` maps allowed names to a size cap (None: any)."""
+    """What one upload may bring; ``files`` maps allowed names to a size cap (None: any).
+
+    ``reserve(nbytes)`` claims disk space for the next file (``retrace.storage``)
+    and raises NotEnoughStorage when it does not fit.
+    """
 
     max_unpacked_bytes: int
-    min_storage_left_bytes: int
     files: dict
+    reserve: object
 
 
 class _RequestBody(io.RawIOBase):
@@ -192,14 +187,28 @@ def _display_name(name):
     return shown or "?"
 
 
+_chain = threading.local()
+
+
 class _GuardedTarInfo(tarfile.TarInfo):
-    """Refuses huge extended headers before tarfile reads them into memory."""
+    """Refuses huge extended headers before tarfile reads them into memory, and
+    long chains of them: tarfile reads each next header recursively, so
+    thousands in a row ended in a RecursionError (a 500)."""
 
     @classmethod
     def frombuf(cls, buf, encoding, errors):
         info = super().frombuf(buf, encoding, errors)
-        if info.type in _METADATA_TYPES and info.size > _MAX_METADATA_SIZE:
-            raise MaliciousArchive("The archive has an extended header larger than 64 KiB; crash archives never need one")
+        if info.type in _METADATA_TYPES:
+            if info.size > _MAX_METADATA_SIZE:
+                raise MaliciousArchive(
+                    "The archive has an extended header larger than 64 KiB; crash archives never need one")
+            _chain.length = getattr(_chain, "length", 0) + 1
+            if _chain.length > _MAX_METADATA_CHAIN:
+                _chain.length = 0
+                raise MaliciousArchive(f"The archive has more than {_MAX_METADATA_CHAIN} extended headers in a row; "
+                                       "crash archives never need them")
+        else:
+            _chain.length = 0
         return info
 
 
@@ -221,7 +230,10 @@ def _member_name(member):
         raise MaliciousArchive(
             f"Directories are not allowed to be in the archive ('{shown}'); pack the files with bare names"
         )
-    if member.type not in _PLAIN_FILE_TYPES:
+    if member.type not in _PLAIN_FILE_TYPES or member.sparse is not None:
+        if member.issparse():
+            raise MaliciousArchive(
+                f"Sparse files are not allowed in the archive ('{shown}'); pack the files without --sparse")
         raise MaliciousArchive(f"Only regular files are allowed in the archive ('{shown}' is not one)")
     if name.startswith("/"):
         raise MaliciousArchive(f"Absolute paths are not allowed in the archive ('{shown}')")
@@ -235,7 +247,7 @@ def _member_name(member):
 def _copy_member(source, target_path, size):
     """Write exactly ``size`` bytes; ``x`` mode never overwrites or follows links."""
     written = 0
-    with disk_full_explained(_NO_STORAGE), open(target_path, "xb") as target:
+    with disk_full_explained(NO_STORAGE), open(target_path, "xb") as target:
         while written < size:
             chunk = source.read(min(CHUNK_SIZE, size - written))
             if not chunk:
@@ -285,8 +297,9 @@ def _unpack_members(stream, crash_dir, limits):
                     f"Specified archive's content is too large: it unpacks to more than "
                     f"{limits.max_unpacked_bytes} bytes, the server's limit"
                 )
-            ensure_storage(crash_dir, member.size, limits.min_storage_left_bytes)
+            limits.reserve(member.size)
             sizes[name] = _copy_member(tar.extractfile(member), crash_dir / name, member.size)
+            limits.reserve(0)
             unpacked += sizes[name]
     return sizes
 

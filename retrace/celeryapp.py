@@ -22,7 +22,7 @@ elsewhere, does nothing.
 import logging
 import platform
 
-from retrace.coredump import read_core
+from retrace.coredump import core_arch
 from retrace.errors import RetraceError
 from retrace.release import canonical_arch
 from retrace.task import write_atomically
@@ -77,7 +77,7 @@ def make_app(config):
 def crash_arch(task):
     """The architecture queue a task goes to: its core's, else this host's."""
     try:
-        return read_core(task.crash_dir / "coredump").arch
+        return core_arch(task.crash_dir / "coredump")
     except (RetraceError, OSError):
         return host_arch()
 

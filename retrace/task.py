@@ -8,6 +8,7 @@ unpacked under ``<SaveDir>/.incoming/`` and renamed into place, so a
 rejected upload leaves nothing behind and a reader never sees half a task.
 """
 
+import contextlib
 import enum
 import hmac
 import os
@@ -24,6 +25,8 @@ from retrace.errors import Forbidden, NotFound, RetraceError
 INCOMING_DIR = ".incoming"
 TRASH_PREFIX = ".deleted-"
 _LOCK_NAME = ".upload.lock"
+# Bytes an upload has announced and not yet written (retrace.storage).
+RESERVED_NAME = ".reserved"
 _PASSWORD_ALPHABET = string.ascii_letters + string.digits
 _ID_ATTEMPTS = 50
 LOG_NAME = "retrace_log"
@@ -277,6 +280,8 @@ class IncomingTask:
                     continue
                 raise RetraceError("Unable to create new task") from err
             os.unlink(target / _LOCK_NAME)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target / RESERVED_NAME)
             self.committed = Task(target)
             return self.committed, password
         raise RetraceError("Unable to create new task")
@@ -296,14 +301,14 @@ def count_live_uploads(save_dir):
         return 0
     live = 0
     for entry in entries:
-        if _is_live_upload(Path(entry.path)):
+        if is_live_upload(Path(entry.path)):
             live += 1
         else:
             shutil.rmtree(entry.path, ignore_errors=True)
     return live
 
 
-def _is_live_upload(path):
+def is_live_upload(path):
     """Held lock: live.  Otherwise young means live too: between ``mkdtemp``
     and ``flock`` a starting upload holds no lock yet, and removing its
     directory then would fail the upload (seen under bursts of uploads while

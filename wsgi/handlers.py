@@ -6,6 +6,7 @@ upstream's scripts so that unmodified ABRT clients work.
 """
 
 import contextlib
+import functools
 import html
 import json
 import logging
@@ -14,7 +15,7 @@ import sqlite3
 
 from webob import Response
 
-from retrace import archive, crashdata, dispatch, taskqueue
+from retrace import archive, crashdata, dispatch, storage, taskqueue
 from retrace.config import config_path
 from retrace.errors import Conflict, Forbidden, NotFound, QueueFull
 from retrace.packages import is_package_known
@@ -106,10 +107,12 @@ def create(config, request):
     length = archive.declared_length(request.content_length, packed_cap)
     if "X-CoreFileDirectory" in request.headers:
         raise Forbidden("X-CoreFileDirectory header has been disabled by server administrator")
-    archive.ensure_storage(config.SaveDir, length, config.min_storage_left_bytes)
+    storage.ensure_free(config.SaveDir, length, config.min_storage_left_bytes)
     unpacked_cap = config.max_vmcore_unpacked_bytes if is_vmcore else config.max_unpacked_bytes
-    limits = archive.Limits(unpacked_cap, config.min_storage_left_bytes, crashdata.size_caps())
     with _refusals_counted(config, request), taskqueue.admitted_upload(config) as incoming:
+        reserve = functools.partial(storage.reserve, config.SaveDir, incoming.path,
+                                    min_left_bytes=config.min_storage_left_bytes)
+        limits = archive.Limits(unpacked_cap, crashdata.size_caps(), reserve)
         sizes = archive.receive_archive(request.environ["wsgi.input"], length, fmt, incoming.crash_dir, limits)
         archive.require_files(sizes, crashdata.REQUIRED_FILES[task_type])
         crashdata.validate_crash_dir(incoming.crash_dir, sizes)

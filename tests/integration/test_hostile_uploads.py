@@ -12,6 +12,7 @@ import os
 import secrets
 import socket
 import ssl
+import subprocess
 import tarfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -405,3 +406,25 @@ def test_uploads_while_clients_poll_the_server_are_all_accepted(start_server, pr
             poller.result()
     assert [response.status_code for response in responses] == [201] * 20, [r.text for r in responses]
     assert server.incoming() == []
+
+
+def test_sparse_coredump_is_403_before_it_is_written(hostile_server, problem_dir, tmp_path):
+    """GNU tar's --sparse: a few KiB of archive that unpack to 256 MiB of zeros."""
+    core = tmp_path / "coredump"
+    core.write_bytes((problem_dir / "coredump").read_bytes()[:4096])
+    os.truncate(core, 256 * MIB)
+    for name in ("executable", "package", "os_release"):
+        (tmp_path / name).write_bytes((problem_dir / name).read_bytes())
+    archive = tmp_path / "sparse.tar"
+    subprocess.run(["tar", "--sparse", "--format=posix", "-cf", str(archive), "-C", str(tmp_path),
+                    "coredump", "executable", "package", "os_release"], check=True)
+    assert archive.stat().st_size < 64 * 1024
+    expect_rejection(hostile_server, post_archive(hostile_server, xz(archive.read_bytes())), 403,
+                     "Sparse files are not allowed in the archive ('coredump')")
+
+
+def test_thousands_of_chained_extended_headers_are_403_not_500(hostile_server, problem_dir):
+    pax = tarfile.TarInfo("PaxHeader")
+    pax.type = tarfile.XHDTYPE
+    members = [(pax, b"19 comment=abcdefg\n")] * 5000 + problem_members(problem_dir)
+    expect_rejection(hostile_server, post_members(hostile_server, members), 403, "more than 8 extended headers in a row")

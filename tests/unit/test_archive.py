@@ -1,3 +1,4 @@
+import functools
 import gzip
 import io
 import lzma
@@ -8,14 +9,15 @@ import tarfile
 import pytest
 import zstandard
 
-from retrace import archive
+from retrace import archive, storage
+from retrace.task import IncomingTask
 from retrace.errors import (
     BadRequest, InvalidCrashData, LengthRequired, MaliciousArchive, MissingCrashFile, NotEnoughStorage,
     UnsupportedArchive, UploadTooLarge,
 )
 
 CAPS = {"coredump": None, "executable": 512, "package": 128}
-LIMITS = archive.Limits(max_unpacked_bytes=1 << 20, min_storage_left_bytes=0, files=CAPS)
+LIMITS = archive.Limits(max_unpacked_bytes=1 << 20, files=CAPS, reserve=lambda nbytes: None)
 
 
 def tar_of(*members):
@@ -92,15 +94,17 @@ def test_member_over_its_cap_is_refused_before_writing(tmp_path):
 
 
 def test_total_over_max_unpacked_is_413(tmp_path):
-    limits = archive.Limits(max_unpacked_bytes=100, min_storage_left_bytes=0, files=CAPS)
+    limits = archive.Limits(max_unpacked_bytes=100, files=CAPS, reserve=lambda nbytes: None)
     with pytest.raises(UploadTooLarge, match="content is too large"):
         receive(tar_of(("coredump", bytes(60)), ("executable", bytes(50))), tmp_path, limits=limits)
 
 
 def test_insufficient_storage_is_507(tmp_path):
-    limits = archive.Limits(max_unpacked_bytes=1 << 20, min_storage_left_bytes=1 << 62, files=CAPS)
-    with pytest.raises(NotEnoughStorage):
-        receive(GOOD, tmp_path, limits=limits)
+    with IncomingTask(tmp_path) as upload:
+        reserve = functools.partial(storage.reserve, tmp_path, upload.path, min_left_bytes=1 << 62)
+        limits = archive.Limits(max_unpacked_bytes=1 << 20, files=CAPS, reserve=reserve)
+        with pytest.raises(NotEnoughStorage):
+            receive(GOOD, upload.crash_dir, limits=limits)
 
 
 @pytest.fixture

@@ -122,3 +122,8 @@ def test_a_core_naming_one_image_under_twenty_thousand_names_is_read(tmp_path):
     path.write_bytes(synthetic_core(paths=paths))
     info = read_core(path)
     assert len(info.modules) == 20000 and info.modules[0].build_id == BUILD_ID.hex()
+
+
+def test_routing_reads_only_the_architecture_from_the_elf_header(core_file):
+    from retrace.coredump import core_arch
+    assert core_arch(core_file(note_segments=17, machine=183)) == "aarch64"

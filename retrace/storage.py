@@ -1,0 +1,57 @@
+"""Disk space for uploads in flight: one ledger, so that concurrent uploads do not each count the same free bytes.
+
+Every upload checks, before it writes a file, that the free space less
+``MinStorageLeft`` holds that file.  Checked alone, ten concurrent vmcore
+uploads each see the same free space and together overcommit the disk ten
+times.  So each live upload records in its ``.incoming/`` directory the
+bytes it has announced and not yet written (``.reserved``), and a check
+subtracts what the other live uploads have reserved, under one lock.  An
+upload whose process died stops counting as soon as its directory is swept
+(``retrace.task.count_live_uploads``).
+"""
+
+import os
+from pathlib import Path
+
+from retrace import locking
+from retrace.errors import NotEnoughStorage
+from retrace.task import INCOMING_DIR, RESERVED_NAME, is_live_upload
+
+_LOCK_NAME = ".storage.lock"
+NO_STORAGE = "There is not enough storage space on the server"
+
+
+def free_bytes(path):
+    stat = os.statvfs(path)
+    return stat.f_bavail * stat.f_frsize
+
+
+def _reserved(upload_dir):
+    try:
+        return int((upload_dir / RESERVED_NAME).read_text() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def reserved_by_others(save_dir, own=None):
+    """Bytes the live uploads other than ``own`` have announced and not yet written."""
+    incoming = Path(save_dir) / INCOMING_DIR
+    try:
+        entries = [Path(entry.path) for entry in os.scandir(incoming) if entry.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return 0
+    return sum(_reserved(path) for path in entries if path != own and is_live_upload(path))
+
+
+def ensure_free(save_dir, incoming_bytes, min_left_bytes, own=None):
+    """NotEnoughStorage unless ``incoming_bytes`` fit beside every other upload's reservation."""
+    if free_bytes(save_dir) - reserved_by_others(save_dir, own) - incoming_bytes < min_left_bytes:
+        raise NotEnoughStorage(NO_STORAGE)
+
+
+def reserve(save_dir, upload_dir, nbytes, min_left_bytes):
+    """Claim ``nbytes`` for the file ``upload_dir`` writes next (0: it has written it); NotEnoughStorage if they do not fit."""
+    with locking.exclusive(Path(save_dir) / INCOMING_DIR / _LOCK_NAME):
+        if nbytes:
+            ensure_free(save_dir, nbytes, min_left_bytes, own=Path(upload_dir))
+        (Path(upload_dir) / RESERVED_NAME).write_text(str(nbytes))
