@@ -141,7 +141,8 @@ def main():
     with Workspace("api") as ws:
         core = crash_installed(build_rpms(ws.work / "build"), ws.work)
         tar_path, xz_path, payload = build_archives(ws.work, core)
-        server = ws.server(ws.root("server"), MaxPackedSize="400", MaxUnpackedSize="400", MaxQueuedTasks="1000")
+        server = ws.server(ws.root("server"), MaxPackedSize="400", MaxUnpackedSize="400", MaxQueuedTasks="1000",
+                           MaxUploadsPerClient="1000")
 
         unpacked = payload.stat().st_size
         page_cache = statistics.median(disk_write_seconds(server.save_dir, unpacked, fsync=False) for _ in range(3))

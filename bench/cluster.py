@@ -70,7 +70,8 @@ def main():
         cluster = Cluster(ws.work)
         ws.callback(cluster.close)
         cluster.start_broker()
-        server = ws.server(root, Dispatcher="celery", BrokerURL=cluster.broker_url, MaxQueuedTasks="100")
+        server = ws.server(root, Dispatcher="celery", BrokerURL=cluster.broker_url, MaxQueuedTasks="100",
+                           MaxUploadsPerClient="100")
         user = pwd.getpwnam(SERVICE_USER)
         configs = {}
         for name in ("w1", "w2"):

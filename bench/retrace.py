@@ -108,7 +108,7 @@ def main():
         root = ws.root("server")
         publish_release(root / "repos", RELEASE_ID, rpms)
         archive = abrt_archive(make_problem_dir(ws.work / "problem", core))
-        server = ws.server(root, MaxParallelTasks="2", MaxQueuedTasks="20")
+        server = ws.server(root, MaxParallelTasks="2", MaxQueuedTasks="20", MaxUploadsPerClient="100")
 
         first, cold, cold_logs, warm_logs = [], [], [], []
         for _ in range(COLD_RUNS):

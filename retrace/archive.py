@@ -137,12 +137,14 @@ class Limits:
     """What one upload may bring; ``files`` maps allowed names to a size cap (None: any).
 
     ``reserve(nbytes)`` claims disk space for the next file (``retrace.storage``)
-    and raises NotEnoughStorage when it does not fit.
+    and raises NotEnoughStorage when it does not fit; ``head_checks`` maps a
+    name to ``check(first bytes, name)``, run before the rest is written.
     """
 
     max_unpacked_bytes: int
     files: dict
     reserve: object
+    head_checks: dict = dataclasses.field(default_factory=dict)
 
 
 class _RequestBody(io.RawIOBase):
@@ -244,16 +246,22 @@ def _member_name(member):
     return name
 
 
-def _copy_member(source, target_path, size):
-    """Write exactly ``size`` bytes; ``x`` mode never overwrites or follows links."""
+def _copy_member(source, target_path, size, check_head=None):
+    """Write exactly ``size`` bytes; ``x`` mode never overwrites or follows links.
+
+    ``check_head(first bytes, name)`` runs on the first chunk, before the file is created.
+    """
+    chunk = source.read(min(CHUNK_SIZE, size))
+    if check_head is not None:
+        check_head(chunk, target_path.name)
     written = 0
     with disk_full_explained(NO_STORAGE), open(target_path, "xb") as target:
         while written < size:
-            chunk = source.read(min(CHUNK_SIZE, size - written))
             if not chunk:
                 raise BadRequest("The archive is truncated: a file ends before its declared size")
             target.write(chunk)
             written += len(chunk)
+            chunk = source.read(min(CHUNK_SIZE, size - written)) if written < size else b""
     os.chmod(target_path, 0o640)
     return written
 
@@ -298,7 +306,8 @@ def _unpack_members(stream, crash_dir, limits):
                     f"{limits.max_unpacked_bytes} bytes, the server's limit"
                 )
             limits.reserve(member.size)
-            sizes[name] = _copy_member(tar.extractfile(member), crash_dir / name, member.size)
+            sizes[name] = _copy_member(tar.extractfile(member), crash_dir / name, member.size,
+                                       limits.head_checks.get(name))
             limits.reserve(0)
             unpacked += sizes[name]
     return sizes

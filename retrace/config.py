@@ -96,6 +96,8 @@ class Config:
     MaxPackedSize: int = _key(50, minimum=1, unit="MiB")
     MaxUnpackedSize: int = _key(1024, minimum=1, unit="MiB")
     MinStorageLeft: int = _key(1024, minimum=0, unit="MiB")
+    MaxUploadsPerClient: int = _key(4, minimum=1, maximum=100000)
+    MaxUploadSeconds: int = _key(3600, minimum=10, maximum=86400 * 7, unit="seconds")
     AllowVMCoreTask: bool = _key(True)
     MaxVmcorePackedSize: int = _key(4096, minimum=1, unit="MiB")
     MaxVmcoreUnpackedSize: int = _key(65536, minimum=1, unit="MiB")
@@ -148,6 +150,11 @@ class Config:
     @property
     def max_vmcore_unpacked_bytes(self):
         return self.MaxVmcoreUnpackedSize * MIB
+
+    @property
+    def vmcore_upload_cap_bytes(self):
+        """What a type 2 upload may declare before Apache refuses it (the coredump cap when vmcores are off)."""
+        return self.max_vmcore_packed_bytes if self.AllowVMCoreTask else self.max_packed_bytes
 
     @property
     def largest_upload_bytes(self):

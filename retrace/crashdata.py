@@ -7,8 +7,8 @@ each is held to a strict pattern here, at the door, once.
 
 import re
 
-from retrace.coredump import check_elf_core
-from retrace.vmcore import dump_format
+from retrace.coredump import check_elf_core_header
+from retrace.vmcore import dump_format_of
 from retrace.errors import BadRequest, Conflict, Forbidden, InvalidCrashData
 from retrace.task import TaskType
 
@@ -45,9 +45,12 @@ REQUIRED_FILES = {
     TaskType.COREDUMP_INTERACTIVE: _COREDUMP_REQUIRED,
     TaskType.VMCORE: ("vmcore",),
 }
-# How each binary file is checked: a process core must be an ELF core, a
-# vmcore one of the kernel dump formats.
-_BINARY_CHECKS = {"coredump": check_elf_core, "vmcore": dump_format}
+# How each binary file's first bytes are checked: a process core must be an
+# ELF core, a vmcore one of the kernel dump formats.  The archive reader
+# checks them as the file starts to stream in, so a gigabyte that is not a
+# core is refused before it is written.
+HEAD_SIZE = 64
+HEAD_CHECKS = {"coredump": check_elf_core_header, "vmcore": dump_format_of}
 
 
 def parse_task_type(header, allow_interactive, allow_vmcore):
@@ -93,7 +96,8 @@ def validate_crash_dir(crash_dir, names):
         _, predicate, rule = CRASH_FILES[name]
         path = crash_dir / name
         if predicate is None:
-            _BINARY_CHECKS[name](path, name)
+            with open(path, "rb") as handle:
+                HEAD_CHECKS[name](handle.read(HEAD_SIZE), name)
             continue
         text = read_text_file(path, name)
         if not text or not predicate(text):

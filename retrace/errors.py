@@ -105,6 +105,12 @@ class UnsupportedArchive(RetraceError):
     http_status = 415
 
 
+class TooManyUploads(RetraceError):
+    """One client already has as many uploads in flight as it may (MaxUploadsPerClient)."""
+
+    http_status = 429
+
+
 class QueueFull(RetraceError):
     """Every worker slot and every queue place is taken."""
 

@@ -60,7 +60,7 @@ class Sandboxed:
         return signal.Signals(-self.returncode).name if self.returncode < 0 else None
 
 
-def _host_binds():
+def host_binds():
     """Read-only binds (or symlinks, for merged /usr) of what the debugger itself needs."""
     binds = []
     for path in _HOST_DIRS:
@@ -80,7 +80,7 @@ def sandbox_argv(command, read_only_paths, root=None, writable_paths=()):
     mounted read-only as ``/`` (it must hold the mount points of /proc,
     /dev, /tmp and of ``read_only_paths``: see ``prepare_mount_points``).
     """
-    system = ["--ro-bind", str(root), "/"] if root is not None else _host_binds()
+    system = ["--ro-bind", str(root), "/"] if root is not None else host_binds()
     argv = [
         "bwrap", "--unshare-all", "--unshare-user", "--uid", str(_SANDBOX_UID), "--gid", str(_SANDBOX_UID),
         "--die-with-parent", "--new-session", "--clearenv",

@@ -27,6 +27,8 @@ TRASH_PREFIX = ".deleted-"
 _LOCK_NAME = ".upload.lock"
 # Bytes an upload has announced and not yet written (retrace.storage).
 RESERVED_NAME = ".reserved"
+# The address an upload comes from (MaxUploadsPerClient).
+_CLIENT_NAME = ".client"
 _PASSWORD_ALPHABET = string.ascii_letters + string.digits
 _ID_ATTEMPTS = 50
 LOG_NAME = "retrace_log"
@@ -239,13 +241,15 @@ class IncomingTask:
     crashed process (whose lock the kernel has released).
     """
 
-    def __init__(self, save_dir):
+    def __init__(self, save_dir, client=None):
         self.save_dir = Path(save_dir)
         incoming = self.save_dir / INCOMING_DIR
         incoming.mkdir(mode=0o750, exist_ok=True)
         self.path = Path(tempfile.mkdtemp(dir=incoming))
         os.chmod(self.path, 0o750)
         self._lock_fd = locking.try_exclusive(self.path / _LOCK_NAME)
+        if client is not None:
+            (self.path / _CLIENT_NAME).write_text(client)
         self.crash_dir = self.path / "crash"
         self.crash_dir.mkdir(mode=0o750)
         self.committed = None
@@ -281,6 +285,8 @@ class IncomingTask:
                 raise RetraceError("Unable to create new task") from err
             os.unlink(target / _LOCK_NAME)
             with contextlib.suppress(FileNotFoundError):
+                os.unlink(target / _CLIENT_NAME)
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(target / RESERVED_NAME)
             self.committed = Task(target)
             return self.committed, password
@@ -292,20 +298,27 @@ def worker_alive(task):
     return bool(locking.is_held(task.path / WORKER_LOCK))
 
 
-def count_live_uploads(save_dir):
-    """Uploads in flight; directories of dead uploads are removed on the way."""
+def count_live_uploads(save_dir, client=None):
+    """Uploads in flight (from ``client`` only, if given); directories of dead uploads are removed on the way."""
     incoming = Path(save_dir) / INCOMING_DIR
     try:
-        entries = list(os.scandir(incoming))
+        entries = [entry for entry in os.scandir(incoming) if entry.is_dir(follow_symlinks=False)]
     except FileNotFoundError:
         return 0
     live = 0
     for entry in entries:
-        if is_live_upload(Path(entry.path)):
-            live += 1
-        else:
+        if not is_live_upload(Path(entry.path)):
             shutil.rmtree(entry.path, ignore_errors=True)
+        elif client is None or _upload_client(Path(entry.path)) == client:
+            live += 1
     return live
+
+
+def _upload_client(path):
+    try:
+        return (path / _CLIENT_NAME).read_text()
+    except OSError:
+        return None
 
 
 def is_live_upload(path):

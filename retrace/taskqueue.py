@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 
 from retrace import locking
-from retrace.errors import QueueFull
+from retrace.errors import QueueFull, TooManyUploads
 from retrace.task import WORKER_HOST, IncomingTask, count_live_uploads, iter_tasks, worker_alive
 
 _ADMISSION_LOCK = ".admission.lock"
@@ -77,15 +77,21 @@ def queue_position(task, config):
 
 
 @contextlib.contextmanager
-def admitted_upload(config):
-    """An IncomingTask holding a free slot, or QueueFull.
+def admitted_upload(config, client):
+    """An IncomingTask holding a free slot, or QueueFull (TooManyUploads when ``client`` has its share).
 
     Counting and reserving happen under one lock, so concurrent uploads
-    cannot together take more slots than there are.
+    cannot together take more slots than there are, nor one client (an
+    address) more than MaxUploadsPerClient of them: slow uploads from one
+    place cannot hold every slot.
     """
     with locking.exclusive(config.SaveDir / _ADMISSION_LOCK):
         if occupancy(config).total >= config.task_slots:
             raise QueueFull("Retrace server is fully loaded at the moment; try again in a few minutes")
-        incoming = IncomingTask(config.SaveDir)
+        own = count_live_uploads(config.SaveDir, client)
+        if own >= config.MaxUploadsPerClient:
+            raise TooManyUploads(f"You have {own} uploads in progress; this server takes at most "
+                                 f"{config.MaxUploadsPerClient} at once from one address, try again when one ends")
+        incoming = IncomingTask(config.SaveDir, client)
     with incoming:
         yield incoming

@@ -62,7 +62,11 @@ class KernelIdentity:
 def dump_format(path, name="vmcore"):
     """The DumpFormat of an uploaded dump; InvalidCrashData for anything else."""
     with open(path, "rb") as dump:
-        head = dump.read(64)
+        return dump_format_of(dump.read(64), name)
+
+
+def dump_format_of(head, name="vmcore"):
+    """The DumpFormat its first 64 bytes show; InvalidCrashData for anything else."""
     if head.startswith(_FLAT_SIGNATURE):
         return DumpFormat.FLATTENED
     if head[:8] in _KDUMP_SIGNATURES:

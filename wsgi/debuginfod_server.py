@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from retrace.config import ConfigError, config_path, load_config
+from retrace.sandbox import host_binds
 
 PROG = "retrace-server-debuginfod"
 RESCAN_SECONDS = 300
@@ -35,9 +36,19 @@ DEFAULT_SOCKET = "/run/retrace-server/debuginfod.sock"
 READY_TIMEOUT = 30
 
 
+def state_dir(config):
+    """debuginfod's own directory (its database, and ``tmp/`` for extracted files): the only place it writes."""
+    return config.CacheDir / "debuginfod"
+
+
+def scratch_dir(config):
+    """debuginfod's TMPDIR (its extracted-file cache): on the cache volume, not a tmpfs in memory."""
+    return state_dir(config) / "tmp"
+
+
 def debuginfod_argv(config):
     return [
-        "debuginfod", "-p", str(config.DebuginfodPort), "-d", str(config.CacheDir / "debuginfod.sqlite"),
+        "debuginfod", "-p", str(config.DebuginfodPort), "-d", str(state_dir(config) / "index.sqlite"),
         "-R", "-U", "-t", str(RESCAN_SECONDS), str(config.RepoDir),
     ]
 
@@ -52,22 +63,22 @@ def relay_argv(socket_path, port):
     return ["socat", f"UNIX-LISTEN:{socket_path},fork,unlink-early,mode=0666", f"TCP:127.0.0.1:{port}"]
 
 
-def scratch_dir(config):
-    """debuginfod's TMPDIR (its extracted-file cache): on the cache volume, not a tmpfs in memory."""
-    return config.CacheDir / "debuginfod-tmp"
-
-
 def namespace_argv(config, config_file, socket_path):
-    """bwrap: the host's file system, a private network and pid namespace, this module inside.
+    """bwrap: a private network and pid namespace that sees only what debuginfod serves.
 
-    The pid namespace makes the teardown whole: when bwrap dies (SIGTERM
-    from the launcher or systemd), its init dies with it and the kernel
-    kills debuginfod and socat too.
+    It is reachable from outside (``/buildid/``), so it sees the system's
+    programs, this Python, the configuration, ``RepoDir`` read-only, and
+    writes only its own directory and the socket's: never ``SaveDir``
+    (task passwords, cores) nor the rest of ``CacheDir``.  The pid namespace
+    makes the teardown whole: when bwrap dies (SIGTERM from the launcher or
+    systemd), its init dies with it and the kernel kills debuginfod and
+    socat too.
     """
-    writable = [config.CacheDir, scratch_dir(config), Path(socket_path).parent]
-    argv = ["bwrap", "--unshare-net", "--unshare-pid", "--die-with-parent", "--ro-bind", "/", "/",
-            "--proc", "/proc", "--dev", "/dev"]
-    for path in writable:
+    argv = ["bwrap", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--die-with-parent", "--new-session",
+            *host_binds(), "--ro-bind", "/etc", "/etc", "--ro-bind", sys.prefix, sys.prefix,
+            "--ro-bind", str(config_file), str(config_file), "--ro-bind", str(config.RepoDir), str(config.RepoDir),
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    for path in (state_dir(config), Path(socket_path).parent):
         argv += ["--bind", str(path), str(path)]
     return argv + ["--", sys.executable, "-m", "wsgi.debuginfod_server", "--config", str(config_file),
                    "--socket", str(socket_path), "--in-namespace"]
@@ -114,8 +125,13 @@ def main(argv=None):
     parser.add_argument("--config", help="configuration file (default: $RETRACE_SERVER_CONFIG_PATH or /etc/...)")
     parser.add_argument("--socket", default=DEFAULT_SOCKET,
                         help=f"the Unix socket Apache proxies /buildid/ to (default: {DEFAULT_SOCKET})")
+    parser.add_argument("--log", help="append errors to this file (opened as the user this runs as, never through a symlink)")
     parser.add_argument("--in-namespace", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.log:
+        log_fd = os.open(args.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+        os.dup2(log_fd, 2)
+        os.close(log_fd)
     config_file = config_path(os.environ, args.config)
     try:
         config = load_config(config_file)
@@ -125,7 +141,7 @@ def main(argv=None):
     socket_path = Path(args.socket).absolute()
     if args.in_namespace:
         return serve_in_namespace(config, socket_path)
-    for directory in (scratch_dir(config), socket_path.parent):
+    for directory in (state_dir(config), scratch_dir(config), socket_path.parent):
         directory.mkdir(parents=True, exist_ok=True)
     argv = namespace_argv(config, Path(config_file).absolute(), socket_path)
     os.execvp(argv[0], argv)

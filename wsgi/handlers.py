@@ -109,10 +109,10 @@ def create(config, request):
         raise Forbidden("X-CoreFileDirectory header has been disabled by server administrator")
     storage.ensure_free(config.SaveDir, length, config.min_storage_left_bytes)
     unpacked_cap = config.max_vmcore_unpacked_bytes if is_vmcore else config.max_unpacked_bytes
-    with _refusals_counted(config, request), taskqueue.admitted_upload(config) as incoming:
+    with _refusals_counted(config, request), taskqueue.admitted_upload(config, request.remote_addr) as incoming:
         reserve = functools.partial(storage.reserve, config.SaveDir, incoming.path,
                                     min_left_bytes=config.min_storage_left_bytes)
-        limits = archive.Limits(unpacked_cap, crashdata.size_caps(), reserve)
+        limits = archive.Limits(unpacked_cap, crashdata.size_caps(), reserve, crashdata.HEAD_CHECKS)
         sizes = archive.receive_archive(request.environ["wsgi.input"], length, fmt, incoming.crash_dir, limits)
         archive.require_files(sizes, crashdata.REQUIRED_FILES[task_type])
         crashdata.validate_crash_dir(incoming.crash_dir, sizes)
@@ -132,7 +132,7 @@ def _refusals_counted(config, request):
     except QueueFull:
         try:
             with StatsDB.for_config(config) as stats:
-                stats.record_refusal(request.client_addr, config.StatsIPRetention)
+                stats.record_refusal(request.remote_addr, config.StatsIPRetention)
         except (sqlite3.Error, OSError) as err:
             log.error("refusal not counted in the statistics: %s", err)
         raise

@@ -17,6 +17,7 @@ import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -111,18 +112,47 @@ def make_certificate(run_dir, host):
     return cert, key
 
 
+def apache_log_dir(config):
+    """Where Apache writes its logs: ``LogDir/httpd``, owned by root.
+
+    Apache opens its logs as root; inside a directory the service user owns,
+    a symlink planted there would make root append to any file.
+    """
+    return config.LogDir / "httpd"
+
+
 def prepare_directories(config, user):
-    """Create missing spool and log directories for the service user (as root)."""
+    """Create missing spool and log directories for the service user, and Apache's own log directory (as root)."""
     if os.geteuid() != 0:
+        apache_log_dir(config).mkdir(parents=True, exist_ok=True)
         return
-    for directory, mode, owned in (
-        (config.SaveDir, 0o770, True), (config.LogDir, 0o750, True), (config.CacheDir, 0o750, True),
-        (config.RepoDir, 0o755, True),
-    ):
+    for directory, mode in ((config.SaveDir, 0o770), (config.LogDir, 0o750), (config.CacheDir, 0o750),
+                            (config.RepoDir, 0o755)):
         if not directory.exists():
             directory.mkdir(mode=mode, parents=True)
-            if owned:
-                os.chown(directory, user.pw_uid, user.pw_gid)
+            os.chown(directory, user.pw_uid, user.pw_gid)
+    root_owned_directory(apache_log_dir(config))
+
+
+def root_owned_directory(path):
+    """Make ``path`` a real directory owned by root and writable by root alone, or LaunchError.
+
+    Its parent belongs to the service user, who could have put a symlink or
+    a directory of their own there before us.
+    """
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise LaunchError(f"{path} must be a directory for Apache's logs, but it is a symlink or a file; remove it")
+    if info.st_uid != 0 or info.st_mode & 0o022:
+        os.chown(path, 0, 0, follow_symlinks=False)
+        os.chmod(path, 0o755)
+        for entry in os.scandir(path):
+            if entry.is_symlink():
+                os.unlink(entry.path)
 
 
 def check_service_user_access(user, paths):
@@ -198,14 +228,21 @@ def apache_config(*, run_dir, host, port, user, group, config, config_path, retr
         "RETRACE_WORKER": worker_executable(),
         "RETRACE_USER": user,
         "RETRACE_GROUP": group,
-        "RETRACE_MAX_BODY": apache_body_limit(config),
+        "RETRACE_MAX_BODY": config.max_packed_bytes,
+        "RETRACE_MAX_VMCORE_BODY": config.vmcore_upload_cap_bytes,
+        "RETRACE_LIMIT_REQUEST_BODY": apache_body_limit(config),
+        "RETRACE_UPLOAD_SECONDS": config.MaxUploadSeconds,
     }
+    if config.RequireHTTPS:
+        defines["RETRACE_REQUIRE_HTTPS"] = 1
     if config.DebuginfodServe:
         defines["RETRACE_DEBUGINFOD_SOCKET"] = debuginfod_socket(run_dir)
     modules = [
         ("mpm_event_module", "mod_mpm_event.so"),
         ("authz_core_module", "mod_authz_core.so"),
         ("env_module", "mod_env.so"),
+        ("headers_module", "mod_headers.so"),
+        ("rewrite_module", "mod_rewrite.so"),
         ("reqtimeout_module", "mod_reqtimeout.so"),
         ("socache_shmcb_module", "mod_socache_shmcb.so"),
         ("ssl_module", "mod_ssl.so"),
@@ -222,12 +259,16 @@ def apache_config(*, run_dir, host, port, user, group, config, config_path, retr
         f"Mutex file:{run_dir} default",
         f"User {user}",
         f"Group {group}",
-        f'ErrorLog "{config.LogDir}/httpd_error.log"',
+        f'ErrorLog "{apache_log_dir(config)}/httpd_error.log"',
         "LogLevel warn",
         'LogFormat "%h %t \\"%r\\" %>s %b %D" retrace',
-        f'CustomLog "{config.LogDir}/httpd_access.log" retrace',
+        f'CustomLog "{apache_log_dir(config)}/httpd_access.log" retrace',
         "SSLEngine on",
         "SSLProtocol -all +TLSv1.2 +TLSv1.3",
+        # TLS 1.2: forward-secret AEAD suites only (TLS 1.3's are all of that kind).
+        "SSLCipherSuite ECDHE+AESGCM:ECDHE+CHACHA20",
+        "SSLHonorCipherOrder off",
+        "SSLSessionTickets off",
         f'SSLCertificateFile "{cert}"',
         f'SSLCertificateKeyFile "{key}"',
         f'SSLSessionCache "shmcb:{run_dir}/ssl_scache(512000)"',
@@ -240,7 +281,7 @@ def apache_config(*, run_dir, host, port, user, group, config, config_path, retr
 
 def _error_log_tail(config, lines=15):
     try:
-        text = (config.LogDir / "httpd_error.log").read_text(errors="replace")
+        text = (apache_log_dir(config) / "httpd_error.log").read_text(errors="replace")
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
@@ -305,8 +346,9 @@ def start_debuginfod(config, config_path, socket_path, user):
     socket_path.parent.mkdir(exist_ok=True)
     os.chown(socket_path.parent, user.pw_uid, user.pw_gid)
     process = subprocess.Popen(
-        [sys.executable, "-m", "wsgi.debuginfod_server", "--config", str(config_path), "--socket", str(socket_path)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(config.LogDir / "debuginfod.log", "ab"),
+        [sys.executable, "-m", "wsgi.debuginfod_server", "--config", str(config_path), "--socket", str(socket_path),
+         "--log", str(config.LogDir / "debuginfod.log")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         user=user.pw_uid, group=user.pw_gid, extra_groups=[], cwd="/",
     )
     if not wait_until_connectable(str(socket_path), process, socket.AF_UNIX):

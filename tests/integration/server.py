@@ -113,7 +113,7 @@ class Server:
 
     def error_log(self):
         try:
-            return (self.log_dir / "httpd_error.log").read_text(errors="replace")
+            return (self.log_dir / "httpd" / "httpd_error.log").read_text(errors="replace")
         except FileNotFoundError:
             return ""
 

@@ -1,6 +1,7 @@
 """Our mirrors served by debuginfod through Apache: a local gdb retraces without uploading its core."""
 
 import os
+import pwd
 import socket
 import subprocess
 import time
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.debuginfod import free_port
+from tests.integration.server import SERVICE_USER
 from tests.integration.test_debuginfod import build_id_of
 
 
@@ -77,3 +79,31 @@ def test_local_gdb_with_debuginfod_urls_symbolizes_a_core_it_never_uploads(servi
     )
     assert "crash_in_library (depth=0" in result.stdout, result.stdout + result.stderr
     assert "libcrash.c:13" in result.stdout and "local_counter = 21" in result.stdout
+
+
+def debuginfod_pid():
+    """The debuginfod process the server's namespace runs (there is one per test server; the newest)."""
+    found = subprocess.run(["pgrep", "-n", "-x", "debuginfod"], capture_output=True, text=True, check=True)
+    return int(found.stdout.split()[0])
+
+
+def test_debuginfod_sees_the_repositories_but_not_the_tasks_nor_the_rest_of_the_cache(serving):
+    """Reachable from outside through /buildid/, it must not read task passwords or plant files in the cache."""
+    root = Path(f"/proc/{debuginfod_pid()}/root")
+    assert (root / str(serving.root / "repos").lstrip("/")).is_dir()
+    assert not (root / str(serving.save_dir).lstrip("/")).exists()
+    cache = root / str(serving.cache_dir).lstrip("/")
+    assert sorted(entry.name for entry in cache.iterdir()) == ["debuginfod"]
+    planted = serving.root / "repos" / "planted"
+    probe = subprocess.run(["nsenter", "-t", str(debuginfod_pid()), "-m", "touch", str(planted)],
+                           capture_output=True, text=True)
+    assert "Read-only file system" in probe.stderr and not planted.exists()
+
+
+def test_the_launcher_opens_no_log_as_root_where_the_service_user_can_plant_links(serving):
+    """LogDir belongs to the service user: Apache (root) logs in a root-owned directory inside it,
+    and debuginfod's log is opened by debuginfod's own (unprivileged) process."""
+    service_uid = pwd.getpwnam(SERVICE_USER).pw_uid
+    apache_logs = os.lstat(serving.log_dir / "httpd")
+    assert apache_logs.st_uid == 0 and not apache_logs.st_mode & 0o022
+    assert (serving.log_dir / "debuginfod.log").stat().st_uid == service_uid

@@ -377,7 +377,7 @@ def test_full_queue_is_503_and_settings_make_abrt_refuse(start_server, problem_d
 
 
 def test_concurrent_uploads_never_take_more_slots_than_exist(start_server, problem_dir, fixture_rpms):
-    server = start_server(MaxParallelTasks="2", MaxQueuedTasks="3")
+    server = start_server(MaxParallelTasks="2", MaxQueuedTasks="3", MaxUploadsPerClient="100")
     body = abrt_archive(problem_dir)
     with package_lock_held(server, _crasher_rpm(fixture_rpms)), ThreadPoolExecutor(max_workers=12) as pool:
         responses = pool.map(lambda _: server.post("/create", data=body, headers={"Content-Type": XZ_TAR}), range(12))
@@ -389,7 +389,7 @@ def test_concurrent_uploads_never_take_more_slots_than_exist(start_server, probl
 
 def test_uploads_while_clients_poll_the_server_are_all_accepted(start_server, problem_dir, fixture_rpms):
     """Polls count uploads in flight by probing their locks; a probe must never sweep or block an upload."""
-    server = start_server(MaxParallelTasks="2", MaxQueuedTasks="40")
+    server = start_server(MaxParallelTasks="2", MaxQueuedTasks="40", MaxUploadsPerClient="100")
     body = abrt_archive(problem_dir)
     polling = threading.Event()
 

@@ -163,3 +163,13 @@ def test_truncated_member_is_400(tmp_path):
 def test_require_files_names_the_missing_one():
     with pytest.raises(MissingCrashFile, match="Required file 'package' is missing"):
         archive.require_files({"coredump": 1, "executable": 1}, ("coredump", "executable", "package"))
+
+
+def test_a_coredump_whose_first_bytes_are_not_an_elf_core_is_refused_before_it_is_written(tmp_path):
+    from retrace.crashdata import HEAD_CHECKS
+    limits = archive.Limits(max_unpacked_bytes=64 << 20, files=CAPS, reserve=lambda nbytes: None,
+                            head_checks=HEAD_CHECKS)
+    body = tar_of(("coredump", b"not a core\n" * 3_000_000))
+    with pytest.raises(InvalidCrashData, match="The 'coredump' file is not an ELF core file"):
+        receive(body, tmp_path, limits=limits)
+    assert not (tmp_path / "coredump").exists()

@@ -5,14 +5,16 @@ from wsgi.debuginfod_server import namespace_argv, relay_argv
 from wsgi.httpd import apache_config
 
 
-def test_debuginfod_runs_without_the_host_network_and_writes_only_its_cache_and_socket_directory(tmp_path):
-    config = Config(CacheDir=tmp_path / "cache", RepoDir=tmp_path / "repos")
+def test_debuginfod_runs_without_the_host_network_and_writes_only_its_own_and_its_socket_directory(tmp_path):
+    config = Config(CacheDir=tmp_path / "cache", RepoDir=tmp_path / "repos", SaveDir=tmp_path / "spool")
     argv = namespace_argv(config, Path("/etc/r.conf"), Path("/run/r/debuginfod.sock"))
     command = argv.index("--")
     assert {"--unshare-net", "--unshare-pid", "--die-with-parent"} <= set(argv[:command])
-    assert argv[argv.index("--ro-bind") + 1:argv.index("--ro-bind") + 3] == ["/", "/"]
     writable = {argv[i + 1] for i, word in enumerate(argv[:command]) if word == "--bind"}
-    assert writable == {str(tmp_path / "cache"), str(tmp_path / "cache" / "debuginfod-tmp"), "/run/r"}
+    assert writable == {str(tmp_path / "cache" / "debuginfod"), "/run/r"}
+    readable = {argv[i + 1] for i, word in enumerate(argv[:command]) if word == "--ro-bind"}
+    assert str(tmp_path / "repos") in readable and "/" not in readable
+    assert not any(str(tmp_path / "spool") in word or word == str(tmp_path / "cache") for word in argv[:command])
     assert argv[command + 1:][-5:] == ["--config", "/etc/r.conf", "--socket", "/run/r/debuginfod.sock",
                                        "--in-namespace"]
 

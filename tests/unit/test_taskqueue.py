@@ -3,7 +3,7 @@ import os
 import pytest
 
 from retrace.config import Config
-from retrace.errors import QueueFull
+from retrace.errors import QueueFull, TooManyUploads
 from retrace import locking
 from retrace.task import WORKER_HOST, WORKER_LOCK, IncomingTask, TaskStatus, TaskType
 from retrace.taskqueue import admitted_upload, occupancy, queue_position, queued_tasks, running_by_host
@@ -45,25 +45,37 @@ def test_queue_is_oldest_first(tmp_path):
 def test_admission_refuses_when_every_slot_is_taken(tmp_path):
     config = config_for(tmp_path, MaxParallelTasks=1, MaxQueuedTasks=1)
     add_task(config)
-    with admitted_upload(config):
+    with admitted_upload(config, "192.0.2.1"):
         with pytest.raises(QueueFull, match="fully loaded"):
-            with admitted_upload(config):
+            with admitted_upload(config, "192.0.2.1"):
                 pass
 
 
 def test_admission_frees_the_slot_of_a_rejected_upload(tmp_path):
     config = config_for(tmp_path, MaxParallelTasks=1, MaxQueuedTasks=0)
     with pytest.raises(ValueError):
-        with admitted_upload(config):
+        with admitted_upload(config, "192.0.2.1"):
             raise ValueError("bad archive")
-    with admitted_upload(config):
+    with admitted_upload(config, "192.0.2.1"):
+        pass
+
+
+def test_one_address_takes_at_most_its_share_of_the_slots(tmp_path):
+    config = config_for(tmp_path, MaxUploadsPerClient=2)
+    with admitted_upload(config, "192.0.2.1"), admitted_upload(config, "192.0.2.1"):
+        with pytest.raises(TooManyUploads, match="You have 2 uploads in progress; this server takes at most 2"):
+            with admitted_upload(config, "192.0.2.1"):
+                pass
+        with admitted_upload(config, "192.0.2.2"):
+            pass
+    with admitted_upload(config, "192.0.2.1"):
         pass
 
 
 def test_finished_tasks_do_not_take_slots(tmp_path):
     config = config_for(tmp_path, MaxParallelTasks=1, MaxQueuedTasks=0)
     add_task(config, TaskStatus.SUCCESS)
-    with admitted_upload(config):
+    with admitted_upload(config, "192.0.2.1"):
         pass
 
 
