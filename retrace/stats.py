@@ -51,6 +51,20 @@ _MIGRATIONS = (
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
+# Where distributions install what they ship: a missing file there is named
+# on the public page by its file name; anywhere else (a home directory, a
+# customer's product) it is not named at all.
+_SYSTEM_DIRECTORIES = ("/usr/lib", "/usr/lib64", "/usr/lib32", "/lib", "/lib64", "/lib32", "/usr/bin", "/usr/sbin",
+                       "/bin", "/sbin", "/usr/libexec")
+
+
+def public_library_name(path):
+    """What /stats may say of a missing file: its name when a distribution put it there, else a placeholder."""
+    if path and path.startswith(tuple(directory + "/" for directory in _SYSTEM_DIRECTORIES)):
+        return path.rsplit("/", 1)[1]
+    return "(outside the system directories)"
+
+
 @dataclasses.dataclass
 class TaskRecord:
     """One finished task, as the worker (or whoever ended it) knows it."""
@@ -213,14 +227,17 @@ class StatsDB:
             "phases": self.phase_percentiles(),
             "queue_wait": _percentiles([r[0] for r in self.db.execute(
                 "SELECT queue_wait FROM tasks WHERE queue_wait IS NOT NULL")]),
+            # Public: only names this server resolved from its own repositories for the
+            # task (or "kernel", which the vmcore job writes), never text an upload made up.
             "top_packages": self._pairs(
-                "SELECT package, COUNT(*) AS n FROM tasks WHERE package IS NOT NULL AND package != ''"
+                "SELECT package, COUNT(*) AS n FROM tasks t WHERE package = 'kernel' OR EXISTS (SELECT 1 FROM"
+                " packages_tasks pt JOIN packages p ON p.id = pt.pkgid WHERE pt.taskid = t.id AND p.name = t.package)"
                 " GROUP BY package ORDER BY n DESC, package LIMIT ?", (top,)),
             "failure_categories": self._pairs(
                 "SELECT failure_category, COUNT(*) AS n FROM tasks WHERE status = ? GROUP BY failure_category"
                 " ORDER BY n DESC", (FAILURE,)),
             "missing_buildids": [
-                {"buildid": buildid, "library": soname, "count": count}
+                {"buildid": buildid, "library": public_library_name(soname), "count": count}
                 for buildid, soname, count in self.db.execute(
                     "SELECT buildid, MAX(soname), COUNT(*) AS n FROM buildids GROUP BY buildid"
                     " ORDER BY n DESC, buildid LIMIT ?", (top,))

@@ -51,7 +51,7 @@ def ensure_free(save_dir, incoming_bytes, min_left_bytes, own=None):
 
 def reserve(save_dir, upload_dir, nbytes, min_left_bytes):
     """Claim ``nbytes`` for the file ``upload_dir`` writes next (0: it has written it); NotEnoughStorage if they do not fit."""
-    with locking.exclusive(Path(save_dir) / INCOMING_DIR / _LOCK_NAME):
+    with locking.exclusive(Path(save_dir) / _LOCK_NAME):
         if nbytes:
             ensure_free(save_dir, nbytes, min_left_bytes, own=Path(upload_dir))
         (Path(upload_dir) / RESERVED_NAME).write_text(str(nbytes))

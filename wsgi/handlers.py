@@ -144,7 +144,7 @@ def stats_page(config, request):
         summary = stats.summary()
     now = taskqueue.occupancy(config)
     if request.GET.get("format") == "json":
-        body = dict(summary, running=now.running, queued=now.queued, running_by_host=taskqueue.running_by_host(config))
+        body = dict(summary, running=now.running, queued=now.queued)
         return Response(content_type="application/json", charset="utf-8", text=json.dumps(body, indent=1))
     return Response(content_type="text/html", charset="utf-8", text=statspage.render(summary, now))
 

@@ -179,7 +179,7 @@ def test_stats_and_metrics_count_running_tasks_per_host(cluster, problem_dir, fi
         tasks = [submit(cluster.server, problem_dir) for _ in range(2)]
         for task in tasks:
             wait_for_log_line(cluster.server, *task, "Waiting for another task")
-        assert cluster.server.get("/stats?format=json").json()["running_by_host"] == {"w1": 1, "w2": 1}
+        assert "running_by_host" not in cluster.server.get("/stats?format=json").json()  # host names are not public
         metrics = text_string_to_metric_families(cluster.server.get("/metrics").text)
         by_host = next(family for family in metrics if family.name == "retrace_tasks_running_by_host")
         assert {sample.labels["host"]: sample.value for sample in by_host.samples} == {"w1": 1, "w2": 1}

@@ -21,6 +21,8 @@ CREATE TABLE buildids (taskid REFERENCES tasks(id), soname, buildid NOT NULL);
 CREATE TABLE reportfull (requesttime NOT NULL, ip NOT NULL);
 INSERT INTO tasks (taskid, package, version, arch, starttime, duration, coresize, status)
     VALUES ('123456789', 'bash', '5.2-1.fc36', 'x86_64', 1650000000, 80, 1000, 6);
+INSERT INTO packages (name, version) VALUES ('bash', '5.2-1.fc36');
+INSERT INTO packages_tasks VALUES (1, 1);
 """
 
 
@@ -71,9 +73,9 @@ def test_summary_counts_results_categories_packages_and_missing_build_ids(db):
     summary = db.summary(now=NOW)
     assert (summary["total"], summary["successful"], summary["failed"]) == (3, 2, 1)
     assert summary["success_rate"] == pytest.approx(2 / 3, abs=1e-4)
-    assert summary["top_packages"] == [["crasher", 3]]
+    assert summary["top_packages"] == [["crasher", 2]]
     assert summary["failure_categories"] == [["unsupported release", 1]]
-    assert summary["missing_buildids"] == [{"buildid": "93ac61ec", "library": "/usr/lib64/libc.so.6", "count": 1}]
+    assert summary["missing_buildids"] == [{"buildid": "93ac61ec", "library": "libc.so.6", "count": 1}]
     assert summary["releases"] == [["fedora-41-x86_64", 2], ["fedora-40-x86_64", 1]]
     assert summary["per_day"][-1] == [time.strftime("%Y-%m-%d", time.gmtime(NOW)), 3]
     assert summary["phases"]["backtrace"] == {"count": 2, "p50": 0.1, "p95": 0.1}
@@ -124,7 +126,19 @@ def test_metrics_are_valid_prometheus_exposition(tmp_path):
 
 def test_stats_page_draws_one_bar_per_top_package(db):
     for number, package in enumerate(["a-1-1", "a-1-1", "b-2-1"]):
-        db.record_task(success(str(number), package=package))
+        db.record_task(success(str(number), package=package, packages=[f"{package}.x86_64"]))
     page = statspage.render(db.summary(now=NOW), type("Now", (), {"running": 1, "queued": 2})(), now=NOW)
     assert page.count('<rect class="bar"') == 2
     assert '<td class="n big" id="total">3</td>' in page and "<script" not in page and "http://" not in page
+
+
+def test_public_summary_holds_no_path_nor_package_text_an_upload_made_up(db):
+    db.record_task(success("1"))
+    made_up = TaskRecord("2", FAILURE, NOW, 0.1, package="secret-project-alice-1-1", arch="x86_64",
+                         failure="x", failure_category="bad core",
+                         missing=[("/home/alice/secret-project/libacme.so", "77aa")])
+    db.record_task(made_up)
+    summary = db.summary(now=NOW)
+    assert summary["top_packages"] == [["crasher", 1]]
+    assert {"buildid": "77aa", "library": "(outside the system directories)", "count": 1} in summary["missing_buildids"]
+    assert "alice" not in repr(summary) and "acme" not in repr(summary)
