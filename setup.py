@@ -14,6 +14,7 @@ setup(
             "config/systemd/retrace-server-cleanup.service", "config/systemd/retrace-server-cleanup.timer",
             "config/systemd/retrace-server-reposync.service", "config/systemd/retrace-server-reposync.timer",
             "config/systemd/retrace-server-debuginfod.service", "config/systemd/retrace-server-worker.service",
+            "config/systemd/retrace-server-dispatcher.service",
         ]),
     ],
     # webob, python-magic, zstandard and rpm come from the distribution
@@ -23,6 +24,7 @@ setup(
         "console_scripts": [
             "retrace-server-httpd = wsgi.httpd:main",
             "retrace-server-worker = worker.cli:main",
+            "retrace-server-dispatcher = worker.dispatcher:main",
             "retrace-client = client.cli:main",
             "retrace-server-reposync = reposync.cli:main",
             "retrace-server-cleanup = cleanup.cli:main",

@@ -1,4 +1,4 @@
-"""Starting workers for queued tasks, and noticing workers that died.
+"""Starting workers for queued tasks, and ending tasks whose worker died: in one process, the dispatcher.
 
 A worker proves it is alive by holding an exclusive ``flock`` on its task's
 ``.worker.lock`` for as long as it runs; the kernel drops the lock when the
@@ -6,15 +6,22 @@ process dies, however it dies.  A task with a running status whose lock is
 free therefore has no worker any more, and is failed with that reason
 instead of staying PENDING forever (upstream issue #50).
 
-``start_queued`` runs after every upload and whenever a worker ends: under
-one lock it frees the slots of dead workers and starts the oldest queued
-tasks until MaxParallelTasks workers run.  The worker command claims its
-task (lock, status) before it detaches, so when the command returns, the
-slot is visibly taken.
+Requests only store and read: an upload, and a worker that ends, *poke*
+the dispatcher (a datagram on ``SaveDir/.dispatcher.sock``), which then,
+under one lock, ends the tasks of dead workers and starts the oldest
+queued tasks until MaxParallelTasks workers run.  It also looks every
+``SCAN_SECONDS`` on its own, so a lost poke costs seconds, and a restarted
+dispatcher finds everything in the spool, which stays the only truth;
+``retrace-server-cleanup`` does the same pass as the last safety net.  The
+worker command claims its task (lock, status) before it detaches, so when
+the command returns, the slot is visibly taken.
 """
 
+import contextlib
 import logging
 import os
+import select
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -30,6 +37,8 @@ log = logging.getLogger(__name__)
 
 WORKER_VARIABLE = "RETRACE_WORKER"
 _DISPATCH_LOCK = ".dispatch.lock"
+SOCKET_NAME = ".dispatcher.sock"
+SCAN_SECONDS = 5.0
 _LAUNCH_TIMEOUT = 60
 DEAD_WORKER_REASON = "the retrace worker stopped unexpectedly (it was killed or crashed) while: {stage}"
 
@@ -51,23 +60,31 @@ def end_failed(config, task, reason, category):
         log.error("task %s: statistics not saved: %s", task.task_id, err)
 
 
-def fail_if_worker_died(task, config):
-    """End a running task whose worker is gone; True when it did.
+def dead_worker_reason(task, config):
+    """Why a started task that is not final has no worker any more; None while it has one (or is final, or queued).
 
     Not with ``Dispatcher = celery``: there the broker redelivers a task
     whose worker died (to this host or another), and ends it after the
     delivery limit.
     """
     if config.Dispatcher == "celery":
-        return False
+        return None
     status = task.status
     if status is None or status.is_final or worker_alive(task):
-        return False
+        return None
     # Re-read: the worker may have finished between the two reads.
     status = task.status
     if status is None or status.is_final:
+        return None
+    return DEAD_WORKER_REASON.format(stage=status.sentence)
+
+
+def fail_if_worker_died(task, config):
+    """End a running task whose worker is gone; True when it did."""
+    reason = dead_worker_reason(task, config)
+    if reason is None:
         return False
-    end_failed(config, task, DEAD_WORKER_REASON.format(stage=status.sentence), "worker died")
+    end_failed(config, task, reason, "worker died")
     return True
 
 
@@ -92,14 +109,6 @@ def _publish_queued(config):
         for task in queued_tasks(config):
             if not is_published(task) and not publish(config, task):
                 return
-
-
-def on_status_poll(config, config_path, environ):
-    """What a client's status poll of a queued task may do: start local workers into free
-    slots.  With Dispatcher = celery nothing: publishing can wait seconds for an absent
-    broker, and uploads and the cleanup already publish what is left."""
-    if config.Dispatcher == "local":
-        start_queued(config, config_path, environ)
 
 
 def launch_worker(task, config, config_path, environ):
@@ -142,3 +151,43 @@ def start_queued(config, config_path, environ=os.environ):
         for task in queued_tasks(config)[:max(0, free)]:
             launch_worker(task, config, config_path, environ)
 
+
+
+def socket_path(config):
+    return Path(config.SaveDir) / SOCKET_NAME
+
+
+def poke(config):
+    """Tell the dispatcher the spool changed; False when no dispatcher listens (it will still scan)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+        sender.setblocking(False)
+        try:
+            sender.sendto(b"!", str(socket_path(config)))
+        except OSError:
+            return False
+    return True
+
+
+def serve(config, config_path, ready=lambda: None):
+    """The dispatcher's loop: a pass at start (after a crash, at once), then one per poke or scan interval.
+
+    ``ready`` is called once the socket listens.  Runs until killed.
+    """
+    path = socket_path(config)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        listener.bind(str(path))
+        listener.setblocking(False)
+        ready()
+        while True:
+            try:
+                start_queued(config, config_path)
+            except (OSError, sqlite3.Error) as err:
+                log.error("dispatch pass failed: %s", err)
+            readable, _, _ = select.select([listener], [], [], SCAN_SECONDS)
+            while readable:
+                try:
+                    listener.recv(64)
+                except BlockingIOError:
+                    break

@@ -36,3 +36,15 @@ def run_as_service_user(user_name=DEFAULT_USER):
     os.setgid(user.pw_gid)
     os.setuid(user.pw_uid)
     os.environ["HOME"] = user.pw_dir
+
+
+def append_stderr_to(path):
+    """Send this process's standard error to the end of ``path``, opened by this (unprivileged) process.
+
+    Log directories belong to the service user; a log opened there by root
+    would follow a symlink planted in its place, so each service opens its
+    own log after the switch, never through a symlink.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+    os.dup2(fd, 2)
+    os.close(fd)

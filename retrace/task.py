@@ -36,6 +36,8 @@ LOG_NAME = "retrace_log"
 WORKER_HOST = "worker_host"
 # Held (flock) by the task's worker for as long as it runs.
 WORKER_LOCK = ".worker.lock"
+# The pid of the process running the task's stages (the supervisor's child).
+JOB_PID = "job_pid"
 FAILURE_NAME = "results/failure"
 LOG_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 _LOCKLESS_GRACE_SECONDS = 60

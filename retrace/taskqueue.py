@@ -34,7 +34,10 @@ def occupancy(config):
     Uploads are counted before tasks: an upload that is committed (renamed
     from ``.incoming/`` into the spool) between the two scans is then
     counted twice, never zero times, so admission can err only on the safe
-    side.
+    side.  A started task counts as running only while its worker holds its
+    lock: after a power loss the dead ones free their slots at once, before
+    anyone has ended them (with Celery a dead worker's task waits for its
+    redelivery and keeps its slot).
     """
     uploading = count_live_uploads(config.SaveDir)
     running = queued = 0
@@ -42,7 +45,7 @@ def occupancy(config):
         status = task.status
         if status is None:
             queued += 1
-        elif not status.is_final:
+        elif not status.is_final and (config.Dispatcher == "celery" or worker_alive(task)):
             running += 1
     return Occupancy(running, queued, uploading)
 

@@ -17,15 +17,17 @@ import time
 from retrace import locking
 from retrace.config import config_path, load_config
 from retrace.celeryapp import host_arch
-from retrace.dispatch import start_queued
+from retrace.dispatch import poke
 from retrace.errors import ConfigError, NotFound
 from retrace.privileges import PrivilegeError, add_service_arguments, run_as_service_user
-from retrace.task import LOG_NAME, LOG_TIME_FORMAT, WORKER_HOST, WORKER_LOCK, Task, TaskStatus, TaskType, write_atomically
+from retrace.task import (JOB_PID, LOG_NAME, LOG_TIME_FORMAT, WORKER_HOST, WORKER_LOCK, Task, TaskStatus, TaskType,
+                          write_atomically)
 from worker.pipeline import RetraceJob
+from worker.supervisor import supervise
 from worker.vmcore import VmcoreJob
 
 PROG = "retrace-server-worker"
-_GENERATED = ("status", "started_time", "finished_time", LOG_NAME, "retrace_backtrace")
+_GENERATED = ("status", "started_time", "finished_time", LOG_NAME, "retrace_backtrace", JOB_PID)
 
 
 class WorkerRefused(Exception):
@@ -65,6 +67,18 @@ def make_job(config, task, logger):
     """The pipeline for the task's type: a kernel vmcore, or a process coredump."""
     job_class = VmcoreJob if task.task_type == TaskType.VMCORE else RetraceJob
     return job_class(config, task, logger)
+
+
+def run_supervised(config, task, verbose):
+    """The task's stages in a supervised child (``worker.supervisor``); True on success."""
+
+    def run_job():
+        return make_job(config, task, task_logger(task, verbose)).run()
+
+    def clean_up():
+        make_job(config, task, logging.getLogger("retrace.worker")).clean(succeeded=False)
+
+    return supervise(config, task, run_job, clean_up)
 
 
 def reset(task):
@@ -176,14 +190,7 @@ def run_delivered(config, verbose):
             task.mark_time("started_time")
             task.set_status(TaskStatus.ANALYZE)
             record_pid(lock_fd)
-            logger = task_logger(task, verbose)
-            try:
-                succeeded = make_job(config, task, logger).run()
-            finally:
-                for handler in list(logger.handlers):
-                    logger.removeHandler(handler)
-                    handler.close()
-            return "retraced" if succeeded else "failed"
+            return "retraced" if run_supervised(config, task, verbose) else "failed"
         except WorkerRefused as err:
             return str(err)
         finally:
@@ -219,7 +226,7 @@ def main(argv=None):
         print(f"{PROG}: give a TASK_ID, or --serve", file=sys.stderr)
         return 2
     try:
-        config, path, task, lock_fd = prepare(args)
+        config, _path, task, lock_fd = prepare(args)
     except WorkerRefused as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return 2
@@ -229,6 +236,7 @@ def main(argv=None):
         os._exit(0)
     record_pid(lock_fd)
     setup_admin_log(config)
-    succeeded = make_job(config, task, task_logger(task, args.verbose)).run()
-    start_queued(config, path)
+    succeeded = run_supervised(config, task, args.verbose)
+    os.close(lock_fd)
+    poke(config)
     return 0 if succeeded else 1

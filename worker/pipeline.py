@@ -49,7 +49,8 @@ class Job:
     """The stages every task goes through, with upstream's statuses; subclasses fill them in.
 
     ``analyze`` returns what the later stages need; ``prepare`` and
-    ``backtrace`` take it; ``clean`` also runs when a stage failed.
+    ``backtrace`` take it; ``clean(succeeded)`` also runs when a stage
+    failed (and, from the supervisor, when the job died).
     """
 
     def __init__(self, config, task, log):
@@ -69,11 +70,11 @@ class Job:
 
     @contextlib.contextmanager
     def stage(self, status):
-        self.task.set_status(status)
-        self.log.info("%s", status.sentence)
-        began = time.monotonic()
         with disk_full_explained(f"The server ran out of disk space at '{status.sentence}'; "
                                  "try again later (the administrator needs to free space)"):
+            self.task.set_status(status)
+            self.log.info("%s", status.sentence)
+            began = time.monotonic()
             yield
         seconds = time.monotonic() - began
         self.record.phases[status.name.lower()] = round(seconds, 4)
@@ -89,7 +90,7 @@ class Job:
             with self.stage(TaskStatus.BACKTRACE):
                 self.backtrace(crash)
             with self.stage(TaskStatus.CLEANUP):
-                self.clean()
+                self.clean(succeeded=True)
             with self.stage(TaskStatus.STATS):
                 self.save_stats()
         except RetraceError as err:
@@ -109,8 +110,10 @@ class Job:
         return True
 
     def finish_failed(self, reason, category):
-        with contextlib.suppress(OSError):
-            self.clean()
+        try:
+            self.clean(succeeded=False)
+        except Exception:  # noqa: BLE001 - cleaning up is best effort; recording the end is not
+            admin_log.exception("task %s: cleaning up after the failure failed", self.task.task_id)
         self.record.status, self.record.failure, self.record.failure_category = FAILURE, reason, category
         self.save_stats()
         self.task.fail(reason)
@@ -268,6 +271,11 @@ class RetraceJob(Job):
         (the crash's own files win), and the tree becomes gdb's ``/``; mock
         installs the packages itself.
         """
+        if self.environment != "sysroot" and crash.index is None:
+            raise TaskFailed(
+                f"RetraceEnvironment = {self.environment} installs gdb from a mirror of {self.record.release}, "
+                "and this server serves that release through debuginfod only; the administrator must mirror it "
+                "or use RetraceEnvironment = sysroot", "configuration")
         if self.environment == "mock":
             self.record.packages = [package.nevra for package in crash.resolution.packages]
             return
@@ -393,7 +401,7 @@ class RetraceJob(Job):
         write_atomically(self.task.results_dir / "exploitable", rating.report())
         self.log.info("Exploitable rating %d: %s", rating.value, rating.reason)
 
-    def clean(self):
+    def clean(self, succeeded):
         """Remove the task's root and crash data, unless the client asked to keep them (debug)."""
         if self.task.task_type != TaskType.DEBUG:
             shutil.rmtree(self.sysroot, ignore_errors=True)

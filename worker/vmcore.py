@@ -29,7 +29,7 @@ from retrace.kernel import (KernelCache, KernelError, debuginfo_packages, extrac
 from retrace.coredump import file_build_id
 from retrace.release import release_from_line, releases_from_dist_tag
 from retrace.sandbox import SandboxTimeout, run_sandboxed
-from retrace.task import TaskStatus, write_atomically
+from retrace.task import write_atomically
 from retrace.vmcore import DumpFormat, KernelIdentity, dump_format, read_vmcoreinfo, search_text
 from worker.pipeline import RELEASE_FILES, Job, TaskFailed
 
@@ -280,10 +280,9 @@ class VmcoreJob(Job):
 
     # -- cleaning ------------------------------------------------------------------
 
-    def clean(self):
+    def clean(self, succeeded):
         """Remove temporary files; after a success, strip the kept vmcore when VmcoreDumpLevel asks."""
         self.task.crash_dir.joinpath("vmcore.reassembled").unlink(missing_ok=True)
-        succeeded = self.task.status == TaskStatus.CLEANUP
         if self.config.VmcoreDumpLevel and succeeded and self._vmcore.is_file():
             self._strip()
 

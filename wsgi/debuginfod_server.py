@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from retrace.config import ConfigError, config_path, load_config
+from retrace.privileges import append_stderr_to
 from retrace.sandbox import host_binds
 
 PROG = "retrace-server-debuginfod"
@@ -129,9 +130,7 @@ def main(argv=None):
     parser.add_argument("--in-namespace", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.log:
-        log_fd = os.open(args.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
-        os.dup2(log_fd, 2)
-        os.close(log_fd)
+        append_stderr_to(args.log)
     config_file = config_path(os.environ, args.config)
     try:
         config = load_config(config_file)

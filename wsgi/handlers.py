@@ -16,7 +16,6 @@ import sqlite3
 from webob import Response
 
 from retrace import archive, crashdata, dispatch, storage, taskqueue
-from retrace.config import config_path
 from retrace.errors import Conflict, Forbidden, NotFound, QueueFull
 from retrace.packages import is_package_known
 from retrace.release import ReleaseId, served_releases, supported_releases
@@ -120,7 +119,9 @@ def create(config, request):
             task_type, id_length=config.TaskIdLength, password_length=config.TaskPassLength
         )
     log.info("task %s created: type %d, %d bytes uploaded, files %s", task.task_id, task_type, length, sizes)
-    dispatch.start_queued(config, config_path(request.environ), request.environ)
+    if not dispatch.poke(config):
+        log.error("task %s waits: no dispatcher listens on %s (is retrace-server-dispatcher running?)",
+                  task.task_id, dispatch.socket_path(config))
     return Response(status=201, headers={"X-Task-Id": task.task_id, "X-Task-Password": password})
 
 
@@ -159,19 +160,20 @@ def metrics_page(config, request):
 
 
 def status(config, request, task_id):
-    """The task's stage; polling also starts queued work and notices dead workers."""
+    """The task's stage.  Read only: a task whose worker died reads as failed at once, and the
+    dispatcher, poked, records it."""
     task = _open_task(config, request, task_id)
     current = task.status
-    if current is None:
-        dispatch.on_status_poll(config, config_path(request.environ), request.environ)
-    elif not current.is_final:
-        dispatch.fail_if_worker_died(task, config)
-    current = task.status
+    reason = task.failure_reason if current == TaskStatus.FAIL else None
+    died = dispatch.dead_worker_reason(task, config)
+    if died is not None:
+        current, reason = TaskStatus.FAIL, died
+        dispatch.poke(config)
     if current is None:
         position = taskqueue.queue_position(task, config)
         sentence = f"Waiting in the queue for a free worker (position {position})"
-    elif current == TaskStatus.FAIL and task.failure_reason:
-        sentence = f"{current.sentence}: {task.failure_reason}"
+    elif reason:
+        sentence = f"{current.sentence}: {reason}"
     else:
         sentence = current.sentence
     return text_response(sentence, **{"X-Task-Status": wire_status(current)})

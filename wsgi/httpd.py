@@ -15,6 +15,7 @@ import logging
 import os
 import pwd
 import shutil
+import select
 import signal
 import socket
 import stat
@@ -28,7 +29,7 @@ import wsgi
 from retrace.config import ConfigError, load_config
 from retrace.release import served_releases
 from retrace.sandbox import sandbox_argv
-from wsgi.debuginfod_server import wait_until_connectable
+from wsgi.debuginfod_server import READY_TIMEOUT, wait_until_connectable
 
 PROG = "retrace-server-httpd"
 _APACHE_BINARIES = ("apache2", "httpd")
@@ -225,7 +226,6 @@ def apache_config(*, run_dir, host, port, user, group, config, config_path, retr
         "RETRACE_WSGI_SCRIPT": Path(wsgi.__file__).resolve().parent / "retrace.wsgi",
         "RETRACE_PYTHON_PATH": sysconfig.get_paths()["purelib"],
         "RETRACE_CONFIG": config_path,
-        "RETRACE_WORKER": worker_executable(),
         "RETRACE_USER": user,
         "RETRACE_GROUP": group,
         "RETRACE_MAX_BODY": config.max_packed_bytes,
@@ -327,15 +327,36 @@ def serve(args):
         test = subprocess.run([apache, "-t", "-f", str(conf_file)], capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if test.returncode != 0:
             raise LaunchError(f"Apache rejects the generated configuration: {test.stderr.strip()}")
-        helper = start_debuginfod(config, config_path, debuginfod_socket(run_dir), user) if config.DebuginfodServe else None
+        helpers = [start_dispatcher(config, config_path, user)]
         try:
+            if config.DebuginfodServe:
+                helpers.append(start_debuginfod(config, config_path, debuginfod_socket(run_dir), user))
             return run_apache(apache, conf_file, host, port, config, cert)
         finally:
-            if helper is not None:
+            for helper in reversed(helpers):
                 helper.terminate()
                 helper.wait()
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def start_dispatcher(config, config_path, user):
+    """retrace-server-dispatcher as the service user; LaunchError unless it says it listens."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "worker.dispatcher", "--config", str(config_path), "--user", user.pw_name,
+         "--log", str(config.LogDir / "dispatcher.log")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd="/",
+        env={"PATH": _SYSTEM_PATH, "LANG": "C.UTF-8", "RETRACE_WORKER": str(worker_executable())},
+        **({"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if os.geteuid() == 0 else {}),
+    )
+    ready, _, _ = select.select([process.stdout], [], [], READY_TIMEOUT)
+    line = process.stdout.readline() if ready else ""
+    process.stdout.close()
+    if "listening" not in line:
+        process.kill()
+        process.wait()
+        raise LaunchError("the dispatcher did not start; see LogDir/dispatcher.log")
+    return process
 
 
 def start_debuginfod(config, config_path, socket_path, user):

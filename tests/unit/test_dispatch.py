@@ -1,8 +1,12 @@
 import fcntl
 import os
+import threading
+import time
+from unittest import mock
 
+from retrace import dispatch
 from retrace.config import Config
-from retrace.dispatch import fail_if_worker_died, start_queued
+from retrace.dispatch import dead_worker_reason, fail_if_worker_died, poke, start_queued
 from retrace.task import WORKER_LOCK, IncomingTask, TaskStatus, TaskType, worker_alive
 
 
@@ -84,3 +88,41 @@ def test_worker_that_refuses_to_start_fails_its_task_with_a_sentence(tmp_path):
     start_queued(config, tmp_path / "retrace-server.conf", {"RETRACE_WORKER": "false"})
     assert task.status == TaskStatus.FAIL
     assert task.failure_reason.startswith("the retrace worker could not start")
+
+
+def test_a_poke_without_a_dispatcher_is_lost_quietly(tmp_path):
+    assert poke(Config(SaveDir=tmp_path)) is False
+
+
+def test_the_dispatcher_ends_dead_workers_tasks_at_start_and_starts_queued_ones_when_poked(tmp_path):
+    save_dir = tmp_path / "spool"
+    save_dir.mkdir()
+    config = Config(SaveDir=save_dir, MaxParallelTasks=1)
+    dead = add_task(save_dir, TaskStatus.BACKTRACE)
+    script, record = recording_worker(tmp_path)
+    listening = threading.Event()
+    environ = {"RETRACE_WORKER": str(script)}
+    thread = threading.Thread(target=dispatch.serve, args=(config, tmp_path / "r.conf"),
+                              kwargs={"ready": listening.set}, daemon=True)
+    with mock.patch.dict(os.environ, environ):
+        thread.start()
+        assert listening.wait(10)
+        deadline = time.monotonic() + 10
+        while dead.status != TaskStatus.FAIL and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert dead.failure_reason.endswith("while: Generating backtrace")
+        queued = add_task(save_dir)
+        assert poke(config)
+        deadline = time.monotonic() + dispatch.SCAN_SECONDS / 2
+        while not (record.exists() and record.read_text().split()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    # The stand-in worker never claims its task, so a later pass may start it again.
+    assert set(record.read_text().split()) == {queued.task_id}
+
+
+def test_a_dead_worker_s_task_reads_as_failed_without_any_write(tmp_path):
+    task = add_task(tmp_path, TaskStatus.INIT)
+    before = sorted(os.listdir(task.path))
+    assert dead_worker_reason(task, Config(SaveDir=tmp_path)).endswith(
+        "while: Preparing environment for backtrace generation")
+    assert sorted(os.listdir(task.path)) == before and task.status == TaskStatus.INIT

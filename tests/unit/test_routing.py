@@ -23,13 +23,9 @@ def config(tmp_path):
     return Config(SaveDir=tmp_path / "spool", RepoDir=tmp_path / "repos", LogDir=tmp_path, MinStorageLeft=0)
 
 
-# The dispatcher's worker command is `true`: it claims nothing, so created
-# tasks stay in the queue, where these tests look at them.
-_ENVIRON = {"RETRACE_WORKER": "true"}
-
-
+# No dispatcher listens here: created tasks stay in the queue, where these tests look at them.
 def call(config, path, method="GET", scheme="https", **kwargs):
-    request = Request.blank(path, method=method, base_url=f"{scheme}://localhost", environ=dict(_ENVIRON), **kwargs)
+    request = Request.blank(path, method=method, base_url=f"{scheme}://localhost", **kwargs)
     return request.get_response(make_app(config))
 
 

@@ -26,12 +26,25 @@ def add_task(config, status=None, queued_time=None):
 def test_occupancy_counts_running_queued_and_uploading(tmp_path):
     config = config_for(tmp_path)
     add_task(config)
-    add_task(config, TaskStatus.BACKTRACE)
+    running = add_task(config, TaskStatus.BACKTRACE)
     add_task(config, TaskStatus.SUCCESS)
     add_task(config, TaskStatus.FAIL)
-    with IncomingTask(tmp_path):
-        now = occupancy(config)
+    lock = locking.try_exclusive(running.path / WORKER_LOCK)
+    try:
+        with IncomingTask(tmp_path):
+            now = occupancy(config)
+    finally:
+        os.close(lock)
     assert (now.running, now.queued, now.uploading, now.total) == (1, 1, 1, 3)
+
+
+def test_a_started_task_whose_worker_died_frees_its_slot_before_anyone_ends_it(tmp_path):
+    """After a power loss: nothing holds the dead tasks' locks, so uploads are admitted at once."""
+    config = config_for(tmp_path, MaxParallelTasks=1, MaxQueuedTasks=0)
+    add_task(config, TaskStatus.BACKTRACE)
+    assert occupancy(config).running == 0
+    with admitted_upload(config, "192.0.2.1"):
+        pass
 
 
 def test_queue_is_oldest_first(tmp_path):

@@ -1,0 +1,74 @@
+"""The supervisor: the job runs in a child process group, the parent always records how the task ended.
+
+A job that raises is ended by the job itself (``Job.run``), but nothing in
+the job's own process survives a SIGKILL, the OOM killer, a segfault in a
+library or a second failure while it records the first.  So the worker
+forks: the child runs the stages in a process group of its own, and the
+parent, which holds the task's worker lock, waits for it.  When the child
+ends without having ended the task, the parent kills what is left of the
+group, removes the job's leftovers and ends the task FINISHED_FAILURE with
+the stage and the cause (rq's pattern).  If the parent dies as well, the
+lock is released and the dispatcher ends the task (``retrace.dispatch``).
+"""
+
+import logging
+import os
+import signal
+
+from retrace.dispatch import end_failed
+from retrace.task import JOB_PID, TaskStatus, write_atomically
+
+admin_log = logging.getLogger("retrace.worker")
+
+
+def supervise(config, task, run_job, clean_up):
+    """Run ``run_job()`` (True on success) in a child; True when the task ended successfully.
+
+    ``clean_up()`` removes a dead job's leftovers (its sysroot, partial files).
+    """
+    child = os.fork()
+    if child == 0:
+        _run_child(run_job)
+    write_atomically(task.path / JOB_PID, str(child))
+    _, wait_status = os.waitpid(child, 0)
+    _kill_group(child)
+    status = task.status
+    if status is not None and status.is_final:
+        return status == TaskStatus.SUCCESS
+    stage = status.sentence if status is not None else TaskStatus.ANALYZE.sentence
+    reason = f"the retrace job {_how_it_ended(wait_status)} while: {stage}"
+    admin_log.error("task %s: %s", task.task_id, reason)
+    try:
+        clean_up()
+    except Exception:  # noqa: BLE001 - leftovers are cleanup's to catch; the end must be recorded
+        admin_log.exception("task %s: removing the dead job's leftovers failed", task.task_id)
+    end_failed(config, task, reason, "worker died")
+    return False
+
+
+def _run_child(run_job):
+    """The child: its own process group, so that the parent can kill everything the job started."""
+    os.setpgid(0, 0)
+    code = 2
+    try:
+        code = 0 if run_job() else 1
+    except BaseException:  # noqa: BLE001 - the parent records the end; the trace is for the admin
+        admin_log.exception("the retrace job raised")
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+def _kill_group(pgid):
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _how_it_ended(wait_status):
+    if os.WIFSIGNALED(wait_status):
+        name = signal.Signals(os.WTERMSIG(wait_status)).name
+        hint = " (out of memory?)" if name == "SIGKILL" else ""
+        return f"was killed by {name}{hint}"
+    return f"stopped unexpectedly (exit status {os.WEXITSTATUS(wait_status)}) without recording its end"
