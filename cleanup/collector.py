@@ -14,13 +14,13 @@ import tarfile
 import time
 from pathlib import Path
 
-from retrace.cache import PackageCache
+from retrace.cache import PackageCache, abandoned_partial_entries
 from retrace.chroot import GdbRoots
 from retrace.debuginfod import BuildIdCache
 from retrace.kernel import KernelCache
 from retrace.stats import StatsDB
 from retrace.dispatch import end_failed, fail_if_worker_died, start_queued
-from retrace.task import WORKER_LOCK, TaskStatus, iter_tasks, worker_alive
+from retrace.task import JOB_PID, WORKER_LOCK, TaskStatus, iter_tasks, worker_alive
 
 HOUR = 3600
 _KILL_WAIT_SECONDS = 10
@@ -46,6 +46,7 @@ class Collector:
         if self.act("start queued tasks into free worker slots"):
             start_queued(self.config, self.config_path)
         self.expire_tasks()
+        self.sweep_partial_entries()
         self.trim_cache()
         self.forget_client_addresses()
 
@@ -71,7 +72,7 @@ class Collector:
             )
             if pid is None or not self.act(f"task {task.task_id}: kill worker {pid}; {reason}"):
                 continue
-            _kill_worker(pid)
+            _kill_worker(task, pid)
             _wait_until_dead(task)
             end_failed(self.config, task, reason, "worker time limit")
 
@@ -144,6 +145,13 @@ class Collector:
                           for name, last, size in store.entries()]
         return found
 
+    def sweep_partial_entries(self):
+        """Remove cache entries a killed worker left half built (``.tmp-*`` with no builder alive)."""
+        for directory in ("rpms", "roots", "buildid", "kernel"):
+            for path in abandoned_partial_entries(Path(self.config.CacheDir) / directory, self.now):
+                if self.act(f"cache: remove {directory}/{path.name}, left half built by a worker that died"):
+                    shutil.rmtree(path, ignore_errors=True)
+
     def trim_cache(self):
         """Evict the least recently used cache entries until CacheDir fits CacheSize and MinStorageLeft.
 
@@ -180,14 +188,21 @@ def _worker_pid(task):
     return int(text) if text.isdigit() else None
 
 
-def _kill_worker(pid):
-    """SIGKILL the worker's process group (it leads its own session; gdb dies with it)."""
+def _kill_worker(task, pid):
+    """SIGKILL the supervisor's process group, then the job's (``worker.supervisor``); gdb dies with them."""
     try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    except PermissionError:
-        os.kill(pid, signal.SIGKILL)
+        job = int((task.path / JOB_PID).read_text())
+    except (OSError, ValueError):
+        job = None
+    for group in (pid, job):
+        if group is None:
+            continue
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            os.kill(group, signal.SIGKILL)
 
 
 def _wait_until_dead(task):

@@ -176,6 +176,36 @@ def extract_rpm_file(rpm_path, member, target):
     return False
 
 
+# A cache entry being built lives in ``.tmp-<name>-*`` beside the entries,
+# with ``.building`` locked by its builder; a builder that was killed leaves
+# it unlocked, and cleanup removes it (``abandoned_partial_entries``).
+_PARTIAL_PREFIX = ".tmp-"
+_BUILDING = ".building"
+_LOCKLESS_GRACE_SECONDS = 60
+
+
+def abandoned_partial_entries(directory, now=None):
+    """The partial entries in ``directory`` whose builder died (for cleanup to remove)."""
+    now = now if now is not None else time.time()
+    abandoned = []
+    try:
+        entries = [entry for entry in os.scandir(directory)
+                   if entry.name.startswith(_PARTIAL_PREFIX) and entry.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return abandoned
+    for entry in entries:
+        path = Path(entry.path)
+        if locking.is_held(path / _BUILDING):
+            continue
+        try:
+            if now - path.stat().st_mtime < _LOCKLESS_GRACE_SECONDS:
+                continue  # between mkdtemp and flock, or the rename is about to happen
+        except FileNotFoundError:
+            continue
+        abandoned.append(path)
+    return abandoned
+
+
 def cached_entry(path, lock_path, build, on_wait=lambda: None):
     """The cache entry at ``path``, made by ``build(tmp)`` first if it is not there.
 
@@ -188,17 +218,21 @@ def cached_entry(path, lock_path, build, on_wait=lambda: None):
         if (path / MANIFEST).exists():
             os.utime(path / MANIFEST)
             return CachedPackage(path, False, time.monotonic() - started, waited)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".tmp-{path.name}-"))
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{_PARTIAL_PREFIX}{path.name}-"))
+        building = locking.try_exclusive(tmp / _BUILDING)
         try:
             os.chmod(tmp, 0o755)
             entries = build(tmp)
             (tmp / SIZE_FILE).write_text(str(tree_bytes(tmp / "root")))
             with open(tmp / MANIFEST, "w", encoding="utf-8") as handle:
                 json.dump(entries, handle)
+            os.unlink(tmp / _BUILDING)
             os.replace(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        finally:
+            os.close(building)
     return CachedPackage(path, True, time.monotonic() - started, waited)
 
 

@@ -2,14 +2,19 @@
 
 gdb reads uploaded cores and repository DWARF, ``crash`` reads uploaded
 vmcores and a vmlinux: large inputs from outside.  Both run as an
-unprivileged uid in a new user namespace, without network, with the host's
-``/usr`` (or a release's root) and the task's files read-only, a private
-``/tmp``, address-space and CPU limits, and a timeout after which the whole
-process group is killed.
+unprivileged uid in a new user namespace (which cannot make further ones),
+without network, with the host's ``/usr`` (or a release's root) and the
+task's files read-only, a private ``/tmp`` of bounded size, a seccomp
+filter that refuses the system calls a debugger never needs (ptrace,
+mount, keyrings, bpf, ...), address-space, CPU, process-count and
+file-size limits, a cap on what they print, and a timeout after which the
+whole process group is killed.
 """
 
 import contextlib
 import dataclasses
+import errno
+import functools
 import os
 import re
 import resource
@@ -17,6 +22,8 @@ import shutil
 import signal
 import select
 import subprocess
+import tempfile
+import termios
 import threading
 import time
 from pathlib import Path
@@ -27,6 +34,19 @@ _BWRAP_FAILURE = re.compile(r"^bwrap: (.*)$", re.M)
 _HOST_DIRS = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin")
 _HOST_FILES = ("/etc/ld.so.cache", "/etc/localtime")
 _SANDBOX_UID = 65534
+_TMPFS_BYTES = 256 << 20
+# Counted per real user outside the namespace: the service user's other
+# processes (daemons, workers) count too, so this stops a fork bomb only.
+_MAX_PROCESSES = 4096
+# What a debugger may write to a file when no writable path is given (its /tmp).
+_MAX_FILE_BYTES = 256 << 20
+# System calls a debugger reading files never makes; refused with EPERM.
+DENIED_SYSCALLS = (
+    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "keyctl", "add_key", "request_key", "mount",
+    "umount2", "pivot_root", "chroot", "unshare", "setns", "bpf", "perf_event_open", "userfaultfd", "kexec_load",
+    "kexec_file_load", "init_module", "finit_module", "delete_module", "swapon", "swapoff", "reboot", "acct",
+    "quotactl", "open_by_handle_at", "name_to_handle_at", "fanotify_init", "syslog", "io_uring_setup",
+)
 
 
 class SandboxUnavailable(RetraceError):
@@ -73,21 +93,25 @@ def host_binds():
     return binds
 
 
-def sandbox_argv(command, read_only_paths, root=None, writable_paths=()):
+def sandbox_argv(command, read_only_paths, root=None, writable_paths=(), seccomp_fd=None):
     """bwrap around ``command``; ``read_only_paths`` (and ``writable_paths``) appear at their own paths.
 
     Without ``root`` the host's /usr provides gdb; with it, ``root`` is
     mounted read-only as ``/`` (it must hold the mount points of /proc,
     /dev, /tmp and of ``read_only_paths``: see ``prepare_mount_points``).
+    ``seccomp_fd``: an inherited descriptor holding the filter (``seccomp_filter``).
     """
     system = ["--ro-bind", str(root), "/"] if root is not None else host_binds()
     argv = [
         "bwrap", "--unshare-all", "--unshare-user", "--uid", str(_SANDBOX_UID), "--gid", str(_SANDBOX_UID),
+        "--disable-userns", "--assert-userns-disabled",
         "--die-with-parent", "--new-session", "--clearenv",
         "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8", "--setenv", "HOME", "/tmp",
         *system,
-        "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--chdir", "/tmp",
+        "--proc", "/proc", "--dev", "/dev", "--size", str(_TMPFS_BYTES), "--tmpfs", "/tmp", "--chdir", "/tmp",
     ]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
     for path in read_only_paths:
         argv += ["--ro-bind", str(path), str(path)]
     for path in writable_paths:
@@ -95,13 +119,47 @@ def sandbox_argv(command, read_only_paths, root=None, writable_paths=()):
     return argv + ["--", *command]
 
 
-def _limits(memory_bytes, cpu_seconds):
+def _limits(memory_bytes, cpu_seconds, file_bytes):
     def apply():
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        resource.setrlimit(resource.RLIMIT_NPROC, (_MAX_PROCESSES, _MAX_PROCESSES))
+        if file_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
 
     return apply
+
+
+@functools.lru_cache(maxsize=1)
+def seccomp_program():
+    """The seccomp filter as BPF bytes: allow all but ``DENIED_SYSCALLS`` and the TIOCSTI ioctl."""
+    try:
+        import seccomp
+    except ImportError:
+        raise SandboxUnavailable("the seccomp bindings are not installed on the retrace server "
+                                 "(Debian: python3-seccomp, Fedora: python3-libseccomp)") from None
+    refused = seccomp.ERRNO(errno.EPERM)
+    syscall_filter = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
+    for name in DENIED_SYSCALLS:
+        try:
+            syscall_filter.add_rule(refused, name)
+        except (RuntimeError, ValueError):
+            continue  # not a system call on this architecture
+    syscall_filter.add_rule(refused, "ioctl", seccomp.Arg(1, seccomp.MASKED_EQ, 0xFFFFFFFF, termios.TIOCSTI))
+    with tempfile.TemporaryFile() as out:
+        syscall_filter.export_bpf(out)
+        out.seek(0)
+        return out.read()
+
+
+def seccomp_filter():
+    """A new descriptor to read the filter from (bwrap reads it to the end), for ``pass_fds``."""
+    program = seccomp_program()
+    fd = os.memfd_create("retrace-seccomp", os.MFD_CLOEXEC)
+    os.write(fd, program)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def require_sandbox(program):
@@ -131,11 +189,16 @@ def start_sandboxed(command, read_only_paths, *, cpu_seconds, memory_bytes, stdi
     For a debugger driven batch by batch (``retrace.crash``); the caller
     owns the timeout and kills the group when it passes.
     """
-    return subprocess.Popen(
-        sandbox_argv(command, read_only_paths, root, writable_paths), stdin=stdin, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
-        preexec_fn=_limits(memory_bytes, cpu_seconds),
-    )
+    filter_fd = seccomp_filter()
+    try:
+        return subprocess.Popen(
+            sandbox_argv(command, read_only_paths, root, writable_paths, seccomp_fd=filter_fd), stdin=stdin,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+            pass_fds=(filter_fd,),
+            preexec_fn=_limits(memory_bytes, cpu_seconds, None if writable_paths else _MAX_FILE_BYTES),
+        )
+    finally:
+        os.close(filter_fd)
 
 
 def check_started(returncode, text):

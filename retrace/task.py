@@ -167,8 +167,9 @@ class Task:
         """
         if given is None:
             raise Forbidden("This task needs its password in the X-Task-Password header")
-        expected = self._read("password") or ""
-        if not hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8")):
+        expected = (self._read("password") or "").strip()
+        # An empty or lost password file must not make the empty password right.
+        if not expected or not hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8")):
             raise Forbidden("Invalid password")
 
     @property

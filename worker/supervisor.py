@@ -8,9 +8,11 @@ parent, which holds the task's worker lock, waits for it.  When the child
 ends without having ended the task, the parent kills what is left of the
 group, removes the job's leftovers and ends the task FINISHED_FAILURE with
 the stage and the cause (rq's pattern).  If the parent dies as well, the
-lock is released and the dispatcher ends the task (``retrace.dispatch``).
+lock is released (the child dies with it) and the dispatcher ends the task
+(``retrace.dispatch``).
 """
 
+import ctypes
 import logging
 import os
 import signal
@@ -19,6 +21,8 @@ from retrace.dispatch import end_failed
 from retrace.task import JOB_PID, TaskStatus, write_atomically
 
 admin_log = logging.getLogger("retrace.worker")
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
 
 
 def supervise(config, task, run_job, clean_up):
@@ -26,9 +30,10 @@ def supervise(config, task, run_job, clean_up):
 
     ``clean_up()`` removes a dead job's leftovers (its sysroot, partial files).
     """
+    supervisor = os.getpid()
     child = os.fork()
     if child == 0:
-        _run_child(run_job)
+        _run_child(run_job, supervisor)
     write_atomically(task.path / JOB_PID, str(child))
     _, wait_status = os.waitpid(child, 0)
     _kill_group(child)
@@ -46,9 +51,13 @@ def supervise(config, task, run_job, clean_up):
     return False
 
 
-def _run_child(run_job):
-    """The child: its own process group, so that the parent can kill everything the job started."""
+def _run_child(run_job, supervisor):
+    """The child: its own process group, so that the parent can kill everything the job started,
+    and killed with its parent, so that a job never outlives its supervisor (and its lock)."""
     os.setpgid(0, 0)
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != supervisor:
+        os._exit(2)  # the supervisor died before the line above
     code = 2
     try:
         code = 0 if run_job() else 1

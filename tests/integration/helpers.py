@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import pwd
+import signal
 import subprocess
 import tarfile
 import time
@@ -139,3 +140,12 @@ def package_lock_held(server, rpm_path):
         yield
     finally:
         os.close(fd)
+
+
+def kill_worker(server, task_id, supervisor=True, job=True):
+    """SIGKILL a running task's supervisor (the pid in its lock file) and/or its job process."""
+    task_dir = server.save_dir / task_id
+    if job:
+        os.kill(int((task_dir / "job_pid").read_text()), signal.SIGKILL)
+    if supervisor:
+        os.kill(int((task_dir / ".worker.lock").read_text()), signal.SIGKILL)

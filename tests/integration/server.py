@@ -117,6 +117,17 @@ class Server:
         except FileNotFoundError:
             return ""
 
+    def dispatcher_pid(self):
+        """The pid of this server's retrace-server-dispatcher."""
+        for proc in Path("/proc").iterdir():
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"worker.dispatcher" in argv and str(self.config_path).encode() in argv:
+                return int(proc.name)
+        raise AssertionError("this server runs no dispatcher")
+
     def get(self, path, **kwargs):
         return requests.get(self.url + path, verify=str(self.cert), timeout=60, **kwargs)
 

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.integration.helpers import package_lock_held, submit, wait_final, wait_for_log_line
+from tests.integration.helpers import kill_worker, package_lock_held, submit, wait_final, wait_for_log_line
 from tests.integration.server import write_config
 
 CLEANUP = Path(sys.executable).with_name("retrace-server-cleanup")
@@ -54,15 +54,18 @@ def running(pid):
     return state != "Z"
 
 
-def test_orphan_is_ended_and_the_queued_task_behind_it_started(start_server, fixture_rpms, problem_dir):
+def test_with_the_dispatcher_dead_cleanup_ends_an_orphan_and_starts_the_queued_task(start_server, fixture_rpms,
+                                                                                      problem_dir):
+    """The last safety net: the worker's supervisor and job and the dispatcher all died."""
     server = start_server(MaxParallelTasks="1")
     with package_lock_held(server, crasher(fixture_rpms)):
         first = submit(server, problem_dir)
         wait_for_log_line(server, *first, "Waiting for another task")
+        os.kill(server.dispatcher_pid(), signal.SIGKILL)
         second = submit(server, problem_dir)
-        os.kill(int((server.save_dir / first[0] / ".worker.lock").read_text()), signal.SIGKILL)
+        kill_worker(server, first[0])
         time.sleep(0.2)
-        assert not (server.save_dir / second[0] / "status").exists(), "nothing polled, nothing started it"
+        assert not (server.save_dir / second[0] / "status").exists(), "no dispatcher, nothing started it"
         result = cleanup(server)
         assert result.returncode == 0, result.stderr
         assert f"task {first[0]}: no worker runs it any more" in result.stdout

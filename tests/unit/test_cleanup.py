@@ -191,3 +191,19 @@ def test_refused_clients_addresses_are_forgotten_even_without_new_refusals(confi
     with StatsDB.for_config(config) as stats:
         assert [row[0] for row in stats.db.execute("SELECT ip FROM reportfull")] == [""]
     assert "1 client addresses blanked" in caplog.text
+
+
+def test_a_package_half_unpacked_by_a_worker_that_died_is_removed_and_a_live_one_is_not(config, caplog):
+    rpms = config.CacheDir / "rpms"
+    dead, live = rpms / ".tmp-aa11-dead0000", rpms / ".tmp-bb22-live0000"
+    for partial in (dead, live):
+        (partial / "root" / "usr").mkdir(parents=True)
+        (partial / ".building").write_text("")
+        os.utime(partial, (NOW - HOUR, NOW - HOUR))
+    builder = locking.try_exclusive(live / ".building")
+    try:
+        collector(config, caplog).sweep_partial_entries()
+    finally:
+        os.close(builder)
+    assert not dead.exists() and live.exists()
+    assert "cache: remove rpms/.tmp-aa11-dead0000, left half built by a worker that died" in caplog.text

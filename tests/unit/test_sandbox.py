@@ -25,3 +25,23 @@ def test_text_on_standard_input_is_fed_while_output_is_read():
 def test_a_command_past_its_timeout_is_killed():
     with pytest.raises(SandboxTimeout):
         run_sandboxed(["sleep", "30"], [], timeout=0.5, memory_bytes=1 << 30)
+
+
+def sandboxed(*command):
+    return run_sandboxed(list(command), [], timeout=30, memory_bytes=1 << 31)
+
+
+def test_the_sandbox_cannot_make_user_namespaces_of_its_own():
+    ran = sandboxed("unshare", "--user", "true")
+    assert ran.returncode != 0 and "Operation not permitted" in ran.text
+
+
+def test_system_calls_a_debugger_never_needs_are_refused():
+    probe = ("import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); "
+             "print(libc.ptrace(0, 0, 0, 0), os.strerror(ctypes.get_errno()))")
+    assert sandboxed("python3", "-c", probe).text.strip() == "-1 Operation not permitted"
+
+
+def test_files_the_debugger_writes_are_capped():
+    ran = sandboxed("sh", "-c", "head -c 300000000 /dev/zero > /tmp/big; echo status $?")
+    assert "File size limit exceeded" in ran.text and "status 153" in ran.text

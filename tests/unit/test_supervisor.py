@@ -78,3 +78,33 @@ def test_processes_the_job_left_behind_are_killed(tmp_path):
             break
         time.sleep(0.01)
     assert state in ("Z", "gone"), "the job's child still runs"
+
+
+def test_the_job_dies_with_its_supervisor(tmp_path):
+    """The job must never outlive the supervisor: it holds the task's lock, and nobody would record its end."""
+    task = started_task(tmp_path)
+    job_pid = tmp_path / "job"
+    supervisor = os.fork()
+    if supervisor == 0:
+        def job():
+            job_pid.write_text(str(os.getpid()))
+            time.sleep(60)
+
+        supervise(Config(SaveDir=tmp_path), task, job, lambda: None)
+        os._exit(0)
+    deadline = time.monotonic() + 10
+    while not job_pid.exists() or not job_pid.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.kill(supervisor, signal.SIGKILL)
+    os.waitpid(supervisor, 0)
+    job = int(job_pid.read_text())
+    while time.monotonic() < deadline:
+        try:
+            if open(f"/proc/{job}/stat").read().split()[2] == "Z":
+                break
+        except FileNotFoundError:
+            break
+        time.sleep(0.01)
+    else:
+        raise AssertionError("the job outlived its supervisor")

@@ -118,3 +118,12 @@ def test_delete_removes_the_task(tmp_path):
     task.delete()
     assert list(iter_tasks(tmp_path, 9)) == []
     assert [name for name in os.listdir(tmp_path) if not name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("stored", ["", "\n"])
+def test_an_empty_password_file_accepts_no_password_at_all(tmp_path, stored):
+    task, _ = commit(tmp_path)
+    (task.path / "password").write_text(stored)
+    for given in ("", " ", "\n"):
+        with pytest.raises(Forbidden, match="Invalid password"):
+            task.check_password(given)

@@ -1,0 +1,133 @@
+"""Whatever kills a task's processes, the task ends FINISHED_FAILURE with its stage named; none is lost.
+
+Each stage is held open by something the worker really waits for (the
+package index being built, a package being unpacked, gdb working through a
+deep core, the statistics database), then the job process, or the job
+process and its supervisor, get SIGKILL.
+"""
+
+import contextlib
+import fcntl
+import os
+import pwd
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.integration.conftest import RELEASE_ID
+from tests.integration.helpers import kill_worker, package_lock_held, submit, wait_final
+from tests.integration.server import SERVICE_USER
+
+
+def crasher(fixture_rpms):
+    return next(path for path in fixture_rpms if path.name.startswith("crasher-1.0"))
+
+
+@contextlib.contextmanager
+def index_lock_held(server):
+    """Hold the lock the first task of a release takes to build its package index (stage: analyze)."""
+    user = pwd.getpwnam(SERVICE_USER)
+    index_dir = server.cache_dir / "index"
+    index_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+    os.chown(index_dir, user.pw_uid, user.pw_gid)
+    fd = os.open(index_dir / f"{RELEASE_ID}.lock", os.O_CREAT | os.O_RDWR, 0o640)
+    os.fchown(fd, user.pw_uid, user.pw_gid)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+_LOCK_STATISTICS = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.read()
+db.execute("ROLLBACK")
+"""
+
+
+@contextlib.contextmanager
+def statistics_locked(server):
+    """Hold the statistics database's write lock (stage: saving crash statistics), as the service user:
+    a connection of root's would leave the WAL files unwritable for the server."""
+    user = pwd.getpwnam(SERVICE_USER)
+    holder = subprocess.Popen([sys.executable, "-c", _LOCK_STATISTICS, str(server.save_dir / "stats.db")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, user=user.pw_uid,
+                              group=user.pw_gid, extra_groups=[])
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        holder.stdin.close()
+        holder.wait()
+
+
+STAGES = {
+    "Analyzing crash data": (lambda server, rpms: index_lock_held(server), "problem_dir"),
+    "Preparing environment for backtrace generation": (
+        lambda server, rpms: package_lock_held(server, crasher(rpms)), "problem_dir"),
+    "Generating backtrace": (lambda server, rpms: contextlib.nullcontext(), "deep_problem_dir"),
+    "Saving crash statistics": (lambda server, rpms: statistics_locked(server), "problem_dir"),
+}
+STATUS_CODES = {"Analyzing crash data": "0", "Preparing environment for backtrace generation": "1",
+                "Generating backtrace": "2", "Saving crash statistics": "4"}
+
+
+def wait_for_stage(server, task_id, stage, timeout=60):
+    deadline = time.monotonic() + timeout
+    status = server.save_dir / task_id / "status"
+    while time.monotonic() < deadline:
+        if status.exists() and status.read_text() == STATUS_CODES[stage] and (status.parent / "job_pid").exists():
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"task {task_id} never reached {stage!r}")
+
+
+@pytest.fixture(scope="module")
+def supervised_server(start_server):
+    # The deep core is larger than the test server's default caps.
+    return start_server(MaxPackedSize="64", MaxUnpackedSize="512", MaxParallelTasks="1")
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+@pytest.mark.parametrize("killed", ["job", "supervisor"])
+def test_a_killed_task_ends_failed_with_its_stage_named(request, supervised_server, fixture_rpms, stage, killed):
+    server = supervised_server
+    hold, problem = STAGES[stage]
+    if stage == "Saving crash statistics":
+        server.get("/stats")  # the database exists before it is locked
+        (server.save_dir / "stats.db").exists() or pytest.fail("no statistics database")
+    if stage == "Analyzing crash data":
+        for built in (server.cache_dir / "index").glob("*.sqlite"):
+            built.unlink()  # the next task builds the index again, under the held lock
+    with hold(server, fixture_rpms):
+        task_id, auth = submit(server, request.getfixturevalue(problem))
+        wait_for_stage(server, task_id, stage)
+        queued = submit(server, request.getfixturevalue("problem_dir"))
+        kill_worker(server, task_id, supervisor=killed == "supervisor", job=killed == "job")
+        first_poll = server.get(f"/{task_id}", headers=auth)
+    if killed == "job":
+        status = wait_final(server, task_id, auth)
+        assert status.text == (f"Retrace job failed: the retrace job was killed by SIGKILL (out of memory?) "
+                               f"while: {stage}")
+        assert not (server.save_dir / task_id / "sysroot").exists(), "the supervisor removed the dead job's root"
+    else:
+        # The job dies with its supervisor: nothing of the worker is left, the first poll
+        # already tells, and the dispatcher records it.
+        assert first_poll.headers["X-Task-Status"] == "FINISHED_FAILURE", first_poll.text
+        expected = f"the retrace worker stopped unexpectedly (it was killed or crashed) while: {stage}"
+        assert first_poll.text == f"Retrace job failed: {expected}"
+        wait_final(server, task_id, auth)
+        deadline = time.monotonic() + 10
+        while (server.save_dir / task_id / "status").read_text() != "7":
+            assert time.monotonic() < deadline, "the dispatcher never recorded the dead task"
+            time.sleep(0.05)
+        assert (server.save_dir / task_id / "results" / "failure").read_text() == expected
+    log = server.get(f"/{task_id}/log", headers=auth).text
+    assert f"while: {stage}" in log
+    assert wait_final(server, *queued).headers["X-Task-Status"] == "FINISHED_SUCCESS", "the queued task was lost"
