@@ -88,6 +88,18 @@ def wait_for_stage(server, task_id, stage, timeout=60):
     raise AssertionError(f"task {task_id} never reached {stage!r}")
 
 
+def wait_until_gone(pid, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        except FileNotFoundError:
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"process {pid} outlived its SIGKILL")
+
+
 @pytest.fixture(scope="module")
 def supervised_server(start_server):
     # The deep core is larger than the test server's default caps.
@@ -109,7 +121,9 @@ def test_a_killed_task_ends_failed_with_its_stage_named(request, supervised_serv
         task_id, auth = submit(server, request.getfixturevalue(problem))
         wait_for_stage(server, task_id, stage)
         queued = submit(server, request.getfixturevalue("problem_dir"))
+        job = int((server.save_dir / task_id / "job_pid").read_text())
         kill_worker(server, task_id, supervisor=killed == "supervisor", job=killed == "job")
+        wait_until_gone(job)  # SIGKILL, and the parent-death signal, are delivered asynchronously
         first_poll = server.get(f"/{task_id}", headers=auth)
     if killed == "job":
         status = wait_final(server, task_id, auth)
