@@ -117,6 +117,12 @@ class QueueFull(RetraceError):
     http_status = 503
 
 
+class TemporarilyUnavailable(RetraceError):
+    """A part of the server cannot answer right now (a full disk, a locked database); try again later."""
+
+    http_status = 503
+
+
 class NotEnoughStorage(RetraceError):
     """Accepting the upload would leave less than MinStorageLeft free, or a disk filled up."""
 

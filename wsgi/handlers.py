@@ -16,7 +16,7 @@ import sqlite3
 from webob import Response
 
 from retrace import archive, crashdata, dispatch, storage, taskqueue
-from retrace.errors import Conflict, Forbidden, NotFound, QueueFull
+from retrace.errors import Conflict, Forbidden, NotFound, QueueFull, TemporarilyUnavailable
 from retrace.packages import is_package_known
 from retrace.release import ReleaseId, served_releases, supported_releases
 from retrace.stats import StatsDB
@@ -141,8 +141,13 @@ def _refusals_counted(config, request):
 
 def stats_page(config, request):
     """Statistics for people (HTML with SVG charts) or scripts (``?format=json``)."""
-    with StatsDB.for_config(config) as stats:
-        summary = stats.summary()
+    try:
+        with StatsDB.for_config(config) as stats:
+            summary = stats.summary()
+    except (sqlite3.Error, OSError) as err:
+        log.error("statistics unavailable: %s", err)
+        raise TemporarilyUnavailable("The statistics cannot be read right now (the server's disk may be full); "
+                                     "try again later") from None
     now = taskqueue.occupancy(config)
     if request.GET.get("format") == "json":
         body = dict(summary, running=now.running, queued=now.queued)
