@@ -118,6 +118,15 @@ class Job:
         self.save_stats()
         self.task.fail(reason)
 
+    def without_server_paths(self, text):
+        """``text`` (a tool's message for the user) without the server's directories: files in the task read
+        as the user named them, anything else as the kind of place it is in."""
+        places = ((self.task.crash_dir, ""), (self.task.path, ""), (self.config.CacheDir, "cache"),
+                  (self.config.RepoDir, "repository"), (self.config.SaveDir, "spool"))
+        for directory, shown in places:
+            text = text.replace(f"{directory}/", f"{shown}/" if shown else "").replace(str(directory), shown or ".")
+        return text
+
     def crash_text(self, name):
         path = self.task.crash_dir / name
         if not path.is_file():
@@ -375,7 +384,8 @@ class RetraceJob(Job):
         text = text.replace(str(self.sysroot), "")
         cache = re.escape(str(self.config.CacheDir))
         text = re.sub(cache + r"/buildid/\w+/(\w+)/(executable|debuginfo)", r"debuginfod:\1/\2", text)
-        return re.sub(cache + r"/(rpms/[0-9A-Za-z]+|roots/[^/\s]+)/root", "", text)
+        text = re.sub(cache + r"/(rpms/[0-9A-Za-z]+|roots/[^/\s]+)/root", "", text)
+        return self.without_server_paths(text)
 
     def _run_gdb(self, crash):
         if self.environment == "mock":

@@ -99,7 +99,7 @@ class VmcoreJob(Job):
         if ran.returncode != 0 or not target.is_file():
             target.unlink(missing_ok=True)
             raise TaskFailed(f"the flattened vmcore cannot be reassembled: makedumpfile said: "
-                             f"{crash_tool.gist(ran.text)}", "bad core")
+                             f"{crash_tool.gist(self.without_server_paths(ran.text))}", "bad core")
         os.replace(target, path)
         self.log.info("Reassembled the flattened dump with makedumpfile -R in %.3f s", time.monotonic() - started)
 
@@ -215,7 +215,7 @@ class VmcoreJob(Job):
             if dump.cache_key is not None:
                 text = text.replace(f"{self.kernels.modules_dir(dump.cache_key)}/", "")
             text = text.replace(str(dump.vmlinux), f"vmlinux-{dump.kernel.release}")
-            return text.replace(str(dump.path), "vmcore")
+            return self.without_server_paths(text.replace(str(dump.path), "vmcore"))
 
         return hide
 
@@ -295,7 +295,8 @@ class VmcoreJob(Job):
                               [path], writable=[path.parent])
         if ran.returncode != 0 or not target.is_file():
             target.unlink(missing_ok=True)
-            self.log.warning("The vmcore was not stripped: makedumpfile said: %s", crash_tool.gist(ran.text))
+            self.log.warning("The vmcore was not stripped: makedumpfile said: %s",
+                             crash_tool.gist(self.without_server_paths(ran.text)))
             return
         before, after = path.stat().st_size, target.stat().st_size
         saved = 100 * (before - after) / before if before else 0

@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import ssl
+import struct
 import tarfile
 import time
 
@@ -199,3 +200,22 @@ def test_tls_1_2_offers_only_forward_secret_aead_ciphers(server):
     tls_handshake(server, "ECDHE-ECDSA-AES128-GCM-SHA256")
     with pytest.raises(ssl.SSLError):
         tls_handshake(server, "ECDHE-ECDSA-AES128-SHA")  # CBC with SHA-1: Debian's default accepts it
+
+
+def test_a_tool_s_complaint_about_a_damaged_dump_names_no_server_path(server):
+    """makedumpfile names the file it writes; the user must read that as the task's file, not our spool."""
+    flattened = (b"makedumpfile".ljust(16, b"\0") + struct.pack(">qq", 1, 1)).ljust(4096, b"\0")
+    flattened += struct.pack(">qq", 1 << 62, 100) + b"x" * 100
+    body = io.BytesIO()
+    with tarfile.open(fileobj=body, mode="w") as tar:
+        info = tarfile.TarInfo("vmcore")
+        info.size = len(flattened)
+        tar.addfile(info, io.BytesIO(flattened))
+    created = server.post("/create", data=body.getvalue(),
+                          headers={"Content-Type": "application/x-tar", "X-Task-Type": "2"})
+    assert created.status_code == 201, created.text
+    auth = {"X-Task-Password": created.headers["X-Task-Password"]}
+    status = wait_final(server, created.headers["X-Task-Id"], auth)
+    assert "the flattened vmcore cannot be reassembled: makedumpfile said:" in status.text
+    assert "vmcore.reassembled" in status.text, status.text
+    assert str(server.root) not in status.text and "/spool" not in status.text, status.text
