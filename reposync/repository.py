@@ -21,6 +21,7 @@ import requests
 from reposync.mirrors import MirrorError, http_session, mirror_for
 from retrace import locking
 from retrace.release import ReleaseId, canonical_arch
+from retrace.signatures import Keyring, SignatureError
 from retrace.repoindex import RepoIndex, RepositoryError
 
 EXIT_OK = 0
@@ -28,6 +29,7 @@ EXIT_USAGE = 1
 EXIT_LOCKED = 2
 EXIT_MIRRORS_FAILED = 3
 EXIT_CREATEREPO_FAILED = 4
+EXIT_PACKAGES_REFUSED = 5
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 _LIST_TIMEOUT = 60
@@ -49,12 +51,15 @@ class SyncSummary:
     bytes: int = 0
     removed: int = 0
     failed_repositories: list = dataclasses.field(default_factory=list)
+    refused: list = dataclasses.field(default_factory=list)  # (file name, why): bad signatures
     metadata_updated: bool = False
     seconds: float = 0.0
 
     @property
     def exit_code(self):
-        return EXIT_MIRRORS_FAILED if self.failed_repositories else EXIT_OK
+        if self.failed_repositories:
+            return EXIT_MIRRORS_FAILED
+        return EXIT_PACKAGES_REFUSED if self.refused else EXIT_OK
 
     def line(self):
         text = (
@@ -63,6 +68,8 @@ class SyncSummary:
         )
         if self.failed_repositories:
             text += "; no working mirror for: " + ", ".join(self.failed_repositories)
+        if self.refused:
+            text += f"; {len(self.refused)} refused (signature): " + ", ".join(name for name, _ in self.refused)
         return text
 
 
@@ -186,8 +193,12 @@ def sync_release(config, plugins, release, output, dry_run=False, session=None):
             packages_dir.mkdir(parents=True, exist_ok=True)
         summary = SyncSummary(str(release))
         session = session or http_session()
+        try:
+            keyring = None if dry_run else Keyring.for_release(config, release)
+        except SignatureError as err:
+            raise SyncError(err.sentence, EXIT_USAGE) from None
         for repository in repositories:
-            _sync_repository(repository, release, packages_dir, staging, output, dry_run, session, summary)
+            _sync_repository(repository, release, packages_dir, staging, output, dry_run, session, summary, keyring)
         if release.version == "rawhide" and packages_dir.is_dir():
             summary.removed = prune_rawhide(packages_dir, config.KeepRawhideLatest, output.item, dry_run)
         changed = summary.added or summary.removed or not (target / "repodata" / "repomd.xml").is_file()
@@ -202,7 +213,7 @@ def sync_release(config, plugins, release, output, dry_run=False, session=None):
         os.close(lock_fd)
 
 
-def _sync_repository(repository, release, packages_dir, staging, output, dry_run, session, summary):
+def _sync_repository(repository, release, packages_dir, staging, output, dry_run, session, summary, keyring):
     for url in repository.mirror_urls(release.version, release.arch):
         output.step(f"{repository.name}: {url}")
         try:
@@ -210,12 +221,29 @@ def _sync_repository(repository, release, packages_dir, staging, output, dry_run
         except MirrorError as err:
             output.step(f"  mirror failed: {err}; trying the next one")
             continue
+        if keyring is not None:
+            result.added = _refuse_unverified(packages_dir, result.added, keyring, output.item, summary)
         summary.added += len(result.added)
         summary.bytes += result.bytes
         output.step(f"  {len(result.added)} new packages ({result.bytes / 1048576:.1f} MiB)")
         return
     output.step(f"  no working mirror for {repository.name}")
     summary.failed_repositories.append(repository.name)
+
+
+def _refuse_unverified(packages_dir, names, keyring, report, summary):
+    """The new packages whose signatures verify; the others are deleted before any metadata names them."""
+    kept = []
+    for name in names:
+        try:
+            keyring.verify(packages_dir / name, name)
+        except SignatureError as err:
+            (packages_dir / name).unlink(missing_ok=True)
+            report(f"  refused {name}: {err.sentence}")
+            summary.refused.append((name, err.sentence))
+            continue
+        kept.append(name)
+    return kept
 
 
 def _prebuild_index(target, cache_dir, report):

@@ -249,16 +249,19 @@ class PackageCache:
     def lock_path(self, pkgid):
         return self.rpms_dir / f"{pkgid}.lock"
 
-    def get(self, pkgid, rpm_path, on_wait=lambda: None):
+    def get(self, pkgid, rpm_path, on_wait=lambda: None, verify=None):
         """The unpacked tree of the package ``pkgid``, unpacking it if needed.
 
         Always under the package's lock, which is also what eviction takes:
         an entry is never removed while a task is fetching it, and fetching
         refreshes the entry's last-use time (the manifest's mtime), so
         ``retrace-server-cleanup`` leaves it alone while that task runs.
-        ``on_wait`` is called before blocking on another task.
+        ``on_wait`` is called before blocking on another task; ``verify(path)``
+        (its signature) before unpacking, so the cache holds only verified packages.
         """
         def unpack(tmp):
+            if verify is not None:
+                verify(rpm_path)
             return unpack_rpm(rpm_path, tmp / "root")
 
         return cached_entry(self.entry_path(pkgid), self.lock_path(pkgid), unpack, on_wait)

@@ -68,12 +68,18 @@ def manifest_of(root):
     return entries
 
 
-def dnf_argv(root, cache, release_dir, version, packages):
+def dnf_argv(root, cache, release_dir, version, packages, gpg_keys=None):
+    """dnf installing ``packages``; with ``gpg_keys`` (RequireGPGCheck) only packages signed by them."""
+    if gpg_keys is None:
+        signatures = ["--nogpgcheck"]
+    else:
+        signatures = ["--setopt=retrace.gpgcheck=1",
+                      "--setopt=retrace.gpgkey=" + ",".join(f"file://{path}" for path in gpg_keys)]
     return [
         "dnf", "--installroot", str(root), "--releasever", version, "--setopt=reposdir=/dev/null",
         f"--setopt=cachedir={cache}", "--setopt=install_weak_deps=False", "--setopt=tsflags=nodocs",
         "--setopt=keepcache=False", "--repofrompath", f"retrace,file://{release_dir}", "--repo", "retrace",
-        "--nogpgcheck", "-y", "-q", "install", *packages,
+        *signatures, "-y", "-q", "install", *packages,
     ]
 
 
@@ -99,15 +105,16 @@ class GdbRoots:
         self.roots_dir = Path(cache_dir) / "roots"
         self.roots_dir.mkdir(parents=True, exist_ok=True)
 
-    def get(self, release, version, release_dir, key, packages, hidden=(), on_wait=lambda: None):
+    def get(self, release, version, release_dir, key, packages, hidden=(), on_wait=lambda: None, gpg_keys=None):
         """The gdb root of ``release`` for ``key``, built with dnf if it is not there yet.
 
         It has the shape of a cache entry (``root/``, ``manifest.json``), so
         it joins a task's tree like any unpacked package; ``unpacked`` says
-        that this call built it.
+        that this call built it.  ``gpg_keys``: the keys its packages must be
+        signed with (None: not checked).
         """
         def install(tmp):
-            self._install(tmp, version, release_dir, packages, hidden)
+            self._install(tmp, version, release_dir, packages, hidden, gpg_keys)
             return manifest_of(tmp / "root")
 
         return cached_entry(self.roots_dir / f"{release}-{key}", self.roots_dir / f"{release}.lock", install, on_wait)
@@ -121,13 +128,13 @@ class GdbRoots:
         return evict_entry(self.roots_dir / name, self.roots_dir / f"{release}.lock")
 
     @staticmethod
-    def _install(tmp, version, release_dir, packages, hidden):
+    def _install(tmp, version, release_dir, packages, hidden, gpg_keys):
         if shutil.which("dnf") is None:
             raise ChrootError("RetraceEnvironment = chroot needs dnf, which is not installed on this server")
         root, cache = tmp / "root", tmp / "dnf-cache"
         root.mkdir()
         cache.mkdir()
-        command = fakeroot_argv(dnf_argv(root, cache, release_dir, version, packages), [tmp], hidden)
+        command = fakeroot_argv(dnf_argv(root, cache, release_dir, version, packages, gpg_keys), [tmp], hidden)
         try:
             result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                                     timeout=_DNF_TIMEOUT)

@@ -128,8 +128,11 @@ class Config:
     BrokerURL: str = _key("")
     DeliveryLimit: int = _key(3, minimum=1, maximum=100)
     BrokerHeartbeat: int = _key(10, minimum=0, unit="seconds")
-    # Not a [retrace] key: the [debuginfod] section, release id -> its own server list.
+    RequireGPGCheck: bool = _key(True)
+    # Not [retrace] keys: the [debuginfod] section, release id -> its own server list,
+    # and the [gpgkeys] section, release id (or <dist>-<version>, or <dist>) -> the key files trusted for it.
     debuginfod_by_release: tuple = dataclasses.field(default=(), metadata={"section": "debuginfod"})
+    gpg_keys_by_release: tuple = dataclasses.field(default=(), metadata={"section": "gpgkeys"})
     DBFile: str = _key("stats.db")
     StatsIPRetention: int = _key(24, minimum=0, unit="hours")
     TaskIdLength: int = _key(9, minimum=6, maximum=18)
@@ -187,6 +190,16 @@ class Config:
         own = dict(self.debuginfod_by_release).get(str(release))
         return list(own) if own is not None else self.DebuginfodURLs.split()
 
+    def gpg_keys(self, release):
+        """The key files trusted for ``release`` (``fedora-41-x86_64``): its own [gpgkeys] line, else its
+        ``<dist>-<version>`` line (one key serves every architecture), else its ``<dist>`` line."""
+        keys = dict(self.gpg_keys_by_release)
+        release = str(release)
+        for name in (release, release.rsplit("-", 1)[0], release.split("-", 1)[0]):
+            if name in keys:
+                return [Path(path) for path in keys[name]]
+        return []
+
     @property
     def debuginfod_releases(self):
         """Releases served through debuginfod alone: DebuginfodReleases (given servers) and [debuginfod]'s."""
@@ -201,6 +214,7 @@ class Config:
 
 _FIELDS = {field.name: field for field in dataclasses.fields(Config) if "section" not in field.metadata}
 DEBUGINFOD_SECTION = "debuginfod"
+GPGKEYS_SECTION = "gpgkeys"
 
 
 def _convert(field, text, source):
@@ -246,6 +260,9 @@ def parse_config(text, source):
             (release, tuple(url.rstrip("/") for url in urls.split()))
             for release, urls in parser.items(DEBUGINFOD_SECTION)
         )
+    if parser.has_section(GPGKEYS_SECTION):
+        values["gpg_keys_by_release"] = tuple(
+            (release, tuple(paths.split())) for release, paths in parser.items(GPGKEYS_SECTION))
     return Config(**values), warnings
 
 

@@ -46,7 +46,7 @@ assumeyes=1
 name=retrace-{release}
 baseurl=file://{release_dir}/
 enabled=1
-\"\"\"
+{gpgkey}\"\"\"
 """
 
 
@@ -55,20 +55,23 @@ class MockError(RetraceError):
 
 
 class MockEnvironment:
-    def __init__(self, task_dir, task_id, release, release_dir, setup_packages, gpgcheck=False):
+    def __init__(self, task_dir, task_id, release, release_dir, setup_packages, gpg_keys=None):
         self.task_dir = task_dir
         self.task_id = task_id
         self.release = release
         self.release_dir = release_dir
         self.setup_packages = setup_packages
-        self.gpgcheck = gpgcheck
+        self.gpg_keys = gpg_keys  # None: signatures are not checked (RequireGPGCheck = 0)
         self.marker = exploitable_marker()
 
     def config_text(self):
+        keys = " ".join(f"file://{path}" for path in self.gpg_keys or ())
         return _CONFIG.format(
             task_id=self.task_id, release=self.release, arch=self.release.arch, version=self.release.version,
             setup_packages=" ".join(self.setup_packages), release_dir=self.release_dir,
-            crash_dir=self.task_dir / "crash", chroot_crash_dir=CHROOT_CRASH_DIR, gpgcheck=int(self.gpgcheck),
+            crash_dir=self.task_dir / "crash", chroot_crash_dir=CHROOT_CRASH_DIR,
+            gpgcheck=int(self.gpg_keys is not None),
+            gpgkey=f"gpgkey={keys}\n" if keys else "",
         )
 
     def _mock(self, *arguments):

@@ -32,6 +32,7 @@ from retrace.environment import add_merged_usr_links, build_id_debug_path, link_
 from retrace.packages import Resolution, Unresolved, resolve_modules, unresolved_everything, usr_merge_variants
 from retrace.release import ReleaseId, detect_release, served_releases, supported_releases
 from retrace.repoindex import RepoIndex
+from retrace.signatures import Keyring
 from retrace.stats import FAILURE, SUCCESS, StatsDB, TaskRecord
 from retrace.task import TaskStatus, TaskType, write_atomically
 
@@ -151,6 +152,7 @@ class RetraceJob(Job):
     def __init__(self, config, task, log):
         super().__init__(config, task, log)
         self.cache = PackageCache(config.CacheDir)
+        self._keyrings = {}  # release -> Keyring (or None: RequireGPGCheck = 0)
         self.sysroot = task.path / "sysroot"
         self.debuginfod = DebuginfodSettings.from_config(config)
 
@@ -236,9 +238,11 @@ class RetraceJob(Job):
                 "(the repository is being synchronised?); try again later",
                 "repository error",
             )
+        keyring = self._keyring(index)
         entry = self.cache.get(
             package.pkgid, rpm_path,
             on_wait=lambda: self.log.info("Waiting for another task that is unpacking %s", package.nevra),
+            verify=keyring and (lambda path: keyring.verify(path, package.nevra)),
         )
         if entry.unpacked:
             self.record.cache_misses += 1
@@ -250,6 +254,15 @@ class RetraceJob(Job):
         else:
             self.log.info("Reused %s from the package cache", package.nevra)
         return entry
+
+    def _keyring(self, index):
+        """The keys packages of the index's release must be signed with (None: RequireGPGCheck = 0), loaded once."""
+        release = index.release_dir.name
+        if release not in self._keyrings:
+            self._keyrings[release] = Keyring.for_release(self.config, release)
+            if self._keyrings[release] is None:
+                self.log.warning("Package signatures are not checked (RequireGPGCheck = 0)")
+        return self._keyrings[release]
 
     def _verify_candidates(self, crash, module, candidates):
         """The cached candidate whose file at the module's path has the module's build-id."""
@@ -362,6 +375,7 @@ class RetraceJob(Job):
         entry = GdbRoots(self.config.CacheDir).get(
             release, release.split("-")[1], crash.index.release_dir, key, packages, hidden=[self.config.SaveDir],
             on_wait=lambda: self.log.info("Waiting for another task building the gdb root of %s", release),
+            gpg_keys=self.config.gpg_keys(release) if self.config.RequireGPGCheck else None,
         )
         if entry.unpacked:
             self.log.info("Built the gdb root of %s (%s) with dnf in %.3f s", release, " ".join(packages), entry.seconds)
@@ -389,8 +403,10 @@ class RetraceJob(Job):
 
     def _run_gdb(self, crash):
         if self.environment == "mock":
-            mock = MockEnvironment(self.task.path, self.task.task_id, ReleaseId.parse(self.record.release),
-                                   crash.index.release_dir, self.config.ChrootPackages.split())
+            release = self.record.release
+            mock = MockEnvironment(self.task.path, self.task.task_id, ReleaseId.parse(release),
+                                   crash.index.release_dir, self.config.ChrootPackages.split(),
+                                   self.config.gpg_keys(release) if self.config.RequireGPGCheck else None)
             started = time.monotonic()
             output = mock.run(self.record.packages, crash.executable, self.config.GdbTimeout)
             return interpret_output(self._hide_server_paths(output), time.monotonic() - started, mock.marker)

@@ -29,6 +29,7 @@ from retrace.kernel import (KernelCache, KernelError, debuginfo_packages, extrac
 from retrace.coredump import file_build_id
 from retrace.release import release_from_line, releases_from_dist_tag
 from retrace.sandbox import SandboxTimeout, run_sandboxed
+from retrace.signatures import Keyring
 from retrace.task import write_atomically
 from retrace.vmcore import DumpFormat, KernelIdentity, dump_format, read_vmcoreinfo, search_text
 from worker.pipeline import RELEASE_FILES, Job, TaskFailed
@@ -162,6 +163,9 @@ class VmcoreJob(Job):
 
         def fill(vmlinux):
             started = time.monotonic()
+            keyring = Keyring.for_release(self.config, release) if package.suffix == ".rpm" else None
+            if keyring is not None:
+                keyring.verify(package, package.name)
             if not extract_vmlinux(package, member, vmlinux):
                 raise KernelError(f"{package.name} of {release} holds no /{member}")
             self._verify(vmlinux, dump.kernel, f"{package.name} of {release}")

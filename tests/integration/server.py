@@ -18,6 +18,7 @@ from pathlib import Path
 
 import requests
 
+from tests.fixtures.signing import trusted_keys_section
 from wsgi.httpd import make_certificate as launcher_certificate
 
 SERVICE_USER = "retrace"
@@ -60,7 +61,12 @@ def make_root(prefix="retrace-test-"):
 
 
 def write_config(root, name="retrace-server.conf", extra_ini="", **overrides):
-    """The config file; ``extra_ini`` is appended (sections other than [retrace])."""
+    """The config file; ``extra_ini`` is appended (sections other than [retrace]).
+
+    Fedora releases trust the fixture signing key, unless ``extra_ini`` has a [gpgkeys] section of its own.
+    """
+    if "[gpgkeys]" not in extra_ini:
+        extra_ini = trusted_keys_section() + extra_ini
     settings = {
         "SaveDir": root / "spool",
         "RepoDir": root / "repos",
