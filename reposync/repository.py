@@ -222,7 +222,7 @@ def _sync_repository(repository, release, packages_dir, staging, output, dry_run
             output.step(f"  mirror failed: {err}; trying the next one")
             continue
         if keyring is not None:
-            result.added = _refuse_unverified(packages_dir, result.added, keyring, output.item, summary)
+            result.added = _refuse_unverified(packages_dir, result.added, keyring, output.step, summary)
         summary.added += len(result.added)
         summary.bytes += result.bytes
         output.step(f"  {len(result.added)} new packages ({result.bytes / 1048576:.1f} MiB)")

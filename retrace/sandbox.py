@@ -35,9 +35,11 @@ _HOST_DIRS = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin")
 _HOST_FILES = ("/etc/ld.so.cache", "/etc/localtime")
 _SANDBOX_UID = 65534
 _TMPFS_BYTES = 256 << 20
-# Counted per real user outside the namespace: the service user's other
-# processes (daemons, workers) count too, so this stops a fork bomb only.
-_MAX_PROCESSES = 4096
+# RLIMIT_NPROC counts every task (thread) of the real user outside the
+# namespace, the service user's daemons and other workers included, so the
+# sandbox may start this many more than the user runs when it starts: a
+# fork bomb stops there.
+_EXTRA_PROCESSES = 1024
 # What a debugger may write to a file when no writable path is given (its /tmp).
 _MAX_FILE_BYTES = 256 << 20
 # System calls a debugger reading files never makes; refused with EPERM.
@@ -119,12 +121,30 @@ def sandbox_argv(command, read_only_paths, root=None, writable_paths=(), seccomp
     return argv + ["--", *command]
 
 
+def _tasks_of_this_user():
+    """How many tasks (threads) this process's real user runs now."""
+    uid, count = os.getuid(), 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid != uid:
+                continue
+            with open(f"/proc/{entry.name}/status", encoding="ascii", errors="replace") as status:
+                count += next((int(line.split()[1]) for line in status if line.startswith("Threads:")), 1)
+        except (OSError, ValueError):
+            continue
+    return count
+
+
 def _limits(memory_bytes, cpu_seconds, file_bytes):
+    processes = _tasks_of_this_user() + _EXTRA_PROCESSES
+
     def apply():
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_NPROC, (_MAX_PROCESSES, _MAX_PROCESSES))
+        resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
         if file_bytes is not None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
 

@@ -1,5 +1,10 @@
 """The sandbox's own limits: what a debugger may print and how long it may run."""
 
+import pwd
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from retrace.sandbox import SandboxOutputLimit, SandboxTimeout, run_sandboxed
@@ -45,3 +50,23 @@ def test_system_calls_a_debugger_never_needs_are_refused():
 def test_files_the_debugger_writes_are_capped():
     ran = sandboxed("sh", "-c", "head -c 300000000 /dev/zero > /tmp/big; echo status $?")
     assert "File size limit exceeded" in ran.text and "status 153" in ran.text
+
+
+_FORK_BOMB = """
+import sys
+from retrace.sandbox import run_sandboxed
+ran = run_sandboxed(["sh", "-c", "for i in $(seq 3000); do sleep 30 & done; echo forked"], [], timeout=60,
+                    memory_bytes=1 << 31)
+print(ran.text)
+"""
+
+
+def test_a_fork_bomb_stops_at_the_process_limit():
+    """As the service user: the kernel does not count root's processes against RLIMIT_NPROC."""
+    try:
+        user = pwd.getpwnam("retrace")
+    except KeyError:
+        pytest.skip("the service user retrace does not exist (make service-user)")
+    ran = subprocess.run([sys.executable, "-c", _FORK_BOMB], user=user.pw_uid, group=user.pw_gid, extra_groups=[],
+                         cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120)
+    assert "Cannot fork" in ran.stdout or "Resource temporarily unavailable" in ran.stdout, ran.stdout + ran.stderr
