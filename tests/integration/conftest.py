@@ -101,3 +101,19 @@ def libc_problem_dir(work_dir, fixture_rpms):
 def deep_problem_dir(work_dir, fixture_rpms):
     """The crasher's real core with 16 threads waiting 2000 frames deep: megabytes of gdb output."""
     return make_problem_dir(work_dir / "problem-deep", crash_installed(fixture_rpms, work_dir, "deep"))
+
+
+@pytest.fixture
+def admin():
+    """``make(mirrors, **settings)``: an Admin with its own RepoDir and config; removed at the end."""
+    from tests.integration.reposync_admin import Admin  # it imports this module's RELEASE_ID
+
+    created = []
+
+    def make(mirrors, **settings):
+        created.append(Admin(mirrors, **settings))
+        return created[-1]
+
+    yield make
+    for made in created:
+        remove_root(made.root)

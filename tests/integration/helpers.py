@@ -122,24 +122,28 @@ def wait_for_log_line(server, task_id, auth, text, timeout=60):
 
 
 @contextlib.contextmanager
-def package_lock_held(server, rpm_path):
-    """Hold the cache lock of ``rpm_path`` as another unpacking task would.
-
-    Workers that need the package wait (and say so in their log) until the
-    block ends, which makes concurrency tests deterministic.
-    """
+def lock_held(directory, name):
+    """Hold ``directory/name`` (flock) as a task of the service user would; the directory is made the user's."""
     user = pwd.getpwnam(SERVICE_USER)
-    rpms_dir = server.cache_dir / "rpms"
-    rpms_dir.mkdir(mode=0o750, exist_ok=True)
-    os.chown(rpms_dir, user.pw_uid, user.pw_gid)
-    pkgid = hashlib.sha256(Path(rpm_path).read_bytes()).hexdigest()
-    fd = os.open(rpms_dir / f"{pkgid}.lock", os.O_CREAT | os.O_RDWR, 0o640)
+    directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+    os.chown(directory, user.pw_uid, user.pw_gid)
+    fd = os.open(directory / name, os.O_CREAT | os.O_RDWR, 0o640)
     os.fchown(fd, user.pw_uid, user.pw_gid)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
+
+
+def package_lock_held(server, rpm_path):
+    """Hold the cache lock of ``rpm_path`` as another unpacking task would.
+
+    Workers that need the package wait (and say so in their log) until the
+    block ends, which makes concurrency tests deterministic.
+    """
+    pkgid = hashlib.sha256(Path(rpm_path).read_bytes()).hexdigest()
+    return lock_held(server.cache_dir / "rpms", f"{pkgid}.lock")
 
 
 def kill_worker(server, task_id, supervisor=True, job=True):

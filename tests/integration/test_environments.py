@@ -73,3 +73,17 @@ def test_mock_environment_without_mock_fails_saying_so(start_server, chroot_rele
     status = wait_final(server, task_id, auth)
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
     assert "RetraceEnvironment = mock, but mock is not installed on this server" in status.text
+
+
+@pytest.mark.parametrize("environment", ["chroot", "mock"])
+def test_an_environment_that_installs_gdb_from_a_mirror_says_a_debuginfod_only_release_has_none(
+        start_server, problem_dir, environment):
+    """Before: an AttributeError, which the user saw as an internal error."""
+    server = start_server(repository=False, RetraceEnvironment=environment,
+                          DebuginfodURLs="http://127.0.0.1:9", DebuginfodReleases="fedora-41-x86_64")
+    task_id, auth = submit(server, problem_dir)
+    status = wait_final(server, task_id, auth)
+    assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
+    assert (f"RetraceEnvironment = {environment} installs gdb from a mirror of fedora-41-x86_64, and this server "
+            "serves that release through debuginfod only") in status.text
+    assert "internal error" not in status.text

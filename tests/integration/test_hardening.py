@@ -9,13 +9,14 @@ import ssl
 import struct
 import tarfile
 import time
+from pathlib import Path
 
 import pytest
 import requests
 
 from tests.integration.helpers import (XZ_TAR, abrt_archive, kill_worker, package_lock_held, submit, wait_final,
                                        wait_for_log_line)
-from tests.integration.server import Server
+from tests.integration.server import Server, free_port
 from tests.integration.test_retrace import rpm_named, tiny_file_system_at
 
 MIB = 1024 * 1024
@@ -27,7 +28,7 @@ def open_upload(server, length, content_type="application/x-tar", **headers):
     context = ssl.create_default_context(cafile=str(server.cert))
     with socket.create_connection(("127.0.0.1", server.port), timeout=60) as plain:
         with context.wrap_socket(plain, server_hostname="127.0.0.1") as tls:
-            lines = [f"POST /create HTTP/1.1", "Host: 127.0.0.1", f"Content-Type: {content_type}",
+            lines = ["POST /create HTTP/1.1", "Host: 127.0.0.1", f"Content-Type: {content_type}",
                      f"Content-Length: {length}", *(f"{name}: {value}" for name, value in headers.items())]
             tls.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
             yield tls
@@ -42,7 +43,7 @@ def read_response(tls, timeout):
             chunks.append(chunk)
             if b"\r\n\r\n" in b"".join(chunks) and _complete(b"".join(chunks)):
                 break
-    except (ssl.SSLError, ConnectionResetError):
+    except (ssl.SSLError, ConnectionResetError, socket.timeout):
         pass
     head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
     return (int(head.split(b" ", 2)[1]) if head else 0), body.decode(errors="replace")
@@ -219,3 +220,32 @@ def test_a_tool_s_complaint_about_a_damaged_dump_names_no_server_path(server):
     assert "the flattened vmcore cannot be reassembled: makedumpfile said:" in status.text
     assert "vmcore.reassembled" in status.text, status.text
     assert str(server.root) not in status.text and "/spool" not in status.text, status.text
+
+
+@pytest.fixture(scope="module")
+def plain_vhost_server(start_server, tmp_path_factory):
+    """retrace.conf as a system Apache includes it, with a plain-HTTP virtual host beside the HTTPS server."""
+    port = free_port()
+    include = tmp_path_factory.mktemp("vhost") / "retrace-with-vhost.conf"
+    retrace_conf = Path(__file__).resolve().parents[2] / "httpd" / "retrace.conf"
+    include.write_text(retrace_conf.read_text() + f"\nListen 127.0.0.1:{port}\n"
+                       f"<VirtualHost 127.0.0.1:{port}>\n    SSLEngine off\n</VirtualHost>\n")
+    server = start_server(launcher_args=("--httpd-conf", str(include)), MaxPackedSize="1")
+    return server, f"http://127.0.0.1:{port}"
+
+
+def test_a_plain_http_virtual_host_sends_everyone_to_https(plain_vhost_server):
+    _, plain = plain_vhost_server
+    answer = requests.get(f"{plain}/settings", allow_redirects=False, timeout=10)
+    assert answer.status_code == 308 and answer.headers["Location"].startswith("https://")
+    assert answer.headers["Location"].endswith("/settings")
+
+
+def test_upload_caps_hold_in_virtual_hosts_too(plain_vhost_server):
+    """Server-level rewrite rules do not reach virtual hosts; ours live in <Location> sections."""
+    _, plain = plain_vhost_server
+    with socket.create_connection(("127.0.0.1", int(plain.rsplit(":", 1)[1])), timeout=10) as connection:
+        connection.sendall(f"POST /create HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-tar\r\n"
+                           f"Content-Length: {MIB + 1}\r\n\r\n".encode())
+        status, body = read_response(connection, timeout=10)
+    assert status == 413 and body.endswith(f"the server accepts at most {MIB} bytes")

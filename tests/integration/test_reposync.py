@@ -3,50 +3,24 @@
 import fcntl
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from retrace.repoindex import RepoIndex
 from tests.fixtures.distro import build_rpms, publish_release
 from tests.integration.conftest import RELEASE_ID
 from tests.integration.helpers import submit, wait_final
-from tests.integration.server import free_port, make_root, remove_root, write_config
-
-REPOSYNC = Path(sys.executable).with_name("retrace-server-reposync")
+from tests.integration.reposync_admin import REPOSYNC, serve_http, wait_for_port
+from tests.integration.server import free_port, write_config
 
 
 @pytest.fixture(scope="module")
 def newer_rpms(work_dir):
     """crasher and libcrash 1.1, the "update published upstream"."""
     return build_rpms(work_dir / "build-1.1", version="1.1")
-
-
-def serve_http(directory):
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port), "--directory", str(directory)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    _wait_for_port(port, process)
-    return process, f"http://127.0.0.1:{port}/"
-
-
-def _wait_for_port(port, process):
-    for _ in range(200):
-        if process.poll() is not None:
-            raise RuntimeError(f"mirror server exited with {process.returncode}")
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError("mirror server did not start")
 
 
 @pytest.fixture
@@ -67,54 +41,6 @@ def http_mirror(mirror_dir):
     yield url
     process.terminate()
     process.wait()
-
-
-class Admin:
-    """A RepoDir, CacheDir and config of our own, and the reposync command run as root."""
-
-    def __init__(self, mirrors, **settings):
-        self.root = make_root("retrace-reposync-")
-        self.repo_dir = self.root / "repos"
-        (self.root / "plugins").mkdir()
-        (self.root / "plugins" / "fixture.conf").write_text(
-            "[reposync fedora]\neverything = " + "\n    ".join(mirrors) + "\n"
-        )
-        self.config = write_config(self.root, PluginDir=self.root / "plugins", CacheDir=self.root / "cache", **settings)
-
-    @property
-    def release_dir(self):
-        return self.repo_dir / RELEASE_ID
-
-    def reposync(self, *arguments):
-        return subprocess.run([str(REPOSYNC), "--config", str(self.config), *arguments],
-                              capture_output=True, text=True, timeout=300)
-
-    def sync(self, *extra):
-        return self.reposync("fedora", "41", "x86_64", *extra)
-
-    def packages(self):
-        return sorted(path.name for path in (self.release_dir / "Packages").glob("*.rpm"))
-
-    def indexed_builds(self):
-        """NEVRAs the current metadata lists, read through the worker's own index."""
-        index = RepoIndex.open(self.release_dir, self.root / "test-index")
-        try:
-            return sorted({package.nevra for package in index.all_packages()})
-        finally:
-            index.close()
-
-
-@pytest.fixture
-def admin():
-    created = []
-
-    def make(mirrors, **settings):
-        created.append(Admin(mirrors, **settings))
-        return created[-1]
-
-    yield make
-    for made in created:
-        remove_root(made.root)
 
 
 def owner(path):
@@ -223,7 +149,7 @@ def rsync_mirror(mirror_dir, tmp_path):
         ["rsync", "--daemon", "--no-detach", f"--config={conf}", f"--port={port}", "--address=127.0.0.1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    _wait_for_port(port, process)
+    wait_for_port(port, process)
     yield f"rsync://127.0.0.1:{port}/fixture/Packages/*.rpm"
     process.terminate()
     process.wait()

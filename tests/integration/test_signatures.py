@@ -9,7 +9,7 @@ from tests.fixtures.distro import build_rpms, publish_release
 from tests.fixtures.signing import OTHER_KEY
 from tests.integration.conftest import RELEASE_ID
 from tests.integration.helpers import submit, wait_final
-from tests.integration.test_reposync import admin, serve_http  # noqa: F401 - the admin fixture
+from tests.integration.reposync_admin import serve_http
 
 CRASHER = "crasher-1.0-1.fc41.x86_64"
 
@@ -61,7 +61,7 @@ def test_a_release_without_a_configured_key_fails_saying_what_to_configure(start
     assert f"RequireGPGCheck = 1, but no signing key is configured for {RELEASE_ID}" in status.text
 
 
-def test_reposync_refuses_packages_an_untrusted_key_signed_and_publishes_the_rest(admin, work_dir, tmp_path):  # noqa: F811
+def test_reposync_refuses_packages_an_untrusted_key_signed_and_publishes_the_rest(admin, work_dir, tmp_path):
     newer = build_rpms(work_dir / "build-1.1-stranger", version="1.1")
     mirror = publish_release(tmp_path / "mirror", "fedora", resigned(newer, ("libcrash",), OTHER_KEY,
                                                                       tmp_path / "signed"))

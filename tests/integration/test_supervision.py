@@ -7,8 +7,6 @@ process and its supervisor, get SIGKILL.
 """
 
 import contextlib
-import fcntl
-import os
 import pwd
 import subprocess
 import sys
@@ -17,7 +15,7 @@ import time
 import pytest
 
 from tests.integration.conftest import RELEASE_ID
-from tests.integration.helpers import kill_worker, package_lock_held, submit, wait_final
+from tests.integration.helpers import kill_worker, lock_held, package_lock_held, submit, wait_final
 from tests.integration.server import SERVICE_USER
 
 
@@ -25,20 +23,9 @@ def crasher(fixture_rpms):
     return next(path for path in fixture_rpms if path.name.startswith("crasher-1.0"))
 
 
-@contextlib.contextmanager
 def index_lock_held(server):
     """Hold the lock the first task of a release takes to build its package index (stage: analyze)."""
-    user = pwd.getpwnam(SERVICE_USER)
-    index_dir = server.cache_dir / "index"
-    index_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
-    os.chown(index_dir, user.pw_uid, user.pw_gid)
-    fd = os.open(index_dir / f"{RELEASE_ID}.lock", os.O_CREAT | os.O_RDWR, 0o640)
-    os.fchown(fd, user.pw_uid, user.pw_gid)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return lock_held(server.cache_dir / "index", f"{RELEASE_ID}.lock")
 
 
 _LOCK_STATISTICS = """
