@@ -111,8 +111,11 @@ def _publish_queued(config):
                 return
 
 
-def launch_worker(task, config, config_path, environ):
-    """Run the worker command for ``task``; it returns once the task is claimed."""
+def run_worker_command(task, config_path, environ):
+    """Run the worker command for ``task`` as a new program; ``(exit status, what it said)``.
+
+    It returns once the task is claimed (the worker detaches after that).
+    """
     command = worker_command(environ)
     env = {
         "PATH": environ.get("PATH") or "/usr/sbin:/usr/bin:/sbin:/bin",
@@ -120,37 +123,45 @@ def launch_worker(task, config, config_path, environ):
         CONFIG_PATH_VARIABLE: str(config_path),
         WORKER_VARIABLE: command[0],
     }
+    result = subprocess.run(
+        [*command, task.task_id], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        close_fds=True, cwd="/", timeout=_LAUNCH_TIMEOUT,
+    )
+    return result.returncode, result.stderr.strip()
+
+
+def launch_worker(task, config, run):
+    """Start ``task``'s worker with ``run(task)`` (see ``run_worker_command``); a worker that cannot
+    start ends its task failed, saying so."""
     try:
-        result = subprocess.run(
-            [*command, task.task_id], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-            close_fds=True, cwd="/", timeout=_LAUNCH_TIMEOUT,
-        )
+        returncode, said = run(task)
     except (OSError, subprocess.TimeoutExpired) as err:
         log.error("cannot start the worker for task %s: %s", task.task_id, err)
         end_failed(config, task, "the server could not start a retrace worker; the administrator finds the details "
                    "in the server log", "worker did not start")
         return
-    if result.returncode != 0:
-        log.error("the worker for task %s refused to start: %s", task.task_id, result.stderr.strip())
+    if returncode != 0:
+        log.error("the worker for task %s refused to start: %s", task.task_id, said)
         if task.status is None:
             end_failed(config, task, "the retrace worker could not start; the administrator finds the details in the "
                        "server log", "worker did not start")
 
 
-def start_queued(config, config_path, environ=os.environ):
+def start_queued(config, config_path, environ=os.environ, run=None):
     """Start workers for the oldest queued tasks while worker slots are free.
 
-    With ``Dispatcher = celery`` the slots are the worker hosts': queued
-    tasks not yet on the broker are published instead.
+    ``run(task)`` starts one (default: ``run_worker_command``).  With
+    ``Dispatcher = celery`` the slots are the worker hosts': queued tasks
+    not yet on the broker are published instead.
     """
     if config.Dispatcher == "celery":
         _publish_queued(config)
         return
+    run = run or (lambda task: run_worker_command(task, config_path, environ))
     with locking.exclusive(Path(config.SaveDir) / _DISPATCH_LOCK):
         free = config.MaxParallelTasks - len(running_tasks(config))
         for task in queued_tasks(config)[:max(0, free)]:
-            launch_worker(task, config, config_path, environ)
-
+            launch_worker(task, config, run)
 
 
 def socket_path(config):
@@ -168,10 +179,11 @@ def poke(config):
     return True
 
 
-def serve(config, config_path, ready=lambda: None):
+def serve(config, config_path, ready=lambda: None, run=None):
     """The dispatcher's loop: a pass at start (after a crash, at once), then one per poke or scan interval.
 
-    ``ready`` is called once the socket listens.  Runs until killed.
+    ``ready`` is called once the socket listens; ``run`` starts a worker (see
+    ``start_queued``).  Runs until killed.
     """
     path = socket_path(config)
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
@@ -182,7 +194,7 @@ def serve(config, config_path, ready=lambda: None):
         ready()
         while True:
             try:
-                start_queued(config, config_path)
+                start_queued(config, config_path, run=run)
             except (OSError, sqlite3.Error) as err:
                 log.error("dispatch pass failed: %s", err)
             readable, _, _ = select.select([listener], [], [], SCAN_SECONDS)

@@ -4,6 +4,11 @@
 relay; on a system install ``config/systemd/retrace-server-dispatcher.service``
 does.  It prints one line once it listens, so whoever starts it knows when
 uploads will be picked up.
+
+Workers are started by forking the dispatcher and running the worker
+command's ``main`` in the child: the dispatcher has already imported all the
+worker needs, so a hand-off does not pay for a new Python start (about
+200 ms on the benchmark machine; ``bench/dispatch.py``).
 """
 
 import argparse
@@ -12,6 +17,7 @@ import os
 import sys
 
 from retrace import dispatch
+from worker import cli as worker_cli
 from retrace.config import ConfigError, config_path, load_config
 from retrace.privileges import PrivilegeError, add_service_arguments, append_stderr_to, run_as_service_user
 
@@ -35,8 +41,25 @@ def main(argv=None):
         append_stderr_to(args.log)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format=f"{PROG}: %(levelname)s: %(message)s")
     dispatch.serve(config, path, ready=lambda: print(f"{PROG}: listening on {dispatch.socket_path(config)}",
-                                                     flush=True))
+                                                     flush=True),
+                   run=lambda task: run_worker_in_fork(task, path))
     return 0
+
+
+def run_worker_in_fork(task, config_path):
+    """``retrace-server-worker TASK_ID`` run in a forked child; ``(exit status, "")`` once the task is claimed."""
+    child = os.fork()
+    if child == 0:
+        code = 2
+        try:
+            os.closerange(3, 1024)  # the dispatcher's socket and files are not the worker's
+            code = worker_cli.main([task.task_id, "--config", str(config_path)])
+        except BaseException:  # noqa: BLE001 - whatever happens, this child must not return into the dispatcher
+            logging.getLogger(PROG).exception("the worker for task %s failed to start", task.task_id)
+        finally:
+            os._exit(code if isinstance(code, int) else 1)
+    _, status = os.waitpid(child, 0)
+    return os.waitstatus_to_exitcode(status), "see the dispatcher's log"
 
 
 if __name__ == "__main__":
