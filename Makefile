@@ -44,6 +44,8 @@ install: venv
 service-user:
 	id -u $(SERVICE_USER) >/dev/null 2>&1 || useradd --system --user-group \
 		--home-dir /var/lib/$(SERVICE_USER) --shell /usr/sbin/nologin $(SERVICE_USER)
+	id -u retrace-debuginfod >/dev/null 2>&1 || useradd --system --user-group \
+		--home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin retrace-debuginfod
 
 bench: setup
 	$(PYTHON) bench/api.py

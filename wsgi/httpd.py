@@ -29,7 +29,7 @@ import wsgi
 from retrace.config import ConfigError, load_config
 from retrace.release import served_releases
 from retrace.sandbox import sandbox_argv
-from wsgi.debuginfod_server import READY_TIMEOUT, wait_until_connectable
+from wsgi.debuginfod_server import READY_TIMEOUT, state_dir as debuginfod_state_dir, wait_until_connectable
 
 PROG = "retrace-server-httpd"
 _APACHE_BINARIES = ("apache2", "httpd")
@@ -330,7 +330,7 @@ def serve(args):
         helpers = [start_dispatcher(config, config_path, user)]
         try:
             if config.DebuginfodServe:
-                helpers.append(start_debuginfod(config, config_path, debuginfod_socket(run_dir), user))
+                helpers.append(start_debuginfod(config, config_path, debuginfod_socket(run_dir), args.debuginfod_user))
             return run_apache(apache, conf_file, host, port, config, cert)
         finally:
             for helper in reversed(helpers):
@@ -359,23 +359,49 @@ def start_dispatcher(config, config_path, user):
     return process
 
 
-def start_debuginfod(config, config_path, socket_path, user):
-    """retrace-server-debuginfod as the service user; LaunchError unless its socket answers."""
+def start_debuginfod(config, config_path, socket_path, user_name):
+    """retrace-server-debuginfod under a user of its own; LaunchError unless its socket answers.
+
+    debuginfod answers anyone through ``/buildid/``: it runs as
+    ``user_name`` (not the service user, who owns the tasks), in namespaces
+    that show it RepoDir read-only and its own directory
+    (``CacheDir/debuginfod``, where its log is too).  Without root the
+    launcher cannot switch users and runs it as itself.
+    """
     if shutil.which("debuginfod") is None or shutil.which("socat") is None:
         raise LaunchError("DebuginfodServe = 1 needs debuginfod and socat "
                           "(Debian: debuginfod socat, Fedora: elfutils-debuginfod socat)")
+    own_dir = debuginfod_state_dir(config)
+    own_dir.mkdir(parents=True, exist_ok=True)
     socket_path.parent.mkdir(exist_ok=True)
-    os.chown(socket_path.parent, user.pw_uid, user.pw_gid)
+    as_user = {}
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam(user_name)
+        except KeyError:
+            raise LaunchError(f"the debuginfod user {user_name} does not exist; `make run` creates it "
+                              "(or give another with --debuginfod-user)") from None
+        for path in (own_dir, socket_path.parent):
+            own_tree(path, user.pw_uid, user.pw_gid)
+        # Its directory lies in CacheDir, which only the service user may list: let it pass through.
+        os.chmod(config.CacheDir, os.stat(config.CacheDir).st_mode | stat.S_IXOTH)
+        as_user = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
     process = subprocess.Popen(
         [sys.executable, "-m", "wsgi.debuginfod_server", "--config", str(config_path), "--socket", str(socket_path),
-         "--log", str(config.LogDir / "debuginfod.log")],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        user=user.pw_uid, group=user.pw_gid, extra_groups=[], cwd="/",
+         "--log", str(own_dir / "debuginfod.log")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/", **as_user,
     )
     if not wait_until_connectable(str(socket_path), process, socket.AF_UNIX):
         process.kill()
-        raise LaunchError("debuginfod did not start (DebuginfodServe = 1); see LogDir/debuginfod.log")
+        raise LaunchError("debuginfod did not start (DebuginfodServe = 1); see CacheDir/debuginfod/debuginfod.log")
     return process
+
+
+def own_tree(path, uid, gid):
+    """Give ``path`` and everything below it to ``uid``:``gid`` (a directory an older version made as another user)."""
+    for directory, dirs, files in os.walk(path):
+        for name in (directory, *(os.path.join(directory, entry) for entry in dirs + files)):
+            os.chown(name, uid, gid, follow_symlinks=False)
 
 
 def run_apache(apache, conf_file, host, port, config, cert):
@@ -417,6 +443,8 @@ def build_parser():
     parser.add_argument("--key", help="PEM private key for --cert")
     parser.add_argument("--user", default="retrace", help="service user of the WSGI daemons (default %(default)s)")
     parser.add_argument("--httpd-conf", help="Apache include file (default: the installed httpd/retrace.conf)")
+    parser.add_argument("--debuginfod-user", default="retrace-debuginfod",
+                        help="with DebuginfodServe = 1: the user debuginfod runs as (default %(default)s)")
     return parser
 
 

@@ -15,6 +15,7 @@ from tests.integration.test_debuginfod import build_id_of
 
 
 DEBUGINFOD_PORT = free_port()
+DEBUGINFOD_USER = "retrace-debuginfod"
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +103,15 @@ def test_debuginfod_sees_the_repositories_but_not_the_tasks_nor_the_rest_of_the_
 
 def test_the_launcher_opens_no_log_as_root_where_the_service_user_can_plant_links(serving):
     """LogDir belongs to the service user: Apache (root) logs in a root-owned directory inside it,
-    and debuginfod's log is opened by debuginfod's own (unprivileged) process."""
-    service_uid = pwd.getpwnam(SERVICE_USER).pw_uid
+    and debuginfod's log is opened by debuginfod's own (unprivileged) process in its own directory."""
     apache_logs = os.lstat(serving.log_dir / "httpd")
     assert apache_logs.st_uid == 0 and not apache_logs.st_mode & 0o022
-    assert (serving.log_dir / "debuginfod.log").stat().st_uid == service_uid
+    log = serving.cache_dir / "debuginfod" / "debuginfod.log"
+    assert log.stat().st_uid == pwd.getpwnam(DEBUGINFOD_USER).pw_uid
+
+
+def test_debuginfod_runs_as_a_user_of_its_own_not_as_the_owner_of_the_tasks(serving):
+    uid_line = next(line for line in Path(f"/proc/{debuginfod_pid()}/status").read_text().splitlines()
+                    if line.startswith("Uid:"))
+    real_uid = int(uid_line.split()[1])
+    assert real_uid == pwd.getpwnam(DEBUGINFOD_USER).pw_uid != pwd.getpwnam(SERVICE_USER).pw_uid
