@@ -249,6 +249,10 @@ class PackageCache:
     def lock_path(self, pkgid):
         return self.rpms_dir / f"{pkgid}.lock"
 
+    def holds(self, pkgid):
+        """Whether ``pkgid`` is unpacked already (a hint: eviction may take it before ``get``)."""
+        return (self.rpms_dir / pkgid / MANIFEST).exists()
+
     def get(self, pkgid, rpm_path, on_wait=lambda: None, verify=None):
         """The unpacked tree of the package ``pkgid``, unpacking it if needed.
 

@@ -72,19 +72,37 @@ class Keyring:
 
     def verify(self, package_path, name):
         """SignatureError unless ``package_path`` (shown as ``name``) is intact and signed by one of the keys."""
-        try:
-            ran = subprocess.run(["rpmkeys", "--dbpath", str(self.dbpath), "--checksig", "--verbose", "--",
-                                  str(package_path)], capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                                 timeout=_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            raise SignatureError(f"checking the signature of {name} took longer than {_TIMEOUT} s") from None
-        lines = [line.strip() for line in ran.stdout.splitlines()[1:] if line.strip()]
-        signed = any("Signature" in line and line.endswith(": OK") for line in lines)
-        if ran.returncode == 0 and signed:
+        self.verify_all([(package_path, name)])
+
+    def verify_all(self, packages):
+        """``verify`` for many ``(path, name)`` pairs with one rpm process (each start costs ~15 ms)."""
+        if not packages:
             return
-        problems = [line for line in lines if not line.endswith(": OK")]
-        said = "; ".join(problems) or "it carries no signature"
-        raise SignatureError(f"{name} is refused: it is not intact and signed by a key configured for "
-                             f"{self.release} (rpm says: {said[:300]})")
+        names = {str(path): name for path, name in packages}
+        try:
+            ran = subprocess.run(["rpmkeys", "--dbpath", str(self.dbpath), "--checksig", "--verbose", "--", *names],
+                                 capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise SignatureError(f"checking the signatures of {', '.join(names.values())} took longer than "
+                                 f"{_TIMEOUT} s") from None
+        reports = _reports(ran.stdout)
+        for path, name in names.items():
+            lines = reports.get(path, [])
+            signed = any("Signature" in line and line.endswith(": OK") for line in lines)
+            problems = [line for line in lines if not line.endswith(": OK")]
+            if signed and not problems:
+                continue
+            said = "; ".join(problems) or ("it carries no signature" if lines else ran.stderr.strip()[:200])
+            raise SignatureError(f"{name} is refused: it is not intact and signed by a key configured for "
+                                 f"{self.release} (rpm says: {said[:300]})")
 
 
+def _reports(text):
+    """``{path: [its verbose lines]}`` of ``rpmkeys --checksig --verbose`` over several files."""
+    reports, current = {}, None
+    for line in text.splitlines():
+        if line and not line[0].isspace() and line.endswith(":"):
+            current = reports.setdefault(line[:-1], [])
+        elif current is not None and line.strip():
+            current.append(line.strip())
+    return reports

@@ -153,6 +153,7 @@ class RetraceJob(Job):
         super().__init__(config, task, log)
         self.cache = PackageCache(config.CacheDir)
         self._keyrings = {}  # release -> Keyring (or None: RequireGPGCheck = 0)
+        self._verified = set()  # package files whose signatures this task has checked
         self.sysroot = task.path / "sysroot"
         self.debuginfod = DebuginfodSettings.from_config(config)
 
@@ -239,10 +240,14 @@ class RetraceJob(Job):
                 "repository error",
             )
         keyring = self._keyring(index)
+        verify = None
+        if keyring is not None and rpm_path not in self._verified:
+            def verify(path):
+                keyring.verify(path, package.nevra)
         entry = self.cache.get(
             package.pkgid, rpm_path,
             on_wait=lambda: self.log.info("Waiting for another task that is unpacking %s", package.nevra),
-            verify=keyring and (lambda path: keyring.verify(path, package.nevra)),
+            verify=verify,
         )
         if entry.unpacked:
             self.record.cache_misses += 1
@@ -263,6 +268,18 @@ class RetraceJob(Job):
             if self._keyrings[release] is None:
                 self.log.warning("Package signatures are not checked (RequireGPGCheck = 0)")
         return self._keyrings[release]
+
+    def _verify_signatures(self, index, packages):
+        """Check the signatures of the packages not unpacked yet, all with one rpm process."""
+        keyring = self._keyring(index)
+        pending = [(index.package_path(package), package.nevra) for package in packages
+                   if not self.cache.holds(package.pkgid)]
+        if keyring is None or not pending:
+            return
+        started = time.monotonic()
+        keyring.verify_all(pending)
+        self._verified.update(path for path, _ in pending)
+        self.log.info("Signatures of %d packages verified in %.3f s", len(pending), time.monotonic() - started)
 
     def _verify_candidates(self, crash, module, candidates):
         """The cached candidate whose file at the module's path has the module's build-id."""
@@ -301,6 +318,7 @@ class RetraceJob(Job):
         if self.environment == "mock":
             self.record.packages = [package.nevra for package in crash.resolution.packages]
             return
+        self._verify_signatures(crash.index, crash.resolution.packages)
         cached = [self._cached(package, crash.index) for package in crash.resolution.packages]
         for module, candidates in crash.resolution.unverified:
             entry = self._verify_candidates(crash, module, candidates)

@@ -88,3 +88,12 @@ def test_keys_are_looked_up_by_release_then_version_then_distribution():
     assert [str(path) for path in config.gpg_keys("fedora-40-x86_64")] == ["/k/40"]
     assert [str(path) for path in config.gpg_keys("fedora-39-x86_64")] == ["/k/any"]
     assert config.gpg_keys("rhel-9-x86_64") == []
+
+
+def test_many_packages_are_checked_with_one_rpm_run_and_the_bad_one_is_named(tmp_path, unsigned_rpm):
+    good = signed_copy(unsigned_rpm, TEST_KEY, tmp_path)
+    stranger = signed_copy(unsigned_rpm, OTHER_KEY, tmp_path)
+    ring = keyring(tmp_path)
+    ring.verify_all([(good, "good-1-1"), (good, "good-again-1-1")])
+    with pytest.raises(SignatureError, match="stranger-1-1 is refused"):
+        ring.verify_all([(good, "good-1-1"), (stranger, "stranger-1-1")])
