@@ -54,3 +54,4 @@ bench: setup
 	$(PYTHON) bench/debuginfod.py
 	$(PYTHON) bench/cluster.py
 	$(PYTHON) bench/vmcore.py
+	$(PYTHON) bench/dispatch.py
