@@ -271,6 +271,8 @@ class RetraceJob(Job):
 
     def _verify_signatures(self, index, packages):
         """Check the signatures of the packages not unpacked yet, all with one rpm process."""
+        if not packages:
+            return  # nothing from a mirror (a release served by debuginfod only has no index)
         keyring = self._keyring(index)
         pending = [(index.package_path(package), package.nevra) for package in packages
                    if not self.cache.holds(package.pkgid)]
