@@ -75,10 +75,11 @@ def namespace_argv(config, config_file, socket_path):
     systemd), its init dies with it and the kernel kills debuginfod and
     socat too.
     """
+    # The private /tmp first: binds below it (a venv or a config under /tmp) must stay visible on top of it.
     argv = ["bwrap", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--die-with-parent", "--new-session",
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
             *host_binds(), "--ro-bind", "/etc", "/etc", "--ro-bind", sys.prefix, sys.prefix,
-            "--ro-bind", str(config_file), str(config_file), "--ro-bind", str(config.RepoDir), str(config.RepoDir),
-            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+            "--ro-bind", str(config_file), str(config_file), "--ro-bind", str(config.RepoDir), str(config.RepoDir)]
     for path in (state_dir(config), Path(socket_path).parent):
         argv += ["--bind", str(path), str(path)]
     return argv + ["--", sys.executable, "-m", "wsgi.debuginfod_server", "--config", str(config_file),

@@ -34,3 +34,11 @@ def test_apache_proxies_buildid_to_the_socket_under_its_run_directory(tmp_path):
     )
     assert f'Define RETRACE_DEBUGINFOD_SOCKET "{tmp_path}/debuginfod/debuginfod.sock"' in text
     assert "LoadModule proxy_http_module" in text
+
+
+def test_the_private_tmp_is_mounted_before_the_binds_so_a_venv_under_tmp_stays_visible(tmp_path):
+    argv = namespace_argv(Config(CacheDir=tmp_path / "cache", RepoDir=tmp_path / "repos"), Path("/tmp/r.conf"),
+                          Path("/run/r/debuginfod.sock"))
+    tmpfs = argv.index("--tmpfs")
+    binds = [i for i, word in enumerate(argv) if word in ("--ro-bind", "--bind")]
+    assert argv[tmpfs + 1] == "/tmp" and tmpfs < min(binds)
