@@ -24,12 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.workspace import Workspace  # noqa: E402
 from tests.fixtures.cluster import Cluster  # noqa: E402
-from tests.fixtures.cores import crash_installed, make_problem_dir  # noqa: E402
-from tests.fixtures.distro import build_rpms, publish_release  # noqa: E402
-from tests.integration.helpers import abrt_archive, submit, wait_final  # noqa: E402
+from tests.integration.helpers import submit, wait_final  # noqa: E402
 from tests.integration.server import SERVICE_USER, write_config  # noqa: E402
 
-RELEASE_ID = "fedora-41-x86_64"
 LATENCY_TASKS = 20
 BURST = 20
 
@@ -63,10 +60,8 @@ def percentile(values, fraction):
 
 def main():
     with Workspace("cluster") as ws:
-        rpms = build_rpms(ws.work / "build")
-        archive = abrt_archive(make_problem_dir(ws.work / "problem", crash_installed(rpms, ws.work, "simple")))
         root = ws.root("cluster-server")
-        publish_release(root / "repos", RELEASE_ID, rpms)
+        rpms, archive = ws.fixture_release(root)
         cluster = Cluster(ws.work)
         ws.callback(cluster.close)
         cluster.start_broker()

@@ -27,11 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.workspace import Workspace  # noqa: E402
-from tests.fixtures.cores import crash_installed, make_problem_dir  # noqa: E402
-from tests.fixtures.distro import build_rpms, publish_release  # noqa: E402
-from tests.integration.helpers import abrt_archive, package_lock_held, submit, wait_final  # noqa: E402
+from tests.integration.helpers import package_lock_held, submit, wait_final  # noqa: E402
 
-RELEASE_ID = "fedora-41-x86_64"
 HANDOFFS = 20
 LAUNCHES = 10
 POLL = 0.001
@@ -109,10 +106,8 @@ def describe(values):
 
 def main():
     with Workspace("dispatch") as ws:
-        rpms = build_rpms(ws.work / "build")
-        archive = abrt_archive(make_problem_dir(ws.work / "problem", crash_installed(rpms, ws.work, "simple")))
         root = ws.root("dispatch")
-        publish_release(root / "repos", RELEASE_ID, rpms)
+        rpms, archive = ws.fixture_release(root)
         server = ws.server(root, MaxParallelTasks="1", MaxQueuedTasks="50", MaxUploadsPerClient="100")
         warm = submit(server, None, archive=archive)
         assert wait_final(server, *warm).headers["X-Task-Status"] == "FINISHED_SUCCESS"

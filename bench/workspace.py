@@ -11,7 +11,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from tests.fixtures.cores import crash_installed, make_problem_dir
+from tests.fixtures.distro import build_rpms, publish_release
+from tests.integration.helpers import abrt_archive
 from tests.integration.server import Server, make_certificate, make_root, remove_root
+
+RELEASE_ID = "fedora-41-x86_64"
 
 
 class Workspace(contextlib.ExitStack):
@@ -33,3 +38,10 @@ class Workspace(contextlib.ExitStack):
         server = Server(root, self.cert, self.key, **settings)
         self.callback(server.stop)
         return server
+
+    def fixture_release(self, root):
+        """The fixture packages published as RELEASE_ID in ``root/repos``; ``(rpms, the ABRT archive of their crash)``."""
+        rpms = build_rpms(self.work / "build")
+        archive = abrt_archive(make_problem_dir(self.work / "problem", crash_installed(rpms, self.work, "simple")))
+        publish_release(root / "repos", RELEASE_ID, rpms)
+        return rpms, archive
