@@ -87,7 +87,8 @@ def unpack_baseline(rpms, target):
 
 def bare_gdb(sysroot, core):
     started = time.monotonic()
-    result = subprocess.run(gdb_argv(str(sysroot), "/usr/bin/crasher", str(core), exploitable_marker()), capture_output=True, text=True)
+    argv = gdb_argv(str(sysroot), "/usr/bin/crasher", str(core), exploitable_marker())
+    result = subprocess.run(argv, capture_output=True, text=True)
     seconds = time.monotonic() - started
     assert "crash_in_library (depth=0" in result.stdout, result.stdout[-2000:]
     return seconds

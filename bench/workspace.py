@@ -40,7 +40,10 @@ class Workspace(contextlib.ExitStack):
         return server
 
     def fixture_release(self, root):
-        """The fixture packages published as RELEASE_ID in ``root/repos``; ``(rpms, the ABRT archive of their crash)``."""
+        """The fixture packages published as RELEASE_ID in ``root/repos``.
+
+        Returns ``(rpms, the ABRT archive of their crash)``.
+        """
         rpms = build_rpms(self.work / "build")
         archive = abrt_archive(make_problem_dir(self.work / "problem", crash_installed(rpms, self.work, "simple")))
         publish_release(root / "repos", RELEASE_ID, rpms)

@@ -9,7 +9,6 @@ that held packages are gone.
 import functools
 import os
 import shutil
-import signal
 import tarfile
 import time
 from pathlib import Path
@@ -20,7 +19,8 @@ from retrace.debuginfod import BuildIdCache
 from retrace.kernel import KernelCache
 from retrace.stats import StatsDB
 from retrace.dispatch import end_failed, fail_if_worker_died, start_queued
-from retrace.task import JOB_PID, WORKER_LOCK, TaskStatus, iter_tasks, worker_alive
+from retrace.task import WORKER_LOCK, TaskStatus, iter_tasks, worker_alive
+from worker.supervisor import kill_worker
 
 HOUR = 3600
 _KILL_WAIT_SECONDS = 10
@@ -72,7 +72,7 @@ class Collector:
             )
             if pid is None or not self.act(f"task {task.task_id}: kill worker {pid}; {reason}"):
                 continue
-            _kill_worker(task, pid)
+            kill_worker(task, pid)
             _wait_until_dead(task)
             end_failed(self.config, task, reason, "worker time limit")
 
@@ -186,23 +186,6 @@ def _worker_pid(task):
     except OSError:
         return None
     return int(text) if text.isdigit() else None
-
-
-def _kill_worker(task, pid):
-    """SIGKILL the supervisor's process group, then the job's (``worker.supervisor``); gdb dies with them."""
-    try:
-        job = int((task.path / JOB_PID).read_text())
-    except (OSError, ValueError):
-        job = None
-    for group in (pid, job):
-        if group is None:
-            continue
-        try:
-            os.killpg(group, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            os.kill(group, signal.SIGKILL)
 
 
 def _wait_until_dead(task):

@@ -200,6 +200,10 @@ class Config:
                 return [Path(path) for path in keys[name]]
         return []
 
+    def required_gpg_keys(self, release):
+        """The key files packages of ``release`` must be signed with; None while RequireGPGCheck = 0."""
+        return self.gpg_keys(release) if self.RequireGPGCheck else None
+
     @property
     def debuginfod_releases(self):
         """Releases served through debuginfod alone: DebuginfodReleases (given servers) and [debuginfod]'s."""

@@ -111,10 +111,10 @@ def crash_binds(crash_path, *files):
 class _Session:
     """One crash process, fed a batch of commands at a time, within one deadline and one output cap for all."""
 
-    def __init__(self, process, timeout, memory_bytes, output_bytes=DEFAULT_OUTPUT_BYTES, markers=None):
+    def __init__(self, process, timeout, memory_bytes, output_bytes=DEFAULT_OUTPUT_BYTES):
         self.process, self.timeout, self.memory_bytes = process, timeout, memory_bytes
         self.output_bytes = output_bytes
-        self.markers = markers or Markers()
+        self.markers = Markers()
         self.received = 0
         self.started = time.monotonic()
         self.deadline = self.started + timeout

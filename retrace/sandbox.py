@@ -235,16 +235,16 @@ def kill_group(process):
     process.wait()
 
 
-def read_output(process, deadline, limit, received=None, until=None):
-    """Read the command's output into ``received`` until it ends (or ``until`` appears in the new bytes).
+def read_output(process, deadline, limit, until=None):
+    """Read the command's output until it ends (or ``until`` appears).
 
     The output is untrusted in size: a forged core makes gdb print without
     end, so past ``limit`` bytes the group is killed (SandboxOutputLimit);
     past ``deadline`` too (SandboxTimeout).  Returns ``(received, ended)``.
     """
-    received = bytearray() if received is None else received
+    received = bytearray()
     fd = process.stdout.fileno()
-    searched = len(received)
+    searched = 0
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:

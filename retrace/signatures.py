@@ -40,9 +40,9 @@ class Keyring:
     @classmethod
     def for_release(cls, config, release):
         """The release's Keyring; None when RequireGPGCheck = 0.  SignatureError when it has no key."""
-        if not config.RequireGPGCheck:
+        paths = config.required_gpg_keys(release)
+        if paths is None:
             return None
-        paths = config.gpg_keys(release)
         if not paths:
             raise SignatureError(
                 f"RequireGPGCheck = 1, but no signing key is configured for {release}: the administrator lists "

@@ -50,7 +50,10 @@ def ensure_free(save_dir, incoming_bytes, min_left_bytes, own=None):
 
 
 def reserve(save_dir, upload_dir, nbytes, min_left_bytes):
-    """Claim ``nbytes`` for the file ``upload_dir`` writes next (0: it has written it); NotEnoughStorage if they do not fit."""
+    """Claim ``nbytes`` for the file ``upload_dir`` writes next (0: it has written it).
+
+    NotEnoughStorage when they do not fit beside the other uploads' claims.
+    """
     with locking.exclusive(Path(save_dir) / _LOCK_NAME):
         if nbytes:
             ensure_free(save_dir, nbytes, min_left_bytes, own=Path(upload_dir))

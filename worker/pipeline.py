@@ -240,10 +240,8 @@ class RetraceJob(Job):
                 "repository error",
             )
         keyring = self._keyring(index)
-        verify = None
-        if keyring is not None and rpm_path not in self._verified:
-            def verify(path):
-                keyring.verify(path, package.nevra)
+        checked = keyring is None or rpm_path in self._verified
+        verify = None if checked else (lambda path: keyring.verify(path, package.nevra))
         entry = self.cache.get(
             package.pkgid, rpm_path,
             on_wait=lambda: self.log.info("Waiting for another task that is unpacking %s", package.nevra),
@@ -395,7 +393,7 @@ class RetraceJob(Job):
         entry = GdbRoots(self.config.CacheDir).get(
             release, release.split("-")[1], crash.index.release_dir, key, packages, hidden=[self.config.SaveDir],
             on_wait=lambda: self.log.info("Waiting for another task building the gdb root of %s", release),
-            gpg_keys=self.config.gpg_keys(release) if self.config.RequireGPGCheck else None,
+            gpg_keys=self.config.required_gpg_keys(release),
         )
         if entry.unpacked:
             self.log.info("Built the gdb root of %s (%s) with dnf in %.3f s", release, " ".join(packages), entry.seconds)
@@ -426,7 +424,7 @@ class RetraceJob(Job):
             release = self.record.release
             mock = MockEnvironment(self.task.path, self.task.task_id, ReleaseId.parse(release),
                                    crash.index.release_dir, self.config.ChrootPackages.split(),
-                                   self.config.gpg_keys(release) if self.config.RequireGPGCheck else None)
+                                   self.config.required_gpg_keys(release))
             started = time.monotonic()
             output = mock.run(self.record.packages, crash.executable, self.config.GdbTimeout)
             return interpret_output(self._hide_server_paths(output), time.monotonic() - started, mock.marker)
@@ -434,7 +432,8 @@ class RetraceJob(Job):
             self.sysroot, crash.executable, crash.core_path,
             read_only_paths=self._read_only_paths(crash),
             timeout=self.config.GdbTimeout, memory_bytes=self.config.gdb_memory_limit_bytes,
-            output_bytes=self.config.debugger_output_limit_bytes, hide=self._hide_server_paths, root=self.sysroot if self.environment == "chroot" else None,
+            output_bytes=self.config.debugger_output_limit_bytes, hide=self._hide_server_paths,
+            root=self.sysroot if self.environment == "chroot" else None,
         )
 
     def backtrace(self, crash):

@@ -12,6 +12,7 @@ lock is released (the child dies with it) and the dispatcher ends the task
 (``retrace.dispatch``).
 """
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -36,7 +37,7 @@ def supervise(config, task, run_job, clean_up):
         _run_child(run_job, supervisor)
     write_atomically(task.path / JOB_PID, str(child))
     _, wait_status = os.waitpid(child, 0)
-    _kill_group(child)
+    kill_group(child)
     status = task.status
     if status is not None and status.is_final:
         return status == TaskStatus.SUCCESS
@@ -68,11 +69,26 @@ def _run_child(run_job, supervisor):
         os._exit(code)
 
 
-def _kill_group(pgid):
+def kill_group(pgid):
+    """SIGKILL process group ``pgid`` (its leader alone where the group holds a process we may not signal)."""
     try:
         os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
+    except ProcessLookupError:
         pass
+    except PermissionError:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pgid, signal.SIGKILL)
+
+
+def kill_worker(task, supervisor_pid):
+    """SIGKILL a task's supervisor group, then its job's (the job would otherwise record its own end)."""
+    try:
+        job = int((task.path / JOB_PID).read_text())
+    except (OSError, ValueError):
+        job = None
+    for group in (supervisor_pid, job):
+        if group is not None:
+            kill_group(group)
 
 
 def _how_it_ended(wait_status):

@@ -127,7 +127,8 @@ def main(argv=None):
     parser.add_argument("--config", help="configuration file (default: $RETRACE_SERVER_CONFIG_PATH or /etc/...)")
     parser.add_argument("--socket", default=DEFAULT_SOCKET,
                         help=f"the Unix socket Apache proxies /buildid/ to (default: {DEFAULT_SOCKET})")
-    parser.add_argument("--log", help="append errors to this file (opened as the user this runs as, never through a symlink)")
+    parser.add_argument("--log", help="append errors to this file (opened as the user this runs as, "
+                                      "never through a symlink)")
     parser.add_argument("--in-namespace", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.log:

@@ -186,6 +186,11 @@ def worker_executable():
     return Path(sys.executable).with_name("retrace-server-worker")
 
 
+def as_user(user):
+    """``subprocess`` arguments that run a child as ``user`` (a pwd entry); none when the launcher is not root."""
+    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if os.geteuid() == 0 else {}
+
+
 def check_gdb_sandbox(user):
     """LaunchError unless the service user can start the sandbox gdb runs in.
 
@@ -194,10 +199,8 @@ def check_gdb_sandbox(user):
     """
     if shutil.which("bwrap") is None or shutil.which("gdb") is None:
         raise LaunchError("bubblewrap (bwrap) and gdb must be installed; `make run` installs them")
-    as_user = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if os.geteuid() == 0 else {}
-    result = subprocess.run(
-        sandbox_argv(["true"], []), capture_output=True, text=True, stdin=subprocess.DEVNULL, cwd="/", **as_user,
-    )
+    result = subprocess.run(sandbox_argv(["true"], []), capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                            cwd="/", **as_user(user))
     if result.returncode != 0:
         raise LaunchError(
             f"the gdb sandbox (bubblewrap) cannot start as {user.pw_name}: {result.stderr.strip()} "
@@ -346,8 +349,7 @@ def start_dispatcher(config, config_path, user):
         [sys.executable, "-m", "worker.dispatcher", "--config", str(config_path), "--user", user.pw_name,
          "--log", str(config.LogDir / "dispatcher.log")],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd="/",
-        env={"PATH": _SYSTEM_PATH, "LANG": "C.UTF-8", "RETRACE_WORKER": str(worker_executable())},
-        **({"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if os.geteuid() == 0 else {}),
+        env={"PATH": _SYSTEM_PATH, "LANG": "C.UTF-8"}, **as_user(user),
     )
     ready, _, _ = select.select([process.stdout], [], [], READY_TIMEOUT)
     line = process.stdout.readline() if ready else ""
@@ -374,7 +376,7 @@ def start_debuginfod(config, config_path, socket_path, user_name):
     own_dir = debuginfod_state_dir(config)
     own_dir.mkdir(parents=True, exist_ok=True)
     socket_path.parent.mkdir(exist_ok=True)
-    as_user = {}
+    user = None
     if os.geteuid() == 0:
         try:
             user = pwd.getpwnam(user_name)
@@ -385,11 +387,11 @@ def start_debuginfod(config, config_path, socket_path, user_name):
             own_tree(path, user.pw_uid, user.pw_gid)
         # Its directory lies in CacheDir, which only the service user may list: let it pass through.
         os.chmod(config.CacheDir, os.stat(config.CacheDir).st_mode | stat.S_IXOTH)
-        as_user = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
     process = subprocess.Popen(
         [sys.executable, "-m", "wsgi.debuginfod_server", "--config", str(config_path), "--socket", str(socket_path),
          "--log", str(own_dir / "debuginfod.log")],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/", **as_user,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/",
+        **(as_user(user) if user is not None else {}),
     )
     if not wait_until_connectable(str(socket_path), process, socket.AF_UNIX):
         process.kill()

@@ -5,7 +5,6 @@ cache, disks) by a custom collector in a registry of its own, so that
 several daemon processes answer alike and nothing is kept in memory.
 """
 
-import shutil
 from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -13,6 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from retrace.cache import PackageCache
 from retrace.stats import StatsDB
+from retrace.storage import free_bytes
 from retrace.taskqueue import occupancy, running_by_host
 
 # Seconds; a warm retrace phase takes milliseconds, a cold unpack or a big
@@ -28,7 +28,7 @@ def _histogram_buckets(samples):
 
 def _free_bytes(path):
     try:
-        return shutil.disk_usage(path).free
+        return free_bytes(path)
     except OSError:
         return 0
 

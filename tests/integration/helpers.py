@@ -146,6 +146,15 @@ def package_lock_held(server, rpm_path):
     return lock_held(server.cache_dir / "rpms", f"{pkgid}.lock")
 
 
+def running(pid):
+    """Whether ``pid`` still runs (a zombie waiting for init to reap it does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
 def kill_worker(server, task_id, supervisor=True, job=True):
     """SIGKILL a running task's supervisor (the pid in its lock file) and/or its job process."""
     task_dir = server.save_dir / task_id

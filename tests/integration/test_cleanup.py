@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.integration.helpers import kill_worker, package_lock_held, submit, wait_final, wait_for_log_line
+from tests.integration.helpers import kill_worker, running, package_lock_held, submit, wait_final, wait_for_log_line
 from tests.integration.server import write_config
 
 CLEANUP = Path(sys.executable).with_name("retrace-server-cleanup")
@@ -43,15 +43,6 @@ def test_worker_over_its_time_limit_is_killed_and_its_task_failed(start_server, 
     assert "the retrace worker was stopped after running" in status.text
     assert "WorkerTimeLimit = 1 s" in status.text
     assert not running(worker_pid)
-
-
-def running(pid):
-    """Whether ``pid`` still runs (a zombie waiting for init to reap it does not)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
 
 
 def test_with_the_dispatcher_dead_cleanup_ends_an_orphan_and_starts_the_queued_task(start_server, fixture_rpms,

@@ -15,7 +15,8 @@ import time
 import pytest
 
 from tests.integration.conftest import RELEASE_ID
-from tests.integration.helpers import kill_worker, lock_held, package_lock_held, submit, wait_final
+from retrace.task import TaskStatus
+from tests.integration.helpers import kill_worker, lock_held, package_lock_held, running, submit, wait_final
 from tests.integration.server import SERVICE_USER
 
 
@@ -61,8 +62,7 @@ STAGES = {
     "Generating backtrace": (lambda server, rpms: contextlib.nullcontext(), "deep_problem_dir"),
     "Saving crash statistics": (lambda server, rpms: statistics_locked(server), "problem_dir"),
 }
-STATUS_CODES = {"Analyzing crash data": "0", "Preparing environment for backtrace generation": "1",
-                "Generating backtrace": "2", "Saving crash statistics": "4"}
+STATUS_CODES = {status.sentence: str(int(status)) for status in TaskStatus}
 
 
 def wait_for_stage(server, task_id, stage, timeout=60):
@@ -77,14 +77,9 @@ def wait_for_stage(server, task_id, stage, timeout=60):
 
 def wait_until_gone(pid, timeout=10):
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
-                return
-        except FileNotFoundError:
-            return
+    while running(pid):
+        assert time.monotonic() < deadline, f"process {pid} outlived its SIGKILL"
         time.sleep(0.005)
-    raise AssertionError(f"process {pid} outlived its SIGKILL")
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +95,7 @@ def test_a_killed_task_ends_failed_with_its_stage_named(request, supervised_serv
     hold, problem = STAGES[stage]
     if stage == "Saving crash statistics":
         server.get("/stats")  # the database exists before it is locked
-        (server.save_dir / "stats.db").exists() or pytest.fail("no statistics database")
+        assert (server.save_dir / "stats.db").exists(), "no statistics database"
     if stage == "Analyzing crash data":
         for built in (server.cache_dir / "index").glob("*.sqlite"):
             built.unlink()  # the next task builds the index again, under the held lock
