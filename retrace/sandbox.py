@@ -235,12 +235,13 @@ def kill_group(process):
     process.wait()
 
 
-def read_output(process, deadline, limit, until=None):
+def read_output(process, deadline, limit, until=None, stop=kill_group):
     """Read the command's output until it ends (or ``until`` appears).
 
     The output is untrusted in size: a forged core makes gdb print without
-    end, so past ``limit`` bytes the group is killed (SandboxOutputLimit);
-    past ``deadline`` too (SandboxTimeout).  Returns ``(received, ended)``.
+    end, so past ``limit`` bytes the command is stopped (``stop(process)``,
+    by default SIGKILL to its group; SandboxOutputLimit); past ``deadline``
+    too (SandboxTimeout).  Returns ``(received, ended)``.
     """
     received = bytearray()
     fd = process.stdout.fileno()
@@ -248,7 +249,7 @@ def read_output(process, deadline, limit, until=None):
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            kill_group(process)
+            stop(process)
             raise SandboxTimeout()
         readable, _, _ = select.select([fd], [], [], remaining)
         if not readable:
@@ -258,7 +259,7 @@ def read_output(process, deadline, limit, until=None):
             return received, True
         received += chunk
         if len(received) > limit:
-            kill_group(process)
+            stop(process)
             raise SandboxOutputLimit(limit)
         if until is not None and received.find(until, max(0, searched - len(until))) >= 0:
             return received, False

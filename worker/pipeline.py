@@ -95,7 +95,7 @@ class Job:
             with self.stage(TaskStatus.STATS):
                 self.save_stats()
         except RetraceError as err:
-            self.finish_failed(err.sentence, err.category)
+            self.finish_failed(self.without_server_paths(err.sentence), err.category)
             return False
         except Exception as err:
             admin_log.exception("task %s: unexpected error", self.task.task_id)
@@ -422,12 +422,11 @@ class RetraceJob(Job):
     def _run_gdb(self, crash):
         if self.environment == "mock":
             release = self.record.release
-            mock = MockEnvironment(self.task.path, self.task.task_id, ReleaseId.parse(release),
-                                   crash.index.release_dir, self.config.ChrootPackages.split(),
-                                   self.config.required_gpg_keys(release))
-            started = time.monotonic()
-            output = mock.run(self.record.packages, crash.executable, self.config.GdbTimeout)
-            return interpret_output(self._hide_server_paths(output), time.monotonic() - started, mock.marker)
+            mock = MockEnvironment(self.config, self.task.path, self.task.task_id, ReleaseId.parse(release),
+                                   crash.index.release_dir, self.config.required_gpg_keys(release))
+            output, seconds = mock.run(self.record.packages, crash.executable, self.config.GdbTimeout,
+                                       self.config.debugger_output_limit_bytes, self.log.info)
+            return interpret_output(self._hide_server_paths(output), seconds, mock.marker)
         return run_gdb(
             self.sysroot, crash.executable, crash.core_path,
             read_only_paths=self._read_only_paths(crash),

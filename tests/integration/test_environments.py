@@ -1,11 +1,13 @@
 """RetraceEnvironment = chroot (the release's own gdb) and mock, against the sysroot environment."""
 
 import re
-import shutil
+import subprocess
 
 import pytest
 
+from retrace.mock import find_mock
 from tests.integration.helpers import submit, wait_final
+from tests.integration.server import SERVICE_USER
 
 
 def retraced(server, problem_dir, **headers):
@@ -21,6 +23,10 @@ def crashing_thread(backtrace):
     thread = backtrace[backtrace.index("\nThread 1 "):]
     thread = thread[:thread.find("\n\n", 1)] if "\n\n" in thread[1:] else thread
     return [line for line in thread.splitlines() if re.match(r"#\d+ |\s+\w+ = ", line)]
+
+
+# What this host allows: no systemd-nspawn, no container images.
+MOCK_WITHOUT_CONTAINERS = {"MockIsolation": "simple", "MockBootstrap": "off"}
 
 
 @pytest.fixture(scope="module")
@@ -58,21 +64,66 @@ def test_task_root_is_torn_down_after_a_normal_task(chroot_server, problem_dir):
     assert not (chroot_server.save_dir / task_id / "sysroot").exists()
 
 
-@pytest.mark.skipif(shutil.which("mock") is None, reason="mock is not installed here (Debian has no mock package)")
-def test_mock_environment_retraces_the_fixture_crash(start_server, chroot_release_dir, problem_dir):
-    server = start_server(repository=chroot_release_dir, RetraceEnvironment="mock")
-    backtrace, _, _ = retraced(server, problem_dir)
-    assert "crash_in_library (depth=0" in backtrace
+needs_mock = pytest.mark.skipif(find_mock("mock") is None,
+                                reason="mock is not installed here (Debian has none: see docs/mock.md to run it)")
 
 
-def test_mock_environment_without_mock_fails_saying_so(start_server, chroot_release_dir, problem_dir):
-    if shutil.which("mock"):
-        pytest.skip("mock is installed here; the real mock test covers this host")
-    server = start_server(repository=chroot_release_dir, RetraceEnvironment="mock")
+@pytest.fixture(scope="module")
+def mock_server(start_server, chroot_release_dir):
+    return start_server(repository=chroot_release_dir, RetraceEnvironment="mock", **MOCK_WITHOUT_CONTAINERS)
+
+
+@needs_mock
+def test_mock_gives_the_same_frames_files_and_locals_as_sysroot(start_server, chroot_release_dir, mock_server,
+                                                                problem_dir):
+    in_sysroot, _, _ = retraced(start_server(repository=chroot_release_dir), problem_dir)
+    in_mock, log, _ = retraced(mock_server, problem_dir)
+    assert "crash_in_library (depth=0" in in_mock and "libcrash.c:13" in in_mock
+    assert crashing_thread(in_mock) == crashing_thread(in_sysroot)
+    assert re.search(r"\] mock install: \d+\.\d s$", log, re.M), "the crash's packages are installed by mock's dnf"
+
+
+@needs_mock
+def test_mock_unpacks_the_root_cache_for_the_next_task_of_the_release(mock_server, problem_dir):
+    config = mock_server.cache_dir / "mock" / "fedora-41-x86_64.cfg"
+    logs = [retraced(mock_server, problem_dir)[1]]
+    written = config.stat().st_mtime_ns
+    logs.append(retraced(mock_server, problem_dir)[1])
+    assert re.search(r"\] mock init \(from the root cache\): \d+\.\d s$", logs[1], re.M), logs[1]
+    assert "Wrote the mock configuration" not in logs[1] and config.stat().st_mtime_ns == written
+
+
+@needs_mock
+def test_mock_failing_to_install_gdb_names_what_dnf_could_not_find(start_server, release_dir, problem_dir):
+    """A release without gdb (the crash packages only): mock's init fails in dnf."""
+    server = start_server(repository=release_dir, RetraceEnvironment="mock", **MOCK_WITHOUT_CONTAINERS)
     task_id, auth = submit(server, problem_dir)
     status = wait_final(server, task_id, auth)
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
-    assert "RetraceEnvironment = mock, but mock is not installed on this server" in status.text
+    assert "mock's init step failed (exit status" in status.text
+    assert "No match for argument: gdb" in status.text, status.text
+    assert "--installroot / " in status.text and "/var/lib/mock" not in status.text, "no server path in the answer"
+
+
+@needs_mock
+def test_mock_refused_to_a_service_user_outside_the_mock_group(mock_server, problem_dir):
+    subprocess.run(["gpasswd", "-d", SERVICE_USER, "mock"], check=True, capture_output=True)
+    try:
+        task_id, auth = submit(mock_server, problem_dir)
+        status = wait_final(mock_server, task_id, auth)
+    finally:
+        subprocess.run(["gpasswd", "-a", SERVICE_USER, "mock"], check=True, capture_output=True)
+    assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
+    assert (f"RetraceEnvironment = mock, but the service user {SERVICE_USER} is not in the mock group; "
+            "mock refuses to run for it") in status.text
+
+
+def test_mock_environment_without_mock_fails_saying_so(start_server, chroot_release_dir, problem_dir):
+    server = start_server(repository=chroot_release_dir, RetraceEnvironment="mock", MockPath="/opt/no-such/mock")
+    task_id, auth = submit(server, problem_dir)
+    status = wait_final(server, task_id, auth)
+    assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
+    assert "RetraceEnvironment = mock, but mock (/opt/no-such/mock) is not installed on this server" in status.text
 
 
 @pytest.mark.parametrize("environment", ["chroot", "mock"])

@@ -6,7 +6,8 @@ import pytest
 
 from retrace.chroot import ChrootError, dnf_argv, fakeroot_argv, manifest_of, root_key
 from retrace.sandbox import prepare_mount_points
-from retrace.mock import CHROOT_CRASH_DIR, MockEnvironment
+from retrace.config import Config
+from retrace.mock import CHROOT_CRASH_DIR, MockEnvironment, MockError, _run_step, find_mock
 from retrace.release import ReleaseId
 
 RELEASE = ReleaseId("fedora", "41", "x86_64")
@@ -45,31 +46,101 @@ def test_mount_points_are_made_inside_the_root(tmp_path):
     assert (tmp_path / "root" / str(core).lstrip("/")).is_file()
 
 
-def test_mock_config_enables_the_root_cache_and_binds_repository_and_crash(tmp_path):
-    mock = MockEnvironment(tmp_path, "123456789", RELEASE, "/repos/fedora-41-x86_64", ["gdb"])
-    config = mock.config_text()
+def _mock(tmp_path, **settings):
+    config = Config(CacheDir=tmp_path / "cache", **settings)
+    return MockEnvironment(config, tmp_path / "task", "123456789", RELEASE, "/repos/fedora-41-x86_64")
+
+
+def test_mock_config_enables_the_root_cache_and_installs_from_the_release_repository(tmp_path):
+    config = _mock(tmp_path).config_text()
     assert "config_opts['plugin_conf']['root_cache_enable'] = True" in config
-    assert "('/repos/fedora-41-x86_64', '/repos/fedora-41-x86_64')" in config
-    assert f"('{tmp_path / 'crash'}', '{CHROOT_CRASH_DIR}')" in config
     assert "config_opts['chroot_setup_cmd'] = 'install gdb'" in config
-    assert "baseurl=file:///repos/fedora-41-x86_64/" in config
-    compile(config.replace("include('/etc/mock/site-defaults.cfg')", ""), "default.cfg", "exec")
+    assert "baseurl=file:///repos/fedora-41-x86_64/" in config and "gpgcheck=0" in config
+    assert "config_opts['isolation'] = 'auto'" in config and "config_opts['use_bootstrap_image'] = True" in config
+    assert "config_opts['bootstrap_image'] = 'registry.fedoraproject.org/fedora:41'" in config
+    compile(config, "fedora-41-x86_64.cfg", "exec")
 
 
-def test_mock_steps_run_gdb_as_mockbuild_and_scrub_at_the_end(tmp_path):
-    steps = MockEnvironment(tmp_path, "123456789", RELEASE, "/r", ["gdb"]).commands(["crasher-1.0-1.fc41.x86_64"])
-    assert [step for step, _ in steps] == ["init", "install", "copyin", "gdb", "scrub"]
+def test_mock_isolation_and_bootstrap_follow_the_config_keys(tmp_path):
+    config = _mock(tmp_path, MockIsolation="simple", MockBootstrap="off").config_text()
+    assert "config_opts['isolation'] = 'simple'" in config and "config_opts['use_bootstrap'] = False" in config
+    assert "bootstrap_image" not in config.replace("use_bootstrap_image", "")
+
+
+def test_mock_config_holds_nothing_of_a_task_so_the_root_cache_outlives_tasks(tmp_path):
+    first = _mock(tmp_path)
+    assert first.write_config() is True
+    written = first.config_path.stat().st_mtime_ns
+    second = MockEnvironment(first.config, tmp_path / "other-task", "987654321", RELEASE, "/repos/fedora-41-x86_64")
+    assert second.write_config() is False and second.config_path.stat().st_mtime_ns == written
+    assert "123456789" not in first.config_path.read_text() and "task" not in first.config_path.read_text()
+
+
+def test_mock_config_is_rewritten_when_a_setting_changes(tmp_path):
+    _mock(tmp_path).write_config()
+    changed = _mock(tmp_path, ChrootPackages="gdb python3")
+    assert changed.write_config() is True and "'install gdb python3'" in changed.config_path.read_text()
+
+
+def test_mock_roots_of_two_servers_on_one_host_do_not_share_a_cache(tmp_path):
+    assert _mock(tmp_path / "a").root_name != _mock(tmp_path / "b").root_name
+    assert _mock(tmp_path).root_name.startswith("retrace-fedora-41-x86_64-")
+
+
+def test_mock_runs_gdb_in_argv_form_as_the_unprivileged_user_and_scrubs_at_the_end(tmp_path):
+    mock = _mock(tmp_path)
+    steps = mock.commands("/usr/bin/mock", ["crasher-1.0-1.fc41.x86_64"], "/usr/bin/crasher")
+    assert [step for step, _ in steps] == ["init", "install", "gdb", "scrub"]
     for _, argv in steps:
-        assert argv[:7] == ["mock", "--configdir", str(tmp_path), "-r", "default", "--uniqueext", "123456789"]
+        assert argv[:5] == ["/usr/bin/mock", "-r", str(mock.config_path), "--uniqueext", "123456789"]
+        binds = argv[argv.index("--plugin-option") + 1]
+        assert binds == f"bind_mount:dirs=[('{tmp_path / 'task' / 'crash'}', '{CHROOT_CRASH_DIR}')]"
     assert steps[1][1][-1] == "crasher-1.0-1.fc41.x86_64"
-    assert "su mockbuild -c 'sh /var/spool/abrt/gdb.sh'" in steps[3][1][-1]
+    gdb = steps[2][1]
+    assert gdb[gdb.index("--chroot"):gdb.index("--") + 4] == ["--chroot", "--unpriv", "--", "gdb", "-batch", "-nx"]
+    assert f"core-file {CHROOT_CRASH_DIR}/coredump" in gdb and "file /usr/bin/crasher" in gdb
 
 
-def test_mock_gdb_script_runs_the_common_batch_on_the_bound_core(tmp_path):
-    script = MockEnvironment(tmp_path, "1", RELEASE, "/r", ["gdb"]).gdb_script("/usr/bin/crasher")
-    assert script.startswith("#!/bin/sh\nexec gdb -batch -nx")
-    assert f"'core-file {CHROOT_CRASH_DIR}/coredump'" in script and "'file /usr/bin/crasher'" in script
-    assert "set sysroot" not in script
+def test_mock_is_found_in_usr_local_even_from_a_minimal_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    monkeypatch.setattr("retrace.mock.SEARCH_PATH", str(tmp_path))
+    (tmp_path / "mock").write_text("#!/bin/sh\n")
+    (tmp_path / "mock").chmod(0o755)
+    assert find_mock("mock") == str(tmp_path / "mock")
+
+
+def test_mock_chroot_paths_read_as_inside_the_chroot(tmp_path):
+    mock = _mock(tmp_path)
+    said = f"dnf --installroot /var/lib/mock/{mock.root_name}-123456789/root/ install gdb"
+    assert mock.hide_chroot(said) == "dnf --installroot / install gdb"
+
+
+def _fake_mock(tmp_path, script):
+    program = tmp_path / "fake-mock"
+    program.write_text("#!/bin/sh\n" + script)
+    program.chmod(0o755)
+    return [str(program)]
+
+
+def test_a_failing_mock_step_quotes_both_streams_without_its_progress_lines(tmp_path):
+    command = _fake_mock(tmp_path, "echo 'Start: chroot init'; echo 'chmod: command not found'\n"
+                                   "echo 'INFO: Finish: run' >&2; echo 'ERROR: Command failed' >&2; exit 127\n")
+    with pytest.raises(MockError) as failure:
+        _run_step("gdb", command, 10, 1 << 20)
+    assert str(failure.value) == ("mock's gdb step failed (exit status 127): chmod: command not found | "
+                                  "ERROR: Command failed")
+
+
+def test_a_mock_step_past_its_time_is_terminated(tmp_path):
+    command = _fake_mock(tmp_path, "trap 'exit 143' TERM; while :; do sleep 0.05; done\n")
+    with pytest.raises(MockError, match="mock's init step did not finish within 0.3 s"):
+        _run_step("init", command, 0.3, 1 << 20)
+
+
+def test_a_mock_step_printing_without_end_is_stopped(tmp_path):
+    command = _fake_mock(tmp_path, "trap 'exit 143' TERM; yes crash\n")
+    with pytest.raises(MockError, match="mock's gdb step printed more than 1 MiB and was stopped"):
+        _run_step("gdb", command, 30, 1 << 20)
 
 
 class _Index:
