@@ -51,6 +51,7 @@ bench: setup
 	$(PYTHON) bench/api.py
 	$(PYTHON) bench/retrace.py
 	$(PYTHON) bench/environments.py
+	$(PYTHON) bench/mock.py
 	$(PYTHON) bench/debuginfod.py
 	$(PYTHON) bench/cluster.py
 	$(PYTHON) bench/vmcore.py

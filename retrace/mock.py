@@ -46,8 +46,14 @@ _TERMINATE_GRACE = 30.0
 # real mirror; GdbTimeout bounds the gdb step only.
 SETUP_SECONDS = 3600.0
 _STDERR_KEPT = 64 * 1024
-# mock's "Start: ..."/"Finish: ..." progress lines say nothing about a failure.
-_STATE_LINE = re.compile(r"^\s*(\S+ \S+ - )?(INFO: )?(Start|Finish)(\(\w+\))?: ")
+# mock's progress lines ("Start: ...", "Finish: ...", "INFO: ...") say nothing about a failure.
+_NOISE = re.compile(r"^\s*(\S+ \S+ - )?(INFO: |Mock Version: |(Start|Finish)(\(\w+\))?: )")
+# root.log: "DEBUG util.py:460:  <a line the command printed>", among mock's own notes about running it.
+_COMMAND_OUTPUT = re.compile(r"^DEBUG util\.py:\d+:  (.*)$")
+_RETURN_CODE = re.compile(r"Child return code was: (-?\d+)")
+_BOOKKEEPING = re.compile(r"(kill orphans in chroot|child environment:|Using nspawn|"
+                          r"Last metadata expiration check)")
+_ROOT_LOG_TAIL = 256 * 1024
 
 _CONFIG = """# Written by retrace-server for {release}; rewritten only when a setting changes,
 # because mock rebuilds its root cache whenever this file is newer than the cache.
@@ -89,6 +95,12 @@ def find_mock(mock_path):
     return shutil.which(mock_path, path=os.pathsep.join(filter(None, (os.environ.get("PATH"), SEARCH_PATH))))
 
 
+def root_name(cache_dir, release):
+    """mock's name for the release's chroot and root cache (under /var/cache/mock, shared by the host):
+    two servers on one host serving a release of the same name keep their caches apart."""
+    return f"retrace-{release}-{hashlib.sha256(str(cache_dir).encode()).hexdigest()[:8]}"
+
+
 class MockEnvironment:
     """One task's retrace in a mock chroot of its release."""
 
@@ -104,9 +116,7 @@ class MockEnvironment:
 
     @property
     def root_name(self):
-        """mock's name for the release's chroot and root cache (under /var/cache/mock, shared by the host):
-        two servers on one host serving a release of the same name keep their caches apart."""
-        return f"retrace-{self.release}-{hashlib.sha256(str(self.config.CacheDir).encode()).hexdigest()[:8]}"
+        return root_name(self.config.CacheDir, self.release)
 
     def hide_chroot(self, text):
         """mock's messages name its chroot by the host path (/var/lib/mock/<root>-<task>/root/usr/...): the
@@ -251,14 +261,39 @@ def _run_step(step, command, timeout, output_bytes, check=True, hide=str):
         result = subprocess.CompletedProcess(command, process.returncode, stdout.decode(errors="replace"),
                                              stderr.text())
     if check and result.returncode != 0:
-        raise MockError(f"mock's {step} step failed (exit status {result.returncode}): {hide(_said(result))}")
+        said = _said(result, Path(command[command.index("--resultdir") + 1]) / "root.log")
+        raise MockError(f"mock's {step} step failed (exit status {result.returncode}): {hide(said)}")
     return result
 
 
-def _said(result, lines=4):
-    """mock's last words on both streams: a chroot command's error is on stdout, mock's own on stderr."""
-    said = []
+def _said(result, root_log, lines=4):
+    """Why a step failed: the failed command's last words (mock logs them only to root.log in the
+    result directory), then mock's own on both streams (a chroot command's error is on stdout)."""
+    said = _failed_command_output(root_log, lines * 2)
     for text in (result.stdout, result.stderr):
-        kept = [line.strip() for line in text.splitlines() if line.strip() and not _STATE_LINE.match(line)]
+        kept = [line.strip() for line in text.splitlines() if line.strip() and not _NOISE.match(line)]
         said += kept[-lines:]
-    return " | ".join(said) or "no output"
+    return " | ".join(dict.fromkeys(said)) or "no output"
+
+
+def _failed_command_output(root_log, lines):
+    """The output of the last command that failed (mock unmounts after it), from the tail of root.log."""
+    try:
+        with open(root_log, "rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - _ROOT_LOG_TAIL))
+            text = log.read().decode(errors="replace")
+    except OSError:
+        return []
+    output, failed = [], []
+    for line in text.splitlines():
+        said = _COMMAND_OUTPUT.match(line)
+        if not said:
+            continue
+        if said[1].startswith("Executing command:"):
+            output = []
+        elif ended := _RETURN_CODE.match(said[1]):
+            if ended[1] != "0":
+                failed = output
+        elif not _BOOKKEEPING.match(said[1]) and said[1].strip():
+            output.append(said[1].strip())
+    return failed[-lines:]

@@ -1,11 +1,14 @@
 """RetraceEnvironment = chroot (the release's own gdb) and mock, against the sysroot environment."""
 
 import re
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from retrace.mock import find_mock
+from retrace.mock import find_mock, root_name as mock_root_name
+from tests.fixtures.distro import publish_release
 from tests.integration.helpers import submit, wait_final
 from tests.integration.server import SERVICE_USER
 
@@ -68,9 +71,18 @@ needs_mock = pytest.mark.skipif(find_mock("mock") is None,
                                 reason="mock is not installed here (Debian has none: see docs/mock.md to run it)")
 
 
+def start_mock_server(start_server, request, repository):
+    """A mock server whose root cache (host-wide, under /var/cache/mock) is removed after the test's scope."""
+    server = start_server(repository=repository, RetraceEnvironment="mock", **MOCK_WITHOUT_CONTAINERS)
+    name = mock_root_name(server.cache_dir, "fedora-41-x86_64")
+    request.addfinalizer(lambda: [shutil.rmtree(path, ignore_errors=True)
+                                  for path in Path("/var/cache/mock").glob(f"{name}*")])
+    return server
+
+
 @pytest.fixture(scope="module")
-def mock_server(start_server, chroot_release_dir):
-    return start_server(repository=chroot_release_dir, RetraceEnvironment="mock", **MOCK_WITHOUT_CONTAINERS)
+def mock_server(start_server, request, chroot_release_dir):
+    return start_mock_server(start_server, request, chroot_release_dir)
 
 
 @needs_mock
@@ -94,15 +106,31 @@ def test_mock_unpacks_the_root_cache_for_the_next_task_of_the_release(mock_serve
 
 
 @needs_mock
-def test_mock_failing_to_install_gdb_names_what_dnf_could_not_find(start_server, release_dir, problem_dir):
+def test_mock_failing_to_install_gdb_names_what_dnf_could_not_find(start_server, request, release_dir, problem_dir):
     """A release without gdb (the crash packages only): mock's init fails in dnf."""
-    server = start_server(repository=release_dir, RetraceEnvironment="mock", **MOCK_WITHOUT_CONTAINERS)
+    server = start_mock_server(start_server, request, release_dir)
     task_id, auth = submit(server, problem_dir)
     status = wait_final(server, task_id, auth)
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
     assert "mock's init step failed (exit status" in status.text
     assert "No match for argument: gdb" in status.text, status.text
     assert "--installroot / " in status.text and "/var/lib/mock" not in status.text, "no server path in the answer"
+
+
+@needs_mock
+def test_mock_failing_to_install_a_crash_package_names_the_missing_dependency(
+        start_server, request, work_dir, fixture_rpms, userland_rpms, problem_dir):
+    """The release lacks libcrash: the worker asks mock for crasher, whose dependency dnf cannot find."""
+    without_libcrash = [rpm for rpm in fixture_rpms if not rpm.name.startswith("libcrash")]
+    repository = publish_release(work_dir / "repos-without-libcrash", "fedora-41-x86_64",
+                                 [*without_libcrash, *userland_rpms])
+    server = start_mock_server(start_server, request, repository)
+    task_id, auth = submit(server, problem_dir)
+    status = wait_final(server, task_id, auth)
+    assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
+    assert "mock's install step failed (exit status" in status.text
+    assert "nothing provides libcrash.so" in status.text and "needed by crasher-1.0-1.fc41" in status.text, \
+        status.text
 
 
 @needs_mock

@@ -116,10 +116,12 @@ def test_mock_chroot_paths_read_as_inside_the_chroot(tmp_path):
 
 
 def _fake_mock(tmp_path, script):
+    """A stand-in for mock: ``script`` in sh, called with mock's ``--resultdir``."""
     program = tmp_path / "fake-mock"
     program.write_text("#!/bin/sh\n" + script)
     program.chmod(0o755)
-    return [str(program)]
+    (tmp_path / "result").mkdir(exist_ok=True)
+    return [str(program), "--resultdir", str(tmp_path / "result")]
 
 
 def test_a_failing_mock_step_quotes_both_streams_without_its_progress_lines(tmp_path):
@@ -129,6 +131,31 @@ def test_a_failing_mock_step_quotes_both_streams_without_its_progress_lines(tmp_
         _run_step("gdb", command, 10, 1 << 20)
     assert str(failure.value) == ("mock's gdb step failed (exit status 127): chmod: command not found | "
                                   "ERROR: Command failed")
+
+
+ROOT_LOG = """DEBUG util.py:557:  Executing command: ['/usr/bin/dnf-3', 'install', 'gdb'] with env {}
+DEBUG util.py:460:  Error: nothing of the first command
+DEBUG util.py:609:  Child return code was: 1
+DEBUG util.py:557:  Executing command: ['/usr/bin/dnf-3', 'install', 'crasher'] with env {}
+DEBUG util.py:462:  Last metadata expiration check: 0:00:10 ago on Sat Nov 28 08:58:15 2026.
+DEBUG util.py:460:  Error:
+DEBUG util.py:460:   Problem: conflicting requests
+DEBUG util.py:460:    - nothing provides libcrash.so.1()(64bit) needed by crasher-1.0-1.fc41.x86_64
+DEBUG util.py:609:  Child return code was: 1
+DEBUG util.py:184:  kill orphans in chroot /var/lib/mock/x/root
+DEBUG util.py:557:  Executing command: ['/bin/umount', '-n', '-l', '/var/lib/mock/x/root/proc'] with env {}
+DEBUG util.py:609:  Child return code was: 0
+"""
+
+
+def test_a_failing_mock_step_quotes_the_failed_command_from_mocks_root_log(tmp_path):
+    command = _fake_mock(tmp_path, "echo 'ERROR: Command failed:' >&2; exit 30\n")
+    (tmp_path / "result" / "root.log").write_text(ROOT_LOG)
+    with pytest.raises(MockError) as failure:
+        _run_step("install", command, 10, 1 << 20)
+    assert str(failure.value) == (
+        "mock's install step failed (exit status 30): Error: | Problem: conflicting requests | - nothing provides libcrash.so.1()(64bit) "
+        "needed by crasher-1.0-1.fc41.x86_64 | ERROR: Command failed:")
 
 
 def test_a_mock_step_past_its_time_is_terminated(tmp_path):
