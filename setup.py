@@ -6,7 +6,8 @@ setup(
     description="Turn C/C++ coredumps into symbolized backtraces over an ABRT-compatible HTTPS API",
     license="GPL-2.0-or-later",
     python_requires=">=3.9",
-    packages=["retrace", "wsgi", "worker", "client", "reposync", "cleanup"],
+    packages=["retrace", "retrace.intake", "retrace.tasks", "retrace.packaging", "retrace.environments",
+              "retrace.analysis", "wsgi", "worker", "client", "reposync", "cleanup"],
     package_data={"wsgi": ["retrace.wsgi"], "reposync": ["distributions/*.conf"]},
     data_files=[
         ("share/retrace-server", ["httpd/retrace.conf", "config/retrace-server.conf", "config/retrace-server.cron"]),

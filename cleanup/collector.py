@@ -13,13 +13,13 @@ import tarfile
 import time
 from pathlib import Path
 
-from retrace.cache import PackageCache, abandoned_partial_entries
-from retrace.chroot import GdbRoots
-from retrace.debuginfod import BuildIdCache
-from retrace.kernel import KernelCache
+from retrace.environments.chroot import GdbRoots
+from retrace.packaging.cache import PackageCache, abandoned_partial_entries
+from retrace.packaging.debuginfod import BuildIdCache
+from retrace.packaging.kernel import KernelCache
 from retrace.stats import StatsDB
-from retrace.dispatch import end_failed, fail_if_worker_died, start_queued
-from retrace.task import WORKER_LOCK, TaskStatus, iter_tasks, worker_alive
+from retrace.tasks.dispatch import end_failed, fail_if_worker_died, start_queued
+from retrace.tasks.task import WORKER_LOCK, TaskStatus, iter_tasks, worker_alive
 from worker.supervisor import kill_worker
 
 HOUR = 3600

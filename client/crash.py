@@ -15,9 +15,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from retrace.coredump import read_core
+from retrace.analysis.coredump import read_core
 from retrace.errors import InvalidCrashData
-from retrace.release import canonical_arch, release_from_line
+from retrace.packaging.release import canonical_arch, release_from_line
 
 REQUIRED = ("coredump", "executable", "package", "os_release")
 OPTIONAL = ("rootdir", "os_release_in_rootdir")

@@ -17,8 +17,8 @@ import sys
 from reposync.plugins import PluginError, load_plugins
 from reposync.repository import EXIT_USAGE, SyncError, discover_versions, parse_release, sync_release
 from retrace.config import ConfigError, config_path, load_config
+from retrace.packaging.release import ReleaseId
 from retrace.privileges import PrivilegeError, add_service_arguments, run_as_service_user
-from retrace.release import ReleaseId
 
 PROG = "retrace-server-reposync"
 

@@ -22,7 +22,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from retrace.repoindex import COMMON_NS, REPO_NS, iter_elements
+from retrace.packaging.repoindex import COMMON_NS, REPO_NS, iter_elements
 
 _CHUNK = 1024 * 1024
 _TIMEOUT = (15, 120)

@@ -20,9 +20,9 @@ import requests
 
 from reposync.mirrors import MirrorError, http_session, mirror_for
 from retrace import locking
-from retrace.release import ReleaseId, canonical_arch
-from retrace.signatures import Keyring, SignatureError
-from retrace.repoindex import RepoIndex, RepositoryError
+from retrace.packaging.release import ReleaseId, canonical_arch
+from retrace.packaging.repoindex import RepoIndex, RepositoryError
+from retrace.packaging.signatures import Keyring, SignatureError
 
 EXIT_OK = 0
 EXIT_USAGE = 1

@@ -16,13 +16,13 @@ import time
 
 from retrace import locking
 from retrace.config import config_path, load_config
-from retrace.celeryapp import host_arch
-from retrace.dispatch import poke
 from retrace.errors import ConfigError, NotFound
 from retrace.privileges import PrivilegeError, add_service_arguments, run_as_service_user
-from retrace.task import (JOB_PID, LOG_NAME, LOG_TIME_FORMAT, WORKER_HOST, WORKER_LOCK, Task, TaskStatus, TaskType,
-                          write_atomically)
-from worker.pipeline import RetraceJob
+from retrace.tasks.celeryapp import host_arch
+from retrace.tasks.dispatch import poke
+from retrace.tasks.task import (JOB_PID, LOG_NAME, LOG_TIME_FORMAT, WORKER_HOST, WORKER_LOCK, Task, TaskStatus,
+                                TaskType, write_atomically)
+from worker.coredump import RetraceJob
 from worker.supervisor import supervise
 from worker.vmcore import VmcoreJob
 
@@ -96,7 +96,7 @@ def reset(task):
 
 
 def task_logger(task, verbose):
-    logger = logging.getLogger(f"retrace.task.{task.task_id}")
+    logger = logging.getLogger(f"retrace.tasks.task.{task.task_id}")
     logger.propagate = False
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     handler = logging.FileHandler(task.path / LOG_NAME, encoding="utf-8")

@@ -16,10 +16,10 @@ import logging
 import os
 import sys
 
-from retrace import dispatch
-from worker import cli as worker_cli
 from retrace.config import ConfigError, config_path, load_config
 from retrace.privileges import PrivilegeError, add_service_arguments, append_stderr_to, run_as_service_user
+from retrace.tasks import dispatch
+from worker import cli as worker_cli
 
 PROG = "retrace-server-dispatcher"
 

@@ -21,18 +21,18 @@ import re
 import time
 from pathlib import Path
 
-from retrace import crash as crash_tool
-from retrace.debuginfod import BuildIdCache, Settings as DebuginfodSettings, fetch_all
-from retrace.kernel import (KernelCache, KernelError, debuginfo_packages, extract_module_debuginfo, extract_vmlinux,
-                            find_debuginfo_package, is_debian_kernel, kernel_arch, package_nevra,
-                            repository_releases)
-from retrace.coredump import file_build_id
-from retrace.release import release_from_line, releases_from_dist_tag
-from retrace.sandbox import SandboxTimeout, run_sandboxed
-from retrace.signatures import Keyring
-from retrace.task import write_atomically
-from retrace.vmcore import DumpFormat, KernelIdentity, dump_format, read_vmcoreinfo, search_text
-from worker.pipeline import RELEASE_FILES, Job, TaskFailed
+from retrace.analysis import crash as crash_tool
+from retrace.analysis.coredump import file_build_id
+from retrace.analysis.vmcore import DumpFormat, KernelIdentity, dump_format, read_vmcoreinfo, search_text
+from retrace.environments.sandbox import SandboxTimeout, run_sandboxed
+from retrace.packaging.debuginfod import BuildIdCache, Settings as DebuginfodSettings, fetch_all
+from retrace.packaging.kernel import (KernelCache, KernelError, debuginfo_packages, extract_module_debuginfo,
+                                      extract_vmlinux, find_debuginfo_package, is_debian_kernel, kernel_arch,
+                                      package_nevra, repository_releases)
+from retrace.packaging.release import RELEASE_FILES, release_from_line, releases_from_dist_tag
+from retrace.packaging.signatures import Keyring
+from retrace.tasks.task import write_atomically
+from worker.job import Job, TaskFailed
 
 _PANIC = re.compile(r"^\s*PANIC: (.*)$", re.M)
 

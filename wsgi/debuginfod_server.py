@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 from retrace.config import ConfigError, config_path, load_config
+from retrace.environments.sandbox import host_binds
 from retrace.privileges import append_stderr_to
-from retrace.sandbox import host_binds
 
 PROG = "retrace-server-debuginfod"
 RESCAN_SECONDS = 300

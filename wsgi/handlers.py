@@ -15,12 +15,13 @@ import sqlite3
 
 from webob import Response
 
-from retrace import archive, crashdata, dispatch, storage, taskqueue
 from retrace.errors import Conflict, Forbidden, NotFound, QueueFull, TemporarilyUnavailable
-from retrace.packages import is_package_known
-from retrace.release import ReleaseId, served_releases, supported_releases
+from retrace.intake import archive, crashdata, storage
+from retrace.packaging.packages import is_package_known
+from retrace.packaging.release import ReleaseId, served_releases, supported_releases
 from retrace.stats import StatsDB
-from retrace.task import Task, TaskStatus, TaskType, wire_status
+from retrace.tasks import dispatch, taskqueue
+from retrace.tasks.task import Task, TaskStatus, TaskType, wire_status
 from wsgi import metrics, statspage
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ import grp
 import logging
 import os
 import pwd
-import shutil
 import select
+import shutil
 import signal
 import socket
 import stat
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import wsgi
 from retrace.config import ConfigError, load_config
-from retrace.release import served_releases
-from retrace.sandbox import sandbox_argv
+from retrace.environments.sandbox import sandbox_argv
+from retrace.packaging.release import served_releases
 from wsgi.debuginfod_server import READY_TIMEOUT, state_dir as debuginfod_state_dir, wait_until_connectable
 
 PROG = "retrace-server-httpd"

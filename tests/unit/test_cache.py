@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from retrace.cache import CachedPackage, PackageCache, UnpackError, _refuse_through_symlink, safe_relative
-from retrace.environment import assemble_sysroot
+from retrace.environments.sysroot import assemble_sysroot
+from retrace.packaging.cache import CachedPackage, PackageCache, UnpackError, _refuse_through_symlink, safe_relative
 
 
 @pytest.mark.parametrize("name", ["../etc/passwd", "/usr/../../etc/shadow", "./", "/usr//lib", "/usr/lib/."])
@@ -82,8 +82,8 @@ def test_absolute_package_symlinks_resolve_inside_the_sysroot(tmp_path):
 
 
 def test_loader_is_linked_at_the_name_the_program_asks_for(tmp_path):
-    from retrace.coredump import Module, program_interpreter
-    from retrace.environment import link_program_interpreter
+    from retrace.analysis.coredump import Module, program_interpreter
+    from retrace.environments.sysroot import link_program_interpreter
 
     root = tmp_path / "root"
     mapped = root / "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"

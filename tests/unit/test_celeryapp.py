@@ -1,9 +1,9 @@
 import time
 
-from retrace.celeryapp import DEAD_QUEUE, is_published, publish, queue_name, worker_queues
 from retrace.config import Config
-from retrace.dispatch import fail_if_worker_died
-from retrace.task import IncomingTask, TaskStatus, TaskType
+from retrace.tasks.celeryapp import DEAD_QUEUE, is_published, publish, queue_name, worker_queues
+from retrace.tasks.dispatch import fail_if_worker_died
+from retrace.tasks.task import IncomingTask, TaskStatus, TaskType
 from tests.fixtures.synthetic_core import synthetic_core
 
 

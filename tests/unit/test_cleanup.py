@@ -9,11 +9,10 @@ import pytest
 
 from cleanup.cli import check_expiry_settings
 from cleanup.collector import HOUR, Collector
-from retrace.cache import SIZE_FILE, PackageCache
-from retrace.config import Config, ConfigError
-from retrace.task import WORKER_LOCK
 from retrace import locking
-from retrace.task import IncomingTask, Task, TaskStatus, TaskType
+from retrace.config import Config, ConfigError
+from retrace.packaging.cache import SIZE_FILE, PackageCache
+from retrace.tasks.task import WORKER_LOCK, IncomingTask, Task, TaskStatus, TaskType
 
 NOW = time.time()
 MIB = 1024 * 1024
@@ -151,7 +150,7 @@ def test_failed_tasks_outliving_successful_ones_is_a_config_error():
 
 
 def test_gdb_roots_and_debuginfod_files_share_the_cache_budget(config, caplog):
-    from retrace.debuginfod import BuildIdCache
+    from retrace.packaging.debuginfod import BuildIdCache
 
     config = Config(**{**vars(config), "CacheSize": 1})
     root = config.CacheDir / "roots" / "fedora-41-x86_64-0123456789abcdef"
@@ -170,7 +169,7 @@ def test_gdb_roots_and_debuginfod_files_share_the_cache_budget(config, caplog):
 
 
 def test_cached_vmlinux_shares_the_cache_budget(config, caplog):
-    from retrace.kernel import KernelCache
+    from retrace.packaging.kernel import KernelCache
 
     config = Config(**{**vars(config), "CacheSize": 1})
     vmlinux = KernelCache(config.CacheDir).entry_path("3b43fad5")

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from retrace.crash import COMMANDS, CrashError, CrashOutput, Markers, _Session, modules_without_debuginfo
+from retrace.analysis.crash import COMMANDS, CrashError, CrashOutput, Markers, _Session, modules_without_debuginfo
 
 
 def test_batch_script_echoes_a_marker_before_each_command_and_quits():

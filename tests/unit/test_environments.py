@@ -4,11 +4,11 @@ import os
 
 import pytest
 
-from retrace.chroot import ChrootError, dnf_argv, fakeroot_argv, manifest_of, root_key
-from retrace.sandbox import prepare_mount_points
 from retrace.config import Config
-from retrace.mock import CHROOT_CRASH_DIR, MockEnvironment, MockError, _run_step, find_mock
-from retrace.release import ReleaseId
+from retrace.environments.chroot import ChrootError, dnf_argv, fakeroot_argv, manifest_of, root_key
+from retrace.environments.mock import CHROOT_CRASH_DIR, MockEnvironment, MockError, _run_step, find_mock
+from retrace.environments.sandbox import prepare_mount_points
+from retrace.packaging.release import ReleaseId
 
 RELEASE = ReleaseId("fedora", "41", "x86_64")
 
@@ -103,7 +103,7 @@ def test_mock_runs_gdb_in_argv_form_as_the_unprivileged_user_and_scrubs_at_the_e
 
 def test_mock_is_found_in_usr_local_even_from_a_minimal_path(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-    monkeypatch.setattr("retrace.mock.SEARCH_PATH", str(tmp_path))
+    monkeypatch.setattr("retrace.environments.mock.SEARCH_PATH", str(tmp_path))
     (tmp_path / "mock").write_text("#!/bin/sh\n")
     (tmp_path / "mock").chmod(0o755)
     assert find_mock("mock") == str(tmp_path / "mock")

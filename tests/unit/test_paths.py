@@ -2,7 +2,7 @@
 
 import pytest
 
-from retrace.environment import place_files
+from retrace.environments.sysroot import place_files
 from retrace.paths import UnsafePath, clamped_link_target, inside
 
 

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from retrace.config import Config
-from retrace.signatures import Keyring, SignatureError
+from retrace.packaging.signatures import Keyring, SignatureError
 from tests.fixtures.signing import OTHER_KEY, TEST_KEY
 
 SPEC = """Name: tiny

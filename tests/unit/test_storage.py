@@ -2,9 +2,9 @@
 
 import pytest
 
-from retrace import storage
 from retrace.errors import NotEnoughStorage
-from retrace.task import IncomingTask, RESERVED_NAME
+from retrace.intake import storage
+from retrace.tasks.task import RESERVED_NAME, IncomingTask
 
 
 def test_an_upload_cannot_claim_the_space_another_live_upload_has_claimed(tmp_path):

@@ -5,7 +5,7 @@ import signal
 import time
 
 from retrace.config import Config
-from retrace.task import JOB_PID, IncomingTask, TaskStatus, TaskType
+from retrace.tasks.task import JOB_PID, IncomingTask, TaskStatus, TaskType
 from worker.supervisor import supervise
 
 

@@ -1,14 +1,12 @@
 import os
-import time
 import re
+import time
 
 import pytest
 
 from retrace.errors import Forbidden, NotFound
-from retrace.task import (
-    INCOMING_DIR, IncomingTask, Task, TaskStatus, TaskType, count_live_uploads, iter_tasks, wire_status,
-    write_atomically,
-)
+from retrace.tasks.task import (INCOMING_DIR, IncomingTask, Task, TaskStatus, TaskType, count_live_uploads, iter_tasks,
+                                wire_status, write_atomically)
 
 
 def commit(save_dir, task_type=TaskType.COREDUMP):

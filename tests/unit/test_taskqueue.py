@@ -2,11 +2,11 @@ import os
 
 import pytest
 
+from retrace import locking
 from retrace.config import Config
 from retrace.errors import QueueFull, TooManyUploads
-from retrace import locking
-from retrace.task import WORKER_HOST, WORKER_LOCK, IncomingTask, TaskStatus, TaskType
-from retrace.taskqueue import admitted_upload, occupancy, queue_position, queued_tasks, running_by_host
+from retrace.tasks.task import WORKER_HOST, WORKER_LOCK, IncomingTask, TaskStatus, TaskType
+from retrace.tasks.taskqueue import admitted_upload, occupancy, queue_position, queued_tasks, running_by_host
 
 
 def config_for(tmp_path, **values):

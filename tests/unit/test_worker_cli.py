@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from retrace import locking
-from retrace.task import WORKER_LOCK, IncomingTask, Task, TaskStatus, TaskType
-from worker.cli import claim_when_free
+from retrace.tasks.task import WORKER_LOCK, IncomingTask, Task, TaskStatus, TaskType
 from tests.fixtures.synthetic_core import synthetic_core
+from worker.cli import claim_when_free
 
 
 @pytest.fixture

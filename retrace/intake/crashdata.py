@@ -7,10 +7,10 @@ each is held to a strict pattern here, at the door, once.
 
 import re
 
-from retrace.coredump import check_elf_core_header
-from retrace.vmcore import dump_format_of
+from retrace.analysis.coredump import check_elf_core_header
+from retrace.analysis.vmcore import dump_format_of
 from retrace.errors import BadRequest, Conflict, Forbidden, InvalidCrashData
-from retrace.task import TaskType
+from retrace.tasks.task import TaskType
 
 _PATH = re.compile(r"/[A-Za-z0-9._+,:@%=~/-]*", re.ASCII)
 _NEVR = re.compile(r"[A-Za-z0-9._+~^-]+-([0-9]+:)?[A-Za-z0-9._+~^]+-[A-Za-z0-9._+~^]+", re.ASCII)

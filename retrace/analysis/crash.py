@@ -23,10 +23,10 @@ import signal
 import subprocess
 import time
 
+from retrace.analysis.vmcore import KERNEL_RELEASE
+from retrace.environments.sandbox import (DEFAULT_OUTPUT_BYTES, SandboxOutputLimit, SandboxTimeout, check_started,
+                                          kill_group, read_output, require_sandbox, run_sandboxed, start_sandboxed)
 from retrace.errors import RetraceError
-from retrace.sandbox import (DEFAULT_OUTPUT_BYTES, SandboxOutputLimit, SandboxTimeout, check_started, kill_group,
-                             read_output, require_sandbox, run_sandboxed, start_sandboxed)
-from retrace.vmcore import KERNEL_RELEASE
 
 COMMANDS = ("sys", "bt -a", "bt", "log", "mod")
 MINIMAL_COMMANDS = ("log",)

@@ -22,10 +22,10 @@ elsewhere, does nothing.
 import logging
 import platform
 
-from retrace.coredump import core_arch
+from retrace.analysis.coredump import core_arch
 from retrace.errors import RetraceError
-from retrace.release import canonical_arch
-from retrace.task import write_atomically
+from retrace.packaging.release import canonical_arch
+from retrace.tasks.task import write_atomically
 
 log = logging.getLogger(__name__)
 

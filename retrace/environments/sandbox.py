@@ -18,9 +18,9 @@ import functools
 import os
 import re
 import resource
+import select
 import shutil
 import signal
-import select
 import subprocess
 import tempfile
 import termios
@@ -206,7 +206,7 @@ def start_sandboxed(command, read_only_paths, *, cpu_seconds, memory_bytes, stdi
                     writable_paths=()):
     """Start ``command`` in the sandbox, in a process group of its own; its Popen (output and errors merged).
 
-    For a debugger driven batch by batch (``retrace.crash``); the caller
+    For a debugger driven batch by batch (``retrace.analysis.crash``); the caller
     owns the timeout and kills the group when it passes.
     """
     filter_fd = seccomp_filter()

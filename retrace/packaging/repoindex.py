@@ -22,7 +22,7 @@ from pathlib import Path
 
 from retrace import locking
 from retrace.errors import RetraceError
-from retrace.packages import usr_merge_variants
+from retrace.packaging.packages import usr_merge_variants
 from retrace.paths import UnsafePath, inside, shown
 
 REPO_NS = "{http://linux.duke.edu/metadata/repo}"

@@ -25,7 +25,7 @@ from retrace.errors import Forbidden, NotFound, RetraceError
 INCOMING_DIR = ".incoming"
 TRASH_PREFIX = ".deleted-"
 _LOCK_NAME = ".upload.lock"
-# Bytes an upload has announced and not yet written (retrace.storage).
+# Bytes an upload has announced and not yet written (retrace.intake.storage).
 RESERVED_NAME = ".reserved"
 # The address an upload comes from (MaxUploadsPerClient).
 _CLIENT_NAME = ".client"

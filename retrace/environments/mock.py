@@ -29,9 +29,9 @@ import threading
 import time
 from pathlib import Path
 
+from retrace.analysis.gdb import exploitable_marker, gdb_argv
+from retrace.environments.sandbox import SandboxOutputLimit, SandboxTimeout, read_output
 from retrace.errors import RetraceError
-from retrace.gdb import exploitable_marker, gdb_argv
-from retrace.sandbox import SandboxOutputLimit, SandboxTimeout, read_output
 
 CHROOT_CRASH_DIR = "/var/spool/abrt/crash"
 

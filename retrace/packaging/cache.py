@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from retrace import locking
-from retrace.coredump import file_build_id
+from retrace.analysis.coredump import file_build_id
 from retrace.errors import RetraceError
 
 MANIFEST = "manifest.json"

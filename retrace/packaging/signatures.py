@@ -18,8 +18,8 @@ import hashlib
 import subprocess
 from pathlib import Path
 
-from retrace.cache import cached_entry
 from retrace.errors import RetraceError
+from retrace.packaging.cache import cached_entry
 
 _TIMEOUT = 300
 

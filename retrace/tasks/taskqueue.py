@@ -12,7 +12,7 @@ import dataclasses
 
 from retrace import locking
 from retrace.errors import QueueFull, TooManyUploads
-from retrace.task import WORKER_HOST, IncomingTask, count_live_uploads, iter_tasks, worker_alive
+from retrace.tasks.task import WORKER_HOST, IncomingTask, count_live_uploads, iter_tasks, worker_alive
 
 _ADMISSION_LOCK = ".admission.lock"
 

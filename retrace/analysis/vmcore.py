@@ -17,7 +17,7 @@ import enum
 import re
 import struct
 
-from retrace.coredump import PT_NOTE, file_reader, image_header, program_headers
+from retrace.analysis.coredump import PT_NOTE, file_reader, image_header, program_headers
 from retrace.errors import InvalidCrashData
 
 ET_CORE = 4

@@ -103,6 +103,11 @@ def _version(text, release_line):
     return "rawhide" if "rawhide" in release_line.lower() else text.lower()
 
 
+# The problem-directory files that may name the release, in the order tried
+# (upstream: the chroot's own os-release first).
+RELEASE_FILES = ("os_release_in_rootdir", "os_release", "release")
+
+
 def release_from_line(release_line, arch):
     """The ReleaseId an ABRT ``os_release`` line names, or None."""
     line = release_line.strip()

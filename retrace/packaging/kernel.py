@@ -31,11 +31,11 @@ import tempfile
 from pathlib import Path
 
 from retrace import locking
-from retrace.cache import (MANIFEST, SIZE_FILE, safe_relative, write_content, cache_entries, cached_entry, evict_entry,
-                           extract_rpm_file, rpm_payload, tree_bytes)
-from retrace.coredump import file_build_id
+from retrace.analysis.coredump import file_build_id
 from retrace.errors import RetraceError
-from retrace.release import ReleaseId, canonical_arch
+from retrace.packaging.cache import (MANIFEST, SIZE_FILE, cache_entries, cached_entry, evict_entry, extract_rpm_file,
+                                     rpm_payload, safe_relative, tree_bytes, write_content)
+from retrace.packaging.release import ReleaseId, canonical_arch
 
 _RPM_ARCH = re.compile(r"\.(x86_64|aarch64|ppc64le|s390x|i686|armv7hl)(?:\+(\w+))?$")
 _DEBIAN_ARCHES = {"amd64": "x86_64", "arm64": "aarch64", "686": "i386", "686-pae": "i386", "ppc64el": "ppc64le",

@@ -1,0 +1,126 @@
+"""The stages every task goes through, with upstream's statuses, for coredump and vmcore jobs alike.
+
+Each stage sets upstream's status, logs what it found with its duration,
+and raises a RetraceError whose sentence tells the user what went wrong;
+``Job.run`` turns that into FINISHED_FAILURE with the sentence in
+``retrace_log`` and in the status body.  Tracebacks of unexpected errors go
+to the admin's ``<LogDir>/worker.log`` only: the task log is shown to the
+client and must not reveal server paths.
+"""
+
+import contextlib
+import logging
+import sqlite3
+import time
+
+from retrace.errors import RetraceError, disk_full_explained
+from retrace.intake import crashdata
+from retrace.stats import FAILURE, SUCCESS, StatsDB, TaskRecord
+from retrace.tasks import taskqueue
+from retrace.tasks.task import TaskStatus
+
+admin_log = logging.getLogger("retrace.worker")
+
+
+class TaskFailed(RetraceError):
+    """A stage cannot go on; the sentence is the user's explanation."""
+
+
+class Job:
+    """The stages every task goes through, with upstream's statuses; subclasses fill them in.
+
+    ``analyze`` returns what the later stages need; ``prepare`` and
+    ``backtrace`` take it; ``clean(succeeded)`` also runs when a stage
+    failed (and, from the supervisor, when the job died).
+    """
+
+    def __init__(self, config, task, log):
+        self.config = config
+        self.task = task
+        self.log = log
+        self.started = time.monotonic()
+        now = time.time()
+        queued_time = task.timestamp("queued_time")
+        self.record = TaskRecord(
+            task.task_id, SUCCESS, task.timestamp("started_time") or now, 0.0,
+            queue_wait=round(max(0.0, now - queued_time), 3) if queued_time else None,
+            running_before=taskqueue.occupancy(config).running,
+        )
+
+    # -- driving -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def stage(self, status):
+        with disk_full_explained(f"The server ran out of disk space at '{status.sentence}'; "
+                                 "try again later (the administrator needs to free space)"):
+            self.task.set_status(status)
+            self.log.info("%s", status.sentence)
+            began = time.monotonic()
+            yield
+        seconds = time.monotonic() - began
+        self.record.phases[status.name.lower()] = round(seconds, 4)
+        self.log.info("%s: done in %.3f s", status.sentence, seconds)
+
+    def run(self):
+        """Run every stage; True on success.  The task always ends final."""
+        try:
+            with self.stage(TaskStatus.ANALYZE):
+                crash = self.analyze()
+            with self.stage(TaskStatus.INIT):
+                self.prepare(crash)
+            with self.stage(TaskStatus.BACKTRACE):
+                self.backtrace(crash)
+            with self.stage(TaskStatus.CLEANUP):
+                self.clean(succeeded=True)
+            with self.stage(TaskStatus.STATS):
+                self.save_stats()
+        except RetraceError as err:
+            self.finish_failed(self.without_server_paths(err.sentence), err.category)
+            return False
+        except Exception as err:
+            admin_log.exception("task %s: unexpected error", self.task.task_id)
+            self.finish_failed(
+                f"internal error in the retrace worker ({type(err).__name__}); "
+                "the administrator finds the details in the server's worker.log",
+                "internal error",
+            )
+            return False
+        self.task.mark_time("finished_time")
+        self.task.set_status(TaskStatus.SUCCESS)
+        self.log.info("Retrace job finished successfully in %.3f s", time.monotonic() - self.started)
+        return True
+
+    def finish_failed(self, reason, category):
+        try:
+            self.clean(succeeded=False)
+        except Exception:  # noqa: BLE001 - cleaning up is best effort; recording the end is not
+            admin_log.exception("task %s: cleaning up after the failure failed", self.task.task_id)
+        self.record.status, self.record.failure, self.record.failure_category = FAILURE, reason, category
+        self.save_stats()
+        self.task.fail(reason)
+
+    def without_server_paths(self, text):
+        """``text`` (a tool's message for the user) without the server's directories: files in the task read
+        as the user named them, anything else as the kind of place it is in."""
+        places = ((self.task.crash_dir, ""), (self.task.path, ""), (self.config.CacheDir, "cache"),
+                  (self.config.RepoDir, "repository"), (self.config.SaveDir, "spool"))
+        for directory, shown in places:
+            text = text.replace(f"{directory}/", f"{shown}/" if shown else "").replace(str(directory), shown or ".")
+        return text
+
+    def crash_text(self, name):
+        path = self.task.crash_dir / name
+        if not path.is_file():
+            return None
+        return crashdata.read_text_file(path, name)
+
+    def save_stats(self):
+        """Add the task to the statistics; a database problem is logged, never fatal."""
+        self.record.duration = round(time.monotonic() - self.started, 3)
+        self.record.running_after = taskqueue.occupancy(self.config).running
+        try:
+            with StatsDB.for_config(self.config) as stats:
+                stats.record_task(self.record)
+        except (sqlite3.Error, OSError) as err:
+            self.log.warning("Statistics not saved: %s", err)
+            admin_log.error("task %s: statistics not saved: %s", self.task.task_id, err)
