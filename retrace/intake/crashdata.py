@@ -16,9 +16,14 @@ _PATH = re.compile(r"/[A-Za-z0-9._+,:@%=~/-]*", re.ASCII)
 _NEVR = re.compile(r"[A-Za-z0-9._+~^-]+-([0-9]+:)?[A-Za-z0-9._+~^]+-[A-Za-z0-9._+~^]+", re.ASCII)
 _RELEASE_TEXT = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._,:()/+-]*", re.ASCII)
 _PACKAGE_LIST = re.compile(r"[A-Za-z0-9._+~^:-]+(\s+[A-Za-z0-9._+~^:-]+)*", re.ASCII)
+_OS_RELEASE_LINE = re.compile(r"#[ -~]*|[A-Z][A-Z0-9_]*=[^\x00-\x1f\x7f`$\\]*", re.ASCII)
 
 _PATH_RULE = "an absolute path of letters, digits and ._+,:@%=~/- without '..'"
 _RELEASE_RULE = "a release line such as 'Fedora release 41 (Forty One)'"
+
+
+def _is_os_release(text):
+    return all(_OS_RELEASE_LINE.fullmatch(line.strip()) for line in text.splitlines() if line.strip())
 
 
 def _is_path(text):
@@ -34,6 +39,7 @@ CRASH_FILES = {
     "os_release": (128, _RELEASE_TEXT.fullmatch, _RELEASE_RULE),
     "release": (128, _RELEASE_TEXT.fullmatch, _RELEASE_RULE),
     "os_release_in_rootdir": (128, _RELEASE_TEXT.fullmatch, _RELEASE_RULE),
+    "os_info": (4096, _is_os_release, "an os-release file: KEY=value lines such as 'ID=debian'"),
     "rootdir": (256, _is_path, _PATH_RULE),
     "packages": (1024 * 1024, _PACKAGE_LIST.fullmatch, "package names separated by white space"),
 }

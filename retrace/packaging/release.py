@@ -81,8 +81,11 @@ class Distribution:
     dist_tag: re.Pattern | None
 
 
-# Upstream's abrtparser / guessparser patterns, plus CentOS Stream.  The
-# first group of each is the major version.
+# Upstream's abrtparser / guessparser patterns, plus CentOS Stream, Debian
+# and Ubuntu.  The first group of each is the version: the major one, except
+# for Ubuntu, whose point releases (24.04, 24.10) are different
+# distributions.  Debian's tag is the stable-update suffix (+deb12u1),
+# Ubuntu's the SRU suffix (0ubuntu0.24.04.1).
 DISTRIBUTIONS = (
     Distribution("fedora", re.compile(r"Fedora(?: Linux)? release (\d+|rawhide)\b.*", re.I), re.compile(r"\.fc(\d+)")),
     Distribution(
@@ -93,6 +96,9 @@ DISTRIBUTIONS = (
     Distribution(
         "centos", re.compile(r"CentOS(?: Linux| Stream)? release (\d+)(?:\.\d+)*(?: \(.*\))?"), re.compile(r"\.el(\d+)")
     ),
+    Distribution("debian", re.compile(r"Debian GNU/Linux (\d+)(?:\.\d+)*(?: \(\w+\))?"), re.compile(r"\+deb(\d+)u\d+")),
+    Distribution("ubuntu", re.compile(r"Ubuntu (\d\d\.\d\d)(?:\.\d+)?(?: LTS)?(?: \(.*\))?"),
+                 re.compile(r"ubuntu\d+\.(\d\d\.\d\d)(?:\.\d+)*$")),
 )
 # Any other "<Name> [Linux] release <N>[.M] (...)" line: the distribution is
 # the first word, lower-cased (AlmaLinux -> almalinux).
@@ -104,8 +110,9 @@ def _version(text, release_line):
 
 
 # The problem-directory files that may name the release, in the order tried
-# (upstream: the chroot's own os-release first).
-RELEASE_FILES = ("os_release_in_rootdir", "os_release", "release")
+# (upstream: the chroot's own os-release first); ``os_info`` is the whole
+# os-release file, which ABRT on Debian saves instead of an os_release line.
+RELEASE_FILES = ("os_release_in_rootdir", "os_release", "release", "os_info")
 
 
 def release_from_line(release_line, arch):
@@ -119,6 +126,45 @@ def release_from_line(release_line, arch):
     if match:
         return ReleaseId(match[1].lower(), _version(match[2], line), arch)
     return None
+
+
+# os-release IDs whose VERSION_ID keeps only its major part in a release id
+# (rhel 9.4 -> rhel-9), as their release lines do; Ubuntu and the rest keep it whole.
+_MAJOR_ONLY = {"fedora", "rhel", "centos", "debian", "almalinux", "rocky", "ol"}
+_OS_RELEASE_LINE = re.compile(r"([A-Z][A-Z0-9_]*)=(.*)")
+_RELEASE_WORD = re.compile(r"[a-z0-9.]+", re.ASCII)
+_OS_RELEASE_ID = re.compile(r"[a-z0-9._-]+", re.ASCII)  # os-release(5)
+
+
+def parse_os_release(text):
+    """``{KEY: value}`` of an os-release file (the ``os_info`` ABRT saves), quotes removed."""
+    fields = {}
+    for line in text.splitlines():
+        match = _OS_RELEASE_LINE.fullmatch(line.strip())
+        if match:
+            value = match[2].strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+                value = value[1:-1]
+            fields[match[1]] = value
+    return fields
+
+
+def release_from_os_release(text, arch):
+    """The ReleaseId an os-release file names (``ID``, ``VERSION_ID``, else ``VERSION_CODENAME``), or None.
+
+    Any distribution's: a release served through debuginfod needs no plugin.
+    Debian testing and unstable have no VERSION_ID: their codename is the version.
+    """
+    fields = parse_os_release(text)
+    if not _OS_RELEASE_ID.fullmatch(fields.get("ID", "")):
+        return None
+    distribution = re.sub(r"[^a-z0-9]", "", fields["ID"])
+    version = (fields.get("VERSION_ID") or fields.get("VERSION_CODENAME") or fields.get("BUILD_ID") or "").lower()
+    if distribution in _MAJOR_ONLY and version[:1].isdigit():
+        version = version.split(".")[0]
+    if not distribution or not _RELEASE_WORD.fullmatch(version):
+        return None
+    return ReleaseId(distribution, version, arch)
 
 
 def releases_from_dist_tag(package_nvr, arch):
@@ -139,12 +185,18 @@ def detect_release(release_lines, package_nvr, arch, supported):
     ``release_lines`` are tried in order (upstream: ``os_release_in_rootdir``,
     ``os_release``, ``release``).  A dist tag shared by several
     distributions (``.el9``) picks the first one this server supports.
+    ``os_info`` (a whole os-release file) counts as a release line.
     Returns ``(release, how)``; release is None when nothing matched.
     """
-    for name, line in release_lines:
-        release = release_from_line(line, arch)
+    for name, text in release_lines:
+        if name == "os_info":
+            release = release_from_os_release(text, arch)
+            if release is not None:
+                return release, f"from os_info (ID={parse_os_release(text).get('ID')})"
+            continue
+        release = release_from_line(text, arch)
         if release is not None:
-            return release, f"from {name} '{line}'"
+            return release, f"from {name} '{text}'"
     candidates = releases_from_dist_tag(package_nvr, arch)
     for release in candidates:
         if release in supported:

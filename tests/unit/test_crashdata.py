@@ -30,6 +30,8 @@ def test_valid_crash_dir_passes(tmp_path):
         ("os_release", b"Fedora release 41 $(id)"),
         ("rootdir", b"/var/lib/../../etc"),
         ("packages", b"bash-1-1 ;reboot"),
+        ("os_info", b"ID=debian\nVERSION_ID=$(reboot)\n"),
+        ("os_info", b"ID=debian\nnot a key value line\n"),
         ("executable", b""),
     ],
 )
@@ -37,6 +39,12 @@ def test_bad_text_is_refused(tmp_path, name, data):
     names = crash_dir(tmp_path, **{name: data})
     with pytest.raises(InvalidCrashData, match=f"'{name}' file must hold"):
         validate_crash_dir(tmp_path, names)
+
+
+def test_os_info_of_debian_is_accepted(tmp_path):
+    os_info = (b'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nVERSION_ID="12"\nVERSION_CODENAME=bookworm\n'
+               b'ID=debian\nHOME_URL="https://www.debian.org/"\n# a comment\n')
+    validate_crash_dir(tmp_path, crash_dir(tmp_path, os_info=os_info, package=b"binutils-2.40-2"))
 
 
 def test_package_with_epoch_is_accepted(tmp_path):
