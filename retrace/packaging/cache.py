@@ -1,4 +1,4 @@
-"""Unpacked RPMs, shared by every task: each package is unpacked once.
+"""Unpacked packages, shared by every task: each package is unpacked once.
 
 ``<CacheDir>/rpms/<pkgid>/`` holds ``root/`` (the payload),
 ``manifest.json`` (every entry with the build-id of each ELF file, so
@@ -10,34 +10,25 @@ An entry appears by one rename of a finished temporary directory, under a
 per-package lock, so two tasks that need the same package at once unpack it
 once and neither sees half a tree.
 
-The payload is read with the rpm bindings, not installed and not handed to
-cpio: names are checked here (no absolute paths, no ``..``), and only
-directories, regular files and symlinks are created.
+What a package holds is read by its format (``retrace.packaging.formats``),
+never installed: names are checked (no ``..``, nothing below the package's
+own symlinks) and only directories, regular files and symlinks are created.
 """
 
-import contextlib
 import dataclasses
 import json
 import os
 import shutil
-import stat
 import tempfile
 import time
 from pathlib import Path
 
 from retrace import locking
-from retrace.analysis.coredump import file_build_id
-from retrace.errors import RetraceError
+from retrace.packaging import formats
+from retrace.packaging.payload import UnpackError
 
 MANIFEST = "manifest.json"
 SIZE_FILE = "size"
-_COPY_CHUNK = 1024 * 1024
-
-
-class UnpackError(RetraceError):
-    """A package's payload cannot be unpacked."""
-
-    category = "unpack error"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,117 +54,6 @@ class CachedPackage:
         """``[[relative path, kind ("d", "f" or "l"), link target or "", build-id or ""], ...]``."""
         with open(self.path / MANIFEST, encoding="utf-8") as handle:
             return json.load(handle)
-
-
-def _rpm():
-    import rpm
-
-    return rpm
-
-
-def safe_relative(name):
-    """``usr/bin/x`` from a payload name; UnpackError for anything that could escape."""
-    relative = name.lstrip("/")
-    if relative.startswith("./"):
-        relative = relative[2:]
-    parts = relative.split("/")
-    if not relative or any(part in ("", ".", "..") for part in parts):
-        raise UnpackError(f"the package contains an unsafe file name {name!r}")
-    return relative
-
-
-def _refuse_through_symlink(relative, symlinks, rpm_path):
-    """A payload entry below one of its own symlinks could land outside the tree."""
-    parts = relative.split("/")
-    for depth in range(1, len(parts)):
-        if "/".join(parts[:depth]) in symlinks:
-            raise UnpackError(f"{Path(rpm_path).name} places {relative!r} below its own symlink")
-
-
-def write_content(archive, target, mode):
-    """Copy the current payload file in chunks.
-
-    Not ``archive.readto(fd)``: the rpm bindings keep a duplicate of that
-    descriptor open, and a library left open for writing in the worker makes
-    every later exec of it (gdb's loader, in the chroot environment) fail
-    with "Text file busy".
-    """
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, (mode & 0o755) | 0o400)
-    with os.fdopen(fd, "wb") as out:
-        while chunk := archive.read(_COPY_CHUNK):
-            out.write(chunk)
-
-
-@contextlib.contextmanager
-def rpm_payload(rpm_path):
-    """The rpm bindings' archive of ``rpm_path``'s payload; UnpackError when it cannot be read."""
-    rpm = _rpm()
-    transaction = rpm.TransactionSet()
-    transaction.setVSFlags(rpm._RPMVSF_NOSIGNATURES | rpm._RPMVSF_NODIGESTS)
-    fd = os.open(rpm_path, os.O_RDONLY)
-    payload = None
-    try:
-        try:
-            header = transaction.hdrFromFdno(fd)
-        except rpm.error as err:
-            raise UnpackError(f"{Path(rpm_path).name} is not a readable RPM ({err})") from None
-        payload = rpm.fd.open(fd, "r", header[rpm.RPMTAG_PAYLOADCOMPRESSOR] or "gzip")
-        yield rpm.files(header).archive(payload)
-    except rpm.error as err:
-        raise UnpackError(f"the payload of {Path(rpm_path).name} is damaged ({err})") from None
-    finally:
-        if payload is not None:
-            payload.close()
-        os.close(fd)
-
-
-def unpack_rpm(rpm_path, target):
-    """Extract ``rpm_path``'s payload into ``target``; returns the manifest entries."""
-    entries = []
-    pending_links = {}
-    symlinks = set()
-    target.mkdir()
-    with rpm_payload(rpm_path) as archive:
-        for entry in archive:
-            relative = safe_relative(entry.name)
-            _refuse_through_symlink(relative, symlinks, rpm_path)
-            destination = target / relative
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            if stat.S_ISDIR(entry.mode):
-                destination.mkdir(exist_ok=True)
-                entries.append((relative, "d", "", ""))
-            elif stat.S_ISLNK(entry.mode):
-                os.symlink(entry.linkto, destination)
-                symlinks.add(relative)
-                entries.append((relative, "l", entry.linkto, ""))
-            elif stat.S_ISREG(entry.mode):
-                if archive.hascontent():
-                    write_content(archive, destination, entry.mode)
-                    entries.append((relative, "f", "", file_build_id(destination) or ""))
-                    for waiting in pending_links.pop(entry.inode, ()):
-                        os.link(destination, waiting[0])
-                        entries.append((waiting[1], "f", "", entries[-1][3]))
-                else:
-                    # Hard links: rpm sends the content with the last name.
-                    pending_links.setdefault(entry.inode, []).append((destination, relative))
-        for waiting, waiting_relative in (pair for group in pending_links.values() for pair in group):
-            waiting.touch(mode=0o644)
-            entries.append((waiting_relative, "f", "", ""))
-    return entries
-
-
-def extract_rpm_file(rpm_path, member, target):
-    """Write the regular file ``member`` (``usr/lib/...``) of ``rpm_path`` to ``target``; whether it was there.
-
-    The payload is read up to that file only: a kernel-debuginfo package
-    holds hundreds of module files besides the one vmlinux wanted.
-    """
-    with rpm_payload(rpm_path) as archive:
-        for entry in archive:
-            if safe_relative(entry.name) == member and stat.S_ISREG(entry.mode) and archive.hascontent():
-                write_content(archive, target, entry.mode)
-                return True
-    return False
 
 
 # A cache entry being built lives in ``.tmp-<name>-*`` beside the entries,
@@ -253,7 +133,7 @@ class PackageCache:
         """Whether ``pkgid`` is unpacked already (a hint: eviction may take it before ``get``)."""
         return (self.rpms_dir / pkgid / MANIFEST).exists()
 
-    def get(self, pkgid, rpm_path, on_wait=lambda: None, verify=None):
+    def get(self, pkgid, package_path, on_wait=lambda: None, verify=None):
         """The unpacked tree of the package ``pkgid``, unpacking it if needed.
 
         Always under the package's lock, which is also what eviction takes:
@@ -265,8 +145,8 @@ class PackageCache:
         """
         def unpack(tmp):
             if verify is not None:
-                verify(rpm_path)
-            return unpack_rpm(rpm_path, tmp / "root")
+                verify(package_path)
+            return formats.unpack(package_path, tmp / "root")
 
         return cached_entry(self.entry_path(pkgid), self.lock_path(pkgid), unpack, on_wait)
 

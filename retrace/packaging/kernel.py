@@ -25,23 +25,20 @@ that no later task searches the package for them again.
 import os
 import re
 import shutil
-import stat
-import subprocess
 import tempfile
 from pathlib import Path
 
 from retrace import locking
 from retrace.analysis.coredump import file_build_id
 from retrace.errors import RetraceError
-from retrace.packaging.cache import (MANIFEST, SIZE_FILE, cache_entries, cached_entry, evict_entry, extract_rpm_file,
-                                     rpm_payload, safe_relative, tree_bytes, write_content)
+from retrace.packaging import formats
+from retrace.packaging.cache import MANIFEST, SIZE_FILE, cache_entries, cached_entry, evict_entry, tree_bytes
 from retrace.packaging.release import ReleaseId, canonical_arch
 
 _RPM_ARCH = re.compile(r"\.(x86_64|aarch64|ppc64le|s390x|i686|armv7hl)(?:\+(\w+))?$")
 _DEBIAN_ARCHES = {"amd64": "x86_64", "arm64": "aarch64", "686": "i386", "686-pae": "i386", "ppc64el": "ppc64le",
                   "s390x": "s390x", "armmp": "armhfp", "armmp-lpae": "armhfp"}
 _DEBIAN_FLAVOUR = re.compile(r"-(?:rt-|cloud-)?(" + "|".join(map(re.escape, _DEBIAN_ARCHES)) + r")$")
-_DEB_EXTRACT_TIMEOUT = 1800
 _MODULE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
 _MAX_MODULES = 4096
 MISSING_MODULES = ".missing"
@@ -114,41 +111,13 @@ def package_nevra(path):
     return name.removesuffix(".rpm")
 
 
-def _tar_from_deb(deb_path, tar_arguments, stdout):
-    """Run ``tar`` with ``tar_arguments`` on a .deb's data; tar's exit status.
-
-    dpkg-deb dies of a broken pipe when tar stops early, which is expected.
-    """
-    unpacker = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb_path)], stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    try:
-        return subprocess.run(["tar", *tar_arguments], stdin=unpacker.stdout, stdout=stdout,
-                              stderr=subprocess.DEVNULL, timeout=_DEB_EXTRACT_TIMEOUT).returncode
-    finally:
-        unpacker.stdout.close()
-        unpacker.kill()
-        unpacker.wait()
-
-
-def extract_deb_file(deb_path, member, target):
-    """Write ``member`` of a .deb to ``target``; whether it was there.
-
-    ``tar --occurrence=1`` stops reading the xz stream at the file (3 s
-    instead of 18 s for a Debian -dbg package).
-    """
-    with open(target, "wb") as out:
-        status = _tar_from_deb(deb_path, ["x", "-O", "--occurrence=1", f"./{member}"], out)
-    return status == 0 and os.path.getsize(target) > 0
-
-
 def extract_vmlinux(package, member, target):
-    extract = extract_deb_file if package.suffix == ".deb" else extract_rpm_file
-    return extract(package, member, target)
+    return formats.extract_file(package, member, target)
 
 
 def module_files(package, names):
     """``{file name: module name}`` a package may hold for ``names`` (``_`` and ``-`` are one in module names)."""
-    suffix = ".ko" if package.suffix == ".deb" else ".ko.debug"
+    suffix = ".ko" if formats.of_file(package) is formats.DEB else ".ko.debug"
     files = {}
     for name in sorted(names)[:_MAX_MODULES]:
         if _MODULE_NAME.fullmatch(name):
@@ -157,30 +126,11 @@ def module_files(package, names):
     return files
 
 
-def _extract_deb_modules(deb_path, directory, files, target):
-    """One pass over the .deb: the wanted files under ``directory``, flat into ``target``."""
-    patterns = [f"./{directory}/*/{name}" for name in sorted(files)]
-    # tar fails for the name variants that are not there; what it found is what counts.
-    _tar_from_deb(deb_path, ["x", "-C", str(target), "--wildcards", "--transform", "s,.*/,,", "--", *patterns],
-                  subprocess.DEVNULL)
-
-
-def _extract_rpm_modules(rpm_path, directory, files, target):
-    with rpm_payload(rpm_path) as archive:
-        for entry in archive:
-            relative = safe_relative(entry.name)
-            name = relative.rsplit("/", 1)[-1]
-            if (relative.startswith(directory + "/") and name in files and stat.S_ISREG(entry.mode)
-                    and archive.hascontent() and not (target / name).exists()):
-                write_content(archive, target / name, entry.mode)
-
-
 def extract_module_debuginfo(package, release, names, target):
     """Write the debuginfo files of modules ``names`` found in ``package`` into ``target``; the names found."""
     files = module_files(package, names)
     directory = f"usr/lib/debug/lib/modules/{release}"
-    extract = _extract_deb_modules if package.suffix == ".deb" else _extract_rpm_modules
-    extract(package, directory, files, target)
+    formats.extract_files(package, directory, set(files), target)
     return {files[path.name] for path in target.iterdir() if path.name in files}
 
 

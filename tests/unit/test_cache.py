@@ -4,7 +4,8 @@ import os
 import pytest
 
 from retrace.environments.sysroot import assemble_sysroot
-from retrace.packaging.cache import CachedPackage, PackageCache, UnpackError, _refuse_through_symlink, safe_relative
+from retrace.packaging.cache import CachedPackage, PackageCache
+from retrace.packaging.payload import UnpackError, refuse_below_symlink, safe_relative
 
 
 @pytest.mark.parametrize("name", ["../etc/passwd", "/usr/../../etc/shadow", "./", "/usr//lib", "/usr/lib/."])
@@ -20,7 +21,7 @@ def test_payload_names_become_relative_paths():
 
 def test_entry_below_the_packages_own_symlink_is_refused():
     with pytest.raises(UnpackError, match="below its own symlink"):
-        _refuse_through_symlink("usr/lib/evil/file", {"usr/lib/evil"}, "evil.rpm")
+        refuse_below_symlink("usr/lib/evil/file", {"usr/lib/evil"}, "evil.rpm")
 
 
 def test_cache_refuses_a_checksum_that_is_not_a_plain_name(tmp_path):

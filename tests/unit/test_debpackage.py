@@ -1,0 +1,122 @@
+"""Debian packages read without dpkg: real ones built by dpkg-deb, hostile ones built by hand."""
+
+import io
+import os
+import subprocess
+import tarfile
+
+import pytest
+
+from retrace.environments.sysroot import assemble_sysroot
+from retrace.packaging import formats
+from retrace.packaging.cache import CachedPackage, cached_entry
+from retrace.packaging.debpackage import extract_deb_file, extract_deb_files, unpack_deb
+from retrace.packaging.payload import UnpackError
+
+ELF_LIBRARY = "/lib/x86_64-linux-gnu/libz.so.1"
+
+
+def dpkg_deb(tmp_path, compression="xz"):
+    """A real package: a library (an ELF file with a build-id), a symlink, a hard link, a directory."""
+    root = tmp_path / "pkg"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text("Package: demo\nVersion: 1.0-1\nArchitecture: amd64\n"
+                                             "Maintainer: t <t@example.org>\nDescription: demo\n")
+    lib = root / "usr" / "lib" / "x86_64-linux-gnu"
+    lib.mkdir(parents=True)
+    (lib / "libz.so.1.2.13").write_bytes(open(os.path.realpath(ELF_LIBRARY), "rb").read())
+    os.symlink("libz.so.1.2.13", lib / "libz.so.1")
+    (root / "usr" / "share" / "doc").mkdir(parents=True)
+    (root / "usr" / "share" / "doc" / "a").write_text("same")
+    os.link(root / "usr" / "share" / "doc" / "a", root / "usr" / "share" / "doc" / "b")
+    deb = tmp_path / f"demo_1.0-1_amd64.{compression}.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", f"-Z{compression}", "--build", str(root), str(deb)],
+                   check=True, capture_output=True)
+    return deb
+
+
+def hand_made_deb(tmp_path, members):
+    """An ar archive with a data.tar.gz of ``members`` (TarInfo, bytes or None), as a mirror could serve."""
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w:gz") as tar:
+        for info, content in members:
+            tar.addfile(info, io.BytesIO(content) if content is not None else None)
+    ar = b"!<arch>\n"
+    for name, body in ((b"debian-binary", b"2.0\n"), (b"data.tar.gz", data.getvalue())):
+        ar += name.ljust(16) + b"0".ljust(12) + b"0".ljust(6) + b"0".ljust(6) + b"100644".ljust(8)
+        ar += str(len(body)).encode().ljust(10) + b"`\n" + body + (b"\n" if len(body) % 2 else b"")
+    deb = tmp_path / "hostile_1_amd64.deb"
+    deb.write_bytes(ar)
+    return deb
+
+
+def entry(name, kind=tarfile.REGTYPE, content=b"x", linkname=""):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = kind, linkname, 0o644
+    info.size = len(content) if kind == tarfile.REGTYPE else 0
+    return info, content if kind == tarfile.REGTYPE else None
+
+
+@pytest.mark.parametrize("compression", ["xz", "gzip", "zstd", "none"])
+def test_a_real_package_unpacks_with_build_ids_links_and_hard_links(tmp_path, compression):
+    entries = unpack_deb(dpkg_deb(tmp_path, compression), tmp_path / "root")
+    by_path = {path: (kind, target, build_id) for path, kind, target, build_id in entries}
+    kind, _, build_id = by_path["usr/lib/x86_64-linux-gnu/libz.so.1.2.13"]
+    assert kind == "f" and len(build_id) == 40
+    assert by_path["usr/lib/x86_64-linux-gnu/libz.so.1"] == ("l", "libz.so.1.2.13", "")
+    assert (tmp_path / "root" / "usr/share/doc/b").read_text() == "same"
+    assert os.stat(tmp_path / "root" / "usr/share/doc/b").st_ino == os.stat(tmp_path / "root" / "usr/share/doc/a").st_ino
+
+
+def test_one_file_is_taken_out_without_unpacking_the_rest(tmp_path):
+    deb = dpkg_deb(tmp_path)
+    assert extract_deb_file(deb, "usr/share/doc/a", tmp_path / "a") and (tmp_path / "a").read_text() == "same"
+    assert not extract_deb_file(deb, "usr/share/doc/missing", tmp_path / "missing")
+    (tmp_path / "flat").mkdir()
+    extract_deb_files(deb, "usr/share", {"b"}, tmp_path / "flat")
+    assert [path.name for path in (tmp_path / "flat").iterdir()] == ["b"]
+
+
+def test_the_format_is_told_by_the_file_name(tmp_path):
+    assert formats.of_file("x_1_amd64.deb") is formats.DEB and formats.of_file("x-1-1.fc41.x86_64.rpm") is formats.RPM
+    assert formats.of_file("x-dbgsym_1_amd64.ddeb") is formats.DEB
+    with pytest.raises(UnpackError, match="is not a package this server can read"):
+        formats.of_file("x.tar.gz")
+
+
+@pytest.mark.parametrize("members, refusal", [
+    ([entry("/etc/cron.d/evil")], "absolute file name '/etc/cron.d/evil'"),
+    ([entry("./usr/../../etc/evil")], "unsafe file name"),
+    ([entry("./usr/lib/dir", tarfile.SYMTYPE, linkname="/etc"), entry("./usr/lib/dir/evil")], "below its own symlink"),
+    ([entry("./usr/lib/link", tarfile.LNKTYPE, linkname="/etc/shadow")], "hard-links"),
+])
+def test_hostile_names_are_refused_and_nothing_lands_outside(tmp_path, members, refusal):
+    with pytest.raises(UnpackError, match=refusal):
+        unpack_deb(hand_made_deb(tmp_path, members), tmp_path / "root")
+    assert not (tmp_path / "etc").exists()
+
+
+def test_device_files_and_fifos_are_not_created(tmp_path):
+    members = [entry("./dev/sda", tarfile.BLKTYPE), entry("./run/fifo", tarfile.FIFOTYPE), entry("./usr/x")]
+    entries = unpack_deb(hand_made_deb(tmp_path, members), tmp_path / "root")
+    assert [path for path, *_ in entries] == ["usr/x"]
+    assert not (tmp_path / "root" / "dev" / "sda").exists()
+
+
+def test_an_escaping_symlink_is_kept_but_resolves_inside_the_task_root(tmp_path):
+    members = [entry("./usr/lib/libevil.so.1", tarfile.SYMTYPE, linkname="../../../../../../etc/passwd")]
+    entry_dir = tmp_path / "cache" / "pkg"
+    entry_dir.parent.mkdir()
+    cached = cached_entry(entry_dir, tmp_path / "cache" / "pkg.lock",
+                          lambda tmp: unpack_deb(hand_made_deb(tmp_path, members), tmp / "root"))
+    assemble_sysroot(tmp_path / "sysroot", [CachedPackage(cached.path, True, 0, False)])
+    link = tmp_path / "sysroot" / "usr" / "lib" / "libevil.so.1"
+    assert str(link.resolve()).startswith(str(tmp_path / "sysroot"))
+
+
+@pytest.mark.parametrize("data", [b"", b"!<arch>\n", b"not an ar archive at all", b"!<arch>\n" + b"x" * 60])
+def test_what_is_not_a_package_is_refused_with_a_sentence(tmp_path, data):
+    deb = tmp_path / "broken_1_amd64.deb"
+    deb.write_bytes(data)
+    with pytest.raises(UnpackError, match="is not a Debian package|holds no data.tar member"):
+        unpack_deb(deb, tmp_path / "root")
