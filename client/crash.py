@@ -3,8 +3,9 @@
 ``--dir`` is an ABRT problem directory as it is.  ``--core FILE --executable
 PATH`` and ``--coredumpctl MATCH`` build one in a private temporary
 directory: the core, the executable's path, the owning package from the rpm
-database and the release from the system's release files, each overridable
-(``--package``, ``--os-release``) for machines without an rpm database.
+or dpkg database and the release from the system's release files (the
+whole os-release as ``os_info``, as ABRT saves it on Debian), each
+overridable (``--package``, ``--os-release``).
 """
 
 import dataclasses
@@ -17,13 +18,14 @@ from pathlib import Path
 
 from retrace.analysis.coredump import read_core
 from retrace.errors import InvalidCrashData
-from retrace.packaging.release import canonical_arch, release_from_line
+from retrace.packaging.release import canonical_arch, release_from_line, release_from_os_release
 
-REQUIRED = ("coredump", "executable", "package", "os_release")
+REQUIRED = ("coredump", "executable", "package")
+# One of them names the release: ABRT on Debian leaves os_release empty and saves os_info.
+RELEASE_FILES = ("os_release", "os_info")
 OPTIONAL = ("rootdir", "os_release_in_rootdir")
 _OS_RELEASE_FILES = ("/etc/os-release", "/usr/lib/os-release")
 _RELEASE_LINE_FILES = ("/etc/system-release", "/etc/redhat-release")
-_OS_RELEASE_LINE = re.compile(r'^([A-Z_]+)=(?:"(.*)"|\'(.*)\'|(.*))$', re.M)
 
 
 class CrashInputError(Exception):
@@ -50,23 +52,9 @@ class Crash:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def parse_os_release(text):
-    """``/etc/os-release`` as a dict (shell-style quoting, as the spec allows)."""
-    values = {}
-    for match in _OS_RELEASE_LINE.finditer(text):
-        values[match[1]] = next(group for group in match.groups()[1:] if group is not None)
-    return values
-
-
 def release_id(os_info, os_release_line, arch):
     """The server's release id: from os-release fields, else from the release line."""
-    fields = parse_os_release(os_info or "")
-    distribution = fields.get("ID", "").lower()
-    version = fields.get("REDHAT_BUGZILLA_PRODUCT_VERSION") or fields.get("VERSION_ID", "")
-    if distribution and version:
-        version = "rawhide" if version.lower() == "rawhide" else version.split(".")[0].split()[0].lower()
-        return f"{distribution}-{version}-{arch}"
-    release = release_from_line(os_release_line or "", arch)
+    release = release_from_os_release(os_info or "", arch) or release_from_line(os_release_line or "", arch)
     return str(release) if release else None
 
 
@@ -91,7 +79,10 @@ def from_problem_dir(directory):
     for name in REQUIRED:
         if not (directory / name).is_file():
             raise CrashInputError(f"'{name}' must be a regular file in order to use Retrace server ({directory})")
-    files = [*REQUIRED, *(name for name in OPTIONAL if (directory / name).is_file())]
+    releases = [name for name in RELEASE_FILES if _read(directory / name)]
+    if not releases:
+        raise CrashInputError(f"'os_release' or 'os_info' must say which release crashed ({directory})")
+    files = [*REQUIRED, *releases, *(name for name in OPTIONAL if (directory / name).is_file())]
     arch = canonical_arch(_read(directory / "architecture") or _core_arch(directory / "coredump"))
     release = release_id(_read(directory / "os_info"), _read(directory / "os_release"), arch)
     return Crash(directory, files, _read(directory / "package"), arch, release)
@@ -108,14 +99,9 @@ def from_vmcore(path):
 
 
 def _system_release_line():
-    for path in _RELEASE_LINE_FILES:
-        line = _read(path)
-        if line:
-            return line
-    fields = parse_os_release(_system_os_info() or "")
-    if fields.get("NAME") and fields.get("VERSION_ID"):
-        return f"{fields['NAME']} release {fields['VERSION_ID']}"
-    return None
+    """The release line of RPM systems (``Fedora release 41 (Forty One)``); None elsewhere: the server
+    reads os_info there."""
+    return next((line for line in map(_read, _RELEASE_LINE_FILES) if line), None)
 
 
 def _system_os_info():
@@ -123,17 +109,22 @@ def _system_os_info():
 
 
 def _owning_package(executable):
-    if shutil.which("rpm") is None:
-        raise CrashInputError("cannot tell which package owns the executable (no rpm here); give --package NVR")
-    result = subprocess.run(
-        ["rpm", "-qf", "--qf", "%{NAME}-%|EPOCH?{%{EPOCH}:}|%{VERSION}-%{RELEASE}\\n", "--", executable],
-        capture_output=True, text=True,
-    )
-    if result.returncode != 0 or not result.stdout.strip():
-        raise CrashInputError(
-            f"{executable} is not owned by any package in the rpm database; give --package NVR"
-        )
-    return result.stdout.splitlines()[0].strip()
+    """``name-[epoch:]version[-release]`` of the package that owns ``executable``, from rpm or dpkg."""
+    if shutil.which("rpm") and (package := _run_first_line(
+            ["rpm", "-qf", "--qf", "%{NAME}-%|EPOCH?{%{EPOCH}:}|%{VERSION}-%{RELEASE}\\n", "--", executable])):
+        return package
+    if shutil.which("dpkg-query") and (owner := _run_first_line(["dpkg-query", "-S", "--", executable])):
+        name = owner.split(":", 1)[0] if ": " in owner else owner
+        if version := _run_first_line(["dpkg-query", "-W", "-f=${Version}\\n", "--", name.split(",")[0]]):
+            return f"{name.split(',')[0]}-{version}"
+    raise CrashInputError(f"{executable} is not owned by any package in the rpm or dpkg database; "
+                          "give --package NAME-VERSION")
+
+
+def _run_first_line(argv):
+    result = subprocess.run(argv, capture_output=True, text=True)
+    lines = result.stdout.strip().splitlines()
+    return lines[0].strip() if result.returncode == 0 and lines else None
 
 
 def from_core(core, executable, package=None, os_release=None):
@@ -147,7 +138,7 @@ def from_core(core, executable, package=None, os_release=None):
     package = package or _owning_package(executable)
     os_info = None if os_release else _system_os_info()
     os_release = os_release or _system_release_line()
-    if not os_release:
+    if not os_release and not os_info:
         raise CrashInputError("cannot tell the release of this system; give --os-release 'Fedora release 41'")
     directory = Path(tempfile.mkdtemp(prefix="retrace-client-"))
     try:
@@ -157,11 +148,15 @@ def from_core(core, executable, package=None, os_release=None):
             shutil.copyfile(core, directory / "coredump")
         (directory / "executable").write_text(executable)
         (directory / "package").write_text(package)
-        (directory / "os_release").write_text(os_release + "\n")
+        releases = {"os_release": os_release and os_release + "\n", "os_info": os_info}
+        for name, text in releases.items():
+            if text:
+                (directory / name).write_text(text)
     except OSError as err:
         shutil.rmtree(directory, ignore_errors=True)
         raise CrashInputError(f"cannot prepare the crash for upload: {err}") from None
-    return Crash(directory, list(REQUIRED), package, arch, release_id(os_info, os_release, arch), temporary=True)
+    files = [*REQUIRED, *(name for name, text in releases.items() if text)]
+    return Crash(directory, files, package, arch, release_id(os_info, os_release, arch), temporary=True)
 
 
 _INFO_FIELD = re.compile(r"^\s*(PID|Executable):\s*(\S+)", re.M)

@@ -20,7 +20,7 @@ from retrace.packaging.packages import (Resolution, Unresolved, resolve_modules,
                                         usr_merge_variants)
 from retrace.packaging.release import RELEASE_FILES, ReleaseId, detect_release, served_releases, supported_releases
 from retrace.packaging.repoindex import RepoIndex
-from retrace.packaging.signatures import Keyring
+from retrace.packaging.signatures import Keyring, verify_checksum
 from retrace.tasks.task import TaskType, write_atomically
 from worker.job import Job, TaskFailed
 
@@ -113,20 +113,17 @@ class RetraceJob(Job):
 
     def _cached(self, package, index):
         """The package unpacked in the shared cache (by this task or an earlier one)."""
-        rpm_path = index.package_path(package)
-        if not rpm_path.is_file():
+        package_path = index.package_path(package)
+        if not package_path.is_file():
             raise TaskFailed(
                 f"{package.nevra} is in the metadata of {index.release_dir.name} but its file is missing "
                 "(the repository is being synchronised?); try again later",
                 "repository error",
             )
-        keyring = self._keyring(index)
-        checked = keyring is None or rpm_path in self._verified
-        verify = None if checked else (lambda path: keyring.verify(path, package.nevra))
         entry = self.cache.get(
-            package.pkgid, rpm_path,
+            package.pkgid, package_path,
             on_wait=lambda: self.log.info("Waiting for another task that is unpacking %s", package.nevra),
-            verify=verify,
+            verify=self._verifier(index, package, package_path),
         )
         if entry.unpacked:
             self.record.cache_misses += 1
@@ -148,10 +145,21 @@ class RetraceJob(Job):
                 self.log.warning("Package signatures are not checked (RequireGPGCheck = 0)")
         return self._keyrings[release]
 
+    def _verifier(self, index, package, package_path):
+        """What proves a package before it is unpacked: an RPM's signature (unless this task checked it
+        already), a Debian package's SHA256 against the index (apt signs the index, not the package)."""
+        if package.format == "deb":
+            return lambda path: verify_checksum(path, package)
+        keyring = self._keyring(index)
+        if keyring is None or package_path in self._verified:
+            return None
+        return lambda path: keyring.verify(path, package.nevra)
+
     def _verify_signatures(self, index, packages):
-        """Check the signatures of the packages not unpacked yet, all with one rpm process."""
+        """Check the signatures of the RPMs not unpacked yet, all with one rpm process."""
+        packages = [package for package in packages if package.format == "rpm"]
         if not packages:
-            return  # nothing from a mirror (a release served by debuginfod only has no index)
+            return  # nothing signed by rpm (a release served by debuginfod only has no index)
         keyring = self._keyring(index)
         pending = [(index.package_path(package), package.nevra) for package in packages
                    if not self.cache.holds(package.pkgid)]

@@ -13,7 +13,8 @@ from retrace.errors import BadRequest, Conflict, Forbidden, InvalidCrashData
 from retrace.tasks.task import TaskType
 
 _PATH = re.compile(r"/[A-Za-z0-9._+,:@%=~/-]*", re.ASCII)
-_NEVR = re.compile(r"[A-Za-z0-9._+~^-]+-([0-9]+:)?[A-Za-z0-9._+~^]+-[A-Za-z0-9._+~^]+", re.ASCII)
+# name-[epoch:]version-release (RPM), or name-[epoch:]version[-revision] (Debian: native packages have none)
+_NEVR = re.compile(r"[A-Za-z0-9._+~^-]+-([0-9]+:)?[A-Za-z0-9._+~^]+(-[A-Za-z0-9._+~^]+)?", re.ASCII)
 _RELEASE_TEXT = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._,:()/+-]*", re.ASCII)
 _PACKAGE_LIST = re.compile(r"[A-Za-z0-9._+~^:-]+(\s+[A-Za-z0-9._+~^:-]+)*", re.ASCII)
 _OS_RELEASE_LINE = re.compile(r"#[ -~]*|[A-Z][A-Z0-9_]*=[^\x00-\x1f\x7f`$\\]*", re.ASCII)
@@ -35,7 +36,7 @@ CRASH_FILES = {
     "coredump": (None, None, None),
     "vmcore": (None, None, None),
     "executable": (512, _is_path, _PATH_RULE),
-    "package": (128, _NEVR.fullmatch, "a package name-version-release such as 'bash-5.2.26-3.fc41'"),
+    "package": (128, _NEVR.fullmatch, "a package name-version-release such as 'bash-5.2.26-3.fc41' or 'bash-5.2.15-2+b7'"),
     "os_release": (128, _RELEASE_TEXT.fullmatch, _RELEASE_RULE),
     "release": (128, _RELEASE_TEXT.fullmatch, _RELEASE_RULE),
     "os_release_in_rootdir": (128, _RELEASE_TEXT.fullmatch, _RELEASE_RULE),

@@ -1,7 +1,7 @@
 """Release ids ``<distribution>-<version>-<arch>`` and the releases we serve.
 
-A release is supported when ``<RepoDir>/<release id>/repodata/`` exists,
-as upstream; the id is also what ABRT clients compute from os-release, so
+A release is supported when ``<RepoDir>/<release id>/`` holds a repository
+(``repodata/`` as upstream, or an apt repository); the id is also what ABRT clients compute from os-release, so
 its grammar is the wire format (e.g. ``fedora-41-x86_64``,
 ``fedora-rawhide-aarch64``, ``rhel-9-x86_64``).
 """
@@ -9,6 +9,8 @@ its grammar is the wire format (e.g. ``fedora-41-x86_64``,
 import dataclasses
 import os
 import re
+
+from retrace.packaging.apt import is_apt_repository
 
 _RELEASE_ID = re.compile(r"(?P<distribution>[a-z0-9]+)-(?P<version>[a-z0-9.]+)-(?P<arch>[a-z0-9_]+)", re.ASCII)
 
@@ -59,7 +61,8 @@ def served_releases(config):
 
 
 def supported_releases(repo_dir):
-    """Releases with a repository (a ``repodata/`` directory), sorted."""
+    """Releases with a repository (rpm-md: a ``repodata/`` directory; apt: ``dists/`` or a ``Packages``
+    index), sorted."""
     try:
         names = os.listdir(repo_dir)
     except FileNotFoundError:
@@ -67,7 +70,8 @@ def supported_releases(repo_dir):
     releases = []
     for name in names:
         release = ReleaseId.parse(name)
-        if release is not None and os.path.isdir(os.path.join(repo_dir, name, "repodata")):
+        path = os.path.join(repo_dir, name)
+        if release is not None and (os.path.isdir(os.path.join(path, "repodata")) or is_apt_repository(path)):
             releases.append(release)
     return sorted(releases)
 
@@ -160,6 +164,8 @@ def release_from_os_release(text, arch):
         return None
     distribution = re.sub(r"[^a-z0-9]", "", fields["ID"])
     version = (fields.get("VERSION_ID") or fields.get("VERSION_CODENAME") or fields.get("BUILD_ID") or "").lower()
+    if fields.get("REDHAT_BUGZILLA_PRODUCT_VERSION", "").lower() == "rawhide":
+        version = "rawhide"
     if distribution in _MAJOR_ONLY and version[:1].isdigit():
         version = version.split(".")[0]
     if not distribution or not _RELEASE_WORD.fullmatch(version):

@@ -1,4 +1,4 @@
-"""Build-id -> package lookups for one release repository.
+"""Build-id -> package lookups for one release repository (rpm-md or apt).
 
 A task must not scan repository metadata (Fedora's filelists are hundreds
 of MiB unpacked), so the first task after ``repomd.xml`` changes turns
@@ -22,14 +22,16 @@ from pathlib import Path
 
 from retrace import locking
 from retrace.errors import RetraceError
+from retrace.packaging import apt
 from retrace.packaging.packages import usr_merge_variants
+from retrace.packaging.release import ReleaseId
 from retrace.paths import UnsafePath, inside, shown
 
 REPO_NS = "{http://linux.duke.edu/metadata/repo}"
 COMMON_NS = "{http://linux.duke.edu/metadata/common}"
 _RPM_NS = "{http://linux.duke.edu/metadata/rpm}"
 _FILELISTS_NS = "{http://linux.duke.edu/metadata/filelists}"
-_SCHEMA_VERSION = "1"
+_SCHEMA_VERSION = "2"
 
 _DEBUG_LINK = re.compile(r"/usr/lib/debug/\.build-id/([0-9a-f]{2})/([0-9a-f]{6,})\.debug")
 _BINARY_LINK = re.compile(r"/usr/lib/\.build-id/([0-9a-f]{2})/([0-9a-f]{6,})")
@@ -41,7 +43,7 @@ _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE packages (
     id INTEGER PRIMARY KEY, pkgid TEXT, name TEXT, epoch TEXT, version TEXT, release TEXT,
-    arch TEXT, sourcerpm TEXT, location TEXT, size INTEGER
+    arch TEXT, sourcerpm TEXT, location TEXT, size INTEGER, format TEXT
 );
 CREATE TABLE build_ids (build_id TEXT, package INTEGER, kind TEXT);
 CREATE TABLE files (path TEXT, package INTEGER);
@@ -70,10 +72,14 @@ class Package:
     sourcerpm: str
     location: str
     size: int
+    format: str = "rpm"
 
     @property
     def nevra(self):
+        """How the package's own tools name it: ``bash-5.2-3.fc41.x86_64``, ``zlib1g_1:1.2.13.dfsg-1_amd64``."""
         epoch = f"{self.epoch}:" if self.epoch not in ("", "0") else ""
+        if self.format == "deb":
+            return f"{self.name}_{epoch}{self.version}{'-' if self.release else ''}{self.release}_{self.arch}"
         return f"{self.name}-{epoch}{self.version}-{self.release}.{self.arch}"
 
     @property
@@ -81,7 +87,7 @@ class Package:
         return self.location.rsplit("/", 1)[-1]
 
     def same_build(self, other):
-        """Built from the same source RPM in the same build (so build-ids agree)."""
+        """Built from the same source package in the same build (so build-ids agree)."""
         return (self.sourcerpm, self.epoch, self.version, self.release) == (
             other.sourcerpm, other.epoch, other.version, other.release
         )
@@ -150,8 +156,8 @@ def _load_primary(db, path):
         fmt = element.find(f"{COMMON_NS}format")
         sourcerpm = fmt.findtext(f"{_RPM_NS}sourcerpm", "") if fmt is not None else ""
         cursor = db.execute(
-            "INSERT INTO packages (pkgid, name, epoch, version, release, arch, sourcerpm, location, size)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO packages (pkgid, name, epoch, version, release, arch, sourcerpm, location, size, format)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'rpm')",
             (
                 checksum.text, element.findtext(f"{COMMON_NS}name"), version.get("epoch", "0"), version.get("ver"),
                 version.get("rel"), element.findtext(f"{COMMON_NS}arch"), sourcerpm, location.get("href"),
@@ -175,27 +181,74 @@ def _load_filelists(db, path, ids):
             name = file_element.text or ""
             if file_element.get("type") == "dir":
                 continue
-            debug_link = _DEBUG_LINK.fullmatch(name)
-            binary_link = _BINARY_LINK.fullmatch(name)
-            if debug_link:
-                db.execute("INSERT INTO build_ids VALUES (?, ?, 'debuginfo')", (debug_link[1] + debug_link[2], package))
-            elif binary_link:
-                db.execute("INSERT INTO build_ids VALUES (?, ?, 'binary')", (binary_link[1] + binary_link[2], package))
-            elif not name.startswith(_NOT_MAPPED):
-                db.execute("INSERT INTO files VALUES (?, ?)", (name, package))
+            _add_file(db, name, [package])
+
+
+def _load_rpm_md(db, release_dir):
+    metadata = _metadata_files(release_dir)
+    ids = _load_primary(db, metadata["primary"])
+    _load_filelists(db, metadata["filelists"], ids)
+
+
+def _load_apt(db, release_dir):
+    """The release's Packages indexes (its arch and ``all``) and Contents files."""
+    release = ReleaseId.parse(release_dir.name)
+    arches = {apt.debian_arch(release.arch) if release else "amd64", "all"}
+    packages, contents = apt.index_files(release_dir)
+    by_name = {}
+    for path in packages:
+        with open_compressed(path) as stream:
+            for row, build_ids in apt.package_rows(stream, arches):
+                cursor = db.execute("INSERT INTO packages (pkgid, name, epoch, version, release, arch, sourcerpm, "
+                                    "location, size, format) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'deb')", row)
+                by_name.setdefault(row[1], []).append(cursor.lastrowid)
+                db.executemany("INSERT INTO build_ids VALUES (?, ?, 'debuginfo')",
+                               [(build_id, cursor.lastrowid) for build_id in build_ids])
+    for path in (path for path in contents if apt.contents_arch(path.name) in arches):
+        with open_compressed(path) as stream:
+            for name, owners in apt.contents_rows(stream):
+                rows = [row for owner in owners for row in by_name.get(owner, ())]
+                _add_file(db, name, rows)
+
+
+def _add_file(db, name, packages):
+    """A file of ``packages``: a build-id link, or a path that may be mapped into a process."""
+    debug_link = _DEBUG_LINK.fullmatch(name)
+    binary_link = _BINARY_LINK.fullmatch(name)
+    if debug_link:
+        db.executemany("INSERT INTO build_ids VALUES (?, ?, 'debuginfo')",
+                       [(debug_link[1] + debug_link[2], package) for package in packages])
+    elif binary_link:
+        db.executemany("INSERT INTO build_ids VALUES (?, ?, 'binary')",
+                       [(binary_link[1] + binary_link[2], package) for package in packages])
+    elif not name.startswith(_NOT_MAPPED):
+        db.executemany("INSERT INTO files VALUES (?, ?)", [(name, package) for package in packages])
+
+
+def _is_apt(release_dir):
+    return not (release_dir / "repodata").is_dir() and apt.is_apt_repository(release_dir)
+
+
+def index_digest(release_dir):
+    """What changes when the repository's metadata does: repomd.xml, or the apt indexes."""
+    if not _is_apt(release_dir):
+        return repomd_digest(release_dir)
+    try:
+        return "apt:" + apt.digest(release_dir)
+    except (OSError, apt.AptIndexError) as err:
+        raise RepositoryError(f"The repository of {release_dir.name} cannot be read: {err}") from None
 
 
 def build_index(release_dir, target, digest):
     """Write the index of ``release_dir`` to ``target`` (atomically)."""
-    metadata = _metadata_files(release_dir)
+    load = _load_apt if _is_apt(release_dir) else _load_rpm_md
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     os.close(fd)
     try:
         db = sqlite3.connect(tmp)
         try:
             db.executescript(_SCHEMA)
-            ids = _load_primary(db, metadata["primary"])
-            _load_filelists(db, metadata["filelists"], ids)
+            load(db, release_dir)
             db.executescript(_INDEXES)
             db.executemany("INSERT INTO meta VALUES (?, ?)", [("repomd", digest), ("schema", _SCHEMA_VERSION)])
             db.commit()
@@ -203,7 +256,7 @@ def build_index(release_dir, target, digest):
             db.close()
         os.chmod(tmp, 0o640)
         os.replace(tmp, target)
-    except (OSError, ET.ParseError, EOFError, lzma.LZMAError, AttributeError) as err:
+    except (OSError, ET.ParseError, EOFError, lzma.LZMAError, AttributeError, apt.AptIndexError) as err:
         raise RepositoryError(f"The metadata of {release_dir.name} cannot be indexed: {err}") from None
     finally:
         if os.path.exists(tmp):
@@ -239,7 +292,7 @@ class RepoIndex:
         index_dir = Path(cache_dir) / "index"
         index_dir.mkdir(parents=True, exist_ok=True)
         target = index_dir / f"{release_dir.name}.sqlite"
-        digest = repomd_digest(release_dir)
+        digest = index_digest(release_dir)
         rebuilt = False
         if _stored_digest(target) != digest:
             with locking.exclusive(index_dir / f"{release_dir.name}.lock"):
@@ -253,7 +306,8 @@ class RepoIndex:
 
     def _packages(self, sql, args):
         rows = self._db.execute(
-            "SELECT p.pkgid, p.name, p.epoch, p.version, p.release, p.arch, p.sourcerpm, p.location, p.size "
+            "SELECT p.pkgid, p.name, p.epoch, p.version, p.release, p.arch, p.sourcerpm, p.location, p.size, "
+            "p.format "
             f"FROM packages p {sql}",
             args,
         )

@@ -9,9 +9,11 @@ by another key, or one whose bytes changed is refused with its name.  The
 keys are imported once into an rpm database of their own under
 ``CacheDir/keyrings/``, never into the host's.
 
-Debian packages are not covered yet: apt verifies a repository's
-``InRelease`` file, not each package, and the apt backend (issue #13) will
-bring that.
+Debian packages carry no signature of their own: apt signs a repository's
+``InRelease``, which lists the checksums of the ``Packages`` indexes, which
+list each package's SHA256.  A worker checks a package's SHA256 against
+the index before unpacking it (``verify_checksum``); reposync checks the
+``InRelease`` signature.
 """
 
 import hashlib
@@ -28,6 +30,17 @@ class SignatureError(RetraceError):
     """A package whose signature does not verify, or a release without keys."""
 
     category = "bad signature"
+
+
+def verify_checksum(path, package):
+    """SignatureError unless the file's SHA256 is the one the release's index lists for ``package``."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1024 * 1024):
+            digest.update(chunk)
+    if digest.hexdigest() != package.pkgid:
+        raise SignatureError(f"the file of {package.nevra} does not match the SHA256 its release's index lists "
+                             "for it; the mirror served a different package, and it was not used")
 
 
 class Keyring:

@@ -67,14 +67,15 @@ def start_server(certificate, release_dir):
     """Start a server with config overrides; all are stopped at the end of the session.
 
     ``repository`` replaces the fixture release (a directory to copy as
-    ``fedora-41-x86_64``); False starts with no release at all.
+    ``release_id``, by default ``fedora-41-x86_64``); False starts with no
+    release at all.
     """
     started = []
 
-    def start(repository=None, **settings):
+    def start(repository=None, release_id=RELEASE_ID, **settings):
         root = make_root()
         if repository is not False:
-            shutil.copytree(repository or release_dir, root / "repos" / RELEASE_ID)
+            shutil.copytree(repository or release_dir, root / "repos" / release_id)
         server = Server(root, *certificate, **settings)
         started.append(server)
         return server

@@ -3,7 +3,8 @@ import io
 import pytest
 
 from client.cli import exploitable_rating
-from client.crash import parse_os_release, release_id
+from client.crash import release_id
+from retrace.packaging.release import parse_os_release
 from client.progress import Reporter, human_size
 from client.server import ServerRefused, Settings
 
@@ -26,6 +27,8 @@ def test_os_release_values_lose_their_quotes():
     (FEDORA_OS_RELEASE.replace("PRODUCT_VERSION=41", "PRODUCT_VERSION=rawhide"), "fedora-rawhide-x86_64"),
     ('ID="rhel"\nVERSION_ID="9.4"\n', "rhel-9-x86_64"),
     ('ID="centos"\nVERSION_ID="9"\n', "centos-9-x86_64"),
+    ('ID=debian\nVERSION_ID="12"\nVERSION_CODENAME=bookworm\n', "debian-12-x86_64"),
+    ('ID=ubuntu\nVERSION_ID="24.04"\n', "ubuntu-24.04-x86_64"),
 ])
 def test_release_id_comes_from_os_release_fields(os_info, expected):
     assert release_id(os_info, None, "x86_64") == expected

@@ -1,0 +1,126 @@
+"""Debian crashes, retraced from real Debian packages in an apt repository, through the real server.
+
+The crash is Debian's own ``x86_64-linux-gnu-strings`` (tests/fixtures/debian.py); the
+packages are the real ones from the Debian archive, their debuginfo the real ``-dbg``
+packages of bookworm main.  The reference is a local gdb with every package of the
+repository unpacked into one sysroot.
+"""
+
+import lzma
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from tests.fixtures.debian import (BINARIES, DEBIAN_RELEASE, PROGRAM, apt_release, crash_strings, debian_debs,
+                                   debian_problem_dir, unpack_debs)
+from tests.integration.helpers import submit, wait_final
+
+FRAME = re.compile(r"^#(\d+)\s+(?:0x[0-9a-f]+ in )?(\S+) \(.*?\)(?: at (\S+:\d+))?(?: from (\S+))?", re.M)
+
+
+@pytest.fixture(scope="module")
+def debs():
+    return debian_debs()
+
+
+@pytest.fixture(scope="module")
+def debian_repository(work_dir, debs):
+    return apt_release(work_dir / "apt" / DEBIAN_RELEASE, debs.values())
+
+
+@pytest.fixture(scope="module")
+def debian_problem(work_dir, debs):
+    core = crash_strings([debs[name] for name in BINARIES], work_dir)
+    return debian_problem_dir(work_dir / "problem-debian", core)
+
+
+@pytest.fixture(scope="module")
+def debian_server(start_server, debian_repository):
+    return start_server(repository=debian_repository, release_id=DEBIAN_RELEASE)
+
+
+def retrace(server, problem_dir):
+    task_id, auth = submit(server, problem_dir)
+    status = wait_final(server, task_id, auth)
+    log = server.get(f"/{task_id}/log", headers=auth).text
+    backtrace = server.get(f"/{task_id}/backtrace", headers=auth).text if status.headers[
+        "X-Task-Status"] == "FINISHED_SUCCESS" else ""
+    return status, log, backtrace
+
+
+def crashing_thread_frames(text):
+    """``[(function, file:line)]`` of the first thread's frames."""
+    first = text[text.index("#0 "):]
+    first = first.split("\n\n")[0] if "\nThread " not in first else first[:first.index("\nThread ")]
+    return [(function, where) for _, function, where, _ in FRAME.findall(first)]
+
+
+def local_gdb_frames(debs, core, tmp_path):
+    """The frames a local gdb gives with every package of the repository unpacked into one sysroot."""
+    sysroot = tmp_path / "sysroot"
+    sysroot.mkdir()
+    unpack_debs(debs, sysroot)
+    output = subprocess.run(
+        ["gdb", "-batch", "-nx", "-iex", "set debuginfod enabled off", "-iex", "set auto-load off",
+         "-ex", f"set sysroot {sysroot}", "-ex", f"set debug-file-directory {sysroot}/usr/lib/debug",
+         "-ex", f"file {sysroot}{PROGRAM}", "-ex", f"core-file {core}", "-ex", "bt"],
+        capture_output=True, text=True, check=True).stdout
+    return crashing_thread_frames(output)
+
+
+def test_a_debian_crash_is_retraced_from_its_apt_repository_with_the_dbg_packages(debian_server, debian_problem):
+    status, log, backtrace = retrace(debian_server, debian_problem)
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", log
+    assert f"Release {DEBIAN_RELEASE} (from os_info (ID=debian))" in log
+    needed = re.search(r"Packages needed: (.*)", log)[1].split()
+    assert any(name.startswith("libc6-dbg_") for name in needed), needed
+    assert any(name.startswith("binutils-x86-64-linux-gnu-dbg_2.40-2_amd64") for name in needed), needed
+    assert any(name.startswith("libbinutils_") for name in needed) and any(name.startswith("libc6_") for name in needed)
+    functions = [function for function, _ in crashing_thread_frames(backtrace)]
+    assert "main" in functions and any("read" in function for function in functions), backtrace[:3000]
+    assert re.search(r" at \S*strings\.c:\d+", backtrace), "binutils-x86-64-linux-gnu-dbg gives strings' lines"
+    assert re.search(r" at \S*read\.c:\d+", backtrace), "libc6-dbg gives libc's lines"
+
+
+def test_the_frames_equal_a_local_gdb_with_every_package_unpacked(debian_server, debian_problem, debs, tmp_path):
+    _, _, backtrace = retrace(debian_server, debian_problem)
+    assert crashing_thread_frames(backtrace) == local_gdb_frames(debs.values(), debian_problem / "coredump",
+                                                                 tmp_path)
+
+
+def test_a_package_whose_bytes_differ_from_its_index_is_refused_naming_it(start_server, debian_repository,
+                                                                          debian_problem, tmp_path):
+    tampered = tmp_path / DEBIAN_RELEASE
+    shutil.copytree(debian_repository, tampered)
+    target = next((tampered / "pool" / "main").glob("binutils-x86-64-linux-gnu-dbg_*.deb"))
+    target.unlink()
+    shutil.copy(next((tampered / "pool" / "main").glob("libbinutils-dbg_*.deb")), target)
+    status, log, _ = retrace(start_server(repository=tampered, release_id=DEBIAN_RELEASE), debian_problem)
+    assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
+    assert re.search(r"the file of binutils-x86-64-linux-gnu-dbg_2\.40-2_amd64 does not match the SHA256 its "
+                     r"release's index lists for it; the mirror served a different package", status.text), status.text
+
+
+def test_a_packages_index_that_places_a_package_outside_the_repository_is_refused(
+        start_server, debian_repository, debian_problem, tmp_path):
+    hostile = tmp_path / DEBIAN_RELEASE
+    shutil.copytree(debian_repository, hostile)
+    index = lzma.decompress((hostile / "Packages.xz").read_bytes()).decode()
+    index = re.sub(r"Filename: pool/main/(libc6_\S+)", r"Filename: ../../../../etc/\1", index)
+    (hostile / "Packages.xz").write_bytes(lzma.compress(index.encode()))
+    status, _, _ = retrace(start_server(repository=hostile, release_id=DEBIAN_RELEASE), debian_problem)
+    assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
+    assert re.search(r"places libc6_\S+_amd64 at '\.\./\.\./\.\./\.\./etc/libc6_\S+\.deb', outside the repository",
+                     status.text), status.text
+
+
+def test_an_os_info_that_names_no_known_distribution_is_refused_with_the_releases_served(
+        debian_server, debian_problem, tmp_path):
+    problem = tmp_path / "problem"
+    shutil.copytree(debian_problem, problem)
+    (problem / "os_info").write_text('NAME="Plan 9 from Bell Labs"\nVERSION="4"\n')
+    status, _, _ = retrace(debian_server, problem)
+    assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
+    assert "cannot tell which release crashed" in status.text and f"this server supports: {DEBIAN_RELEASE}" in status.text
