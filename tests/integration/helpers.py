@@ -150,7 +150,7 @@ def running(pid):
     """Whether ``pid`` still runs (a zombie waiting for init to reap it does not)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
+    except (FileNotFoundError, ProcessLookupError, IndexError):  # it ended before, or while, /proc was read
         return False
     return state != "Z"
 

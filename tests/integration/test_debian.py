@@ -13,8 +13,9 @@ import subprocess
 
 import pytest
 
-from tests.fixtures.debian import (BINARIES, DEBIAN_RELEASE, PROGRAM, apt_release, crash_strings, debian_debs,
+from tests.fixtures.debian import (BINARIES, DEBIAN_RELEASE, PROGRAM, apt_release, crash_debian_program, debian_debs,
                                    debian_problem_dir, unpack_debs)
+from tests.fixtures.debhelper import build_crasher_debs
 from tests.integration.helpers import submit, wait_final
 
 FRAME = re.compile(r"^#(\d+)\s+(?:0x[0-9a-f]+ in )?(\S+) \(.*?\)(?: at (\S+:\d+))?(?: from (\S+))?", re.M)
@@ -32,13 +33,31 @@ def debian_repository(work_dir, debs):
 
 @pytest.fixture(scope="module")
 def debian_problem(work_dir, debs):
-    core = crash_strings([debs[name] for name in BINARIES], work_dir)
+    core = crash_debian_program([debs[name] for name in BINARIES], work_dir)
     return debian_problem_dir(work_dir / "problem-debian", core)
 
 
 @pytest.fixture(scope="module")
 def debian_server(start_server, debian_repository):
     return start_server(repository=debian_repository, release_id=DEBIAN_RELEASE)
+
+
+@pytest.fixture(scope="module")
+def crasher_debs():
+    """The crasher fixture built by debhelper: crasher, libcrash1 and their automatic -dbgsym packages."""
+    return build_crasher_debs()
+
+
+@pytest.fixture(scope="module")
+def dbgsym_repository(work_dir, debs, crasher_debs):
+    return apt_release(work_dir / "apt-dbgsym" / DEBIAN_RELEASE, [debs["libc6"], debs["libc6-dbg"], *crasher_debs])
+
+
+@pytest.fixture(scope="module")
+def crasher_problem(work_dir, debs, crasher_debs):
+    binaries = [deb for deb in crasher_debs if "-dbgsym_" not in deb.name]
+    core = crash_debian_program([debs["libc6"], *binaries], work_dir, "/usr/bin/crasher", "simple")
+    return debian_problem_dir(work_dir / "problem-debian-crasher", core, "/usr/bin/crasher", "crasher-1.0-1")
 
 
 def retrace(server, problem_dir):
@@ -57,7 +76,7 @@ def crashing_thread_frames(text):
     return [(function, where) for _, function, where, _ in FRAME.findall(first)]
 
 
-def local_gdb_frames(debs, core, tmp_path):
+def local_gdb_frames(debs, core, tmp_path, program=PROGRAM):
     """The frames a local gdb gives with every package of the repository unpacked into one sysroot."""
     sysroot = tmp_path / "sysroot"
     sysroot.mkdir()
@@ -65,7 +84,7 @@ def local_gdb_frames(debs, core, tmp_path):
     output = subprocess.run(
         ["gdb", "-batch", "-nx", "-iex", "set debuginfod enabled off", "-iex", "set auto-load off",
          "-ex", f"set sysroot {sysroot}", "-ex", f"set debug-file-directory {sysroot}/usr/lib/debug",
-         "-ex", f"file {sysroot}{PROGRAM}", "-ex", f"core-file {core}", "-ex", "bt"],
+         "-ex", f"file {sysroot}{program}", "-ex", f"core-file {core}", "-ex", "bt"],
         capture_output=True, text=True, check=True).stdout
     return crashing_thread_frames(output)
 
@@ -88,6 +107,20 @@ def test_the_frames_equal_a_local_gdb_with_every_package_unpacked(debian_server,
     _, _, backtrace = retrace(debian_server, debian_problem)
     assert crashing_thread_frames(backtrace) == local_gdb_frames(debs.values(), debian_problem / "coredump",
                                                                  tmp_path)
+
+
+def test_a_program_built_by_debhelper_is_retraced_with_its_automatic_dbgsym_packages(
+        start_server, dbgsym_repository, crasher_problem, debs, crasher_debs, tmp_path):
+    server = start_server(repository=dbgsym_repository, release_id=DEBIAN_RELEASE)
+    status, log, backtrace = retrace(server, crasher_problem)
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", log
+    needed = re.search(r"Packages needed: (.*)", log)[1].split()
+    assert {"crasher_1.0-1_amd64", "crasher-dbgsym_1.0-1_amd64", "libcrash1_1.0-1_amd64",
+            "libcrash1-dbgsym_1.0-1_amd64"} <= set(needed), needed
+    assert "crash_in_library (depth=0" in backtrace and "libcrash.c:13" in backtrace
+    reference = local_gdb_frames([debs["libc6"], debs["libc6-dbg"], *crasher_debs], crasher_problem / "coredump",
+                                 tmp_path, "/usr/bin/crasher")
+    assert crashing_thread_frames(backtrace) == reference
 
 
 def test_a_package_whose_bytes_differ_from_its_index_is_refused_naming_it(start_server, debian_repository,
