@@ -32,7 +32,8 @@ def assemble_sysroot(root, cached_packages):
     linked = 0
     for package in cached_packages:
         source_root = str(package.root)
-        for relative, kind, link_target, _build_id in package.manifest():
+        for packaged, kind, link_target, _build_id in package.manifest():
+            relative = merged_usr_path(packaged, kind)
             destination = inside(root, relative)
             if kind == "d":
                 if relative not in made_dirs:
@@ -43,13 +44,24 @@ def assemble_sysroot(root, cached_packages):
             if parent and parent not in made_dirs:
                 os.makedirs(os.path.join(root, parent), exist_ok=True)
                 made_dirs.add(parent)
-            target = os.path.join(source_root, relative) if kind == "f" else clamped_link_target(relative, link_target)
+            target = os.path.join(source_root, packaged) if kind == "f" else clamped_link_target(relative, link_target)
             try:
                 os.symlink(target, destination)
             except FileExistsError:
                 continue
             linked += 1
     return linked, time.monotonic() - started
+
+
+def merged_usr_path(relative, kind):
+    """Where a packaged entry lives on a merged-/usr system: ``lib/x86_64-linux-gnu/libc.so.6`` (Debian's
+    libc6 still ships it there) is ``usr/lib/...``, and ``/lib`` becomes a link to ``usr/lib``
+    (``add_merged_usr_links``), so the library is found by either name the core uses.  A package's own
+    ``lib -> usr/lib`` symlink stays as it is."""
+    top, _, rest = relative.partition("/")
+    if top not in _MERGED_TOPS or (not rest and kind == "l"):
+        return relative
+    return f"usr/{relative}"
 
 
 def build_id_debug_path(build_id):
@@ -83,6 +95,7 @@ def place_files(root, placements):
 # libc.so.6), cores and packages name /usr/lib/...: on merged-/usr systems
 # both are the same file.
 _MERGED_USR = (("lib", "usr/lib"), ("lib64", "usr/lib64"), ("bin", "usr/bin"), ("sbin", "usr/sbin"))
+_MERGED_TOPS = {name for name, _ in _MERGED_USR}
 
 
 def link_program_interpreter(root, interpreter, modules):

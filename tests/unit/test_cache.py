@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from retrace.environments.sysroot import assemble_sysroot
+from retrace.environments.sysroot import assemble_sysroot, merged_usr_path
 from retrace.packaging.cache import CachedPackage, PackageCache
 from retrace.packaging.payload import UnpackError, refuse_below_symlink, safe_relative
 
@@ -95,3 +95,16 @@ def test_loader_is_linked_at_the_name_the_program_asks_for(tmp_path):
     assert link_program_interpreter(root, "/lib64/ld-linux-x86-64.so.2", [module])
     assert (root / "lib64/ld-linux-x86-64.so.2").read_text() == "loader"
     assert not link_program_interpreter(root, "/lib64/ld-linux-x86-64.so.2", [module]), "already there"
+
+
+@pytest.mark.parametrize("packaged, kind, placed", [
+    ("lib/x86_64-linux-gnu/libc.so.6", "f", "usr/lib/x86_64-linux-gnu/libc.so.6"),
+    ("lib64/ld-linux-x86-64.so.2", "l", "usr/lib64/ld-linux-x86-64.so.2"),
+    ("lib", "d", "usr/lib"),
+    ("lib64", "l", "lib64"),
+    ("usr/lib/x86_64-linux-gnu/libbfd.so", "f", "usr/lib/x86_64-linux-gnu/libbfd.so"),
+    ("library/file", "f", "library/file"),
+])
+def test_a_sysroot_is_merged_usr_whatever_the_package_ships(packaged, kind, placed):
+    """Debian's libc6 still ships /lib/x86_64-linux-gnu; a core may name either path."""
+    assert merged_usr_path(packaged, kind) == placed
