@@ -6,7 +6,7 @@ import shutil
 import time
 from pathlib import Path
 
-from retrace.analysis.coredump import CoreInfo, program_interpreter, read_core
+from retrace.analysis.coredump import CoreInfo, debug_alt_link, program_interpreter, read_core
 from retrace.analysis.exploitable import rate
 from retrace.analysis.gdb import USABLE_FRAME, interpret_output, run_gdb
 from retrace.environments.chroot import GdbRoots, root_key
@@ -273,6 +273,25 @@ class RetraceJob(Job):
             ))
             self._log_missing(still_missing[-1])
         crash.resolution.unresolved = still_missing
+        return placements + self._dwz_files_from_debuginfod(
+            [result.path for (_, kind), result in fetched.items() if kind == "debuginfo" and result.path])
+
+    def _dwz_files_from_debuginfod(self, debuginfo_files):
+        """The dwz files (``.gnu_debugaltlink``) the fetched debuginfo shares its types and lines with: gdb
+        finds them by build-id, and without them a frame has no file:line."""
+        wanted = {link[1]: link[0] for link in map(debug_alt_link, debuginfo_files) if link}
+        if not wanted:
+            return []
+        fetched = fetch_all(self.debuginfod, BuildIdCache(self.config.CacheDir),
+                            [(build_id, "debuginfo") for build_id in wanted])
+        placements = []
+        for build_id, name in wanted.items():
+            result = fetched.get((build_id, "debuginfo"))
+            if result and result.path:
+                placements += [(build_id_debug_path(build_id), result.path), (name, result.path)]
+            else:
+                self.log.warning("Missing the dwz file %s (build-id %s) that debuginfo shares: debuginfod has "
+                                 "none (%s); frames may lack file:line", name, build_id, result.source if result else "")
         return placements
 
     def _gdb_root(self, crash):

@@ -182,26 +182,56 @@ def image_build_id(read, mapped):
     return None
 
 
+def _sections(read):
+    """``(name, sh_type, sh_offset, sh_size)`` of each section of an ELF file; none when it is damaged."""
+    image = image_header(read)
+    if image is None:
+        return
+    elf, header = image
+    shoff, shentsize, shnum, shstrndx = header[6], header[11], header[12], header[13]
+    section = struct.Struct(elf.order + ("IIQQQQIIQQ" if elf.is_64 else "IIIIIIIIII"))
+    if shentsize != section.size or shnum > 4096:
+        return
+    table = read(shoff, shentsize * shnum)
+    entries = [section.unpack_from(table, start) for start in range(0, len(table) - shentsize + 1, shentsize)]
+    names = read(entries[shstrndx][4], min(entries[shstrndx][5], 1 << 20)) if shstrndx < len(entries) else b""
+    for fields in entries:
+        name_end = names.find(b"\0", fields[0])
+        name = names[fields[0]:name_end].decode("ascii", "replace") if 0 <= fields[0] < len(names) else ""
+        yield name, fields[1], fields[4], fields[5]
+
+
 def _section_build_id(read):
     """The build-id from the note sections: in a separate debuginfo file
     (``objcopy --only-keep-debug``) the program headers still describe the
     original file's offsets, so only the section headers can be trusted."""
     image = image_header(read)
-    if image is None:
-        return None
-    elf, header = image
-    shoff, shentsize, shnum = header[6], header[11], header[12]
-    section = struct.Struct(elf.order + ("IIQQQQIIQQ" if elf.is_64 else "IIIIIIIIII"))
-    if shentsize != section.size or shnum > 4096:
-        return None
-    table = read(shoff, shentsize * shnum)
-    for start in range(0, len(table) - shentsize + 1, shentsize):
-        fields = section.unpack_from(table, start)
-        sh_type, sh_offset, sh_size = fields[1], fields[4], fields[5]
+    for _name, sh_type, sh_offset, sh_size in _sections(read) if image else ():
         if sh_type == SHT_NOTE:
-            found = _build_id_note(elf, read(sh_offset, min(sh_size, 4096)))
+            found = _build_id_note(image[0], read(sh_offset, min(sh_size, 4096)))
             if found:
                 return found
+    return None
+
+
+def debug_alt_link(path):
+    """``(file name, build-id)`` a debuginfo file's ``.gnu_debugaltlink`` names, or None.
+
+    dwz moves what several debuginfo files share into one common file
+    (Fedora's and Debian's ``/usr/lib/debug/.dwz/...``); gdb needs it for
+    their types and lines, and finds it by that build-id.
+    """
+    try:
+        with open(path, "rb") as handle:
+            read = file_reader(handle)
+            for name, _type, offset, size in _sections(read):
+                if name == ".gnu_debugaltlink" and 21 < size <= 4096:
+                    data = read(offset, size)
+                    file_name, _, build_id = data.partition(b"\0")
+                    if len(build_id) >= 8:
+                        return file_name.decode("utf-8", "replace"), build_id.hex()
+    except OSError:
+        return None
     return None
 
 

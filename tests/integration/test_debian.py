@@ -15,7 +15,9 @@ import pytest
 
 from tests.fixtures.debian import (BINARIES, DEBIAN_RELEASE, PROGRAM, apt_release, crash_debian_program, debian_debs,
                                    debian_problem_dir, merged_usr_sysroot)
+from retrace.analysis.coredump import read_core
 from tests.fixtures.debhelper import build_crasher_debs
+from tests.fixtures.debuginfod import Debuginfod
 from tests.integration.helpers import submit, wait_final
 
 # What ABRT on Debian sends: os_info where RPM systems have os_release.
@@ -121,6 +123,32 @@ def test_a_program_built_by_debhelper_is_retraced_with_its_automatic_dbgsym_pack
     reference = local_gdb_frames([debs["libc6"], debs["libc6-dbg"], *crasher_debs], crasher_problem / "coredump",
                                  tmp_path, "/usr/bin/crasher")
     assert crashing_thread_frames(backtrace) == reference
+
+
+@pytest.fixture(scope="module")
+def deb_debuginfod(debian_repository, debian_problem):
+    """A real elfutils debuginfod over the repository's .debs."""
+    program = next(module.build_id for module in read_core(debian_problem / "coredump").modules
+                   if module.path == PROGRAM)
+    server = Debuginfod([debian_repository / "pool"], program)
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("os_release_id, release", [("debian", DEBIAN_RELEASE), ("arch", "arch-rolling-x86_64")])
+def test_debuginfod_over_the_debs_gives_the_apt_mirrors_frames_for_a_release_of_any_distribution(
+        start_server, debian_server, deb_debuginfod, debian_problem, tmp_path, os_release_id, release):
+    """No mirror and no index: a release named by its os-release ID (Arch has no plugin at all)."""
+    problem = tmp_path / "problem"
+    shutil.copytree(debian_problem, problem)
+    if os_release_id != "debian":
+        (problem / "os_info").write_text(f'NAME="Arch Linux"\nID={os_release_id}\nBUILD_ID=rolling\n')
+    only_debuginfod = start_server(repository=False, DebuginfodURLs=deb_debuginfod.url, DebuginfodReleases=release)
+    status, log, backtrace = retrace(only_debuginfod, problem)
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", log
+    assert f"Release {release} (from os_info (ID={os_release_id}))" in log
+    _, _, mirrored = retrace(debian_server, debian_problem)
+    assert crashing_thread_frames(backtrace) == crashing_thread_frames(mirrored), backtrace[:1500] + log
 
 
 def test_a_package_whose_bytes_differ_from_its_index_is_refused_naming_it(start_server, debian_repository,

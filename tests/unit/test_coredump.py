@@ -1,6 +1,8 @@
+import subprocess
+
 import pytest
 
-from retrace.analysis.coredump import Module, check_elf_core, file_build_id, read_core
+from retrace.analysis.coredump import Module, check_elf_core, debug_alt_link, file_build_id, read_core
 from retrace.errors import InvalidCrashData
 from tests.fixtures.synthetic_core import BUILD_ID, IMAGE_BASE, elf_image, synthetic_core
 
@@ -127,3 +129,15 @@ def test_a_core_naming_one_image_under_twenty_thousand_names_is_read(tmp_path):
 def test_routing_reads_only_the_architecture_from_the_elf_header(core_file):
     from retrace.analysis.coredump import core_arch
     assert core_arch(core_file(note_segments=17, machine=183)) == "aarch64"
+
+
+def test_the_dwz_file_a_debuginfo_file_shares_is_named_by_its_altlink(tmp_path):
+    """dwz writes ``.gnu_debugaltlink``: the common file's name, a NUL, its build-id."""
+    source = tmp_path / "demo.c"
+    source.write_text('__attribute__((section(".gnu_debugaltlink"), used)) static const char link[] = '
+                      '"/usr/lib/debug/.dwz/x86_64-linux-gnu/demo.debug\\0" '
+                      + '"' + "\\xfd" * 20 + '";\n')
+    debuginfo = tmp_path / "demo.debug"
+    subprocess.run(["gcc", "-c", "-o", str(debuginfo), str(source)], check=True)
+    assert debug_alt_link(debuginfo) == ("/usr/lib/debug/.dwz/x86_64-linux-gnu/demo.debug", "fd" * 20 + "00")
+    assert debug_alt_link(source) is None and debug_alt_link(tmp_path / "missing") is None
