@@ -44,6 +44,9 @@ def build_parser():
     parser.add_argument("--discover", metavar="DISTRIBUTION", help="list the versions the distribution's mirror offers")
     parser.add_argument("--arch", default="x86_64", help="architecture for --discover (default x86_64)")
     parser.add_argument("--dry-run", action="store_true", help="say what would be fetched; change nothing")
+    parser.add_argument("--metadata-only", action="store_true",
+                        help="apt releases: sync the signed indexes only; workers download the packages a crash "
+                             "needs from the mirror")
     parser.add_argument("-v", "--verbose", action="store_true", help="list every package fetched")
     add_service_arguments(parser)
     return parser
@@ -78,7 +81,7 @@ def main(argv=None):
         worst = 0
         for release in releases_to_sync(args, config):
             try:
-                summary = sync_release(config, plugins, release, output, args.dry_run)
+                summary = sync_release(config, plugins, release, output, args.dry_run, metadata_only=args.metadata_only)
             except SyncError as err:
                 print(f"{PROG}: {release}: {err}", file=sys.stderr)
                 worst = max(worst, err.exit_code)

@@ -6,11 +6,15 @@ repository names and whose values list mirror URLs, tried in order, with
 ship in ``reposync/distributions/``; an admin adds or replaces one with a
 ``*.conf`` file in ``PluginDir`` or a section in retrace-server.conf (read
 in that order; a later section replaces the distribution's whole list).
+A section with ``type = apt`` describes an apt archive instead
+(``reposync.apt``: mirrors, suites, components, codenames).
 """
 
 import configparser
 import dataclasses
 from pathlib import Path
+
+from reposync.apt import AptSource
 
 BUILT_IN = Path(__file__).resolve().parent / "distributions"
 SECTION_PREFIX = "reposync "
@@ -40,8 +44,12 @@ def _read_sections(path, plugins):
         if not section.startswith(SECTION_PREFIX):
             continue
         distribution = section[len(SECTION_PREFIX):].strip()
+        items = dict(parser.items(section))
+        if items.get("type") == "apt":
+            plugins[distribution] = AptSource.from_items(items)
+            continue
         plugins[distribution] = tuple(
-            Repository(name, tuple(value.split())) for name, value in parser.items(section) if value.split()
+            Repository(name, tuple(value.split())) for name, value in items.items() if value.split()
         )
 
 

@@ -18,8 +18,11 @@ from pathlib import Path
 
 import requests
 
+from reposync.apt import AptMirror, AptSource, AptSyncError, Refused, sync_indexes, sync_pool
 from reposync.mirrors import MirrorError, http_session, mirror_for
 from retrace import locking
+from retrace.packaging import apt as apt_index
+from retrace.packaging.download import MIRROR_FILE
 from retrace.packaging.release import ReleaseId, canonical_arch
 from retrace.packaging.repoindex import RepoIndex, RepositoryError
 from retrace.packaging.signatures import Keyring, SignatureError
@@ -159,7 +162,7 @@ def parse_release(distribution, version, arch):
     return release
 
 
-def sync_release(config, plugins, release, output, dry_run=False, session=None):
+def sync_release(config, plugins, release, output, dry_run=False, session=None, metadata_only=False):
     """Sync one release from its plugin's mirrors; a SyncSummary (SyncError when it cannot run)."""
     repositories = plugins.get(release.distribution)
     if repositories is None:
@@ -185,10 +188,16 @@ def sync_release(config, plugins, release, output, dry_run=False, session=None):
     if lock_fd is None:
         raise SyncError(f"another reposync of {release} is running; this one stops", EXIT_LOCKED)
     try:
-        packages_dir = target / "Packages"
         staging = Path(config.RepoDir) / f".reposync-{release}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
+        if isinstance(repositories, AptSource):
+            summary = _sync_apt(config, repositories, release, target, staging, output, dry_run, metadata_only,
+                                session or http_session())
+            shutil.rmtree(staging, ignore_errors=True)
+            summary.seconds = time.monotonic() - started
+            return summary
+        packages_dir = target / "Packages"
         if not dry_run:
             packages_dir.mkdir(parents=True, exist_ok=True)
         summary = SyncSummary(str(release))
@@ -211,6 +220,62 @@ def sync_release(config, plugins, release, output, dry_run=False, session=None):
         return summary
     finally:
         os.close(lock_fd)
+
+
+def _sync_apt(config, source, release, target, staging, output, dry_run, metadata_only, session):
+    """An apt release: the first mirror whose signed indexes verify, then (unless metadata-only) its packages."""
+    summary = SyncSummary(str(release))
+    keyrings = config.required_gpg_keys(str(release))
+    if keyrings is not None and not keyrings:
+        raise SyncError(f"RequireGPGCheck = 1, but no keyring is configured for {release}: list the archive keyring "
+                        "(e.g. /usr/share/keyrings/debian-archive-keyring.gpg) in the [gpgkeys] section", EXIT_USAGE)
+    try:
+        suites = source.suite_names(release)
+    except AptSyncError as err:
+        raise SyncError(str(err), EXIT_USAGE) from None
+    debarch = apt_index.debian_arch(release.arch)
+    for url in source.mirrors:
+        mirror = AptMirror(url, session)
+        output.step(f"{', '.join(suites)}: {mirror.url}")
+        shutil.rmtree(staging / "dists", ignore_errors=True)
+        try:
+            packages_files = sync_indexes(mirror, suites, source.components, debarch, keyrings, staging, output.step)
+        except Refused as err:
+            output.step(f"  refused: {err}")
+            summary.refused.append((mirror.url, str(err)))
+            continue
+        except AptSyncError as err:
+            output.step(f"  mirror failed: {err}; trying the next one")
+            continue
+        if dry_run:
+            return summary
+        target.mkdir(parents=True, exist_ok=True)
+        if not metadata_only:
+            pooled = sync_pool(mirror, packages_files, debarch, target, staging, output.item)
+            summary.added, summary.bytes, summary.refused = pooled.added, pooled.bytes, summary.refused + pooled.refused
+            summary.failed_repositories += pooled.failed
+            output.step(f"  {pooled.added} new packages ({pooled.bytes / 1048576:.1f} MiB)")
+        _install_indexes(staging, target, mirror.url, metadata_only)
+        summary.metadata_updated = True
+        output.step("  indexes installed" + (" (metadata only: workers download packages from this mirror)"
+                                             if metadata_only else ""))
+        _prebuild_index(target, config.CacheDir, output.step)
+        return summary
+    summary.failed_repositories.append(", ".join(suites))
+    return summary
+
+
+def _install_indexes(staging, target, mirror_url, metadata_only):
+    """Swap the new ``dists/`` in; a metadata-only release names its mirror for the workers."""
+    if (target / "dists").is_dir():
+        exchange_directories(staging / "dists", target / "dists")
+        shutil.rmtree(staging / "dists")
+    else:
+        os.rename(staging / "dists", target / "dists")
+    if metadata_only:
+        (target / MIRROR_FILE).write_text(mirror_url + "\n")
+    else:
+        (target / MIRROR_FILE).unlink(missing_ok=True)
 
 
 def _sync_repository(repository, release, packages_dir, staging, output, dry_run, session, summary, keyring):

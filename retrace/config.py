@@ -121,6 +121,7 @@ class Config:
     DebuginfodURLs: str = _key("")
     DebuginfodReleases: str = _key("")
     DebuginfodDeadline: float = _key(60.0, minimum=0.1, unit="seconds")
+    DownloadDeadline: float = _key(600.0, minimum=1, maximum=86400, unit="seconds")
     DebuginfodTimeout: float = _key(10.0, minimum=0.1, unit="seconds")
     DebuginfodRetries: int = _key(1, minimum=0, maximum=10)
     DebuginfodMaxFileSize: int = _key(2048, minimum=1, unit="MiB")

@@ -16,6 +16,7 @@ from retrace.environments.sysroot import (add_merged_usr_links, assemble_sysroot
                                           link_program_interpreter, place_files)
 from retrace.packaging.cache import PackageCache
 from retrace.packaging.debuginfod import BuildIdCache, Settings as DebuginfodSettings, fetch_all
+from retrace.packaging.download import DownloadError, download_packages, release_mirror
 from retrace.packaging.packages import (Resolution, Unresolved, resolve_modules, unresolved_everything,
                                         usr_merge_variants)
 from retrace.packaging.release import RELEASE_FILES, ReleaseId, detect_release, served_releases, supported_releases
@@ -35,6 +36,7 @@ class RetraceJob(Job):
         self.cache = PackageCache(config.CacheDir)
         self._keyrings = {}  # release -> Keyring (or None: RequireGPGCheck = 0)
         self._verified = set()  # package files whose signatures this task has checked
+        self._downloads = {}  # pkgid -> file downloaded for a metadata-only release, until it is unpacked
         self.sysroot = task.path / "sysroot"
         self.debuginfod = DebuginfodSettings.from_config(config)
 
@@ -113,13 +115,7 @@ class RetraceJob(Job):
 
     def _cached(self, package, index):
         """The package unpacked in the shared cache (by this task or an earlier one)."""
-        package_path = index.package_path(package)
-        if not package_path.is_file():
-            raise TaskFailed(
-                f"{package.nevra} is in the metadata of {index.release_dir.name} but its file is missing "
-                "(the repository is being synchronised?); try again later",
-                "repository error",
-            )
+        package_path = self._package_file(index, package)
         entry = self.cache.get(
             package.pkgid, package_path,
             on_wait=lambda: self.log.info("Waiting for another task that is unpacking %s", package.nevra),
@@ -144,6 +140,37 @@ class RetraceJob(Job):
             if self._keyrings[release] is None:
                 self.log.warning("Package signatures are not checked (RequireGPGCheck = 0)")
         return self._keyrings[release]
+
+    def _package_file(self, index, package):
+        """The package's file: in the mirror, or downloaded for a metadata-only release."""
+        package_path = index.package_path(package)
+        if package_path.is_file() or self.cache.holds(package.pkgid):
+            return package_path
+        if package.pkgid not in self._downloads:
+            self._download_missing(index, [package])
+        if package.pkgid in self._downloads:
+            return self._downloads[package.pkgid]
+        raise TaskFailed(f"{package.nevra} is in the metadata of {index.release_dir.name} but its file is missing "
+                         "(the repository is being synchronised?); try again later", "repository error")
+
+    def _download_missing(self, index, packages):
+        """Download, in parallel and within DownloadDeadline, the packages a metadata-only release lacks."""
+        mirror = release_mirror(index.release_dir) if index is not None else None
+        missing = [package for package in packages if mirror and package.pkgid not in self._downloads
+                   and not self.cache.holds(package.pkgid) and not index.package_path(package).is_file()]
+        if not missing:
+            return
+        started = time.monotonic()
+        results = download_packages(mirror, missing, Path(self.config.CacheDir) / "downloads",
+                                    self.config.DownloadDeadline)
+        failures = [result for result in results.values() if isinstance(result, DownloadError)]
+        self._downloads.update({pkgid: path for pkgid, path in results.items() if not isinstance(path, Exception)})
+        size = sum(path.stat().st_size for pkgid, path in self._downloads.items() if pkgid in results)
+        self.log.info("Downloaded %d of %d packages (%.1f MiB) from %s in %.3f s", len(missing) - len(failures),
+                      len(missing), size / 1048576, mirror, time.monotonic() - started)
+        if failures:
+            raise TaskFailed(failures[0].sentence + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""),
+                             "repository error")
 
     def _verifier(self, index, package, package_path):
         """What proves a package before it is unpacked: an RPM's signature (unless this task checked it
@@ -207,6 +234,7 @@ class RetraceJob(Job):
         if self.environment == "mock":
             self.record.packages = [package.nevra for package in crash.resolution.packages]
             return
+        self._download_missing(crash.index, crash.resolution.packages)
         self._verify_signatures(crash.index, crash.resolution.packages)
         cached = [self._cached(package, crash.index) for package in crash.resolution.packages]
         for module, candidates in crash.resolution.unverified:
@@ -354,11 +382,13 @@ class RetraceJob(Job):
         self.log.info("Exploitable rating %d: %s", rating.value, rating.reason)
 
     def clean(self, succeeded):
-        """Remove the task's root and crash data, unless the client asked to keep them (debug)."""
+        """Remove the task's root and crash data, unless the client asked to keep them (debug), and the
+        packages downloaded for it (the cache keeps them unpacked)."""
+        for path in self._downloads.values():
+            path.unlink(missing_ok=True)
         if self.task.task_type != TaskType.DEBUG:
             shutil.rmtree(self.sysroot, ignore_errors=True)
             shutil.rmtree(self.task.crash_dir, ignore_errors=True)
-
 
 
 @dataclasses.dataclass

@@ -13,12 +13,14 @@ import subprocess
 
 import pytest
 
-from tests.fixtures.debian import (BINARIES, DEBIAN_RELEASE, PROGRAM, apt_release, crash_debian_program, debian_debs,
+from tests.fixtures.debian import (BINARIES, DEBIAN_RELEASE, PROGRAM, apt_archive, apt_release, crash_debian_program, debian_debs,
                                    debian_problem_dir, merged_usr_sysroot)
 from retrace.analysis.coredump import read_core
 from tests.fixtures.debhelper import build_crasher_debs
 from tests.fixtures.debuginfod import Debuginfod
+from tests.fixtures.signing import OTHER_KEY, TEST_KEY
 from tests.integration.helpers import submit, wait_final
+from tests.integration.reposync_admin import REPOSYNC, serve_http
 
 # What ABRT on Debian sends: os_info where RPM systems have os_release.
 DEBIAN_FILES = ("coredump", "executable", "package", "os_info")
@@ -149,6 +151,75 @@ def test_debuginfod_over_the_debs_gives_the_apt_mirrors_frames_for_a_release_of_
     assert f"Release {release} (from os_info (ID={os_release_id}))" in log
     _, _, mirrored = retrace(debian_server, debian_problem)
     assert crashing_thread_frames(backtrace) == crashing_thread_frames(mirrored), backtrace[:1500] + log
+
+
+@pytest.fixture(scope="module")
+def apt_mirror(work_dir, debs):
+    """A Debian mirror on loopback HTTP: pool/, dists/bookworm/ with an InRelease our test key signed."""
+    archive = apt_archive(work_dir / "apt-mirror", debs.values(), key=TEST_KEY)
+    process, url = serve_http(archive)
+    yield archive, url
+    process.terminate()
+    process.wait()
+
+
+def synced_server(start_server, url, *reposync_arguments, key=TEST_KEY):
+    """A server with no release, its RepoDir filled by retrace-server-reposync from ``url``."""
+    key.ensure()
+    server = start_server(repository=False, extra_ini=(
+        f"[gpgkeys]\ndebian = {key.public}\n"
+        f"[reposync debian]\ntype = apt\nmirrors = {url}\nsuites = $CODENAME\ncomponents = main\n"
+        "codenames = 12:bookworm\n"))
+    sync = subprocess.run([str(REPOSYNC), "--config", str(server.config_path), "debian", "12", "x86_64",
+                           *reposync_arguments], capture_output=True, text=True, timeout=600)
+    return server, sync
+
+
+def test_a_crash_gives_the_same_frames_from_a_full_apt_mirror_and_from_a_metadata_only_release(
+        start_server, apt_mirror, debian_server, debian_problem):
+    archive, url = apt_mirror
+    full, sync = synced_server(start_server, url)
+    assert sync.returncode == 0, sync.stdout + sync.stderr
+    assert "InRelease signature good" in sync.stdout
+    assert len(list((full.root / "repos" / DEBIAN_RELEASE / "pool" / "main").glob("*.deb"))) == 8
+    metadata_only, sync = synced_server(start_server, url, "--metadata-only")
+    assert sync.returncode == 0, sync.stdout + sync.stderr
+    release_dir = metadata_only.root / "repos" / DEBIAN_RELEASE
+    assert not (release_dir / "pool").exists() and (release_dir / "mirror").read_text().strip() == url
+    _, _, reference = retrace(debian_server, debian_problem)
+    for server in (full, metadata_only):
+        status, log, backtrace = retrace(server, debian_problem)
+        assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", log
+        assert crashing_thread_frames(backtrace) == crashing_thread_frames(reference)
+    assert re.search(r"Downloaded 6 of 6 packages \([\d.]+ MiB\) from " + re.escape(url), log), log
+    assert not list((metadata_only.cache_dir / "downloads").iterdir()), "downloads are unpacked, then removed"
+
+
+def test_an_inrelease_signed_by_an_untrusted_key_is_refused(start_server, apt_mirror):
+    _, url = apt_mirror
+    server, sync = synced_server(start_server, url, key=OTHER_KEY)
+    assert sync.returncode == 3, sync.stdout + sync.stderr  # no mirror could be used
+    assert f"the InRelease of bookworm from {url} has no good signature by a key trusted for this release" \
+        in sync.stdout
+    assert not (server.root / "repos" / DEBIAN_RELEASE / "dists").exists()
+
+
+def test_a_mirror_serving_a_package_that_differs_from_its_index_is_refused_on_download(
+        start_server, work_dir, debs, debian_problem):
+    archive = apt_archive(work_dir / "apt-mirror-tampered", debs.values(), key=TEST_KEY)
+    process, url = serve_http(archive)
+    try:
+        server, sync = synced_server(start_server, url, "--metadata-only")
+        assert sync.returncode == 0, sync.stdout + sync.stderr
+        served = next((archive / "pool" / "main").glob("libc6-dbg_*.deb"))
+        served.write_bytes(served.read_bytes()[:-1] + b"!")  # same size, other bytes
+        status, _, _ = retrace(server, debian_problem)
+    finally:
+        process.terminate()
+        process.wait()
+    assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
+    assert re.search(r"mirror \S+ served a different file than the index lists for libc6-dbg_\S+_amd64 \(size or "
+                     r"SHA256 differ\); it was not used", status.text), status.text
 
 
 def test_a_package_whose_bytes_differ_from_its_index_is_refused_naming_it(start_server, debian_repository,

@@ -1,0 +1,221 @@
+"""apt mirrors (Debian, Ubuntu): a suite's InRelease verified with gpgv, then its indexes, then its packages.
+
+A plugin section with ``type = apt``::
+
+    [reposync debian]
+    type = apt
+    mirrors = https://deb.debian.org/debian
+    suites = $CODENAME $CODENAME-updates
+    components = main
+    codenames = 12:bookworm 13:trixie
+
+The chain of trust is apt's: ``InRelease`` is checked by ``gpgv`` against
+the keyrings the ``[gpgkeys]`` section lists for the release (e.g.
+``/usr/share/keyrings/debian-archive-keyring.gpg``); the Release text that
+gpgv verified (never the raw file) gives each index's size and SHA256; each
+``Packages`` stanza gives its package's.  Anything that does not match is
+refused with its name.  The indexes land in ``RepoDir/<release>/dists/``
+by one directory exchange; packages in ``pool/`` as the mirror has them,
+unless the sync is ``--metadata-only``: then ``RepoDir/<release>/mirror``
+names the mirror, and workers download what a crash needs
+(``retrace.packaging.download``).
+"""
+
+import dataclasses
+import hashlib
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+from urllib.parse import quote
+
+import requests
+
+from retrace.packaging import apt
+from retrace.packaging.repoindex import open_compressed
+from retrace.paths import UnsafePath, inside
+
+_TIMEOUT = (15, 120)
+_CHUNK = 1024 * 1024
+_MAX_RELEASE_BYTES = 16 << 20
+_RELEASE_SHA256 = re.compile(r"^ ([0-9a-f]{64})\s+(\d+)\s+(\S+)$", re.M)
+_SUITE = re.compile(r"[A-Za-z0-9._-]+", re.ASCII)
+
+
+class AptSyncError(Exception):
+    """A mirror or one of its files that cannot be used; the message names it."""
+
+
+class Refused(AptSyncError):
+    """A file whose signature or checksum does not verify."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AptSource:
+    mirrors: tuple
+    suites: tuple
+    components: tuple
+    codenames: dict
+
+    @classmethod
+    def from_items(cls, items):
+        codenames = dict(pair.split(":", 1) for pair in items.get("codenames", "").split() if ":" in pair)
+        return cls(tuple(items.get("mirrors", "").split()), tuple(items.get("suites", "$CODENAME").split()),
+                   tuple(items.get("components", "main").split()), codenames)
+
+    def suite_names(self, release):
+        codename = self.codenames.get(release.version, release.version)
+        names = [suite.replace("$CODENAME", codename).replace("$VER", release.version) for suite in self.suites]
+        bad = [name for name in names if not _SUITE.fullmatch(name)]
+        if bad:
+            raise AptSyncError(f"suite {bad[0]!r} is not a suite name")
+        return names
+
+
+@dataclasses.dataclass
+class AptResult:
+    added: int = 0
+    bytes: int = 0
+    refused: list = dataclasses.field(default_factory=list)  # (file, why): checksums that do not match
+    failed: list = dataclasses.field(default_factory=list)  # files the mirror did not give
+
+
+def gpgv_verified(signed, keyrings, what):
+    """The text gpgv verified in ``signed`` (an InRelease); Refused when no keyring's key signed it."""
+    with tempfile.TemporaryDirectory(prefix="retrace-gpgv-") as scratch:
+        arguments = []
+        for number, keyring in enumerate(keyrings):
+            data = Path(keyring).read_bytes()
+            if data.lstrip().startswith(b"-----BEGIN"):
+                dearmored = Path(scratch) / f"keyring-{number}.gpg"
+                subprocess.run(["gpg", "--batch", "--yes", "--dearmor", "--output", str(dearmored)], input=data,
+                               check=True, capture_output=True)
+                keyring = dearmored
+            arguments += ["--keyring", str(keyring)]
+        output = Path(scratch) / "verified"
+        result = subprocess.run(["gpgv", *arguments, "--output", str(output), str(signed)], capture_output=True,
+                                text=True, stdin=subprocess.DEVNULL, timeout=120)
+        if result.returncode != 0:
+            said = " | ".join(line for line in result.stderr.splitlines() if "gpgv:" in line)[-300:]
+            raise Refused(f"{what} has no good signature by a key trusted for this release ({said or 'gpgv failed'})")
+        return output.read_text(errors="replace")
+
+
+class AptMirror:
+    """One mirror of an apt archive, over HTTP(S) or as a local directory (``file://`` or a path)."""
+
+    def __init__(self, url, session):
+        self.url = url.rstrip("/") + "/"
+        self.session = session
+
+    def fetch(self, relative, target, size=None, sha256=None):
+        """``relative`` into ``target``, checked against ``size`` and ``sha256`` when given; bytes."""
+        limit = size if size is not None else _MAX_RELEASE_BYTES
+        digest = hashlib.sha256()
+        received = 0
+        with open(target, "wb") as out:
+            for chunk in self._chunks(relative):
+                received += len(chunk)
+                if received > limit:
+                    raise Refused(f"{self.url}{relative} is larger than the {limit} bytes its index lists")
+                digest.update(chunk)
+                out.write(chunk)
+        if (size is not None and received != size) or (sha256 and digest.hexdigest() != sha256):
+            raise Refused(f"{self.url}{relative} does not match the size and SHA256 its index lists; the mirror "
+                          "served a different file")
+        return received
+
+    def _chunks(self, relative):
+        if self.url.startswith(("http://", "https://")):
+            try:
+                with self.session.get(self.url + quote(relative), stream=True, timeout=_TIMEOUT) as response:
+                    if response.status_code != 200:
+                        raise AptSyncError(f"{self.url}{relative} answered HTTP {response.status_code}")
+                    yield from response.iter_content(_CHUNK)
+            except requests.RequestException as err:
+                raise AptSyncError(f"cannot download {self.url}{relative}: {type(err).__name__}") from None
+            return
+        root = Path(self.url[len("file://"):] if self.url.startswith("file://") else self.url)
+        try:
+            with open(inside(root, relative), "rb") as handle:
+                while chunk := handle.read(_CHUNK):
+                    yield chunk
+        except (OSError, UnsafePath) as err:
+            raise AptSyncError(f"cannot read {relative} in {root}: {err}") from None
+
+
+def _release_checksums(text):
+    return {path: (int(size), sha256) for sha256, size, path in _RELEASE_SHA256.findall(text)}
+
+
+def _wanted_indexes(checksums, components, debarch):
+    """For each component, the first Packages compression the Release lists, and its Contents."""
+    wanted = []
+    for component in components:
+        packages = next((name for name in (f"{component}/binary-{debarch}/Packages.xz",
+                                           f"{component}/binary-{debarch}/Packages.gz",
+                                           f"{component}/binary-{debarch}/Packages") if name in checksums), None)
+        if packages is None:
+            raise AptSyncError(f"the Release lists no Packages index for {component}/binary-{debarch}")
+        wanted.append(packages)
+        wanted += [name for name in (f"{component}/Contents-{debarch}.gz", f"Contents-{debarch}.gz")
+                   if name in checksums and name not in wanted][:1]
+    return wanted
+
+
+def sync_indexes(mirror, suites, components, debarch, keyrings, staging, report):
+    """Every suite's verified InRelease and indexes into ``staging/dists``; the Packages files fetched."""
+    packages_files = []
+    for suite in suites:
+        suite_dir = staging / "dists" / suite
+        suite_dir.mkdir(parents=True)
+        mirror.fetch(f"dists/{suite}/InRelease", suite_dir / "InRelease")
+        if keyrings is None:
+            text = (suite_dir / "InRelease").read_text(errors="replace")
+            report(f"  {suite}: InRelease signature not checked (RequireGPGCheck = 0)")
+        else:
+            text = gpgv_verified(suite_dir / "InRelease", keyrings, f"the InRelease of {suite} from {mirror.url}")
+            report(f"  {suite}: InRelease signature good")
+        checksums = _release_checksums(text)
+        for name in _wanted_indexes(checksums, components, debarch):
+            target = suite_dir / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            mirror.fetch(f"dists/{suite}/{name}", target, *checksums[name])
+            if "/binary-" in name:
+                packages_files.append(target)
+    return packages_files
+
+
+def sync_pool(mirror, packages_files, debarch, target, staging, report):
+    """The packages the indexes list that ``target`` lacks, each checked against its stanza."""
+    result = AptResult()
+    for path in packages_files:
+        with open_compressed(path) as stream:
+            for row, _build_ids in apt.package_rows(stream, {debarch, "all"}):
+                sha256, location, size = row[0], row[7], row[8]
+                try:
+                    destination = Path(inside(target, location))
+                except UnsafePath:
+                    result.refused.append((location, "its Filename leaves the repository"))
+                    continue
+                if destination.is_file() and destination.stat().st_size == size:
+                    continue
+                partial = staging / f"{sha256}.part"
+                try:
+                    result.bytes += mirror.fetch(location, partial, size or None, sha256)
+                except Refused as err:
+                    partial.unlink(missing_ok=True)
+                    result.refused.append((location, str(err)))
+                    report(f"  refused {location}: {err}")
+                    continue
+                except AptSyncError as err:
+                    partial.unlink(missing_ok=True)
+                    result.failed.append(location)
+                    report(f"  failed {location}: {err}")
+                    continue
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(partial, destination)
+                result.added += 1
+    return result

@@ -1,0 +1,104 @@
+"""Packages fetched from a release's mirror when a crash needs them (metadata-only releases).
+
+reposync may keep only a release's indexes (``--metadata-only``): a Debian
+release with its debug packages is hundreds of GiB, a crash needs a few
+dozen packages of it.  ``RepoDir/<release>/mirror`` then names the mirror
+reposync used; a worker downloads the packages a crash needs, several at
+once, within one deadline, into ``CacheDir/downloads/``, and keeps a file
+only if its size and SHA256 are the ones the release's index lists (the
+index itself came from a signed InRelease).  The file is unpacked into the
+package cache and removed: the cache's budget is what stays.
+"""
+
+import concurrent.futures
+import hashlib
+import os
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+from retrace.errors import RetraceError
+
+MIRROR_FILE = "mirror"
+_CHUNK = 1024 * 1024
+_PARALLEL = 8
+# An index that gives no size: nothing a crash needs is bigger.
+_UNKNOWN_SIZE_CAP = 4 << 30
+
+
+class DownloadError(RetraceError):
+    category = "repository error"
+
+
+def release_mirror(release_dir):
+    """The mirror URL a metadata-only release downloads its packages from, or None."""
+    try:
+        url = (Path(release_dir) / MIRROR_FILE).read_text().strip().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    return url.rstrip("/") + "/" if url.startswith(("http://", "https://")) else None
+
+
+def _requests():
+    import requests
+
+    return requests
+
+
+def _fetch(session, url, package, target, deadline):
+    """Stream ``url`` into ``target``, checking size and SHA256 against ``package``; DownloadError says why."""
+    requests = _requests()
+    limit = package.size or _UNKNOWN_SIZE_CAP
+    digest = hashlib.sha256()
+    received = 0
+    try:
+        with session.get(url, stream=True, timeout=(10, max(1.0, deadline - time.monotonic()))) as response:
+            if response.status_code != 200:
+                raise DownloadError(f"mirror {url} answered HTTP {response.status_code} for {package.nevra}")
+            with open(target, "xb") as handle:
+                for chunk in response.iter_content(_CHUNK):
+                    received += len(chunk)
+                    if received > limit:
+                        raise DownloadError(f"mirror {url} sent more than the {limit} bytes the index lists for "
+                                            f"{package.nevra}; it was not used")
+                    if time.monotonic() > deadline:
+                        raise requests.Timeout()
+                    digest.update(chunk)
+                    handle.write(chunk)
+    except requests.Timeout:
+        raise DownloadError(f"mirror {url} did not answer for {package.nevra} within the download deadline") from None
+    except requests.RequestException as err:
+        raise DownloadError(f"mirror {url} cannot be reached for {package.nevra} ({type(err).__name__})") from None
+    if (package.size and received != package.size) or digest.hexdigest() != package.pkgid:
+        raise DownloadError(f"mirror {url} served a different file than the index lists for {package.nevra} "
+                            "(size or SHA256 differ); it was not used")
+
+
+def download_packages(mirror, packages, directory, deadline_seconds, session=None):
+    """Download ``packages`` from ``mirror`` into ``directory``; ``{pkgid: path or DownloadError}``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    session = session or _requests().Session()
+    deadline = time.monotonic() + deadline_seconds
+
+    def one(package):
+        target = directory / f"{package.pkgid}.{os.getpid()}{Path(package.location).suffix}"
+        url = mirror + quote(package.location.lstrip("/"))
+        try:
+            _fetch(session, url, package, target, deadline)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+        return target
+
+    results = {}
+    with concurrent.futures.ThreadPoolExecutor(_PARALLEL) as pool:
+        futures = {pool.submit(one, package): package for package in packages}
+        for future, package in futures.items():
+            try:
+                results[package.pkgid] = future.result()
+            except DownloadError as err:
+                results[package.pkgid] = err
+            except OSError as err:
+                results[package.pkgid] = DownloadError(f"{package.nevra} cannot be stored ({err.strerror})")
+    return results
