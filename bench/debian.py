@@ -10,11 +10,17 @@ three: 25 MiB of .debs, 127 MiB unpacked), through the real server, in one run:
      the first task after the apt index changed (the release index rebuilt);
   2. warm: every package already unpacked;
   3. baselines: `dpkg-deb -x` of the same packages, and bare host gdb (no
-     sandbox) with the server's batch commands on a sysroot unpacked beforehand.
-Also the release index of a real apt index: bookworm main amd64 `Packages`
-(this host's apt lists), its indexing time and size.
+     sandbox) with the server's batch commands on a sysroot unpacked beforehand;
+  4. a release synced by retrace-server-reposync from a loopback HTTP mirror
+     (InRelease signed, checked by gpgv) in full and --metadata-only: the
+     disk each takes, and the cold retrace of each (the metadata-only one
+     downloads its packages from the mirror).
+Also bookworm main amd64 as a metadata-only release would hold it: the real
+`Packages.xz` and `Contents-amd64.gz` (downloaded once), the pool they
+describe, and the time and size of the release index built from them.
 """
 
+import lzma
 import os
 import shutil
 import statistics
@@ -29,13 +35,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.workspace import Workspace  # noqa: E402
 from retrace.analysis.gdb import exploitable_marker, gdb_argv  # noqa: E402
 from retrace.packaging.repoindex import RepoIndex  # noqa: E402
-from tests.fixtures.debian import (BINARIES, DEBIAN_RELEASE, PROGRAM, apt_release, crash_debian_program,  # noqa: E402
+from tests.fixtures.debian import (BINARIES, DEBIAN_RELEASE, PROGRAM, apt_archive, apt_release,  # noqa: E402
+                                   crash_debian_program,
                                    debian_debs, debian_problem_dir, merged_usr_sysroot, unpack_debs)
+from tests.fixtures.debuginfod import DEB_CACHE  # noqa: E402
+from tests.fixtures.signing import TEST_KEY  # noqa: E402
 from tests.integration.helpers import abrt_archive, timed_retrace  # noqa: E402
+from tests.integration.reposync_admin import REPOSYNC, serve_http  # noqa: E402
 
 RUNS = 5
 DEBIAN_FILES = ("coredump", "executable", "package", "os_info")
-APT_LISTS = Path("/var/lib/apt/lists")
+ARCHIVE = "http://deb.debian.org/debian"
 
 
 def median_retrace(server, archive, before=lambda: None):
@@ -69,25 +79,45 @@ def bare_gdb_seconds(debs, core, work):
     return statistics.median(times)
 
 
+def tree_bytes(path):
+    return sum(entry.stat().st_size for entry in Path(path).rglob("*") if entry.is_file() and not entry.is_symlink())
+
+
+def synced(ws, name, url, *arguments):
+    """A server whose release retrace-server-reposync synced from ``url``; ``(server, release dir)``."""
+    TEST_KEY.ensure()
+    root = ws.root(name)
+    server = ws.server(root, extra_ini=(
+        f"[gpgkeys]\ndebian = {TEST_KEY.public}\n[reposync debian]\ntype = apt\nmirrors = {url}\n"
+        "suites = $CODENAME\ncomponents = main\ncodenames = 12:bookworm\n"))
+    subprocess.run([str(REPOSYNC), "--config", str(server.config_path), "debian", "12", "x86_64", *arguments],
+                   check=True, capture_output=True)
+    return server, root / "repos" / DEBIAN_RELEASE
+
+
 def real_index(work):
-    """Index this host's bookworm main amd64 Packages list (apt keeps it lz4-compressed)."""
-    lists = sorted(APT_LISTS.glob("*_dists_bookworm_main_binary-amd64_Packages*"))
-    if not lists:
-        return None
+    """Bookworm main amd64 as a metadata-only release: its real Packages.xz and Contents-amd64.gz (downloaded
+    once from the Debian archive into the test cache), their size against the pool they describe, and
+    the time and size of the release index built from them."""
+    cache = DEB_CACHE / "bookworm-index"
+    cache.mkdir(parents=True, exist_ok=True)
+    for name in ("main/binary-amd64/Packages.xz", "main/Contents-amd64.gz"):
+        target = cache / Path(name).name
+        if not target.is_file():
+            subprocess.run(["curl", "-sSf", "--max-time", "600", "-o", str(target),
+                            f"{ARCHIVE}/dists/bookworm/{name}"], check=True)
     release = work / "index" / DEBIAN_RELEASE
     release.mkdir(parents=True)
-    text = subprocess.run(["/usr/lib/apt/apt-helper", "cat-file", str(lists[0])], capture_output=True,
-                          check=True).stdout
-    (release / "Packages").write_bytes(text)
-    subprocess.run(["xz", "-k", "-6", str(release / "Packages")], check=True)
-    packed = (release / "Packages.xz").stat().st_size
-    (release / "Packages").unlink()
+    for path in cache.iterdir():
+        os.link(path, release / path.name)
+    metadata = sum(path.stat().st_size for path in cache.iterdir())
+    with lzma.open(cache / "Packages.xz") as stream:
+        pool = sum(int(line.split()[1]) for line in stream if line.startswith(b"Size: "))
     started = time.monotonic()
     RepoIndex.open(release, work / "index-cache").close()
     seconds = time.monotonic() - started
     index = next((work / "index-cache" / "index").glob("*.sqlite")).stat().st_size
-    stanzas = text.count(b"\nPackage: ") + 1
-    return stanzas, len(text), packed, seconds, index
+    return metadata, pool, seconds, index
 
 
 def main():
@@ -111,6 +141,12 @@ def main():
         cold_seconds = median_retrace(server, archive, cold)
         reindexed = median_retrace(server, archive, index_changed)
         warm = median_retrace(server, archive)
+        mirror, url = serve_http(apt_archive(ws.work / "mirror", debs.values(), key=TEST_KEY))
+        ws.callback(mirror.terminate)
+        full, full_dir = synced(ws, "debian-full", url)
+        thin, thin_dir = synced(ws, "debian-thin", url, "--metadata-only")
+        full_cold = median_retrace(full, archive, lambda: shutil.rmtree(full.cache_dir / "rpms", ignore_errors=True))
+        thin_cold = median_retrace(thin, archive, lambda: shutil.rmtree(thin.cache_dir / "rpms", ignore_errors=True))
         with tempfile.TemporaryDirectory(dir="/var/tmp") as scratch:
             unpack = dpkg_unpack_seconds(list(debs.values()), Path(scratch))
             bare = bare_gdb_seconds(list(debs.values()), core, Path(scratch))
@@ -122,10 +158,14 @@ def main():
         print(f"baselines: dpkg-deb -x of every package {unpack:.2f} s, bare gdb {bare:.2f} s")
         print(f"ratios: warm / bare gdb {warm / bare:.2f}; cold / (dpkg-deb -x + bare gdb) "
               f"{cold_seconds / (unpack + bare):.2f}")
-        if indexed:
-            stanzas, raw, packed, seconds, index = indexed
-            print(f"real index: bookworm main amd64 Packages, {stanzas} stanzas, {raw / 1048576:.1f} MiB "
-                  f"({packed / 1048576:.1f} MiB as .xz), indexed in {seconds:.2f} s into {index / 1048576:.1f} MiB")
+        print(f"synced by reposync from a loopback mirror: full release {tree_bytes(full_dir) / 1048576:.1f} MiB, "
+              f"metadata-only {tree_bytes(thin_dir) / 1024:.0f} KiB; cold retrace, median of {RUNS}: full "
+              f"{full_cold:.2f} s, metadata-only (downloads included) {thin_cold:.2f} s, ratio "
+              f"{thin_cold / full_cold:.2f}")
+        metadata, pool, seconds, index = indexed
+        print(f"bookworm main amd64: Packages.xz + Contents-amd64.gz {metadata / 1048576:.1f} MiB describe a pool of "
+              f"{pool / 1073741824:.1f} GiB (amd64 + all); release index built in {seconds:.1f} s, "
+              f"{index / 1048576:.1f} MiB")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 
-from client.crash import CrashInputError, from_core, from_coredumpctl, from_problem_dir, from_vmcore
+from client.crash import CrashInputError, from_apport, from_core, from_coredumpctl, from_problem_dir, from_vmcore
 from client.progress import MIB, ProgressFile, Reporter, human_size
 from client.server import XZ_TAR, ZSTD_TAR, RetraceServer, ServerRefused
 
@@ -42,6 +42,7 @@ def build_parser():
     parser.add_argument("--executable", help="absolute path of the program that crashed (with --core)")
     parser.add_argument("--coredumpctl", metavar="MATCH", help="the newest crash systemd-coredump kept matching MATCH")
     parser.add_argument("--vmcore", metavar="FILE", help="a kernel dump (ELF, kdump-compressed or flattened)")
+    parser.add_argument("--apport", metavar="FILE.crash", help="an Ubuntu apport report (/var/crash/*.crash)")
     parser.add_argument("--package", help="name-version-release of the crashed package (default: rpm -qf)")
     parser.add_argument("--os-release", help="release line, e.g. 'Fedora release 41 (Forty One)' (default: this system)")
     parser.add_argument("-l", "--status-delay", type=float, default=float(os.environ.get("ABRT_STATUS_DELAY", 10)),
@@ -57,10 +58,12 @@ def build_parser():
 
 
 def load_crash(args):
-    forms = [form for form in (args.dir, args.core, args.coredumpctl, args.vmcore) if form]
+    forms = [form for form in (args.dir, args.core, args.coredumpctl, args.vmcore, args.apport) if form]
     if len(forms) != 1:
         raise LocalError("give the crash as exactly one of --dir DIR, --core FILE --executable PATH, "
-                         "--coredumpctl MATCH, --vmcore FILE")
+                         "--coredumpctl MATCH, --vmcore FILE, --apport FILE.crash")
+    if args.apport:
+        return from_apport(args.apport)
     if args.vmcore:
         return from_vmcore(args.vmcore)
     if args.dir:

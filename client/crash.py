@@ -1,6 +1,7 @@
 """The three ways a crash reaches the client, turned into one problem directory.
 
-``--dir`` is an ABRT problem directory as it is.  ``--core FILE --executable
+``--dir`` is an ABRT problem directory as it is; ``--apport`` an Ubuntu
+apport report, turned into one.  ``--core FILE --executable
 PATH`` and ``--coredumpctl MATCH`` build one in a private temporary
 directory: the core, the executable's path, the owning package from the rpm
 or dpkg database and the release from the system's release files (the
@@ -16,6 +17,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from client.apport import ApportError, problem_dir_from_apport
 from retrace.analysis.coredump import read_core
 from retrace.errors import InvalidCrashData
 from retrace.packaging.release import canonical_arch, release_from_line, release_from_os_release
@@ -86,6 +88,17 @@ def from_problem_dir(directory):
     arch = canonical_arch(_read(directory / "architecture") or _core_arch(directory / "coredump"))
     release = release_id(_read(directory / "os_info"), _read(directory / "os_release"), arch)
     return Crash(directory, files, _read(directory / "package"), arch, release)
+
+
+def from_apport(report):
+    """An Ubuntu apport report (``/var/crash/*.crash``): its core, executable, package and release."""
+    try:
+        directory, _fields = problem_dir_from_apport(report)
+    except ApportError as err:
+        raise CrashInputError(str(err)) from None
+    crash = from_problem_dir(directory)
+    crash.temporary = True
+    return crash
 
 
 def from_vmcore(path):

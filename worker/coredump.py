@@ -198,22 +198,29 @@ class RetraceJob(Job):
         self.log.info("Signatures of %d packages verified in %.3f s", len(pending), time.monotonic() - started)
 
     def _verify_candidates(self, crash, module, candidates):
-        """The cached candidate whose file at the module's path has the module's build-id."""
+        """The cached candidate whose file at the module's path has the module's build-id, with the debug
+        package of its build where the index names one by name and version (Ubuntu's ddebs)."""
         for package in candidates:
             entry = self._cached(package, crash.index)
-            if entry.build_id_of(usr_merge_variants(module.path)) == module.build_id:
-                self.log.info("Matched %s to %s by its build-id", module.path, package.nevra)
-                crash.resolution.add(package)
-                crash.resolution.note_source(module.path, "binary", package.nevra)
+            if entry.build_id_of(usr_merge_variants(module.path)) != module.build_id:
+                continue
+            self.log.info("Matched %s to %s by its build-id", module.path, package.nevra)
+            crash.resolution.add(package)
+            crash.resolution.note_source(module.path, "binary", package.nevra)
+            debuginfo = crash.index.debug_package_of(package)
+            if debuginfo is None:
                 crash.resolution.unresolved.append(Unresolved.debuginfo_only(module, package))
                 self._log_missing(crash.resolution.unresolved[-1])
-                return entry
+                return [entry]
+            crash.resolution.add(debuginfo)
+            crash.resolution.note_source(module.path, "debuginfo", debuginfo.nevra)
+            return [entry, self._cached(debuginfo, crash.index)]
         problem = f"no package in the repository ({len(candidates)} own the path, none with this build-id)"
         if module.path == crash.executable:
             raise _no_executable_package(self.record.release, module, self.record.package, problem)
         crash.resolution.unresolved.append(Unresolved(module.path, module.build_id, problem))
         self._log_missing(crash.resolution.unresolved[-1])
-        return None
+        return []
 
     @property
     def environment(self):
@@ -238,9 +245,7 @@ class RetraceJob(Job):
         self._verify_signatures(crash.index, crash.resolution.packages)
         cached = [self._cached(package, crash.index) for package in crash.resolution.packages]
         for module, candidates in crash.resolution.unverified:
-            entry = self._verify_candidates(crash, module, candidates)
-            if entry is not None:
-                cached.append(entry)
+            cached += self._verify_candidates(crash, module, candidates)
         placements = self._from_debuginfod(crash) if self.debuginfod.urls else []
         self._check_executable(crash)
         self.record.packages = [package.nevra for package in crash.resolution.packages]

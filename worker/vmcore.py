@@ -25,6 +25,7 @@ from retrace.analysis import crash as crash_tool
 from retrace.analysis.coredump import file_build_id
 from retrace.analysis.vmcore import DumpFormat, KernelIdentity, dump_format, read_vmcoreinfo, search_text
 from retrace.environments.sandbox import SandboxTimeout, run_sandboxed
+from retrace.packaging import formats
 from retrace.packaging.debuginfod import BuildIdCache, Settings as DebuginfodSettings, fetch_all
 from retrace.packaging.kernel import (KernelCache, KernelError, debuginfo_packages, extract_module_debuginfo,
                                       extract_vmlinux, find_debuginfo_package, is_debian_kernel, kernel_arch,
@@ -163,7 +164,8 @@ class VmcoreJob(Job):
 
         def fill(vmlinux):
             started = time.monotonic()
-            keyring = Keyring.for_release(self.config, release) if package.suffix == ".rpm" else None
+            # A Debian kernel package is trusted with its repository (apt signs indexes, not packages).
+            keyring = Keyring.for_release(self.config, release) if formats.of_file(package) is formats.RPM else None
             if keyring is not None:
                 keyring.verify(package, package.name)
             if not extract_vmlinux(package, member, vmlinux):

@@ -105,8 +105,8 @@ def package_nevra(path):
     its name (``linux-image-6.1.0-56-cloud-amd64-dbg``) is full of dashes.
     """
     name = Path(path).name
-    if name.endswith(".deb"):
-        package, version, arch = name.removesuffix(".deb").split("_", 2)
+    if formats.of_file(path) is formats.DEB:
+        package, version, arch = Path(name).stem.split("_", 2)
         return f"{package}-{version}.{arch}"
     return name.removesuffix(".rpm")
 

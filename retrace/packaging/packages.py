@@ -126,6 +126,8 @@ def resolve_modules(index, modules):
         else:
             resolution.add(binary)
             resolution.note_source(module.path, "binary", binary.nevra)
+        if debuginfo is None and binary is not None:
+            debuginfo = index.debug_package_of(binary)
         if debuginfo is None:
             resolution.unresolved.append(Unresolved.debuginfo_only(module, binary))
         else:

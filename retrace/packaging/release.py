@@ -100,7 +100,8 @@ DISTRIBUTIONS = (
     Distribution(
         "centos", re.compile(r"CentOS(?: Linux| Stream)? release (\d+)(?:\.\d+)*(?: \(.*\))?"), re.compile(r"\.el(\d+)")
     ),
-    Distribution("debian", re.compile(r"Debian GNU/Linux (\d+)(?:\.\d+)*(?: \(\w+\))?"), re.compile(r"\+deb(\d+)u\d+")),
+    Distribution("debian", re.compile(r"Debian(?: GNU/Linux)? (\d+)(?:\.\d+)*(?: \(\w+\))?"),
+                 re.compile(r"\+deb(\d+)u\d+")),
     Distribution("ubuntu", re.compile(r"Ubuntu (\d\d\.\d\d)(?:\.\d+)?(?: LTS)?(?: \(.*\))?"),
                  re.compile(r"ubuntu\d+\.(\d\d\.\d\d)(?:\.\d+)*$")),
 )

@@ -319,6 +319,17 @@ class RepoIndex:
     def by_build_id(self, build_id, kind):
         return self._packages("JOIN build_ids b ON b.package = p.id WHERE b.build_id = ? AND b.kind = ?", (build_id, kind))
 
+    def debug_package_of(self, package):
+        """The ``-dbgsym`` (or ``-dbg``) package of the same build as a Debian ``package``, found by name and
+        version as apport does: Ubuntu's ddebs index has no Build-Ids field and no Contents."""
+        if package.format != "deb":
+            return None
+        found = self._packages("WHERE p.name IN (?, ?) AND p.format = 'deb' AND p.arch = ? AND p.epoch = ? "
+                               "AND p.version = ? AND p.release = ?",
+                               (f"{package.name}-dbgsym", f"{package.name}-dbg", package.arch, package.epoch,
+                                package.version, package.release))
+        return found[0] if found else None
+
     def owners(self, path):
         """Packages that own ``path``, also across the /lib -> /usr/lib merge."""
         candidates = usr_merge_variants(path)

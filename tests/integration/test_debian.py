@@ -6,6 +6,7 @@ packages of bookworm main.  The reference is a local gdb with every package of t
 repository unpacked into one sysroot.
 """
 
+import gzip
 import lzma
 import re
 import shutil
@@ -13,7 +14,7 @@ import subprocess
 
 import pytest
 
-from tests.fixtures.debian import (BINARIES, DEBIAN_RELEASE, PROGRAM, apt_archive, apt_release, crash_debian_program, debian_debs,
+from tests.fixtures.debian import (BINARIES, DEBIAN_RELEASE, PROGRAM, apport_report, apt_archive, apt_release, crash_debian_program, debian_debs,
                                    debian_problem_dir, merged_usr_sysroot)
 from retrace.analysis.coredump import read_core
 from tests.fixtures.debhelper import build_crasher_debs
@@ -21,6 +22,7 @@ from tests.fixtures.debuginfod import Debuginfod
 from tests.fixtures.signing import OTHER_KEY, TEST_KEY
 from tests.integration.helpers import submit, wait_final
 from tests.integration.reposync_admin import REPOSYNC, serve_http
+from tests.integration.test_client import run_client
 
 # What ABRT on Debian sends: os_info where RPM systems have os_release.
 DEBIAN_FILES = ("coredump", "executable", "package", "os_info")
@@ -220,6 +222,36 @@ def test_a_mirror_serving_a_package_that_differs_from_its_index_is_refused_on_do
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
     assert re.search(r"mirror \S+ served a different file than the index lists for libc6-dbg_\S+_amd64 \(size or "
                      r"SHA256 differ\); it was not used", status.text), status.text
+
+
+def test_the_client_uploads_an_apport_report_as_the_user_has_it(debian_server, debian_problem, tmp_path):
+    report = apport_report(tmp_path / "_usr_bin_x86_64-linux-gnu-strings.0.crash", debian_problem / "coredump",
+                           PROGRAM, "binutils-x86-64-linux-gnu 2.40-2 [origin: Debian]", "Debian 12")
+    result = run_client(debian_server, "batch", "--apport", str(report))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Retrace job finished successfully" in result.stderr + result.stdout
+    assert re.search(r" at \S*strings\.c:\d+", result.stdout), result.stdout[:2000]
+
+
+def test_an_ubuntu_style_index_without_build_ids_finds_the_dbgsym_packages_by_name_and_version(
+        start_server, dbgsym_repository, crasher_problem, tmp_path):
+    """Ubuntu's ddebs index carries no Build-Ids and its Contents no debug files: as apport does, the
+    debug package is the binary package's name + -dbgsym (or -dbg) at the same version."""
+    ubuntu = tmp_path / "ubuntu-24.04-x86_64"
+    shutil.copytree(dbgsym_repository, ubuntu)
+    index = lzma.decompress((ubuntu / "Packages.xz").read_bytes()).decode()
+    (ubuntu / "Packages.xz").write_bytes(lzma.compress(re.sub(r"^Build-Ids: .*\n", "", index, flags=re.M).encode()))
+    contents = gzip.decompress((ubuntu / "Contents-amd64.gz").read_bytes()).decode()
+    (ubuntu / "Contents-amd64.gz").write_bytes(gzip.compress(
+        "".join(line for line in contents.splitlines(True) if not line.startswith("usr/lib/debug/")).encode()))
+    problem = tmp_path / "problem"
+    shutil.copytree(crasher_problem, problem)
+    (problem / "os_info").write_text('NAME="Ubuntu"\nVERSION_ID="24.04"\nID=ubuntu\nID_LIKE=debian\n')
+    status, log, backtrace = retrace(start_server(repository=ubuntu, release_id="ubuntu-24.04-x86_64"), problem)
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", log
+    assert "Matched /usr/bin/crasher to crasher_1.0-1_amd64 by its build-id" in log
+    assert "crash_in_library (depth=0" in backtrace and "libcrash.c:13" in backtrace, backtrace[:2000]
+    assert "/usr/bin/crasher: crasher_1.0-1_amd64; crasher-dbgsym_1.0-1_amd64" in backtrace
 
 
 def test_a_package_whose_bytes_differ_from_its_index_is_refused_naming_it(start_server, debian_repository,

@@ -141,3 +141,23 @@ def test_stanzas_join_continuation_lines_and_split_on_blank_lines():
 ])
 def test_debian_versions_split_into_epoch_upstream_and_revision(version, parts):
     assert apt.split_version(version) == parts
+
+
+def test_a_dbgsym_package_without_build_ids_is_found_by_name_and_version(tmp_path):
+    """Ubuntu's ddebs index: no Build-Ids field, no Contents for the debug files."""
+    release = tmp_path / "ubuntu-24.04-x86_64"
+    release.mkdir()
+    (release / "Packages").write_text(
+        f"Package: libfoo1\nVersion: 1.2-3ubuntu1\nArchitecture: amd64\nFilename: pool/libfoo1.deb\n"
+        f"SHA256: {'1' * 64}\n\n"
+        f"Package: libfoo1-dbgsym\nSource: libfoo\nVersion: 1.2-3ubuntu1\nArchitecture: amd64\n"
+        f"Filename: pool/libfoo1-dbgsym.ddeb\nSHA256: {'2' * 64}\n\n"
+        f"Package: libfoo1-dbgsym\nVersion: 1.2-3ubuntu2\nArchitecture: amd64\nFilename: pool/newer.ddeb\n"
+        f"SHA256: {'3' * 64}\n")
+    (release / "Contents-amd64").write_text("usr/lib/x86_64-linux-gnu/libfoo.so.1   libs/libfoo1\n")
+    index = RepoIndex.open(release, tmp_path / "cache")
+    resolution = resolve_modules(index, [Module("/usr/lib/x86_64-linux-gnu/libfoo.so.1", 0, "ab" * 20)])
+    assert resolution.unverified, "the binary is still proven by its build-id once unpacked"
+    binary = resolution.unverified[0][1][0]
+    assert index.debug_package_of(binary).nevra == "libfoo1-dbgsym_1.2-3ubuntu1_amd64"
+    index.close()
