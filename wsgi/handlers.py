@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import sqlite3
+from pathlib import Path
 
 from webob import Response
 
@@ -19,6 +20,7 @@ from retrace.errors import Conflict, Forbidden, NotFound, QueueFull, Temporarily
 from retrace.intake import archive, crashdata, storage
 from retrace.packaging.packages import is_package_known
 from retrace.packaging.release import ReleaseId, served_releases, supported_releases
+from retrace.packaging.repoindex import RepoIndex
 from retrace.stats import StatsDB
 from retrace.tasks import dispatch, taskqueue
 from retrace.tasks.task import Task, TaskStatus, TaskType, wire_status
@@ -93,8 +95,22 @@ def checkpackage(config, request):
             # No mirror to look in: debuginfod answers by build-id, whatever the package.
             return Response(status=302, content_type="text/plain", headers={"X-Retrace-Package-Check": "debuginfod"})
         releases = [release for release in releases if release == wanted]
-    known = is_package_known(config.RepoDir, releases, nvr, arch)
+    known = is_package_known(config.RepoDir, releases, nvr, arch) or _indexed(config, releases, nvr)
     return Response(status=302 if known else 404, content_type="text/plain")
+
+
+def _indexed(config, releases, nvr):
+    """apt releases hold their packages in pool/<component>/<x>/<source>/: ask the release's index, when
+    it is current (a request never builds one)."""
+    for release in releases:
+        index = RepoIndex.current(Path(config.RepoDir) / str(release), config.CacheDir)
+        if index is not None:
+            try:
+                if index.holds_name_version(nvr):
+                    return True
+            finally:
+                index.close()
+    return False
 
 
 def create(config, request):

@@ -301,6 +301,30 @@ class RepoIndex:
                     rebuilt = True
         return cls(release_dir, target, rebuilt)
 
+    @classmethod
+    def current(cls, release_dir, cache_dir):
+        """The release's index if it is built and current, else None; never builds one (for web requests)."""
+        release_dir = Path(release_dir)
+        target = Path(cache_dir) / "index" / f"{release_dir.name}.sqlite"
+        try:
+            digest = index_digest(release_dir)
+        except RepositoryError:
+            return None
+        return cls(release_dir, target, False) if _stored_digest(target) == digest else None
+
+    def holds_name_version(self, text):
+        """Whether a package ``name-[epoch:]version[-release]`` (the name may hold dashes) is indexed."""
+        for cut in (match.start() for match in re.finditer(r"-(?=[0-9])", text)):
+            name, full_version = text[:cut], text[cut + 1:]
+            epoch, _, version = full_version.rpartition(":") if ":" in full_version else ("", "", full_version)
+            for upstream, release in {(version, ""), tuple(version.rsplit("-", 1)) if "-" in version else (version, "")}:
+                row = self._db.execute("SELECT 1 FROM packages WHERE name = ? AND version = ? AND release = ? "
+                                       "AND (? = '' OR epoch = ?) LIMIT 1",
+                                       (name, upstream, release, epoch, epoch)).fetchone()
+                if row:
+                    return True
+        return False
+
     def close(self):
         self._db.close()
 

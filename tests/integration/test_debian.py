@@ -254,6 +254,17 @@ def test_an_ubuntu_style_index_without_build_ids_finds_the_dbgsym_packages_by_na
     assert "/usr/bin/crasher: crasher_1.0-1_amd64; crasher-dbgsym_1.0-1_amd64" in backtrace
 
 
+def test_checkpackage_knows_the_packages_of_an_apt_release(debian_server, debian_problem):
+    retrace(debian_server, debian_problem)  # the release index is built by the first task
+
+    def check(nvr):
+        return debian_server.get("/checkpackage", allow_redirects=False, headers={
+            "X-Package-NVR": nvr, "X-Package-Arch": "x86_64", "X-OS-Release": DEBIAN_RELEASE}).status_code
+
+    assert check("binutils-x86-64-linux-gnu-2.40-2") == 302 and check("zlib1g-1:1.2.13.dfsg-1") == 302
+    assert check("binutils-x86-64-linux-gnu-2.40-1") == 404
+
+
 def test_a_package_whose_bytes_differ_from_its_index_is_refused_naming_it(start_server, debian_repository,
                                                                           debian_problem, tmp_path):
     tampered = tmp_path / DEBIAN_RELEASE

@@ -161,3 +161,18 @@ def test_a_dbgsym_package_without_build_ids_is_found_by_name_and_version(tmp_pat
     binary = resolution.unverified[0][1][0]
     assert index.debug_package_of(binary).nevra == "libfoo1-dbgsym_1.2-3ubuntu1_amd64"
     index.close()
+
+
+@pytest.mark.parametrize("nvr, known", [
+    ("libc6-2.36-9+deb12u14", True), ("libc6-dbg-2.36-9+deb12u14", True), ("zlib1g-1:1.2.13.dfsg-1", True),
+    ("zlib1g-1.2.13.dfsg-1", True), ("libc6-2.36-9+deb12u13", False), ("libc6-dbg-2.36", False),
+])
+def test_checkpackage_asks_a_current_index_for_name_and_version(index, release, tmp_path, nvr, known):
+    current = RepoIndex.current(release, tmp_path / "cache")
+    assert current.holds_name_version(nvr) is known
+    current.close()
+
+
+def test_a_stale_or_missing_index_is_not_built_by_a_web_request(release, tmp_path):
+    assert RepoIndex.current(release, tmp_path / "other-cache") is None
+    assert not (tmp_path / "other-cache").exists()
