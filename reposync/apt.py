@@ -22,7 +22,6 @@ names the mirror, and workers download what a crash needs
 """
 
 import dataclasses
-import hashlib
 import os
 import re
 import subprocess
@@ -34,6 +33,7 @@ from urllib.parse import quote
 import requests
 
 from retrace.packaging import apt
+from retrace.packaging.download import TooLarge, write_checked
 from retrace.packaging.repoindex import open_compressed
 from retrace.paths import UnsafePath, inside
 
@@ -113,16 +113,12 @@ class AptMirror:
     def fetch(self, relative, target, size=None, sha256=None):
         """``relative`` into ``target``, checked against ``size`` and ``sha256`` when given; bytes."""
         limit = size if size is not None else _MAX_RELEASE_BYTES
-        digest = hashlib.sha256()
-        received = 0
-        with open(target, "wb") as out:
-            for chunk in self._chunks(relative):
-                received += len(chunk)
-                if received > limit:
-                    raise Refused(f"{self.url}{relative} is larger than the {limit} bytes its index lists")
-                digest.update(chunk)
-                out.write(chunk)
-        if (size is not None and received != size) or (sha256 and digest.hexdigest() != sha256):
+        try:
+            with open(target, "wb") as out:
+                received, digest = write_checked(self._chunks(relative), out, limit)
+        except TooLarge:
+            raise Refused(f"{self.url}{relative} is larger than the {limit} bytes its index lists") from None
+        if (size is not None and received != size) or (sha256 and digest != sha256):
             raise Refused(f"{self.url}{relative} does not match the size and SHA256 its index lists; the mirror "
                           "served a different file")
         return received

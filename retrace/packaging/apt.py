@@ -32,8 +32,9 @@ DEBIAN_ARCHES = {"x86_64": "amd64", "aarch64": "arm64", "i386": "i386", "i686": 
 _INDEX_NAMES = ("Packages.xz", "Packages.gz", "Packages.zst", "Packages.bz2", "Packages")
 _CONTENTS = re.compile(r"Contents-(?:udeb-)?(?P<arch>[a-z0-9]+)(?:\.gz|\.xz)?")
 _SEARCH_DEPTH = 5
-_MAX_STANZA_BYTES = 1024 * 1024
-_MAX_LINE_BYTES = 64 * 1024
+# Real indexes have long lines: bookworm's librust-winapi-dev has a 75 KiB Provides.
+_MAX_STANZA_BYTES = 4 << 20
+_MAX_LINE_BYTES = 1 << 20
 _HEX = re.compile(r"[0-9a-f]+", re.ASCII)
 _BUILD_ID = re.compile(r"[0-9a-f]{8,128}", re.ASCII)
 _SOURCE = re.compile(r"(?P<name>[a-z0-9][a-z0-9.+-]*)(?: \((?P<version>[^)\s]+)\))?", re.ASCII)

@@ -45,31 +45,52 @@ def _requests():
     return requests
 
 
+class TooLarge(Exception):
+    """More bytes arrived than the index lists."""
+
+
+def write_checked(chunks, handle, limit):
+    """Write ``chunks`` to ``handle`` while counting and hashing them; ``(bytes, SHA256 hex)``.
+
+    TooLarge as soon as more than ``limit`` bytes arrive: a mirror's answer is
+    untrusted, and the index that gave the size is what it is held to.
+    """
+    digest = hashlib.sha256()
+    received = 0
+    for chunk in chunks:
+        received += len(chunk)
+        if received > limit:
+            raise TooLarge()
+        digest.update(chunk)
+        handle.write(chunk)
+    return received, digest.hexdigest()
+
+
 def _fetch(session, url, package, target, deadline):
     """Stream ``url`` into ``target``, checking size and SHA256 against ``package``; DownloadError says why."""
     requests = _requests()
     limit = package.size or _UNKNOWN_SIZE_CAP
-    digest = hashlib.sha256()
-    received = 0
+
+    def chunks(response):
+        for chunk in response.iter_content(_CHUNK):
+            if time.monotonic() > deadline:
+                raise requests.Timeout()
+            yield chunk
+
     try:
         with session.get(url, stream=True, timeout=(10, max(1.0, deadline - time.monotonic()))) as response:
             if response.status_code != 200:
                 raise DownloadError(f"mirror {url} answered HTTP {response.status_code} for {package.nevra}")
             with open(target, "xb") as handle:
-                for chunk in response.iter_content(_CHUNK):
-                    received += len(chunk)
-                    if received > limit:
-                        raise DownloadError(f"mirror {url} sent more than the {limit} bytes the index lists for "
-                                            f"{package.nevra}; it was not used")
-                    if time.monotonic() > deadline:
-                        raise requests.Timeout()
-                    digest.update(chunk)
-                    handle.write(chunk)
+                received, sha256 = write_checked(chunks(response), handle, limit)
+    except TooLarge:
+        raise DownloadError(f"mirror {url} sent more than the {limit} bytes the index lists for {package.nevra}; "
+                            "it was not used") from None
     except requests.Timeout:
         raise DownloadError(f"mirror {url} did not answer for {package.nevra} within the download deadline") from None
     except requests.RequestException as err:
         raise DownloadError(f"mirror {url} cannot be reached for {package.nevra} ({type(err).__name__})") from None
-    if (package.size and received != package.size) or digest.hexdigest() != package.pkgid:
+    if (package.size and received != package.size) or sha256 != package.pkgid:
         raise DownloadError(f"mirror {url} served a different file than the index lists for {package.nevra} "
                             "(size or SHA256 differ); it was not used")
 
