@@ -104,7 +104,7 @@ def gpgv_verified(signed, keyrings, what):
 
 
 class AptMirror:
-    """One mirror of an apt archive, over HTTP(S) or as a local directory (``file://`` or a path)."""
+    """One mirror of an apt archive: HTTP(S), rsync, or a local directory (``file://`` or a path)."""
 
     def __init__(self, url, session):
         self.url = url.rstrip("/") + "/"
@@ -133,6 +133,9 @@ class AptMirror:
             except requests.RequestException as err:
                 raise AptSyncError(f"cannot download {self.url}{relative}: {type(err).__name__}") from None
             return
+        if self.url.startswith("rsync://"):
+            yield from self._rsync_chunks(relative)
+            return
         root = Path(self.url[len("file://"):] if self.url.startswith("file://") else self.url)
         try:
             with open(inside(root, relative), "rb") as handle:
@@ -140,6 +143,20 @@ class AptMirror:
                     yield chunk
         except (OSError, UnsafePath) as err:
             raise AptSyncError(f"cannot read {relative} in {root}: {err}") from None
+
+
+    def _rsync_chunks(self, relative):
+        """One file over rsync, into a private directory, then read like a local one."""
+        with tempfile.TemporaryDirectory(prefix="retrace-rsync-") as scratch:
+            copy = Path(scratch) / "file"
+            process = subprocess.run(["rsync", "--no-motd", f"--timeout={_TIMEOUT[1]}", "--", self.url + relative,
+                                      str(copy)], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            if process.returncode != 0 or not copy.is_file():
+                said = process.stderr.strip().splitlines()[-1:] or ["no file"]
+                raise AptSyncError(f"rsync of {self.url}{relative} failed: {said[0]}")
+            with open(copy, "rb") as handle:
+                while chunk := handle.read(_CHUNK):
+                    yield chunk
 
 
 def _release_checksums(text):

@@ -23,6 +23,19 @@ def serve_http(directory):
     return process, f"http://127.0.0.1:{port}/"
 
 
+def serve_rsync(directory, module="fixture"):
+    """An rsync daemon on loopback serving ``directory`` as ``module``; ``(process, rsync://... URL)``."""
+    port = free_port()
+    conf = Path(directory).parent / f"rsyncd-{port}.conf"
+    conf.write_text(f"use chroot = no\n[{module}]\npath = {directory}\nread only = yes\n")
+    process = subprocess.Popen(
+        ["rsync", "--daemon", "--no-detach", f"--config={conf}", f"--port={port}", "--address=127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    wait_for_port(port, process)
+    return process, f"rsync://127.0.0.1:{port}/{module}/"
+
+
 def wait_for_port(port, process):
     for _ in range(200):
         if process.poll() is not None:

@@ -21,7 +21,7 @@ from tests.fixtures.debhelper import build_crasher_debs
 from tests.fixtures.debuginfod import Debuginfod
 from tests.fixtures.signing import OTHER_KEY, TEST_KEY
 from tests.integration.helpers import submit, wait_final
-from tests.integration.reposync_admin import REPOSYNC, serve_http
+from tests.integration.reposync_admin import REPOSYNC, serve_http, serve_rsync
 from tests.integration.test_client import run_client
 
 # What ABRT on Debian sends: os_info where RPM systems have os_release.
@@ -195,6 +195,21 @@ def test_a_crash_gives_the_same_frames_from_a_full_apt_mirror_and_from_a_metadat
         assert crashing_thread_frames(backtrace) == crashing_thread_frames(reference)
     assert re.search(r"Downloaded 6 of 6 packages \([\d.]+ MiB\) from " + re.escape(url), log), log
     assert not list((metadata_only.cache_dir / "downloads").iterdir()), "downloads are unpacked, then removed"
+
+
+def test_an_apt_mirror_over_rsync_gives_the_same_release(start_server, apt_mirror, debian_server, debian_problem):
+    archive, _ = apt_mirror
+    process, url = serve_rsync(archive)
+    try:
+        server, sync = synced_server(start_server, url)
+    finally:
+        process.terminate()
+        process.wait()
+    assert sync.returncode == 0, sync.stdout + sync.stderr
+    assert "InRelease signature good" in sync.stdout and "8 new packages" in sync.stdout
+    status, log, backtrace = retrace(server, debian_problem)
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", log
+    assert crashing_thread_frames(backtrace) == crashing_thread_frames(retrace(debian_server, debian_problem)[2])
 
 
 def test_an_inrelease_signed_by_an_untrusted_key_is_refused(start_server, apt_mirror):

@@ -13,8 +13,8 @@ import pytest
 from tests.fixtures.distro import build_rpms, publish_release
 from tests.integration.conftest import RELEASE_ID
 from tests.integration.helpers import submit, wait_final
-from tests.integration.reposync_admin import REPOSYNC, serve_http, wait_for_port
-from tests.integration.server import free_port, write_config
+from tests.integration.reposync_admin import REPOSYNC, serve_http, serve_rsync
+from tests.integration.server import write_config
 
 
 @pytest.fixture(scope="module")
@@ -141,16 +141,9 @@ def test_dry_run_lists_what_it_would_fetch_and_changes_nothing(admin, http_mirro
 
 
 @pytest.fixture
-def rsync_mirror(mirror_dir, tmp_path):
-    port = free_port()
-    conf = tmp_path / "rsyncd.conf"
-    conf.write_text(f"use chroot = no\n[fixture]\npath = {mirror_dir}\nread only = yes\n")
-    process = subprocess.Popen(
-        ["rsync", "--daemon", "--no-detach", f"--config={conf}", f"--port={port}", "--address=127.0.0.1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    wait_for_port(port, process)
-    yield f"rsync://127.0.0.1:{port}/fixture/Packages/*.rpm"
+def rsync_mirror(mirror_dir):
+    process, url = serve_rsync(mirror_dir)
+    yield url + "Packages/*.rpm"
     process.terminate()
     process.wait()
 
