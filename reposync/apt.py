@@ -8,6 +8,7 @@ A plugin section with ``type = apt``::
     suites = $CODENAME $CODENAME-updates
     components = main
     codenames = 12:bookworm 13:trixie
+    metadata-only = yes
 
 The chain of trust is apt's: ``InRelease`` is checked by ``gpgv`` against
 the keyrings the ``[gpgkeys]`` section lists for the release (e.g.
@@ -58,12 +59,14 @@ class AptSource:
     suites: tuple
     components: tuple
     codenames: dict
+    metadata_only: bool = False  # the indexes only, always (as --metadata-only)
 
     @classmethod
     def from_items(cls, items):
         codenames = dict(pair.split(":", 1) for pair in items.get("codenames", "").split() if ":" in pair)
         return cls(tuple(items.get("mirrors", "").split()), tuple(items.get("suites", "$CODENAME").split()),
-                   tuple(items.get("components", "main").split()), codenames)
+                   tuple(items.get("components", "main").split()), codenames,
+                   items.get("metadata-only", "no").strip().lower() in ("yes", "true", "1", "on"))
 
     def suite_names(self, release):
         codename = self.codenames.get(release.version, release.version)

@@ -225,6 +225,7 @@ def sync_release(config, plugins, release, output, dry_run=False, session=None, 
 def _sync_apt(config, source, release, target, staging, output, dry_run, metadata_only, session):
     """An apt release: the first mirror whose signed indexes verify, then (unless metadata-only) its packages."""
     summary = SyncSummary(str(release))
+    metadata_only = metadata_only or source.metadata_only
     keyrings = config.required_gpg_keys(str(release))
     if keyrings is not None and not keyrings:
         raise SyncError(f"RequireGPGCheck = 1, but no keyring is configured for {release}: list the archive keyring "
