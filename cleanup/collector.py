@@ -6,6 +6,7 @@ tasks can expire in later runs; the cache is trimmed last, after tasks
 that held packages are gone.
 """
 
+import contextlib
 import functools
 import os
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from retrace.environments.chroot import GdbRoots
 from retrace.packaging.cache import PackageCache, abandoned_partial_entries
+from retrace.packaging.download import DOWNLOADS
 from retrace.packaging.debuginfod import BuildIdCache
 from retrace.packaging.kernel import KernelCache
 from retrace.stats import StatsDB
@@ -24,6 +26,8 @@ from worker.supervisor import kill_worker
 
 HOUR = 3600
 _KILL_WAIT_SECONDS = 10
+# A download older than the longest a task may run, and this, has no task left.
+DOWNLOAD_GRACE_SECONDS = 600
 _ARCHIVE_SKIP = ("password", WORKER_LOCK)
 
 
@@ -47,6 +51,7 @@ class Collector:
             start_queued(self.config, self.config_path)
         self.expire_tasks()
         self.sweep_partial_entries()
+        self.sweep_downloads()
         self.trim_cache()
         self.forget_client_addresses()
 
@@ -151,6 +156,24 @@ class Collector:
             for path in abandoned_partial_entries(Path(self.config.CacheDir) / directory, self.now):
                 if self.act(f"cache: remove {directory}/{path.name}, left half built by a worker that died"):
                     shutil.rmtree(path, ignore_errors=True)
+
+    def sweep_downloads(self):
+        """Remove packages downloaded for a task whose worker died before it removed them: a download
+        lives no longer than its task, and no task lives longer than WorkerTimeLimit."""
+        directory = Path(self.config.CacheDir) / DOWNLOADS
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            try:
+                age = self.now - entry.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
+                continue
+            if age > self.config.WorkerTimeLimit + DOWNLOAD_GRACE_SECONDS and self.act(
+                    f"cache: remove {DOWNLOADS}/{entry.name}, downloaded by a worker that died"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
 
     def trim_cache(self):
         """Evict the least recently used cache entries until CacheDir fits CacheSize and MinStorageLeft.

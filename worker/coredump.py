@@ -16,7 +16,7 @@ from retrace.environments.sysroot import (add_merged_usr_links, assemble_sysroot
                                           link_program_interpreter, place_files)
 from retrace.packaging.cache import PackageCache
 from retrace.packaging.debuginfod import BuildIdCache, Settings as DebuginfodSettings, fetch_all
-from retrace.packaging.download import DownloadError, download_packages, release_mirror
+from retrace.packaging.download import DOWNLOADS, DownloadError, download_packages, release_mirror
 from retrace.packaging.packages import (Resolution, Unresolved, resolve_modules, unresolved_everything,
                                         usr_merge_variants)
 from retrace.packaging.release import RELEASE_FILES, ReleaseId, detect_release, served_releases, supported_releases
@@ -161,7 +161,7 @@ class RetraceJob(Job):
         if not missing:
             return
         started = time.monotonic()
-        results = download_packages(mirror, missing, Path(self.config.CacheDir) / "downloads",
+        results = download_packages(mirror, missing, Path(self.config.CacheDir) / DOWNLOADS,
                                     self.config.DownloadDeadline)
         failures = [result for result in results.values() if isinstance(result, DownloadError)]
         self._downloads.update({pkgid: path for pkgid, path in results.items() if not isinstance(path, Exception)})

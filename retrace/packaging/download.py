@@ -20,6 +20,7 @@ from urllib.parse import quote
 from retrace.errors import RetraceError
 
 MIRROR_FILE = "mirror"
+DOWNLOADS = "downloads"  # under CacheDir
 _CHUNK = 1024 * 1024
 _PARALLEL = 8
 # An index that gives no size: nothing a crash needs is bigger.

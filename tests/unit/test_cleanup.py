@@ -206,3 +206,16 @@ def test_a_package_half_unpacked_by_a_worker_that_died_is_removed_and_a_live_one
         os.close(builder)
     assert not dead.exists() and live.exists()
     assert "cache: remove rpms/.tmp-aa11-dead0000, left half built by a worker that died" in caplog.text
+
+
+def test_a_download_left_by_a_dead_worker_goes_and_a_running_tasks_stays(config, caplog):
+    downloads = config.CacheDir / "downloads"
+    downloads.mkdir(parents=True)
+    (downloads / "old.123.deb").write_bytes(b"x")
+    (downloads / "new.456.deb").write_bytes(b"y")
+    stale = NOW - config.WorkerTimeLimit - 601
+    os.utime(downloads / "old.123.deb", (stale, stale))
+    os.utime(downloads / "new.456.deb", (NOW - 60, NOW - 60))
+    collector(config, caplog).sweep_downloads()
+    assert sorted(path.name for path in downloads.iterdir()) == ["new.456.deb"]
+    assert "downloaded by a worker that died" in caplog.text
