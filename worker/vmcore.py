@@ -31,7 +31,7 @@ from retrace.packaging.kernel import (KernelCache, KernelError, debuginfo_packag
                                       extract_vmlinux, find_debuginfo_package, is_debian_kernel, kernel_arch,
                                       package_nevra, repository_releases)
 from retrace.packaging.release import RELEASE_FILES, release_from_line, releases_from_dist_tag
-from retrace.packaging.signatures import Keyring
+from retrace.packaging.signatures import Keyring, verify_checksum
 from retrace.tasks.task import write_atomically
 from worker.job import Job, TaskFailed
 
@@ -160,7 +160,7 @@ class VmcoreJob(Job):
         if found is None:
             dump.vmlinux = self._from_debuginfod(dump)
             return
-        release, package, member = found
+        release, package, member, indexed = found
 
         def fill(vmlinux):
             started = time.monotonic()
@@ -168,6 +168,8 @@ class VmcoreJob(Job):
             keyring = Keyring.for_release(self.config, release) if formats.of_file(package) is formats.RPM else None
             if keyring is not None:
                 keyring.verify(package, package.name)
+            if indexed is not None:
+                verify_checksum(package, indexed)
             if not extract_vmlinux(package, member, vmlinux):
                 raise KernelError(f"{package.name} of {release} holds no /{member}")
             self._verify(vmlinux, dump.kernel, f"{package.name} of {release}")
@@ -181,7 +183,7 @@ class VmcoreJob(Job):
         dump.vmlinux, dump.cache_key = entry.root / "vmlinux", key
 
     def _debuginfo_package(self, dump):
-        return find_debuginfo_package(self.config.RepoDir, dump.releases, dump.kernel.release)
+        return find_debuginfo_package(self.config.RepoDir, dump.releases, dump.kernel.release, self.config.CacheDir)
 
     def _verify(self, vmlinux, kernel, origin):
         """KernelError unless the vmlinux is the very build that crashed."""

@@ -22,6 +22,7 @@ what ``mod -S`` searches), and modules the package lacks are remembered so
 that no later task searches the package for them again.
 """
 
+import fnmatch
 import os
 import re
 import shutil
@@ -32,8 +33,10 @@ from retrace import locking
 from retrace.analysis.coredump import file_build_id
 from retrace.errors import RetraceError
 from retrace.packaging import formats
+from retrace.packaging.apt import is_apt_repository
 from retrace.packaging.cache import MANIFEST, SIZE_FILE, cache_entries, cached_entry, evict_entry, tree_bytes
 from retrace.packaging.release import ReleaseId, canonical_arch
+from retrace.packaging.repoindex import RepoIndex, RepositoryError
 
 _RPM_ARCH = re.compile(r"\.(x86_64|aarch64|ppc64le|s390x|i686|armv7hl)(?:\+(\w+))?$")
 _DEBIAN_ARCHES = {"amd64": "x86_64", "arm64": "aarch64", "686": "i386", "686-pae": "i386", "ppc64el": "ppc64le",
@@ -86,15 +89,41 @@ def repository_releases(repo_dir):
                   if release is not None and os.path.isdir(os.path.join(repo_dir, str(release))))
 
 
-def find_debuginfo_package(repo_dir, releases, kernel_release):
-    """``(release, package path, vmlinux member)`` of the first repository holding the kernel's debuginfo."""
+def find_debuginfo_package(repo_dir, releases, kernel_release, cache_dir=None):
+    """``(release, package path, vmlinux member, indexed Package or None)`` of the first repository holding
+    the kernel's debuginfo: a file beside the release's packages, or (an apt release, whose packages are
+    spread over ``pool/``) a package its index lists, which the caller checks against the index's SHA256."""
     for release in releases:
         release_dir = Path(repo_dir) / str(release)
         for pattern, member in debuginfo_packages(kernel_release):
             for directory in (release_dir / "Packages", release_dir):
                 found = sorted(directory.glob(pattern))
                 if found:
-                    return release, found[-1], member
+                    return release, found[-1], member, None
+            indexed = _indexed_package(release_dir, cache_dir, pattern) if cache_dir is not None else None
+            if indexed is not None:
+                return release, indexed[0], member, indexed[1]
+    return None
+
+
+def _indexed_package(release_dir, cache_dir, pattern):
+    """``(path, Package)`` of the newest package of an apt release's index whose file name fits ``pattern``."""
+    if not is_apt_repository(release_dir):
+        return None
+    try:
+        index = RepoIndex.open(release_dir, cache_dir)
+    except RepositoryError:
+        return None
+    try:
+        matches = [package for package in index.all_packages() if fnmatch.fnmatchcase(package.file_name, pattern)]
+        for package in sorted(matches, key=lambda package: package.file_name, reverse=True):
+            path = index.package_path(package)
+            if path.is_file():
+                return path, package
+    except RepositoryError:
+        return None
+    finally:
+        index.close()
     return None
 
 

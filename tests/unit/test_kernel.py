@@ -1,5 +1,6 @@
 """Finding a kernel's debuginfo package by its release string, and taking only its vmlinux (and modules) out."""
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -56,8 +57,22 @@ def test_first_release_whose_repository_holds_the_package_wins(tmp_path):
     deb.touch()
     releases = [ReleaseId.parse("debian-11-x86_64"), ReleaseId.parse("debian-12-x86_64")]
     assert find_debuginfo_package(tmp_path, releases, "6.1.0-56-cloud-amd64") == (
-        releases[1], deb, "usr/lib/debug/boot/vmlinux-6.1.0-56-cloud-amd64")
+        releases[1], deb, "usr/lib/debug/boot/vmlinux-6.1.0-56-cloud-amd64", None)
     assert find_debuginfo_package(tmp_path, releases, "6.1.0-55-cloud-amd64") is None
+
+
+def test_an_apt_release_gives_the_kernel_debug_package_its_index_lists_in_the_pool(tmp_path):
+    release_dir = tmp_path / "repos" / "debian-12-x86_64"
+    deb = release_dir / "pool" / "main" / "l" / "linux" / "linux-image-6.1.0-56-cloud-amd64-dbg_6.1.192-2_amd64.deb"
+    deb.parent.mkdir(parents=True)
+    deb.write_bytes(b"kernel")
+    (release_dir / "Packages").write_text(
+        "Package: linux-image-6.1.0-56-cloud-amd64-dbg\nSource: linux-signed-amd64 (6.1.192+2)\nVersion: 6.1.192-2\n"
+        f"Architecture: amd64\nFilename: {deb.relative_to(release_dir)}\nSize: 6\n"
+        f"SHA256: {hashlib.sha256(b'kernel').hexdigest()}\n")
+    found = find_debuginfo_package(tmp_path / "repos", [ReleaseId.parse("debian-12-x86_64")], "6.1.0-56-cloud-amd64",
+                                   tmp_path / "cache")
+    assert found[1] == deb and found[3].nevra == "linux-image-6.1.0-56-cloud-amd64-dbg_6.1.192-2_amd64"
 
 
 @pytest.fixture(scope="module")
