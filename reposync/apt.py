@@ -42,7 +42,7 @@ _TIMEOUT = (15, 120)
 _CHUNK = 1024 * 1024
 _MAX_RELEASE_BYTES = 16 << 20
 _RELEASE_SHA256 = re.compile(r"^ ([0-9a-f]{64})\s+(\d+)\s+(\S+)$", re.M)
-_SUITE = re.compile(r"[A-Za-z0-9._-]+", re.ASCII)
+_SUITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*", re.ASCII)
 
 
 class AptSyncError(Exception):
