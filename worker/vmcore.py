@@ -27,9 +27,9 @@ from retrace.analysis.vmcore import DumpFormat, KernelIdentity, dump_format, rea
 from retrace.environments.sandbox import SandboxTimeout, run_sandboxed
 from retrace.packaging import formats
 from retrace.packaging.debuginfod import BuildIdCache, Settings as DebuginfodSettings, fetch_all
-from retrace.packaging.kernel import (KernelCache, KernelError, debuginfo_packages, extract_module_debuginfo,
-                                      extract_vmlinux, find_debuginfo_package, is_debian_kernel, kernel_arch,
-                                      package_nevra, repository_releases)
+from retrace.packaging.kernel import (KernelCache, KernelError, KernelPackage, debuginfo_packages,
+                                      extract_module_debuginfo, extract_vmlinux, find_debuginfo_package,
+                                      is_debian_kernel, kernel_arch, package_nevra, repository_releases)
 from retrace.packaging.release import RELEASE_FILES, release_from_line, releases_from_dist_tag
 from retrace.packaging.signatures import Keyring, verify_checksum
 from retrace.tasks.task import write_atomically
@@ -49,7 +49,7 @@ class _Dump:
     releases: list  # ReleaseIds whose repositories may hold the kernel's debuginfo
     vmlinux: Path | None = None
     cache_key: str | None = None  # the kernel cache entry (None: the vmlinux came from debuginfod)
-    package: tuple | None = None  # (release, path, vmlinux member) of the debuginfo package, if a repository has it
+    package: KernelPackage | None = None  # the kernel's debuginfo package, if a repository has it
 
 
 class VmcoreJob(Job):
@@ -257,7 +257,7 @@ class VmcoreJob(Job):
         wanted -= self.kernels.missing_modules(dump.cache_key)
         if not wanted:
             return None
-        release, package, _ = dump.package
+        release, package = dump.package.release, dump.package.path
         started = time.monotonic()
         found = self.kernels.add_modules(
             dump.cache_key, wanted, lambda target: extract_module_debuginfo(package, dump.kernel.release, wanted, target),

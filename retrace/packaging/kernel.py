@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import tempfile
+import typing
 from pathlib import Path
 
 from retrace import locking
@@ -89,20 +90,30 @@ def repository_releases(repo_dir):
                   if release is not None and os.path.isdir(os.path.join(repo_dir, str(release))))
 
 
+class KernelPackage(typing.NamedTuple):
+    """A kernel debuginfo package found in a release; ``indexed`` is its index entry (apt releases), whose
+    SHA256 the file must have."""
+
+    release: ReleaseId
+    path: Path
+    member: str
+    indexed: object = None
+
+
 def find_debuginfo_package(repo_dir, releases, kernel_release, cache_dir=None):
-    """``(release, package path, vmlinux member, indexed Package or None)`` of the first repository holding
-    the kernel's debuginfo: a file beside the release's packages, or (an apt release, whose packages are
-    spread over ``pool/``) a package its index lists, which the caller checks against the index's SHA256."""
+    """The KernelPackage of the first repository holding the kernel's debuginfo: a file beside the
+    release's packages, or (an apt release, whose packages are spread over ``pool/``) a package its
+    index lists."""
     for release in releases:
         release_dir = Path(repo_dir) / str(release)
         for pattern, member in debuginfo_packages(kernel_release):
             for directory in (release_dir / "Packages", release_dir):
                 found = sorted(directory.glob(pattern))
                 if found:
-                    return release, found[-1], member, None
+                    return KernelPackage(release, found[-1], member)
             indexed = _indexed_package(release_dir, cache_dir, pattern) if cache_dir is not None else None
             if indexed is not None:
-                return release, indexed[0], member, indexed[1]
+                return KernelPackage(release, indexed[0], member, indexed[1])
     return None
 
 
