@@ -141,9 +141,7 @@ class AptMirror:
             return
         root = Path(self.url[len("file://"):] if self.url.startswith("file://") else self.url)
         try:
-            with open(inside(root, relative), "rb") as handle:
-                while chunk := handle.read(_CHUNK):
-                    yield chunk
+            yield from _file_chunks(inside(root, relative))
         except (OSError, UnsafePath) as err:
             raise AptSyncError(f"cannot read {relative} in {root}: {err}") from None
 
@@ -157,9 +155,13 @@ class AptMirror:
             if process.returncode != 0 or not copy.is_file():
                 said = process.stderr.strip().splitlines()[-1:] or ["no file"]
                 raise AptSyncError(f"rsync of {self.url}{relative} failed: {said[0]}")
-            with open(copy, "rb") as handle:
-                while chunk := handle.read(_CHUNK):
-                    yield chunk
+            yield from _file_chunks(copy)
+
+
+def _file_chunks(path):
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            yield chunk
 
 
 def _release_checksums(text):
@@ -170,9 +172,8 @@ def _wanted_indexes(checksums, components, debarch):
     """For each component, the first Packages compression the Release lists, and its Contents."""
     wanted = []
     for component in components:
-        packages = next((name for name in (f"{component}/binary-{debarch}/Packages.xz",
-                                           f"{component}/binary-{debarch}/Packages.gz",
-                                           f"{component}/binary-{debarch}/Packages") if name in checksums), None)
+        packages = next((name for name in (f"{component}/binary-{debarch}/{index}" for index in apt.INDEX_NAMES)
+                         if name in checksums), None)
         if packages is None:
             raise AptSyncError(f"the Release lists no Packages index for {component}/binary-{debarch}")
         wanted.append(packages)

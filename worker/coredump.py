@@ -64,7 +64,7 @@ class RetraceJob(Job):
         if release in supported_releases(self.config.RepoDir):
             index = RepoIndex.open(self.config.RepoDir / str(release), self.config.CacheDir)
             if index.rebuilt:
-                self.log.info("Rebuilt the package index of %s (its repomd.xml changed)", release)
+                self.log.info("Rebuilt the package index of %s (its metadata changed)", release)
             resolution = resolve_modules(index, modules)
         else:
             self.log.info("%s has no mirror here; every file comes from debuginfod", release)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from retrace.analysis.gdb import exploitable_marker, gdb_argv
 from retrace.environments.sandbox import SandboxOutputLimit, SandboxTimeout, read_output
+from retrace.tasks.task import write_atomically
 from retrace.errors import RetraceError
 
 CHROOT_CRASH_DIR = "/var/spool/abrt/crash"
@@ -145,15 +146,18 @@ class MockEnvironment:
                 return False
         except FileNotFoundError:
             self.config_path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.config_path.with_name(f".{self.config_path.name}.{self.task_id}")
-        temporary.write_text(text)
-        os.replace(temporary, self.config_path)
+        write_atomically(self.config_path, text)
         return True
+
+    @property
+    def result_dir(self):
+        """mock's ``--resultdir``: its logs of the task's steps (root.log holds what commands printed)."""
+        return self.task_dir / "mock"
 
     def _mock(self, program, *arguments):
         binds = [(str(self.task_dir / "crash"), CHROOT_CRASH_DIR)]
         return [program, "-r", str(self.config_path), "--uniqueext", self.task_id,
-                "--resultdir", str(self.task_dir / "mock"), "--plugin-option", f"bind_mount:dirs={binds!r}",
+                "--resultdir", str(self.result_dir), "--plugin-option", f"bind_mount:dirs={binds!r}",
                 *arguments]
 
     def commands(self, program, packages, executable):
@@ -176,17 +180,18 @@ class MockEnvironment:
         if self.write_config():
             log(f"Wrote the mock configuration of {self.release}: mock builds its root cache anew")
         *setup, (_, gdb), scrub = self.commands(program, packages, executable)
+        root_log = self.result_dir / "root.log"
         try:
             for step, command in setup:
                 started = time.monotonic()
-                result = _run_step(step, command, SETUP_SECONDS, output_bytes, hide=self.hide_chroot)
+                result = _run_step(step, command, SETUP_SECONDS, output_bytes, root_log, hide=self.hide_chroot)
                 log(f"mock {step}{_cache_use(result.stderr) if step == 'init' else ''}: "
                     f"{time.monotonic() - started:.1f} s")
             started = time.monotonic()
-            return _run_step("gdb", gdb, timeout, output_bytes, hide=self.hide_chroot).stdout, \
+            return _run_step("gdb", gdb, timeout, output_bytes, root_log, hide=self.hide_chroot).stdout, \
                 time.monotonic() - started
         finally:
-            _run_step(*scrub, SETUP_SECONDS, output_bytes, check=False)
+            _run_step(*scrub, SETUP_SECONDS, output_bytes, root_log, check=False)
 
 
 def _check_group():
@@ -240,7 +245,7 @@ class _Tail(threading.Thread):
         return self.data.decode(errors="replace")
 
 
-def _run_step(step, command, timeout, output_bytes, check=True, hide=str):
+def _run_step(step, command, timeout, output_bytes, root_log, check=True, hide=str):
     """Run one mock step; its CompletedProcess, or MockError quoting what mock said.
 
     stdout is where mock prints what the chroot command printed (gdb's
@@ -261,7 +266,7 @@ def _run_step(step, command, timeout, output_bytes, check=True, hide=str):
         result = subprocess.CompletedProcess(command, process.returncode, stdout.decode(errors="replace"),
                                              stderr.text())
     if check and result.returncode != 0:
-        said = _said(result, Path(command[command.index("--resultdir") + 1]) / "root.log")
+        said = _said(result, root_log)
         raise MockError(f"mock's {step} step failed (exit status {result.returncode}): {hide(said)}")
     return result
 

@@ -29,7 +29,8 @@ from pathlib import Path
 # Debian's architecture names for the arches in release ids.
 DEBIAN_ARCHES = {"x86_64": "amd64", "aarch64": "arm64", "i386": "i386", "i686": "i386", "ppc64le": "ppc64el",
                  "s390x": "s390x", "armhfp": "armhf", "riscv64": "riscv64"}
-_INDEX_NAMES = ("Packages.xz", "Packages.gz", "Packages.zst", "Packages.bz2", "Packages")
+# A Packages index by the compressions this reader takes, in the order preferred.
+INDEX_NAMES = ("Packages.xz", "Packages.gz", "Packages.zst", "Packages.bz2", "Packages")
 _CONTENTS = re.compile(r"Contents-(?:udeb-)?(?P<arch>[a-z0-9]+)(?:\.gz|\.xz)?")
 _SEARCH_DEPTH = 5
 # Real indexes have long lines: bookworm's librust-winapi-dev has a 75 KiB Provides.
@@ -56,7 +57,7 @@ def contents_arch(name):
 
 def is_apt_repository(release_dir):
     release_dir = Path(release_dir)
-    return (release_dir / "dists").is_dir() or any((release_dir / name).is_file() for name in _INDEX_NAMES)
+    return (release_dir / "dists").is_dir() or any((release_dir / name).is_file() for name in INDEX_NAMES)
 
 
 def _walk(release_dir):
@@ -76,7 +77,7 @@ def index_files(release_dir):
     found), and every Contents file."""
     packages, contents = [], []
     for directory in _walk(Path(release_dir)):
-        found = next((directory / name for name in _INDEX_NAMES if (directory / name).is_file()), None)
+        found = next((directory / name for name in INDEX_NAMES if (directory / name).is_file()), None)
         if found is not None:
             packages.append(found)
         contents += sorted(path for path in directory.glob("Contents-*")

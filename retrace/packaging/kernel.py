@@ -22,7 +22,6 @@ what ``mod -S`` searches), and modules the package lacks are remembered so
 that no later task searches the package for them again.
 """
 
-import fnmatch
 import os
 import re
 import shutil
@@ -126,8 +125,7 @@ def _indexed_package(release_dir, cache_dir, pattern):
     except RepositoryError:
         return None
     try:
-        matches = [package for package in index.all_packages() if fnmatch.fnmatchcase(package.file_name, pattern)]
-        for package in sorted(matches, key=lambda package: package.file_name, reverse=True):
+        for package in sorted(index.by_file_name(pattern), key=lambda package: package.file_name, reverse=True):
             path = index.package_path(package)
             if path.is_file():
                 return path, package

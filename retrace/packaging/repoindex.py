@@ -1,14 +1,16 @@
 """Build-id -> package lookups for one release repository (rpm-md or apt).
 
 A task must not scan repository metadata (Fedora's filelists are hundreds
-of MiB unpacked), so the first task after ``repomd.xml`` changes turns
-``primary`` and ``filelists`` into a small SQLite index under
+of MiB unpacked), so the first task after the metadata changes turns it
+(rpm-md's ``primary`` and ``filelists``; apt's ``Packages`` and
+``Contents``, see ``retrace.packaging.apt``) into a small SQLite index under
 ``<CacheDir>/index/``; every later task does a few indexed queries.  The
 index is built into a temporary file and renamed into place under a lock,
 so concurrent tasks never see half an index and build it only once.
 """
 
 import bz2
+import fnmatch
 import dataclasses
 import gzip
 import hashlib
@@ -263,6 +265,10 @@ def build_index(release_dir, target, digest):
             os.unlink(tmp)
 
 
+def _index_path(release_dir, cache_dir):
+    return Path(cache_dir) / "index" / f"{release_dir.name}.sqlite"
+
+
 def _stored_digest(path):
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -289,9 +295,9 @@ class RepoIndex:
     def open(cls, release_dir, cache_dir):
         """The current index of ``release_dir``, rebuilt first if repomd.xml changed."""
         release_dir = Path(release_dir)
-        index_dir = Path(cache_dir) / "index"
+        target = _index_path(release_dir, cache_dir)
+        index_dir = target.parent
         index_dir.mkdir(parents=True, exist_ok=True)
-        target = index_dir / f"{release_dir.name}.sqlite"
         digest = index_digest(release_dir)
         rebuilt = False
         if _stored_digest(target) != digest:
@@ -305,7 +311,7 @@ class RepoIndex:
     def current(cls, release_dir, cache_dir):
         """The release's index if it is built and current, else None; never builds one (for web requests)."""
         release_dir = Path(release_dir)
-        target = Path(cache_dir) / "index" / f"{release_dir.name}.sqlite"
+        target = _index_path(release_dir, cache_dir)
         try:
             digest = index_digest(release_dir)
         except RepositoryError:
@@ -313,17 +319,24 @@ class RepoIndex:
         return cls(release_dir, target, False) if _stored_digest(target) == digest else None
 
     def holds_name_version(self, text):
-        """Whether a package ``name-[epoch:]version[-release]`` (the name may hold dashes) is indexed."""
+        """Whether a package ``name-[epoch:]version[-release]`` (the name may hold dashes) is indexed; without
+        an epoch, any epoch."""
         for cut in (match.start() for match in re.finditer(r"-(?=[0-9])", text)):
             name, full_version = text[:cut], text[cut + 1:]
-            epoch, _, version = full_version.rpartition(":") if ":" in full_version else ("", "", full_version)
-            for upstream, release in {(version, ""), tuple(version.rsplit("-", 1)) if "-" in version else (version, "")}:
-                row = self._db.execute("SELECT 1 FROM packages WHERE name = ? AND version = ? AND release = ? "
-                                       "AND (? = '' OR epoch = ?) LIMIT 1",
-                                       (name, upstream, release, epoch, epoch)).fetchone()
-                if row:
-                    return True
+            epoch, upstream, release = apt.split_version(full_version)
+            any_epoch = ":" not in full_version
+            row = self._db.execute("SELECT 1 FROM packages WHERE name = ? AND version = ? AND release = ? "
+                                   "AND (? OR epoch = ?) LIMIT 1",
+                                   (name, upstream, release, any_epoch, epoch)).fetchone()
+            if row:
+                return True
         return False
+
+    def by_file_name(self, pattern):
+        """Packages whose file name fits the shell ``pattern`` (``linux-image-6.1.0-56-amd64-dbg_*.deb``)."""
+        # GLOB's * also matches '/': the query narrows, fnmatch holds the pattern to the file name.
+        found = self._packages("WHERE p.location GLOB ? OR p.location GLOB ?", (pattern, f"*/{pattern}"))
+        return [package for package in found if fnmatch.fnmatchcase(package.file_name, pattern)]
 
     def close(self):
         self._db.close()

@@ -116,19 +116,19 @@ def test_mock_chroot_paths_read_as_inside_the_chroot(tmp_path):
 
 
 def _fake_mock(tmp_path, script):
-    """A stand-in for mock: ``script`` in sh, called with mock's ``--resultdir``."""
+    """A stand-in for mock: ``script`` in sh."""
     program = tmp_path / "fake-mock"
     program.write_text("#!/bin/sh\n" + script)
     program.chmod(0o755)
     (tmp_path / "result").mkdir(exist_ok=True)
-    return [str(program), "--resultdir", str(tmp_path / "result")]
+    return [str(program)]
 
 
 def test_a_failing_mock_step_quotes_both_streams_without_its_progress_lines(tmp_path):
     command = _fake_mock(tmp_path, "echo 'Start: chroot init'; echo 'chmod: command not found'\n"
                                    "echo 'INFO: Finish: run' >&2; echo 'ERROR: Command failed' >&2; exit 127\n")
     with pytest.raises(MockError) as failure:
-        _run_step("gdb", command, 10, 1 << 20)
+        _run_step("gdb", command, 10, 1 << 20, tmp_path / "result" / "root.log")
     assert str(failure.value) == ("mock's gdb step failed (exit status 127): chmod: command not found | "
                                   "ERROR: Command failed")
 
@@ -152,7 +152,7 @@ def test_a_failing_mock_step_quotes_the_failed_command_from_mocks_root_log(tmp_p
     command = _fake_mock(tmp_path, "echo 'ERROR: Command failed:' >&2; exit 30\n")
     (tmp_path / "result" / "root.log").write_text(ROOT_LOG)
     with pytest.raises(MockError) as failure:
-        _run_step("install", command, 10, 1 << 20)
+        _run_step("install", command, 10, 1 << 20, tmp_path / "result" / "root.log")
     assert str(failure.value) == (
         "mock's install step failed (exit status 30): Error: | Problem: conflicting requests | - nothing provides libcrash.so.1()(64bit) "
         "needed by crasher-1.0-1.fc41.x86_64 | ERROR: Command failed:")
@@ -161,13 +161,13 @@ def test_a_failing_mock_step_quotes_the_failed_command_from_mocks_root_log(tmp_p
 def test_a_mock_step_past_its_time_is_terminated(tmp_path):
     command = _fake_mock(tmp_path, "trap 'exit 143' TERM; while :; do sleep 0.05; done\n")
     with pytest.raises(MockError, match="mock's init step did not finish within 0.3 s"):
-        _run_step("init", command, 0.3, 1 << 20)
+        _run_step("init", command, 0.3, 1 << 20, tmp_path / "result" / "root.log")
 
 
 def test_a_mock_step_printing_without_end_is_stopped(tmp_path):
     command = _fake_mock(tmp_path, "trap 'exit 143' TERM; yes crash\n")
     with pytest.raises(MockError, match="mock's gdb step printed more than 1 MiB and was stopped"):
-        _run_step("gdb", command, 30, 1 << 20)
+        _run_step("gdb", command, 30, 1 << 20, tmp_path / "result" / "root.log")
 
 
 class _Index:
