@@ -212,6 +212,31 @@ def test_an_apt_mirror_over_rsync_gives_the_same_release(start_server, apt_mirro
     assert crashing_thread_frames(backtrace) == crashing_thread_frames(retrace(debian_server, debian_problem)[2])
 
 
+@pytest.mark.parametrize("mirror_fault, sentence", [
+    ("gone", r"mirror \S+ cannot be reached for \S+ \(ConnectionError\)"),
+    ("missing", r"mirror \S+ answered HTTP 404 for libc6-dbg_\S+_amd64"),
+])
+def test_a_metadata_only_release_whose_mirror_fails_says_which_mirror_and_package(
+        start_server, work_dir, debs, debian_problem, mirror_fault, sentence):
+    archive = apt_archive(work_dir / f"apt-mirror-{mirror_fault}", debs.values(), key=TEST_KEY)
+    process, url = serve_http(archive)
+    try:
+        server, sync = synced_server(start_server, url, "--metadata-only")
+        assert sync.returncode == 0, sync.stdout + sync.stderr
+        if mirror_fault == "missing":
+            next((archive / "pool" / "main").glob("libc6-dbg_*.deb")).unlink()
+        else:
+            process.terminate()
+            process.wait()
+        status, _, _ = retrace(server, debian_problem)
+    finally:
+        process.terminate()
+        process.wait()
+    assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
+    assert re.search(sentence, status.text), status.text
+    assert not list((server.cache_dir / "downloads").iterdir()), "nothing half-downloaded is left"
+
+
 def test_an_inrelease_signed_by_an_untrusted_key_is_refused(start_server, apt_mirror):
     _, url = apt_mirror
     server, sync = synced_server(start_server, url, key=OTHER_KEY)
