@@ -45,7 +45,8 @@ def build_parser():
     parser.add_argument("--arch", default="x86_64", help="architecture for --discover (default x86_64)")
     parser.add_argument("--dry-run", action="store_true", help="say what would be fetched; change nothing")
     parser.add_argument("--metadata-only", action="store_true",
-                        help="apt releases: sync the signed indexes only; workers download the packages a crash "
+                        help="sync the release's metadata only (apt: the signed indexes; rpm-md: each "
+                             "repository's repomd.xml, primary and filelists); workers download the packages a crash "
                              "needs from the mirror")
     parser.add_argument("-v", "--verbose", action="store_true", help="list every package fetched")
     add_service_arguments(parser)

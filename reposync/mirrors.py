@@ -12,6 +12,7 @@ cannot be used raises MirrorError; the caller tries the next one.
 import dataclasses
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
@@ -22,11 +23,16 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from retrace.packaging.download import MIRROR_FILE
 from retrace.packaging.repoindex import COMMON_NS, REPO_NS, iter_elements
 
 _CHUNK = 1024 * 1024
 _TIMEOUT = (15, 120)
 _HASHES = {"sha256", "sha1", "sha512", "sha384", "sha224", "md5"}
+_REPOMD_LIMIT = 1 << 20
+_METADATA_LIMIT = 2 << 30  # a metadata file whose size repomd.xml does not give
+_METADATA_HREF = re.compile(r"repodata/[A-Za-z0-9][A-Za-z0-9._+-]*")
+_INDEXED_METADATA = ("primary", "filelists")  # what the worker's index reads
 
 
 class MirrorError(Exception):
@@ -43,6 +49,13 @@ def _present(packages_dir, name, size):
     try:
         return (packages_dir / name).stat().st_size == size
     except FileNotFoundError:
+        return False
+
+
+def _same_file(first, second):
+    try:
+        return first.read_bytes() == second.read_bytes()
+    except OSError:
         return False
 
 
@@ -68,8 +81,11 @@ class HttpMirror:
         self.url = url.rstrip("/") + "/"
         self.session = session or http_session()
 
-    def _download(self, relative, target, checksum=None):
-        """Stream ``relative`` into ``target``; verify ``(type, value)`` if given; bytes written."""
+    def _download(self, relative, target, checksum=None, limit=None):
+        """Stream ``relative`` into ``target``; verify ``(type, value)`` if given; bytes written.
+
+        More than ``limit`` bytes is a mirror fault: metadata is untrusted until its checksum is.
+        """
         url = self.url + relative
         digest = hashlib.new(checksum[0]) if checksum else None
         written = 0
@@ -79,8 +95,10 @@ class HttpMirror:
                     raise MirrorError(f"{url} answered HTTP {response.status_code}")
                 with open(target, "wb") as handle:
                     for chunk in response.iter_content(_CHUNK):
-                        handle.write(chunk)
                         written += len(chunk)
+                        if limit is not None and written > limit:
+                            raise MirrorError(f"{url} is larger than {limit} bytes; it was not used")
+                        handle.write(chunk)
                         if digest:
                             digest.update(chunk)
         except requests.RequestException as err:
@@ -90,23 +108,41 @@ class HttpMirror:
             raise MirrorError(f"{url} is corrupt: its {checksum[0]} does not match the repository metadata")
         return written
 
-    def _packages(self, staging):
-        """``(href, size, (checksum type, value))`` of every package in the primary metadata."""
-        repomd = staging / "repomd.xml"
-        self._download("repodata/repomd.xml", repomd)
+    def _repomd(self, directory):
+        """The mirror's repomd.xml, downloaded into ``directory/repodata/`` and parsed."""
+        repomd = directory / "repodata" / "repomd.xml"
+        repomd.parent.mkdir(parents=True, exist_ok=True)
+        self._download("repodata/repomd.xml", repomd, limit=_REPOMD_LIMIT)
         try:
-            root = ET.parse(repomd).getroot()
+            return ET.parse(repomd).getroot()
         except ET.ParseError as err:
             raise MirrorError(f"{self.url}repodata/repomd.xml is not valid XML ({err})") from None
-        primary = next((d for d in root.iter(f"{REPO_NS}data") if d.get("type") == "primary"), None)
-        location = primary.find(f"{REPO_NS}location") if primary is not None else None
+
+    def _metadata_file(self, repomd, kind, directory, previous=None):
+        """The ``kind`` metadata repomd.xml lists, in ``directory`` at its own href, checked against
+        repomd's checksum and size; taken from ``previous`` (the last sync's copy) when repomd is unchanged."""
+        data = next((d for d in repomd.iter(f"{REPO_NS}data") if d.get("type") == kind), None)
+        location = data.find(f"{REPO_NS}location") if data is not None else None
         if location is None:
-            raise MirrorError(f"{self.url}repodata/repomd.xml lists no primary metadata")
+            raise MirrorError(f"{self.url}repodata/repomd.xml lists no {kind} metadata")
         href = location.get("href", "")
-        primary_file = staging / ("primary" + "".join(Path(href).suffixes[-1:]))
-        checksum = primary.find(f"{REPO_NS}checksum")
-        expected = (checksum.get("type"), checksum.text) if checksum is not None and checksum.get("type") in _HASHES else None
-        self._download(href, primary_file, expected)
+        if not _METADATA_HREF.fullmatch(href):
+            raise MirrorError(f"{self.url}repodata/repomd.xml places its {kind} metadata at '{href[:100]}', "
+                              "not in repodata/")
+        target = directory / href
+        if previous is not None and (previous / href).is_file():
+            os.link(previous / href, target)
+            return target
+        checksum = data.find(f"{REPO_NS}checksum")
+        expected = (checksum.get("type"), checksum.text) if checksum is not None and checksum.get("type") in _HASHES \
+            else None
+        size = data.findtext(f"{REPO_NS}size", "")
+        self._download(href, target, expected, int(size) if size.isdigit() else _METADATA_LIMIT)
+        return target
+
+    def _packages(self, staging):
+        """``(href, size, (checksum type, value))`` of every package in the primary metadata."""
+        primary_file = self._metadata_file(self._repomd(staging), "primary", staging)
         try:
             for element in iter_elements(primary_file, f"{COMMON_NS}package"):
                 package_checksum = element.find(f"{COMMON_NS}checksum")
@@ -120,6 +156,18 @@ class HttpMirror:
                 )
         except (ET.ParseError, OSError, EOFError) as err:
             raise MirrorError(f"the primary metadata of {self.url} cannot be read ({err})") from None
+
+    def fetch_metadata(self, target, previous=None):
+        """A metadata-only copy of the repository in ``target``: repomd.xml with the primary and filelists it
+        lists, and a ``mirror`` file naming this mirror, which workers download the packages a crash needs
+        from.  Files of ``previous`` (the last copy) are reused while repomd.xml is unchanged."""
+        repomd = self._repomd(target)
+        unchanged = previous is not None and _same_file(previous / "repodata" / "repomd.xml",
+                                                        target / "repodata" / "repomd.xml")
+        for kind in _INDEXED_METADATA:
+            self._metadata_file(repomd, kind, target, previous if unchanged else None)
+        (target / MIRROR_FILE).write_text(self.url + "\n")
+        return unchanged
 
     def sync(self, packages_dir, staging, report, dry_run=False):
         result = MirrorResult()

@@ -19,11 +19,11 @@ from pathlib import Path
 import requests
 
 from reposync.apt import AptMirror, AptSource, AptSyncError, Refused, sync_indexes, sync_pool
-from reposync.mirrors import MirrorError, http_session, mirror_for
+from reposync.mirrors import HttpMirror, MirrorError, http_session, mirror_for
 from retrace import locking
 from retrace.packaging import apt as apt_index
 from retrace.packaging.download import MIRROR_FILE
-from retrace.packaging.release import ReleaseId, canonical_arch
+from retrace.packaging.release import REPOSITORIES, ReleaseId, canonical_arch
 from retrace.packaging.repoindex import RepoIndex, RepositoryError
 from retrace.packaging.signatures import Keyring, SignatureError
 
@@ -197,6 +197,12 @@ def sync_release(config, plugins, release, output, dry_run=False, session=None, 
             shutil.rmtree(staging, ignore_errors=True)
             summary.seconds = time.monotonic() - started
             return summary
+        if metadata_only:
+            summary = _sync_rpm_metadata(config, repositories, release, target, staging, output, dry_run,
+                                         session or http_session())
+            shutil.rmtree(staging, ignore_errors=True)
+            summary.seconds = time.monotonic() - started
+            return summary
         packages_dir = target / "Packages"
         if not dry_run:
             packages_dir.mkdir(parents=True, exist_ok=True)
@@ -214,6 +220,9 @@ def sync_release(config, plugins, release, output, dry_run=False, session=None, 
         if changed and not dry_run and packages_dir.is_dir():
             write_metadata(target, staging, config.UseCreaterepoUpdate, output.step)
             summary.metadata_updated = True
+            if (target / REPOSITORIES).is_dir():
+                shutil.rmtree(target / REPOSITORIES)
+                output.step("  the metadata-only copy is replaced by this full mirror")
             _prebuild_index(target, config.CacheDir, output.step)
         shutil.rmtree(staging, ignore_errors=True)
         summary.seconds = time.monotonic() - started
@@ -264,6 +273,61 @@ def _sync_apt(config, source, release, target, staging, output, dry_run, metadat
         return summary
     summary.failed_repositories.append(", ".join(suites))
     return summary
+
+
+def _sync_rpm_metadata(config, repositories, release, target, staging, output, dry_run, session):
+    """Each repository's metadata from its first http(s) mirror that serves it, in ``repositories/<name>/``;
+    workers download the packages a crash needs from that mirror.  A repository no mirror serves keeps the
+    metadata of its last sync."""
+    if (target / "repodata").is_dir():
+        raise SyncError(f"{release} is a full mirror here; remove RepoDir/{release} first to keep only its "
+                        "metadata", EXIT_USAGE)
+    summary = SyncSummary(str(release))
+    fresh = staging / REPOSITORIES
+    fresh.mkdir()
+    for repository in repositories:
+        previous = target / REPOSITORIES / repository.name
+        if not _fetch_rpm_metadata(repository, release, fresh / repository.name, previous, output, dry_run, session):
+            output.step(f"  no working mirror for {repository.name}")
+            summary.failed_repositories.append(repository.name)
+            if previous.is_dir() and not dry_run:
+                shutil.copytree(previous, fresh / repository.name, copy_function=os.link)
+    if dry_run or not any(fresh.iterdir()):
+        return summary
+    if (target / REPOSITORIES).is_dir():
+        exchange_directories(fresh, target / REPOSITORIES)
+    else:
+        target.mkdir(parents=True, exist_ok=True)
+        os.rename(fresh, target / REPOSITORIES)
+    summary.metadata_updated = True
+    _prebuild_index(target, config.CacheDir, output.step)
+    return summary
+
+
+def _fetch_rpm_metadata(repository, release, target, previous, output, dry_run, session):
+    """Whether one of the repository's http(s) mirrors gave its metadata into ``target``."""
+    for url in repository.mirror_urls(release.version, release.arch):
+        output.step(f"{repository.name}: {url} (metadata only)")
+        try:
+            mirror = mirror_for(url, session)
+        except MirrorError as err:
+            output.step(f"  mirror failed: {err}; trying the next one")
+            continue
+        if not isinstance(mirror, HttpMirror):
+            output.step("  skipped: workers download the packages of a metadata-only release over http(s)")
+            continue
+        if dry_run:
+            output.step("  would fetch repomd.xml, primary and filelists")
+            return True
+        try:
+            unchanged = mirror.fetch_metadata(target, previous if previous.is_dir() else None)
+        except (MirrorError, OSError) as err:
+            shutil.rmtree(target, ignore_errors=True)
+            output.step(f"  mirror failed: {err}; trying the next one")
+            continue
+        output.step("  metadata unchanged" if unchanged else "  metadata fetched (repomd.xml, primary, filelists)")
+        return True
+    return False
 
 
 def _install_indexes(staging, target, mirror_url, metadata_only):

@@ -16,10 +16,12 @@ from retrace.environments.sysroot import (add_merged_usr_links, assemble_sysroot
                                           link_program_interpreter, place_files)
 from retrace.packaging.cache import PackageCache
 from retrace.packaging.debuginfod import BuildIdCache, Settings as DebuginfodSettings, fetch_all
-from retrace.packaging.download import DOWNLOADS, DownloadError, download_packages, release_mirror
+from retrace.packaging.download import DOWNLOADS, DownloadError, download_packages, package_url
 from retrace.packaging.packages import (Resolution, Unresolved, resolve_modules, unresolved_everything,
                                         usr_merge_variants)
-from retrace.packaging.release import RELEASE_FILES, ReleaseId, detect_release, served_releases, supported_releases
+from retrace.packaging.payload import UnpackError
+from retrace.packaging.release import (RELEASE_FILES, ReleaseId, detect_release, rpm_repositories, served_releases,
+                                      supported_releases)
 from retrace.packaging.repoindex import RepoIndex
 from retrace.packaging.signatures import Keyring, verify_checksum
 from retrace.tasks.task import TaskType, write_atomically
@@ -116,11 +118,15 @@ class RetraceJob(Job):
     def _cached(self, package, index):
         """The package unpacked in the shared cache (by this task or an earlier one)."""
         package_path = self._package_file(index, package)
-        entry = self.cache.get(
-            package.pkgid, package_path,
-            on_wait=lambda: self.log.info("Waiting for another task that is unpacking %s", package.nevra),
-            verify=self._verifier(index, package, package_path),
-        )
+        try:
+            entry = self.cache.get(
+                package.pkgid, package_path,
+                on_wait=lambda: self.log.info("Waiting for another task that is unpacking %s", package.nevra),
+                verify=self._verifier(index, package, package_path),
+            )
+        except UnpackError as err:
+            # The sentence may name a downloaded file by its temporary name: the package's own name leads.
+            raise TaskFailed(f"{package.nevra} cannot be unpacked: {err.sentence}", err.category) from None
         if entry.unpacked:
             self.record.cache_misses += 1
             self.log.info("Unpacked %s in %.3f s", package.nevra, entry.seconds)
@@ -155,19 +161,25 @@ class RetraceJob(Job):
 
     def _download_missing(self, index, packages):
         """Download, in parallel and within DownloadDeadline, the packages a metadata-only release lacks."""
-        mirror = release_mirror(index.release_dir) if index is not None else None
-        missing = [package for package in packages if mirror and package.pkgid not in self._downloads
-                   and not self.cache.holds(package.pkgid) and not index.package_path(package).is_file()]
-        if not missing:
+        if index is None:
+            return
+        wanted, mirrors = [], set()
+        for package in packages:
+            path = index.package_path(package)
+            found = None if package.pkgid in self._downloads or self.cache.holds(package.pkgid) or path.is_file() \
+                else package_url(index.release_dir, path)
+            if found:
+                mirrors.add(found[0])
+                wanted.append((package, found[1]))
+        if not wanted:
             return
         started = time.monotonic()
-        results = download_packages(mirror, missing, Path(self.config.CacheDir) / DOWNLOADS,
-                                    self.config.DownloadDeadline)
+        results = download_packages(wanted, Path(self.config.CacheDir) / DOWNLOADS, self.config.DownloadDeadline)
         failures = [result for result in results.values() if isinstance(result, DownloadError)]
         self._downloads.update({pkgid: path for pkgid, path in results.items() if not isinstance(path, Exception)})
         size = sum(path.stat().st_size for pkgid, path in self._downloads.items() if pkgid in results)
-        self.log.info("Downloaded %d of %d packages (%.1f MiB) from %s in %.3f s", len(missing) - len(failures),
-                      len(missing), size / 1048576, mirror, time.monotonic() - started)
+        self.log.info("Downloaded %d of %d packages (%.1f MiB) from %s in %.3f s", len(wanted) - len(failures),
+                      len(wanted), size / 1048576, ", ".join(sorted(mirrors)), time.monotonic() - started)
         if failures:
             raise TaskFailed(failures[0].sentence + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""),
                              "repository error")
@@ -188,8 +200,8 @@ class RetraceJob(Job):
         if not packages:
             return  # nothing signed by rpm (a release served by debuginfod only has no index)
         keyring = self._keyring(index)
-        pending = [(index.package_path(package), package.nevra) for package in packages
-                   if not self.cache.holds(package.pkgid)]
+        pending = [(self._downloads.get(package.pkgid) or index.package_path(package), package.nevra)
+                   for package in packages if not self.cache.holds(package.pkgid)]
         if keyring is None or not pending:
             return
         started = time.monotonic()
@@ -233,11 +245,8 @@ class RetraceJob(Job):
         (the crash's own files win), and the tree becomes gdb's ``/``; mock
         installs the packages itself.
         """
-        if self.environment != "sysroot" and crash.index is None:
-            raise TaskFailed(
-                f"RetraceEnvironment = {self.environment} installs gdb from a mirror of {self.record.release}, "
-                "and this server serves that release through debuginfod only; the administrator must mirror it "
-                "or use RetraceEnvironment = sysroot", "configuration")
+        if self.environment != "sysroot":
+            self._check_full_rpm_mirror(crash.index)
         if self.environment == "mock":
             self.record.packages = [package.nevra for package in crash.resolution.packages]
             return
@@ -262,6 +271,21 @@ class RetraceJob(Job):
             interpreter = program_interpreter(self.sysroot / crash.executable.lstrip("/"))
             linked += link_program_interpreter(self.sysroot, interpreter, crash.core.modules)
         self.log.info("Assembled the %s: %d files linked in %.3f s", self.environment, linked, seconds)
+
+    def _check_full_rpm_mirror(self, index):
+        """chroot and mock install gdb with dnf from the release's own RPM repository on this host."""
+        if index is None:
+            served = "through debuginfod only"
+        elif not rpm_repositories(index.release_dir):
+            served = "as an apt repository"
+        elif rpm_repositories(index.release_dir) != [index.release_dir]:
+            served = "from its metadata only (its packages stay on the mirror)"
+        else:
+            return
+        raise TaskFailed(
+            f"RetraceEnvironment = {self.environment} installs gdb from a full RPM mirror of {self.record.release}, "
+            f"and this server serves that release {served}; the administrator must mirror it in full "
+            "or use RetraceEnvironment = sysroot", "configuration")
 
     def _from_debuginfod(self, crash):
         """Fetch what the packages did not give; ``[(path in the tree, cached file)]`` to link."""

@@ -1,12 +1,15 @@
 """Packages fetched from a release's mirror when a crash needs them (metadata-only releases).
 
 reposync may keep only a release's indexes (``--metadata-only``): a Debian
-release with its debug packages is hundreds of GiB, a crash needs a few
-dozen packages of it.  ``RepoDir/<release>/mirror`` then names the mirror
-reposync used; a worker downloads the packages a crash needs, several at
-once, within one deadline, into ``CacheDir/downloads/``, and keeps a file
-only if its size and SHA256 are the ones the release's index lists (the
-index itself came from a signed InRelease).  The file is unpacked into the
+or Fedora release with its debug packages is hundreds of GiB, a crash needs
+a few dozen packages of it.  A ``mirror`` file then names the mirror
+reposync used, for the directory it sits in: ``RepoDir/<release>/`` of an
+apt release, each ``RepoDir/<release>/repositories/<name>/`` of an rpm-md
+one.  A worker downloads the packages a crash needs, several at once,
+within one deadline, into ``CacheDir/downloads/``, and keeps a file only if
+its size and SHA256 are the ones the release's index lists (an apt index
+came from a signed InRelease; an RPM is checked against its signature
+too, where the release requires one).  The file is unpacked into the
 package cache and removed: the cache's budget is what stays.
 """
 
@@ -31,13 +34,26 @@ class DownloadError(RetraceError):
     category = "repository error"
 
 
-def release_mirror(release_dir):
-    """The mirror URL a metadata-only release downloads its packages from, or None."""
+def _mirror_of(directory):
     try:
-        url = (Path(release_dir) / MIRROR_FILE).read_text().strip().splitlines()[0]
+        url = (directory / MIRROR_FILE).read_text().strip().splitlines()[0]
     except (OSError, IndexError):
         return None
     return url.rstrip("/") + "/" if url.startswith(("http://", "https://")) else None
+
+
+def package_url(release_dir, package_path):
+    """``(mirror, URL)`` where a metadata-only release's mirror serves ``package_path`` (a checked path
+    inside ``release_dir``), or None: the mirror is named by the nearest directory above the package that
+    names one."""
+    release_dir = Path(release_dir)
+    for directory in Path(package_path).parents:
+        mirror = _mirror_of(directory)
+        if mirror:
+            return mirror, mirror + quote(Path(package_path).relative_to(directory).as_posix())
+        if directory == release_dir:
+            return None
+    return None
 
 
 def _requests():
@@ -96,16 +112,15 @@ def _fetch(session, url, package, target, deadline):
                             "(size or SHA256 differ); it was not used")
 
 
-def download_packages(mirror, packages, directory, deadline_seconds, session=None):
-    """Download ``packages`` from ``mirror`` into ``directory``; ``{pkgid: path or DownloadError}``."""
+def download_packages(wanted, directory, deadline_seconds, session=None):
+    """Download ``wanted`` (``[(package, URL)]``) into ``directory``; ``{pkgid: path or DownloadError}``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     session = session or _requests().Session()
     deadline = time.monotonic() + deadline_seconds
 
-    def one(package):
+    def one(package, url):
         target = directory / f"{package.pkgid}.{os.getpid()}{Path(package.location).suffix}"
-        url = mirror + quote(package.location.lstrip("/"))
         try:
             _fetch(session, url, package, target, deadline)
         except BaseException:
@@ -115,7 +130,7 @@ def download_packages(mirror, packages, directory, deadline_seconds, session=Non
 
     results = {}
     with concurrent.futures.ThreadPoolExecutor(_PARALLEL) as pool:
-        futures = {pool.submit(one, package): package for package in packages}
+        futures = {pool.submit(one, package, url): package for package, url in wanted}
         for future, package in futures.items():
             try:
                 results[package.pkgid] = future.result()

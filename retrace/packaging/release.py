@@ -9,8 +9,11 @@ its grammar is the wire format (e.g. ``fedora-41-x86_64``,
 import dataclasses
 import os
 import re
+from pathlib import Path
 
 from retrace.packaging.apt import is_apt_repository
+
+REPOSITORIES = "repositories"  # of a metadata-only rpm-md release
 
 _RELEASE_ID = re.compile(r"(?P<distribution>[a-z0-9]+)-(?P<version>[a-z0-9.]+)-(?P<arch>[a-z0-9_]+)", re.ASCII)
 
@@ -60,9 +63,19 @@ def served_releases(config):
     return sorted(releases)
 
 
+def rpm_repositories(release_dir):
+    """The rpm-md repositories of a release directory: the release itself when it is a full mirror (its
+    ``repodata/`` covers ``Packages/``), else each ``repositories/<name>/`` of a metadata-only release
+    (reposync keeps the repository's metadata there; its packages stay on the mirror it names)."""
+    release_dir = Path(release_dir)
+    if (release_dir / "repodata").is_dir():
+        return [release_dir]
+    return sorted(path for path in (release_dir / REPOSITORIES).glob("*") if (path / "repodata").is_dir())
+
+
 def supported_releases(repo_dir):
-    """Releases with a repository (rpm-md: a ``repodata/`` directory; apt: ``dists/`` or a ``Packages``
-    index), sorted."""
+    """Releases with a repository (rpm-md: ``repodata/``, or ``repositories/*/repodata/`` metadata only;
+    apt: ``dists/`` or a ``Packages`` index), sorted."""
     try:
         names = os.listdir(repo_dir)
     except FileNotFoundError:
@@ -71,7 +84,7 @@ def supported_releases(repo_dir):
     for name in names:
         release = ReleaseId.parse(name)
         path = os.path.join(repo_dir, name)
-        if release is not None and (os.path.isdir(os.path.join(path, "repodata")) or is_apt_repository(path)):
+        if release is not None and (rpm_repositories(path) or is_apt_repository(path)):
             releases.append(release)
     return sorted(releases)
 

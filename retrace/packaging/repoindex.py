@@ -26,7 +26,7 @@ from retrace import locking
 from retrace.errors import RetraceError
 from retrace.packaging import apt
 from retrace.packaging.packages import usr_merge_variants
-from retrace.packaging.release import ReleaseId
+from retrace.packaging.release import ReleaseId, rpm_repositories
 from retrace.paths import UnsafePath, inside, shown
 
 REPO_NS = "{http://linux.duke.edu/metadata/repo}"
@@ -110,33 +110,41 @@ def open_compressed(path):
     return open(path, "rb")
 
 
-def _metadata_files(release_dir):
-    """``{type: path}`` of the XML metadata listed by repomd.xml."""
-    repomd = release_dir / "repodata" / "repomd.xml"
+def _metadata_files(repository, release_name):
+    """``{type: path}`` of the XML metadata listed by a repository's repomd.xml."""
+    repomd = repository / "repodata" / "repomd.xml"
     try:
         root = ET.parse(repomd).getroot()
     except (OSError, ET.ParseError) as err:
-        raise RepositoryError(f"The repository of {release_dir.name} has no readable repodata/repomd.xml ({err})") from None
+        raise RepositoryError(f"The repository of {release_name} has no readable repodata/repomd.xml ({err})") from None
     files = {}
     for data in root.iter(f"{REPO_NS}data"):
         location = data.find(f"{REPO_NS}location")
         href = location.get("href") if location is not None else None
         if href:
             try:
-                files[data.get("type")] = Path(inside(release_dir, href))
+                files[data.get("type")] = Path(inside(repository, href))
             except UnsafePath:
                 continue
     for needed in ("primary", "filelists"):
         if needed not in files:
-            raise RepositoryError(f"The repository of {release_dir.name} has no {needed} metadata in repomd.xml")
+            raise RepositoryError(f"The repository of {release_name} has no {needed} metadata in repomd.xml")
     return files
 
 
 def repomd_digest(release_dir):
-    try:
-        return hashlib.sha256((release_dir / "repodata" / "repomd.xml").read_bytes()).hexdigest()
-    except OSError:
-        raise RepositoryError(f"The repository of {release_dir.name} has no repodata/repomd.xml") from None
+    """One digest over the repomd.xml of every repository of the release."""
+    repositories = rpm_repositories(release_dir)
+    if not repositories:
+        raise RepositoryError(f"The repository of {release_dir.name} has no repodata/repomd.xml")
+    digest = hashlib.sha256()
+    for repository in repositories:
+        try:
+            digest.update(f"{repository.relative_to(release_dir)}\0".encode())
+            digest.update((repository / "repodata" / "repomd.xml").read_bytes())
+        except OSError:
+            raise RepositoryError(f"The repository of {release_dir.name} has no repodata/repomd.xml") from None
+    return digest.hexdigest()
 
 
 def iter_elements(path, tag):
@@ -148,7 +156,8 @@ def iter_elements(path, tag):
                 element.clear()
 
 
-def _load_primary(db, path):
+def _load_primary(db, path, prefix):
+    """The packages of one repository; ``prefix`` places their files below the release directory."""
     ids = {}
     for element in iter_elements(path, f"{COMMON_NS}package"):
         version = element.find(f"{COMMON_NS}version")
@@ -162,7 +171,7 @@ def _load_primary(db, path):
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'rpm')",
             (
                 checksum.text, element.findtext(f"{COMMON_NS}name"), version.get("epoch", "0"), version.get("ver"),
-                version.get("rel"), element.findtext(f"{COMMON_NS}arch"), sourcerpm, location.get("href"),
+                version.get("rel"), element.findtext(f"{COMMON_NS}arch"), sourcerpm, prefix + location.get("href"),
                 int(size.get("package", "0")) if size is not None else 0,
             ),
         )
@@ -187,9 +196,12 @@ def _load_filelists(db, path, ids):
 
 
 def _load_rpm_md(db, release_dir):
-    metadata = _metadata_files(release_dir)
-    ids = _load_primary(db, metadata["primary"])
-    _load_filelists(db, metadata["filelists"], ids)
+    """Every repository of the release: a full mirror's one, or a metadata-only release's each."""
+    for repository in rpm_repositories(release_dir):
+        metadata = _metadata_files(repository, release_dir.name)
+        prefix = "" if repository == release_dir else f"{repository.relative_to(release_dir)}/"
+        ids = _load_primary(db, metadata["primary"], prefix)
+        _load_filelists(db, metadata["filelists"], ids)
 
 
 def _load_apt(db, release_dir):
@@ -228,7 +240,7 @@ def _add_file(db, name, packages):
 
 
 def _is_apt(release_dir):
-    return not (release_dir / "repodata").is_dir() and apt.is_apt_repository(release_dir)
+    return not rpm_repositories(release_dir) and apt.is_apt_repository(release_dir)
 
 
 def index_digest(release_dir):

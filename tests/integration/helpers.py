@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import pwd
+import re
 import signal
 import subprocess
 import tarfile
@@ -162,3 +163,11 @@ def kill_worker(server, task_id, supervisor=True, job=True):
         os.kill(int((task_dir / "job_pid").read_text()), signal.SIGKILL)
     if supervisor:
         os.kill(int((task_dir / ".worker.lock").read_text()), signal.SIGKILL)
+
+
+def crashing_thread(backtrace):
+    """Frames and locals of thread 1, addresses masked: what must not depend on the environment or on where
+    the packages came from."""
+    thread = backtrace[backtrace.index("\nThread 1 "):]
+    thread = thread[:thread.find("\n\n", 1)] if "\n\n" in thread[1:] else thread
+    return [re.sub(r"0x[0-9a-f]+", "ADDR", line) for line in thread.splitlines() if re.match(r"#\d+ |\s+\w+ = ", line)]

@@ -12,7 +12,7 @@ from tests.fixtures.cores import unpack
 from tests.fixtures.debuginfod import Debuginfod, SilentServer, free_port, libc_debs
 from tests.fixtures.distro import publish_release
 from tests.integration.conftest import RELEASE_ID
-from tests.integration.helpers import submit, wait_final
+from tests.integration.helpers import crashing_thread, submit, wait_final
 
 
 def build_id_of(problem_dir, suffix):
@@ -46,18 +46,13 @@ def retrace(server, problem_dir):
     return status, backtrace, log
 
 
-def crashing_thread_frames(backtrace):
-    thread = backtrace[backtrace.index("\nThread 1 "):]
-    return [re.sub(r"0x[0-9a-f]+", "ADDR", line) for line in thread.splitlines() if re.match(r"#\d+ |\s+\w+ = ", line)]
-
-
 def test_release_without_a_mirror_retraces_from_debuginfod_alone(start_server, server, rpm_debuginfod, problem_dir):
     only_debuginfod = start_server(repository=False, DebuginfodURLs=rpm_debuginfod.url, DebuginfodReleases=RELEASE_ID)
     assert RELEASE_ID in only_debuginfod.get("/settings").text
     status, backtrace, log = retrace(only_debuginfod, problem_dir)
     assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", log
     _, mirrored, _ = retrace(server, problem_dir)
-    assert crashing_thread_frames(backtrace) == crashing_thread_frames(mirrored)
+    assert crashing_thread(backtrace) == crashing_thread(mirrored)
     assert f"  /usr/bin/crasher: debuginfod {rpm_debuginfod.url}; debuginfod {rpm_debuginfod.url}" in backtrace
     assert "fedora-41-x86_64 has no mirror here; every file comes from debuginfod" in log
 

@@ -9,7 +9,7 @@ import pytest
 
 from retrace.environments.mock import find_mock, root_name as mock_root_name
 from tests.fixtures.distro import publish_release
-from tests.integration.helpers import submit, wait_final
+from tests.integration.helpers import crashing_thread, submit, wait_final
 from tests.integration.server import SERVICE_USER
 
 
@@ -19,13 +19,6 @@ def retraced(server, problem_dir, **headers):
     log = server.get(f"/{task_id}/log", headers=auth).text
     assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", log
     return server.get(f"/{task_id}/backtrace", headers=auth).text, log, task_id
-
-
-def crashing_thread(backtrace):
-    """Frames and locals of thread 1: what must not depend on the environment."""
-    thread = backtrace[backtrace.index("\nThread 1 "):]
-    thread = thread[:thread.find("\n\n", 1)] if "\n\n" in thread[1:] else thread
-    return [line for line in thread.splitlines() if re.match(r"#\d+ |\s+\w+ = ", line)]
 
 
 # What this host allows: no systemd-nspawn, no container images.
@@ -163,6 +156,6 @@ def test_an_environment_that_installs_gdb_from_a_mirror_says_a_debuginfod_only_r
     task_id, auth = submit(server, problem_dir)
     status = wait_final(server, task_id, auth)
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
-    assert (f"RetraceEnvironment = {environment} installs gdb from a mirror of fedora-41-x86_64, and this server "
+    assert (f"RetraceEnvironment = {environment} installs gdb from a full RPM mirror of fedora-41-x86_64, and this server "
             "serves that release through debuginfod only") in status.text
     assert "internal error" not in status.text

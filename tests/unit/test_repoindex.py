@@ -147,3 +147,20 @@ def test_a_package_the_metadata_places_outside_the_repository_is_refused_by_name
                                               ".x86_64.rpm', outside the repository"):
         opened.package_path(exe)
     opened.close()
+
+
+def test_a_metadata_only_release_indexes_each_of_its_repositories_below_its_own_directory(tmp_path):
+    """reposync --metadata-only keeps each repository's repodata in repositories/<name>/: one index over them
+    all, each package placed below the repository it came from (whose mirror serves it)."""
+    release_dir = tmp_path / "fedora-41-x86_64"
+    write_repo(release_dir / "repositories" / "fedora", packages=PACKAGES[::2])
+    write_repo(release_dir / "repositories" / "fedora-debuginfo", packages=PACKAGES[1::2])
+    opened = RepoIndex.open(release_dir, tmp_path / "cache")
+    [debuginfo] = opened.by_build_id(EXE_ID, "debuginfo")
+    assert opened.package_path(debuginfo) == \
+        release_dir / "repositories/fedora-debuginfo/Packages/crasher-debuginfo-1.0-1.fc41.x86_64.rpm"
+    assert names(opened.owners("/usr/lib64/libcrash.so.1")) == ["libcrash-1.0-1.fc41.x86_64",
+                                                                 "libcrash-1.0-2.fc41.x86_64"]
+    opened.close()
+    write_repo(release_dir / "repositories" / "fedora-debuginfo", revision="2", packages=PACKAGES[1:2])
+    assert RepoIndex.open(release_dir, tmp_path / "cache").rebuilt, "any repository's new metadata rebuilds it"
