@@ -27,6 +27,7 @@ from retrace.analysis.vmcore import DumpFormat, KernelIdentity, dump_format, rea
 from retrace.environments.sandbox import SandboxTimeout, run_sandboxed
 from retrace.packaging import formats
 from retrace.packaging.debuginfod import BuildIdCache, Settings as DebuginfodSettings, fetch_all
+from retrace.packaging.download import DOWNLOADS, DownloadError, download_packages
 from retrace.packaging.kernel import (KernelCache, KernelError, KernelPackage, debuginfo_packages,
                                       extract_module_debuginfo, extract_vmlinux, find_debuginfo_package,
                                       is_debian_kernel, kernel_arch, package_nevra, repository_releases)
@@ -56,6 +57,7 @@ class VmcoreJob(Job):
     def __init__(self, config, task, log):
         super().__init__(config, task, log)
         self.kernels = KernelCache(config.CacheDir)
+        self._downloaded = None  # the kernel debuginfo package fetched from a metadata-only release's mirror
 
     @property
     def _vmcore(self):
@@ -150,7 +152,7 @@ class VmcoreJob(Job):
     def prepare(self, dump):
         found = dump.package = self._debuginfo_package(dump)
         if found is not None:
-            self.record.release, self.record.packages = str(found[0]), [package_nevra(found[1])]
+            self.record.release, self.record.packages = str(found.release), [package_nevra(found.path)]
         key = self.kernels.key(dump.kernel.build_id, dump.kernel.release)
         cached = self.kernels.cached(key)
         if cached is not None:
@@ -160,27 +162,43 @@ class VmcoreJob(Job):
         if found is None:
             dump.vmlinux = self._from_debuginfod(dump)
             return
-        release, package, member, indexed = found
+        release, name, member, indexed = found.release, found.path.name, found.member, found.indexed
 
         def fill(vmlinux):
+            package = self._package_file(found)
             started = time.monotonic()
             # A Debian kernel package is trusted with its repository (apt signs indexes, not packages).
             keyring = Keyring.for_release(self.config, release) if formats.of_file(package) is formats.RPM else None
             if keyring is not None:
-                keyring.verify(package, package.name)
+                keyring.verify(package, name)
             if indexed is not None:
                 verify_checksum(package, indexed)
             if not extract_vmlinux(package, member, vmlinux):
-                raise KernelError(f"{package.name} of {release} holds no /{member}")
-            self._verify(vmlinux, dump.kernel, f"{package.name} of {release}")
-            self.log.info("Extracted the vmlinux from %s of %s in %.3f s", package.name, release,
-                          time.monotonic() - started)
+                raise KernelError(f"{name} of {release} holds no /{member}")
+            self._verify(vmlinux, dump.kernel, f"{name} of {release}")
+            self.log.info("Extracted the vmlinux from %s of %s in %.3f s", name, release, time.monotonic() - started)
 
         entry = self.kernels.get(key, fill, on_wait=lambda: self.log.info(
             "Waiting for another task that is extracting the vmlinux of %s", dump.kernel.release))
         if not entry.unpacked:
             self.log.info("Reused the vmlinux of %s, extracted meanwhile by another task", dump.kernel.release)
         dump.vmlinux, dump.cache_key = entry.root / "vmlinux", key
+
+    def _package_file(self, found):
+        """The kernel debuginfo package's file; a metadata-only release's is downloaded once per task (it is
+        read for the vmlinux, then for module debuginfo) and removed when the task ends."""
+        if found.url is None or found.path.is_file():
+            return found.path
+        if self._downloaded is None:
+            started = time.monotonic()
+            result = download_packages([(found.indexed, found.url)], Path(self.config.CacheDir) / DOWNLOADS,
+                                       self.config.DownloadDeadline)[found.indexed.pkgid]
+            if isinstance(result, DownloadError):
+                raise TaskFailed(result.sentence, "repository error")
+            self._downloaded = result
+            self.log.info("Downloaded %s (%.1f MiB) from %s in %.3f s", found.path.name,
+                          result.stat().st_size / 1048576, found.url, time.monotonic() - started)
+        return self._downloaded
 
     def _debuginfo_package(self, dump):
         return find_debuginfo_package(self.config.RepoDir, dump.releases, dump.kernel.release, self.config.CacheDir)
@@ -257,13 +275,15 @@ class VmcoreJob(Job):
         wanted -= self.kernels.missing_modules(dump.cache_key)
         if not wanted:
             return None
-        release, package = dump.package.release, dump.package.path
+        release, name = dump.package.release, dump.package.path.name
         started = time.monotonic()
         found = self.kernels.add_modules(
-            dump.cache_key, wanted, lambda target: extract_module_debuginfo(package, dump.kernel.release, wanted, target),
+            dump.cache_key, wanted,
+            lambda target: extract_module_debuginfo(self._package_file(dump.package), dump.kernel.release, wanted,
+                                                    target),
             on_wait=lambda: self.log.info("Waiting for another task that is adding module debuginfo"))
         self.log.info("Module debuginfo: %d of %d loaded modules found in %s of %s in %.3f s%s", len(found),
-                      len(wanted), package.name, release, time.monotonic() - started,
+                      len(wanted), name, release, time.monotonic() - started,
                       "; crash loads them (mod -S) and runs the commands again" if found else "")
         return self.kernels.modules_dir(dump.cache_key) if found else None
 
@@ -289,8 +309,11 @@ class VmcoreJob(Job):
     # -- cleaning ------------------------------------------------------------------
 
     def clean(self, succeeded):
-        """Remove temporary files; after a success, strip the kept vmcore when VmcoreDumpLevel asks."""
+        """Remove temporary files (a downloaded kernel package too: the kernel cache keeps what it gave);
+        after a success, strip the kept vmcore when VmcoreDumpLevel asks."""
         self.task.crash_dir.joinpath("vmcore.reassembled").unlink(missing_ok=True)
+        if self._downloaded is not None:
+            self._downloaded.unlink(missing_ok=True)
         if self.config.VmcoreDumpLevel and succeeded and self._vmcore.is_file():
             self._strip()
 

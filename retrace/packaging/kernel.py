@@ -35,7 +35,8 @@ from retrace.errors import RetraceError
 from retrace.packaging import formats
 from retrace.packaging.apt import is_apt_repository
 from retrace.packaging.cache import MANIFEST, SIZE_FILE, cache_entries, cached_entry, evict_entry, tree_bytes
-from retrace.packaging.release import ReleaseId, canonical_arch
+from retrace.packaging.download import package_url
+from retrace.packaging.release import ReleaseId, canonical_arch, rpm_repositories
 from retrace.packaging.repoindex import RepoIndex, RepositoryError
 
 _RPM_ARCH = re.compile(r"\.(x86_64|aarch64|ppc64le|s390x|i686|armv7hl)(?:\+(\w+))?$")
@@ -90,19 +91,21 @@ def repository_releases(repo_dir):
 
 
 class KernelPackage(typing.NamedTuple):
-    """A kernel debuginfo package found in a release; ``indexed`` is its index entry (apt releases), whose
-    SHA256 the file must have."""
+    """A kernel debuginfo package found in a release.  ``indexed`` is its index entry, whose SHA256 the
+    file must have; ``url`` where its mirror serves it when the release keeps metadata only (``path`` is
+    then where the file would be, and the worker downloads it)."""
 
     release: ReleaseId
     path: Path
     member: str
     indexed: object = None
+    url: str | None = None
 
 
 def find_debuginfo_package(repo_dir, releases, kernel_release, cache_dir=None):
     """The KernelPackage of the first repository holding the kernel's debuginfo: a file beside the
-    release's packages, or (an apt release, whose packages are spread over ``pool/``) a package its
-    index lists."""
+    release's packages, or a package its index lists (an apt release spreads them over ``pool/``; a
+    metadata-only release has them on its mirror)."""
     for release in releases:
         release_dir = Path(repo_dir) / str(release)
         for pattern, member in debuginfo_packages(kernel_release):
@@ -112,13 +115,14 @@ def find_debuginfo_package(repo_dir, releases, kernel_release, cache_dir=None):
                     return KernelPackage(release, found[-1], member)
             indexed = _indexed_package(release_dir, cache_dir, pattern) if cache_dir is not None else None
             if indexed is not None:
-                return KernelPackage(release, indexed[0], member, indexed[1])
+                return KernelPackage(release, indexed[0], member, *indexed[1:])
     return None
 
 
 def _indexed_package(release_dir, cache_dir, pattern):
-    """``(path, Package)`` of the newest package of an apt release's index whose file name fits ``pattern``."""
-    if not is_apt_repository(release_dir):
+    """``(path, Package, mirror URL or None)`` of the newest package of the release's index whose file name
+    fits ``pattern`` and that is on disk or on the release's mirror."""
+    if not (rpm_repositories(release_dir) or is_apt_repository(release_dir)):
         return None
     try:
         index = RepoIndex.open(release_dir, cache_dir)
@@ -128,7 +132,10 @@ def _indexed_package(release_dir, cache_dir, pattern):
         for package in sorted(index.by_file_name(pattern), key=lambda package: package.file_name, reverse=True):
             path = index.package_path(package)
             if path.is_file():
-                return path, package
+                return path, package, None
+            mirrored = package_url(release_dir, path)
+            if mirrored is not None:
+                return path, package, mirrored[1]
     except RepositoryError:
         return None
     finally:

@@ -14,9 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.debian import apt_archive
 from tests.fixtures.debuginfod import Debuginfod
+from tests.fixtures.signing import TEST_KEY
 from tests.fixtures.vmcore import MARKER, extract_vmlinux, kernel_debs, make_vmcores
 from tests.integration.helpers import password_header, wait_final
+from tests.integration.reposync_admin import REPOSYNC, serve_http
 
 ZSTD_TAR = "application/x-zstd-compressed-tar"
 DEBIAN_RELEASE = "debian-12-x86_64"
@@ -179,6 +182,31 @@ def test_vmlinux_comes_from_debuginfod_by_the_kernel_build_id_without_a_mirror(s
     assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", text(server, task, "log")
     assert f"Fetched the vmlinux from debuginfod {debuginfod.url}" in text(server, task, "log")
     assert "sysrq_handle_crash" in text(server, task, "results/bt")
+
+
+def test_a_metadata_only_release_downloads_the_kernel_debuginfo_package_from_its_mirror(
+        start_server, uploads, vmcores, work_dir):
+    """The release holds the signed indexes only; the -dbg package (hundreds of MiB) is fetched for the
+    first dump, held to its index's SHA256, read for the vmlinux and the module debuginfo, then removed."""
+    TEST_KEY.ensure()
+    mirror, url = serve_http(apt_archive(work_dir / "kernel-mirror", [kernel_debs().dbg], key=TEST_KEY))
+    try:
+        server = start_server(repository=False, extra_ini=(
+            f"[gpgkeys]\ndebian = {TEST_KEY.public}\n[reposync debian]\ntype = apt\nmirrors = {url}\n"
+            "suites = $CODENAME\ncomponents = main\ncodenames = 12:bookworm\n"))
+        sync = subprocess.run([str(REPOSYNC), "--config", str(server.config_path), "debian", "12", "x86_64",
+                               "--metadata-only"], capture_output=True, text=True, timeout=600)
+        assert sync.returncode == 0, sync.stdout + sync.stderr
+        task, status = retrace(server, uploads["kdump"])
+    finally:
+        mirror.terminate()
+        mirror.wait()
+    log = text(server, task, "log")
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", log
+    assert f"Downloaded linux-image-{vmcores.release}-dbg_" in log and f"from {url}pool/main/" in log
+    assert "Module debuginfo: 3 of 3 loaded modules found" in log
+    assert "sysrq_handle_crash" in text(server, task, "results/bt")
+    assert not list((server.cache_dir / "downloads").iterdir()), "the package is removed once read"
 
 
 def neighbouring_build(work_dir, release):

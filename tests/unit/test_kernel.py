@@ -57,7 +57,7 @@ def test_first_release_whose_repository_holds_the_package_wins(tmp_path):
     deb.touch()
     releases = [ReleaseId.parse("debian-11-x86_64"), ReleaseId.parse("debian-12-x86_64")]
     assert find_debuginfo_package(tmp_path, releases, "6.1.0-56-cloud-amd64") == (
-        releases[1], deb, "usr/lib/debug/boot/vmlinux-6.1.0-56-cloud-amd64", None)
+        releases[1], deb, "usr/lib/debug/boot/vmlinux-6.1.0-56-cloud-amd64", None, None)
     assert find_debuginfo_package(tmp_path, releases, "6.1.0-55-cloud-amd64") is None
 
 
@@ -73,6 +73,22 @@ def test_an_apt_release_gives_the_kernel_debug_package_its_index_lists_in_the_po
     found = find_debuginfo_package(tmp_path / "repos", [ReleaseId.parse("debian-12-x86_64")], "6.1.0-56-cloud-amd64",
                                    tmp_path / "cache")
     assert found[1] == deb and found[3].nevra == "linux-image-6.1.0-56-cloud-amd64-dbg_6.1.192-2_amd64"
+
+
+def test_a_metadata_only_release_gives_the_kernel_debug_package_with_its_mirrors_url(tmp_path):
+    release_dir = tmp_path / "repos" / "debian-12-x86_64"
+    release_dir.mkdir(parents=True)
+    (release_dir / "Packages").write_text(
+        "Package: linux-image-6.1.0-56-cloud-amd64-dbg\nVersion: 6.1.192-2\nArchitecture: amd64\n"
+        "Filename: pool/main/l/linux/linux-image-6.1.0-56-cloud-amd64-dbg_6.1.192-2_amd64.deb\nSize: 6\n"
+        f"SHA256: {hashlib.sha256(b'kernel').hexdigest()}\n")
+    releases = [ReleaseId.parse("debian-12-x86_64")]
+    assert find_debuginfo_package(tmp_path / "repos", releases, "6.1.0-56-cloud-amd64", tmp_path / "cache") is None
+    (release_dir / "mirror").write_text("http://deb.example/debian\n")
+    found = find_debuginfo_package(tmp_path / "repos", releases, "6.1.0-56-cloud-amd64", tmp_path / "cache")
+    assert not found.path.exists() and found.indexed.size == 6
+    assert found.url == ("http://deb.example/debian/pool/main/l/linux/"
+                         "linux-image-6.1.0-56-cloud-amd64-dbg_6.1.192-2_amd64.deb")
 
 
 @pytest.fixture(scope="module")
