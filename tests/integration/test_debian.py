@@ -11,11 +11,14 @@ import lzma
 import re
 import shutil
 import subprocess
+import tarfile
+from pathlib import Path
 
 import pytest
 
-from tests.fixtures.debian import (BINARIES, DEBIAN_RELEASE, PROGRAM, apport_report, apt_archive, apt_release, crash_debian_program, debian_debs,
-                                   debian_problem_dir, merged_usr_sysroot)
+from tests.fixtures.debian import (BINARIES, DEBIAN_RELEASE, PROGRAM, apport_report, apt_archive, apt_release,
+                                   crash_debian_program, deb_with_members, debian_debs, debian_problem_dir,
+                                   merged_usr_sysroot)
 from retrace.analysis.coredump import read_core
 from tests.fixtures.debhelper import build_crasher_debs
 from tests.fixtures.debuginfod import Debuginfod
@@ -329,6 +332,53 @@ def test_a_packages_index_that_places_a_package_outside_the_repository_is_refuse
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
     assert re.search(r"places libc6_\S+_amd64 at '\.\./\.\./\.\./\.\./etc/libc6_\S+\.deb', outside the repository",
                      status.text), status.text
+
+
+def member(name, kind=tarfile.REGTYPE, linkname=""):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode, info.size = kind, linkname, 0o644, 4 if kind == tarfile.REGTYPE else 0
+    return info, b"evil" if kind == tarfile.REGTYPE else None
+
+
+def with_hostile_dbgsym(debs, crasher_debs, directory, *added):
+    """An apt release of the crasher whose crasher-dbgsym package also carries ``added`` members."""
+    dbgsym = next(deb for deb in crasher_debs if deb.name.startswith("crasher-dbgsym_"))
+    directory.mkdir()
+    hostile = deb_with_members(dbgsym, added, directory / dbgsym.name)
+    others = [deb for deb in crasher_debs if deb != dbgsym]
+    return apt_release(directory / DEBIAN_RELEASE, [debs["libc6"], debs["libc6-dbg"], *others, hostile])
+
+
+@pytest.mark.parametrize("added, refusal", [
+    (member("/etc/cron.d/retrace-evil"), "contains an absolute file name '/etc/cron.d/retrace-evil'"),
+    (member("./usr/lib/debug/../../../../etc/retrace-evil"), "unsafe file name"),
+    (member("./usr/lib/debug/.build-id/ev/il", tarfile.LNKTYPE, "/etc/shadow"), "hard-links"),
+])
+def test_a_debug_package_with_a_hostile_member_fails_the_task_naming_it(
+        start_server, debs, crasher_debs, crasher_problem, tmp_path, added, refusal):
+    repository = with_hostile_dbgsym(debs, crasher_debs, tmp_path / "hostile", added)
+    status, log, _ = retrace(start_server(repository=repository, release_id=DEBIAN_RELEASE), crasher_problem)
+    assert status.headers["X-Task-Status"] == "FINISHED_FAILURE", log
+    assert "crasher-dbgsym_1.0-1_amd64 cannot be unpacked: " in status.text and refusal in status.text, status.text
+    assert not Path("/etc/cron.d/retrace-evil").exists() and not Path("/etc/retrace-evil").exists()
+
+
+def test_escaping_symlinks_and_device_files_in_a_package_cannot_reach_the_host(
+        start_server, debs, crasher_debs, crasher_problem, dbgsym_repository, tmp_path):
+    """A symlink out of the tree is kept, but the sysroot resolves it inside the task's root; a device node
+    is never created: the crash retraces as from the clean package."""
+    repository = with_hostile_dbgsym(
+        debs, crasher_debs, tmp_path / "hostile",
+        member("./usr/lib/debug/.build-id/ev/il.debug", tarfile.SYMTYPE, "../../../../../../../../etc/shadow"),
+        member("./usr/lib/debug/sda", tarfile.BLKTYPE))
+    server = start_server(repository=repository, release_id=DEBIAN_RELEASE)
+    status, log, backtrace = retrace(server, crasher_problem)
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", log
+    clean = retrace(start_server(repository=dbgsym_repository, release_id=DEBIAN_RELEASE), crasher_problem)[2]
+    assert crashing_thread_frames(backtrace) == crashing_thread_frames(clean)
+    [unpacked] = [root for root in (server.cache_dir / "rpms").glob("*/root")
+                  if (root / "usr/lib/debug/.build-id/ev/il.debug").is_symlink()]
+    assert not (unpacked / "usr/lib/debug/sda").exists()
 
 
 def test_an_os_info_that_names_no_known_distribution_is_refused_with_the_releases_served(

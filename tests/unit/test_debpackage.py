@@ -12,6 +12,7 @@ from retrace.packaging import formats
 from retrace.packaging.cache import CachedPackage, cached_entry
 from retrace.packaging.debpackage import extract_deb_file, extract_deb_files, unpack_deb
 from retrace.packaging.payload import UnpackError
+from tests.fixtures.debian import ar_archive
 
 ELF_LIBRARY = "/lib/x86_64-linux-gnu/libz.so.1"
 
@@ -41,12 +42,8 @@ def hand_made_deb(tmp_path, members):
     with tarfile.open(fileobj=data, mode="w:gz") as tar:
         for info, content in members:
             tar.addfile(info, io.BytesIO(content) if content is not None else None)
-    ar = b"!<arch>\n"
-    for name, body in ((b"debian-binary", b"2.0\n"), (b"data.tar.gz", data.getvalue())):
-        ar += name.ljust(16) + b"0".ljust(12) + b"0".ljust(6) + b"0".ljust(6) + b"100644".ljust(8)
-        ar += str(len(body)).encode().ljust(10) + b"`\n" + body + (b"\n" if len(body) % 2 else b"")
     deb = tmp_path / "hostile_1_amd64.deb"
-    deb.write_bytes(ar)
+    deb.write_bytes(ar_archive([("debian-binary", b"2.0\n"), ("data.tar.gz", data.getvalue())]))
     return deb
 
 
