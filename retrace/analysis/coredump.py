@@ -19,6 +19,7 @@ ELF_MAGIC = b"\x7fELF"
 ET_CORE = 4
 PT_LOAD = 1
 PT_NOTE = 4
+NT_PRSTATUS = 1
 NT_FILE = 0x46494C45
 NT_SIGINFO = 0x53494749
 NT_GNU_BUILD_ID = 3
@@ -34,8 +35,12 @@ MAX_MAPPED_FILES = 65536
 _MAX_IMAGE_NOTE_SEGMENTS = 8
 _ELF_TYPES = {0: "NONE", 1: "REL (an object file)", 2: "EXEC (a program)", 3: "DYN (a program or library)", 4: "CORE"}
 
-# e_machine -> architecture name as releases spell it (upstream's list).
-_MACHINES = {3: "i386", 62: "x86_64", 40: "armhfp", 183: "aarch64", 22: "s390x", 21: "ppc64"}
+# e_machine -> architecture name as releases spell it (upstream's list, and riscv64).
+_MACHINES = {3: "i386", 62: "x86_64", 40: "armhfp", 183: "aarch64", 22: "s390x", 21: "ppc64", 243: "riscv64"}
+# The size of a thread's NT_PRSTATUS (struct elf_prstatus) where seen in cores the Linux kernel wrote: an
+# ELF header that names another architecture than the registers were written by is refused, not given to
+# gdb, which would print noise for it.
+_PRSTATUS_BYTES = {"x86_64": 336, "aarch64": 392, "s390x": 336}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -393,12 +398,22 @@ def read_core(path):
     with open(path, "rb") as handle:
         size = handle.seek(0, 2)
         core = _CoreReader(handle, size)
-        bases, signal, fault_address = {}, None, None
+        arch = _architecture(core.machine, core.elf)
+        bases, signal, fault_address, threads = {}, None, None, 0
         for note_type, name, desc in core.core_notes():
             if note_type == NT_FILE and name == b"CORE":
                 bases = core.mapped_files(desc)
             elif note_type == NT_SIGINFO and name == b"CORE":
                 signal, fault_address = core.siginfo(desc)
+            elif note_type == NT_PRSTATUS and name == b"CORE":
+                threads += 1
+                if len(desc) != _PRSTATUS_BYTES.get(arch, len(desc)):
+                    raise InvalidCrashData(
+                        f"The coredump's ELF header says it is an {arch} core, but its thread registers are not "
+                        f"{arch}'s ({len(desc)} bytes, not {_PRSTATUS_BYTES[arch]}): it is damaged or altered")
+        if not threads:
+            raise InvalidCrashData("The coredump holds no thread registers (it is truncated, or was not written by "
+                                   "the Linux kernel)")
         if not bases:
             raise InvalidCrashData(
                 "The coredump lists no mapped files (it is truncated, or was not written by the Linux kernel)"
@@ -406,4 +421,4 @@ def read_core(path):
         modules = tuple(
             Module(path, start, core.build_id_at(start)) for path, start in sorted(bases.items(), key=lambda item: item[1])
         )
-        return CoreInfo(_architecture(core.machine, core.elf), modules, signal, fault_address)
+        return CoreInfo(arch, modules, signal, fault_address)

@@ -77,6 +77,22 @@ def test_core_of_unknown_machine_is_refused(core_file):
         read_core(core_file(machine=9999))
 
 
+def test_every_architecture_the_distributions_ship_is_known_by_its_machine_number(core_file):
+    machines = {62: "x86_64", 3: "i386", 183: "aarch64", 40: "armhfp", 22: "s390x", 243: "riscv64"}
+    assert {machine: read_core(core_file(machine=machine)).arch for machine in machines} == machines
+
+
+def test_a_header_naming_another_architecture_than_the_registers_is_refused(core_file):
+    with pytest.raises(InvalidCrashData, match="says it is an aarch64 core, but its thread registers are not "
+                                               "aarch64's \\(336 bytes, not 392\\)"):
+        read_core(core_file(machine=183, prstatus_bytes=336))
+
+
+def test_a_core_without_thread_registers_is_refused(core_file):
+    with pytest.raises(InvalidCrashData, match="holds no thread registers"):
+        read_core(core_file(prstatus_bytes=0))
+
+
 def test_core_without_file_notes_is_refused(core_file):
     with pytest.raises(InvalidCrashData, match="lists no mapped files"):
         read_core(core_file(paths=()))
