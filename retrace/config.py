@@ -137,6 +137,8 @@ class Config:
     # and the [gpgkeys] section, release id (or <dist>-<version>, or <dist>) -> the key files trusted for it.
     debuginfod_by_release: tuple = dataclasses.field(default=(), metadata={"section": "debuginfod"})
     gpg_keys_by_release: tuple = dataclasses.field(default=(), metadata={"section": "gpgkeys"})
+    # The [debuggers] section: architecture -> the gdb that reads its cores (retrace.analysis.debuggers).
+    debuggers_by_arch: tuple = dataclasses.field(default=(), metadata={"section": "debuggers"})
     DBFile: str = _key("stats.db")
     StatsIPRetention: int = _key(24, minimum=0, unit="hours")
     TaskIdLength: int = _key(9, minimum=6, maximum=18)
@@ -204,6 +206,10 @@ class Config:
                 return [Path(path) for path in keys[name]]
         return []
 
+    def debugger(self, arch):
+        """The gdb the [debuggers] section names for ``arch`` cores, or None."""
+        return dict(self.debuggers_by_arch).get(arch)
+
     def required_gpg_keys(self, release):
         """The key files packages of ``release`` must be signed with; None while RequireGPGCheck = 0."""
         return self.gpg_keys(release) if self.RequireGPGCheck else None
@@ -223,6 +229,7 @@ class Config:
 _FIELDS = {field.name: field for field in dataclasses.fields(Config) if "section" not in field.metadata}
 DEBUGINFOD_SECTION = "debuginfod"
 GPGKEYS_SECTION = "gpgkeys"
+DEBUGGERS_SECTION = "debuggers"
 
 
 def _convert(field, text, source):
@@ -271,6 +278,8 @@ def parse_config(text, source):
     if parser.has_section(GPGKEYS_SECTION):
         values["gpg_keys_by_release"] = tuple(
             (release, tuple(paths.split())) for release, paths in parser.items(GPGKEYS_SECTION))
+    if parser.has_section(DEBUGGERS_SECTION):
+        values["debuggers_by_arch"] = tuple((arch, program.strip()) for arch, program in parser.items(DEBUGGERS_SECTION))
     return Config(**values), warnings
 
 

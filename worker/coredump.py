@@ -1,12 +1,14 @@
 """One coredump task, from crash data to backtrace: packages by build-id, an environment, gdb."""
 
 import dataclasses
+import os
 import re
 import shutil
 import time
 from pathlib import Path
 
 from retrace.analysis.coredump import CoreInfo, debug_alt_link, program_interpreter, read_core
+from retrace.analysis.debuggers import HOST_ARCH, NoDebugger, gdb_for, runs_natively
 from retrace.analysis.exploitable import rate
 from retrace.analysis.gdb import USABLE_FRAME, interpret_output, run_gdb
 from retrace.environments.chroot import GdbRoots, root_key
@@ -55,6 +57,7 @@ class RetraceJob(Job):
         package = self.crash_text("package")
         self.record.package, self.record.arch, self.record.coresize = package, core.arch, core_path.stat().st_size
         release = self._release(core, package)
+        debugger = self._debugger(core.arch)
         self.debuginfod = DebuginfodSettings.from_config(self.config, release)
         exe_module = core.module_at(executable)
         if exe_module is None:
@@ -71,13 +74,29 @@ class RetraceJob(Job):
         else:
             self.log.info("%s has no mirror here; every file comes from debuginfod", release)
             resolution = unresolved_everything(modules, f"no mirror of {release}")
-        crash = _Crash(core, core_path, executable, index, resolution, exe_module)
+        crash = _Crash(core, core_path, executable, index, resolution, exe_module, debugger)
         if not self.debuginfod.urls:
             self._check_executable(crash)
         for unresolved in resolution.unresolved:
             self._log_missing(unresolved)
         self.log.info("Packages needed: %s", " ".join(p.nevra for p in resolution.packages) or "none")
         return crash
+
+    def _debugger(self, arch):
+        """The gdb for the core's architecture (sysroot), or the release's own, which must run here."""
+        if self.environment != "sysroot":
+            if not runs_natively(arch):
+                raise TaskFailed(f"RetraceEnvironment = {self.environment} runs the release's own gdb, which cannot "
+                                 f"run on this {HOST_ARCH} server for {arch} cores; the administrator can use "
+                                 "RetraceEnvironment = sysroot", "unsupported architecture")
+            return "gdb"
+        try:
+            gdb = gdb_for(arch, self.config.debugger(arch))
+        except NoDebugger as err:
+            raise TaskFailed(err.sentence, err.category) from None
+        if arch != HOST_ARCH:
+            self.log.info("Debugger for %s cores: %s", arch, os.path.basename(gdb))
+        return gdb
 
     def _check_executable(self, crash):
         """TaskFailed unless the crashed executable itself can be given to gdb."""
@@ -397,7 +416,7 @@ class RetraceJob(Job):
             read_only_paths=self._read_only_paths(crash),
             timeout=self.config.GdbTimeout, memory_bytes=self.config.gdb_memory_limit_bytes,
             output_bytes=self.config.debugger_output_limit_bytes, hide=self._hide_server_paths,
-            root=self.sysroot if self.environment == "chroot" else None,
+            root=self.sysroot if self.environment == "chroot" else None, gdb=crash.debugger,
         )
 
     def backtrace(self, crash):
@@ -430,6 +449,7 @@ class _Crash:
     index: RepoIndex | None  # None: the release has no mirror, only debuginfod
     resolution: Resolution
     exe_module: object
+    debugger: str  # the gdb that reads this core's architecture
 
 
 def _no_executable_package(release, module, package, problem):

@@ -70,20 +70,21 @@ def batch_commands(sysroot, executable, core, marker):
     ]
 
 
-def gdb_argv(sysroot, executable, core, marker):
-    """gdb's argv; ``-iex`` lines run before anything is loaded.
+def gdb_argv(sysroot, executable, core, marker, gdb="gdb"):
+    """The argv of ``gdb`` (retrace.analysis.debuggers picks it); ``-iex`` lines run before anything is loaded.
 
     Auto-loading is off: a debuginfo package could ship gdb scripts, and
     they would run with gdb's rights.  debuginfod is off: everything gdb
     may use is in the sysroot.
     """
-    argv = ["gdb", "-batch", "-nx", "-iex", "set auto-load off", "-iex", "set debuginfod enabled off"]
+    argv = [gdb, "-batch", "-nx", "-iex", "set auto-load off", "-iex", "set debuginfod enabled off"]
     for command in batch_commands(sysroot, executable, core, marker):
         argv += ["-ex", command]
     return argv
 
 
-def run_gdb(sysroot, executable, core, *, read_only_paths, timeout, memory_bytes, output_bytes, hide, root=None):
+def run_gdb(sysroot, executable, core, *, read_only_paths, timeout, memory_bytes, output_bytes, hide, root=None,
+            gdb="gdb"):
     """Run the batch script sandboxed; the backtrace and the exploitable section.
 
     ``hide`` rewrites gdb's output before anyone sees it: server paths (the
@@ -92,7 +93,8 @@ def run_gdb(sysroot, executable, core, *, read_only_paths, timeout, memory_bytes
     """
     require_sandbox("gdb")
     marker = exploitable_marker()
-    command = gdb_argv("/" if root is not None else sysroot, executable, core, marker)
+    command = gdb_argv("/" if root is not None else sysroot, executable, core, marker,
+                       "gdb" if root is not None else gdb)
     try:
         ran = run_sandboxed(command, read_only_paths, timeout=timeout, memory_bytes=memory_bytes, root=root,
                             output_bytes=output_bytes)

@@ -1,0 +1,63 @@
+"""Which gdb reads a core of a given architecture.
+
+Debian's ``gdb`` is built for its host alone ("Undefined item: aarch64"), so
+on an x86_64 host it prints noise for an aarch64 core; ``gdb-multiarch``
+(Debian) and Fedora's ``gdb`` read every target.  For a core's
+architecture a worker takes the program the ``[debuggers]`` section names for
+it, else ``gdb`` when it reads that architecture, else ``gdb-multiarch``.
+Whether a gdb reads an architecture is asked of gdb itself (``set
+architecture``), once per program and architecture in a process.
+"""
+
+import functools
+import platform
+import shutil
+import subprocess
+
+from retrace.errors import RetraceError
+from retrace.packaging.release import canonical_arch
+
+# Release architecture -> gdb's name for it.
+GDB_ARCHITECTURES = {
+    "x86_64": "i386:x86-64", "i386": "i386", "aarch64": "aarch64", "armhfp": "arm", "ppc64": "powerpc:common64",
+    "ppc64le": "powerpc:common64", "s390x": "s390:64-bit", "riscv64": "riscv:rv64",
+}
+_FALLBACKS = ("gdb", "gdb-multiarch")
+# What a host runs natively besides its own architecture (a chroot's own gdb must run here).
+_COMPATIBLE = {"x86_64": ("i386",), "aarch64": ("armhfp",), "ppc64": ("ppc64le",)}
+HOST_ARCH = canonical_arch(platform.machine())
+_PROBE_TIMEOUT = 60
+
+
+class NoDebugger(RetraceError):
+    category = "unsupported architecture"
+
+
+@functools.cache
+def reads(program, arch):
+    """Whether the gdb at ``program`` knows the architecture (it exits non-zero on an undefined one)."""
+    try:
+        probe = subprocess.run([program, "-batch", "-nx", "-ex", f"set architecture {GDB_ARCHITECTURES[arch]}"],
+                               capture_output=True, stdin=subprocess.DEVNULL, timeout=_PROBE_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+def gdb_for(arch, configured=None):
+    """The path of a gdb that reads ``arch`` cores; NoDebugger says what the administrator can do."""
+    if arch not in GDB_ARCHITECTURES:
+        raise NoDebugger(f"this server has no debugger for {arch} cores")
+    for program in [configured] if configured else _FALLBACKS:
+        path = shutil.which(program)
+        if path and reads(path, arch):
+            return path
+    why = (f"the debugger its [debuggers] section names for {arch} cannot read them" if configured
+           else "its gdb reads other architectures only and gdb-multiarch is not installed")
+    raise NoDebugger(f"this server has no debugger for {arch} cores: {why}; the administrator can install "
+                     f"gdb-multiarch or name a debugger for {arch} in the [debuggers] section")
+
+
+def runs_natively(arch):
+    """Whether programs of ``arch`` (a release's own gdb, in the chroot and mock environments) run on this host."""
+    return arch == HOST_ARCH or arch in _COMPATIBLE.get(HOST_ARCH, ())

@@ -1,0 +1,50 @@
+"""Which gdb reads which cores: asked of the real gdb and gdb-multiarch on this host."""
+
+import shutil
+
+import pytest
+
+from retrace.analysis.debuggers import HOST_ARCH, NoDebugger, gdb_for, reads, runs_natively
+from retrace.config import parse_config
+
+needs_multiarch = pytest.mark.skipif(shutil.which("gdb-multiarch") is None, reason="gdb-multiarch is not installed")
+
+
+def test_the_hosts_gdb_reads_the_hosts_cores():
+    assert gdb_for(HOST_ARCH) == shutil.which("gdb")
+
+
+@needs_multiarch
+@pytest.mark.parametrize("arch", ["aarch64", "s390x", "ppc64le", "riscv64", "armhfp"])
+def test_foreign_cores_get_gdb_multiarch_when_the_hosts_gdb_cannot_read_them(arch):
+    if reads(shutil.which("gdb"), arch):
+        pytest.skip(f"this host's gdb reads {arch} itself")
+    assert gdb_for(arch) == shutil.which("gdb-multiarch")
+
+
+def test_a_configured_debugger_that_cannot_read_the_architecture_is_refused_with_advice():
+    if reads(shutil.which("gdb"), "s390x"):
+        pytest.skip("this host's gdb reads s390x")
+    with pytest.raises(NoDebugger, match="this server has no debugger for s390x cores: the debugger its "
+                                         "\\[debuggers\\] section names for s390x cannot read them; the "
+                                         "administrator can install gdb-multiarch"):
+        gdb_for("s390x", "gdb")
+
+
+def test_an_architecture_gdb_has_no_name_for_is_refused():
+    with pytest.raises(NoDebugger, match="no debugger for sparc64 cores"):
+        gdb_for("sparc64")
+
+
+def test_a_missing_program_reads_nothing():
+    assert not reads("/nonexistent/gdb", "x86_64")
+
+
+def test_only_the_hosts_own_and_compatible_architectures_run_natively():
+    assert runs_natively(HOST_ARCH)
+    assert not runs_natively("s390x" if HOST_ARCH != "s390x" else "aarch64")
+
+
+def test_the_debuggers_section_names_a_gdb_per_architecture():
+    config, _ = parse_config("[retrace]\n[debuggers]\naarch64 = /opt/gdb/bin/gdb\n", "test.conf")
+    assert config.debugger("aarch64") == "/opt/gdb/bin/gdb" and config.debugger("s390x") is None
