@@ -18,7 +18,7 @@ import pytest
 
 from tests.fixtures.debian import (BINARIES, DEBIAN_RELEASE, PROGRAM, apport_report, apt_archive, apt_release,
                                    crash_debian_program, deb_with_members, debian_debs, debian_problem_dir,
-                                   merged_usr_sysroot)
+                                   local_gdb_output, thread_frames)
 from retrace.analysis.coredump import read_core
 from tests.fixtures.debhelper import build_crasher_debs
 from tests.fixtures.debuginfod import Debuginfod
@@ -29,7 +29,6 @@ from tests.integration.test_client import run_client
 
 # What ABRT on Debian sends: os_info where RPM systems have os_release.
 DEBIAN_FILES = ("coredump", "executable", "package", "os_info")
-FRAME = re.compile(r"^#(\d+)\s+(?:0x[0-9a-f]+ in )?(\S+) \(.*?\)(?: at (\S+:\d+))?(?: from (\S+))?", re.M)
 
 
 @pytest.fixture(scope="module")
@@ -82,20 +81,12 @@ def retrace(server, problem_dir):
 
 def crashing_thread_frames(text):
     """``[(function, file:line)]`` of thread 1 in ``thread apply all backtrace`` output."""
-    thread = text[text.index("\nThread 1 "):]
-    end = thread.find("\n\nThread ", 1)
-    return [(function, where) for _, function, where, _ in FRAME.findall(thread if end < 0 else thread[:end])]
+    return thread_frames(text)[1]
 
 
 def local_gdb_frames(debs, core, tmp_path, program=PROGRAM):
     """The frames a local gdb gives with every package of the repository unpacked into one sysroot."""
-    sysroot = merged_usr_sysroot(debs, tmp_path / "sysroot")
-    output = subprocess.run(
-        ["gdb", "-batch", "-nx", "-iex", "set debuginfod enabled off", "-iex", "set auto-load off",
-         "-ex", f"set sysroot {sysroot}", "-ex", f"set debug-file-directory {sysroot}/usr/lib/debug",
-         "-ex", f"file {sysroot}{program}", "-ex", f"core-file {core}", "-ex", "thread apply all -ascending backtrace"],
-        capture_output=True, text=True, check=True).stdout
-    return crashing_thread_frames(output)
+    return crashing_thread_frames(local_gdb_output(debs, core, tmp_path / "sysroot", program))
 
 
 def test_a_debian_crash_is_retraced_from_its_apt_repository_with_the_dbg_packages(debian_server, debian_problem):

@@ -1,0 +1,105 @@
+"""Foreign cores (aarch64, s390x) retraced on this x86_64 host through the real server.
+
+The cores are written by each architecture's own Debian kernel under qemu-system (tests/fixtures/foreign.py):
+the crasher, cross-compiled and packaged with its -dbgsym, against the real libc6 and libc6-dbg of that
+architecture from the Debian archive, in a ``debian-12-<arch>`` apt repository.  The reference is
+gdb-multiarch with every package of the repository unpacked into one sysroot: every thread's frames and
+file:line must be the same.
+"""
+
+import pytest
+
+from tests.fixtures.debian import apt_release, debian_problem_dir, local_gdb_output, thread_frames
+from tests.fixtures.foreign import foreign_crash
+from tests.integration.helpers import submit, wait_final
+
+FILES = ("coredump", "executable", "package", "os_info")
+# The libc source file of a frame each mode must show: abort() and qsort() calling back into strcmp.
+LIBC_SOURCES = {"abort": "abort.c:", "libc": "msort.c:"}
+CASES = [("aarch64", "simple"), ("aarch64", "threads"), ("aarch64", "abort"), ("s390x", "simple"),
+         ("s390x", "threads"), ("s390x", "libc")]
+
+
+@pytest.fixture(scope="module")
+def foreign_server(start_server, work_dir):
+    """``server(arch)``: a server whose one release is debian-12-<arch>, started once per architecture."""
+    servers = {}
+
+    def server(arch):
+        if arch not in servers:
+            crash = foreign_crash(arch)
+            repository = apt_release(work_dir / f"apt-{arch}" / f"debian-12-{arch}", crash.debs.values(),
+                                     crash.arch.debian)
+            servers[arch] = start_server(repository=repository, release_id=f"debian-12-{arch}")
+        return servers[arch]
+
+    return server
+
+
+def retrace(server, problem):
+    task_id, auth = submit(server, problem, names=FILES)
+    status = wait_final(server, task_id, auth, timeout=240)
+    log = server.get(f"/{task_id}/log", headers=auth).text
+    succeeded = status.headers["X-Task-Status"] == "FINISHED_SUCCESS"
+    return status, log, server.get(f"/{task_id}/backtrace", headers=auth).text if succeeded else ""
+
+
+@pytest.mark.parametrize("arch, mode", CASES)
+def test_a_kernel_written_foreign_core_gives_gdb_multiarchs_frames_for_every_thread(
+        foreign_server, work_dir, tmp_path, arch, mode):
+    crash = foreign_crash(arch, mode)
+    problem = debian_problem_dir(tmp_path / "problem", crash.core, "/usr/bin/crasher", "crasher-1.0-1", arch)
+    status, log, backtrace = retrace(foreign_server(arch), problem)
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", log
+    assert f"Coredump: {arch}" in log and f"Release debian-12-{arch}" in log
+    assert f"Debugger for {arch} cores: gdb-multiarch" in log
+    expected = thread_frames(local_gdb_output(crash.debs.values(), crash.core, tmp_path / "sysroot",
+                                              "/usr/bin/crasher", gdb="gdb-multiarch"))
+    assert thread_frames(backtrace) == expected, backtrace[:3000]
+    assert len(expected) == (3 if mode == "threads" else 1)
+    frames = [frame for thread in expected.values() for frame in thread]
+    assert all(where for function, where in frames if function in ("crash_in_library", "main")), frames
+    if mode in LIBC_SOURCES:  # frames inside libc, with file:line from libc6-dbg
+        assert any(where and LIBC_SOURCES[mode] in where for _, where in frames), frames
+
+
+def foreign_problem(tmp_path, arch, core=None):
+    crash = foreign_crash(arch)
+    return debian_problem_dir(tmp_path / "problem", core or crash.core, "/usr/bin/crasher", "crasher-1.0-1", arch)
+
+
+def test_a_server_without_a_debugger_for_the_architecture_says_so_before_any_package_is_unpacked(
+        start_server, work_dir, tmp_path):
+    crash = foreign_crash("aarch64")
+    repository = apt_release(tmp_path / "apt" / "debian-12-aarch64", crash.debs.values(), "arm64")
+    server = start_server(repository=repository, release_id="debian-12-aarch64",
+                          extra_ini="[debuggers]\naarch64 = gdb\n")
+    status, log, _ = retrace(server, foreign_problem(tmp_path, "aarch64"))
+    assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
+    assert status.text.endswith("this server has no debugger for aarch64 cores: the debugger its [debuggers] section "
+                                "names for aarch64 cannot read them; the administrator can install gdb-multiarch or "
+                                "name a debugger for aarch64 in the [debuggers] section"), status.text
+    assert "Unpacked" not in log
+
+
+def test_chroot_refuses_a_foreign_core_whose_release_gdb_cannot_run_here(start_server, tmp_path):
+    crash = foreign_crash("s390x")
+    repository = apt_release(tmp_path / "apt" / "debian-12-s390x", crash.debs.values(), "s390x")
+    server = start_server(repository=repository, release_id="debian-12-s390x", RetraceEnvironment="chroot")
+    status, _, _ = retrace(server, foreign_problem(tmp_path, "s390x"))
+    assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
+    assert ("RetraceEnvironment = chroot runs the release's own gdb, which cannot run on this x86_64 server for "
+            "s390x cores; the administrator can use RetraceEnvironment = sysroot") in status.text, status.text
+
+
+def test_a_core_whose_header_names_another_architecture_than_its_registers_is_refused(foreign_server, tmp_path):
+    core = bytearray(foreign_crash("s390x").core.read_bytes())
+    core[18:20] = (183).to_bytes(2, "big")  # e_machine: aarch64, on s390x registers
+    altered = tmp_path / "altered-core"
+    altered.write_bytes(core)
+    problem = debian_problem_dir(tmp_path / "problem", altered, "/usr/bin/crasher", "crasher-1.0-1", "aarch64")
+    status, log, _ = retrace(foreign_server("aarch64"), problem)
+    assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
+    assert ("The coredump's ELF header says it is an aarch64 core, but its thread registers are not aarch64's "
+            "(336 bytes, not 392)") in status.text, status.text
+    assert "gdb" not in log
