@@ -425,7 +425,8 @@ class RetraceJob(Job):
         frames = len(USABLE_FRAME.findall(result.backtrace))
         self.log.info("gdb finished in %.3f s: %d threads, %d frames", result.seconds, threads, frames)
         write_atomically(self.task.path / "retrace_backtrace", _missing_header(crash.resolution) + result.backtrace)
-        rating = rate(crash.core.signal, crash.core.fault_address, result.exploitable_section, result.backtrace)
+        rating = rate(crash.core.signal, crash.core.fault_address, result.exploitable_section, result.backtrace,
+                      crash.core.arch)
         write_atomically(self.task.results_dir / "exploitable", rating.report())
         self.log.info("Exploitable rating %d: %s", rating.value, rating.reason)
 

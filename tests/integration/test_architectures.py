@@ -36,12 +36,13 @@ def foreign_server(start_server, work_dir):
     return server
 
 
-def retrace(server, problem):
+def retrace(server, problem, result="backtrace"):
+    """``(status, log, the result)`` of a task (the result is "" unless it succeeded)."""
     task_id, auth = submit(server, problem, names=FILES)
     status = wait_final(server, task_id, auth, timeout=240)
     log = server.get(f"/{task_id}/log", headers=auth).text
     succeeded = status.headers["X-Task-Status"] == "FINISHED_SUCCESS"
-    return status, log, server.get(f"/{task_id}/backtrace", headers=auth).text if succeeded else ""
+    return status, log, server.get(f"/{task_id}/{result}", headers=auth).text if succeeded else ""
 
 
 @pytest.mark.parametrize("arch, mode", CASES)
@@ -61,6 +62,12 @@ def test_a_kernel_written_foreign_core_gives_gdb_multiarchs_frames_for_every_thr
     assert all(where for function, where in frames if function in ("crash_in_library", "main")), frames
     if mode in LIBC_SOURCES:  # frames inside libc, with file:line from libc6-dbg
         assert any(where and LIBC_SOURCES[mode] in where for _, where in frames), frames
+
+
+def test_a_foreign_fault_is_rated_by_signal_and_address_without_decoding_its_instruction(foreign_server, tmp_path):
+    _, _, report = retrace(foreign_server("aarch64"), foreign_problem(tmp_path, "aarch64"), "exploitable")
+    assert "Not rated: whether an aarch64 instruction reads, writes or jumps" in report, report
+    assert report.endswith("Exploitable rating (0-8 scale): 2\n"), report
 
 
 def foreign_problem(tmp_path, arch, core=None):
