@@ -37,10 +37,10 @@ _ELF_TYPES = {0: "NONE", 1: "REL (an object file)", 2: "EXEC (a program)", 3: "D
 
 # e_machine -> architecture name as releases spell it (upstream's list, and riscv64).
 _MACHINES = {3: "i386", 62: "x86_64", 40: "armhfp", 183: "aarch64", 22: "s390x", 21: "ppc64", 243: "riscv64"}
-# The size of a thread's NT_PRSTATUS (struct elf_prstatus) where seen in cores the Linux kernel wrote: an
+# The size of a thread's NT_PRSTATUS (struct elf_prstatus) as the Linux kernel writes it (seen in its cores): an
 # ELF header that names another architecture than the registers were written by is refused, not given to
 # gdb, which would print noise for it.
-_PRSTATUS_BYTES = {"x86_64": 336, "aarch64": 392, "s390x": 336}
+_PRSTATUS_BYTES = {"x86_64": 336, "aarch64": 392, "s390x": 336, "ppc64le": 504, "i386": 144}
 
 
 @dataclasses.dataclass(frozen=True)

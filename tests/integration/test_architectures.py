@@ -1,4 +1,4 @@
-"""Foreign cores (aarch64, s390x) retraced on this x86_64 host through the real server.
+"""Foreign cores (aarch64, s390x, ppc64le, i386) retraced on this x86_64 host through the real server.
 
 The cores are written by each architecture's own Debian kernel under qemu-system (tests/fixtures/foreign.py):
 the crasher, cross-compiled and packaged with its -dbgsym, against the real libc6 and libc6-dbg of that
@@ -17,7 +17,9 @@ FILES = ("coredump", "executable", "package", "os_info")
 # The libc source file of a frame each mode must show: abort() and qsort() calling back into strcmp.
 LIBC_SOURCES = {"abort": "abort.c:", "libc": "msort.c:"}
 CASES = [("aarch64", "simple"), ("aarch64", "threads"), ("aarch64", "abort"), ("s390x", "simple"),
-         ("s390x", "threads"), ("s390x", "libc")]
+         ("s390x", "libc"), ("ppc64le", "threads"), ("i386", "libc")]
+# This x86_64 host's own gdb reads i386 cores; the others need gdb-multiarch.
+DEBUGGERS = {"i386": "gdb"}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,7 @@ def test_a_kernel_written_foreign_core_gives_gdb_multiarchs_frames_for_every_thr
     status, log, backtrace = retrace(foreign_server(arch), problem)
     assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", log
     assert f"Coredump: {arch}" in log and f"Release debian-12-{arch}" in log
-    assert f"Debugger for {arch} cores: gdb-multiarch" in log
+    assert f"Debugger for {arch} cores: {DEBUGGERS.get(arch, 'gdb-multiarch')}\n" in log
     expected = thread_frames(local_gdb_output(crash.debs.values(), crash.core, tmp_path / "sysroot",
                                               "/usr/bin/crasher", gdb="gdb-multiarch"))
     assert thread_frames(backtrace) == expected, backtrace[:3000]
