@@ -129,6 +129,8 @@ class Config:
     DebuginfodServe: bool = _key(False)
     DebuginfodPort: int = _key(8002, minimum=1, maximum=65535)
     Dispatcher: str = _key("local", choices=("local", "celery"))
+    # The architectures a Celery worker host takes crashes of; empty: its own and every one its debuggers read.
+    RetraceArchitectures: str = _key("")
     BrokerURL: str = _key("")
     DeliveryLimit: int = _key(3, minimum=1, maximum=100)
     BrokerHeartbeat: int = _key(10, minimum=0, unit="seconds")

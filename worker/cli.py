@@ -15,10 +15,10 @@ import sys
 import time
 
 from retrace import locking
+from retrace.analysis.debuggers import NoDebugger, served_architectures
 from retrace.config import config_path, load_config
 from retrace.errors import ConfigError, NotFound
 from retrace.privileges import PrivilegeError, add_service_arguments, run_as_service_user
-from retrace.tasks.celeryapp import host_arch
 from retrace.tasks.dispatch import poke
 from retrace.tasks.task import (JOB_PID, LOG_NAME, LOG_TIME_FORMAT, WORKER_HOST, WORKER_LOCK, Task, TaskStatus,
                                 TaskType, write_atomically)
@@ -41,7 +41,7 @@ def build_parser():
                         help="be a Celery worker host (Dispatcher = celery) instead of retracing one task")
     parser.add_argument("--hostname", help="with --serve: this host's name in logs and statistics")
     parser.add_argument("--concurrency", type=int, help="with --serve: tasks at once (default MaxParallelTasks)")
-    parser.add_argument("--arch", action="append", help="with --serve: architectures to take (default this host's)")
+    parser.add_argument("--arch", action="append", help="with --serve: architectures to take (default RetraceArchitectures)")
     parser.add_argument("--foreground", action="store_true", help="do not detach; exit when the task ends")
     parser.add_argument("--restart", action="store_true", help="run a task again that has already been started")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging details to the task log")
@@ -211,8 +211,13 @@ def serve_main(args):
         print(f"{PROG}: --serve needs Dispatcher = celery and a BrokerURL in {path}", file=sys.stderr)
         return 2
     setup_admin_log(config)
-    serve(config, path, args.hostname, args.concurrency or config.MaxParallelTasks,
-          args.arch or [host_arch()], run_delivered(config, args.verbose))
+    try:
+        arches = args.arch or served_architectures(config)
+    except NoDebugger as err:
+        print(f"{PROG}: RetraceArchitectures in {path}: {err}", file=sys.stderr)
+        return 2
+    serve(config, path, args.hostname, args.concurrency or config.MaxParallelTasks, arches,
+          run_delivered(config, args.verbose))
     return 0
 
 

@@ -61,3 +61,22 @@ def gdb_for(arch, configured=None):
 def runs_natively(arch):
     """Whether programs of ``arch`` (a release's own gdb, in the chroot and mock environments) run on this host."""
     return arch == HOST_ARCH or arch in _COMPATIBLE.get(HOST_ARCH, ())
+
+
+def served_architectures(config):
+    """The architectures this host retraces: ``RetraceArchitectures``, or, when it is empty, the host's own
+    and every one a debugger here reads (an x86_64 host with gdb-multiarch takes aarch64, s390x, ...).
+    NoDebugger when the key lists one no debugger here reads."""
+    listed = config.RetraceArchitectures.split()
+    if not listed:
+        found = [HOST_ARCH]
+        for arch in GDB_ARCHITECTURES:
+            try:
+                gdb_for(arch, config.debugger(arch))
+            except NoDebugger:
+                continue
+            found.append(arch)
+        return list(dict.fromkeys(found))
+    for arch in listed:
+        gdb_for(arch, config.debugger(arch))
+    return listed

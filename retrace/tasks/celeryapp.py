@@ -20,11 +20,10 @@ elsewhere, does nothing.
 """
 
 import logging
-import platform
 
 from retrace.analysis.coredump import core_arch
+from retrace.analysis.debuggers import HOST_ARCH
 from retrace.errors import RetraceError
-from retrace.packaging.release import canonical_arch
 from retrace.tasks.task import write_atomically
 
 log = logging.getLogger(__name__)
@@ -37,10 +36,6 @@ _PUBLISH_TIMEOUT = 10
 
 def queue_name(arch):
     return f"retrace.{arch}"
-
-
-def host_arch():
-    return canonical_arch(platform.machine())
 
 
 def _queue(name, config, dead=False):
@@ -79,7 +74,7 @@ def crash_arch(task):
     try:
         return core_arch(task.crash_dir / "coredump")
     except (RetraceError, OSError):
-        return host_arch()
+        return HOST_ARCH
 
 
 def is_published(task):

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.cluster import Cluster
+from tests.fixtures.debian import apt_release, debian_problem_dir
+from tests.fixtures.foreign import foreign_crash
 from tests.integration.helpers import package_lock_held, submit, wait_final, wait_for_log_line
 from tests.integration.server import SERVICE_USER, write_config
 
@@ -78,6 +80,20 @@ def test_two_hosts_retrace_crashes_concurrently(cluster, problem_dir):
         assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", status.text
         assert "crash_in_library (depth=0" in cluster.server.get(f"/{task[0]}/backtrace", headers=task[1]).text
     assert {host_of(cluster, task_id) for task_id, _ in tasks} == set(HOSTS)
+
+
+def test_an_x86_64_host_with_gdb_multiarch_takes_the_aarch64_queue(cluster, tmp_path):
+    """RetraceArchitectures is empty: each host takes its own architecture and every one its debuggers read,
+    so a foreign crash needs no foreign host."""
+    crash = foreign_crash("aarch64")
+    apt_release(cluster.server.repo_dir / "debian-12-aarch64", crash.debs.values(), "arm64")
+    problem = debian_problem_dir(tmp_path / "problem", crash.core, "/usr/bin/crasher", "crasher-1.0-1", "aarch64")
+    task = submit(cluster.server, problem, names=("coredump", "executable", "package", "os_info"))
+    status = finished(cluster, task)
+    log = cluster.server.get(f"/{task[0]}/log", headers=task[1]).text
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", log
+    assert "Debugger for aarch64 cores: gdb-multiarch" in log and host_of(cluster, task[0]) in HOSTS
+    assert (cluster.server.save_dir / task[0] / "published").read_text() == "aarch64"
 
 
 def test_killed_host_s_task_finishes_on_the_other_host_exactly_once(cluster, problem_dir, fixture_rpms):
