@@ -63,6 +63,7 @@ def settings(config, request):
         f"max_unpacked_size {config.MaxUnpackedSize}",
         "supported_formats " + " ".join(archive.supported_formats()),
         "supported_releases " + " ".join(str(release) for release in served_releases(config)),
+        "supported_architectures " + " ".join(dict.fromkeys(release.arch for release in served_releases(config))),
     ]
     return text_response("\n".join(lines))
 
@@ -277,10 +278,14 @@ def index(config, request):
         f"running {now.running} of {config.MaxParallelTasks} jobs, {now.queued + now.uploading} waiting "
         f"(room for {config.MaxQueuedTasks} in the queue)."
     )
-    releases = served_releases(config)
-    if releases:
-        items = "".join(f"<li><code>{html.escape(str(release))}</code></li>" for release in releases)
-        release_html = f"<ul>{items}</ul>"
+    by_arch = {}
+    for release in served_releases(config):
+        by_arch.setdefault(release.arch, []).append(release)
+    if by_arch:
+        release_html = "".join(
+            f"<h3>{html.escape(arch)}</h3><ul>"
+            + "".join(f"<li><code>{html.escape(str(release))}</code></li>" for release in releases) + "</ul>"
+            for arch, releases in sorted(by_arch.items()))
     else:
         release_html = "<p>No release repositories are set up yet.</p>"
     https = (

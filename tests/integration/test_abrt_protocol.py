@@ -25,7 +25,7 @@ def test_settings_are_upstream_key_value_lines_without_trailing_newline(server):
     keys = [line.split(" ", 1)[0] for line in response.text.split("\n")]
     assert keys == [
         "running_tasks", "max_running_tasks", "max_packed_size", "max_unpacked_size",
-        "supported_formats", "supported_releases",
+        "supported_formats", "supported_releases", "supported_architectures",
     ]
     assert not response.text.endswith("\n")
 

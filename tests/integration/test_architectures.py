@@ -112,3 +112,15 @@ def test_a_core_whose_header_names_another_architecture_than_its_registers_is_re
     assert ("The coredump's ELF header says it is an aarch64 core, but its thread registers are not aarch64's "
             "(336 bytes, not 392)") in status.text, status.text
     assert "gdb" not in log
+
+
+def test_settings_and_the_front_page_list_the_releases_per_architecture(start_server, tmp_path):
+    crash = foreign_crash("s390x")
+    server = start_server()  # the fixture's fedora-41-x86_64
+    apt_release(server.repo_dir / "debian-12-s390x", crash.debs.values(), "s390x")
+    settings = dict(line.split(" ", 1) for line in server.get("/settings").text.split("\n"))
+    assert settings["supported_architectures"] == "s390x x86_64"
+    assert settings["supported_releases"] == "debian-12-s390x fedora-41-x86_64"
+    page = server.get("/").text
+    assert "<h3>s390x</h3><ul><li><code>debian-12-s390x</code></li></ul>" in page
+    assert "<h3>x86_64</h3><ul><li><code>fedora-41-x86_64</code></li></ul>" in page
