@@ -91,7 +91,7 @@ class RetraceJob(Job):
                                  "RetraceEnvironment = sysroot", "unsupported architecture")
             return "gdb"
         try:
-            gdb = gdb_for(arch, self.config.debugger(arch))
+            gdb = gdb_for(arch, self.config.debugger(arch), self.config.CacheDir)
         except NoDebugger as err:
             raise TaskFailed(err.sentence, err.category) from None
         if arch != HOST_ARCH:

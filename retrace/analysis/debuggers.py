@@ -6,13 +6,18 @@ on an x86_64 host it prints noise for an aarch64 core; ``gdb-multiarch``
 architecture a worker takes the program the ``[debuggers]`` section names for
 it, else ``gdb`` when it reads that architecture, else ``gdb-multiarch``.
 Whether a gdb reads an architecture is asked of gdb itself (``set
-architecture``), once per program and architecture in a process.
+architecture``, 0.16 s) once per program build and architecture, and the
+answer kept under ``CacheDir/debuggers/``; the host's own gdb is not asked
+about the host's cores.
 """
 
 import functools
+import hashlib
+import os
 import platform
 import shutil
 import subprocess
+from pathlib import Path
 
 from retrace.errors import RetraceError
 from retrace.packaging.release import canonical_arch
@@ -33,9 +38,34 @@ class NoDebugger(RetraceError):
     category = "unsupported architecture"
 
 
+def reads(program, arch, cache_dir=None):
+    """Whether the gdb at ``program`` knows the architecture (it exits non-zero on an undefined one); the
+    answer is kept in ``cache_dir`` for this build of the program."""
+    try:
+        info = os.stat(program)
+    except OSError:
+        return False
+    if cache_dir is None:
+        return _probe(program, arch)
+    key = hashlib.sha256(f"{os.path.realpath(program)}\0{info.st_mtime_ns}\0{info.st_size}\0{arch}".encode())
+    answer = Path(cache_dir) / "debuggers" / key.hexdigest()[:32]
+    try:
+        return answer.read_text() == "yes"
+    except OSError:
+        pass
+    result = _probe(program, arch)
+    try:
+        answer.parent.mkdir(parents=True, exist_ok=True)
+        partial = answer.with_name(f".{answer.name}.{os.getpid()}")
+        partial.write_text("yes" if result else "no")
+        os.replace(partial, answer)
+    except OSError:
+        pass  # asked again next time
+    return result
+
+
 @functools.cache
-def reads(program, arch):
-    """Whether the gdb at ``program`` knows the architecture (it exits non-zero on an undefined one)."""
+def _probe(program, arch):
     try:
         probe = subprocess.run([program, "-batch", "-nx", "-ex", f"set architecture {GDB_ARCHITECTURES[arch]}"],
                                capture_output=True, stdin=subprocess.DEVNULL, timeout=_PROBE_TIMEOUT)
@@ -44,13 +74,15 @@ def reads(program, arch):
     return probe.returncode == 0
 
 
-def gdb_for(arch, configured=None):
+def gdb_for(arch, configured=None, cache_dir=None):
     """The path of a gdb that reads ``arch`` cores; NoDebugger says what the administrator can do."""
     if arch not in GDB_ARCHITECTURES:
         raise NoDebugger(f"this server has no debugger for {arch} cores")
+    if arch == HOST_ARCH and not configured and shutil.which("gdb"):
+        return shutil.which("gdb")
     for program in [configured] if configured else _FALLBACKS:
         path = shutil.which(program)
-        if path and reads(path, arch):
+        if path and reads(path, arch, cache_dir):
             return path
     why = (f"the debugger its [debuggers] section names for {arch} cannot read them" if configured
            else "its gdb reads other architectures only and gdb-multiarch is not installed")
@@ -72,11 +104,11 @@ def served_architectures(config):
         found = [HOST_ARCH]
         for arch in GDB_ARCHITECTURES:
             try:
-                gdb_for(arch, config.debugger(arch))
+                gdb_for(arch, config.debugger(arch), config.CacheDir)
             except NoDebugger:
                 continue
             found.append(arch)
         return list(dict.fromkeys(found))
     for arch in listed:
-        gdb_for(arch, config.debugger(arch))
+        gdb_for(arch, config.debugger(arch), config.CacheDir)
     return listed

@@ -66,3 +66,14 @@ def test_retrace_architectures_lists_what_the_host_takes_and_refuses_one_it_cann
         served_architectures(config)
     config, _ = parse_config("[retrace]\nRetraceArchitectures = x86_64\n", "t.conf")
     assert served_architectures(config) == ["x86_64"]
+
+
+def test_an_answer_is_kept_for_this_build_of_the_program_only(tmp_path):
+    program = tmp_path / "gdb"
+    shutil.copy(shutil.which("gdb"), program)
+    assert reads(str(program), "x86_64", tmp_path / "cache")
+    [kept] = (tmp_path / "cache" / "debuggers").iterdir()
+    kept.write_text("no")  # what a later task reads instead of asking gdb again
+    assert not reads(str(program), "x86_64", tmp_path / "cache")
+    program.write_bytes(program.read_bytes())  # another build: asked again
+    assert reads(str(program), "x86_64", tmp_path / "cache")

@@ -1,0 +1,74 @@
+"""Benchmark: foreign cores retraced on this x86_64 host against bare gdb-multiarch, per architecture.
+
+Run as root after `make setup`:  .venv/bin/python bench/architectures.py
+
+For each of aarch64, s390x, ppc64le and i386: the crasher's kernel-written core (tests/fixtures/foreign.py:
+the architecture's own Debian kernel under qemu-system, the real libc6 and libc6-dbg) and a real server
+whose one release is debian-12-<arch>, in one run:
+  1. warm retrace, upload -> FINISHED_SUCCESS as a polling client sees it (every package already
+     unpacked), median of 5;
+  2. the baseline: the same debugger the server picks (gdb-multiarch; the host's gdb for i386), bare (no
+     sandbox), with the server's batch commands on a sysroot unpacked beforehand, median of 5.
+The ratio is warm retrace / bare debugger.  Also this filesystem's cost of one symlink (a warm retrace
+links the sysroot from the package cache, one symlink per file).
+"""
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.workspace import Workspace  # noqa: E402
+from retrace.analysis.debuggers import gdb_for  # noqa: E402
+from retrace.analysis.gdb import exploitable_marker, gdb_argv  # noqa: E402
+from tests.fixtures.debian import apt_release, debian_problem_dir, merged_usr_sysroot  # noqa: E402
+from tests.fixtures.foreign import foreign_crash  # noqa: E402
+from tests.integration.helpers import abrt_archive, timed_retrace  # noqa: E402
+
+RUNS = 5
+FILES = ("coredump", "executable", "package", "os_info")
+PROGRAM = "/usr/bin/crasher"
+
+
+def bare_seconds(gdb, debs, core, sysroot):
+    argv = gdb_argv(str(merged_usr_sysroot(debs, sysroot)), PROGRAM, str(core), exploitable_marker(), gdb)
+    times = []
+    for _ in range(RUNS):
+        started = time.monotonic()
+        subprocess.run(argv, capture_output=True, check=True)
+        times.append(time.monotonic() - started)
+    return statistics.median(times)
+
+
+def symlink_ms(directory):
+    directory.mkdir()
+    started = time.monotonic()
+    for number in range(500):
+        os.symlink("/nonexistent", directory / str(number))
+    return (time.monotonic() - started) * 2
+
+
+def main():
+    with Workspace("arch") as ws:
+        print(f"one symlink on this filesystem: {symlink_ms(ws.work / 'links'):.2f} ms")
+        for arch in ("aarch64", "s390x", "ppc64le", "i386"):
+            crash = foreign_crash(arch)
+            root = ws.root(arch)
+            apt_release(root / "repos" / f"debian-12-{arch}", crash.debs.values(), crash.arch.debian)
+            server = ws.server(root)
+            archive = abrt_archive(debian_problem_dir(ws.work / f"problem-{arch}", crash.core, PROGRAM,
+                                                      "crasher-1.0-1", arch), FILES)
+            timed_retrace(server, archive)  # index built, packages unpacked
+            warm = statistics.median(timed_retrace(server, archive)[0] for _ in range(RUNS))
+            gdb = gdb_for(arch)
+            bare = bare_seconds(gdb, list(crash.debs.values()), crash.core, ws.work / f"sysroot-{arch}")
+            print(f"{arch}: core {crash.core.stat().st_size / 1024:.0f} KiB, {Path(gdb).name}; median of {RUNS}: "
+                  f"warm retrace {warm:.2f} s, bare {Path(gdb).name} {bare:.2f} s, ratio {warm / bare:.2f}")
+
+
+if __name__ == "__main__":
+    main()
