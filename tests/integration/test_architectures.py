@@ -124,3 +124,19 @@ def test_settings_and_the_front_page_list_the_releases_per_architecture(start_se
     page = server.get("/").text
     assert "<h3>s390x</h3><ul><li><code>debian-12-s390x</code></li></ul>" in page
     assert "<h3>x86_64</h3><ul><li><code>fedora-41-x86_64</code></li></ul>" in page
+
+
+@pytest.mark.parametrize("damage, sentence", [
+    (lambda core: core[:len(core) // 2], "The coredump is truncated: it has "),
+    (lambda core: core[:18] + (0x9026).to_bytes(2, "big") + core[20:],
+     "The coredump is from an unsupported architecture (ELF machine 36902)"),
+])
+def test_a_damaged_foreign_core_fails_with_a_sentence_and_no_debugger_noise(foreign_server, tmp_path, damage,
+                                                                           sentence):
+    damaged = tmp_path / "damaged-core"
+    damaged.write_bytes(damage(foreign_crash("s390x").core.read_bytes()))
+    problem = debian_problem_dir(tmp_path / "problem", damaged, "/usr/bin/crasher", "crasher-1.0-1", "s390x")
+    status, log, _ = retrace(foreign_server("s390x"), problem)
+    assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
+    assert sentence in status.text, status.text
+    assert "gdb" not in log
