@@ -9,8 +9,11 @@ file:line must be the same.
 
 import pytest
 
+from tests.fixtures.cores import make_problem_dir
 from tests.fixtures.debian import apt_release, debian_problem_dir, local_gdb_output, thread_frames
-from tests.fixtures.foreign import foreign_crash
+from tests.fixtures.distro import publish_release
+from tests.fixtures.foreign import as_rpms, foreign_crash
+from tests.fixtures.signing import TEST_KEY
 from tests.integration.helpers import submit, wait_final
 
 FILES = ("coredump", "executable", "package", "os_info")
@@ -140,3 +143,23 @@ def test_a_damaged_foreign_core_fails_with_a_sentence_and_no_debugger_noise(fore
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
     assert sentence in status.text, status.text
     assert "gdb" not in log
+
+
+@pytest.mark.parametrize("arch", ["aarch64", "s390x"])
+def test_an_rpm_release_of_the_architecture_retraces_its_cores_as_the_apt_one_does(start_server, tmp_path, arch):
+    """The same files as RPMs (crasher and glibc, each with -debuginfo, signed) in fedora-41-<arch>: the
+    rpm-md backend resolves the foreign core's modules as the apt one does."""
+    crash = foreign_crash(arch)
+    TEST_KEY.ensure()
+    repository = publish_release(tmp_path / "repos", f"fedora-41-{arch}", as_rpms(crash, tmp_path / "rpm", TEST_KEY))
+    problem = make_problem_dir(tmp_path / "problem", crash.core)
+    (problem / "architecture").write_text(arch)
+    server = start_server(repository=repository, release_id=f"fedora-41-{arch}")
+    task_id, auth = submit(server, problem)
+    status = wait_final(server, task_id, auth, timeout=240)
+    log = server.get(f"/{task_id}/log", headers=auth).text
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", log
+    assert f"Release fedora-41-{arch} (from os_release" in log and "Signatures of 4 packages verified" in log
+    expected = thread_frames(local_gdb_output(crash.debs.values(), crash.core, tmp_path / "sysroot",
+                                              "/usr/bin/crasher", gdb="gdb-multiarch"))
+    assert thread_frames(server.get(f"/{task_id}/backtrace", headers=auth).text) == expected
