@@ -40,7 +40,7 @@ _MACHINES = {3: "i386", 62: "x86_64", 40: "armhfp", 183: "aarch64", 22: "s390x",
 # The size of a thread's NT_PRSTATUS (struct elf_prstatus) as the Linux kernel writes it (seen in its cores): an
 # ELF header that names another architecture than the registers were written by is refused, not given to
 # gdb, which would print noise for it.
-_PRSTATUS_BYTES = {"x86_64": 336, "aarch64": 392, "s390x": 336, "ppc64le": 504, "i386": 144}
+_PRSTATUS_BYTES = {"x86_64": 336, "aarch64": 392, "s390x": 336, "ppc64le": 504, "i386": 144, "riscv64": 376}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,10 +1,10 @@
-"""Foreign cores (aarch64, s390x, ppc64le, i386) retraced on this x86_64 host through the real server.
+"""Foreign cores (aarch64, s390x, ppc64le, i386, riscv64) retraced on this x86_64 host through the real server.
 
 The cores are written by each architecture's own Debian kernel under qemu-system (tests/fixtures/foreign.py):
 the crasher, cross-compiled and packaged with its -dbgsym, against the real libc6 and libc6-dbg of that
-architecture from the Debian archive, in a ``debian-12-<arch>`` apt repository.  The reference is
-gdb-multiarch with every package of the repository unpacked into one sysroot: every thread's frames and
-file:line must be the same.
+architecture from the Debian archive, in a ``debian-<version>-<arch>`` apt repository (bookworm; riscv64:
+trixie).  The reference is gdb-multiarch with every package of the repository unpacked into one sysroot:
+every thread's frames and file:line must be the same.
 """
 
 import pytest
@@ -20,22 +20,22 @@ FILES = ("coredump", "executable", "package", "os_info")
 # The libc source file of a frame each mode must show: abort() and qsort() calling back into strcmp.
 LIBC_SOURCES = {"abort": "abort.c:", "libc": "msort.c:"}
 CASES = [("aarch64", "simple"), ("aarch64", "threads"), ("aarch64", "abort"), ("s390x", "simple"),
-         ("s390x", "libc"), ("ppc64le", "threads"), ("i386", "libc")]
+         ("s390x", "libc"), ("ppc64le", "threads"), ("i386", "libc"), ("riscv64", "threads")]
 # This x86_64 host's own gdb reads i386 cores; the others need gdb-multiarch.
 DEBUGGERS = {"i386": "gdb"}
 
 
 @pytest.fixture(scope="module")
 def foreign_server(start_server, work_dir):
-    """``server(arch)``: a server whose one release is debian-12-<arch>, started once per architecture."""
+    """``server(arch)``: a server whose one release is the crash's debian-<version>-<arch>, started once per
+    architecture."""
     servers = {}
 
     def server(arch):
         if arch not in servers:
             crash = foreign_crash(arch)
-            repository = apt_release(work_dir / f"apt-{arch}" / f"debian-12-{arch}", crash.debs.values(),
-                                     crash.arch.debian)
-            servers[arch] = start_server(repository=repository, release_id=f"debian-12-{arch}")
+            repository = apt_release(work_dir / f"apt-{arch}" / crash.release, crash.debs.values(), crash.arch.debian)
+            servers[arch] = start_server(repository=repository, release_id=crash.release)
         return servers[arch]
 
     return server
@@ -54,10 +54,11 @@ def retrace(server, problem, result="backtrace"):
 def test_a_kernel_written_foreign_core_gives_gdb_multiarchs_frames_for_every_thread(
         foreign_server, work_dir, tmp_path, arch, mode):
     crash = foreign_crash(arch, mode)
-    problem = debian_problem_dir(tmp_path / "problem", crash.core, "/usr/bin/crasher", "crasher-1.0-1", arch)
+    problem = debian_problem_dir(tmp_path / "problem", crash.core, "/usr/bin/crasher", "crasher-1.0-1", arch,
+                                 crash.os_info)
     status, log, backtrace = retrace(foreign_server(arch), problem)
     assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", log
-    assert f"Coredump: {arch}" in log and f"Release debian-12-{arch}" in log
+    assert f"Coredump: {arch}" in log and f"Release {crash.release}" in log
     assert f"Debugger for {arch} cores: {DEBUGGERS.get(arch, 'gdb-multiarch')}\n" in log
     expected = thread_frames(local_gdb_output(crash.debs.values(), crash.core, tmp_path / "sysroot",
                                               "/usr/bin/crasher", gdb="gdb-multiarch"))

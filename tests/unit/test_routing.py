@@ -70,7 +70,7 @@ def test_settings_report_slots_and_releases(config):
     response = call(config, "/settings")
     assert response.status_int == 200
     assert "max_running_tasks 25" in response.text
-    assert response.text.endswith("supported_releases fedora-41-x86_64")
+    assert response.text.endswith("supported_releases fedora-41-x86_64\nsupported_architectures x86_64")
 
 
 def test_create_then_status_is_pending(config):
