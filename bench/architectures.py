@@ -2,9 +2,9 @@
 
 Run as root after `make setup`:  .venv/bin/python bench/architectures.py
 
-For each of aarch64, s390x, ppc64le and i386: the crasher's kernel-written core (tests/fixtures/foreign.py:
+For each of aarch64, s390x, ppc64le, i386 and riscv64: the crasher's kernel-written core (tests/fixtures/foreign.py:
 the architecture's own Debian kernel under qemu-system, the real libc6 and libc6-dbg) and a real server
-whose one release is debian-12-<arch>, in one run:
+whose one release is debian-<version>-<arch> (riscv64: trixie), in one run:
   1. warm retrace, upload -> FINISHED_SUCCESS as a polling client sees it (every package already
      unpacked), median of 5;
   2. the baseline: the same debugger the server picks (gdb-multiarch; the host's gdb for i386), bare (no
@@ -55,13 +55,13 @@ def symlink_ms(directory):
 def main():
     with Workspace("arch") as ws:
         print(f"one symlink on this filesystem: {symlink_ms(ws.work / 'links'):.2f} ms")
-        for arch in ("aarch64", "s390x", "ppc64le", "i386"):
+        for arch in ("aarch64", "s390x", "ppc64le", "i386", "riscv64"):
             crash = foreign_crash(arch)
             root = ws.root(arch)
-            apt_release(root / "repos" / f"debian-12-{arch}", crash.debs.values(), crash.arch.debian)
+            apt_release(root / "repos" / crash.release, crash.debs.values(), crash.arch.debian)
             server = ws.server(root)
             archive = abrt_archive(debian_problem_dir(ws.work / f"problem-{arch}", crash.core, PROGRAM,
-                                                      "crasher-1.0-1", arch), FILES)
+                                                      "crasher-1.0-1", arch, crash.os_info), FILES)
             timed_retrace(server, archive)  # index built, packages unpacked
             warm = statistics.median(timed_retrace(server, archive)[0] for _ in range(RUNS))
             gdb = gdb_for(arch)
