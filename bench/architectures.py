@@ -15,16 +15,14 @@ links the sysroot from the package cache, one symlink per file).
 
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.workspace import Workspace  # noqa: E402
+from bench.workspace import Workspace, bare_gdb_seconds  # noqa: E402
 from retrace.analysis.debuggers import gdb_for  # noqa: E402
-from retrace.analysis.gdb import exploitable_marker, gdb_argv  # noqa: E402
 from tests.fixtures.debian import apt_release, debian_problem_dir, merged_usr_sysroot  # noqa: E402
 from tests.fixtures.foreign import foreign_crash  # noqa: E402
 from tests.integration.helpers import abrt_archive, timed_retrace  # noqa: E402
@@ -32,16 +30,6 @@ from tests.integration.helpers import abrt_archive, timed_retrace  # noqa: E402
 RUNS = 5
 FILES = ("coredump", "executable", "package", "os_info")
 PROGRAM = "/usr/bin/crasher"
-
-
-def bare_seconds(gdb, debs, core, sysroot):
-    argv = gdb_argv(str(merged_usr_sysroot(debs, sysroot)), PROGRAM, str(core), exploitable_marker(), gdb)
-    times = []
-    for _ in range(RUNS):
-        started = time.monotonic()
-        subprocess.run(argv, capture_output=True, check=True)
-        times.append(time.monotonic() - started)
-    return statistics.median(times)
 
 
 def symlink_ms(directory):
@@ -65,7 +53,8 @@ def main():
             timed_retrace(server, archive)  # index built, packages unpacked
             warm = statistics.median(timed_retrace(server, archive)[0] for _ in range(RUNS))
             gdb = gdb_for(arch)
-            bare = bare_seconds(gdb, list(crash.debs.values()), crash.core, ws.work / f"sysroot-{arch}")
+            sysroot = merged_usr_sysroot(list(crash.debs.values()), ws.work / f"sysroot-{arch}")
+            bare = bare_gdb_seconds(sysroot, PROGRAM, crash.core, RUNS, gdb)
             print(f"{arch}: core {crash.core.stat().st_size / 1024:.0f} KiB, {Path(gdb).name}; median of {RUNS}: "
                   f"warm retrace {warm:.2f} s, bare {Path(gdb).name} {bare:.2f} s, ratio {warm / bare:.2f}")
 

@@ -32,8 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.workspace import Workspace  # noqa: E402
-from retrace.analysis.gdb import exploitable_marker, gdb_argv  # noqa: E402
+from bench.workspace import Workspace, bare_gdb_seconds  # noqa: E402
 from retrace.packaging.repoindex import RepoIndex  # noqa: E402
 from tests.fixtures.debian import (BINARIES, DEBIAN_RELEASE, PROGRAM, apt_archive, apt_release,  # noqa: E402
                                    crash_debian_program,
@@ -65,17 +64,6 @@ def dpkg_unpack_seconds(debs, work):
         unpack_debs(debs, target)
         times.append(time.monotonic() - started)
         shutil.rmtree(target)
-    return statistics.median(times)
-
-
-def bare_gdb_seconds(debs, core, work):
-    sysroot = merged_usr_sysroot(debs, work / "bare-sysroot")
-    argv = gdb_argv(str(sysroot), PROGRAM, str(core), exploitable_marker())
-    times = []
-    for _ in range(RUNS):
-        started = time.monotonic()
-        subprocess.run(argv, capture_output=True, check=True)
-        times.append(time.monotonic() - started)
     return statistics.median(times)
 
 
@@ -149,7 +137,8 @@ def main():
         thin_cold = median_retrace(thin, archive, lambda: shutil.rmtree(thin.cache_dir / "rpms", ignore_errors=True))
         with tempfile.TemporaryDirectory(dir="/var/tmp") as scratch:
             unpack = dpkg_unpack_seconds(list(debs.values()), Path(scratch))
-            bare = bare_gdb_seconds(list(debs.values()), core, Path(scratch))
+            bare = bare_gdb_seconds(merged_usr_sysroot(list(debs.values()), Path(scratch) / "bare-sysroot"), PROGRAM,
+                                    core, RUNS)
             indexed = real_index(Path(scratch))
         size = sum(deb.stat().st_size for deb in debs.values())
         print(f"packages: {len(debs)} real .debs, {size / 1048576:.1f} MiB")

@@ -8,9 +8,13 @@ stop before their roots go, the work directory goes last).
 
 import contextlib
 import shutil
+import statistics
+import subprocess
 import tempfile
+import time
 from pathlib import Path
 
+from retrace.analysis.gdb import exploitable_marker, gdb_argv
 from tests.fixtures.cores import crash_installed, make_problem_dir
 from tests.fixtures.distro import build_rpms, publish_release
 from tests.integration.helpers import abrt_archive
@@ -48,3 +52,15 @@ class Workspace(contextlib.ExitStack):
         archive = abrt_archive(make_problem_dir(self.work / "problem", crash_installed(rpms, self.work, "simple")))
         publish_release(root / "repos", RELEASE_ID, rpms)
         return rpms, archive
+
+
+def bare_gdb_seconds(sysroot, program, core, runs, gdb="gdb"):
+    """The floor of a retrace: ``gdb`` bare (no sandbox) with the server's batch commands on a sysroot
+    unpacked beforehand; the median of ``runs``."""
+    argv = gdb_argv(str(sysroot), program, str(core), exploitable_marker(), gdb)
+    times = []
+    for _ in range(runs):
+        started = time.monotonic()
+        subprocess.run(argv, capture_output=True, check=True)
+        times.append(time.monotonic() - started)
+    return statistics.median(times)
