@@ -21,7 +21,7 @@ from retrace.errors import ConfigError, NotFound
 from retrace.privileges import PrivilegeError, add_service_arguments, run_as_service_user
 from retrace.tasks.dispatch import poke
 from retrace.tasks.task import (JOB_PID, LOG_NAME, LOG_TIME_FORMAT, WORKER_HOST, WORKER_LOCK, Task, TaskStatus,
-                                TaskType, write_atomically)
+                                write_atomically)
 from worker.coredump import RetraceJob
 from worker.supervisor import supervise
 from worker.vmcore import VmcoreJob
@@ -65,7 +65,7 @@ def record_pid(lock_fd):
 
 def make_job(config, task, logger):
     """The pipeline for the task's type: a kernel vmcore, or a process coredump."""
-    job_class = VmcoreJob if task.task_type == TaskType.VMCORE else RetraceJob
+    job_class = VmcoreJob if task.task_type.is_vmcore else RetraceJob
     return job_class(config, task, logger)
 
 

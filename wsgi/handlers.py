@@ -23,7 +23,7 @@ from retrace.packaging.release import ReleaseId, served_releases, supported_rele
 from retrace.packaging.repoindex import RepoIndex
 from retrace.stats import StatsDB
 from retrace.tasks import dispatch, taskqueue
-from retrace.tasks.task import Task, TaskStatus, TaskType, wire_status
+from retrace.tasks.task import Task, TaskStatus, wire_status
 from wsgi import metrics, statspage
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def create(config, request):
     fmt = archive.format_for(request.headers.get("Content-Type"))
     task_type = crashdata.parse_task_type(request.headers.get("X-Task-Type"), config.AllowInteractive,
                                           config.AllowVMCoreTask)
-    is_vmcore = task_type == TaskType.VMCORE
+    is_vmcore = task_type.is_vmcore
     packed_cap = config.max_vmcore_packed_bytes if is_vmcore else config.max_packed_bytes
     length = archive.declared_length(request.content_length, packed_cap)
     if "X-CoreFileDirectory" in request.headers:

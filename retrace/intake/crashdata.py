@@ -51,6 +51,7 @@ REQUIRED_FILES = {
     TaskType.DEBUG: _COREDUMP_REQUIRED,
     TaskType.COREDUMP_INTERACTIVE: _COREDUMP_REQUIRED,
     TaskType.VMCORE: ("vmcore",),
+    TaskType.VMCORE_INTERACTIVE: ("vmcore",),
 }
 # How each binary file's first bytes are checked: a process core must be an
 # ELF core, a vmcore one of the kernel dump formats.  The archive reader
@@ -72,13 +73,12 @@ def parse_task_type(header, allow_interactive, allow_vmcore):
         task_type = TaskType(value)
     except ValueError:
         raise BadRequest(
-            f"Unknown X-Task-Type {value}; this server accepts 0 (coredump), 1 (debug) and 2 (kernel vmcore)"
+            f"Unknown X-Task-Type {value}; this server accepts 0 (coredump), 1 (debug), 2 (kernel vmcore), "
+            "3 (interactive coredump) and 4 (interactive vmcore)"
         ) from None
-    if task_type == TaskType.VMCORE_INTERACTIVE:
-        raise BadRequest("Interactive vmcore tasks (X-Task-Type 4) are not offered; send the vmcore as type 2")
-    if task_type == TaskType.VMCORE and not allow_vmcore:
+    if task_type.is_vmcore and not allow_vmcore:
         raise Forbidden("Kernel vmcore tasks were disabled by server administrator")
-    if task_type == TaskType.COREDUMP_INTERACTIVE and not allow_interactive:
+    if task_type in (TaskType.COREDUMP_INTERACTIVE, TaskType.VMCORE_INTERACTIVE) and not allow_interactive:
         raise Conflict("Interactive tasks were disabled by server administrator")
     return task_type
 

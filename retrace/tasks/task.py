@@ -91,6 +91,16 @@ class TaskType(enum.IntEnum):
     COREDUMP_INTERACTIVE = 3
     VMCORE_INTERACTIVE = 4
 
+    @property
+    def is_vmcore(self):
+        return self in (TaskType.VMCORE, TaskType.VMCORE_INTERACTIVE)
+
+    @property
+    def keeps_environment(self):
+        """Whether the task keeps its core and the tree gdb or crash read it with (retrace-server-interact
+        opens them) until cleanup expires it."""
+        return self in (TaskType.DEBUG, TaskType.COREDUMP_INTERACTIVE, TaskType.VMCORE_INTERACTIVE)
+
 
 def wire_status(status):
     """The ``X-Task-Status`` header for a status code (None: not started)."""
@@ -212,6 +222,13 @@ class Task:
         write_atomically(self.path / FAILURE_NAME, reason)
         self.mark_time("finished_time")
         self.set_status(TaskStatus.FAIL)
+
+    def succeed_by_hand(self, reason):
+        """End the task as FINISHED_SUCCESS because an engineer says so (retrace-server-interact)."""
+        self.append_log("I", f"Status set to success by hand: {reason}")
+        (self.path / FAILURE_NAME).unlink(missing_ok=True)
+        self.mark_time("finished_time")
+        self.set_status(TaskStatus.SUCCESS)
 
     def read_text(self, name, limit):
         """A result file's text, at most ``limit`` bytes; None when absent."""

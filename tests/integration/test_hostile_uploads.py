@@ -293,7 +293,7 @@ def test_upload_that_stalls_before_content_length_is_408(hostile_server, problem
     [
         ("X-Task-Type", "zero", 400, "X-Task-Type must be a whole number"),
         ("X-Task-Type", "3", 409, "Interactive tasks were disabled"),
-        ("X-Task-Type", "4", 400, "send the vmcore as type 2"),
+        ("X-Task-Type", "4", 409, "Interactive tasks were disabled"),
         ("X-Task-Type", "2", 403, "Required file 'vmcore' is missing"),
         ("X-CoreFileDirectory", "/etc", 403, "X-CoreFileDirectory header has been disabled"),
     ],

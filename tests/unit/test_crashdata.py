@@ -78,9 +78,18 @@ def test_vmcore_task_is_accepted_unless_the_administrator_disabled_it():
         parse_task_type("2", False, False)
 
 
-def test_interactive_vmcore_task_is_refused_with_the_alternative():
-    with pytest.raises(BadRequest, match="send the vmcore as type 2"):
-        parse_task_type("4", True, True)
+def test_an_interactive_vmcore_task_needs_both_interactive_and_vmcore_tasks_allowed():
+    assert parse_task_type("4", True, True) == TaskType.VMCORE_INTERACTIVE
+    with pytest.raises(Conflict, match="Interactive tasks were disabled"):
+        parse_task_type("4", False, True)
+    with pytest.raises(Forbidden, match="vmcore tasks were disabled"):
+        parse_task_type("4", True, False)
+
+
+def test_debug_and_interactive_tasks_keep_their_environment_and_only_vmcore_types_are_vmcores():
+    assert [t for t in TaskType if t.keeps_environment] == [TaskType.DEBUG, TaskType.COREDUMP_INTERACTIVE,
+                                                            TaskType.VMCORE_INTERACTIVE]
+    assert [t for t in TaskType if t.is_vmcore] == [TaskType.VMCORE, TaskType.VMCORE_INTERACTIVE]
 
 
 def test_vmcore_must_be_a_kernel_dump(tmp_path):
