@@ -25,6 +25,7 @@ setup(
         "console_scripts": [
             "retrace-server-httpd = wsgi.httpd:main",
             "retrace-server-worker = worker.cli:main",
+            "retrace-server-interact = worker.interact:main",
             "retrace-server-dispatcher = worker.dispatcher:main",
             "retrace-client = client.cli:main",
             "retrace-server-reposync = reposync.cli:main",

@@ -93,6 +93,7 @@ class Config:
     RequireHTTPS: bool = _key(True)
     AllowAPIDelete: bool = _key(False)
     AllowInteractive: bool = _key(False)
+    InteractiveTimeLimit: int = _key(14400, minimum=60, maximum=86400 * 7, unit="seconds")
     AllowMetrics: bool = _key(False)
     MaxParallelTasks: int = _key(5, minimum=1, maximum=1000)
     MaxQueuedTasks: int = _key(20, minimum=0, maximum=100000)

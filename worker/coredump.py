@@ -10,7 +10,7 @@ from pathlib import Path
 from retrace.analysis.coredump import CoreInfo, debug_alt_link, program_interpreter, read_core
 from retrace.analysis.debuggers import HOST_ARCH, NoDebugger, gdb_for, runs_natively
 from retrace.analysis.exploitable import rate
-from retrace.analysis.gdb import USABLE_FRAME, interpret_output, run_gdb
+from retrace.analysis.gdb import USABLE_FRAME, interactive_argv, interpret_output, run_gdb
 from retrace.environments.chroot import GdbRoots, root_key
 from retrace.environments.mock import MockEnvironment
 from retrace.environments.sandbox import prepare_mount_points
@@ -26,7 +26,8 @@ from retrace.packaging.release import (RELEASE_FILES, ReleaseId, detect_release,
                                       supported_releases)
 from retrace.packaging.repoindex import RepoIndex
 from retrace.packaging.signatures import Keyring, verify_checksum
-from retrace.tasks.task import TaskType, write_atomically
+from retrace.tasks.session import Session
+from retrace.tasks.task import write_atomically
 from worker.job import Job, TaskFailed
 
 _THREAD_HEADER = re.compile(r"^Thread \d+ ", re.M)
@@ -403,6 +404,18 @@ class RetraceJob(Job):
         text = re.sub(cache + r"/(rpms/[0-9A-Za-z]+|roots/[^/\s]+)/root", "", text)
         return self.without_server_paths(text)
 
+    def _save_session(self, crash):
+        """What ``retrace-server-interact TASK gdb`` runs: this gdb on this tree (mock's roots are mock's)."""
+        if self.environment == "mock":
+            return
+        chroot = self.environment == "chroot"
+        argv = interactive_argv("/" if chroot else str(self.sysroot), crash.executable, str(crash.core_path),
+                                "gdb" if chroot else crash.debugger)
+        program = self.sysroot / crash.executable.lstrip("/")
+        Session("gdb", tuple(argv), tuple(map(str, self._read_only_paths(crash))),
+                ((str(crash.core_path), "the coredump"), (str(program), "the crashed program in the package tree")),
+                str(self.sysroot) if chroot else None).save(self.task)
+
     def _run_gdb(self, crash):
         if self.environment == "mock":
             release = self.record.release
@@ -420,6 +433,7 @@ class RetraceJob(Job):
         )
 
     def backtrace(self, crash):
+        self._save_session(crash)
         result = self._run_gdb(crash)
         threads = len(_THREAD_HEADER.findall(result.backtrace))
         frames = len(USABLE_FRAME.findall(result.backtrace))
@@ -431,11 +445,11 @@ class RetraceJob(Job):
         self.log.info("Exploitable rating %d: %s", rating.value, rating.reason)
 
     def clean(self, succeeded):
-        """Remove the task's root and crash data, unless the client asked to keep them (debug), and the
-        packages downloaded for it (the cache keeps them unpacked)."""
+        """Remove the task's root and crash data, unless the task keeps them (debug and interactive tasks:
+        retrace-server-interact opens them), and the packages downloaded for it (the cache keeps them)."""
         for path in self._downloads.values():
             path.unlink(missing_ok=True)
-        if self.task.task_type != TaskType.DEBUG:
+        if not self.task.task_type.keeps_environment:
             shutil.rmtree(self.sysroot, ignore_errors=True)
             shutil.rmtree(self.task.crash_dir, ignore_errors=True)
 

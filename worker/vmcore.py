@@ -33,6 +33,7 @@ from retrace.packaging.kernel import (KernelCache, KernelError, KernelPackage, d
                                       is_debian_kernel, kernel_arch, package_nevra, repository_releases)
 from retrace.packaging.release import RELEASE_FILES, release_from_line, releases_from_dist_tag
 from retrace.packaging.signatures import Keyring, verify_checksum
+from retrace.tasks.session import Session
 from retrace.tasks.task import write_atomically
 from worker.job import Job, TaskFailed
 
@@ -264,6 +265,20 @@ class VmcoreJob(Job):
             module_dir=self._module_dir(dump), more_modules=lambda output: self._add_module_debuginfo(dump, output),
             output_bytes=self.config.debugger_output_limit_bytes)
 
+    def _save_session(self, dump):
+        """What ``retrace-server-interact TASK crash`` runs: crash on this vmlinux and dump, with the module
+        debuginfo the kernel cache holds loaded first (``-i``)."""
+        arguments = ["--no_crashrc", str(dump.vmlinux), str(dump.path)]
+        readable = [dump.vmlinux.parent] if dump.cache_key is not None else [dump.vmlinux]
+        module_dir = self.kernels.modules_dir(dump.cache_key) if dump.cache_key is not None else None
+        if module_dir is not None and any(module_dir.glob("*.ko*")):
+            init = self.task.path / "crash.init"
+            write_atomically(init, f"mod -S {module_dir}\n")
+            arguments[:0], readable = ["-i", str(init)], readable + [init]
+        Session("crash", (str(self.config.KernelDebuggerPath), *arguments),
+                tuple(map(str, crash_tool.crash_binds(self.config.KernelDebuggerPath, dump.path, *readable))),
+                ((str(dump.path), "the vmcore"), (str(dump.vmlinux), "the vmlinux in the kernel cache"))).save(self.task)
+
     def _add_module_debuginfo(self, dump, output):
         """Extract the debuginfo of loaded modules crash had none for (once per kernel).
 
@@ -288,7 +303,10 @@ class VmcoreJob(Job):
         return self.kernels.modules_dir(dump.cache_key) if found else None
 
     def backtrace(self, dump):
-        output = self._run_crash(dump)
+        try:
+            output = self._run_crash(dump)
+        finally:  # a session helps most when the batch failed
+            self._save_session(dump)
         for line in output.preamble.splitlines():
             if line.strip():
                 self.log.warning("crash: %s", line.strip())
@@ -311,7 +329,8 @@ class VmcoreJob(Job):
     def clean(self, succeeded):
         """Remove temporary files (a downloaded kernel package too: the kernel cache keeps what it gave);
         after a success, strip the kept vmcore when VmcoreDumpLevel asks."""
-        self.task.crash_dir.joinpath("vmcore.reassembled").unlink(missing_ok=True)
+        if not self.task.task_type.keeps_environment:
+            self.task.crash_dir.joinpath("vmcore.reassembled").unlink(missing_ok=True)
         if self._downloaded is not None:
             self._downloaded.unlink(missing_ok=True)
         if self.config.VmcoreDumpLevel and succeeded and self._vmcore.is_file():

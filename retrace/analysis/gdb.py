@@ -16,6 +16,8 @@ import secrets
 from retrace.environments.sandbox import SandboxOutputLimit, SandboxTimeout, require_sandbox, run_sandboxed
 from retrace.errors import RetraceError
 
+# Before anything is loaded: no scripts from debuginfo packages, no network.
+_SAFE_START = ("-nx", "-iex", "set auto-load off", "-iex", "set debuginfod enabled off")
 # A stack frame with an address; "#0  <unavailable> in ?? ()" is none.
 USABLE_FRAME = re.compile(r"^#\d+\s+(?!<unavailable>)\S", re.M)
 
@@ -41,8 +43,8 @@ class GdbResult:
     seconds: float
 
 
-def batch_commands(sysroot, executable, core, marker):
-    """The ``-ex`` commands, in order (each fails on its own, as in upstream).
+def session_commands(sysroot, executable, core):
+    """The ``-ex`` commands that load the core with its program and libraries, for a batch or a person.
 
     ``sysroot`` "/" means gdb runs inside the crashed release's root, where
     every file is at its own path and gdb's defaults are right.
@@ -52,13 +54,16 @@ def batch_commands(sysroot, executable, core, marker):
         f"set debug-file-directory {sysroot}/usr/lib/debug",
         f"set substitute-path /usr/src/debug {sysroot}/usr/src/debug",
     ]
+    return [*where, f"file {str(sysroot).rstrip('/')}{executable}", f"core-file {core}"]
+
+
+def batch_commands(sysroot, executable, core, marker):
+    """The ``-ex`` commands, in order (each fails on its own, as in upstream)."""
     return [
         "set pagination off",
         "set width 0",
         "set confirm off",
-        *where,
-        f"file {str(sysroot).rstrip('/')}{executable}",
-        f"core-file {core}",
+        *session_commands(sysroot, executable, core),
         "thread apply all -ascending backtrace full 2048",
         "info sharedlib",
         "print (char*)__abort_msg",
@@ -77,8 +82,16 @@ def gdb_argv(sysroot, executable, core, marker, gdb="gdb"):
     they would run with gdb's rights.  debuginfod is off: everything gdb
     may use is in the sysroot.
     """
-    argv = [gdb, "-batch", "-nx", "-iex", "set auto-load off", "-iex", "set debuginfod enabled off"]
+    argv = [gdb, "-batch", *_SAFE_START]
     for command in batch_commands(sysroot, executable, core, marker):
+        argv += ["-ex", command]
+    return argv
+
+
+def interactive_argv(sysroot, executable, core, gdb="gdb"):
+    """gdb for a person (retrace-server-interact): the core loaded as the batch loads it, then a prompt."""
+    argv = [gdb, "-q", *_SAFE_START]
+    for command in session_commands(sysroot, executable, core):
         argv += ["-ex", command]
     return argv
 

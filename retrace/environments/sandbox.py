@@ -95,8 +95,13 @@ def host_binds():
     return binds
 
 
-def sandbox_argv(command, read_only_paths, root=None, writable_paths=(), seccomp_fd=None):
+def sandbox_argv(command, read_only_paths, root=None, writable_paths=(), seccomp_fd=None, new_session=True,
+                 terminal=None):
     """bwrap around ``command``; ``read_only_paths`` (and ``writable_paths``) appear at their own paths.
+
+    ``new_session`` False keeps the caller's terminal as the command's controlling one (a person's
+    debugger session: Ctrl-C reaches gdb); the seccomp filter refuses TIOCSTI either way, so the
+    command cannot type into that terminal; ``terminal`` is its TERM (the environment is cleared).
 
     Without ``root`` the host's /usr provides gdb; with it, ``root`` is
     mounted read-only as ``/`` (it must hold the mount points of /proc,
@@ -107,8 +112,9 @@ def sandbox_argv(command, read_only_paths, root=None, writable_paths=(), seccomp
     argv = [
         "bwrap", "--unshare-all", "--unshare-user", "--uid", str(_SANDBOX_UID), "--gid", str(_SANDBOX_UID),
         "--disable-userns", "--assert-userns-disabled",
-        "--die-with-parent", "--new-session", "--clearenv",
+        "--die-with-parent", *(["--new-session"] if new_session else []), "--clearenv",
         "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8", "--setenv", "HOME", "/tmp",
+        *(["--setenv", "TERM", terminal] if terminal else []),
         *system,
         "--proc", "/proc", "--dev", "/dev", "--size", str(_TMPFS_BYTES), "--tmpfs", "/tmp", "--chdir", "/tmp",
     ]
@@ -219,6 +225,29 @@ def start_sandboxed(command, read_only_paths, *, cpu_seconds, memory_bytes, stdi
         )
     finally:
         os.close(filter_fd)
+
+
+def run_interactive(command, read_only_paths, *, time_limit, memory_bytes, root=None):
+    """Run ``command`` in the sandbox on this process's terminal (stdin, stdout, stderr) until it exits or
+    ``time_limit`` seconds pass (then its process group is killed); its exit status."""
+    filter_fd = seccomp_filter()
+    try:
+        process = subprocess.Popen(
+            sandbox_argv(command, read_only_paths, root, seccomp_fd=filter_fd, new_session=False,
+                         terminal=os.environ.get("TERM", "vt100")), close_fds=True,
+            pass_fds=(filter_fd,), preexec_fn=_limits(memory_bytes, int(time_limit) + 1, _MAX_FILE_BYTES))
+    finally:
+        os.close(filter_fd)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the debugger, not for us
+    try:
+        return process.wait(timeout=time_limit)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        process.wait()
+        raise SandboxTimeout(command[0]) from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def check_started(returncode, text):

@@ -1,5 +1,6 @@
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 from tests.fixtures.cores import crash_installed, make_problem_dir
 from tests.fixtures.distro import build_rpms, publish_release
 from tests.fixtures.userland import build_userland_rpms
+from tests.fixtures.vmcore import make_vmcores
 from tests.integration.server import Server, make_certificate, make_root, remove_root
 
 RELEASE_ID = "fedora-41-x86_64"
@@ -118,3 +120,23 @@ def admin():
     yield make
     for made in created:
         remove_root(made.root)
+
+
+@pytest.fixture(scope="session")
+def vmcores(work_dir):
+    """Real vmcores of a Debian kernel panicked under QEMU (tests/fixtures/vmcore.py), made once."""
+    return make_vmcores(work_dir / "vmcores")
+
+
+@pytest.fixture(scope="session")
+def uploads(vmcores, work_dir):
+    """One zstd-compressed tar per dump, each holding its dump as ``vmcore``."""
+    made = {}
+    for kind in ("elf", "elf_proc", "flattened", "kdump", "without_vmcoreinfo"):
+        directory = work_dir / "vmcore-uploads" / kind
+        directory.mkdir(parents=True)
+        os.link(getattr(vmcores, kind), directory / "vmcore")
+        archive = directory.with_suffix(".tar.zst")
+        subprocess.run(["tar", "--zstd", "-cf", str(archive), "-C", str(directory), "vmcore"], check=True)
+        made[kind] = archive
+    return made

@@ -5,7 +5,6 @@ The dumps are real: a Debian cloud kernel panicked under QEMU
 ``debian-12-x86_64`` repository directory as a mirror would hold it.
 """
 
-import os
 import sqlite3
 import shutil
 import subprocess
@@ -17,32 +16,13 @@ import pytest
 from tests.fixtures.debian import apt_archive
 from tests.fixtures.debuginfod import Debuginfod
 from tests.fixtures.signing import TEST_KEY
-from tests.fixtures.vmcore import MARKER, extract_vmlinux, kernel_debs, make_vmcores
+from tests.fixtures.vmcore import MARKER, extract_vmlinux, kernel_debs
 from tests.integration.helpers import password_header, wait_final
 from tests.integration.reposync_admin import REPOSYNC, serve_http
 
 ZSTD_TAR = "application/x-zstd-compressed-tar"
 DEBIAN_RELEASE = "debian-12-x86_64"
 CLIENT = Path(sys.executable).with_name("retrace-client")
-
-
-@pytest.fixture(scope="module")
-def vmcores(work_dir):
-    return make_vmcores(work_dir / "vmcores")
-
-
-@pytest.fixture(scope="module")
-def uploads(vmcores, work_dir):
-    """One zstd-compressed tar per dump, each holding its dump as ``vmcore``."""
-    made = {}
-    for kind in ("elf", "elf_proc", "flattened", "kdump", "without_vmcoreinfo"):
-        directory = work_dir / "vmcore-uploads" / kind
-        directory.mkdir(parents=True)
-        os.link(getattr(vmcores, kind), directory / "vmcore")
-        archive = directory.with_suffix(".tar.zst")
-        subprocess.run(["tar", "--zstd", "-cf", str(archive), "-C", str(directory), "vmcore"], check=True)
-        made[kind] = archive
-    return made
 
 
 def add_debian_repository(server, *debs):
@@ -62,9 +42,10 @@ def kernel_server(start_server):
     return server
 
 
-def upload(server, archive):
+def upload(server, archive, task_type=2):
     with open(archive, "rb") as body:
-        response = server.post("/create", data=body, headers={"Content-Type": ZSTD_TAR, "X-Task-Type": "2"})
+        response = server.post("/create", data=body, headers={"Content-Type": ZSTD_TAR,
+                                                               "X-Task-Type": str(task_type)})
     assert response.status_code == 201, response.text
     return response.headers["X-Task-Id"], password_header(response)
 
