@@ -106,6 +106,8 @@ class Config:
     MaxVmcorePackedSize: int = _key(4096, minimum=1, unit="MiB")
     MaxVmcoreUnpackedSize: int = _key(65536, minimum=1, unit="MiB")
     KernelDebuggerPath: Path = _key(Path("/usr/bin/crash"))
+    # crash commands run after ours on every vmcore, ";"-separated; each one's output is results/crash-<name>.
+    CrashCommands: str = _key("")
     ProcessCommunicateTimeout: float = _key(3600.0, minimum=0.01, maximum=86400, unit="seconds")
     VmcoreDumpLevel: int = _key(0, minimum=0, maximum=31)
     VmcoreDumpSavePercent: int = _key(10, minimum=0, maximum=100)
@@ -283,6 +285,13 @@ def parse_config(text, source):
             (release, tuple(paths.split())) for release, paths in parser.items(GPGKEYS_SECTION))
     if parser.has_section(DEBUGGERS_SECTION):
         values["debuggers_by_arch"] = tuple((arch, program.strip()) for arch, program in parser.items(DEBUGGERS_SECTION))
+    if values.get("CrashCommands"):
+        from retrace.analysis.crash import admin_commands
+
+        try:
+            admin_commands(values["CrashCommands"])
+        except ValueError as err:
+            raise ConfigError(f"{source}: {err}") from None
     return Config(**values), warnings
 
 

@@ -263,7 +263,11 @@ class VmcoreJob(Job):
             self.config.KernelDebuggerPath, dump.vmlinux, dump.path, timeout=self.config.ProcessCommunicateTimeout,
             memory_bytes=self.config.gdb_memory_limit_bytes, hide=self._hide(dump), readable=readable,
             module_dir=self._module_dir(dump), more_modules=lambda output: self._add_module_debuginfo(dump, output),
-            output_bytes=self.config.debugger_output_limit_bytes)
+            output_bytes=self.config.debugger_output_limit_bytes, extra_commands=self._admin_commands)
+
+    @property
+    def _admin_commands(self):
+        return crash_tool.admin_commands(self.config.CrashCommands)
 
     def _save_session(self, dump):
         """What ``retrace-server-interact TASK crash`` runs: crash on this vmlinux and dump, with the module
@@ -312,10 +316,14 @@ class VmcoreJob(Job):
                 self.log.warning("crash: %s", line.strip())
         if output.minimal:
             self.log.warning("crash could not load the whole dump; only the kernel log (crash --minimal) is available")
+        elif output.load == "zero_excluded":
+            self.log.warning("crash loaded the dump only with --zero_excluded: pages makedumpfile left out read as "
+                             "zeros")
         header = ("crash could only read the kernel log (--minimal): the system summary and the backtrace are "
                   "missing\n\n" if output.minimal else "")
         write_atomically(self.task.path / "retrace_backtrace", header + output.kernel_log)
-        for name, command in (("sys", "sys"), ("mod", "mod")):
+        extra = [(crash_tool.result_name(command), command) for command in self._admin_commands]
+        for name, command in (("sys", "sys"), ("mod", "mod"), *extra):
             if output.sections.get(command, "").strip():
                 write_atomically(self.task.results_dir / name, output.sections[command])
         if output.backtrace.strip():

@@ -27,7 +27,7 @@ ROUTES = [
     (_TASK + r"/backtrace", handlers.backtrace, _READ, True),
     (_TASK + r"/log", handlers.task_log, _READ, True),
     (_TASK + r"/exploitable", handlers.exploitable, _READ, True),
-    (_TASK + r"/results/(?P<name>sys|bt|mod)", handlers.result, _READ, True),
+    (_TASK + r"/results/(?P<name>sys|bt|mod|crash-[a-z0-9-]{1,60})", handlers.result, _READ, True),
     (_TASK + r"/delete", handlers.delete, ("GET", "POST", "DELETE"), True),
 ]
 _COMPILED = [(re.compile(pattern), handler, methods, https) for pattern, handler, methods, https in ROUTES]

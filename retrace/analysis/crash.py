@@ -3,10 +3,12 @@
 One load of the dump (seconds, hundreds of MB of memory) runs every
 command, each after an ``echo`` of a marker line that splits the output:
 ``sys``, ``bt -a`` and ``bt`` (``bt -a`` names every CPU's active task,
-plain ``bt`` is kept for when it fails), ``log`` and ``mod``.  When the full
-load fails (a kernel newer than this ``crash`` understands, a damaged
-dump), ``crash --minimal`` still reads the kernel log, which upstream
-made the task's backtrace; the result says it is minimal.
+plain ``bt`` is kept for when it fails), ``log`` and ``mod``, then the
+administrator's ``CrashCommands``.  When the full load fails (a kernel newer
+than this ``crash`` understands, a damaged dump), ``--zero_excluded`` (pages
+makedumpfile left out read as zeros: upstream's fallback, which rescued
+about 30% of those dumps) is tried, then ``crash --minimal``, which still
+reads the kernel log; the result says which load it is.
 
 crash is driven batch by batch over a pipe (it answers each command at
 once): loading a dump takes seconds, a batch milliseconds, so the module
@@ -46,9 +48,13 @@ class CrashError(RetraceError):
 @dataclasses.dataclass(frozen=True)
 class CrashOutput:
     sections: dict  # command -> its output
-    preamble: str  # what crash said while loading (warnings)
-    minimal: bool
+    preamble: str  # what crash said while loading (warnings), and why a fuller load failed
+    load: str  # "full", "zero_excluded" or "minimal"
     seconds: float
+
+    @property
+    def minimal(self):
+        return self.load == "minimal"
 
     @property
     def kernel_log(self):
@@ -211,8 +217,9 @@ def gist(text, lines=3):
 
 
 def analyse(crash_path, vmlinux, vmcore, *, timeout, memory_bytes, hide, readable=(), module_dir=None,
-            more_modules=lambda output: None, output_bytes=DEFAULT_OUTPUT_BYTES):
-    """The CrashOutput of the full batch, or of ``--minimal`` + ``log`` when the full load fails.
+            more_modules=lambda output: None, output_bytes=DEFAULT_OUTPUT_BYTES, extra_commands=()):
+    """The CrashOutput of the full batch (``extra_commands`` after ours); of the same with
+    ``--zero_excluded`` when the full load fails; of ``--minimal`` + ``log`` when that fails too.
 
     With ``module_dir`` (debuginfo files of modules), ``mod -S`` loads them
     first.  ``more_modules(output)`` may then bring the files of modules the
@@ -223,28 +230,46 @@ def analyse(crash_path, vmlinux, vmcore, *, timeout, memory_bytes, hide, readabl
     require_sandbox(str(crash_path))
     binds = crash_binds(crash_path, vmlinux, vmcore, *readable, *([module_dir] if module_dir else []))
     common = ["-s", "--no_crashrc", str(vmlinux), str(vmcore)]
-    commands = ((f"mod -S {module_dir}",) if module_dir else ()) + COMMANDS
-    with _session(crash_path, common, binds, timeout=timeout, memory_bytes=memory_bytes,
-                  output_bytes=output_bytes) as session:
-        split = session.markers.split
-        text = hide(session.batch(commands))
-        preamble, sections = split(text)
-        if sections.get("log", "").strip():
-            directory = more_modules(CrashOutput(sections, preamble, False, session.seconds))
-            if directory is not None:
-                _, with_modules = split(hide(session.batch((f"mod -S {directory}",) + COMMANDS)))
-                sections = with_modules if with_modules.get("log", "").strip() else sections
-            return CrashOutput(sections, preamble, False, session.seconds)
-    full_failure = gist(text)
+    batch = COMMANDS + tuple(extra_commands)
+    failures = []
+    for load, options in (("full", []), ("zero_excluded", ["--zero_excluded"])):
+        commands = ((f"mod -S {module_dir}",) if module_dir else ()) + batch
+        with _session(crash_path, options + common, binds, timeout=timeout, memory_bytes=memory_bytes,
+                      output_bytes=output_bytes) as session:
+            split = session.markers.split
+            text = hide(session.batch(commands))
+            preamble, sections = split(text)
+            if sections.get("log", "").strip():
+                directory = more_modules(CrashOutput(sections, preamble, load, session.seconds))
+                if directory is not None:
+                    _, with_modules = split(hide(session.batch((f"mod -S {directory}",) + batch)))
+                    sections = with_modules if with_modules.get("log", "").strip() else sections
+                notes = "".join(f"\n{failure}" for failure in failures)
+                return CrashOutput(sections, preamble + notes, load, session.seconds)
+        failures.append(f"The {load.replace('_', ' ')} load failed: {gist(text)}")
     markers = Markers()
     ran, text = _run(crash_path, ["--minimal", *common], binds, markers.script(MINIMAL_COMMANDS), timeout=timeout,
                      memory_bytes=memory_bytes, output_bytes=output_bytes, hide=hide)
     minimal_preamble, sections = markers.split(text)
     if not sections.get("log", "").strip() or "command not available" in sections.get("log", ""):
-        raise CrashError(f"crash cannot read this vmcore with this vmlinux: {full_failure}; "
+        raise CrashError(f"crash cannot read this vmcore with this vmlinux: {'; '.join(failures)}; "
                          f"crash --minimal said: {gist(text)}")
-    return CrashOutput(sections, f"{preamble}\n{minimal_preamble}\nFull load failed: {full_failure}", True,
-                       ran.seconds)
+    return CrashOutput(sections, "\n".join([preamble, minimal_preamble, *failures]), "minimal", ran.seconds)
+
+
+def result_name(command):
+    """The results/ file of an administrator's crash command: ``kmem -i`` -> ``crash-kmem-i``."""
+    return "crash-" + "-".join(re.findall(r"[a-z0-9]+", command.lower()))[:60]
+
+
+def admin_commands(text):
+    """``CrashCommands`` (``;``-separated) as a tuple; ValueError for one that could reach a shell or a file
+    (crash runs ``!command``, pipes to commands and redirects output)."""
+    commands = tuple(command.strip() for command in text.split(";") if command.strip())
+    for command in commands:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*( [A-Za-z0-9_.,:=+-]+)*", command):
+            raise ValueError(f"CrashCommands: {command!r} is not a plain crash command (no !, |, >, quotes)")
+    return commands
 
 
 def osrelease(crash_path, vmcore, *, timeout, memory_bytes):

@@ -273,3 +273,31 @@ def test_retrace_client_sends_a_vmcore_and_prints_the_kernel_log(kernel_server, 
     assert result.returncode == 0, result.stderr
     assert MARKER in result.stdout
     assert "Retrace job finished successfully" in result.stderr + result.stdout
+
+
+def crash_that_needs_zero_excluded(directory):
+    """A KernelDebuggerPath whose load fails as crash's does on a dump missing pages it needs, unless
+    --zero_excluded is given; then (and for --osrelease) the real crash runs."""
+    directory.mkdir(mode=0o755)
+    wrapper = directory / "crash"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'case " $* " in *" --zero_excluded "*|*" --osrelease "*) exec /usr/bin/crash "$@";; esac\n'
+        'echo "crash: page excluded: kernel virtual address: ffffffff82a1c040  type: \\"possible\\"" >&2\nexit 1\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def test_a_dump_crash_loads_only_with_zero_excluded_takes_that_path_and_the_log_says_why(
+        start_server, uploads, work_dir):
+    crash = crash_that_needs_zero_excluded(work_dir / "zero-excluded-crash")
+    server = start_server(repository=False, KernelDebuggerPath=str(crash), CrashCommands="kmem -i; ps")
+    add_debian_repository(server, kernel_debs().dbg)
+    task, status = retrace(server, uploads["kdump"])
+    log = text(server, task, "log")
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", log
+    assert "crash loaded the dump only with --zero_excluded" in log
+    assert "The full load failed: crash: page excluded" in log
+    assert "sysrq_handle_crash" in text(server, task, "results/bt")
+    assert "TOTAL MEM" in text(server, task, "results/crash-kmem-i")
+    assert "init" in text(server, task, "results/crash-ps")

@@ -6,7 +6,10 @@ import sys
 
 import pytest
 
-from retrace.analysis.crash import COMMANDS, CrashError, CrashOutput, Markers, _Session, modules_without_debuginfo
+from retrace.analysis.crash import (COMMANDS, CrashError, CrashOutput, Markers, _Session, admin_commands,
+                                    modules_without_debuginfo, result_name)
+from retrace.config import parse_config
+from retrace.errors import ConfigError
 
 
 def test_batch_script_echoes_a_marker_before_each_command_and_quits():
@@ -32,9 +35,9 @@ def test_markers_are_random_so_a_kernel_log_cannot_forge_a_section():
 
 def test_backtrace_is_bt_a_when_it_shows_frames_else_plain_bt():
     frames = " #0 [ffffd210c0013b20] panic at ffffffff86fcd0a8\n"
-    both = CrashOutput({"bt -a": frames, "bt": frames + "more"}, "", False, 1.0)
+    both = CrashOutput({"bt -a": frames, "bt": frames + "more"}, "", "full", 1.0)
     assert both.backtrace == frames
-    only_bt = CrashOutput({"bt -a": "bt: cannot determine active tasks\n", "bt": frames}, "", False, 1.0)
+    only_bt = CrashOutput({"bt -a": "bt: cannot determine active tasks\n", "bt": frames}, "", "full", 1.0)
     assert only_bt.backtrace == frames
 
 
@@ -116,3 +119,16 @@ def test_a_session_that_prints_past_the_output_cap_is_stopped_and_says_so():
     finally:
         session.close()
     assert session.process.returncode == -signal.SIGKILL
+
+
+def test_admin_commands_are_plain_crash_commands_named_for_their_results():
+    assert admin_commands("kmem -i; ps -m ;foreach bt") == ("kmem -i", "ps -m", "foreach bt")
+    assert [result_name(command) for command in ("kmem -i", "foreach bt")] == ["crash-kmem-i", "crash-foreach-bt"]
+    for hostile in ("!sh", "ps | sh", "log > /etc/passwd", "sys 'x'"):
+        with pytest.raises(ValueError, match="is not a plain crash command"):
+            admin_commands(hostile)
+
+
+def test_a_config_with_a_hostile_crash_command_is_refused():
+    with pytest.raises(ConfigError, match="CrashCommands: '!id' is not a plain crash command"):
+        parse_config("[retrace]\nCrashCommands = kmem -i; !id\n", "test.conf")
