@@ -170,7 +170,8 @@ def test_a_metadata_only_release_downloads_the_kernel_debuginfo_package_from_its
     """The release holds the signed indexes only; the -dbg package (hundreds of MiB) is fetched for the
     first dump, held to its index's SHA256, read for the vmlinux and the module debuginfo, then removed."""
     TEST_KEY.ensure()
-    mirror, url = serve_http(apt_archive(work_dir / "kernel-mirror", [kernel_debs().dbg], key=TEST_KEY))
+    mirror, url = serve_http(apt_archive(work_dir / "kernel-mirror", [kernel_debs().dbg], key=TEST_KEY,
+                                         contents=False))  # the kernel's package is found in Packages
     try:
         server = start_server(repository=False, extra_ini=(
             f"[gpgkeys]\ndebian = {TEST_KEY.public}\n[reposync debian]\ntype = apt\nmirrors = {url}\n"
