@@ -103,6 +103,9 @@ class Config:
     MaxUploadsPerClient: int = _key(4, minimum=1, maximum=100000)
     MaxUploadSeconds: int = _key(3600, minimum=10, maximum=86400 * 7, unit="seconds")
     AllowVMCoreTask: bool = _key(True)
+    # The md5 of every uploaded vmcore, computed while it streams in (the task's md5sum file); cleanup then
+    # stores identical vmcores once.
+    CalculateMd5: bool = _key(False)
     MaxVmcorePackedSize: int = _key(4096, minimum=1, unit="MiB")
     MaxVmcoreUnpackedSize: int = _key(65536, minimum=1, unit="MiB")
     KernelDebuggerPath: Path = _key(Path("/usr/bin/crash"))

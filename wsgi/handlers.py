@@ -23,7 +23,7 @@ from retrace.packaging.release import ReleaseId, served_releases, supported_rele
 from retrace.packaging.repoindex import RepoIndex
 from retrace.stats import StatsDB
 from retrace.tasks import dispatch, taskqueue
-from retrace.tasks.task import Task, TaskStatus, wire_status
+from retrace.tasks.task import MD5_NAME, Task, TaskStatus, wire_status, write_atomically
 from wsgi import metrics, statspage
 
 log = logging.getLogger(__name__)
@@ -130,9 +130,13 @@ def create(config, request):
         reserve = functools.partial(storage.reserve, config.SaveDir, incoming.path,
                                     min_left_bytes=config.min_storage_left_bytes)
         limits = archive.Limits(unpacked_cap, crashdata.size_caps(), reserve, crashdata.HEAD_CHECKS)
-        sizes = archive.receive_archive(request.environ["wsgi.input"], length, fmt, incoming.crash_dir, limits)
+        digests = {"vmcore": None} if is_vmcore and config.CalculateMd5 else {}
+        sizes = archive.receive_archive(request.environ["wsgi.input"], length, fmt, incoming.crash_dir, limits,
+                                        digests)
         archive.require_files(sizes, crashdata.REQUIRED_FILES[task_type])
         crashdata.validate_crash_dir(incoming.crash_dir, sizes)
+        if digests.get("vmcore"):
+            write_atomically(incoming.path / MD5_NAME, f"{digests['vmcore']}  vmcore\n")
         task, password = incoming.commit(
             task_type, id_length=config.TaskIdLength, password_length=config.TaskPassLength
         )

@@ -12,6 +12,7 @@ to tar and accepts only regular files with known names at the top level.
 import contextlib
 import dataclasses
 import gzip
+import hashlib
 import io
 import lzma
 import os
@@ -238,10 +239,11 @@ def _member_name(member):
     return name
 
 
-def _copy_member(source, target_path, size, check_head=None):
+def _copy_member(source, target_path, size, check_head=None, digest=None):
     """Write exactly ``size`` bytes; ``x`` mode never overwrites or follows links.
 
-    ``check_head(first bytes, name)`` runs on the first chunk, before the file is created.
+    ``check_head(first bytes, name)`` runs on the first chunk, before the file is created; ``digest``
+    (a hashlib object) sees every chunk as it is written, so no second pass reads the file again.
     """
     chunk = source.read(min(CHUNK_SIZE, size))
     if check_head is not None:
@@ -252,6 +254,8 @@ def _copy_member(source, target_path, size, check_head=None):
             if not chunk:
                 raise BadRequest("The archive is truncated: a file ends before its declared size")
             target.write(chunk)
+            if digest is not None:
+                digest.update(chunk)
             written += len(chunk)
             chunk = source.read(min(CHUNK_SIZE, size - written)) if written < size else b""
     os.chmod(target_path, 0o640)
@@ -278,7 +282,7 @@ def _check_type(fmt, buffered):
     )
 
 
-def _unpack_members(stream, crash_dir, limits):
+def _unpack_members(stream, crash_dir, limits, digests):
     unpacked = 0
     sizes = {}
     # bufsize: tarfile's stream mode otherwise reads in 10 KiB steps.
@@ -298,18 +302,22 @@ def _unpack_members(stream, crash_dir, limits):
                     f"{limits.max_unpacked_bytes} bytes, the server's limit"
                 )
             limits.reserve(member.size)
+            digest = hashlib.md5(usedforsecurity=False) if name in digests else None
             sizes[name] = _copy_member(tar.extractfile(member), crash_dir / name, member.size,
-                                       limits.head_checks.get(name))
+                                       limits.head_checks.get(name), digest)
+            if digest is not None:
+                digests[name] = digest.hexdigest()
             limits.reserve(0)
             unpacked += sizes[name]
     return sizes
 
 
-def receive_archive(body, content_length, fmt, crash_dir, limits):
+def receive_archive(body, content_length, fmt, crash_dir, limits, digests=None):
     """Stream an upload of ``content_length`` bytes into ``crash_dir``.
 
     ``content_length`` has passed ``declared_length``.  Returns a dict of
-    the file names written and their sizes.  On any rejection the rest of
+    the file names written and their sizes; the names in ``digests`` get
+    their md5 (hex) there, computed while they stream in.  On any rejection the rest of
     the body is still read (it is at most MaxPackedSize), so the client gets
     our answer instead of a reset connection; the caller removes what was
     written.
@@ -319,7 +327,7 @@ def receive_archive(body, content_length, fmt, crash_dir, limits):
     try:
         _check_type(fmt, buffered)
         try:
-            sizes = _unpack_members(fmt.decompress(buffered), crash_dir, limits)
+            sizes = _unpack_members(fmt.decompress(buffered), crash_dir, limits, {} if digests is None else digests)
         except _DECOMPRESSION_ERRORS as err:
             raise BadRequest(f"The archive is corrupt or truncated ({_describe(err)})") from None
     except BaseException:

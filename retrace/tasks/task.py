@@ -39,6 +39,7 @@ WORKER_LOCK = ".worker.lock"
 # The pid of the process running the task's stages (the supervisor's child).
 JOB_PID = "job_pid"
 FAILURE_NAME = "results/failure"
+MD5_NAME = "md5sum"  # "<md5>  vmcore", as upstream (CalculateMd5)
 LOG_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 _LOCKLESS_GRACE_SECONDS = 60
 

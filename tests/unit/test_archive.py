@@ -1,4 +1,5 @@
 import functools
+import hashlib
 import gzip
 import io
 import lzma
@@ -171,3 +172,12 @@ def test_a_coredump_whose_first_bytes_are_not_an_elf_core_is_refused_before_it_i
     with pytest.raises(InvalidCrashData, match="The 'coredump' file is not an ELF core file"):
         receive(body, tmp_path, limits=limits)
     assert not (tmp_path / "coredump").exists()
+
+
+def test_the_md5_of_a_named_file_is_computed_while_it_streams_in(tmp_path):
+    core = os.urandom(300_017)
+    digests = {"coredump": None}
+    fmt = archive.format_for("application/x-tar")
+    body = tar_of(("coredump", core), ("executable", b"/usr/bin/x"))
+    archive.receive_archive(io.BytesIO(body), len(body), fmt, tmp_path, LIMITS, digests)
+    assert digests == {"coredump": hashlib.md5(core).hexdigest()}
