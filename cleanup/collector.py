@@ -21,7 +21,7 @@ from retrace.packaging.debuginfod import BuildIdCache
 from retrace.packaging.kernel import KernelCache
 from retrace.stats import StatsDB
 from retrace.tasks.dispatch import end_failed, fail_if_worker_died, start_queued
-from retrace.tasks.task import WORKER_LOCK, TaskStatus, iter_tasks, worker_alive
+from retrace.tasks.task import MD5_NAME, WORKER_LOCK, TaskStatus, iter_tasks, worker_alive
 from worker.supervisor import kill_worker
 
 HOUR = 3600
@@ -50,6 +50,7 @@ class Collector:
         if self.act("start queued tasks into free worker slots"):
             start_queued(self.config, self.config_path)
         self.expire_tasks()
+        self.link_identical_vmcores()
         self.sweep_partial_entries()
         self.sweep_downloads()
         self.trim_cache()
@@ -125,6 +126,30 @@ class Collector:
                     task.delete()
             elif self.act(f"task {task.task_id}: delete; {why}"):
                 task.delete()
+
+    def link_identical_vmcores(self):
+        """Store identical vmcores once (upstream's dedup): tasks whose ``md5sum`` and size agree get one file,
+        hard-linked; the file goes when the last task holding it does."""
+        first = {}
+        for task in sorted(self._tasks(), key=lambda task: task.task_id):
+            if (task.status is not None and not task.status.is_final) or worker_alive(task):
+                continue  # its worker may be stripping or reassembling the vmcore
+            vmcore, md5 = task.crash_dir / "vmcore", task.read_text(MD5_NAME, 200)
+            try:
+                info = vmcore.stat()
+            except OSError:
+                continue
+            if not md5 or not vmcore.is_file() or vmcore.is_symlink():
+                continue
+            key = (md5.split()[0], info.st_size)
+            kept = first.setdefault(key, (task, vmcore, info))
+            if kept[0] is task or (kept[2].st_dev, kept[2].st_ino) == (info.st_dev, info.st_ino):
+                continue
+            if self.act(f"task {task.task_id}: its vmcore is task {kept[0].task_id}'s (md5 {key[0]}); stored once"):
+                spare = vmcore.with_name(".vmcore.link")
+                spare.unlink(missing_ok=True)
+                os.link(kept[1], spare)
+                os.replace(spare, vmcore)
 
     def forget_client_addresses(self):
         """Refused clients' addresses go after StatsIPRetention hours, refusals or not."""

@@ -1,6 +1,5 @@
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import pytest
 from tests.fixtures.cores import crash_installed, make_problem_dir
 from tests.fixtures.distro import build_rpms, publish_release
 from tests.fixtures.userland import build_userland_rpms
-from tests.fixtures.vmcore import make_vmcores
+from tests.fixtures.vmcore import make_vmcores, vmcore_upload
 from tests.integration.server import Server, make_certificate, make_root, remove_root
 
 RELEASE_ID = "fedora-41-x86_64"
@@ -131,12 +130,5 @@ def vmcores(work_dir):
 @pytest.fixture(scope="session")
 def uploads(vmcores, work_dir):
     """One zstd-compressed tar per dump, each holding its dump as ``vmcore``."""
-    made = {}
-    for kind in ("elf", "elf_proc", "flattened", "kdump", "without_vmcoreinfo"):
-        directory = work_dir / "vmcore-uploads" / kind
-        directory.mkdir(parents=True)
-        os.link(getattr(vmcores, kind), directory / "vmcore")
-        archive = directory.with_suffix(".tar.zst")
-        subprocess.run(["tar", "--zstd", "-cf", str(archive), "-C", str(directory), "vmcore"], check=True)
-        made[kind] = archive
-    return made
+    return {kind: vmcore_upload(getattr(vmcores, kind), work_dir / "vmcore-uploads" / kind)
+            for kind in ("elf", "elf_proc", "flattened", "kdump", "without_vmcoreinfo")}

@@ -5,6 +5,7 @@ The dumps are real: a Debian cloud kernel panicked under QEMU
 ``debian-12-x86_64`` repository directory as a mirror would hold it.
 """
 
+import hashlib
 import sqlite3
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ from tests.integration.reposync_admin import REPOSYNC, serve_http
 ZSTD_TAR = "application/x-zstd-compressed-tar"
 DEBIAN_RELEASE = "debian-12-x86_64"
 CLIENT = Path(sys.executable).with_name("retrace-client")
+CLEANUP = Path(sys.executable).with_name("retrace-server-cleanup")
 
 
 def add_debian_repository(server, *debs):
@@ -302,3 +304,23 @@ def test_a_dump_crash_loads_only_with_zero_excluded_takes_that_path_and_the_log_
     assert "sysrq_handle_crash" in text(server, task, "results/bt")
     assert "TOTAL MEM" in text(server, task, "results/crash-kmem-i")
     assert "init" in text(server, task, "results/crash-ps")
+
+
+def test_md5_is_computed_while_the_vmcore_streams_in_and_cleanup_stores_identical_vmcores_once(
+        start_server, uploads, vmcores):
+    server = start_server(repository=False, CalculateMd5="1")
+    add_debian_repository(server, kernel_debs().dbg)
+    twins = sorted(retrace(server, uploads["kdump"])[0][0] for _ in range(2))  # the lower task id keeps its file
+    other = retrace(server, uploads["flattened"])[0][0]
+    expected = hashlib.md5(vmcores.kdump.read_bytes()).hexdigest()
+    for task_id in twins:
+        assert (server.save_dir / task_id / "md5sum").read_text() == f"{expected}  vmcore\n"
+    files = [server.save_dir / task_id / "crash" / "vmcore" for task_id in (*twins, other)]
+    assert len({path.stat().st_ino for path in files}) == 3
+    cleanup = subprocess.run([str(CLEANUP), "--config", str(server.config_path)], capture_output=True, text=True,
+                             timeout=300)
+    assert cleanup.returncode == 0, cleanup.stdout + cleanup.stderr
+    assert f"task {twins[1]}: its vmcore is task {twins[0]}'s (md5 {expected}); stored once" in \
+        cleanup.stdout + cleanup.stderr
+    assert files[0].stat().st_ino == files[1].stat().st_ino and files[0].stat().st_nlink == 2
+    assert files[2].stat().st_nlink == 1
