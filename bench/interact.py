@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.workspace import Workspace  # noqa: E402
-from tests.fixtures.vmcore import kernel_debs, make_vmcores  # noqa: E402
+from tests.fixtures.vmcore import kernel_debs, make_vmcores, vmcore_upload  # noqa: E402
 from tests.integration.helpers import password_header, wait_final  # noqa: E402
 
 RUNS = 5
@@ -87,11 +87,7 @@ def main():
         (packages / kernel_debs().dbg.name).symlink_to(kernel_debs().dbg)
         server = ws.server(root, AllowInteractive="1")
         vmcores = make_vmcores(ws.work / "vmcores")
-        upload = ws.work / "upload"
-        upload.mkdir()
-        os.link(vmcores.kdump, upload / "vmcore")
-        tarball = upload.with_suffix(".tar.zst")
-        subprocess.run(["tar", "--zstd", "-cf", str(tarball), "-C", str(upload), "vmcore"], check=True)
+        tarball = vmcore_upload(vmcores.kdump, ws.work / "upload")
         vmcore_task = interactive_task(server, tarball.read_bytes(), "application/x-zstd-compressed-tar", 4)
         compare(server, vmcore_task, "crash", b"crash> ")
         coredump_task = interactive_task(server, coredump_archive, "application/x-xz-compressed-tar", 3)
