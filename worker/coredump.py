@@ -294,11 +294,12 @@ class RetraceJob(Job):
 
     def _check_full_rpm_mirror(self, index):
         """chroot and mock install gdb with dnf from the release's own RPM repository on this host."""
+        repositories = rpm_repositories(index.release_dir) if index is not None else None
         if index is None:
             served = "through debuginfod only"
-        elif not rpm_repositories(index.release_dir):
+        elif not repositories:
             served = "as an apt repository"
-        elif rpm_repositories(index.release_dir) != [index.release_dir]:
+        elif repositories != [index.release_dir]:
             served = "from its metadata only (its packages stay on the mirror)"
         else:
             return

@@ -78,8 +78,9 @@ def gdb_for(arch, configured=None, cache_dir=None):
     """The path of a gdb that reads ``arch`` cores; NoDebugger says what the administrator can do."""
     if arch not in GDB_ARCHITECTURES:
         raise NoDebugger(f"this server has no debugger for {arch} cores")
-    if arch == HOST_ARCH and not configured and shutil.which("gdb"):
-        return shutil.which("gdb")
+    host_gdb = shutil.which("gdb")
+    if arch == HOST_ARCH and not configured and host_gdb:
+        return host_gdb
     for program in [configured] if configured else _FALLBACKS:
         path = shutil.which(program)
         if path and reads(path, arch, cache_dir):
