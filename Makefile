@@ -56,3 +56,8 @@ bench: setup
 	$(PYTHON) bench/cluster.py
 	$(PYTHON) bench/vmcore.py
 	$(PYTHON) bench/dispatch.py
+	$(PYTHON) bench/debian.py
+	$(PYTHON) bench/metadata_only.py
+	$(PYTHON) bench/architectures.py
+	$(PYTHON) bench/interact.py
+	$(PYTHON) bench/vmcore_intake.py
