@@ -1,4 +1,4 @@
-"""``retrace-server-worker TASK_ID [--foreground] [--restart] [-v]``.
+"""``retrace-server-worker TASK_ID [--foreground] [--restart [--kernelver VER] [--arch ARCH] [--release NAME]] [-v]``.
 
 The command claims the task before it detaches: it takes the task's worker
 lock, records its pid and sets the first status, so that whoever started
@@ -20,6 +20,7 @@ from retrace.config import config_path, load_config
 from retrace.errors import ConfigError, NotFound
 from retrace.privileges import PrivilegeError, add_service_arguments, run_as_service_user
 from retrace.tasks.dispatch import poke
+from retrace.tasks.overrides import InvalidOverride, Overrides
 from retrace.tasks.task import (JOB_PID, LOG_NAME, LOG_TIME_FORMAT, WORKER_HOST, WORKER_LOCK, Task, TaskStatus,
                                 write_atomically)
 from worker.coredump import RetraceJob
@@ -41,9 +42,14 @@ def build_parser():
                         help="be a Celery worker host (Dispatcher = celery) instead of retracing one task")
     parser.add_argument("--hostname", help="with --serve: this host's name in logs and statistics")
     parser.add_argument("--concurrency", type=int, help="with --serve: tasks at once (default MaxParallelTasks)")
-    parser.add_argument("--arch", action="append", help="with --serve: architectures to take (default RetraceArchitectures)")
+    parser.add_argument("--arch", action="append",
+                        help="with --serve: architectures to take (default RetraceArchitectures); with a task: "
+                             "the architecture to retrace it as, instead of the one the dump or core names")
     parser.add_argument("--foreground", action="store_true", help="do not detach; exit when the task ends")
     parser.add_argument("--restart", action="store_true", help="run a task again that has already been started")
+    parser.add_argument("--kernelver", help="a vmcore task's kernel release (uname -r), instead of the dump's")
+    parser.add_argument("--release", help="a coredump task's release (like fedora-41-x86_64), instead of the one "
+                                          "its crash data names")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging details to the task log")
     add_service_arguments(parser)
     return parser
@@ -147,12 +153,24 @@ def prepare(args):
         raise WorkerRefused(f"there is no task {args.task_id} in {config.SaveDir}") from None
     except OSError as err:
         raise WorkerRefused(f"cannot open task {args.task_id}: {err.strerror} (run as the service user?)") from None
-    if task.status is not None:
-        if not args.restart:
-            os.close(lock_fd)
+    try:
+        overrides = requested_overrides(args).checked(task.task_type, config)
+        if task.status is not None and not args.restart:
             raise WorkerRefused(f"task {task.task_id} has already been started; use --restart to run it again")
+    except (WorkerRefused, InvalidOverride) as err:
+        os.close(lock_fd)
+        raise WorkerRefused(str(err)) from None
+    if task.status is not None:
         reset(task)
+    if overrides or args.restart:
+        overrides.save(task)
     return config, path, task, lock_fd
+
+
+def requested_overrides(args):
+    if args.arch and len(args.arch) > 1:
+        raise InvalidOverride("a task is retraced as one architecture: give --arch once")
+    return Overrides(args.kernelver, args.arch[0] if args.arch else None, args.release)
 
 
 def claim_when_free(task, limit, poll=0.5):

@@ -56,9 +56,12 @@ class RetraceJob(Job):
         self.log.info("Coredump: %s, %d mapped files, signal %s", core.arch, len(core.modules), core.signal)
         executable = self._executable()
         package = self.crash_text("package")
-        self.record.package, self.record.arch, self.record.coresize = package, core.arch, core_path.stat().st_size
-        release = self._release(core, package)
-        debugger = self._debugger(core.arch)
+        arch = self.overrides.arch or core.arch
+        if arch != core.arch:
+            self.log.warning("Retraced as %s, as forced; the core's header says %s", arch, core.arch)
+        self.record.package, self.record.arch, self.record.coresize = package, arch, core_path.stat().st_size
+        release = self._release(arch, package)
+        debugger = self._debugger(arch)
         self.debuginfod = DebuginfodSettings.from_config(self.config, release)
         exe_module = core.module_at(executable)
         if exe_module is None:
@@ -115,10 +118,13 @@ class RetraceJob(Job):
             return executable[len(rootdir):]
         return executable
 
-    def _release(self, core, package):
+    def _release(self, arch, package):
         supported = served_releases(self.config)
-        lines = [(name, text) for name in RELEASE_FILES if (text := self.crash_text(name))]
-        release, how = detect_release(lines, package, core.arch, supported)
+        if self.overrides.release:
+            release, how = ReleaseId.parse(self.overrides.release), "forced with --release"
+        else:
+            lines = [(name, text) for name in RELEASE_FILES if (text := self.crash_text(name))]
+            release, how = detect_release(lines, package, arch, supported)
         self.record.release = str(release) if release else None
         names = ", ".join(str(known) for known in supported) or "none"
         if release is None:

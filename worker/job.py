@@ -17,6 +17,7 @@ from retrace.errors import RetraceError, disk_full_explained
 from retrace.intake import crashdata
 from retrace.stats import FAILURE, SUCCESS, StatsDB, TaskRecord
 from retrace.tasks import taskqueue
+from retrace.tasks.overrides import Overrides
 from retrace.tasks.task import TaskStatus
 
 admin_log = logging.getLogger("retrace.worker")
@@ -38,6 +39,7 @@ class Job:
         self.config = config
         self.task = task
         self.log = log
+        self.overrides = Overrides.load(task)
         self.started = time.monotonic()
         now = time.time()
         queued_time = task.timestamp("queued_time")
@@ -63,6 +65,8 @@ class Job:
 
     def run(self):
         """Run every stage; True on success.  The task always ends final."""
+        if self.overrides:
+            self.log.info("Forced by an administrator: %s", self.overrides.describe())
         try:
             with self.stage(TaskStatus.ANALYZE):
                 crash = self.analyze()

@@ -86,10 +86,14 @@ class VmcoreJob(Job):
         if fmt is DumpFormat.FLATTENED:
             self._reassemble(path)
             fmt = dump_format(path)
-        kernel = self._identify(path, fmt)
-        arch = kernel_arch(kernel.release)
+        kernel = self._forced(path, fmt) if self.overrides.kernelver else self._identify(path, fmt)
+        self.log.info("Kernel %s, build-id %s (from %s)", kernel.release, kernel.build_id or "unknown", kernel.source)
+        if kernel.build_id is None:
+            self.log.warning("The dump records no BUILD-ID (a kernel older than 5.9?): the vmlinux cannot be verified")
+        arch = self.overrides.arch or kernel_arch(kernel.release)
         if arch is None:
-            raise TaskFailed(f"cannot tell the architecture of kernel {kernel.release} from its release string",
+            raise TaskFailed(f"cannot tell the architecture of kernel {kernel.release} from its release string; "
+                             "an administrator can name it: retrace-server-worker TASK --restart --arch ARCH",
                              "unsupported release")
         self.record.package, self.record.package_version, self.record.arch = "kernel", kernel.release, arch
         releases = self._releases(kernel.release, arch)
@@ -107,6 +111,20 @@ class VmcoreJob(Job):
                              f"{crash_tool.gist(self.without_server_paths(ran.text))}", "bad core")
         os.replace(target, path)
         self.log.info("Reassembled the flattened dump with makedumpfile -R in %.3f s", time.monotonic() - started)
+
+    def _forced(self, path, fmt):
+        """The kernel an administrator named (--kernelver), with the build-id the dump records for it, so
+        that a vmlinux of another build is still refused."""
+        forced = self.overrides.kernelver
+        read = read_vmcoreinfo(path)
+        if read is not None and read.release != forced:
+            self.log.warning("The dump's %s says kernel %s; using %s as forced", read.source, read.release, forced)
+        if read is not None and read.build_id is None:
+            found = search_text(path) if fmt is DumpFormat.ELF else None
+            read = found if found is not None and found.release == forced else read
+        build_id = read.build_id if read is not None else None
+        return KernelIdentity(forced, build_id, "--kernelver" + (f", build-id from the dump's {read.source}"
+                                                                 if build_id else ""))
 
     def _identify(self, path, fmt):
         """The kernel release and build-id: VMCOREINFO, checked by crash --osrelease, else a text search."""
@@ -127,9 +145,6 @@ class VmcoreJob(Job):
             raise TaskFailed(
                 "cannot tell which kernel wrote this vmcore: it holds no VMCOREINFO, crash --osrelease says "
                 "'unknown' and no OSRELEASE= or 'Linux version' text was found in it", "bad core")
-        self.log.info("Kernel %s, build-id %s (from %s)", kernel.release, kernel.build_id or "unknown", kernel.source)
-        if kernel.build_id is None:
-            self.log.warning("The dump records no BUILD-ID (a kernel older than 5.9?): the vmlinux cannot be verified")
         return kernel
 
     def _releases(self, kernel_release, arch):

@@ -193,9 +193,9 @@ def test_a_metadata_only_release_downloads_the_kernel_debuginfo_package_from_its
     assert not list((server.cache_dir / "downloads").iterdir()), "the package is removed once read"
 
 
-def neighbouring_build(work_dir, release):
-    """A -dbg package of the same kernel release whose vmlinux is another build (another build-id)."""
-    root = work_dir / "neighbour" / "root"
+def neighbouring_build(directory, release):
+    """A -dbg package of kernel ``release`` whose vmlinux is another build (another build-id), in ``directory``."""
+    root = directory / "root"
     (root / "DEBIAN").mkdir(parents=True)
     (root / "DEBIAN" / "control").write_text(
         f"Package: linux-image-{release}-dbg\nVersion: 0.1\nArchitecture: amd64\n"
@@ -203,7 +203,7 @@ def neighbouring_build(work_dir, release):
     boot = root / "usr/lib/debug/boot"
     boot.mkdir(parents=True)
     shutil.copy("/usr/bin/true", boot / f"vmlinux-{release}")
-    deb = work_dir / "neighbour" / f"linux-image-{release}-dbg_0.1_amd64.deb"
+    deb = directory / f"linux-image-{release}-dbg_0.1_amd64.deb"
     subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(deb)], check=True,
                    capture_output=True)
     return deb
@@ -211,7 +211,7 @@ def neighbouring_build(work_dir, release):
 
 def test_vmlinux_of_a_neighbouring_build_is_refused(start_server, uploads, vmcores, work_dir):
     server = start_server(repository=False)
-    add_debian_repository(server, neighbouring_build(work_dir, vmcores.release))
+    add_debian_repository(server, neighbouring_build(work_dir / "neighbour", vmcores.release))
     task, status = retrace(server, uploads["kdump"])
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
     assert f"is another build of {vmcores.release}" in status.text

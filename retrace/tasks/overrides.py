@@ -1,0 +1,95 @@
+"""What a support engineer forces on a task's next run: the kernel release, the architecture, the release.
+
+Customer dumps are the hard ones: VMCOREINFO damaged or missing, an old
+kernel whose release string names no architecture, a core from a release
+the crash data misnames.  The engineer knows better and restarts the task
+with ``retrace-server-worker TASK --restart --kernelver VER --arch ARCH``
+(``--release NAME`` for a coredump).  The values end up in package
+names, crash's arguments and cache paths, so each is checked against its
+grammar and against what this server serves when it is given, and refused
+with a sentence otherwise.  They are kept in the task directory as
+``overrides.json``, so a redelivered run uses them too; a restart that names
+none clears them.
+"""
+
+import dataclasses
+import json
+
+from retrace.analysis.debuggers import HOST_ARCH, NoDebugger, served_architectures
+from retrace.analysis.vmcore import KERNEL_RELEASE
+from retrace.packaging.release import ReleaseId, canonical_arch, served_releases
+from retrace.tasks.task import write_atomically
+
+OVERRIDES_FILE = "overrides.json"
+_UTS_RELEASE_BYTES = 64  # the kernel's utsname release field holds 64 characters and a NUL
+
+
+class InvalidOverride(ValueError):
+    """An override that does not fit the task or this server; the message is the sentence to show."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Overrides:
+    kernelver: str | None = None
+    arch: str | None = None
+    release: str | None = None
+
+    def __bool__(self):
+        return any(dataclasses.astuple(self))
+
+    def checked(self, task_type, config):
+        """These overrides with the architecture canonical (i686 -> i386); InvalidOverride for one that is not
+        a kernel release string, an architecture or a release this server serves, or not for this type."""
+        if task_type.is_vmcore and self.release:
+            raise InvalidOverride("--release is for coredump tasks; a vmcore's kernel is forced with --kernelver")
+        if not task_type.is_vmcore and self.kernelver:
+            raise InvalidOverride("--kernelver is for vmcore tasks (types 2 and 4); a coredump's release is "
+                                  "forced with --release")
+        if self.kernelver is not None and (len(self.kernelver) > _UTS_RELEASE_BYTES
+                                           or not KERNEL_RELEASE.fullmatch(self.kernelver)):
+            raise InvalidOverride(f"--kernelver {self.kernelver!r} is not a kernel release string (what uname -r "
+                                  "prints, like 6.1.0-26-amd64 or 5.14.0-427.el9.x86_64)")
+        arch = canonical_arch(self.arch) if self.arch else None
+        if arch is not None:
+            served = [HOST_ARCH] if task_type.is_vmcore else _served_architectures(config)
+            if arch not in served:
+                kind = "vmcores" if task_type.is_vmcore else "coredumps"
+                raise InvalidOverride(f"--arch {self.arch!r}: this server does not retrace {kind} of that "
+                                      f"architecture; it serves {', '.join(served)}")
+        if self.release is not None:
+            release, served = ReleaseId.parse(self.release), served_releases(config)
+            if release is None:
+                raise InvalidOverride(f"--release {self.release!r} is not a release name like fedora-41-x86_64")
+            if release not in served:
+                raise InvalidOverride(f"--release {release} is not served here; this server serves "
+                                      f"{', '.join(map(str, served)) or 'no release'}")
+        return dataclasses.replace(self, arch=arch)
+
+    def save(self, task):
+        """Keep these overrides for the task's runs; none removes what an earlier restart forced."""
+        path = task.path / OVERRIDES_FILE
+        if self:
+            write_atomically(path, json.dumps(dataclasses.asdict(self)))
+        else:
+            path.unlink(missing_ok=True)
+
+    @classmethod
+    def load(cls, task):
+        """The task's overrides (empty when none were given or the file is unreadable)."""
+        try:
+            fields = json.loads((task.path / OVERRIDES_FILE).read_text())
+            return cls(**{field.name: fields.get(field.name) for field in dataclasses.fields(cls)})
+        except (OSError, ValueError, TypeError, AttributeError):
+            return cls()
+
+    def describe(self):
+        """``kernel 6.1.0-26-amd64, architecture x86_64``: for the task log."""
+        named = (("kernel", self.kernelver), ("architecture", self.arch), ("release", self.release))
+        return ", ".join(f"{what} {value}" for what, value in named if value)
+
+
+def _served_architectures(config):
+    try:
+        return served_architectures(config)
+    except NoDebugger as err:
+        raise InvalidOverride(f"RetraceArchitectures: {err}") from None
