@@ -111,6 +111,9 @@ class Config:
     KernelDebuggerPath: Path = _key(Path("/usr/bin/crash"))
     # crash commands run after ours on every vmcore, ";"-separated; each one's output is results/crash-<name>.
     CrashCommands: str = _key("")
+    # A directory of crash extensions (shared objects) loaded with "extend" into every crash session, batch
+    # and interactive; empty: none.
+    CrashExtensions: str = _key("")
     ProcessCommunicateTimeout: float = _key(3600.0, minimum=0.01, maximum=86400, unit="seconds")
     VmcoreDumpLevel: int = _key(0, minimum=0, maximum=31)
     VmcoreDumpSavePercent: int = _key(10, minimum=0, maximum=100)

@@ -16,6 +16,7 @@ teams come back to it), stripped by makedumpfile when VmcoreDumpLevel asks.
 """
 
 import dataclasses
+import functools
 import os
 import re
 import time
@@ -278,21 +279,47 @@ class VmcoreJob(Job):
             self.config.KernelDebuggerPath, dump.vmlinux, dump.path, timeout=self.config.ProcessCommunicateTimeout,
             memory_bytes=self.config.gdb_memory_limit_bytes, hide=self._hide(dump), readable=readable,
             module_dir=self._module_dir(dump), more_modules=lambda output: self._add_module_debuginfo(dump, output),
-            output_bytes=self.config.debugger_output_limit_bytes, extra_commands=self._admin_commands)
+            output_bytes=self.config.debugger_output_limit_bytes, extra_commands=self._admin_commands,
+            extensions=self._extensions)
 
     @property
     def _admin_commands(self):
         return crash_tool.admin_commands(self.config.CrashCommands)
 
+    @functools.cached_property
+    def _extensions(self):
+        try:
+            loadable, refused = crash_tool.find_extensions(self.config.CrashExtensions)
+        except OSError as err:
+            self.log.warning("No crash extension is loaded: the CrashExtensions directory cannot be read (%s)",
+                             err.strerror)
+            return []
+        for name in refused:
+            self.log.warning("crash extension %s is not loaded: its path could not be given to extend safely",
+                             name)
+        return loadable
+
+    def _log_extensions(self, output):
+        for path in self._extensions:
+            answer = output.sections.get(f"extend {path}", "")
+            if crash_tool.extension_loaded(answer):
+                self.log.info("Loaded the crash extension %s", path.name)
+            else:
+                self.log.warning("The crash extension %s was not loaded: %s", path.name,
+                                 crash_tool.gist(answer.replace(str(path.parent) + "/", "")))
+
     def _save_session(self, dump):
-        """What ``retrace-server-interact TASK crash`` runs: crash on this vmlinux and dump, with the module
-        debuginfo the kernel cache holds loaded first (``-i``)."""
+        """What ``retrace-server-interact TASK crash`` runs: crash on this vmlinux and dump, with the
+        administrator's extensions and the module debuginfo the kernel cache holds loaded first (``-i``)."""
         arguments = ["--no_crashrc", str(dump.vmlinux), str(dump.path)]
         readable = [dump.vmlinux.parent] if dump.cache_key is not None else [dump.vmlinux]
+        readable += list({path.parent for path in self._extensions})
         module_dir = self.kernels.modules_dir(dump.cache_key) if dump.cache_key is not None else None
-        if module_dir is not None and any(module_dir.glob("*.ko*")):
+        setup = crash_tool.session_setup(self._extensions, module_dir if module_dir is not None
+                                         and any(module_dir.glob("*.ko*")) else None)
+        if setup:
             init = self.task.path / "crash.init"
-            write_atomically(init, f"mod -S {module_dir}\n")
+            write_atomically(init, "".join(f"{command}\n" for command in setup))
             arguments[:0], readable = ["-i", str(init)], readable + [init]
         Session("crash", (str(self.config.KernelDebuggerPath), *arguments),
                 tuple(map(str, crash_tool.crash_binds(self.config.KernelDebuggerPath, dump.path, *readable))),
@@ -329,6 +356,8 @@ class VmcoreJob(Job):
         for line in output.preamble.splitlines():
             if line.strip():
                 self.log.warning("crash: %s", line.strip())
+        if not output.minimal:  # --minimal sessions load no extensions
+            self._log_extensions(output)
         if output.minimal:
             self.log.warning("crash could not load the whole dump; only the kernel log (crash --minimal) is available")
         elif output.load == "zero_excluded":

@@ -4,7 +4,8 @@ One load of the dump (seconds, hundreds of MB of memory) runs every
 command, each after an ``echo`` of a marker line that splits the output:
 ``sys``, ``bt -a`` and ``bt`` (``bt -a`` names every CPU's active task,
 plain ``bt`` is kept for when it fails), ``log`` and ``mod``, then the
-administrator's ``CrashCommands``.  When the full load fails (a kernel newer
+administrator's ``CrashCommands``, after the administrator's extensions
+(``CrashExtensions``) are loaded with ``extend``.  When the full load fails (a kernel newer
 than this ``crash`` understands, a damaged dump), ``--zero_excluded`` (pages
 makedumpfile left out read as zeros: upstream's fallback, which rescued
 about 30% of those dumps) is tried, then ``crash --minimal``, which still
@@ -24,6 +25,7 @@ import secrets
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 from retrace.analysis.vmcore import KERNEL_RELEASE
 from retrace.environments.sandbox import (DEFAULT_OUTPUT_BYTES, SandboxOutputLimit, SandboxTimeout, check_started,
@@ -217,9 +219,10 @@ def gist(text, lines=3):
 
 
 def analyse(crash_path, vmlinux, vmcore, *, timeout, memory_bytes, hide, readable=(), module_dir=None,
-            more_modules=lambda output: None, output_bytes=DEFAULT_OUTPUT_BYTES, extra_commands=()):
-    """The CrashOutput of the full batch (``extra_commands`` after ours); of the same with
-    ``--zero_excluded`` when the full load fails; of ``--minimal`` + ``log`` when that fails too.
+            more_modules=lambda output: None, output_bytes=DEFAULT_OUTPUT_BYTES, extra_commands=(), extensions=()):
+    """The CrashOutput of the full batch (``extra_commands`` after ours, the ``extensions`` loaded first);
+    of the same with ``--zero_excluded`` when the full load fails; of ``--minimal`` + ``log`` when that
+    fails too (extensions need the full session).
 
     With ``module_dir`` (debuginfo files of modules), ``mod -S`` loads them
     first.  ``more_modules(output)`` may then bring the files of modules the
@@ -228,12 +231,13 @@ def analyse(crash_path, vmlinux, vmcore, *, timeout, memory_bytes, hide, readabl
     runs the batch again.
     """
     require_sandbox(str(crash_path))
-    binds = crash_binds(crash_path, vmlinux, vmcore, *readable, *([module_dir] if module_dir else []))
+    binds = crash_binds(crash_path, vmlinux, vmcore, *readable, *([module_dir] if module_dir else []),
+                        *{path.parent for path in extensions})
     common = ["-s", "--no_crashrc", str(vmlinux), str(vmcore)]
     batch = COMMANDS + tuple(extra_commands)
     failures = []
     for load, options in (("full", []), ("zero_excluded", ["--zero_excluded"])):
-        commands = ((f"mod -S {module_dir}",) if module_dir else ()) + batch
+        commands = session_setup(extensions, module_dir) + batch
         with _session(crash_path, options + common, binds, timeout=timeout, memory_bytes=memory_bytes,
                       output_bytes=output_bytes) as session:
             split = session.markers.split
@@ -243,7 +247,8 @@ def analyse(crash_path, vmlinux, vmcore, *, timeout, memory_bytes, hide, readabl
                 directory = more_modules(CrashOutput(sections, preamble, load, session.seconds))
                 if directory is not None:
                     _, with_modules = split(hide(session.batch((f"mod -S {directory}",) + batch)))
-                    sections = with_modules if with_modules.get("log", "").strip() else sections
+                    if with_modules.get("log", "").strip():  # the session setup (extend) ran in the first batch
+                        sections = {**sections, **with_modules}
                 notes = "".join(f"\n{failure}" for failure in failures)
                 return CrashOutput(sections, preamble + notes, load, session.seconds)
         failures.append(f"The {load.replace('_', ' ')} load failed: {gist(text)}")
@@ -255,6 +260,30 @@ def analyse(crash_path, vmlinux, vmcore, *, timeout, memory_bytes, hide, readabl
         raise CrashError(f"crash cannot read this vmcore with this vmlinux: {'; '.join(failures)}; "
                          f"crash --minimal said: {gist(text)}")
     return CrashOutput(sections, "\n".join([preamble, minimal_preamble, *failures]), "minimal", ran.seconds)
+
+
+def session_setup(extensions, module_dir=None):
+    """The commands that open every session: ``extend`` each extension, ``mod -S`` the module debuginfo."""
+    return (*(f"extend {path}" for path in extensions), *((f"mod -S {module_dir}",) if module_dir else ()))
+
+
+def find_extensions(directory):
+    """``(paths, refused names)``: the crash extensions (``*.so``) in ``directory``, in name order; OSError
+    when the directory cannot be read.
+
+    Their paths become crash command lines, so a path that could end or
+    extend a command (spaces, newlines, ``;``, ``|``) is refused, not loaded.
+    """
+    if not directory:
+        return [], []
+    found = sorted(path for path in Path(directory).iterdir() if path.suffix == ".so" and path.is_file())
+    loadable = [path for path in found if re.fullmatch(r"[A-Za-z0-9_./+-]+", str(path))]
+    return loadable, [path.name for path in found if path not in loadable]
+
+
+def extension_loaded(output):
+    """Whether crash's answer to ``extend`` says the shared object was loaded."""
+    return "shared object loaded" in output
 
 
 def result_name(command):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.crash_extension import build_extension
 from tests.fixtures.vmcore import kernel_debs
 from tests.integration.helpers import submit, wait_final
 from tests.integration.test_vmcore import add_debian_repository, upload
@@ -151,8 +152,11 @@ def test_printdir_and_ending_a_task_by_hand(interactive_server, problem_dir):
     assert "Status set to success by hand: set by hand with retrace-server-interact" in log
 
 
-def test_crash_opens_an_interactive_vmcore_task_with_its_module_debuginfo(start_server, terminal, uploads):
-    server = start_server(repository=False, AllowInteractive="1")
+def test_crash_opens_an_interactive_vmcore_task_with_its_module_debuginfo_and_extensions(start_server, terminal,
+                                                                                         uploads, work_dir):
+    extensions = work_dir / "interactive-crash-extensions"
+    build_extension(extensions)
+    server = start_server(repository=False, AllowInteractive="1", CrashExtensions=str(extensions))
     add_debian_repository(server, kernel_debs().dbg)
     task_id, auth = upload(server, uploads["kdump"], task_type=4)
     status = wait_final(server, task_id, auth, timeout=240)
@@ -164,5 +168,7 @@ def test_crash_opens_an_interactive_vmcore_task_with_its_module_debuginfo(start_
     session.type("mod")
     screen = session.wait_for("qemu_fw_cfg")
     assert "(not loaded)" not in screen.split("crash> mod", 1)[1], "module debuginfo was loaded (-i mod -S)"
+    session.type("retrace_hello")
+    session.wait_for("retrace_hello: kernel 6.")
     session.type("quit")
     assert "EXIT=0" in session.wait_for("EXIT=")

@@ -17,7 +17,9 @@ import pytest
 from tests.fixtures.debian import apt_archive
 from tests.fixtures.debuginfod import Debuginfod
 from tests.fixtures.signing import TEST_KEY
-from tests.fixtures.vmcore import MARKER, extract_vmlinux, kernel_debs
+from tests.fixtures.crash_extension import build_extension
+from tests.fixtures.vmcore import (MARKER, exclude_pages, extract_vmlinux, kernel_debs, kernel_symbol_pages,
+                                   vmcore_upload)
 from tests.integration.helpers import password_header, wait_final
 from tests.integration.reposync_admin import REPOSYNC, serve_http
 
@@ -239,31 +241,40 @@ def test_kept_vmcore_is_stripped_when_vmcore_dump_level_asks(start_server, uploa
     assert MARKER in text(server, task, "backtrace")
 
 
-def crash_too_old_for_the_kernel(directory):
-    """A KernelDebuggerPath (outside /usr, so the sandbox must bind it) whose full load fails as
-    Debian 12's crash fails on a 6.12 kernel; --osrelease and --minimal run the real crash."""
+@pytest.fixture(scope="module")
+def page_excluded(vmcores, work_dir):
+    """Uploads of the kdump-compressed dump with one page crash needs marked as excluded by makedumpfile, as
+    in customer dumps taken at too high a dump level: ``jiffies_64``'s (crash cannot load without it, but
+    loads with --zero_excluded: an uptime of zero is harmless) and ``__per_cpu_offset``'s (with zeros there
+    crash finds no task: only crash --minimal reads the kernel log)."""
+    vmlinux = extract_vmlinux(kernel_debs(), work_dir / "page-excluded-vmlinux")
+    pages = kernel_symbol_pages(vmlinux, vmcores.kdump, "jiffies_64", "__per_cpu_offset")
+    directory = work_dir / "page-excluded"
+    directory.mkdir()
+    return {symbol: vmcore_upload(exclude_pages(vmcores.kdump, directory / f"{symbol}.kdump", [pfn]),
+                                  directory / symbol) for symbol, pfn in pages.items()}
+
+
+def crash_outside_usr(directory):
+    """The real crash, installed where an administrator puts a newer one (the sandbox must bind it)."""
     directory.mkdir(mode=0o755)
-    wrapper = directory / "crash"
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        'case " $* " in *" --minimal "*|*" --osrelease "*) exec /usr/bin/crash "$@";; esac\n'
-        'echo "crash: invalid structure member offset: module_core_size" >&2\nexit 1\n')
-    wrapper.chmod(0o755)
-    return wrapper
+    shutil.copy("/usr/bin/crash", directory / "crash")
+    return directory / "crash"
 
 
-def test_when_the_full_load_fails_the_kernel_log_comes_from_crash_minimal(start_server, uploads, work_dir):
-    crash = crash_too_old_for_the_kernel(work_dir / "old-crash")
-    server = start_server(repository=False, KernelDebuggerPath=str(crash))
+def test_a_dump_crash_loads_only_with_minimal_gives_the_kernel_log_and_the_log_says_why(
+        start_server, page_excluded, work_dir):
+    server = start_server(repository=False, KernelDebuggerPath=str(crash_outside_usr(work_dir / "crash-bin")))
     add_debian_repository(server, kernel_debs().dbg)
-    task, status = retrace(server, uploads["kdump"])
-    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", text(server, task, "log")
+    task, status = retrace(server, page_excluded["__per_cpu_offset"])
+    log = text(server, task, "log")
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", log
     backtrace = text(server, task, "backtrace")
     assert backtrace.startswith("crash could only read the kernel log (--minimal)")
     assert MARKER in backtrace
-    log = text(server, task, "log")
     assert "only the kernel log (crash --minimal) is available" in log
-    assert "module_core_size" in log
+    assert "The full load failed: " in log and 'crash: page excluded: kernel virtual address: ' in log
+    assert 'type: "__per_cpu_offset"' in log and "The zero excluded load failed: " in log
     assert server.get(f"/{task[0]}/results/bt", headers=task[1]).status_code == 404
 
 
@@ -278,32 +289,37 @@ def test_retrace_client_sends_a_vmcore_and_prints_the_kernel_log(kernel_server, 
     assert "Retrace job finished successfully" in result.stderr + result.stdout
 
 
-def crash_that_needs_zero_excluded(directory):
-    """A KernelDebuggerPath whose load fails as crash's does on a dump missing pages it needs, unless
-    --zero_excluded is given; then (and for --osrelease) the real crash runs."""
-    directory.mkdir(mode=0o755)
-    wrapper = directory / "crash"
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        'case " $* " in *" --zero_excluded "*|*" --osrelease "*) exec /usr/bin/crash "$@";; esac\n'
-        'echo "crash: page excluded: kernel virtual address: ffffffff82a1c040  type: \\"possible\\"" >&2\nexit 1\n')
-    wrapper.chmod(0o755)
-    return wrapper
-
-
 def test_a_dump_crash_loads_only_with_zero_excluded_takes_that_path_and_the_log_says_why(
-        start_server, uploads, work_dir):
-    crash = crash_that_needs_zero_excluded(work_dir / "zero-excluded-crash")
-    server = start_server(repository=False, KernelDebuggerPath=str(crash), CrashCommands="kmem -i; ps")
+        start_server, page_excluded):
+    server = start_server(repository=False, CrashCommands="kmem -i; ps")
+    add_debian_repository(server, kernel_debs().dbg)
+    task, status = retrace(server, page_excluded["jiffies_64"])
+    log = text(server, task, "log")
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", log
+    assert "crash loaded the dump only with --zero_excluded" in log
+    assert "The full load failed: " in log and 'crash: page excluded: kernel virtual address: ' in log
+    assert 'type: "jiffies_64"' in log
+    assert "sysrq_handle_crash" in text(server, task, "results/bt")
+    assert "[PARTIAL DUMP]" in text(server, task, "results/sys")
+    assert "TOTAL MEM" in text(server, task, "results/crash-kmem-i")
+    assert "init" in text(server, task, "results/crash-ps")
+
+
+def test_crash_extensions_are_loaded_and_their_commands_land_in_results(start_server, uploads, vmcores, work_dir):
+    extensions = work_dir / "crash-extensions"
+    build_extension(extensions)
+    (extensions / "broken.so").write_text("not a shared object\n")
+    (extensions / "two words.so").write_text("")
+    server = start_server(repository=False, CrashExtensions=str(extensions), CrashCommands="retrace_hello")
     add_debian_repository(server, kernel_debs().dbg)
     task, status = retrace(server, uploads["kdump"])
     log = text(server, task, "log")
     assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", log
-    assert "crash loaded the dump only with --zero_excluded" in log
-    assert "The full load failed: crash: page excluded" in log
-    assert "sysrq_handle_crash" in text(server, task, "results/bt")
-    assert "TOTAL MEM" in text(server, task, "results/crash-kmem-i")
-    assert "init" in text(server, task, "results/crash-ps")
+    assert "Loaded the crash extension retrace_hello.so" in log, log
+    assert "The crash extension broken.so was not loaded: extend: broken.so: not an ELF format object file" in log
+    assert "crash extension two words.so is not loaded: its path could not be given to extend safely" in log
+    assert str(extensions) not in log
+    assert f"retrace_hello: kernel {vmcores.release}, 2 tasks" in text(server, task, "results/crash-retrace-hello")
 
 
 def test_md5_is_computed_while_the_vmcore_streams_in_and_cleanup_stores_identical_vmcores_once(

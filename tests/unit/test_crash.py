@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from retrace.analysis.crash import (COMMANDS, CrashError, CrashOutput, Markers, _Session, admin_commands,
-                                    modules_without_debuginfo, result_name)
+                                    extension_loaded, find_extensions, modules_without_debuginfo, result_name,
+                                    session_setup)
 from retrace.config import parse_config
 from retrace.errors import ConfigError
 
@@ -132,3 +133,31 @@ def test_admin_commands_are_plain_crash_commands_named_for_their_results():
 def test_a_config_with_a_hostile_crash_command_is_refused():
     with pytest.raises(ConfigError, match="CrashCommands: '!id' is not a plain crash command"):
         parse_config("[retrace]\nCrashCommands = kmem -i; !id\n", "test.conf")
+
+
+def test_every_session_first_extends_each_extension_then_loads_module_debuginfo(tmp_path):
+    (tmp_path / "b.so").write_bytes(b"")
+    (tmp_path / "a.so").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("")
+    loadable, refused = find_extensions(tmp_path)
+    assert loadable == [tmp_path / "a.so", tmp_path / "b.so"] and refused == []
+    assert session_setup(loadable, "/cache/modules") == (f"extend {tmp_path}/a.so", f"extend {tmp_path}/b.so",
+                                                         "mod -S /cache/modules")
+    assert session_setup([]) == ()
+
+
+def test_an_extension_whose_path_could_break_crash_s_command_line_is_not_loaded(tmp_path):
+    for name in ("two words.so", "x;sh.so", "new\nline.so", "pipe|.so"):
+        (tmp_path / name).write_bytes(b"")
+    assert find_extensions(tmp_path) == ([], ["new\nline.so", "pipe|.so", "two words.so", "x;sh.so"])
+
+
+def test_no_extensions_directory_loads_none_and_an_unreadable_one_is_an_error(tmp_path):
+    assert find_extensions("") == ([], [])
+    with pytest.raises(FileNotFoundError):
+        find_extensions(str(tmp_path / "missing"))
+
+
+def test_crash_says_whether_extend_loaded_the_shared_object():
+    assert extension_loaded("/usr/lib/crash/extensions/echo.so: shared object loaded\n")
+    assert not extension_loaded("extend: broken.so: not an ELF format object file\n")
