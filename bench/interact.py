@@ -5,7 +5,7 @@ Run as root after `make setup`:  .venv/bin/python bench/interact.py
 
 A real server with AllowInteractive = 1 retraces, as interactive tasks, the kdump-compressed vmcore of the
 Debian cloud kernel panicked under QEMU (type 4; its -dbg package in the release) and the fixture crash
-(type 3).  Then, on a pseudo-terminal, in one run, median of 5 each:
+(type 3).  Then, on a pseudo-terminal, in one run, median of 5 each, the two alternating:
   1. `retrace-server-interact TASK crash` until `crash> ` appears (the kernel cached: vmlinux and module
      debuginfo loaded with -i), against the session's own crash command run bare (no sandbox, no privilege
      drop, no config load);
@@ -70,8 +70,10 @@ def interactive_task(server, archive, content_type, task_type):
 def compare(server, task_id, action, prompt):
     session = json.loads((server.save_dir / task_id / "session.json").read_text())
     interact = [str(INTERACT), "--config", str(server.config_path), task_id, action]
-    through = statistics.median(seconds_to_prompt(interact, prompt) for _ in range(RUNS))
-    bare = statistics.median(seconds_to_prompt(session["argv"], prompt) for _ in range(RUNS))
+    # Interleaved, not one block after the other: this machine's speed drifts by seconds over a minute,
+    # which blocks of crash loads would count as the sandbox's cost.
+    pairs = [(seconds_to_prompt(interact, prompt), seconds_to_prompt(session["argv"], prompt)) for _ in range(RUNS)]
+    through, bare = (statistics.median(times) for times in zip(*pairs))
     print(f"{action}: retrace-server-interact to the prompt {through:.2f} s, bare {Path(session['argv'][0]).name} "
           f"{bare:.2f} s, ratio {through / bare:.2f} (median of {RUNS})")
 

@@ -1,4 +1,5 @@
-"""``retrace-server-worker TASK_ID [--foreground] [--restart [--kernelver VER] [--arch ARCH] [--release NAME]] [-v]``.
+"""``retrace-server-worker TASK_ID [--foreground] [--restart [--kernelver VER] [--arch ARCH] [--release NAME]
+[--package NVR]] [-v]``.
 
 The command claims the task before it detaches: it takes the task's worker
 lock, records its pid and sets the first status, so that whoever started
@@ -50,6 +51,8 @@ def build_parser():
     parser.add_argument("--kernelver", help="a vmcore task's kernel release (uname -r), instead of the dump's")
     parser.add_argument("--release", help="a coredump task's release (like fedora-41-x86_64), instead of the one "
                                           "its crash data names")
+    parser.add_argument("--package", help="a coredump task's crashed package (name-version-release), instead of "
+                                          "the one its crash data names")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging details to the task log")
     add_service_arguments(parser)
     return parser
@@ -170,7 +173,7 @@ def prepare(args):
 def requested_overrides(args):
     if args.arch and len(args.arch) > 1:
         raise InvalidOverride("a task is retraced as one architecture: give --arch once")
-    return Overrides(args.kernelver, args.arch[0] if args.arch else None, args.release)
+    return Overrides(args.kernelver, args.arch[0] if args.arch else None, args.release, args.package)
 
 
 def claim_when_free(task, limit, poll=0.5):

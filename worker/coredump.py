@@ -55,7 +55,7 @@ class RetraceJob(Job):
         core = read_core(core_path)
         self.log.info("Coredump: %s, %d mapped files, signal %s", core.arch, len(core.modules), core.signal)
         executable = self._executable()
-        package = self.crash_text("package")
+        package = self.overrides.package or self.crash_text("package")
         arch = self.overrides.arch or core.arch
         if arch != core.arch:
             self.log.warning("Retraced as %s, as forced; the core's header says %s", arch, core.arch)

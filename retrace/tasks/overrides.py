@@ -1,10 +1,10 @@
-"""What a support engineer forces on a task's next run: the kernel release, the architecture, the release.
+"""What a support engineer forces on a task's next run: the kernel, the architecture, the release, the package.
 
 Customer dumps are the hard ones: VMCOREINFO damaged or missing, an old
 kernel whose release string names no architecture, a core from a release
 the crash data misnames.  The engineer knows better and restarts the task
 with ``retrace-server-worker TASK --restart --kernelver VER --arch ARCH``
-(``--release NAME`` for a coredump).  The values end up in package
+(``--release NAME``, ``--package NVR`` for a coredump).  The values end up in package
 names, crash's arguments and cache paths, so each is checked against its
 grammar and against what this server serves when it is given, and refused
 with a sentence otherwise.  They are kept in the task directory as
@@ -17,6 +17,7 @@ import json
 
 from retrace.analysis.debuggers import HOST_ARCH, NoDebugger, served_architectures
 from retrace.analysis.vmcore import KERNEL_RELEASE
+from retrace.intake.crashdata import CRASH_FILES
 from retrace.packaging.release import ReleaseId, canonical_arch, served_releases
 from retrace.tasks.task import write_atomically
 
@@ -33,6 +34,7 @@ class Overrides:
     kernelver: str | None = None
     arch: str | None = None
     release: str | None = None
+    package: str | None = None
 
     def __bool__(self):
         return any(dataclasses.astuple(self))
@@ -42,6 +44,12 @@ class Overrides:
         a kernel release string, an architecture or a release this server serves, or not for this type."""
         if task_type.is_vmcore and self.release:
             raise InvalidOverride("--release is for coredump tasks; a vmcore's kernel is forced with --kernelver")
+        if task_type.is_vmcore and self.package:
+            raise InvalidOverride("--package is for coredump tasks; a vmcore's kernel is forced with --kernelver")
+        if self.package is not None:
+            limit, fits, rule = CRASH_FILES["package"]
+            if len(self.package) > limit or not fits(self.package):
+                raise InvalidOverride(f"--package {self.package!r} is not {rule}")
         if not task_type.is_vmcore and self.kernelver:
             raise InvalidOverride("--kernelver is for vmcore tasks (types 2 and 4); a coredump's release is "
                                   "forced with --release")
@@ -84,7 +92,8 @@ class Overrides:
 
     def describe(self):
         """``kernel 6.1.0-26-amd64, architecture x86_64``: for the task log."""
-        named = (("kernel", self.kernelver), ("architecture", self.arch), ("release", self.release))
+        named = (("kernel", self.kernelver), ("architecture", self.arch), ("release", self.release),
+                 ("package", self.package))
         return ", ".join(f"{what} {value}" for what, value in named if value)
 
 

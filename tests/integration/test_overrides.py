@@ -119,3 +119,23 @@ def test_release_rescues_a_core_whose_crash_data_names_a_release_not_served(star
     again = restart(server, task_id)
     assert again.returncode == 1, "a restart that names no override forgets the forced release"
     assert "fedora-39-x86_64" in wait_final(server, task_id, auth).text
+
+
+def test_package_rescues_a_core_whose_crash_data_names_another_build(start_server, problem_dir, work_dir):
+    """No release line: the release comes from the package's dist tag, which the crash data got wrong."""
+    server = start_server(AllowInteractive="1")
+    misnamed_dir = work_dir / "problem-misnamed-package"
+    shutil.copytree(problem_dir, misnamed_dir)
+    (misnamed_dir / "os_release").unlink()
+    (misnamed_dir / "package").write_text("crasher-1.0-1.fc39")
+    task_id, auth = submit(server, misnamed_dir, ("coredump", "executable", "package"), **{"X-Task-Type": "3"})
+    assert "from the dist tag of crasher-1.0-1.fc39" in wait_final(server, task_id, auth).text
+    refused = restart(server, task_id, "--package", "crasher; rm -rf /")
+    assert refused.returncode == 2 and "--package 'crasher; rm -rf /' is not a package name-version-release" \
+        in refused.stderr
+    ran = restart(server, task_id, "--package", "crasher-1.0-1.fc41")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    log = server.get(f"/{task_id}/log", headers=auth).text
+    assert "Forced by an administrator: package crasher-1.0-1.fc41" in log
+    assert "Release fedora-41-x86_64 (from the dist tag of crasher-1.0-1.fc41)" in log
+    assert "crash_in_library" in server.get(f"/{task_id}/backtrace", headers=auth).text

@@ -66,3 +66,12 @@ def test_overrides_are_kept_with_the_task_and_cleared_by_a_restart_without_them(
 def test_an_unreadable_overrides_file_forces_nothing(tmp_path):
     (tmp_path / "overrides.json").write_text('["not", "an object"]')
     assert Overrides.load(Task(tmp_path)) == Overrides()
+
+
+def test_a_package_must_be_a_name_version_release_as_the_crash_data_s_own():
+    assert Overrides(package="crasher-1.0-1.fc41").checked(TaskType.COREDUMP, None).package == "crasher-1.0-1.fc41"
+    for hostile in ("crasher", "../../x-1-1", "crasher-1.0-1.fc41; rm", "x" * 130 + "-1-1"):
+        with pytest.raises(InvalidOverride, match="is not a package name-version-release such as"):
+            Overrides(package=hostile).checked(TaskType.COREDUMP, None)
+    with pytest.raises(InvalidOverride, match="--package is for coredump tasks"):
+        Overrides(package="kernel-6.1-1").checked(TaskType.VMCORE, None)
