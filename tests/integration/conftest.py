@@ -1,5 +1,6 @@
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -8,7 +9,8 @@ import pytest
 from tests.fixtures.cores import crash_installed, make_problem_dir
 from tests.fixtures.distro import build_rpms, publish_release
 from tests.fixtures.userland import build_userland_rpms
-from tests.fixtures.vmcore import make_vmcores, vmcore_upload
+from tests.fixtures.vmcore import kernel_debs, make_vmcores, vmcore_upload
+from tests.integration.helpers import add_debian_repository, retrace
 from tests.integration.server import Server, make_certificate, make_root, remove_root
 
 RELEASE_ID = "fedora-41-x86_64"
@@ -69,16 +71,19 @@ def start_server(certificate, release_dir):
 
     ``repository`` replaces the fixture release (a directory to copy as
     ``release_id``, by default ``fedora-41-x86_64``); False starts with no
-    release at all.
+    release at all.  ``kernels_from``: a kernel cache to start with (hard
+    links), for vmcore tests whose subject is not extracting the vmlinux.
     """
     started = []
 
-    def start(repository=None, release_id=RELEASE_ID, **settings):
+    def start(repository=None, release_id=RELEASE_ID, kernels_from=None, **settings):
         root = make_root()
         if repository is not False:
             shutil.copytree(repository or release_dir, root / "repos" / release_id)
         server = Server(root, *certificate, **settings)
         started.append(server)
+        if kernels_from is not None:
+            subprocess.run(["cp", "-al", f"{kernels_from}/.", str(server.cache_dir / "kernel")], check=True)
         return server
 
     yield start
@@ -125,6 +130,17 @@ def admin():
 def vmcores(work_dir):
     """Real vmcores of a Debian kernel panicked under QEMU (tests/fixtures/vmcore.py), made once."""
     return make_vmcores(work_dir / "vmcores")
+
+
+@pytest.fixture(scope="session")
+def warm_kernels(start_server, uploads):
+    """A kernel cache holding the test kernel's vmlinux and module debuginfo, filled by a real retrace (about
+    40 s of extraction from the 283 MiB -dbg package that each later server is spared)."""
+    server = start_server(repository=False)
+    add_debian_repository(server, kernel_debs().dbg)
+    _, status = retrace(server, uploads["kdump"])
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", status.text
+    return server.cache_dir / "kernel"
 
 
 @pytest.fixture(scope="session")

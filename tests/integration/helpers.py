@@ -16,6 +16,8 @@ from pathlib import Path
 from tests.integration.server import SERVICE_USER
 
 XZ_TAR = "application/x-xz-compressed-tar"
+ZSTD_TAR = "application/x-zstd-compressed-tar"
+DEBIAN_RELEASE = "debian-12-x86_64"
 ABRT_FILES = ("coredump", "executable", "package", "os_release")
 
 
@@ -171,3 +173,33 @@ def crashing_thread(backtrace):
     thread = backtrace[backtrace.index("\nThread 1 "):]
     thread = thread[:thread.find("\n\n", 1)] if "\n\n" in thread[1:] else thread
     return [re.sub(r"0x[0-9a-f]+", "ADDR", line) for line in thread.splitlines() if re.match(r"#\d+ |\s+\w+ = ", line)]
+
+
+# Kernel vmcores: a Debian release directory holding the kernel's -dbg package, uploads, results.
+
+def add_debian_repository(server, *debs):
+    packages = server.repo_dir / DEBIAN_RELEASE / "Packages"
+    packages.mkdir(parents=True)
+    for deb in debs:
+        (packages / deb.name).symlink_to(deb)
+    for directory in (packages.parent, packages):
+        directory.chmod(0o755)
+
+
+def upload(server, archive, task_type=2):
+    with open(archive, "rb") as body:
+        response = server.post("/create", data=body, headers={"Content-Type": ZSTD_TAR,
+                                                               "X-Task-Type": str(task_type)})
+    assert response.status_code == 201, response.text
+    return response.headers["X-Task-Id"], password_header(response)
+
+
+def retrace(server, archive):
+    task = upload(server, archive)
+    return task, wait_final(server, *task, timeout=240)
+
+
+def text(server, task, path):
+    response = server.get(f"/{task[0]}/{path}", headers=task[1])
+    assert response.status_code == 200, response.text
+    return response.text

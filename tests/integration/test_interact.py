@@ -14,8 +14,7 @@ import pytest
 
 from tests.fixtures.crash_extension import build_extension
 from tests.fixtures.vmcore import kernel_debs
-from tests.integration.helpers import submit, wait_final
-from tests.integration.test_vmcore import add_debian_repository, upload
+from tests.integration.helpers import add_debian_repository, submit, upload, wait_final
 
 INTERACT = Path(sys.executable).with_name("retrace-server-interact")
 WORKER = Path(sys.executable).with_name("retrace-server-worker")
@@ -152,11 +151,12 @@ def test_printdir_and_ending_a_task_by_hand(interactive_server, problem_dir):
     assert "Status set to success by hand: set by hand with retrace-server-interact" in log
 
 
-def test_crash_opens_an_interactive_vmcore_task_with_its_module_debuginfo_and_extensions(start_server, terminal,
-                                                                                         uploads, work_dir):
+def test_crash_opens_an_interactive_vmcore_task_with_its_module_debuginfo_and_extensions(
+        warm_kernels, start_server, terminal, uploads, work_dir):
     extensions = work_dir / "interactive-crash-extensions"
     build_extension(extensions)
-    server = start_server(repository=False, AllowInteractive="1", CrashExtensions=str(extensions))
+    server = start_server(repository=False, kernels_from=warm_kernels, AllowInteractive="1",
+                          CrashExtensions=str(extensions))
     add_debian_repository(server, kernel_debs().dbg)
     task_id, auth = upload(server, uploads["kdump"], task_type=4)
     status = wait_final(server, task_id, auth, timeout=240)

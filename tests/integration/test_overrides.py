@@ -12,7 +12,8 @@ import pytest
 
 from tests.fixtures.vmcore import MARKER, kernel_debs, vmcore_upload
 from tests.integration.helpers import submit, wait_final
-from tests.integration.test_vmcore import add_debian_repository, neighbouring_build, retrace, text
+from tests.integration.helpers import add_debian_repository, retrace, text
+from tests.integration.test_vmcore import neighbouring_build
 
 WORKER = Path(sys.executable).with_name("retrace-server-worker")
 
@@ -44,6 +45,7 @@ def misnamed_dump(vmcores, work_dir):
 
 @pytest.fixture
 def failed_vmcore_task(start_server, misnamed_dump, vmcores):
+    # A cold kernel cache: a cached vmlinux is found by the dump's build-id whatever release the dump names.
     server = start_server(repository=False)
     add_debian_repository(server, kernel_debs().dbg)
     task, status = retrace(server, misnamed_dump)

@@ -20,49 +20,19 @@ from tests.fixtures.signing import TEST_KEY
 from tests.fixtures.crash_extension import build_extension
 from tests.fixtures.vmcore import (MARKER, exclude_pages, extract_vmlinux, kernel_debs, kernel_symbol_pages,
                                    vmcore_upload)
-from tests.integration.helpers import password_header, wait_final
+from tests.integration.helpers import DEBIAN_RELEASE, ZSTD_TAR, add_debian_repository, retrace, text
 from tests.integration.reposync_admin import REPOSYNC, serve_http
 
-ZSTD_TAR = "application/x-zstd-compressed-tar"
-DEBIAN_RELEASE = "debian-12-x86_64"
 CLIENT = Path(sys.executable).with_name("retrace-client")
 CLEANUP = Path(sys.executable).with_name("retrace-server-cleanup")
 
 
-def add_debian_repository(server, *debs):
-    packages = server.repo_dir / DEBIAN_RELEASE / "Packages"
-    packages.mkdir(parents=True)
-    for deb in debs:
-        (packages / deb.name).symlink_to(deb)
-    for directory in (packages.parent, packages):
-        directory.chmod(0o755)
-
-
 @pytest.fixture(scope="module")
-def kernel_server(start_server):
+def kernel_server(warm_kernels, start_server):
     """A server whose only repository is Debian's, holding the kernel's real -dbg package."""
-    server = start_server(repository=False)
+    server = start_server(repository=False, kernels_from=warm_kernels)
     add_debian_repository(server, kernel_debs().dbg)
     return server
-
-
-def upload(server, archive, task_type=2):
-    with open(archive, "rb") as body:
-        response = server.post("/create", data=body, headers={"Content-Type": ZSTD_TAR,
-                                                               "X-Task-Type": str(task_type)})
-    assert response.status_code == 201, response.text
-    return response.headers["X-Task-Id"], password_header(response)
-
-
-def retrace(server, archive):
-    task = upload(server, archive)
-    return task, wait_final(server, *task, timeout=240)
-
-
-def text(server, task, path):
-    response = server.get(f"/{task[0]}/{path}", headers=task[1])
-    assert response.status_code == 200, response.text
-    return response.text
 
 
 @pytest.mark.parametrize("kind", ["elf", "flattened", "kdump"])
@@ -220,8 +190,8 @@ def test_vmlinux_of_a_neighbouring_build_is_refused(start_server, uploads, vmcor
     assert "crash would show a wrong backtrace" in status.text
 
 
-def test_hanging_crash_is_cut_off_by_the_timeout(start_server, uploads):
-    server = start_server(repository=False, ProcessCommunicateTimeout="1")
+def test_hanging_crash_is_cut_off_by_the_timeout(warm_kernels, start_server, uploads):
+    server = start_server(repository=False, kernels_from=warm_kernels, ProcessCommunicateTimeout="1")
     add_debian_repository(server, kernel_debs().dbg)
     task, status = retrace(server, uploads["kdump"])
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
@@ -230,8 +200,8 @@ def test_hanging_crash_is_cut_off_by_the_timeout(start_server, uploads):
     assert leftovers.stdout == ""
 
 
-def test_kept_vmcore_is_stripped_when_vmcore_dump_level_asks(start_server, uploads):
-    server = start_server(repository=False, VmcoreDumpLevel="31")
+def test_kept_vmcore_is_stripped_when_vmcore_dump_level_asks(warm_kernels, start_server, uploads):
+    server = start_server(repository=False, kernels_from=warm_kernels, VmcoreDumpLevel="31")
     add_debian_repository(server, kernel_debs().dbg)
     task, status = retrace(server, uploads["elf_proc"])
     assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", text(server, task, "log")
@@ -263,8 +233,9 @@ def crash_outside_usr(directory):
 
 
 def test_a_dump_crash_loads_only_with_minimal_gives_the_kernel_log_and_the_log_says_why(
-        start_server, page_excluded, work_dir):
-    server = start_server(repository=False, KernelDebuggerPath=str(crash_outside_usr(work_dir / "crash-bin")))
+        warm_kernels, start_server, page_excluded, work_dir):
+    server = start_server(repository=False, kernels_from=warm_kernels,
+                          KernelDebuggerPath=str(crash_outside_usr(work_dir / "crash-bin")))
     add_debian_repository(server, kernel_debs().dbg)
     task, status = retrace(server, page_excluded["__per_cpu_offset"])
     log = text(server, task, "log")
@@ -290,8 +261,8 @@ def test_retrace_client_sends_a_vmcore_and_prints_the_kernel_log(kernel_server, 
 
 
 def test_a_dump_crash_loads_only_with_zero_excluded_takes_that_path_and_the_log_says_why(
-        start_server, page_excluded):
-    server = start_server(repository=False, CrashCommands="kmem -i; ps")
+        warm_kernels, start_server, page_excluded):
+    server = start_server(repository=False, kernels_from=warm_kernels, CrashCommands="kmem -i; ps")
     add_debian_repository(server, kernel_debs().dbg)
     task, status = retrace(server, page_excluded["jiffies_64"])
     log = text(server, task, "log")
@@ -305,12 +276,14 @@ def test_a_dump_crash_loads_only_with_zero_excluded_takes_that_path_and_the_log_
     assert "init" in text(server, task, "results/crash-ps")
 
 
-def test_crash_extensions_are_loaded_and_their_commands_land_in_results(start_server, uploads, vmcores, work_dir):
+def test_crash_extensions_are_loaded_and_their_commands_land_in_results(warm_kernels, start_server, uploads, vmcores,
+                                                                       work_dir):
     extensions = work_dir / "crash-extensions"
     build_extension(extensions)
     (extensions / "broken.so").write_text("not a shared object\n")
     (extensions / "two words.so").write_text("")
-    server = start_server(repository=False, CrashExtensions=str(extensions), CrashCommands="retrace_hello")
+    server = start_server(repository=False, kernels_from=warm_kernels, CrashExtensions=str(extensions),
+                          CrashCommands="retrace_hello")
     add_debian_repository(server, kernel_debs().dbg)
     task, status = retrace(server, uploads["kdump"])
     log = text(server, task, "log")
@@ -323,8 +296,8 @@ def test_crash_extensions_are_loaded_and_their_commands_land_in_results(start_se
 
 
 def test_md5_is_computed_while_the_vmcore_streams_in_and_cleanup_stores_identical_vmcores_once(
-        start_server, uploads, vmcores):
-    server = start_server(repository=False, CalculateMd5="1")
+        warm_kernels, start_server, uploads, vmcores):
+    server = start_server(repository=False, kernels_from=warm_kernels, CalculateMd5="1")
     add_debian_repository(server, kernel_debs().dbg)
     twins = sorted(retrace(server, uploads["kdump"])[0][0] for _ in range(2))  # the lower task id keeps its file
     other = retrace(server, uploads["flattened"])[0][0]
