@@ -1,8 +1,14 @@
+import re
+from pathlib import Path
+
 from setuptools import setup
+
+# One version, kept in the package that every command reports it from.
+VERSION = re.search(r'__version__ = "([^"]+)"', (Path(__file__).parent / "retrace" / "__init__.py").read_text())[1]
 
 setup(
     name="retrace-server",
-    version="0.1.0",
+    version=VERSION,
     description="Turn C/C++ coredumps into symbolized backtraces over an ABRT-compatible HTTPS API",
     license="GPL-2.0-or-later",
     python_requires=">=3.9",
@@ -10,7 +16,8 @@ setup(
               "retrace.analysis", "wsgi", "worker", "client", "reposync", "cleanup"],
     package_data={"wsgi": ["retrace.wsgi"], "reposync": ["distributions/*.conf"]},
     data_files=[
-        ("share/retrace-server", ["httpd/retrace.conf", "config/retrace-server.conf", "config/retrace-server.cron"]),
+        ("share/retrace-server", ["httpd/retrace.conf", "config/retrace-server.conf", "config/retrace-server.cron",
+                                  "config/retrace-server.logrotate"]),
         ("share/retrace-server/systemd", [
             "config/systemd/retrace-server-cleanup.service", "config/systemd/retrace-server-cleanup.timer",
             "config/systemd/retrace-server-reposync.service", "config/systemd/retrace-server-reposync.timer",

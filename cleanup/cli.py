@@ -10,6 +10,7 @@ import os
 import sys
 
 from cleanup.collector import Collector
+from retrace import add_version_argument
 from retrace.config import ConfigError, config_path, load_config
 from retrace.privileges import PrivilegeError, add_service_arguments, run_as_service_user
 
@@ -18,6 +19,7 @@ PROG = "retrace-server-cleanup"
 
 def build_parser():
     parser = argparse.ArgumentParser(prog=PROG, description="Expire tasks, stop stuck workers, trim the package cache.")
+    add_version_argument(parser)
     parser.add_argument("--dry-run", action="store_true", help="print what would be done; change nothing")
     parser.add_argument("-v", "--verbose", action="store_true", help="also print what is left alone and why")
     add_service_arguments(parser)

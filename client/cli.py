@@ -16,6 +16,7 @@ import time
 from client.crash import CrashInputError, from_apport, from_core, from_coredumpctl, from_problem_dir, from_vmcore
 from client.progress import MIB, ProgressFile, Reporter, human_size
 from client.server import XZ_TAR, ZSTD_TAR, RetraceServer, ServerRefused
+from retrace import add_version_argument
 
 PROG = "retrace-client"
 EXIT_OK, EXIT_FAILED, EXIT_LOCAL, EXIT_REFUSED = 0, 1, 2, 3
@@ -30,6 +31,7 @@ class LocalError(Exception):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog=PROG, description="Get a symbolized backtrace of a crash from a retrace server.")
+    add_version_argument(parser)
     parser.add_argument("operation", choices=("batch", "create", "settings", *TASK_OPERATIONS))
     parser.add_argument("--uri", default=os.environ.get("RETRACE_SERVER_URI"),
                         help="server, e.g. https://retrace.example.org (env RETRACE_SERVER_URI)")
@@ -276,11 +278,16 @@ def main(argv=None):
         server = RetraceServer(args.uri, verify, print_headers if args.headers else None)
         return OPERATIONS[args.operation](server, args, reporter)
     except (LocalError, CrashInputError) as err:
-        reporter.say(f"{PROG}: {err}")
-        return EXIT_LOCAL
+        return refuse(args, reporter, str(err), EXIT_LOCAL)
     except ServerRefused as err:
-        reporter.say(f"{PROG}: {err}")
-        return EXIT_REFUSED
+        return refuse(args, reporter, str(err), EXIT_REFUSED)
     except KeyboardInterrupt:
-        reporter.say(f"{PROG}: interrupted")
-        return EXIT_LOCAL
+        return refuse(args, reporter, "interrupted", EXIT_LOCAL)
+
+
+def refuse(args, reporter, sentence, status):
+    """Say why on stderr; with --json, a script reading stdout gets the same as ``{"error", "exit_status"}``."""
+    reporter.say(f"{PROG}: {sentence}")
+    if args.json:
+        print(json.dumps({"error": sentence, "exit_status": status}, indent=1, sort_keys=True))
+    return status

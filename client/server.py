@@ -7,6 +7,7 @@ upstream server.
 """
 
 import dataclasses
+import socket
 
 import requests
 import urllib3
@@ -61,6 +62,30 @@ class Status:
         return self.state.startswith("FINISHED")
 
 
+def unreachable(err):
+    """Why a request failed, as a sentence: the cause at the bottom of requests' and urllib3's wrappers
+    (whose reprs, ``HTTPSConnectionPool(host=..., port=...): Max retries exceeded ...``, tell a person
+    nothing)."""
+    seen = set()
+    pending = [err]
+    while pending:
+        cause = pending.pop(0)
+        if cause is None or id(cause) in seen:
+            continue
+        seen.add(id(cause))
+        if isinstance(cause, socket.gaierror):
+            return "its host name cannot be resolved"
+        if isinstance(cause, ConnectionRefusedError):
+            return "the connection was refused (is the server running, on that port?)"
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror[:1].lower() + cause.strerror[1:]
+        pending += [cause.__cause__, cause.__context__, getattr(cause, "reason", None),
+                    *(arg for arg in cause.args if isinstance(arg, BaseException))]
+    if isinstance(err, requests.exceptions.InvalidURL) or isinstance(err, requests.exceptions.MissingSchema):
+        return "that is not a URL"
+    return f"the connection failed ({type(err).__name__})"
+
+
 def _body(response):
     return response.text.strip() or f"HTTP {response.status_code} without explanation"
 
@@ -88,8 +113,11 @@ class RetraceServer:
                 f"The server's TLS certificate cannot be verified ({err.__class__.__name__}); "
                 "use --cafile FILE, or -k to skip the check"
             ) from None
+        except requests.exceptions.Timeout:
+            raise ServerRefused(f"The retrace server at {self.uri} did not answer within {kwargs['timeout']} s; "
+                                "try again later") from None
         except requests.RequestException as err:
-            raise ServerRefused(f"Cannot reach the retrace server at {self.uri}: {err}") from None
+            raise ServerRefused(f"Cannot reach the retrace server at {self.uri}: {unreachable(err)}") from None
         if self.show_headers is not None:
             self.show_headers(response)
         return response

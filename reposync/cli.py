@@ -16,6 +16,7 @@ import sys
 
 from reposync.plugins import PluginError, load_plugins
 from reposync.repository import EXIT_USAGE, SyncError, discover_versions, parse_release, sync_release
+from retrace import add_version_argument
 from retrace.config import ConfigError, config_path, load_config
 from retrace.packaging.release import ReleaseId
 from retrace.privileges import PrivilegeError, add_service_arguments, run_as_service_user
@@ -39,6 +40,7 @@ class Output:
 
 def build_parser():
     parser = argparse.ArgumentParser(prog=PROG, description="Mirror a release's packages and debuginfo into RepoDir.")
+    add_version_argument(parser)
     parser.add_argument("release", nargs="*", metavar="DISTRIBUTION VERSION ARCH")
     parser.add_argument("--all", action="store_true", help="sync every release listed in SyncReleases")
     parser.add_argument("--discover", metavar="DISTRIBUTION", help="list the versions the distribution's mirror offers")

@@ -15,7 +15,7 @@ import shutil
 import sys
 import time
 
-from retrace import locking
+from retrace import add_version_argument, locking
 from retrace.analysis.debuggers import NoDebugger, served_architectures
 from retrace.config import config_path, load_config
 from retrace.errors import ConfigError, NotFound
@@ -38,6 +38,7 @@ class WorkerRefused(Exception):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog=PROG, description="Retrace one task: coredump in, backtrace out.")
+    add_version_argument(parser)
     parser.add_argument("task_id", nargs="?")
     parser.add_argument("--serve", action="store_true",
                         help="be a Celery worker host (Dispatcher = celery) instead of retracing one task")

@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 
+from retrace import add_version_argument
 from retrace.config import ConfigError, config_path, load_config
 from retrace.privileges import PrivilegeError, add_service_arguments, append_stderr_to, run_as_service_user
 from retrace.tasks import dispatch
@@ -26,6 +27,7 @@ PROG = "retrace-server-dispatcher"
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog=PROG, description="Start retrace workers for queued tasks as slots free up.")
+    add_version_argument(parser)
     add_service_arguments(parser)
     parser.add_argument("--log", help="append messages to this file instead of standard error")
     args = parser.parse_args(argv)

@@ -19,6 +19,7 @@ import os
 import shlex
 import sys
 
+from retrace import add_version_argument
 from retrace.config import ConfigError
 from retrace.environments.sandbox import SandboxTimeout, SandboxUnavailable, run_interactive
 from retrace.errors import NotFound
@@ -39,6 +40,7 @@ class Refused(Exception):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog=PROG, description="Open a task's debugger, or end a task by hand.")
+    add_version_argument(parser)
     parser.add_argument("task_id", metavar="TASK")
     parser.add_argument("action", metavar="ACTION", choices=ACTIONS, help=" | ".join(ACTIONS))
     parser.add_argument("--reason", default="set by hand with retrace-server-interact",

@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from retrace import add_version_argument
 from retrace.config import ConfigError, config_path, load_config
 from retrace.environments.sandbox import host_binds
 from retrace.privileges import append_stderr_to
@@ -124,6 +125,7 @@ def serve_in_namespace(config, socket_path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog=PROG, description="Serve RepoDir's packages by build-id with debuginfod.")
+    add_version_argument(parser)
     parser.add_argument("--config", help="configuration file (default: $RETRACE_SERVER_CONFIG_PATH or /etc/...)")
     parser.add_argument("--socket", default=DEFAULT_SOCKET,
                         help=f"the Unix socket Apache proxies /buildid/ to (default: {DEFAULT_SOCKET})")

@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 import wsgi
+from retrace import add_version_argument
 from retrace.config import ConfigError, load_config
 from retrace.environments.sandbox import sandbox_argv
 from retrace.packaging.release import served_releases
@@ -439,6 +440,7 @@ def run_apache(apache, conf_file, host, port, config, cert):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog=PROG, description="Run retrace-server under Apache httpd + mod_wsgi over HTTPS.")
+    add_version_argument(parser)
     parser.add_argument("--config", required=True, help="retrace-server.conf to serve")
     parser.add_argument("--listen", default="127.0.0.1:8443", help="HOST:PORT (default %(default)s)")
     parser.add_argument("--cert", help="PEM certificate (default: a new self-signed one)")

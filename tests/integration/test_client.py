@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -142,6 +143,31 @@ def test_unsupported_release_is_refused_with_the_supported_ones(server, crash_di
     assert result.returncode == 3
     assert "The release 'fedora-40-x86_64' is not supported by the Retrace server (it supports: fedora-41-x86_64)" \
         in result.stderr
+
+
+def test_a_refusal_with_json_prints_the_sentence_as_json_on_stdout(server, crash_dir):
+    (crash_dir / "os_release").write_text("Fedora release 40 (Forty)\n")
+    result = run_client(server, "batch", "--dir", str(crash_dir), "--json")
+    assert result.returncode == 3
+    answer = json.loads(result.stdout)
+    assert answer["exit_status"] == 3 and "The release 'fedora-40-x86_64' is not supported" in answer["error"]
+
+
+@pytest.mark.parametrize("uri, reason", [
+    ("https://127.0.0.1:{closed_port}", "the connection was refused (is the server running, on that port?)"),
+    ("https://retrace.invalid", "its host name cannot be resolved"),
+])
+def test_an_unreachable_server_is_explained_without_library_reprs(uri, reason):
+    with socket.socket() as probe:  # a port nothing listens on: bound, never listening
+        probe.bind(("127.0.0.1", 0))
+        uri = uri.format(closed_port=probe.getsockname()[1])
+        result = subprocess.run([str(CLIENT), "settings", "--uri", uri, "--json"], capture_output=True, text=True,
+                                timeout=120)
+    assert result.returncode == 3
+    assert f"Cannot reach the retrace server at {uri}: {reason}" in result.stderr
+    assert "ConnectionPool" not in result.stderr and "object at 0x" not in result.stderr
+    assert json.loads(result.stdout) == {"error": f"Cannot reach the retrace server at {uri}: {reason}",
+                                         "exit_status": 3}
 
 
 def test_unknown_package_is_refused(server, crash_dir):
