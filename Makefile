@@ -37,7 +37,7 @@ venv: $(PYTHON)
 # Reinstalled on every run (a second or two) so that Apache's daemon
 # processes, which import the installed copy, always serve this checkout.
 install: venv
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check "celery>=5.4,<6"
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check "celery>=5.4,<6" "vermin==1.9.2"
 	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation --disable-pip-version-check .
 	rm -rf build retrace_server.egg-info
 

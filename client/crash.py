@@ -9,6 +9,8 @@ whole os-release as ``os_info``, as ABRT saves it on Debian), each
 overridable (``--package``, ``--os-release``).
 """
 
+from __future__ import annotations  # the client runs on Python 3.9 (RHEL 9): X | None in annotations
+
 import dataclasses
 import os
 import re

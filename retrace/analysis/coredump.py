@@ -8,6 +8,8 @@ same name, and every offset it follows is checked against the file, since
 the core is an untrusted upload.
 """
 
+from __future__ import annotations  # the client runs on Python 3.9 (RHEL 9): X | None in annotations
+
 import bisect
 import dataclasses
 import struct

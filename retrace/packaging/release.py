@@ -6,6 +6,8 @@ its grammar is the wire format (e.g. ``fedora-41-x86_64``,
 ``fedora-rawhide-aarch64``, ``rhel-9-x86_64``).
 """
 
+from __future__ import annotations  # the client runs on Python 3.9 (RHEL 9): X | None in annotations
+
 import dataclasses
 import os
 import re
