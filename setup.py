@@ -25,9 +25,14 @@ setup(
             "config/systemd/retrace-server-dispatcher.service",
         ]),
     ],
-    # webob, python-magic, zstandard and rpm come from the distribution
-    # (apt/dnf), which the venv sees through --system-site-packages.
-    install_requires=[],
+    # What pip installs is the client's need alone, so `pip install retrace-server` gives a working
+    # retrace-client; the server's Python libraries are the "server" extra (rpm, seccomp and mod_wsgi
+    # only come from the distribution: `make` uses a venv with --system-site-packages and --no-deps).
+    install_requires=["requests>=2.25"],
+    extras_require={
+        "server": ["WebOb>=1.8", "python-magic>=0.4.20", "zstandard>=0.18", "prometheus-client>=0.16"],
+        "celery": ["celery>=5.4,<6"],
+    },
     entry_points={
         "console_scripts": [
             "retrace-server-httpd = wsgi.httpd:main",
