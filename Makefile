@@ -40,6 +40,7 @@ install: venv
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check "celery>=5.4,<6" "vermin==1.9.2"
 	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation --disable-pip-version-check .
 	rm -rf build retrace_server.egg-info
+	$(PYTHON) scripts/make-manpages $(VENV)/share/man >/dev/null
 
 service-user:
 	id -u $(SERVICE_USER) >/dev/null 2>&1 || useradd --system --user-group \

@@ -25,12 +25,16 @@ from worker import cli as worker_cli
 PROG = "retrace-server-dispatcher"
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(prog=PROG, description="Start retrace workers for queued tasks as slots free up.")
     add_version_argument(parser)
     add_service_arguments(parser)
     parser.add_argument("--log", help="append messages to this file instead of standard error")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     path = config_path(os.environ, args.config)
     try:
         config = load_config(path)

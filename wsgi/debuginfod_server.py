@@ -123,7 +123,7 @@ def serve_in_namespace(config, socket_path):
     return 1
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(prog=PROG, description="Serve RepoDir's packages by build-id with debuginfod.")
     add_version_argument(parser)
     parser.add_argument("--config", help="configuration file (default: $RETRACE_SERVER_CONFIG_PATH or /etc/...)")
@@ -132,7 +132,11 @@ def main(argv=None):
     parser.add_argument("--log", help="append errors to this file (opened as the user this runs as, "
                                       "never through a symlink)")
     parser.add_argument("--in-namespace", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if args.log:
         append_stderr_to(args.log)
     config_file = config_path(os.environ, args.config)

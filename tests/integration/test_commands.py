@@ -1,13 +1,17 @@
 """Every installed command, as an admin meets it first."""
 
+import argparse
+import importlib
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
 
 from retrace import __version__
 
+ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = ("retrace-server-httpd", "retrace-server-worker", "retrace-server-interact", "retrace-server-dispatcher",
             "retrace-client", "retrace-server-reposync", "retrace-server-cleanup", "retrace-server-debuginfod")
 
@@ -20,9 +24,31 @@ def test_every_command_says_its_version(command):
     assert result.stdout == f"{command} {__version__}\n"
 
 
+MODULES = {entry.name: entry.module for entry in entry_points(group="console_scripts")
+           if entry.name.startswith("retrace-")}
+
+
 def test_every_installed_console_script_is_listed_here():
     """A command added to setup.py without --version (or without this list) fails here."""
-    from importlib.metadata import entry_points
+    assert set(MODULES) == set(COMMANDS)
 
-    installed = {entry.name for entry in entry_points(group="console_scripts") if entry.name.startswith("retrace-")}
-    assert installed == set(COMMANDS)
+
+def test_every_command_has_a_man_page_made_from_its_parser_that_groff_renders_cleanly(tmp_path):
+    made = subprocess.run([sys.executable, str(ROOT / "scripts" / "make-manpages"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    for command in COMMANDS:
+        page = tmp_path / f"man{section(command)}" / f"{command}.{section(command)}"
+        rendered = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z", str(page)], capture_output=True,
+                                  text=True)
+        assert rendered.returncode == 0 and rendered.stderr == "", f"{page.name}: {rendered.stderr}"
+        text = page.read_text()
+        parser = importlib.import_module(MODULES[command]).build_parser()
+        for action in parser._actions:
+            for option in action.option_strings:
+                if action.help != argparse.SUPPRESS:
+                    assert option.replace("-", "\\-") in text, f"{option} missing from {page.name}"
+
+
+def section(command):
+    return 1 if command == "retrace-client" else 8
