@@ -27,7 +27,7 @@ from pathlib import Path
 
 import wsgi
 from retrace import add_version_argument
-from retrace.config import ConfigError, load_config
+from retrace.config import ConfigError, config_path as configured_path, load_config
 from retrace.environments.sandbox import sandbox_argv
 from retrace.packaging.release import served_releases
 from wsgi.debuginfod_server import READY_TIMEOUT, state_dir as debuginfod_state_dir, wait_until_connectable
@@ -292,7 +292,7 @@ def _error_log_tail(config, lines=15):
 
 
 def serve(args):
-    config_path = Path(args.config).resolve()
+    config_path = configured_path(os.environ, args.config).resolve()
     try:
         config = load_config(config_path)
     except ConfigError as err:
@@ -441,7 +441,8 @@ def run_apache(apache, conf_file, host, port, config, cert):
 def build_parser():
     parser = argparse.ArgumentParser(prog=PROG, description="Run retrace-server under Apache httpd + mod_wsgi over HTTPS.")
     add_version_argument(parser)
-    parser.add_argument("--config", required=True, help="retrace-server.conf to serve")
+    parser.add_argument("--config", help="retrace-server.conf to serve (default: $RETRACE_SERVER_CONFIG_PATH or "
+                                          "/etc/retrace-server/retrace-server.conf)")
     parser.add_argument("--listen", default="127.0.0.1:8443", help="HOST:PORT (default %(default)s)")
     parser.add_argument("--cert", help="PEM certificate (default: a new self-signed one)")
     parser.add_argument("--key", help="PEM private key for --cert")

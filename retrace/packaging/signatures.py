@@ -73,8 +73,7 @@ class Keyring:
             database = tmp / "root"
             database.mkdir()
             for path, _ in keys:
-                ran = subprocess.run(["rpmkeys", "--dbpath", str(database), "--import", path], capture_output=True,
-                                     text=True, stdin=subprocess.DEVNULL, timeout=_TIMEOUT)
+                ran = _rpmkeys(["--dbpath", str(database), "--import", path])
                 if ran.returncode != 0:
                     raise SignatureError(f"the signing key {path} configured for {release} is not a key rpm can "
                                          f"import: {ran.stderr.strip()[:200]}")
@@ -93,8 +92,7 @@ class Keyring:
             return
         names = {str(path): name for path, name in packages}
         try:
-            ran = subprocess.run(["rpmkeys", "--dbpath", str(self.dbpath), "--checksig", "--verbose", "--", *names],
-                                 capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=_TIMEOUT)
+            ran = _rpmkeys(["--dbpath", str(self.dbpath), "--checksig", "--verbose", "--", *names])
         except subprocess.TimeoutExpired:
             raise SignatureError(f"checking the signatures of {', '.join(names.values())} took longer than "
                                  f"{_TIMEOUT} s") from None
@@ -119,3 +117,14 @@ def _reports(text):
         elif current is not None and line.strip():
             current.append(line.strip())
     return reports
+
+
+def _rpmkeys(arguments):
+    """rpmkeys with ``arguments``; SignatureError with a sentence where rpm is not installed (a Debian server
+    serving RPM releases needs the rpm package)."""
+    try:
+        return subprocess.run(["rpmkeys", *arguments], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                              timeout=_TIMEOUT)
+    except FileNotFoundError:
+        raise SignatureError("the server cannot check RPM signatures: rpmkeys is not installed (the administrator "
+                             "installs rpm, or sets RequireGPGCheck = 0)") from None

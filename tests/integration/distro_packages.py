@@ -33,6 +33,7 @@ def check_layout(files, unpacked, httpd_conf, unit_dir):
     assert {f"{python_path}/retrace/config.py", f"{python_path}/wsgi/app.py"} <= files, "Apache's python-path"
     assert {f"/usr/bin/{command}" for command in COMMANDS} <= files
     assert {"/etc/logrotate.d/retrace-server", "/etc/cron.d/retrace-server"} <= files
+    assert "/usr/share/retrace-server/retrace.conf" in files, "what retrace-server-httpd includes"
     for command in COMMANDS:
         section = 1 if command == "retrace-client" else 8
         assert any(name.startswith(f"/usr/share/man/man{section}/{command}.{section}") for name in files), command

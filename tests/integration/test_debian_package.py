@@ -1,13 +1,23 @@
 """debian/ built by the real dpkg-buildpackage (debhelper, pybuild) from the checkout
-(tests/integration/distro_packages.py says what any package must hold)."""
+(tests/integration/distro_packages.py says what any package must hold), then installed by apt into a
+fresh Debian 12 made by debootstrap, where the installed server retraces a crash: the fresh-machine check."""
 
+import os
 import re
+import shutil
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
+import requests
 
 from retrace import __version__
+from tests.fixtures.debuginfod import DEB_CACHE
+from tests.fixtures.signing import TEST_KEY
 from tests.integration.distro_packages import ROOT, check_commands_run, check_layout, source_tree_tar
+from tests.integration.helpers import submit, wait_final
+from tests.integration.server import free_port
 
 HTTPD_CONF = "/etc/apache2/conf-available/retrace-server.conf"
 
@@ -42,3 +52,100 @@ def test_the_deb_holds_what_the_code_the_httpd_configuration_the_units_and_cron_
 def test_the_deb_s_commands_run_from_its_own_files(built):
     files, unpacked = built
     check_commands_run(unpacked, check_layout(files, unpacked, HTTPD_CONF, "/lib/systemd/system"))
+
+
+BOOTSTRAP = DEB_CACHE / "bootstrap" / "bookworm-minbase.tar"
+APT_ARCHIVES = DEB_CACHE / "bootstrap" / "apt-archives"
+
+
+def fresh_bookworm(target):
+    """A minimal Debian 12 made by debootstrap from the Debian archive (kept as a tar after the first time)."""
+    if not BOOTSTRAP.is_file():
+        BOOTSTRAP.parent.mkdir(parents=True, exist_ok=True)
+        made = BOOTSTRAP.parent / "making"
+        shutil.rmtree(made, ignore_errors=True)
+        subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(made), "http://deb.debian.org/debian"],
+                       check=True, capture_output=True, timeout=1800)
+        subprocess.run(["tar", "-cf", f"{BOOTSTRAP}.part", "-C", str(made), "."], check=True)
+        os.replace(f"{BOOTSTRAP}.part", BOOTSTRAP)
+        shutil.rmtree(made)
+    target.mkdir()
+    subprocess.run(["tar", "-xf", str(BOOTSTRAP), "-C", str(target)], check=True)
+    return target
+
+
+def in_root(root, *argv, **kwargs):
+    """``argv`` with ``root`` as / (bubblewrap: a new root by pivot_root, not chroot, so that the server's
+    own sandbox may still create user namespaces in it), the host's network and processes (the host's
+    /proc: the kernel lets that sandbox mount a proc only where one is fully visible), /dev of its own."""
+    return ["bwrap", "--bind", str(root), "/", "--bind", "/proc", "/proc", "--dev", "/dev", "--bind",
+            str(APT_ARCHIVES), "/var/cache/apt/archives", "--unshare-ipc", "--die-with-parent", "--setenv",
+            "DEBIAN_FRONTEND", "noninteractive", "--setenv", "PATH", "/usr/sbin:/usr/bin:/sbin:/bin", "--", *argv]
+
+
+@pytest.fixture(scope="module")
+def installed(built, tmp_path_factory, certificate, release_dir):
+    """The built .deb installed by apt (which resolves its dependencies from the Debian archive) into a
+    fresh bookworm, with the fixture release as its mirror and a config naming only what a test must."""
+    root = fresh_bookworm(tmp_path_factory.mktemp("bookworm") / "root")
+    APT_ARCHIVES.mkdir(parents=True, exist_ok=True)
+    package = next(built[1].parent.glob("retrace-server_*_all.deb"))
+    shutil.copy(package, root / "tmp" / package.name)
+    for argv in (["apt-get", "update", "-q"],
+                 ["apt-get", "install", "-y", "-q", "--no-install-recommends", f"/tmp/{package.name}"]):
+        ran = subprocess.run(in_root(root, *argv), capture_output=True, text=True, timeout=1800)
+        assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    shutil.copytree(release_dir, root / "var/cache/retrace-server/fedora-41-x86_64")
+    cert, key = certificate
+    etc = root / "etc/retrace-server"
+    for source, name in ((cert, "test.crt"), (key, "test.key"), (Path(TEST_KEY.public), "fedora.asc")):
+        shutil.copy(source, etc / name)
+    with open(etc / "retrace-server.conf", "a") as config:
+        config.write("\n[gpgkeys]\nfedora = /etc/retrace-server/fedora.asc\n")
+    subprocess.run(in_root(root, "sed", "-i", "s/^MinStorageLeft = .*/MinStorageLeft = 0/",
+                           "/etc/retrace-server/retrace-server.conf"), check=True)
+    return root
+
+
+class InstalledServer:
+    """retrace-server-httpd of the installed package, run in the bookworm root."""
+
+    def __init__(self, root, cert):
+        self.root, self.cert, self.port = root, cert, free_port()
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.output = open(root / "tmp" / "launcher.out", "w+")
+        self.process = subprocess.Popen(in_root(
+            root, "/usr/bin/retrace-server-httpd", "--listen", f"127.0.0.1:{self.port}",
+            "--cert", "/etc/retrace-server/test.crt", "--key", "/etc/retrace-server/test.key", "--user", "retrace"),
+            stdout=self.output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while "serving https://" not in (root / "tmp" / "launcher.out").read_text():
+            assert self.process.poll() is None and time.monotonic() < deadline, (
+                (root / "tmp" / "launcher.out").read_text())
+            time.sleep(0.1)
+
+    def get(self, path, **kwargs):
+        return requests.get(self.url + path, verify=str(self.cert), timeout=60, **kwargs)
+
+    def post(self, path, **kwargs):
+        return requests.post(self.url + path, verify=str(self.cert), timeout=120, **kwargs)
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=60)
+        self.output.close()
+
+
+def test_the_deb_installed_by_apt_on_a_fresh_bookworm_serves_and_retraces_a_crash(installed, certificate,
+                                                                                   problem_dir):
+    assert not (installed / "work").exists() and not list(installed.glob("**/.venv")), "no checkout, no venv"
+    server = InstalledServer(installed, certificate[0])
+    try:
+        task_id, auth = submit(server, problem_dir)
+        status = wait_final(server, task_id, auth, timeout=180)
+        log = server.get(f"/{task_id}/log", headers=auth).text
+        assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", log
+        assert "crash_in_library" in server.get(f"/{task_id}/backtrace", headers=auth).text
+    finally:
+        server.stop()
+    assert (installed / "var/spool/retrace-server" / task_id).is_dir(), "the task lives in the installed spool"

@@ -5,6 +5,7 @@ import subprocess
 
 import pytest
 
+from retrace.packaging import signatures
 from retrace.config import Config
 from retrace.packaging.signatures import Keyring, SignatureError
 from tests.fixtures.signing import OTHER_KEY, TEST_KEY
@@ -97,3 +98,9 @@ def test_many_packages_are_checked_with_one_rpm_run_and_the_bad_one_is_named(tmp
     ring.verify_all([(good, "good-1-1"), (good, "good-again-1-1")])
     with pytest.raises(SignatureError, match="stranger-1-1 is refused"):
         ring.verify_all([(good, "good-1-1"), (stranger, "stranger-1-1")])
+
+
+def test_a_server_without_rpm_says_it_cannot_check_signatures(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(signatures.SignatureError, match="rpmkeys is not installed .* installs rpm"):
+        signatures._rpmkeys(["--version"])
