@@ -104,7 +104,8 @@ def installed(built, tmp_path_factory, certificate, release_dir):
         config.write("\n[gpgkeys]\nfedora = /etc/retrace-server/fedora.asc\n")
     subprocess.run(in_root(root, "sed", "-i", "s/^MinStorageLeft = .*/MinStorageLeft = 0/",
                            "/etc/retrace-server/retrace-server.conf"), check=True)
-    return root
+    yield root
+    shutil.rmtree(root, ignore_errors=True)  # 600 MiB
 
 
 class InstalledServer:
