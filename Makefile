@@ -41,6 +41,7 @@ install: venv
 	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation --disable-pip-version-check .
 	rm -rf build retrace_server.egg-info
 	$(PYTHON) scripts/make-manpages $(VENV)/share/man >/dev/null
+	$(PYTHON) scripts/make-completions $(VENV)/share/bash-completion/completions >/dev/null
 
 service-user:
 	id -u $(SERVICE_USER) >/dev/null 2>&1 || useradd --system --user-group \

@@ -4,14 +4,13 @@ the package's own files."""
 
 import re
 import subprocess
-from importlib.metadata import entry_points
 from pathlib import Path
 
-from retrace import __version__
+from retrace import __version__, installed_commands
 from retrace.config import DEFAULT_CONFIG_PATH
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMANDS = sorted(entry.name for entry in entry_points(group="console_scripts") if entry.name.startswith("retrace-"))
+COMMANDS = sorted(installed_commands())
 
 
 def source_tree_tar(target, top_directory=None):
@@ -34,6 +33,7 @@ def check_layout(files, unpacked, httpd_conf, unit_dir):
     assert {f"/usr/bin/{command}" for command in COMMANDS} <= files
     assert {"/etc/logrotate.d/retrace-server", "/etc/cron.d/retrace-server"} <= files
     assert "/usr/share/retrace-server/retrace.conf" in files, "what retrace-server-httpd includes"
+    assert {f"/usr/share/bash-completion/completions/{command}" for command in COMMANDS} <= files
     for command in COMMANDS:
         section = 1 if command == "retrace-client" else 8
         assert any(name.startswith(f"/usr/share/man/man{section}/{command}.{section}") for name in files), command

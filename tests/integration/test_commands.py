@@ -4,12 +4,11 @@ import argparse
 import importlib
 import subprocess
 import sys
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
 
-from retrace import __version__
+from retrace import __version__, installed_commands
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = ("retrace-server-httpd", "retrace-server-worker", "retrace-server-interact", "retrace-server-dispatcher",
@@ -24,8 +23,7 @@ def test_every_command_says_its_version(command):
     assert result.stdout == f"{command} {__version__}\n"
 
 
-MODULES = {entry.name: entry.module for entry in entry_points(group="console_scripts")
-           if entry.name.startswith("retrace-")}
+MODULES = installed_commands()
 
 
 def test_every_installed_console_script_is_listed_here():
@@ -52,3 +50,25 @@ def test_every_command_has_a_man_page_made_from_its_parser_that_groff_renders_cl
 
 def section(command):
     return 1 if command == "retrace-client" else 8
+
+
+def completes(directory, command, *words):
+    """What bash offers for the last of ``words`` typed after ``command``, with the generated completion."""
+    script = (f"source {directory / command}; COMP_WORDS=({' '.join([command, *words])}); "
+              f"COMP_CWORD={len(words)}; _{command.replace('-', '_')}; printf '%s\\n' \"${{COMPREPLY[@]}}\"")
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout.split()
+
+
+def test_bash_completes_each_command_s_options_choices_and_paths_from_its_parser(tmp_path):
+    made = subprocess.run([sys.executable, str(ROOT / "scripts" / "make-completions"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(COMMANDS)
+    assert completes(tmp_path, "retrace-server-worker", "--ker") == ["--kernelver"]
+    assert completes(tmp_path, "retrace-server-interact", "TASK", "s") == ["set-fail", "set-success", "shell"]
+    assert completes(tmp_path, "retrace-client", "b") == ["backtrace", "batch"]
+    (tmp_path / "problem-dir").mkdir()
+    assert completes(tmp_path, "retrace-client", "batch", "--dir", str(tmp_path / "prob")) == [
+        str(tmp_path / "problem-dir")]
+    for command in COMMANDS:
+        assert completes(tmp_path, command, "--vers") == ["--version"]
