@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.workspace import Workspace, bare_gdb_seconds  # noqa: E402
-from retrace.analysis.debuggers import gdb_for  # noqa: E402
+from retrace_server.analysis.debuggers import gdb_for  # noqa: E402
 from tests.fixtures.debian import apt_release, debian_problem_dir, merged_usr_sysroot  # noqa: E402
 from tests.fixtures.foreign import foreign_crash  # noqa: E402
 from tests.integration.helpers import abrt_archive, timed_retrace  # noqa: E402

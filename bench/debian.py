@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.workspace import Workspace, bare_gdb_seconds  # noqa: E402
-from retrace.packaging.repoindex import RepoIndex  # noqa: E402
+from retrace_server.packaging.repoindex import RepoIndex  # noqa: E402
 from tests.fixtures.debian import (BINARIES, DEBIAN_RELEASE, PROGRAM, apt_archive, apt_release,  # noqa: E402
                                    crash_debian_program,
                                    debian_debs, debian_problem_dir, merged_usr_sysroot, unpack_debs)

@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.workspace import Workspace  # noqa: E402
-from retrace.analysis.coredump import read_core  # noqa: E402
-from retrace.packaging.cache import tree_bytes  # noqa: E402
+from retrace_server.analysis.coredump import read_core  # noqa: E402
+from retrace_server.packaging.cache import tree_bytes  # noqa: E402
 from tests.fixtures.cores import crash_installed, make_problem_dir  # noqa: E402
 from tests.fixtures.debuginfod import Debuginfod  # noqa: E402
 from tests.fixtures.distro import build_rpms, publish_release  # noqa: E402

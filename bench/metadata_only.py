@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.debuginfod import bigcrash_problem, build_bigcrash  # noqa: E402
 from bench.workspace import RELEASE_ID, Workspace  # noqa: E402
-from retrace.packaging.cache import tree_bytes  # noqa: E402
+from retrace_server.packaging.cache import tree_bytes  # noqa: E402
 from tests.fixtures.cores import crash_installed, make_problem_dir  # noqa: E402
 from tests.fixtures.distro import build_rpms, is_debuginfo, publish_release  # noqa: E402
 from tests.fixtures.signing import TEST_KEY  # noqa: E402

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.workspace import Workspace  # noqa: E402
-from retrace.environments.mock import find_mock, root_name  # noqa: E402
+from retrace_server.environments.mock import find_mock, root_name  # noqa: E402
 from tests.fixtures.cores import crash_installed, make_problem_dir  # noqa: E402
 from tests.fixtures.distro import build_rpms, publish_release  # noqa: E402
 from tests.fixtures.userland import build_userland_rpms  # noqa: E402

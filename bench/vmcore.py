@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.retrace import print_stages  # noqa: E402
 from bench.workspace import Workspace  # noqa: E402
-from retrace.analysis.crash import COMMANDS, Markers  # noqa: E402
+from retrace_server.analysis.crash import COMMANDS, Markers  # noqa: E402
 from tests.fixtures.vmcore import kernel_debs, make_vmcores  # noqa: E402
 from tests.integration.helpers import password_header, wait_final  # noqa: E402
 

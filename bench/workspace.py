@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from retrace.analysis.gdb import exploitable_marker, gdb_argv
+from retrace_server.analysis.gdb import exploitable_marker, gdb_argv
 from tests.fixtures.cores import crash_installed, make_problem_dir
 from tests.fixtures.distro import build_rpms, publish_release
 from tests.integration.helpers import abrt_archive

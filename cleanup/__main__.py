@@ -1,5 +1,5 @@
 import sys
 
-from cleanup.cli import main
+from retrace_server.cleanup.cli import main
 
 sys.exit(main())

@@ -9,10 +9,10 @@ import logging
 import os
 import sys
 
-from cleanup.collector import Collector
-from retrace import add_version_argument
-from retrace.config import ConfigError, config_path, load_config
-from retrace.privileges import PrivilegeError, add_service_arguments, run_as_service_user
+from retrace_server.cleanup.collector import Collector
+from retrace_server import add_version_argument
+from retrace_server.config import ConfigError, config_path, load_config
+from retrace_server.privileges import PrivilegeError, add_service_arguments, run_as_service_user
 
 PROG = "retrace-server-cleanup"
 

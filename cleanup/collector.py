@@ -14,15 +14,15 @@ import tarfile
 import time
 from pathlib import Path
 
-from retrace.environments.chroot import GdbRoots
-from retrace.packaging.cache import PackageCache, abandoned_partial_entries
-from retrace.packaging.download import DOWNLOADS
-from retrace.packaging.debuginfod import BuildIdCache
-from retrace.packaging.kernel import KernelCache
-from retrace.stats import StatsDB
-from retrace.tasks.dispatch import end_failed, fail_if_worker_died, start_queued
-from retrace.tasks.task import MD5_NAME, WORKER_LOCK, TaskStatus, iter_tasks, worker_alive
-from worker.supervisor import kill_worker
+from retrace_server.environments.chroot import GdbRoots
+from retrace_server.packaging.cache import PackageCache, abandoned_partial_entries
+from retrace_server.packaging.download import DOWNLOADS
+from retrace_server.packaging.debuginfod import BuildIdCache
+from retrace_server.packaging.kernel import KernelCache
+from retrace_server.stats import StatsDB
+from retrace_server.tasks.dispatch import end_failed, fail_if_worker_died, start_queued
+from retrace_server.tasks.task import MD5_NAME, WORKER_LOCK, TaskStatus, iter_tasks, worker_alive
+from retrace_server.worker.supervisor import kill_worker
 
 HOUR = 3600
 _KILL_WAIT_SECONDS = 10

@@ -1,5 +1,5 @@
 import sys
 
-from client.cli import main
+from retrace_server.client.cli import main
 
 sys.exit(main())

@@ -13,10 +13,10 @@ import sys
 import tempfile
 import time
 
-from client.crash import CrashInputError, from_apport, from_core, from_coredumpctl, from_problem_dir, from_vmcore
-from client.progress import MIB, ProgressFile, Reporter, human_size
-from client.server import XZ_TAR, ZSTD_TAR, RetraceServer, ServerRefused
-from retrace import add_version_argument
+from retrace_server.client.crash import CrashInputError, from_apport, from_core, from_coredumpctl, from_problem_dir, from_vmcore
+from retrace_server.client.progress import MIB, ProgressFile, Reporter, human_size
+from retrace_server.client.server import XZ_TAR, ZSTD_TAR, RetraceServer, ServerRefused
+from retrace_server import add_version_argument
 
 PROG = "retrace-client"
 EXIT_OK, EXIT_FAILED, EXIT_LOCAL, EXIT_REFUSED = 0, 1, 2, 3

@@ -19,10 +19,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from client.apport import ApportError, problem_dir_from_apport
-from retrace.analysis.coredump import read_core
-from retrace.errors import InvalidCrashData
-from retrace.packaging.release import canonical_arch, release_from_line, release_from_os_release
+from retrace_server.client.apport import ApportError, problem_dir_from_apport
+from retrace_server.analysis.coredump import read_core
+from retrace_server.errors import InvalidCrashData
+from retrace_server.packaging.release import canonical_arch, release_from_line, release_from_os_release
 
 REQUIRED = ("coredump", "executable", "package")
 # One of them names the release: ABRT on Debian leaves os_release empty and saves os_info.

@@ -1,5 +1,5 @@
 import sys
 
-from reposync.cli import main
+from retrace_server.reposync.cli import main
 
 sys.exit(main())

@@ -19,7 +19,7 @@ refused with its name.  The indexes land in ``RepoDir/<release>/dists/``
 by one directory exchange; packages in ``pool/`` as the mirror has them,
 unless the sync is ``--metadata-only``: then ``RepoDir/<release>/mirror``
 names the mirror, and workers download what a crash needs
-(``retrace.packaging.download``).
+(``retrace_server.packaging.download``).
 """
 
 import dataclasses
@@ -33,10 +33,10 @@ from urllib.parse import quote
 
 import requests
 
-from retrace.packaging import apt
-from retrace.packaging.download import TooLarge, write_checked
-from retrace.packaging.repoindex import open_compressed
-from retrace.paths import UnsafePath, inside
+from retrace_server.packaging import apt
+from retrace_server.packaging.download import TooLarge, write_checked
+from retrace_server.packaging.repoindex import open_compressed
+from retrace_server.paths import UnsafePath, inside
 
 _TIMEOUT = (15, 120)
 _CHUNK = 1024 * 1024

@@ -14,12 +14,12 @@ import argparse
 import os
 import sys
 
-from reposync.plugins import PluginError, load_plugins
-from reposync.repository import EXIT_USAGE, SyncError, discover_versions, parse_release, sync_release
-from retrace import add_version_argument
-from retrace.config import ConfigError, config_path, load_config
-from retrace.packaging.release import ReleaseId
-from retrace.privileges import PrivilegeError, add_service_arguments, run_as_service_user
+from retrace_server.reposync.plugins import PluginError, load_plugins
+from retrace_server.reposync.repository import EXIT_USAGE, SyncError, discover_versions, parse_release, sync_release
+from retrace_server import add_version_argument
+from retrace_server.config import ConfigError, config_path, load_config
+from retrace_server.packaging.release import ReleaseId
+from retrace_server.privileges import PrivilegeError, add_service_arguments, run_as_service_user
 
 PROG = "retrace-server-reposync"
 

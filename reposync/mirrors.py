@@ -23,8 +23,8 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from retrace.packaging.download import MIRROR_FILE
-from retrace.packaging.repoindex import COMMON_NS, REPO_NS, iter_elements
+from retrace_server.packaging.download import MIRROR_FILE
+from retrace_server.packaging.repoindex import COMMON_NS, REPO_NS, iter_elements
 
 _CHUNK = 1024 * 1024
 _TIMEOUT = (15, 120)

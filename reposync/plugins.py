@@ -7,14 +7,14 @@ ship in ``reposync/distributions/``; an admin adds or replaces one with a
 ``*.conf`` file in ``PluginDir`` or a section in retrace-server.conf (read
 in that order; a later section replaces the distribution's whole list).
 A section with ``type = apt`` describes an apt archive instead
-(``reposync.apt``: mirrors, suites, components, codenames).
+(``retrace_server.reposync.apt``: mirrors, suites, components, codenames).
 """
 
 import configparser
 import dataclasses
 from pathlib import Path
 
-from reposync.apt import AptSource
+from retrace_server.reposync.apt import AptSource
 
 BUILT_IN = Path(__file__).resolve().parent / "distributions"
 SECTION_PREFIX = "reposync "

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import requests
 
-from reposync.apt import AptMirror, AptSource, AptSyncError, Refused, sync_indexes, sync_pool
-from reposync.mirrors import HttpMirror, MirrorError, http_session, mirror_for
-from retrace import locking
-from retrace.packaging import apt as apt_index
-from retrace.packaging.download import MIRROR_FILE
-from retrace.packaging.release import REPOSITORIES, ReleaseId, canonical_arch
-from retrace.packaging.repoindex import RepoIndex, RepositoryError
-from retrace.packaging.signatures import Keyring, SignatureError
+from retrace_server.reposync.apt import AptMirror, AptSource, AptSyncError, Refused, sync_indexes, sync_pool
+from retrace_server.reposync.mirrors import HttpMirror, MirrorError, http_session, mirror_for
+from retrace_server import locking
+from retrace_server.packaging import apt as apt_index
+from retrace_server.packaging.download import MIRROR_FILE
+from retrace_server.packaging.release import REPOSITORIES, ReleaseId, canonical_arch
+from retrace_server.packaging.repoindex import RepoIndex, RepositoryError
+from retrace_server.packaging.signatures import Keyring, SignatureError
 
 EXIT_OK = 0
 EXIT_USAGE = 1

@@ -11,7 +11,7 @@ def add_version_argument(parser):
 def installed_commands():
     """``{command: module}`` of every retrace console script installed with this package: what the man
     pages, the bash completions and the tests are made for, read from the installed metadata so that a
-    command added to setup.py is never missed."""
+    command added to pyproject.toml is never missed."""
     from importlib.metadata import entry_points
 
     return {entry.name: entry.module for entry in entry_points(group="console_scripts")

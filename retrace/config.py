@@ -12,7 +12,7 @@ import logging
 import os
 from pathlib import Path
 
-from retrace.errors import ConfigError
+from retrace_server.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +292,7 @@ def parse_config(text, source):
     if parser.has_section(DEBUGGERS_SECTION):
         values["debuggers_by_arch"] = tuple((arch, program.strip()) for arch, program in parser.items(DEBUGGERS_SECTION))
     if values.get("CrashCommands"):
-        from retrace.analysis.crash import admin_commands
+        from retrace_server.analysis.crash import admin_commands
 
         try:
             admin_commands(values["CrashCommands"])

@@ -15,18 +15,18 @@ import shutil
 import sys
 import time
 
-from retrace import add_version_argument, locking
-from retrace.analysis.debuggers import NoDebugger, served_architectures
-from retrace.config import config_path, load_config
-from retrace.errors import ConfigError, NotFound
-from retrace.privileges import PrivilegeError, add_service_arguments, run_as_service_user
-from retrace.tasks.dispatch import poke
-from retrace.tasks.overrides import InvalidOverride, Overrides
-from retrace.tasks.task import (JOB_PID, LOG_NAME, LOG_TIME_FORMAT, WORKER_HOST, WORKER_LOCK, Task, TaskStatus,
+from retrace_server import add_version_argument, locking
+from retrace_server.analysis.debuggers import NoDebugger, served_architectures
+from retrace_server.config import config_path, load_config
+from retrace_server.errors import ConfigError, NotFound
+from retrace_server.privileges import PrivilegeError, add_service_arguments, run_as_service_user
+from retrace_server.tasks.dispatch import poke
+from retrace_server.tasks.overrides import InvalidOverride, Overrides
+from retrace_server.tasks.task import (JOB_PID, LOG_NAME, LOG_TIME_FORMAT, WORKER_HOST, WORKER_LOCK, Task, TaskStatus,
                                 write_atomically)
-from worker.coredump import RetraceJob
-from worker.supervisor import supervise
-from worker.vmcore import VmcoreJob
+from retrace_server.worker.coredump import RetraceJob
+from retrace_server.worker.supervisor import supervise
+from retrace_server.worker.vmcore import VmcoreJob
 
 PROG = "retrace-server-worker"
 _GENERATED = ("status", "started_time", "finished_time", LOG_NAME, "retrace_backtrace", JOB_PID)
@@ -80,7 +80,7 @@ def make_job(config, task, logger):
 
 
 def run_supervised(config, task, verbose):
-    """The task's stages in a supervised child (``worker.supervisor``); True on success."""
+    """The task's stages in a supervised child (``retrace_server.worker.supervisor``); True on success."""
 
     def run_job():
         return make_job(config, task, task_logger(task, verbose)).run()
@@ -222,7 +222,7 @@ def run_delivered(config, verbose):
 
 
 def serve_main(args):
-    from worker.serve import serve
+    from retrace_server.worker.serve import serve
 
     try:
         config, path = load_as_service_user(args)

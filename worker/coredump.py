@@ -7,28 +7,28 @@ import shutil
 import time
 from pathlib import Path
 
-from retrace.analysis.coredump import CoreInfo, debug_alt_link, program_interpreter, read_core
-from retrace.analysis.debuggers import HOST_ARCH, NoDebugger, gdb_for, runs_natively
-from retrace.analysis.exploitable import rate
-from retrace.analysis.gdb import USABLE_FRAME, interactive_argv, interpret_output, run_gdb
-from retrace.environments.chroot import GdbRoots, root_key
-from retrace.environments.mock import MockEnvironment
-from retrace.environments.sandbox import prepare_mount_points
-from retrace.environments.sysroot import (add_merged_usr_links, assemble_sysroot, build_id_debug_path,
+from retrace_server.analysis.coredump import CoreInfo, debug_alt_link, program_interpreter, read_core
+from retrace_server.analysis.debuggers import HOST_ARCH, NoDebugger, gdb_for, runs_natively
+from retrace_server.analysis.exploitable import rate
+from retrace_server.analysis.gdb import USABLE_FRAME, interactive_argv, interpret_output, run_gdb
+from retrace_server.environments.chroot import GdbRoots, root_key
+from retrace_server.environments.mock import MockEnvironment
+from retrace_server.environments.sandbox import prepare_mount_points
+from retrace_server.environments.sysroot import (add_merged_usr_links, assemble_sysroot, build_id_debug_path,
                                           link_program_interpreter, place_files)
-from retrace.packaging.cache import PackageCache
-from retrace.packaging.debuginfod import BuildIdCache, Settings as DebuginfodSettings, fetch_all
-from retrace.packaging.download import DOWNLOADS, DownloadError, download_packages, package_url
-from retrace.packaging.packages import (Resolution, Unresolved, resolve_modules, unresolved_everything,
+from retrace_server.packaging.cache import PackageCache
+from retrace_server.packaging.debuginfod import BuildIdCache, Settings as DebuginfodSettings, fetch_all
+from retrace_server.packaging.download import DOWNLOADS, DownloadError, download_packages, package_url
+from retrace_server.packaging.packages import (Resolution, Unresolved, resolve_modules, unresolved_everything,
                                         usr_merge_variants)
-from retrace.packaging.payload import UnpackError
-from retrace.packaging.release import (RELEASE_FILES, ReleaseId, detect_release, rpm_repositories, served_releases,
+from retrace_server.packaging.payload import UnpackError
+from retrace_server.packaging.release import (RELEASE_FILES, ReleaseId, detect_release, rpm_repositories, served_releases,
                                       supported_releases)
-from retrace.packaging.repoindex import RepoIndex
-from retrace.packaging.signatures import Keyring, verify_checksum
-from retrace.tasks.session import Session
-from retrace.tasks.task import write_atomically
-from worker.job import Job, TaskFailed
+from retrace_server.packaging.repoindex import RepoIndex
+from retrace_server.packaging.signatures import Keyring, verify_checksum
+from retrace_server.tasks.session import Session
+from retrace_server.tasks.task import write_atomically
+from retrace_server.worker.job import Job, TaskFailed
 
 _THREAD_HEADER = re.compile(r"^Thread \d+ ", re.M)
 

@@ -16,11 +16,11 @@ import logging
 import os
 import sys
 
-from retrace import add_version_argument
-from retrace.config import ConfigError, config_path, load_config
-from retrace.privileges import PrivilegeError, add_service_arguments, append_stderr_to, run_as_service_user
-from retrace.tasks import dispatch
-from worker import cli as worker_cli
+from retrace_server import add_version_argument
+from retrace_server.config import ConfigError, config_path, load_config
+from retrace_server.privileges import PrivilegeError, add_service_arguments, append_stderr_to, run_as_service_user
+from retrace_server.tasks import dispatch
+from retrace_server.worker import cli as worker_cli
 
 PROG = "retrace-server-dispatcher"
 

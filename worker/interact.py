@@ -19,15 +19,15 @@ import os
 import shlex
 import sys
 
-from retrace import add_version_argument
-from retrace.config import ConfigError
-from retrace.environments.sandbox import SandboxTimeout, SandboxUnavailable, run_interactive
-from retrace.errors import NotFound
-from retrace.privileges import PrivilegeError, add_service_arguments
-from retrace.tasks.dispatch import end_failed
-from retrace.tasks.session import Session
-from retrace.tasks.task import Task, TaskStatus, worker_alive
-from worker.cli import WorkerRefused, load_as_service_user
+from retrace_server import add_version_argument
+from retrace_server.config import ConfigError
+from retrace_server.environments.sandbox import SandboxTimeout, SandboxUnavailable, run_interactive
+from retrace_server.errors import NotFound
+from retrace_server.privileges import PrivilegeError, add_service_arguments
+from retrace_server.tasks.dispatch import end_failed
+from retrace_server.tasks.session import Session
+from retrace_server.tasks.task import Task, TaskStatus, worker_alive
+from retrace_server.worker.cli import WorkerRefused, load_as_service_user
 
 PROG = "retrace-server-interact"
 SESSIONS = ("gdb", "crash", "shell")

@@ -13,12 +13,12 @@ import logging
 import sqlite3
 import time
 
-from retrace.errors import RetraceError, disk_full_explained
-from retrace.intake import crashdata
-from retrace.stats import FAILURE, SUCCESS, StatsDB, TaskRecord
-from retrace.tasks import taskqueue
-from retrace.tasks.overrides import Overrides
-from retrace.tasks.task import TaskStatus
+from retrace_server.errors import RetraceError, disk_full_explained
+from retrace_server.intake import crashdata
+from retrace_server.stats import FAILURE, SUCCESS, StatsDB, TaskRecord
+from retrace_server.tasks import taskqueue
+from retrace_server.tasks.overrides import Overrides
+from retrace_server.tasks.task import TaskStatus
 
 admin_log = logging.getLogger("retrace.worker")
 

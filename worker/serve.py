@@ -12,10 +12,10 @@ delivery limit was reached: the task ends FINISHED_FAILURE with that reason.
 import os
 import socket
 
-from retrace.errors import NotFound
-from retrace.tasks.celeryapp import DEAD_QUEUE, TASK_NAME, make_app, worker_queues
-from retrace.tasks.dispatch import end_failed
-from retrace.tasks.task import Task
+from retrace_server.errors import NotFound
+from retrace_server.tasks.celeryapp import DEAD_QUEUE, TASK_NAME, make_app, worker_queues
+from retrace_server.tasks.dispatch import end_failed
+from retrace_server.tasks.task import Task
 
 
 def retrace_delivery(config, task_id, host, dead_lettered, run_claimed):

@@ -9,7 +9,7 @@ ends without having ended the task, the parent kills what is left of the
 group, removes the job's leftovers and ends the task FINISHED_FAILURE with
 the stage and the cause (rq's pattern).  If the parent dies as well, the
 lock is released (the child dies with it) and the dispatcher ends the task
-(``retrace.tasks.dispatch``).
+(``retrace_server.tasks.dispatch``).
 """
 
 import contextlib
@@ -18,8 +18,8 @@ import logging
 import os
 import signal
 
-from retrace.tasks.dispatch import end_failed
-from retrace.tasks.task import JOB_PID, TaskStatus, write_atomically
+from retrace_server.tasks.dispatch import end_failed
+from retrace_server.tasks.task import JOB_PID, TaskStatus, write_atomically
 
 admin_log = logging.getLogger("retrace.worker")
 _LIBC = ctypes.CDLL(None, use_errno=True)

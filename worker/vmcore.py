@@ -22,21 +22,21 @@ import re
 import time
 from pathlib import Path
 
-from retrace.analysis import crash as crash_tool
-from retrace.analysis.coredump import file_build_id
-from retrace.analysis.vmcore import DumpFormat, KernelIdentity, dump_format, read_vmcoreinfo, search_text
-from retrace.environments.sandbox import SandboxTimeout, run_sandboxed
-from retrace.packaging import formats
-from retrace.packaging.debuginfod import BuildIdCache, Settings as DebuginfodSettings, fetch_all
-from retrace.packaging.download import DOWNLOADS, DownloadError, download_packages
-from retrace.packaging.kernel import (KernelCache, KernelError, KernelPackage, debuginfo_packages,
+from retrace_server.analysis import crash as crash_tool
+from retrace_server.analysis.coredump import file_build_id
+from retrace_server.analysis.vmcore import DumpFormat, KernelIdentity, dump_format, read_vmcoreinfo, search_text
+from retrace_server.environments.sandbox import SandboxTimeout, run_sandboxed
+from retrace_server.packaging import formats
+from retrace_server.packaging.debuginfod import BuildIdCache, Settings as DebuginfodSettings, fetch_all
+from retrace_server.packaging.download import DOWNLOADS, DownloadError, download_packages
+from retrace_server.packaging.kernel import (KernelCache, KernelError, KernelPackage, debuginfo_packages,
                                       extract_module_debuginfo, extract_vmlinux, find_debuginfo_package,
                                       is_debian_kernel, kernel_arch, package_nevra, repository_releases)
-from retrace.packaging.release import RELEASE_FILES, release_from_line, releases_from_dist_tag
-from retrace.packaging.signatures import Keyring, verify_checksum
-from retrace.tasks.session import Session
-from retrace.tasks.task import write_atomically
-from worker.job import Job, TaskFailed
+from retrace_server.packaging.release import RELEASE_FILES, release_from_line, releases_from_dist_tag
+from retrace_server.packaging.signatures import Keyring, verify_checksum
+from retrace_server.tasks.session import Session
+from retrace_server.tasks.task import write_atomically
+from retrace_server.worker.job import Job, TaskFailed
 
 _PANIC = re.compile(r"^\s*PANIC: (.*)$", re.M)
 

@@ -5,9 +5,9 @@ import re
 
 from webob import Request
 
-from retrace.config import CONFIG_PATH_VARIABLE, load_config
-from retrace.errors import Forbidden, MethodNotAllowed, NotFound, RetraceError
-from wsgi import handlers
+from retrace_server.config import CONFIG_PATH_VARIABLE, load_config
+from retrace_server.errors import Forbidden, MethodNotAllowed, NotFound, RetraceError
+from retrace_server.wsgi import handlers
 
 log = logging.getLogger(__name__)
 

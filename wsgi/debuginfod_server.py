@@ -27,10 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-from retrace import add_version_argument
-from retrace.config import ConfigError, config_path, load_config
-from retrace.environments.sandbox import host_binds
-from retrace.privileges import append_stderr_to
+from retrace_server import add_version_argument
+from retrace_server.config import ConfigError, config_path, load_config
+from retrace_server.environments.sandbox import host_binds
+from retrace_server.privileges import append_stderr_to
 
 PROG = "retrace-server-debuginfod"
 RESCAN_SECONDS = 300
@@ -83,7 +83,7 @@ def namespace_argv(config, config_file, socket_path):
             "--ro-bind", str(config_file), str(config_file), "--ro-bind", str(config.RepoDir), str(config.RepoDir)]
     for path in (state_dir(config), Path(socket_path).parent):
         argv += ["--bind", str(path), str(path)]
-    return argv + ["--", sys.executable, "-m", "wsgi.debuginfod_server", "--config", str(config_file),
+    return argv + ["--", sys.executable, "-m", "retrace_server.wsgi.debuginfod_server", "--config", str(config_file),
                    "--socket", str(socket_path), "--in-namespace"]
 
 

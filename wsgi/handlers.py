@@ -1,6 +1,6 @@
 """One small function per route: (config, request, **url parts) -> Response.
 
-Handlers raise RetraceError subclasses for every refusal; ``wsgi.app``
+Handlers raise RetraceError subclasses for every refusal; ``retrace_server.wsgi.app``
 turns them into responses in one place.  Texts and status codes follow
 upstream's scripts so that unmodified ABRT clients work.
 """
@@ -16,15 +16,15 @@ from pathlib import Path
 
 from webob import Response
 
-from retrace.errors import Conflict, Forbidden, NotFound, QueueFull, TemporarilyUnavailable
-from retrace.intake import archive, crashdata, storage
-from retrace.packaging.packages import is_package_known
-from retrace.packaging.release import ReleaseId, served_releases, supported_releases
-from retrace.packaging.repoindex import RepoIndex
-from retrace.stats import StatsDB
-from retrace.tasks import dispatch, taskqueue
-from retrace.tasks.task import MD5_NAME, Task, TaskStatus, wire_status, write_atomically
-from wsgi import metrics, statspage
+from retrace_server.errors import Conflict, Forbidden, NotFound, QueueFull, TemporarilyUnavailable
+from retrace_server.intake import archive, crashdata, storage
+from retrace_server.packaging.packages import is_package_known
+from retrace_server.packaging.release import ReleaseId, served_releases, supported_releases
+from retrace_server.packaging.repoindex import RepoIndex
+from retrace_server.stats import StatsDB
+from retrace_server.tasks import dispatch, taskqueue
+from retrace_server.tasks.task import MD5_NAME, Task, TaskStatus, wire_status, write_atomically
+from retrace_server.wsgi import metrics, statspage
 
 log = logging.getLogger(__name__)
 

@@ -25,12 +25,12 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
-import wsgi
-from retrace import add_version_argument
-from retrace.config import ConfigError, config_path as configured_path, load_config
-from retrace.environments.sandbox import sandbox_argv
-from retrace.packaging.release import served_releases
-from wsgi.debuginfod_server import READY_TIMEOUT, state_dir as debuginfod_state_dir, wait_until_connectable
+from retrace_server import wsgi
+from retrace_server import add_version_argument
+from retrace_server.config import ConfigError, config_path as configured_path, load_config
+from retrace_server.environments.sandbox import sandbox_argv
+from retrace_server.packaging.release import served_releases
+from retrace_server.wsgi.debuginfod_server import READY_TIMEOUT, state_dir as debuginfod_state_dir, wait_until_connectable
 
 PROG = "retrace-server-httpd"
 _APACHE_BINARIES = ("apache2", "httpd")
@@ -347,7 +347,7 @@ def serve(args):
 def start_dispatcher(config, config_path, user):
     """retrace-server-dispatcher as the service user; LaunchError unless it says it listens."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "worker.dispatcher", "--config", str(config_path), "--user", user.pw_name,
+        [sys.executable, "-m", "retrace_server.worker.dispatcher", "--config", str(config_path), "--user", user.pw_name,
          "--log", str(config.LogDir / "dispatcher.log")],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd="/",
         env={"PATH": _SYSTEM_PATH, "LANG": "C.UTF-8"}, **as_user(user),
@@ -389,7 +389,7 @@ def start_debuginfod(config, config_path, socket_path, user_name):
         # Its directory lies in CacheDir, which only the service user may list: let it pass through.
         os.chmod(config.CacheDir, os.stat(config.CacheDir).st_mode | stat.S_IXOTH)
     process = subprocess.Popen(
-        [sys.executable, "-m", "wsgi.debuginfod_server", "--config", str(config_path), "--socket", str(socket_path),
+        [sys.executable, "-m", "retrace_server.wsgi.debuginfod_server", "--config", str(config_path), "--socket", str(socket_path),
          "--log", str(own_dir / "debuginfod.log")],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/",
         **(as_user(user) if user is not None else {}),

@@ -10,10 +10,10 @@ from pathlib import Path
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from retrace.intake.storage import free_bytes
-from retrace.packaging.cache import PackageCache
-from retrace.stats import StatsDB
-from retrace.tasks.taskqueue import occupancy, running_by_host
+from retrace_server.intake.storage import free_bytes
+from retrace_server.packaging.cache import PackageCache
+from retrace_server.stats import StatsDB
+from retrace_server.tasks.taskqueue import occupancy, running_by_host
 
 # Seconds; a warm retrace phase takes milliseconds, a cold unpack or a big
 # gdb run minutes.

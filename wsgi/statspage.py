@@ -8,7 +8,7 @@ third party.  Every number also comes as JSON (``?format=json``).
 import html
 import time
 
-from retrace.tasks.task import TaskStatus
+from retrace_server.tasks.task import TaskStatus
 
 _PAGE = """<!DOCTYPE html>
 <html lang="en">

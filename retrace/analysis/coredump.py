@@ -14,8 +14,8 @@ import bisect
 import dataclasses
 import struct
 
-from retrace.errors import InvalidCrashData
-from retrace.paths import is_normal_absolute, shown
+from retrace_server.errors import InvalidCrashData
+from retrace_server.paths import is_normal_absolute, shown
 
 ELF_MAGIC = b"\x7fELF"
 ET_CORE = 4

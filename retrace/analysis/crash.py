@@ -27,10 +27,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from retrace.analysis.vmcore import KERNEL_RELEASE
-from retrace.environments.sandbox import (DEFAULT_OUTPUT_BYTES, SandboxOutputLimit, SandboxTimeout, check_started,
+from retrace_server.analysis.vmcore import KERNEL_RELEASE
+from retrace_server.environments.sandbox import (DEFAULT_OUTPUT_BYTES, SandboxOutputLimit, SandboxTimeout, check_started,
                                           kill_group, read_output, require_sandbox, run_sandboxed, start_sandboxed)
-from retrace.errors import RetraceError
+from retrace_server.errors import RetraceError
 
 COMMANDS = ("sys", "bt -a", "bt", "log", "mod")
 MINIMAL_COMMANDS = ("log",)

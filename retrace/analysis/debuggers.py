@@ -19,8 +19,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from retrace.errors import RetraceError
-from retrace.packaging.release import canonical_arch
+from retrace_server.errors import RetraceError
+from retrace_server.packaging.release import canonical_arch
 
 # Release architecture -> gdb's name for it.
 GDB_ARCHITECTURES = {

@@ -1,11 +1,11 @@
-"""gdb on an untrusted core, in the sandbox (``retrace.environments.sandbox``), with the batch script upstream used.
+"""gdb on an untrusted core, in the sandbox (``retrace_server.environments.sandbox``), with the batch script upstream used.
 
 The commands follow upstream's ``gdb.sh`` (section 4.4 of the upstream
 notes): every thread in ascending order, so the crashing thread (thread 1
 in a kernel core) comes first, then shared libraries, the abort and GLib
 assertion messages, registers and the disassembly around the crash.
 Upstream's Python sections (py-bt) and ``abrt-exploitable`` are left out:
-the rating is computed by ``retrace.analysis.exploitable`` from the section after
+the rating is computed by ``retrace_server.analysis.exploitable`` from the section after
 the ``== EXPLOITABLE ==`` marker.
 """
 
@@ -13,8 +13,8 @@ import dataclasses
 import re
 import secrets
 
-from retrace.environments.sandbox import SandboxOutputLimit, SandboxTimeout, require_sandbox, run_sandboxed
-from retrace.errors import RetraceError
+from retrace_server.environments.sandbox import SandboxOutputLimit, SandboxTimeout, require_sandbox, run_sandboxed
+from retrace_server.errors import RetraceError
 
 # Before anything is loaded: no scripts from debuginfo packages, no network.
 _SAFE_START = ("-nx", "-iex", "set auto-load off", "-iex", "set debuginfod enabled off")

@@ -17,8 +17,8 @@ import enum
 import re
 import struct
 
-from retrace.analysis.coredump import PT_NOTE, file_reader, image_header, program_headers
-from retrace.errors import InvalidCrashData
+from retrace_server.analysis.coredump import PT_NOTE, file_reader, image_header, program_headers
+from retrace_server.errors import InvalidCrashData
 
 ET_CORE = 4
 _FLAT_SIGNATURE = b"makedumpfile\0"

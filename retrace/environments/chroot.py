@@ -9,7 +9,7 @@ mapping), so no real root is needed and nothing it installs can touch the
 host; the spool is hidden from it.
 
 Per task, the gdb root and the crash's packages (from the unpacked package
-cache) are linked into one tree (``retrace.environments.sysroot``), which bubblewrap
+cache) are linked into one tree (``retrace_server.environments.sysroot``), which bubblewrap
 then mounts as ``/`` for gdb: no copying, no installing per task.
 """
 
@@ -19,8 +19,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from retrace.errors import RetraceError
-from retrace.packaging.cache import cache_entries, cached_entry, evict_entry
+from retrace_server.errors import RetraceError
+from retrace_server.packaging.cache import cache_entries, cached_entry, evict_entry
 
 _DNF_TIMEOUT = 3600
 # Mount points bubblewrap needs inside a root it mounts read-only.

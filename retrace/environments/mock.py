@@ -29,10 +29,10 @@ import threading
 import time
 from pathlib import Path
 
-from retrace.analysis.gdb import exploitable_marker, gdb_argv
-from retrace.environments.sandbox import SandboxOutputLimit, SandboxTimeout, read_output
-from retrace.tasks.task import write_atomically
-from retrace.errors import RetraceError
+from retrace_server.analysis.gdb import exploitable_marker, gdb_argv
+from retrace_server.environments.sandbox import SandboxOutputLimit, SandboxTimeout, read_output
+from retrace_server.tasks.task import write_atomically
+from retrace_server.errors import RetraceError
 
 CHROOT_CRASH_DIR = "/var/spool/abrt/crash"
 

@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from retrace.errors import RetraceError
+from retrace_server.errors import RetraceError
 
 _BWRAP_FAILURE = re.compile(r"^bwrap: (.*)$", re.M)
 _HOST_DIRS = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin")
@@ -212,7 +212,7 @@ def start_sandboxed(command, read_only_paths, *, cpu_seconds, memory_bytes, stdi
                     writable_paths=()):
     """Start ``command`` in the sandbox, in a process group of its own; its Popen (output and errors merged).
 
-    For a debugger driven batch by batch (``retrace.analysis.crash``); the caller
+    For a debugger driven batch by batch (``retrace_server.analysis.crash``); the caller
     owns the timeout and kills the group when it passes.
     """
     filter_fd = seccomp_filter()

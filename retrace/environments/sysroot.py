@@ -4,10 +4,10 @@ The root is a tree of directories and symlinks (``RetraceEnvironment =
 sysroot``): a regular file is a symlink to its copy in the package cache,
 so assembling a root costs one ``symlink`` per file and no data is copied.
 The package's own symlinks are recreated inside the root, with targets
-made relative and clamped to the root (``retrace.paths``), so they resolve
+made relative and clamped to the root (``retrace_server.paths``), so they resolve
 among the task's packages and never to the host's files.  Every name joined
 to the root, from a package manifest, a core or a program header, goes
-through ``retrace.paths.inside``.
+through ``retrace_server.paths.inside``.
 """
 
 import logging
@@ -15,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-from retrace.paths import UnsafePath, clamped_link_target, inside
+from retrace_server.paths import UnsafePath, clamped_link_target, inside
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ and out to the task's ``crash/`` directory in bounded chunks: the packed
 archive is never stored and nothing is unpacked twice.  Every byte is
 counted on the way, so ``MaxPackedSize``, ``MaxUnpackedSize`` and
 ``MinStorageLeft`` hold even when headers lie, and across concurrent
-uploads (``retrace.intake.storage``).  Extraction never shells out
+uploads (``retrace_server.intake.storage``).  Extraction never shells out
 to tar and accepts only regular files with known names at the top level.
 """
 
@@ -23,9 +23,9 @@ import zlib
 import magic
 import zstandard
 
-from retrace.errors import (BadRequest, InvalidCrashData, LengthRequired, MaliciousArchive, MissingCrashFile,
+from retrace_server.errors import (BadRequest, InvalidCrashData, LengthRequired, MaliciousArchive, MissingCrashFile,
                             UnsupportedArchive, UploadTooLarge, disk_full_explained)
-from retrace.intake.storage import NO_STORAGE
+from retrace_server.intake.storage import NO_STORAGE
 
 CHUNK_SIZE = 1024 * 1024
 _SNIFF_SIZE = 8192
@@ -129,7 +129,7 @@ def declared_length(content_length, max_bytes):
 class Limits:
     """What one upload may bring; ``files`` maps allowed names to a size cap (None: any).
 
-    ``reserve(nbytes)`` claims disk space for the next file (``retrace.intake.storage``)
+    ``reserve(nbytes)`` claims disk space for the next file (``retrace_server.intake.storage``)
     and raises NotEnoughStorage when it does not fit; ``head_checks`` maps a
     name to ``check(first bytes, name)``, run before the rest is written.
     """

@@ -7,10 +7,10 @@ each is held to a strict pattern here, at the door, once.
 
 import re
 
-from retrace.analysis.coredump import check_elf_core_header
-from retrace.analysis.vmcore import dump_format_of
-from retrace.errors import BadRequest, Conflict, Forbidden, InvalidCrashData
-from retrace.tasks.task import TaskType
+from retrace_server.analysis.coredump import check_elf_core_header
+from retrace_server.analysis.vmcore import dump_format_of
+from retrace_server.errors import BadRequest, Conflict, Forbidden, InvalidCrashData
+from retrace_server.tasks.task import TaskType
 
 _PATH = re.compile(r"/[A-Za-z0-9._+,:@%=~/-]*", re.ASCII)
 # name-[epoch:]version-release (RPM), or name-[epoch:]version[-revision] (Debian: native packages have none)

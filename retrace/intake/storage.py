@@ -7,15 +7,15 @@ times.  So each live upload records in its ``.incoming/`` directory the
 bytes it has announced and not yet written (``.reserved``), and a check
 subtracts what the other live uploads have reserved, under one lock.  An
 upload whose process died stops counting as soon as its directory is swept
-(``retrace.tasks.task.count_live_uploads``).
+(``retrace_server.tasks.task.count_live_uploads``).
 """
 
 import os
 from pathlib import Path
 
-from retrace import locking
-from retrace.errors import NotEnoughStorage
-from retrace.tasks.task import INCOMING_DIR, RESERVED_NAME, is_live_upload
+from retrace_server import locking
+from retrace_server.errors import NotEnoughStorage
+from retrace_server.tasks.task import INCOMING_DIR, RESERVED_NAME, is_live_upload
 
 _LOCK_NAME = ".storage.lock"
 NO_STORAGE = "There is not enough storage space on the server"

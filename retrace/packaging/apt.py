@@ -4,7 +4,7 @@ A release directory is an apt repository when it has ``dists/`` (a mirror:
 ``dists/<suite>/<component>/binary-<arch>/Packages.xz``, ``pool/``) or a
 ``Packages`` index at its top (a flat repository, as ``dpkg-scanpackages``
 and ``apt-ftparchive`` write it).  Three sources fill the same tables as
-rpm-md metadata does (``retrace.packaging.repoindex``):
+rpm-md metadata does (``retrace_server.packaging.repoindex``):
 
 * ``Packages`` stanzas: the packages, their SHA256 (the package id, and what
   a downloaded file is checked against), and ``Build-Ids:``, which
@@ -16,7 +16,7 @@ rpm-md metadata does (``retrace.packaging.repoindex``):
   ``/usr/lib/debug/.build-id/`` files of debug packages without the field.
 
 Every index is untrusted text: stanzas and lines are capped, and a
-``Filename:`` is joined to the repository only through ``retrace.paths``
+``Filename:`` is joined to the repository only through ``retrace_server.paths``
 when the package is needed.
 """
 

@@ -10,7 +10,7 @@ An entry appears by one rename of a finished temporary directory, under a
 per-package lock, so two tasks that need the same package at once unpack it
 once and neither sees half a tree.
 
-What a package holds is read by its format (``retrace.packaging.formats``),
+What a package holds is read by its format (``retrace_server.packaging.formats``),
 never installed: names are checked (no ``..``, nothing below the package's
 own symlinks) and only directories, regular files and symlinks are created.
 """
@@ -23,9 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from retrace import locking
-from retrace.packaging import formats
-from retrace.packaging.payload import UnpackError
+from retrace_server import locking
+from retrace_server.packaging import formats
+from retrace_server.packaging.payload import UnpackError
 
 MANIFEST = "manifest.json"
 SIZE_FILE = "size"

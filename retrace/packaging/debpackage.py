@@ -3,13 +3,13 @@
 A package is an ar archive of ``debian-binary``, ``control.tar.*`` and
 ``data.tar.*``; the data tarball is streamed straight from its byte range
 of the ar file through the decompressor, never written out.  Names are
-checked as for RPM payloads (``retrace.packaging.payload``: no
+checked as for RPM payloads (``retrace_server.packaging.payload``: no
 ``..``, nothing below the package's own symlinks), an absolute member name
 is refused (dpkg-deb writes ``./usr/...``), and only directories, regular
 files, hard links to files already unpacked and symlinks are created;
 device files and FIFOs are skipped.  Symlinks are kept as the package has
 them and clamped to the task's root when a sysroot is assembled
-(``retrace.paths.clamped_link_target``).
+(``retrace_server.paths.clamped_link_target``).
 """
 
 import io
@@ -17,8 +17,8 @@ import os
 import tarfile
 from pathlib import Path
 
-from retrace.analysis.coredump import file_build_id
-from retrace.packaging.payload import UnpackError, refuse_below_symlink, safe_relative
+from retrace_server.analysis.coredump import file_build_id
+from retrace_server.packaging.payload import UnpackError, refuse_below_symlink, safe_relative
 
 _AR_MAGIC = b"!<arch>\n"
 _AR_HEADER = 60

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from retrace.analysis.coredump import file_build_id
+from retrace_server.analysis.coredump import file_build_id
 
 KINDS = ("executable", "debuginfo")
 _CHUNK = 1024 * 1024

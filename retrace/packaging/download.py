@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from retrace.errors import RetraceError
+from retrace_server.errors import RetraceError
 
 MIRROR_FILE = "mirror"
 DOWNLOADS = "downloads"  # under CacheDir

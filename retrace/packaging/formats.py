@@ -11,8 +11,8 @@ import dataclasses
 from pathlib import Path
 from typing import Callable
 
-from retrace.packaging import debpackage, rpmpackage
-from retrace.packaging.payload import UnpackError
+from retrace_server.packaging import debpackage, rpmpackage
+from retrace_server.packaging.payload import UnpackError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,15 +29,15 @@ import tempfile
 import typing
 from pathlib import Path
 
-from retrace import locking
-from retrace.analysis.coredump import file_build_id
-from retrace.errors import RetraceError
-from retrace.packaging import formats
-from retrace.packaging.apt import is_apt_repository
-from retrace.packaging.cache import MANIFEST, SIZE_FILE, cache_entries, cached_entry, evict_entry, tree_bytes
-from retrace.packaging.download import package_url
-from retrace.packaging.release import ReleaseId, canonical_arch, rpm_repositories
-from retrace.packaging.repoindex import RepoIndex, RepositoryError
+from retrace_server import locking
+from retrace_server.analysis.coredump import file_build_id
+from retrace_server.errors import RetraceError
+from retrace_server.packaging import formats
+from retrace_server.packaging.apt import is_apt_repository
+from retrace_server.packaging.cache import MANIFEST, SIZE_FILE, cache_entries, cached_entry, evict_entry, tree_bytes
+from retrace_server.packaging.download import package_url
+from retrace_server.packaging.release import ReleaseId, canonical_arch, rpm_repositories
+from retrace_server.packaging.repoindex import RepoIndex, RepositoryError
 
 _RPM_ARCH = re.compile(r"\.(x86_64|aarch64|ppc64le|s390x|i686|armv7hl)(?:\+(\w+))?$")
 _DEBIAN_ARCHES = {"amd64": "x86_64", "arm64": "aarch64", "686": "i386", "686-pae": "i386", "ppc64el": "ppc64le",

@@ -3,7 +3,7 @@
 import dataclasses
 import re
 
-from retrace.packaging.release import ARCH_FAMILIES, canonical_arch
+from retrace_server.packaging.release import ARCH_FAMILIES, canonical_arch
 
 _EPOCH = re.compile(r"-[0-9]+:")
 

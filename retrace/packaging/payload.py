@@ -7,7 +7,7 @@ cache entry, so each format's reader passes every name through here.
 
 from pathlib import Path
 
-from retrace.errors import RetraceError
+from retrace_server.errors import RetraceError
 
 
 class UnpackError(RetraceError):

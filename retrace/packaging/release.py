@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from retrace.packaging.apt import is_apt_repository
+from retrace_server.packaging.apt import is_apt_repository
 
 REPOSITORIES = "repositories"  # of a metadata-only rpm-md release
 

@@ -3,7 +3,7 @@
 A task must not scan repository metadata (Fedora's filelists are hundreds
 of MiB unpacked), so the first task after the metadata changes turns it
 (rpm-md's ``primary`` and ``filelists``; apt's ``Packages`` and
-``Contents``, see ``retrace.packaging.apt``) into a small SQLite index under
+``Contents``, see ``retrace_server.packaging.apt``) into a small SQLite index under
 ``<CacheDir>/index/``; every later task does a few indexed queries.  The
 index is built into a temporary file and renamed into place under a lock,
 so concurrent tasks never see half an index and build it only once.
@@ -22,12 +22,12 @@ import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from retrace import locking
-from retrace.errors import RetraceError
-from retrace.packaging import apt
-from retrace.packaging.packages import usr_merge_variants
-from retrace.packaging.release import ReleaseId, rpm_repositories
-from retrace.paths import UnsafePath, inside, shown
+from retrace_server import locking
+from retrace_server.errors import RetraceError
+from retrace_server.packaging import apt
+from retrace_server.packaging.packages import usr_merge_variants
+from retrace_server.packaging.release import ReleaseId, rpm_repositories
+from retrace_server.paths import UnsafePath, inside, shown
 
 REPO_NS = "{http://linux.duke.edu/metadata/repo}"
 COMMON_NS = "{http://linux.duke.edu/metadata/common}"

@@ -5,8 +5,8 @@ import os
 import stat
 from pathlib import Path
 
-from retrace.analysis.coredump import file_build_id
-from retrace.packaging.payload import UnpackError, refuse_below_symlink, safe_relative
+from retrace_server.analysis.coredump import file_build_id
+from retrace_server.packaging.payload import UnpackError, refuse_below_symlink, safe_relative
 
 _COPY_CHUNK = 1024 * 1024
 

@@ -20,8 +20,8 @@ import hashlib
 import subprocess
 from pathlib import Path
 
-from retrace.errors import RetraceError
-from retrace.packaging.cache import cached_entry
+from retrace_server.errors import RetraceError
+from retrace_server.packaging.cache import cached_entry
 
 _TIMEOUT = 300
 

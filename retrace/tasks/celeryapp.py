@@ -21,10 +21,10 @@ elsewhere, does nothing.
 
 import logging
 
-from retrace.analysis.coredump import core_arch
-from retrace.analysis.debuggers import HOST_ARCH
-from retrace.errors import RetraceError
-from retrace.tasks.task import write_atomically
+from retrace_server.analysis.coredump import core_arch
+from retrace_server.analysis.debuggers import HOST_ARCH
+from retrace_server.errors import RetraceError
+from retrace_server.tasks.task import write_atomically
 
 log = logging.getLogger(__name__)
 

@@ -27,11 +27,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from retrace import locking
-from retrace.config import CONFIG_PATH_VARIABLE
-from retrace.stats import record_ended_task
-from retrace.tasks.task import iter_tasks, worker_alive
-from retrace.tasks.taskqueue import queued_tasks
+from retrace_server import locking
+from retrace_server.config import CONFIG_PATH_VARIABLE
+from retrace_server.stats import record_ended_task
+from retrace_server.tasks.task import iter_tasks, worker_alive
+from retrace_server.tasks.taskqueue import queued_tasks
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def running_tasks(config):
 def _publish_queued(config):
     """Publish the queued tasks not yet on the broker; stop at the first failure
     (the broker is away: each further attempt would only add its timeout)."""
-    from retrace.tasks.celeryapp import is_published, publish
+    from retrace_server.tasks.celeryapp import is_published, publish
 
     with locking.exclusive(Path(config.SaveDir) / _DISPATCH_LOCK):
         for task in queued_tasks(config):

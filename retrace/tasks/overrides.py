@@ -15,11 +15,11 @@ none clears them.
 import dataclasses
 import json
 
-from retrace.analysis.debuggers import HOST_ARCH, NoDebugger, served_architectures
-from retrace.analysis.vmcore import KERNEL_RELEASE
-from retrace.intake.crashdata import CRASH_FILES
-from retrace.packaging.release import ReleaseId, canonical_arch, served_releases
-from retrace.tasks.task import write_atomically
+from retrace_server.analysis.debuggers import HOST_ARCH, NoDebugger, served_architectures
+from retrace_server.analysis.vmcore import KERNEL_RELEASE
+from retrace_server.intake.crashdata import CRASH_FILES
+from retrace_server.packaging.release import ReleaseId, canonical_arch, served_releases
+from retrace_server.tasks.task import write_atomically
 
 OVERRIDES_FILE = "overrides.json"
 _UTS_RELEASE_BYTES = 64  # the kernel's utsname release field holds 64 characters and a NUL

@@ -12,7 +12,7 @@ the first one missing says why the session cannot start.
 import dataclasses
 import json
 
-from retrace.tasks.task import write_atomically
+from retrace_server.tasks.task import write_atomically
 
 SESSION_FILE = "session.json"
 

@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from retrace import locking
-from retrace.errors import Forbidden, NotFound, RetraceError
+from retrace_server import locking
+from retrace_server.errors import Forbidden, NotFound, RetraceError
 
 INCOMING_DIR = ".incoming"
 TRASH_PREFIX = ".deleted-"

@@ -10,9 +10,9 @@ answer 503 (see README, "Capacity").
 import contextlib
 import dataclasses
 
-from retrace import locking
-from retrace.errors import QueueFull, TooManyUploads
-from retrace.tasks.task import WORKER_HOST, IncomingTask, count_live_uploads, iter_tasks, worker_alive
+from retrace_server import locking
+from retrace_server.errors import QueueFull, TooManyUploads
+from retrace_server.tasks.task import WORKER_HOST, IncomingTask, count_live_uploads, iter_tasks, worker_alive
 
 _ADMISSION_LOCK = ".admission.lock"
 

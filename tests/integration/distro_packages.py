@@ -6,8 +6,8 @@ import re
 import subprocess
 from pathlib import Path
 
-from retrace import __version__, installed_commands
-from retrace.config import DEFAULT_CONFIG_PATH
+from retrace_server import __version__, installed_commands
+from retrace_server.config import DEFAULT_CONFIG_PATH
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = sorted(installed_commands())
@@ -29,7 +29,12 @@ def check_layout(files, unpacked, httpd_conf, unit_dir):
     wsgi_script = re.search(r"Define RETRACE_WSGI_SCRIPT (\S+)", httpd)[1]
     python_path = re.search(r"Define RETRACE_PYTHON_PATH (\S+)", httpd)[1]
     assert {DEFAULT_CONFIG_PATH, wsgi_script, httpd_conf} <= files
-    assert {f"{python_path}/retrace/config.py", f"{python_path}/wsgi/app.py"} <= files, "Apache's python-path"
+    assert {f"{python_path}/retrace_server/config.py", f"{python_path}/retrace_server/wsgi/app.py"} <= files, \
+        "Apache's python-path"
+    claimed = {name.split("/")[0] for name in (file[len(python_path) + 1:] for file in files
+                                                if file.startswith(f"{python_path}/"))}
+    assert {name for name in claimed if not name.startswith("retrace_server")} == set(), \
+        "site-packages names only retrace_server"
     assert {f"/usr/bin/{command}" for command in COMMANDS} <= files
     assert {"/etc/logrotate.d/retrace-server", "/etc/cron.d/retrace-server"} <= files
     assert "/usr/share/retrace-server/retrace.conf" in files, "what retrace-server-httpd includes"

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from retrace.packaging.repoindex import RepoIndex
+from retrace_server.packaging.repoindex import RepoIndex
 from tests.integration.conftest import RELEASE_ID
 from tests.integration.server import free_port, make_root, write_config
 

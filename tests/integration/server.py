@@ -19,7 +19,7 @@ from pathlib import Path
 import requests
 
 from tests.fixtures.signing import trusted_keys_section
-from wsgi.httpd import make_certificate as launcher_certificate
+from retrace_server.wsgi.httpd import make_certificate as launcher_certificate
 
 SERVICE_USER = "retrace"
 _START_TIMEOUT = 60
@@ -130,7 +130,7 @@ class Server:
                 argv = (proc / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"worker.dispatcher" in argv and str(self.config_path).encode() in argv:
+            if b"retrace_server.worker.dispatcher" in argv and str(self.config_path).encode() in argv:
                 return int(proc.name)
         raise AssertionError("this server runs no dispatcher")
 

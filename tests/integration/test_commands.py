@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from retrace import __version__, installed_commands
+from retrace_server import __version__, installed_commands
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = ("retrace-server-httpd", "retrace-server-worker", "retrace-server-interact", "retrace-server-dispatcher",
@@ -27,7 +27,7 @@ MODULES = installed_commands()
 
 
 def test_every_installed_console_script_is_listed_here():
-    """A command added to setup.py without --version (or without this list) fails here."""
+    """A command added to pyproject.toml without --version (or without this list) fails here."""
     assert set(MODULES) == set(COMMANDS)
 
 

@@ -19,7 +19,7 @@ import pytest
 from tests.fixtures.debian import (BINARIES, DEBIAN_RELEASE, PROGRAM, apport_report, apt_archive, apt_release,
                                    crash_debian_program, deb_with_members, debian_debs, debian_problem_dir,
                                    local_gdb_output, thread_frames)
-from retrace.analysis.coredump import read_core
+from retrace_server.analysis.coredump import read_core
 from tests.fixtures.debhelper import build_crasher_debs
 from tests.fixtures.debuginfod import Debuginfod
 from tests.fixtures.signing import OTHER_KEY, TEST_KEY

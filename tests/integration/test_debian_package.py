@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from retrace import __version__
+from retrace_server import __version__
 from tests.fixtures.debuginfod import DEB_CACHE
 from tests.fixtures.signing import TEST_KEY
 from tests.integration.distro_packages import ROOT, check_commands_run, check_layout, source_tree_tar

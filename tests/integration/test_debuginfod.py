@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from retrace.analysis.coredump import read_core
+from retrace_server.analysis.coredump import read_core
 from tests.fixtures.cores import unpack
 from tests.fixtures.debuginfod import Debuginfod, SilentServer, free_port, libc_debs
 from tests.fixtures.distro import publish_release

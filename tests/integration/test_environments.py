@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from retrace.environments.mock import find_mock, root_name as mock_root_name
+from retrace_server.environments.mock import find_mock, root_name as mock_root_name
 from tests.fixtures.distro import publish_release
 from tests.integration.helpers import crashing_thread, submit, wait_final
 from tests.integration.server import SERVICE_USER

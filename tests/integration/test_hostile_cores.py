@@ -9,7 +9,7 @@ import secrets
 
 import pytest
 
-from retrace.analysis.coredump import read_core
+from retrace_server.analysis.coredump import read_core
 from tests.fixtures.debuginfod import Debuginfod, libc_debs
 from tests.integration.helpers import problem_members, submit, tar_bytes, wait_final, xz
 

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from retrace import __version__
+from retrace_server import __version__
 from tests.integration.distro_packages import ROOT, check_commands_run, check_layout, source_tree_tar
 
 SPEC = ROOT / "retrace-server.spec"

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from retrace.tasks.task import TaskStatus
+from retrace_server.tasks.task import TaskStatus
 from tests.integration.conftest import RELEASE_ID
 from tests.integration.helpers import kill_worker, lock_held, package_lock_held, running, submit, wait_final
 from tests.integration.server import SERVICE_USER

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from client.apport import ApportError, package_name_version, problem_dir_from_apport
+from retrace_server.client.apport import ApportError, package_name_version, problem_dir_from_apport
 from tests.fixtures.debian import apport_report
 
 

@@ -6,11 +6,11 @@ import lzma
 
 import pytest
 
-from retrace.analysis.coredump import Module
-from retrace.packaging import apt
-from retrace.packaging.packages import resolve_modules
-from retrace.packaging.release import supported_releases
-from retrace.packaging.repoindex import RepoIndex, RepositoryError
+from retrace_server.analysis.coredump import Module
+from retrace_server.packaging import apt
+from retrace_server.packaging.packages import resolve_modules
+from retrace_server.packaging.release import supported_releases
+from retrace_server.packaging.repoindex import RepoIndex, RepositoryError
 
 LIBC_ID = "0032733b6513f9afeb0e3f78e638ea24dc374a4d"
 PACKAGES = f"""Package: libc6

@@ -10,10 +10,10 @@ import tarfile
 import pytest
 import zstandard
 
-from retrace.errors import (BadRequest, InvalidCrashData, LengthRequired, MaliciousArchive, MissingCrashFile,
+from retrace_server.errors import (BadRequest, InvalidCrashData, LengthRequired, MaliciousArchive, MissingCrashFile,
                             NotEnoughStorage, UnsupportedArchive, UploadTooLarge)
-from retrace.intake import archive, storage
-from retrace.tasks.task import IncomingTask
+from retrace_server.intake import archive, storage
+from retrace_server.tasks.task import IncomingTask
 
 CAPS = {"coredump": None, "executable": 512, "package": 128}
 LIMITS = archive.Limits(max_unpacked_bytes=1 << 20, files=CAPS, reserve=lambda nbytes: None)
@@ -165,7 +165,7 @@ def test_require_files_names_the_missing_one():
 
 
 def test_a_coredump_whose_first_bytes_are_not_an_elf_core_is_refused_before_it_is_written(tmp_path):
-    from retrace.intake.crashdata import HEAD_CHECKS
+    from retrace_server.intake.crashdata import HEAD_CHECKS
     limits = archive.Limits(max_unpacked_bytes=64 << 20, files=CAPS, reserve=lambda nbytes: None,
                             head_checks=HEAD_CHECKS)
     body = tar_of(("coredump", b"not a core\n" * 3_000_000))

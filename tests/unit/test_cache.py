@@ -3,9 +3,9 @@ import os
 
 import pytest
 
-from retrace.environments.sysroot import assemble_sysroot, merged_usr_path
-from retrace.packaging.cache import CachedPackage, PackageCache
-from retrace.packaging.payload import UnpackError, refuse_below_symlink, safe_relative
+from retrace_server.environments.sysroot import assemble_sysroot, merged_usr_path
+from retrace_server.packaging.cache import CachedPackage, PackageCache
+from retrace_server.packaging.payload import UnpackError, refuse_below_symlink, safe_relative
 
 
 @pytest.mark.parametrize("name", ["../etc/passwd", "/usr/../../etc/shadow", "./", "/usr//lib", "/usr/lib/."])
@@ -83,8 +83,8 @@ def test_absolute_package_symlinks_resolve_inside_the_sysroot(tmp_path):
 
 
 def test_loader_is_linked_at_the_name_the_program_asks_for(tmp_path):
-    from retrace.analysis.coredump import Module, program_interpreter
-    from retrace.environments.sysroot import link_program_interpreter
+    from retrace_server.analysis.coredump import Module, program_interpreter
+    from retrace_server.environments.sysroot import link_program_interpreter
 
     root = tmp_path / "root"
     mapped = root / "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"

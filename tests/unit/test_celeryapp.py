@@ -1,9 +1,9 @@
 import time
 
-from retrace.config import Config
-from retrace.tasks.celeryapp import DEAD_QUEUE, is_published, publish, queue_name, worker_queues
-from retrace.tasks.dispatch import fail_if_worker_died
-from retrace.tasks.task import IncomingTask, TaskStatus, TaskType
+from retrace_server.config import Config
+from retrace_server.tasks.celeryapp import DEAD_QUEUE, is_published, publish, queue_name, worker_queues
+from retrace_server.tasks.dispatch import fail_if_worker_died
+from retrace_server.tasks.task import IncomingTask, TaskStatus, TaskType
 from tests.fixtures.synthetic_core import synthetic_core
 
 

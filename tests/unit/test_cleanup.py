@@ -7,12 +7,12 @@ import time
 
 import pytest
 
-from cleanup.cli import check_expiry_settings
-from cleanup.collector import HOUR, Collector
-from retrace import locking
-from retrace.config import Config, ConfigError
-from retrace.packaging.cache import SIZE_FILE, PackageCache
-from retrace.tasks.task import WORKER_LOCK, IncomingTask, Task, TaskStatus, TaskType
+from retrace_server.cleanup.cli import check_expiry_settings
+from retrace_server.cleanup.collector import HOUR, Collector
+from retrace_server import locking
+from retrace_server.config import Config, ConfigError
+from retrace_server.packaging.cache import SIZE_FILE, PackageCache
+from retrace_server.tasks.task import WORKER_LOCK, IncomingTask, Task, TaskStatus, TaskType
 
 NOW = time.time()
 MIB = 1024 * 1024
@@ -150,7 +150,7 @@ def test_failed_tasks_outliving_successful_ones_is_a_config_error():
 
 
 def test_gdb_roots_and_debuginfod_files_share_the_cache_budget(config, caplog):
-    from retrace.packaging.debuginfod import BuildIdCache
+    from retrace_server.packaging.debuginfod import BuildIdCache
 
     config = Config(**{**vars(config), "CacheSize": 1})
     root = config.CacheDir / "roots" / "fedora-41-x86_64-0123456789abcdef"
@@ -169,7 +169,7 @@ def test_gdb_roots_and_debuginfod_files_share_the_cache_budget(config, caplog):
 
 
 def test_cached_vmlinux_shares_the_cache_budget(config, caplog):
-    from retrace.packaging.kernel import KernelCache
+    from retrace_server.packaging.kernel import KernelCache
 
     config = Config(**{**vars(config), "CacheSize": 1})
     vmlinux = KernelCache(config.CacheDir).entry_path("3b43fad5")
@@ -182,7 +182,7 @@ def test_cached_vmlinux_shares_the_cache_budget(config, caplog):
 
 
 def test_refused_clients_addresses_are_forgotten_even_without_new_refusals(config, caplog):
-    from retrace.stats import StatsDB
+    from retrace_server.stats import StatsDB
 
     with StatsDB.for_config(config) as stats:
         stats.record_refusal("192.0.2.7", retention_hours=24, now=NOW - 30 * HOUR)

@@ -2,11 +2,11 @@ import io
 
 import pytest
 
-from client.cli import exploitable_rating
-from client.crash import release_id
-from retrace.packaging.release import parse_os_release
-from client.progress import Reporter, human_size
-from client.server import ServerRefused, Settings
+from retrace_server.client.cli import exploitable_rating
+from retrace_server.client.crash import release_id
+from retrace_server.packaging.release import parse_os_release
+from retrace_server.client.progress import Reporter, human_size
+from retrace_server.client.server import ServerRefused, Settings
 
 FEDORA_OS_RELEASE = """NAME="Fedora Linux"
 VERSION="41 (Workstation Edition)"
@@ -86,7 +86,7 @@ class _Args:
 
 
 def test_large_upload_asks_on_a_terminal_and_a_no_cancels(monkeypatch):
-    from client.cli import ASK_ABOVE_BYTES, LocalError, confirm_large_upload
+    from retrace_server.client.cli import ASK_ABOVE_BYTES, LocalError, confirm_large_upload
 
     monkeypatch.setattr("sys.stdin.isatty", lambda: True)
     asked = []
@@ -97,7 +97,7 @@ def test_large_upload_asks_on_a_terminal_and_a_no_cancels(monkeypatch):
 
 
 def test_small_uploads_yes_flag_and_no_terminal_never_ask(monkeypatch):
-    from client.cli import ASK_ABOVE_BYTES, confirm_large_upload
+    from retrace_server.client.cli import ASK_ABOVE_BYTES, confirm_large_upload
 
     monkeypatch.setattr("builtins.input", lambda prompt: pytest.fail("must not ask"))
     monkeypatch.setattr("sys.stdin.isatty", lambda: True)

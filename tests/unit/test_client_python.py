@@ -1,23 +1,29 @@
-"""The client runs on the oldest Python setup.py claims (3.9: RHEL 9's python3), whatever the server needs."""
+"""The client runs on the oldest Python pyproject.toml claims (3.9: RHEL 9's python3), whatever the server
+needs."""
 
 import ast
 import re
 import subprocess
 import sys
+import tomllib
+from importlib.util import find_spec
 from pathlib import Path
 
+import retrace_server
+
 ROOT = Path(__file__).resolve().parents[2]
-FIRST_PARTY = ("client", "retrace")
+PACKAGE = Path(retrace_server.__file__).parent
 VERMIN = Path(sys.executable).with_name("vermin")
 
 
 def claimed_minimum():
-    return re.search(r'python_requires=">=(\d+\.\d+)"', (ROOT / "setup.py").read_text())[1]
+    with open(ROOT / "pyproject.toml", "rb") as project:
+        return re.fullmatch(r">=(\d+\.\d+)", tomllib.load(project)["project"]["requires-python"])[1]
 
 
 def client_modules():
-    """The client's modules and every first-party module they import, transitively."""
-    pending, found = sorted((ROOT / "client").glob("*.py")), set()
+    """The client's modules and every first-party module they import, transitively (as installed)."""
+    pending, found = sorted((PACKAGE / "client").glob("*.py")), set()
     while pending:
         path = pending.pop()
         if path in found:
@@ -27,10 +33,8 @@ def client_modules():
             names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else (
                 [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
             for name in names:
-                if name.split(".")[0] in FIRST_PARTY:
-                    module = ROOT.joinpath(*name.split("."))
-                    pending += [candidate for candidate in (module.with_suffix(".py"), module / "__init__.py")
-                                if candidate.is_file()]
+                if name.split(".")[0] == "retrace_server":
+                    pending.append(Path(find_spec(name).origin))
     return sorted(found)
 
 
@@ -52,9 +56,9 @@ def test_annotations_written_x_or_y_are_not_evaluated_where_the_client_imports_t
         unions = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.AnnAssign)
                   and any(isinstance(part, ast.BinOp) and isinstance(part.op, ast.BitOr)
                           for part in ast.walk(node.annotation))]
-        assert postponed or not unions, f"{path.relative_to(ROOT)}:{unions[0]} needs from __future__ import annotations"
+        assert postponed or not unions, f"{path.relative_to(PACKAGE)}:{unions[0]} needs from __future__ import annotations"
 
 
 def test_the_list_of_client_modules_follows_imports():
-    names = {str(path.relative_to(ROOT)) for path in client_modules()}
-    assert {"client/cli.py", "retrace/analysis/coredump.py", "retrace/packaging/release.py"} <= names
+    names = {str(path.relative_to(PACKAGE)) for path in client_modules()}
+    assert {"client/cli.py", "analysis/coredump.py", "packaging/release.py", "__init__.py"} <= names

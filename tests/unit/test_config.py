@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from retrace.config import Config, ConfigError, config_path, load_config, parse_config
+from retrace_server.config import Config, ConfigError, config_path, load_config, parse_config
 
 
 def parse(body):

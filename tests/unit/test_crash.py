@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from retrace.analysis.crash import (COMMANDS, CrashError, CrashOutput, Markers, _Session, admin_commands,
+from retrace_server.analysis.crash import (COMMANDS, CrashError, CrashOutput, Markers, _Session, admin_commands,
                                     extension_loaded, find_extensions, modules_without_debuginfo, result_name,
                                     session_setup)
-from retrace.config import parse_config
-from retrace.errors import ConfigError
+from retrace_server.config import parse_config
+from retrace_server.errors import ConfigError
 
 
 def test_batch_script_echoes_a_marker_before_each_command_and_quits():

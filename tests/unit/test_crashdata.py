@@ -1,8 +1,8 @@
 import pytest
 
-from retrace.errors import BadRequest, Conflict, Forbidden, InvalidCrashData
-from retrace.intake.crashdata import parse_task_type, validate_crash_dir
-from retrace.tasks.task import TaskType
+from retrace_server.errors import BadRequest, Conflict, Forbidden, InvalidCrashData
+from retrace_server.intake.crashdata import parse_task_type, validate_crash_dir
+from retrace_server.tasks.task import TaskType
 
 CORE_HEADER = b"\x7fELF\x02\x01\x01" + bytes(9) + b"\x04\x00" + bytes(46)
 

@@ -7,11 +7,11 @@ import tarfile
 
 import pytest
 
-from retrace.environments.sysroot import assemble_sysroot
-from retrace.packaging import formats
-from retrace.packaging.cache import CachedPackage, cached_entry
-from retrace.packaging.debpackage import extract_deb_file, extract_deb_files, unpack_deb
-from retrace.packaging.payload import UnpackError
+from retrace_server.environments.sysroot import assemble_sysroot
+from retrace_server.packaging import formats
+from retrace_server.packaging.cache import CachedPackage, cached_entry
+from retrace_server.packaging.debpackage import extract_deb_file, extract_deb_files, unpack_deb
+from retrace_server.packaging.payload import UnpackError
 from tests.fixtures.debian import ar_archive
 
 ELF_LIBRARY = "/lib/x86_64-linux-gnu/libz.so.1"

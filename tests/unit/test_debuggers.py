@@ -4,8 +4,8 @@ import shutil
 
 import pytest
 
-from retrace.analysis.debuggers import HOST_ARCH, NoDebugger, gdb_for, reads, runs_natively, served_architectures
-from retrace.config import parse_config
+from retrace_server.analysis.debuggers import HOST_ARCH, NoDebugger, gdb_for, reads, runs_natively, served_architectures
+from retrace_server.config import parse_config
 
 needs_multiarch = pytest.mark.skipif(shutil.which("gdb-multiarch") is None, reason="gdb-multiarch is not installed")
 

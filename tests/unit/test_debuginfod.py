@@ -1,6 +1,6 @@
 import pytest
 
-from retrace.packaging.debuginfod import BuildIdCache, Settings, fetch_one
+from retrace_server.packaging.debuginfod import BuildIdCache, Settings, fetch_one
 
 SETTINGS = Settings(urls=(), deadline=1, timeout=1, retries=0, max_bytes=1024, miss_ttl=60)
 

@@ -1,8 +1,8 @@
 from pathlib import Path
 
-from retrace.config import Config
-from wsgi.debuginfod_server import namespace_argv, relay_argv
-from wsgi.httpd import apache_config
+from retrace_server.config import Config
+from retrace_server.wsgi.debuginfod_server import namespace_argv, relay_argv
+from retrace_server.wsgi.httpd import apache_config
 
 
 def test_debuginfod_runs_without_the_host_network_and_writes_only_its_own_and_its_socket_directory(tmp_path):

@@ -4,10 +4,10 @@ import threading
 import time
 from unittest import mock
 
-from retrace.config import Config
-from retrace.tasks import dispatch
-from retrace.tasks.dispatch import dead_worker_reason, fail_if_worker_died, poke, start_queued
-from retrace.tasks.task import WORKER_LOCK, IncomingTask, TaskStatus, TaskType, worker_alive
+from retrace_server.config import Config
+from retrace_server.tasks import dispatch
+from retrace_server.tasks.dispatch import dead_worker_reason, fail_if_worker_died, poke, start_queued
+from retrace_server.tasks.task import WORKER_LOCK, IncomingTask, TaskStatus, TaskType, worker_alive
 
 
 def add_task(save_dir, status=None):

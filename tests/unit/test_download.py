@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from retrace.packaging.download import DownloadError, download_packages, package_url
-from retrace.packaging.repoindex import Package
+from retrace_server.packaging.download import DownloadError, download_packages, package_url
+from retrace_server.packaging.repoindex import Package
 
 
 def test_a_package_is_served_by_the_mirror_of_the_nearest_directory_that_names_one(tmp_path):

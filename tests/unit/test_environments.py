@@ -4,11 +4,11 @@ import os
 
 import pytest
 
-from retrace.config import Config
-from retrace.environments.chroot import ChrootError, dnf_argv, fakeroot_argv, manifest_of, root_key
-from retrace.environments.mock import CHROOT_CRASH_DIR, MockEnvironment, MockError, _run_step, find_mock
-from retrace.environments.sandbox import prepare_mount_points
-from retrace.packaging.release import ReleaseId
+from retrace_server.config import Config
+from retrace_server.environments.chroot import ChrootError, dnf_argv, fakeroot_argv, manifest_of, root_key
+from retrace_server.environments.mock import CHROOT_CRASH_DIR, MockEnvironment, MockError, _run_step, find_mock
+from retrace_server.environments.sandbox import prepare_mount_points
+from retrace_server.packaging.release import ReleaseId
 
 RELEASE = ReleaseId("fedora", "41", "x86_64")
 
@@ -103,7 +103,7 @@ def test_mock_runs_gdb_in_argv_form_as_the_unprivileged_user_and_scrubs_at_the_e
 
 def test_mock_is_found_in_usr_local_even_from_a_minimal_path(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-    monkeypatch.setattr("retrace.environments.mock.SEARCH_PATH", str(tmp_path))
+    monkeypatch.setattr("retrace_server.environments.mock.SEARCH_PATH", str(tmp_path))
     (tmp_path / "mock").write_text("#!/bin/sh\n")
     (tmp_path / "mock").chmod(0o755)
     assert find_mock("mock") == str(tmp_path / "mock")
@@ -184,4 +184,3 @@ def test_gdb_root_key_changes_only_when_the_repository_s_gdb_does():
     assert root_key(_Index(("gdb", "a1"), ("bash", "b2")), ["gdb"]) == before
     assert root_key(_Index(("gdb", "a1"), ("gdb", "a2")), ["gdb"]) != before
     with pytest.raises(ChrootError, match="has no gdb to build the gdb root from"):
-        root_key(_Index(("bash", "b1")), ["gdb"])

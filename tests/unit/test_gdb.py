@@ -2,8 +2,8 @@ import subprocess
 
 import pytest
 
-from retrace.analysis.gdb import batch_commands, exploitable_marker, gdb_argv, interpret_output
-from retrace.environments.sandbox import sandbox_argv
+from retrace_server.analysis.gdb import batch_commands, exploitable_marker, gdb_argv, interpret_output
+from retrace_server.environments.sandbox import sandbox_argv
 
 
 def test_batch_script_prints_all_threads_ascending_then_the_exploitable_section():

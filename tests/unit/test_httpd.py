@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from retrace.config import Config
-from wsgi.httpd import LaunchError, apache_body_limit, apache_config, check_port_free, main, parse_listen
+from retrace_server.config import Config
+from retrace_server.wsgi.httpd import LaunchError, apache_body_limit, apache_config, check_port_free, main, parse_listen
 
 
 def test_listen_parses_host_and_port():

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from retrace.analysis.coredump import file_build_id
-from retrace.packaging.kernel import (KernelCache, debuginfo_packages, extract_module_debuginfo, extract_vmlinux,
+from retrace_server.analysis.coredump import file_build_id
+from retrace_server.packaging.kernel import (KernelCache, debuginfo_packages, extract_module_debuginfo, extract_vmlinux,
                                       find_debuginfo_package, kernel_arch, module_files, package_nevra)
-from retrace.packaging.release import ReleaseId
+from retrace_server.packaging.release import ReleaseId
 
 
 @pytest.mark.parametrize("release, arch", [

@@ -3,7 +3,7 @@ import os
 import threading
 import time
 
-from retrace import locking
+from retrace_server import locking
 
 
 def hold(path, mode, seconds):

@@ -2,10 +2,10 @@
 
 import pytest
 
-from retrace.analysis.debuggers import HOST_ARCH
-from retrace.config import Config
-from retrace.tasks.overrides import InvalidOverride, Overrides
-from retrace.tasks.task import Task, TaskType
+from retrace_server.analysis.debuggers import HOST_ARCH
+from retrace_server.config import Config
+from retrace_server.tasks.overrides import InvalidOverride, Overrides
+from retrace_server.tasks.task import Task, TaskType
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-from retrace.packaging.packages import is_package_known, strip_epoch
-from retrace.packaging.release import ReleaseId
+from retrace_server.packaging.packages import is_package_known, strip_epoch
+from retrace_server.packaging.release import ReleaseId
 
 F41 = ReleaseId("fedora", "41", "x86_64")
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from retrace.environments.sysroot import place_files
-from retrace.paths import UnsafePath, clamped_link_target, inside
+from retrace_server.environments.sysroot import place_files
+from retrace_server.paths import UnsafePath, clamped_link_target, inside
 
 
 @pytest.mark.parametrize("name", ["/../x", "a/../../x", "/a//b", "./a", "", "/", "a/\0b"])

@@ -5,9 +5,9 @@ import gzip
 import pytest
 import zstandard
 
-from retrace.analysis.coredump import Module
-from retrace.packaging.packages import resolve_modules
-from retrace.packaging.repoindex import RepoIndex, RepositoryError
+from retrace_server.analysis.coredump import Module
+from retrace_server.packaging.packages import resolve_modules
+from retrace_server.packaging.repoindex import RepoIndex, RepositoryError
 
 EXE_ID = "3a" + "1" * 38
 LIB_ID = "e1" + "2" * 38

@@ -2,9 +2,9 @@
 
 import pytest
 
-from reposync.apt import AptSource, AptSyncError
-from reposync.plugins import Repository, load_plugins
-from retrace.packaging.release import ReleaseId
+from retrace_server.reposync.apt import AptSource, AptSyncError
+from retrace_server.reposync.plugins import Repository, load_plugins
+from retrace_server.packaging.release import ReleaseId
 
 PLUGINS = """[reposync fedora]
 everything = https://mirror.example.org/fedora/$VER/$ARCH/os/

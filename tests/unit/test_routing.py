@@ -8,10 +8,10 @@ import tarfile
 import pytest
 from webob import Request
 
-from retrace.config import Config
-from wsgi.app import make_app, route
-from wsgi import handlers
-from retrace.errors import MethodNotAllowed, NotFound
+from retrace_server.config import Config
+from retrace_server.wsgi.app import make_app, route
+from retrace_server.wsgi import handlers
+from retrace_server.errors import MethodNotAllowed, NotFound
 
 CORE = b"\x7fELF\x02\x01\x01" + bytes(9) + b"\x04\x00" + bytes(46)
 
@@ -131,7 +131,7 @@ def test_unexpected_exception_is_a_500_without_details(config, monkeypatch):
     def explode(config, request):
         raise RuntimeError(f"secret path {config.SaveDir}")
 
-    monkeypatch.setattr("wsgi.app._COMPILED", [(re.compile("/settings"), explode, ("GET",), False)])
+    monkeypatch.setattr("retrace_server.wsgi.app._COMPILED", [(re.compile("/settings"), explode, ("GET",), False)])
     response = call(config, "/settings")
     assert response.status_int == 500
     assert str(config.SaveDir) not in response.text

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from retrace.environments.sandbox import SandboxOutputLimit, SandboxTimeout, run_sandboxed
+from retrace_server.environments.sandbox import SandboxOutputLimit, SandboxTimeout, run_sandboxed
 
 
 def test_a_command_printing_past_the_output_cap_is_killed_with_its_group():
@@ -54,7 +54,7 @@ def test_files_the_debugger_writes_are_capped():
 
 _FORK_BOMB = """
 import sys
-from retrace.environments.sandbox import run_sandboxed
+from retrace_server.environments.sandbox import run_sandboxed
 ran = run_sandboxed(["sh", "-c", "for i in $(seq 3000); do sleep 30 & done; echo forked"], [], timeout=60,
                     memory_bytes=1 << 31)
 print(ran.text)

@@ -5,9 +5,9 @@ import subprocess
 
 import pytest
 
-from retrace.packaging import signatures
-from retrace.config import Config
-from retrace.packaging.signatures import Keyring, SignatureError
+from retrace_server.packaging import signatures
+from retrace_server.config import Config
+from retrace_server.packaging.signatures import Keyring, SignatureError
 from tests.fixtures.signing import OTHER_KEY, TEST_KEY
 
 SPEC = """Name: tiny

@@ -5,10 +5,10 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from retrace.config import Config
-from retrace.stats import FAILURE, SCHEMA_VERSION, SUCCESS, StatsDB, TaskRecord
-from wsgi import statspage
-from wsgi.metrics import exposition
+from retrace_server.config import Config
+from retrace_server.stats import FAILURE, SCHEMA_VERSION, SUCCESS, StatsDB, TaskRecord
+from retrace_server.wsgi import statspage
+from retrace_server.wsgi.metrics import exposition
 
 NOW = 1795600000.0
 UPSTREAM_SCHEMA = """

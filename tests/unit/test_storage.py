@@ -2,9 +2,9 @@
 
 import pytest
 
-from retrace.errors import NotEnoughStorage
-from retrace.intake import storage
-from retrace.tasks.task import RESERVED_NAME, IncomingTask
+from retrace_server.errors import NotEnoughStorage
+from retrace_server.intake import storage
+from retrace_server.tasks.task import RESERVED_NAME, IncomingTask
 
 
 def test_an_upload_cannot_claim_the_space_another_live_upload_has_claimed(tmp_path):

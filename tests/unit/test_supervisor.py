@@ -4,9 +4,9 @@ import os
 import signal
 import time
 
-from retrace.config import Config
-from retrace.tasks.task import JOB_PID, IncomingTask, TaskStatus, TaskType
-from worker.supervisor import supervise
+from retrace_server.config import Config
+from retrace_server.tasks.task import JOB_PID, IncomingTask, TaskStatus, TaskType
+from retrace_server.worker.supervisor import supervise
 
 
 def started_task(tmp_path):

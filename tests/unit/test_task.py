@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from retrace.errors import Forbidden, NotFound
-from retrace.tasks.task import (INCOMING_DIR, IncomingTask, Task, TaskStatus, TaskType, count_live_uploads, iter_tasks,
+from retrace_server.errors import Forbidden, NotFound
+from retrace_server.tasks.task import (INCOMING_DIR, IncomingTask, Task, TaskStatus, TaskType, count_live_uploads, iter_tasks,
                                 wire_status, write_atomically)
 
 

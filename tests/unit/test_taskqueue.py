@@ -2,11 +2,11 @@ import os
 
 import pytest
 
-from retrace import locking
-from retrace.config import Config
-from retrace.errors import QueueFull, TooManyUploads
-from retrace.tasks.task import WORKER_HOST, WORKER_LOCK, IncomingTask, TaskStatus, TaskType
-from retrace.tasks.taskqueue import admitted_upload, occupancy, queue_position, queued_tasks, running_by_host
+from retrace_server import locking
+from retrace_server.config import Config
+from retrace_server.errors import QueueFull, TooManyUploads
+from retrace_server.tasks.task import WORKER_HOST, WORKER_LOCK, IncomingTask, TaskStatus, TaskType
+from retrace_server.tasks.taskqueue import admitted_upload, occupancy, queue_position, queued_tasks, running_by_host
 
 
 def config_for(tmp_path, **values):

@@ -4,8 +4,8 @@ import struct
 
 import pytest
 
-from retrace.analysis.vmcore import DumpFormat, dump_format, read_vmcoreinfo, search_text
-from retrace.errors import InvalidCrashData
+from retrace_server.analysis.vmcore import DumpFormat, dump_format, read_vmcoreinfo, search_text
+from retrace_server.errors import InvalidCrashData
 
 BUILD_ID = "3b43fad5034874490492495d552c0af6a5fab235"
 VMCOREINFO = f"OSRELEASE=6.1.0-56-cloud-amd64\nBUILD-ID={BUILD_ID}\nPAGESIZE=4096\n".encode()

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from retrace import locking
-from retrace.tasks.task import WORKER_LOCK, IncomingTask, Task, TaskStatus, TaskType
+from retrace_server import locking
+from retrace_server.tasks.task import WORKER_LOCK, IncomingTask, Task, TaskStatus, TaskType
 from tests.fixtures.synthetic_core import synthetic_core
-from worker.cli import claim_when_free
+from retrace_server.worker.cli import claim_when_free
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def add_task(spool, task_type=TaskType.COREDUMP):
 
 def worker(spool, task_id, *options):
     return subprocess.run(
-        [sys.executable, "-m", "worker", task_id, "--foreground", "--config", str(spool / "retrace-server.conf"),
+        [sys.executable, "-m", "retrace_server.worker", task_id, "--foreground", "--config", str(spool / "retrace-server.conf"),
          "--user", "root", *options],
         capture_output=True, text=True, timeout=60,
     )
