@@ -176,7 +176,7 @@ class MockEnvironment:
         if program is None:
             raise MockError(f"RetraceEnvironment = mock, but mock ({self.config.MockPath}) is not installed "
                             "on this server")
-        _check_group()
+        _check_mock_can_run()
         if self.write_config():
             log(f"Wrote the mock configuration of {self.release}: mock builds its root cache anew")
         *setup, (_, gdb), scrub = self.commands(program, packages, executable)
@@ -194,7 +194,7 @@ class MockEnvironment:
             _run_step(*scrub, SETUP_SECONDS, output_bytes, root_log, check=False)
 
 
-def _check_group():
+def _check_mock_can_run():
     """mock runs only for members of the ``mock`` group (through consolehelper or sudo): say so before
     mock answers with a password prompt or an exit status."""
     user = pwd.getpwuid(os.getuid())
@@ -205,6 +205,17 @@ def _check_group():
     if user.pw_gid != group.gr_gid and user.pw_name not in group.gr_mem:
         raise MockError(f"RetraceEnvironment = mock, but the service user {user.pw_name} is not in the mock group; "
                         "mock refuses to run for it")
+    if no_new_privileges():
+        raise MockError("RetraceEnvironment = mock, but the worker runs with no_new_privs (NoNewPrivileges=yes in "
+                        "its systemd unit), so mock's root helper (consolehelper or sudo) cannot gain root; "
+                        "give the unit a drop-in with NoNewPrivileges=no")
+
+
+def no_new_privileges(status="/proc/self/status"):
+    """Whether this process may no longer gain privileges through setuid programs (prctl no_new_privs),
+    as the hardened systemd units set it."""
+    with open(status, encoding="ascii", errors="replace") as lines:
+        return any(line.split() == ["NoNewPrivs:", "1"] for line in lines)
 
 
 def _cache_use(said):

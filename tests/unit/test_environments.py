@@ -1,6 +1,8 @@
 """The chroot and mock environments' generated commands and files (real runs: tests/integration)."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -184,3 +186,13 @@ def test_gdb_root_key_changes_only_when_the_repository_s_gdb_does():
     assert root_key(_Index(("gdb", "a1"), ("bash", "b2")), ["gdb"]) == before
     assert root_key(_Index(("gdb", "a1"), ("gdb", "a2")), ["gdb"]) != before
     with pytest.raises(ChrootError, match="has no gdb to build the gdb root from"):
+        root_key(_Index(("bash", "b1")), ["gdb"])
+
+
+def test_no_new_privileges_is_read_from_the_process_status():
+    """A hardened unit (NoNewPrivileges=yes) stops mock's setuid helper: the worker says so before mock runs."""
+    script = "from retrace_server.environments.mock import no_new_privileges; print(no_new_privileges())"
+    plain = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    locked = subprocess.run(["setpriv", "--no-new-privs", sys.executable, "-c", script], capture_output=True, text=True,
+                            check=True)
+    assert (plain.stdout, locked.stdout) == ("False\n", "True\n")
