@@ -1,7 +1,7 @@
 """``retrace-server-cleanup [--dry-run] [-v]``, hourly from cron or a systemd timer.
 
 Exit status: 0 done, 1 configuration error (the message says which key).
-Every action is logged to ``<LogDir>/cleanup.log`` and printed.
+Every action is logged to ``<LogDir>/cleanup.log`` (or syslog: ``LogTo``) and printed.
 """
 
 import argparse
@@ -11,6 +11,7 @@ import sys
 
 from retrace_server.cleanup.collector import Collector
 from retrace_server import add_version_argument
+from retrace_server.adminlog import admin_handler
 from retrace_server.config import ConfigError, config_path, load_config
 from retrace_server.privileges import PrivilegeError, add_service_arguments, run_as_service_user
 
@@ -42,13 +43,7 @@ def make_log(config, verbose, dry_run):
     console.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(console)
     if not dry_run:
-        try:
-            to_file = logging.FileHandler(config.LogDir / "cleanup.log", encoding="utf-8")
-        except OSError as err:
-            log.warning("cannot write %s: %s", config.LogDir / "cleanup.log", err.strerror)
-        else:
-            to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-            log.addHandler(to_file)
+        log.addHandler(admin_handler(config, "cleanup", "%(asctime)s %(levelname)s %(message)s"))
     return log
 
 

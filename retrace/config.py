@@ -81,6 +81,9 @@ class Config:
     SaveDir: Path = _key(Path("/var/spool/retrace-server"))
     RepoDir: Path = _key(Path("/var/cache/retrace-server"))
     LogDir: Path = _key(Path("/var/log/retrace-server"))
+    # Where the services' own logs go (retrace_server.adminlog); task logs stay in their tasks.
+    LogTo: str = _key("file", choices=("file", "syslog"))
+    SyslogSocket: Path = _key(Path("/dev/log"))
     CacheDir: Path = _key(Path("/var/cache/retrace-server-unpacked"))
     RetraceEnvironment: str = _key("sysroot", choices=("sysroot", "chroot", "mock"))
     ChrootPackages: str = _key("gdb")

@@ -16,6 +16,7 @@ import sys
 import time
 
 from retrace_server import add_version_argument, locking
+from retrace_server.adminlog import admin_handler
 from retrace_server.analysis.debuggers import NoDebugger, served_architectures
 from retrace_server.config import config_path, load_config
 from retrace_server.errors import ConfigError, NotFound
@@ -116,11 +117,7 @@ def task_logger(task, verbose):
 
 
 def setup_admin_log(config):
-    try:
-        handler = logging.FileHandler(config.LogDir / "worker.log", encoding="utf-8")
-    except OSError:
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    handler = admin_handler(config, "worker", "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
     logging.getLogger("retrace").addHandler(handler)
     logging.getLogger("retrace").setLevel(logging.INFO)
 

@@ -16,7 +16,8 @@ import logging
 import os
 import sys
 
-from retrace_server import add_version_argument
+from retrace_server import __version__, add_version_argument
+from retrace_server.adminlog import syslog_handler
 from retrace_server.config import ConfigError, config_path, load_config
 from retrace_server.privileges import PrivilegeError, add_service_arguments, append_stderr_to, run_as_service_user
 from retrace_server.tasks import dispatch
@@ -45,7 +46,10 @@ def main(argv=None):
     os.umask(0o027)
     if args.log:
         append_stderr_to(args.log)
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format=f"{PROG}: %(levelname)s: %(message)s")
+    # With LogTo = syslog the log records go there; standard error (--log) keeps what is not a record.
+    handler = syslog_handler(config, "dispatcher") if config.LogTo == "syslog" else logging.StreamHandler(sys.stderr)
+    logging.basicConfig(handlers=[handler], level=logging.INFO, format=f"{PROG}: %(levelname)s: %(message)s")
+    logging.getLogger(PROG).info("%s started: at most %d workers at once", __version__, config.MaxParallelTasks)
     dispatch.serve(config, path, ready=lambda: print(f"{PROG}: listening on {dispatch.socket_path(config)}",
                                                      flush=True),
                    run=lambda task: run_worker_in_fork(task, path))

@@ -9,6 +9,7 @@ daemon processes need (the ``/root`` is 0700 trap).
 """
 
 import argparse
+import re
 import errno
 import grp
 import logging
@@ -25,8 +26,7 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
-from retrace_server import wsgi
-from retrace_server import add_version_argument
+from retrace_server import add_version_argument, wsgi
 from retrace_server.config import ConfigError, config_path as configured_path, load_config
 from retrace_server.environments.sandbox import sandbox_argv
 from retrace_server.packaging.release import served_releases
@@ -94,6 +94,19 @@ def default_retrace_conf():
         if candidate.is_file():
             return candidate
     raise LaunchError("cannot find httpd/retrace.conf; pass it with --httpd-conf")
+
+
+def error_log(config):
+    """Apache's ErrorLog: a file in LogDir, or (LogTo = syslog) util-linux's logger on SyslogSocket, which
+    Apache's own syslog support (always /dev/log) cannot be pointed at."""
+    if config.LogTo == "file":
+        return f'ErrorLog "{apache_log_dir(config)}/httpd_error.log"'
+    logger = shutil.which("logger", path=_SYSTEM_PATH)
+    if logger is None:
+        raise LaunchError("LogTo = syslog needs util-linux's logger for Apache's error log, and it is not installed")
+    if not re.fullmatch(r"/[\w./+-]+", str(config.SyslogSocket)):
+        raise LaunchError(f"SyslogSocket must be an absolute path without spaces or quotes, not {config.SyslogSocket}")
+    return f'ErrorLog "||{logger} --socket {config.SyslogSocket} --tag retrace-server-httpd --priority daemon.notice"'
 
 
 def make_certificate(run_dir, host):
@@ -263,7 +276,7 @@ def apache_config(*, run_dir, host, port, user, group, config, config_path, retr
         f"Mutex file:{run_dir} default",
         f"User {user}",
         f"Group {group}",
-        f'ErrorLog "{apache_log_dir(config)}/httpd_error.log"',
+        error_log(config),
         "LogLevel warn",
         'LogFormat "%h %t \\"%r\\" %>s %b %D" retrace',
         f'CustomLog "{apache_log_dir(config)}/httpd_access.log" retrace',
