@@ -12,8 +12,8 @@ overridable (``--package``, ``--os-release``).
 from __future__ import annotations  # the client runs on Python 3.9 (RHEL 9): X | None in annotations
 
 import dataclasses
+import json
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -174,26 +174,44 @@ def from_core(core, executable, package=None, os_release=None):
     return Crash(directory, files, package, arch, release_id(os_info, os_release, arch), temporary=True)
 
 
-_INFO_FIELD = re.compile(r"^\s*(PID|Executable):\s*(\S+)", re.M)
+# What coredumpctl's "corefile" says when there is no core to upload, as the sentence's end.
+_NO_CORE = {
+    "missing": "its core was removed since (systemd-tmpfiles, or coredump.conf's MaxUse or KeepFree)",
+    "none": "systemd-coredump stored no core (Storage=none, or the core was over ProcessSizeMax)",
+    "truncated": "its core was cut short at coredump.conf's size limits",
+    "inaccessible": "this user may not read its core (run retrace-client as root or as the crashed program's user)",
+    "error": "coredumpctl could not read its core",
+}
 
 
 def from_coredumpctl(match, package=None, os_release=None):
-    """The newest crash systemd-coredump kept that matches ``match`` (a PID, name or path)."""
+    """The newest crash systemd-coredump kept that matches ``match`` (a PID, a program's name or path).
+
+    Read from ``coredumpctl --json`` (systemd 246 or newer), not from the
+    text of ``coredumpctl info``, whose layout is for people.
+    """
     if shutil.which("coredumpctl") is None:
         raise CrashInputError("coredumpctl is not installed (systemd-coredump keeps no crashes here)")
-    info = subprocess.run(["coredumpctl", "--no-pager", "-1", "info", "--", match], capture_output=True, text=True)
-    fields = dict(_INFO_FIELD.findall(info.stdout))
-    if info.returncode != 0 or "Executable" not in fields:
-        raise CrashInputError(f"coredumpctl has no crash matching {match!r}: {info.stderr.strip() or 'no match'}")
+    listed = subprocess.run(["coredumpctl", "--no-pager", "--json=short", "-1", "list", "--", match],
+                            capture_output=True, text=True)
+    if listed.returncode != 0:
+        raise CrashInputError(f"coredumpctl has no crash matching {match!r}: {listed.stderr.strip() or 'no match'}")
+    try:
+        [crash] = json.loads(listed.stdout)
+        pid, executable, stored = int(crash["pid"]), str(crash["exe"]), crash["corefile"]
+    except (ValueError, KeyError, TypeError):
+        raise CrashInputError(f"coredumpctl's answer about {match!r} is not the JSON list of systemd 246 or newer: "
+                              f"{listed.stdout[:200]!r}") from None
+    if stored not in ("present", "journal"):
+        raise CrashInputError(f"the newest crash matching {match!r} ({executable}, pid {pid}) cannot be sent: "
+                              f"{_NO_CORE.get(stored, f'coredumpctl says its core is {stored}')}")
     directory = Path(tempfile.mkdtemp(prefix="retrace-client-core-"))
     core = directory / "core"
-    dump = subprocess.run(
-        ["coredumpctl", "--no-pager", "dump", "--output", str(core), "--", fields.get("PID", match)],
-        capture_output=True, text=True,
-    )
+    dump = subprocess.run(["coredumpctl", "--no-pager", "-1", "dump", "--output", str(core), "--", str(pid)],
+                          capture_output=True, text=True)
     try:
         if dump.returncode != 0 or not core.is_file():
             raise CrashInputError(f"coredumpctl could not extract the core: {dump.stderr.strip()}")
-        return from_core(core, fields["Executable"], package, os_release)
+        return from_core(core, executable, package, os_release)
     finally:
         shutil.rmtree(directory, ignore_errors=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.journal import coredump_entry, stored_core, with_journal, write_journal
 from tests.integration.helpers import package_lock_held
 
 CLIENT = Path(sys.executable).with_name("retrace-client")
@@ -21,10 +22,12 @@ UPSTREAM_PROGRESS = [
 ]
 
 
-def run_client(server, *arguments, env=None, cafile=True):
+def run_client(server, *arguments, env=None, cafile=True, wrap=None):
+    """``wrap``: a function of the argv that returns the argv to run (a namespace around the client)."""
     argv = [str(CLIENT), arguments[0], "--uri", server.url, "--status-delay", "0.1", *arguments[1:]]
     if cafile:
         argv += ["--cafile", str(server.cert)]
+    argv = wrap(argv) if wrap else argv
     return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, stdin=subprocess.DEVNULL)
 
 
@@ -68,30 +71,36 @@ def test_core_of_a_program_no_rpm_package_owns_is_a_local_error(server, problem_
     assert "/usr/bin/crasher is not owned by any package" in result.stderr and "--package" in result.stderr
 
 
-def recorded_coredumpctl(bin_dir, core):
-    """coredumpctl answering as systemd-coredump does for one kept crash of the crasher.
-
-    Installing the real systemd-coredump rewrites kernel.core_pattern for the
-    whole machine, so the test uses its output format instead.
-    """
-    script = bin_dir / "coredumpctl"
-    script.write_text(f"""#!/bin/sh
-case " $* " in
-  *" info "*) printf '           PID: 4242 (crasher)\\n        Signal: 11 (SEGV)\\n    Executable: /usr/bin/crasher\\n' ;;
-  *" dump "*) while [ "$1" != "--output" ]; do shift; done; cp {core} "$2" ;;
-  *) exit 1 ;;
-esac
-""")
-    script.chmod(0o755)
+@pytest.fixture
+def kept_crashes(problem_dir, tmp_path):
+    """The machine's journal as systemd-coredump leaves it: an older crash of another program, then the
+    crasher's (its core stored as zstd beside the journal), then one of ``sleep`` whose core is gone."""
+    cores = tmp_path / "coredump"
+    cores.mkdir()
+    crasher = stored_core(problem_dir / "coredump", cores, "/usr/bin/crasher", 4242)
+    removed = stored_core(problem_dir / "coredump", cores, "/usr/bin/sleep", 4343)
+    removed.unlink()
+    other = stored_core(problem_dir / "coredump", cores, "/usr/bin/other", 4141)
+    return write_journal(tmp_path / "journal", [coredump_entry(other, "/usr/bin/other", 4141),
+                                                coredump_entry(crasher, "/usr/bin/crasher", 4242),
+                                                coredump_entry(removed, "/usr/bin/sleep", 4343)])
 
 
-def test_batch_coredumpctl_uploads_the_crash_systemd_coredump_kept(server, problem_dir, tmp_path):
-    recorded_coredumpctl(tmp_path, problem_dir / "coredump")
-    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+def test_batch_coredumpctl_uploads_the_crash_systemd_coredump_kept(server, kept_crashes):
     result = run_client(server, "batch", "--coredumpctl", "crasher", "--package", "crasher-1.0-1.fc41",
-                        "--os-release", "Fedora release 41 (Forty One)", env=env)
+                        "--os-release", "Fedora release 41 (Forty One)", wrap=lambda argv: with_journal(kept_crashes, argv))
     assert result.returncode == 0, result.stderr
     assert "crash_in_library (depth=0" in result.stdout
+
+
+@pytest.mark.parametrize("match, said", [
+    ("sleep", "the newest crash matching 'sleep' (/usr/bin/sleep, pid 4343) cannot be sent: its core was removed"),
+    ("nothing-crashed-here", "coredumpctl has no crash matching 'nothing-crashed-here': No match found"),
+])
+def test_batch_coredumpctl_says_why_a_crash_cannot_be_sent(server, kept_crashes, match, said):
+    result = run_client(server, "batch", "--coredumpctl", match, "--package", "crasher-1.0-1.fc41",
+                        wrap=lambda argv: with_journal(kept_crashes, argv))
+    assert result.returncode == 2 and said in result.stderr, result.stderr
 
 
 def test_create_then_each_task_operation(server, crash_dir):
