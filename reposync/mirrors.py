@@ -1,16 +1,22 @@
-"""Mirror kinds: an HTTP(S) repository, an rsync URL, a local directory.
+"""Mirror kinds: an rpm-md repository over HTTP(S) (a base URL, a metalink or a mirrorlist), an rsync URL, a
+local directory.
 
 Each copies the RPMs it offers that ``Packages/`` lacks (same name and size
 means present: packages are immutable once published) and never deletes
-anything.  New files are written under the staging directory and moved in
-only once complete and verified (HTTP: the checksum from the mirror's
-metadata; rsync: its own whole-file checksum, ``--delay-updates``), so a
-failed or corrupt transfer leaves ``Packages/`` as it was.  A mirror that
-cannot be used raises MirrorError; the caller tries the next one.
+anything.  New files are written beside ``Packages/`` and moved in only once
+complete and verified (HTTP: the checksum from the mirror's metadata; rsync:
+its own whole-file checksum, ``--delay-updates``), so a failed or corrupt
+transfer leaves ``Packages/`` as it was.  A mirror that cannot be used
+raises MirrorError; the caller tries the next one.
+
+HTTP goes through librepo, dnf's own downloader: metalinks and mirrorlists
+(what Fedora's repositories are published through; a repomd.xml that does
+not match the metalink's hash is not used), parallel downloads with
+failover between a metalink's mirrors, resumed downloads, checksums, TLS
+client certificates (the RHEL CDN's entitlement certificates).
 """
 
 import dataclasses
-import hashlib
 import os
 import re
 import shutil
@@ -19,6 +25,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import librepo
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
@@ -26,13 +33,16 @@ from urllib3.util.retry import Retry
 from retrace_server.packaging.download import MIRROR_FILE
 from retrace_server.packaging.repoindex import COMMON_NS, REPO_NS, iter_elements
 
-_CHUNK = 1024 * 1024
-_TIMEOUT = (15, 120)
+_CONNECT_SECONDS = 15
+_STALLED_SECONDS = 120  # below _STALLED_BYTES a second for this long: the mirror is given up
+_STALLED_BYTES = 1024
+_PARALLEL_DOWNLOADS = 4
 _HASHES = {"sha256", "sha1", "sha512", "sha384", "sha224", "md5"}
-_REPOMD_LIMIT = 1 << 20
-_METADATA_LIMIT = 2 << 30  # a metadata file whose size repomd.xml does not give
+_METADATA_LIMIT = 2 << 30  # all metadata of one repository (repomd.xml gives no size of itself)
 _METADATA_HREF = re.compile(r"repodata/[A-Za-z0-9][A-Za-z0-9._+-]*")
 _INDEXED_METADATA = ("primary", "filelists")  # what the worker's index reads
+# How a mirror line names a metalink or a mirrorlist rather than a repository's base URL.
+MIRROR_LISTS = ("metalink:", "mirrorlist:")
 
 
 class MirrorError(Exception):
@@ -43,6 +53,16 @@ class MirrorError(Exception):
 class MirrorResult:
     added: list = dataclasses.field(default_factory=list)
     bytes: int = 0
+    failed: list = dataclasses.field(default_factory=list)  # (package, why): the next mirror may have them
+
+
+@dataclasses.dataclass(frozen=True)
+class TlsFiles:
+    """The TLS files a distribution's mirrors want (a plugin's sslclientcert, sslclientkey, sslcacert)."""
+
+    client_cert: str | None = None
+    client_key: str | None = None
+    ca_cert: str | None = None
 
 
 def _present(packages_dir, name, size):
@@ -74,114 +94,199 @@ def http_session():
     return session
 
 
-class HttpMirror:
-    """A yum/dnf repository over HTTP(S): repomd.xml -> primary -> packages."""
+class RepoMirror:
+    """A yum/dnf repository over HTTP(S), through librepo: repomd.xml -> primary -> packages.
 
-    def __init__(self, url, session=None):
-        self.url = url.rstrip("/") + "/"
-        self.session = session or http_session()
+    ``url`` is the repository's base URL, or ``metalink:URL`` or ``mirrorlist:URL``.  ``resume_dir`` keeps
+    partly downloaded packages between runs (a sync stopped by a timeout or a reboot goes on where it was).
+    """
 
-    def _download(self, relative, target, checksum=None, limit=None):
-        """Stream ``relative`` into ``target``; verify ``(type, value)`` if given; bytes written.
+    def __init__(self, url, tls=None, resume_dir=None):
+        self.url, self.tls, self.resume_dir = url, tls or TlsFiles(), resume_dir
+        self.kind, _, address = url.partition(":") if url.startswith(MIRROR_LISTS) else ("baseurl", "", url)
+        self.address = address if self.kind != "baseurl" else address.rstrip("/") + "/"
+        self.used = None  # the base URL the metadata came from (a metalink's or mirrorlist's choice)
 
-        More than ``limit`` bytes is a mirror fault: metadata is untrusted until its checksum is.
-        """
-        url = self.url + relative
-        digest = hashlib.new(checksum[0]) if checksum else None
-        written = 0
+    def _handle(self, directory, metadata):
+        """A librepo handle that fetches repomd.xml and the ``metadata`` it lists into ``directory``."""
+        handle = librepo.Handle()
+        handle.repotype = librepo.YUMREPO
+        if self.kind == "metalink":
+            handle.metalinkurl = self.address
+        elif self.kind == "mirrorlist":
+            handle.mirrorlisturl = self.address
+        else:
+            handle.urls = [self.address]
+        handle.destdir = str(directory)
+        handle.yumdlist = list(metadata)
+        handle.checksum = True
+        handle.connecttimeout = _CONNECT_SECONDS
+        handle.lowspeedtime = _STALLED_SECONDS
+        handle.lowspeedlimit = _STALLED_BYTES
+        handle.maxparalleldownloads = _PARALLEL_DOWNLOADS
+        handle.interruptible = True
+        handle.progresscb = _metadata_limit
+        if self.tls.client_cert:
+            handle.sslclientcert = self.tls.client_cert
+        if self.tls.client_key:
+            handle.sslclientkey = self.tls.client_key
+        if self.tls.ca_cert:
+            handle.sslcacert = self.tls.ca_cert
+        return handle
+
+    def _perform(self, directory, metadata):
+        """The handle after fetching; repomd.xml's hrefs are checked before any other file is asked for."""
+        directory.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(directory / "repodata", ignore_errors=True)  # librepo writes only into a new repodata/
+        handle = self._handle(directory, ())
+        result = self._run(handle)
+        repomd = _parse_repomd(Path(result.yum_repo["repomd"]), self.address)
+        for kind in metadata:
+            _metadata_href(repomd, kind, self.address)
+        self.used = result.yum_repo["url"] or self.address
+        if metadata:
+            shutil.rmtree(directory / "repodata")
+            handle = self._handle(directory, metadata)
+            result = self._run(handle)
+        return handle, result
+
+    def _run(self, handle):
+        result = librepo.Result()
         try:
-            with self.session.get(url, stream=True, timeout=_TIMEOUT) as response:
-                if response.status_code != 200:
-                    raise MirrorError(f"{url} answered HTTP {response.status_code}")
-                with open(target, "wb") as handle:
-                    for chunk in response.iter_content(_CHUNK):
-                        written += len(chunk)
-                        if limit is not None and written > limit:
-                            raise MirrorError(f"{url} is larger than {limit} bytes; it was not used")
-                        handle.write(chunk)
-                        if digest:
-                            digest.update(chunk)
-        except requests.RequestException as err:
-            raise MirrorError(f"cannot download {url}: {err}") from None
-        if digest and digest.hexdigest() != checksum[1]:
-            target.unlink()
-            raise MirrorError(f"{url} is corrupt: its {checksum[0]} does not match the repository metadata")
-        return written
+            handle.perform(result)
+        except librepo.LibrepoException as err:
+            code, message = err.args[0], err.args[1]
+            if code == librepo.LRE_INTERRUPTED:
+                raise KeyboardInterrupt from None
+            raise MirrorError(f"cannot download {self.address}: {message}") from None
+        return result
 
-    def _repomd(self, directory):
-        """The mirror's repomd.xml, downloaded into ``directory/repodata/`` and parsed."""
-        repomd = directory / "repodata" / "repomd.xml"
-        repomd.parent.mkdir(parents=True, exist_ok=True)
-        self._download("repodata/repomd.xml", repomd, limit=_REPOMD_LIMIT)
-        try:
-            return ET.parse(repomd).getroot()
-        except ET.ParseError as err:
-            raise MirrorError(f"{self.url}repodata/repomd.xml is not valid XML ({err})") from None
-
-    def _metadata_file(self, repomd, kind, directory, previous=None):
-        """The ``kind`` metadata repomd.xml lists, in ``directory`` at its own href, checked against
-        repomd's checksum and size; taken from ``previous`` (the last sync's copy) when repomd is unchanged."""
-        data = next((d for d in repomd.iter(f"{REPO_NS}data") if d.get("type") == kind), None)
-        location = data.find(f"{REPO_NS}location") if data is not None else None
-        if location is None:
-            raise MirrorError(f"{self.url}repodata/repomd.xml lists no {kind} metadata")
-        href = location.get("href", "")
-        if not _METADATA_HREF.fullmatch(href):
-            raise MirrorError(f"{self.url}repodata/repomd.xml places its {kind} metadata at '{href[:100]}', "
-                              "not in repodata/")
-        target = directory / href
-        if previous is not None and (previous / href).is_file():
-            os.link(previous / href, target)
-            return target
-        checksum = data.find(f"{REPO_NS}checksum")
-        expected = (checksum.get("type"), checksum.text) if checksum is not None and checksum.get("type") in _HASHES \
-            else None
-        size = data.findtext(f"{REPO_NS}size", "")
-        self._download(href, target, expected, int(size) if size.isdigit() else _METADATA_LIMIT)
-        return target
+    def fetch_metadata(self, target, previous=None):
+        """A metadata-only copy of the repository in ``target``: repomd.xml with the primary and filelists it
+        lists, and a ``mirror`` file naming the mirror, which workers download the packages a crash needs
+        from.  Files of ``previous`` (the last copy) are reused while repomd.xml is unchanged."""
+        handle, result = self._perform(target, ())
+        unchanged = previous is not None and _same_file(previous / "repodata" / "repomd.xml",
+                                                        target / "repodata" / "repomd.xml")
+        if unchanged:
+            repomd = _parse_repomd(target / "repodata" / "repomd.xml", self.address)
+            for kind in _INDEXED_METADATA:
+                href = _metadata_href(repomd, kind, self.address)
+                if not (previous / href).is_file():
+                    unchanged = False
+                    break
+                os.link(previous / href, target / href)
+        if not unchanged:
+            self._perform(target, _INDEXED_METADATA)
+        (target / MIRROR_FILE).write_text(self.used + "\n")
+        return unchanged
 
     def _packages(self, staging):
-        """``(href, size, (checksum type, value))`` of every package in the primary metadata."""
-        primary_file = self._metadata_file(self._repomd(staging), "primary", staging)
+        """The handle (its mirrors) and ``(href, size, (checksum type, value))`` of every package."""
+        handle, result = self._perform(staging, ("primary",))
+        packages = []
         try:
-            for element in iter_elements(primary_file, f"{COMMON_NS}package"):
+            for element in iter_elements(Path(result.yum_repo["primary"]), f"{COMMON_NS}package"):
                 package_checksum = element.find(f"{COMMON_NS}checksum")
                 size = element.find(f"{COMMON_NS}size")
                 package_location = element.find(f"{COMMON_NS}location")
                 if package_checksum is None or package_location is None or package_checksum.get("type") not in _HASHES:
                     continue
-                yield (
-                    package_location.get("href", ""), int(size.get("package", "-1")) if size is not None else -1,
-                    (package_checksum.get("type"), package_checksum.text),
-                )
+                packages.append((package_location.get("href", ""),
+                                 int(size.get("package", "-1")) if size is not None else -1,
+                                 (package_checksum.get("type"), package_checksum.text)))
         except (ET.ParseError, OSError, EOFError) as err:
-            raise MirrorError(f"the primary metadata of {self.url} cannot be read ({err})") from None
-
-    def fetch_metadata(self, target, previous=None):
-        """A metadata-only copy of the repository in ``target``: repomd.xml with the primary and filelists it
-        lists, and a ``mirror`` file naming this mirror, which workers download the packages a crash needs
-        from.  Files of ``previous`` (the last copy) are reused while repomd.xml is unchanged."""
-        repomd = self._repomd(target)
-        unchanged = previous is not None and _same_file(previous / "repodata" / "repomd.xml",
-                                                        target / "repodata" / "repomd.xml")
-        for kind in _INDEXED_METADATA:
-            self._metadata_file(repomd, kind, target, previous if unchanged else None)
-        (target / MIRROR_FILE).write_text(self.url + "\n")
-        return unchanged
+            raise MirrorError(f"the primary metadata of {self.address} cannot be read ({err})") from None
+        return handle, packages
 
     def sync(self, packages_dir, staging, report, dry_run=False):
         result = MirrorResult()
-        for href, size, checksum in list(self._packages(staging)):
+        handle, packages = self._packages(staging)
+        wanted = []
+        for href, size, checksum in packages:
             name = _safe_name(href)
-            if name is None or _present(packages_dir, name, size):
+            if name is None or size < 0 or _present(packages_dir, name, size):
                 continue
             report(f"  {'would download' if dry_run else 'downloading'} {name} ({size} bytes)")
-            if not dry_run:
-                part = staging / f"{name}.part"
-                result.bytes += self._download(href, part, checksum)
+            wanted.append((name, href, size, checksum))
+        if dry_run or not wanted:
+            result.added = [name for name, *_ in wanted]
+            return result
+        partial = self.resume_dir or staging
+        partial.mkdir(exist_ok=True)
+        resumed = {name for name, *_ in wanted if (partial / f"{name}.part").exists()}
+        failures = self._download(handle, partial, wanted)
+        # A resumed file whose first part was not the package's fails its checksum: fetched again, whole.
+        again = [package for package in wanted if package[0] in resumed and failures.get(package[0], ("",))[0]]
+        for name, *_ in again:
+            (partial / f"{name}.part").unlink(missing_ok=True)
+        failures.update(self._download(handle, partial, again) if again else {})
+        for name, href, size, checksum in wanted:
+            part = partial / f"{name}.part"
+            if name not in failures:
                 os.replace(part, packages_dir / name)
-            result.added.append(name)
+                result.added.append(name)
+                result.bytes += size
+                continue
+            corrupt, message, url = failures[name]
+            if corrupt:  # not resumed by the next run
+                part.unlink(missing_ok=True)
+                result.failed.append((name, f"{url} is corrupt: its {checksum[0]} does not match the repository "
+                                            "metadata"))
+            else:
+                result.failed.append((name, f"cannot download {url}: {message}"))
         return result
+
+    def _download(self, handle, partial, wanted):
+        """``{name: (checksum mismatch?, librepo's words, url)}`` of the ``wanted`` packages that failed, each
+        downloaded (or resumed) into ``partial/<name>.part`` from the handle's mirrors in parallel."""
+        reasons = {}  # per package, the last mirror's failure: the target itself only says "all mirrors tried"
+
+        def mirror_failed(name, message, url):
+            reasons[name] = (message, url)
+
+        targets = [librepo.PackageTarget(href, dest=str(partial / f"{name}.part"), handle=handle, resume=True,
+                                         checksum_type=librepo.checksum_str_to_type(checksum[0]),
+                                         checksum=checksum[1], expectedsize=size, cbdata=name,
+                                         mirrorfailurecb=mirror_failed)
+                   for name, href, size, checksum in wanted]
+        try:
+            librepo.download_packages(targets, failfast=False)
+        except librepo.LibrepoException as err:
+            if err.args[0] == librepo.LRE_INTERRUPTED:
+                raise KeyboardInterrupt from None
+            raise MirrorError(f"cannot download from {self.used}: {err.args[1]}") from None
+        failures = {}
+        for target, (name, *_) in zip(targets, wanted):
+            if target.err is not None:
+                message, url = reasons.get(name, (str(target.err), self.used))
+                failures[name] = ("checksum" in message.lower(), message, url)
+        return failures
+
+
+def _metadata_limit(_data, _total, downloaded):
+    """librepo's progress callback while metadata downloads: a mirror sending more than any repository's
+    metadata is refused before it fills the disk."""
+    return librepo.CB_ABORT if downloaded > _METADATA_LIMIT else librepo.CB_OK
+
+
+def _parse_repomd(path, url):
+    try:
+        return ET.parse(path).getroot()
+    except ET.ParseError as err:
+        raise MirrorError(f"{url}repodata/repomd.xml is not valid XML ({err})") from None
+
+
+def _metadata_href(repomd, kind, url):
+    """Where repomd.xml places the ``kind`` metadata: only a plain file in repodata/ is used."""
+    data = next((d for d in repomd.iter(f"{REPO_NS}data") if d.get("type") == kind), None)
+    location = data.find(f"{REPO_NS}location") if data is not None else None
+    if location is None:
+        raise MirrorError(f"{url}repodata/repomd.xml lists no {kind} metadata")
+    href = location.get("href", "")
+    if not _METADATA_HREF.fullmatch(href):
+        raise MirrorError(f"{url}repodata/repomd.xml places its {kind} metadata at '{href[:100]}', not in repodata/")
+    return href
 
 
 class RsyncMirror:
@@ -245,12 +350,13 @@ class LocalMirror:
         return result
 
 
-def mirror_for(url, session=None):
+def mirror_for(url, tls=None, resume_dir=None):
+    if url.startswith(MIRROR_LISTS) or urlsplit(url).scheme in ("http", "https"):
+        return RepoMirror(url, tls, resume_dir)
     scheme = urlsplit(url).scheme
-    if scheme in ("http", "https"):
-        return HttpMirror(url, session)
     if scheme == "rsync":
         return RsyncMirror(url)
     if scheme in ("", "file"):
         return LocalMirror(url)
-    raise MirrorError(f"unsupported mirror URL {url} (use http://, https://, rsync:// or a local directory)")
+    raise MirrorError(f"unsupported mirror URL {url} (use http://, https://, metalink:https://..., "
+                      "mirrorlist:https://..., rsync:// or a local directory)")

@@ -6,6 +6,9 @@ repository names and whose values list mirror URLs, tried in order, with
 ship in ``reposync/distributions/``; an admin adds or replaces one with a
 ``*.conf`` file in ``PluginDir`` or a section in retrace-server.conf (read
 in that order; a later section replaces the distribution's whole list).
+A mirror is a base URL (http, https, rsync, a directory) or
+``metalink:URL`` or ``mirrorlist:URL``; ``sslclientcert``, ``sslclientkey``
+and ``sslcacert`` give the TLS files the section's https mirrors want.
 A section with ``type = apt`` describes an apt archive instead
 (``retrace_server.reposync.apt``: mirrors, suites, components, codenames).
 """
@@ -15,6 +18,7 @@ import dataclasses
 from pathlib import Path
 
 from retrace_server.reposync.apt import AptSource
+from retrace_server.reposync.mirrors import TlsFiles
 
 BUILT_IN = Path(__file__).resolve().parent / "distributions"
 SECTION_PREFIX = "reposync "
@@ -24,10 +28,16 @@ class PluginError(Exception):
     """A plugin file cannot be read; the message names it."""
 
 
+# Keys of an rpm-md section that are not repositories: the TLS files every mirror of the distribution is
+# reached with (e.g. the RHEL CDN's entitlement certificate and key, and its CA).
+TLS_KEYS = {"sslclientcert": "client_cert", "sslclientkey": "client_key", "sslcacert": "ca_cert"}
+
+
 @dataclasses.dataclass(frozen=True)
 class Repository:
     name: str
     mirrors: tuple  # URL templates with $VER and $ARCH
+    tls: TlsFiles = TlsFiles()
 
     def mirror_urls(self, version, arch):
         return [mirror.replace("$VER", version).replace("$ARCH", arch) for mirror in self.mirrors]
@@ -48,8 +58,12 @@ def _read_sections(path, plugins):
         if items.get("type") == "apt":
             plugins[distribution] = AptSource.from_items(items)
             continue
+        tls = TlsFiles(**{TLS_KEYS[key]: items.pop(key).strip() for key in list(items) if key in TLS_KEYS})
+        for named in (named for named in dataclasses.astuple(tls) if named):
+            if not Path(named).is_absolute():
+                raise PluginError(f"{path}: [{section}] must name its TLS files by absolute path, not '{named}'")
         plugins[distribution] = tuple(
-            Repository(name, tuple(value.split())) for name, value in items.items() if value.split()
+            Repository(name, tuple(value.split()), tls) for name, value in items.items() if value.split()
         )
 
 

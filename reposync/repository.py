@@ -19,7 +19,7 @@ from pathlib import Path
 import requests
 
 from retrace_server.reposync.apt import AptMirror, AptSource, AptSyncError, Refused, sync_indexes, sync_pool
-from retrace_server.reposync.mirrors import HttpMirror, MirrorError, http_session, mirror_for
+from retrace_server.reposync.mirrors import MIRROR_LISTS, MirrorError, RepoMirror, http_session, mirror_for
 from retrace_server import locking
 from retrace_server.packaging import apt as apt_index
 from retrace_server.packaging.download import MIRROR_FILE
@@ -198,8 +198,7 @@ def sync_release(config, plugins, release, output, dry_run=False, session=None, 
             summary.seconds = time.monotonic() - started
             return summary
         if metadata_only:
-            summary = _sync_rpm_metadata(config, repositories, release, target, staging, output, dry_run,
-                                         session or http_session())
+            summary = _sync_rpm_metadata(config, repositories, release, target, staging, output, dry_run)
             shutil.rmtree(staging, ignore_errors=True)
             summary.seconds = time.monotonic() - started
             return summary
@@ -207,13 +206,17 @@ def sync_release(config, plugins, release, output, dry_run=False, session=None, 
         if not dry_run:
             packages_dir.mkdir(parents=True, exist_ok=True)
         summary = SyncSummary(str(release))
-        session = session or http_session()
+        # Partly downloaded packages outlive a stopped sync (staging does not) and are resumed by the next.
+        resume_dir = staging.with_name(f"{staging.name}.partial")
         try:
             keyring = None if dry_run else Keyring.for_release(config, release)
         except SignatureError as err:
             raise SyncError(err.sentence, EXIT_USAGE) from None
         for repository in repositories:
-            _sync_repository(repository, release, packages_dir, staging, output, dry_run, session, summary, keyring)
+            _sync_repository(repository, release, packages_dir, staging, resume_dir, output, dry_run, summary,
+                             keyring)
+        if not summary.failed_repositories:
+            shutil.rmtree(resume_dir, ignore_errors=True)
         if release.version == "rawhide" and packages_dir.is_dir():
             summary.removed = prune_rawhide(packages_dir, config.KeepRawhideLatest, output.item, dry_run)
         changed = summary.added or summary.removed or not (target / "repodata" / "repomd.xml").is_file()
@@ -275,7 +278,7 @@ def _sync_apt(config, source, release, target, staging, output, dry_run, metadat
     return summary
 
 
-def _sync_rpm_metadata(config, repositories, release, target, staging, output, dry_run, session):
+def _sync_rpm_metadata(config, repositories, release, target, staging, output, dry_run):
     """Each repository's metadata from its first http(s) mirror that serves it, in ``repositories/<name>/``;
     workers download the packages a crash needs from that mirror.  A repository no mirror serves keeps the
     metadata of its last sync."""
@@ -287,7 +290,7 @@ def _sync_rpm_metadata(config, repositories, release, target, staging, output, d
     fresh.mkdir()
     for repository in repositories:
         previous = target / REPOSITORIES / repository.name
-        if not _fetch_rpm_metadata(repository, release, fresh / repository.name, previous, output, dry_run, session):
+        if not _fetch_rpm_metadata(repository, release, fresh / repository.name, previous, output, dry_run):
             output.step(f"  no working mirror for {repository.name}")
             summary.failed_repositories.append(repository.name)
             if previous.is_dir() and not dry_run:
@@ -304,16 +307,16 @@ def _sync_rpm_metadata(config, repositories, release, target, staging, output, d
     return summary
 
 
-def _fetch_rpm_metadata(repository, release, target, previous, output, dry_run, session):
+def _fetch_rpm_metadata(repository, release, target, previous, output, dry_run):
     """Whether one of the repository's http(s) mirrors gave its metadata into ``target``."""
     for url in repository.mirror_urls(release.version, release.arch):
         output.step(f"{repository.name}: {url} (metadata only)")
         try:
-            mirror = mirror_for(url, session)
+            mirror = mirror_for(url, repository.tls)
         except MirrorError as err:
             output.step(f"  mirror failed: {err}; trying the next one")
             continue
-        if not isinstance(mirror, HttpMirror):
+        if not isinstance(mirror, RepoMirror):
             output.step("  skipped: workers download the packages of a metadata-only release over http(s)")
             continue
         if dry_run:
@@ -343,11 +346,17 @@ def _install_indexes(staging, target, mirror_url, metadata_only):
         (target / MIRROR_FILE).unlink(missing_ok=True)
 
 
-def _sync_repository(repository, release, packages_dir, staging, output, dry_run, session, summary, keyring):
+_FAILURES_SHOWN = 10
+
+
+def _sync_repository(repository, release, packages_dir, staging, resume_dir, output, dry_run, summary, keyring):
+    """The repository's packages from its first mirror that has them all; what one mirror fails to give (a
+    corrupt or missing file) is asked of the next."""
+    failed = []
     for url in repository.mirror_urls(release.version, release.arch):
         output.step(f"{repository.name}: {url}")
         try:
-            result = mirror_for(url, session).sync(packages_dir, staging, output.item, dry_run)
+            result = mirror_for(url, repository.tls, resume_dir).sync(packages_dir, staging, output.item, dry_run)
         except MirrorError as err:
             output.step(f"  mirror failed: {err}; trying the next one")
             continue
@@ -356,8 +365,14 @@ def _sync_repository(repository, release, packages_dir, staging, output, dry_run
         summary.added += len(result.added)
         summary.bytes += result.bytes
         output.step(f"  {len(result.added)} new packages ({result.bytes / 1048576:.1f} MiB)")
-        return
-    output.step(f"  no working mirror for {repository.name}")
+        failed = result.failed
+        if not failed:
+            return
+        for _name, why in failed[:_FAILURES_SHOWN]:
+            output.step(f"  {why}")
+        more = f" ({len(failed) - _FAILURES_SHOWN} more not shown)" if len(failed) > _FAILURES_SHOWN else ""
+        output.step(f"  {len(failed)} packages failed here{more}; trying the next mirror")
+    output.step(f"  no working mirror for {repository.name}" + (f" ({len(failed)} packages missing)" if failed else ""))
     summary.failed_repositories.append(repository.name)
 
 
@@ -390,9 +405,10 @@ def discover_versions(plugins, distribution, arch, session=None):
     repositories = plugins.get(distribution)
     if not repositories:
         raise SyncError(f"no plugin with repositories for '{distribution}'", EXIT_USAGE)
-    template = repositories[0].mirrors[0]
+    # A directory listing is read: a metalink or mirrorlist names no directory of versions.
+    template = next((mirror for mirror in repositories[0].mirrors if not mirror.startswith(MIRROR_LISTS)), "")
     if "$VER" not in template:
-        raise SyncError(f"the first mirror of '{distribution}' has no $VER to discover", EXIT_USAGE)
+        raise SyncError(f"no mirror of '{distribution}' has a $VER directory to discover versions in", EXIT_USAGE)
     parent = template.split("$VER", 1)[0]
     names = _list_directory(parent.replace("$ARCH", arch), session or http_session())
     return sorted({name for name in names if name.isdigit() or name == "rawhide"}, key=lambda v: (not v.isdigit(), v.zfill(8)))

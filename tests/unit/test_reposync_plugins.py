@@ -3,7 +3,9 @@
 import pytest
 
 from retrace_server.reposync.apt import AptSource, AptSyncError
+from retrace_server.reposync.mirrors import TlsFiles, mirror_for
 from retrace_server.reposync.plugins import Repository, load_plugins
+from retrace_server.reposync.repository import SyncError, discover_versions
 from retrace_server.packaging.release import ReleaseId
 
 PLUGINS = """[reposync fedora]
@@ -46,3 +48,31 @@ def test_a_suite_that_is_not_a_name_is_refused(codename):
     source = AptSource(("https://m/",), ("$CODENAME",), ("main",), {"12": codename})
     with pytest.raises(AptSyncError, match="is not a suite name"):
         source.suite_names(ReleaseId("debian", "12", "x86_64"))
+
+
+def test_tls_files_apply_to_every_repository_of_the_section_and_are_no_repository(tmp_path):
+    (tmp_path / "rhel.conf").write_text("[reposync rhel]\n"
+                                        "baseos = https://cdn.redhat.com/content/dist/rhel9/$VER/$ARCH/baseos/os/\n"
+                                        "baseos-debug = https://cdn.redhat.com/content/dist/rhel9/$VER/$ARCH/baseos/debug/\n"
+                                        "sslclientcert = /etc/pki/entitlement/4242.pem\n"
+                                        "sslclientkey = /etc/pki/entitlement/4242-key.pem\n"
+                                        "sslcacert = /etc/rhsm/ca/redhat-uep.pem\n")
+    repositories = load_plugins(tmp_path)["rhel"]
+    assert [repository.name for repository in repositories] == ["baseos", "baseos-debug"]
+    assert {repository.tls for repository in repositories} == {TlsFiles(
+        "/etc/pki/entitlement/4242.pem", "/etc/pki/entitlement/4242-key.pem", "/etc/rhsm/ca/redhat-uep.pem")}
+
+
+def test_the_built_in_fedora_plugin_asks_the_metalink_first_then_the_master_mirror():
+    everything = load_plugins()["fedora"][0]
+    assert everything.mirror_urls("41", "x86_64")[0] == \
+        "metalink:https://mirrors.fedoraproject.org/metalink?repo=fedora-41&arch=x86_64"
+    assert mirror_for(everything.mirror_urls("41", "x86_64")[0]).kind == "metalink"
+    assert [mirror for mirror in everything.mirrors if not mirror.startswith("metalink:")][0].startswith(
+        "https://dl.fedoraproject.org/pub/fedora/linux/releases/$VER/"), "what --discover lists"
+
+
+def test_discovering_versions_needs_a_directory_not_a_metalink():
+    with pytest.raises(SyncError, match="has a \\$VER directory"):
+        discover_versions({"fedora": (Repository("everything", ("metalink:https://x/?repo=f$VER",)),)}, "fedora",
+                          "x86_64")
