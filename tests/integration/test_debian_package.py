@@ -2,7 +2,6 @@
 (tests/integration/distro_packages.py says what any package must hold), then installed by apt into a
 fresh Debian 12 made by debootstrap, where the installed server retraces a crash: the fresh-machine check."""
 
-import os
 import re
 import shutil
 import subprocess
@@ -13,7 +12,7 @@ import pytest
 import requests
 
 from retrace_server import __version__
-from tests.fixtures.debuginfod import DEB_CACHE
+from tests.fixtures.debootstrap import fresh_debian, in_root
 from tests.fixtures.signing import TEST_KEY
 from tests.integration.distro_packages import ROOT, check_commands_run, check_layout, source_tree_tar
 from tests.integration.helpers import submit, wait_final
@@ -54,41 +53,11 @@ def test_the_deb_s_commands_run_from_its_own_files(built):
     check_commands_run(unpacked, check_layout(files, unpacked, HTTPD_CONF, "/lib/systemd/system"))
 
 
-BOOTSTRAP = DEB_CACHE / "bootstrap" / "bookworm-minbase.tar"
-APT_ARCHIVES = DEB_CACHE / "bootstrap" / "apt-archives"
-
-
-def fresh_bookworm(target):
-    """A minimal Debian 12 made by debootstrap from the Debian archive (kept as a tar after the first time)."""
-    if not BOOTSTRAP.is_file():
-        BOOTSTRAP.parent.mkdir(parents=True, exist_ok=True)
-        made = BOOTSTRAP.parent / "making"
-        shutil.rmtree(made, ignore_errors=True)
-        subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(made), "http://deb.debian.org/debian"],
-                       check=True, capture_output=True, timeout=1800)
-        subprocess.run(["tar", "-cf", f"{BOOTSTRAP}.part", "-C", str(made), "."], check=True)
-        os.replace(f"{BOOTSTRAP}.part", BOOTSTRAP)
-        shutil.rmtree(made)
-    target.mkdir()
-    subprocess.run(["tar", "-xf", str(BOOTSTRAP), "-C", str(target)], check=True)
-    return target
-
-
-def in_root(root, *argv, **kwargs):
-    """``argv`` with ``root`` as / (bubblewrap: a new root by pivot_root, not chroot, so that the server's
-    own sandbox may still create user namespaces in it), the host's network and processes (the host's
-    /proc: the kernel lets that sandbox mount a proc only where one is fully visible), /dev of its own."""
-    return ["bwrap", "--bind", str(root), "/", "--bind", "/proc", "/proc", "--dev", "/dev", "--bind",
-            str(APT_ARCHIVES), "/var/cache/apt/archives", "--unshare-ipc", "--die-with-parent", "--setenv",
-            "DEBIAN_FRONTEND", "noninteractive", "--setenv", "PATH", "/usr/sbin:/usr/bin:/sbin:/bin", "--", *argv]
-
-
 @pytest.fixture(scope="module")
 def installed(built, tmp_path_factory, certificate, release_dir):
     """The built .deb installed by apt (which resolves its dependencies from the Debian archive) into a
     fresh bookworm, with the fixture release as its mirror and a config naming only what a test must."""
-    root = fresh_bookworm(tmp_path_factory.mktemp("bookworm") / "root")
-    APT_ARCHIVES.mkdir(parents=True, exist_ok=True)
+    root = fresh_debian("bookworm", tmp_path_factory.mktemp("bookworm") / "root")
     package = next(built[1].parent.glob("retrace-server_*_all.deb"))
     shutil.copy(package, root / "tmp" / package.name)
     for argv in (["apt-get", "update", "-q"],
