@@ -29,12 +29,13 @@ class ApacheMirror:
     (resumed downloads), and with ``tls`` (a Certificates) HTTPS that asks every client for a certificate
     signed by ``tls.ca``, as the RHEL CDN does.  ``requests()`` are the access log's ``(path, status, bytes)``."""
 
-    def __init__(self, directory, run_dir, tls=None):
+    def __init__(self, directory, run_dir, tls=None, modules=(), extra_lines=()):
+        """``modules`` to load and ``extra_lines`` of configuration beyond serving ``directory``."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True)
         self.port = free_port()
         module_dir, _ = find_module_dir()
-        modules = ["mpm_event", "authz_core", "unixd", "log_config", *(["ssl"] if tls else [])]
+        modules = ["mpm_event", "authz_core", "unixd", "log_config", *(["ssl"] if tls else []), *modules]
         lines = [f'ServerRoot "{self.run_dir}"', f"Listen 127.0.0.1:{self.port}", "ServerName 127.0.0.1",
                  *(f'<IfModule !{name}_module>\n    LoadModule {name}_module "{module_dir}/mod_{name}.so"\n</IfModule>'
                    for name in modules),
@@ -45,7 +46,7 @@ class ApacheMirror:
         if tls:
             lines += ["SSLEngine on", f'SSLCertificateFile "{tls.server_cert}"', f'SSLCertificateKeyFile "{tls.server_key}"',
                       f'SSLCACertificateFile "{tls.ca}"', "SSLVerifyClient require", "SSLVerifyDepth 1"]
-        (self.run_dir / "httpd.conf").write_text("\n".join(lines) + "\n")
+        (self.run_dir / "httpd.conf").write_text("\n".join([*lines, *extra_lines]) + "\n")
         self.process = subprocess.Popen([find_apache(), "-f", str(self.run_dir / "httpd.conf"), "-DFOREGROUND"],
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
