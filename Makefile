@@ -58,6 +58,7 @@ bench: setup
 	$(PYTHON) bench/cluster.py
 	$(PYTHON) bench/vmcore.py
 	$(PYTHON) bench/dispatch.py
+	$(PYTHON) bench/reposync.py
 	$(PYTHON) bench/debian.py
 	$(PYTHON) bench/metadata_only.py
 	$(PYTHON) bench/architectures.py
