@@ -120,9 +120,7 @@ class VmcoreJob(Job):
         read = read_vmcoreinfo(path)
         if read is not None and read.release != forced:
             self.log.warning("The dump's %s says kernel %s; using %s as forced", read.source, read.release, forced)
-        if read is not None and read.build_id is None:
-            found = search_text(path) if fmt is DumpFormat.ELF else None
-            read = found if found is not None and found.release == forced else read
+        read = _with_text_search(read, path, fmt, forced)
         build_id = read.build_id if read is not None else None
         return KernelIdentity(forced, build_id, "--kernelver" + (f", build-id from the dump's {read.source}"
                                                                  if build_id else ""))
@@ -137,11 +135,7 @@ class VmcoreJob(Job):
                              said, kernel.source, kernel.release)
         if kernel is None and said is not None:
             kernel = KernelIdentity(said, None, "crash --osrelease")
-        if kernel is None or kernel.build_id is None:
-            found = search_text(path) if fmt is DumpFormat.ELF else None
-            if found is not None and (kernel is None or found.release == kernel.release):
-                kernel = KernelIdentity(found.release, found.build_id, f"{kernel.source} and text search"
-                                        if kernel else found.source)
+        kernel = _with_text_search(kernel, path, fmt, kernel.release if kernel else None)
         if kernel is None or kernel.release is None:
             raise TaskFailed(
                 "cannot tell which kernel wrote this vmcore: it holds no VMCOREINFO, crash --osrelease says "
@@ -263,22 +257,23 @@ class VmcoreJob(Job):
         return hide
 
     def _module_dir(self, dump):
-        """The cached module debuginfo files for ``mod -S``, or None when there are none."""
+        """The cached module debuginfo files for ``mod -S`` and how many there are; None when there are none."""
         if dump.cache_key is None:
-            return None
+            return None, 0
         directory = self.kernels.modules_dir(dump.cache_key)
         count = sum(1 for path in directory.glob("*.ko*")) if directory.is_dir() else 0
-        if count:
-            self.log.info("crash loads module debuginfo with mod -S: %d files in the kernel cache", count)
-        return directory if count else None
+        return (directory if count else None), count
 
     def _run_crash(self, dump):
         # A cached kernel's whole entry is shown: module files added during the session appear in it.
         readable = [dump.vmlinux.parent] if dump.cache_key is not None else []
+        module_dir, count = self._module_dir(dump)
+        if count:
+            self.log.info("crash loads module debuginfo with mod -S: %d files in the kernel cache", count)
         return crash_tool.analyse(
             self.config.KernelDebuggerPath, dump.vmlinux, dump.path, timeout=self.config.ProcessCommunicateTimeout,
             memory_bytes=self.config.gdb_memory_limit_bytes, hide=self._hide(dump), readable=readable,
-            module_dir=self._module_dir(dump), more_modules=lambda output: self._add_module_debuginfo(dump, output),
+            module_dir=module_dir, more_modules=lambda output: self._add_module_debuginfo(dump, output),
             output_bytes=self.config.debugger_output_limit_bytes, extra_commands=self._admin_commands,
             extensions=self._extensions)
 
@@ -313,16 +308,13 @@ class VmcoreJob(Job):
         administrator's extensions and the module debuginfo the kernel cache holds loaded first (``-i``)."""
         arguments = ["--no_crashrc", str(dump.vmlinux), str(dump.path)]
         readable = [dump.vmlinux.parent] if dump.cache_key is not None else [dump.vmlinux]
-        readable += list({path.parent for path in self._extensions})
-        module_dir = self.kernels.modules_dir(dump.cache_key) if dump.cache_key is not None else None
-        setup = crash_tool.session_setup(self._extensions, module_dir if module_dir is not None
-                                         and any(module_dir.glob("*.ko*")) else None)
+        setup = crash_tool.session_setup(self._extensions, self._module_dir(dump)[0])
         if setup:
             init = self.task.path / "crash.init"
             write_atomically(init, "".join(f"{command}\n" for command in setup))
             arguments[:0], readable = ["-i", str(init)], readable + [init]
-        Session("crash", (str(self.config.KernelDebuggerPath), *arguments),
-                tuple(map(str, crash_tool.crash_binds(self.config.KernelDebuggerPath, dump.path, *readable))),
+        binds = crash_tool.crash_binds(self.config.KernelDebuggerPath, dump.path, *readable, extensions=self._extensions)
+        Session("crash", (str(self.config.KernelDebuggerPath), *arguments), tuple(map(str, binds)),
                 ((str(dump.path), "the vmcore"), (str(dump.vmlinux), "the vmlinux in the kernel cache"))).save(self.task)
 
     def _add_module_debuginfo(self, dump, output):
@@ -410,3 +402,14 @@ class VmcoreJob(Job):
         os.replace(target, path)
         self.log.info("Stripped the vmcore with makedumpfile -d %d in %.3f s: %d -> %d bytes (%.0f %% saved)",
                       self.config.VmcoreDumpLevel, time.monotonic() - started, before, after, saved)
+
+
+def _with_text_search(kernel, path, fmt, release):
+    """``kernel`` (or None) completed by a text search of an ELF dump: its build-id when the search finds the
+    same ``release``, the search's find when nothing else named the kernel."""
+    if kernel is not None and kernel.build_id is not None:
+        return kernel
+    found = search_text(path) if fmt is DumpFormat.ELF else None
+    if found is None or (release is not None and found.release != release):
+        return kernel
+    return found if kernel is None else KernelIdentity(found.release, found.build_id, f"{kernel.source} and text search")

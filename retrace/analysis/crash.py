@@ -108,9 +108,10 @@ class Markers:
         return preamble, {rest[i]: rest[i + 1].strip("\n") + "\n" for i in range(0, len(rest) - 1, 2)}
 
 
-def crash_binds(crash_path, *files):
-    """What the sandbox shows besides the host's /usr: ``files``, and crash's directory if it lives elsewhere."""
-    binds = list(files)
+def crash_binds(crash_path, *files, extensions=()):
+    """What the sandbox shows besides the host's /usr: ``files``, the directories of the ``extensions``, and
+    crash's directory if it lives elsewhere."""
+    binds = list(files) + list(dict.fromkeys(path.parent for path in extensions))
     if not str(crash_path).startswith(_HOST_PREFIXES):
         binds.append(os.path.dirname(os.path.realpath(crash_path)))
     return binds
@@ -232,7 +233,7 @@ def analyse(crash_path, vmlinux, vmcore, *, timeout, memory_bytes, hide, readabl
     """
     require_sandbox(str(crash_path))
     binds = crash_binds(crash_path, vmlinux, vmcore, *readable, *([module_dir] if module_dir else []),
-                        *{path.parent for path in extensions})
+                        extensions=extensions)
     common = ["-s", "--no_crashrc", str(vmlinux), str(vmcore)]
     batch = COMMANDS + tuple(extra_commands)
     failures = []

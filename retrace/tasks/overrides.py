@@ -29,6 +29,14 @@ class InvalidOverride(ValueError):
     """An override that does not fit the task or this server; the message is the sentence to show."""
 
 
+# Which kind of task each override is for (vmcores?), and what the other kind is forced with.
+_TASK_KIND = {
+    "kernelver": (True, "a coredump's release is forced with --release"),
+    "release": (False, "a vmcore's kernel is forced with --kernelver"),
+    "package": (False, "a vmcore's kernel is forced with --kernelver"),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Overrides:
     kernelver: str | None = None
@@ -42,17 +50,13 @@ class Overrides:
     def checked(self, task_type, config):
         """These overrides with the architecture canonical (i686 -> i386); InvalidOverride for one that is not
         a kernel release string, an architecture or a release this server serves, or not for this type."""
-        if task_type.is_vmcore and self.release:
-            raise InvalidOverride("--release is for coredump tasks; a vmcore's kernel is forced with --kernelver")
-        if task_type.is_vmcore and self.package:
-            raise InvalidOverride("--package is for coredump tasks; a vmcore's kernel is forced with --kernelver")
+        for name, (for_vmcores, instead) in _TASK_KIND.items():
+            if getattr(self, name) and task_type.is_vmcore != for_vmcores:
+                raise InvalidOverride(f"--{name} is for {'vmcore' if for_vmcores else 'coredump'} tasks; {instead}")
         if self.package is not None:
             limit, fits, rule = CRASH_FILES["package"]
             if len(self.package) > limit or not fits(self.package):
                 raise InvalidOverride(f"--package {self.package!r} is not {rule}")
-        if not task_type.is_vmcore and self.kernelver:
-            raise InvalidOverride("--kernelver is for vmcore tasks (types 2 and 4); a coredump's release is "
-                                  "forced with --release")
         if self.kernelver is not None and (len(self.kernelver) > _UTS_RELEASE_BYTES
                                            or not KERNEL_RELEASE.fullmatch(self.kernelver)):
             raise InvalidOverride(f"--kernelver {self.kernelver!r} is not a kernel release string (what uname -r "
