@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.workspace import Workspace  # noqa: E402
 from tests.fixtures.vmcore import kernel_debs, make_vmcores, vmcore_upload  # noqa: E402
-from tests.integration.helpers import password_header, wait_final  # noqa: E402
+from tests.integration.helpers import outcome, password_header, wait_final  # noqa: E402
 
 RUNS = 5
 INTERACT = Path(sys.executable).with_name("retrace-server-interact")
@@ -63,7 +63,7 @@ def interactive_task(server, archive, content_type, task_type):
     assert response.status_code == 201, response.text
     task_id = response.headers["X-Task-Id"]
     status = wait_final(server, task_id, password_header(response), timeout=300)
-    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", status.text
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", outcome(status)
     return task_id
 
 

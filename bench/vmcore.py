@@ -26,7 +26,7 @@ from bench.retrace import print_stages  # noqa: E402
 from bench.workspace import Workspace  # noqa: E402
 from retrace_server.analysis.crash import COMMANDS, Markers  # noqa: E402
 from tests.fixtures.vmcore import kernel_debs, make_vmcores  # noqa: E402
-from tests.integration.helpers import password_header, wait_final  # noqa: E402
+from tests.integration.helpers import outcome, password_header, wait_final  # noqa: E402
 
 COLD_RUNS = 3
 WARM_RUNS = 5
@@ -54,7 +54,7 @@ def retrace_once(server, archive):
     seconds = time.monotonic() - started
     log = server.get(f"/{task_id}/log", headers=auth).text
     if status.headers["X-Task-Status"] != "FINISHED_SUCCESS":
-        raise RuntimeError(f"task {task_id} failed: {status.text}\n{log}")
+        raise RuntimeError(f"task {task_id} failed: {outcome(status)}\n{log}")
     return seconds, log
 
 

@@ -12,6 +12,8 @@ import socket
 import requests
 import urllib3
 
+from retrace_server.protocol import FAILURE_REASON, from_header_text
+
 XZ_TAR = "application/x-xz-compressed-tar"
 ZSTD_TAR = "application/x-zstd-compressed-tar"
 _TIMEOUT = 60
@@ -163,7 +165,9 @@ class RetraceServer:
         state = response.headers.get("X-Task-Status")
         if response.status_code != 200 or not state:
             raise ServerRefused(f"Unexpected HTTP response from server: {response.status_code}\n{_body(response)}")
-        return Status(state, response.text.strip())
+        sentence = response.text.strip()
+        reason = response.headers.get(FAILURE_REASON)
+        return Status(state, f"{sentence}: {from_header_text(reason)}" if reason else sentence)
 
     def result(self, task_id, password, name):
         """The text of ``backtrace``, ``log`` or ``exploitable``; None when the server has none (404)."""

@@ -23,6 +23,7 @@ from retrace_server.packaging.release import ReleaseId, served_releases, support
 from retrace_server.packaging.repoindex import RepoIndex
 from retrace_server.stats import StatsDB
 from retrace_server.tasks import dispatch, taskqueue
+from retrace_server.protocol import FAILURE_REASON, header_text
 from retrace_server.tasks.task import MD5_NAME, Task, TaskStatus, wire_status, write_atomically
 from retrace_server.wsgi import metrics, statspage
 
@@ -196,14 +197,16 @@ def status(config, request, task_id):
     if died is not None:
         current, reason = TaskStatus.FAIL, died
         dispatch.poke(config)
+    headers = {"X-Task-Status": wire_status(current)}
     if current is None:
         position = taskqueue.queue_position(task, config)
         sentence = f"Waiting in the queue for a free worker (position {position})"
-    elif reason:
-        sentence = f"{current.sentence}: {reason}"
     else:
+        # Exactly upstream's sentence: its retrace-server-task compares the body with it.
         sentence = current.sentence
-    return text_response(sentence, **{"X-Task-Status": wire_status(current)})
+    if reason:
+        headers[FAILURE_REASON] = header_text(reason)
+    return text_response(sentence, **headers)
 
 
 def _task_file(config, request, task_id, name, limit, missing):

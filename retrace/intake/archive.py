@@ -269,16 +269,19 @@ def _sniffed_type(buffered):
     return magic.from_buffer(head, mime=True)
 
 
-def _check_type(fmt, buffered):
+def _actual_format(declared, buffered):
+    """The format the bytes are in, whichever archive type was declared: upstream unpacked with GNU tar,
+    which finds the compression itself, and its own client sends a gzip-compressed tar as
+    application/x-tar."""
     actual = _sniffed_type(buffered)
-    if actual in fmt.magic_types:
-        return
-    hint = ""
+    if actual in declared.magic_types:
+        return declared
     for other in FORMATS:
         if actual in other.magic_types:
-            hint = f"; send it with Content-Type {other.content_type}"
+            return other
     raise UnsupportedArchive(
-        f"The upload is declared as {fmt.content_type} but its content is not {fmt.description} (it looks like {actual}){hint}"
+        f"The upload is declared as {declared.content_type} but it is not an archive this server reads (it looks "
+        f"like {actual}); send a tar, or a tar compressed with xz, gzip or zstd"
     )
 
 
@@ -325,9 +328,9 @@ def receive_archive(body, content_length, fmt, crash_dir, limits, digests=None):
     raw = _RequestBody(body, content_length)
     buffered = io.BufferedReader(raw, CHUNK_SIZE)
     try:
-        _check_type(fmt, buffered)
+        actual = _actual_format(fmt, buffered)
         try:
-            sizes = _unpack_members(fmt.decompress(buffered), crash_dir, limits, {} if digests is None else digests)
+            sizes = _unpack_members(actual.decompress(buffered), crash_dir, limits, {} if digests is None else digests)
         except _DECOMPRESSION_ERRORS as err:
             raise BadRequest(f"The archive is corrupt or truncated ({_describe(err)})") from None
     except BaseException:

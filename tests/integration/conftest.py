@@ -10,7 +10,7 @@ from tests.fixtures.cores import crash_installed, make_problem_dir
 from tests.fixtures.distro import build_rpms, publish_release
 from tests.fixtures.userland import build_userland_rpms
 from tests.fixtures.vmcore import kernel_debs, make_vmcores, vmcore_upload
-from tests.integration.helpers import add_debian_repository, retrace
+from tests.integration.helpers import add_debian_repository, outcome, retrace
 from tests.integration.server import Server, make_certificate, make_root, remove_root
 
 RELEASE_ID = "fedora-41-x86_64"
@@ -139,7 +139,7 @@ def warm_kernels(start_server, uploads):
     server = start_server(repository=False)
     add_debian_repository(server, kernel_debs().dbg)
     _, status = retrace(server, uploads["kdump"])
-    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", status.text
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", outcome(status)
     return server.cache_dir / "kernel"
 
 

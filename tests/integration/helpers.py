@@ -13,6 +13,7 @@ import tarfile
 import time
 from pathlib import Path
 
+from retrace_server.protocol import FAILURE_REASON, from_header_text
 from tests.integration.server import SERVICE_USER
 
 XZ_TAR = "application/x-xz-compressed-tar"
@@ -102,6 +103,13 @@ def wait_final(server, task_id, auth, timeout=90, poll=0.05):
     raise AssertionError(f"task {task_id} did not finish in {timeout} s: {response.text}")
 
 
+def outcome(response):
+    """A task's status as our client shows it: upstream's exact sentence, then the reason the server sends
+    beside it (X-Task-Failure-Reason) when the task failed."""
+    reason = response.headers.get(FAILURE_REASON)
+    return f"{response.text}: {from_header_text(reason)}" if reason else response.text
+
+
 def timed_retrace(server, archive, poll=0.01):
     """``(seconds from upload to FINISHED_SUCCESS, task log)``; RuntimeError if the task failed."""
     started = time.monotonic()
@@ -110,7 +118,7 @@ def timed_retrace(server, archive, poll=0.01):
     seconds = time.monotonic() - started
     log = server.get(f"/{task_id}/log", headers=auth).text
     if status.headers["X-Task-Status"] != "FINISHED_SUCCESS":
-        raise RuntimeError(f"task {task_id} failed: {status.text}\n{log}")
+        raise RuntimeError(f"task {task_id} failed: {outcome(status)}\n{log}")
     return seconds, log
 
 

@@ -1,5 +1,6 @@
 """The protocol exactly as abrt-retrace-client drives it, against the real Apache over HTTPS."""
 
+import gzip
 import re
 
 import pytest
@@ -7,7 +8,8 @@ import pytest
 from tests.fixtures.cores import CRASH_PACKAGE
 from tests.integration.conftest import RELEASE_ID
 from tests.integration.helpers import (
-    XZ_TAR, abrt_archive, package_lock_held, parse_settings, password_header, wait_final, wait_for_log_line,
+    XZ_TAR, abrt_archive, package_lock_held, parse_settings, password_header, problem_members, submit, tar_bytes,
+    wait_final, wait_for_log_line, xz,
 )
 
 
@@ -136,3 +138,24 @@ def test_index_page_shows_releases_and_retention(server):
     assert response.headers["Content-Type"].startswith("text/html")
     assert RELEASE_ID in response.text
     assert "120 hours" in response.text
+
+
+def test_a_failed_tasks_body_is_upstreams_exact_sentence_and_the_reason_travels_beside_it(server, problem_dir):
+    """Upstream's retrace-server-task waits for the body to equal "Retrace job failed"; our client and the
+    task log still tell why."""
+    archive = xz(tar_bytes(problem_members(problem_dir, os_release=b"Fedora release 40 (Forty)\n")))
+    task_id, auth = submit(server, problem_dir, archive=archive)
+    status = wait_final(server, task_id, auth)
+    assert (status.headers["X-Task-Status"], status.text) == ("FINISHED_FAILURE", "Retrace job failed")
+    assert status.headers["X-Task-Failure-Reason"].startswith("release fedora-40-x86_64 ")
+    assert "[E] Task failed" in server.get(f"/{task_id}/log", headers=auth).text
+
+
+def test_upstream_clis_gzip_tar_sent_as_a_plain_tar_is_read_and_retraced(server, problem_dir):
+    """``retrace-server-task create -t`` writes ``archive.tar.gz`` with Python's tarfile and posts it as
+    application/x-tar (upstream unpacked with GNU tar, which finds the compression itself)."""
+    body = gzip.compress(tar_bytes(problem_members(problem_dir, ("os_release", "package", "executable", "coredump"))))
+    response = server.post("/create", data=body, headers={"Content-Type": "application/x-tar", "X-Task-Type": "0"})
+    assert response.status_code == 201, response.text
+    status = wait_final(server, response.headers["X-Task-Id"], password_header(response))
+    assert (status.headers["X-Task-Status"], status.text) == ("FINISHED_SUCCESS", "Retrace job finished successfully")

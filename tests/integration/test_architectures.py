@@ -16,7 +16,7 @@ from tests.fixtures.debian import apt_release, debian_problem_dir, local_gdb_out
 from tests.fixtures.distro import publish_release
 from tests.fixtures.foreign import as_rpms, foreign_crash
 from tests.fixtures.signing import TEST_KEY
-from tests.integration.helpers import submit, wait_final
+from tests.integration.helpers import outcome, submit, wait_final
 
 FILES = ("coredump", "executable", "package", "os_info")
 # The libc source file of a frame each mode must show: abort() and qsort() calling back into strcmp.
@@ -92,9 +92,9 @@ def test_a_server_without_a_debugger_for_the_architecture_says_so_before_any_pac
                           extra_ini="[debuggers]\naarch64 = gdb\n")
     status, log, _ = retrace(server, foreign_problem(tmp_path, "aarch64"))
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
-    assert status.text.endswith("this server has no debugger for aarch64 cores: the debugger its [debuggers] section "
+    assert outcome(status).endswith("this server has no debugger for aarch64 cores: the debugger its [debuggers] section "
                                 "names for aarch64 cannot read them; the administrator can install gdb-multiarch or "
-                                "name a debugger for aarch64 in the [debuggers] section"), status.text
+                                "name a debugger for aarch64 in the [debuggers] section"), outcome(status)
     assert "Unpacked" not in log
 
 
@@ -105,7 +105,7 @@ def test_chroot_refuses_a_foreign_core_whose_release_gdb_cannot_run_here(start_s
     status, _, _ = retrace(server, foreign_problem(tmp_path, "s390x"))
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
     assert ("RetraceEnvironment = chroot runs the release's own gdb, which cannot run on this x86_64 server for "
-            "s390x cores; the administrator can use RetraceEnvironment = sysroot") in status.text, status.text
+            "s390x cores; the administrator can use RetraceEnvironment = sysroot") in outcome(status), outcome(status)
 
 
 def test_a_core_whose_header_names_another_architecture_than_its_registers_is_refused(foreign_server, tmp_path):
@@ -117,7 +117,7 @@ def test_a_core_whose_header_names_another_architecture_than_its_registers_is_re
     status, log, _ = retrace(foreign_server("aarch64"), problem)
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
     assert ("The coredump's ELF header says it is an aarch64 core, but its thread registers are not aarch64's "
-            "(336 bytes, not 392)") in status.text, status.text
+            "(336 bytes, not 392)") in outcome(status), outcome(status)
     assert "gdb" not in log
 
 
@@ -145,7 +145,7 @@ def test_a_damaged_foreign_core_fails_with_a_sentence_and_no_debugger_noise(fore
     problem = debian_problem_dir(tmp_path / "problem", damaged, "/usr/bin/crasher", "crasher-1.0-1", "s390x")
     status, log, _ = retrace(foreign_server("s390x"), problem)
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
-    assert sentence in status.text, status.text
+    assert sentence in outcome(status), outcome(status)
     assert "gdb" not in log
 
 

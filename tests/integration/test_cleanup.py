@@ -7,7 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from tests.integration.helpers import kill_worker, running, package_lock_held, submit, wait_final, wait_for_log_line
+from tests.integration.helpers import (kill_worker, outcome, package_lock_held, running, submit, wait_final,
+    wait_for_log_line)
 from tests.integration.server import write_config
 
 CLEANUP = Path(sys.executable).with_name("retrace-server-cleanup")
@@ -40,8 +41,8 @@ def test_worker_over_its_time_limit_is_killed_and_its_task_failed(start_server, 
         assert f"task {task_id}: kill worker {worker_pid}" in result.stdout
         status = wait_final(server, task_id, auth)
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
-    assert "the retrace worker was stopped after running" in status.text
-    assert "WorkerTimeLimit = 1 s" in status.text
+    assert "the retrace worker was stopped after running" in outcome(status)
+    assert "WorkerTimeLimit = 1 s" in outcome(status)
     assert not running(worker_pid)
 
 

@@ -23,7 +23,7 @@ from retrace_server.analysis.coredump import read_core
 from tests.fixtures.debhelper import build_crasher_debs
 from tests.fixtures.debuginfod import Debuginfod
 from tests.fixtures.signing import OTHER_KEY, TEST_KEY
-from tests.integration.helpers import submit, wait_final
+from tests.integration.helpers import outcome, submit, wait_final
 from tests.integration.reposync_admin import REPOSYNC, serve_http, serve_rsync
 from tests.integration.test_client import run_client
 
@@ -227,7 +227,7 @@ def test_a_metadata_only_release_whose_mirror_fails_says_which_mirror_and_packag
         process.terminate()
         process.wait()
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
-    assert re.search(sentence, status.text), status.text
+    assert re.search(sentence, outcome(status)), outcome(status)
     assert not list((server.cache_dir / "downloads").iterdir()), "nothing half-downloaded is left"
 
 
@@ -255,7 +255,7 @@ def test_a_mirror_serving_a_package_that_differs_from_its_index_is_refused_on_do
         process.wait()
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
     assert re.search(r"mirror \S+ served a different file than the index lists for libc6-dbg_\S+_amd64 \(size or "
-                     r"SHA256 differ\); it was not used", status.text), status.text
+                     r"SHA256 differ\); it was not used", outcome(status)), outcome(status)
 
 
 def test_the_client_uploads_an_apport_report_as_the_user_has_it(debian_server, debian_problem, tmp_path):
@@ -309,7 +309,7 @@ def test_a_package_whose_bytes_differ_from_its_index_is_refused_naming_it(start_
     status, log, _ = retrace(start_server(repository=tampered, release_id=DEBIAN_RELEASE), debian_problem)
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
     assert re.search(r"the file of binutils-x86-64-linux-gnu-dbg_2\.40-2_amd64 does not match the SHA256 its "
-                     r"release's index lists for it; the mirror served a different package", status.text), status.text
+                     r"release's index lists for it; the mirror served a different package", outcome(status)), outcome(status)
 
 
 def test_a_packages_index_that_places_a_package_outside_the_repository_is_refused(
@@ -322,7 +322,7 @@ def test_a_packages_index_that_places_a_package_outside_the_repository_is_refuse
     status, _, _ = retrace(start_server(repository=hostile, release_id=DEBIAN_RELEASE), debian_problem)
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
     assert re.search(r"places libc6_\S+_amd64 at '\.\./\.\./\.\./\.\./etc/libc6_\S+\.deb', outside the repository",
-                     status.text), status.text
+                     outcome(status)), outcome(status)
 
 
 def member(name, kind=tarfile.REGTYPE, linkname=""):
@@ -350,7 +350,7 @@ def test_a_debug_package_with_a_hostile_member_fails_the_task_naming_it(
     repository = with_hostile_dbgsym(debs, crasher_debs, tmp_path / "hostile", added)
     status, log, _ = retrace(start_server(repository=repository, release_id=DEBIAN_RELEASE), crasher_problem)
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE", log
-    assert "crasher-dbgsym_1.0-1_amd64 cannot be unpacked: " in status.text and refusal in status.text, status.text
+    assert "crasher-dbgsym_1.0-1_amd64 cannot be unpacked: " in outcome(status) and refusal in outcome(status), outcome(status)
     assert not Path("/etc/cron.d/retrace-evil").exists() and not Path("/etc/retrace-evil").exists()
 
 
@@ -379,4 +379,4 @@ def test_an_os_info_that_names_no_known_distribution_is_refused_with_the_release
     (problem / "os_info").write_text('NAME="Plan 9 from Bell Labs"\nVERSION="4"\n')
     status, _, _ = retrace(debian_server, problem)
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
-    assert "cannot tell which release crashed" in status.text and f"this server supports: {DEBIAN_RELEASE}" in status.text
+    assert "cannot tell which release crashed" in outcome(status) and f"this server supports: {DEBIAN_RELEASE}" in outcome(status)

@@ -9,7 +9,7 @@ import pytest
 
 from retrace_server.environments.mock import find_mock, root_name as mock_root_name
 from tests.fixtures.distro import publish_release
-from tests.integration.helpers import crashing_thread, submit, wait_final
+from tests.integration.helpers import crashing_thread, outcome, submit, wait_final
 from tests.integration.server import SERVICE_USER
 
 
@@ -105,9 +105,9 @@ def test_mock_failing_to_install_gdb_names_what_dnf_could_not_find(start_server,
     task_id, auth = submit(server, problem_dir)
     status = wait_final(server, task_id, auth)
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
-    assert "mock's init step failed (exit status" in status.text
-    assert "No match for argument: gdb" in status.text, status.text
-    assert "--installroot / " in status.text and "/var/lib/mock" not in status.text, "no server path in the answer"
+    assert "mock's init step failed (exit status" in outcome(status)
+    assert "No match for argument: gdb" in outcome(status), outcome(status)
+    assert "--installroot / " in outcome(status) and "/var/lib/mock" not in outcome(status), "no server path in the answer"
 
 
 @needs_mock
@@ -121,9 +121,9 @@ def test_mock_failing_to_install_a_crash_package_names_the_missing_dependency(
     task_id, auth = submit(server, problem_dir)
     status = wait_final(server, task_id, auth)
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
-    assert "mock's install step failed (exit status" in status.text
-    assert "nothing provides libcrash.so" in status.text and "needed by crasher-1.0-1.fc41" in status.text, \
-        status.text
+    assert "mock's install step failed (exit status" in outcome(status)
+    assert "nothing provides libcrash.so" in outcome(status) and "needed by crasher-1.0-1.fc41" in outcome(status), \
+        outcome(status)
 
 
 @needs_mock
@@ -136,7 +136,7 @@ def test_mock_refused_to_a_service_user_outside_the_mock_group(mock_server, prob
         subprocess.run(["gpasswd", "-a", SERVICE_USER, "mock"], check=True, capture_output=True)
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
     assert (f"RetraceEnvironment = mock, but the service user {SERVICE_USER} is not in the mock group; "
-            "mock refuses to run for it") in status.text
+            "mock refuses to run for it") in outcome(status)
 
 
 def test_mock_environment_without_mock_fails_saying_so(start_server, chroot_release_dir, problem_dir):
@@ -144,7 +144,7 @@ def test_mock_environment_without_mock_fails_saying_so(start_server, chroot_rele
     task_id, auth = submit(server, problem_dir)
     status = wait_final(server, task_id, auth)
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
-    assert "RetraceEnvironment = mock, but mock (/opt/no-such/mock) is not installed on this server" in status.text
+    assert "RetraceEnvironment = mock, but mock (/opt/no-such/mock) is not installed on this server" in outcome(status)
 
 
 @pytest.mark.parametrize("environment", ["chroot", "mock"])
@@ -157,5 +157,5 @@ def test_an_environment_that_installs_gdb_from_a_mirror_says_a_debuginfod_only_r
     status = wait_final(server, task_id, auth)
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
     assert (f"RetraceEnvironment = {environment} installs gdb from a full RPM mirror of fedora-41-x86_64, and this server "
-            "serves that release through debuginfod only") in status.text
-    assert "internal error" not in status.text
+            "serves that release through debuginfod only") in outcome(status)
+    assert "internal error" not in outcome(status)

@@ -11,7 +11,7 @@ import pytest
 
 from retrace_server.analysis.coredump import read_core
 from tests.fixtures.debuginfod import Debuginfod, libc_debs
-from tests.integration.helpers import problem_members, submit, tar_bytes, wait_final, xz
+from tests.integration.helpers import outcome, problem_members, submit, tar_bytes, wait_final, xz
 
 LIBC = "/usr/lib/x86_64-linux-gnu/libc.so.6"
 
@@ -44,7 +44,7 @@ def test_core_mapping_a_file_outside_the_tree_fails_and_nothing_is_written_there
     task_id, auth = submit(server, None, archive=xz(tar_bytes(problem_members(problem_dir, coredump=forged))))
     status = wait_final(server, task_id, auth)
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
-    assert f"maps a file named '{path}', which is not a plain absolute path" in status.text
+    assert f"maps a file named '{path}', which is not a plain absolute path" in outcome(status)
     assert not os.path.lexists(os.path.normpath(path)), "the worker wrote outside the task"
 
 
@@ -57,7 +57,7 @@ def test_gdb_printing_past_the_output_cap_is_stopped_and_the_task_says_so(start_
     task_id, auth = submit(server, deep_problem_dir)
     status = wait_final(server, task_id, auth, timeout=120)
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
-    assert "gdb printed more than 1 MiB (DebuggerOutputLimit) and was stopped" in status.text
+    assert "gdb printed more than 1 MiB (DebuggerOutputLimit) and was stopped" in outcome(status)
     log = server.get(f"/{task_id}/log", headers=auth).text
     assert "gdb printed more than 1 MiB" in log
 
@@ -66,6 +66,6 @@ def test_the_same_deep_core_retraces_under_the_default_cap(start_server, deep_pr
     server = start_server(**DEEP_CAPS)
     task_id, auth = submit(server, deep_problem_dir)
     status = wait_final(server, task_id, auth, timeout=120)
-    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", status.text
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", outcome(status)
     backtrace = server.get(f"/{task_id}/backtrace", headers=auth).text
     assert backtrace.count("wait_deep") > 16 * 1000

@@ -14,7 +14,7 @@ import pytest
 
 from tests.fixtures.crash_extension import build_extension
 from tests.fixtures.vmcore import kernel_debs
-from tests.integration.helpers import add_debian_repository, submit, upload, wait_final
+from tests.integration.helpers import add_debian_repository, outcome, submit, upload, wait_final
 
 INTERACT = Path(sys.executable).with_name("retrace-server-interact")
 WORKER = Path(sys.executable).with_name("retrace-server-worker")
@@ -72,7 +72,7 @@ def interact(server, task_id, *arguments):
 def finished_task(server, problem_dir, task_type):
     task_id, auth = submit(server, problem_dir, **{"X-Task-Type": str(task_type)})
     status = wait_final(server, task_id, auth)
-    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", status.text
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", outcome(status)
     return task_id
 
 
@@ -143,7 +143,7 @@ def test_printdir_and_ending_a_task_by_hand(interactive_server, problem_dir):
                             capture_output=True, text=True)
     assert failed.returncode == 0, failed.stderr
     status = interactive_server.get(f"/{task_id}", headers=auth)
-    assert status.headers["X-Task-Status"] == "FINISHED_FAILURE" and "customer withdrew" in status.text
+    assert status.headers["X-Task-Status"] == "FINISHED_FAILURE" and "customer withdrew" in outcome(status)
     succeeded = subprocess.run(interact(interactive_server, task_id, "set-success"), capture_output=True, text=True)
     assert succeeded.returncode == 0, succeeded.stderr
     assert interactive_server.get(f"/{task_id}", headers=auth).headers["X-Task-Status"] == "FINISHED_SUCCESS"
@@ -160,7 +160,7 @@ def test_crash_opens_an_interactive_vmcore_task_with_its_module_debuginfo_and_ex
     add_debian_repository(server, kernel_debs().dbg)
     task_id, auth = upload(server, uploads["kdump"], task_type=4)
     status = wait_final(server, task_id, auth, timeout=240)
-    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", status.text
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", outcome(status)
     session = terminal(*interact(server, task_id, "crash"))
     session.wait_for("crash> ", timeout=180)
     session.type("bt")

@@ -17,7 +17,7 @@ import pytest
 from tests.fixtures.distro import is_debuginfo, publish_release
 from tests.fixtures.signing import OTHER_KEY
 from tests.integration.conftest import RELEASE_ID
-from tests.integration.helpers import crashing_thread, submit, wait_final
+from tests.integration.helpers import crashing_thread, outcome, submit, wait_final
 from tests.integration.reposync_admin import REPOSYNC, serve_http
 from tests.integration.test_signatures import resigned
 
@@ -88,7 +88,7 @@ def test_a_package_whose_bytes_differ_from_its_repositorys_checksum_is_refused_o
     status, _, _ = retrace(server, problem_dir)
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
     assert re.search(rf"mirror \S+ served a different file than the index lists for {CRASHER_DEBUGINFO} \(size or "
-                     r"SHA256 differ\); it was not used", status.text), status.text
+                     r"SHA256 differ\); it was not used", outcome(status)), outcome(status)
 
 
 def test_a_downloaded_package_signed_by_an_untrusted_key_is_refused_naming_it(
@@ -103,7 +103,7 @@ def test_a_downloaded_package_signed_by_an_untrusted_key_is_refused_naming_it(
     status, _, _ = retrace(server, problem_dir)
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
     assert (f"{CRASHER_DEBUGINFO} is refused: it is not intact and signed by a key configured for {RELEASE_ID}"
-            in status.text), status.text
+            in outcome(status)), outcome(status)
     assert not list((server.cache_dir / "rpms").glob("*/root")), "nothing of any package is unpacked"
 
 
@@ -136,7 +136,7 @@ def test_chroot_on_a_metadata_only_release_says_what_to_change(start_server, spl
     status, _, _ = retrace(server, problem_dir)
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
     assert ("RetraceEnvironment = chroot installs gdb from a full RPM mirror of fedora-41-x86_64, and this server "
-            "serves that release from its metadata only") in status.text, status.text
+            "serves that release from its metadata only") in outcome(status), outcome(status)
 
 
 def test_a_full_mirror_is_not_turned_into_metadata_only_silently(start_server, split_mirror):

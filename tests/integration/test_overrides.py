@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.vmcore import MARKER, kernel_debs, vmcore_upload
-from tests.integration.helpers import submit, wait_final
+from tests.integration.helpers import outcome, submit, wait_final
 from tests.integration.helpers import add_debian_repository, retrace, text
 from tests.integration.test_vmcore import neighbouring_build
 
@@ -50,7 +50,7 @@ def failed_vmcore_task(start_server, misnamed_dump, vmcores):
     add_debian_repository(server, kernel_debs().dbg)
     task, status = retrace(server, misnamed_dump)
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
-    assert f"no vmlinux for kernel {misnamed(vmcores.release)}" in status.text
+    assert f"no vmlinux for kernel {misnamed(vmcores.release)}" in outcome(status)
     return server, task
 
 
@@ -78,7 +78,7 @@ def test_a_forced_kernel_whose_vmlinux_is_another_build_is_still_refused(start_s
     assert ran.returncode == 1
     status = wait_final(server, *task)
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
-    assert f"is another build of {other}" in status.text and "crash would show a wrong backtrace" in status.text
+    assert f"is another build of {other}" in outcome(status) and "crash would show a wrong backtrace" in outcome(status)
 
 
 @pytest.mark.parametrize("overrides, sentence", [
@@ -107,7 +107,7 @@ def test_release_rescues_a_core_whose_crash_data_names_a_release_not_served(star
     task_id, auth = submit(server, misnamed_dir, **{"X-Task-Type": "3"})
     status = wait_final(server, task_id, auth)
     assert "release fedora-39-x86_64 (from os_release 'Fedora release 39 (Thirty Nine)') is not supported" in (
-        status.text)
+        outcome(status))
     refused = restart(server, task_id, "--release", "fedora-39-x86_64")
     assert refused.returncode == 2 and "--release fedora-39-x86_64 is not served here; this server serves " \
         "fedora-41-x86_64" in refused.stderr
@@ -120,7 +120,7 @@ def test_release_rescues_a_core_whose_crash_data_names_a_release_not_served(star
     assert "crash_in_library" in server.get(f"/{task_id}/backtrace", headers=auth).text
     again = restart(server, task_id)
     assert again.returncode == 1, "a restart that names no override forgets the forced release"
-    assert "fedora-39-x86_64" in wait_final(server, task_id, auth).text
+    assert "fedora-39-x86_64" in outcome(wait_final(server, task_id, auth))
 
 
 def test_package_rescues_a_core_whose_crash_data_names_another_build(start_server, problem_dir, work_dir):
@@ -131,7 +131,7 @@ def test_package_rescues_a_core_whose_crash_data_names_another_build(start_serve
     (misnamed_dir / "os_release").unlink()
     (misnamed_dir / "package").write_text("crasher-1.0-1.fc39")
     task_id, auth = submit(server, misnamed_dir, ("coredump", "executable", "package"), **{"X-Task-Type": "3"})
-    assert "from the dist tag of crasher-1.0-1.fc39" in wait_final(server, task_id, auth).text
+    assert "from the dist tag of crasher-1.0-1.fc39" in outcome(wait_final(server, task_id, auth))
     refused = restart(server, task_id, "--package", "crasher; rm -rf /")
     assert refused.returncode == 2 and "--package 'crasher; rm -rf /' is not a package name-version-release" \
         in refused.stderr

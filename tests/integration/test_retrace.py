@@ -17,7 +17,7 @@ import time
 
 from tests.fixtures.distro import publish_release
 from tests.integration.conftest import RELEASE_ID
-from tests.integration.helpers import package_lock_held, submit, wait_final, wait_for_log_line
+from tests.integration.helpers import outcome, package_lock_held, submit, wait_final, wait_for_log_line
 from tests.integration.server import SERVICE_USER
 
 
@@ -42,8 +42,8 @@ def successful_backtrace(server, problem_dir):
 def failure(server, problem_dir):
     """The status body and log of a task expected to fail."""
     task_id, auth, status = retrace(server, problem_dir)
-    assert status.headers["X-Task-Status"] == "FINISHED_FAILURE", status.text
-    return status.text, result(server, task_id, auth, "log")
+    assert status.headers["X-Task-Status"] == "FINISHED_FAILURE", outcome(status)
+    return outcome(status), result(server, task_id, auth, "log")
 
 
 def rpm_named(rpms, prefix):
@@ -210,7 +210,7 @@ def test_killed_worker_ends_its_task_failed_and_frees_the_slot(start_server, fix
         os.kill(worker_pid, signal.SIGKILL)
         status = wait_final(server, task_id, auth)
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
-    assert "worker stopped unexpectedly" in status.text and "Preparing environment" in status.text
+    assert "worker stopped unexpectedly" in outcome(status) and "Preparing environment" in outcome(status)
     assert "worker stopped unexpectedly" in result(server, task_id, auth, "log")
     assert successful_backtrace(server, problem_dir)
 

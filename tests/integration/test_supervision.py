@@ -16,7 +16,7 @@ import pytest
 
 from retrace_server.tasks.task import TaskStatus
 from tests.integration.conftest import RELEASE_ID
-from tests.integration.helpers import kill_worker, lock_held, package_lock_held, running, submit, wait_final
+from tests.integration.helpers import kill_worker, lock_held, outcome, package_lock_held, running, submit, wait_final
 from tests.integration.server import SERVICE_USER
 
 
@@ -109,15 +109,15 @@ def test_a_killed_task_ends_failed_with_its_stage_named(request, supervised_serv
         first_poll = server.get(f"/{task_id}", headers=auth)
     if killed == "job":
         status = wait_final(server, task_id, auth)
-        assert status.text == (f"Retrace job failed: the retrace job was killed by SIGKILL (out of memory?) "
+        assert outcome(status) == (f"Retrace job failed: the retrace job was killed by SIGKILL (out of memory?) "
                                f"while: {stage}")
         assert not (server.save_dir / task_id / "sysroot").exists(), "the supervisor removed the dead job's root"
     else:
         # The job dies with its supervisor: nothing of the worker is left, the first poll
         # already tells, and the dispatcher records it.
-        assert first_poll.headers["X-Task-Status"] == "FINISHED_FAILURE", first_poll.text
+        assert first_poll.headers["X-Task-Status"] == "FINISHED_FAILURE", outcome(first_poll)
         expected = f"the retrace worker stopped unexpectedly (it was killed or crashed) while: {stage}"
-        assert first_poll.text == f"Retrace job failed: {expected}"
+        assert outcome(first_poll) == f"Retrace job failed: {expected}"
         wait_final(server, task_id, auth)
         deadline = time.monotonic() + 10
         while (server.save_dir / task_id / "status").read_text() != "7":

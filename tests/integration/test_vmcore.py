@@ -20,7 +20,7 @@ from tests.fixtures.signing import TEST_KEY
 from tests.fixtures.crash_extension import build_extension
 from tests.fixtures.vmcore import (MARKER, exclude_pages, extract_vmlinux, kernel_debs, kernel_symbol_pages,
                                    vmcore_upload)
-from tests.integration.helpers import DEBIAN_RELEASE, ZSTD_TAR, add_debian_repository, retrace, text
+from tests.integration.helpers import DEBIAN_RELEASE, ZSTD_TAR, add_debian_repository, outcome, retrace, text
 from tests.integration.reposync_admin import REPOSYNC, serve_http
 
 CLIENT = Path(sys.executable).with_name("retrace-client")
@@ -118,9 +118,9 @@ def test_missing_vmlinux_fails_naming_the_kernel_and_the_package(start_server, u
     (server.repo_dir / DEBIAN_RELEASE / "Packages").mkdir(parents=True, mode=0o755)
     task, status = retrace(server, uploads["kdump"])
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
-    assert f"no vmlinux for kernel {vmcores.release} (build-id " in status.text
-    assert f"linux-image-{vmcores.release}-dbg is in none of {DEBIAN_RELEASE}" in status.text
-    assert "no debuginfod server is configured" in status.text
+    assert f"no vmlinux for kernel {vmcores.release} (build-id " in outcome(status)
+    assert f"linux-image-{vmcores.release}-dbg is in none of {DEBIAN_RELEASE}" in outcome(status)
+    assert "no debuginfod server is configured" in outcome(status)
 
 
 def test_vmlinux_comes_from_debuginfod_by_the_kernel_build_id_without_a_mirror(start_server, uploads, vmcores,
@@ -186,8 +186,8 @@ def test_vmlinux_of_a_neighbouring_build_is_refused(start_server, uploads, vmcor
     add_debian_repository(server, neighbouring_build(work_dir / "neighbour", vmcores.release))
     task, status = retrace(server, uploads["kdump"])
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
-    assert f"is another build of {vmcores.release}" in status.text
-    assert "crash would show a wrong backtrace" in status.text
+    assert f"is another build of {vmcores.release}" in outcome(status)
+    assert "crash would show a wrong backtrace" in outcome(status)
 
 
 def test_hanging_crash_is_cut_off_by_the_timeout(warm_kernels, start_server, uploads):
@@ -195,7 +195,7 @@ def test_hanging_crash_is_cut_off_by_the_timeout(warm_kernels, start_server, upl
     add_debian_repository(server, kernel_debs().dbg)
     task, status = retrace(server, uploads["kdump"])
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
-    assert "crash did not finish within 1 s (ProcessCommunicateTimeout) and was stopped" in status.text
+    assert "crash did not finish within 1 s (ProcessCommunicateTimeout) and was stopped" in outcome(status)
     leftovers = subprocess.run(["pgrep", "-f", f"{task[0]}/crash/vmcore"], capture_output=True, text=True)
     assert leftovers.stdout == ""
 

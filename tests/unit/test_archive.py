@@ -76,9 +76,16 @@ def test_declared_length_over_limit_is_413():
         archive.declared_length(101, 100)
 
 
-def test_bytes_that_are_not_the_declared_format_are_415(tmp_path):
-    with pytest.raises(UnsupportedArchive, match="send it with Content-Type application/x-tar"):
-        receive(GOOD, tmp_path, "application/x-xz-compressed-tar")
+def test_an_archive_declared_as_another_archive_type_is_read_by_what_its_bytes_are(tmp_path):
+    """Upstream's retrace-server-task sends a gzip-compressed tar as application/x-tar."""
+    (tmp_path / "again").mkdir()
+    assert receive(GOOD, tmp_path, "application/x-xz-compressed-tar") == receive(GOOD, tmp_path / "again")
+
+
+def test_bytes_that_are_no_archive_are_415_whatever_archive_type_is_declared(tmp_path):
+    with pytest.raises(UnsupportedArchive, match="declared as application/x-tar but it is not an archive this server "
+                                                 "reads \\(it looks like text/plain\\)"):
+        receive(b"a core would be here\n" * 40, tmp_path, "application/x-tar")
 
 
 def test_body_shorter_than_content_length_is_400(tmp_path):

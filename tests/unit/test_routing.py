@@ -10,6 +10,7 @@ from webob import Request
 
 from retrace_server.config import Config
 from retrace_server.wsgi.app import make_app, route
+from retrace_server.protocol import from_header_text, header_text
 from retrace_server.wsgi import handlers
 from retrace_server.errors import MethodNotAllowed, NotFound
 
@@ -152,3 +153,11 @@ def test_checkpackage_with_bad_release_is_403(config):
     response = call(config, "/checkpackage", headers={
         "X-Package-NVR": "bash-5.2-1.fc41", "X-Package-Arch": "x86_64", "X-OS-Release": "../../etc"})
     assert (response.status_int, response.text) == (403, "OS release contains illegal characters")
+
+
+@pytest.mark.parametrize("reason", ["release fedora-40-x86_64 is not served", "maps '/tmp/\u2028x' and 100% of\r\nit",
+                                    "x" * 5000])
+def test_a_failure_reason_header_is_one_latin1_line_that_decodes_back(reason):
+    value = header_text(reason)
+    assert value.isascii() and value.isprintable() and len(value) <= 3 * 4000
+    assert from_header_text(value) == reason[:4000]
