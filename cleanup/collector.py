@@ -21,6 +21,7 @@ from retrace_server.packaging.debuginfod import BuildIdCache
 from retrace_server.packaging.kernel import KernelCache
 from retrace_server.stats import StatsDB
 from retrace_server.tasks.dispatch import end_failed, fail_if_worker_died, start_queued
+from retrace_server.tasks.hooks import delete_task
 from retrace_server.tasks.task import MD5_NAME, WORKER_LOCK, TaskStatus, iter_tasks, worker_alive
 from retrace_server.worker.supervisor import kill_worker
 
@@ -123,9 +124,9 @@ class Collector:
                 archive = Path(self.config.DropDir) / f"{task.task_id}-{time.strftime('%Y%m%d%H%M%S', time.localtime(self.now))}.tar.gz"
                 if self.act(f"task {task.task_id}: archive to {archive} and delete; {why}"):
                     _archive(task, archive)
-                    task.delete()
+                    delete_task(self.config, task, self.log)
             elif self.act(f"task {task.task_id}: delete; {why}"):
-                task.delete()
+                delete_task(self.config, task, self.log)
 
     def link_identical_vmcores(self):
         """Store identical vmcores once (upstream's dedup): tasks whose ``md5sum`` and size agree get one file,

@@ -81,6 +81,8 @@ class Config:
     SaveDir: Path = _key(Path("/var/spool/retrace-server"))
     RepoDir: Path = _key(Path("/var/cache/retrace-server"))
     LogDir: Path = _key(Path("/var/log/retrace-server"))
+    # Upstream's hooks configuration (retrace_server.tasks.hooks); hooks/*.conf beside it are read too.
+    HookConfig: Path = _key(Path("/etc/retrace-server/retrace-server-hooks.conf"))
     # Where the services' own logs go (retrace_server.adminlog); task logs stay in their tasks.
     LogTo: str = _key("file", choices=("file", "syslog"))
     SyslogSocket: Path = _key(Path("/dev/log"))

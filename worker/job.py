@@ -17,6 +17,7 @@ from retrace_server.errors import RetraceError, disk_full_explained
 from retrace_server.intake import crashdata
 from retrace_server.stats import FAILURE, SUCCESS, StatsDB, TaskRecord
 from retrace_server.tasks import taskqueue
+from retrace_server.tasks.hooks import Hooks
 from retrace_server.tasks.overrides import Overrides
 from retrace_server.tasks.task import TaskStatus
 
@@ -40,6 +41,7 @@ class Job:
         self.task = task
         self.log = log
         self.overrides = Overrides.load(task)
+        self.hooks = Hooks.load(config.HookConfig)
         self.started = time.monotonic()
         now = time.time()
         queued_time = task.timestamp("queued_time")
@@ -63,18 +65,30 @@ class Job:
         self.record.phases[status.name.lower()] = round(seconds, 4)
         self.log.info("%s: done in %.3f s", status.sentence, seconds)
 
+    def hook(self, point):
+        self.hooks.run(point, self.task, admin_log)
+
+    @contextlib.contextmanager
+    def hooked(self, name):
+        """Upstream's ``pre_<name>`` and ``post_<name>`` hooks around a stage (post only when it succeeded)."""
+        self.hook(f"pre_{name}")
+        yield
+        self.hook(f"post_{name}")
+
     def run(self):
         """Run every stage; True on success.  The task always ends final."""
         if self.overrides:
             self.log.info("Forced by an administrator: %s", self.overrides.describe())
+        self.hook("pre_start")
+        self.hook("start")
         try:
-            with self.stage(TaskStatus.ANALYZE):
+            with self.hooked("prepare_debuginfo"), self.stage(TaskStatus.ANALYZE):
                 crash = self.analyze()
-            with self.stage(TaskStatus.INIT):
+            with self.hooked("prepare_environment"), self.stage(TaskStatus.INIT):
                 self.prepare(crash)
-            with self.stage(TaskStatus.BACKTRACE):
+            with self.hooked("retrace"), self.stage(TaskStatus.BACKTRACE):
                 self.backtrace(crash)
-            with self.stage(TaskStatus.CLEANUP):
+            with self.hooked("clean_task"), self.stage(TaskStatus.CLEANUP):
                 self.clean(succeeded=True)
             with self.stage(TaskStatus.STATS):
                 self.save_stats()
@@ -92,16 +106,19 @@ class Job:
         self.task.mark_time("finished_time")
         self.task.set_status(TaskStatus.SUCCESS)
         self.log.info("Retrace job finished successfully in %.3f s", time.monotonic() - self.started)
+        self.hook("success")
         return True
 
     def finish_failed(self, reason, category):
         try:
-            self.clean(succeeded=False)
+            with self.hooked("clean_task"):
+                self.clean(succeeded=False)
         except Exception:  # noqa: BLE001 - cleaning up is best effort; recording the end is not
             admin_log.exception("task %s: cleaning up after the failure failed", self.task.task_id)
         self.record.status, self.record.failure, self.record.failure_category = FAILURE, reason, category
         self.save_stats()
         self.task.fail(reason)
+        self.hook("fail")
 
     def without_server_paths(self, text):
         """``text`` (a tool's message for the user) without the server's directories: files in the task read

@@ -24,6 +24,7 @@ from retrace_server.packaging.repoindex import RepoIndex
 from retrace_server.stats import StatsDB
 from retrace_server.tasks import dispatch, taskqueue
 from retrace_server.protocol import FAILURE_REASON, header_text
+from retrace_server.tasks.hooks import delete_task
 from retrace_server.tasks.task import MD5_NAME, Task, TaskStatus, wire_status, write_atomically
 from retrace_server.wsgi import metrics, statspage
 
@@ -250,7 +251,7 @@ def delete(config, request, task_id):
     current = task.status
     if current is not None and not current.is_final:
         raise Conflict("The task is still running; delete it after it has finished")
-    task.delete()
+    delete_task(config, task, log)
     log.info("task %s deleted through the API", task_id)
     return text_response("All task data were deleted successfully")
 

@@ -7,7 +7,8 @@ import subprocess
 from pathlib import Path
 
 from retrace_server import __version__, installed_commands
-from retrace_server.config import DEFAULT_CONFIG_PATH
+from retrace_server.config import DEFAULT_CONFIG_PATH, Config
+from retrace_server.tasks.hooks import DEFAULT_HOOK_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = sorted(installed_commands())
@@ -36,6 +37,7 @@ def check_layout(files, unpacked, httpd_conf, unit_dir):
     assert {name for name in claimed if not name.startswith("retrace_server")} == set(), \
         "site-packages names only retrace_server"
     assert {f"/usr/bin/{command}" for command in COMMANDS} <= files
+    assert {str(Config().HookConfig), str(DEFAULT_HOOK_DIR)} <= files, "upstream's hooks configuration and directory"
     assert {"/etc/logrotate.d/retrace-server", "/etc/cron.d/retrace-server"} <= files
     assert "/usr/share/retrace-server/retrace.conf" in files, "what retrace-server-httpd includes"
     assert {f"/usr/share/bash-completion/completions/{command}" for command in COMMANDS} <= files
