@@ -264,6 +264,30 @@ def _convert(field, text, source):
     return value
 
 
+# Keys of upstream's retrace-server.conf this server does not implement, and what an administrator
+# should know instead of "unknown key".
+_MANAGER = "upstream's task manager (/manager) is not implemented by this server yet"
+_FTP = "tasks from an FTP drop belong to the task manager, which this server does not have yet"
+_KERNEL = ("kernel debuginfo comes from the release's repositories and the [debuginfod] servers here, "
+           "and vmcores' kernels from the kernel cache")
+_FAF = "packages come from RepoDir and the [debuginfod] servers, not from FAF's store"
+_EMAIL = "e-mail when a task ends is not implemented yet (a hook can send it: HookConfig)"
+UPSTREAM_UNSUPPORTED = {
+    "AuthGroup": "Apache authenticates here (httpd/retrace.conf), not a group in this file",
+    "AllowExternalDir": "tasks on an external directory are not offered",
+    "AllowUsrCoreTask": "coredump tasks are always accepted",
+    **dict.fromkeys(("AllowTaskManager", "TaskManagerAuthDelete", "TaskManagerDeleteUsers", "CaseNumberURL"),
+                    _MANAGER),
+    **dict.fromkeys(("UseFTPTasks", "FTPSSL", "FTPHost", "FTPUser", "FTPPass", "FTPDir", "FTPBufferSize"), _FTP),
+    **dict.fromkeys(("KernelChrootRepo", "KojiRoot", "WgetKernelDebuginfos", "KernelDebuginfoURL"), _KERNEL),
+    **dict.fromkeys(("UseFafPackages", "FafLinkDir"), _FAF),
+    **dict.fromkeys(("EmailNotify", "EmailNotifyFrom"), _EMAIL),
+    **dict.fromkeys(("BugzillaURL", "BugzillaCredentials", "BugzillaStatus", "BugzillaProduct", "BugzillaComponent",
+                     "BugzillaTriggerWords", "BugzillaRegExes", "BugzillaQueryLastChangeDelta"),
+                    "upstream's search of Bugzilla for known bugs is not implemented"),
+}
+
+
 def parse_config(text, source):
     """Build a Config from INI text; ``source`` names the file in messages.
 
@@ -282,6 +306,9 @@ def parse_config(text, source):
     warnings = []
     for key, text_value in parser.items(SECTION):
         field = _FIELDS.get(key)
+        if field is None and key in UPSTREAM_UNSUPPORTED:
+            warnings.append(f"{source}: {key} is upstream's and is ignored here: {UPSTREAM_UNSUPPORTED[key]}")
+            continue
         if field is None:
             warnings.append(f"{source}: unknown key {key} in [{SECTION}] is ignored")
             continue

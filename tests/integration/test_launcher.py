@@ -37,11 +37,12 @@ def test_refuses_an_invalid_config_naming_key_and_file(tmp_path):
     assert f"{config}: MaxPackedSize must be at least 1 MiB, not -3" in result.stderr
 
 
-def test_warns_about_unknown_keys_and_still_starts(certificate):
-    server = Server(make_root(), *certificate, UseFTPTasks="1")
+def test_warns_about_unknown_keys_and_upstreams_unsupported_ones_by_name_and_still_starts(certificate):
+    server = Server(make_root(), *certificate, UseFTPTasks="1", NoSuchKey="1")
     try:
         assert server.get("/settings").status_code == 200
-        assert "unknown key UseFTPTasks" in server.launcher_output()
+        assert "unknown key NoSuchKey" in server.launcher_output()
+        assert "UseFTPTasks is upstream's and is ignored here: tasks from an FTP drop" in server.launcher_output()
     finally:
         server.stop()
         remove_root(server.root)

@@ -1,8 +1,9 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from retrace_server.config import Config, ConfigError, config_path, load_config, parse_config
+from retrace_server.config import UPSTREAM_UNSUPPORTED, Config, ConfigError, config_path, load_config, parse_config
 
 
 def parse(body):
@@ -65,9 +66,33 @@ def test_relative_path_is_an_error():
 
 
 def test_unknown_key_is_a_warning_not_an_error():
-    config, warnings = parse("UseFTPTasks = 1\n")
+    config, warnings = parse("UseFTPTasks2 = 1\n")
     assert config == Config()
-    assert warnings == ["/etc/retrace-server/retrace-server.conf: unknown key UseFTPTasks in [retrace] is ignored"]
+    assert warnings == ["/etc/retrace-server/retrace-server.conf: unknown key UseFTPTasks2 in [retrace] is ignored"]
+
+
+def test_an_upstream_key_this_server_does_not_implement_says_so_by_name():
+    config, warnings = parse("UseFTPTasks = 1\nEmailNotify = 1\n")
+    assert config == Config()
+    assert warnings == [
+        "/etc/retrace-server/retrace-server.conf: UseFTPTasks is upstream's and is ignored here: tasks from an FTP "
+        "drop belong to the task manager, which this server does not have yet",
+        "/etc/retrace-server/retrace-server.conf: EmailNotify is upstream's and is ignored here: e-mail when a task "
+        "ends is not implemented yet (a hook can send it: HookConfig)"]
+
+
+def test_every_key_of_upstreams_configuration_is_implemented_or_explained():
+    upstream = ("AuthGroup RequireHTTPS AllowAPIDelete AllowInteractive AllowExternalDir AllowMetrics AllowTaskManager "
+                "AllowVMCoreTask AllowUsrCoreTask TaskManagerAuthDelete TaskManagerDeleteUsers CaseNumberURL "
+                "RequireGPGCheck MaxParallelTasks MaxPackedSize MaxUnpackedSize MinStorageLeft DeleteTaskAfter "
+                "DeleteFailedTaskAfter ArchiveTaskAfter DBFile LogDir RepoDir SaveDir DropDir UseCreaterepoUpdate "
+                "KeepRawhideLatest KernelChrootRepo KojiRoot UseFTPTasks FTPSSL FTPHost FTPUser FTPPass FTPDir "
+                "FTPBufferSize WgetKernelDebuginfos KernelDebuginfoURL VmcoreDumpLevel VmcoreDumpSavePercent "
+                "UseFafPackages FafLinkDir RetraceEnvironment EmailNotify EmailNotifyFrom BugzillaURL "
+                "BugzillaCredentials BugzillaStatus BugzillaProduct BugzillaComponent BugzillaTriggerWords "
+                "BugzillaRegExes BugzillaQueryLastChangeDelta ProcessCommunicateTimeout KernelDebuggerPath").split()
+    implemented = {field.name for field in dataclasses.fields(Config)}
+    assert [key for key in upstream if key not in implemented and key not in UPSTREAM_UNSUPPORTED] == []
 
 
 def test_missing_section_is_an_error():
