@@ -11,8 +11,10 @@ seccomp filter for RestrictAddressFamilies and RestrictNamespaces.  In it runs t
 
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -69,19 +71,25 @@ def enabled(service, key):
     return service.get(key, ["no"])[-1] not in ("no", "false", "")
 
 
-def namespace_script(service):
-    """Shell commands that make, in a private mount namespace, the mounts systemd makes for ``service``."""
-    script = ["set -e"]
+def namespace_script(service, stash):
+    """Shell commands that make, in a private mount namespace, the mounts systemd makes for ``service``.
+
+    The suite's own Python (its venv may live under /tmp or a home directory, which the unit hides) is
+    bound back where it was, as a package's /usr would be there; ``stash`` (an empty directory) holds it
+    and the host's /dev meanwhile.
+    """
+    prefix = shlex.quote(sys.prefix)
+    script = ["set -e", f"mkdir {stash}/prefix {stash}/dev", f"mount --rbind {prefix} {stash}/prefix"]
     if enabled(service, "PrivateTmp"):
         script += ["mount -t tmpfs tmpfs /tmp", "mount -t tmpfs tmpfs /var/tmp"]
     if enabled(service, "PrivateDevices"):
-        script += ["mkdir -p /run/host-dev", "mount --rbind /dev /run/host-dev", "mount -t tmpfs -o mode=755 tmpfs /dev"]
+        script += [f"mount --rbind /dev {stash}/dev", "mount -t tmpfs -o mode=755 tmpfs /dev"]
         for node in ("null", "zero", "full", "random", "urandom", "tty"):
-            script += [f"touch /dev/{node}", f"mount --bind /run/host-dev/{node} /dev/{node}"]
-        script += ["umount -l /run/host-dev"]
+            script += [f"touch /dev/{node}", f"mount --bind {stash}/dev/{node} /dev/{node}"]
     if enabled(service, "ProtectHome"):
         script += [f"[ ! -d {home} ] || mount -t tmpfs -o ro,mode=000 tmpfs {home}"
                    for home in ("/home", "/root", "/run/user")]
+    script += [f"mkdir -p {prefix}", f"mount --rbind {stash}/prefix {prefix}"]
     if service.get("ProtectSystem", ["no"])[-1] == "strict":
         writable = [path.lstrip("-") for value in service.get("ReadWritePaths", []) for path in value.split()]
         script += [f"[ ! -e {path} ] || mount --bind {path} {path}" for path in writable]
@@ -110,9 +118,14 @@ def run_as_unit(service, command):
                 "yes" if enabled(service, "RestrictNamespaces") else "no", *command]
     if families or enabled(service, "RestrictNamespaces"):
         assert enabled(service, "NoNewPrivileges"), "systemd's seccomp filters need no_new_privs without root"
-    script = namespace_script(service) + ["exec " + shlex.join(credentials + filtered)]
-    unshare = ["unshare", "--mount", "--propagation", "private", *(["--net"] if enabled(service, "PrivateNetwork") else [])]
-    return subprocess.run([*unshare, "sh", "-c", "\n".join(script)], capture_output=True, text=True, timeout=180)
+    stash = tempfile.mkdtemp(prefix="retrace-unit-", dir="/run")
+    try:
+        script = namespace_script(service, stash) + ["exec " + shlex.join(credentials + filtered)]
+        unshare = ["unshare", "--mount", "--propagation", "private",
+                   *(["--net"] if enabled(service, "PrivateNetwork") else [])]
+        return subprocess.run([*unshare, "sh", "-c", "\n".join(script)], capture_output=True, text=True, timeout=180)
+    finally:
+        shutil.rmtree(stash)  # empty here: its mounts were the namespace's
 
 
 def unit_text(name):
@@ -137,11 +150,45 @@ def test_each_directive_the_sandboxing_units_leave_off_would_stop_the_sandbox(di
     assert "the debugger sandbox (bubblewrap) cannot start" in ran.stderr, ran.stdout + ran.stderr
 
 
+# A process of the service user that changed user itself (as Apache's daemons and a root-started dispatcher
+# do) is not dumpable: a /proc mounted with hidepid does not show it even to that user.
+HIDDEN_TASKS = """
+import os, pwd, sys, threading
+user = pwd.getpwnam(sys.argv[1])
+os.setgroups([]); os.setgid(user.pw_gid); os.setuid(user.pw_uid)
+stop = threading.Event()
+for _ in range(int(sys.argv[2])):
+    threading.Thread(target=stop.wait, daemon=True).start()
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_protect_proc_would_hide_the_service_users_own_tasks_from_the_sandboxs_process_limit():
+    """The sandbox limits the user's processes to what it counts in /proc plus 1024; with ProtectProc=invisible
+    more than 1024 of them (threads of Apache's daemons on a busy server) go uncounted, and bubblewrap cannot
+    even fork.  Without it, the same tasks are counted and the sandbox runs."""
+    service = service_section(unit_text("retrace-server-dispatcher.service"))
+    hidden = subprocess.Popen([sys.executable, "-c", HIDDEN_TASKS, service["User"][-1], "1100"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert hidden.stdout.readline() == "ready\n"
+        counted = run_as_unit(service, [sys.executable, "-c", SANDBOXED_GDB])
+        assert counted.returncode == 0 and "$1 = 42" in counted.stdout, counted.stdout + counted.stderr
+        invisible = run_as_unit({**service, "ProtectProc": ["invisible"]}, [sys.executable, "-c", SANDBOXED_GDB])
+        assert "$1 = 42" not in invisible.stdout
+        assert "the debugger sandbox (bubblewrap) cannot start" in invisible.stderr, invisible.stdout + invisible.stderr
+    finally:
+        hidden.stdin.close()
+        hidden.wait(timeout=30)
+
+
 @pytest.mark.parametrize("name", SANDBOXING)
 def test_the_sandboxing_units_leave_proc_unmasked_and_namespaces_allowed(name):
     service = service_section(unit_text(name))
     for key in ("ProtectKernelTunables", "ProtectKernelLogs", "RestrictNamespaces"):
         assert not enabled(service, key), f"{name}: {key} stops bubblewrap"
+    assert service.get("ProtectProc", ["default"])[-1] == "default", f"{name}: ProtectProc hides tasks the sandbox counts"
     assert "AF_NETLINK" in " ".join(service["RestrictAddressFamilies"]), f"{name}: bwrap configures lo over netlink"
 
 
