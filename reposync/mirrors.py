@@ -102,7 +102,7 @@ class RepoMirror:
     """
 
     def __init__(self, url, tls=None, resume_dir=None):
-        self.url, self.tls, self.resume_dir = url, tls or TlsFiles(), resume_dir
+        self.tls, self.resume_dir = tls or TlsFiles(), resume_dir
         self.kind, _, address = url.partition(":") if url.startswith(MIRROR_LISTS) else ("baseurl", "", url)
         self.address = address if self.kind != "baseurl" else address.rstrip("/") + "/"
         self.used = None  # the base URL the metadata came from (a metalink's or mirrorlist's choice)
@@ -165,7 +165,7 @@ class RepoMirror:
         """A metadata-only copy of the repository in ``target``: repomd.xml with the primary and filelists it
         lists, and a ``mirror`` file naming the mirror, which workers download the packages a crash needs
         from.  Files of ``previous`` (the last copy) are reused while repomd.xml is unchanged."""
-        handle, result = self._perform(target, ())
+        self._perform(target, ())
         unchanged = previous is not None and _same_file(previous / "repodata" / "repomd.xml",
                                                         target / "repodata" / "repomd.xml")
         if unchanged:
@@ -195,7 +195,7 @@ class RepoMirror:
                 packages.append((package_location.get("href", ""),
                                  int(size.get("package", "-1")) if size is not None else -1,
                                  (package_checksum.get("type"), package_checksum.text)))
-        except (ET.ParseError, OSError, EOFError) as err:
+        except (ET.ParseError, OSError, EOFError, ValueError) as err:
             raise MirrorError(f"the primary metadata of {self.address} cannot be read ({err})") from None
         return handle, packages
 

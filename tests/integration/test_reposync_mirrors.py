@@ -1,8 +1,10 @@
 """reposync's HTTP mirrors as distributions publish them, through librepo: metalinks and mirrorlists, resumed
 downloads, TLS client certificates; Apache httpd serves the mirrors on loopback."""
 
+import gzip
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -203,3 +205,26 @@ def test_tls_files_named_by_relative_path_are_refused(admin, good):
     result = repo.sync()
     assert result.returncode == 1, "a usage error, as for any unreadable plugin"
     assert "must name its TLS files by absolute path, not 'entitlement/4242.pem'" in result.stdout + result.stderr
+
+
+def test_a_primary_whose_package_size_is_not_a_number_is_a_mirror_failure_not_a_crash(admin, apache_mirrors, good):
+    """A hostile mirror can sign nothing, but it can serve metadata whose checksums match what it wrote."""
+    repodata = good / "repodata"
+    repomd = (repodata / "repomd.xml").read_text()
+    primary = next(repodata.glob("*primary.xml.gz"))
+    text = gzip.decompress(primary.read_bytes()).decode()
+    text = re.sub(r'<size package="\d+"', '<size package="many"', text, count=1)
+    packed = gzip.compress(text.encode())
+    primary.write_bytes(packed)
+    for old, new in ((r'(<data type="primary">.*?<checksum type="sha256">)[0-9a-f]+', hashlib.sha256(packed).hexdigest()),
+                     (r'(<data type="primary">.*?<open-checksum type="sha256">)[0-9a-f]+',
+                      hashlib.sha256(text.encode()).hexdigest()),
+                     (r'(<data type="primary">.*?<size>)\d+', str(len(packed))),
+                     (r'(<data type="primary">.*?<open-size>)\d+', str(len(text.encode())))):
+        repomd = re.sub(old, lambda match, value=new: match[1] + value, repomd, count=1, flags=re.S)
+    (repodata / "repomd.xml").write_text(repomd)
+    repo = admin([apache_mirrors(good).url])
+    result = repo.sync()
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "the primary metadata of http://127.0.0.1:" in result.stdout and "cannot be read" in result.stdout
+    assert "Traceback" not in result.stderr and repo.packages() == []
