@@ -16,6 +16,7 @@ failover between a metalink's mirrors, resumed downloads, checksums, TLS
 client certificates (the RHEL CDN's entitlement certificates).
 """
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -152,13 +153,8 @@ class RepoMirror:
 
     def _run(self, handle):
         result = librepo.Result()
-        try:
+        with _librepo_errors(f"cannot download {self.address}"):
             handle.perform(result)
-        except librepo.LibrepoException as err:
-            code, message = err.args[0], err.args[1]
-            if code == librepo.LRE_INTERRUPTED:
-                raise KeyboardInterrupt from None
-            raise MirrorError(f"cannot download {self.address}: {message}") from None
         return result
 
     def fetch_metadata(self, target, previous=None):
@@ -250,18 +246,26 @@ class RepoMirror:
                                          checksum=checksum[1], expectedsize=size, cbdata=name,
                                          mirrorfailurecb=mirror_failed)
                    for name, href, size, checksum in wanted]
-        try:
+        with _librepo_errors(f"cannot download from {self.used}"):
             librepo.download_packages(targets, failfast=False)
-        except librepo.LibrepoException as err:
-            if err.args[0] == librepo.LRE_INTERRUPTED:
-                raise KeyboardInterrupt from None
-            raise MirrorError(f"cannot download from {self.used}: {err.args[1]}") from None
         failures = {}
         for target, (name, *_) in zip(targets, wanted):
             if target.err is not None:
                 message, url = reasons.get(name, (str(target.err), self.used))
                 failures[name] = ("checksum" in message.lower(), message, url)
         return failures
+
+
+@contextlib.contextmanager
+def _librepo_errors(what):
+    """librepo's failures as MirrorError("<what>: <librepo's words>"); Ctrl-C (librepo catches SIGINT while it
+    downloads) as KeyboardInterrupt."""
+    try:
+        yield
+    except librepo.LibrepoException as err:
+        if err.args[0] == librepo.LRE_INTERRUPTED:
+            raise KeyboardInterrupt from None
+        raise MirrorError(f"{what}: {err.args[1]}") from None
 
 
 def _metadata_limit(_data, _total, downloaded):
