@@ -21,6 +21,7 @@ from retrace_server.packaging.debuginfod import BuildIdCache
 from retrace_server.packaging.kernel import KernelCache
 from retrace_server.stats import StatsDB
 from retrace_server.tasks.dispatch import end_failed, fail_if_worker_died, start_queued
+from retrace_server.tasks import casedata
 from retrace_server.tasks.hooks import delete_task
 from retrace_server.tasks.task import MD5_NAME, WORKER_LOCK, TaskStatus, iter_tasks, worker_alive
 from retrace_server.worker.supervisor import kill_worker
@@ -118,6 +119,9 @@ class Collector:
                 continue
             rule = self._rule(task, status)
             if rule is None:
+                continue
+            if casedata.kept(task, self.now):
+                self.log.debug("task %s: expired (%s) but kept for its case", task.task_id, rule[1])
                 continue
             action, why = rule
             if action == "archive":

@@ -155,6 +155,29 @@ class Config:
     gpg_keys_by_release: tuple = dataclasses.field(default=(), metadata={"section": "gpgkeys"})
     # The [debuggers] section: architecture -> the gdb that reads its cores (retrace.analysis.debuggers).
     debuggers_by_arch: tuple = dataclasses.field(default=(), metadata={"section": "debuggers"})
+    # The task manager (/manager) for support engineers.  Apache authenticates its users (httpd/retrace.conf):
+    # ManagerUserFile names an htpasswd file for Basic authentication, empty leaves it to the Apache config.
+    AllowTaskManager: bool = _key(False)
+    ManagerUserFile: str = _key("")
+    # 1: only the users in TaskManagerDeleteUsers (white-space separated) may delete tasks in the manager.
+    TaskManagerAuthDelete: bool = _key(False)
+    TaskManagerDeleteUsers: str = _key("")
+    # A link for case numbers on the manager's pages; {caseno} (or upstream's %d) is replaced by the number.
+    CaseNumberURL: str = _key("")
+    # Directories on this server whose files the manager may start tasks from (white-space separated).
+    ImportDirs: str = _key("")
+    # The FTP drop customers upload vmcores to; the manager lists it and starts tasks from its files.
+    UseFTPTasks: bool = _key(False)
+    FTPSSL: bool = _key(False)
+    FTPHost: str = _key("")
+    FTPUser: str = _key("anonymous")
+    FTPPass: str = _key("")
+    FTPDir: str = _key("/")
+    FTPBufferSize: int = _key(16, minimum=1, maximum=1024, unit="MiB")
+    # E-mail the task's addresses when a manager task ends, through SMTPServer (host:port, no authentication).
+    EmailNotify: bool = _key(False)
+    EmailNotifyFrom: str = _key("retrace-server@localhost")
+    SMTPServer: str = _key("localhost:25")
     DBFile: str = _key("stats.db")
     StatsIPRetention: int = _key(24, minimum=0, unit="hours")
     TaskIdLength: int = _key(9, minimum=6, maximum=18)
@@ -237,6 +260,16 @@ class Config:
         return sorted(set(listed) | {release for release, urls in self.debuginfod_by_release if urls})
 
     @property
+    def import_dirs(self):
+        return [Path(directory) for directory in self.ImportDirs.split()]
+
+    @property
+    def smtp_address(self):
+        """``(host, port)`` of SMTPServer (port 25 when it names none)."""
+        host, _, port = self.SMTPServer.rpartition(":") if ":" in self.SMTPServer else (self.SMTPServer, "", "25")
+        return host.strip("[]") or "localhost", int(port) if port.isdigit() else 25
+
+    @property
     def task_slots(self):
         """Tasks the server holds at once: running ones plus queued ones."""
         return self.MaxParallelTasks + self.MaxQueuedTasks
@@ -266,22 +299,15 @@ def _convert(field, text, source):
 
 # Keys of upstream's retrace-server.conf this server does not implement, and what an administrator
 # should know instead of "unknown key".
-_MANAGER = "upstream's task manager (/manager) is not implemented by this server yet"
-_FTP = "tasks from an FTP drop belong to the task manager, which this server does not have yet"
 _KERNEL = ("kernel debuginfo comes from the release's repositories and the [debuginfod] servers here, "
            "and vmcores' kernels from the kernel cache")
 _FAF = "packages come from RepoDir and the [debuginfod] servers, not from FAF's store"
-_EMAIL = "e-mail when a task ends is not implemented yet (a hook can send it: HookConfig)"
 UPSTREAM_UNSUPPORTED = {
     "AuthGroup": "Apache authenticates here (httpd/retrace.conf), not a group in this file",
     "AllowExternalDir": "tasks on an external directory are not offered",
     "AllowUsrCoreTask": "coredump tasks are always accepted",
-    **dict.fromkeys(("AllowTaskManager", "TaskManagerAuthDelete", "TaskManagerDeleteUsers", "CaseNumberURL"),
-                    _MANAGER),
-    **dict.fromkeys(("UseFTPTasks", "FTPSSL", "FTPHost", "FTPUser", "FTPPass", "FTPDir", "FTPBufferSize"), _FTP),
     **dict.fromkeys(("KernelChrootRepo", "KojiRoot", "WgetKernelDebuginfos", "KernelDebuginfoURL"), _KERNEL),
     **dict.fromkeys(("UseFafPackages", "FafLinkDir"), _FAF),
-    **dict.fromkeys(("EmailNotify", "EmailNotifyFrom"), _EMAIL),
     **dict.fromkeys(("BugzillaURL", "BugzillaCredentials", "BugzillaStatus", "BugzillaProduct", "BugzillaComponent",
                      "BugzillaTriggerWords", "BugzillaRegExes", "BugzillaQueryLastChangeDelta"),
                     "upstream's search of Bugzilla for known bugs is not implemented"),
@@ -330,6 +356,11 @@ def parse_config(text, source):
             admin_commands(values["CrashCommands"])
         except ValueError as err:
             raise ConfigError(f"{source}: {err}") from None
+    for directory in values.get("ImportDirs", "").split():
+        if not directory.startswith("/"):
+            raise ConfigError(f"{source}: ImportDirs must name absolute directories, not {directory!r}")
+    if values.get("ManagerUserFile") and not values["ManagerUserFile"].startswith("/"):
+        raise ConfigError(f"{source}: ManagerUserFile must be an absolute path, not {values['ManagerUserFile']!r}")
     return Config(**values), warnings
 
 

@@ -11,7 +11,6 @@ lock, which the kernel releases however the worker ends.
 import argparse
 import logging
 import os
-import shutil
 import sys
 import time
 
@@ -19,18 +18,16 @@ from retrace_server import add_version_argument, locking
 from retrace_server.adminlog import admin_handler
 from retrace_server.analysis.debuggers import NoDebugger, served_architectures
 from retrace_server.config import config_path, load_config
-from retrace_server.errors import ConfigError, NotFound
+from retrace_server.errors import ConfigError, Conflict, NotFound
 from retrace_server.privileges import PrivilegeError, add_service_arguments, run_as_service_user
 from retrace_server.tasks.dispatch import poke
 from retrace_server.tasks.overrides import InvalidOverride, Overrides
-from retrace_server.tasks.task import (JOB_PID, LOG_NAME, LOG_TIME_FORMAT, WORKER_HOST, WORKER_LOCK, Task, TaskStatus,
-                                write_atomically)
+from retrace_server.tasks.task import DEBUG_NAME, LOG_NAME, LOG_TIME_FORMAT, WORKER_HOST, WORKER_LOCK, Task, TaskStatus, write_atomically
 from retrace_server.worker.coredump import RetraceJob
 from retrace_server.worker.supervisor import supervise
 from retrace_server.worker.vmcore import VmcoreJob
 
 PROG = "retrace-server-worker"
-_GENERATED = ("status", "started_time", "finished_time", LOG_NAME, "retrace_backtrace", JOB_PID)
 
 
 class WorkerRefused(Exception):
@@ -84,7 +81,8 @@ def run_supervised(config, task, verbose):
     """The task's stages in a supervised child (``retrace_server.worker.supervisor``); True on success."""
 
     def run_job():
-        return make_job(config, task, task_logger(task, verbose)).run()
+        # The manager's "debug" box asks for the same as --verbose (upstream's "Be more verbose").
+        return make_job(config, task, task_logger(task, verbose or (task.path / DEBUG_NAME).is_file())).run()
 
     def clean_up():
         make_job(config, task, logging.getLogger("retrace.worker")).clean(succeeded=False)
@@ -94,16 +92,10 @@ def run_supervised(config, task, verbose):
 
 def reset(task):
     """Forget a previous run, so that --restart starts from the crash data."""
-    if not any((task.crash_dir / name).is_file() for name in ("coredump", "vmcore")):
-        raise WorkerRefused(
-            f"task {task.task_id} cannot be restarted: its coredump was deleted when it ended "
-            "(only X-Task-Type 1, debug, and 2, vmcore, tasks keep their dump)"
-        )
-    for name in _GENERATED:
-        (task.path / name).unlink(missing_ok=True)
-    shutil.rmtree(task.results_dir, ignore_errors=True)
-    task.results_dir.mkdir(mode=0o750)
-    shutil.rmtree(task.path / "sysroot", ignore_errors=True)
+    try:
+        task.forget_run()
+    except Conflict as err:
+        raise WorkerRefused(f"task {task.task_id} {err}") from None
 
 
 def task_logger(task, verbose):

@@ -54,6 +54,8 @@ class RetraceJob(Job):
             raise TaskFailed("the task has no coredump (it was deleted when the task ended the first time)", "bad core")
         core = read_core(core_path)
         self.log.info("Coredump: %s, %d mapped files, signal %s", core.arch, len(core.modules), core.signal)
+        for module in core.modules:
+            self.log.debug("Mapped %s, build-id %s", module.path, module.build_id or "unknown")
         executable = self._executable()
         package = self.overrides.package or self.crash_text("package")
         arch = self.overrides.arch or core.arch

@@ -16,10 +16,11 @@ import time
 from retrace_server.errors import RetraceError, disk_full_explained
 from retrace_server.intake import crashdata
 from retrace_server.stats import FAILURE, SUCCESS, StatsDB, TaskRecord
-from retrace_server.tasks import taskqueue
+from retrace_server.tasks import notify, taskqueue
 from retrace_server.tasks.hooks import Hooks
 from retrace_server.tasks.overrides import Overrides
 from retrace_server.tasks.task import TaskStatus
+from retrace_server.worker import fetch
 
 admin_log = logging.getLogger("retrace.worker")
 
@@ -82,6 +83,8 @@ class Job:
         self.hook("pre_start")
         self.hook("start")
         try:
+            if fetch.needs_fetch(self.task):
+                fetch.fetch_remote(self)
             with self.hooked("prepare_debuginfo"), self.stage(TaskStatus.ANALYZE):
                 crash = self.analyze()
             with self.hooked("prepare_environment"), self.stage(TaskStatus.INIT):
@@ -107,6 +110,7 @@ class Job:
         self.task.set_status(TaskStatus.SUCCESS)
         self.log.info("Retrace job finished successfully in %.3f s", time.monotonic() - self.started)
         self.hook("success")
+        notify.send_end_mail(self.config, self.task, True, None, self.log, admin_log)
         return True
 
     def finish_failed(self, reason, category):
@@ -119,6 +123,7 @@ class Job:
         self.save_stats()
         self.task.fail(reason)
         self.hook("fail")
+        notify.send_end_mail(self.config, self.task, False, reason, self.log, admin_log)
 
     def without_server_paths(self, text):
         """``text`` (a tool's message for the user) without the server's directories: files in the task read

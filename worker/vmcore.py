@@ -89,6 +89,8 @@ class VmcoreJob(Job):
             fmt = dump_format(path)
         kernel = self._forced(path, fmt) if self.overrides.kernelver else self._identify(path, fmt)
         self.log.info("Kernel %s, build-id %s (from %s)", kernel.release, kernel.build_id or "unknown", kernel.source)
+        # Upstream's file: the manager lists and shows the kernel of each vmcore task.
+        write_atomically(self.task.path / "kernelver", kernel.release)
         if kernel.build_id is None:
             self.log.warning("The dump records no BUILD-ID (a kernel older than 5.9?): the vmlinux cannot be verified")
         arch = self.overrides.arch or kernel_arch(kernel.release)

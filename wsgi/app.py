@@ -7,12 +7,13 @@ from webob import Request
 
 from retrace_server.config import CONFIG_PATH_VARIABLE, load_config
 from retrace_server.errors import Forbidden, MethodNotAllowed, NotFound, RetraceError
-from retrace_server.wsgi import handlers
+from retrace_server.wsgi import handlers, manager
 
 log = logging.getLogger(__name__)
 
 _READ = ("GET", "HEAD")
 _TASK = r"/(?P<task_id>[0-9]+)"
+_MANAGED = r"/manager/(?P<task_id>[0-9]+)"
 
 # (path pattern, handler, allowed methods, needs HTTPS when RequireHTTPS);
 # which routes check HTTPS follows upstream's scripts.
@@ -29,6 +30,18 @@ ROUTES = [
     (_TASK + r"/exploitable", handlers.exploitable, _READ, True),
     (_TASK + r"/results/(?P<name>sys|bt|mod|crash-[a-z0-9-]{1,60})", handlers.result, _READ, True),
     (_TASK + r"/delete", handlers.delete, ("GET", "POST", "DELETE"), True),
+    # The task manager (wsgi.manager), with upstream's URLs.
+    (r"/manager/?", manager.task_list, _READ, True),
+    (r"/manager/__custom__", manager.create_from_source, ("POST",), True),
+    (r"/manager/__upload__", manager.create_from_upload, ("POST",), True),
+    (_MANAGED + r"/?", manager.task_page, _READ, True),
+    (_MANAGED + r"/(?P<field>caseno|bugzillano|notify|savenotes)", manager.update_field, ("POST",), True),
+    (_MANAGED + r"/keep", manager.keep, ("POST",), True),
+    (_MANAGED + r"/restart", manager.restart, ("POST",), True),
+    (_MANAGED + r"/delete", manager.delete, ("POST",), True),
+    (_MANAGED + r"/(?P<name>backtrace|log|exploitable)", manager.task_file, _READ, True),
+    (_MANAGED + r"/results/(?P<name>sys|bt|mod|crash-[a-z0-9-]{1,60})", manager.result, _READ, True),
+    (r"/manager/(?P<name>[^/]{1,255})/start", manager.start, ("GET", "POST"), True),
 ]
 _COMPILED = [(re.compile(pattern), handler, methods, https) for pattern, handler, methods, https in ROUTES]
 

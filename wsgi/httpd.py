@@ -254,9 +254,15 @@ def apache_config(*, run_dir, host, port, user, group, config, config_path, retr
         defines["RETRACE_REQUIRE_HTTPS"] = 1
     if config.DebuginfodServe:
         defines["RETRACE_DEBUGINFOD_SOCKET"] = debuginfod_socket(run_dir)
+    if config.AllowTaskManager and config.ManagerUserFile:
+        defines["RETRACE_MANAGER_USER_FILE"] = config.ManagerUserFile
     modules = [
         ("mpm_event_module", "mod_mpm_event.so"),
         ("authz_core_module", "mod_authz_core.so"),
+        ("authn_core_module", "mod_authn_core.so"),
+        ("authn_file_module", "mod_authn_file.so"),
+        ("auth_basic_module", "mod_auth_basic.so"),
+        ("authz_user_module", "mod_authz_user.so"),
         ("env_module", "mod_env.so"),
         ("headers_module", "mod_headers.so"),
         ("rewrite_module", "mod_rewrite.so"),

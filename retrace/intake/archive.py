@@ -95,7 +95,7 @@ FORMATS = (
     ArchiveFormat("application/x-tar", (), frozenset({"application/x-tar"}), "a plain tar archive", _plain_reader),
 )
 
-_DECOMPRESSION_ERRORS = (lzma.LZMAError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError, EOFError, tarfile.TarError)
+DECOMPRESSION_ERRORS = (lzma.LZMAError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError, EOFError, tarfile.TarError)
 
 
 def supported_formats():
@@ -331,8 +331,8 @@ def receive_archive(body, content_length, fmt, crash_dir, limits, digests=None):
         actual = _actual_format(fmt, buffered)
         try:
             sizes = _unpack_members(actual.decompress(buffered), crash_dir, limits, {} if digests is None else digests)
-        except _DECOMPRESSION_ERRORS as err:
-            raise BadRequest(f"The archive is corrupt or truncated ({_describe(err)})") from None
+        except DECOMPRESSION_ERRORS as err:
+            raise BadRequest(f"The archive is corrupt or truncated ({describe_error(err)})") from None
     except BaseException:
         with contextlib.suppress(BadRequest):
             raw.drain()
@@ -341,7 +341,7 @@ def receive_archive(body, content_length, fmt, crash_dir, limits, digests=None):
     return sizes
 
 
-def _describe(err):
+def describe_error(err):
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
     return text[:200]
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from retrace_server import locking
 from retrace_server.config import CONFIG_PATH_VARIABLE
 from retrace_server.stats import record_ended_task
+from retrace_server.tasks.notify import send_end_mail
 from retrace_server.tasks.task import iter_tasks, worker_alive
 from retrace_server.tasks.taskqueue import queued_tasks
 
@@ -58,6 +59,7 @@ def end_failed(config, task, reason, category):
         record_ended_task(config, task, reason, category)
     except (sqlite3.Error, OSError) as err:
         log.error("task %s: statistics not saved: %s", task.task_id, err)
+    send_end_mail(config, task, False, reason, log, log)
 
 
 def dead_worker_reason(task, config):

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from retrace_server import locking
-from retrace_server.errors import Forbidden, NotFound, RetraceError
+from retrace_server.errors import Conflict, Forbidden, NotFound, RetraceError
 
 INCOMING_DIR = ".incoming"
 TRASH_PREFIX = ".deleted-"
@@ -39,9 +39,15 @@ WORKER_LOCK = ".worker.lock"
 # The pid of the process running the task's stages (the supervisor's child).
 JOB_PID = "job_pid"
 FAILURE_NAME = "results/failure"
+# The source a manager task fetches its crash data from (retrace_server.intake.remote).
+REMOTE_NAME = "remote"
+# Present: the task's log is kept at debug level (the manager's "Be more verbose", as --verbose).
+DEBUG_NAME = "debug"
 MD5_NAME = "md5sum"  # "<md5>  vmcore", as upstream (CalculateMd5)
 LOG_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 _LOCKLESS_GRACE_SECONDS = 60
+# What a run writes, and a restart removes.
+_RUN_FILES = ("status", "started_time", "finished_time", LOG_NAME, "retrace_backtrace", JOB_PID, FAILURE_NAME)
 
 
 class TaskStatus(enum.IntEnum):
@@ -230,6 +236,23 @@ class Task:
         (self.path / FAILURE_NAME).unlink(missing_ok=True)
         self.mark_time("finished_time")
         self.set_status(TaskStatus.SUCCESS)
+
+    def forget_run(self):
+        """Forget the last run so that the task starts again from its crash data (a restart).
+
+        Conflict when there is nothing to start from: a coredump task's core
+        is deleted when it ends, unless it was fetched from a source the
+        manager can fetch again.
+        """
+        if not ((self.path / REMOTE_NAME).is_file()
+                or any((self.crash_dir / name).is_file() for name in ("coredump", "vmcore"))):
+            raise Conflict("cannot be restarted: its coredump was deleted when it ended (only X-Task-Type 1, "
+                           "debug, and 2, vmcore, tasks keep their dump)")
+        for name in _RUN_FILES:
+            (self.path / name).unlink(missing_ok=True)
+        shutil.rmtree(self.results_dir, ignore_errors=True)
+        self.results_dir.mkdir(mode=0o750)
+        shutil.rmtree(self.path / "sysroot", ignore_errors=True)
 
     def read_text(self, name, limit):
         """A result file's text, at most ``limit`` bytes; None when absent."""

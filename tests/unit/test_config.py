@@ -72,13 +72,26 @@ def test_unknown_key_is_a_warning_not_an_error():
 
 
 def test_an_upstream_key_this_server_does_not_implement_says_so_by_name():
-    config, warnings = parse("UseFTPTasks = 1\nEmailNotify = 1\n")
+    config, warnings = parse("KojiRoot = /mnt/koji\nUseFafPackages = 1\n")
     assert config == Config()
     assert warnings == [
-        "/etc/retrace-server/retrace-server.conf: UseFTPTasks is upstream's and is ignored here: tasks from an FTP "
-        "drop belong to the task manager, which this server does not have yet",
-        "/etc/retrace-server/retrace-server.conf: EmailNotify is upstream's and is ignored here: e-mail when a task "
-        "ends is not implemented yet (a hook can send it: HookConfig)"]
+        "/etc/retrace-server/retrace-server.conf: KojiRoot is upstream's and is ignored here: kernel debuginfo comes "
+        "from the release's repositories and the [debuginfod] servers here, and vmcores' kernels from the kernel cache",
+        "/etc/retrace-server/retrace-server.conf: UseFafPackages is upstream's and is ignored here: packages come from "
+        "RepoDir and the [debuginfod] servers, not from FAF's store"]
+
+
+def test_the_managers_upstream_keys_are_read_and_checked():
+    config, warnings = parse("AllowTaskManager = 1\nUseFTPTasks = 1\nFTPHost = 127.0.0.1:2121\nEmailNotify = 1\n"
+                             "ImportDirs = /srv/cores /mnt/share\nSMTPServer = [::1]:2525\n")
+    assert warnings == []
+    assert (config.AllowTaskManager, config.UseFTPTasks, config.EmailNotify) == (True, True, True)
+    assert config.import_dirs == [Path("/srv/cores"), Path("/mnt/share")]
+    assert config.smtp_address == ("::1", 2525)
+    with pytest.raises(ConfigError, match="ImportDirs must name absolute directories, not 'cores'"):
+        parse("ImportDirs = cores\n")
+    with pytest.raises(ConfigError, match="ManagerUserFile must be an absolute path"):
+        parse("ManagerUserFile = users\n")
 
 
 def test_every_key_of_upstreams_configuration_is_implemented_or_explained():

@@ -1,0 +1,359 @@
+"""Crash data a support engineer points at instead of uploading: a URL, a file in ImportDirs, the FTP drop.
+
+Customer vmcores are tens of GiB and already sit somewhere: a web or FTP
+server, a share mounted on this host, the FTP drop customers upload to.
+The manager checks a source when the task is created (so that a typo, a
+closed port or a path outside ``ImportDirs`` is a sentence at once, not a
+failed task later) and stores it in the task's ``remote`` file (upstream's
+name and format: one source per line, ``FTP <name>`` for the drop); the
+worker fetches it with progress in the task log.  Every source is
+untrusted: sizes are capped while the bytes flow, and a path is checked
+where it really leads, after symlinks, on the file actually opened.
+"""
+
+import contextlib
+import dataclasses
+import ftplib
+import os
+import socket
+import ssl
+import stat
+import time
+import urllib.parse
+from pathlib import Path
+
+import requests
+
+from retrace_server.errors import BadRequest, NotFound, UploadTooLarge, disk_full_explained
+from retrace_server.intake.storage import NO_STORAGE
+
+
+PROGRESS_FILE = "progress"
+_FTP_DROP_PREFIX = "FTP "
+_CHUNK = 1024 * 1024
+_CONNECT_TIMEOUT = 10
+_READ_TIMEOUT = 120
+_PROGRESS_SECONDS = 30
+_SCHEMES = ("http", "https", "ftp")
+
+
+class SourceError(BadRequest):
+    """A source that cannot be read: the sentence says what to fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """``kind`` is ``url``, ``path`` (a file under ImportDirs) or ``drop`` (a file name on the FTP drop)."""
+
+    kind: str
+    location: str
+
+    def line(self):
+        return f"{_FTP_DROP_PREFIX}{self.location}" if self.kind == "drop" else self.location
+
+    @classmethod
+    def from_line(cls, line):
+        if line.startswith(_FTP_DROP_PREFIX):
+            return cls("drop", line[len(_FTP_DROP_PREFIX):])
+        return cls("path" if line.startswith("/") else "url", line)
+
+    @property
+    def shown(self):
+        """The source for pages and logs: a URL's password is never shown."""
+        if self.kind == "drop":
+            return f"{self.location} on the FTP drop"
+        if self.kind == "url":
+            parts = urllib.parse.urlsplit(self.location)
+            if parts.password is not None:
+                netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+                return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+        return self.location
+
+    @property
+    def name(self):
+        """The file's own name, for the task log."""
+        path = urllib.parse.urlsplit(self.location).path if self.kind == "url" else self.location
+        return urllib.parse.unquote(path.rstrip("/").rsplit("/", 1)[-1]) or "download"
+
+
+def parse_source(text):
+    """A Source from what an engineer typed: an http(s)/ftp URL, a server path or ``file://`` URL."""
+    text = (text or "").strip()
+    if not text:
+        raise SourceError("Give the URL or the server path of the core or vmcore to retrace")
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in text) or len(text) > 2048:
+        raise SourceError("The URL or path holds control characters or is longer than 2048 characters")
+    if text.startswith("file://"):
+        text = urllib.parse.unquote(urllib.parse.urlsplit(text).path)
+    if text.startswith("/"):
+        return Source("path", text)
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme.lower() not in _SCHEMES or not parts.hostname:
+        raise SourceError(f"'{text[:200]}' is neither an http, https or ftp URL nor an absolute path on the server")
+    try:
+        parts.port  # noqa: B018 - a port that is not a number raises here
+    except ValueError:
+        raise SourceError(f"The URL's port is not a number: '{parts.netloc}'") from None
+    return Source("url", text)
+
+
+# -- paths under ImportDirs -------------------------------------------------------
+
+
+def _inside(path, roots):
+    return any(path == root or root in path.parents for root in roots)
+
+
+@contextlib.contextmanager
+def open_import(path_text, import_dirs):
+    """The opened file at ``path_text``, which must really be under one of ``import_dirs``.
+
+    The check is made on the file opened, through ``/proc/self/fd``, after
+    every symlink was followed: a link planted inside an import directory
+    that leads out of it, or swapped between check and open, is refused.
+    """
+    roots = [Path(os.path.realpath(directory)) for directory in import_dirs]
+    if not roots:
+        raise SourceError("This server imports no server paths (ImportDirs is empty); give a URL instead")
+    try:
+        fd = os.open(path_text, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise SourceError(f"There is no file {path_text} on the server") from None
+    except OSError as err:
+        raise SourceError(f"The server cannot open {path_text}: {err.strerror}") from None
+    try:
+        real = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        if not _inside(real, roots):
+            raise SourceError(f"{path_text} is not inside the directories this server imports from (ImportDirs: "
+                              f"{' '.join(str(directory) for directory in import_dirs)})")
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SourceError(f"{path_text} is not a regular file")
+        with open(fd, "rb", closefd=False) as handle:
+            yield handle
+    finally:
+        os.close(fd)
+
+
+# -- URLs -------------------------------------------------------------------------
+
+
+def _connection_sentence(location, err):
+    parts = urllib.parse.urlsplit(location)
+    where = f"{parts.hostname}:{parts.port or {'https': 443, 'ftp': 21}.get(parts.scheme, 80)}"
+    text = str(err)
+    if isinstance(err, socket.gaierror) or "Name or service not known" in text or "NameResolutionError" in text:
+        return f"Cannot reach {where}: its host name cannot be resolved"
+    if isinstance(err, ConnectionRefusedError) or "Connection refused" in text:
+        return f"Cannot reach {where}: the connection was refused (nothing listens on that port)"
+    if isinstance(err, (TimeoutError, socket.timeout)) or "timed out" in text:
+        return f"Cannot reach {where}: it did not answer in time"
+    if isinstance(err, (ssl.SSLError, requests.exceptions.SSLError)):
+        return f"Cannot reach {where}: its TLS certificate is not trusted or the handshake failed"
+    return f"Cannot reach {where}: {type(err).__name__}"
+
+
+def _ftp_connect(host, port, user, password, use_tls):
+    client = ftplib.FTP_TLS(timeout=_READ_TIMEOUT) if use_tls else ftplib.FTP(timeout=_READ_TIMEOUT)
+    try:
+        client.connect(host, port, timeout=_CONNECT_TIMEOUT)
+        try:
+            client.login(user, password)
+        except ftplib.error_perm as err:
+            raise SourceError(f"The FTP server {host}:{port} refused the login as '{user}': "
+                              f"{str(err)[:120]}") from None
+        if use_tls:
+            client.prot_p()
+        client.voidcmd("TYPE I")
+    except BaseException:
+        with contextlib.suppress(OSError, EOFError, ftplib.Error):
+            client.close()
+        raise
+    return client
+
+
+def _ftp_size(client, name, shown):
+    try:
+        return client.size(name)
+    except ftplib.error_perm:
+        raise SourceError(f"There is no file {shown}") from None
+
+
+def _ftp_url_parts(location):
+    parts = urllib.parse.urlsplit(location)
+    user = urllib.parse.unquote(parts.username) if parts.username else "anonymous"
+    password = urllib.parse.unquote(parts.password) if parts.password else ""
+    return parts.hostname, parts.port or 21, user, password, urllib.parse.unquote(parts.path)
+
+
+@contextlib.contextmanager
+def _reached(source):
+    """Network failures of a source as SourceError sentences."""
+    try:
+        yield
+    except SourceError:
+        raise
+    except (OSError, EOFError, ftplib.Error, requests.exceptions.RequestException) as err:
+        raise SourceError(_connection_sentence(source.location, err)) from None
+
+
+def _http_head(location, head_size):
+    """``(announced size or None, first bytes)``, after checking that the server serves the URL."""
+    with requests.get(location, stream=True, timeout=(_CONNECT_TIMEOUT, _READ_TIMEOUT)) as answer:
+        if answer.status_code >= 400:
+            raise SourceError(f"{Source('url', location).shown} answered {answer.status_code} {answer.reason}; "
+                              "check the URL")
+        length = answer.headers.get("Content-Length", "")
+        return int(length) if length.isdigit() else None, answer.raw.read(head_size, decode_content=False)
+
+
+# -- the FTP drop -----------------------------------------------------------------
+
+
+class FtpDrop:
+    """The FTP drop of the config (UseFTPTasks, FTPHost, FTPUser, FTPPass, FTPDir, FTPSSL)."""
+
+    def __init__(self, config):
+        if not config.UseFTPTasks or not config.FTPHost:
+            raise NotFound("This server has no FTP drop (UseFTPTasks = 0 or no FTPHost)")
+        host, _, port = config.FTPHost.rpartition(":") if config.FTPHost.count(":") == 1 else (config.FTPHost, "", "")
+        self.host, self.port = host, int(port) if port.isdigit() else 21
+        self.config = config
+
+    @contextlib.contextmanager
+    def session(self):
+        source = Source("url", f"ftp://{self.host}:{self.port}/")
+        with _reached(source):
+            client = _ftp_connect(self.host, self.port, self.config.FTPUser, self.config.FTPPass, self.config.FTPSSL)
+            try:
+                client.cwd(self.config.FTPDir)
+                yield client
+            finally:
+                with contextlib.suppress(OSError, EOFError, ftplib.Error):
+                    client.quit()
+
+    def listing(self, limit=5000):
+        """``[(name, size or None)]`` of the plain files in FTPDir, sorted by name; at most ``limit``."""
+        with self.session() as client:
+            try:
+                entries = [(name, facts) for name, facts in client.mlsd(facts=["type", "size"])
+                           if facts.get("type") == "file"]
+                files = [(name, int(facts["size"]) if facts.get("size", "").isdigit() else None)
+                         for name, facts in entries]
+            except ftplib.error_perm:
+                files = [(name, None) for name in client.nlst()]
+        return sorted((name, size) for name, size in files if is_drop_name(name))[:limit]
+
+    def size(self, name):
+        with self.session() as client:
+            return _ftp_size(client, name, f"{name} on the FTP drop")
+
+
+def is_drop_name(name):
+    """File names from the FTP server are untrusted: a plain name only, nothing that walks or breaks lines."""
+    return (0 < len(name) <= 255 and "/" not in name and name not in (".", "..")
+            and all(0x20 <= ord(char) != 0x7F for char in name))
+
+
+# -- checking (the manager) and fetching (the worker) -----------------------------
+
+
+def check(source, config, head_size=8192):
+    """SourceError unless ``source`` can be read now; returns ``(size or None, its first bytes or None)``.
+
+    The first bytes let the manager refuse what is not a dump at once; an
+    FTP source's are not read (aborting a transfer is not portable).
+    """
+    if source.kind == "path":
+        with open_import(source.location, config.import_dirs) as handle:
+            return os.fstat(handle.fileno()).st_size, handle.read(head_size)
+    if source.kind == "drop":
+        if not is_drop_name(source.location):
+            raise SourceError("That is not a file name on the FTP drop")
+        return FtpDrop(config).size(source.location), None
+    with _reached(source):
+        if urllib.parse.urlsplit(source.location).scheme.lower() == "ftp":
+            host, port, user, password, path = _ftp_url_parts(source.location)
+            client = _ftp_connect(host, port, user, password, False)
+            try:
+                return _ftp_size(client, path, source.shown), None
+            finally:
+                with contextlib.suppress(OSError, EOFError, ftplib.Error):
+                    client.quit()
+        return _http_head(source.location, head_size)
+
+
+class _Sink:
+    """The file being fetched: counts, caps, digests and reports progress."""
+
+    def __init__(self, target, cap, total, progress, digest):
+        self.handle = open(target, "xb")  # noqa: SIM115 - closed by fetch
+        self.cap, self.total, self.progress, self.digest = cap, total, progress, digest
+        self.written = 0
+        self.reported = time.monotonic()
+
+    def write(self, chunk):
+        self.written += len(chunk)
+        if self.written > self.cap:
+            raise UploadTooLarge(f"The file is larger than this server accepts ({self.cap} bytes)")
+        with disk_full_explained(NO_STORAGE):
+            self.handle.write(chunk)
+        if self.digest is not None:
+            self.digest.update(chunk)
+        if time.monotonic() - self.reported >= _PROGRESS_SECONDS:
+            self.reported = time.monotonic()
+            self.progress(self.written, self.total)
+
+
+def fetch(source, target, config, cap, progress, digest=None):
+    """Copy ``source`` to the new file ``target`` (at most ``cap`` bytes); returns the size.
+
+    ``progress(done, total or None)`` is called every 30 s; ``digest`` (a
+    hashlib object) sees every byte, so the md5 costs no second pass.
+    """
+    total = None
+    sink = None
+    try:
+        if source.kind == "path":
+            with open_import(source.location, config.import_dirs) as handle:
+                total = os.fstat(handle.fileno()).st_size
+                if total > cap:
+                    raise UploadTooLarge(f"{source.location} is {total} bytes; this server accepts at most {cap}")
+                sink = _Sink(target, cap, total, progress, digest)
+                while chunk := handle.read(_CHUNK):
+                    sink.write(chunk)
+        elif source.kind == "drop":
+            drop = FtpDrop(config)
+            with drop.session() as client:
+                total = _ftp_size(client, source.location, source.shown)
+                sink = _Sink(target, cap, total, progress, digest)
+                with _reached(source):
+                    client.retrbinary(f"RETR {source.location}", sink.write, blocksize=config.FTPBufferSize * 1024 * 1024)
+        elif urllib.parse.urlsplit(source.location).scheme.lower() == "ftp":
+            host, port, user, password, path = _ftp_url_parts(source.location)
+            with _reached(source):
+                client = _ftp_connect(host, port, user, password, False)
+                try:
+                    total = _ftp_size(client, path, source.shown)
+                    sink = _Sink(target, cap, total, progress, digest)
+                    client.retrbinary(f"RETR {path}", sink.write, blocksize=_CHUNK)
+                finally:
+                    with contextlib.suppress(OSError, EOFError, ftplib.Error):
+                        client.quit()
+        else:
+            with _reached(source), requests.get(source.location, stream=True,
+                                                timeout=(_CONNECT_TIMEOUT, _READ_TIMEOUT)) as answer:
+                if answer.status_code >= 400:
+                    raise SourceError(f"{source.shown} answered {answer.status_code} {answer.reason}")
+                length = answer.headers.get("Content-Length", "")
+                total = int(length) if length.isdigit() else None
+                if total is not None and total > cap:
+                    raise UploadTooLarge(f"{source.shown} is {total} bytes; this server accepts at most {cap}")
+                sink = _Sink(target, cap, total, progress, digest)
+                for chunk in answer.raw.stream(_CHUNK, decode_content=False):
+                    sink.write(chunk)
+        if total is not None and sink.written != total:
+            raise SourceError(f"{source.shown} ended after {sink.written} of its {total} bytes; try again")
+        return sink.written
+    finally:
+        if sink is not None:
+            sink.handle.close()

@@ -1,0 +1,160 @@
+"""What support engineers keep on a task: case and bugzilla numbers, e-mail addresses, notes, retention.
+
+The files keep upstream's names in the task directory (``caseno``,
+``bugzillano``, ``notify``, ``notes``, ``managed``, ``url``), so a spool
+carried over from upstream shows its case data.  Every value is checked
+when it is set, with a sentence for the engineer who typed it, and read
+back defensively: a hand-edited file never breaks a page.
+"""
+
+import dataclasses
+import re
+import time
+
+from retrace_server.errors import BadRequest
+from retrace_server.tasks.task import write_atomically
+
+CASENO, BUGZILLANO, NOTIFY, NOTES = "caseno", "bugzillano", "notify", "notes"
+# The task was started from the manager (upstream's marker), and the manager URL its e-mails link to.
+MANAGED, URL = "managed", "url"
+# Epoch seconds before which cleanup keeps the task whatever its age (an open case).
+KEEP_UNTIL = "keep_until"
+
+MAX_NOTES = 64 * 1024
+MAX_ADDRESSES = 20
+MAX_BUGS = 50
+MAX_KEEP_DAYS = 365
+_NUMBER = re.compile(r"[0-9]{1,12}", re.ASCII)
+# Deliberately plain: an address goes into an SMTP envelope, so no quoting, comments or white space.
+_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})*", re.ASCII)
+_SEPARATORS = re.compile(r"[\s,;]+")
+
+
+def parse_caseno(text):
+    text = (text or "").strip()
+    if not text:
+        raise BadRequest("The case number is empty; give the support case's number (digits only)")
+    if not _NUMBER.fullmatch(text):
+        raise BadRequest(f"'{text[:40]}' is not a case number: use digits only (at most 12)")
+    return int(text)
+
+
+def _items(text):
+    return [item for item in _SEPARATORS.split(text or "") if item]
+
+
+def parse_bugzillano(text):
+    """Bug numbers separated by commas, semicolons or spaces (upstream's form)."""
+    bugs = _items(text)
+    if not bugs:
+        raise BadRequest("The bugzilla number is empty; give one or more bug numbers separated by commas")
+    if len(bugs) > MAX_BUGS:
+        raise BadRequest(f"At most {MAX_BUGS} bugzilla numbers can be kept on a task")
+    for bug in bugs:
+        if not _NUMBER.fullmatch(bug):
+            raise BadRequest(f"'{bug[:40]}' is not a bugzilla number: use digits only")
+    return list(dict.fromkeys(int(bug) for bug in bugs))
+
+
+def parse_emails(text):
+    addresses = _items(text)
+    if not addresses:
+        raise BadRequest("The e-mail address is empty; give one or more addresses separated by commas")
+    if len(addresses) > MAX_ADDRESSES:
+        raise BadRequest(f"At most {MAX_ADDRESSES} e-mail addresses can be notified of a task")
+    for address in addresses:
+        if len(address) > 254 or not _ADDRESS.fullmatch(address):
+            raise BadRequest(f"'{address[:80]}' is not an e-mail address this server sends to (name@domain)")
+    return list(dict.fromkeys(addresses))
+
+
+def parse_notes(text):
+    text = (text or "").replace("\r\n", "\n")
+    if len(text.encode("utf-8")) > MAX_NOTES:
+        raise BadRequest(f"The notes are too long: at most {MAX_NOTES // 1024} KiB")
+    return text
+
+
+def parse_keep_days(text):
+    text = (text or "").strip()
+    if not text.isdigit() or not 1 <= int(text) <= MAX_KEEP_DAYS:
+        raise BadRequest(f"Keep the task for 1 to {MAX_KEEP_DAYS} days, not '{text[:20]}'")
+    return int(text)
+
+
+@dataclasses.dataclass
+class CaseData:
+    """A task's case data as read from its directory (absent values are None or empty)."""
+
+    caseno: int | None = None
+    bugzillano: list = dataclasses.field(default_factory=list)
+    notify: list = dataclasses.field(default_factory=list)
+    notes: str = ""
+    managed: bool = False
+    url: str | None = None
+    keep_until: float | None = None
+
+    @classmethod
+    def read(cls, task):
+        def numbers(text):
+            return [int(item) for item in _items(text) if _NUMBER.fullmatch(item)]
+
+        caseno = numbers(task.read_text(CASENO, 64) or "")
+        keep = (task.read_text(KEEP_UNTIL, 64) or "").strip()
+        return cls(
+            caseno=caseno[0] if caseno else None,
+            bugzillano=numbers(task.read_text(BUGZILLANO, 4096) or ""),
+            notify=[item for item in _items(task.read_text(NOTIFY, 8192) or "") if _ADDRESS.fullmatch(item)],
+            notes=task.read_text(NOTES, MAX_NOTES) or "",
+            managed=(task.path / MANAGED).is_file(),
+            url=(task.read_text(URL, 2048) or "").strip() or None,
+            keep_until=float(keep) if keep.replace(".", "", 1).isdigit() else None,
+        )
+
+
+def set_caseno(task, caseno):
+    write_atomically(task.path / CASENO, f"{caseno}\n")
+
+
+def set_bugzillano(task, bugs):
+    write_atomically(task.path / BUGZILLANO, "".join(f"{bug}\n" for bug in bugs))
+
+
+def set_notify(task, addresses):
+    write_atomically(task.path / NOTIFY, "".join(f"{address}\n" for address in addresses))
+
+
+def set_notes(task, notes):
+    write_atomically(task.path / NOTES, notes)
+
+
+def mark_managed(task, url):
+    write_atomically(task.path / MANAGED, "1\n")
+    write_atomically(task.path / URL, f"{url}\n")
+
+
+def keep_for(task, days, now=None):
+    """Keep the task at least ``days`` from now; an existing longer promise stands."""
+    until = (now or time.time()) + days * 86400
+    current = CaseData.read(task).keep_until or 0
+    write_atomically(task.path / KEEP_UNTIL, f"{int(max(until, current))}\n")
+    return max(until, current)
+
+
+def expiry(task, config, status_failed, now=None):
+    """``(epoch, why)``: when cleanup deletes the task, or ``(None, why)`` when it never does by age."""
+    keep = CaseData.read(task).keep_until
+    hours = config.DeleteFailedTaskAfter if status_failed and config.DeleteFailedTaskAfter > 0 else config.DeleteTaskAfter
+    if hours <= 0:
+        return None, "tasks are not deleted by age on this server"
+    by_age = task.path.stat().st_mtime + hours * 3600
+    if keep and keep > by_age:
+        return keep, "kept for its case"
+    key = "DeleteFailedTaskAfter" if status_failed and config.DeleteFailedTaskAfter > 0 else "DeleteTaskAfter"
+    return by_age, f"{hours} h after its last change ({key})"
+
+
+def kept(task, now):
+    """Whether an engineer asked to keep the task past ``now``."""
+    keep = CaseData.read(task).keep_until
+    return keep is not None and keep > now

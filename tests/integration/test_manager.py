@@ -1,0 +1,340 @@
+"""The task manager through the real Apache: what support engineers and upstream's retrace-server-task do.
+
+Tasks are started from a real HTTP server, a directory under ImportDirs and
+a real FTP server on loopback, run by the real worker and gdb, and mail a
+real SMTP server; the pages are read with the line rules of upstream's CLI
+(``manager_client``).
+"""
+
+import hashlib
+import html
+import subprocess
+import types
+
+import pytest
+
+from tests.fixtures.loopback import FileServer, FtpDrop, MailSink, world_readable_dir
+from tests.integration.helpers import abrt_archive
+from tests.integration.manager_client import Engineer, page_field, page_md5, page_task_id
+from tests.integration.server import free_port
+
+ENGINEER, ENGINEER_PASSWORD = "engineer", "correct horse battery"
+READER, READER_PASSWORD = "reader", "staple"
+DROP_USER, DROP_PASSWORD = "customer", "drop-secret"
+
+
+@pytest.fixture(scope="module")
+def users(work_dir):
+    """An htpasswd file with bcrypt entries, as `htpasswd -B` makes them."""
+    path = work_dir / "manager-users"
+    subprocess.run(["htpasswd", "-cbB", str(path), ENGINEER, ENGINEER_PASSWORD], check=True, capture_output=True)
+    subprocess.run(["htpasswd", "-bB", str(path), READER, READER_PASSWORD], check=True, capture_output=True)
+    path.chmod(0o644)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exports(work_dir, problem_dir):
+    """The crash as customers hand it over: a problem-dir archive on a web server, in an import directory
+    and on the FTP drop; a text file that is no core; a symlink out of the import directory."""
+    root = world_readable_dir(work_dir / "manager-exports")
+    archive = abrt_archive(problem_dir)
+    places = {name: world_readable_dir(root / name) for name in ("http", "import", "ftp", "outside")}
+    for place in places.values():
+        (place / "problem.tar.xz").write_bytes(archive)
+        (place / "problem.tar.xz").chmod(0o644)
+    (places["http"] / "notes.txt").write_text("the customer's notes, not a core\n")
+    (places["import"] / "escape.tar.xz").symlink_to(places["outside"] / "problem.tar.xz")
+    (places["ftp"] / "<b>odd.tar.xz").write_bytes(archive)
+    return types.SimpleNamespace(root=root, md5=hashlib.md5(archive).hexdigest(), http=places["http"],
+                                 import_=places["import"], ftp=places["ftp"], outside=places["outside"])
+
+
+@pytest.fixture(scope="module")
+def loopback(exports):
+    servers = types.SimpleNamespace(http=FileServer(exports.http), ftp=FtpDrop(exports.ftp, DROP_USER, DROP_PASSWORD),
+                                    mail=MailSink())
+    yield servers
+    servers.http.close()
+    servers.ftp.close()
+    servers.mail.close()
+
+
+def manager_settings(users, exports, loopback, **settings):
+    return {"AllowTaskManager": "1", "ManagerUserFile": str(users), "ImportDirs": str(exports.import_),
+            "UseFTPTasks": "1", "FTPHost": loopback.ftp.host, "FTPUser": DROP_USER, "FTPPass": DROP_PASSWORD,
+            "EmailNotify": "1", "SMTPServer": loopback.mail.address, "EmailNotifyFrom": "retrace@example.com",
+            "TaskManagerAuthDelete": "1", "TaskManagerDeleteUsers": ENGINEER,
+            "CaseNumberURL": "https://crm.example.com/case/{caseno}", **settings}
+
+
+@pytest.fixture(scope="module")
+def manager(start_server, users, exports, loopback):
+    return start_server(**manager_settings(users, exports, loopback))
+
+
+@pytest.fixture
+def engineer(manager):
+    return Engineer(manager, ENGINEER, ENGINEER_PASSWORD)
+
+
+def created(answer):
+    """The task id of a create whose answer (after the redirect) is the new task's page."""
+    assert answer.status_code == 200, answer.text
+    assert answer.history and answer.history[0].status_code == 303
+    task_id = page_task_id(answer.text)
+    assert task_id.isdigit(), answer.text[:300]
+    return task_id
+
+
+def refused(answer, status, sentence):
+    assert (answer.status_code, answer.text) == (status, sentence), (answer.status_code, answer.text)
+
+
+# -- access --------------------------------------------------------------------------------
+
+
+def test_apache_asks_for_credentials_and_refuses_wrong_ones(manager):
+    assert Engineer(manager, None, None).get("/manager").status_code == 401
+    assert Engineer(manager, ENGINEER, "wrong").get("/manager").status_code == 401
+    page = Engineer(manager, READER, READER_PASSWORD).get("/manager")
+    assert page.status_code == 200 and "Signed in as reader" in page.text
+    # The rest of the server stays public, as upstream's CLI expects when it first probes "/".
+    assert Engineer(manager, None, None).get("/").status_code == 200
+
+
+def test_the_manager_is_off_unless_allowed_and_never_open_without_authentication(start_server):
+    off = start_server()
+    refused(off.get("/manager"), 403, "Task manager was disabled by the server administrator")
+    unauthenticated = start_server(AllowTaskManager="1")
+    refused(unauthenticated.get("/manager"), 403,
+            "The task manager needs authentication, and none is configured: the administrator sets ManagerUserFile "
+            "(or another Apache authentication, see httpd/retrace.conf)")
+    assert unauthenticated.task_dirs() == []
+
+
+# -- tasks from a URL, a server path, the FTP drop ---------------------------------------
+
+
+def test_a_url_import_is_retraced_and_its_page_reads_as_upstreams_cli_reads_it(engineer, loopback, exports):
+    answer = engineer.create(f"{loopback.http.url}/problem.tar.xz", caseno="4242", notify="eng@example.com")
+    task_id = created(answer)
+    assert answer.url.endswith(f"/manager/{task_id}")
+    assert engineer.wait_final(task_id) == "Retrace job finished successfully"
+    page = engineer.page(task_id)
+    assert page_md5(page) == exports.md5
+    assert page_field(page, "Update case no.") == "4242"
+    assert page_field(page, "Update e-mail(s)") == "eng@example.com"
+    assert page_field(page, "Update bugzilla no.") is None
+    assert 'href="https://crm.example.com/case/4242"' in page
+    backtrace = engineer.get(f"/manager/{task_id}/backtrace")
+    assert backtrace.status_code == 200 and "crash_in_library (depth=0" in backtrace.text
+    log = engineer.get(f"/manager/{task_id}/log").text
+    assert "Downloading http://127.0.0.1" in log and f"md5sum of problem.tar.xz: {exports.md5}" in log
+
+
+def test_case_data_is_set_as_the_cli_sets_it_and_refused_with_a_sentence_when_wrong(engineer, loopback):
+    task_id = created(engineer.create(f"{loopback.http.url}/problem.tar.xz"))
+    page = engineer.page(task_id)
+    assert [page_field(page, button) for button in ("Update case no.", "Update e-mail(s)", "Update bugzilla no.")] \
+        == [None, None, None]
+    for field, value in (("caseno", "777"), ("notify", "a@example.com; b@example.com"), ("bugzillano", "123, 456")):
+        assert engineer.set_field(task_id, field, value).status_code == 200
+    page = engineer.page(task_id)
+    assert page_field(page, "Update case no.") == "777"
+    assert page_field(page, "Update e-mail(s)") == "a@example.com, b@example.com"
+    assert page_field(page, "Update bugzilla no.") == "123, 456"
+    refused(engineer.set_field(task_id, "caseno", " "), 400,
+            "The case number is empty; give the support case's number (digits only)")
+    refused(engineer.set_field(task_id, "caseno", "12ab"), 400, "'12ab' is not a case number: use digits only (at most 12)")
+    refused(engineer.set_field(task_id, "notify", "a@example.com, <script>"), 400,
+            "'<script>' is not an e-mail address this server sends to (name@domain)")
+    assert page_field(engineer.page(task_id), "Update case no.") == "777"
+    engineer.wait_final(task_id)
+
+
+def test_a_file_under_import_dirs_is_retraced(engineer, exports):
+    task_id = created(engineer.create(str(exports.import_ / "problem.tar.xz")))
+    assert engineer.wait_final(task_id) == "Retrace job finished successfully"
+    task_id = created(engineer.create((exports.import_ / "problem.tar.xz").as_uri(), md5=False))
+    assert engineer.wait_final(task_id) == "Retrace job finished successfully"
+    assert page_md5(engineer.page(task_id)) is None
+
+
+def test_sources_that_cannot_be_read_are_refused_at_once_and_create_nothing(engineer, manager, exports, loopback):
+    before = manager.task_dirs()
+    closed = free_port()
+    cases = [
+        (str(exports.outside / "problem.tar.xz"), 400,
+         f"{exports.outside}/problem.tar.xz is not inside the directories this server imports from (ImportDirs: "
+         f"{exports.import_})"),
+        (str(exports.import_ / "escape.tar.xz"), 400,
+         f"{exports.import_}/escape.tar.xz is not inside the directories this server imports from (ImportDirs: "
+         f"{exports.import_})"),
+        (str(exports.import_ / ".." / "outside" / "problem.tar.xz"), 400,
+         f"{exports.import_}/../outside/problem.tar.xz is not inside the directories this server imports from "
+         f"(ImportDirs: {exports.import_})"),
+        (str(exports.import_ / "missing.vmcore"), 400, f"There is no file {exports.import_}/missing.vmcore on the server"),
+        (f"http://127.0.0.1:{closed}/vmcore", 400,
+         f"Cannot reach 127.0.0.1:{closed}: the connection was refused (nothing listens on that port)"),
+        (f"{loopback.http.url}/nothing-here", 400, f"{loopback.http.url}/nothing-here answered 404 File not found; "
+                                                  "check the URL"),
+        (f"{loopback.http.url}/notes.txt", 400,
+         "The file is not a coredump, nor a tar archive or a compressed coredump this server reads (it looks like "
+         "ASCII text)"),
+        (f"ftp://{DROP_USER}:wrong@{loopback.ftp.host}/problem.tar.xz", 400,
+         f"The FTP server 127.0.0.1:{loopback.ftp.port} refused the login as 'customer': 530 Authentication failed."),
+        ("gopher://example.com/core", 400,
+         "'gopher://example.com/core' is neither an http, https or ftp URL nor an absolute path on the server"),
+        ("", 400, "Give the URL or the server path of the core or vmcore to retrace"),
+    ]
+    for url, status, sentence in cases:
+        refused(engineer.create(url), status, sentence)
+    refused(engineer.create(f"{loopback.http.url}/problem.tar.xz", task_type="vmcore", kernelver="../../etc"), 400,
+            "The kernel version '../../etc' is not a kernel release string (what uname -r prints, like 6.1.0-26-amd64 "
+            "or 5.14.0-427.el9.x86_64)")
+    refused(engineer.create(f"{loopback.http.url}/problem.tar.xz", package="bash; rm -rf /"), 400,
+            "The package 'bash; rm -rf /' is not a package name-version-release such as 'bash-5.2.26-3.fc41' or "
+            "'bash-5.2.15-2+b7'")
+    assert manager.task_dirs() == before
+
+
+def test_the_ftp_drop_is_listed_and_a_task_starts_from_its_file(engineer, exports):
+    listing = engineer.get("/manager").text
+    assert "problem.tar.xz" in listing
+    assert "&lt;b&gt;odd.tar.xz" in listing and "<b>odd" not in listing
+    answer = engineer.start_from_drop("problem.tar.xz", caseno="99")
+    task_id = created(answer)
+    assert engineer.wait_final(task_id) == "Retrace job finished successfully"
+    page = engineer.page(task_id)
+    assert page_md5(page) == exports.md5 and page_field(page, "Update case no.") == "99"
+    assert "problem.tar.xz on the FTP drop" in page
+    refused(engineer.start_from_drop("absent.vmcore"), 400, "There is no file absent.vmcore on the FTP drop")
+
+
+def test_a_task_that_ends_mails_its_addresses(engineer, loopback):
+    task_id = created(engineer.create(f"{loopback.http.url}/problem.tar.xz", caseno="31337",
+                                      notify="one@example.com, two@example.com"))
+    engineer.wait_final(task_id)
+    mails = [mail for mail in loopback.mail.messages if f"#{task_id}" in mail["Subject"]]
+    assert len(mails) == 1, [mail["Subject"] for mail in loopback.mail.messages]
+    mail = mails[0]
+    assert mail["Subject"] == f"Retrace Server task #{task_id} finished successfully (case 31337)"
+    assert (mail["From"], mail["To"]) == ("retrace@example.com", "one@example.com, two@example.com")
+    body = mail.get_payload(decode=True).decode()
+    assert f"/manager/{task_id}/backtrace" in body and "Case number: 31337" in body
+
+
+def test_a_broken_drop_login_and_a_dead_mail_server_are_sentences_not_failures(start_server, users, exports,
+                                                                                loopback):
+    server = start_server(**manager_settings(users, exports, loopback, FTPPass="wrong",
+                                             SMTPServer=f"127.0.0.1:{free_port()}"))
+    engineer = Engineer(server, ENGINEER, ENGINEER_PASSWORD)
+    sentence = f"The FTP server 127.0.0.1:{loopback.ftp.port} refused the login as 'customer': 530 Authentication failed."
+    assert html.escape(sentence) in engineer.get("/manager").text
+    refused(engineer.start_from_drop("problem.tar.xz"), 400, sentence)
+    task_id = created(engineer.create(str(exports.import_ / "problem.tar.xz"), notify="eng@example.com"))
+    assert engineer.wait_final(task_id) == "Retrace job finished successfully"
+    assert "The e-mail to eng@example.com was not sent: the mail server 127.0.0.1:" in \
+        engineer.get(f"/manager/{task_id}/log").text
+
+
+# -- restart, delete, retention ------------------------------------------------------------
+
+
+def test_restart_runs_the_task_again_with_new_case_data(engineer, exports):
+    task_id = created(engineer.create(str(exports.import_ / "problem.tar.xz")))
+    engineer.wait_final(task_id)
+    refused(engineer.restart(task_id, kernelver="6.1.0-26-amd64"), 400,
+            "The kernel version is for vmcore tasks; a coredump's release is forced with --release")
+    answer = engineer.restart(task_id, caseno="555", notify="late@example.com", debug="on")
+    assert answer.status_code == 200 and page_task_id(answer.text) == task_id
+    assert engineer.wait_final(task_id) == "Retrace job finished successfully"
+    page = engineer.page(task_id)
+    assert page_field(page, "Update case no.") == "555" and page_field(page, "Update e-mail(s)") == "late@example.com"
+    assert "[D] Mapped /usr/bin/crasher, build-id " in engineer.get(f"/manager/{task_id}/log").text
+
+
+def test_only_the_named_users_may_delete(manager, engineer, exports):
+    task_id = created(engineer.create(str(exports.import_ / "problem.tar.xz")))
+    engineer.wait_final(task_id)
+    reader = Engineer(manager, READER, READER_PASSWORD)
+    assert "Delete task" not in reader.page(task_id) and "Delete task" in engineer.page(task_id)
+    refused(reader.post(f"/manager/{task_id}/delete"), 403,
+            "User 'reader' may not delete tasks on this server (TaskManagerDeleteUsers)")
+    answer = engineer.post(f"/manager/{task_id}/delete")
+    assert answer.status_code == 200 and answer.url == f"{manager.url}/manager"
+    assert task_id not in manager.task_dirs()
+    refused(engineer.get(f"/manager/{task_id}"), 404, "There is no such task")
+
+
+def test_keeping_a_task_for_its_case_moves_its_expiry(engineer, exports):
+    task_id = created(engineer.create(str(exports.import_ / "problem.tar.xz")))
+    engineer.wait_final(task_id)
+    assert "(DeleteTaskAfter)" in engineer.page(task_id)
+    assert engineer.post(f"/manager/{task_id}/keep", data={"days": "200"}).status_code == 200
+    assert "(kept for its case)" in engineer.page(task_id)
+    refused(engineer.post(f"/manager/{task_id}/keep", data={"days": "9999"}), 400,
+            "Keep the task for 1 to 365 days, not '9999'")
+
+
+# -- the forms' safety ---------------------------------------------------------------------
+
+
+def test_cross_site_changes_are_refused_and_scripts_without_origin_pass(engineer, exports, manager):
+    task_id = created(engineer.create(str(exports.import_ / "problem.tar.xz")))
+    sentence = "This change was sent from another web site and is refused; make it from the task manager's own pages"
+    for headers in ({"Origin": "https://evil.example"}, {"Referer": "https://evil.example/page"},
+                    {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"}):
+        refused(engineer.post(f"/manager/{task_id}/caseno", data={"caseno": "1"}, headers=headers), 403, sentence)
+    refused(engineer.get("/manager/problem.tar.xz/start", headers={"Sec-Fetch-Site": "cross-site"}), 403, sentence)
+    same_site = engineer.post(f"/manager/{task_id}/caseno", data={"caseno": "2"}, headers={"Origin": manager.url})
+    assert same_site.status_code == 200 and page_field(same_site.text, "Update case no.") == "2"
+    engineer.wait_final(task_id)
+
+
+def test_what_came_from_a_task_is_escaped_and_pages_carry_the_security_headers(engineer, exports):
+    task_id = created(engineer.create(str(exports.import_ / "problem.tar.xz")))
+    assert engineer.post(f"/manager/{task_id}/savenotes",
+                         data={"notes": "</textarea><script>alert(1)</script>"}).status_code == 200
+    answer = engineer.get(f"/manager/{task_id}")
+    assert "<script>" not in answer.text and "&lt;/textarea&gt;&lt;script&gt;" in answer.text
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    assert answer.headers["X-Frame-Options"] == "DENY"
+    assert "default-src 'none'" in answer.headers["Content-Security-Policy"]
+    engineer.wait_final(task_id)
+
+
+def test_the_list_filters_by_status_case_and_text(engineer, exports):
+    task_id = created(engineer.create(str(exports.import_ / "problem.tar.xz"), caseno="8675309"))
+    engineer.wait_final(task_id)
+    by_case = engineer.get("/manager", params={"case": "8675309"}).text
+    assert f'href="/manager/{task_id}"' in by_case and "Tasks (1)" in by_case
+    assert f'href="/manager/{task_id}"' in engineer.get("/manager", params={"q": task_id[2:7]}).text
+    assert f'href="/manager/{task_id}"' not in engineer.get("/manager", params={"status": "failed"}).text
+    assert f'href="/manager/{task_id}"' in engineer.get("/manager", params={"status": "finished"}).text
+    refused(engineer.get("/manager", params={"case": "x1"}), 400, "'x1' is not a case number: use digits only")
+
+
+# -- browser upload --------------------------------------------------------------------------
+
+
+def test_a_browser_upload_streams_into_a_task(engineer, exports, problem_dir):
+    with open(exports.import_ / "problem.tar.xz", "rb") as archive:
+        answer = engineer.post("/manager/__upload__", data={"task_type": "coredump", "caseno": "12", "md5sum": "on"},
+                               files={"file": ("problem.tar.xz", archive, "application/octet-stream")})
+    task_id = created(answer)
+    assert engineer.wait_final(task_id) == "Retrace job finished successfully"
+    assert page_md5(engineer.page(task_id)) == exports.md5
+    with open(problem_dir / "coredump", "rb") as core:
+        answer = engineer.post("/manager/__upload__", data={"task_type": "coredump"},
+                               files={"file": ("core", core, "application/octet-stream")})
+    refused(answer, 403, "Required file 'executable' is missing")
+    bare = {name: (problem_dir / name).read_text().strip() for name in ("executable", "package")}
+    with open(problem_dir / "coredump", "rb") as core:
+        answer = engineer.post("/manager/__upload__", data={"task_type": "coredump", **bare},
+                               files={"file": ("core", core, "application/octet-stream")})
+    assert engineer.wait_final(created(answer)) == "Retrace job finished successfully"
+    refused(engineer.post("/manager/__upload__", data={"task_type": "coredump"}), 400,
+            "Send the form as multipart/form-data (a browser form with enctype=\"multipart/form-data\")")
+

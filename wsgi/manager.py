@@ -1,0 +1,394 @@
+"""The task manager at ``/manager``: support engineers' tasks, case data and imports, for browsers and scripts.
+
+URLs, form fields and the markers in the pages follow upstream's
+``manager.wsgi``, because upstream's ``retrace-server-task`` scripts them:
+it posts ``/manager/__custom__`` to start a task from a URL or a server
+path, ``GET /manager/<file>/start`` for a file on the FTP drop, posts
+``caseno``, ``bugzillano``, ``notify`` and ``restart``, and reads the task
+page (see ``managerpages``).  Every change answers ``303 See Other`` to the
+task page, which both a browser and ``requests`` follow.
+
+Apache authenticates the user (``ManagerUserFile``, or Kerberos, OpenID
+Connect: httpd/retrace.conf); a request that reaches us without
+``REMOTE_USER`` is refused, so a missing ``<Location>`` can never open
+the manager to everyone.  Changes sent by a browser from another site are
+refused by their ``Origin``, ``Referer`` or ``Sec-Fetch-Site``; a script
+sends none of them and is let through.
+"""
+
+import hashlib
+import logging
+import time
+import urllib.parse
+
+from webob import Response
+
+from retrace_server.errors import BadRequest, Conflict, Forbidden, NotFound, UploadTooLarge
+from retrace_server.intake import archive, crashdata, imported, multipart, remote, storage
+from retrace_server.tasks import casedata, dispatch, taskqueue, tasklist
+from retrace_server.tasks.hooks import delete_task
+from retrace_server.tasks.overrides import InvalidOverride, Overrides
+from retrace_server.tasks.task import DEBUG_NAME, MD5_NAME, REMOTE_NAME, Task, TaskType, worker_alive, write_atomically
+from retrace_server.wsgi import managerpages
+from retrace_server.wsgi.handlers import BACKTRACE_LIMIT, EXPLOITABLE_LIMIT, LOG_LIMIT, text_response
+from retrace_server.worker.fetch import CUSTOM_FILES, MD5_REQUESTED
+
+log = logging.getLogger(__name__)
+
+_TASK_FILES = {
+    "backtrace": ("retrace_backtrace", BACKTRACE_LIMIT, "There is no backtrace for the specified task"),
+    "log": ("retrace_log", LOG_LIMIT, "There is no log for the specified task"),
+    "exploitable": ("results/exploitable", EXPLOITABLE_LIMIT, "There is no exploitability data for the specified task"),
+}
+
+
+def _user(config, request, changes=False):
+    """The authenticated user; refuses when the manager is off, unauthenticated, or a change is forged."""
+    if not config.AllowTaskManager:
+        raise Forbidden("Task manager was disabled by the server administrator")
+    user = request.environ.get("REMOTE_USER")
+    if not user:
+        raise Forbidden("The task manager needs authentication, and none is configured: the administrator sets "
+                        "ManagerUserFile (or another Apache authentication, see httpd/retrace.conf)")
+    if changes:
+        _refuse_cross_site(request)
+    return user
+
+
+def _refuse_cross_site(request):
+    sentence = ("This change was sent from another web site and is refused; make it from the task manager's "
+                "own pages")
+    if request.headers.get("Sec-Fetch-Site", "").lower() in ("cross-site", "same-site"):
+        raise Forbidden(sentence)
+    for header in ("Origin", "Referer"):
+        value = request.headers.get(header)
+        if value is None:
+            continue
+        parts = urllib.parse.urlsplit(value)
+        if value == "null" or (parts.scheme, parts.netloc.lower()) != (request.scheme, request.host.lower()):
+            raise Forbidden(sentence)
+
+
+def _see(request, path):
+    return Response(status=303, location=f"{request.application_url}/manager{path}", content_type="text/plain")
+
+
+def _open(config, task_id):
+    return Task.open(config.SaveDir, task_id, config.TaskIdLength)
+
+
+def _html(text):
+    return Response(content_type="text/html", charset="utf-8", text=text)
+
+
+# -- the list -------------------------------------------------------------------------
+
+
+def task_list(config, request):
+    user = _user(config, request)
+    query = request.GET
+    status = query.get("status") if query.get("status") in tasklist.STATUS_FILTERS else None
+    caseno = query.get("case", "").strip()
+    if caseno and not caseno.isdigit():
+        raise BadRequest(f"'{caseno[:40]}' is not a case number: use digits only")
+    search = query.get("q", "").strip()[:200]
+    page = query.get("page", "1")
+    listing = tasklist.list_tasks(config, status, caseno or None, search or None, int(page) if page.isdigit() else 1)
+    drop = None
+    if config.UseFTPTasks:
+        try:
+            drop = remote.FtpDrop(config).listing()
+        except BadRequest as err:
+            drop = str(err)
+    filters = {"status": status or "", "case": caseno, "q": search}
+    return _html(managerpages.list_page(config, listing, filters, drop, user))
+
+
+# -- one task -------------------------------------------------------------------------
+
+
+def task_page(config, request, task_id):
+    user = _user(config, request)
+    task = _open(config, task_id)
+    return _html(managerpages.task_page(config, task, user, _may_delete(config, user)))
+
+
+def task_file(config, request, task_id, name):
+    _user(config, request)
+    file_name, limit, missing = _TASK_FILES[name]
+    text = _open(config, task_id).read_text(file_name, limit)
+    if text is None:
+        raise NotFound(missing)
+    return text_response(text)
+
+
+def result(config, request, task_id, name):
+    _user(config, request)
+    text = _open(config, task_id).read_text(f"results/{name}", BACKTRACE_LIMIT)
+    if text is None:
+        raise NotFound(f"There is no '{name}' result for the specified task")
+    return text_response(text)
+
+
+_FIELDS = {
+    "caseno": (casedata.parse_caseno, casedata.set_caseno),
+    "bugzillano": (casedata.parse_bugzillano, casedata.set_bugzillano),
+    "notify": (casedata.parse_emails, casedata.set_notify),
+    "notes": (casedata.parse_notes, casedata.set_notes),
+}
+
+
+def update_field(config, request, task_id, field):
+    """``caseno``, ``bugzillano``, ``notify`` or ``savenotes`` (upstream's URL for the ``notes`` field)."""
+    user = _user(config, request, changes=True)
+    task = _open(config, task_id)
+    name = "notes" if field == "savenotes" else field
+    parse, store = _FIELDS[name]
+    store(task, parse(request.POST.get(name)))
+    log.info("task %s: %s set by %s", task_id, name, user)
+    return _see(request, f"/{task_id}")
+
+
+def keep(config, request, task_id):
+    user = _user(config, request, changes=True)
+    task = _open(config, task_id)
+    days = casedata.parse_keep_days(request.POST.get("days"))
+    until = casedata.keep_for(task, days)
+    log.info("task %s: kept until %s by %s", task_id, time.strftime("%Y-%m-%d", time.localtime(until)), user)
+    return _see(request, f"/{task_id}")
+
+
+def _ended(task, doing):
+    status = task.status
+    if (status is not None and not status.is_final) or worker_alive(task):
+        raise Conflict(f"The task is still running; {doing} it after it has ended")
+    if status is None:
+        raise Conflict(f"The task is still waiting in the queue; {doing} it after it has ended")
+
+
+def restart(config, request, task_id):
+    """Run the task again, optionally with a kernel version, at debug level, with new case data."""
+    user = _user(config, request, changes=True)
+    task = _open(config, task_id)
+    form = request.POST
+    overrides = _overrides(form, task.task_type, config)
+    updates = _case_updates(form)
+    _ended(task, "restart")
+    try:
+        task.forget_run()
+    except Conflict as err:
+        raise Conflict(f"The task {err}") from None
+    overrides.save(task)
+    _set_debug(task, form)
+    for name, value in updates.items():
+        _FIELDS[name][1](task, value)
+    write_atomically(task.path / "queued_time", repr(time.time()))
+    log.info("task %s restarted by %s%s", task_id, user, f" ({overrides.describe()})" if overrides else "")
+    _poke(config, task)
+    return _see(request, f"/{task_id}")
+
+
+def _may_delete(config, user):
+    return not config.TaskManagerAuthDelete or user in config.TaskManagerDeleteUsers.split()
+
+
+def delete(config, request, task_id):
+    user = _user(config, request, changes=True)
+    if not _may_delete(config, user):
+        raise Forbidden(f"User '{user}' may not delete tasks on this server (TaskManagerDeleteUsers)")
+    task = _open(config, task_id)
+    status = task.status
+    if (status is not None and not status.is_final) or worker_alive(task):
+        raise Conflict("The task is still running; delete it after it has ended")
+    delete_task(config, task, log)
+    log.info("task %s deleted by %s in the task manager", task_id, user)
+    return _see(request, "")
+
+
+# -- creating tasks -------------------------------------------------------------------
+
+
+def _overrides(form, task_type, config):
+    kernelver = (form.get("kernelver") or "").strip()
+    try:
+        return Overrides(kernelver=kernelver or None).checked(task_type, config)
+    except InvalidOverride as err:
+        raise BadRequest(str(err).replace("--kernelver", "The kernel version")) from None
+
+
+def _case_updates(form):
+    """The case data fields a form filled in, parsed (an empty field is left alone)."""
+    return {name: _FIELDS[name][0](form.get(field)) for name, field in
+            (("caseno", "caseno"), ("bugzillano", "bugzillano"), ("notify", "notify")) if (form.get(field) or "").strip()}
+
+
+def _set_debug(task, form):
+    marker = task.path / DEBUG_NAME
+    if _checked(form.get("debug"), False):
+        write_atomically(marker, "1\n")
+    else:
+        marker.unlink(missing_ok=True)
+
+
+def _task_type(form, config):
+    kind = (form.get("task_type") or "vmcore").strip()
+    if kind not in ("vmcore", "coredump"):
+        raise BadRequest(f"task_type is 'vmcore' or 'coredump', not '{kind[:40]}'")
+    if kind == "vmcore" and not config.AllowVMCoreTask:
+        raise Forbidden("Vmcore tasks are disabled on this server (AllowVMCoreTask = 0)")
+    return TaskType.VMCORE_INTERACTIVE if kind == "vmcore" else TaskType.COREDUMP_INTERACTIVE
+
+
+def _custom_files(form, task_type):
+    """A bare coredump's package, executable and release, checked as if they came in an archive."""
+    values = {}
+    for custom, name in CUSTOM_FILES.items():
+        value = (form.get(name) or "").strip()
+        if not value or task_type.is_vmcore:
+            continue
+        limit, fits, rule = crashdata.CRASH_FILES[name]
+        if len(value) > limit or not fits(value):
+            raise BadRequest(f"The {name.replace('_', ' ')} '{value[:80]}' is not {rule}")
+        values[custom] = value
+    return values
+
+
+def _checked_form(form, task_type, config):
+    """``(overrides, custom files, case data)`` from a create form, each checked."""
+    if form.get("vmem-check") or form.get("custom_vmem_url"):
+        raise BadRequest("VMware snapshot memory files (vmem) are not supported; convert the snapshot to a vmcore")
+    return _overrides(form, task_type, config), _custom_files(form, task_type), _case_updates(form)
+
+
+def _checked(value, default):
+    """A checkbox's value (upstream's CLI sends "on" or "off"); absent: ``default``."""
+    return default if value is None else value in ("on", "md5sum", "debug", "1", "true")
+
+
+def _commit(config, request, incoming, task_type, form, overrides, updates):
+    """Publish the new task with what the form asked for; the worker may start it at once."""
+    _set_debug(incoming, form)
+    overrides.save(incoming)
+    for name, value in updates.items():
+        _FIELDS[name][1](incoming, value)
+    task, _password = incoming.commit(task_type, id_length=config.TaskIdLength, password_length=config.TaskPassLength)
+    casedata.mark_managed(task, f"{request.application_url}/manager/{task.task_id}")
+    return task
+
+
+def _create(config, request, source, form, user):
+    """Check ``source`` now, then queue a task that fetches it; 303 to its page."""
+    task_type = _task_type(form, config)
+    overrides, custom, updates = _checked_form(form, task_type, config)
+    size, head = remote.check(source, config)
+    if head is not None:
+        imported.check_head(head, task_type.is_vmcore)
+    cap = config.max_vmcore_unpacked_bytes if task_type.is_vmcore else config.max_unpacked_bytes
+    if size is not None and size > cap:
+        raise UploadTooLarge(f"{source.shown} is {size} bytes; this server accepts at most {cap} bytes for this task type")
+    storage.ensure_free(config.SaveDir, size or 0, config.min_storage_left_bytes)
+    with taskqueue.admitted_upload(config, request.remote_addr) as incoming:
+        write_atomically(incoming.path / REMOTE_NAME, source.line() + "\n")
+        for name, value in custom.items():
+            write_atomically(incoming.path / name, value)
+        if _checked(form.get("md5sum"), config.CalculateMd5):
+            write_atomically(incoming.path / MD5_REQUESTED, "1\n")
+        task = _commit(config, request, incoming, task_type, form, overrides, updates)
+    log.info("task %s created by %s from %s", task.task_id, user, source.shown)
+    _poke(config, task)
+    return _see(request, f"/{task.task_id}")
+
+
+def create_from_upload(config, request):
+    """``/manager/__upload__``: a core or vmcore (bare, compressed, or a tar) uploaded from the browser.
+
+    The form's fields come before its file (the page puts them there), and
+    the file streams into the new task's directory through the upload
+    path's caps; then it is turned into crash data as a fetched file is.
+    """
+    user = _user(config, request, changes=True)
+    boundary = multipart.boundary_of(request.headers.get("Content-Type"))
+    cap = config.max_vmcore_unpacked_bytes if config.AllowVMCoreTask else config.max_unpacked_bytes
+    length = archive.declared_length(request.content_length, cap + multipart.FIELD_LIMIT * multipart.MAX_PARTS)
+    storage.ensure_free(config.SaveDir, length, config.min_storage_left_bytes)
+    form, received = {}, None
+    with taskqueue.admitted_upload(config, request.remote_addr) as incoming:
+        upload = incoming.path / "upload"
+        digest = hashlib.md5(usedforsecurity=False)
+        for part in multipart.parts(request.environ["wsgi.input"], length, boundary):
+            if part.filename is None:
+                form[part.name] = part.text()
+            elif part.name == "file" and received is None:
+                received = _receive(part, upload, cap, digest, config, incoming)
+        if not received:
+            raise BadRequest("Choose the core or vmcore file to upload")
+        task_type = _task_type(form, config)
+        overrides, custom, updates = _checked_form(form, task_type, config)
+        limits = archive.Limits(cap if task_type.is_vmcore else config.max_unpacked_bytes, crashdata.size_caps(),
+                                lambda nbytes: storage.reserve(config.SaveDir, incoming.path, nbytes,
+                                                               config.min_storage_left_bytes),
+                                crashdata.HEAD_CHECKS)
+        try:
+            sizes = imported.materialize(upload, incoming.crash_dir, limits, task_type.is_vmcore)
+        finally:
+            upload.unlink(missing_ok=True)
+        for name, value in custom.items():
+            crash_name = CUSTOM_FILES[name]
+            if crash_name not in sizes:
+                write_atomically(incoming.crash_dir / crash_name, value)
+                sizes[crash_name] = len(value)
+        archive.require_files(sizes, crashdata.REQUIRED_FILES[task_type])
+        crashdata.validate_crash_dir(incoming.crash_dir, sizes)
+        if _checked(form.get("md5sum"), config.CalculateMd5):
+            write_atomically(incoming.path / MD5_NAME, f"{digest.hexdigest()}  {_e_name(received)}\n")
+        task = _commit(config, request, incoming, task_type, form, overrides, updates)
+    log.info("task %s created by %s from an upload of %s (%d bytes)", task.task_id, user, _e_name(received),
+             sum(sizes.values()))
+    _poke(config, task)
+    return _see(request, f"/{task.task_id}")
+
+
+def _e_name(name):
+    """An uploaded file's name for logs and the md5sum file: its last component, printable."""
+    return "".join(char for char in name.replace("\\", "/").rsplit("/", 1)[-1] if char.isprintable())[:200] or "upload"
+
+
+def _receive(part, target, cap, digest, config, incoming):
+    written = 0
+    with open(target, "xb") as handle:
+        while chunk := part.read():
+            written += len(chunk)
+            if written > cap:
+                raise UploadTooLarge(f"The file is larger than this server accepts ({cap} bytes)")
+            if written % (256 * 1024 * 1024) < len(chunk):
+                storage.reserve(config.SaveDir, incoming.path, 256 * 1024 * 1024, config.min_storage_left_bytes)
+            handle.write(chunk)
+            digest.update(chunk)
+    storage.reserve(config.SaveDir, incoming.path, 0, config.min_storage_left_bytes)
+    return part.filename or "upload"
+
+
+def create_from_source(config, request):
+    """``/manager/__custom__``: a task from an http(s)/ftp URL or a path under ImportDirs."""
+    user = _user(config, request, changes=True)
+    form = request.POST
+    return _create(config, request, remote.parse_source(form.get("custom_url")), form, user)
+
+
+def start(config, request, name):
+    """``/manager/<file>/start``: a task from a file on the FTP drop (upstream's GET, which its CLI sends)."""
+    user = _user(config, request, changes=True)
+    if name.isdigit() and len(name) == config.TaskIdLength:
+        _open(config, name)
+        return _see(request, f"/{name}")  # our tasks start when created
+    if not remote.is_drop_name(name):
+        raise NotFound("There is no such file on the FTP drop")
+    form = request.POST if request.method == "POST" else request.GET
+    return _create(config, request, remote.Source("drop", name), form, user)
+
+
+def _poke(config, task):
+    if not dispatch.poke(config):
+        log.error("task %s waits: no dispatcher listens on %s (is retrace-server-dispatcher running?)",
+                  task.task_id, dispatch.socket_path(config))
+
