@@ -8,17 +8,21 @@ real SMTP server; the pages are read with the line rules of upstream's CLI
 
 import hashlib
 import html
+import shutil
 import subprocess
+import time
 import types
 
 import pytest
 
 from tests.fixtures.loopback import FileServer, FtpDrop, MailSink, world_readable_dir
-from tests.integration.helpers import abrt_archive
-from tests.integration.manager_client import Engineer, page_field, page_md5, page_task_id
+from tests.fixtures.vmcore import kernel_debs
+from tests.integration.helpers import abrt_archive, add_debian_repository
+from tests.integration.browser import chromium, screenshot
+from tests.integration.manager_client import FINAL, Engineer, page_field, page_md5, page_status, page_task_id
 from tests.integration.server import free_port
 
-ENGINEER, ENGINEER_PASSWORD = "engineer", "correct horse battery"
+ENGINEER, ENGINEER_PASSWORD = "engineer", "correct_horse_battery"
 READER, READER_PASSWORD = "reader", "staple"
 DROP_USER, DROP_PASSWORD = "customer", "drop-secret"
 
@@ -302,6 +306,9 @@ def test_what_came_from_a_task_is_escaped_and_pages_carry_the_security_headers(e
     assert answer.headers["X-Content-Type-Options"] == "nosniff"
     assert answer.headers["X-Frame-Options"] == "DENY"
     assert "default-src 'none'" in answer.headers["Content-Security-Policy"]
+    # The manager's forms send their Origin (checked above); elsewhere nothing leaks a referrer.
+    assert answer.headers["Referrer-Policy"] == "same-origin"
+    assert engineer.get("/stats").headers["Referrer-Policy"] == "no-referrer"
     engineer.wait_final(task_id)
 
 
@@ -338,3 +345,75 @@ def test_a_browser_upload_streams_into_a_task(engineer, exports, problem_dir):
     refused(engineer.post("/manager/__upload__", data={"task_type": "coredump"}), 400,
             "Send the form as multipart/form-data (a browser form with enctype=\"multipart/form-data\")")
 
+
+
+# -- a kernel vmcore ---------------------------------------------------------------------------
+
+
+def test_a_bare_vmcore_on_the_server_is_retraced_with_crash(start_server, warm_kernels, vmcores, users, loopback,
+                                                           work_dir):
+    """A support engineer's day: the customer's kdump lies on a share; the manager retraces it in place."""
+    share = world_readable_dir(work_dir / "manager-share")
+    vmcore = share / "vmcore-customer-42"
+    if not vmcore.exists():
+        shutil.copyfile(vmcores.kdump, vmcore)
+        vmcore.chmod(0o644)
+    exports = types.SimpleNamespace(import_=share)
+    server = start_server(repository=False, kernels_from=warm_kernels,
+                          **manager_settings(users, exports, loopback, UseFTPTasks="0"))
+    add_debian_repository(server, kernel_debs().dbg)
+    engineer = Engineer(server, ENGINEER, ENGINEER_PASSWORD)
+    task_id = created(engineer.create(str(vmcore), task_type="vmcore", caseno="42"))
+    assert engineer.wait_final(task_id, timeout=600) == "Retrace job finished successfully"
+    page = engineer.page(task_id)
+    assert page_md5(page) == hashlib.md5(vmcore.read_bytes()).hexdigest()
+    assert "<tr><th>Kernel:</th><td>6." in page and "VMcore retrace - interactive" in page
+    for name in ("sys", "bt", "mod"):
+        assert f'href="/manager/{task_id}/results/{name}"' in page
+    assert "PANIC" in engineer.get(f"/manager/{task_id}/results/sys").text
+    assert vmcore.exists(), "the customer's file stays where it was"
+
+
+# -- in a browser ------------------------------------------------------------------------------
+
+
+def test_an_engineer_works_a_task_in_chromium(manager, loopback):
+    """Create from a URL, edit the case number, restart, delete: by hand, in headless Chromium, no JavaScript."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    with chromium(basic_auth=(ENGINEER, ENGINEER_PASSWORD)) as driver:
+        def wait_final():
+            deadline = time.monotonic() + 120
+            while page_status(driver.page_source.replace("\r\n", "\n")) not in FINAL:
+                assert time.monotonic() < deadline, driver.page_source
+                time.sleep(0.3)
+                driver.refresh()
+
+        driver.get(manager.url + "/manager")
+        assert driver.title.strip() == "Retrace Server task manager"
+        form = driver.find_element(By.ID, "create-url")
+        form.find_element(By.NAME, "custom_url").send_keys(f"{loopback.http.url}/problem.tar.xz")
+        Select(form.find_element(By.NAME, "task_type")).select_by_value("coredump")
+        form.find_element(By.NAME, "caseno").send_keys("2024")
+        screenshot(driver, "manager-create.png")
+        form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        task_id = page_task_id(driver.page_source)
+        assert driver.current_url == f"{manager.url}/manager/{task_id}", driver.page_source
+        wait_final()
+        field = driver.find_element(By.NAME, "caseno")
+        assert field.get_attribute("value") == "2024"
+        field.clear()
+        field.send_keys("2025")
+        driver.find_element(By.CSS_SELECTOR, "input[value='Update case no.']").click()
+        assert driver.find_element(By.NAME, "caseno").get_attribute("value") == "2025"
+        screenshot(driver, "manager-task.png")
+        driver.find_element(By.CSS_SELECTOR, "#restart button").click()
+        wait_final()
+        assert page_status(driver.page_source) == "Retrace job finished successfully"
+        driver.find_element(By.CSS_SELECTOR, "#delete input[name=sure]").click()
+        driver.find_element(By.CSS_SELECTOR, "#delete button").click()
+        assert driver.current_url == f"{manager.url}/manager"
+        assert f'href="/manager/{task_id}"' not in driver.page_source
+        screenshot(driver, "manager-list.png")
+    assert task_id not in manager.task_dirs()

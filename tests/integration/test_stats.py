@@ -1,17 +1,14 @@
 """Statistics after real retraces: the database rows, /stats (JSON and in a real browser), /metrics."""
 
-import os
 import shutil
 import sqlite3
-import tempfile
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.integration.browser import chromium, screenshot
 from tests.integration.helpers import package_lock_held, submit, wait_final
 
-ARTIFACTS = Path(os.environ.get("RETRACE_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
 
 
 @pytest.fixture(scope="module")
@@ -86,20 +83,9 @@ def test_refused_upload_is_counted(start_server, fixture_rpms, problem_dir):
 
 
 def test_stats_page_renders_in_a_real_browser(stats_server):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
-    options = Options()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    profile = tempfile.mkdtemp(prefix="retrace-chromium-")
-    for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
-                     "--disable-background-networking", "--disable-component-update", "--ignore-certificate-errors",
-                     "--window-size=1280,2200", f"--user-data-dir={profile}"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=options)
-    try:
+    with chromium() as driver:
         driver.get(stats_server.url + "/stats")
         assert driver.title == "Retrace Server statistics"
         assert driver.find_element(By.ID, "total").text == "3"
@@ -109,8 +95,4 @@ def test_stats_page_renders_in_a_real_browser(stats_server):
         days = driver.find_elements(By.CSS_SELECTOR, "#per-day rect.day")
         assert len(days) == 30 and days[-1].size["height"] > 50
         assert "unsupported release" in driver.find_element(By.ID, "failures").text
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        assert driver.save_screenshot(str(ARTIFACTS / "stats.png"))
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+        screenshot(driver, "stats.png")
