@@ -1,15 +1,25 @@
 """The manager's task list: every task in SaveDir as a row, filtered, searched and paged.
 
-The spool stays the only truth (no index to drift from it), so a listing
-reads each task directory: a handful of small files, the crash directory's
-sizes.  ``docs/benchmarks.md`` measures this against 10,000 tasks.
+The spool stays the only truth (no index to drift from it), so a row is
+read from its task directory: a handful of small files, the crash
+directory's sizes.  Reading 10,000 of them takes seconds, so each process
+keeps the rows it read, keyed by the task directory's mtime: every change
+the row shows (status, case number, the kernel found) replaces a file in
+that directory, which moves its mtime.  A row whose directory changed in
+the last ``_SETTLE_SECONDS`` is read again every time, because two changes
+within one tick of the file system's clock leave the same mtime (git's
+"racy" index entries).  ``docs/benchmarks.md`` measures both ways.
 """
 
 import dataclasses
 import os
+import stat
+import threading
+import time
+from pathlib import Path
 
 from retrace_server.tasks.casedata import CASENO, MANAGED
-from retrace_server.tasks.task import REMOTE_NAME, TaskStatus, TaskType, iter_tasks
+from retrace_server.tasks.task import REMOTE_NAME, TaskStatus, TaskType, is_task_id
 
 PER_PAGE = 50
 # Filter name -> which statuses it keeps (None: waiting in the queue).
@@ -20,6 +30,10 @@ STATUS_FILTERS = {
     "failed": lambda status: status == TaskStatus.FAIL,
 }
 _SUBJECT_FILES = ("crash/package", "kernelver", REMOTE_NAME)
+_SETTLE_SECONDS = 2.0
+# (SaveDir, task id) -> (the task directory's mtime in ns, its row)
+_ROWS = {}
+_ROWS_LOCK = threading.Lock()
 
 
 @dataclasses.dataclass
@@ -54,9 +68,9 @@ def _crash_size(path):
         return 0
 
 
-def read_row(task):
-    """The task's row; a task being deleted meanwhile reads as empty values, never an error."""
-    path = task.path
+def read_row(path):
+    """The row of the task directory ``path``; a task being deleted meanwhile reads as empty values."""
+    path = Path(path)
     status_text, type_text, queued = _small(path / "status"), _small(path / "type"), _small(path / "queued_time")
     subject = next((text.splitlines()[0] for text in (_small(path / name) for name in _SUBJECT_FILES) if text), "")
     try:
@@ -71,7 +85,7 @@ def read_row(task):
         queued_time = float(queued)
     except ValueError:
         queued_time = None
-    return TaskRow(task.task_id, task_type, status, queued_time, _small(path / CASENO, 64), subject,
+    return TaskRow(path.name, task_type, status, queued_time, _small(path / CASENO, 64), subject,
                    _crash_size(path / "crash"), (path / MANAGED).is_file())
 
 
@@ -83,19 +97,47 @@ class Listing:
     pages: int
 
 
+def _rows(config):
+    """Every task's row, from the cache where its directory has not changed."""
+    save_dir = str(config.SaveDir)
+    settled = time.time() - _SETTLE_SECONDS
+    try:
+        entries = list(os.scandir(save_dir))
+    except FileNotFoundError:
+        return []
+    rows, seen = [], set()
+    for entry in entries:
+        if not is_task_id(entry.name, config.TaskIdLength):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(info.st_mode):
+            continue
+        key = (save_dir, entry.name)
+        seen.add(key)
+        cached = _ROWS.get(key)
+        if cached is not None and cached[0] == info.st_mtime_ns:
+            rows.append(cached[1])
+            continue
+        row = read_row(entry.path)
+        if info.st_mtime < settled:
+            with _ROWS_LOCK:
+                _ROWS[key] = (info.st_mtime_ns, row)
+        rows.append(row)
+    with _ROWS_LOCK:
+        for key in [key for key in _ROWS if key[0] == save_dir and key not in seen]:
+            del _ROWS[key]
+    return rows
+
+
 def list_tasks(config, status=None, caseno=None, search=None, page=1, per_page=PER_PAGE):
     """Tasks newest first, kept by ``status`` (a STATUS_FILTERS key), case number and text; one page of them."""
     keep = STATUS_FILTERS.get(status)
-    rows = []
-    for task in iter_tasks(config.SaveDir, config.TaskIdLength):
-        row = read_row(task)
-        if keep is not None and not keep(row.status):
-            continue
-        if caseno and row.caseno != caseno:
-            continue
-        if search and not row.matches(search):
-            continue
-        rows.append(row)
+    rows = [row for row in _rows(config)
+            if (keep is None or keep(row.status)) and (not caseno or row.caseno == caseno)
+            and (not search or row.matches(search))]
     rows.sort(key=lambda row: (row.queued_time or 0, row.task_id), reverse=True)
     pages = max(1, -(-len(rows) // per_page))
     page = min(max(1, page), pages)
