@@ -281,11 +281,11 @@ def _create(config, request, source, form, user):
     task_type = _task_type(form, config)
     overrides, custom, updates = _checked_form(form, task_type, config)
     size, head = remote.check(source, config)
-    if head is not None:
-        imported.check_head(head, task_type.is_vmcore)
     cap = config.max_vmcore_unpacked_bytes if task_type.is_vmcore else config.max_unpacked_bytes
     if size is not None and size > cap:
         raise UploadTooLarge(f"{source.shown} is {size} bytes; this server accepts at most {cap} bytes for this task type")
+    if head is not None:
+        imported.check_head(head, task_type.is_vmcore)
     storage.ensure_free(config.SaveDir, size or 0, config.min_storage_left_bytes)
     with taskqueue.admitted_upload(config, request.remote_addr) as incoming:
         write_atomically(incoming.path / REMOTE_NAME, source.line() + "\n")

@@ -135,10 +135,9 @@ def mark_managed(task, url):
 
 def keep_for(task, days, now=None):
     """Keep the task at least ``days`` from now; an existing longer promise stands."""
-    until = (now or time.time()) + days * 86400
-    current = CaseData.read(task).keep_until or 0
-    write_atomically(task.path / KEEP_UNTIL, f"{int(max(until, current))}\n")
-    return max(until, current)
+    until = max(int((now or time.time()) + days * 86400), int(CaseData.read(task).keep_until or 0))
+    write_atomically(task.path / KEEP_UNTIL, f"{until}\n")
+    return until
 
 
 def expiry(task, config, status_failed, now=None):

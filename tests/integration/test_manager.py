@@ -8,6 +8,7 @@ real SMTP server; the pages are read with the line rules of upstream's CLI
 
 import hashlib
 import html
+import os
 import shutil
 import subprocess
 import time
@@ -21,6 +22,7 @@ from tests.integration.helpers import abrt_archive, add_debian_repository
 from tests.integration.browser import chromium, screenshot
 from tests.integration.manager_client import FINAL, Engineer, page_field, page_md5, page_status, page_task_id
 from tests.integration.server import free_port
+from tests.integration.test_cleanup import cleanup
 
 ENGINEER, ENGINEER_PASSWORD = "engineer", "correct_horse_battery"
 READER, READER_PASSWORD = "reader", "staple"
@@ -192,6 +194,12 @@ def test_sources_that_cannot_be_read_are_refused_at_once_and_create_nothing(engi
          "'gopher://example.com/core' is neither an http, https or ftp URL nor an absolute path on the server"),
         ("", 400, "Give the URL or the server path of the core or vmcore to retrace"),
     ]
+    too_big = exports.http / "huge.core"
+    with open(too_big, "wb") as sparse:
+        sparse.truncate(40 * 1024 * 1024)
+    cases.append((f"{loopback.http.url}/huge.core", 413,
+                  f"{loopback.http.url}/huge.core is 41943040 bytes; this server accepts at most 33554432 bytes for this "
+                  "task type"))
     for url, status, sentence in cases:
         refused(engineer.create(url), status, sentence)
     refused(engineer.create(f"{loopback.http.url}/problem.tar.xz", task_type="vmcore", kernelver="../../etc"), 400,
@@ -272,14 +280,21 @@ def test_only_the_named_users_may_delete(manager, engineer, exports):
     refused(engineer.get(f"/manager/{task_id}"), 404, "There is no such task")
 
 
-def test_keeping_a_task_for_its_case_moves_its_expiry(engineer, exports):
-    task_id = created(engineer.create(str(exports.import_ / "problem.tar.xz")))
-    engineer.wait_final(task_id)
-    assert "(DeleteTaskAfter)" in engineer.page(task_id)
-    assert engineer.post(f"/manager/{task_id}/keep", data={"days": "200"}).status_code == 200
-    assert "(kept for its case)" in engineer.page(task_id)
-    refused(engineer.post(f"/manager/{task_id}/keep", data={"days": "9999"}), 400,
+def test_a_task_kept_for_its_case_outlives_its_age_in_cleanup(manager, engineer, exports):
+    kept, expiring = (created(engineer.create(str(exports.import_ / "problem.tar.xz"))) for _ in range(2))
+    for task_id in (kept, expiring):
+        engineer.wait_final(task_id)
+    assert "(DeleteTaskAfter)" in engineer.page(kept)
+    assert engineer.post(f"/manager/{kept}/keep", data={"days": "200"}).status_code == 200
+    assert "(kept for its case)" in engineer.page(kept)
+    refused(engineer.post(f"/manager/{kept}/keep", data={"days": "9999"}), 400,
             "Keep the task for 1 to 365 days, not '9999'")
+    old = time.time() - 1000 * 3600
+    for task_id in (kept, expiring):
+        os.utime(manager.save_dir / task_id, (old, old))
+    ran = cleanup(manager, DeleteTaskAfter="120")
+    assert ran.returncode == 0, ran.stderr
+    assert kept in manager.task_dirs() and expiring not in manager.task_dirs()
 
 
 # -- the forms' safety ---------------------------------------------------------------------
