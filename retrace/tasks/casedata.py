@@ -43,29 +43,29 @@ def _items(text):
     return [item for item in _SEPARATORS.split(text or "") if item]
 
 
+def _listed(text, what, whats, most, fits, wrong):
+    """The distinct items of a comma, semicolon or space separated list, each checked by ``fits``."""
+    items = _items(text)
+    if not items:
+        raise BadRequest(f"The {what} is empty; give one or more separated by commas")
+    if len(items) > most:
+        raise BadRequest(f"At most {most} {whats} can be kept on a task")
+    for item in items:
+        if not fits(item):
+            raise BadRequest(f"'{item[:80]}' is not {wrong}")
+    return list(dict.fromkeys(items))
+
+
 def parse_bugzillano(text):
     """Bug numbers separated by commas, semicolons or spaces (upstream's form)."""
-    bugs = _items(text)
-    if not bugs:
-        raise BadRequest("The bugzilla number is empty; give one or more bug numbers separated by commas")
-    if len(bugs) > MAX_BUGS:
-        raise BadRequest(f"At most {MAX_BUGS} bugzilla numbers can be kept on a task")
-    for bug in bugs:
-        if not _NUMBER.fullmatch(bug):
-            raise BadRequest(f"'{bug[:40]}' is not a bugzilla number: use digits only")
-    return list(dict.fromkeys(int(bug) for bug in bugs))
+    return [int(bug) for bug in _listed(text, "bugzilla number", "bugzilla numbers", MAX_BUGS, _NUMBER.fullmatch,
+                                        "a bugzilla number: use digits only")]
 
 
 def parse_emails(text):
-    addresses = _items(text)
-    if not addresses:
-        raise BadRequest("The e-mail address is empty; give one or more addresses separated by commas")
-    if len(addresses) > MAX_ADDRESSES:
-        raise BadRequest(f"At most {MAX_ADDRESSES} e-mail addresses can be notified of a task")
-    for address in addresses:
-        if len(address) > 254 or not _ADDRESS.fullmatch(address):
-            raise BadRequest(f"'{address[:80]}' is not an e-mail address this server sends to (name@domain)")
-    return list(dict.fromkeys(addresses))
+    return _listed(text, "e-mail address", "e-mail addresses", MAX_ADDRESSES,
+                   lambda address: len(address) <= 254 and _ADDRESS.fullmatch(address),
+                   "an e-mail address this server sends to (name@domain)")
 
 
 def parse_notes(text):

@@ -29,11 +29,11 @@ def test_numbers_and_addresses_are_parsed_as_upstreams_forms_send_them():
     (casedata.parse_caseno, "", "The case number is empty; give the support case's number (digits only)"),
     (casedata.parse_caseno, "1" * 13, "'1111111111111' is not a case number: use digits only (at most 12)"),
     (casedata.parse_bugzillano, "12, x", "'x' is not a bugzilla number: use digits only"),
-    (casedata.parse_bugzillano, ",", "The bugzilla number is empty; give one or more bug numbers separated by commas"),
+    (casedata.parse_bugzillano, ",", "The bugzilla number is empty; give one or more separated by commas"),
     (casedata.parse_emails, "root@localhost\nBcc: x@y.z", "'Bcc:' is not an e-mail address this server sends to "
                                                            "(name@domain)"),
     (casedata.parse_emails, ", ".join(f"u{n}@example.com" for n in range(21)),
-     "At most 20 e-mail addresses can be notified of a task"),
+     "At most 20 e-mail addresses can be kept on a task"),
     (casedata.parse_notes, "x" * (64 * 1024 + 1), "The notes are too long: at most 64 KiB"),
     (casedata.parse_keep_days, "0", "Keep the task for 1 to 365 days, not '0'"),
 ])

@@ -1,15 +1,14 @@
 """Whatever form a customer's crash comes in, it becomes crash/ files, recognized by its bytes."""
 
 import gzip
-import io
 import lzma
-import tarfile
 
 import pytest
 import zstandard
 
 from retrace_server.errors import InvalidCrashData, UploadTooLarge
 from retrace_server.intake import archive, crashdata, imported
+from tests.integration.helpers import regular, tar_bytes
 
 CORE = b"\x7fELF\x02\x01\x01" + bytes(9) + b"\x04\x00" + bytes(46) + b"core memory" * 1000
 KDUMP = b"KDUMP   " + bytes(56) + b"kernel memory" * 1000
@@ -22,13 +21,7 @@ def limits(cap=10 ** 7):
 
 
 def tar_of(**files):
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    return tar_bytes([regular(name, data) for name, data in files.items()])
 
 
 def materialize(tmp_path, data, is_vmcore, cap=10 ** 7):
