@@ -16,7 +16,8 @@ import time
 from retrace_server.client.crash import CrashInputError, from_apport, from_core, from_coredumpctl, from_problem_dir, from_vmcore
 from retrace_server.client.progress import MIB, ProgressFile, Reporter, human_size
 from retrace_server.client.server import XZ_TAR, ZSTD_TAR, RetraceServer, ServerRefused
-from retrace_server import add_version_argument
+from retrace_server import __version__, add_version_argument
+from retrace_server.client import unwind
 
 PROG = "retrace-client"
 EXIT_OK, EXIT_FAILED, EXIT_LOCAL, EXIT_REFUSED = 0, 1, 2, 3
@@ -32,7 +33,7 @@ class LocalError(Exception):
 def build_parser():
     parser = argparse.ArgumentParser(prog=PROG, description="Get a symbolized backtrace of a crash from a retrace server.")
     add_version_argument(parser)
-    parser.add_argument("operation", choices=("batch", "create", "settings", *TASK_OPERATIONS))
+    parser.add_argument("operation", choices=("batch", "create", "report", "settings", *TASK_OPERATIONS))
     parser.add_argument("--uri", default=os.environ.get("RETRACE_SERVER_URI"),
                         help="server, e.g. https://retrace.example.org (env RETRACE_SERVER_URI)")
     parser.add_argument("-k", "--insecure", action="store_true",
@@ -56,6 +57,8 @@ def build_parser():
     parser.add_argument("-y", "--yes", action="store_true", help="upload large crashes without asking")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every status answer")
+    parser.add_argument("--no-core", action="store_true",
+                        help="report: never upload the core, even when the server asks for it")
     return parser
 
 
@@ -185,7 +188,11 @@ def upload_crash(server, args, reporter):
 
 
 def batch(server, args, reporter):
-    task_id, password = upload_crash(server, args, reporter)
+    return follow(server, args, reporter, *upload_crash(server, args, reporter))
+
+
+def follow(server, args, reporter, task_id, password):
+    """Wait for the task, then print (or save into the problem directory) its backtrace."""
     reporter.say(f"Retrace job #{task_id} started")
     status = wait_until_finished(server, task_id, password, args.status_delay, reporter, args.verbose)
     result = {"task_id": task_id, "password": password, "status": status.state, "sentence": status.sentence}
@@ -207,6 +214,30 @@ def batch(server, args, reporter):
         emit(args, result, None)
     else:
         emit(args, result, result["backtrace"])
+    return EXIT_OK
+
+
+def report(server, args, reporter):
+    """A coreless report first; the core only when the server wants it and --no-core does not forbid it."""
+    crash = load_crash(args)
+    try:
+        if crash.task_type != 0:
+            raise LocalError("report takes a process crash (--dir, --core, --coredumpctl, --apport), not a vmcore")
+        executable = (crash.directory / "executable").read_text().strip()
+        try:
+            document = unwind.encode(unwind.ureport(crash, executable, __version__))
+        except unwind.UnwindError as err:
+            raise LocalError(str(err)) from None
+        answer, sent = server.report(document)
+        core_size = (crash.directory / "coredump").stat().st_size
+        reporter.say(f"Report of {human_size(sent)} sent (the core is {human_size(core_size)})")
+        reporter.say(answer.get("message", ""))
+        if answer.get("core_wanted") and not args.no_core:
+            return follow(server, args, reporter, *submit(server, crash, args, reporter))
+    finally:
+        crash.discard()
+    answer["bytes_sent"] = sent
+    emit(args, answer, answer.get("backtrace", ""))
     return EXIT_OK
 
 
@@ -257,7 +288,7 @@ def task_operation(server, args, _reporter):
     return EXIT_OK
 
 
-OPERATIONS = {"batch": batch, "create": create, "settings": settings, **{op: task_operation for op in TASK_OPERATIONS}}
+OPERATIONS = {"batch": batch, "create": create, "report": report, "settings": settings, **{op: task_operation for op in TASK_OPERATIONS}}
 
 
 def print_headers(response):

@@ -160,6 +160,20 @@ class RetraceServer:
             )
         raise ServerRefused(f"Unexpected HTTP response from server: {response.status_code}\n{_body(response)}")
 
+    def report(self, document):
+        """Send a uReport (bytes of JSON) as reporter-ureport does; ``(the answer, bytes sent)``."""
+        boundary = "retrace-client-ureport"
+        body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="ureport.json"\r\n'
+                f"Content-Type: application/json\r\n\r\n").encode() + document + f"\r\n--{boundary}--\r\n".encode()
+        response = self._request("POST", "/reports/new/", data=body,
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        if response.status_code != 202:
+            raise ServerRefused(f"The server refused the report: {_body(response)}")
+        try:
+            return response.json(), len(body)
+        except ValueError:
+            raise ServerRefused("The server's answer to the report is not JSON") from None
+
     def status(self, task_id, password):
         response = self._request("GET", f"/{task_id}", headers={"X-Task-Password": password})
         state = response.headers.get("X-Task-Status")

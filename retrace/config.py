@@ -178,6 +178,9 @@ class Config:
     EmailNotify: bool = _key(False)
     EmailNotifyFrom: str = _key("retrace-server@localhost")
     SMTPServer: str = _key("localhost:25")
+    # Who sees what of /problems (crash buckets): "counts" shows the list to everyone and a bucket's backtrace
+    # and reports only in the task manager (/manager/problems/...), "all" shows everything to everyone.
+    ProblemsPublic: str = _key("counts", choices=("counts", "all"))
     DBFile: str = _key("stats.db")
     StatsIPRetention: int = _key(24, minimum=0, unit="hours")
     TaskIdLength: int = _key(9, minimum=6, maximum=18)

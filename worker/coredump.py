@@ -4,6 +4,7 @@ import dataclasses
 import os
 import re
 import shutil
+import sqlite3
 import time
 from pathlib import Path
 
@@ -16,16 +17,14 @@ from retrace_server.environments.mock import MockEnvironment
 from retrace_server.environments.sandbox import prepare_mount_points
 from retrace_server.environments.sysroot import (add_merged_usr_links, assemble_sysroot, build_id_debug_path,
                                           link_program_interpreter, place_files)
-from retrace_server.packaging.cache import PackageCache
 from retrace_server.packaging.debuginfod import BuildIdCache, Settings as DebuginfodSettings, fetch_all
-from retrace_server.packaging.download import DOWNLOADS, DownloadError, download_packages, package_url
 from retrace_server.packaging.packages import (Resolution, Unresolved, resolve_modules, unresolved_everything,
                                         usr_merge_variants)
-from retrace_server.packaging.payload import UnpackError
 from retrace_server.packaging.release import (RELEASE_FILES, ReleaseId, detect_release, rpm_repositories, served_releases,
                                       supported_releases)
 from retrace_server.packaging.repoindex import RepoIndex
-from retrace_server.packaging.signatures import Keyring, verify_checksum
+from retrace_server.packaging.supply import PackageSupply
+from retrace_server.reports.buckets import BucketDB, gdb_crash_thread_functions, signature
 from retrace_server.tasks.session import Session
 from retrace_server.tasks.task import write_atomically
 from retrace_server.worker.job import Job, TaskFailed
@@ -38,10 +37,7 @@ class RetraceJob(Job):
 
     def __init__(self, config, task, log):
         super().__init__(config, task, log)
-        self.cache = PackageCache(config.CacheDir)
-        self._keyrings = {}  # release -> Keyring (or None: RequireGPGCheck = 0)
-        self._verified = set()  # package files whose signatures this task has checked
-        self._downloads = {}  # pkgid -> file downloaded for a metadata-only release, until it is unpacked
+        self.supply = PackageSupply(config, log, self.record)
         self.sysroot = task.path / "sysroot"
         self.debuginfod = DebuginfodSettings.from_config(config)
 
@@ -143,105 +139,11 @@ class RetraceJob(Job):
             "Missing for %s (build-id %s): %s", unresolved.path, unresolved.build_id or "unknown", unresolved.problem
         )
 
-    def _cached(self, package, index):
-        """The package unpacked in the shared cache (by this task or an earlier one)."""
-        package_path = self._package_file(index, package)
-        try:
-            entry = self.cache.get(
-                package.pkgid, package_path,
-                on_wait=lambda: self.log.info("Waiting for another task that is unpacking %s", package.nevra),
-                verify=self._verifier(index, package, package_path),
-            )
-        except UnpackError as err:
-            # The sentence may name a downloaded file by its temporary name: the package's own name leads.
-            raise TaskFailed(f"{package.nevra} cannot be unpacked: {err.sentence}", err.category) from None
-        if entry.unpacked:
-            self.record.cache_misses += 1
-            self.log.info("Unpacked %s in %.3f s", package.nevra, entry.seconds)
-            return entry
-        self.record.cache_hits += 1
-        if entry.waited:
-            self.log.info("Reused %s, unpacked meanwhile by another task (waited %.3f s)", package.nevra, entry.seconds)
-        else:
-            self.log.info("Reused %s from the package cache", package.nevra)
-        return entry
-
-    def _keyring(self, index):
-        """The keys packages of the index's release must be signed with (None: RequireGPGCheck = 0), loaded once."""
-        release = index.release_dir.name
-        if release not in self._keyrings:
-            self._keyrings[release] = Keyring.for_release(self.config, release)
-            if self._keyrings[release] is None:
-                self.log.warning("Package signatures are not checked (RequireGPGCheck = 0)")
-        return self._keyrings[release]
-
-    def _package_file(self, index, package):
-        """The package's file: in the mirror, or downloaded for a metadata-only release."""
-        package_path = index.package_path(package)
-        if package_path.is_file() or self.cache.holds(package.pkgid):
-            return package_path
-        if package.pkgid not in self._downloads:
-            self._download_missing(index, [package])
-        if package.pkgid in self._downloads:
-            return self._downloads[package.pkgid]
-        raise TaskFailed(f"{package.nevra} is in the metadata of {index.release_dir.name} but its file is missing "
-                         "(the repository is being synchronised?); try again later", "repository error")
-
-    def _download_missing(self, index, packages):
-        """Download, in parallel and within DownloadDeadline, the packages a metadata-only release lacks."""
-        if index is None:
-            return
-        wanted, mirrors = [], set()
-        for package in packages:
-            path = index.package_path(package)
-            found = None if package.pkgid in self._downloads or self.cache.holds(package.pkgid) or path.is_file() \
-                else package_url(index.release_dir, path)
-            if found:
-                mirrors.add(found[0])
-                wanted.append((package, found[1]))
-        if not wanted:
-            return
-        started = time.monotonic()
-        results = download_packages(wanted, Path(self.config.CacheDir) / DOWNLOADS, self.config.DownloadDeadline)
-        failures = [result for result in results.values() if isinstance(result, DownloadError)]
-        self._downloads.update({pkgid: path for pkgid, path in results.items() if not isinstance(path, Exception)})
-        size = sum(path.stat().st_size for pkgid, path in self._downloads.items() if pkgid in results)
-        self.log.info("Downloaded %d of %d packages (%.1f MiB) from %s in %.3f s", len(wanted) - len(failures),
-                      len(wanted), size / 1048576, ", ".join(sorted(mirrors)), time.monotonic() - started)
-        if failures:
-            raise TaskFailed(failures[0].sentence + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""),
-                             "repository error")
-
-    def _verifier(self, index, package, package_path):
-        """What proves a package before it is unpacked: an RPM's signature (unless this task checked it
-        already), a Debian package's SHA256 against the index (apt signs the index, not the package)."""
-        if package.format == "deb":
-            return lambda path: verify_checksum(path, package)
-        keyring = self._keyring(index)
-        if keyring is None or package_path in self._verified:
-            return None
-        return lambda path: keyring.verify(path, package.nevra)
-
-    def _verify_signatures(self, index, packages):
-        """Check the signatures of the RPMs not unpacked yet, all with one rpm process."""
-        packages = [package for package in packages if package.format == "rpm"]
-        if not packages:
-            return  # nothing signed by rpm (a release served by debuginfod only has no index)
-        keyring = self._keyring(index)
-        pending = [(self._downloads.get(package.pkgid) or index.package_path(package), package.nevra)
-                   for package in packages if not self.cache.holds(package.pkgid)]
-        if keyring is None or not pending:
-            return
-        started = time.monotonic()
-        keyring.verify_all(pending)
-        self._verified.update(path for path, _ in pending)
-        self.log.info("Signatures of %d packages verified in %.3f s", len(pending), time.monotonic() - started)
-
     def _verify_candidates(self, crash, module, candidates):
         """The cached candidate whose file at the module's path has the module's build-id, with the debug
         package of its build where the index names one by name and version (Ubuntu's ddebs)."""
         for package in candidates:
-            entry = self._cached(package, crash.index)
+            entry = self.supply.cached(package, crash.index)
             if entry.build_id_of(usr_merge_variants(module.path)) != module.build_id:
                 continue
             self.log.info("Matched %s to %s by its build-id", module.path, package.nevra)
@@ -254,7 +156,7 @@ class RetraceJob(Job):
                 return [entry]
             crash.resolution.add(debuginfo)
             crash.resolution.note_source(module.path, "debuginfo", debuginfo.nevra)
-            return [entry, self._cached(debuginfo, crash.index)]
+            return [entry, self.supply.cached(debuginfo, crash.index)]
         problem = f"no package in the repository ({len(candidates)} own the path, none with this build-id)"
         if module.path == crash.executable:
             raise _no_executable_package(self.record.release, module, self.record.package, problem)
@@ -278,9 +180,9 @@ class RetraceJob(Job):
         if self.environment == "mock":
             self.record.packages = [package.nevra for package in crash.resolution.packages]
             return
-        self._download_missing(crash.index, crash.resolution.packages)
-        self._verify_signatures(crash.index, crash.resolution.packages)
-        cached = [self._cached(package, crash.index) for package in crash.resolution.packages]
+        self.supply.download_missing(crash.index, crash.resolution.packages)
+        self.supply.verify_signatures(crash.index, crash.resolution.packages)
+        cached = [self.supply.cached(package, crash.index) for package in crash.resolution.packages]
         for module, candidates in crash.resolution.unverified:
             cached += self._verify_candidates(crash, module, candidates)
         placements = self._from_debuginfod(crash) if self.debuginfod.urls else []
@@ -397,7 +299,7 @@ class RetraceJob(Job):
 
     def _read_only_paths(self, crash):
         """What gdb's sandbox shows besides its root: the cache the links point into, and the core."""
-        paths = [self.cache.rpms_dir, crash.core_path]
+        paths = [self.supply.cache.rpms_dir, crash.core_path]
         if self.debuginfod.urls:
             paths.append(BuildIdCache(self.config.CacheDir).root)
         if self.environment == "chroot":
@@ -452,12 +354,29 @@ class RetraceJob(Job):
                       crash.core.arch)
         write_atomically(self.task.results_dir / "exploitable", rating.report())
         self.log.info("Exploitable rating %d: %s", rating.value, rating.reason)
+        self._bucket(crash, result.backtrace)
+
+    def _bucket(self, crash, backtrace):
+        """Count the retrace in its crash bucket (/problems), where coreless reports of the crash land too."""
+        functions = gdb_crash_thread_functions(backtrace)
+        if not functions:
+            return
+        bthash, text = signature(crash.executable, functions)
+        thread = backtrace[backtrace.find("\nThread 1 ") + 1:]
+        try:
+            with BucketDB.for_config(self.config) as buckets:
+                buckets.record(bthash, text, crash.executable, thread[:thread.find("\n\n")] if "\n\n" in thread
+                               else thread, "retrace", self.record.package, None, self.record.release,
+                               self.record.arch, self.task.task_id)
+        except sqlite3.Error as err:
+            self.log.warning("Not counted in the crash buckets: %s", err)
+            return
+        self.log.info("Crash bucket %s", bthash)
 
     def clean(self, succeeded):
         """Remove the task's root and crash data, unless the task keeps them (debug and interactive tasks:
         retrace-server-interact opens them), and the packages downloaded for it (the cache keeps them)."""
-        for path in self._downloads.values():
-            path.unlink(missing_ok=True)
+        self.supply.forget_downloads()
         if not self.task.task_type.keeps_environment:
             shutil.rmtree(self.sysroot, ignore_errors=True)
             shutil.rmtree(self.task.crash_dir, ignore_errors=True)

@@ -7,7 +7,7 @@ from webob import Request
 
 from retrace_server.config import CONFIG_PATH_VARIABLE, load_config
 from retrace_server.errors import Forbidden, MethodNotAllowed, NotFound, RetraceError
-from retrace_server.wsgi import handlers, manager
+from retrace_server.wsgi import handlers, manager, problems
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,11 @@ ROUTES = [
     (_TASK + r"/exploitable", handlers.exploitable, _READ, True),
     (_TASK + r"/results/(?P<name>sys|bt|mod|crash-[a-z0-9-]{1,60})", handlers.result, _READ, True),
     (_TASK + r"/delete", handlers.delete, ("GET", "POST", "DELETE"), True),
+    # Coreless reports and crash buckets (wsgi.problems); FAF's URL for reports.
+    (r"/reports/new/?", problems.new_report, ("POST",), True),
+    (r"/problems/?", problems.problems, _READ, False),
+    (r"/problems/(?P<bthash>[0-9a-f]{1,64})", problems.bucket_page, _READ, False),
+    (r"/manager/problems/(?P<bthash>[0-9a-f]{1,64})", problems.managed_bucket_page, _READ, True),
     # The task manager (wsgi.manager), with upstream's URLs.
     (r"/manager/?", manager.task_list, _READ, True),
     (r"/manager/__custom__", manager.create_from_source, ("POST",), True),

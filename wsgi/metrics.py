@@ -12,6 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from retrace_server.intake.storage import free_bytes
 from retrace_server.packaging.cache import PackageCache
+from retrace_server.reports.buckets import BucketDB
 from retrace_server.stats import StatsDB
 from retrace_server.tasks.taskqueue import occupancy, running_by_host
 
@@ -78,6 +79,10 @@ class RetraceCollector:
         cache_bytes = 0
         if (Path(config.CacheDir) / "rpms").is_dir():
             cache_bytes = sum(size for _, _, size in PackageCache(config.CacheDir).entries())
+        with BucketDB.for_config(self.config) as buckets:
+            totals = buckets.totals()
+        yield CounterMetricFamily("retrace_reports", "Coreless crash reports received", value=totals["reports"])
+        yield GaugeMetricFamily("retrace_buckets", "Crash buckets (distinct crash signatures)", value=totals["buckets"])
         yield GaugeMetricFamily("retrace_cache_bytes", "Bytes of unpacked packages in the cache", value=cache_bytes)
         yield GaugeMetricFamily("retrace_savedir_free_bytes", "Free disk space on the volume with tasks",
                                 value=_free_bytes(config.SaveDir))

@@ -148,3 +148,15 @@ def uploads(vmcores, work_dir):
     """One zstd-compressed tar per dump, each holding its dump as ``vmcore``."""
     return {kind: vmcore_upload(getattr(vmcores, kind), work_dir / "vmcore-uploads" / kind)
             for kind in ("elf", "elf_proc", "flattened", "kdump", "without_vmcoreinfo")}
+
+
+@pytest.fixture(scope="session")
+def users(work_dir):
+    """The task manager's htpasswd file with bcrypt entries, as `htpasswd -B` makes them (manager_client's users)."""
+    from tests.integration.manager_client import ENGINEER, ENGINEER_PASSWORD, READER, READER_PASSWORD
+
+    path = work_dir / "manager-users"
+    subprocess.run(["htpasswd", "-cbB", str(path), ENGINEER, ENGINEER_PASSWORD], check=True, capture_output=True)
+    subprocess.run(["htpasswd", "-bB", str(path), READER, READER_PASSWORD], check=True, capture_output=True)
+    path.chmod(0o644)
+    return path

@@ -11,6 +11,9 @@ import time
 import requests
 
 FINAL = ("Retrace job finished successfully", "Retrace job failed")
+# The htpasswd users of the `users` fixture (tests/integration/conftest.py).
+ENGINEER, ENGINEER_PASSWORD = "engineer", "correct_horse_battery"
+READER, READER_PASSWORD = "reader", "staple"
 
 
 class Engineer:

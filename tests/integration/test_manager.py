@@ -10,7 +10,6 @@ import hashlib
 import html
 import os
 import shutil
-import subprocess
 import time
 import types
 
@@ -20,23 +19,12 @@ from tests.fixtures.loopback import FileServer, FtpDrop, MailSink, world_readabl
 from tests.fixtures.vmcore import kernel_debs
 from tests.integration.helpers import abrt_archive, add_debian_repository
 from tests.integration.browser import chromium, screenshot
-from tests.integration.manager_client import FINAL, Engineer, page_field, page_md5, page_status, page_task_id
+from tests.integration.manager_client import (ENGINEER, ENGINEER_PASSWORD, FINAL, READER, READER_PASSWORD,
+                                              Engineer, page_field, page_md5, page_status, page_task_id)
 from tests.integration.server import free_port
 from tests.integration.test_cleanup import cleanup
 
-ENGINEER, ENGINEER_PASSWORD = "engineer", "correct_horse_battery"
-READER, READER_PASSWORD = "reader", "staple"
 DROP_USER, DROP_PASSWORD = "customer", "drop-secret"
-
-
-@pytest.fixture(scope="module")
-def users(work_dir):
-    """An htpasswd file with bcrypt entries, as `htpasswd -B` makes them."""
-    path = work_dir / "manager-users"
-    subprocess.run(["htpasswd", "-cbB", str(path), ENGINEER, ENGINEER_PASSWORD], check=True, capture_output=True)
-    subprocess.run(["htpasswd", "-bB", str(path), READER, READER_PASSWORD], check=True, capture_output=True)
-    path.chmod(0o644)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,114 @@
+"""A coreless report: the crash unwound here, where the crashed binaries are installed, sent as a uReport.
+
+elfutils' ``eu-stack`` unwinds every thread of the core with the call
+frame information of the installed binaries (``.eh_frame``; no debuginfo
+needed) and prints, per frame, the module's build-id, its lowest mapped
+address and the offset in it (``-b``).  That is all the server needs to
+symbolize and bucket the crash: no memory contents leave the machine (no
+variables, no arguments, no heap), a few kilobytes instead of the core.
+The document is ABRT's uReport version 2 (satyr's ``core_backtrace``), as
+``reporter-ureport`` sends it; the crashing thread is the first one the
+core holds (the kernel writes it first).
+"""
+
+from __future__ import annotations  # the client runs on Python 3.9 (RHEL 9)
+
+import json
+import os
+import re
+import shutil
+import subprocess
+
+from retrace_server.analysis.coredump import read_core
+from retrace_server.errors import InvalidCrashData
+
+MAX_FRAMES = 256
+_TIMEOUT = 120
+_THREAD = re.compile(r"^TID (\d+):$")
+_FRAME = re.compile(r"^#(\d+)\s+0x([0-9a-f]+)(?:\s+-)?\s*(?P<module>\S.*)?$")
+_BUILD_ID = re.compile(r"^\s+\[(?P<build_id>[0-9a-f]+)\]@0x(?P<base>[0-9a-f]+)\+0x(?P<offset>[0-9a-f]+)$")
+
+
+class UnwindError(Exception):
+    """The crash cannot be unwound here; the message says why."""
+
+
+def parse_stack(text):
+    """``[[frame, ...] per thread]`` from ``eu-stack -q -b -m`` output; a frame is a uReport frame dict."""
+    threads, frame = [], None
+    for line in text.splitlines():
+        if _THREAD.match(line):
+            threads.append([])
+            frame = None
+        elif (match := _FRAME.match(line)) and threads:
+            frame = {"address": int(match[2], 16), "file_name": (match["module"] or "").strip() or "??"}
+            threads[-1].append(frame)
+        elif (match := _BUILD_ID.match(line)) and frame is not None:
+            frame["build_id"] = match["build_id"]
+            frame["build_id_offset"] = int(match["offset"], 16)
+    return [[frame for frame in thread if "build_id_offset" in frame] for thread in threads]
+
+
+def unwind(core_path, executable=None):
+    """The threads of the core, crashing thread first, each a list of uReport frames."""
+    program = shutil.which("eu-stack")
+    if program is None:
+        raise UnwindError("a coreless report needs eu-stack (elfutils: dnf install elfutils, apt install elfutils)")
+    argv = [program, "-q", "-b", "-m", "-n", str(MAX_FRAMES), f"--core={core_path}"]
+    if executable:
+        argv.append(f"--executable={executable}")
+    try:
+        ran = subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise UnwindError(f"eu-stack did not unwind the core within {_TIMEOUT} s") from None
+    threads = [thread for thread in parse_stack(ran.stdout) if thread]
+    if not threads:
+        raise UnwindError(f"eu-stack found no frame in the core: {ran.stderr.strip()[:300] or 'no output'}")
+    return threads
+
+
+def _package_fields(nevra, arch):
+    """``{name, epoch, version, release, architecture}`` of ``name-[epoch:]version-release``."""
+    name, version, release = nevra.rsplit("-", 2)
+    epoch = 0
+    if ":" in version:
+        epoch_text, version = version.split(":", 1)
+        epoch = int(epoch_text) if epoch_text.isdigit() else 0
+    return {"name": name, "epoch": epoch, "version": version, "release": release, "architecture": arch,
+            "package_role": "affected"}
+
+
+def ureport(crash, executable, client_version):
+    """The uReport (a dict) of ``crash`` (a client Crash: its problem directory and release)."""
+    core_path = crash.directory / "coredump"
+    try:
+        core = read_core(core_path)
+    except InvalidCrashData as err:
+        raise UnwindError(str(err)) from None
+    threads = unwind(core_path, executable if executable and os.path.exists(executable) else None)
+    if crash.release is None:
+        raise UnwindError("cannot tell which release crashed; give --os-release")
+    os_name, os_version, arch = crash.release.rsplit("-", 2)
+    try:
+        packages = [_package_fields(crash.package, arch)]
+    except ValueError:
+        raise UnwindError(f"the package '{crash.package}' is not name-version-release") from None
+    return {
+        "ureport_version": 2,
+        "reason": f"Program {executable} was terminated by signal {core.signal}",
+        "reporter": {"name": "retrace-client", "version": client_version},
+        "os": {"name": os_name, "version": os_version, "architecture": arch},
+        "packages": packages,
+        "problem": {
+            "type": "core",
+            "executable": executable,
+            "signal": core.signal or 0,
+            "component": packages[0]["name"],
+            "user": {"root": False, "local": True},
+            "stacktrace": [{"crash_thread": number == 0, "frames": frames} for number, frames in enumerate(threads)],
+        },
+    }
+
+
+def encode(report):
+    return json.dumps(report, separators=(",", ":")).encode("utf-8")

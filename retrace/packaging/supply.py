@@ -1,0 +1,141 @@
+"""Packages of the release mirrors, proven and unpacked once into the shared cache.
+
+A retrace and a symbolication need the same thing: a package's files, from
+its mirror or (for a metadata-only release) downloaded within
+``DownloadDeadline``, its signature (RPM) or index checksum (Debian)
+verified before a byte is unpacked, and the unpacked tree shared through
+the package cache by every task and process.
+"""
+
+import dataclasses
+import time
+from pathlib import Path
+
+from retrace_server.errors import RetraceError
+from retrace_server.packaging.cache import PackageCache
+from retrace_server.packaging.download import DOWNLOADS, DownloadError, download_packages, package_url
+from retrace_server.packaging.payload import UnpackError
+from retrace_server.packaging.signatures import Keyring, verify_checksum
+
+
+class PackageUnavailable(RetraceError):
+    """A needed package cannot be had or proven; the sentence names it."""
+
+    category = "repository error"
+
+
+@dataclasses.dataclass
+class CacheCounts:
+    cache_hits: int = 0
+    cache_misses: int = 0
+
+
+class PackageSupply:
+    """One job's packages: ``counts`` (a TaskRecord, or CacheCounts) learns the cache's hits and misses."""
+
+    def __init__(self, config, log, counts=None):
+        self.config, self.log = config, log
+        self.counts = counts if counts is not None else CacheCounts()
+        self.cache = PackageCache(config.CacheDir)
+        self._keyrings = {}  # release -> Keyring (or None: RequireGPGCheck = 0)
+        self._verified = set()  # package files whose signatures this job has checked
+        self.downloads = {}  # pkgid -> file downloaded for a metadata-only release, until it is unpacked
+
+    def forget_downloads(self):
+        """Remove the packages downloaded for this job (the cache keeps their unpacked trees)."""
+        for path in self.downloads.values():
+            path.unlink(missing_ok=True)
+
+    def cached(self, package, index):
+        """The package unpacked in the shared cache (by this task or an earlier one)."""
+        package_path = self.package_file(index, package)
+        try:
+            entry = self.cache.get(
+                package.pkgid, package_path,
+                on_wait=lambda: self.log.info("Waiting for another task that is unpacking %s", package.nevra),
+                verify=self._verifier(index, package, package_path),
+            )
+        except UnpackError as err:
+            # The sentence may name a downloaded file by its temporary name: the package's own name leads.
+            raise PackageUnavailable(f"{package.nevra} cannot be unpacked: {err.sentence}", err.category) from None
+        if entry.unpacked:
+            self.counts.cache_misses += 1
+            self.log.info("Unpacked %s in %.3f s", package.nevra, entry.seconds)
+            return entry
+        self.counts.cache_hits += 1
+        if entry.waited:
+            self.log.info("Reused %s, unpacked meanwhile by another task (waited %.3f s)", package.nevra, entry.seconds)
+        else:
+            self.log.info("Reused %s from the package cache", package.nevra)
+        return entry
+
+    def keyring(self, index):
+        """The keys packages of the index's release must be signed with (None: RequireGPGCheck = 0), loaded once."""
+        release = index.release_dir.name
+        if release not in self._keyrings:
+            self._keyrings[release] = Keyring.for_release(self.config, release)
+            if self._keyrings[release] is None:
+                self.log.warning("Package signatures are not checked (RequireGPGCheck = 0)")
+        return self._keyrings[release]
+
+    def package_file(self, index, package):
+        """The package's file: in the mirror, or downloaded for a metadata-only release."""
+        package_path = index.package_path(package)
+        if package_path.is_file() or self.cache.holds(package.pkgid):
+            return package_path
+        if package.pkgid not in self.downloads:
+            self.download_missing(index, [package])
+        if package.pkgid in self.downloads:
+            return self.downloads[package.pkgid]
+        raise PackageUnavailable(f"{package.nevra} is in the metadata of {index.release_dir.name} but its file is missing "
+                         "(the repository is being synchronised?); try again later", "repository error")
+
+    def download_missing(self, index, packages):
+        """Download, in parallel and within DownloadDeadline, the packages a metadata-only release lacks."""
+        if index is None:
+            return
+        wanted, mirrors = [], set()
+        for package in packages:
+            path = index.package_path(package)
+            found = None if package.pkgid in self.downloads or self.cache.holds(package.pkgid) or path.is_file() \
+                else package_url(index.release_dir, path)
+            if found:
+                mirrors.add(found[0])
+                wanted.append((package, found[1]))
+        if not wanted:
+            return
+        started = time.monotonic()
+        results = download_packages(wanted, Path(self.config.CacheDir) / DOWNLOADS, self.config.DownloadDeadline)
+        failures = [result for result in results.values() if isinstance(result, DownloadError)]
+        self.downloads.update({pkgid: path for pkgid, path in results.items() if not isinstance(path, Exception)})
+        size = sum(path.stat().st_size for pkgid, path in self.downloads.items() if pkgid in results)
+        self.log.info("Downloaded %d of %d packages (%.1f MiB) from %s in %.3f s", len(wanted) - len(failures),
+                      len(wanted), size / 1048576, ", ".join(sorted(mirrors)), time.monotonic() - started)
+        if failures:
+            raise PackageUnavailable(failures[0].sentence + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""),
+                             "repository error")
+
+    def _verifier(self, index, package, package_path):
+        """What proves a package before it is unpacked: an RPM's signature (unless this task checked it
+        already), a Debian package's SHA256 against the index (apt signs the index, not the package)."""
+        if package.format == "deb":
+            return lambda path: verify_checksum(path, package)
+        keyring = self.keyring(index)
+        if keyring is None or package_path in self._verified:
+            return None
+        return lambda path: keyring.verify(path, package.nevra)
+
+    def verify_signatures(self, index, packages):
+        """Check the signatures of the RPMs not unpacked yet, all with one rpm process."""
+        packages = [package for package in packages if package.format == "rpm"]
+        if not packages:
+            return  # nothing signed by rpm (a release served by debuginfod only has no index)
+        keyring = self.keyring(index)
+        pending = [(self.downloads.get(package.pkgid) or index.package_path(package), package.nevra)
+                   for package in packages if not self.cache.holds(package.pkgid)]
+        if keyring is None or not pending:
+            return
+        started = time.monotonic()
+        keyring.verify_all(pending)
+        self._verified.update(path for path, _ in pending)
+        self.log.info("Signatures of %d packages verified in %.3f s", len(pending), time.monotonic() - started)

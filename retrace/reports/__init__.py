@@ -1,0 +1,1 @@
+"""Coreless crash reports: ABRT's uReport format, symbolication of their frames, and crash buckets."""

@@ -1,0 +1,168 @@
+"""Crash buckets: one signature per bug, however many machines, builds and address layouts report it.
+
+The signature is taken from the symbolized crash thread, innermost first:
+frames of the machinery every crash passes through (raise, abort, assert,
+the allocator's consistency checks) are skipped from the top, glibc's
+internal aliases are folded (``__GI_raise`` is ``raise``), arguments,
+addresses, files and lines are left out, and the first ``TOP_FRAMES``
+function names with the executable's name are hashed (SHA-1, hex, like
+FAF's ``bthash``).  A coreless report (symbolized here) and a full gdb
+retrace of the same crash give the same names, so they land in the same
+bucket; ASLR, another build of the same source or another machine change
+addresses only.  Buckets live in SQLite beside the statistics
+(``problems.db`` in SaveDir), every report and retrace as one row.
+"""
+
+import contextlib
+import hashlib
+import re
+import sqlite3
+import time
+from pathlib import Path
+
+TOP_FRAMES = 5
+DB_NAME = "problems.db"
+# Entered on the way to a crash, by every crash of their kind: never what tells two bugs apart.
+_MACHINERY = {
+    "raise", "abort", "pthread_kill", "__pthread_kill_implementation", "__pthread_kill_internal", "__assert_fail",
+    "__assert_fail_base", "__assert_perror_fail", "__libc_message", "__libc_fatal", "__fortify_fail",
+    "__chk_fail", "__stack_chk_fail", "malloc_printerr", "_int_free", "_int_malloc", "_int_realloc", "free",
+    "malloc", "realloc", "calloc", "cfree", "__libc_free", "__libc_malloc", "__libc_realloc", "__libc_calloc",
+    "g_assertion_message", "g_assertion_message_expr", "g_log", "g_logv", "g_log_structured",
+    "std::terminate", "__cxa_throw", "__gnu_cxx::__verbose_terminate_handler", "std::__terminate",
+    "__cxxabiv1::__terminate", "__cxxabiv1::__unexpected", "__GI___libc_message", "sigabrt_handler",
+}
+_GDB_FRAME = re.compile(r"^#\d+\s+(?:0x[0-9a-f]+ in )?(?P<function>\S.*?) \(", re.M)
+
+
+def _folded(function):
+    """``__GI_raise`` -> ``raise``: glibc's internal names for public functions."""
+    return re.sub(r"^__GI_+", "", function) if function else function
+
+
+def normalized(functions):
+    """The crash thread's function names (innermost first) that tell the bug: machinery skipped from the top."""
+    names = [_folded(function) or "??" for function in functions]
+    start = 0
+    while start < len(names) and (names[start] in _MACHINERY or _folded(names[start].lstrip("_")) in _MACHINERY):
+        start += 1
+    if start == len(names):
+        start = 0
+    return names[start:start + TOP_FRAMES]
+
+
+def signature(executable, functions):
+    """``(bthash, the text it hashes)`` for a crash of ``executable`` with these crash-thread functions."""
+    text = "\n".join([Path(executable).name, *normalized(functions)])
+    return hashlib.sha1(text.encode("utf-8")).hexdigest(), text
+
+
+def gdb_crash_thread_functions(backtrace):
+    """The function names of the crashing thread (``Thread 1``) in a retrace's gdb backtrace."""
+    start = backtrace.find("\nThread 1 ")
+    if start < 0:
+        return []
+    thread = backtrace[start + 1:]
+    end = thread.find("\n\n")
+    return _GDB_FRAME.findall(thread[:end] if end >= 0 else thread)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS buckets (
+    bthash TEXT PRIMARY KEY, executable TEXT NOT NULL, signature TEXT NOT NULL, backtrace TEXT NOT NULL,
+    first_seen REAL NOT NULL, last_seen REAL NOT NULL, count INTEGER NOT NULL, full_task TEXT);
+CREATE TABLE IF NOT EXISTS occurrences (
+    id INTEGER PRIMARY KEY, bthash TEXT NOT NULL REFERENCES buckets(bthash), time REAL NOT NULL,
+    kind TEXT NOT NULL, package TEXT, version TEXT, release TEXT, arch TEXT, task_id TEXT);
+CREATE INDEX IF NOT EXISTS occurrences_bucket ON occurrences (bthash, time);
+"""
+
+
+class BucketDB:
+    """The buckets and their occurrences; one connection per use, WAL so that readers never wait."""
+
+    def __init__(self, path):
+        self.db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
+
+    @classmethod
+    def for_config(cls, config):
+        return cls(Path(config.SaveDir) / DB_NAME)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.db.close()
+
+    def bucket(self, bthash):
+        row = self.db.execute("SELECT bthash, executable, signature, backtrace, first_seen, last_seen, count, "
+                              "full_task FROM buckets WHERE bthash = ?", (bthash,)).fetchone()
+        if row is None:
+            return None
+        keys = ("bthash", "executable", "signature", "backtrace", "first_seen", "last_seen", "count", "full_task")
+        return dict(zip(keys, row))
+
+    def record(self, bthash, text, executable, backtrace, kind, package=None, version=None, release=None,
+               arch=None, task_id=None, when=None):
+        """Count one report or retrace in its bucket; returns the bucket as it was before (None: new)."""
+        when = when or time.time()
+        with self._transaction():
+            before = self.bucket(bthash)
+            if before is None:
+                self.db.execute("INSERT INTO buckets VALUES (?, ?, ?, ?, ?, ?, 1, ?)",
+                                (bthash, executable, text, backtrace, when, when, task_id if kind == "retrace" else None))
+            else:
+                # A full retrace's backtrace (with variables) replaces a coreless one's.
+                self.db.execute("UPDATE buckets SET count = count + 1, last_seen = MAX(last_seen, ?), "
+                                "full_task = COALESCE(?, full_task), backtrace = CASE WHEN ? THEN ? ELSE backtrace END "
+                                "WHERE bthash = ?",
+                                (when, task_id if kind == "retrace" else None, kind == "retrace", backtrace, bthash))
+            self.db.execute("INSERT INTO occurrences (bthash, time, kind, package, version, release, arch, task_id) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            (bthash, when, kind, package, version, release, arch, task_id))
+        return before
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def buckets(self, limit=100, offset=0):
+        """Buckets by count, most first, with their releases, architectures and versions."""
+        rows = self.db.execute(
+            "SELECT b.bthash, b.executable, b.signature, b.first_seen, b.last_seen, b.count, b.full_task, "
+            "group_concat(DISTINCT o.release), group_concat(DISTINCT o.arch), group_concat(DISTINCT o.version) "
+            "FROM buckets b JOIN occurrences o ON o.bthash = b.bthash GROUP BY b.bthash "
+            "ORDER BY b.count DESC, b.last_seen DESC LIMIT ? OFFSET ?", (limit, offset)).fetchall()
+        keys = ("bthash", "executable", "signature", "first_seen", "last_seen", "count", "full_task", "releases",
+                "architectures", "versions")
+        return [dict(zip(keys, row)) for row in rows]
+
+    def occurrences(self, bthash, limit=200):
+        rows = self.db.execute("SELECT time, kind, package, version, release, arch, task_id FROM occurrences "
+                               "WHERE bthash = ? ORDER BY time DESC LIMIT ?", (bthash, limit)).fetchall()
+        keys = ("time", "kind", "package", "version", "release", "arch", "task_id")
+        return [dict(zip(keys, row)) for row in rows]
+
+    def per_day(self, bthash, days=30, now=None):
+        """``[(day, count)]`` of the last ``days`` days, oldest first."""
+        now = now or time.time()
+        start = int(now // 86400) - days + 1
+        counts = dict(self.db.execute(
+            "SELECT CAST(time / 86400 AS INTEGER) AS day, COUNT(*) FROM occurrences WHERE bthash = ? AND time >= ? "
+            "GROUP BY day", (bthash, start * 86400)).fetchall())
+        return [(time.strftime("%Y-%m-%d", time.gmtime(day * 86400)), counts.get(day, 0))
+                for day in range(start, start + days)]
+
+    def totals(self):
+        reports, buckets = self.db.execute(
+            "SELECT (SELECT COUNT(*) FROM occurrences WHERE kind = 'report'), (SELECT COUNT(*) FROM buckets)").fetchone()
+        return {"reports": reports, "buckets": buckets}

@@ -1,0 +1,123 @@
+"""What happens to a coreless report: symbolized from the release's debuginfo, signed, counted in its bucket.
+
+The answer tells the client whether the crash is known (its bucket existed)
+and whether the server wants the core: for a new bucket, or one that has no
+full retrace yet, a core upload gives everyone the complete backtrace with
+variables; otherwise the symbolized frames are all there is to learn.
+"""
+
+import collections
+import logging
+import time
+
+from retrace_server.analysis.symbolize import Symbolized, debug_file, symbolize_module
+from retrace_server.errors import RetraceError
+from retrace_server.packaging.release import ReleaseId, supported_releases
+from retrace_server.packaging.repoindex import RepoIndex
+from retrace_server.packaging.supply import PackageSupply
+from retrace_server.reports.buckets import BucketDB, signature
+from retrace_server.reports.ureport import InvalidReport
+
+log = logging.getLogger(__name__)
+
+
+def _index(config, report):
+    release = ReleaseId.parse(report.release)
+    served = supported_releases(config.RepoDir)
+    if release is None or release not in served:
+        raise InvalidReport(f"Release {report.release} is not served by this server; it serves "
+                            f"{', '.join(map(str, served)) or 'no release'}")
+    return RepoIndex.open(config.RepoDir / str(release), config.CacheDir)
+
+
+def symbolicate(config, report):
+    """``[[Symbolized, ...] per thread]`` of the report; InvalidReport when its crash thread cannot be read."""
+    threads = [[Symbolized(frame.build_id, frame.offset, frame.file_name) for frame in thread.frames]
+               for thread in report.threads]
+    by_build_id = collections.defaultdict(list)
+    for thread in threads:
+        for frame in thread:
+            if frame.build_id:
+                by_build_id[frame.build_id].append(frame)
+            else:
+                frame.problem = "the report gives no build-id"
+    index = _index(config, report)
+    supply = PackageSupply(config, log)
+    try:
+        for build_id, frames in by_build_id.items():
+            packages = index.by_build_id(build_id, "debuginfo")
+            path = None
+            if packages:
+                try:
+                    path = debug_file(supply.cached(packages[0], index), build_id)
+                except RetraceError as err:
+                    log.error("debuginfo of %s unavailable: %s", build_id, err)
+            if path is None:
+                for frame in frames:
+                    frame.problem = f"no debuginfo for build-id {build_id} in {report.release}"
+                continue
+            symbolize_module(frames, path)
+    finally:
+        index.close()
+        supply.forget_downloads()
+    crash = threads[[thread.crash_thread for thread in report.threads].index(True)]
+    past = [frame for frame in crash if frame.problem and frame.problem.startswith("offset ")]
+    if past:
+        raise InvalidReport(f"The crash thread's frame {crash.index(past[0])} is not in its module: {past[0].problem}")
+    if not any(frame.locations for frame in crash):
+        raise InvalidReport(f"None of the crash thread's modules is known to this server (no debuginfo in "
+                            f"{report.release} for build-ids {', '.join(sorted({f.build_id for f in crash if f.build_id}))[:300]})")
+    return threads
+
+
+def functions(frames):
+    """The crash thread's function names as gdb lists them: inlined callees before their callers."""
+    names = []
+    for frame in frames:
+        names += [location.function or "??" for location in frame.locations] or ["??"]
+    return names
+
+
+def gdb_text(threads, report):
+    """The symbolized threads in gdb's ``bt`` format (ABRT and satyr read it); offsets stand for addresses."""
+    lines = []
+    for number, (frames, thread) in enumerate(zip(threads, report.threads), start=1):
+        lines.append(f"Thread {number} ({'crashed' if thread.crash_thread else 'report'}):")
+        depth = 0
+        for frame in frames:
+            locations = frame.locations or [None]
+            for position, location in enumerate(locations):
+                inlined = position < len(locations) - 1
+                address = "" if position else f"0x{frame.offset:016x} in "
+                if location is None or location.function is None:
+                    lines.append(f"#{depth:<2} {address}?? () from {frame.module}")
+                else:
+                    where = f" at {location.file}:{location.line}" if location.file and location.line else ""
+                    lines.append(f"#{depth:<2} {address}{location.function} (){where}{' [inlined]' if inlined else ''}")
+                depth += 1
+        lines.append("")
+    return "\n".join(lines)
+
+
+def frames_json(threads, report):
+    return [{"crash_thread": thread.crash_thread, "frames": [
+        {"build_id": frame.build_id, "offset": frame.offset, "module": frame.module, "problem": frame.problem,
+         "locations": [{"function": location.function, "file": location.file, "line": location.line}
+                       for location in frame.locations]} for frame in frames]}
+        for frames, thread in zip(threads, report.threads)]
+
+
+def triage(config, report, now=None):
+    """Symbolize, bucket and count ``report``; the answer's fields (without URLs)."""
+    started = time.monotonic()
+    threads = symbolicate(config, report)
+    crash = threads[[thread.crash_thread for thread in report.threads].index(True)]
+    bthash, text = signature(report.executable, functions(crash))
+    backtrace = gdb_text(threads, report)
+    with BucketDB.for_config(config) as buckets:
+        before = buckets.record(bthash, text, report.executable, backtrace, "report", report.package, report.version,
+                                report.release, report.arch, when=now)
+        after = buckets.bucket(bthash)
+    return {"known": before is not None, "bthash": bthash, "count": after["count"],
+            "core_wanted": after["full_task"] is None, "backtrace": backtrace,
+            "frames": frames_json(threads, report), "seconds": round(time.monotonic() - started, 4)}

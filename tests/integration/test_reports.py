@@ -1,0 +1,190 @@
+"""Coreless reports and crash buckets through the real server: retrace-client unwinds real cores with eu-stack
+where the crasher is installed, the server symbolizes from the release's debuginfo packages with elfutils."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.cores import crash_installed, installed_tree, make_problem_dir, run_installed
+from tests.integration.browser import chromium, screenshot
+from tests.integration.helpers import abrt_archive, crashing_thread, submit, wait_final
+from tests.integration.manager_client import ENGINEER, ENGINEER_PASSWORD, Engineer
+
+CLIENT = Path(sys.executable).with_name("retrace-client")
+_GDB_LOCATION = re.compile(r"^#\d+\s+(?:0x[0-9a-f]+ in )?(?P<function>\S+) \(.*\) at (?P<file>\S+):(?P<line>\d+)$")
+
+
+@pytest.fixture(scope="module")
+def installed(work_dir, fixture_rpms):
+    return installed_tree(fixture_rpms, work_dir)
+
+
+@pytest.fixture(scope="module")
+def reports_server(start_server, users):
+    return start_server(AllowTaskManager="1", ManagerUserFile=str(users), AllowMetrics="1")
+
+
+class Crashes:
+    """Fresh crashes of the installed crasher, each a problem directory (a new address layout every time)."""
+
+    def __init__(self, fixture_rpms, work_dir, installed):
+        self.rpms, self.work_dir, self.installed, self.made = fixture_rpms, work_dir, installed, 0
+
+    def __call__(self, mode):
+        self.made += 1
+        core = crash_installed(self.rpms, self.work_dir, mode, staged=self.installed)
+        return make_problem_dir(self.work_dir / f"report-{mode}-{self.made}", core)
+
+
+@pytest.fixture(scope="module")
+def crashes(fixture_rpms, work_dir, installed):
+    return Crashes(fixture_rpms, work_dir, installed)
+
+
+def report(server, installed, problem_dir, *options):
+    """``retrace-client report`` run where the crasher is installed: ``(its JSON answer, its stderr)``."""
+    ran = run_installed(installed, str(CLIENT), "report", "--uri", server.url, "--cafile", str(server.cert),
+                        "--dir", str(problem_dir), "--json", "--status-delay", "0.2", *options, timeout=300)
+    assert ran.returncode == 0, ran.stderr + ran.stdout
+    return json.loads(ran.stdout), ran.stderr
+
+
+def located(frames):
+    """``(function, file name, line)`` of every symbolized location of the crash thread, innermost first."""
+    crash = next(thread for thread in frames if thread["crash_thread"])
+    return [(location["function"], Path(location["file"]).name, location["line"])
+            for frame in crash["frames"] for location in frame["locations"] if location["file"]]
+
+
+def gdb_located(backtrace):
+    found = []
+    for line in crashing_thread(backtrace):
+        match = _GDB_LOCATION.match(line.replace("ADDR", "0x0"))
+        if match:
+            found.append((match["function"], Path(match["file"]).name, int(match["line"])))
+    return found
+
+
+@pytest.mark.parametrize("mode", ["simple", "threads"])
+def test_a_coreless_report_gives_the_functions_and_lines_of_the_full_retrace(reports_server, installed, crashes,
+                                                                             mode):
+    problem = crashes(mode)
+    task_id, auth = submit(reports_server, problem)
+    assert wait_final(reports_server, task_id, auth).headers["X-Task-Status"] == "FINISHED_SUCCESS"
+    full = reports_server.get(f"/{task_id}/backtrace", headers=auth).text
+    answer, _ = report(reports_server, installed, problem, "--no-core")
+    assert located(answer["frames"]) == gdb_located(full) != []
+    assert answer["result"] is True, "the full retrace already put the crash in its bucket"
+
+
+def test_one_crash_run_five_times_under_aslr_is_one_bucket_and_another_site_is_another(reports_server, installed,
+                                                                                       crashes):
+    answers = [report(reports_server, installed, crashes("simple"), "--no-core")[0] for _ in range(5)]
+    assert len({answer["bthash"] for answer in answers}) == 1
+    assert [answer["count"] for answer in answers] == list(range(answers[0]["count"], answers[0]["count"] + 5))
+    offsets = {frame["offset"] for answer in answers for frame in answer["frames"][0]["frames"]}
+    assert offsets, "same offsets in the modules whatever the addresses"
+    other = report(reports_server, installed, crashes("abort"), "--no-core")[0]
+    assert other["bthash"] != answers[0]["bthash"]
+    signature = json.loads(reports_server.get("/problems?format=json").text)
+    assert {bucket["bthash"] for bucket in signature["buckets"]} >= {other["bthash"], answers[0]["bthash"]}
+
+
+def test_a_new_crash_asks_for_its_core_and_a_known_one_sends_only_its_report(start_server, installed, crashes):
+    server = start_server()
+    first, log = report(server, installed, crashes("simple"))
+    assert "Please send its core" in log and "Uploading" in log, log
+    assert "crash_in_library" in first["backtrace"] and first["status"] == "FINISHED_SUCCESS"
+    problem = crashes("simple")
+    second, log = report(server, installed, problem)
+    assert second["result"] is True and second["core_wanted"] is False
+    assert "Uploading" not in log and "This crash is known" in log
+    compressed = len(abrt_archive(problem))
+    assert second["bytes_sent"] < compressed / 4, (second["bytes_sent"], compressed)
+    bucket = json.loads(Engineer(server, None, None).get("/problems?format=json").text)["buckets"][0]
+    assert (bucket["count"], bucket["full_task"] is not None) == (3, True)  # report, retrace, report
+
+
+def ureport_of(problem, installed, server):
+    """The uReport retrace-client would send (its own code, run where the crasher is installed)."""
+    code = ("import json, sys; from pathlib import Path; from retrace_server.client import crash, unwind; "
+            "c = crash.from_problem_dir(sys.argv[1]); print(json.dumps(unwind.ureport(c, '/usr/bin/crasher', 't')))")
+    ran = run_installed(installed, sys.executable, "-c", code, str(problem), timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    return json.loads(ran.stdout)
+
+
+def post_report(server, data):
+    return Engineer(server, None, None).post("/reports/new/", files={"file": ("ureport.json", data, "application/json")})
+
+
+def test_reports_the_server_cannot_read_are_refused_with_a_sentence_and_nothing_is_stored(reports_server, installed,
+                                                                                           crashes):
+    good = ureport_of(crashes("simple"), installed, reports_server)
+    before = reports_server.get("/problems?format=json").json()
+
+    def changed(**problem):
+        document = json.loads(json.dumps(good))
+        document["problem"].update(problem)
+        return json.dumps(document).encode()
+
+    crash_frames = good["problem"]["stacktrace"][0]["frames"]
+    past = [dict(frame, build_id_offset=frame["build_id_offset"] + 10 ** 9) for frame in crash_frames]
+    unknown = [dict(frame, build_id="00" * 20) for frame in crash_frames]
+    huge = [{"crash_thread": True, "frames": [crash_frames[0]] * 100_000}]
+    cases = [
+        (b"{not json", 400, "The report is not JSON (Expecting property name enclosed in double quotes: line 1 column "
+                            "2 (char 1))"),
+        (json.dumps(dict(good, ureport_version=1)).encode(), 400,
+         "This server reads uReport version 2; this report is version 1"),
+        (changed(stacktrace=[{"crash_thread": True, "frames": past}]), 400,
+         f"The crash thread's frame 0 is not in its module: offset {hex(past[0]['build_id_offset'])} is past the end "
+         "of libcrash.so.1"),
+        (changed(stacktrace=[{"crash_thread": True, "frames": unknown}]), 400,
+         "None of the crash thread's modules is known to this server (no debuginfo in fedora-41-x86_64 for build-ids "
+         + "00" * 20 + ")"),
+        (changed(stacktrace=huge), 413, "The report is too large: this server reads reports of at most 2 MiB (send "
+                                        "fewer frames)"),
+        (changed(stacktrace=[{"crash_thread": True, "frames": [crash_frames[0]] * 300}]), 400,
+         "The report has too many frames: at most 256 per thread and 4096 in all are read"),
+        (changed(type="python"), 400, "This server reads reports of crashed programs (problem type 'core'), not "
+                                      "'python'"),
+        (changed(signal="11"), 400, "The report's problem.signal is not a whole number"),
+    ]
+    for data, status, sentence in cases:
+        answer = post_report(reports_server, data)
+        assert answer.status_code == status, (answer.status_code, answer.text)
+        assert answer.text.startswith(sentence), (answer.text, sentence)
+    assert reports_server.get("/problems?format=json").json() == before
+
+
+def test_the_problems_pages_show_counts_to_everyone_and_details_in_the_manager(reports_server, installed, crashes):
+    answer, _ = report(reports_server, installed, crashes("simple"), "--no-core")
+    bthash = answer["bthash"]
+    public = Engineer(reports_server, None, None)
+    listing = public.get("/problems")
+    assert listing.status_code == 200 and bthash[:12] in listing.text and "/usr/bin/crasher" in listing.text
+    assert public.get(f"/problems/{bthash}").status_code == 403
+    engineer = Engineer(reports_server, ENGINEER, ENGINEER_PASSWORD)
+    details = engineer.get(f"/manager/problems/{bthash}")
+    assert details.status_code == 200 and "crash_in_library" in details.text
+    assert engineer.get(f"/manager/problems/{bthash}?format=json").json()["count"] >= 1
+    metrics = reports_server.get("/metrics").text
+    assert re.search(r"^retrace_reports_total \d+", metrics, re.M) and re.search(r"^retrace_buckets \d+", metrics, re.M)
+    with chromium(basic_auth=(ENGINEER, ENGINEER_PASSWORD), height=1200) as driver:
+        driver.get(reports_server.url + "/problems")
+        assert driver.title == "Crash buckets"
+        screenshot(driver, "problems.png")
+        driver.get(f"{reports_server.url}/manager/problems/{bthash}")
+        assert "crash_in_library" in driver.page_source
+        screenshot(driver, "problem-bucket.png")
+
+
+def test_the_client_says_why_it_cannot_report(reports_server, tmp_path):
+    ran = subprocess.run([str(CLIENT), "report", "--uri", reports_server.url, "--cafile", str(reports_server.cert),
+                          "--vmcore", "/dev/null"], capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 2

@@ -1,0 +1,143 @@
+"""Coreless reports in (``POST /reports/new/``, FAF's URL and form) and crash buckets out (``/problems``).
+
+``reporter-ureport`` posts the uReport as the multipart field ``file`` and
+reads a JSON answer: ``result`` (the problem is known), ``bthash``,
+``message`` and ``reported_to`` (where the bucket's page is).  Beside
+those, the answer carries what this server adds: ``core_wanted`` (send the
+core for a full retrace), ``count``, the symbolized ``backtrace`` in gdb's
+format and the ``frames`` as JSON.
+"""
+
+import html
+import json
+import logging
+import time
+
+from webob import Response
+
+from retrace_server.errors import BadRequest, Forbidden, NotFound
+from retrace_server.intake import multipart
+from retrace_server.reports import ureport
+from retrace_server.reports.buckets import BucketDB
+from retrace_server.reports.triage import triage
+from retrace_server.wsgi.manager import _user
+
+log = logging.getLogger(__name__)
+_BTHASH_LENGTH = 40
+_e = html.escape
+
+
+def new_report(config, request):
+    boundary = multipart.boundary_of(request.headers.get("Content-Type"))
+    if request.content_length is None:
+        raise BadRequest("Send the report with a Content-Length")
+    data = None
+    for part in multipart.parts(request.environ["wsgi.input"], request.content_length, boundary):
+        if part.name == "file" and data is None:
+            data = b""
+            while chunk := part.read():
+                data += chunk
+                if len(data) > ureport.MAX_BYTES:
+                    raise ureport.InvalidReport(f"The report is larger than {ureport.MAX_BYTES} bytes")
+    if data is None:
+        raise BadRequest("The form has no 'file' field holding the uReport")
+    report = ureport.parse(data)
+    answer = triage(config, report)
+    url = f"{request.application_url}/problems/{answer['bthash']}"
+    if answer["known"]:
+        message = (f"This crash is known: bucket {answer['bthash']}, seen {answer['count']} times; "
+                   f"its backtrace is at {url}")
+    else:
+        message = f"This crash is new here: bucket {answer['bthash']}"
+    if answer["core_wanted"]:
+        message += ". Please send its core for a full backtrace (retrace-client does, unless --no-core)"
+    log.info("report of %s (%s): bucket %s, %s in %.3f s", report.executable, report.release, answer["bthash"],
+             "known" if answer["known"] else "new", answer["seconds"])
+    body = {"result": answer["known"], "bthash": answer["bthash"], "message": message,
+            "reported_to": [{"reporter": "Retrace Server", "type": "url", "value": url}],
+            "core_wanted": answer["core_wanted"], "count": answer["count"], "backtrace": answer["backtrace"],
+            "frames": answer["frames"]}
+    return Response(status=202, content_type="application/json", charset="utf-8", text=json.dumps(body))
+
+
+def _when(epoch):
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(epoch)) if epoch else ""
+
+
+_STYLE = ("body{font-family:sans-serif;max-width:72em;margin:2em auto;line-height:1.4;color:#222;padding:0 1em}"
+          "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{padding:.25em .8em;border-bottom:1px solid #ddd;"
+          "text-align:left;vertical-align:top}td.n{text-align:right;font-variant-numeric:tabular-nums}"
+          "pre{background:#f6f6f6;padding:.6em;overflow:auto;font-size:.85em}svg rect{fill:#4a7fb0}")
+
+
+def _page(title, body):
+    return Response(content_type="text/html", charset="utf-8", text=(
+        f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8"><title>{_e(title)}</title>'
+        f"<style>{_STYLE}</style></head>\n<body>\n<h1>{_e(title)}</h1>\n{body}\n</body></html>\n"))
+
+
+def _wants_json(request):
+    return request.GET.get("format") == "json"
+
+
+def problems(config, request):
+    """Buckets by count: first and last seen, releases, architectures, versions (public)."""
+    page = request.GET.get("page", "1")
+    page = int(page) if page.isdigit() and int(page) > 0 else 1
+    with BucketDB.for_config(config) as buckets:
+        rows, totals = buckets.buckets(limit=100, offset=(page - 1) * 100), buckets.totals()
+    if _wants_json(request):
+        return Response(content_type="application/json", charset="utf-8",
+                        text=json.dumps({**totals, "buckets": rows}, indent=1))
+    details = "/problems/" if config.ProblemsPublic == "all" else "/manager/problems/"
+    table = "".join(
+        f'<tr><td><a href="{details}{row["bthash"]}">{row["bthash"][:12]}</a></td><td>{_e(row["executable"])}</td>'
+        f'<td class="n">{row["count"]}</td><td>{_when(row["first_seen"])}</td><td>{_when(row["last_seen"])}</td>'
+        f'<td>{_e(row["versions"] or "")}</td><td>{_e(row["releases"] or "")}</td><td>{_e(row["architectures"] or "")}'
+        f'</td><td>{"yes" if row["full_task"] else "no"}</td></tr>' for row in rows)
+    body = (f'<p id="totals">{totals["reports"]} reports in {totals["buckets"]} buckets.</p>'
+            '<table id="buckets"><tr><th>Bucket</th><th>Executable</th><th>Count</th><th>First seen</th>'
+            '<th>Last seen</th><th>Versions</th><th>Releases</th><th>Architectures</th><th>Full retrace</th></tr>'
+            f"{table}</table>")
+    return _page("Crash buckets", body)
+
+
+def _bucket(config, request, bthash):
+    if len(bthash) != _BTHASH_LENGTH or any(char not in "0123456789abcdef" for char in bthash):
+        raise NotFound("There is no such bucket")
+    with BucketDB.for_config(config) as buckets:
+        bucket = buckets.bucket(bthash)
+        if bucket is None:
+            raise NotFound("There is no such bucket")
+        occurrences, days = buckets.occurrences(bthash), buckets.per_day(bthash)
+    if _wants_json(request):
+        return Response(content_type="application/json", charset="utf-8",
+                        text=json.dumps({**bucket, "occurrences": occurrences, "per_day": days}, indent=1))
+    most = max(count for _, count in days) or 1
+    bars = "".join(f'<rect x="{index * 20}" y="{100 - 100 * count // most}" width="16" height="{100 * count // most}">'
+                   f"<title>{day}: {count}</title></rect>" for index, (day, count) in enumerate(days))
+    rows = "".join(
+        f'<tr><td>{_when(row["time"])}</td><td>{_e(row["kind"])}</td><td>{_e(row["package"] or "")}</td>'
+        f'<td>{_e(row["release"] or "")}</td><td>{_e(row["arch"] or "")}</td><td>{_e(row["task_id"] or "")}</td></tr>'
+        for row in occurrences)
+    full = f'Full retrace: task {_e(bucket["full_task"])}.' if bucket["full_task"] else "No full retrace yet."
+    body = (f'<p>{_e(bucket["executable"])}: {bucket["count"]} times, first {_when(bucket["first_seen"])}, last '
+            f'{_when(bucket["last_seen"])}. {full}</p><h2>Signature</h2><pre id="signature">{_e(bucket["signature"])}'
+            f'</pre><h2>Per day (30 days)</h2><svg id="per-day" width="600" height="100">{bars}</svg>'
+            f'<h2>Backtrace</h2><pre id="backtrace">{_e(bucket["backtrace"])}</pre><h2>Reports and retraces</h2>'
+            f'<table id="occurrences"><tr><th>When (UTC)</th><th>Kind</th><th>Package</th><th>Release</th>'
+            f"<th>Architecture</th><th>Task</th></tr>{rows}</table>")
+    return _page(f"Bucket {bthash}", body)
+
+
+def bucket_page(config, request, bthash):
+    """A bucket's backtrace and reports: public with ProblemsPublic = all, else in the task manager."""
+    if config.ProblemsPublic != "all":
+        raise Forbidden("A bucket's details are shown in the task manager (/manager/problems/...); this server keeps "
+                        "them from the public (ProblemsPublic = counts)")
+    return _bucket(config, request, bthash)
+
+
+def managed_bucket_page(config, request, bthash):
+    _user(config, request)
+    return _bucket(config, request, bthash)
