@@ -24,7 +24,7 @@ from retrace_server.packaging.release import (RELEASE_FILES, ReleaseId, detect_r
                                       supported_releases)
 from retrace_server.packaging.repoindex import RepoIndex
 from retrace_server.packaging.supply import PackageSupply
-from retrace_server.reports.buckets import BucketDB, gdb_crash_thread_functions, signature
+from retrace_server.reports.buckets import BucketDB, gdb_crash_thread, gdb_crash_thread_functions, signature
 from retrace_server.tasks.session import Session
 from retrace_server.tasks.task import write_atomically
 from retrace_server.worker.job import Job, TaskFailed
@@ -362,12 +362,12 @@ class RetraceJob(Job):
         if not functions:
             return
         bthash, text = signature(crash.executable, functions)
-        thread = backtrace[backtrace.find("\nThread 1 ") + 1:]
         try:
             with BucketDB.for_config(self.config) as buckets:
-                buckets.record(bthash, text, crash.executable, thread[:thread.find("\n\n")] if "\n\n" in thread
-                               else thread, "retrace", self.record.package, None, self.record.release,
-                               self.record.arch, self.task.task_id)
+                package = self.record.package or ""
+                version = "-".join(package.rsplit("-", 2)[1:]) if package.count("-") >= 2 else None
+                buckets.record(bthash, text, crash.executable, gdb_crash_thread(backtrace), "retrace", package or None,
+                               version, self.record.release, self.record.arch, self.task.task_id)
         except sqlite3.Error as err:
             self.log.warning("Not counted in the crash buckets: %s", err)
             return

@@ -56,7 +56,7 @@ def new_report(config, request):
     body = {"result": answer["known"], "bthash": answer["bthash"], "message": message,
             "reported_to": [{"reporter": "Retrace Server", "type": "url", "value": url}],
             "core_wanted": answer["core_wanted"], "count": answer["count"], "backtrace": answer["backtrace"],
-            "frames": answer["frames"]}
+            "frames": answer["frames"], "seconds": answer["seconds"]}
     return Response(status=202, content_type="application/json", charset="utf-8", text=json.dumps(body))
 
 

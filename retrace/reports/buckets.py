@@ -15,6 +15,7 @@ addresses only.  Buckets live in SQLite beside the statistics
 
 import contextlib
 import hashlib
+import json
 import re
 import sqlite3
 import time
@@ -57,14 +58,23 @@ def signature(executable, functions):
     return hashlib.sha1(text.encode("utf-8")).hexdigest(), text
 
 
-def gdb_crash_thread_functions(backtrace):
-    """The function names of the crashing thread (``Thread 1``) in a retrace's gdb backtrace."""
+def gdb_crash_thread(backtrace):
+    """The crashing thread (``Thread 1``) of a retrace's gdb output: its header, frames and their locals."""
     start = backtrace.find("\nThread 1 ")
     if start < 0:
-        return []
-    thread = backtrace[start + 1:]
-    end = thread.find("\n\n")
-    return _GDB_FRAME.findall(thread[:end] if end >= 0 else thread)
+        return ""
+    lines = backtrace[start + 1:].splitlines()
+    kept = [lines[0]]
+    for line in lines[1:]:
+        if not re.match(r"#\d+ |\s+\S", line):
+            break
+        kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
+def gdb_crash_thread_functions(backtrace):
+    """The function names of the crashing thread in a retrace's gdb output, innermost first."""
+    return _GDB_FRAME.findall(gdb_crash_thread(backtrace))
 
 
 _SCHEMA = """
@@ -75,6 +85,8 @@ CREATE TABLE IF NOT EXISTS occurrences (
     id INTEGER PRIMARY KEY, bthash TEXT NOT NULL REFERENCES buckets(bthash), time REAL NOT NULL,
     kind TEXT NOT NULL, package TEXT, version TEXT, release TEXT, arch TEXT, task_id TEXT);
 CREATE INDEX IF NOT EXISTS occurrences_bucket ON occurrences (bthash, time);
+CREATE TABLE IF NOT EXISTS symbols (
+    build_id TEXT NOT NULL, offset INTEGER NOT NULL, locations TEXT NOT NULL, PRIMARY KEY (build_id, offset));
 """
 
 
@@ -134,6 +146,24 @@ class BucketDB:
             self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
+
+    def symbols(self, keys):
+        """``{(build-id, offset): [(function, file, line), ...]}`` for the keys symbolized before (debuginfo
+        of a build never changes, so neither does what an offset in it means)."""
+        found = {}
+        for build_id, offset in keys:
+            row = self.db.execute("SELECT locations FROM symbols WHERE build_id = ? AND offset = ?",
+                                  (build_id, offset)).fetchone()
+            if row is not None:
+                found[(build_id, offset)] = [tuple(location) for location in json.loads(row[0])]
+        return found
+
+    def remember_symbols(self, symbolized):
+        """Keep ``{(build-id, offset): [(function, file, line), ...]}``."""
+        with self._transaction():
+            self.db.executemany("INSERT OR REPLACE INTO symbols VALUES (?, ?, ?)",
+                                [(build_id, offset, json.dumps(locations))
+                                 for (build_id, offset), locations in symbolized.items()])
 
     def buckets(self, limit=100, offset=0):
         """Buckets by count, most first, with their releases, architectures and versions."""

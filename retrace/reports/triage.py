@@ -7,10 +7,11 @@ variables; otherwise the symbolized frames are all there is to learn.
 """
 
 import collections
+import dataclasses
 import logging
 import time
 
-from retrace_server.analysis.symbolize import Symbolized, debug_file, symbolize_module
+from retrace_server.analysis.symbolize import Location, Symbolized, debug_file, symbolize_module
 from retrace_server.errors import RetraceError
 from retrace_server.packaging.release import ReleaseId, supported_releases
 from retrace_server.packaging.repoindex import RepoIndex
@@ -30,18 +31,26 @@ def _index(config, report):
     return RepoIndex.open(config.RepoDir / str(release), config.CacheDir)
 
 
-def symbolicate(config, report):
-    """``[[Symbolized, ...] per thread]`` of the report; InvalidReport when its crash thread cannot be read."""
+def symbolicate(config, report, buckets):
+    """``[[Symbolized, ...] per thread]`` of the report; InvalidReport when its crash thread cannot be read.
+
+    What was symbolized before comes from the symbol cache (``buckets``);
+    the rest from the debuginfo, and is remembered.
+    """
     threads = [[Symbolized(frame.build_id, frame.offset, frame.file_name) for frame in thread.frames]
                for thread in report.threads]
+    index = _index(config, report)
+    known = buckets.symbols({(frame.build_id, frame.offset) for thread in threads for frame in thread
+                             if frame.build_id})
     by_build_id = collections.defaultdict(list)
     for thread in threads:
         for frame in thread:
-            if frame.build_id:
+            if (frame.build_id, frame.offset) in known:
+                frame.locations = [Location(*location) for location in known[(frame.build_id, frame.offset)]]
+            elif frame.build_id:
                 by_build_id[frame.build_id].append(frame)
             else:
                 frame.problem = "the report gives no build-id"
-    index = _index(config, report)
     supply = PackageSupply(config, log)
     try:
         for build_id, frames in by_build_id.items():
@@ -60,6 +69,9 @@ def symbolicate(config, report):
     finally:
         index.close()
         supply.forget_downloads()
+    buckets.remember_symbols({(frame.build_id, frame.offset): [dataclasses.astuple(location) for location in
+                                                               frame.locations]
+                              for frames in by_build_id.values() for frame in frames if frame.locations})
     crash = threads[[thread.crash_thread for thread in report.threads].index(True)]
     past = [frame for frame in crash if frame.problem and frame.problem.startswith("offset ")]
     if past:
@@ -110,11 +122,11 @@ def frames_json(threads, report):
 def triage(config, report, now=None):
     """Symbolize, bucket and count ``report``; the answer's fields (without URLs)."""
     started = time.monotonic()
-    threads = symbolicate(config, report)
-    crash = threads[[thread.crash_thread for thread in report.threads].index(True)]
-    bthash, text = signature(report.executable, functions(crash))
-    backtrace = gdb_text(threads, report)
     with BucketDB.for_config(config) as buckets:
+        threads = symbolicate(config, report, buckets)
+        crash = threads[[thread.crash_thread for thread in report.threads].index(True)]
+        bthash, text = signature(report.executable, functions(crash))
+        backtrace = gdb_text(threads, report)
         before = buckets.record(bthash, text, report.executable, backtrace, "report", report.package, report.version,
                                 report.release, report.arch, when=now)
         after = buckets.bucket(bthash)

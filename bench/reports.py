@@ -1,0 +1,131 @@
+"""Benchmark: a coreless report of a large crash against the full warm retrace of the same crash.
+
+Run as root after `make setup`:  .venv/bin/python bench/reports.py
+
+The crash: ``bigcrash threads`` (tests/fixtures/biglib): eight threads
+parked 1,500 frames deep in eight libraries, the main thread crashing 2,500
+frames deep in a ninth; ten modules with a few MB of debuginfo each, from
+signed RPMs in the fixture release, through the real Apache over HTTPS.
+Measured in one run:
+  1. the full retrace, warm (packages unpacked), median of 3: the baseline;
+  2. the client's side of a report: eu-stack over the core, the uReport;
+  3. the server's side: POST /reports/new/ end to end, median of 10, first
+     with the symbol cache empty (every frame through eu-addr2line, the
+     debuginfo unpacked), then warm;
+  4. bytes: the report against the xz-compressed core a retrace uploads;
+  5. throughput: 8 clients posting reports at once for 30 s.
+"""
+
+import concurrent.futures
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.debuginfod import build_bigcrash  # noqa: E402
+from bench.workspace import RELEASE_ID, Workspace  # noqa: E402
+from tests.fixtures.cores import crash_installed, installed_tree, run_installed  # noqa: E402
+from tests.fixtures.distro import publish_release  # noqa: E402
+from tests.fixtures.signing import TEST_KEY  # noqa: E402
+from tests.integration.helpers import abrt_archive, timed_retrace  # noqa: E402
+
+RUNS = 10
+CLIENTS = 8
+THROUGHPUT_SECONDS = 30
+UREPORT = ("import json, sys; from retrace_server.client import crash, unwind; "
+           "c = crash.from_problem_dir(sys.argv[1]); sys.stdout.write(json.dumps(unwind.ureport(c, sys.argv[2], 'b')))")
+
+
+def problem_dir(work, core):
+    directory = work / "problem-threads"
+    directory.mkdir()
+    (directory / "coredump").write_bytes(core.read_bytes())
+    (directory / "executable").write_text("/usr/bin/bigcrash")
+    (directory / "package").write_text("bigcrash-1.0-1.fc41")
+    (directory / "os_release").write_text("Fedora release 41 (Forty One)\n")
+    return directory
+
+
+def post(server, document):
+    started = time.perf_counter()
+    answer = requests.post(server.url + "/reports/new/", files={"file": ("ureport.json", document)},
+                           verify=str(server.cert), timeout=300)
+    seconds = time.perf_counter() - started
+    assert answer.status_code == 202, answer.text
+    return seconds, answer.json()
+
+
+def throughput(server, document):
+    stop = time.monotonic() + THROUGHPUT_SECONDS
+    done = []
+    lock = threading.Lock()
+
+    def client():
+        session = requests.Session()
+        while time.monotonic() < stop:
+            answer = session.post(server.url + "/reports/new/", files={"file": ("ureport.json", document)},
+                                  verify=str(server.cert), timeout=300)
+            assert answer.status_code == 202, answer.text
+            with lock:
+                done.append(1)
+
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool:
+        for future in [pool.submit(client) for _ in range(CLIENTS)]:
+            future.result()
+    return len(done) * 60 / (time.monotonic() - started)
+
+
+def main():
+    with Workspace("reports") as ws:
+        root = ws.root("reports")
+        rpms = TEST_KEY.sign(build_bigcrash(ws.work))
+        publish_release(root / "repos", RELEASE_ID, rpms)
+        server = ws.server(root, MaxPackedSize="200", MaxUnpackedSize="1024")
+        staged = installed_tree(rpms, ws.work)
+        core = crash_installed(rpms, ws.work, "threads", program="/usr/bin/bigcrash", staged=staged)
+        problem = problem_dir(ws.work, core)
+        archive = abrt_archive(problem)
+        debuginfo = sum(rpm.stat().st_size for rpm in rpms if "debuginfo" in rpm.name)
+        print(f"crash: core {core.stat().st_size / 1048576:.1f} MiB ({len(archive) / 1048576:.2f} MiB xz), "
+              f"debuginfo RPMs {debuginfo / 1048576:.1f} MiB")
+
+        timed_retrace(server, archive)  # cold: unpacks the packages
+        full = statistics.median(timed_retrace(server, archive)[0] for _ in range(3))
+
+        started = time.perf_counter()
+        ran = run_installed(staged, sys.executable, "-c", UREPORT, str(problem), "/usr/bin/bigcrash", timeout=300)
+        client_seconds = time.perf_counter() - started
+        assert ran.returncode == 0, ran.stderr
+        document = ran.stdout.encode()
+        threads = json.loads(document)["problem"]["stacktrace"]
+        frames = sum(len(thread["frames"]) for thread in threads)
+
+        cold = []
+        for _ in range(RUNS):
+            (root / "spool" / "problems.db").unlink(missing_ok=True)
+            for suffix in ("-wal", "-shm"):
+                (root / "spool" / f"problems.db{suffix}").unlink(missing_ok=True)
+            cold.append(post(server, document)[0])
+        warm = [post(server, document)[0] for _ in range(RUNS)]
+        per_minute = throughput(server, document)
+
+        print(f"report: {len(threads)} threads, {frames} frames, {len(document)} bytes "
+              f"({100 * len(document) / len(archive):.2f} % of the compressed core); eu-stack and uReport on the "
+              f"client {client_seconds:.2f} s")
+        print(f"full warm retrace, median of 3 (baseline): {full:.2f} s")
+        print(f"report, symbol cache empty, median of {RUNS}: {statistics.median(cold) * 1000:.0f} ms "
+              f"(ratio {statistics.median(cold) / full:.3f})")
+        print(f"report, warm, median of {RUNS}: {statistics.median(warm) * 1000:.0f} ms "
+              f"(ratio {statistics.median(warm) / full:.4f})")
+        print(f"throughput, {CLIENTS} clients for {THROUGHPUT_SECONDS} s: {per_minute:.0f} reports a minute")
+
+
+if __name__ == "__main__":
+    main()
