@@ -13,6 +13,7 @@ core holds (the kernel writes it first).
 
 from __future__ import annotations  # the client runs on Python 3.9 (RHEL 9)
 
+import gzip
 import json
 import os
 import re
@@ -22,10 +23,13 @@ import subprocess
 from retrace_server.analysis.coredump import read_core
 from retrace_server.errors import InvalidCrashData
 
-MAX_FRAMES = 256
+# Frames sent: the crash thread's innermost CRASH_FRAMES (the bucket needs 5, a person reads a few dozen),
+# every other thread's innermost OTHER_FRAMES (what it was doing).
+CRASH_FRAMES = 64
+OTHER_FRAMES = 16
 _TIMEOUT = 120
 _THREAD = re.compile(r"^TID (\d+):$")
-_FRAME = re.compile(r"^#(\d+)\s+0x([0-9a-f]+)(?:\s+-)?\s*(?P<module>\S.*)?$")
+_FRAME = re.compile(r"^#(\d+)\s+0x[0-9a-f]+(?:\s+-)?\s*(?P<module>\S.*)?$")
 _BUILD_ID = re.compile(r"^\s+\[(?P<build_id>[0-9a-f]+)\]@0x(?P<base>[0-9a-f]+)\+0x(?P<offset>[0-9a-f]+)$")
 
 
@@ -41,7 +45,8 @@ def parse_stack(text):
             threads.append([])
             frame = None
         elif (match := _FRAME.match(line)) and threads:
-            frame = {"address": int(match[2], 16), "file_name": (match["module"] or "").strip() or "??"}
+            # No absolute address: it would tell the process's address layout, which symbolization does not need.
+            frame = {"file_name": (match["module"] or "").strip() or "??"}
             threads[-1].append(frame)
         elif (match := _BUILD_ID.match(line)) and frame is not None:
             frame["build_id"] = match["build_id"]
@@ -54,7 +59,7 @@ def unwind(core_path, executable=None):
     program = shutil.which("eu-stack")
     if program is None:
         raise UnwindError("a coreless report needs eu-stack (elfutils: dnf install elfutils, apt install elfutils)")
-    argv = [program, "-q", "-b", "-m", "-n", str(MAX_FRAMES), f"--core={core_path}"]
+    argv = [program, "-q", "-b", "-m", "-n", str(CRASH_FRAMES), f"--core={core_path}"]
     if executable:
         argv.append(f"--executable={executable}")
     try:
@@ -64,7 +69,7 @@ def unwind(core_path, executable=None):
     threads = [thread for thread in parse_stack(ran.stdout) if thread]
     if not threads:
         raise UnwindError(f"eu-stack found no frame in the core: {ran.stderr.strip()[:300] or 'no output'}")
-    return threads
+    return [thread if number == 0 else thread[:OTHER_FRAMES] for number, thread in enumerate(threads)]
 
 
 def _package_fields(nevra, arch):
@@ -111,4 +116,6 @@ def ureport(crash, executable, client_version):
 
 
 def encode(report):
-    return json.dumps(report, separators=(",", ":")).encode("utf-8")
+    """The report as sent: compact JSON, gzip-compressed (a thread's frames repeat their module's build-id and
+    name; the server reads plain JSON too, as reporter-ureport sends it)."""
+    return gzip.compress(json.dumps(report, separators=(",", ":")).encode("utf-8"), mtime=0)

@@ -150,12 +150,18 @@ class BucketDB:
     def symbols(self, keys):
         """``{(build-id, offset): [(function, file, line), ...]}`` for the keys symbolized before (debuginfo
         of a build never changes, so neither does what an offset in it means)."""
-        found = {}
+        by_build_id = {}
         for build_id, offset in keys:
-            row = self.db.execute("SELECT locations FROM symbols WHERE build_id = ? AND offset = ?",
-                                  (build_id, offset)).fetchone()
-            if row is not None:
-                found[(build_id, offset)] = [tuple(location) for location in json.loads(row[0])]
+            by_build_id.setdefault(build_id, set()).add(offset)
+        found = {}
+        for build_id, offsets in by_build_id.items():
+            offsets = sorted(offsets)
+            for start in range(0, len(offsets), 500):  # SQLite's limit on parameters
+                chunk = offsets[start:start + 500]
+                rows = self.db.execute(f"SELECT offset, locations FROM symbols WHERE build_id = ? AND offset IN "
+                                       f"({', '.join('?' * len(chunk))})", (build_id, *chunk))
+                for offset, locations in rows:
+                    found[(build_id, offset)] = [tuple(location) for location in json.loads(locations)]
         return found
 
     def remember_symbols(self, symbolized):

@@ -11,6 +11,7 @@ each refusal is a sentence naming the field.
 import dataclasses
 import json
 import re
+import zlib
 
 from retrace_server.errors import BadRequest, UploadTooLarge
 
@@ -137,10 +138,25 @@ def _affected(packages):
     return f"{name}-{version}-{release}", f"{version}-{release}"
 
 
+def _decompressed(data):
+    """A gzip-compressed report (retrace-client sends one) unpacked, at most MAX_BYTES of it."""
+    try:
+        reader = zlib.decompressobj(wbits=31)
+        plain = reader.decompress(data, MAX_BYTES + 1)
+    except zlib.error as err:
+        raise InvalidReport(f"The report is gzip-compressed but corrupt ({err})") from None
+    if len(plain) > MAX_BYTES or reader.unconsumed_tail:
+        raise UploadTooLarge(f"The report unpacks to more than {MAX_BYTES} bytes, the most this server reads")
+    return plain
+
+
 def parse(data):
-    """The Report in ``data`` (the bytes of the form's ``file`` field), or InvalidReport with a sentence."""
+    """The Report in ``data`` (the bytes of the form's ``file`` field, JSON or gzip-compressed JSON), or
+    InvalidReport with a sentence."""
     if len(data) > MAX_BYTES:
         raise UploadTooLarge(f"The report is {len(data)} bytes; this server reads reports of at most {MAX_BYTES}")
+    if data[:2] == b"\x1f\x8b":
+        data = _decompressed(data)
     try:
         document = json.loads(data)
     except (ValueError, RecursionError) as err:
