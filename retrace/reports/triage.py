@@ -7,6 +7,7 @@ variables; otherwise the symbolized frames are all there is to learn.
 """
 
 import collections
+import concurrent.futures
 import dataclasses
 import logging
 import time
@@ -20,6 +21,7 @@ from retrace_server.reports.buckets import BucketDB, signature
 from retrace_server.reports.ureport import InvalidReport
 
 log = logging.getLogger(__name__)
+_PARALLEL_MODULES = 4
 
 
 def _index(config, report):
@@ -53,6 +55,7 @@ def symbolicate(config, report, buckets):
                 frame.problem = "the report gives no build-id"
     supply = PackageSupply(config, log)
     try:
+        found = []
         for build_id, frames in by_build_id.items():
             packages = index.by_build_id(build_id, "debuginfo")
             path = None
@@ -64,8 +67,12 @@ def symbolicate(config, report, buckets):
             if path is None:
                 for frame in frames:
                     frame.problem = f"no debuginfo for build-id {build_id} in {report.release}"
-                continue
-            symbolize_module(frames, path)
+            else:
+                found.append((frames, path))
+        # One eu-addr2line per module, a few at once: each mostly waits on its own DWARF reading.
+        with concurrent.futures.ThreadPoolExecutor(_PARALLEL_MODULES) as pool:
+            for done in [pool.submit(symbolize_module, frames, path) for frames, path in found]:
+                done.result()
     finally:
         index.close()
         supply.forget_downloads()
