@@ -147,6 +147,8 @@ def _decompressed(data):
         raise InvalidReport(f"The report is gzip-compressed but corrupt ({err})") from None
     if len(plain) > MAX_BYTES or reader.unconsumed_tail:
         raise UploadTooLarge(f"The report unpacks to more than {MAX_BYTES} bytes, the most this server reads")
+    if not reader.eof:
+        raise InvalidReport("The report is gzip-compressed but corrupt (it is truncated)")
     return plain
 
 
