@@ -33,7 +33,7 @@ _MACHINERY = {
     "std::terminate", "__cxa_throw", "__gnu_cxx::__verbose_terminate_handler", "std::__terminate",
     "__cxxabiv1::__terminate", "__cxxabiv1::__unexpected", "__GI___libc_message", "sigabrt_handler",
 }
-_GDB_FRAME = re.compile(r"^#\d+\s+(?:0x[0-9a-f]+ in )?(?P<function>\S.*?) \(", re.M)
+_GDB_FRAME = re.compile(r"^#\d+\s+(?:0x[0-9a-f]+ in )?(?P<function>\S.*?) \(.*?(?: at \S+:(?P<line>\d+))?$", re.M)
 
 
 def _folded(function):
@@ -66,15 +66,29 @@ def gdb_crash_thread(backtrace):
     lines = backtrace[start + 1:].splitlines()
     kept = [lines[0]]
     for line in lines[1:]:
-        if not re.match(r"#\d+ |\s+\S", line):
+        if not re.match(r"#\d+ |\s+\S|No locals\.|No symbol table info available\.", line):
             break
         kept.append(line)
     return "\n".join(kept) + "\n"
 
 
 def gdb_crash_thread_functions(backtrace):
-    """The function names of the crashing thread in a retrace's gdb output, innermost first."""
-    return _GDB_FRAME.findall(gdb_crash_thread(backtrace))
+    """The function names of the crashing thread's frames that have a source line, innermost first (all its
+    frames when none has): see ``located_functions``."""
+    frames = [(match["function"], bool(match["line"])) for match in _GDB_FRAME.finditer(gdb_crash_thread(backtrace))]
+    return located_functions(frames)
+
+
+def located_functions(frames):
+    """``[(function, has a source line)]`` -> the functions that have one (all when none has).
+
+    What a signature may rest on: a frame with a source line was read from
+    debuginfo, which a retrace and a symbolized report read alike; without
+    one, gdb still names a function from the library's symbol table where a
+    report's frame stays unnamed, and the two would differ.
+    """
+    located = [function for function, has_line in frames if has_line]
+    return located or [function for function, _ in frames]
 
 
 _SCHEMA = """

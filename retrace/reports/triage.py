@@ -17,7 +17,7 @@ from retrace_server.errors import RetraceError
 from retrace_server.packaging.release import ReleaseId, supported_releases
 from retrace_server.packaging.repoindex import RepoIndex
 from retrace_server.packaging.supply import PackageSupply
-from retrace_server.reports.buckets import BucketDB, signature
+from retrace_server.reports.buckets import BucketDB, located_functions, signature
 from retrace_server.reports.ureport import InvalidReport
 
 log = logging.getLogger(__name__)
@@ -90,11 +90,12 @@ def symbolicate(config, report, buckets):
 
 
 def functions(frames):
-    """The crash thread's function names as gdb lists them: inlined callees before their callers."""
-    names = []
+    """The crash thread's function names for its signature, as gdb lists frames (inlined callees before their
+    callers), those with a source line only (``located_functions``)."""
+    named = []
     for frame in frames:
-        names += [location.function or "??" for location in frame.locations] or ["??"]
-    return names
+        named += [(location.function or "??", bool(location.line)) for location in frame.locations] or [("??", False)]
+    return located_functions(named)
 
 
 def gdb_text(threads, report):

@@ -47,8 +47,9 @@ def crashes(fixture_rpms, work_dir, installed):
 
 def report(server, installed, problem_dir, *options):
     """``retrace-client report`` run where the crasher is installed: ``(its JSON answer, its stderr)``."""
+    given = ["--dir", str(problem_dir)] if problem_dir else []
     ran = run_installed(installed, str(CLIENT), "report", "--uri", server.url, "--cafile", str(server.cert),
-                        "--dir", str(problem_dir), "--json", "--status-delay", "0.2", *options, timeout=300)
+                        *given, "--json", "--status-delay", "0.2", *options, timeout=300)
     assert ran.returncode == 0, ran.stderr + ran.stdout
     return json.loads(ran.stdout), ran.stderr
 
@@ -69,16 +70,25 @@ def gdb_located(backtrace):
     return found
 
 
-@pytest.mark.parametrize("mode", ["simple", "threads"])
+@pytest.mark.parametrize("mode, given", [("simple", "dir"), ("threads", "dir"), ("inlined", "core")])
 def test_a_coreless_report_gives_the_functions_and_lines_of_the_full_retrace(reports_server, installed, crashes,
-                                                                             mode):
+                                                                             mode, given):
     problem = crashes(mode)
     task_id, auth = submit(reports_server, problem)
     assert wait_final(reports_server, task_id, auth).headers["X-Task-Status"] == "FINISHED_SUCCESS"
     full = reports_server.get(f"/{task_id}/backtrace", headers=auth).text
-    answer, _ = report(reports_server, installed, problem, "--no-core")
+    if given == "dir":
+        answer, _ = report(reports_server, installed, problem, "--no-core")
+    else:
+        answer, _ = report(reports_server, installed, None, "--no-core", "--core", str(problem / "coredump"),
+                           "--executable", "/usr/bin/crasher", "--package", "crasher-1.0-1.fc41",
+                           "--os-release", "Fedora release 41 (Forty One)")
     assert located(answer["frames"]) == gdb_located(full) != []
     assert answer["result"] is True, "the full retrace already put the crash in its bucket"
+    if mode == "inlined":
+        first = answer["frames"][0]["frames"][0]["locations"]
+        assert [location["function"] for location in first] == ["store_inline", "crash_inlined"]
+        assert "crash_inlined () at" in answer["backtrace"] and "store_inline () at" in answer["backtrace"]
 
 
 def test_one_crash_run_five_times_under_aslr_is_one_bucket_and_another_site_is_another(reports_server, installed,

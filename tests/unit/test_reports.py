@@ -76,9 +76,11 @@ def test_the_signature_skips_the_machinery_and_ignores_what_changes_between_buil
 
 def test_the_crash_thread_is_read_from_gdbs_output():
     backtrace = ("Files given to gdb...\n\nThread 1 (LWP 7):\n#0  0x1 in crash_in_library (depth=0, label=0x2 \"x\")"
-                 " at libcrash.c:13\n        target = 0x0\n#1  inlined_helper (x=1) at a.c:3\n#2  0x3 in main () at "
+                 " at libcrash.c:13\n        target = 0x0\n#1  inlined_helper (x=1) at a.c:3\nNo locals.\n#2  0x3 in main () at "
                  "crasher.c:100\nFrom To Syms Read\n\nThread 2 (LWP 8):\n#0  0x4 in idle () at a.c:1\n")
     assert buckets.gdb_crash_thread_functions(backtrace) == ["crash_in_library", "inlined_helper", "main"]
+    assert buckets.gdb_crash_thread_functions("\nThread 1 (LWP 9):\n#0  0x1 in __GI_raise () from /lib64/libc.so.6\n"
+                                              "#1  0x2 in main () at a.c:4\n") == ["main"], "located frames only"
     assert buckets.gdb_crash_thread(backtrace).endswith("#2  0x3 in main () at crasher.c:100\n")
 
 
