@@ -19,6 +19,7 @@ from retrace_server.packaging.cache import PackageCache, abandoned_partial_entri
 from retrace_server.packaging.download import DOWNLOADS
 from retrace_server.packaging.debuginfod import BuildIdCache
 from retrace_server.packaging.kernel import KernelCache
+from retrace_server.reports.buckets import DB_NAME as BUCKETS_DB, BucketDB
 from retrace_server.stats import StatsDB
 from retrace_server.tasks.dispatch import end_failed, fail_if_worker_died, start_queued
 from retrace_server.tasks import casedata
@@ -57,6 +58,7 @@ class Collector:
         self.sweep_downloads()
         self.trim_cache()
         self.forget_client_addresses()
+        self.prune_reports()
 
     # -- workers ---------------------------------------------------------------
 
@@ -164,6 +166,15 @@ class Collector:
             with StatsDB.for_config(self.config) as stats:
                 forgotten = stats.forget_addresses(self.config.StatsIPRetention, self.now)
             self.log.info("statistics: %d client addresses blanked", forgotten)
+
+    def prune_reports(self):
+        """Each report and retrace's row goes after ReportRetention days; its bucket keeps counting it."""
+        if not (Path(self.config.SaveDir) / BUCKETS_DB).exists():
+            return
+        if self.act(f"crash buckets: forget reports older than {self.config.ReportRetention} days"):
+            with BucketDB.for_config(self.config) as buckets:
+                pruned = buckets.forget_before(self.now - self.config.ReportRetention * 86400)
+            self.log.info("crash buckets: %d old reports forgotten", pruned)
 
     # -- cache -----------------------------------------------------------------
 

@@ -181,6 +181,8 @@ class Config:
     # Who sees what of /problems (crash buckets): "counts" shows the list to everyone and a bucket's backtrace
     # and reports only in the task manager (/manager/problems/...), "all" shows everything to everyone.
     ProblemsPublic: str = _key("counts", choices=("counts", "all"))
+    # How long each report's own row (time, version, release) is kept; buckets keep their counts.
+    ReportRetention: int = _key(90, minimum=1, unit="days")
     DBFile: str = _key("stats.db")
     StatsIPRetention: int = _key(24, minimum=0, unit="hours")
     TaskIdLength: int = _key(9, minimum=6, maximum=18)

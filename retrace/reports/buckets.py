@@ -190,7 +190,7 @@ class BucketDB:
         rows = self.db.execute(
             "SELECT b.bthash, b.executable, b.signature, b.first_seen, b.last_seen, b.count, b.full_task, "
             "group_concat(DISTINCT o.release), group_concat(DISTINCT o.arch), group_concat(DISTINCT o.version) "
-            "FROM buckets b JOIN occurrences o ON o.bthash = b.bthash GROUP BY b.bthash "
+            "FROM buckets b LEFT JOIN occurrences o ON o.bthash = b.bthash GROUP BY b.bthash "
             "ORDER BY b.count DESC, b.last_seen DESC LIMIT ? OFFSET ?", (limit, offset)).fetchall()
         keys = ("bthash", "executable", "signature", "first_seen", "last_seen", "count", "full_task", "releases",
                 "architectures", "versions")
@@ -211,6 +211,11 @@ class BucketDB:
             "GROUP BY day", (bthash, start * 86400)).fetchall())
         return [(time.strftime("%Y-%m-%d", time.gmtime(day * 86400)), counts.get(day, 0))
                 for day in range(start, start + days)]
+
+    def forget_before(self, when):
+        """Remove the occurrences older than ``when``; the buckets' counts and dates stay. Returns how many."""
+        with self._transaction():
+            return self.db.execute("DELETE FROM occurrences WHERE time < ?", (when,)).rowcount
 
     def totals(self):
         reports, buckets = self.db.execute(

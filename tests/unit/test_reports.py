@@ -138,3 +138,18 @@ def test_a_build_id_link_out_of_the_package_tree_is_not_followed(tmp_path):
     (link_dir / "cdef.debug").symlink_to("../../real.debug")
     assert symbolize.debug_file(Entry, "abcdef") == (tmp_path / "root/usr/lib/debug/real.debug").resolve()
     assert shutil.which("eu-addr2line")
+
+
+def test_buckets_count_and_old_reports_are_forgotten_but_counted(tmp_path):
+    with buckets.BucketDB(tmp_path / "problems.db") as db:
+        assert db.record("a" * 40, "crasher\nmain", "/usr/bin/crasher", "#0 main", "report", when=1000.0) is None
+        assert db.record("a" * 40, "crasher\nmain", "/usr/bin/crasher", "#0 main ()", "retrace", task_id="123",
+                         when=2000.0)["count"] == 1
+        bucket = db.bucket("a" * 40)
+        assert (bucket["count"], bucket["full_task"], bucket["backtrace"], bucket["first_seen"]) == (
+            2, "123", "#0 main ()", 1000.0)
+        assert db.forget_before(1500.0) == 1
+        assert [row["kind"] for row in db.occurrences("a" * 40)] == ["retrace"]
+        assert db.buckets()[0]["count"] == 2 and db.totals() == {"reports": 0, "buckets": 1}
+        db.remember_symbols({("ab" * 20, 16): [("main", "/src/a.c", 4)]})
+        assert db.symbols({("ab" * 20, 16), ("ab" * 20, 17)}) == {("ab" * 20, 16): [("main", "/src/a.c", 4)]}
