@@ -42,7 +42,7 @@ _TASK_FILES = {
 }
 
 
-def _user(config, request, changes=False):
+def authenticated_user(config, request, changes=False):
     """The authenticated user; refuses when the manager is off, unauthenticated, or a change is forged."""
     if not config.AllowTaskManager:
         raise Forbidden("Task manager was disabled by the server administrator")
@@ -85,7 +85,7 @@ def _html(text):
 
 
 def task_list(config, request):
-    user = _user(config, request)
+    user = authenticated_user(config, request)
     query = request.GET
     status = query.get("status") if query.get("status") in tasklist.STATUS_FILTERS else None
     caseno = query.get("case", "").strip()
@@ -108,13 +108,13 @@ def task_list(config, request):
 
 
 def task_page(config, request, task_id):
-    user = _user(config, request)
+    user = authenticated_user(config, request)
     task = _open(config, task_id)
     return _html(managerpages.task_page(config, task, user, _may_delete(config, user)))
 
 
 def task_file(config, request, task_id, name):
-    _user(config, request)
+    authenticated_user(config, request)
     file_name, limit, missing = _TASK_FILES[name]
     text = _open(config, task_id).read_text(file_name, limit)
     if text is None:
@@ -123,7 +123,7 @@ def task_file(config, request, task_id, name):
 
 
 def result(config, request, task_id, name):
-    _user(config, request)
+    authenticated_user(config, request)
     text = _open(config, task_id).read_text(f"results/{name}", BACKTRACE_LIMIT)
     if text is None:
         raise NotFound(f"There is no '{name}' result for the specified task")
@@ -140,7 +140,7 @@ _FIELDS = {
 
 def update_field(config, request, task_id, field):
     """``caseno``, ``bugzillano``, ``notify`` or ``savenotes`` (upstream's URL for the ``notes`` field)."""
-    user = _user(config, request, changes=True)
+    user = authenticated_user(config, request, changes=True)
     task = _open(config, task_id)
     name = "notes" if field == "savenotes" else field
     parse, store = _FIELDS[name]
@@ -150,7 +150,7 @@ def update_field(config, request, task_id, field):
 
 
 def keep(config, request, task_id):
-    user = _user(config, request, changes=True)
+    user = authenticated_user(config, request, changes=True)
     task = _open(config, task_id)
     days = casedata.parse_keep_days(request.POST.get("days"))
     until = casedata.keep_for(task, days)
@@ -168,7 +168,7 @@ def _ended(task, doing):
 
 def restart(config, request, task_id):
     """Run the task again, optionally with a kernel version, at debug level, with new case data."""
-    user = _user(config, request, changes=True)
+    user = authenticated_user(config, request, changes=True)
     task = _open(config, task_id)
     form = request.POST
     overrides = _overrides(form, task.task_type, config)
@@ -193,7 +193,7 @@ def _may_delete(config, user):
 
 
 def delete(config, request, task_id):
-    user = _user(config, request, changes=True)
+    user = authenticated_user(config, request, changes=True)
     if not _may_delete(config, user):
         raise Forbidden(f"User '{user}' may not delete tasks on this server (TaskManagerDeleteUsers)")
     task = _open(config, task_id)
@@ -306,7 +306,7 @@ def create_from_upload(config, request):
     the file streams into the new task's directory through the upload
     path's caps; then it is turned into crash data as a fetched file is.
     """
-    user = _user(config, request, changes=True)
+    user = authenticated_user(config, request, changes=True)
     boundary = multipart.boundary_of(request.headers.get("Content-Type"))
     cap = config.max_vmcore_unpacked_bytes if config.AllowVMCoreTask else config.max_unpacked_bytes
     length = archive.declared_length(request.content_length, cap + multipart.FIELD_LIMIT * multipart.MAX_PARTS)
@@ -370,14 +370,14 @@ def _receive(part, target, cap, digest, config, incoming):
 
 def create_from_source(config, request):
     """``/manager/__custom__``: a task from an http(s)/ftp URL or a path under ImportDirs."""
-    user = _user(config, request, changes=True)
+    user = authenticated_user(config, request, changes=True)
     form = request.POST
     return _create(config, request, remote.parse_source(form.get("custom_url")), form, user)
 
 
 def start(config, request, name):
     """``/manager/<file>/start``: a task from a file on the FTP drop (upstream's GET, which its CLI sends)."""
-    user = _user(config, request, changes=True)
+    user = authenticated_user(config, request, changes=True)
     if name.isdigit() and len(name) == config.TaskIdLength:
         _open(config, name)
         return _see(request, f"/{name}")  # our tasks start when created

@@ -44,7 +44,7 @@ def _page(title, body, user):
     # The <title> line stays alone with a space after "#N": upstream's CLI splits it to find the id.
     return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\">\n<title>{_e(title)} </title>\n"
             f"<style>{_STYLE}</style></head>\n<body>\n"
-            f"<nav><a href=\"/manager\">Task manager</a><a href=\"/stats\">Statistics</a>"
+            f"<nav><a href=\"/manager\">Task manager</a><a href=\"/problems\">Crash buckets</a><a href=\"/stats\">Statistics</a>"
             f"<span class=\"muted\">Signed in as {_e(user)}</span></nav>\n{body}\n</body></html>\n")
 
 

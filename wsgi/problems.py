@@ -20,7 +20,7 @@ from retrace_server.intake import multipart
 from retrace_server.reports import ureport
 from retrace_server.reports.buckets import BucketDB
 from retrace_server.reports.triage import triage
-from retrace_server.wsgi.manager import _user
+from retrace_server.wsgi.manager import authenticated_user
 
 log = logging.getLogger(__name__)
 _BTHASH_LENGTH = 40
@@ -139,5 +139,5 @@ def bucket_page(config, request, bthash):
 
 
 def managed_bucket_page(config, request, bthash):
-    _user(config, request)
+    authenticated_user(config, request)
     return _bucket(config, request, bthash)

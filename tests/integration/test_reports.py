@@ -195,6 +195,9 @@ def test_the_problems_pages_show_counts_to_everyone_and_details_in_the_manager(r
 
 
 def test_the_client_says_why_it_cannot_report(reports_server, tmp_path):
+    vmcore = tmp_path / "vmcore"
+    vmcore.write_bytes(b"KDUMP   " + bytes(8192))
     ran = subprocess.run([str(CLIENT), "report", "--uri", reports_server.url, "--cafile", str(reports_server.cert),
-                          "--vmcore", "/dev/null"], capture_output=True, text=True, timeout=60)
-    assert ran.returncode == 2
+                          "--vmcore", str(vmcore)], capture_output=True, text=True, timeout=60)
+    assert (ran.returncode, ran.stderr.strip()) == (
+        2, "retrace-client: report takes a process crash (--dir, --core, --coredumpctl, --apport), not a vmcore")
