@@ -25,27 +25,12 @@ from retrace_server.analysis.coredump import read_core  # noqa: E402
 from retrace_server.packaging.cache import tree_bytes  # noqa: E402
 from tests.fixtures.cores import crash_installed, make_problem_dir  # noqa: E402
 from tests.fixtures.debuginfod import Debuginfod  # noqa: E402
-from tests.fixtures.distro import build_rpms, publish_release  # noqa: E402
+from tests.fixtures.distro import build_bigcrash, build_rpms, publish_release  # noqa: E402
 from tests.integration.helpers import abrt_archive, timed_retrace  # noqa: E402
 
 RELEASE_ID = "fedora-41-x86_64"
-BIGLIB = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "biglib"
 WARM_RUNS = 3
 UNPACKED = re.compile(r"\] Unpacked (\S+) in ")
-
-
-def build_bigcrash(work):
-    import subprocess
-
-    top = work / "bigbuild"
-    subprocess.run(
-        ["rpmbuild", "-bb", str(BIGLIB / "bigcrash.spec"), "--define", f"_topdir {top}",
-         "--define", f"_sourcedir {BIGLIB}", "--define", "dist .fc41", "--define", "_enable_debug_packages 1",
-         "--define", '__debug_install_post %{__find_debuginfo} %{?_smp_mflags} %{?_find_debuginfo_opts} '
-                     '"%{_builddir}/%{?buildsubdir}"', "--nodeps"],
-        check=True, capture_output=True, stdin=subprocess.DEVNULL,
-    )
-    return sorted((top / "RPMS").rglob("*.rpm"))
 
 
 def bigcrash_problem(work, rpms):
@@ -72,7 +57,7 @@ def measure(server, archive, rpm_sizes):
 def main():
     with Workspace("dbgd") as ws:
         work = ws.work
-        rpms = build_rpms(work / "build") + build_bigcrash(work)
+        rpms = build_rpms(work / "build") + build_bigcrash(work, key=None)
         rpm_sizes = {rpm.name.removesuffix(".rpm"): rpm.stat().st_size for rpm in rpms}
         crashes = {
             "fixture crash": make_problem_dir(work / "problem", crash_installed(rpms[:4], work, "simple")),

@@ -23,12 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.debuginfod import bigcrash_problem, build_bigcrash  # noqa: E402
+from bench.debuginfod import bigcrash_problem  # noqa: E402
 from bench.workspace import RELEASE_ID, Workspace  # noqa: E402
 from retrace_server.packaging.cache import tree_bytes  # noqa: E402
 from tests.fixtures.cores import crash_installed, make_problem_dir  # noqa: E402
-from tests.fixtures.distro import build_rpms, is_debuginfo, publish_release  # noqa: E402
-from tests.fixtures.signing import TEST_KEY  # noqa: E402
+from tests.fixtures.distro import build_bigcrash, build_rpms, is_debuginfo, publish_release  # noqa: E402
 from tests.integration.helpers import abrt_archive, timed_retrace  # noqa: E402
 from tests.integration.reposync_admin import REPOSYNC, serve_http  # noqa: E402
 
@@ -57,7 +56,7 @@ def median(server, archive, cold):
 
 def main():
     with Workspace("thin") as ws:
-        rpms = build_rpms(ws.work / "build") + TEST_KEY.sign(build_bigcrash(ws.work))
+        rpms = build_rpms(ws.work / "build") + build_bigcrash(ws.work)
         mirror = ws.work / "mirror"
         publish_release(mirror, "everything", [rpm for rpm in rpms if not is_debuginfo(rpm)])
         publish_release(mirror, "debug", [rpm for rpm in rpms if is_debuginfo(rpm)])

@@ -30,12 +30,10 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.debuginfod import build_bigcrash  # noqa: E402
 from bench.workspace import RELEASE_ID, Workspace  # noqa: E402
 from retrace_server.client import unwind  # noqa: E402
 from tests.fixtures.cores import crash_installed, installed_tree, run_installed  # noqa: E402
-from tests.fixtures.distro import publish_release  # noqa: E402
-from tests.fixtures.signing import TEST_KEY  # noqa: E402
+from tests.fixtures.distro import build_bigcrash, publish_release  # noqa: E402
 from tests.integration.helpers import abrt_archive, timed_retrace  # noqa: E402
 
 RUNS = 10
@@ -88,7 +86,7 @@ def throughput(server, document):
 def main():
     with Workspace("reports") as ws:
         root = ws.root("reports")
-        rpms = TEST_KEY.sign(build_bigcrash(ws.work))
+        rpms = build_bigcrash(ws.work)
         publish_release(root / "repos", RELEASE_ID, rpms)
         server = ws.server(root, MaxPackedSize="200", MaxUnpackedSize="1024")
         staged = installed_tree(rpms, ws.work)

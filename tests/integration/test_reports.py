@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.cores import crash_installed, installed_tree, make_problem_dir, run_installed
+from tests.fixtures.distro import build_bigcrash, publish_release
+from tests.integration.conftest import RELEASE_ID
 from tests.integration.browser import chromium, screenshot
 from tests.integration.helpers import abrt_archive, crashing_thread, submit, wait_final
 from tests.integration.manager_client import ENGINEER, ENGINEER_PASSWORD, Engineer
@@ -201,3 +203,26 @@ def test_the_client_says_why_it_cannot_report(reports_server, tmp_path):
                           "--vmcore", str(vmcore)], capture_output=True, text=True, timeout=60)
     assert (ran.returncode, ran.stderr.strip()) == (
         2, "retrace-client: report takes a process crash (--dir, --core, --coredumpctl, --apport), not a vmcore")
+
+
+def test_the_large_crash_reported_coreless_matches_its_full_retrace(start_server, work_dir, fixture_rpms):
+    """bigcrash threads: ten modules with big debuginfo, nine threads thousands of frames deep."""
+    rpms = fixture_rpms + build_bigcrash(work_dir / "bigcrash")
+    server = start_server(repository=publish_release(work_dir / "repos-bigcrash", RELEASE_ID, rpms),
+                          MaxPackedSize="64", MaxUnpackedSize="256")
+    staged = installed_tree(rpms, work_dir)
+    core = crash_installed(rpms, work_dir, "threads", program="/usr/bin/bigcrash", staged=staged)
+    problem = work_dir / "problem-bigcrash"
+    problem.mkdir()
+    (problem / "coredump").write_bytes(core.read_bytes())
+    (problem / "executable").write_text("/usr/bin/bigcrash")
+    (problem / "package").write_text("bigcrash-1.0-1.fc41")
+    (problem / "os_release").write_text("Fedora release 41 (Forty One)\n")
+    task_id, auth = submit(server, problem)
+    assert wait_final(server, task_id, auth, timeout=300).headers["X-Task-Status"] == "FINISHED_SUCCESS"
+    full = gdb_located(server.get(f"/{task_id}/backtrace", headers=auth).text)
+    answer, _ = report(server, staged, problem, "--no-core")
+    reported = located(answer["frames"])
+    assert len(answer["frames"]) == 9 and len(reported) == 64
+    assert reported == full[:64]
+    assert reported[0][0] == "big_f2499" and answer["result"] is True
