@@ -175,14 +175,16 @@ def restart(config, request, task_id):
     updates = _case_updates(form)
     _ended(task, "restart")
     try:
-        task.forget_run()
+        task.check_restartable()
     except Conflict as err:
         raise Conflict(f"The task {err}") from None
+    # All before forget_run: the task is queued, and may be started, the moment its status goes.
     overrides.save(task)
     _set_debug(task, form)
     for name, value in updates.items():
         _FIELDS[name][1](task, value)
     write_atomically(task.path / "queued_time", repr(time.time()))
+    task.forget_run()
     log.info("task %s restarted by %s%s", task_id, user, f" ({overrides.describe()})" if overrides else "")
     _poke(config, task)
     return _see(request, f"/{task_id}")

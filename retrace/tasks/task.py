@@ -237,17 +237,18 @@ class Task:
         self.mark_time("finished_time")
         self.set_status(TaskStatus.SUCCESS)
 
-    def forget_run(self):
-        """Forget the last run so that the task starts again from its crash data (a restart).
-
-        Conflict when there is nothing to start from: a coredump task's core
-        is deleted when it ends, unless it was fetched from a source the
-        manager can fetch again.
-        """
+    def check_restartable(self):
+        """Conflict when there is nothing to start again from: a coredump task's core is deleted when it
+        ends, unless it was fetched from a source the manager can fetch again."""
         if not ((self.path / REMOTE_NAME).is_file()
                 or any((self.crash_dir / name).is_file() for name in ("coredump", "vmcore"))):
             raise Conflict("cannot be restarted: its coredump was deleted when it ended (only X-Task-Type 1, "
                            "debug, and 2, vmcore, tasks keep their dump)")
+
+    def forget_run(self):
+        """Forget the last run so that the task starts again from its crash data (a restart).  Without its
+        status the task is queued again: whatever the next run needs must be written before."""
+        self.check_restartable()
         for name in _RUN_FILES:
             (self.path / name).unlink(missing_ok=True)
         shutil.rmtree(self.results_dir, ignore_errors=True)
