@@ -266,7 +266,7 @@ _INDEX_TEMPLATE = """<!DOCTYPE html>
 <p>This server turns C/C++ coredumps into symbolized backtraces, so that you do not
 have to download debuginfo. Use <code>retrace-client</code> or any ABRT-compatible client.</p>
 <h2>Load</h2>
-<p>{load} <a href="stats">Statistics</a></p>
+<p>{load} <a href="stats">Statistics</a> <a href="problems">Crash buckets</a></p>
 <h2>Supported releases</h2>
 {releases}
 <h2>Your data</h2>
