@@ -64,3 +64,5 @@ bench: setup
 	$(PYTHON) bench/architectures.py
 	$(PYTHON) bench/interact.py
 	$(PYTHON) bench/vmcore_intake.py
+	$(PYTHON) bench/manager.py
+	$(PYTHON) bench/reports.py
