@@ -101,17 +101,10 @@ class Collector:
 
     def _rule(self, task, status):
         """``("archive" | "delete", why)`` for an expired task, else None."""
-        config = self.config
         age = self._age_hours(task)
-        delete_after = config.DeleteFailedTaskAfter if status == TaskStatus.FAIL else config.DeleteTaskAfter
-        if config.ArchiveTaskAfter > 0 and age >= config.ArchiveTaskAfter and (
-            delete_after <= 0 or config.ArchiveTaskAfter <= delete_after
-        ):
-            return "archive", f"{age:.0f} h since its last activity (ArchiveTaskAfter = {config.ArchiveTaskAfter})"
-        if status == TaskStatus.FAIL and config.DeleteFailedTaskAfter > 0 and age >= config.DeleteFailedTaskAfter:
-            return "delete", f"failed, {age:.0f} h since its last activity (DeleteFailedTaskAfter)"
-        if config.DeleteTaskAfter > 0 and age >= config.DeleteTaskAfter:
-            return "delete", f"{age:.0f} h since its last activity (DeleteTaskAfter)"
+        for rule in casedata.age_rules(self.config, status == TaskStatus.FAIL):
+            if age >= rule.hours:
+                return rule.action, f"{'failed, ' if rule.failed_only else ''}{age:.0f} h since its last activity ({rule.cited})"
         return None
 
     def expire_tasks(self):

@@ -140,17 +140,48 @@ def keep_for(task, days, now=None):
     return until
 
 
-def expiry(task, config, status_failed, now=None):
-    """``(epoch, why)``: when cleanup deletes the task, or ``(None, why)`` when it never does by age."""
-    keep = CaseData.read(task).keep_until
-    hours = config.DeleteFailedTaskAfter if status_failed and config.DeleteFailedTaskAfter > 0 else config.DeleteTaskAfter
-    if hours <= 0:
+@dataclasses.dataclass(frozen=True)
+class AgeRule:
+    """One way cleanup removes a task by its age: ``action`` (archive or delete) after ``hours`` since its
+    last change, under ``key`` (how the config names it)."""
+
+    action: str
+    hours: int
+    key: str
+    failed_only: bool = False
+
+    @property
+    def cited(self):
+        """The key as cleanup's log cites it (an archive rule with its value)."""
+        return f"{self.key} = {self.hours}" if self.action == "archive" else self.key
+
+
+def age_rules(config, status_failed):
+    """The rules that remove a task of this outcome, in the order cleanup applies them: the page says when
+    the first one comes, cleanup acts on the first one due."""
+    delete_after = config.DeleteFailedTaskAfter if status_failed else config.DeleteTaskAfter
+    rules = []
+    if config.ArchiveTaskAfter > 0 and (delete_after <= 0 or config.ArchiveTaskAfter <= delete_after):
+        rules.append(AgeRule("archive", config.ArchiveTaskAfter, "ArchiveTaskAfter"))
+    if status_failed and config.DeleteFailedTaskAfter > 0:
+        rules.append(AgeRule("delete", config.DeleteFailedTaskAfter, "DeleteFailedTaskAfter", failed_only=True))
+    if config.DeleteTaskAfter > 0:
+        rules.append(AgeRule("delete", config.DeleteTaskAfter, "DeleteTaskAfter"))
+    return rules
+
+
+def expiry(task, config, status_failed):
+    """``(epoch, why)``: when cleanup removes the task, or ``(None, why)`` when it never does by age."""
+    rules = age_rules(config, status_failed)
+    if not rules:
         return None, "tasks are not deleted by age on this server"
-    by_age = task.path.stat().st_mtime + hours * 3600
+    first = min(rules, key=lambda rule: rule.hours)
+    by_age = task.path.stat().st_mtime + first.hours * 3600
+    keep = CaseData.read(task).keep_until
     if keep and keep > by_age:
         return keep, "kept for its case"
-    key = "DeleteFailedTaskAfter" if status_failed and config.DeleteFailedTaskAfter > 0 else "DeleteTaskAfter"
-    return by_age, f"{hours} h after its last change ({key})"
+    removed = "archived to DropDir and deleted " if first.action == "archive" else ""
+    return by_age, f"{removed}{first.hours} h after its last change ({first.key})"
 
 
 def kept(task, now):

@@ -71,3 +71,16 @@ def test_keeping_a_task_moves_its_expiry_and_never_shortens_an_earlier_promise(t
     assert casedata.kept(task, now + 29 * 86400) and not casedata.kept(task, now + 31 * 86400)
     assert casedata.expiry(task, Config(DeleteTaskAfter=0), False) == (
         None, "tasks are not deleted by age on this server")
+
+
+def test_the_page_names_the_rule_cleanup_will_apply_first(task):
+    now = time.time()
+    os.utime(task.path, (now, now))
+    archiving = Config(DeleteTaskAfter=120, DeleteFailedTaskAfter=72, ArchiveTaskAfter=48)
+    when, why = casedata.expiry(task, archiving, status_failed=False)
+    assert abs(when - (now + 48 * 3600)) < 2
+    assert why == "archived to DropDir and deleted 48 h after its last change (ArchiveTaskAfter)"
+    assert [(rule.action, rule.cited) for rule in casedata.age_rules(archiving, status_failed=True)] == [
+        ("archive", "ArchiveTaskAfter = 48"), ("delete", "DeleteFailedTaskAfter"), ("delete", "DeleteTaskAfter")]
+    assert [rule.action for rule in casedata.age_rules(Config(ArchiveTaskAfter=48), status_failed=True)] == [
+        "delete", "delete"], "archived only when that comes before the failed task's deletion, as cleanup does"
