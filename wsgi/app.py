@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 _READ = ("GET", "HEAD")
 _TASK = r"/(?P<task_id>[0-9]+)"
 _MANAGED = r"/manager/(?P<task_id>[0-9]+)"
+_RESULT = r"/results/(?P<name>sys|bt|mod|crash-[a-z0-9-]{1,60})"
 
 # (path pattern, handler, allowed methods, needs HTTPS when RequireHTTPS);
 # which routes check HTTPS follows upstream's scripts.
@@ -28,7 +29,7 @@ ROUTES = [
     (_TASK + r"/backtrace", handlers.backtrace, _READ, True),
     (_TASK + r"/log", handlers.task_log, _READ, True),
     (_TASK + r"/exploitable", handlers.exploitable, _READ, True),
-    (_TASK + r"/results/(?P<name>sys|bt|mod|crash-[a-z0-9-]{1,60})", handlers.result, _READ, True),
+    (_TASK + _RESULT, handlers.result, _READ, True),
     (_TASK + r"/delete", handlers.delete, ("GET", "POST", "DELETE"), True),
     # Coreless reports and crash buckets (wsgi.problems); FAF's URL for reports.
     (r"/reports/new/?", problems.new_report, ("POST",), True),
@@ -45,7 +46,7 @@ ROUTES = [
     (_MANAGED + r"/restart", manager.restart, ("POST",), True),
     (_MANAGED + r"/delete", manager.delete, ("POST",), True),
     (_MANAGED + r"/(?P<name>backtrace|log|exploitable)", manager.task_file, _READ, True),
-    (_MANAGED + r"/results/(?P<name>sys|bt|mod|crash-[a-z0-9-]{1,60})", manager.result, _READ, True),
+    (_MANAGED + _RESULT, manager.result, _READ, True),
     (r"/manager/(?P<name>[^/]{1,255})/start", manager.start, ("GET", "POST"), True),
 ]
 _COMPILED = [(re.compile(pattern), handler, methods, https) for pattern, handler, methods, https in ROUTES]

@@ -210,38 +210,48 @@ def status(config, request, task_id):
     return text_response(sentence, **headers)
 
 
-def _task_file(config, request, task_id, name, limit, missing):
-    text = _open_task(config, request, task_id).read_text(name, limit)
+# What the task's file routes serve (the API's and the manager's): the file, at most how much of it, the
+# sentence when it is absent.
+TASK_FILES = {
+    "backtrace": ("retrace_backtrace", BACKTRACE_LIMIT, "There is no backtrace for the specified task"),
+    "log": ("retrace_log", LOG_LIMIT, "There is no log for the specified task"),
+    "exploitable": ("results/exploitable", EXPLOITABLE_LIMIT, "There is no exploitability data for the specified task"),
+}
+
+
+def stored_file(task, name):
+    """The task's TASK_FILES ``name`` as text, or NotFound with its sentence."""
+    file_name, limit, missing = TASK_FILES[name]
+    return _text_or(task, file_name, limit, missing)
+
+
+def stored_result(task, name):
+    """A vmcore task's ``crash`` output: ``sys`` (system summary), ``bt`` (backtrace), ``mod`` (modules),
+    ``crash-<command>``."""
+    return _text_or(task, f"results/{name}", BACKTRACE_LIMIT, f"There is no '{name}' result for the specified task")
+
+
+def _text_or(task, file_name, limit, missing):
+    text = task.read_text(file_name, limit)
     if text is None:
         raise NotFound(missing)
     return text_response(text)
 
 
 def backtrace(config, request, task_id):
-    return _task_file(
-        config, request, task_id, "retrace_backtrace", BACKTRACE_LIMIT, "There is no backtrace for the specified task"
-    )
+    return stored_file(_open_task(config, request, task_id), "backtrace")
 
 
 def task_log(config, request, task_id):
-    return _task_file(config, request, task_id, "retrace_log", LOG_LIMIT, "There is no log for the specified task")
+    return stored_file(_open_task(config, request, task_id), "log")
 
 
 def exploitable(config, request, task_id):
-    return _task_file(
-        config,
-        request,
-        task_id,
-        "results/exploitable",
-        EXPLOITABLE_LIMIT,
-        "There is no exploitability data for the specified task",
-    )
+    return stored_file(_open_task(config, request, task_id), "exploitable")
 
 
 def result(config, request, task_id, name):
-    """A vmcore task's ``crash`` output: ``sys`` (system summary), ``bt`` (backtrace), ``mod`` (modules)."""
-    return _task_file(config, request, task_id, f"results/{name}", BACKTRACE_LIMIT,
-                      f"There is no '{name}' result for the specified task")
+    return stored_result(_open_task(config, request, task_id), name)
 
 
 def delete(config, request, task_id):

@@ -29,18 +29,10 @@ from retrace_server.tasks import casedata, dispatch, taskqueue, tasklist
 from retrace_server.tasks.hooks import delete_task
 from retrace_server.tasks.overrides import InvalidOverride, Overrides
 from retrace_server.tasks.task import DEBUG_NAME, MD5_NAME, REMOTE_NAME, Task, TaskType, worker_alive, write_atomically
-from retrace_server.wsgi import managerpages
-from retrace_server.wsgi.handlers import BACKTRACE_LIMIT, EXPLOITABLE_LIMIT, LOG_LIMIT, text_response
+from retrace_server.wsgi import handlers, managerpages
 from retrace_server.worker.fetch import CUSTOM_FILES, MD5_REQUESTED
 
 log = logging.getLogger(__name__)
-
-_TASK_FILES = {
-    "backtrace": ("retrace_backtrace", BACKTRACE_LIMIT, "There is no backtrace for the specified task"),
-    "log": ("retrace_log", LOG_LIMIT, "There is no log for the specified task"),
-    "exploitable": ("results/exploitable", EXPLOITABLE_LIMIT, "There is no exploitability data for the specified task"),
-}
-
 
 def authenticated_user(config, request, changes=False):
     """The authenticated user; refuses when the manager is off, unauthenticated, or a change is forged."""
@@ -115,19 +107,12 @@ def task_page(config, request, task_id):
 
 def task_file(config, request, task_id, name):
     authenticated_user(config, request)
-    file_name, limit, missing = _TASK_FILES[name]
-    text = _open(config, task_id).read_text(file_name, limit)
-    if text is None:
-        raise NotFound(missing)
-    return text_response(text)
+    return handlers.stored_file(_open(config, task_id), name)
 
 
 def result(config, request, task_id, name):
     authenticated_user(config, request)
-    text = _open(config, task_id).read_text(f"results/{name}", BACKTRACE_LIMIT)
-    if text is None:
-        raise NotFound(f"There is no '{name}' result for the specified task")
-    return text_response(text)
+    return handlers.stored_result(_open(config, task_id), name)
 
 
 _FIELDS = {

@@ -17,6 +17,7 @@ import urllib.parse
 from retrace_server.intake.remote import Source
 from retrace_server.tasks import casedata
 from retrace_server.tasks.task import MD5_NAME, REMOTE_NAME, TaskStatus, TaskType
+from retrace_server.wsgi.handlers import TASK_FILES
 
 _e = html.escape
 
@@ -193,8 +194,7 @@ def _case_link(config, caseno):
 
 def _results_links(task):
     links = []
-    for name, what in (("backtrace", "retrace_backtrace"), ("log", "retrace_log"),
-                       ("exploitable", "results/exploitable")):
+    for name, (what, _limit, _missing) in TASK_FILES.items():
         if (task.path / what).is_file():
             links.append(f'<a href="/manager/{task.task_id}/{name}">{name}</a>')
     if task.results_dir.is_dir():
