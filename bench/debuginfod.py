@@ -25,7 +25,7 @@ from retrace_server.analysis.coredump import read_core  # noqa: E402
 from retrace_server.packaging.cache import tree_bytes  # noqa: E402
 from tests.fixtures.cores import crash_installed, make_problem_dir  # noqa: E402
 from tests.fixtures.debuginfod import Debuginfod  # noqa: E402
-from tests.fixtures.distro import build_bigcrash, build_rpms, publish_release  # noqa: E402
+from tests.fixtures.distro import BIGCRASH_PACKAGE, build_bigcrash, build_rpms, publish_release  # noqa: E402
 from tests.integration.helpers import abrt_archive, timed_retrace  # noqa: E402
 
 RELEASE_ID = "fedora-41-x86_64"
@@ -34,13 +34,8 @@ UNPACKED = re.compile(r"\] Unpacked (\S+) in ")
 
 
 def bigcrash_problem(work, rpms):
-    directory = work / "problem-big"
-    directory.mkdir()
-    shutil.copy(crash_installed(rpms, work, "go", program="/usr/bin/bigcrash"), directory / "coredump")
-    (directory / "executable").write_text("/usr/bin/bigcrash")
-    (directory / "package").write_text("bigcrash-1.0-1.fc41")
-    (directory / "os_release").write_text("Fedora release 41 (Forty One)\n")
-    return directory
+    core = crash_installed(rpms, work, "go", program="/usr/bin/bigcrash")
+    return make_problem_dir(work / "problem-big", core, "/usr/bin/bigcrash", BIGCRASH_PACKAGE)
 
 
 def measure(server, archive, rpm_sizes):

@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.workspace import RELEASE_ID, Workspace  # noqa: E402
 from retrace_server.client import unwind  # noqa: E402
-from tests.fixtures.cores import crash_installed, installed_tree, run_installed  # noqa: E402
-from tests.fixtures.distro import build_bigcrash, publish_release  # noqa: E402
+from tests.fixtures.cores import crash_installed, installed_tree, make_problem_dir, run_installed  # noqa: E402
+from tests.fixtures.distro import BIGCRASH_PACKAGE, build_bigcrash, publish_release  # noqa: E402
 from tests.integration.helpers import abrt_archive, timed_retrace  # noqa: E402
 
 RUNS = 10
@@ -41,16 +41,6 @@ CLIENTS = 8
 THROUGHPUT_SECONDS = 30
 UREPORT = ("import json, sys; from retrace_server.client import crash, unwind; "
            "c = crash.from_problem_dir(sys.argv[1]); sys.stdout.write(json.dumps(unwind.ureport(c, sys.argv[2], 'b')))")
-
-
-def problem_dir(work, core):
-    directory = work / "problem-threads"
-    directory.mkdir()
-    (directory / "coredump").write_bytes(core.read_bytes())
-    (directory / "executable").write_text("/usr/bin/bigcrash")
-    (directory / "package").write_text("bigcrash-1.0-1.fc41")
-    (directory / "os_release").write_text("Fedora release 41 (Forty One)\n")
-    return directory
 
 
 def post(server, document):
@@ -91,7 +81,7 @@ def main():
         server = ws.server(root, MaxPackedSize="200", MaxUnpackedSize="1024")
         staged = installed_tree(rpms, ws.work)
         core = crash_installed(rpms, ws.work, "threads", program="/usr/bin/bigcrash", staged=staged)
-        problem = problem_dir(ws.work, core)
+        problem = make_problem_dir(ws.work / "problem-threads", core, "/usr/bin/bigcrash", BIGCRASH_PACKAGE)
         archive = abrt_archive(problem)
         debuginfo = sum(rpm.stat().st_size for rpm in rpms if "debuginfo" in rpm.name)
         print(f"crash: core {core.stat().st_size / 1048576:.1f} MiB ({len(archive) / 1048576:.2f} MiB xz), "

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.cores import crash_installed, installed_tree, make_problem_dir, run_installed
-from tests.fixtures.distro import build_bigcrash, publish_release
+from tests.fixtures.distro import BIGCRASH_PACKAGE, build_bigcrash, publish_release
 from tests.integration.conftest import RELEASE_ID
 from tests.integration.browser import chromium, screenshot
 from tests.integration.helpers import abrt_archive, crashing_thread, submit, wait_final
@@ -212,12 +212,7 @@ def test_the_large_crash_reported_coreless_matches_its_full_retrace(start_server
                           MaxPackedSize="64", MaxUnpackedSize="256")
     staged = installed_tree(rpms, work_dir)
     core = crash_installed(rpms, work_dir, "threads", program="/usr/bin/bigcrash", staged=staged)
-    problem = work_dir / "problem-bigcrash"
-    problem.mkdir()
-    (problem / "coredump").write_bytes(core.read_bytes())
-    (problem / "executable").write_text("/usr/bin/bigcrash")
-    (problem / "package").write_text("bigcrash-1.0-1.fc41")
-    (problem / "os_release").write_text("Fedora release 41 (Forty One)\n")
+    problem = make_problem_dir(work_dir / "problem-bigcrash", core, "/usr/bin/bigcrash", BIGCRASH_PACKAGE)
     task_id, auth = submit(server, problem)
     assert wait_final(server, task_id, auth, timeout=300).headers["X-Task-Status"] == "FINISHED_SUCCESS"
     full = gdb_located(server.get(f"/{task_id}/backtrace", headers=auth).text)
