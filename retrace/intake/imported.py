@@ -34,13 +34,6 @@ def _is_tar(head):
     return len(head) >= 262 and head[257:262] == b"ustar"
 
 
-def _head_name(head, is_vmcore):
-    """``vmcore`` or ``coredump``, from the dump's first bytes and the task's type."""
-    name = "vmcore" if is_vmcore else "coredump"
-    crashdata.HEAD_CHECKS[name](head[:crashdata.HEAD_SIZE], name)
-    return name
-
-
 def check_head(head, is_vmcore):
     """InvalidCrashData unless ``head`` (a file's first bytes) starts a dump, a tar or a compressed file."""
     kind = magic.from_buffer(head, mime=True) if head else ""
@@ -51,12 +44,13 @@ def check_head(head, is_vmcore):
 
 def _refuse_unless_dump(head, is_vmcore):
     """``vmcore`` or ``coredump`` when ``head`` starts one, else InvalidCrashData saying what it looks like."""
+    name = "vmcore" if is_vmcore else "coredump"
     try:
-        return _head_name(head, is_vmcore)
+        crashdata.HEAD_CHECKS[name](head[:crashdata.HEAD_SIZE], name)
+        return name
     except InvalidCrashData:
         looks = magic.from_buffer(head) if head else "an empty file"
-        kind = "vmcore" if is_vmcore else "coredump"
-        raise InvalidCrashData(f"The file is not a {kind}, nor a tar archive or a compressed {kind} this server "
+        raise InvalidCrashData(f"The file is not a {name}, nor a tar archive or a compressed {name} this server "
                                f"reads (it looks like {looks[:120]})") from None
 
 

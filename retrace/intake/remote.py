@@ -243,10 +243,6 @@ class FtpDrop:
                 files = [(name, None) for name in client.nlst()]
         return sorted((name, size) for name, size in files if is_drop_name(name))[:limit]
 
-    def size(self, name):
-        with self.session() as client:
-            return _ftp_size(client, name, f"{name} on the FTP drop")
-
 
 def is_drop_name(name):
     """File names from the FTP server are untrusted: a plain name only, nothing that walks or breaks lines."""
@@ -255,6 +251,30 @@ def is_drop_name(name):
 
 
 # -- checking (the manager) and fetching (the worker) -----------------------------
+
+
+def _is_ftp(source):
+    return source.kind == "drop" or (source.kind == "url"
+                                     and urllib.parse.urlsplit(source.location).scheme.lower() == "ftp")
+
+
+@contextlib.contextmanager
+def _ftp(source, config):
+    """``(client, path on the server, block size)`` for a file on the FTP drop or at an ftp:// URL."""
+    if source.kind == "drop":
+        if not is_drop_name(source.location):
+            raise SourceError("That is not a file name on the FTP drop")
+        with FtpDrop(config).session() as client:
+            yield client, source.location, config.FTPBufferSize * _CHUNK
+        return
+    host, port, user, password, path = _ftp_url_parts(source.location)
+    with _reached(source):
+        client = _ftp_connect(host, port, user, password, False)
+        try:
+            yield client, path, _CHUNK
+        finally:
+            with contextlib.suppress(OSError, EOFError, ftplib.Error):
+                client.quit()
 
 
 def check(source, config, head_size=8192):
@@ -266,19 +286,10 @@ def check(source, config, head_size=8192):
     if source.kind == "path":
         with open_import(source.location, config.import_dirs) as handle:
             return os.fstat(handle.fileno()).st_size, handle.read(head_size)
-    if source.kind == "drop":
-        if not is_drop_name(source.location):
-            raise SourceError("That is not a file name on the FTP drop")
-        return FtpDrop(config).size(source.location), None
+    if _is_ftp(source):
+        with _ftp(source, config) as (client, path, _blocksize):
+            return _ftp_size(client, path, source.shown), None
     with _reached(source):
-        if urllib.parse.urlsplit(source.location).scheme.lower() == "ftp":
-            host, port, user, password, path = _ftp_url_parts(source.location)
-            client = _ftp_connect(host, port, user, password, False)
-            try:
-                return _ftp_size(client, path, source.shown), None
-            finally:
-                with contextlib.suppress(OSError, EOFError, ftplib.Error):
-                    client.quit()
         return _http_head(source.location, head_size)
 
 
@@ -321,24 +332,12 @@ def fetch(source, target, config, cap, progress, digest=None):
                 sink = _Sink(target, cap, total, progress, digest)
                 while chunk := handle.read(_CHUNK):
                     sink.write(chunk)
-        elif source.kind == "drop":
-            drop = FtpDrop(config)
-            with drop.session() as client:
-                total = _ftp_size(client, source.location, source.shown)
+        elif _is_ftp(source):
+            with _ftp(source, config) as (client, path, blocksize):
+                total = _ftp_size(client, path, source.shown)
                 sink = _Sink(target, cap, total, progress, digest)
                 with _reached(source):
-                    client.retrbinary(f"RETR {source.location}", sink.write, blocksize=config.FTPBufferSize * 1024 * 1024)
-        elif urllib.parse.urlsplit(source.location).scheme.lower() == "ftp":
-            host, port, user, password, path = _ftp_url_parts(source.location)
-            with _reached(source):
-                client = _ftp_connect(host, port, user, password, False)
-                try:
-                    total = _ftp_size(client, path, source.shown)
-                    sink = _Sink(target, cap, total, progress, digest)
-                    client.retrbinary(f"RETR {path}", sink.write, blocksize=_CHUNK)
-                finally:
-                    with contextlib.suppress(OSError, EOFError, ftplib.Error):
-                        client.quit()
+                    client.retrbinary(f"RETR {path}", sink.write, blocksize=blocksize)
         else:
             with _reached(source), requests.get(source.location, stream=True,
                                                 timeout=(_CONNECT_TIMEOUT, _READ_TIMEOUT)) as answer:
