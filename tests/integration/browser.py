@@ -39,3 +39,13 @@ def chromium(basic_auth=None, height=2200):
 def screenshot(driver, name):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     assert driver.save_screenshot(str(ARTIFACTS / name))
+
+
+def submit_and_wait(driver, button, timeout=30):
+    """Click a form's submit ``button`` and wait until the browser has left its page: a click returns before
+    the next page loads, and reading the old page then would test nothing."""
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    button.click()
+    WebDriverWait(driver, timeout).until(expected_conditions.staleness_of(button))

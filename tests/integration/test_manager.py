@@ -18,7 +18,7 @@ import pytest
 from tests.fixtures.loopback import FileServer, FtpDrop, MailSink, world_readable_dir
 from tests.fixtures.vmcore import kernel_debs
 from tests.integration.helpers import abrt_archive, add_debian_repository
-from tests.integration.browser import chromium, screenshot
+from tests.integration.browser import chromium, screenshot, submit_and_wait
 from tests.integration.manager_client import (ENGINEER, ENGINEER_PASSWORD, FINAL, READER, READER_PASSWORD,
                                               Engineer, page_field, page_md5, page_status, page_task_id)
 from tests.integration.server import free_port
@@ -408,7 +408,7 @@ def test_an_engineer_works_a_task_in_chromium(manager, loopback):
         Select(form.find_element(By.NAME, "task_type")).select_by_value("coredump")
         form.find_element(By.NAME, "caseno").send_keys("2024")
         screenshot(driver, "manager-create.png")
-        form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        submit_and_wait(driver, form.find_element(By.CSS_SELECTOR, "button[type=submit]"))
         task_id = page_task_id(driver.page_source)
         assert driver.current_url == f"{manager.url}/manager/{task_id}", driver.page_source
         wait_final()
@@ -416,14 +416,14 @@ def test_an_engineer_works_a_task_in_chromium(manager, loopback):
         assert field.get_attribute("value") == "2024"
         field.clear()
         field.send_keys("2025")
-        driver.find_element(By.CSS_SELECTOR, "input[value='Update case no.']").click()
+        submit_and_wait(driver, driver.find_element(By.CSS_SELECTOR, "input[value='Update case no.']"))
         assert driver.find_element(By.NAME, "caseno").get_attribute("value") == "2025"
         screenshot(driver, "manager-task.png")
-        driver.find_element(By.CSS_SELECTOR, "#restart button").click()
+        submit_and_wait(driver, driver.find_element(By.CSS_SELECTOR, "#restart button"))
         wait_final()
         assert page_status(driver.page_source) == "Retrace job finished successfully"
         driver.find_element(By.CSS_SELECTOR, "#delete input[name=sure]").click()
-        driver.find_element(By.CSS_SELECTOR, "#delete button").click()
+        submit_and_wait(driver, driver.find_element(By.CSS_SELECTOR, "#delete button"))
         assert driver.current_url == f"{manager.url}/manager"
         assert f'href="/manager/{task_id}"' not in driver.page_source
         screenshot(driver, "manager-list.png")
