@@ -1,7 +1,9 @@
+import hashlib
 import os
 import shutil
 import subprocess
 import tempfile
+import types
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,10 @@ from tests.fixtures.cores import crash_installed, make_problem_dir
 from tests.fixtures.distro import build_rpms, publish_release
 from tests.fixtures.userland import build_userland_rpms
 from tests.fixtures.vmcore import kernel_debs, make_vmcores, vmcore_upload
-from tests.integration.helpers import add_debian_repository, outcome, retrace
+from tests.fixtures.loopback import FileServer, FtpDrop, MailSink, world_readable_dir
+from tests.integration.helpers import abrt_archive, add_debian_repository, outcome, retrace
+from tests.integration.manager_client import (DROP_PASSWORD, DROP_USER, ENGINEER, ENGINEER_PASSWORD, Engineer,
+                                              manager_settings)
 from tests.integration.server import Server, make_certificate, make_root, remove_root
 
 RELEASE_ID = "fedora-41-x86_64"
@@ -65,37 +70,82 @@ def threads_problem_dir(work_dir, fixture_rpms):
     return make_problem_dir(work_dir / "problem-threads", crash_installed(fixture_rpms, work_dir, "threads"))
 
 
+class _Servers:
+    """Every server the suite started, so that each is stopped when what started it ends: a test's at the
+    end of the test, a module fixture's at the end of the module, a session fixture's at the end of the
+    session (``lifetime`` says otherwise for a server started lazily, in a test, for the whole module or
+    session).  Kept until the end, the suite's servers once held 11 GB of a 24 GB machine."""
+
+    def __init__(self):
+        self.started = []  # (server, lifetime: None for its starter's, "module" or "session")
+
+    def mark(self):
+        return len(self.started)
+
+    def stop_since(self, mark, scope):
+        ends = {"test": (None,), "module": (None, "module")}[scope]
+        for server, lifetime in self.started[mark:]:
+            if lifetime in ends:
+                _stop(server)
+        self.started[mark:] = [(server, lifetime) for server, lifetime in self.started[mark:] if lifetime not in ends]
+
+
+def _stop(server):
+    server.stop()
+    if not os.environ.get("RETRACE_KEEP_TEST_ROOTS"):
+        remove_root(server.root)
+
+
 @pytest.fixture(scope="session")
-def start_server(certificate, release_dir):
-    """Start a server with config overrides; all are stopped at the end of the session.
+def _servers():
+    servers = _Servers()
+    yield servers
+    for server, _lifetime in servers.started:
+        _stop(server)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_the_module_s_servers(_servers):
+    """Higher-scoped fixtures are set up first: a module fixture's server was started before this mark, and
+    goes with the module."""
+    mark = _servers.mark()
+    yield
+    _servers.stop_since(mark, "module")
+
+
+@pytest.fixture(autouse=True)
+def _stop_the_test_s_servers(_servers):
+    mark = _servers.mark()
+    yield
+    _servers.stop_since(mark, "test")
+
+
+@pytest.fixture(scope="session")
+def start_server(certificate, release_dir, _servers):
+    """Start a server with config overrides; it is stopped when the test or fixture that started it ends (or
+    at the end of its ``lifetime``, "module" or "session").
 
     ``repository`` replaces the fixture release (a directory to copy as
     ``release_id``, by default ``fedora-41-x86_64``); False starts with no
     release at all.  ``kernels_from``: a kernel cache to start with (hard
     links), for vmcore tests whose subject is not extracting the vmlinux.
     """
-    started = []
-
-    def start(repository=None, release_id=RELEASE_ID, kernels_from=None, **settings):
+    def start(repository=None, release_id=RELEASE_ID, kernels_from=None, lifetime=None, **settings):
         root = make_root()
         if repository is not False:
             shutil.copytree(repository or release_dir, root / "repos" / release_id)
         server = Server(root, *certificate, **settings)
-        started.append(server)
+        _servers.started.append((server, lifetime))
         if kernels_from is not None:
             subprocess.run(["cp", "-al", f"{kernels_from}/.", str(server.cache_dir / "kernel")], check=True)
         return server
 
-    yield start
-    for server in started:
-        server.stop()
-        if not os.environ.get("RETRACE_KEEP_TEST_ROOTS"):
-            remove_root(server.root)
+    return start
 
 
 @pytest.fixture(scope="session")
 def server(start_server):
-    return start_server()
+    return start_server(lifetime="session")
 
 
 @pytest.fixture(scope="session")
@@ -136,7 +186,7 @@ def vmcores(work_dir):
 def warm_kernels(start_server, uploads):
     """A kernel cache holding the test kernel's vmlinux and module debuginfo, filled by a real retrace (about
     40 s of extraction from the 283 MiB -dbg package that each later server is spared)."""
-    server = start_server(repository=False)
+    server = start_server(repository=False, lifetime="session")
     add_debian_repository(server, kernel_debs().dbg)
     _, status = retrace(server, uploads["kdump"])
     assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", outcome(status)
@@ -160,3 +210,44 @@ def users(work_dir):
     subprocess.run(["htpasswd", "-bB", str(path), READER, READER_PASSWORD], check=True, capture_output=True)
     path.chmod(0o644)
     return path
+
+
+# -- the task manager's world: what customers hand over, and the servers it comes from ---------------
+
+
+@pytest.fixture(scope="module")
+def exports(work_dir, problem_dir):
+    """The crash as customers hand it over: a problem-dir archive on a web server, in an import directory
+    and on the FTP drop; a text file that is no core; a symlink out of the import directory."""
+    root = world_readable_dir(tempfile.mkdtemp(prefix="manager-exports-", dir=work_dir))
+    archive = abrt_archive(problem_dir)
+    places = {name: world_readable_dir(root / name) for name in ("http", "import", "ftp", "outside")}
+    for place in places.values():
+        (place / "problem.tar.xz").write_bytes(archive)
+        (place / "problem.tar.xz").chmod(0o644)
+    (places["http"] / "notes.txt").write_text("the customer's notes, not a core\n")
+    (places["import"] / "escape.tar.xz").symlink_to(places["outside"] / "problem.tar.xz")
+    (places["ftp"] / "<b>odd.tar.xz").write_bytes(archive)
+    return types.SimpleNamespace(root=root, md5=hashlib.md5(archive).hexdigest(), http=places["http"],
+                                 import_=places["import"], ftp=places["ftp"], outside=places["outside"])
+
+
+@pytest.fixture(scope="module")
+def loopback(exports):
+    """A real web server, FTP drop and mail server on loopback, over the `exports`."""
+    servers = types.SimpleNamespace(http=FileServer(exports.http), ftp=FtpDrop(exports.ftp, DROP_USER, DROP_PASSWORD),
+                                    mail=MailSink())
+    yield servers
+    servers.http.close()
+    servers.ftp.close()
+    servers.mail.close()
+
+
+@pytest.fixture(scope="module")
+def manager(start_server, users, exports, loopback):
+    return start_server(**manager_settings(users, exports, loopback))
+
+
+@pytest.fixture
+def engineer(manager):
+    return Engineer(manager, ENGINEER, ENGINEER_PASSWORD)

@@ -167,12 +167,17 @@ def running(pid):
 
 
 def kill_worker(server, task_id, supervisor=True, job=True):
-    """SIGKILL a running task's supervisor (the pid in its lock file) and/or its job process."""
+    """SIGKILL a running task's supervisor (the pid in its lock file) and/or its job process.
+
+    Both: the supervisor first, as a power loss would take them; killed the other way round, a supervisor
+    that outlives its job by a moment records the end and may start the next queued task.
+    """
     task_dir = server.save_dir / task_id
-    if job:
-        os.kill(int((task_dir / "job_pid").read_text()), signal.SIGKILL)
     if supervisor:
         os.kill(int((task_dir / ".worker.lock").read_text()), signal.SIGKILL)
+    if job:
+        with contextlib.suppress(ProcessLookupError):  # its supervisor's death may have taken it already
+            os.kill(int((task_dir / "job_pid").read_text()), signal.SIGKILL)
 
 
 def crashing_thread(backtrace):

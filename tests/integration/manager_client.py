@@ -14,6 +14,30 @@ FINAL = ("Retrace job finished successfully", "Retrace job failed")
 # The htpasswd users of the `users` fixture (tests/integration/conftest.py).
 ENGINEER, ENGINEER_PASSWORD = "engineer", "correct_horse_battery"
 READER, READER_PASSWORD = "reader", "staple"
+# The FTP drop's customer account (the `loopback` fixture).
+DROP_USER, DROP_PASSWORD = "customer", "drop-secret"
+
+
+def manager_settings(users, exports, loopback, **settings):
+    """A server's settings for the task manager over the `exports` and `loopback` fixtures."""
+    return {"AllowTaskManager": "1", "ManagerUserFile": str(users), "ImportDirs": str(exports.import_),
+            "UseFTPTasks": "1", "FTPHost": loopback.ftp.host, "FTPUser": DROP_USER, "FTPPass": DROP_PASSWORD,
+            "EmailNotify": "1", "SMTPServer": loopback.mail.address, "EmailNotifyFrom": "retrace@example.com",
+            "TaskManagerAuthDelete": "1", "TaskManagerDeleteUsers": ENGINEER,
+            "CaseNumberURL": "https://crm.example.com/case/{caseno}", **settings}
+
+
+def created(answer):
+    """The task id of a create whose answer (after the redirect) is the new task's page."""
+    assert answer.status_code == 200, answer.text
+    assert answer.history and answer.history[0].status_code == 303
+    task_id = page_task_id(answer.text)
+    assert task_id.isdigit(), answer.text[:300]
+    return task_id
+
+
+def refused(answer, status, sentence):
+    assert (answer.status_code, answer.text) == (status, sentence), (answer.status_code, answer.text)
 
 
 class Engineer:

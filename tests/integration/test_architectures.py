@@ -37,7 +37,7 @@ def foreign_server(start_server, work_dir):
         if arch not in servers:
             crash = foreign_crash(arch)
             repository = apt_release(work_dir / f"apt-{arch}" / crash.release, crash.debs.values(), crash.arch.debian)
-            servers[arch] = start_server(repository=repository, release_id=crash.release)
+            servers[arch] = start_server(repository=repository, release_id=crash.release, lifetime="module")
         return servers[arch]
 
     return server

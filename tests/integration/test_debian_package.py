@@ -2,8 +2,10 @@
 (tests/integration/distro_packages.py says what any package must hold), then installed by apt into a
 fresh Debian 12 made by debootstrap, where the installed server retraces a crash: the fresh-machine check."""
 
+import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -87,7 +89,7 @@ class InstalledServer:
         self.process = subprocess.Popen(in_root(
             root, "/usr/bin/retrace-server-httpd", "--listen", f"127.0.0.1:{self.port}",
             "--cert", "/etc/retrace-server/test.crt", "--key", "/etc/retrace-server/test.key", "--user", "retrace"),
-            stdout=self.output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            stdout=self.output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 60
         while "serving https://" not in (root / "tmp" / "launcher.out").read_text():
             assert self.process.poll() is None and time.monotonic() < deadline, (
@@ -101,7 +103,9 @@ class InstalledServer:
         return requests.post(self.url + path, verify=str(self.cert), timeout=120, **kwargs)
 
     def stop(self):
-        self.process.terminate()
+        """SIGTERM to the whole session, as Ctrl-C in a terminal: bubblewrap's --die-with-parent would end only
+        the launcher, and leave Apache and the dispatcher running without it."""
+        os.killpg(self.process.pid, signal.SIGTERM)
         self.process.wait(timeout=60)
         self.output.close()
 
