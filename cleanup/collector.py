@@ -161,13 +161,20 @@ class Collector:
             self.log.info("statistics: %d client addresses blanked", forgotten)
 
     def prune_reports(self):
-        """Each report and retrace's row goes after ReportRetention days; its bucket keeps counting it."""
+        """Each report and retrace's row goes after ReportRetention days (its bucket keeps counting it), a
+        bucket no report reached for BucketRetention days goes whole, the symbol cache keeps its newest rows,
+        and the freed pages go back to the disk."""
         if not (Path(self.config.SaveDir) / BUCKETS_DB).exists():
             return
-        if self.act(f"crash buckets: forget reports older than {self.config.ReportRetention} days"):
+        if self.act(f"crash buckets: forget reports older than {self.config.ReportRetention} days and buckets "
+                    f"unseen for {self.config.BucketRetention} days"):
             with BucketDB.for_config(self.config) as buckets:
                 pruned = buckets.forget_before(self.now - self.config.ReportRetention * 86400)
-            self.log.info("crash buckets: %d old reports forgotten", pruned)
+                gone = buckets.forget_buckets_before(self.now - self.config.BucketRetention * 86400)
+                trimmed = buckets.trim_symbols()
+                buckets.vacuum()
+            self.log.info("crash buckets: %d old reports, %d buckets and %d cached symbols forgotten", pruned, gone,
+                          trimmed)
 
     # -- cache -----------------------------------------------------------------
 

@@ -33,9 +33,9 @@ from urllib.parse import quote
 
 import requests
 
+from retrace_server.compression import open_compressed
 from retrace_server.packaging import apt
 from retrace_server.packaging.download import TooLarge, write_checked
-from retrace_server.packaging.repoindex import open_compressed
 from retrace_server.paths import UnsafePath, inside
 
 _TIMEOUT = (15, 120)

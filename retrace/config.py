@@ -106,7 +106,14 @@ class Config:
     MaxUnpackedSize: int = _key(1024, minimum=1, unit="MiB")
     MinStorageLeft: int = _key(1024, minimum=0, unit="MiB")
     MaxUploadsPerClient: int = _key(4, minimum=1, maximum=100000)
+    # Tasks one address may have waiting for a worker (uploads in flight included); 429 beyond.
+    MaxQueuedPerClient: int = _key(5, minimum=1, maximum=100000)
+    # What one xz or zstd decoder may hold: a stream whose header declares a larger window is refused.
+    MaxDecoderMemory: int = _key(256, minimum=16, maximum=4096, unit="MiB")
     MaxUploadSeconds: int = _key(3600, minimum=10, maximum=86400 * 7, unit="seconds")
+    # The slowest a request body may come, averaged over its whole length (Apache) and over every 30 s (the
+    # application); slower ones are cut with 408 so that trickling clients cannot hold the threads.  0: no floor.
+    MinUploadRate: int = _key(8, minimum=0, maximum=1024 * 1024, unit="KiB/s")
     AllowVMCoreTask: bool = _key(True)
     # The md5 of every uploaded vmcore, computed while it streams in (the task's md5sum file); cleanup then
     # stores identical vmcores once.
@@ -183,6 +190,8 @@ class Config:
     ProblemsPublic: str = _key("counts", choices=("counts", "all"))
     # How long each report's own row (time, version, release) is kept; buckets keep their counts.
     ReportRetention: int = _key(90, minimum=1, unit="days")
+    # A bucket that no report or retrace reached for this long goes, with its backtrace.
+    BucketRetention: int = _key(365, minimum=1, unit="days")
     DBFile: str = _key("stats.db")
     StatsIPRetention: int = _key(24, minimum=0, unit="hours")
     TaskIdLength: int = _key(9, minimum=6, maximum=18)
@@ -213,6 +222,14 @@ class Config:
     def largest_upload_bytes(self):
         """What Apache lets through (LimitRequestBody); each task type's own cap is checked after it."""
         return max(self.max_packed_bytes, self.max_vmcore_packed_bytes if self.AllowVMCoreTask else 0)
+
+    @property
+    def min_upload_rate_bytes(self):
+        return self.MinUploadRate * 1024
+
+    @property
+    def decoder_memory_bytes(self):
+        return self.MaxDecoderMemory * MIB
 
     @property
     def min_storage_left_bytes(self):

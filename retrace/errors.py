@@ -19,12 +19,16 @@ class RetraceError(Exception):
     exit_code = 1
     # The failure reason category a failed task is counted under in the statistics.
     category = "other"
+    # Seconds a client is asked to wait before trying again (Retry-After), where that helps.
+    retry_after = None
 
-    def __init__(self, sentence, category=None):
+    def __init__(self, sentence, category=None, retry_after=None):
         super().__init__(sentence)
         self.sentence = sentence
         if category is not None:
             self.category = category
+        if retry_after is not None:
+            self.retry_after = retry_after
 
 
 class ConfigError(RetraceError):

@@ -365,9 +365,11 @@ class RetraceJob(Job):
         try:
             with BucketDB.for_config(self.config) as buckets:
                 package = self.record.package or ""
-                version = "-".join(package.rsplit("-", 2)[1:]) if package.count("-") >= 2 else None
-                buckets.record(bthash, text, crash.executable, gdb_crash_thread(backtrace), "retrace", package or None,
-                               version, self.record.release, self.record.arch, self.task.task_id)
+                component = crash.index.indexed_name(package) if crash.index is not None and package else None
+                version = "-".join(package.rsplit("-", 2)[1:]) if component and package.count("-") >= 2 else None
+                buckets.record(bthash, text, os.path.basename(crash.executable), gdb_crash_thread(backtrace),
+                               "retrace", package if component else None, version, self.record.release,
+                               self.record.arch, self.task.task_id, component=component)
         except sqlite3.Error as err:
             self.log.warning("Not counted in the crash buckets: %s", err)
             return

@@ -60,7 +60,7 @@ def fetch_remote(job):
             limits = archive.Limits(cap, crashdata.size_caps(),
                                     lambda nbytes: storage.ensure_free(config.SaveDir, nbytes,
                                                                        config.min_storage_left_bytes),
-                                    crashdata.HEAD_CHECKS)
+                                    crashdata.HEAD_CHECKS, config.decoder_memory_bytes)
             task.crash_dir.mkdir(mode=0o750, exist_ok=True)
             try:
                 sizes = _materialize(task, target, limits, is_vmcore)

@@ -186,7 +186,7 @@ class VmcoreJob(Job):
                 keyring.verify(package, name)
             if indexed is not None:
                 verify_checksum(package, indexed)
-            if not extract_vmlinux(package, member, vmlinux):
+            if not extract_vmlinux(package, member, vmlinux, self.config.decoder_memory_bytes):
                 raise KernelError(f"{name} of {release} holds no /{member}")
             self._verify(vmlinux, dump.kernel, f"{name} of {release}")
             self.log.info("Extracted the vmlinux from %s of %s in %.3f s", name, release, time.monotonic() - started)
@@ -335,7 +335,7 @@ class VmcoreJob(Job):
         found = self.kernels.add_modules(
             dump.cache_key, wanted,
             lambda target: extract_module_debuginfo(self._package_file(dump.package), dump.kernel.release, wanted,
-                                                    target),
+                                                    target, self.config.decoder_memory_bytes),
             on_wait=lambda: self.log.info("Waiting for another task that is adding module debuginfo"))
         self.log.info("Module debuginfo: %d of %d loaded modules found in %s of %s in %.3f s%s", len(found),
                       len(wanted), name, release, time.monotonic() - started,

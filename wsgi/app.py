@@ -71,6 +71,8 @@ def error_response(err):
     response = handlers.text_response(err.sentence, status=err.http_status)
     if isinstance(err, MethodNotAllowed):
         response.headers["Allow"] = ", ".join(err.allowed)
+    if err.retry_after is not None:
+        response.headers["Retry-After"] = str(err.retry_after)
     return response
 
 

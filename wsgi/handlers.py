@@ -128,13 +128,15 @@ def create(config, request):
         raise Forbidden("X-CoreFileDirectory header has been disabled by server administrator")
     storage.ensure_free(config.SaveDir, length, config.min_storage_left_bytes)
     unpacked_cap = config.max_vmcore_unpacked_bytes if is_vmcore else config.max_unpacked_bytes
-    with _refusals_counted(config, request), taskqueue.admitted_upload(config, request.remote_addr) as incoming:
+    with _refusals_counted(config, request), \
+            taskqueue.admitted_upload(config, request.remote_addr, limit_queued=True) as incoming:
         reserve = functools.partial(storage.reserve, config.SaveDir, incoming.path,
                                     min_left_bytes=config.min_storage_left_bytes)
-        limits = archive.Limits(unpacked_cap, crashdata.size_caps(), reserve, crashdata.HEAD_CHECKS)
+        limits = archive.Limits(unpacked_cap, crashdata.size_caps(), reserve, crashdata.HEAD_CHECKS,
+                                config.decoder_memory_bytes)
         digests = {"vmcore": None} if is_vmcore and config.CalculateMd5 else {}
         sizes = archive.receive_archive(request.environ["wsgi.input"], length, fmt, incoming.crash_dir, limits,
-                                        digests)
+                                        digests, config.min_upload_rate_bytes)
         archive.require_files(sizes, crashdata.REQUIRED_FILES[task_type])
         crashdata.validate_crash_dir(incoming.crash_dir, sizes)
         if digests.get("vmcore"):

@@ -249,6 +249,8 @@ def apache_config(*, run_dir, host, port, user, group, config, config_path, retr
         "RETRACE_MAX_VMCORE_BODY": config.vmcore_upload_cap_bytes,
         "RETRACE_LIMIT_REQUEST_BODY": apache_body_limit(config),
         "RETRACE_UPLOAD_SECONDS": config.MaxUploadSeconds,
+        # mod_reqtimeout needs a rate: 500 B/s (its own example) stands for "no floor".
+        "RETRACE_MIN_UPLOAD_RATE": config.min_upload_rate_bytes or 500,
     }
     if config.RequireHTTPS:
         defines["RETRACE_REQUIRE_HTTPS"] = 1

@@ -302,7 +302,7 @@ def create_from_upload(config, request):
     with taskqueue.admitted_upload(config, request.remote_addr) as incoming:
         upload = incoming.path / "upload"
         digest = hashlib.md5(usedforsecurity=False)
-        for part in multipart.parts(request.environ["wsgi.input"], length, boundary):
+        for part in multipart.parts(request.environ["wsgi.input"], length, boundary, config.min_upload_rate_bytes):
             if part.filename is None:
                 form[part.name] = part.text()
             elif part.name == "file" and received is None:
@@ -314,7 +314,7 @@ def create_from_upload(config, request):
         limits = archive.Limits(cap if task_type.is_vmcore else config.max_unpacked_bytes, crashdata.size_caps(),
                                 lambda nbytes: storage.reserve(config.SaveDir, incoming.path, nbytes,
                                                                config.min_storage_left_bytes),
-                                crashdata.HEAD_CHECKS)
+                                crashdata.HEAD_CHECKS, config.decoder_memory_bytes)
         try:
             sizes = imported.materialize(upload, incoming.crash_dir, limits, task_type.is_vmcore)
         finally:
@@ -362,14 +362,32 @@ def create_from_source(config, request):
     return _create(config, request, remote.parse_source(form.get("custom_url")), form, user)
 
 
+# What browsers send and scripts do not: a GET that carries one is a browser's, and never changes anything.
+_BROWSER_HEADERS = ("Sec-Fetch-Mode", "Sec-Fetch-Site", "Sec-Fetch-Dest", "Origin", "Referer",
+                    "Upgrade-Insecure-Requests", "Cookie")
+
+
+def _scripted(request):
+    """Whether a GET comes from a script holding credentials (upstream's CLI: Basic or Kerberos, which Apache
+    checked and names in AUTH_TYPE), not from a browser following a link, which a page elsewhere can make it do."""
+    authentication = request.environ.get("AUTH_TYPE", "").lower()
+    return authentication in ("basic", "negotiate") and not any(name in request.headers for name in _BROWSER_HEADERS)
+
+
 def start(config, request, name):
-    """``/manager/<file>/start``: a task from a file on the FTP drop (upstream's GET, which its CLI sends)."""
+    """``/manager/<file>/start``: a task from a file on the FTP drop.
+
+    Upstream's CLI sends a GET, which starts the task; a browser's GET (a
+    link, an image on another site) gets a page whose button posts instead.
+    """
     user = authenticated_user(config, request, changes=True)
     if name.isdigit() and len(name) == config.TaskIdLength:
         _open(config, name)
         return _see(request, f"/{name}")  # our tasks start when created
     if not remote.is_drop_name(name):
         raise NotFound("There is no such file on the FTP drop")
+    if request.method == "GET" and not _scripted(request):
+        return _html(managerpages.confirm_start_page(name, list(request.GET.items()), user))
     form = request.POST if request.method == "POST" else request.GET
     return _create(config, request, remote.Source("drop", name), form, user)
 

@@ -167,6 +167,17 @@ def _drop_section(config, drop):
     return f'<section id="ftp"><h2>FTP drop</h2><table><tr><th>File</th><th>Size</th><th></th></tr>{rows}</table></section>'
 
 
+def confirm_start_page(name, query, user):
+    """What a browser that followed a link to ``/manager/<file>/start`` sees: a GET never starts a task for a
+    browser, the button posts what the link carried."""
+    hidden = "".join(f'<input type="hidden" name="{_e(key)}" value="{_e(value)}">' for key, value in query)
+    body = (f'<h1>Start a task from {_e(name)}?</h1><form method="post" action="/manager/'
+            f'{_e(urllib.parse.quote(name, safe=""))}/start" id="confirm-start">{hidden}'
+            f'<p>The file {_e(name)} on the FTP drop becomes a new task.</p>'
+            '<button type="submit">Start task</button> <a href="/manager">Back to the task list</a></form>')
+    return _page(f"Start a task from {name}", body, user)
+
+
 def list_page(config, listing, filters, drop, user):
     now = time.time()
     body = (f"<h1>Retrace Server task manager</h1>\n{_create_forms(config)}\n{_drop_section(config, drop)}\n"

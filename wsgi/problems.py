@@ -32,7 +32,8 @@ def new_report(config, request):
     if request.content_length is None:
         raise BadRequest("Send the report with a Content-Length")
     data = None
-    for part in multipart.parts(request.environ["wsgi.input"], request.content_length, boundary):
+    for part in multipart.parts(request.environ["wsgi.input"], request.content_length, boundary,
+                                config.min_upload_rate_bytes):
         if part.name == "file" and data is None:
             data = b""
             while chunk := part.read():
@@ -86,17 +87,23 @@ def problems(config, request):
     page = int(page) if page.isdigit() and int(page) > 0 else 1
     with BucketDB.for_config(config) as buckets:
         rows, totals = buckets.buckets(limit=100, offset=(page - 1) * 100), buckets.totals()
+    # The public list shows what the server derived, never a report's own words: the package name and
+    # versions the release's index confirmed, releases it serves, counts and dates.
+    shown = ("bthash", "component", "count", "first_seen", "last_seen", "full_task", "releases", "architectures",
+             "versions")
+    rows = [{key: row[key] for key in shown} for row in rows]
     if _wants_json(request):
         return Response(content_type="application/json", charset="utf-8",
                         text=json.dumps({**totals, "buckets": rows}, indent=1))
     details = "/problems/" if config.ProblemsPublic == "all" else "/manager/problems/"
     table = "".join(
-        f'<tr><td><a href="{details}{row["bthash"]}">{row["bthash"][:12]}</a></td><td>{_e(row["executable"])}</td>'
+        f'<tr><td><a href="{details}{row["bthash"]}">{row["bthash"][:12]}</a></td>'
+        f'<td>{_e(row["component"] or "unknown")}</td>'
         f'<td class="n">{row["count"]}</td><td>{_when(row["first_seen"])}</td><td>{_when(row["last_seen"])}</td>'
         f'<td>{_e(row["versions"] or "")}</td><td>{_e(row["releases"] or "")}</td><td>{_e(row["architectures"] or "")}'
         f'</td><td>{"yes" if row["full_task"] else "no"}</td></tr>' for row in rows)
     body = (f'<p id="totals">{totals["reports"]} reports in {totals["buckets"]} buckets.</p>'
-            '<table id="buckets"><tr><th>Bucket</th><th>Executable</th><th>Count</th><th>First seen</th>'
+            '<table id="buckets"><tr><th>Bucket</th><th>Package</th><th>Count</th><th>First seen</th>'
             '<th>Last seen</th><th>Versions</th><th>Releases</th><th>Architectures</th><th>Full retrace</th></tr>'
             f"{table}</table>")
     return _page("Crash buckets", body)

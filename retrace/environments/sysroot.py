@@ -44,13 +44,35 @@ def assemble_sysroot(root, cached_packages):
             if parent and parent not in made_dirs:
                 os.makedirs(os.path.join(root, parent), exist_ok=True)
                 made_dirs.add(parent)
-            target = os.path.join(source_root, packaged) if kind == "f" else clamped_link_target(relative, link_target)
             try:
+                if kind == "f":
+                    target = os.path.join(source_root, packaged)
+                else:
+                    target = clamped_link_target(_resolved_in(root, parent, relative), link_target)
                 os.symlink(target, destination)
             except FileExistsError:
                 continue
+            except UnsafePath as err:
+                log.warning("not placed in %s: %s", root, err)
+                continue
             linked += 1
     return linked, time.monotonic() - started
+
+
+def _resolved_in(root, parent, relative):
+    """Where the entry ``relative`` really lands in the tree: its directory after the links other packages put
+    on the way (``usr/share/x -> .`` makes ``usr/share/x/x/L`` land in ``usr/share``).
+
+    A link's target is clamped from where the link really is, so that
+    ``..`` never climbs above the tree whatever links lie on its path.
+    Every link in the tree was made this way, so the directory resolves
+    inside the root.
+    """
+    real = os.path.realpath(os.path.join(root, parent))
+    base = os.path.realpath(root)
+    if real != base and not real.startswith(base + os.sep):
+        raise UnsafePath(f"'{relative}' lies below a link that leaves the tree")
+    return os.path.join(os.path.relpath(real, base), os.path.basename(relative))
 
 
 def merged_usr_path(relative, kind):

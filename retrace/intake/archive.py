@@ -11,35 +11,21 @@ to tar and accepts only regular files with known names at the top level.
 
 import contextlib
 import dataclasses
-import gzip
 import hashlib
 import io
-import lzma
 import os
 import tarfile
-import threading
-import zlib
 
 import magic
-import zstandard
 
+from retrace_server import compression, tarstream
 from retrace_server.errors import (BadRequest, InvalidCrashData, LengthRequired, MaliciousArchive, MissingCrashFile,
                             UnsupportedArchive, UploadTooLarge, disk_full_explained)
+from retrace_server.intake.body import RequestBody, SlowUpload
 from retrace_server.intake.storage import NO_STORAGE
 
 CHUNK_SIZE = 1024 * 1024
 _SNIFF_SIZE = 8192
-# Extended headers (pax, GNU long names) are read into memory whole by
-# tarfile; a crash archive's names are a few bytes, so 64 KiB is generous.
-_MAX_METADATA_SIZE = 64 * 1024
-_MAX_METADATA_CHAIN = 8
-_METADATA_TYPES = {
-    tarfile.XHDTYPE,
-    tarfile.XGLTYPE,
-    tarfile.SOLARIS_XHDTYPE,
-    tarfile.GNUTYPE_LONGNAME,
-    tarfile.GNUTYPE_LONGLINK,
-}
 _PLAIN_FILE_TYPES = {tarfile.REGTYPE, tarfile.AREGTYPE}
 
 
@@ -57,45 +43,33 @@ class ArchiveFormat:
         return content_type == self.content_type or content_type in self.aliases
 
 
-def _gzip_reader(raw):
-    return gzip.GzipFile(fileobj=raw, mode="rb")
-
-
-def _xz_reader(raw):
-    return lzma.LZMAFile(raw, mode="rb")
-
-
-def _zstd_reader(raw):
-    return zstandard.ZstdDecompressor().stream_reader(raw, read_size=CHUNK_SIZE, read_across_frames=True)
-
-
-def _plain_reader(raw):
+def _plain_reader(raw, _memlimit):
     return raw
 
 
 # Order matters: /settings lists them like this, xz first as upstream did.
 FORMATS = (
     ArchiveFormat(
-        "application/x-xz-compressed-tar", ("application/x-xz",), frozenset({"application/x-xz"}), "xz-compressed data", _xz_reader
+        "application/x-xz-compressed-tar", ("application/x-xz",), frozenset({"application/x-xz"}), "xz-compressed data", compression.xz_reader
     ),
     ArchiveFormat(
         "application/x-gzip",
         ("application/gzip", "application/x-compressed-tar"),
         frozenset({"application/gzip", "application/x-gzip"}),
         "gzip-compressed data",
-        _gzip_reader,
+        compression.gzip_reader,
     ),
     ArchiveFormat(
         "application/x-zstd-compressed-tar",
         ("application/zstd",),
         frozenset({"application/zstd", "application/x-zstd"}),
         "zstd-compressed data",
-        _zstd_reader,
+        compression.zstd_reader,
     ),
     ArchiveFormat("application/x-tar", (), frozenset({"application/x-tar"}), "a plain tar archive", _plain_reader),
 )
 
-DECOMPRESSION_ERRORS = (lzma.LZMAError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError, EOFError, tarfile.TarError)
+DECOMPRESSION_ERRORS = (*compression.CORRUPT_DATA, tarfile.TarError)
 
 
 def supported_formats():
@@ -138,42 +112,24 @@ class Limits:
     files: dict
     reserve: object
     head_checks: dict = dataclasses.field(default_factory=dict)
+    # What a decompressor may hold (MaxDecoderMemory): xz and zstd headers that declare more are refused.
+    decoder_memory: int = compression.DEFAULT_DECODER_MEMORY
 
 
-class _RequestBody(io.RawIOBase):
-    """Exactly ``length`` bytes of the request body, read in bounded chunks."""
+class _RawBody(io.RawIOBase):
+    """A RequestBody as a raw stream, for the buffered reader the decompressors read."""
 
-    def __init__(self, stream, length):
+    def __init__(self, body):
         super().__init__()
-        self._stream = stream
-        self.length = length
-        self.received = 0
+        self.body = body
 
     def readable(self):
         return True
 
     def readinto(self, buffer):
-        want = min(len(buffer), self.length - self.received, CHUNK_SIZE)
-        if want <= 0:
-            return 0
-        try:
-            data = self._stream.read(want)
-        except OSError:
-            data = b""
-        if not data:
-            raise BadRequest(
-                f"The upload ended after {self.received} of the {self.length} bytes announced in Content-Length"
-            )
-        count = len(data)
-        buffer[:count] = data
-        self.received += count
-        return count
-
-    def drain(self):
-        """Read and drop the rest, so that the client reads our answer cleanly."""
-        sink = bytearray(CHUNK_SIZE)
-        while self.readinto(sink):
-            pass
+        data = self.body.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
 
 
 def _display_name(name):
@@ -182,29 +138,8 @@ def _display_name(name):
     return shown or "?"
 
 
-_chain = threading.local()
-
-
-class _GuardedTarInfo(tarfile.TarInfo):
-    """Refuses huge extended headers before tarfile reads them into memory, and
-    long chains of them: tarfile reads each next header recursively, so
-    thousands in a row ended in a RecursionError (a 500)."""
-
-    @classmethod
-    def frombuf(cls, buf, encoding, errors):
-        info = super().frombuf(buf, encoding, errors)
-        if info.type in _METADATA_TYPES:
-            if info.size > _MAX_METADATA_SIZE:
-                raise MaliciousArchive(
-                    "The archive has an extended header larger than 64 KiB; crash archives never need one")
-            _chain.length = getattr(_chain, "length", 0) + 1
-            if _chain.length > _MAX_METADATA_CHAIN:
-                _chain.length = 0
-                raise MaliciousArchive(f"The archive has more than {_MAX_METADATA_CHAIN} extended headers in a row; "
-                                       "crash archives never need them")
-        else:
-            _chain.length = 0
-        return info
+_GuardedTarInfo = tarstream.guarded_tarinfo(
+    lambda what: MaliciousArchive(f"The archive has {what}; crash archives never need them"))
 
 
 def _member_name(member):
@@ -315,29 +250,33 @@ def _unpack_members(stream, crash_dir, limits, digests):
     return sizes
 
 
-def receive_archive(body, content_length, fmt, crash_dir, limits, digests=None):
+def receive_archive(stream, content_length, fmt, crash_dir, limits, digests=None, min_rate=0):
     """Stream an upload of ``content_length`` bytes into ``crash_dir``.
 
-    ``content_length`` has passed ``declared_length``.  Returns a dict of
-    the file names written and their sizes; the names in ``digests`` get
-    their md5 (hex) there, computed while they stream in.  On any rejection the rest of
-    the body is still read (it is at most MaxPackedSize), so the client gets
-    our answer instead of a reset connection; the caller removes what was
-    written.
+    ``content_length`` has passed ``declared_length``; the body must come
+    at ``min_rate`` bytes a second at least (``retrace_server.intake.body``).
+    Returns a dict of the file names written and their sizes; the names in
+    ``digests`` get their md5 (hex) there, computed while they stream in.
+    On any rejection but a slow body the rest of the body is still read (it
+    is at most MaxPackedSize), so the client gets our answer instead of a
+    reset connection; the caller removes what was written.
     """
-    raw = _RequestBody(body, content_length)
-    buffered = io.BufferedReader(raw, CHUNK_SIZE)
+    body = RequestBody(stream, content_length, min_rate)
+    buffered = io.BufferedReader(_RawBody(body), CHUNK_SIZE)
     try:
         actual = _actual_format(fmt, buffered)
         try:
-            sizes = _unpack_members(actual.decompress(buffered), crash_dir, limits, {} if digests is None else digests)
+            sizes = _unpack_members(actual.decompress(buffered, limits.decoder_memory), crash_dir, limits,
+                                    {} if digests is None else digests)
         except DECOMPRESSION_ERRORS as err:
             raise BadRequest(f"The archive is corrupt or truncated ({describe_error(err)})") from None
-    except BaseException:
-        with contextlib.suppress(BadRequest):
-            raw.drain()
+    except SlowUpload:
         raise
-    raw.drain()
+    except BaseException:
+        with contextlib.suppress(BadRequest, SlowUpload):
+            body.drain()
+        raise
+    body.drain()
     return sizes
 
 

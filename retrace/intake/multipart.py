@@ -11,6 +11,7 @@ fields are capped at ``FIELD_LIMIT`` bytes and the number of parts at
 import re
 
 from retrace_server.errors import BadRequest
+from retrace_server.intake.body import RequestBody
 
 FIELD_LIMIT = 64 * 1024
 MAX_PARTS = 50
@@ -28,19 +29,19 @@ def boundary_of(content_type):
 
 
 class _Body:
-    """The request body, at most ``length`` bytes, with a buffer for looking ahead."""
+    """The request body (``retrace_server.intake.body``), with a buffer for looking ahead."""
 
-    def __init__(self, stream, length):
-        self.stream, self.left, self.buffer = stream, length, b""
+    def __init__(self, stream, length, min_rate):
+        self.source, self.buffer = RequestBody(stream, length, min_rate), b""
+
+    @property
+    def left(self):
+        return self.source.left
 
     def fill(self, wanted=_CHUNK):
         if not self.left:
             return False
-        data = self.stream.read(min(wanted, self.left))
-        if not data:
-            raise BadRequest("The upload ended before its declared length (the connection was cut)")
-        self.left -= len(data)
-        self.buffer += data
+        self.buffer += self.source.read(wanted)
         return True
 
 
@@ -79,9 +80,10 @@ class Part:
         return data.decode("utf-8", "replace")
 
 
-def parts(stream, length, boundary):
-    """Yield each Part in order; the caller reads (or not) one before asking for the next."""
-    body = _Body(stream, length)
+def parts(stream, length, boundary, min_rate=0):
+    """Yield each Part in order; the caller reads (or not) one before asking for the next.  The body must come
+    at ``min_rate`` bytes a second at least."""
+    body = _Body(stream, length, min_rate)
     delimiter = b"\r\n--" + boundary
     body.buffer = b"\r\n"  # the first boundary has no CRLF before it
     for _ in range(MAX_PARTS + 1):

@@ -11,21 +11,23 @@ untrusted: sizes are capped while the bytes flow, and a path is checked
 where it really leads, after symlinks, on the file actually opened.
 """
 
+import base64
 import contextlib
 import dataclasses
 import ftplib
+import http.client
 import os
 import socket
 import ssl
 import stat
+import threading
 import time
 import urllib.parse
 from pathlib import Path
 
-import requests
-
+from retrace_server import __version__
 from retrace_server.errors import BadRequest, NotFound, UploadTooLarge, disk_full_explained
-from retrace_server.intake.storage import NO_STORAGE
+from retrace_server.intake.storage import NO_STORAGE, ensure_free
 
 
 PROGRESS_FILE = "progress"
@@ -35,6 +37,13 @@ _CONNECT_TIMEOUT = 10
 _READ_TIMEOUT = 120
 _PROGRESS_SECONDS = 30
 _SCHEMES = ("http", "https", "ftp")
+_DEFAULT_PORTS = {"https": 443, "ftp": 21}
+_REDIRECTS = (301, 302, 303, 307, 308)
+_MAX_REDIRECTS = 5
+# How long the manager may wait on a source before it answers the engineer.
+CHECK_SECONDS = 20.0
+# How far ahead a download claims room on the disk.
+ROOM_STEP = 64 * 1024 * 1024
 
 
 class SourceError(BadRequest):
@@ -81,7 +90,7 @@ def parse_source(text):
     text = (text or "").strip()
     if not text:
         raise SourceError("Give the URL or the server path of the core or vmcore to retrace")
-    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in text) or len(text) > 2048:
+    if _has_control(text) or len(text) > 2048:
         raise SourceError("The URL or path holds control characters or is longer than 2048 characters")
     if text.startswith("file://"):
         text = urllib.parse.unquote(urllib.parse.urlsplit(text).path)
@@ -94,7 +103,14 @@ def parse_source(text):
         parts.port  # noqa: B018 - a port that is not a number raises here
     except ValueError:
         raise SourceError(f"The URL's port is not a number: '{parts.netloc}'") from None
+    decoded = [urllib.parse.unquote(part or "") for part in (parts.username, parts.password, parts.path, parts.query)]
+    if any(_has_control(part) for part in decoded):
+        raise SourceError("The URL holds encoded control characters (such as %0d%0a); give the file's plain URL")
     return Source("url", text)
+
+
+def _has_control(text):
+    return any(ord(char) < 0x20 or ord(char) == 0x7F for char in text)
 
 
 # -- paths under ImportDirs -------------------------------------------------------
@@ -115,17 +131,19 @@ def open_import(path_text, import_dirs):
     roots = [Path(os.path.realpath(directory)) for directory in import_dirs]
     if not roots:
         raise SourceError("This server imports no server paths (ImportDirs is empty); give a URL instead")
+    # One sentence whether the file is missing, unreadable or outside: nothing tells what exists elsewhere.
+    refusal = SourceError(f"There is no file {path_text} this server may import (ImportDirs: "
+                          f"{' '.join(str(directory) for directory in import_dirs)})")
+    if not _inside(Path(os.path.normpath(path_text)), [Path(directory) for directory in import_dirs] + roots):
+        raise refusal
     try:
         fd = os.open(path_text, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise SourceError(f"There is no file {path_text} on the server") from None
-    except OSError as err:
-        raise SourceError(f"The server cannot open {path_text}: {err.strerror}") from None
+    except OSError:
+        raise refusal from None
     try:
         real = Path(os.readlink(f"/proc/self/fd/{fd}"))
         if not _inside(real, roots):
-            raise SourceError(f"{path_text} is not inside the directories this server imports from (ImportDirs: "
-                              f"{' '.join(str(directory) for directory in import_dirs)})")
+            raise refusal
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise SourceError(f"{path_text} is not a regular file")
         with open(fd, "rb", closefd=False) as handle:
@@ -137,25 +155,59 @@ def open_import(path_text, import_dirs):
 # -- URLs -------------------------------------------------------------------------
 
 
-def _connection_sentence(location, err):
+def _where(location):
     parts = urllib.parse.urlsplit(location)
-    where = f"{parts.hostname}:{parts.port or {'https': 443, 'ftp': 21}.get(parts.scheme, 80)}"
-    text = str(err)
-    if isinstance(err, socket.gaierror) or "Name or service not known" in text or "NameResolutionError" in text:
+    return f"{parts.hostname}:{parts.port or _DEFAULT_PORTS.get(parts.scheme.lower(), 80)}"
+
+
+def _connection_sentence(location, err):
+    where = _where(location)
+    if isinstance(err, socket.gaierror):
         return f"Cannot reach {where}: its host name cannot be resolved"
-    if isinstance(err, ConnectionRefusedError) or "Connection refused" in text:
+    if isinstance(err, ConnectionRefusedError):
         return f"Cannot reach {where}: the connection was refused (nothing listens on that port)"
-    if isinstance(err, (TimeoutError, socket.timeout)) or "timed out" in text:
+    if isinstance(err, (TimeoutError, socket.timeout)):
         return f"Cannot reach {where}: it did not answer in time"
-    if isinstance(err, (ssl.SSLError, requests.exceptions.SSLError)):
+    if isinstance(err, ssl.SSLError):
         return f"Cannot reach {where}: its TLS certificate is not trusted or the handshake failed"
+    if isinstance(err, http.client.HTTPException):
+        return f"Cannot reach {where}: it did not answer in HTTP"
     return f"Cannot reach {where}: {type(err).__name__}"
 
 
-def _ftp_connect(host, port, user, password, use_tls):
+class _Watchdog:
+    """Cuts the sockets of one check at its deadline, however slowly the far end answers: a WSGI thread waits
+    CHECK_SECONDS at most, not every byte's own read timeout."""
+
+    def __init__(self, seconds):
+        self.seconds, self.deadline, self.fired, self._timers = seconds, time.monotonic() + seconds, False, []
+
+    def guard(self, sock):
+        timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), self._cut, (sock,))
+        timer.daemon = True
+        timer.start()
+        self._timers.append(timer)
+
+    def _cut(self, sock):
+        self.fired = True
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self):
+        for timer in self._timers:
+            timer.cancel()
+
+    def refusal(self, source):
+        return SourceError(f"{_where(source.location)} did not answer within {self.seconds:g} s; check the URL, or "
+                           "import the file from a faster server")
+
+
+def _ftp_connect(host, port, user, password, use_tls, watchdog=None):
     client = ftplib.FTP_TLS(timeout=_READ_TIMEOUT) if use_tls else ftplib.FTP(timeout=_READ_TIMEOUT)
     try:
         client.connect(host, port, timeout=_CONNECT_TIMEOUT)
+        if watchdog is not None:
+            watchdog.guard(client.sock)
         try:
             client.login(user, password)
         except ftplib.error_perm as err:
@@ -186,24 +238,73 @@ def _ftp_url_parts(location):
 
 
 @contextlib.contextmanager
-def _reached(source):
-    """Network failures of a source as SourceError sentences."""
+def _reached(source, watchdog=None):
+    """Network failures of a source as SourceError sentences (one past the check's deadline says so)."""
     try:
         yield
-    except SourceError:
-        raise
-    except (OSError, EOFError, ftplib.Error, requests.exceptions.RequestException) as err:
+    except (OSError, EOFError, ftplib.Error, http.client.HTTPException, SourceError) as err:
+        if watchdog is not None and watchdog.fired:
+            raise watchdog.refusal(source) from None
+        if isinstance(err, SourceError):
+            raise
         raise SourceError(_connection_sentence(source.location, err)) from None
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+    if watchdog is not None and watchdog.fired:  # what was read before the cut is not the answer
+        raise watchdog.refusal(source)
 
 
-def _http_head(location, head_size):
+def _same_server(location, target):
+    """A redirect may move a file on its server, never to another scheme, host or port (the engineer named
+    that server; a redirect elsewhere would make this one fetch from wherever the far end likes)."""
+    current, new = urllib.parse.urlsplit(location), urllib.parse.urlsplit(target)
+    return (current.scheme.lower(), _where(location)) == (new.scheme.lower(), _where(target))
+
+
+@contextlib.contextmanager
+def _http_response(location, watchdog=None):
+    """The answer to GET ``location``, after redirects on the same server; SourceError for an HTTP error."""
+    shown = Source("url", location).shown
+    for _ in range(_MAX_REDIRECTS + 1):
+        parts = urllib.parse.urlsplit(location)
+        if parts.scheme.lower() == "https":
+            connection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=_CONNECT_TIMEOUT,
+                                                     context=ssl.create_default_context())
+        else:
+            connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=_CONNECT_TIMEOUT)
+        try:
+            connection.connect()
+            connection.sock.settimeout(_READ_TIMEOUT)
+            if watchdog is not None:
+                watchdog.guard(connection.sock)
+            headers = {"Accept-Encoding": "identity", "User-Agent": f"retrace-server/{__version__}"}
+            if parts.username is not None:
+                credentials = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+                headers["Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
+            connection.request("GET", urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, "")),
+                               headers=headers)
+            answer = connection.getresponse()
+            if answer.status in _REDIRECTS and answer.getheader("Location"):
+                target = urllib.parse.urljoin(location, answer.getheader("Location"))
+                if not _same_server(location, target):
+                    raise SourceError(f"{shown} redirects to another server; give the file's final URL instead")
+                location = target
+                continue
+            if answer.status >= 400:
+                raise SourceError(f"{shown} answered HTTP {answer.status}; check the URL")
+            yield answer
+            return
+        finally:
+            connection.close()
+    raise SourceError(f"{shown} redirects more than {_MAX_REDIRECTS} times")
+
+
+def _http_head(location, head_size, watchdog):
     """``(announced size or None, first bytes)``, after checking that the server serves the URL."""
-    with requests.get(location, stream=True, timeout=(_CONNECT_TIMEOUT, _READ_TIMEOUT)) as answer:
-        if answer.status_code >= 400:
-            raise SourceError(f"{Source('url', location).shown} answered {answer.status_code} {answer.reason}; "
-                              "check the URL")
-        length = answer.headers.get("Content-Length", "")
-        return int(length) if length.isdigit() else None, answer.raw.read(head_size, decode_content=False)
+    with _http_response(location, watchdog) as answer:
+        length = answer.getheader("Content-Length") or ""
+        return int(length) if length.isdigit() else None, answer.read(head_size)
 
 
 # -- the FTP drop -----------------------------------------------------------------
@@ -220,10 +321,11 @@ class FtpDrop:
         self.config = config
 
     @contextlib.contextmanager
-    def session(self):
+    def session(self, watchdog=None):
         source = Source("url", f"ftp://{self.host}:{self.port}/")
-        with _reached(source):
-            client = _ftp_connect(self.host, self.port, self.config.FTPUser, self.config.FTPPass, self.config.FTPSSL)
+        with _reached(source, watchdog):
+            client = _ftp_connect(self.host, self.port, self.config.FTPUser, self.config.FTPPass, self.config.FTPSSL,
+                                  watchdog)
             try:
                 client.cwd(self.config.FTPDir)
                 yield client
@@ -233,7 +335,7 @@ class FtpDrop:
 
     def listing(self, limit=5000):
         """``[(name, size or None)]`` of the plain files in FTPDir, sorted by name; at most ``limit``."""
-        with self.session() as client:
+        with self.session(_Watchdog(CHECK_SECONDS)) as client:
             try:
                 entries = [(name, facts) for name, facts in client.mlsd(facts=["type", "size"])
                            if facts.get("type") == "file"]
@@ -259,17 +361,17 @@ def _is_ftp(source):
 
 
 @contextlib.contextmanager
-def _ftp(source, config):
+def _ftp(source, config, watchdog=None):
     """``(client, path on the server, block size)`` for a file on the FTP drop or at an ftp:// URL."""
     if source.kind == "drop":
         if not is_drop_name(source.location):
             raise SourceError("That is not a file name on the FTP drop")
-        with FtpDrop(config).session() as client:
+        with FtpDrop(config).session(watchdog) as client:
             yield client, source.location, config.FTPBufferSize * _CHUNK
         return
     host, port, user, password, path = _ftp_url_parts(source.location)
-    with _reached(source):
-        client = _ftp_connect(host, port, user, password, False)
+    with _reached(source, watchdog):
+        client = _ftp_connect(host, port, user, password, False, watchdog)
         try:
             yield client, path, _CHUNK
         finally:
@@ -286,26 +388,36 @@ def check(source, config, head_size=8192):
     if source.kind == "path":
         with open_import(source.location, config.import_dirs) as handle:
             return os.fstat(handle.fileno()).st_size, handle.read(head_size)
+    watchdog = _Watchdog(CHECK_SECONDS)
     if _is_ftp(source):
-        with _ftp(source, config) as (client, path, _blocksize):
+        with _ftp(source, config, watchdog) as (client, path, _blocksize), _reached(source, watchdog):
             return _ftp_size(client, path, source.shown), None
-    with _reached(source):
-        return _http_head(source.location, head_size)
+    with _reached(source, watchdog):
+        return _http_head(source.location, head_size, watchdog)
 
 
 class _Sink:
-    """The file being fetched: counts, caps, digests and reports progress."""
+    """The file being fetched: counts, caps, keeps room on the disk, digests and reports progress.
 
-    def __init__(self, target, cap, total, progress, digest):
+    ``ensure_room(nbytes)`` raises NotEnoughStorage unless ``nbytes`` more
+    fit above MinStorageLeft; it is asked for every ROOM_STEP bytes ahead,
+    so a source that announces no size cannot fill the spool's volume.
+    """
+
+    def __init__(self, target, cap, total, progress, digest, ensure_room):
         self.handle = open(target, "xb")  # noqa: SIM115 - closed by fetch
         self.cap, self.total, self.progress, self.digest = cap, total, progress, digest
-        self.written = 0
+        self.ensure_room = ensure_room
+        self.written = self.room_until = 0
         self.reported = time.monotonic()
 
     def write(self, chunk):
         self.written += len(chunk)
         if self.written > self.cap:
             raise UploadTooLarge(f"The file is larger than this server accepts ({self.cap} bytes)")
+        if self.written > self.room_until:
+            self.ensure_room(ROOM_STEP)
+            self.room_until = self.written + ROOM_STEP
         with disk_full_explained(NO_STORAGE):
             self.handle.write(chunk)
         if self.digest is not None:
@@ -316,11 +428,15 @@ class _Sink:
 
 
 def fetch(source, target, config, cap, progress, digest=None):
-    """Copy ``source`` to the new file ``target`` (at most ``cap`` bytes); returns the size.
+    """Copy ``source`` to the new file ``target`` (at most ``cap`` bytes, leaving MinStorageLeft free);
+    returns the size.
 
     ``progress(done, total or None)`` is called every 30 s; ``digest`` (a
     hashlib object) sees every byte, so the md5 costs no second pass.
     """
+    def ensure_room(nbytes):
+        ensure_free(config.SaveDir, nbytes, config.min_storage_left_bytes)
+
     total = None
     sink = None
     try:
@@ -329,27 +445,27 @@ def fetch(source, target, config, cap, progress, digest=None):
                 total = os.fstat(handle.fileno()).st_size
                 if total > cap:
                     raise UploadTooLarge(f"{source.location} is {total} bytes; this server accepts at most {cap}")
-                sink = _Sink(target, cap, total, progress, digest)
+                sink = _Sink(target, cap, total, progress, digest, ensure_room)
                 while chunk := handle.read(_CHUNK):
                     sink.write(chunk)
         elif _is_ftp(source):
             with _ftp(source, config) as (client, path, blocksize):
                 total = _ftp_size(client, path, source.shown)
-                sink = _Sink(target, cap, total, progress, digest)
+                sink = _Sink(target, cap, total, progress, digest, ensure_room)
                 with _reached(source):
                     client.retrbinary(f"RETR {path}", sink.write, blocksize=blocksize)
         else:
-            with _reached(source), requests.get(source.location, stream=True,
-                                                timeout=(_CONNECT_TIMEOUT, _READ_TIMEOUT)) as answer:
-                if answer.status_code >= 400:
-                    raise SourceError(f"{source.shown} answered {answer.status_code} {answer.reason}")
-                length = answer.headers.get("Content-Length", "")
+            with _reached(source), _http_response(source.location) as answer:
+                length = answer.getheader("Content-Length") or ""
                 total = int(length) if length.isdigit() else None
                 if total is not None and total > cap:
                     raise UploadTooLarge(f"{source.shown} is {total} bytes; this server accepts at most {cap}")
-                sink = _Sink(target, cap, total, progress, digest)
-                for chunk in answer.raw.stream(_CHUNK, decode_content=False):
-                    sink.write(chunk)
+                sink = _Sink(target, cap, total, progress, digest, ensure_room)
+                try:
+                    while chunk := answer.read(_CHUNK):
+                        sink.write(chunk)
+                except http.client.IncompleteRead as err:
+                    sink.write(err.partial)  # the length check below says how far it came
         if total is not None and sink.written != total:
             raise SourceError(f"{source.shown} ended after {sink.written} of its {total} bytes; try again")
         return sink.written

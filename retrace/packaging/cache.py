@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from retrace_server import locking
+from retrace_server.compression import DEFAULT_DECODER_MEMORY
 from retrace_server.packaging import formats
 from retrace_server.packaging.payload import UnpackError
 
@@ -117,7 +118,8 @@ def cached_entry(path, lock_path, build, on_wait=lambda: None):
 
 
 class PackageCache:
-    def __init__(self, cache_dir):
+    def __init__(self, cache_dir, decoder_memory=DEFAULT_DECODER_MEMORY):
+        self.decoder_memory = decoder_memory
         self.rpms_dir = Path(cache_dir) / "rpms"
         self.rpms_dir.mkdir(parents=True, exist_ok=True)
 
@@ -146,7 +148,7 @@ class PackageCache:
         def unpack(tmp):
             if verify is not None:
                 verify(package_path)
-            return formats.unpack(package_path, tmp / "root")
+            return formats.unpack(package_path, tmp / "root", self.decoder_memory)
 
         return cached_entry(self.entry_path(pkgid), self.lock_path(pkgid), unpack, on_wait)
 

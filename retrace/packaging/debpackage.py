@@ -12,21 +12,27 @@ them and clamped to the task's root when a sysroot is assembled
 (``retrace_server.paths.clamped_link_target``).
 """
 
+import contextlib
 import io
 import os
 import tarfile
 from pathlib import Path
 
+from retrace_server import compression, tarstream
 from retrace_server.analysis.coredump import file_build_id
 from retrace_server.packaging.payload import UnpackError, refuse_below_symlink, safe_relative
 
 _AR_MAGIC = b"!<arch>\n"
 _AR_HEADER = 60
-_DATA_MEMBERS = {"data.tar": "r|", "data.tar.xz": "r|xz", "data.tar.gz": "r|gz", "data.tar.bz2": "r|bz2",
-                 "data.tar.zst": "zstd"}
+# The data tarball's names and their decoders (None: not compressed), each bounded by MaxDecoderMemory.
+_DATA_MEMBERS = {"data.tar": None, "data.tar.xz": compression.xz_reader, "data.tar.gz": compression.gzip_reader,
+                 "data.tar.bz2": compression.bzip2_reader, "data.tar.zst": compression.zstd_reader}
 _COPY_CHUNK = 1024 * 1024
 # A real package has three members; anything long past that is not a package.
 _MAX_AR_MEMBERS = 16
+PAYLOAD_RATIO = 200
+MIN_PAYLOAD_CAP = 256 * 1024 * 1024
+MAX_LINK_CHAIN = 8
 
 
 class _Range(io.RawIOBase):
@@ -64,50 +70,71 @@ def _data_member(handle, name):
     raise UnpackError(f"{name} holds no data.tar member; it is not a Debian package")
 
 
-def _open_data(handle, name):
+def _open_data(handle, name, memlimit):
+    """The data tarball as a tar stream, and its packed size."""
     member, size = _data_member(handle, name)
     stream = io.BufferedReader(_Range(handle, size), _COPY_CHUNK)
-    mode = _DATA_MEMBERS[member]
-    if mode == "zstd":
-        import zstandard
+    decoder = _DATA_MEMBERS[member]
+    with _read_errors(name, "cannot be read"):
+        guarded = tarstream.guarded_tarinfo(lambda what: UnpackError(f"the data of {name} has {what}"))
+        return tarfile.open(fileobj=decoder(stream, memlimit) if decoder else stream, mode="r|", tarinfo=guarded), size
 
-        stream, mode = zstandard.ZstdDecompressor().stream_reader(stream), "r|"
+
+@contextlib.contextmanager
+def _read_errors(name, what):
     try:
-        return tarfile.open(fileobj=stream, mode=mode)
-    except (tarfile.TarError, OSError, EOFError) as err:
-        raise UnpackError(f"the data of {name} cannot be read ({err})") from None
+        yield
+    except compression.DecoderMemoryExceeded as err:
+        raise UnpackError(f"the data of {name} {what}: {err.sentence}") from None
+    except (tarfile.TarError, OSError, *compression.CORRUPT_DATA) as err:
+        raise UnpackError(f"the data of {name} {what} ({err})") from None
 
 
-def _members(deb_path):
-    """Each ``(relative name, TarInfo, tar)`` of the package's data, names checked."""
+def _members(deb_path, memlimit):
+    """Each ``(relative name, TarInfo, tar)`` of the package's data, names checked.
+
+    The files may unpack to PAYLOAD_RATIO times the packed data at most
+    (Debian's own packages stay near 10; 1 GiB of zeros packs 7,000-fold);
+    the index's SHA256 already vouches for the package, so this is defence
+    in depth against a mirror and an index that both lie.
+    """
     name = Path(deb_path).name
     with open(deb_path, "rb") as handle:
-        tar = _open_data(handle, name)
-        try:
+        tar, packed = _open_data(handle, name, memlimit)
+        cap, unpacked = max(MIN_PAYLOAD_CAP, PAYLOAD_RATIO * packed), 0
+        with _read_errors(name, "is damaged"):
             for info in tar:
                 if info.name.startswith("/"):
                     raise UnpackError(f"{name} contains an absolute file name {info.name!r}")
+                if info.issparse():
+                    raise UnpackError(f"{name} holds a sparse file {info.name!r}, which packages never do")
                 if info.name in (".", "./"):
                     continue
+                unpacked += info.size if info.isreg() else 0
+                if unpacked > cap:
+                    raise UnpackError(f"the data of {name} unpacks to more than {cap} bytes ({PAYLOAD_RATIO} times "
+                                      "its packed size); it is refused as a decompression bomb")
                 yield safe_relative(info.name), info, tar
-        except (tarfile.TarError, OSError, EOFError) as err:
-            raise UnpackError(f"the data of {name} is damaged ({err})") from None
 
 
-def _write(tar, info, destination):
+def _write(tar, info, destination, package):
     source = tar.extractfile(info)
     fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, (info.mode & 0o755) | 0o400)
     with os.fdopen(fd, "wb") as out:
-        while chunk := source.read(_COPY_CHUNK):
+        while True:
+            with _read_errors(Path(package).name, "is damaged"):
+                chunk = source.read(_COPY_CHUNK)
+            if not chunk:
+                break
             out.write(chunk)
 
 
-def unpack_deb(deb_path, target):
+def unpack_deb(deb_path, target, memlimit=compression.DEFAULT_DECODER_MEMORY):
     """Extract the package's files into ``target``; returns the manifest entries (as ``unpack_rpm``)."""
     entries, files, symlinks = [], {}, set()
     target.mkdir()
     name = Path(deb_path).name
-    for relative, info, tar in _members(deb_path):
+    for relative, info, tar in _members(deb_path, memlimit):
         refuse_below_symlink(relative, symlinks, deb_path)
         destination = target / relative
         destination.parent.mkdir(parents=True, exist_ok=True)
@@ -119,7 +146,7 @@ def unpack_deb(deb_path, target):
             symlinks.add(relative)
             entries.append((relative, "l", info.linkname, ""))
         elif info.isreg():
-            _write(tar, info, destination)
+            _write(tar, info, destination, deb_path)
             files[relative] = build_id = file_build_id(destination) or ""
             entries.append((relative, "f", "", build_id))
         elif info.islnk():
@@ -131,35 +158,44 @@ def unpack_deb(deb_path, target):
     return entries
 
 
-def extract_deb_file(deb_path, member, target):
+def extract_deb_file(deb_path, member, target, memlimit=compression.DEFAULT_DECODER_MEMORY):
     """Write the regular file ``member`` (``usr/lib/...``) of the package to ``target``; whether it was there.
 
     The data is read up to that file only (a kernel -dbg package holds
     thousands of module files besides the vmlinux wanted).  A hard link
     comes after the file it names, whose content has passed by then: the
-    package is read once more, up to that file.
+    package is read once more, up to that file; a link that leads back to
+    itself, or a chain of links longer than MAX_LINK_CHAIN, is refused.
     """
-    for relative, info, tar in _members(deb_path):
-        if relative == member and info.isreg():
-            _write(tar, info, target)
-            return True
-        if relative == member and info.islnk():
-            return extract_deb_file(deb_path, safe_relative(info.linkname), target)
-    return False
+    followed = []
+    while len(followed) <= MAX_LINK_CHAIN:
+        for relative, info, tar in _members(deb_path, memlimit):
+            if relative == member and info.isreg():
+                _write(tar, info, target, deb_path)
+                return True
+            if relative == member and info.islnk():
+                followed.append(member)
+                member = safe_relative(info.linkname)
+                if member in followed:
+                    raise UnpackError(f"{Path(deb_path).name} hard-links {followed[0]!r} back to itself")
+                break
+        else:
+            return False
+    raise UnpackError(f"{Path(deb_path).name} hard-links {followed[0]!r} through more than {MAX_LINK_CHAIN} links")
 
 
-def extract_deb_files(deb_path, directory, names, target):
+def extract_deb_files(deb_path, directory, names, target, memlimit=compression.DEFAULT_DECODER_MEMORY):
     """Write every regular file under ``directory/`` whose name is in ``names`` flat into ``target``
     (the first of a name wins), in one pass over the data (two when some are hard links)."""
     linked = {}
-    for relative, info, tar in _members(deb_path):
+    for relative, info, tar in _members(deb_path, memlimit):
         name = relative.rsplit("/", 1)[-1]
         if not relative.startswith(directory + "/") or name not in names or (target / name).exists():
             continue
         if info.isreg():
-            _write(tar, info, target / name)
+            _write(tar, info, target / name, deb_path)
         elif info.islnk():
             linked.setdefault(safe_relative(info.linkname), name)
-    for relative, info, tar in _members(deb_path) if linked else ():
+    for relative, info, tar in _members(deb_path, memlimit) if linked else ():
         if relative in linked and info.isreg() and not (target / linked[relative]).exists():
-            _write(tar, info, target / linked[relative])
+            _write(tar, info, target / linked[relative], deb_path)

@@ -11,6 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Callable
 
+from retrace_server.compression import DEFAULT_DECODER_MEMORY
 from retrace_server.packaging import debpackage, rpmpackage
 from retrace_server.packaging.payload import UnpackError
 
@@ -19,11 +20,12 @@ from retrace_server.packaging.payload import UnpackError
 class PackageFormat:
     name: str
     suffixes: tuple
-    # (package, target) -> manifest entries
+    # Each takes memlimit, what the payload's decoder may hold (MaxDecoderMemory; librpm keeps its own).
+    # (package, target, memlimit) -> manifest entries
     unpack: Callable
-    # (package, "usr/lib/...", target file) -> whether the package held it
+    # (package, "usr/lib/...", target file, memlimit) -> whether the package held it
     extract_file: Callable
-    # (package, directory, {file names}, target directory) -> None
+    # (package, directory, {file names}, target directory, memlimit) -> None
     extract_files: Callable
 
 
@@ -43,13 +45,13 @@ def of_file(path):
     raise UnpackError(f"{Path(path).name} is not a package this server can read (.rpm, .deb or .ddeb)")
 
 
-def unpack(path, target):
-    return of_file(path).unpack(path, target)
+def unpack(path, target, memlimit=DEFAULT_DECODER_MEMORY):
+    return of_file(path).unpack(path, target, memlimit)
 
 
-def extract_file(path, member, target):
-    return of_file(path).extract_file(path, member, target)
+def extract_file(path, member, target, memlimit=DEFAULT_DECODER_MEMORY):
+    return of_file(path).extract_file(path, member, target, memlimit)
 
 
-def extract_files(path, directory, names, target):
-    return of_file(path).extract_files(path, directory, names, target)
+def extract_files(path, directory, names, target, memlimit=DEFAULT_DECODER_MEMORY):
+    return of_file(path).extract_files(path, directory, names, target, memlimit)

@@ -30,6 +30,7 @@ import typing
 from pathlib import Path
 
 from retrace_server import locking
+from retrace_server.compression import DEFAULT_DECODER_MEMORY
 from retrace_server.analysis.coredump import file_build_id
 from retrace_server.errors import RetraceError
 from retrace_server.packaging import formats
@@ -156,8 +157,8 @@ def package_nevra(path):
     return name.removesuffix(".rpm")
 
 
-def extract_vmlinux(package, member, target):
-    return formats.extract_file(package, member, target)
+def extract_vmlinux(package, member, target, memlimit=DEFAULT_DECODER_MEMORY):
+    return formats.extract_file(package, member, target, memlimit)
 
 
 def module_files(package, names):
@@ -171,11 +172,11 @@ def module_files(package, names):
     return files
 
 
-def extract_module_debuginfo(package, release, names, target):
+def extract_module_debuginfo(package, release, names, target, memlimit=DEFAULT_DECODER_MEMORY):
     """Write the debuginfo files of modules ``names`` found in ``package`` into ``target``; the names found."""
     files = module_files(package, names)
     directory = f"usr/lib/debug/lib/modules/{release}"
-    formats.extract_files(package, directory, set(files), target)
+    formats.extract_files(package, directory, set(files), target, memlimit)
     return {files[path.name] for path in target.iterdir() if path.name in files}
 
 

@@ -9,12 +9,9 @@ index is built into a temporary file and renamed into place under a lock,
 so concurrent tasks never see half an index and build it only once.
 """
 
-import bz2
 import fnmatch
 import dataclasses
-import gzip
 import hashlib
-import lzma
 import os
 import re
 import sqlite3
@@ -23,6 +20,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from retrace_server import locking
+from retrace_server.compression import CORRUPT_DATA, DecoderMemoryExceeded, open_compressed
 from retrace_server.errors import RetraceError
 from retrace_server.packaging import apt
 from retrace_server.packaging.packages import usr_merge_variants
@@ -93,21 +91,6 @@ class Package:
         return (self.sourcerpm, self.epoch, self.version, self.release) == (
             other.sourcerpm, other.epoch, other.version, other.release
         )
-
-
-def open_compressed(path):
-    suffix = path.suffix
-    if suffix == ".gz":
-        return gzip.open(path, "rb")
-    if suffix == ".xz":
-        return lzma.open(path, "rb")
-    if suffix == ".bz2":
-        return bz2.open(path, "rb")
-    if suffix == ".zst":
-        import zstandard
-
-        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
-    return open(path, "rb")
 
 
 def _metadata_files(repository, release_name):
@@ -270,7 +253,9 @@ def build_index(release_dir, target, digest):
             db.close()
         os.chmod(tmp, 0o640)
         os.replace(tmp, target)
-    except (OSError, ET.ParseError, EOFError, lzma.LZMAError, AttributeError, apt.AptIndexError) as err:
+    except DecoderMemoryExceeded as err:
+        raise RepositoryError(f"The metadata of {release_dir.name} cannot be indexed: {err.sentence}") from None
+    except (OSError, ET.ParseError, *CORRUPT_DATA, AttributeError, apt.AptIndexError) as err:
         raise RepositoryError(f"The metadata of {release_dir.name} cannot be indexed: {err}") from None
     finally:
         if os.path.exists(tmp):
@@ -333,6 +318,10 @@ class RepoIndex:
     def holds_name_version(self, text):
         """Whether a package ``name-[epoch:]version[-release]`` (the name may hold dashes) is indexed; without
         an epoch, any epoch."""
+        return self.indexed_name(text) is not None
+
+    def indexed_name(self, text):
+        """The name of the package ``name-[epoch:]version[-release]`` when it is indexed, else None."""
         for cut in (match.start() for match in re.finditer(r"-(?=[0-9])", text)):
             name, full_version = text[:cut], text[cut + 1:]
             epoch, upstream, release = apt.split_version(full_version)
@@ -341,8 +330,8 @@ class RepoIndex:
                                    "AND (? OR epoch = ?) LIMIT 1",
                                    (name, upstream, release, any_epoch, epoch)).fetchone()
             if row:
-                return True
-        return False
+                return name
+        return None
 
     def by_file_name(self, pattern):
         """Packages whose file name fits the shell ``pattern`` (``linux-image-6.1.0-56-amd64-dbg_*.deb``)."""

@@ -54,8 +54,12 @@ def rpm_payload(rpm_path):
         os.close(fd)
 
 
-def unpack_rpm(rpm_path, target):
-    """Extract ``rpm_path``'s payload into ``target``; returns the manifest entries."""
+def unpack_rpm(rpm_path, target, memlimit=None):
+    """Extract ``rpm_path``'s payload into ``target``; returns the manifest entries.
+
+    ``memlimit`` is not ours to give: librpm decodes the payload with its own limits (xz 100 MiB, zstd
+    libzstd's 128 MiB window), below MaxDecoderMemory's default.
+    """
     entries = []
     pending_links = {}
     symlinks = set()
@@ -89,7 +93,7 @@ def unpack_rpm(rpm_path, target):
     return entries
 
 
-def extract_rpm_file(rpm_path, member, target):
+def extract_rpm_file(rpm_path, member, target, memlimit=None):
     """Write the regular file ``member`` (``usr/lib/...``) of ``rpm_path`` to ``target``; whether it was there.
 
     The payload is read up to that file only: a kernel-debuginfo package
@@ -103,7 +107,7 @@ def extract_rpm_file(rpm_path, member, target):
     return False
 
 
-def extract_rpm_files(rpm_path, directory, names, target):
+def extract_rpm_files(rpm_path, directory, names, target, memlimit=None):
     """Write every regular file under ``directory/`` whose name is in ``names`` flat into ``target``
     (the first of a name wins), in one pass over the payload."""
     with rpm_payload(rpm_path) as archive:

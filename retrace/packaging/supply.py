@@ -36,7 +36,7 @@ class PackageSupply:
     def __init__(self, config, log, counts=None):
         self.config, self.log = config, log
         self.counts = counts if counts is not None else CacheCounts()
-        self.cache = PackageCache(config.CacheDir)
+        self.cache = PackageCache(config.CacheDir, config.decoder_memory_bytes)
         self._keyrings = {}  # release -> Keyring (or None: RequireGPGCheck = 0)
         self._verified = set()  # package files whose signatures this job has checked
         self.downloads = {}  # pkgid -> file downloaded for a metadata-only release, until it is unpacked

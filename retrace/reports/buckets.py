@@ -23,6 +23,12 @@ from pathlib import Path
 
 TOP_FRAMES = 5
 DB_NAME = "problems.db"
+# What a bucket keeps of a backtrace (its crash thread): a report's 13 KB must not become a megabyte on disk.
+MAX_STORED_BACKTRACE = 64 * 1024
+# New symbol-cache rows one report may add: a report of random offsets in known modules must not fill the disk.
+MAX_NEW_SYMBOLS = 512
+# The symbol cache's rows at most; cleanup trims the oldest beyond it.
+MAX_SYMBOLS = 2_000_000
 # Entered on the way to a crash, by every crash of their kind: never what tells two bugs apart.
 _MACHINERY = {
     "raise", "abort", "pthread_kill", "__pthread_kill_implementation", "__pthread_kill_internal", "__assert_fail",
@@ -56,6 +62,14 @@ def signature(executable, functions):
     """``(bthash, the text it hashes)`` for a crash of ``executable`` with these crash-thread functions."""
     text = "\n".join([Path(executable).name, *normalized(functions)])
     return hashlib.sha1(text.encode("utf-8")).hexdigest(), text
+
+
+def stored_backtrace(text):
+    """``text`` cut at MAX_STORED_BACKTRACE (at a line), saying so."""
+    if len(text) <= MAX_STORED_BACKTRACE:
+        return text
+    cut = text.rfind("\n", 0, MAX_STORED_BACKTRACE - 64) + 1
+    return text[:cut] + f"(the rest of the backtrace, {len(text) - cut} characters, is not kept)\n"
 
 
 def gdb_crash_thread(backtrace):
@@ -94,7 +108,7 @@ def located_functions(frames):
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS buckets (
     bthash TEXT PRIMARY KEY, executable TEXT NOT NULL, signature TEXT NOT NULL, backtrace TEXT NOT NULL,
-    first_seen REAL NOT NULL, last_seen REAL NOT NULL, count INTEGER NOT NULL, full_task TEXT);
+    first_seen REAL NOT NULL, last_seen REAL NOT NULL, count INTEGER NOT NULL, full_task TEXT, component TEXT);
 CREATE TABLE IF NOT EXISTS occurrences (
     id INTEGER PRIMARY KEY, bthash TEXT NOT NULL REFERENCES buckets(bthash), time REAL NOT NULL,
     kind TEXT NOT NULL, package TEXT, version TEXT, release TEXT, arch TEXT, task_id TEXT);
@@ -112,6 +126,8 @@ class BucketDB:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        if "component" not in {row[1] for row in self.db.execute("PRAGMA table_info(buckets)")}:
+            self.db.execute("ALTER TABLE buckets ADD COLUMN component TEXT")  # a database made before it
 
     @classmethod
     def for_config(cls, config):
@@ -125,27 +141,35 @@ class BucketDB:
 
     def bucket(self, bthash):
         row = self.db.execute("SELECT bthash, executable, signature, backtrace, first_seen, last_seen, count, "
-                              "full_task FROM buckets WHERE bthash = ?", (bthash,)).fetchone()
+                              "full_task, component FROM buckets WHERE bthash = ?", (bthash,)).fetchone()
         if row is None:
             return None
-        keys = ("bthash", "executable", "signature", "backtrace", "first_seen", "last_seen", "count", "full_task")
+        keys = ("bthash", "executable", "signature", "backtrace", "first_seen", "last_seen", "count", "full_task",
+                "component")
         return dict(zip(keys, row))
 
     def record(self, bthash, text, executable, backtrace, kind, package=None, version=None, release=None,
-               arch=None, task_id=None, when=None):
-        """Count one report or retrace in its bucket; returns the bucket as it was before (None: new)."""
+               arch=None, task_id=None, when=None, component=None):
+        """Count one report or retrace in its bucket; returns the bucket as it was before (None: new).
+
+        ``executable`` is the program's file name, ``component`` its package's name as the release's index
+        knows it (None: unknown); the backtrace is cut at MAX_STORED_BACKTRACE.
+        """
         when = when or time.time()
+        backtrace = stored_backtrace(backtrace)
         with self._transaction():
             before = self.bucket(bthash)
             if before is None:
-                self.db.execute("INSERT INTO buckets VALUES (?, ?, ?, ?, ?, ?, 1, ?)",
-                                (bthash, executable, text, backtrace, when, when, task_id if kind == "retrace" else None))
+                self.db.execute("INSERT INTO buckets VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?)",
+                                (bthash, executable, text, backtrace, when, when,
+                                 task_id if kind == "retrace" else None, component))
             else:
                 # A full retrace's backtrace (with variables) replaces a coreless one's.
                 self.db.execute("UPDATE buckets SET count = count + 1, last_seen = MAX(last_seen, ?), "
-                                "full_task = COALESCE(?, full_task), backtrace = CASE WHEN ? THEN ? ELSE backtrace END "
-                                "WHERE bthash = ?",
-                                (when, task_id if kind == "retrace" else None, kind == "retrace", backtrace, bthash))
+                                "full_task = COALESCE(?, full_task), backtrace = CASE WHEN ? THEN ? ELSE backtrace END, "
+                                "component = COALESCE(component, ?) WHERE bthash = ?",
+                                (when, task_id if kind == "retrace" else None, kind == "retrace", backtrace,
+                                 component, bthash))
             self.db.execute("INSERT INTO occurrences (bthash, time, kind, package, version, release, arch, task_id) "
                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                             (bthash, when, kind, package, version, release, arch, task_id))
@@ -179,21 +203,22 @@ class BucketDB:
         return found
 
     def remember_symbols(self, symbolized):
-        """Keep ``{(build-id, offset): [(function, file, line), ...]}``."""
+        """Keep ``{(build-id, offset): [(function, file, line), ...]}`` (the first MAX_NEW_SYMBOLS of them)."""
+        rows = [(build_id, offset, json.dumps(locations))
+                for (build_id, offset), locations in list(symbolized.items())[:MAX_NEW_SYMBOLS]]
         with self._transaction():
-            self.db.executemany("INSERT OR REPLACE INTO symbols VALUES (?, ?, ?)",
-                                [(build_id, offset, json.dumps(locations))
-                                 for (build_id, offset), locations in symbolized.items()])
+            self.db.executemany("INSERT OR REPLACE INTO symbols VALUES (?, ?, ?)", rows)
 
     def buckets(self, limit=100, offset=0):
         """Buckets by count, most first, with their releases, architectures and versions."""
         rows = self.db.execute(
-            "SELECT b.bthash, b.executable, b.signature, b.first_seen, b.last_seen, b.count, b.full_task, "
-            "group_concat(DISTINCT o.release), group_concat(DISTINCT o.arch), group_concat(DISTINCT o.version) "
+            "SELECT b.bthash, b.executable, b.component, b.signature, b.first_seen, b.last_seen, b.count, "
+            "b.full_task, group_concat(DISTINCT o.release), group_concat(DISTINCT o.arch), "
+            "group_concat(DISTINCT o.version) "
             "FROM buckets b LEFT JOIN occurrences o ON o.bthash = b.bthash GROUP BY b.bthash "
             "ORDER BY b.count DESC, b.last_seen DESC LIMIT ? OFFSET ?", (limit, offset)).fetchall()
-        keys = ("bthash", "executable", "signature", "first_seen", "last_seen", "count", "full_task", "releases",
-                "architectures", "versions")
+        keys = ("bthash", "executable", "component", "signature", "first_seen", "last_seen", "count", "full_task",
+                "releases", "architectures", "versions")
         return [dict(zip(keys, row)) for row in rows]
 
     def occurrences(self, bthash, limit=200):
@@ -216,6 +241,29 @@ class BucketDB:
         """Remove the occurrences older than ``when``; the buckets' counts and dates stay. Returns how many."""
         with self._transaction():
             return self.db.execute("DELETE FROM occurrences WHERE time < ?", (when,)).rowcount
+
+    def forget_buckets_before(self, when):
+        """Remove the buckets last seen before ``when`` with their occurrences; returns how many buckets."""
+        with self._transaction():
+            self.db.execute("DELETE FROM occurrences WHERE bthash IN (SELECT bthash FROM buckets WHERE last_seen < ?)",
+                            (when,))
+            return self.db.execute("DELETE FROM buckets WHERE last_seen < ?", (when,)).rowcount
+
+    def trim_symbols(self, keep=MAX_SYMBOLS):
+        """Forget the oldest symbol-cache rows beyond ``keep``; returns how many."""
+        with self._transaction():
+            return self.db.execute("DELETE FROM symbols WHERE rowid <= (SELECT MAX(rowid) FROM symbols) - ?",
+                                   (keep,)).rowcount
+
+    def vacuum(self):
+        """Give the pages deleted rows left back to the file system, once they are a quarter of the file
+        (VACUUM rewrites the whole database and holds writers back meanwhile); whether it ran."""
+        free, pages = (self.db.execute(f"PRAGMA {name}").fetchone()[0] for name in ("freelist_count", "page_count"))
+        if free * 4 < pages:
+            return False
+        self.db.execute("VACUUM")
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # VACUUM wrote the whole database through the WAL
+        return True
 
     def totals(self):
         reports, buckets = self.db.execute(

@@ -13,7 +13,8 @@ import logging
 import time
 
 from retrace_server.analysis.symbolize import Location, Symbolized, debug_file, symbolize_module
-from retrace_server.errors import RetraceError
+from retrace_server.errors import RetraceError, disk_full_explained
+from retrace_server.intake import storage
 from retrace_server.packaging.release import ReleaseId, supported_releases
 from retrace_server.packaging.repoindex import RepoIndex
 from retrace_server.packaging.supply import PackageSupply
@@ -33,7 +34,7 @@ def _index(config, report):
     return RepoIndex.open(config.RepoDir / str(release), config.CacheDir)
 
 
-def symbolicate(config, report, buckets):
+def symbolicate(config, report, buckets, index):
     """``[[Symbolized, ...] per thread]`` of the report; InvalidReport when its crash thread cannot be read.
 
     What was symbolized before comes from the symbol cache (``buckets``);
@@ -41,7 +42,6 @@ def symbolicate(config, report, buckets):
     """
     threads = [[Symbolized(frame.build_id, frame.offset, frame.file_name) for frame in thread.frames]
                for thread in report.threads]
-    index = _index(config, report)
     known = buckets.symbols({(frame.build_id, frame.offset) for thread in threads for frame in thread
                              if frame.build_id})
     by_build_id = collections.defaultdict(list)
@@ -74,7 +74,6 @@ def symbolicate(config, report, buckets):
             for done in [pool.submit(symbolize_module, frames, path) for frames, path in found]:
                 done.result()
     finally:
-        index.close()
         supply.forget_downloads()
     buckets.remember_symbols({(frame.build_id, frame.offset): [dataclasses.astuple(location) for location in
                                                                frame.locations]
@@ -98,10 +97,10 @@ def functions(frames):
     return located_functions(named)
 
 
-def gdb_text(threads, report):
+def gdb_text(threads, report_threads):
     """The symbolized threads in gdb's ``bt`` format (ABRT and satyr read it); offsets stand for addresses."""
     lines = []
-    for number, (frames, thread) in enumerate(zip(threads, report.threads), start=1):
+    for number, (frames, thread) in enumerate(zip(threads, report_threads), start=1):
         lines.append(f"Thread {number} ({'crashed' if thread.crash_thread else 'report'}):")
         depth = 0
         for frame in frames:
@@ -128,16 +127,31 @@ def frames_json(threads, report):
 
 
 def triage(config, report, now=None):
-    """Symbolize, bucket and count ``report``; the answer's fields (without URLs)."""
+    """Symbolize, bucket and count ``report``; the answer's fields (without URLs).
+
+    The bucket keeps the crash thread only, and of the report's own words
+    only what the release's index confirms: the package's name and version
+    when the index holds that build.
+    """
     started = time.monotonic()
-    with BucketDB.for_config(config) as buckets:
-        threads = symbolicate(config, report, buckets)
-        crash = threads[[thread.crash_thread for thread in report.threads].index(True)]
-        bthash, text = signature(report.executable, functions(crash))
-        backtrace = gdb_text(threads, report)
-        before = buckets.record(bthash, text, report.executable, backtrace, "report", report.package, report.version,
-                                report.release, report.arch, when=now)
-        after = buckets.bucket(bthash)
+    storage.ensure_free(config.SaveDir, 0, config.min_storage_left_bytes)
+    index = _index(config, report)
+    try:
+        with BucketDB.for_config(config) as buckets:
+            threads = symbolicate(config, report, buckets, index)
+            crash_number = [thread.crash_thread for thread in report.threads].index(True)
+            bthash, text = signature(report.executable, functions(threads[crash_number]))
+            backtrace = gdb_text(threads, report.threads)
+            component = index.indexed_name(report.package) if report.package else None
+            with disk_full_explained(storage.NO_STORAGE):
+                before = buckets.record(
+                    bthash, text, report.executable_name, gdb_text([threads[crash_number]],
+                                                                  [report.threads[crash_number]]),
+                    "report", report.package if component else None, report.version if component else None,
+                    report.release, report.arch, when=now, component=component)
+            after = buckets.bucket(bthash)
+    finally:
+        index.close()
     return {"known": before is not None, "bthash": bthash, "count": after["count"],
             "core_wanted": after["full_task"] is None, "backtrace": backtrace,
             "frames": frames_json(threads, report), "seconds": round(time.monotonic() - started, 4)}

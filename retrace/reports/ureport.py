@@ -23,6 +23,8 @@ MAX_ALL_FRAMES = 4096
 _BUILD_ID = re.compile(r"[0-9a-fA-F]{8,128}")
 _WORD = re.compile(r"[A-Za-z0-9_.+~-]{1,64}")
 _ARCH = re.compile(r"[A-Za-z0-9_]{1,32}")
+# An executable's file name, as buckets keep and show it.
+_FILE_NAME = re.compile(r"[A-Za-z0-9_.+~@:-]{1,128}")
 _TEXT_LIMIT = 512
 
 
@@ -60,6 +62,10 @@ class Report:
     @property
     def crash_thread(self):
         return next(thread for thread in self.threads if thread.crash_thread)
+
+    @property
+    def executable_name(self):
+        return self.executable.rsplit("/", 1)[-1]
 
     @property
     def release(self):
@@ -181,6 +187,7 @@ def parse(data):
     executable = _get(problem, "executable", str, "problem.")
     if not executable.startswith("/"):
         raise InvalidReport("The report's problem.executable is not an absolute path")
+    _word(executable.rsplit("/", 1)[-1], _FILE_NAME, "executable's file name")
     package, version_text = _affected(document.get("packages", []))
     return Report(
         os_name=_word(_get(os_info, "name", str, "os."), _WORD, "os.name"),

@@ -27,8 +27,8 @@ TRASH_PREFIX = ".deleted-"
 _LOCK_NAME = ".upload.lock"
 # Bytes an upload has announced and not yet written (retrace.intake.storage).
 RESERVED_NAME = ".reserved"
-# The address an upload comes from (MaxUploadsPerClient).
-_CLIENT_NAME = ".client"
+# The address a task was uploaded from (MaxUploadsPerClient, MaxQueuedPerClient); kept with the task.
+CLIENT_NAME = "client_address"
 _PASSWORD_ALPHABET = string.ascii_letters + string.digits
 _ID_ATTEMPTS = 50
 LOG_NAME = "retrace_log"
@@ -255,6 +255,12 @@ class Task:
         self.results_dir.mkdir(mode=0o750)
         shutil.rmtree(self.path / "sysroot", ignore_errors=True)
 
+    @property
+    def client_address(self):
+        """The address the task was uploaded from (None: made by hand or before it was kept)."""
+        text = self._read(CLIENT_NAME, 64)
+        return text.strip() if text else None
+
     def read_text(self, name, limit):
         """A result file's text, at most ``limit`` bytes; None when absent."""
         return self._read(name, limit)
@@ -294,7 +300,7 @@ class IncomingTask:
         os.chmod(self.path, 0o750)
         self._lock_fd = locking.try_exclusive(self.path / _LOCK_NAME)
         if client is not None:
-            (self.path / _CLIENT_NAME).write_text(client)
+            (self.path / CLIENT_NAME).write_text(client)
         self.crash_dir = self.path / "crash"
         self.crash_dir.mkdir(mode=0o750)
         self.committed = None
@@ -330,8 +336,6 @@ class IncomingTask:
                 raise RetraceError("Unable to create new task") from err
             os.unlink(target / _LOCK_NAME)
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(target / _CLIENT_NAME)
-            with contextlib.suppress(FileNotFoundError):
                 os.unlink(target / RESERVED_NAME)
             self.committed = Task(target)
             return self.committed, password
@@ -361,7 +365,7 @@ def count_live_uploads(save_dir, client=None):
 
 def _upload_client(path):
     try:
-        return (path / _CLIENT_NAME).read_text()
+        return (path / CLIENT_NAME).read_text()
     except OSError:
         return None
 

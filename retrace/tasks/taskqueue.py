@@ -15,6 +15,8 @@ from retrace_server.errors import QueueFull, TooManyUploads
 from retrace_server.tasks.task import WORKER_HOST, IncomingTask, count_live_uploads, iter_tasks, worker_alive
 
 _ADMISSION_LOCK = ".admission.lock"
+# What a client told to wait is asked to wait (Retry-After): about one short retrace.
+RETRY_AFTER_SECONDS = 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,14 +81,23 @@ def queue_position(task, config):
     return None
 
 
+def waiting_from(config, client):
+    """Tasks from ``client`` (an address) that wait for a worker or are being uploaded."""
+    queued = sum(1 for task in iter_tasks(config.SaveDir, config.TaskIdLength)
+                 if task.status is None and task.client_address == client)
+    return queued + count_live_uploads(config.SaveDir, client)
+
+
 @contextlib.contextmanager
-def admitted_upload(config, client):
+def admitted_upload(config, client, limit_queued=False):
     """An IncomingTask holding a free slot, or QueueFull (TooManyUploads when ``client`` has its share).
 
     Counting and reserving happen under one lock, so concurrent uploads
     cannot together take more slots than there are, nor one client (an
     address) more than MaxUploadsPerClient of them: slow uploads from one
-    place cannot hold every slot.
+    place cannot hold every slot.  With ``limit_queued`` (anonymous
+    uploads) one address may also have at most MaxQueuedPerClient tasks
+    waiting, so that it cannot fill the queue in seconds.
     """
     with locking.exclusive(config.SaveDir / _ADMISSION_LOCK):
         if occupancy(config).total >= config.task_slots:
@@ -95,6 +106,10 @@ def admitted_upload(config, client):
         if own >= config.MaxUploadsPerClient:
             raise TooManyUploads(f"You have {own} uploads in progress; this server takes at most "
                                  f"{config.MaxUploadsPerClient} at once from one address, try again when one ends")
+        if limit_queued and (waiting := waiting_from(config, client)) >= config.MaxQueuedPerClient:
+            raise TooManyUploads(f"You have {waiting} tasks waiting for a worker; this server queues at most "
+                                 f"{config.MaxQueuedPerClient} from one address, try again when one has started",
+                                 retry_after=RETRY_AFTER_SECONDS)
         incoming = IncomingTask(config.SaveDir, client)
     with incoming:
         yield incoming

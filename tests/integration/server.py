@@ -32,6 +32,8 @@ DEFAULT_SETTINGS = {
     "MinStorageLeft": "0",
     "TaskIdLength": "9",
     "TaskPassLength": "32",
+    # Every test client is 127.0.0.1.
+    "MaxQueuedPerClient": "1000",
 }
 
 

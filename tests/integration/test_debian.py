@@ -8,6 +8,7 @@ repository unpacked into one sysroot.
 
 import gzip
 import lzma
+import os
 import re
 import shutil
 import subprocess
@@ -380,3 +381,72 @@ def test_an_os_info_that_names_no_known_distribution_is_refused_with_the_release
     status, _, _ = retrace(debian_server, problem)
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
     assert "cannot tell which release crashed" in outcome(status) and f"this server supports: {DEBIAN_RELEASE}" in outcome(status)
+
+
+def with_hostile_packages(debs, crasher_debs, directory, added):
+    """An apt release of the crasher whose packages named in ``added`` (``{prefix: members}``) carry more members."""
+    directory.mkdir()
+    packages = []
+    for deb in crasher_debs:
+        extra = next((members for prefix, members in added.items() if deb.name.startswith(prefix)), None)
+        packages.append(deb_with_members(deb, extra, directory / deb.name) if extra else deb)
+    return apt_release(directory / DEBIAN_RELEASE, [debs["libc6"], debs["libc6-dbg"], *packages])
+
+
+def test_links_two_packages_lay_on_each_other_s_paths_never_lead_out_of_the_sysroot(
+        start_server, debs, crasher_debs, crasher_problem, tmp_path):
+    """Each package alone is clean; together ``usr/share/a -> .`` from one makes the other's
+    ``usr/share/a/a/a/L -> /etc/hostname`` land two levels up, where (before) its target, clamped as if
+    five levels deep, climbed out of the tree to the host's /etc/hostname."""
+    link = tarfile.SYMTYPE
+    repository = with_hostile_packages(debs, crasher_debs, tmp_path / "hostile", {
+        "crasher-dbgsym_": [member("./usr/share/a", link, "."), member("./usr/share/b/b/b/L", link, "/etc/hostname")],
+        "crasher_": [member("./usr/share/b", link, "."), member("./usr/share/a/a/a/L", link, "/etc/hostname")],
+    })
+    server = start_server(repository=repository, release_id=DEBIAN_RELEASE, AllowInteractive="1")
+    task_id, auth = submit(server, crasher_problem, names=DEBIAN_FILES, **{"X-Task-Type": "3"})
+    status = wait_final(server, task_id, auth)
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", outcome(status)
+    sysroot = server.save_dir / task_id / "sysroot"
+    links = [os.path.join(directory, name) for directory, dirs, files in os.walk(sysroot) for name in dirs + files
+             if os.path.islink(os.path.join(directory, name))]
+    assert [link for link in links if link.endswith("/L")], "the hostile links were placed (clamped), not dropped"
+    allowed = (str(sysroot.resolve()) + "/", str(server.cache_dir.resolve()) + "/")
+    for link in links:
+        assert os.path.realpath(link).startswith(allowed), f"{link} -> {os.path.realpath(link)}"
+
+
+def sparse_member(name):
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.GNUTYPE_SPARSE
+    return info, None
+
+
+def huge_pax_member(name):
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.XHDTYPE
+    body = b"70014 comment=" + b"x" * 70000 + b"\n"
+    info.size = len(body)
+    return info, body
+
+
+def zeros_member(name, size):
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = size, 0o644
+    return info, bytes(size)
+
+
+@pytest.mark.parametrize("added, refusal", [
+    (lambda: [sparse_member("./usr/share/doc/sparse")], "holds a sparse file './usr/share/doc/sparse'"),
+    (lambda: [huge_pax_member("./usr/share/doc/pax")], "has an extended header larger than 64 KiB"),
+    (lambda: [zeros_member("./usr/share/doc/zeros", 300 * 1024 * 1024)],
+     "unpacks to more than 268435456 bytes (200 times its packed size); it is refused as a decompression bomb"),
+], ids=["sparse", "huge-pax-header", "payload-bomb"])
+def test_a_hostile_package_payload_fails_the_task_naming_package_and_limit(
+        start_server, debs, crasher_debs, crasher_problem, tmp_path, added, refusal):
+    """Defence in depth: the index's SHA256 vouches for a package, unless the index and mirror both lie."""
+    repository = with_hostile_packages(debs, crasher_debs, tmp_path / "hostile", {"crasher-dbgsym_": added()})
+    status, log, _ = retrace(start_server(repository=repository, release_id=DEBIAN_RELEASE), crasher_problem)
+    assert status.headers["X-Task-Status"] == "FINISHED_FAILURE", log
+    assert "crasher-dbgsym_1.0-1_amd64 cannot be unpacked: " in outcome(status) and refusal in outcome(status), \
+        outcome(status)

@@ -9,6 +9,7 @@ import io
 import lzma
 import os
 import secrets
+import signal
 import socket
 import ssl
 import subprocess
@@ -422,3 +423,37 @@ def test_thousands_of_chained_extended_headers_are_403_not_500(hostile_server, p
     pax.type = tarfile.XHDTYPE
     members = [(pax, b"19 comment=abcdefg\n")] * 5000 + problem_members(problem_dir)
     expect_rejection(hostile_server, post_members(hostile_server, members), 403, "more than 8 extended headers in a row")
+
+
+def test_truncated_chains_of_extended_headers_leave_no_count_to_the_next_archives(start_server, problem_dir):
+    """Before: the count of headers in a row was the thread's, and survived an archive cut inside a chain:
+    after 60 such archives, 4 of 40 valid ones with a pax header were refused."""
+    server = start_server(MaxUploadsPerClient="100", MaxQueuedTasks="60")
+    pax = tarfile.TarInfo("PaxHeader")
+    pax.type = tarfile.XHDTYPE
+    truncated = tar_bytes([(pax, b"19 comment=abcdefg\n")] * 6)[:6 * 1024]
+    # Accepted, then over in a moment: a release no server has (no gdb runs for 40 tasks).
+    members = problem_members(problem_dir, os_release=b"Plan 9 from Bell Labs release 4\n")
+    with_pax = xz(tar_bytes([(pax, b"19 comment=abcdefg\n")] * 3 + members))
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        cut = list(pool.map(lambda _: server.post("/create", data=xz(truncated), headers={"Content-Type": XZ_TAR}),
+                            range(60)))
+        valid = list(pool.map(lambda _: server.post("/create", data=with_pax, headers={"Content-Type": XZ_TAR}),
+                              range(40)))
+    assert {answer.status_code for answer in cut} == {400}
+    assert [answer.status_code for answer in valid] == [201] * 40, {answer.text for answer in valid}
+
+
+def test_one_address_may_queue_max_queued_per_client_tasks_then_429_with_retry_after(start_server, problem_dir):
+    server = start_server(MaxQueuedPerClient="3", MaxQueuedTasks="20")
+    os.kill(server.dispatcher_pid(), signal.SIGSTOP)  # nothing starts: every accepted task waits in the queue
+    try:
+        body = abrt_archive(problem_dir)
+        accepted = [server.post("/create", data=body, headers={"Content-Type": XZ_TAR}) for _ in range(3)]
+        assert [answer.status_code for answer in accepted] == [201] * 3
+        answer = expect_rejection(server, post_archive(server, body), 429,
+                                  "You have 3 tasks waiting for a worker; this server queues at most 3 from one "
+                                  "address, try again when one has started")
+        assert answer.headers["Retry-After"] == "30"
+    finally:
+        os.kill(server.dispatcher_pid(), signal.SIGCONT)

@@ -3,6 +3,8 @@ where the crasher is installed, the server symbolizes from the release's debugin
 
 import json
 import re
+import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ from tests.integration.conftest import RELEASE_ID
 from tests.integration.browser import chromium, screenshot
 from tests.integration.helpers import abrt_archive, crashing_thread, submit, wait_final
 from tests.integration.manager_client import ENGINEER, ENGINEER_PASSWORD, Engineer
+from tests.integration.test_cleanup import cleanup
 
 CLIENT = Path(sys.executable).with_name("retrace-client")
 _GDB_LOCATION = re.compile(r"^#\d+\s+(?:0x[0-9a-f]+ in )?(?P<function>\S+) \(.*\) at (?P<file>\S+):(?P<line>\d+)$")
@@ -179,7 +182,9 @@ def test_the_problems_pages_show_counts_to_everyone_and_details_in_the_manager(r
     bthash = answer["bthash"]
     public = Engineer(reports_server, None, None)
     listing = public.get("/problems")
-    assert listing.status_code == 200 and bthash[:12] in listing.text and "/usr/bin/crasher" in listing.text
+    assert listing.status_code == 200 and bthash[:12] in listing.text
+    # The package's name as the release's index knows it, never the report's own words (its executable).
+    assert "<td>crasher</td>" in listing.text and "/usr/bin/crasher" not in listing.text
     assert public.get(f"/problems/{bthash}").status_code == 403
     engineer = Engineer(reports_server, ENGINEER, ENGINEER_PASSWORD)
     details = engineer.get(f"/manager/problems/{bthash}")
@@ -221,3 +226,77 @@ def test_the_large_crash_reported_coreless_matches_its_full_retrace(start_server
     assert len(answer["frames"]) == 9 and len(reported) == 64
     assert reported == full[:64]
     assert reported[0][0] == "big_f2499" and answer["result"] is True
+
+
+def many_thread_report(good, name, threads=64):
+    """``good`` as a crash of ``/usr/bin/<name>`` with ``threads`` threads: a new bucket of the largest shape
+    the server reads."""
+    document = json.loads(json.dumps(good))
+    crash = document["problem"]["stacktrace"][0]
+    others = [{"crash_thread": False, "frames": (crash["frames"] * 16)[:16]} for _ in range(threads - 1)]
+    document["problem"].update(executable=f"/usr/bin/{name}", component=name, stacktrace=[crash, *others])
+    return json.dumps(document).encode()
+
+
+def database_bytes(server):
+    return sum(path.stat().st_size for path in server.save_dir.glob("problems.db*"))
+
+
+def test_new_buckets_keep_what_a_bucket_needs_not_every_thread_of_their_first_report(start_server, installed,
+                                                                                      crashes):
+    """Before: 30 reports of 13 KB grew problems.db by 29 MB (each new bucket kept the text of all 64 threads)."""
+    server = start_server()
+    good = ureport_of(crashes("simple"), installed, server)
+    assert post_report(server, many_thread_report(good, "warm-up")).status_code == 202
+    before = database_bytes(server)
+    reports = [many_thread_report(good, f"crasher{number}") for number in range(30)]
+    for data in reports:
+        answer = post_report(server, data)
+        assert answer.status_code == 202 and answer.json()["result"] is False, answer.text
+        assert len(answer.json()["frames"]) == 64, "the answer still carries every thread"
+    grown = database_bytes(server) - before
+    assert grown < sum(map(len, reports)), (grown, sum(map(len, reports)))
+    bucket = Engineer(server, None, None).get("/problems?format=json").json()["buckets"][0]
+    assert set(bucket) == {"bthash", "component", "count", "first_seen", "last_seen", "full_task", "releases",
+                           "architectures", "versions"}
+
+
+def test_a_report_is_507_when_storing_it_would_go_below_min_storage_left(start_server, installed, crashes):
+    spool_free = shutil.disk_usage("/var/tmp").free // (1024 * 1024)
+    server = start_server(MinStorageLeft=str(spool_free + 1024))
+    answer = post_report(server, json.dumps(ureport_of(crashes("simple"), installed, server)).encode())
+    assert (answer.status_code, answer.text) == (507, "There is not enough storage space on the server")
+    assert Engineer(server, None, None).get("/problems?format=json").json()["buckets"] == []
+
+
+def test_a_report_naming_a_package_the_index_does_not_hold_shows_no_words_of_its_own(start_server, installed,
+                                                                                     crashes):
+    server = start_server()
+    document = ureport_of(crashes("simple"), installed, server)
+    for package in document["packages"]:
+        package["version"] = "6.6.6"
+    answer = post_report(server, json.dumps(document).encode())
+    assert answer.status_code == 202, answer.text
+    listing = Engineer(server, None, None).get("/problems").text
+    assert "<td>unknown</td>" in listing and "6.6.6" not in listing
+    document["problem"]["executable"] = "/usr/bin/crasher<img src=x onerror=alert(1)>"
+    refused = post_report(server, json.dumps(document).encode())
+    assert (refused.status_code, refused.text) == (
+        400, "The report's executable's file name 'crasher<img src=x onerror=alert(1)>' holds characters this server "
+             "does not accept")
+
+
+def test_cleanup_forgets_buckets_unseen_for_a_year_and_gives_their_space_back(start_server, installed, crashes):
+    server = start_server()
+    good = ureport_of(crashes("simple"), installed, server)
+    for number in range(40):
+        assert post_report(server, many_thread_report(good, f"old{number}")).status_code == 202
+    assert post_report(server, many_thread_report(good, "recent")).status_code == 202
+    with sqlite3.connect(server.save_dir / "problems.db") as db:  # a year passes for the old ones
+        db.execute("UPDATE buckets SET last_seen = last_seen - 366 * 86400 WHERE executable LIKE 'old%'")
+    before = database_bytes(server)
+    result = cleanup(server)
+    assert result.returncode == 0, result.stderr
+    assert "40 buckets" in result.stdout + result.stderr, result.stdout
+    buckets = Engineer(server, None, None).get("/problems?format=json").json()["buckets"]
+    assert len(buckets) == 1 and database_bytes(server) < before

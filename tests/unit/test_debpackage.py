@@ -117,3 +117,47 @@ def test_what_is_not_a_package_is_refused_with_a_sentence(tmp_path, data):
     deb.write_bytes(data)
     with pytest.raises(UnpackError, match="is not a Debian package|holds no data.tar member"):
         unpack_deb(deb, tmp_path / "root")
+
+
+def test_a_hard_link_that_leads_back_to_itself_ends_with_a_sentence_not_a_recursion(tmp_path):
+    members = [entry("./boot/vmlinux", tarfile.LNKTYPE, linkname="./boot/other"),
+               entry("./boot/other", tarfile.LNKTYPE, linkname="./boot/vmlinux")]
+    with pytest.raises(UnpackError, match="hard-links 'boot/vmlinux' back to itself"):
+        extract_deb_file(hand_made_deb(tmp_path, members), "boot/vmlinux", tmp_path / "vmlinux")
+    chain = [entry(f"./l{number}", tarfile.LNKTYPE, linkname=f"./l{number + 1}") for number in range(12)]
+    with pytest.raises(UnpackError, match="through more than 8 links"):
+        extract_deb_file(hand_made_deb(tmp_path, chain), "l0", tmp_path / "l0")
+
+
+def test_a_data_tarball_declaring_a_4_gib_xz_dictionary_is_refused_before_it_is_decoded(tmp_path):
+    from tests.integration.test_decoder_memory import xz_declaring
+
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        info, content = entry("./usr/x")
+        tar.addfile(info, io.BytesIO(content))
+    deb = tmp_path / "windy_1_amd64.deb"
+    deb.write_bytes(ar_archive([("debian-binary", b"2.0\n"), ("data.tar.xz", xz_declaring(data.getvalue()))]))
+    with pytest.raises(UnpackError, match="declares a 4 GiB window; this server decodes with at most 256 MiB"):
+        unpack_deb(deb, tmp_path / "root")
+    assert unpack_deb(deb, tmp_path / "roomy", memlimit=8 << 30)[0][0] == "usr/x"
+
+
+def test_links_two_packages_lay_on_each_other_s_paths_resolve_inside_the_root(tmp_path):
+    """``usr/share/a -> .`` from one package makes the other's ``usr/share/a/a/a/L`` land in ``usr/share``:
+    its target is clamped from there, not from five levels down."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    packages = []
+    for name, members in (("one", [entry("./usr/share/a", tarfile.SYMTYPE, linkname=".")]),
+                          ("two", [entry("./usr/share/a/a/a/L", tarfile.SYMTYPE, linkname="/etc/hostname"),
+                                   entry("./usr/share/a/a/a/M", tarfile.SYMTYPE, linkname="../../../../../../etc")])):
+        (tmp_path / name).mkdir()
+        deb = hand_made_deb(tmp_path / name, members)
+        cached = cached_entry(cache / name, cache / f"{name}.lock", lambda tmp, deb=deb: unpack_deb(deb, tmp / "root"))
+        packages.append(CachedPackage(cached.path, True, 0, False))
+    assemble_sysroot(tmp_path / "sysroot", packages)
+    root = str((tmp_path / "sysroot").resolve())
+    for name in ("L", "M"):
+        link = tmp_path / "sysroot" / "usr" / "share" / name
+        assert link.is_symlink() and os.path.realpath(link).startswith(root + "/"), os.path.realpath(link)

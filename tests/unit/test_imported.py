@@ -55,17 +55,18 @@ def test_a_bare_core_is_moved_into_place_not_copied(tmp_path):
     assert (tmp_path / "crash" / "coredump").stat().st_ino == inode
 
 
-@pytest.mark.parametrize("data, is_vmcore, sentence", [
-    (b"just some text\n" * 10, False, "The file is not a coredump, nor a tar archive or a compressed coredump this "
-                                      "server reads (it looks like ASCII text)"),
-    (b"%PDF-1.7\n" + bytes(100), True, "The file is not a vmcore, nor a tar archive or a compressed vmcore this "
-                                       "server reads (it looks like PDF document"),
-    (gzip.compress(b"\x89PNG\r\n\x1a\n" + bytes(100)), False, "The file is not a coredump"),
-    (b"", True, "it looks like an empty file"),
-], ids=["text", "pdf", "gzip-png", "empty"])
-def test_what_is_no_dump_is_refused_with_what_it_looks_like(tmp_path, data, is_vmcore, sentence):
-    with pytest.raises(InvalidCrashData, match=sentence.replace("(", r"\(").replace(")", r"\)")):
+@pytest.mark.parametrize("data, is_vmcore", [
+    (b"just some text\n" * 10, False), (b"%PDF-1.7\n" + bytes(100), True),
+    (gzip.compress(b"\x89PNG\r\n\x1a\n" + bytes(100)), False), (b"", True),
+    (b"-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n", False),
+], ids=["text", "pdf", "gzip-png", "empty", "private-key"])
+def test_what_is_no_dump_is_refused_without_saying_what_it_looks_like(tmp_path, data, is_vmcore):
+    """A URL can reach files that are nobody's business: libmagic's opinion of them is not repeated."""
+    name = "vmcore" if is_vmcore else "coredump"
+    with pytest.raises(InvalidCrashData) as refused:
         materialize(tmp_path, data, is_vmcore)
+    assert str(refused.value) == (f"The file is empty, or not a {name}, nor a tar archive or a compressed {name} "
+                                  "this server reads")
 
 
 def test_caps_hold_for_bare_and_compressed_files(tmp_path):
@@ -85,5 +86,5 @@ def test_a_truncated_compressed_file_is_a_sentence(tmp_path):
 def test_the_head_check_lets_archives_and_dumps_through_and_names_the_rest():
     for head, is_vmcore in ((CORE, False), (KDUMP, True), (gzip.compress(b"x"), True), (tar_of(a=b"1"), False)):
         imported.check_head(head[:8192], is_vmcore)
-    with pytest.raises(InvalidCrashData, match="it looks like HTML document"):
+    with pytest.raises(InvalidCrashData, match="The file is empty, or not a vmcore"):
         imported.check_head(b"<!DOCTYPE html><html><body>404</body></html>", is_vmcore=True)

@@ -49,7 +49,7 @@ def test_a_part_the_caller_skips_is_read_past():
 
 def test_a_body_cut_short_is_refused():
     body, boundary = form({"a": "1"}, {"file": ("f", b"data" * 1000, "application/x")})
-    with pytest.raises(BadRequest, match=r"The upload ended before its declared length \(the connection was cut\)"):
+    with pytest.raises(BadRequest, match=r"The upload ended after \d+ of the \d+ bytes announced in Content-Length"):
         [part.text() for part in multipart.parts(Trickle(body[:-40]), len(body), boundary)]
 
 

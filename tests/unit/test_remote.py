@@ -1,5 +1,7 @@
 """Sources a support engineer types, and server paths checked where they really lead."""
 
+import shutil
+
 import pytest
 
 from retrace_server.intake import remote
@@ -55,10 +57,11 @@ def test_only_files_really_inside_the_import_directories_open(tmp_path):
     with remote.open_import(str(imports / "inside-link"), [imports]) as handle:
         assert handle.read() == b"KDUMP"
     for path in (outside / "secret", imports / "escape", imports / "dir-escape" / "secret",
-                 imports / ".." / "outside" / "secret"):
-        with pytest.raises(SourceError, match="is not inside the directories this server imports from"):
+                 imports / ".." / "outside" / "secret", imports / "missing", outside / "missing"):
+        with pytest.raises(SourceError) as refused:
             with remote.open_import(str(path), [imports]):
                 pass
+        assert str(refused.value) == f"There is no file {path} this server may import (ImportDirs: {imports})"
     with pytest.raises(SourceError, match="is not a regular file"):
         with remote.open_import(str(imports / "case"), [imports]):
             pass
@@ -77,7 +80,7 @@ def test_a_fetch_is_capped_digested_and_reports_progress(tmp_path, monkeypatch):
     imports.mkdir()
     data = bytes(range(256)) * 20000
     (imports / "vmcore").write_bytes(data)
-    config = Config(ImportDirs=str(imports))
+    config = Config(ImportDirs=str(imports), SaveDir=tmp_path, MinStorageLeft=0)
     monkeypatch.setattr(remote, "_PROGRESS_SECONDS", 0)
     monkeypatch.setattr(remote, "_CHUNK", 1024 * 1024)
     reports, digest = [], hashlib.md5()
@@ -88,3 +91,30 @@ def test_a_fetch_is_capped_digested_and_reports_progress(tmp_path, monkeypatch):
     assert reports == [(min(step * 1024 * 1024, len(data)), len(data)) for step in range(1, 6)]
     with pytest.raises(UploadTooLarge, match=f"vmcore is {len(data)} bytes; this server accepts at most 1000"):
         remote.fetch(Source("path", str(imports / "vmcore")), tmp_path / "again", config, 1000, lambda *_: None)
+
+
+def test_a_fetch_without_room_above_min_storage_left_stops_with_a_sentence(tmp_path):
+    from retrace_server.config import Config
+    from retrace_server.errors import NotEnoughStorage
+
+    imports = tmp_path / "imports"
+    imports.mkdir()
+    (imports / "vmcore").write_bytes(b"KDUMP" * 1000)
+    free_mib = shutil.disk_usage(tmp_path).free // (1024 * 1024)
+    config = Config(ImportDirs=str(imports), SaveDir=tmp_path, MinStorageLeft=free_mib)
+    with pytest.raises(NotEnoughStorage, match="There is not enough storage space on the server"):
+        remote.fetch(Source("path", str(imports / "vmcore")), tmp_path / "got", config, 10 ** 6, lambda *_: None)
+
+
+@pytest.mark.parametrize("text", ["ftp://host/a%0d%0aDELE%20b", "http://host/x%00y", "http://us%0aer:pw@host/x",
+                                  "https://host/x?q=%0d"])
+def test_encoded_control_characters_are_refused_in_every_part_of_a_url(text):
+    with pytest.raises(SourceError, match="The URL holds encoded control characters"):
+        remote.parse_source(text)
+
+
+@pytest.mark.parametrize("target, same", [("http://host/other", True), ("http://host:80/x", True),
+                                          ("https://host/x", False), ("http://host:8080/x", False),
+                                          ("http://elsewhere/x", False), ("ftp://host/x", False)])
+def test_a_redirect_may_move_within_the_named_server_only(target, same):
+    assert remote._same_server("http://host/file", target) is same

@@ -1,0 +1,85 @@
+"""Decoders with a memory ceiling: what a stream's header declares, and what the readers then do."""
+
+import bz2
+import gzip
+import io
+import lzma
+import os
+
+import pytest
+import zstandard
+
+from retrace_server import compression
+from retrace_server.compression import (DecoderMemoryExceeded, lzma2_dictionary, open_compressed, size_text,
+                                        xz_declared_window, zstd_declared_window)
+from tests.integration.test_decoder_memory import xz_declaring, zstd_with_window
+
+DATA = os.urandom(50_000) + bytes(3_000_000)
+
+
+@pytest.mark.parametrize("preset, dictionary", [(0, 256 * 1024), (2, 2 << 20), (6, 8 << 20), (9, 64 << 20)])
+def test_the_dictionary_an_xz_header_declares_is_what_the_preset_chose(preset, dictionary):
+    assert xz_declared_window(lzma.compress(b"x", preset=preset)) == dictionary
+
+
+def test_lzma2_property_bytes_name_their_dictionaries():
+    assert [lzma2_dictionary(props) for props in (0, 1, 18, 39, 40, 41)] == [
+        4096, 6144, 2 << 20, 3 << 30, 0xFFFFFFFF, None]
+
+
+@pytest.mark.parametrize("head", [b"", b"\xfd7zXZ\x00", b"not xz at all", lzma.compress(b"")[:13]])
+def test_a_header_too_short_or_foreign_declares_nothing(head):
+    assert xz_declared_window(head) is None
+
+
+def test_a_zstd_frame_declares_its_window_or_its_single_segment_content_size():
+    assert zstd_declared_window(zstd_with_window(b"x" * 1000, 29)) == 512 << 20
+    assert zstd_declared_window(zstandard.ZstdCompressor().compress(b"x" * 1000)) == 1000
+    assert zstd_declared_window(b"\x28\xb5\x2f\xfd") is None
+
+
+@pytest.mark.parametrize("nbytes, text", [(0xFFFFFFFF, "4 GiB"), (65 << 20, "65 MiB"), (1536 << 20, "1.5 GiB"),
+                                          (32 * 1024, "32 KiB"), (100, "100 bytes")])
+def test_sizes_are_said_as_people_write_them(nbytes, text):
+    assert size_text(nbytes) == text
+
+
+def test_an_xz_stream_declaring_4_gib_is_refused_with_both_sizes_before_any_output():
+    with pytest.raises(DecoderMemoryExceeded, match="declares a 4 GiB window; this server decodes with at most 256 MiB"):
+        compression.xz_reader(io.BytesIO(xz_declaring(DATA))).read(1)
+
+
+def test_a_second_stream_is_judged_by_its_own_header():
+    good = lzma.compress(DATA, preset=2)
+    assert compression.xz_reader(io.BytesIO(good + b"\0" * 4 + good)).read() == DATA + DATA
+    with pytest.raises(DecoderMemoryExceeded):
+        compression.xz_reader(io.BytesIO(good + xz_declaring(DATA))).read()
+
+
+def test_the_limit_is_the_caller_s():
+    assert compression.xz_reader(io.BytesIO(xz_declaring(DATA, props=34)), 512 << 20).read() == DATA
+    with pytest.raises(DecoderMemoryExceeded, match="at most 16 MiB"):
+        compression.xz_reader(io.BytesIO(lzma.compress(DATA, preset=9)), 16 << 20).read()
+
+
+def test_a_truncated_xz_stream_is_eof_error_and_trailing_garbage_after_a_stream_is_ignored():
+    good = lzma.compress(DATA, preset=2)
+    with pytest.raises(EOFError):
+        compression.xz_reader(io.BytesIO(good[:-20])).read()
+    assert compression.xz_reader(io.BytesIO(good + b"garbage")).read() == DATA
+
+
+def test_a_zstd_frame_over_the_limit_is_refused_and_one_under_it_decoded():
+    data = zstd_with_window(DATA, 25)
+    assert compression.zstd_reader(io.BytesIO(data)).read() == DATA
+    with pytest.raises(DecoderMemoryExceeded, match="declares a 32 MiB window; this server decodes with at most 16 MiB"):
+        compression.zstd_reader(io.BytesIO(data), 16 << 20).read()
+
+
+@pytest.mark.parametrize("suffix, compress", [(".xz", lzma.compress), (".gz", gzip.compress), (".bz2", bz2.compress),
+                                              (".zst", zstandard.ZstdCompressor().compress), ("", bytes)])
+def test_index_files_are_read_through_the_decoder_their_suffix_names(tmp_path, suffix, compress):
+    path = tmp_path / f"Packages{suffix}"
+    path.write_bytes(compress(DATA))
+    with open_compressed(path) as stream:
+        assert stream.read() == DATA
