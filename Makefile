@@ -66,3 +66,4 @@ bench: setup
 	$(PYTHON) bench/vmcore_intake.py
 	$(PYTHON) bench/manager.py
 	$(PYTHON) bench/reports.py
+	$(PYTHON) bench/slow_clients.py
