@@ -9,16 +9,24 @@ retrace-server-worker`` or a syslog filter finds it and the system's own
 rotation and retention apply.
 """
 
+from __future__ import annotations
+
 import errno
 import logging
 import logging.handlers
 import socket
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import os
+
+    from retrace_server.config import Config
 
 SYSLOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
-def syslog_handler(config, service):
+def syslog_handler(config: Config, service: str) -> logging.Handler:
     """A handler for ``retrace-server-<service>`` on the syslog socket; stderr with a warning when the
     socket cannot be reached (a service must not die because syslog is down)."""
     try:
@@ -26,9 +34,9 @@ def syslog_handler(config, service):
     except OSError as err:
         print(f"retrace-server-{service}: LogTo = syslog, but {config.SyslogSocket} cannot be reached "
               f"({err.strerror}); logging to standard error", file=sys.stderr)
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(f"retrace-server-{service}: {SYSLOG_FORMAT}"))
-        return handler
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(logging.Formatter(f"retrace-server-{service}: {SYSLOG_FORMAT}"))
+        return console
     handler = logging.handlers.SysLogHandler(address=str(config.SyslogSocket),
                                              facility=logging.handlers.SysLogHandler.LOG_DAEMON)
     # The tag syslog files the message under, with the process: the dispatcher's forked workers log as themselves.
@@ -36,7 +44,7 @@ def syslog_handler(config, service):
     return handler
 
 
-def _reachable(path):
+def _reachable(path: str | os.PathLike[str]) -> None:
     """OSError unless a syslog daemon listens on ``path`` (SysLogHandler itself would only fail at each message,
     from Python 3.11 on)."""
     for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
@@ -49,10 +57,11 @@ def _reachable(path):
                     raise
 
 
-def admin_handler(config, service, file_format):
+def admin_handler(config: Config, service: str, file_format: str) -> logging.Handler:
     """``LogDir/<service>.log`` in ``file_format``, or syslog; stderr when the file cannot be opened."""
     if config.LogTo == "syslog":
         return syslog_handler(config, service)
+    handler: logging.Handler
     try:
         handler = logging.FileHandler(config.LogDir / f"{service}.log", encoding="utf-8")
     except OSError as err:

@@ -23,7 +23,7 @@ import io
 import lzma
 import zlib
 from pathlib import Path
-from typing import BinaryIO, Callable, Protocol
+from typing import BinaryIO, Callable
 
 import zstandard
 
@@ -43,9 +43,6 @@ _INPUT_SIZE = 16 * 1024
 # What the decoders raise on bytes that are not what they claim (bzip2's is a plain OSError).
 CORRUPT_DATA = (lzma.LZMAError, zstandard.ZstdError, zlib.error, gzip.BadGzipFile, EOFError)
 
-
-class Readable(Protocol):
-    def read(self, size: int = -1, /) -> bytes: ...
 
 
 class DecoderMemoryExceeded(UploadTooLarge):
@@ -135,7 +132,7 @@ class _XzStreams(io.RawIOBase):
     """The decoded bytes of one or more concatenated .xz streams (``cat a.xz b.xz``, old parallel ``xz``),
     each judged by its header before its decoder is made."""
 
-    def __init__(self, raw: Readable, memlimit: int) -> None:
+    def __init__(self, raw: BinaryIO, memlimit: int) -> None:
         super().__init__()
         self._raw, self._memlimit = raw, memlimit
         self._decoder: lzma.LZMADecompressor | None = None
@@ -202,10 +199,10 @@ class _XzStreams(io.RawIOBase):
 class _ZstdFrames(io.RawIOBase):
     """The decoded bytes of a zstd stream whose frames may declare at most ``memlimit`` of window."""
 
-    def __init__(self, raw: Readable, memlimit: int) -> None:
+    def __init__(self, raw: BinaryIO, memlimit: int) -> None:
         super().__init__()
-        buffered = raw if hasattr(raw, "peek") else io.BufferedReader(_Raw(raw), CHUNK_SIZE)
-        declared = zstd_declared_window(buffered.peek(18)[:18])  # type: ignore[union-attr]
+        buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(_Raw(raw), CHUNK_SIZE)
+        declared = zstd_declared_window(buffered.peek(18)[:18])
         if declared is not None and declared > memlimit:
             raise _refusal("zstd", declared, memlimit)
         self._memlimit = memlimit
@@ -229,7 +226,7 @@ class _ZstdFrames(io.RawIOBase):
 class _Raw(io.RawIOBase):
     """Any ``read(size)`` object as a raw stream, so that it can be buffered."""
 
-    def __init__(self, source: Readable) -> None:
+    def __init__(self, source: BinaryIO) -> None:
         super().__init__()
         self._source = source
 
@@ -242,32 +239,32 @@ class _Raw(io.RawIOBase):
         return len(data)
 
 
-def xz_reader(raw: Readable, memlimit: int = DEFAULT_DECODER_MEMORY) -> io.BufferedReader:
+def xz_reader(raw: BinaryIO, memlimit: int = DEFAULT_DECODER_MEMORY) -> io.BufferedReader:
     return io.BufferedReader(_XzStreams(raw, memlimit), CHUNK_SIZE)
 
 
-def zstd_reader(raw: Readable, memlimit: int = DEFAULT_DECODER_MEMORY) -> io.BufferedReader:
+def zstd_reader(raw: BinaryIO, memlimit: int = DEFAULT_DECODER_MEMORY) -> io.BufferedReader:
     return io.BufferedReader(_ZstdFrames(raw, memlimit), CHUNK_SIZE)
 
 
-def gzip_reader(raw: Readable, memlimit: int = DEFAULT_DECODER_MEMORY) -> io.BufferedReader:
+def gzip_reader(raw: BinaryIO, memlimit: int = DEFAULT_DECODER_MEMORY) -> io.BufferedReader:
     """gzip's window is 32 KiB by its format: ``memlimit`` has nothing to bound."""
-    return io.BufferedReader(gzip.GzipFile(fileobj=raw, mode="rb"), CHUNK_SIZE)  # type: ignore[arg-type]
+    return io.BufferedReader(gzip.GzipFile(fileobj=raw, mode="rb"), CHUNK_SIZE)
 
 
-def bzip2_reader(raw: Readable, memlimit: int = DEFAULT_DECODER_MEMORY) -> io.BufferedReader:
+def bzip2_reader(raw: BinaryIO, memlimit: int = DEFAULT_DECODER_MEMORY) -> io.BufferedReader:
     """bzip2 needs at most 3.6 MiB (blocks of 900 kB, ``-9``) by its format."""
-    return io.BufferedReader(bz2.BZ2File(raw, mode="rb"), CHUNK_SIZE)  # type: ignore[arg-type]
+    return io.BufferedReader(bz2.BZ2File(raw, mode="rb"), CHUNK_SIZE)
 
 
-Decoder = Callable[[Readable, int], io.BufferedReader]
+Decoder = Callable[[BinaryIO, int], io.BufferedReader]
 BY_SUFFIX: dict[str, Decoder] = {".xz": xz_reader, ".zst": zstd_reader, ".gz": gzip_reader, ".bz2": bzip2_reader}
 
 
 def open_compressed(path: Path, memlimit: int = DEFAULT_DECODER_MEMORY) -> BinaryIO:
     """``path`` read through the decoder its suffix names (a plain file when it names none)."""
     decoder = BY_SUFFIX.get(Path(path).suffix)
-    handle = open(path, "rb")  # noqa: SIM115 - closed with the reader, or here when the header is refused
+    handle = open(path, "rb")
     if decoder is None:
         return handle
     try:
@@ -275,7 +272,7 @@ def open_compressed(path: Path, memlimit: int = DEFAULT_DECODER_MEMORY) -> Binar
     except BaseException:
         handle.close()
         raise
-    return _Closing(reader, handle)  # type: ignore[return-value]
+    return _Closing(reader, handle)
 
 
 class _Closing(io.BufferedReader):

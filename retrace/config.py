@@ -6,13 +6,21 @@ reads the same.  ``load_config`` returns a frozen ``Config``; the config is
 then passed around as an argument, never looked up from a global.
 """
 
+from __future__ import annotations
+
 import configparser
 import dataclasses
+import difflib
 import logging
 import os
+import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from retrace_server.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +29,12 @@ CONFIG_PATH_VARIABLE = "RETRACE_SERVER_CONFIG_PATH"
 SECTION = "retrace"
 MIB = 1024 * 1024
 
+_T = TypeVar("_T")
 _TRUE = {"1", "yes", "true", "on"}
 _FALSE = {"0", "no", "false", "off"}
 
 
-def _as_bool(text):
+def _as_bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in _TRUE:
         return True
@@ -34,35 +43,38 @@ def _as_bool(text):
     raise ValueError("must be 1 or 0 (or yes/no, true/false, on/off)")
 
 
-def _as_int(text):
+def _as_int(text: str) -> int:
     try:
         return int(text.strip())
     except ValueError:
         raise ValueError("must be a whole number") from None
 
 
-def _as_float(text):
+def _as_float(text: str) -> float:
     try:
         return float(text.strip())
     except ValueError:
         raise ValueError("must be a number") from None
 
 
-def _as_path(text):
+def _as_path(text: str) -> Path:
     path = Path(text.strip())
     if not path.is_absolute():
         raise ValueError("must be an absolute path")
     return path
 
 
-def _as_str(text):
+def _as_str(text: str) -> str:
     return text.strip()
 
 
-_CONVERTERS = {bool: _as_bool, int: _as_int, float: _as_float, Path: _as_path, str: _as_str}
+# By the type a field is annotated with (its name: the annotations are not evaluated).
+_CONVERTERS: dict[str, Callable[[str], object]] = {"bool": _as_bool, "int": _as_int, "float": _as_float, "Path": _as_path,
+                                                 "str": _as_str}
 
 
-def _key(default, minimum=None, maximum=None, choices=None, unit=""):
+def _key(default: _T, minimum: float | None = None, maximum: float | None = None,
+         choices: tuple[str, ...] | None = None, unit: str = "") -> _T:
     """A config field with its INI key bounds; the INI key is the field name."""
     return dataclasses.field(
         default=default,
@@ -158,10 +170,12 @@ class Config:
     RequireGPGCheck: bool = _key(True)
     # Not [retrace] keys: the [debuginfod] section, release id -> its own server list,
     # and the [gpgkeys] section, release id (or <dist>-<version>, or <dist>) -> the key files trusted for it.
-    debuginfod_by_release: tuple = dataclasses.field(default=(), metadata={"section": "debuginfod"})
-    gpg_keys_by_release: tuple = dataclasses.field(default=(), metadata={"section": "gpgkeys"})
+    debuginfod_by_release: tuple[tuple[str, tuple[str, ...]], ...] = dataclasses.field(
+        default=(), metadata={"section": "debuginfod"})
+    gpg_keys_by_release: tuple[tuple[str, tuple[str, ...]], ...] = dataclasses.field(
+        default=(), metadata={"section": "gpgkeys"})
     # The [debuggers] section: architecture -> the gdb that reads its cores (retrace.analysis.debuggers).
-    debuggers_by_arch: tuple = dataclasses.field(default=(), metadata={"section": "debuggers"})
+    debuggers_by_arch: tuple[tuple[str, str], ...] = dataclasses.field(default=(), metadata={"section": "debuggers"})
     # The task manager (/manager) for support engineers.  Apache authenticates its users (httpd/retrace.conf):
     # ManagerUserFile names an htpasswd file for Basic authentication, empty leaves it to the Apache config.
     AllowTaskManager: bool = _key(False)
@@ -198,101 +212,110 @@ class Config:
     TaskPassLength: int = _key(32, minimum=16, maximum=128)
 
     @property
-    def max_packed_bytes(self):
+    def max_packed_bytes(self) -> int:
         return self.MaxPackedSize * MIB
 
     @property
-    def max_unpacked_bytes(self):
+    def max_unpacked_bytes(self) -> int:
         return self.MaxUnpackedSize * MIB
 
     @property
-    def max_vmcore_packed_bytes(self):
+    def max_vmcore_packed_bytes(self) -> int:
         return self.MaxVmcorePackedSize * MIB
 
     @property
-    def max_vmcore_unpacked_bytes(self):
+    def max_vmcore_unpacked_bytes(self) -> int:
         return self.MaxVmcoreUnpackedSize * MIB
 
+    def unpacked_cap_bytes(self, vmcore: bool) -> int:
+        """What one task's crash data may unpack to (MaxVmcoreUnpackedSize, else MaxUnpackedSize)."""
+        return self.max_vmcore_unpacked_bytes if vmcore else self.max_unpacked_bytes
+
     @property
-    def vmcore_upload_cap_bytes(self):
+    def vmcore_upload_cap_bytes(self) -> int:
         """What a type 2 upload may declare before Apache refuses it (the coredump cap when vmcores are off)."""
         return self.max_vmcore_packed_bytes if self.AllowVMCoreTask else self.max_packed_bytes
 
     @property
-    def largest_upload_bytes(self):
+    def largest_upload_bytes(self) -> int:
         """What Apache lets through (LimitRequestBody); each task type's own cap is checked after it."""
         return max(self.max_packed_bytes, self.max_vmcore_packed_bytes if self.AllowVMCoreTask else 0)
 
     @property
-    def min_upload_rate_bytes(self):
+    def min_upload_rate_bytes(self) -> int:
         return self.MinUploadRate * 1024
 
     @property
-    def decoder_memory_bytes(self):
+    def decoder_memory_bytes(self) -> int:
         return self.MaxDecoderMemory * MIB
 
     @property
-    def min_storage_left_bytes(self):
+    def min_storage_left_bytes(self) -> int:
         return self.MinStorageLeft * MIB
 
     @property
-    def gdb_memory_limit_bytes(self):
+    def gdb_memory_limit_bytes(self) -> int:
         return self.GdbMemoryLimit * MIB
 
     @property
-    def debugger_output_limit_bytes(self):
+    def debugger_output_limit_bytes(self) -> int:
         return self.DebuggerOutputLimit * MIB
 
     @property
-    def cache_size_bytes(self):
+    def cache_size_bytes(self) -> int:
         return self.CacheSize * MIB
 
     @property
-    def sync_releases(self):
+    def sync_releases(self) -> list[str]:
         """``SyncReleases`` as a list of release ids (``reposync --all``)."""
         return self.SyncReleases.split()
 
-    def debuginfod_urls(self, release):
+    def debuginfod_urls(self, release: object) -> list[str]:
         """The debuginfod servers for ``release``: its own [debuginfod] list, else DebuginfodURLs."""
         own = dict(self.debuginfod_by_release).get(str(release))
         return list(own) if own is not None else self.DebuginfodURLs.split()
 
-    def gpg_keys(self, release):
+    def gpg_keys(self, release: object) -> list[Path]:
         """The key files trusted for ``release`` (``fedora-41-x86_64``): its own [gpgkeys] line, else its
         ``<dist>-<version>`` line (one key serves every architecture), else its ``<dist>`` line."""
         keys = dict(self.gpg_keys_by_release)
-        release = str(release)
-        for name in (release, release.rsplit("-", 1)[0], release.split("-", 1)[0]):
+        full = str(release)
+        for name in (full, full.rsplit("-", 1)[0], full.split("-", 1)[0]):
             if name in keys:
                 return [Path(path) for path in keys[name]]
         return []
 
-    def debugger(self, arch):
+    def debugger(self, arch: str) -> str | None:
         """The gdb the [debuggers] section names for ``arch`` cores, or None."""
         return dict(self.debuggers_by_arch).get(arch)
 
-    def required_gpg_keys(self, release):
+    def required_gpg_keys(self, release: object) -> list[Path] | None:
         """The key files packages of ``release`` must be signed with; None while RequireGPGCheck = 0."""
         return self.gpg_keys(release) if self.RequireGPGCheck else None
 
     @property
-    def debuginfod_releases(self):
+    def debuginfod_releases(self) -> list[str]:
         """Releases served through debuginfod alone: DebuginfodReleases (given servers) and [debuginfod]'s."""
         listed = [release for release in self.DebuginfodReleases.split() if self.debuginfod_urls(release)]
         return sorted(set(listed) | {release for release, urls in self.debuginfod_by_release if urls})
 
     @property
-    def import_dirs(self):
+    def import_dirs(self) -> list[Path]:
         return [Path(directory) for directory in self.ImportDirs.split()]
 
     @property
-    def smtp_address(self):
+    def smtp_address(self) -> tuple[str, int]:
         """``(host, port)`` of SMTPServer (port 25 when it names none)."""
         host, _, port = self.SMTPServer.rpartition(":") if ":" in self.SMTPServer else (self.SMTPServer, "", "25")
         return host.strip("[]") or "localhost", int(port) if port.isdigit() else 25
 
     @property
-    def task_slots(self):
+    def crash_commands(self) -> tuple[str, ...]:
+        """``CrashCommands`` as a tuple of plain crash commands (checked when the file was read)."""
+        return admin_commands(self.CrashCommands)
+
+    @property
+    def task_slots(self) -> int:
         """Tasks the server holds at once: running ones plus queued ones."""
         return self.MaxParallelTasks + self.MaxQueuedTasks
 
@@ -303,9 +326,19 @@ GPGKEYS_SECTION = "gpgkeys"
 DEBUGGERS_SECTION = "debuggers"
 
 
-def _convert(field, text, source):
+def admin_commands(text: str) -> tuple[str, ...]:
+    """``CrashCommands`` (``;``-separated) as a tuple; ValueError for one that could reach a shell or a file
+    (crash runs ``!command``, pipes to commands and redirects output)."""
+    commands = tuple(command.strip() for command in text.split(";") if command.strip())
+    for command in commands:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*( [A-Za-z0-9_.,:=+-]+)*", command):
+            raise ValueError(f"CrashCommands: {command!r} is not a plain crash command (no !, |, >, quotes)")
+    return commands
+
+
+def _convert(field: dataclasses.Field[Any], text: str, source: object) -> object:
     try:
-        value = _CONVERTERS[field.type](text)
+        value = _CONVERTERS[str(field.type)](text)
     except ValueError as err:
         raise ConfigError(f"{source}: {field.name} {err}, not {text.strip()!r}") from None
     meta = field.metadata
@@ -336,31 +369,76 @@ UPSTREAM_UNSUPPORTED = {
 }
 
 
-def parse_config(text, source):
+class _KeysAsWritten(configparser.ConfigParser):
+    """Keys keep their case (upstream's are MixedCase), as ``optionxform = str`` would."""
+
+    def optionxform(self, optionstr: str) -> str:
+        return optionstr
+
+
+def _syntax_error(err: configparser.Error, text: str, source: object) -> str:
+    """The parser's complaint with the line it is about, as an editor shows it."""
+    if isinstance(err, configparser.MissingSectionHeaderError):
+        line = text.splitlines()[err.lineno - 1].strip()
+        return f"{source}, line {err.lineno}: the file must begin with a [{SECTION}] section, not {line!r}"
+    if isinstance(err, configparser.ParsingError) and err.errors:
+        number = err.errors[0][0]
+        line = text.splitlines()[number - 1].strip()
+        return f"{source}, line {number}: not a valid INI line (KEY = VALUE or [SECTION]): {line!r}"
+    lineno: int | None = getattr(err, "lineno", None)
+    where = f", line {lineno}" if lineno else ""
+    said = re.sub(r"^While reading from .*?\[line +\d+\]: ", "", err.message.splitlines()[0])
+    return f"{source}{where}: not a valid INI file: {said}"
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """The line each key of [retrace] is on, so that a bad value is reported where it is written."""
+    lines: dict[str, int] = {}
+    section = None
+    for number, line in enumerate(text.splitlines(), 1):
+        if header := re.match(r"\s*\[([^]]+)\]", line):
+            section = header[1]
+        elif section == SECTION and (key := re.match(r"\s*([^=:\s#;][^=:]*?)\s*[=:]", line)):
+            lines.setdefault(key[1], number)
+    return lines
+
+
+def _did_you_mean(key: str) -> str:
+    """A known key a typo or a wrong case probably meant, as the end of a warning ("" when none is close)."""
+    by_case = {name.lower(): name for name in _FIELDS}
+    close = by_case.get(key.lower()) or next(iter(difflib.get_close_matches(key, _FIELDS, n=1, cutoff=0.8)), None)
+    return f"; did you mean {close}?" if close else ""
+
+
+def parse_config(text: str, source: object) -> tuple[Config, list[str]]:
     """Build a Config from INI text; ``source`` names the file in messages.
 
     Returns ``(config, warnings)``: unknown keys are not fatal (an old
     upstream file has keys we do not implement), but the admin is told.
     """
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.optionxform = str
+    parser = _KeysAsWritten(interpolation=None)
     try:
         parser.read_string(text, source=str(source))
     except configparser.Error as err:
-        raise ConfigError(f"{source}: not a valid INI file: {err.message.splitlines()[0]}") from None
+        raise ConfigError(_syntax_error(err, text, source)) from None
     if not parser.has_section(SECTION):
         raise ConfigError(f"{source}: has no [{SECTION}] section")
-    values = {}
+    values: dict[str, Any] = {}
     warnings = []
+    key_lines = _key_lines(text)
+
+    def where(key: str) -> str:
+        return f"{source}, line {key_lines[key]}" if key in key_lines else str(source)
+
     for key, text_value in parser.items(SECTION):
         field = _FIELDS.get(key)
         if field is None and key in UPSTREAM_UNSUPPORTED:
             warnings.append(f"{source}: {key} is upstream's and is ignored here: {UPSTREAM_UNSUPPORTED[key]}")
             continue
         if field is None:
-            warnings.append(f"{source}: unknown key {key} in [{SECTION}] is ignored")
+            warnings.append(f"{where(key)}: unknown key {key} in [{SECTION}] is ignored{_did_you_mean(key)}")
             continue
-        values[key] = _convert(field, text_value, source)
+        values[key] = _convert(field, text_value, where(key))
     if parser.has_section(DEBUGINFOD_SECTION):
         values["debuginfod_by_release"] = tuple(
             (release, tuple(url.rstrip("/") for url in urls.split()))
@@ -372,8 +450,6 @@ def parse_config(text, source):
     if parser.has_section(DEBUGGERS_SECTION):
         values["debuggers_by_arch"] = tuple((arch, program.strip()) for arch, program in parser.items(DEBUGGERS_SECTION))
     if values.get("CrashCommands"):
-        from retrace_server.analysis.crash import admin_commands
-
         try:
             admin_commands(values["CrashCommands"])
         except ValueError as err:
@@ -386,12 +462,12 @@ def parse_config(text, source):
     return Config(**values), warnings
 
 
-def config_path(environ=os.environ, explicit=None):
+def config_path(environ: Mapping[str, str] = os.environ, explicit: str | os.PathLike[str] | None = None) -> Path:
     """Where the config lives: an explicit path, the environment, the default."""
     return Path(explicit or environ.get(CONFIG_PATH_VARIABLE) or DEFAULT_CONFIG_PATH)
 
 
-def load_config(path=None, environ=os.environ):
+def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] = os.environ) -> Config:
     """Read and validate the config file; unknown keys are logged as warnings."""
     path = config_path(environ, path)
     try:

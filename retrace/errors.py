@@ -7,9 +7,17 @@ tool ends with, so that each edge translates errors in exactly one place
 server paths: they travel to untrusted clients.
 """
 
+from __future__ import annotations
+
 import contextlib
 import errno
+import importlib
 import sqlite3
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+    from types import ModuleType
 
 
 class RetraceError(Exception):
@@ -22,7 +30,7 @@ class RetraceError(Exception):
     # Seconds a client is asked to wait before trying again (Retry-After), where that helps.
     retry_after = None
 
-    def __init__(self, sentence, category=None, retry_after=None):
+    def __init__(self, sentence: str, category: str | None = None, retry_after: int | None = None) -> None:
         super().__init__(sentence)
         self.sentence = sentence
         if category is not None:
@@ -35,6 +43,36 @@ class ConfigError(RetraceError):
     """The configuration file is missing, unreadable or holds a bad value."""
 
     exit_code = 2
+
+
+class MissingSystemModule(RetraceError):
+    """A Python module that only the distribution ships (no wheel on PyPI) is not importable."""
+
+    exit_code = 2
+    category = "configuration"
+
+
+# Python modules the server imports only where it needs them, with the distribution packages that ship them
+# (Debian, Fedora): pip cannot install them, so `pip install .[server]` in a venv without
+# --system-site-packages lacks them, and every command still starts, answers --help and names them.
+SYSTEM_MODULES = {
+    "rpm": ("python3-rpm", "python3-rpm"),
+    "librepo": ("python3-librepo", "python3-librepo"),
+    "seccomp": ("python3-seccomp", "python3-libseccomp"),
+    "magic": ("python3-magic", "python3-magic"),
+}
+
+
+def system_module(name: str) -> ModuleType:
+    """The module ``name`` of ``SYSTEM_MODULES``, or MissingSystemModule naming the packages to install."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:  # python-magic raises ImportError itself when libmagic is missing
+        debian, fedora = SYSTEM_MODULES[name]
+        raise MissingSystemModule(
+            f"the Python module '{name}' cannot be imported ({err}): install it from the distribution "
+            f"(Debian/Ubuntu: {debian}, Fedora/RHEL: {fedora}); in a venv, create it with "
+            "--system-site-packages", "configuration") from None
 
 
 class BadRequest(RetraceError):
@@ -82,7 +120,7 @@ class NotFound(RetraceError):
 class MethodNotAllowed(RetraceError):
     http_status = 405
 
-    def __init__(self, sentence, allowed):
+    def __init__(self, sentence: str, allowed: Iterable[str]) -> None:
         super().__init__(sentence)
         self.allowed = tuple(allowed)
 
@@ -135,7 +173,7 @@ class NotEnoughStorage(RetraceError):
 
 
 @contextlib.contextmanager
-def disk_full_explained(sentence):
+def disk_full_explained(sentence: str) -> Iterator[None]:
     """A full disk (ENOSPC, EDQUOT, SQLite's SQLITE_FULL) becomes NotEnoughStorage with ``sentence``, not a crash.
 
     Free-space checks cannot see uploads, tasks and syncs writing at the same

@@ -5,10 +5,16 @@ ends, so "is this lock held?" is also "is its owner still alive?": that is
 how uploads, workers and unpackers are told apart from the ones that died.
 """
 
+from __future__ import annotations
+
 import contextlib
 import fcntl
 import os
 import time
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 # A probe holds its shared lock for microseconds; 200 x 1 ms outlasts any burst of them.
 _PROBE_RETRIES = 200
@@ -16,7 +22,7 @@ _PROBE_PAUSE = 0.001
 
 
 @contextlib.contextmanager
-def exclusive(path, on_wait=None):
+def exclusive(path: str | os.PathLike[str], on_wait: Callable[[], None] | None = None) -> Iterator[bool]:
     """Hold an exclusive lock on ``path`` (created if needed) for the block.
 
     ``on_wait`` is called when another process holds the lock, before
@@ -37,7 +43,7 @@ def exclusive(path, on_wait=None):
         os.close(fd)
 
 
-def try_exclusive(path):
+def try_exclusive(path: str | os.PathLike[str]) -> int | None:
     """An open descriptor holding the lock on ``path``, or None if another process holds it.
 
     The caller keeps the descriptor open for as long as it owns the lock.
@@ -64,7 +70,7 @@ def try_exclusive(path):
     return None
 
 
-def is_held(path):
+def is_held(path: str | os.PathLike[str]) -> bool | None:
     """True while some process holds a lock on ``path``; None when there is no such file."""
     try:
         fd = os.open(path, os.O_RDONLY)

@@ -7,24 +7,34 @@ cleanup, reposync and a hand-started worker switch users first, as
 upstream's tools did.
 """
 
+from __future__ import annotations
+
 import os
 import pwd
+from typing import TYPE_CHECKING
+
+from retrace_server.config import CONFIG_PATH_VARIABLE, DEFAULT_CONFIG_PATH
+from retrace_server.errors import ConfigError
+
+if TYPE_CHECKING:
+    import argparse
 
 DEFAULT_USER = "retrace"
+CONFIG_HELP = f"configuration file (default: ${CONFIG_PATH_VARIABLE} or {DEFAULT_CONFIG_PATH})"
 
 
-def add_service_arguments(parser):
+def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     """``--config`` and ``--user``, the same in every admin command."""
-    parser.add_argument("--config", help="configuration file (default: $RETRACE_SERVER_CONFIG_PATH or /etc/...)")
+    parser.add_argument("--config", help=CONFIG_HELP)
     parser.add_argument("--user", default=DEFAULT_USER,
                         help=f"when started as root, run as this user (default {DEFAULT_USER})")
 
 
-class PrivilegeError(Exception):
-    """The service user does not exist or cannot be switched to."""
+class PrivilegeError(ConfigError):
+    """The service user does not exist or cannot be switched to (a configuration error: exit status 2)."""
 
 
-def run_as_service_user(user_name=DEFAULT_USER):
+def run_as_service_user(user_name: str = DEFAULT_USER) -> None:
     """Become ``user_name`` when running as root (``root`` keeps root); no-op otherwise."""
     if os.geteuid() != 0 or user_name == "root":
         return
@@ -38,7 +48,7 @@ def run_as_service_user(user_name=DEFAULT_USER):
     os.environ["HOME"] = user.pw_dir
 
 
-def append_stderr_to(path):
+def append_stderr_to(path: str | os.PathLike[str]) -> None:
     """Send this process's standard error to the end of ``path``, opened by this (unprivileged) process.
 
     Log directories belong to the service user; a log opened there by root

@@ -12,12 +12,19 @@ the busy timeout makes concurrent writers wait for each other instead of
 failing.  Client addresses of refused uploads are blanked after
 ``StatsIPRetention`` hours.
 """
+from __future__ import annotations
 
 import contextlib
 import dataclasses
 import sqlite3
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from retrace_server.config import Config
 
 _BUSY_TIMEOUT_SECONDS = 30
 SUCCESS, FAILURE = 6, 7
@@ -58,7 +65,7 @@ _SYSTEM_DIRECTORIES = ("/usr/lib", "/usr/lib64", "/usr/lib32", "/lib", "/lib64",
                        "/bin", "/sbin", "/usr/libexec")
 
 
-def public_library_name(path):
+def public_library_name(path: str) -> str:
     """What /stats may say of a missing file: its name when a distribution put it there, else a placeholder."""
     if path and path.startswith(tuple(directory + "/" for directory in _SYSTEM_DIRECTORIES)):
         return path.rsplit("/", 1)[1]
@@ -81,38 +88,24 @@ class TaskRecord:
     queue_wait: float | None = None
     failure: str | None = None
     failure_category: str | None = None
-    phases: dict = dataclasses.field(default_factory=dict)  # TaskStatus name, lower case -> seconds
-    packages: list = dataclasses.field(default_factory=list)  # NEVRAs used
-    missing: list = dataclasses.field(default_factory=list)  # (path, build-id)
+    phases: dict[str, float] = dataclasses.field(default_factory=dict)  # TaskStatus name, lower case -> seconds
+    packages: list[str] = dataclasses.field(default_factory=list)  # NEVRAs used
+    missing: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (path, build-id)
     cache_hits: int = 0
     cache_misses: int = 0
     running_before: int = 0
     running_after: int = 0
 
 
-def _split_nvr(nvr):
+def _split_nvr(nvr: str | None) -> tuple[str | None, str]:
     """``(name, version-release)`` of ``name-version-release`` (upstream keeps both)."""
     name, _, rest = (nvr or "").rpartition("-")
     name, _, version = name.rpartition("-")
     return (name, f"{version}-{rest}") if name else (nvr, "")
 
 
-def record_ended_task(config, task, reason, category):
-    """Count a task that someone other than its worker ended failed (dead or overdue worker)."""
-    started = task.timestamp("started_time")
-    queued = task.timestamp("queued_time")
-    now = time.time()
-    record = TaskRecord(
-        task.task_id, FAILURE, started or now, round(now - started, 3) if started else 0.0,
-        queue_wait=round(started - queued, 3) if started and queued else None,
-        failure=reason, failure_category=category,
-    )
-    with StatsDB.for_config(config) as stats:
-        stats.record_task(record)
-
-
 class StatsDB:
-    def __init__(self, path):
+    def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_SECONDS, isolation_level=None)
         self.db.execute("PRAGMA foreign_keys = ON")
@@ -120,20 +113,20 @@ class StatsDB:
         self._migrate()
 
     @classmethod
-    def for_config(cls, config):
+    def for_config(cls, config: Config) -> StatsDB:
         return cls(Path(config.SaveDir) / config.DBFile)
 
-    def close(self):
+    def close(self) -> None:
         self.db.close()
 
-    def __enter__(self):
+    def __enter__(self) -> StatsDB:
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     @contextlib.contextmanager
-    def transaction(self):
+    def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken at once so that concurrent writers queue up."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
@@ -143,7 +136,7 @@ class StatsDB:
             raise
         self.db.execute("COMMIT")
 
-    def _migrate(self):
+    def _migrate(self) -> None:
         """Bring the schema up to date; a current database costs one read, no write lock
         (every /stats request and /metrics scrape opens it)."""
         if self.schema_version == SCHEMA_VERSION:
@@ -158,10 +151,10 @@ class StatsDB:
                 db.execute(f"PRAGMA user_version = {number}")
 
     @property
-    def schema_version(self):
-        return self.db.execute("PRAGMA user_version").fetchone()[0]
+    def schema_version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
 
-    def record_task(self, record):
+    def record_task(self, record: TaskRecord) -> None:
         if record.package_version is not None:
             name, version = record.package, record.package_version
         else:
@@ -184,38 +177,40 @@ class StatsDB:
             db.executemany("INSERT INTO buildids VALUES (?, ?, ?)", [(row, path, bid) for path, bid in record.missing])
 
     @staticmethod
-    def _package_id(db, nevra):
+    def _package_id(db: sqlite3.Connection, nevra: str) -> int:
         name, version = _split_nvr(nevra.rsplit(".", 1)[0])
         found = db.execute("SELECT id FROM packages WHERE name = ? AND version = ?", (name, version)).fetchone()
         if found:
-            return found[0]
-        return db.execute("INSERT INTO packages (name, version) VALUES (?, ?)", (name, version)).lastrowid
+            return int(found[0])
+        row = db.execute("INSERT INTO packages (name, version) VALUES (?, ?)", (name, version)).lastrowid
+        assert row is not None  # an INSERT's
+        return row
 
-    def record_refusal(self, ip, retention_hours, now=None):
+    def record_refusal(self, ip: str, retention_hours: int, now: float | None = None) -> int:
         """A refused upload; addresses older than the retention are blanked on the way."""
         now = now if now is not None else time.time()
         with self.transaction() as db:
             db.execute("INSERT INTO reportfull VALUES (?, ?)", (int(now), ip or ""))
         return self.forget_addresses(retention_hours, now)
 
-    def forget_addresses(self, retention_hours, now=None):
+    def forget_addresses(self, retention_hours: int, now: float | None = None) -> int:
         """Blank client addresses older than the retention; how many were blanked."""
         now = now if now is not None else time.time()
         with self.transaction() as db:
-            return db.execute("UPDATE reportfull SET ip = '' WHERE ip != '' AND requesttime < ?",
-                              (int(now - retention_hours * 3600),)).rowcount
+            return int(db.execute("UPDATE reportfull SET ip = '' WHERE ip != '' AND requesttime < ?",
+                                  (int(now - retention_hours * 3600),)).rowcount)
 
     # -- reading ---------------------------------------------------------------
 
-    def _scalar(self, sql, args=()):
-        return self.db.execute(sql, args).fetchone()[0]
+    def _count(self, sql: str, args: tuple[int, ...] = ()) -> int:
+        return int(self.db.execute(sql, args).fetchone()[0])
 
-    def summary(self, now=None, days=30, top=15):
+    def summary(self, now: float | None = None, days: int = 30, top: int = 15) -> dict[str, Any]:
         """Everything /stats shows, as plain data (also the JSON answer)."""
         now = now if now is not None else time.time()
-        total = self._scalar("SELECT COUNT(*) FROM tasks")
-        succeeded = self._scalar("SELECT COUNT(*) FROM tasks WHERE status = ?", (SUCCESS,))
-        first = self._scalar("SELECT MIN(starttime) FROM tasks")
+        total = self._count("SELECT COUNT(*) FROM tasks")
+        succeeded = self._count("SELECT COUNT(*) FROM tasks WHERE status = ?", (SUCCESS,))
+        first = self.db.execute("SELECT MIN(starttime) FROM tasks").fetchone()[0]
         return {
             "total": total,
             "successful": succeeded,
@@ -248,13 +243,13 @@ class StatsDB:
                                          " GROUP BY arch ORDER BY n DESC, arch"),
         }
 
-    def refusals(self):
-        return self._scalar("SELECT COUNT(*) FROM reportfull")
+    def refusals(self) -> int:
+        return self._count("SELECT COUNT(*) FROM reportfull")
 
-    def _pairs(self, sql, args=()):
+    def _pairs(self, sql: str, args: tuple[int, ...] = ()) -> list[list[str | int]]:
         return [[key if key is not None else "unknown", count] for key, count in self.db.execute(sql, args)]
 
-    def _per_day(self, now, days):
+    def _per_day(self, now: float, days: int) -> list[list[str | int]]:
         start_day = int(now // 86400) - days + 1
         counts = dict(self.db.execute(
             "SELECT starttime / 86400 AS day, COUNT(*) FROM tasks WHERE starttime >= ? GROUP BY day",
@@ -262,17 +257,17 @@ class StatsDB:
         return [[time.strftime("%Y-%m-%d", time.gmtime(day * 86400)), counts.get(day, 0)]
                 for day in range(start_day, start_day + days)]
 
-    def phase_percentiles(self):
+    def phase_percentiles(self) -> dict[str, dict[str, float] | None]:
         return {phase: _percentiles(values) for phase, values in self.phase_samples().items()}
 
-    def phase_samples(self):
+    def phase_samples(self) -> dict[str, list[float]]:
         """``{phase: [seconds, ...]}`` for histograms."""
-        samples = {}
+        samples: dict[str, list[float]] = {}
         for phase, seconds in self.db.execute("SELECT phase, seconds FROM phases"):
             samples.setdefault(phase, []).append(seconds)
         return samples
 
-    def finished_counts(self):
+    def finished_counts(self) -> list[tuple[str, str, int]]:
         """``[(result, failure category or "", count)]`` of finished tasks."""
         return [
             ("success" if status == SUCCESS else "fail", category or "", count)
@@ -280,16 +275,18 @@ class StatsDB:
                 "SELECT status, failure_category, COUNT(*) FROM tasks GROUP BY status, failure_category")
         ]
 
-    def cache_totals(self):
-        return self.db.execute("SELECT COALESCE(SUM(cache_hits), 0), COALESCE(SUM(cache_misses), 0) FROM tasks").fetchone()
+    def cache_totals(self) -> tuple[int, int]:
+        hits, misses = self.db.execute(
+            "SELECT COALESCE(SUM(cache_hits), 0), COALESCE(SUM(cache_misses), 0) FROM tasks").fetchone()
+        return int(hits), int(misses)
 
 
-def _percentiles(values):
+def _percentiles(values: list[float]) -> dict[str, float] | None:
     if not values:
         return None
     ordered = sorted(values)
 
-    def at(fraction):
+    def at(fraction: float) -> float:
         return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 3)
 
     return {"count": len(ordered), "p50": at(0.5), "p95": at(0.95)}

@@ -31,12 +31,12 @@ def guarded_tarinfo(refuse: Callable[[str], Exception]) -> type[tarfile.TarInfo]
 
     class GuardedTarInfo(tarfile.TarInfo):
         @classmethod
-        def fromtarfile(cls, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        def fromtarfile(cls, tarfile_: tarfile.TarFile) -> GuardedTarInfo:
             # tarfile's own fromtarfile, with the checks between reading a header and reading what it
             # announces (the size of an extended header's data, the next header).
-            buf = tarfile_.fileobj.read(tarfile.BLOCKSIZE)  # type: ignore[union-attr]
-            info = cls.frombuf(buf, tarfile_.encoding, tarfile_.errors)  # type: ignore[arg-type]
-            info.offset = tarfile_.fileobj.tell() - tarfile.BLOCKSIZE  # type: ignore[union-attr]
+            buf = tarfile_.fileobj.read(tarfile.BLOCKSIZE)
+            info = cls.frombuf(buf, tarfile_.encoding, tarfile_.errors)
+            info.offset = tarfile_.fileobj.tell() - tarfile.BLOCKSIZE
             if info.type in _METADATA_TYPES:
                 if info.size > MAX_METADATA_SIZE:
                     raise refuse(f"an extended header larger than {MAX_METADATA_SIZE // 1024} KiB")

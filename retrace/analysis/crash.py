@@ -16,6 +16,7 @@ once): loading a dump takes seconds, a batch milliseconds, so the module
 debuginfo found after the first batch is loaded into the same session with
 ``mod -S`` instead of loading the dump again.
 """
+from __future__ import annotations
 
 import contextlib
 import dataclasses
@@ -26,11 +27,27 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from retrace_server.analysis.vmcore import KERNEL_RELEASE
-from retrace_server.environments.sandbox import (DEFAULT_OUTPUT_BYTES, SandboxOutputLimit, SandboxTimeout, check_started,
-                                          kill_group, read_output, require_sandbox, run_sandboxed, start_sandboxed)
+from retrace_server.environments.sandbox import (
+    DEFAULT_OUTPUT_BYTES,
+    SandboxOutputLimit,
+    SandboxTimeout,
+    check_started,
+    kill_group,
+    read_output,
+    require_sandbox,
+    run_sandboxed,
+    start_sandboxed,
+)
 from retrace_server.errors import RetraceError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Sequence
+
+    from retrace_server.environments.sandbox import Sandboxed
+    from retrace_server.paths import StrPath
 
 COMMANDS = ("sys", "bt -a", "bt", "log", "mod")
 MINIMAL_COMMANDS = ("log",)
@@ -49,29 +66,29 @@ class CrashError(RetraceError):
 
 @dataclasses.dataclass(frozen=True)
 class CrashOutput:
-    sections: dict  # command -> its output
+    sections: dict[str, str]  # command -> its output
     preamble: str  # what crash said while loading (warnings), and why a fuller load failed
     load: str  # "full", "zero_excluded" or "minimal"
     seconds: float
 
     @property
-    def minimal(self):
+    def minimal(self) -> bool:
         return self.load == "minimal"
 
     @property
-    def kernel_log(self):
+    def kernel_log(self) -> str:
         return self.sections.get("log", "")
 
     @property
-    def backtrace(self):
+    def backtrace(self) -> str:
         """``bt -a`` when it shows frames, else plain ``bt``, else whichever said something."""
         for command in ("bt -a", "bt"):
             if _FRAME.search(self.sections.get(command, "")):
                 return self.sections[command]
-        return self.sections.get("bt -a") or self.sections.get("bt", "")
+        return self.sections.get("bt -a") or self.sections.get("bt") or ""
 
 
-def modules_without_debuginfo(mod_output):
+def modules_without_debuginfo(mod_output: str) -> set[str]:
     """Names of the loaded modules ``mod`` lists without a debuginfo file."""
     return {name for name, loaded in _MOD_LINE.findall(mod_output) if loaded.startswith("(not loaded)")}
 
@@ -83,32 +100,32 @@ class Markers:
     marker printed into it would split our output where they chose.
     """
 
-    def __init__(self, token=None):
+    def __init__(self, token: str | None = None) -> None:
         self.token = token or secrets.token_hex(8)
         self._section = re.compile(rf"^==RETRACE-{self.token} SECTION (.+)==$", re.M)
 
-    def section(self, command):
+    def section(self, command: str) -> str:
         return f"==RETRACE-{self.token} SECTION {command}=="
 
     @property
-    def batch_end(self):
+    def batch_end(self) -> str:
         return f"==RETRACE-{self.token} BATCH-END=="
 
-    def script(self, commands, then="quit"):
+    def script(self, commands: Sequence[str], then: str = "quit") -> str:
         """crash's stdin: each command after its marker line, then ``then``."""
         lines = []
         for command in commands:
             lines += [f"echo {self.section(command)}", command]
         return "\n".join(lines + [then, ""])
 
-    def split(self, text):
+    def split(self, text: str) -> tuple[str, dict[str, str]]:
         """``(what came before the first marker, {command: output})``."""
         parts = self._section.split(text)
         preamble, rest = parts[0], parts[1:]
         return preamble, {rest[i]: rest[i + 1].strip("\n") + "\n" for i in range(0, len(rest) - 1, 2)}
 
 
-def crash_binds(crash_path, *files, extensions=()):
+def crash_binds(crash_path: StrPath, *files: StrPath, extensions: Iterable[Path] = ()) -> list[StrPath]:
     """What the sandbox shows besides the host's /usr: ``files``, the directories of the ``extensions``, and
     crash's directory if it lives elsewhere."""
     binds = list(files) + list(dict.fromkeys(path.parent for path in extensions))
@@ -120,24 +137,27 @@ def crash_binds(crash_path, *files, extensions=()):
 class _Session:
     """One crash process, fed a batch of commands at a time, within one deadline and one output cap for all."""
 
-    def __init__(self, process, timeout, memory_bytes, output_bytes=DEFAULT_OUTPUT_BYTES):
+    def __init__(self, process: subprocess.Popen[bytes], timeout: float, memory_bytes: int,
+                 output_bytes: int = DEFAULT_OUTPUT_BYTES) -> None:
         self.process, self.timeout, self.memory_bytes = process, timeout, memory_bytes
         self.output_bytes = output_bytes
+        assert process.stdin is not None and process.stdout is not None  # both PIPE
+        self.stdin, self.stdout = process.stdin, process.stdout
         self.markers = Markers()
         self.received = 0
         self.started = time.monotonic()
         self.deadline = self.started + timeout
 
     @property
-    def seconds(self):
+    def seconds(self) -> float:
         return time.monotonic() - self.started
 
-    def batch(self, commands):
+    def batch(self, commands: Sequence[str]) -> str:
         """What crash printed for ``commands`` (with their markers); less when it ended on the way."""
         end = self.markers.batch_end
         try:
-            self.process.stdin.write(self.markers.script(commands, then=f"echo {end}").encode())
-            self.process.stdin.flush()
+            self.stdin.write(self.markers.script(commands, then=f"echo {end}").encode())
+            self.stdin.flush()
         except BrokenPipeError:
             pass
         try:
@@ -152,7 +172,7 @@ class _Session:
             return self._ended(received)
         return received.decode("utf-8", errors="replace").replace(end, "")
 
-    def _ended(self, received):
+    def _ended(self, received: bytearray) -> str:
         """crash left before the end of the batch: why, if not by its own choice."""
         self.process.wait()
         text = received.decode("utf-8", errors="replace")
@@ -161,21 +181,22 @@ class _Session:
             raise _killed(signal.Signals(-self.process.returncode).name, self.memory_bytes, text)
         return text
 
-    def close(self):
+    def close(self) -> None:
         with contextlib.suppress(BrokenPipeError):
-            self.process.stdin.write(b"quit\n")
-            self.process.stdin.flush()
+            self.stdin.write(b"quit\n")
+            self.stdin.flush()
         with contextlib.suppress(BrokenPipeError):
-            self.process.stdin.close()
+            self.stdin.close()
         try:
             self.process.wait(timeout=max(1.0, self.deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             kill_group(self.process)
-        self.process.stdout.close()
+        self.stdout.close()
 
 
 @contextlib.contextmanager
-def _session(crash_path, arguments, binds, *, timeout, memory_bytes, output_bytes):
+def _session(crash_path: StrPath, arguments: list[str], binds: list[StrPath], *, timeout: float, memory_bytes: int,
+             output_bytes: int) -> Iterator[_Session]:
     process = start_sandboxed([str(crash_path), *arguments], binds, cpu_seconds=int(timeout) + 1,
                               memory_bytes=memory_bytes, stdin=subprocess.PIPE)
     session = _Session(process, timeout, memory_bytes, output_bytes)
@@ -185,7 +206,8 @@ def _session(crash_path, arguments, binds, *, timeout, memory_bytes, output_byte
         session.close()
 
 
-def _run(crash_path, arguments, binds, script, *, timeout, memory_bytes, output_bytes, hide):
+def _run(crash_path: StrPath, arguments: list[str], binds: list[StrPath], script: str, *, timeout: float,
+         memory_bytes: int, output_bytes: int, hide: Callable[[str], str]) -> tuple[Sandboxed, str]:
     try:
         ran = run_sandboxed([str(crash_path), *arguments], binds, timeout=timeout, memory_bytes=memory_bytes,
                             stdin=script, output_bytes=output_bytes)
@@ -199,28 +221,31 @@ def _run(crash_path, arguments, binds, script, *, timeout, memory_bytes, output_
     return ran, text
 
 
-def _too_much(output_bytes):
+def _too_much(output_bytes: int) -> CrashError:
     return CrashError(f"crash printed more than {output_bytes >> 20} MiB (DebuggerOutputLimit) and was stopped",
                       "crash output too large")
 
 
-def _timed_out(timeout):
+def _timed_out(timeout: float) -> CrashError:
     return CrashError(f"crash did not finish within {timeout:g} s (ProcessCommunicateTimeout) and was stopped",
                       "crash timeout")
 
 
-def _killed(signal_name, memory_bytes, text):
+def _killed(signal_name: str, memory_bytes: int, text: str) -> CrashError:
     return CrashError(f"crash was killed by {signal_name} (memory limit {memory_bytes >> 20} MiB?); "
                       f"crash said: {gist(text)}")
 
 
-def gist(text, lines=3):
+def gist(text: str, lines: int = 3) -> str:
     kept = [line.strip() for line in text.splitlines() if line.strip() and not _MARKER_LINE.match(line.strip())]
     return " | ".join(kept[-lines:]) or "(nothing)"
 
 
-def analyse(crash_path, vmlinux, vmcore, *, timeout, memory_bytes, hide, readable=(), module_dir=None,
-            more_modules=lambda output: None, output_bytes=DEFAULT_OUTPUT_BYTES, extra_commands=(), extensions=()):
+def analyse(crash_path: StrPath, vmlinux: StrPath, vmcore: StrPath, *, timeout: float, memory_bytes: int,
+            hide: Callable[[str], str], readable: Iterable[StrPath] = (), module_dir: StrPath | None = None,
+            more_modules: Callable[[CrashOutput], StrPath | None] = lambda output: None,
+            output_bytes: int = DEFAULT_OUTPUT_BYTES, extra_commands: Iterable[str] = (),
+            extensions: Sequence[Path] = ()) -> CrashOutput:
     """The CrashOutput of the full batch (``extra_commands`` after ours, the ``extensions`` loaded first);
     of the same with ``--zero_excluded`` when the full load fails; of ``--minimal`` + ``log`` when that
     fails too (extensions need the full session).
@@ -236,7 +261,7 @@ def analyse(crash_path, vmlinux, vmcore, *, timeout, memory_bytes, hide, readabl
                         extensions=extensions)
     common = ["-s", "--no_crashrc", str(vmlinux), str(vmcore)]
     batch = COMMANDS + tuple(extra_commands)
-    failures = []
+    failures: list[str] = []
     for load, options in (("full", []), ("zero_excluded", ["--zero_excluded"])):
         commands = session_setup(extensions, module_dir) + batch
         with _session(crash_path, options + common, binds, timeout=timeout, memory_bytes=memory_bytes,
@@ -263,12 +288,12 @@ def analyse(crash_path, vmlinux, vmcore, *, timeout, memory_bytes, hide, readabl
     return CrashOutput(sections, "\n".join([preamble, minimal_preamble, *failures]), "minimal", ran.seconds)
 
 
-def session_setup(extensions, module_dir=None):
+def session_setup(extensions: Iterable[Path], module_dir: StrPath | None = None) -> tuple[str, ...]:
     """The commands that open every session: ``extend`` each extension, ``mod -S`` the module debuginfo."""
     return (*(f"extend {path}" for path in extensions), *((f"mod -S {module_dir}",) if module_dir else ()))
 
 
-def find_extensions(directory):
+def find_extensions(directory: StrPath | None) -> tuple[list[Path], list[str]]:
     """``(paths, refused names)``: the crash extensions (``*.so``) in ``directory``, in name order; OSError
     when the directory cannot be read.
 
@@ -282,27 +307,17 @@ def find_extensions(directory):
     return loadable, [path.name for path in found if path not in loadable]
 
 
-def extension_loaded(output):
+def extension_loaded(output: str) -> bool:
     """Whether crash's answer to ``extend`` says the shared object was loaded."""
     return "shared object loaded" in output
 
 
-def result_name(command):
+def result_name(command: str) -> str:
     """The results/ file of an administrator's crash command: ``kmem -i`` -> ``crash-kmem-i``."""
     return "crash-" + "-".join(re.findall(r"[a-z0-9]+", command.lower()))[:60]
 
 
-def admin_commands(text):
-    """``CrashCommands`` (``;``-separated) as a tuple; ValueError for one that could reach a shell or a file
-    (crash runs ``!command``, pipes to commands and redirects output)."""
-    commands = tuple(command.strip() for command in text.split(";") if command.strip())
-    for command in commands:
-        if not re.fullmatch(r"[a-z][a-z0-9_]*( [A-Za-z0-9_.,:=+-]+)*", command):
-            raise ValueError(f"CrashCommands: {command!r} is not a plain crash command (no !, |, >, quotes)")
-    return commands
-
-
-def osrelease(crash_path, vmcore, *, timeout, memory_bytes):
+def osrelease(crash_path: StrPath, vmcore: StrPath, *, timeout: float, memory_bytes: int) -> str | None:
     """``crash --osrelease``: the kernel release crash reads in the dump, or None ("unknown", or not a release)."""
     require_sandbox(str(crash_path))
     try:

@@ -10,17 +10,21 @@ architecture``, 0.16 s) once per program build and architecture, and the
 answer kept under ``CacheDir/debuggers/``; the host's own gdb is not asked
 about the host's cores.
 """
+from __future__ import annotations
 
 import functools
 import hashlib
 import os
-import platform
 import shutil
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from retrace_server.arch import HOST_ARCH
 from retrace_server.errors import RetraceError
-from retrace_server.packaging.release import canonical_arch
+
+if TYPE_CHECKING:
+    from retrace_server.config import Config
 
 # Release architecture -> gdb's name for it.
 GDB_ARCHITECTURES = {
@@ -30,7 +34,6 @@ GDB_ARCHITECTURES = {
 _FALLBACKS = ("gdb", "gdb-multiarch")
 # What a host runs natively besides its own architecture (a chroot's own gdb must run here).
 _COMPATIBLE = {"x86_64": ("i386",), "aarch64": ("armhfp",), "ppc64": ("ppc64le",)}
-HOST_ARCH = canonical_arch(platform.machine())
 _PROBE_TIMEOUT = 60
 
 
@@ -38,7 +41,7 @@ class NoDebugger(RetraceError):
     category = "unsupported architecture"
 
 
-def reads(program, arch, cache_dir=None):
+def reads(program: str, arch: str, cache_dir: Path | None = None) -> bool:
     """Whether the gdb at ``program`` knows the architecture (it exits non-zero on an undefined one); the
     answer is kept in ``cache_dir`` for this build of the program."""
     try:
@@ -65,7 +68,7 @@ def reads(program, arch, cache_dir=None):
 
 
 @functools.cache
-def _probe(program, arch):
+def _probe(program: str, arch: str) -> bool:
     try:
         probe = subprocess.run([program, "-batch", "-nx", "-ex", f"set architecture {GDB_ARCHITECTURES[arch]}"],
                                capture_output=True, stdin=subprocess.DEVNULL, timeout=_PROBE_TIMEOUT)
@@ -74,7 +77,7 @@ def _probe(program, arch):
     return probe.returncode == 0
 
 
-def gdb_for(arch, configured=None, cache_dir=None):
+def gdb_for(arch: str, configured: str | None = None, cache_dir: Path | None = None) -> str:
     """The path of a gdb that reads ``arch`` cores; NoDebugger says what the administrator can do."""
     if arch not in GDB_ARCHITECTURES:
         raise NoDebugger(f"this server has no debugger for {arch} cores")
@@ -91,12 +94,12 @@ def gdb_for(arch, configured=None, cache_dir=None):
                      f"gdb-multiarch or name a debugger for {arch} in the [debuggers] section")
 
 
-def runs_natively(arch):
+def runs_natively(arch: str) -> bool:
     """Whether programs of ``arch`` (a release's own gdb, in the chroot and mock environments) run on this host."""
     return arch == HOST_ARCH or arch in _COMPATIBLE.get(HOST_ARCH, ())
 
 
-def served_architectures(config):
+def served_architectures(config: Config) -> list[str]:
     """The architectures this host retraces: ``RetraceArchitectures``, or, when it is empty, the host's own
     and every one a debugger here reads (an x86_64 host with gdb-multiarch takes aarch64, s390x, ...).
     NoDebugger when the key lists one no debugger here reads."""

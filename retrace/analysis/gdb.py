@@ -8,13 +8,20 @@ Upstream's Python sections (py-bt) and ``abrt-exploitable`` are left out:
 the rating is computed by ``retrace_server.analysis.exploitable`` from the section after
 the ``== EXPLOITABLE ==`` marker.
 """
+from __future__ import annotations
 
 import dataclasses
 import re
 import secrets
+from typing import TYPE_CHECKING
 
-from retrace_server.environments.sandbox import SandboxOutputLimit, SandboxTimeout, require_sandbox, run_sandboxed
+from retrace_server.environments.sandbox import SandboxOutputLimit, SandboxTimeout
 from retrace_server.errors import RetraceError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from retrace_server.environments.base import Environment, Limits, Workload
 
 # Before anything is loaded: no scripts from debuginfo packages, no network.
 _SAFE_START = ("-nx", "-iex", "set auto-load off", "-iex", "set debuginfod enabled off")
@@ -22,7 +29,7 @@ _SAFE_START = ("-nx", "-iex", "set auto-load off", "-iex", "set debuginfod enabl
 USABLE_FRAME = re.compile(r"^#\d+\s+(?!<unavailable>)\S", re.M)
 
 
-def exploitable_marker():
+def exploitable_marker() -> str:
     """The line between the backtrace and the exploitable section, random for each run:
     gdb prints strings from the core (locals, ``__abort_msg``), so a fixed
     marker could be planted by the crashed program to cut the backtrace."""
@@ -43,7 +50,7 @@ class GdbResult:
     seconds: float
 
 
-def session_commands(sysroot, executable, core):
+def session_commands(sysroot: str, executable: str, core: str) -> list[str]:
     """The ``-ex`` commands that load the core with its program and libraries, for a batch or a person.
 
     ``sysroot`` "/" means gdb runs inside the crashed release's root, where
@@ -57,7 +64,7 @@ def session_commands(sysroot, executable, core):
     return [*where, f"file {str(sysroot).rstrip('/')}{executable}", f"core-file {core}"]
 
 
-def batch_commands(sysroot, executable, core, marker):
+def batch_commands(sysroot: str, executable: str, core: str, marker: str) -> list[str]:
     """The ``-ex`` commands, in order (each fails on its own, as in upstream)."""
     return [
         "set pagination off",
@@ -75,7 +82,7 @@ def batch_commands(sysroot, executable, core, marker):
     ]
 
 
-def gdb_argv(sysroot, executable, core, marker, gdb="gdb"):
+def gdb_argv(sysroot: str, executable: str, core: str, marker: str, gdb: str = "gdb") -> list[str]:
     """The argv of ``gdb`` (retrace.analysis.debuggers picks it); ``-iex`` lines run before anything is loaded.
 
     Auto-loading is off: a debuginfo package could ship gdb scripts, and
@@ -88,7 +95,7 @@ def gdb_argv(sysroot, executable, core, marker, gdb="gdb"):
     return argv
 
 
-def interactive_argv(sysroot, executable, core, gdb="gdb"):
+def interactive_argv(sysroot: str, executable: str, core: str, gdb: str = "gdb") -> list[str]:
     """gdb for a person (retrace-server-interact): the core loaded as the batch loads it, then a prompt."""
     argv = [gdb, "-q", *_SAFE_START]
     for command in session_commands(sysroot, executable, core):
@@ -96,34 +103,38 @@ def interactive_argv(sysroot, executable, core, gdb="gdb"):
     return argv
 
 
-def run_gdb(sysroot, executable, core, *, read_only_paths, timeout, memory_bytes, output_bytes, hide, root=None,
-            gdb="gdb"):
-    """Run the batch script sandboxed; the backtrace and the exploitable section.
+def session_argv(environment: Environment, work: Workload) -> list[str]:
+    """gdb for a person on what ``environment`` prepared, the core loaded as the batch loads it."""
+    view = environment.view(work)
+    return interactive_argv(view.sysroot, work.executable, view.core, view.gdb)
 
-    ``hide`` rewrites gdb's output before anyone sees it: server paths (the
-    sysroot, the cache) go, so that paths read as on the crashed machine.
-    With ``root`` (the chroot environment) gdb is the root's own.
+
+def retrace(environment: Environment, work: Workload, limits: Limits, hide: Callable[[str], str] = str) -> GdbResult:
+    """Run the batch script in ``environment`` (``retrace_server.environments.base``); the backtrace and the
+    exploitable section.
+
+    ``hide`` rewrites gdb's output before anyone sees it, after the
+    environment's own paths went: server paths read as on the crashed machine.
     """
-    require_sandbox("gdb")
     marker = exploitable_marker()
-    command = gdb_argv("/" if root is not None else sysroot, executable, core, marker,
-                       "gdb" if root is not None else gdb)
+    view = environment.view(work)
     try:
-        ran = run_sandboxed(command, read_only_paths, timeout=timeout, memory_bytes=memory_bytes, root=root,
-                            output_bytes=output_bytes)
+        ran = environment.run(gdb_argv(view.sysroot, work.executable, view.core, marker, view.gdb), work, limits)
     except SandboxTimeout:
-        raise GdbError(f"gdb did not finish within {timeout:g} s (GdbTimeout) and was stopped", "gdb timeout") from None
+        raise GdbError(f"gdb did not finish within {limits.timeout:g} s (GdbTimeout) and was stopped",
+                       "gdb timeout") from None
     except SandboxOutputLimit:
-        raise GdbError(f"gdb printed more than {output_bytes >> 20} MiB (DebuggerOutputLimit) and was stopped; "
-                       "the core has more threads or frames than this server shows", "gdb output too large") from None
-    text = hide(ran.text).replace(str(core), "coredump")
+        raise GdbError(f"gdb printed more than {limits.output_bytes >> 20} MiB (DebuggerOutputLimit) and was "
+                       "stopped; the core has more threads or frames than this server shows",
+                       "gdb output too large") from None
+    text = hide(environment.hide(ran.text)).replace(view.core, "coredump")
     if ran.killed_by:
-        raise GdbError(f"gdb was killed by {ran.killed_by} (memory limit {memory_bytes >> 20} MiB?); "
+        raise GdbError(f"gdb was killed by {ran.killed_by} (memory limit {limits.memory_bytes >> 20} MiB?); "
                        f"gdb said: {gist(text)}")
     return interpret_output(text, ran.seconds, marker)
 
 
-def interpret_output(text, seconds, marker):
+def interpret_output(text: str, seconds: float, marker: str) -> GdbResult:
     """The GdbResult of the batch script's output, or GdbError when it holds no usable stack."""
     backtrace, _, exploitable = text.partition(marker)
     if not USABLE_FRAME.search(backtrace):
@@ -134,7 +145,7 @@ def interpret_output(text, seconds, marker):
     return GdbResult(backtrace.rstrip() + "\n", exploitable.strip(), seconds)
 
 
-def gist(text, warnings=3, lines=3):
+def gist(text: str, warnings: int = 3, lines: int = 3) -> str:
     """gdb's first warnings and last lines: where it says why it could not read the core."""
     kept = [line for line in text.strip().splitlines() if line.strip()]
     first = [line for line in kept if line.startswith("warning:")][:warnings]

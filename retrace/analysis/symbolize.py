@@ -10,6 +10,7 @@ proven.  An offset is relative to the module's lowest mapped page, as
 ``eu-stack -b`` and satyr print it; the file's own addresses start at its
 first loadable segment's page.
 """
+from __future__ import annotations
 
 import dataclasses
 import os
@@ -17,9 +18,13 @@ import re
 import struct
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from retrace_server.environments.sysroot import build_id_debug_path
 from retrace_server.errors import RetraceError
+from retrace_server.packaging.packages import build_id_debug_path
+
+if TYPE_CHECKING:
+    from retrace_server.packaging.cache import CachedPackage
 
 _PAGE = 4096
 _TIMEOUT = 60
@@ -34,7 +39,7 @@ class Location:
     file: str | None
     line: int | None
 
-    def text(self):
+    def text(self) -> str:
         where = f" at {self.file}:{self.line}" if self.file and self.line else ""
         return f"{self.function or '??'}{where}"
 
@@ -46,11 +51,11 @@ class Symbolized:
     build_id: str | None
     offset: int
     module: str
-    locations: list = dataclasses.field(default_factory=list)
+    locations: list[Location] = dataclasses.field(default_factory=list)
     problem: str | None = None
 
 
-def load_layout(path):
+def load_layout(path: Path) -> tuple[int, int]:
     """``(first loadable page, end of the last loadable segment)`` from an ELF file's program headers
     (a separate debuginfo file keeps them)."""
     with open(path, "rb") as handle:
@@ -85,7 +90,7 @@ def load_layout(path):
     return first, max(vaddr + memsz for vaddr, memsz in loads)
 
 
-def debug_file(entry, build_id):
+def debug_file(entry: CachedPackage, build_id: str) -> Path | None:
     """The separate debuginfo file of ``build_id`` in an unpacked package (its .build-id link, which must
     stay inside the package's tree), or None."""
     root = Path(entry.root).resolve()
@@ -99,7 +104,7 @@ def debug_file(entry, build_id):
     return real
 
 
-def addr2line(path, addresses, program="eu-addr2line"):
+def addr2line(path: Path, addresses: list[int], program: str = "eu-addr2line") -> list[list[Location]]:
     """``[[Location, ...] per address]``: the function and line, then the callers it was inlined into."""
     argv = [program, "-e", str(path), "--pretty-print", "-f", "-i", "-C", "-a", *(hex(a) for a in addresses)]
     try:
@@ -126,7 +131,7 @@ def addr2line(path, addresses, program="eu-addr2line"):
     return results
 
 
-def symbolize_module(frames, debug_path):
+def symbolize_module(frames: list[Symbolized], debug_path: Path) -> None:
     """Fill ``frames`` (Symbolized, one module) from its debuginfo file; an offset past the module's end is
     marked, not looked up."""
     try:

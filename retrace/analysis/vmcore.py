@@ -11,14 +11,22 @@ milliseconds and works without a vmlinux; ``crash --osrelease`` only
 cross-checks.  A dump without VMCOREINFO is searched as text, as upstream
 did ("60% crash, 40% regexes").
 """
+from __future__ import annotations
 
 import dataclasses
 import enum
 import re
 import struct
+from typing import TYPE_CHECKING
 
-from retrace_server.analysis.coredump import PT_NOTE, file_reader, image_header, program_headers
+from retrace_server.elf import PT_NOTE, file_reader, image_header, program_headers
 from retrace_server.errors import InvalidCrashData
+
+if TYPE_CHECKING:
+    from io import BufferedReader
+    from pathlib import Path
+
+    from retrace_server.elf import Reader
 
 ET_CORE = 4
 _FLAT_SIGNATURE = b"makedumpfile\0"
@@ -59,13 +67,13 @@ class KernelIdentity:
     source: str  # "VMCOREINFO", "text search", ...
 
 
-def dump_format(path, name="vmcore"):
+def dump_format(path: Path, name: str = "vmcore") -> DumpFormat:
     """The DumpFormat of an uploaded dump; InvalidCrashData for anything else."""
     with open(path, "rb") as dump:
         return dump_format_of(dump.read(64), name)
 
 
-def dump_format_of(head, name="vmcore"):
+def dump_format_of(head: bytes, name: str = "vmcore") -> DumpFormat:
     """The DumpFormat its first 64 bytes show; InvalidCrashData for anything else."""
     if head.startswith(_FLAT_SIGNATURE):
         return DumpFormat.FLATTENED
@@ -94,7 +102,7 @@ class _FlattenedImage:
     in the sandbox.
     """
 
-    def __init__(self, handle):
+    def __init__(self, handle: BufferedReader) -> None:
         self.image = bytearray()
         position = _FLAT_HEADER_SIZE
         for _ in range(_MAX_FLAT_RECORDS):
@@ -112,12 +120,12 @@ class _FlattenedImage:
                 self.image[offset:offset + len(data)] = data
             position += _FLAT_RECORD.size + size
 
-    def read(self, offset, length):
+    def read(self, offset: int, length: int) -> bytes:
         """Bytes of the image (a later record wins where records overlap); holes and the rest read as zeros."""
         return bytes(self.image[offset:offset + length]).ljust(length, b"\0")
 
 
-def _elf_vmcoreinfo(read):
+def _elf_vmcoreinfo(read: Reader) -> bytes | None:
     found = image_header(read)
     if found is None:
         return None
@@ -131,7 +139,7 @@ def _elf_vmcoreinfo(read):
     return None
 
 
-def _kdump_header(read):
+def _kdump_header(read: Reader) -> tuple[bytes | None, str | None]:
     """``(vmcoreinfo bytes or None, utsname release or None)`` of a kdump-compressed image."""
     head = read(0, 512)
     signature, version = _KDUMP_HEADER.unpack_from(head)
@@ -145,13 +153,13 @@ def _kdump_header(read):
     return vmcoreinfo, release.decode("ascii", "replace") or None
 
 
-def parse_vmcoreinfo(raw):
+def parse_vmcoreinfo(raw: bytes) -> dict[str, str]:
     """``{key: value}`` of VMCOREINFO's ``KEY=value`` lines."""
     text = raw.decode("ascii", errors="replace")
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
-def _identity(fields, source, fallback_release=None):
+def _identity(fields: dict[str, str], source: str, fallback_release: str | None = None) -> KernelIdentity:
     release = fields.get("OSRELEASE") or fallback_release
     if release is not None and not KERNEL_RELEASE.fullmatch(release):
         release = None
@@ -159,7 +167,7 @@ def _identity(fields, source, fallback_release=None):
     return KernelIdentity(release, build_id if re.fullmatch(r"[0-9a-f]{40}", build_id) else None, source)
 
 
-def read_vmcoreinfo(path):
+def read_vmcoreinfo(path: Path) -> KernelIdentity | None:
     """The KernelIdentity from the dump's VMCOREINFO (or kdump header); None when it has neither."""
     with open(path, "rb") as handle:
         fmt = dump_format(path)
@@ -175,12 +183,12 @@ def read_vmcoreinfo(path):
     return identity if identity.release or identity.build_id else None
 
 
-def search_text(path, limit=None):
+def search_text(path: Path, limit: int | None = None) -> KernelIdentity | None:
     """The kernel named anywhere in the dump's bytes (the vmcoreinfo page, a boot banner); None if nowhere.
 
     Only uncompressed dumps hold the text; ``limit`` bounds how many bytes are read.
     """
-    found = {}
+    found: dict[str, str] = {}
     banner = None
     with open(path, "rb") as handle:
         position = 0

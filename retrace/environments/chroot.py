@@ -13,14 +13,27 @@ cache) are linked into one tree (``retrace_server.environments.sysroot``), which
 then mounts as ``/`` for gdb: no copying, no installing per task.
 """
 
+from __future__ import annotations
+
 import hashlib
 import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from retrace_server.environments.base import View, Workload
+from retrace_server.environments.sandbox import prepare_mount_points
+from retrace_server.environments.sysroot import SysrootEnvironment
 from retrace_server.errors import RetraceError
-from retrace_server.packaging.cache import cache_entries, cached_entry, evict_entry
+from retrace_server.packaging.cache import CachedPackage, PackageCache, cache_entries, cached_entry, evict_entry
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Collection, Iterable
+
+    from retrace_server.packaging.payload import ManifestEntry
+    from retrace_server.packaging.repoindex import RepoIndex
+    from retrace_server.paths import StrPath
 
 _DNF_TIMEOUT = 3600
 # Mount points bubblewrap needs inside a root it mounts read-only.
@@ -33,7 +46,7 @@ class ChrootError(RetraceError):
     category = "environment"
 
 
-def root_key(index, names):
+def root_key(index: RepoIndex, names: Collection[str]) -> str:
     """A digest of every repository package named in ``names``: it changes when any version does."""
     packages = [package for package in index.all_packages() if package.name in names]
     missing = set(names) - {package.name for package in packages}
@@ -45,9 +58,9 @@ def root_key(index, names):
     return hashlib.sha256(" ".join(sorted(package.pkgid for package in packages)).encode()).hexdigest()[:16]
 
 
-def manifest_of(root):
+def manifest_of(root: StrPath) -> list[ManifestEntry]:
     """Every directory, file and symlink under ``root`` in the package cache's manifest form."""
-    entries = []
+    entries: list[ManifestEntry] = []
     for directory, dirs, files in os.walk(root):
         relative_dir = os.path.relpath(directory, root)
         for name in list(dirs):
@@ -68,7 +81,8 @@ def manifest_of(root):
     return entries
 
 
-def dnf_argv(root, cache, release_dir, version, packages, gpg_keys=None):
+def dnf_argv(root: Path, cache: Path, release_dir: Path, version: str, packages: Iterable[str],
+             gpg_keys: Iterable[StrPath] | None = None) -> list[str]:
     """dnf installing ``packages``; with ``gpg_keys`` (RequireGPGCheck) only packages signed by them."""
     if gpg_keys is None:
         signatures = ["--nogpgcheck"]
@@ -83,7 +97,7 @@ def dnf_argv(root, cache, release_dir, version, packages, gpg_keys=None):
     ]
 
 
-def fakeroot_argv(command, writable, hidden):
+def fakeroot_argv(command: list[str], writable: Iterable[StrPath], hidden: Iterable[StrPath]) -> list[str]:
     """bubblewrap making the caller root of a private user namespace, network off.
 
     The host is visible read-only (dnf and rpm come from it); ``writable``
@@ -101,11 +115,17 @@ def fakeroot_argv(command, writable, hidden):
 
 
 class GdbRoots:
-    def __init__(self, cache_dir):
-        self.roots_dir = Path(cache_dir) / "roots"
+    def __init__(self, cache_dir: StrPath) -> None:
+        self.roots_dir = self.directory(cache_dir)
         self.roots_dir.mkdir(parents=True, exist_ok=True)
 
-    def get(self, release, version, release_dir, key, packages, hidden=(), on_wait=lambda: None, gpg_keys=None):
+    @staticmethod
+    def directory(cache_dir: StrPath) -> Path:
+        return Path(cache_dir) / "roots"
+
+    def get(self, release: str, version: str, release_dir: Path, key: str, packages: list[str],
+            hidden: Iterable[StrPath] = (), on_wait: Callable[[], None] = lambda: None,
+            gpg_keys: Iterable[StrPath] | None = None) -> CachedPackage:
         """The gdb root of ``release`` for ``key``, built with dnf if it is not there yet.
 
         It has the shape of a cache entry (``root/``, ``manifest.json``), so
@@ -113,22 +133,23 @@ class GdbRoots:
         that this call built it.  ``gpg_keys``: the keys its packages must be
         signed with (None: not checked).
         """
-        def install(tmp):
+        def install(tmp: Path) -> list[ManifestEntry]:
             self._install(tmp, version, release_dir, packages, hidden, gpg_keys)
             return manifest_of(tmp / "root")
 
         return cached_entry(self.roots_dir / f"{release}-{key}", self.roots_dir / f"{release}.lock", install, on_wait)
 
-    def entries(self):
+    def entries(self) -> list[tuple[str, float, int]]:
         """``(name, last use, bytes)`` of every built gdb root."""
         return cache_entries(self.roots_dir)
 
-    def evict(self, name):
+    def evict(self, name: str) -> bool:
         release = name.rsplit("-", 1)[0]
         return evict_entry(self.roots_dir / name, self.roots_dir / f"{release}.lock")
 
     @staticmethod
-    def _install(tmp, version, release_dir, packages, hidden, gpg_keys):
+    def _install(tmp: Path, version: str, release_dir: Path, packages: list[str], hidden: Iterable[StrPath],
+                 gpg_keys: Iterable[StrPath] | None) -> None:
         if shutil.which("dnf") is None:
             raise ChrootError("RetraceEnvironment = chroot needs dnf, which is not installed on this server")
         root, cache = tmp / "root", tmp / "dnf-cache"
@@ -147,3 +168,45 @@ class GdbRoots:
         shutil.rmtree(cache, ignore_errors=True)
         if not (root / "usr" / "bin" / "gdb").exists():
             raise ChrootError(f"the gdb root has no /usr/bin/gdb after installing {' '.join(packages)}")
+
+
+class ChrootEnvironment(SysrootEnvironment):
+    """The release's own gdb (ChrootPackages, installed once per release with dnf) with the crash's packages
+    linked around it, the whole tree mounted as gdb's ``/``."""
+
+    name = "chroot"
+    native_only = True
+    needs_full_rpm_mirror = True
+
+    def _trees(self, work: Workload) -> list[CachedPackage]:
+        return [*work.trees, self._gdb_root(work)]
+
+    def _gdb_root(self, work: Workload) -> CachedPackage:
+        if work.index is None:
+            raise ChrootError(f"RetraceEnvironment = chroot needs a mirror of {work.release}")
+        packages = self.config.ChrootPackages.split()
+        release = work.index.release_dir.name
+        entry = GdbRoots(self.config.CacheDir).get(
+            release, release.split("-")[1], work.index.release_dir, root_key(work.index, packages), packages,
+            hidden=[self.config.SaveDir], gpg_keys=self.config.required_gpg_keys(release),
+            on_wait=lambda: self.log.info("Waiting for another task building the gdb root of %s", release))
+        if entry.unpacked:
+            self.log.info("Built the gdb root of %s (%s) with dnf in %.3f s", release, " ".join(packages),
+                          entry.seconds)
+        else:
+            self.log.info("Reused the gdb root of %s", release)
+        return entry
+
+    def _complete(self, work: Workload) -> int:
+        prepare_mount_points(self.tree, self.read_only_paths(work))
+        return 0
+
+    def view(self, work: Workload) -> View:
+        return View("/", str(work.core), "gdb")
+
+    def read_only_paths(self, work: Workload) -> list[Path]:
+        return [PackageCache.directory(self.config.CacheDir), work.core, GdbRoots.directory(self.config.CacheDir),
+                *work.extra_read_only]
+
+    def _root(self) -> Path:
+        return self.tree

@@ -10,11 +10,13 @@ when a setting changes; what differs per task (the crash directory bound
 into the chroot, the unique root name) goes on the command line.
 
 gdb is the only program the chroot must have: it runs in argv form as the
-unprivileged chroot user (``--chroot --unpriv -- gdb ...``), with the same
-batch commands as the other environments.  mock puts what a failing step
+unprivileged chroot user (``--chroot --unpriv -- gdb ...``), with the argv
+the caller made for the environment's view, as in the other environments.  mock puts what a failing step
 printed on stdout or stderr depending on the step, so a failure quotes
 both.
 """
+
+from __future__ import annotations
 
 import contextlib
 import grp
@@ -28,11 +30,19 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
-from retrace_server.analysis.gdb import exploitable_marker, gdb_argv
-from retrace_server.environments.sandbox import SandboxOutputLimit, SandboxTimeout, read_output
-from retrace_server.tasks.task import write_atomically
+from retrace_server.environments.base import Environment, View, Workload
+from retrace_server.environments.sandbox import Sandboxed, SandboxOutputLimit, SandboxTimeout, read_output
 from retrace_server.errors import RetraceError
+from retrace_server.files import write_atomically
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from retrace_server.config import Config
+    from retrace_server.environments.base import Limits
+    from retrace_server.packaging.release import ReleaseId
 
 CHROOT_CRASH_DIR = "/var/spool/abrt/crash"
 
@@ -91,21 +101,50 @@ class MockError(RetraceError):
     category = "environment"
 
 
-def find_mock(mock_path):
+def find_mock(mock_path: str) -> str | None:
     """The mock program ``MockPath`` names, or None."""
     return shutil.which(mock_path, path=os.pathsep.join(filter(None, (os.environ.get("PATH"), SEARCH_PATH))))
 
 
-def root_name(cache_dir, release):
+def root_name(cache_dir: Path, release: ReleaseId) -> str:
     """mock's name for the release's chroot and root cache (under /var/cache/mock, shared by the host):
     two servers on one host serving a release of the same name keep their caches apart."""
     return f"retrace-{release}-{hashlib.sha256(str(cache_dir).encode()).hexdigest()[:8]}"
 
 
-class MockEnvironment:
-    """One task's retrace in a mock chroot of its release."""
+class MockEnvironment(Environment):
+    """mock installs the crash's packages into a chroot of the release and runs gdb there (the job unpacks
+    nothing, and a person cannot reopen the chroot: mock scrubs it)."""
 
-    def __init__(self, config, task_dir, task_id, release, release_dir, gpg_keys=None):
+    name = "mock"
+    native_only = True
+    needs_full_rpm_mirror = True
+    unpacks = False
+
+    def prepare(self, work: Workload) -> int:
+        return 0
+
+    def view(self, work: Workload) -> View:
+        return View("/", f"{CHROOT_CRASH_DIR}/coredump", "gdb")
+
+    def _root(self, work: Workload) -> MockRoot:
+        release = str(work.release)
+        if work.index is None:
+            raise MockError(f"RetraceEnvironment = mock needs a mirror of {release}")
+        return MockRoot(self.config, self.task_path, self.task_id, work.release, work.index.release_dir,
+                        self.config.required_gpg_keys(release))
+
+    def run(self, argv: Sequence[str], work: Workload, limits: Limits) -> Sandboxed:
+        root = self._root(work)
+        output, seconds = root.run(work.packages, argv, limits.timeout, limits.output_bytes, self.log.info)
+        return Sandboxed(0, root.hide_chroot(output), seconds)
+
+
+class MockRoot:
+    """One task's chroot of its release, as mock makes, uses and scrubs it."""
+
+    def __init__(self, config: Config, task_dir: Path, task_id: str, release: ReleaseId, release_dir: Path,
+                 gpg_keys: list[Path] | None = None) -> None:
         self.config = config
         self.task_dir = Path(task_dir)
         self.task_id = task_id
@@ -113,18 +152,17 @@ class MockEnvironment:
         self.release_dir = release_dir
         self.gpg_keys = gpg_keys  # None: signatures are not checked (RequireGPGCheck = 0)
         self.config_path = Path(config.CacheDir) / "mock" / f"{release}.cfg"
-        self.marker = exploitable_marker()
 
     @property
-    def root_name(self):
+    def root_name(self) -> str:
         return root_name(self.config.CacheDir, self.release)
 
-    def hide_chroot(self, text):
+    def hide_chroot(self, text: str) -> str:
         """mock's messages name its chroot by the host path (/var/lib/mock/<root>-<task>/root/usr/...): the
         user reads the path inside it."""
         return re.sub(r"/\S*/" + re.escape(self.root_name) + r"-" + re.escape(self.task_id) + r"/root\b/?", "/", text)
 
-    def config_text(self):
+    def config_text(self) -> str:
         keys = " ".join(f"file://{path}" for path in self.gpg_keys or ())
         bootstrap = self.config.MockBootstrap
         image = (f"config_opts['bootstrap_image'] = 'registry.fedoraproject.org/fedora:{self.release.version}'\n"
@@ -138,7 +176,7 @@ class MockEnvironment:
             gpgkey=f"gpgkey={keys}\n" if keys else "",
         )
 
-    def write_config(self):
+    def write_config(self) -> bool:
         """Write the release's configuration if it changed; True when it was (re)written."""
         text = self.config_text()
         try:
@@ -150,19 +188,19 @@ class MockEnvironment:
         return True
 
     @property
-    def result_dir(self):
+    def result_dir(self) -> Path:
         """mock's ``--resultdir``: its logs of the task's steps (root.log holds what commands printed)."""
         return self.task_dir / "mock"
 
-    def _mock(self, program, *arguments):
+    def _mock(self, program: str, *arguments: str) -> list[str]:
         binds = [(str(self.task_dir / "crash"), CHROOT_CRASH_DIR)]
         return [program, "-r", str(self.config_path), "--uniqueext", self.task_id,
                 "--resultdir", str(self.result_dir), "--plugin-option", f"bind_mount:dirs={binds!r}",
                 *arguments]
 
-    def commands(self, program, packages, executable):
-        """``(step, argv)`` of every mock call of one retrace, in order (the last removes the chroot)."""
-        gdb = gdb_argv("/", executable, f"{CHROOT_CRASH_DIR}/coredump", self.marker)
+    def commands(self, program: str, packages: Sequence[str], gdb: Sequence[str]) -> list[tuple[str, list[str]]]:
+        """``(step, argv)`` of every mock call of one retrace, in order (the last removes the chroot); ``gdb`` is
+        the debugger's argv inside the chroot."""
         return [
             ("init", self._mock(program, "--init")),
             ("install", self._mock(program, "--install", *packages)),
@@ -170,8 +208,9 @@ class MockEnvironment:
             ("scrub", self._mock(program, "--scrub=chroot")),
         ]
 
-    def run(self, packages, executable, timeout, output_bytes, log):
-        """Run the retrace in mock; ``(gdb's output, seconds gdb ran)``.  ``log(sentence)`` hears each step."""
+    def run(self, packages: Sequence[str], gdb: Sequence[str], timeout: float, output_bytes: int,
+            log: Callable[[str], None]) -> tuple[str, float]:
+        """Run ``gdb`` (an argv) in mock; ``(its output, seconds it ran)``.  ``log(sentence)`` hears each step."""
         program = find_mock(self.config.MockPath)
         if program is None:
             raise MockError(f"RetraceEnvironment = mock, but mock ({self.config.MockPath}) is not installed "
@@ -179,7 +218,7 @@ class MockEnvironment:
         _check_mock_can_run()
         if self.write_config():
             log(f"Wrote the mock configuration of {self.release}: mock builds its root cache anew")
-        *setup, (_, gdb), scrub = self.commands(program, packages, executable)
+        *setup, (_, gdb), scrub = self.commands(program, packages, gdb)
         root_log = self.result_dir / "root.log"
         try:
             for step, command in setup:
@@ -194,7 +233,7 @@ class MockEnvironment:
             _run_step(*scrub, SETUP_SECONDS, output_bytes, root_log, check=False)
 
 
-def _check_mock_can_run():
+def _check_mock_can_run() -> None:
     """mock runs only for members of the ``mock`` group (through consolehelper or sudo): say so before
     mock answers with a password prompt or an exit status."""
     user = pwd.getpwuid(os.getuid())
@@ -211,14 +250,14 @@ def _check_mock_can_run():
                         "give the unit a drop-in with NoNewPrivileges=no")
 
 
-def no_new_privileges(status="/proc/self/status"):
+def no_new_privileges(status: str = "/proc/self/status") -> bool:
     """Whether this process may no longer gain privileges through setuid programs (prctl no_new_privs),
     as the hardened systemd units set it."""
     with open(status, encoding="ascii", errors="replace") as lines:
         return any(line.split() == ["NoNewPrivs:", "1"] for line in lines)
 
 
-def _cache_use(said):
+def _cache_use(said: str) -> str:
     """How mock's init made the chroot, from its state lines."""
     if "Start: unpacking root cache" in said:
         return " (from the root cache)"
@@ -227,7 +266,7 @@ def _cache_use(said):
     return ""
 
 
-def _terminate(process):
+def _terminate(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM (sudo relays it to a root mock, which cleans its mounts up), SIGKILL after a grace."""
     for sent in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError):
@@ -242,21 +281,22 @@ def _terminate(process):
 class _Tail(threading.Thread):
     """The last bytes a pipe carries, read while the step runs (mock logs to stderr)."""
 
-    def __init__(self, pipe, keep):
+    def __init__(self, pipe: IO[bytes], keep: int) -> None:
         super().__init__(daemon=True)
         self.pipe, self.keep, self.data = pipe, keep, b""
         self.start()
 
-    def run(self):
+    def run(self) -> None:
         for chunk in iter(lambda: self.pipe.read(65536), b""):
             self.data = (self.data + chunk)[-self.keep:]
 
-    def text(self):
+    def text(self) -> str:
         self.join()
         return self.data.decode(errors="replace")
 
 
-def _run_step(step, command, timeout, output_bytes, root_log, check=True, hide=str):
+def _run_step(step: str, command: list[str], timeout: float, output_bytes: int, root_log: Path, check: bool = True,
+              hide: Callable[[str], str] = str) -> subprocess.CompletedProcess[str]:
     """Run one mock step; its CompletedProcess, or MockError quoting what mock said.
 
     stdout is where mock prints what the chroot command printed (gdb's
@@ -264,6 +304,7 @@ def _run_step(step, command, timeout, output_bytes, root_log, check=True, hide=s
     """
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                start_new_session=True)
+    assert process.stdout is not None and process.stderr is not None  # both PIPE
     with process.stdout, process.stderr:
         stderr = _Tail(process.stderr, _STDERR_KEPT)
         try:
@@ -282,7 +323,7 @@ def _run_step(step, command, timeout, output_bytes, root_log, check=True, hide=s
     return result
 
 
-def _said(result, root_log, lines=4):
+def _said(result: subprocess.CompletedProcess[str], root_log: Path, lines: int = 4) -> str:
     """Why a step failed: the failed command's last words (mock logs them only to root.log in the
     result directory), then mock's own on both streams (a chroot command's error is on stdout)."""
     said = _failed_command_output(root_log, lines * 2)
@@ -292,7 +333,7 @@ def _said(result, root_log, lines=4):
     return " | ".join(dict.fromkeys(said)) or "no output"
 
 
-def _failed_command_output(root_log, lines):
+def _failed_command_output(root_log: Path, lines: int) -> list[str]:
     """The output of the last command that failed (mock unmounts after it), from the tail of root.log."""
     try:
         with open(root_log, "rb") as log:
@@ -300,7 +341,8 @@ def _failed_command_output(root_log, lines):
             text = log.read().decode(errors="replace")
     except OSError:
         return []
-    output, failed = [], []
+    output: list[str] = []
+    failed: list[str] = []
     for line in text.splitlines():
         said = _COMMAND_OUTPUT.match(line)
         if not said:

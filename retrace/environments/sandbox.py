@@ -10,6 +10,7 @@ mount, keyrings, bpf, ...), address-space, CPU, process-count and
 file-size limits, a cap on what they print, and a timeout after which the
 whole process group is killed.
 """
+from __future__ import annotations
 
 import contextlib
 import dataclasses
@@ -27,8 +28,14 @@ import termios
 import threading
 import time
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, Callable
 
-from retrace_server.errors import RetraceError
+from retrace_server.errors import MissingSystemModule, RetraceError, system_module
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from retrace_server.paths import StrPath
 
 _BWRAP_FAILURE = re.compile(r"^bwrap: (.*)$", re.M)
 _HOST_DIRS = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin")
@@ -77,12 +84,12 @@ class Sandboxed:
     seconds: float
 
     @property
-    def killed_by(self):
+    def killed_by(self) -> str | None:
         """The signal's name when the command was killed (a limit, usually), else None."""
         return signal.Signals(-self.returncode).name if self.returncode < 0 else None
 
 
-def host_binds():
+def host_binds() -> list[str]:
     """Read-only binds (or symlinks, for merged /usr) of what the debugger itself needs."""
     binds = []
     for path in _HOST_DIRS:
@@ -95,8 +102,9 @@ def host_binds():
     return binds
 
 
-def sandbox_argv(command, read_only_paths, root=None, writable_paths=(), seccomp_fd=None, new_session=True,
-                 terminal=None):
+def sandbox_argv(command: list[str], read_only_paths: Iterable[StrPath], root: StrPath | None = None,
+                 writable_paths: Iterable[StrPath] = (), seccomp_fd: int | None = None, new_session: bool = True,
+                 terminal: str | None = None) -> list[str]:
     """bwrap around ``command``; ``read_only_paths`` (and ``writable_paths``) appear at their own paths.
 
     ``new_session`` False keeps the caller's terminal as the command's controlling one (a person's
@@ -127,7 +135,7 @@ def sandbox_argv(command, read_only_paths, root=None, writable_paths=(), seccomp
     return argv + ["--", *command]
 
 
-def _tasks_of_this_user():
+def _tasks_of_this_user() -> int:
     """How many tasks (threads) this process's real user runs now."""
     uid, count = os.getuid(), 0
     for entry in os.scandir("/proc"):
@@ -143,10 +151,10 @@ def _tasks_of_this_user():
     return count
 
 
-def _limits(memory_bytes, cpu_seconds, file_bytes):
+def _limits(memory_bytes: int, cpu_seconds: int, file_bytes: int | None) -> Callable[[], None]:
     processes = _tasks_of_this_user() + _EXTRA_PROCESSES
 
-    def apply():
+    def apply() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -158,13 +166,12 @@ def _limits(memory_bytes, cpu_seconds, file_bytes):
 
 
 @functools.lru_cache(maxsize=1)
-def seccomp_program():
+def seccomp_program() -> bytes:
     """The seccomp filter as BPF bytes: allow all but ``DENIED_SYSCALLS`` and the TIOCSTI ioctl."""
     try:
-        import seccomp
-    except ImportError:
-        raise SandboxUnavailable("the seccomp bindings are not installed on the retrace server "
-                                 "(Debian: python3-seccomp, Fedora: python3-libseccomp)") from None
+        seccomp = system_module("seccomp")
+    except MissingSystemModule as err:
+        raise SandboxUnavailable(err.sentence) from None
     refused = seccomp.ERRNO(errno.EPERM)
     syscall_filter = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
     for name in DENIED_SYSCALLS:
@@ -179,7 +186,7 @@ def seccomp_program():
         return out.read()
 
 
-def seccomp_filter():
+def seccomp_filter() -> int:
     """A new descriptor to read the filter from (bwrap reads it to the end), for ``pass_fds``."""
     program = seccomp_program()
     fd = os.memfd_create("retrace-seccomp", os.MFD_CLOEXEC)
@@ -188,14 +195,14 @@ def seccomp_filter():
     return fd
 
 
-def require_sandbox(program):
+def require_sandbox(program: str) -> None:
     """SandboxUnavailable unless bwrap and ``program`` are installed."""
     for needed in ("bwrap", program):
         if shutil.which(needed) is None:
             raise SandboxUnavailable(f"{needed} is not installed on the retrace server")
 
 
-def prepare_mount_points(root, paths):
+def prepare_mount_points(root: StrPath, paths: Iterable[StrPath]) -> None:
     """Create, inside a root bubblewrap will mount read-only, where ``paths`` get mounted."""
     for name in ("proc", "dev", "tmp"):
         os.makedirs(os.path.join(root, name), exist_ok=True)
@@ -208,8 +215,9 @@ def prepare_mount_points(root, paths):
             open(target, "a").close()
 
 
-def start_sandboxed(command, read_only_paths, *, cpu_seconds, memory_bytes, stdin=subprocess.DEVNULL, root=None,
-                    writable_paths=()):
+def start_sandboxed(command: list[str], read_only_paths: Iterable[StrPath], *, cpu_seconds: int, memory_bytes: int,
+                    stdin: int | IO[bytes] = subprocess.DEVNULL, root: StrPath | None = None,
+                    writable_paths: Iterable[StrPath] = ()) -> subprocess.Popen[bytes]:
     """Start ``command`` in the sandbox, in a process group of its own; its Popen (output and errors merged).
 
     For a debugger driven batch by batch (``retrace_server.analysis.crash``); the caller
@@ -227,7 +235,8 @@ def start_sandboxed(command, read_only_paths, *, cpu_seconds, memory_bytes, stdi
         os.close(filter_fd)
 
 
-def run_interactive(command, read_only_paths, *, time_limit, memory_bytes, root=None):
+def run_interactive(command: list[str], read_only_paths: Iterable[StrPath], *, time_limit: float, memory_bytes: int,
+                    root: StrPath | None = None) -> int:
     """Run ``command`` in the sandbox on this process's terminal (stdin, stdout, stderr) until it exits or
     ``time_limit`` seconds pass (then its process group is killed); its exit status."""
     filter_fd = seccomp_filter()
@@ -250,21 +259,22 @@ def run_interactive(command, read_only_paths, *, time_limit, memory_bytes, root=
         signal.signal(signal.SIGINT, previous)
 
 
-def check_started(returncode, text):
+def check_started(returncode: int, text: str) -> None:
     """SandboxUnavailable when bubblewrap itself failed (its own message is in ``text``)."""
     failure = _BWRAP_FAILURE.search(text)
     if returncode != 0 and failure:
         raise SandboxUnavailable(f"the debugger sandbox (bubblewrap) cannot start on this server: {failure[1]}")
 
 
-def kill_group(process):
+def kill_group(process: subprocess.Popen[bytes]) -> None:
     """SIGKILL the command's whole process group (bwrap, the debugger, anything it started) and reap it."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
 
 
-def read_output(process, deadline, limit, until=None, stop=kill_group):
+def read_output(process: subprocess.Popen[bytes], deadline: float, limit: int, until: bytes | None = None,
+                stop: Callable[[subprocess.Popen[bytes]], None] = kill_group) -> tuple[bytearray, bool]:
     """Read the command's output until it ends (or ``until`` appears).
 
     The output is untrusted in size: a forged core makes gdb print without
@@ -273,6 +283,7 @@ def read_output(process, deadline, limit, until=None, stop=kill_group):
     too (SandboxTimeout).  Returns ``(received, ended)``.
     """
     received = bytearray()
+    assert process.stdout is not None  # started with stdout=PIPE
     fd = process.stdout.fileno()
     searched = 0
     while True:
@@ -295,15 +306,16 @@ def read_output(process, deadline, limit, until=None, stop=kill_group):
         searched = len(received)
 
 
-def _feed(pipe, data):
+def _feed(pipe: IO[bytes], data: bytes) -> None:
     with contextlib.suppress(BrokenPipeError, OSError):
         pipe.write(data)
     with contextlib.suppress(BrokenPipeError, OSError):
         pipe.close()
 
 
-def run_sandboxed(command, read_only_paths, *, timeout, memory_bytes, stdin=None, root=None, writable_paths=(),
-                  output_bytes=DEFAULT_OUTPUT_BYTES):
+def run_sandboxed(command: list[str], read_only_paths: Iterable[StrPath], *, timeout: float, memory_bytes: int,
+                  stdin: str | Path | None = None, root: StrPath | None = None, writable_paths: Iterable[StrPath] = (),
+                  output_bytes: int = DEFAULT_OUTPUT_BYTES) -> Sandboxed:
     """Run ``command`` in the sandbox; its Sandboxed result (output and errors merged).
 
     ``stdin`` is text to feed it, or a Path whose content it reads.
@@ -312,6 +324,7 @@ def run_sandboxed(command, read_only_paths, *, timeout, memory_bytes, stdin=None
     itself could not start.
     """
     with contextlib.ExitStack() as stack:
+        source: int | IO[bytes]
         if isinstance(stdin, Path):
             source, data = stack.enter_context(open(stdin, "rb")), None
         else:
@@ -320,6 +333,7 @@ def run_sandboxed(command, read_only_paths, *, timeout, memory_bytes, stdin=None
         started = time.monotonic()
         process = start_sandboxed(command, read_only_paths, cpu_seconds=int(timeout) + 1, memory_bytes=memory_bytes,
                                   stdin=source, root=root, writable_paths=writable_paths)
+        assert process.stdout is not None  # started with stdout=PIPE
         stack.callback(process.stdout.close)
         if data is not None:
             threading.Thread(target=_feed, args=(process.stdin, data), daemon=True).start()

@@ -1,7 +1,6 @@
-"""A task's sysroot: the crashed machine's files, assembled from the cache.
+"""``RetraceEnvironment = sysroot``: the host's gdb on a task's tree, the crashed machine's files from the cache.
 
-The root is a tree of directories and symlinks (``RetraceEnvironment =
-sysroot``): a regular file is a symlink to its copy in the package cache,
+The tree is made of directories and symlinks: a regular file is a symlink to its copy in the package cache,
 so assembling a root costs one ``symlink`` per file and no data is copied.
 The package's own symlinks are recreated inside the root, with targets
 made relative and clamped to the root (``retrace_server.paths``), so they resolve
@@ -10,17 +9,33 @@ to the root, from a package manifest, a core or a program header, goes
 through ``retrace_server.paths.inside``.
 """
 
+from __future__ import annotations
+
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from retrace_server.elf import program_interpreter
+from retrace_server.environments.base import Environment, Limits, View, Workload, hide_cache_paths
+from retrace_server.environments.sandbox import Sandboxed, require_sandbox, run_sandboxed
+from retrace_server.environments.session import Session
+from retrace_server.packaging.cache import PackageCache
 from retrace_server.paths import UnsafePath, clamped_link_target, inside
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from retrace_server.elf import Module
+    from retrace_server.packaging.cache import CachedPackage
+    from retrace_server.paths import StrPath
 
 log = logging.getLogger(__name__)
 
 
-def assemble_sysroot(root, cached_packages):
+def assemble_sysroot(root: StrPath, cached_packages: Iterable[CachedPackage]) -> tuple[int, float]:
     """Build ``root`` from CachedPackages (the first package wins a file both hold).
 
     Returns ``(files linked, seconds)``.
@@ -28,7 +43,7 @@ def assemble_sysroot(root, cached_packages):
     started = time.monotonic()
     root = Path(root)
     root.mkdir(mode=0o755)
-    made_dirs = set()
+    made_dirs: set[str] = set()
     linked = 0
     for package in cached_packages:
         source_root = str(package.root)
@@ -59,7 +74,7 @@ def assemble_sysroot(root, cached_packages):
     return linked, time.monotonic() - started
 
 
-def _resolved_in(root, parent, relative):
+def _resolved_in(root: StrPath, parent: str, relative: str) -> str:
     """Where the entry ``relative`` really lands in the tree: its directory after the links other packages put
     on the way (``usr/share/x -> .`` makes ``usr/share/x/x/L`` land in ``usr/share``).
 
@@ -75,7 +90,7 @@ def _resolved_in(root, parent, relative):
     return os.path.join(os.path.relpath(real, base), os.path.basename(relative))
 
 
-def merged_usr_path(relative, kind):
+def merged_usr_path(relative: str, kind: str) -> str:
     """Where a packaged entry lives on a merged-/usr system: ``lib/x86_64-linux-gnu/libc.so.6`` (Debian's
     libc6 still ships it there) is ``usr/lib/...``, and ``/lib`` becomes a link to ``usr/lib``
     (``add_merged_usr_links``), so the library is found by either name the core uses.  A package's own
@@ -86,12 +101,7 @@ def merged_usr_path(relative, kind):
     return f"usr/{relative}"
 
 
-def build_id_debug_path(build_id):
-    """Where gdb looks for the separate debuginfo of ``build_id`` (``debug-file-directory``)."""
-    return f"/usr/lib/debug/.build-id/{build_id[:2]}/{build_id[2:]}.debug"
-
-
-def place_files(root, placements):
+def place_files(root: StrPath, placements: Iterable[tuple[str, StrPath]]) -> int:
     """Link each ``(path in the tree, file)`` pair into ``root``, keeping what is already there.
 
     A name that would leave the tree, or whose directory a package made a
@@ -120,7 +130,7 @@ _MERGED_USR = (("lib", "usr/lib"), ("lib64", "usr/lib64"), ("bin", "usr/bin"), (
 _MERGED_TOPS = {name for name, _ in _MERGED_USR}
 
 
-def link_program_interpreter(root, interpreter, modules):
+def link_program_interpreter(root: StrPath, interpreter: str | None, modules: Iterable[Module]) -> bool:
     """Give the loader at the path the program names (gdb looks it up by that name), if only its
     mapped path (e.g. /usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2) is in the tree."""
     try:
@@ -136,9 +146,66 @@ def link_program_interpreter(root, interpreter, modules):
     return False
 
 
-def add_merged_usr_links(root):
+def add_merged_usr_links(root: StrPath) -> None:
     """/lib -> usr/lib and friends, where the packages did not bring their own."""
     for name, target in _MERGED_USR:
         link = os.path.join(root, name)
         if not os.path.lexists(link) and os.path.isdir(os.path.join(root, target)):
             os.symlink(target, link)
+
+
+class SysrootEnvironment(Environment):
+    """The host's gdb for the core's architecture (gdb-multiarch for a foreign one) on ``<task>/sysroot``."""
+
+    name = "sysroot"
+
+    @property
+    def tree(self) -> Path:
+        return self.task_path / "sysroot"
+
+    def prepare(self, work: Workload) -> int:
+        shutil.rmtree(self.tree, ignore_errors=True)
+        linked, seconds = assemble_sysroot(self.tree, self._trees(work))
+        linked += place_files(self.tree, work.placements)
+        linked += self._complete(work)
+        self.log.info("Assembled the %s: %d files linked in %.3f s", self.name, linked, seconds)
+        return linked
+
+    def _trees(self, work: Workload) -> list[CachedPackage]:
+        return list(work.trees)
+
+    def _complete(self, work: Workload) -> int:
+        """What the packages leave out: merged-/usr links and the loader at the path the program names."""
+        add_merged_usr_links(self.tree)
+        interpreter = program_interpreter(self.tree / work.executable.lstrip("/"))
+        return int(link_program_interpreter(self.tree, interpreter, work.modules))
+
+    def view(self, work: Workload) -> View:
+        return View(str(self.tree), str(work.core), work.debugger)
+
+    def read_only_paths(self, work: Workload) -> list[Path]:
+        """What the sandbox shows besides the host's /usr: the caches the tree's links point into, the core."""
+        return [PackageCache.directory(self.config.CacheDir), work.core, self.tree, *work.extra_read_only]
+
+    def run(self, argv: Sequence[str], work: Workload, limits: Limits) -> Sandboxed:
+        require_sandbox("gdb")
+        return run_sandboxed(list(argv), self.read_only_paths(work), timeout=limits.timeout,
+                             memory_bytes=limits.memory_bytes, output_bytes=limits.output_bytes,
+                             root=self._root())
+
+    def _root(self) -> Path | None:
+        return None
+
+    def session(self, work: Workload, argv: Sequence[str]) -> Session:
+        program = self.tree / work.executable.lstrip("/")
+        root = self._root()
+        return Session("gdb", tuple(argv), tuple(map(str, self.read_only_paths(work))),
+                       ((str(work.core), "the coredump"), (str(program), "the crashed program in the package tree")),
+                       str(root) if root is not None else None)
+
+    def hide(self, text: str) -> str:
+        return hide_cache_paths(text.replace(str(self.tree), ""), self.config.CacheDir)
+
+    def clean(self, keep: bool) -> None:
+        if not keep:
+            shutil.rmtree(self.tree, ignore_errors=True)

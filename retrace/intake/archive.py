@@ -8,6 +8,7 @@ counted on the way, so ``MaxPackedSize``, ``MaxUnpackedSize`` and
 uploads (``retrace_server.intake.storage``).  Extraction never shells out
 to tar and accepts only regular files with known names at the top level.
 """
+from __future__ import annotations
 
 import contextlib
 import dataclasses
@@ -15,18 +16,35 @@ import hashlib
 import io
 import os
 import tarfile
-
-import magic
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from retrace_server import compression, tarstream
-from retrace_server.errors import (BadRequest, InvalidCrashData, LengthRequired, MaliciousArchive, MissingCrashFile,
-                            UnsupportedArchive, UploadTooLarge, disk_full_explained)
+from retrace_server.errors import (
+    BadRequest,
+    InvalidCrashData,
+    LengthRequired,
+    MaliciousArchive,
+    MissingCrashFile,
+    UnsupportedArchive,
+    UploadTooLarge,
+    disk_full_explained,
+    system_module,
+)
 from retrace_server.intake.body import RequestBody, SlowUpload
 from retrace_server.intake.storage import NO_STORAGE
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+    from pathlib import Path
 
 CHUNK_SIZE = 1024 * 1024
 _SNIFF_SIZE = 8192
 _PLAIN_FILE_TYPES = {tarfile.REGTYPE, tarfile.AREGTYPE}
+
+
+# check(first bytes of a crash file, its name): raises what is wrong with them.
+HeadCheck = Callable[[bytes, str], object]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,23 +52,24 @@ class ArchiveFormat:
     """One accepted Content-Type and how to read bodies of that type."""
 
     content_type: str
-    aliases: tuple
-    magic_types: frozenset
+    aliases: tuple[str, ...]
+    magic_types: frozenset[str]
     description: str
-    decompress: object
+    decompress: Callable[[io.BufferedReader[Any], int], io.BufferedReader[Any]]
 
-    def accepts(self, content_type):
+    def accepts(self, content_type: str) -> bool:
         return content_type == self.content_type or content_type in self.aliases
 
 
-def _plain_reader(raw, _memlimit):
+def _plain_reader(raw: io.BufferedReader[Any], _memlimit: int) -> io.BufferedReader[Any]:
     return raw
 
 
 # Order matters: /settings lists them like this, xz first as upstream did.
 FORMATS = (
     ArchiveFormat(
-        "application/x-xz-compressed-tar", ("application/x-xz",), frozenset({"application/x-xz"}), "xz-compressed data", compression.xz_reader
+        "application/x-xz-compressed-tar", ("application/x-xz",), frozenset({"application/x-xz"}), "xz-compressed data",
+        compression.xz_reader
     ),
     ArchiveFormat(
         "application/x-gzip",
@@ -72,12 +91,12 @@ FORMATS = (
 DECOMPRESSION_ERRORS = (*compression.CORRUPT_DATA, tarfile.TarError)
 
 
-def supported_formats():
+def supported_formats() -> list[str]:
     """Content-Types for ``/settings``, in upstream's order."""
     return [fmt.content_type for fmt in FORMATS]
 
 
-def format_for(content_type):
+def format_for(content_type: str | None) -> ArchiveFormat:
     """The ArchiveFormat for a Content-Type header value, or UnsupportedArchive."""
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
     for fmt in FORMATS:
@@ -88,7 +107,7 @@ def format_for(content_type):
     )
 
 
-def declared_length(content_length, max_bytes):
+def declared_length(content_length: int | None, max_bytes: int) -> int:
     """Check Content-Length before a single body byte is read."""
     if content_length is None:
         raise LengthRequired("You need to set Content-Length header properly")
@@ -109,9 +128,9 @@ class Limits:
     """
 
     max_unpacked_bytes: int
-    files: dict
-    reserve: object
-    head_checks: dict = dataclasses.field(default_factory=dict)
+    files: dict[str, int | None]
+    reserve: Callable[[int], None]
+    head_checks: dict[str, HeadCheck] = dataclasses.field(default_factory=dict)
     # What a decompressor may hold (MaxDecoderMemory): xz and zstd headers that declare more are refused.
     decoder_memory: int = compression.DEFAULT_DECODER_MEMORY
 
@@ -119,20 +138,20 @@ class Limits:
 class _RawBody(io.RawIOBase):
     """A RequestBody as a raw stream, for the buffered reader the decompressors read."""
 
-    def __init__(self, body):
+    def __init__(self, body: RequestBody) -> None:
         super().__init__()
         self.body = body
 
-    def readable(self):
+    def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer):
+    def readinto(self, buffer: Any) -> int:
         data = self.body.read(len(buffer))
         buffer[:len(data)] = data
         return len(data)
 
 
-def _display_name(name):
+def _display_name(name: str) -> str:
     """A member name safe to quote back: printable, short, never a path of ours."""
     shown = "".join(ch if ch.isprintable() else "?" for ch in name)[:64]
     return shown or "?"
@@ -142,7 +161,7 @@ _GuardedTarInfo = tarstream.guarded_tarinfo(
     lambda what: MaliciousArchive(f"The archive has {what}; crash archives never need them"))
 
 
-def _member_name(member):
+def _member_name(member: tarfile.TarInfo) -> str:
     """The plain file name of ``member``, or MaliciousArchive saying why not."""
     name = member.name
     if name.startswith("./"):
@@ -174,7 +193,8 @@ def _member_name(member):
     return name
 
 
-def _copy_member(source, target_path, size, check_head=None, digest=None):
+def _copy_member(source: IO[bytes], target_path: Path, size: int, check_head: HeadCheck | None = None,
+                 digest: hashlib._Hash | None = None) -> int:
     """Write exactly ``size`` bytes; ``x`` mode never overwrites or follows links.
 
     ``check_head(first bytes, name)`` runs on the first chunk, before the file is created; ``digest``
@@ -197,14 +217,19 @@ def _copy_member(source, target_path, size, check_head=None, digest=None):
     return written
 
 
-def _sniffed_type(buffered):
+def _sniffed_type(buffered: io.BufferedReader[_RawBody]) -> str:
     head = buffered.peek(_SNIFF_SIZE)[:_SNIFF_SIZE]
     if not head:
         raise BadRequest("The upload is empty")
-    return magic.from_buffer(head, mime=True)
+    return mime_type(head)
 
 
-def _actual_format(declared, buffered):
+def mime_type(head: bytes) -> str:
+    """libmagic's MIME type of data starting with ``head``."""
+    return str(system_module("magic").from_buffer(head, mime=True))
+
+
+def _actual_format(declared: ArchiveFormat, buffered: io.BufferedReader[_RawBody]) -> ArchiveFormat:
     """The format the bytes are in, whichever archive type was declared: upstream unpacked with GNU tar,
     which finds the compression itself, and its own client sends a gzip-compressed tar as
     application/x-tar."""
@@ -220,9 +245,9 @@ def _actual_format(declared, buffered):
     )
 
 
-def _unpack_members(stream, crash_dir, limits, digests):
+def _unpack_members(stream: IO[bytes], crash_dir: Path, limits: Limits, digests: dict[str, str]) -> dict[str, int]:
     unpacked = 0
-    sizes = {}
+    sizes: dict[str, int] = {}
     # bufsize: tarfile's stream mode otherwise reads in 10 KiB steps.
     with tarfile.open(fileobj=stream, mode="r|", tarinfo=_GuardedTarInfo, bufsize=CHUNK_SIZE) as tar:
         for member in tar:
@@ -241,8 +266,9 @@ def _unpack_members(stream, crash_dir, limits, digests):
                 )
             limits.reserve(member.size)
             digest = hashlib.md5(usedforsecurity=False) if name in digests else None
-            sizes[name] = _copy_member(tar.extractfile(member), crash_dir / name, member.size,
-                                       limits.head_checks.get(name), digest)
+            source = tar.extractfile(member)
+            assert source is not None  # a regular file's (_member_name)
+            sizes[name] = _copy_member(source, crash_dir / name, member.size, limits.head_checks.get(name), digest)
             if digest is not None:
                 digests[name] = digest.hexdigest()
             limits.reserve(0)
@@ -250,7 +276,8 @@ def _unpack_members(stream, crash_dir, limits, digests):
     return sizes
 
 
-def receive_archive(stream, content_length, fmt, crash_dir, limits, digests=None, min_rate=0):
+def receive_archive(stream: BinaryIO, content_length: int, fmt: ArchiveFormat, crash_dir: Path, limits: Limits,
+                    digests: dict[str, str] | None = None, min_rate: int = 0) -> dict[str, int]:
     """Stream an upload of ``content_length`` bytes into ``crash_dir``.
 
     ``content_length`` has passed ``declared_length``; the body must come
@@ -280,12 +307,12 @@ def receive_archive(stream, content_length, fmt, crash_dir, limits, digests=None
     return sizes
 
 
-def describe_error(err):
+def describe_error(err: BaseException) -> str:
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
     return text[:200]
 
 
-def require_files(sizes, required):
+def require_files(sizes: Mapping[str, int], required: Iterable[str]) -> None:
     """MissingCrashFile naming the first required file that was not uploaded."""
     for name in required:
         if name not in sizes:

@@ -4,13 +4,21 @@ Names and caps follow upstream's ``ALLOWED_FILES``; the content rules are
 ours.  Text files end up in logs, statistics and (later) command lines, so
 each is held to a strict pattern here, at the door, once.
 """
+from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
-from retrace_server.analysis.coredump import check_elf_core_header
 from retrace_server.analysis.vmcore import dump_format_of
+from retrace_server.elf import check_elf_core_header
 from retrace_server.errors import BadRequest, Conflict, Forbidden, InvalidCrashData
 from retrace_server.tasks.task import TaskType
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from pathlib import Path
+
+    from retrace_server.intake.archive import HeadCheck
 
 _PATH = re.compile(r"/[A-Za-z0-9._+,:@%=~/-]*", re.ASCII)
 # name-[epoch:]version-release (RPM), or name-[epoch:]version[-revision] (Debian: native packages have none)
@@ -23,27 +31,43 @@ _PATH_RULE = "an absolute path of letters, digits and ._+,:@%=~/- without '..'"
 _RELEASE_RULE = "a release line such as 'Fedora release 41 (Forty One)'"
 
 
-def _is_os_release(text):
+def _is_os_release(text: str) -> bool:
     return all(_OS_RELEASE_LINE.fullmatch(line.strip()) for line in text.splitlines() if line.strip())
 
 
-def _is_path(text):
+def _is_path(text: str) -> bool:
     return bool(_PATH.fullmatch(text)) and ".." not in text.split("/")
 
 
-# name: (size cap in bytes or None, predicate on the stripped text or None for binary, rule shown to users)
+class CrashFile(NamedTuple):
+    cap: int | None  # bytes, None: any size
+    fits: Callable[[str], object] | None  # on the stripped text; None: a binary file
+    rule: str  # what ``fits`` wants, as told to users
+
+
+_BINARY = CrashFile(None, None, "a binary file")
 CRASH_FILES = {
-    "coredump": (None, None, None),
-    "vmcore": (None, None, None),
-    "executable": (512, _is_path, _PATH_RULE),
-    "package": (128, _NEVR.fullmatch, "a package name-version-release such as 'bash-5.2.26-3.fc41' or 'bash-5.2.15-2+b7'"),
-    "os_release": (128, _RELEASE_TEXT.fullmatch, _RELEASE_RULE),
-    "release": (128, _RELEASE_TEXT.fullmatch, _RELEASE_RULE),
-    "os_release_in_rootdir": (128, _RELEASE_TEXT.fullmatch, _RELEASE_RULE),
-    "os_info": (4096, _is_os_release, "an os-release file: KEY=value lines such as 'ID=debian'"),
-    "rootdir": (256, _is_path, _PATH_RULE),
-    "packages": (1024 * 1024, _PACKAGE_LIST.fullmatch, "package names separated by white space"),
+    "coredump": _BINARY,
+    "vmcore": _BINARY,
+    "executable": CrashFile(512, _is_path, _PATH_RULE),
+    "package": CrashFile(128, _NEVR.fullmatch,
+                         "a package name-version-release such as 'bash-5.2.26-3.fc41' or 'bash-5.2.15-2+b7'"),
+    "os_release": CrashFile(128, _RELEASE_TEXT.fullmatch, _RELEASE_RULE),
+    "release": CrashFile(128, _RELEASE_TEXT.fullmatch, _RELEASE_RULE),
+    "os_release_in_rootdir": CrashFile(128, _RELEASE_TEXT.fullmatch, _RELEASE_RULE),
+    "os_info": CrashFile(4096, _is_os_release, "an os-release file: KEY=value lines such as 'ID=debian'"),
+    "rootdir": CrashFile(256, _is_path, _PATH_RULE),
+    "packages": CrashFile(1024 * 1024, _PACKAGE_LIST.fullmatch, "package names separated by white space"),
 }
+
+
+def broken_rule(name: str, text: str) -> str | None:
+    """What the crash file ``name`` must hold, when ``text`` (stripped) does not; None when it may be its text.
+    The same check whether the text came in an archive, from the manager's form or from an override."""
+    cap, fits, rule = CRASH_FILES[name]
+    if fits is None or not text or (cap is not None and len(text) > cap) or not fits(text):
+        return rule
+    return None
 
 _COREDUMP_REQUIRED = ("coredump", "executable", "package")
 REQUIRED_FILES = {
@@ -58,10 +82,10 @@ REQUIRED_FILES = {
 # checks them as the file starts to stream in, so a gigabyte that is not a
 # core is refused before it is written.
 HEAD_SIZE = 64
-HEAD_CHECKS = {"coredump": check_elf_core_header, "vmcore": dump_format_of}
+HEAD_CHECKS: dict[str, HeadCheck] = {"coredump": check_elf_core_header, "vmcore": dump_format_of}
 
 
-def parse_task_type(header, allow_interactive, allow_vmcore):
+def parse_task_type(header: str | None, allow_interactive: bool, allow_vmcore: bool) -> TaskType:
     """The TaskType for an ``X-Task-Type`` header (absent means a coredump)."""
     if header is None or not header.strip():
         return TaskType.COREDUMP
@@ -83,12 +107,12 @@ def parse_task_type(header, allow_interactive, allow_vmcore):
     return task_type
 
 
-def size_caps():
+def size_caps() -> dict[str, int | None]:
     """Allowed file names and their size caps, for the archive reader."""
-    return {name: cap for name, (cap, _, _) in CRASH_FILES.items()}
+    return {name: crash_file.cap for name, crash_file in CRASH_FILES.items()}
 
 
-def read_text_file(path, name):
+def read_text_file(path: Path, name: str) -> str:
     """The stripped text of a small crash file, or InvalidCrashData."""
     try:
         text = path.read_bytes().decode("ascii")
@@ -97,15 +121,14 @@ def read_text_file(path, name):
     return text.strip()
 
 
-def validate_crash_dir(crash_dir, names):
+def validate_crash_dir(crash_dir: Path, names: Iterable[str]) -> None:
     """Check the content of every uploaded file in ``names``."""
     for name in sorted(names):
-        _, predicate, rule = CRASH_FILES[name]
         path = crash_dir / name
-        if predicate is None:
+        if CRASH_FILES[name].fits is None:
             with open(path, "rb") as handle:
                 HEAD_CHECKS[name](handle.read(HEAD_SIZE), name)
             continue
-        text = read_text_file(path, name)
-        if not text or not predicate(text):
+        rule = broken_rule(name, read_text_file(path, name))
+        if rule is not None:
             raise InvalidCrashData(f"The '{name}' file must hold {rule}")

@@ -8,41 +8,45 @@ limits; a single compressed file is decompressed into place with the same
 caps; a bare dump is moved into place without a copy.  Anything else is
 refused with what it looks like.
 """
+from __future__ import annotations
 
 import os
-
-import magic
+from typing import TYPE_CHECKING, BinaryIO
 
 from retrace_server.errors import InvalidCrashData, UploadTooLarge, disk_full_explained
 from retrace_server.intake import archive, crashdata
 from retrace_server.intake.storage import NO_STORAGE
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
 _HEAD = 8192
 
 
-def _decompressor(path):
+def _decompressor(path: Path) -> archive.ArchiveFormat | None:
     """The archive format whose decompressor reads ``path`` (None when it is not compressed)."""
     with open(path, "rb") as handle:
-        kind = magic.from_buffer(handle.read(_HEAD), mime=True)
+        kind = archive.mime_type(handle.read(_HEAD))
     for fmt in archive.FORMATS:
         if kind in fmt.magic_types and fmt.content_type != "application/x-tar":
             return fmt
     return None
 
 
-def _is_tar(head):
+def _is_tar(head: bytes) -> bool:
     return len(head) >= 262 and head[257:262] == b"ustar"
 
 
-def check_head(head, is_vmcore):
+def check_head(head: bytes, is_vmcore: bool) -> None:
     """InvalidCrashData unless ``head`` (a file's first bytes) starts a dump, a tar or a compressed file."""
-    kind = magic.from_buffer(head, mime=True) if head else ""
+    kind = archive.mime_type(head) if head else ""
     if _is_tar(head) or any(kind in fmt.magic_types for fmt in archive.FORMATS):
         return
     _refuse_unless_dump(head, is_vmcore)
 
 
-def _refuse_unless_dump(head, is_vmcore):
+def _refuse_unless_dump(head: bytes, is_vmcore: bool) -> str:
     """``vmcore`` or ``coredump`` when ``head`` starts one, else InvalidCrashData saying what it looks like."""
     name = "vmcore" if is_vmcore else "coredump"
     try:
@@ -54,7 +58,7 @@ def _refuse_unless_dump(head, is_vmcore):
                                "server reads") from None
 
 
-def materialize(downloaded, crash_dir, limits, is_vmcore):
+def materialize(downloaded: Path, crash_dir: Path, limits: archive.Limits, is_vmcore: bool) -> dict[str, int]:
     """Turn the file ``downloaded`` into files in ``crash_dir``; returns ``{name: size}``.
 
     ``limits`` are the upload's (``archive.Limits``); InvalidCrashData names
@@ -65,12 +69,9 @@ def materialize(downloaded, crash_dir, limits, is_vmcore):
     with open(downloaded, "rb") as handle:
         stream = fmt.decompress(handle, limits.decoder_memory) if fmt else handle
         try:
-            head = stream.peek(_HEAD)[:_HEAD] if hasattr(stream, "peek") else None
+            head = stream.peek(_HEAD)[:_HEAD]
         except archive.DECOMPRESSION_ERRORS as err:
             raise InvalidCrashData(f"The file is corrupt ({archive.describe_error(err)})") from None
-        if head is None:
-            head = stream.read(_HEAD)
-            stream = _Prefixed(head, stream)
         if _is_tar(head):
             handle.seek(0)
             return archive.receive_archive(handle, size, fmt or archive.FORMATS[-1], crash_dir, limits)
@@ -84,7 +85,7 @@ def materialize(downloaded, crash_dir, limits, is_vmcore):
         return {name: _decompress_into(stream, crash_dir / name, limits)}
 
 
-def _decompress_into(stream, target, limits):
+def _decompress_into(stream: BinaryIO, target: Path, limits: archive.Limits) -> int:
     written = 0
     try:
         with disk_full_explained(NO_STORAGE), open(target, "xb") as out:
@@ -99,16 +100,3 @@ def _decompress_into(stream, target, limits):
         raise InvalidCrashData(f"The compressed file is corrupt or truncated ({archive.describe_error(err)})") from None
     os.chmod(target, 0o640)
     return written
-
-
-class _Prefixed:
-    """A stream whose first bytes were already read (for decompressors without ``peek``)."""
-
-    def __init__(self, prefix, stream):
-        self.prefix, self.stream = prefix, stream
-
-    def read(self, size=-1):
-        if self.prefix:
-            taken, self.prefix = self.prefix[:size], self.prefix[size:]
-            return taken
-        return self.stream.read(size)

@@ -7,11 +7,18 @@ straight into the task's directory, counting and capping as it goes.  Text
 fields are capped at ``FIELD_LIMIT`` bytes and the number of parts at
 ``MAX_PARTS``.
 """
+from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from retrace_server.errors import BadRequest
 from retrace_server.intake.body import RequestBody
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from retrace_server.intake.body import Readable
 
 FIELD_LIMIT = 64 * 1024
 MAX_PARTS = 50
@@ -21,7 +28,7 @@ _BOUNDARY = re.compile(r'boundary="?([0-9A-Za-z\'()+_,./:=?-]{1,70})"?')
 _DISPOSITION = re.compile(r'(\w+)="([^"]*)"')
 
 
-def boundary_of(content_type):
+def boundary_of(content_type: str | None) -> bytes:
     match = _BOUNDARY.search(content_type or "")
     if not (content_type or "").lower().startswith("multipart/form-data") or match is None:
         raise BadRequest("Send the form as multipart/form-data (a browser form with enctype=\"multipart/form-data\")")
@@ -31,14 +38,14 @@ def boundary_of(content_type):
 class _Body:
     """The request body (``retrace_server.intake.body``), with a buffer for looking ahead."""
 
-    def __init__(self, stream, length, min_rate):
+    def __init__(self, stream: Readable, length: int, min_rate: int) -> None:
         self.source, self.buffer = RequestBody(stream, length, min_rate), b""
 
     @property
-    def left(self):
+    def left(self) -> int:
         return self.source.left
 
-    def fill(self, wanted=_CHUNK):
+    def fill(self, wanted: int = _CHUNK) -> bool:
         if not self.left:
             return False
         self.buffer += self.source.read(wanted)
@@ -48,12 +55,12 @@ class _Body:
 class Part:
     """One form field; ``read(size)`` returns b"" at its end."""
 
-    def __init__(self, body, delimiter, name, filename):
+    def __init__(self, body: _Body, delimiter: bytes, name: str, filename: str | None) -> None:
         self._body, self._delimiter = body, delimiter
         self.name, self.filename = name, filename
         self.done = False
 
-    def read(self, size=_CHUNK):
+    def read(self, size: int = _CHUNK) -> bytes:
         body, delimiter = self._body, self._delimiter
         while not self.done:
             found = body.buffer.find(delimiter)
@@ -71,7 +78,7 @@ class Part:
                 raise BadRequest("The form upload is truncated: a part has no closing boundary")
         return b""
 
-    def text(self):
+    def text(self) -> str:
         data = b""
         while chunk := self.read():
             data += chunk
@@ -80,7 +87,7 @@ class Part:
         return data.decode("utf-8", "replace")
 
 
-def parts(stream, length, boundary, min_rate=0):
+def parts(stream: Readable, length: int, boundary: bytes, min_rate: int = 0) -> Iterator[Part]:
     """Yield each Part in order; the caller reads (or not) one before asking for the next.  The body must come
     at ``min_rate`` bytes a second at least."""
     body = _Body(stream, length, min_rate)

@@ -10,6 +10,7 @@ worker fetches it with progress in the task log.  Every source is
 untrusted: sizes are capped while the bytes flow, and a path is checked
 where it really leads, after symlinks, on the file actually opened.
 """
+from __future__ import annotations
 
 import base64
 import contextlib
@@ -24,11 +25,21 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 from retrace_server import __version__
 from retrace_server.errors import BadRequest, NotFound, UploadTooLarge, disk_full_explained
 from retrace_server.intake.storage import NO_STORAGE, ensure_free
 
+if TYPE_CHECKING:
+    import hashlib
+    from collections.abc import Callable, Iterable, Iterator, Sequence
+
+    from retrace_server.config import Config
+    from retrace_server.paths import StrPath
+
+    # The FTP drop's plain files: (name, size or None when the server does not say), by name.
+    DropListing = list[tuple[str, int | None]]
 
 PROGRESS_FILE = "progress"
 _FTP_DROP_PREFIX = "FTP "
@@ -57,17 +68,17 @@ class Source:
     kind: str
     location: str
 
-    def line(self):
+    def line(self) -> str:
         return f"{_FTP_DROP_PREFIX}{self.location}" if self.kind == "drop" else self.location
 
     @classmethod
-    def from_line(cls, line):
+    def from_line(cls, line: str) -> Source:
         if line.startswith(_FTP_DROP_PREFIX):
             return cls("drop", line[len(_FTP_DROP_PREFIX):])
         return cls("path" if line.startswith("/") else "url", line)
 
     @property
-    def shown(self):
+    def shown(self) -> str:
         """The source for pages and logs: a URL's password is never shown."""
         if self.kind == "drop":
             return f"{self.location} on the FTP drop"
@@ -79,13 +90,13 @@ class Source:
         return self.location
 
     @property
-    def name(self):
+    def name(self) -> str:
         """The file's own name, for the task log."""
         path = urllib.parse.urlsplit(self.location).path if self.kind == "url" else self.location
         return urllib.parse.unquote(path.rstrip("/").rsplit("/", 1)[-1]) or "download"
 
 
-def parse_source(text):
+def parse_source(text: str | None) -> Source:
     """A Source from what an engineer typed: an http(s)/ftp URL, a server path or ``file://`` URL."""
     text = (text or "").strip()
     if not text:
@@ -100,7 +111,7 @@ def parse_source(text):
     if parts.scheme.lower() not in _SCHEMES or not parts.hostname:
         raise SourceError(f"'{text[:200]}' is neither an http, https or ftp URL nor an absolute path on the server")
     try:
-        parts.port  # noqa: B018 - a port that is not a number raises here
+        _ = parts.port  # a port that is not a number raises here
     except ValueError:
         raise SourceError(f"The URL's port is not a number: '{parts.netloc}'") from None
     decoded = [urllib.parse.unquote(part or "") for part in (parts.username, parts.password, parts.path, parts.query)]
@@ -109,19 +120,19 @@ def parse_source(text):
     return Source("url", text)
 
 
-def _has_control(text):
+def _has_control(text: str) -> bool:
     return any(ord(char) < 0x20 or ord(char) == 0x7F for char in text)
 
 
 # -- paths under ImportDirs -------------------------------------------------------
 
 
-def _inside(path, roots):
+def _inside(path: Path, roots: Iterable[Path]) -> bool:
     return any(path == root or root in path.parents for root in roots)
 
 
 @contextlib.contextmanager
-def open_import(path_text, import_dirs):
+def open_import(path_text: str, import_dirs: Sequence[StrPath]) -> Iterator[BinaryIO]:
     """The opened file at ``path_text``, which must really be under one of ``import_dirs``.
 
     The check is made on the file opened, through ``/proc/self/fd``, after
@@ -155,12 +166,12 @@ def open_import(path_text, import_dirs):
 # -- URLs -------------------------------------------------------------------------
 
 
-def _where(location):
+def _where(location: str) -> str:
     parts = urllib.parse.urlsplit(location)
     return f"{parts.hostname}:{parts.port or _DEFAULT_PORTS.get(parts.scheme.lower(), 80)}"
 
 
-def _connection_sentence(location, err):
+def _connection_sentence(location: str, err: BaseException) -> str:
     where = _where(location)
     if isinstance(err, socket.gaierror):
         return f"Cannot reach {where}: its host name cannot be resolved"
@@ -179,41 +190,43 @@ class _Watchdog:
     """Cuts the sockets of one check at its deadline, however slowly the far end answers: a WSGI thread waits
     CHECK_SECONDS at most, not every byte's own read timeout."""
 
-    def __init__(self, seconds):
-        self.seconds, self.deadline, self.fired, self._timers = seconds, time.monotonic() + seconds, False, []
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.deadline, self.fired = seconds, time.monotonic() + seconds, False
+        self._timers: list[threading.Timer] = []
 
-    def guard(self, sock):
+    def guard(self, sock: socket.socket) -> None:
         timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), self._cut, (sock,))
         timer.daemon = True
         timer.start()
         self._timers.append(timer)
 
-    def _cut(self, sock):
+    def _cut(self, sock: socket.socket) -> None:
         self.fired = True
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
 
-    def cancel(self):
+    def cancel(self) -> None:
         for timer in self._timers:
             timer.cancel()
 
-    def refusal(self, source):
+    def refusal(self, source: Source) -> SourceError:
         return SourceError(f"{_where(source.location)} did not answer within {self.seconds:g} s; check the URL, or "
                            "import the file from a faster server")
 
 
-def _ftp_connect(host, port, user, password, use_tls, watchdog=None):
+def _ftp_connect(host: str, port: int, user: str, password: str, use_tls: bool,
+                 watchdog: _Watchdog | None = None) -> ftplib.FTP:
     client = ftplib.FTP_TLS(timeout=_READ_TIMEOUT) if use_tls else ftplib.FTP(timeout=_READ_TIMEOUT)
     try:
         client.connect(host, port, timeout=_CONNECT_TIMEOUT)
-        if watchdog is not None:
+        if watchdog is not None and client.sock is not None:
             watchdog.guard(client.sock)
         try:
             client.login(user, password)
         except ftplib.error_perm as err:
             raise SourceError(f"The FTP server {host}:{port} refused the login as '{user}': "
                               f"{str(err)[:120]}") from None
-        if use_tls:
+        if isinstance(client, ftplib.FTP_TLS):
             client.prot_p()
         client.voidcmd("TYPE I")
     except BaseException:
@@ -223,22 +236,22 @@ def _ftp_connect(host, port, user, password, use_tls, watchdog=None):
     return client
 
 
-def _ftp_size(client, name, shown):
+def _ftp_size(client: ftplib.FTP, name: str, shown: str) -> int | None:
     try:
         return client.size(name)
     except ftplib.error_perm:
         raise SourceError(f"There is no file {shown}") from None
 
 
-def _ftp_url_parts(location):
+def _ftp_url_parts(location: str) -> tuple[str, int, str, str, str]:
     parts = urllib.parse.urlsplit(location)
     user = urllib.parse.unquote(parts.username) if parts.username else "anonymous"
     password = urllib.parse.unquote(parts.password) if parts.password else ""
-    return parts.hostname, parts.port or 21, user, password, urllib.parse.unquote(parts.path)
+    return parts.hostname or "", parts.port or 21, user, password, urllib.parse.unquote(parts.path)
 
 
 @contextlib.contextmanager
-def _reached(source, watchdog=None):
+def _reached(source: Source, watchdog: _Watchdog | None = None) -> Iterator[None]:
     """Network failures of a source as SourceError sentences (one past the check's deadline says so)."""
     try:
         yield
@@ -255,7 +268,7 @@ def _reached(source, watchdog=None):
         raise watchdog.refusal(source)
 
 
-def _same_server(location, target):
+def _same_server(location: str, target: str) -> bool:
     """A redirect may move a file on its server, never to another scheme, host or port (the engineer named
     that server; a redirect elsewhere would make this one fetch from wherever the far end likes)."""
     current, new = urllib.parse.urlsplit(location), urllib.parse.urlsplit(target)
@@ -263,16 +276,17 @@ def _same_server(location, target):
 
 
 @contextlib.contextmanager
-def _http_response(location, watchdog=None):
+def _http_response(location: str, watchdog: _Watchdog | None = None) -> Iterator[http.client.HTTPResponse]:
     """The answer to GET ``location``, after redirects on the same server; SourceError for an HTTP error."""
     shown = Source("url", location).shown
     for _ in range(_MAX_REDIRECTS + 1):
         parts = urllib.parse.urlsplit(location)
+        connection: http.client.HTTPConnection
         if parts.scheme.lower() == "https":
-            connection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=_CONNECT_TIMEOUT,
+            connection = http.client.HTTPSConnection(parts.hostname or "", parts.port, timeout=_CONNECT_TIMEOUT,
                                                      context=ssl.create_default_context())
         else:
-            connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=_CONNECT_TIMEOUT)
+            connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=_CONNECT_TIMEOUT)
         try:
             connection.connect()
             connection.sock.settimeout(_READ_TIMEOUT)
@@ -300,7 +314,7 @@ def _http_response(location, watchdog=None):
     raise SourceError(f"{shown} redirects more than {_MAX_REDIRECTS} times")
 
 
-def _http_head(location, head_size, watchdog):
+def _http_head(location: str, head_size: int, watchdog: _Watchdog) -> tuple[int | None, bytes]:
     """``(announced size or None, first bytes)``, after checking that the server serves the URL."""
     with _http_response(location, watchdog) as answer:
         length = answer.getheader("Content-Length") or ""
@@ -313,7 +327,7 @@ def _http_head(location, head_size, watchdog):
 class FtpDrop:
     """The FTP drop of the config (UseFTPTasks, FTPHost, FTPUser, FTPPass, FTPDir, FTPSSL)."""
 
-    def __init__(self, config):
+    def __init__(self, config: Config) -> None:
         if not config.UseFTPTasks or not config.FTPHost:
             raise NotFound("This server has no FTP drop (UseFTPTasks = 0 or no FTPHost)")
         host, _, port = config.FTPHost.rpartition(":") if config.FTPHost.count(":") == 1 else (config.FTPHost, "", "")
@@ -321,7 +335,7 @@ class FtpDrop:
         self.config = config
 
     @contextlib.contextmanager
-    def session(self, watchdog=None):
+    def session(self, watchdog: _Watchdog | None = None) -> Iterator[ftplib.FTP]:
         source = Source("url", f"ftp://{self.host}:{self.port}/")
         with _reached(source, watchdog):
             client = _ftp_connect(self.host, self.port, self.config.FTPUser, self.config.FTPPass, self.config.FTPSSL,
@@ -333,7 +347,7 @@ class FtpDrop:
                 with contextlib.suppress(OSError, EOFError, ftplib.Error):
                     client.quit()
 
-    def listing(self, limit=5000):
+    def listing(self, limit: int = 5000) -> DropListing:
         """``[(name, size or None)]`` of the plain files in FTPDir, sorted by name; at most ``limit``."""
         with self.session(_Watchdog(CHECK_SECONDS)) as client:
             try:
@@ -346,7 +360,7 @@ class FtpDrop:
         return sorted((name, size) for name, size in files if is_drop_name(name))[:limit]
 
 
-def is_drop_name(name):
+def is_drop_name(name: str) -> bool:
     """File names from the FTP server are untrusted: a plain name only, nothing that walks or breaks lines."""
     return (0 < len(name) <= 255 and "/" not in name and name not in (".", "..")
             and all(0x20 <= ord(char) != 0x7F for char in name))
@@ -355,13 +369,13 @@ def is_drop_name(name):
 # -- checking (the manager) and fetching (the worker) -----------------------------
 
 
-def _is_ftp(source):
+def _is_ftp(source: Source) -> bool:
     return source.kind == "drop" or (source.kind == "url"
                                      and urllib.parse.urlsplit(source.location).scheme.lower() == "ftp")
 
 
 @contextlib.contextmanager
-def _ftp(source, config, watchdog=None):
+def _ftp(source: Source, config: Config, watchdog: _Watchdog | None = None) -> Iterator[tuple[ftplib.FTP, str, int]]:
     """``(client, path on the server, block size)`` for a file on the FTP drop or at an ftp:// URL."""
     if source.kind == "drop":
         if not is_drop_name(source.location):
@@ -379,7 +393,7 @@ def _ftp(source, config, watchdog=None):
                 client.quit()
 
 
-def check(source, config, head_size=8192):
+def check(source: Source, config: Config, head_size: int = 8192) -> tuple[int | None, bytes | None]:
     """SourceError unless ``source`` can be read now; returns ``(size or None, its first bytes or None)``.
 
     The first bytes let the manager refuse what is not a dump at once; an
@@ -404,14 +418,15 @@ class _Sink:
     so a source that announces no size cannot fill the spool's volume.
     """
 
-    def __init__(self, target, cap, total, progress, digest, ensure_room):
-        self.handle = open(target, "xb")  # noqa: SIM115 - closed by fetch
+    def __init__(self, target: Path, cap: int, total: int | None, progress: Callable[[int, int | None], None],
+                 digest: hashlib._Hash | None, ensure_room: Callable[[int], None]) -> None:
+        self.handle = open(target, "xb")
         self.cap, self.total, self.progress, self.digest = cap, total, progress, digest
         self.ensure_room = ensure_room
         self.written = self.room_until = 0
         self.reported = time.monotonic()
 
-    def write(self, chunk):
+    def write(self, chunk: bytes) -> None:
         self.written += len(chunk)
         if self.written > self.cap:
             raise UploadTooLarge(f"The file is larger than this server accepts ({self.cap} bytes)")
@@ -427,14 +442,15 @@ class _Sink:
             self.progress(self.written, self.total)
 
 
-def fetch(source, target, config, cap, progress, digest=None):
+def fetch(source: Source, target: Path, config: Config, cap: int, progress: Callable[[int, int | None], None],
+          digest: hashlib._Hash | None = None) -> int:
     """Copy ``source`` to the new file ``target`` (at most ``cap`` bytes, leaving MinStorageLeft free);
     returns the size.
 
     ``progress(done, total or None)`` is called every 30 s; ``digest`` (a
     hashlib object) sees every byte, so the md5 costs no second pass.
     """
-    def ensure_room(nbytes):
+    def ensure_room(nbytes: int) -> None:
         ensure_free(config.SaveDir, nbytes, config.min_storage_left_bytes)
 
     total = None

@@ -19,16 +19,19 @@ Every index is untrusted text: stanzas and lines are capped, and a
 ``Filename:`` is joined to the repository only through ``retrace_server.paths``
 when the package is needed.
 """
+from __future__ import annotations
 
 import hashlib
 import io
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, cast
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 # Debian's architecture names for the arches in release ids.
-DEBIAN_ARCHES = {"x86_64": "amd64", "aarch64": "arm64", "i386": "i386", "i686": "i386", "ppc64le": "ppc64el",
-                 "s390x": "s390x", "armhfp": "armhf", "riscv64": "riscv64"}
 # A Packages index by the compressions this reader takes, in the order preferred.
 INDEX_NAMES = ("Packages.xz", "Packages.gz", "Packages.zst", "Packages.bz2", "Packages")
 _CONTENTS = re.compile(r"Contents-(?:udeb-)?(?P<arch>[a-z0-9]+)(?:\.gz|\.xz)?")
@@ -41,26 +44,26 @@ _BUILD_ID = re.compile(r"[0-9a-f]{8,128}", re.ASCII)
 _SOURCE = re.compile(r"(?P<name>[a-z0-9][a-z0-9.+-]*)(?: \((?P<version>[^)\s]+)\))?", re.ASCII)
 
 
+# A package's values in the index: pkgid (SHA256), name, epoch, version, revision, arch, source, file name, size.
+PackageRow = tuple[str, str, str, str, str, str, str, str, int]
+
+
 class AptIndexError(ValueError):
     """An apt index that cannot be read."""
 
 
-def debian_arch(arch):
-    return DEBIAN_ARCHES.get(arch, arch)
-
-
-def contents_arch(name):
+def contents_arch(name: str) -> str | None:
     """``Contents-amd64.gz`` -> ``amd64``."""
     match = _CONTENTS.fullmatch(name)
     return match["arch"] if match else None
 
 
-def is_apt_repository(release_dir):
+def is_apt_repository(release_dir: Path | str) -> bool:
     release_dir = Path(release_dir)
     return (release_dir / "dists").is_dir() or any((release_dir / name).is_file() for name in INDEX_NAMES)
 
 
-def _walk(release_dir):
+def _walk(release_dir: Path) -> Iterator[Path]:
     """Directories of the repository that may hold indexes: the top and ``dists/`` down to a few levels."""
     yield release_dir
     dists = release_dir / "dists"
@@ -72,10 +75,11 @@ def _walk(release_dir):
         yield Path(directory)
 
 
-def index_files(release_dir):
+def index_files(release_dir: Path) -> tuple[list[Path], list[Path]]:
     """``(Packages indexes, Contents files)``: one Packages file per directory (the first compression
     found), and every Contents file."""
-    packages, contents = [], []
+    packages: list[Path] = []
+    contents: list[Path] = []
     for directory in _walk(Path(release_dir)):
         found = next((directory / name for name in INDEX_NAMES if (directory / name).is_file()), None)
         if found is not None:
@@ -85,7 +89,7 @@ def index_files(release_dir):
     return packages, contents
 
 
-def digest(release_dir):
+def digest(release_dir: Path) -> str:
     """What changes when the repository's indexes change (their names, sizes and times)."""
     packages, contents = index_files(release_dir)
     if not packages:
@@ -97,18 +101,21 @@ def digest(release_dir):
     return summary.hexdigest()
 
 
-def _lines(stream):
+def _lines(stream: BinaryIO) -> Iterator[str]:
     """The index's lines, each capped (a line without end is not an index)."""
-    reader = io.BufferedReader(stream) if not isinstance(stream, io.BufferedIOBase) else stream
+    # A raw decoder (zstd's) would be read byte by byte.
+    reader = stream if isinstance(stream, io.BufferedIOBase) else io.BufferedReader(cast(io.RawIOBase, stream))
     while line := reader.readline(_MAX_LINE_BYTES + 1):
         if len(line) > _MAX_LINE_BYTES and not line.endswith(b"\n"):
             raise AptIndexError(f"a line longer than {_MAX_LINE_BYTES} bytes")
         yield line.decode("utf-8", "replace").rstrip("\n")
 
 
-def stanzas(stream):
+def stanzas(stream: BinaryIO) -> Iterator[dict[str, str]]:
     """Each deb822 stanza as ``{Field: value}`` (continuation lines joined with spaces)."""
-    fields, field, size = {}, None, 0
+    fields: dict[str, str] = {}
+    field: str | None = None
+    size = 0
     for line in _lines(stream):
         size += len(line) + 1
         if size > _MAX_STANZA_BYTES:
@@ -127,14 +134,14 @@ def stanzas(stream):
         yield fields
 
 
-def split_version(version):
+def split_version(version: str) -> tuple[str, str, str]:
     """``1:1.2.13.dfsg-1`` -> ``("1", "1.2.13.dfsg", "1")``; a native version has no revision."""
     epoch, _, rest = version.rpartition(":") if ":" in version else ("0", "", version)
     upstream, _, revision = rest.rpartition("-") if "-" in rest else (rest, "", "")
     return epoch or "0", upstream, revision
 
 
-def package_rows(stream, arches):
+def package_rows(stream: BinaryIO, arches: set[str]) -> Iterator[tuple[PackageRow, list[str]]]:
     """``(row values, build-ids)`` of every well-formed stanza built for ``arches`` (or ``all``)."""
     for fields in stanzas(stream):
         name, version = fields.get("Package", ""), fields.get("Version", "")
@@ -142,6 +149,8 @@ def package_rows(stream, arches):
         if not name or not version or not _HEX.fullmatch(checksum) or fields.get("Architecture") not in arches:
             continue
         source = _SOURCE.fullmatch(fields.get("Source", name)) or _SOURCE.fullmatch(name)
+        if source is None:
+            continue
         epoch, upstream, revision = split_version(version)
         try:
             size = int(fields.get("Size", "0"))
@@ -153,7 +162,7 @@ def package_rows(stream, arches):
         yield row, build_ids
 
 
-def contents_rows(stream):
+def contents_rows(stream: BinaryIO) -> Iterator[tuple[str, list[str]]]:
     """``(path, [package names])`` of a Contents file (``usr/bin/x  section/name,section/other``)."""
     for line in _lines(stream):
         path, _, owners = line.rstrip().rpartition(" ")

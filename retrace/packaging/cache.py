@@ -14,6 +14,7 @@ What a package holds is read by its format (``retrace_server.packaging.formats``
 never installed: names are checked (no ``..``, nothing below the package's
 own symlinks) and only directories, regular files and symlinks are created.
 """
+from __future__ import annotations
 
 import dataclasses
 import json
@@ -22,11 +23,15 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from retrace_server import locking
 from retrace_server.compression import DEFAULT_DECODER_MEMORY
 from retrace_server.packaging import formats
-from retrace_server.packaging.payload import UnpackError
+from retrace_server.packaging.payload import ManifestEntry, UnpackError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 MANIFEST = "manifest.json"
 SIZE_FILE = "size"
@@ -40,10 +45,10 @@ class CachedPackage:
     waited: bool  # another task held the package's lock first
 
     @property
-    def root(self):
+    def root(self) -> Path:
         return self.path / "root"
 
-    def build_id_of(self, paths):
+    def build_id_of(self, paths: Iterable[str]) -> str | None:
         """The build-id of the first of ``paths`` this package holds, or None."""
         wanted = [path.lstrip("/") for path in paths]
         for entry_path, kind, _target, build_id in self.manifest():
@@ -51,10 +56,11 @@ class CachedPackage:
                 return build_id or None
         return None
 
-    def manifest(self):
+    def manifest(self) -> list[list[str]]:
         """``[[relative path, kind ("d", "f" or "l"), link target or "", build-id or ""], ...]``."""
         with open(self.path / MANIFEST, encoding="utf-8") as handle:
-            return json.load(handle)
+            entries: list[list[str]] = json.load(handle)
+        return entries
 
 
 # A cache entry being built lives in ``.tmp-<name>-*`` beside the entries,
@@ -65,10 +71,10 @@ _BUILDING = ".building"
 _LOCKLESS_GRACE_SECONDS = 60
 
 
-def abandoned_partial_entries(directory, now=None):
+def abandoned_partial_entries(directory: Path, now: float | None = None) -> list[Path]:
     """The partial entries in ``directory`` whose builder died (for cleanup to remove)."""
     now = now if now is not None else time.time()
-    abandoned = []
+    abandoned: list[Path] = []
     try:
         entries = [entry for entry in os.scandir(directory)
                    if entry.name.startswith(_PARTIAL_PREFIX) and entry.is_dir(follow_symlinks=False)]
@@ -87,7 +93,8 @@ def abandoned_partial_entries(directory, now=None):
     return abandoned
 
 
-def cached_entry(path, lock_path, build, on_wait=lambda: None):
+def cached_entry(path: Path, lock_path: Path, build: Callable[[Path], list[ManifestEntry]],
+                 on_wait: Callable[[], None] = lambda: None) -> CachedPackage:
     """The cache entry at ``path``, made by ``build(tmp)`` first if it is not there.
 
     ``build`` fills ``tmp/root`` and returns its manifest entries; the entry
@@ -101,6 +108,7 @@ def cached_entry(path, lock_path, build, on_wait=lambda: None):
             return CachedPackage(path, False, time.monotonic() - started, waited)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{_PARTIAL_PREFIX}{path.name}-"))
         building = locking.try_exclusive(tmp / _BUILDING)
+        assert building is not None  # a directory made just now
         try:
             os.chmod(tmp, 0o755)
             entries = build(tmp)
@@ -118,24 +126,30 @@ def cached_entry(path, lock_path, build, on_wait=lambda: None):
 
 
 class PackageCache:
-    def __init__(self, cache_dir, decoder_memory=DEFAULT_DECODER_MEMORY):
+    def __init__(self, cache_dir: str | Path, decoder_memory: int = DEFAULT_DECODER_MEMORY) -> None:
         self.decoder_memory = decoder_memory
-        self.rpms_dir = Path(cache_dir) / "rpms"
+        self.rpms_dir = self.directory(cache_dir)
         self.rpms_dir.mkdir(parents=True, exist_ok=True)
 
-    def entry_path(self, pkgid):
+    @staticmethod
+    def directory(cache_dir: str | Path) -> Path:
+        """Where the unpacked packages are (what a debugger's sandbox must show for a tree's links)."""
+        return Path(cache_dir) / "rpms"
+
+    def entry_path(self, pkgid: str) -> Path:
         if not pkgid.isalnum():
             raise UnpackError(f"invalid package checksum {pkgid!r} in the repository metadata")
         return self.rpms_dir / pkgid
 
-    def lock_path(self, pkgid):
+    def lock_path(self, pkgid: str) -> Path:
         return self.rpms_dir / f"{pkgid}.lock"
 
-    def holds(self, pkgid):
+    def holds(self, pkgid: str) -> bool:
         """Whether ``pkgid`` is unpacked already (a hint: eviction may take it before ``get``)."""
         return (self.rpms_dir / pkgid / MANIFEST).exists()
 
-    def get(self, pkgid, package_path, on_wait=lambda: None, verify=None):
+    def get(self, pkgid: str, package_path: Path, on_wait: Callable[[], None] = lambda: None,
+            verify: Callable[[Path], None] | None = None) -> CachedPackage:
         """The unpacked tree of the package ``pkgid``, unpacking it if needed.
 
         Always under the package's lock, which is also what eviction takes:
@@ -145,23 +159,23 @@ class PackageCache:
         ``on_wait`` is called before blocking on another task; ``verify(path)``
         (its signature) before unpacking, so the cache holds only verified packages.
         """
-        def unpack(tmp):
+        def unpack(tmp: Path) -> list[ManifestEntry]:
             if verify is not None:
                 verify(package_path)
             return formats.unpack(package_path, tmp / "root", self.decoder_memory)
 
         return cached_entry(self.entry_path(pkgid), self.lock_path(pkgid), unpack, on_wait)
 
-    def entries(self):
+    def entries(self) -> list[tuple[str, float, int]]:
         """``(pkgid, last use (epoch seconds), bytes)`` of every complete cache entry."""
         return cache_entries(self.rpms_dir)
 
-    def evict(self, pkgid):
+    def evict(self, pkgid: str) -> bool:
         """Remove an entry unless a task holds its lock right now; whether it was removed."""
         return evict_entry(self.entry_path(pkgid), self.lock_path(pkgid))
 
 
-def cache_entries(directory):
+def cache_entries(directory: Path) -> list[tuple[str, float, int]]:
     """``(name, last use, bytes)`` of the complete entries (manifest and size) in ``directory``."""
     found = []
     for entry in os.scandir(directory):
@@ -176,7 +190,7 @@ def cache_entries(directory):
     return found
 
 
-def evict_entry(path, lock_path):
+def evict_entry(path: Path, lock_path: Path) -> bool:
     """Remove the entry at ``path`` unless a task holds ``lock_path``; whether it was removed."""
     fd = locking.try_exclusive(lock_path)
     if fd is None:
@@ -190,7 +204,7 @@ def evict_entry(path, lock_path):
     return True
 
 
-def tree_bytes(root):
+def tree_bytes(root: Path) -> int:
     """Bytes of every file under ``root`` (symlinks count as themselves)."""
     total = 0
     for directory, _dirs, files in os.walk(root):

@@ -11,16 +11,21 @@ device files and FIFOs are skipped.  Symlinks are kept as the package has
 them and clamped to the task's root when a sysroot is assembled
 (``retrace_server.paths.clamped_link_target``).
 """
+from __future__ import annotations
 
 import contextlib
 import io
 import os
 import tarfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from retrace_server import compression, tarstream
-from retrace_server.analysis.coredump import file_build_id
-from retrace_server.packaging.payload import UnpackError, refuse_below_symlink, safe_relative
+from retrace_server.elf import file_build_id
+from retrace_server.packaging.payload import ManifestEntry, UnpackError, refuse_below_symlink, safe_relative
+
+if TYPE_CHECKING:
+    from collections.abc import Collection, Iterator
 
 _AR_MAGIC = b"!<arch>\n"
 _AR_HEADER = 60
@@ -38,20 +43,20 @@ MAX_LINK_CHAIN = 8
 class _Range(io.RawIOBase):
     """``size`` bytes of ``handle`` from its current offset, as a stream."""
 
-    def __init__(self, handle, size):
+    def __init__(self, handle: BinaryIO, size: int) -> None:
         self.handle, self.left = handle, size
 
-    def readable(self):
+    def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer):
+    def readinto(self, buffer: Any) -> int:
         data = self.handle.read(min(len(buffer), self.left))
         self.left -= len(data)
         buffer[:len(data)] = data
         return len(data)
 
 
-def _data_member(handle, name):
+def _data_member(handle: BinaryIO, name: str) -> tuple[str, int]:
     """Position ``handle`` at the data tarball; ``(member name, size)``."""
     if handle.read(len(_AR_MAGIC)) != _AR_MAGIC:
         raise UnpackError(f"{name} is not a Debian package (no ar archive header)")
@@ -70,7 +75,7 @@ def _data_member(handle, name):
     raise UnpackError(f"{name} holds no data.tar member; it is not a Debian package")
 
 
-def _open_data(handle, name, memlimit):
+def _open_data(handle: BinaryIO, name: str, memlimit: int) -> tuple[tarfile.TarFile, int]:
     """The data tarball as a tar stream, and its packed size."""
     member, size = _data_member(handle, name)
     stream = io.BufferedReader(_Range(handle, size), _COPY_CHUNK)
@@ -81,7 +86,7 @@ def _open_data(handle, name, memlimit):
 
 
 @contextlib.contextmanager
-def _read_errors(name, what):
+def _read_errors(name: str, what: str) -> Iterator[None]:
     try:
         yield
     except compression.DecoderMemoryExceeded as err:
@@ -90,7 +95,7 @@ def _read_errors(name, what):
         raise UnpackError(f"the data of {name} {what} ({err})") from None
 
 
-def _members(deb_path, memlimit):
+def _members(deb_path: Path, memlimit: int) -> Iterator[tuple[str, tarfile.TarInfo, tarfile.TarFile]]:
     """Each ``(relative name, TarInfo, tar)`` of the package's data, names checked.
 
     The files may unpack to PAYLOAD_RATIO times the packed data at most
@@ -117,8 +122,9 @@ def _members(deb_path, memlimit):
                 yield safe_relative(info.name), info, tar
 
 
-def _write(tar, info, destination, package):
+def _write(tar: tarfile.TarFile, info: tarfile.TarInfo, destination: Path, package: Path) -> None:
     source = tar.extractfile(info)
+    assert source is not None  # a regular file's
     fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, (info.mode & 0o755) | 0o400)
     with os.fdopen(fd, "wb") as out:
         while True:
@@ -129,9 +135,11 @@ def _write(tar, info, destination, package):
             out.write(chunk)
 
 
-def unpack_deb(deb_path, target, memlimit=compression.DEFAULT_DECODER_MEMORY):
+def unpack_deb(deb_path: Path, target: Path, memlimit: int = compression.DEFAULT_DECODER_MEMORY) -> list[ManifestEntry]:
     """Extract the package's files into ``target``; returns the manifest entries (as ``unpack_rpm``)."""
-    entries, files, symlinks = [], {}, set()
+    entries: list[ManifestEntry] = []
+    files: dict[str, str] = {}
+    symlinks: set[str] = set()
     target.mkdir()
     name = Path(deb_path).name
     for relative, info, tar in _members(deb_path, memlimit):
@@ -158,7 +166,8 @@ def unpack_deb(deb_path, target, memlimit=compression.DEFAULT_DECODER_MEMORY):
     return entries
 
 
-def extract_deb_file(deb_path, member, target, memlimit=compression.DEFAULT_DECODER_MEMORY):
+def extract_deb_file(deb_path: Path, member: str, target: Path,
+                     memlimit: int = compression.DEFAULT_DECODER_MEMORY) -> bool:
     """Write the regular file ``member`` (``usr/lib/...``) of the package to ``target``; whether it was there.
 
     The data is read up to that file only (a kernel -dbg package holds
@@ -167,7 +176,7 @@ def extract_deb_file(deb_path, member, target, memlimit=compression.DEFAULT_DECO
     package is read once more, up to that file; a link that leads back to
     itself, or a chain of links longer than MAX_LINK_CHAIN, is refused.
     """
-    followed = []
+    followed: list[str] = []
     while len(followed) <= MAX_LINK_CHAIN:
         for relative, info, tar in _members(deb_path, memlimit):
             if relative == member and info.isreg():
@@ -184,10 +193,11 @@ def extract_deb_file(deb_path, member, target, memlimit=compression.DEFAULT_DECO
     raise UnpackError(f"{Path(deb_path).name} hard-links {followed[0]!r} through more than {MAX_LINK_CHAIN} links")
 
 
-def extract_deb_files(deb_path, directory, names, target, memlimit=compression.DEFAULT_DECODER_MEMORY):
+def extract_deb_files(deb_path: Path, directory: str, names: Collection[str], target: Path,
+                      memlimit: int = compression.DEFAULT_DECODER_MEMORY) -> None:
     """Write every regular file under ``directory/`` whose name is in ``names`` flat into ``target``
     (the first of a name wins), in one pass over the data (two when some are hard links)."""
-    linked = {}
+    linked: dict[str, str] = {}
     for relative, info, tar in _members(deb_path, memlimit):
         name = relative.rsplit("/", 1)[-1]
         if not relative.startswith(directory + "/") or name not in names or (target / name).exists():

@@ -12,15 +12,22 @@ came from a signed InRelease; an RPM is checked against its signature
 too, where the release requires one).  The file is unpacked into the
 package cache and removed: the cache's budget is what stays.
 """
+from __future__ import annotations
 
 import concurrent.futures
 import hashlib
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote
 
 from retrace_server.errors import RetraceError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
+    from retrace_server.packaging.repoindex import Package
 
 MIRROR_FILE = "mirror"
 DOWNLOADS = "downloads"  # under CacheDir
@@ -34,7 +41,7 @@ class DownloadError(RetraceError):
     category = "repository error"
 
 
-def _mirror_of(directory):
+def _mirror_of(directory: Path) -> str | None:
     try:
         url = (directory / MIRROR_FILE).read_text().strip().splitlines()[0]
     except (OSError, IndexError):
@@ -42,7 +49,7 @@ def _mirror_of(directory):
     return url.rstrip("/") + "/" if url.startswith(("http://", "https://")) else None
 
 
-def package_url(release_dir, package_path):
+def package_url(release_dir: Path, package_path: Path) -> tuple[str, str] | None:
     """``(mirror, URL)`` where a metadata-only release's mirror serves ``package_path`` (a checked path
     inside ``release_dir``), or None: the mirror is named by the nearest directory above the package that
     names one."""
@@ -56,7 +63,7 @@ def package_url(release_dir, package_path):
     return None
 
 
-def _requests():
+def _requests() -> Any:
     import requests
 
     return requests
@@ -66,7 +73,7 @@ class TooLarge(Exception):
     """More bytes arrived than the index lists."""
 
 
-def write_checked(chunks, handle, limit):
+def write_checked(chunks: Iterable[bytes], handle: BinaryIO, limit: int) -> tuple[int, str]:
     """Write ``chunks`` to ``handle`` while counting and hashing them; ``(bytes, SHA256 hex)``.
 
     TooLarge as soon as more than ``limit`` bytes arrive: a mirror's answer is
@@ -83,12 +90,12 @@ def write_checked(chunks, handle, limit):
     return received, digest.hexdigest()
 
 
-def _fetch(session, url, package, target, deadline):
+def _fetch(session: Any, url: str, package: Package, target: Path, deadline: float) -> None:
     """Stream ``url`` into ``target``, checking size and SHA256 against ``package``; DownloadError says why."""
     requests = _requests()
     limit = package.size or _UNKNOWN_SIZE_CAP
 
-    def chunks(response):
+    def chunks(response: Any) -> Iterator[bytes]:
         for chunk in response.iter_content(_CHUNK):
             if time.monotonic() > deadline:
                 raise requests.Timeout()
@@ -112,14 +119,15 @@ def _fetch(session, url, package, target, deadline):
                             "(size or SHA256 differ); it was not used")
 
 
-def download_packages(wanted, directory, deadline_seconds, session=None):
+def download_packages(wanted: Iterable[tuple[Package, str]], directory: Path, deadline_seconds: float,
+                      session: Any = None) -> dict[str, Path | DownloadError]:
     """Download ``wanted`` (``[(package, URL)]``) into ``directory``; ``{pkgid: path or DownloadError}``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     session = session or _requests().Session()
     deadline = time.monotonic() + deadline_seconds
 
-    def one(package, url):
+    def one(package: Package, url: str) -> Path:
         target = directory / f"{package.pkgid}.{os.getpid()}{Path(package.location).suffix}"
         try:
             _fetch(session, url, package, target, deadline)
@@ -128,7 +136,7 @@ def download_packages(wanted, directory, deadline_seconds, session=None):
             raise
         return target
 
-    results = {}
+    results: dict[str, Path | DownloadError] = {}
     with concurrent.futures.ThreadPoolExecutor(_PARALLEL) as pool:
         futures = {pool.submit(one, package, url): package for package, url in wanted}
         for future, package in futures.items():

@@ -6,27 +6,46 @@ files through ``extract_file`` and ``extract_files``.  A format is known by
 the file's name, which the repository index gave it (``location`` of
 rpm-md, ``Filename:`` of apt), never by what a client sent.
 """
+from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Protocol
 
 from retrace_server.compression import DEFAULT_DECODER_MEMORY
 from retrace_server.packaging import debpackage, rpmpackage
-from retrace_server.packaging.payload import UnpackError
+from retrace_server.packaging.payload import ManifestEntry, UnpackError
+
+if TYPE_CHECKING:
+    from collections.abc import Collection
+
+
+class _Unpack(Protocol):
+    def __call__(self, package: Path, target: Path, memlimit: int, /) -> list[ManifestEntry]: ...
+
+
+class _ExtractFile(Protocol):
+    def __call__(self, package: Path, member: str, target: Path, memlimit: int, /) -> bool: ...
+
+
+class _ExtractFiles(Protocol):
+    def __call__(self, package: Path, directory: str, names: Collection[str], target: Path, memlimit: int, /) -> None:
+        ...
 
 
 @dataclasses.dataclass(frozen=True)
 class PackageFormat:
+    """A format's readers; each takes memlimit, what the payload's decoder may hold (MaxDecoderMemory;
+    librpm keeps its own)."""
+
     name: str
-    suffixes: tuple
-    # Each takes memlimit, what the payload's decoder may hold (MaxDecoderMemory; librpm keeps its own).
-    # (package, target, memlimit) -> manifest entries
-    unpack: Callable
-    # (package, "usr/lib/...", target file, memlimit) -> whether the package held it
-    extract_file: Callable
-    # (package, directory, {file names}, target directory, memlimit) -> None
-    extract_files: Callable
+    suffixes: tuple[str, ...]
+    # The whole package into a new directory, returning the manifest's entries.
+    unpack: _Unpack
+    # One regular file ("usr/lib/...") to a target file: whether the package held it.
+    extract_file: _ExtractFile
+    # The files under a directory with the given names, flat into a target directory.
+    extract_files: _ExtractFiles
 
 
 RPM = PackageFormat("rpm", (".rpm",), rpmpackage.unpack_rpm, rpmpackage.extract_rpm_file,
@@ -36,7 +55,7 @@ DEB = PackageFormat("deb", (".deb", ".ddeb", ".udeb"), debpackage.unpack_deb, de
 FORMATS = (RPM, DEB)
 
 
-def of_file(path):
+def of_file(path: Path) -> PackageFormat:
     """The format of a package file, by its name; UnpackError for anything else."""
     suffix = Path(path).suffix
     for package_format in FORMATS:
@@ -45,13 +64,14 @@ def of_file(path):
     raise UnpackError(f"{Path(path).name} is not a package this server can read (.rpm, .deb or .ddeb)")
 
 
-def unpack(path, target, memlimit=DEFAULT_DECODER_MEMORY):
+def unpack(path: Path, target: Path, memlimit: int = DEFAULT_DECODER_MEMORY) -> list[ManifestEntry]:
     return of_file(path).unpack(path, target, memlimit)
 
 
-def extract_file(path, member, target, memlimit=DEFAULT_DECODER_MEMORY):
+def extract_file(path: Path, member: str, target: Path, memlimit: int = DEFAULT_DECODER_MEMORY) -> bool:
     return of_file(path).extract_file(path, member, target, memlimit)
 
 
-def extract_files(path, directory, names, target, memlimit=DEFAULT_DECODER_MEMORY):
-    return of_file(path).extract_files(path, directory, names, target, memlimit)
+def extract_files(path: Path, directory: str, names: Collection[str], target: Path,
+                  memlimit: int = DEFAULT_DECODER_MEMORY) -> None:
+    of_file(path).extract_files(path, directory, names, target, memlimit)

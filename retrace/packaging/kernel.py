@@ -21,6 +21,7 @@ them, their files join the kernel's entry (``root/modules/``, flat, which is
 what ``mod -S`` searches), and modules the package lacks are remembered so
 that no later task searches the package for them again.
 """
+from __future__ import annotations
 
 import os
 import re
@@ -28,17 +29,25 @@ import shutil
 import tempfile
 import typing
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from retrace_server import locking
+from retrace_server.arch import canonical_arch
 from retrace_server.compression import DEFAULT_DECODER_MEMORY
-from retrace_server.analysis.coredump import file_build_id
+from retrace_server.elf import file_build_id
 from retrace_server.errors import RetraceError
 from retrace_server.packaging import formats
-from retrace_server.packaging.apt import is_apt_repository
 from retrace_server.packaging.cache import MANIFEST, SIZE_FILE, cache_entries, cached_entry, evict_entry, tree_bytes
 from retrace_server.packaging.download import package_url
-from retrace_server.packaging.release import ReleaseId, canonical_arch, rpm_repositories
-from retrace_server.packaging.repoindex import RepoIndex, RepositoryError
+from retrace_server.packaging.release import ReleaseId
+from retrace_server.packaging.repoindex import RepositoryError, release_index
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from retrace_server.packaging.cache import CachedPackage
+    from retrace_server.packaging.payload import ManifestEntry
+    from retrace_server.packaging.repoindex import Package
 
 _RPM_ARCH = re.compile(r"\.(x86_64|aarch64|ppc64le|s390x|i686|armv7hl)(?:\+(\w+))?$")
 _DEBIAN_ARCHES = {"amd64": "x86_64", "arm64": "aarch64", "686": "i386", "686-pae": "i386", "ppc64el": "ppc64le",
@@ -55,7 +64,7 @@ class KernelError(RetraceError):
     category = "missing kernel debuginfo"
 
 
-def kernel_arch(release):
+def kernel_arch(release: str) -> str | None:
     """The canonical architecture a kernel release string names (``.x86_64``, ``-amd64``), or None."""
     match = _RPM_ARCH.search(release)
     if match:
@@ -64,11 +73,11 @@ def kernel_arch(release):
     return _DEBIAN_ARCHES[match[1]] if match else None
 
 
-def is_debian_kernel(release):
+def is_debian_kernel(release: str) -> bool:
     return _RPM_ARCH.search(release) is None and _DEBIAN_FLAVOUR.search(release) is not None
 
 
-def debuginfo_packages(release):
+def debuginfo_packages(release: str) -> list[tuple[str, str]]:
     """``[(package file glob, vmlinux path inside it)]`` for a kernel release string."""
     if is_debian_kernel(release):
         return [(f"linux-image-{release}-dbg_*.deb", f"usr/lib/debug/boot/vmlinux-{release}")]
@@ -81,7 +90,7 @@ def debuginfo_packages(release):
     return [(f"{name}-{base}.rpm", f"usr/lib/debug/lib/modules/{release}/vmlinux")]
 
 
-def repository_releases(repo_dir):
+def repository_releases(repo_dir: str | Path) -> list[ReleaseId]:
     """Every release directory under RepoDir (a Debian one has no RPM metadata), sorted."""
     try:
         names = os.listdir(repo_dir)
@@ -99,11 +108,12 @@ class KernelPackage(typing.NamedTuple):
     release: ReleaseId
     path: Path
     member: str
-    indexed: object = None
+    indexed: Package | None = None
     url: str | None = None
 
 
-def find_debuginfo_package(repo_dir, releases, kernel_release, cache_dir=None):
+def find_debuginfo_package(repo_dir: str | Path, releases: Iterable[ReleaseId], kernel_release: str,
+                           cache_dir: str | Path | None = None) -> KernelPackage | None:
     """The KernelPackage of the first repository holding the kernel's debuginfo: a file beside the
     release's packages, or a package its index lists (an apt release spreads them over ``pool/``; a
     metadata-only release has them on its mirror)."""
@@ -114,21 +124,23 @@ def find_debuginfo_package(repo_dir, releases, kernel_release, cache_dir=None):
                 found = sorted(directory.glob(pattern))
                 if found:
                     return KernelPackage(release, found[-1], member)
-            indexed = _indexed_package(release_dir, cache_dir, pattern) if cache_dir is not None else None
+            indexed = _indexed_package(repo_dir, release, cache_dir, pattern) if cache_dir is not None else None
             if indexed is not None:
                 return KernelPackage(release, indexed[0], member, *indexed[1:])
     return None
 
 
-def _indexed_package(release_dir, cache_dir, pattern):
+def _indexed_package(repo_dir: str | Path, release: ReleaseId, cache_dir: str | Path,
+                     pattern: str) -> tuple[Path, Package, str | None] | None:
     """``(path, Package, mirror URL or None)`` of the newest package of the release's index whose file name
     fits ``pattern`` and that is on disk or on the release's mirror."""
-    if not (rpm_repositories(release_dir) or is_apt_repository(release_dir)):
-        return None
     try:
-        index = RepoIndex.open(release_dir, cache_dir)
+        index = release_index(repo_dir, cache_dir, release)
     except RepositoryError:
         return None
+    if index is None:
+        return None
+    release_dir = index.release_dir
     try:
         for package in sorted(index.by_file_name(pattern), key=lambda package: package.file_name, reverse=True):
             path = index.package_path(package)
@@ -144,7 +156,7 @@ def _indexed_package(release_dir, cache_dir, pattern):
     return None
 
 
-def package_nevra(path):
+def package_nevra(path: Path) -> str:
     """``name-version-release.arch`` of a package file, the form the statistics split.
 
     RPM file names already have it; a .deb is ``name_version_arch.deb``, and
@@ -157,14 +169,14 @@ def package_nevra(path):
     return name.removesuffix(".rpm")
 
 
-def extract_vmlinux(package, member, target, memlimit=DEFAULT_DECODER_MEMORY):
+def extract_vmlinux(package: Path, member: str, target: Path, memlimit: int = DEFAULT_DECODER_MEMORY) -> bool:
     return formats.extract_file(package, member, target, memlimit)
 
 
-def module_files(package, names):
+def module_files(package: Path, names: Iterable[str]) -> dict[str, str]:
     """``{file name: module name}`` a package may hold for ``names`` (``_`` and ``-`` are one in module names)."""
     suffix = ".ko" if formats.of_file(package) is formats.DEB else ".ko.debug"
-    files = {}
+    files: dict[str, str] = {}
     for name in sorted(names)[:_MAX_MODULES]:
         if _MODULE_NAME.fullmatch(name):
             files[name + suffix] = name
@@ -172,7 +184,8 @@ def module_files(package, names):
     return files
 
 
-def extract_module_debuginfo(package, release, names, target, memlimit=DEFAULT_DECODER_MEMORY):
+def extract_module_debuginfo(package: Path, release: str, names: Iterable[str], target: Path,
+                             memlimit: int = DEFAULT_DECODER_MEMORY) -> set[str]:
     """Write the debuginfo files of modules ``names`` found in ``package`` into ``target``; the names found."""
     files = module_files(package, names)
     directory = f"usr/lib/debug/lib/modules/{release}"
@@ -183,21 +196,21 @@ def extract_module_debuginfo(package, release, names, target, memlimit=DEFAULT_D
 class KernelCache:
     """``<CacheDir>/kernel/<key>/root/vmlinux``; the key is the build-id (``release-<r>`` without one)."""
 
-    def __init__(self, cache_dir):
+    def __init__(self, cache_dir: str | Path) -> None:
         self.kernels_dir = Path(cache_dir) / "kernel"
         self.kernels_dir.mkdir(parents=True, exist_ok=True)
 
     @staticmethod
-    def key(build_id, release):
+    def key(build_id: str | None, release: str) -> str:
         return build_id or f"release-{release}"
 
-    def entry_path(self, key):
+    def entry_path(self, key: str) -> Path:
         return self.kernels_dir / key
 
-    def lock_path(self, key):
+    def lock_path(self, key: str) -> Path:
         return self.kernels_dir / f"{key}.lock"
 
-    def cached(self, key):
+    def cached(self, key: str) -> Path | None:
         """The cached vmlinux for ``key`` (its last use refreshed, for the cleanup), or None."""
         path = self.entry_path(key) / "root" / "vmlinux"
         if not ((self.entry_path(key) / SIZE_FILE).exists() and path.is_file()):
@@ -205,9 +218,9 @@ class KernelCache:
         os.utime(self.entry_path(key) / MANIFEST)
         return path
 
-    def get(self, key, fill, on_wait=lambda: None):
+    def get(self, key: str, fill: Callable[[Path], object], on_wait: Callable[[], None] = lambda: None) -> CachedPackage:
         """The entry for ``key``, made by ``fill(vmlinux path)`` if missing (KernelError from fill aborts it)."""
-        def build(tmp):
+        def build(tmp: Path) -> list[ManifestEntry]:
             (tmp / "root").mkdir()
             vmlinux = tmp / "root" / "vmlinux"
             fill(vmlinux)
@@ -215,17 +228,18 @@ class KernelCache:
 
         return cached_entry(self.entry_path(key), self.lock_path(key), build, on_wait)
 
-    def modules_dir(self, key):
+    def modules_dir(self, key: str) -> Path:
         return self.entry_path(key) / "root" / "modules"
 
-    def missing_modules(self, key):
+    def missing_modules(self, key: str) -> set[str]:
         """Modules an earlier task looked for in the package and did not find."""
         try:
             return set((self.modules_dir(key) / MISSING_MODULES).read_text().split())
         except FileNotFoundError:
             return set()
 
-    def add_modules(self, key, names, fill, on_wait=lambda: None):
+    def add_modules(self, key: str, names: Iterable[str], fill: Callable[[Path], set[str]],
+                    on_wait: Callable[[], None] = lambda: None) -> set[str]:
         """Add the module debuginfo ``fill(directory)`` writes for ``names``; the names it found.
 
         Under the entry's lock (the one eviction takes), into a temporary
@@ -251,8 +265,8 @@ class KernelCache:
             (entry / SIZE_FILE).write_text(str(tree_bytes(entry / "root")))
             return found
 
-    def entries(self):
+    def entries(self) -> list[tuple[str, float, int]]:
         return cache_entries(self.kernels_dir)
 
-    def evict(self, key):
+    def evict(self, key: str) -> bool:
         return evict_entry(self.entry_path(key), self.lock_path(key))

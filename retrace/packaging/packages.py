@@ -1,25 +1,35 @@
 """Which packages a release's repository holds, and which a crash needs."""
+from __future__ import annotations
 
 import dataclasses
 import re
+from typing import TYPE_CHECKING
 
-from retrace_server.packaging.release import ARCH_FAMILIES, canonical_arch
+from retrace_server.arch import ARCH_FAMILIES, canonical_arch
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from pathlib import Path
+
+    from retrace_server.elf import Module
+    from retrace_server.packaging.release import ReleaseId
+    from retrace_server.packaging.repoindex import Package, RepoIndex
 
 _EPOCH = re.compile(r"-[0-9]+:")
 
 
-def strip_epoch(nvr):
+def strip_epoch(nvr: str) -> str:
     """``bash-1:5.2-3`` -> ``bash-5.2-3``: RPM file names carry no epoch."""
     return _EPOCH.sub("-", nvr, count=1)
 
 
-def _candidate_names(nvr, arch):
+def _candidate_names(nvr: str, arch: str) -> list[str]:
     family = ARCH_FAMILIES.get(canonical_arch(arch), (arch,))
     base = strip_epoch(nvr)
     return [f"{base}.{rpm_arch}.rpm" for rpm_arch in (*family, "noarch")]
 
 
-def is_package_known(repo_dir, releases, nvr, arch):
+def is_package_known(repo_dir: Path, releases: list[ReleaseId], nvr: str, arch: str) -> bool:
     """Whether any of ``releases`` holds the RPM of ``nvr`` built for ``arch``.
 
     Looks where reposync and Fedora put packages: flat in ``Packages/``,
@@ -35,7 +45,13 @@ def is_package_known(repo_dir, releases, nvr, arch):
     return False
 
 
-def usr_merge_variants(path):
+def build_id_debug_path(build_id: str) -> str:
+    """Where a build's separate debuginfo lives (``debug-file-directory``: packages ship it there, gdb looks
+    for it there)."""
+    return f"/usr/lib/debug/.build-id/{build_id[:2]}/{build_id[2:]}.debug"
+
+
+def usr_merge_variants(path: str) -> list[str]:
     """``path`` and its twin across the /lib -> /usr/lib merge (packages use either)."""
     variants = [path]
     if not path.startswith("/usr/"):
@@ -61,7 +77,7 @@ class Unresolved:
     debuginfo_found: bool = False
 
     @classmethod
-    def debuginfo_only(cls, module, binary):
+    def debuginfo_only(cls, module: Module, binary: Package) -> Unresolved:
         return cls(module.path, module.build_id, f"no debuginfo package (the file is in {binary.nevra})", True)
 
 
@@ -74,27 +90,27 @@ class Resolution:
     owning that path, to be matched by the build-id of the unpacked file.
     """
 
-    packages: list = dataclasses.field(default_factory=list)
-    unresolved: list = dataclasses.field(default_factory=list)
-    unverified: list = dataclasses.field(default_factory=list)
+    packages: list[Package] = dataclasses.field(default_factory=list)
+    unresolved: list[Unresolved] = dataclasses.field(default_factory=list)
+    unverified: list[tuple[Module, list[Package]]] = dataclasses.field(default_factory=list)
     # path -> {"binary": source, "debuginfo": source}; a source is a NEVRA or a debuginfod URL.
-    sources: dict = dataclasses.field(default_factory=dict)
+    sources: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
 
-    def add(self, package):
+    def add(self, package: Package) -> None:
         if all(known.pkgid != package.pkgid for known in self.packages):
             self.packages.append(package)
 
-    def note_source(self, path, kind, source):
+    def note_source(self, path: str, kind: str, source: str) -> None:
         self.sources.setdefault(path, {})[kind] = source
 
 
-def _binary_package(index, module, debuginfo):
+def _binary_package(index: RepoIndex, module: Module, build_id: str, debuginfo: Package | None) -> Package | None:
     """The package whose file was mapped: by its build-id link, else by path and build.
 
     A package that merely owns the path is no proof (a mismatched library
     gives wrong symbols); such candidates are verified after unpacking.
     """
-    linked = index.by_build_id(module.build_id, "binary")
+    linked = index.by_build_id(build_id, "binary")
     if linked:
         return linked[0]
     if debuginfo is None:
@@ -102,7 +118,7 @@ def _binary_package(index, module, debuginfo):
     return next((owner for owner in index.owners(module.path) if owner.same_build(debuginfo)), None)
 
 
-def resolve_modules(index, modules):
+def resolve_modules(index: RepoIndex, modules: Iterable[Module]) -> Resolution:
     """The binary and debuginfo packages for every mapped module (the order of ``modules``)."""
     resolution = Resolution()
     for module in modules:
@@ -110,15 +126,16 @@ def resolve_modules(index, modules):
             resolution.unresolved.append(Unresolved(module.path, None, "the core does not hold its build-id"))
             continue
         debuginfo = next(iter(index.by_build_id(module.build_id, "debuginfo")), None)
-        binary = _binary_package(index, module, debuginfo)
-        if binary is None and debuginfo is None:
-            candidates = index.owners(module.path)
-            if candidates:
-                resolution.unverified.append((module, candidates))
-            else:
-                resolution.unresolved.append(Unresolved(module.path, module.build_id, "no package in the repository"))
-            continue
+        binary = _binary_package(index, module, module.build_id, debuginfo)
         if binary is None:
+            if debuginfo is None:
+                candidates = index.owners(module.path)
+                if candidates:
+                    resolution.unverified.append((module, candidates))
+                else:
+                    resolution.unresolved.append(Unresolved(module.path, module.build_id,
+                                                            "no package in the repository"))
+                continue
             resolution.unresolved.append(Unresolved(
                 module.path, module.build_id, f"no binary package (debuginfo is in {debuginfo.nevra})",
                 debuginfo_found=True,
@@ -126,17 +143,16 @@ def resolve_modules(index, modules):
         else:
             resolution.add(binary)
             resolution.note_source(module.path, "binary", binary.nevra)
-        if debuginfo is None and binary is not None:
-            debuginfo = index.debug_package_of(binary)
-        if debuginfo is None:
-            resolution.unresolved.append(Unresolved.debuginfo_only(module, binary))
-        else:
+            debuginfo = debuginfo or index.debug_package_of(binary)
+            if debuginfo is None:
+                resolution.unresolved.append(Unresolved.debuginfo_only(module, binary))
+        if debuginfo is not None:
             resolution.add(debuginfo)
             resolution.note_source(module.path, "debuginfo", debuginfo.nevra)
     return resolution
 
 
-def unresolved_everything(modules, why):
+def unresolved_everything(modules: Iterable[Module], why: str) -> Resolution:
     """The Resolution of a release without a mirror: every file is still to be found."""
     resolution = Resolution()
     for module in modules:

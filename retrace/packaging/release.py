@@ -9,36 +9,20 @@ its grammar is the wire format (e.g. ``fedora-41-x86_64``,
 from __future__ import annotations  # the client runs on Python 3.9 (RHEL 9): X | None in annotations
 
 import dataclasses
+import enum
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from retrace_server.packaging.apt import is_apt_repository
+
+if TYPE_CHECKING:
+    from retrace_server.config import Config
 
 REPOSITORIES = "repositories"  # of a metadata-only rpm-md release
 
 _RELEASE_ID = re.compile(r"(?P<distribution>[a-z0-9]+)-(?P<version>[a-z0-9.]+)-(?P<arch>[a-z0-9_]+)", re.ASCII)
-
-# Canonical architecture -> the RPM arch names of its family, so a package
-# check for i386 also finds i686 builds (upstream's ARCH_MAP).
-ARCH_FAMILIES = {
-    "i386": ("i386", "i486", "i586", "i686"),
-    "x86_64": ("x86_64",),
-    "armhfp": ("armhfp", "armv7hl"),
-    "aarch64": ("aarch64",),
-    "ppc64": ("ppc64",),
-    "ppc64le": ("ppc64le",),
-    "s390x": ("s390x",),
-}
-
-
-def canonical_arch(arch):
-    """i686 -> i386, armv7hl -> armhfp; unknown arches pass through."""
-    for canonical, family in ARCH_FAMILIES.items():
-        if arch in family:
-            return canonical
-    return arch
-
 
 @dataclasses.dataclass(frozen=True, order=True)
 class ReleaseId:
@@ -46,11 +30,11 @@ class ReleaseId:
     version: str
     arch: str
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.distribution}-{self.version}-{self.arch}"
 
     @classmethod
-    def parse(cls, text):
+    def parse(cls, text: str | None) -> ReleaseId | None:
         """A ReleaseId from ``fedora-41-x86_64``; None when it does not fit the grammar."""
         match = _RELEASE_ID.fullmatch(text or "")
         if match is None:
@@ -58,14 +42,14 @@ class ReleaseId:
         return cls(match["distribution"], match["version"], match["arch"])
 
 
-def served_releases(config):
+def served_releases(config: Config) -> list[ReleaseId]:
     """Releases this server retraces: mirrored ones, and those served by debuginfod alone."""
     releases = set(supported_releases(config.RepoDir))
     releases.update(release for release in map(ReleaseId.parse, config.debuginfod_releases) if release)
     return sorted(releases)
 
 
-def rpm_repositories(release_dir):
+def rpm_repositories(release_dir: Path | str) -> list[Path]:
     """The rpm-md repositories of a release directory: the release itself when it is a full mirror (its
     ``repodata/`` covers ``Packages/``), else each ``repositories/<name>/`` of a metadata-only release
     (reposync keeps the repository's metadata there; its packages stay on the mirror it names)."""
@@ -75,7 +59,27 @@ def rpm_repositories(release_dir):
     return sorted(path for path in (release_dir / REPOSITORIES).glob("*") if (path / "repodata").is_dir())
 
 
-def supported_releases(repo_dir):
+class RepositoryFormat(enum.Enum):
+    """What a release directory in RepoDir holds; the one place that tells them apart."""
+
+    RPM_MD = "a full RPM mirror"  # repodata/ over Packages/
+    RPM_MD_METADATA = "RPM metadata only"  # repositories/<name>/repodata/; the packages stay on the mirror
+    APT = "an apt repository"  # dists/, or a flat Packages index
+
+    @property
+    def is_rpm_md(self) -> bool:
+        return self is not RepositoryFormat.APT
+
+
+def repository_format(release_dir: Path | str) -> RepositoryFormat | None:
+    """The RepositoryFormat of ``release_dir``, or None when it holds no repository (rpm-md wins over apt)."""
+    repositories = rpm_repositories(release_dir)
+    if repositories:
+        return RepositoryFormat.RPM_MD if repositories == [Path(release_dir)] else RepositoryFormat.RPM_MD_METADATA
+    return RepositoryFormat.APT if is_apt_repository(release_dir) else None
+
+
+def supported_releases(repo_dir: Path) -> list[ReleaseId]:
     """Releases with a repository (rpm-md: ``repodata/``, or ``repositories/*/repodata/`` metadata only;
     apt: ``dists/`` or a ``Packages`` index), sorted."""
     try:
@@ -85,8 +89,7 @@ def supported_releases(repo_dir):
     releases = []
     for name in names:
         release = ReleaseId.parse(name)
-        path = os.path.join(repo_dir, name)
-        if release is not None and (rpm_repositories(path) or is_apt_repository(path)):
+        if release is not None and repository_format(os.path.join(repo_dir, name)) is not None:
             releases.append(release)
     return sorted(releases)
 
@@ -96,8 +99,8 @@ class Distribution:
     """A distribution plugin: how its release line and its dist tag look."""
 
     name: str
-    release_line: re.Pattern
-    dist_tag: re.Pattern | None
+    release_line: re.Pattern[str]
+    dist_tag: re.Pattern[str] | None
 
 
 # Upstream's abrtparser / guessparser patterns, plus CentOS Stream, Debian
@@ -125,7 +128,7 @@ DISTRIBUTIONS = (
 _GENERIC_RELEASE_LINE = re.compile(r"([A-Za-z][A-Za-z0-9]*)(?: [A-Za-z0-9]+)*? release (\d+)(?:\.\d+)*(?: .*)?")
 
 
-def _version(text, release_line):
+def _version(text: str, release_line: str) -> str:
     return "rawhide" if "rawhide" in release_line.lower() else text.lower()
 
 
@@ -135,7 +138,7 @@ def _version(text, release_line):
 RELEASE_FILES = ("os_release_in_rootdir", "os_release", "release", "os_info")
 
 
-def release_from_line(release_line, arch):
+def release_from_line(release_line: str, arch: str) -> ReleaseId | None:
     """The ReleaseId an ABRT ``os_release`` line names, or None."""
     line = release_line.strip()
     for distribution in DISTRIBUTIONS:
@@ -156,7 +159,7 @@ _RELEASE_WORD = re.compile(r"[a-z0-9.]+", re.ASCII)
 _OS_RELEASE_ID = re.compile(r"[a-z0-9._-]+", re.ASCII)  # os-release(5)
 
 
-def parse_os_release(text):
+def parse_os_release(text: str) -> dict[str, str]:
     """``{KEY: value}`` of an os-release file (the ``os_info`` ABRT saves), quotes removed."""
     fields = {}
     for line in text.splitlines():
@@ -169,7 +172,7 @@ def parse_os_release(text):
     return fields
 
 
-def release_from_os_release(text, arch):
+def release_from_os_release(text: str, arch: str) -> ReleaseId | None:
     """The ReleaseId an os-release file names (``ID``, ``VERSION_ID``, else ``VERSION_CODENAME``), or None.
 
     Any distribution's: a release served through debuginfod needs no plugin.
@@ -189,7 +192,7 @@ def release_from_os_release(text, arch):
     return ReleaseId(distribution, version, arch)
 
 
-def releases_from_dist_tag(package_nvr, arch):
+def releases_from_dist_tag(package_nvr: str, arch: str) -> list[ReleaseId]:
     """Candidate ReleaseIds from a package's dist tag (``.fc41``, ``.el9``), in plugin order."""
     candidates = []
     for distribution in DISTRIBUTIONS:
@@ -201,7 +204,8 @@ def releases_from_dist_tag(package_nvr, arch):
     return candidates
 
 
-def detect_release(release_lines, package_nvr, arch, supported):
+def detect_release(release_lines: list[tuple[str, str]], package_nvr: str, arch: str,
+                   supported: list[ReleaseId]) -> tuple[ReleaseId | None, str]:
     """The release to retrace on, from the crash's release lines, else the dist tag.
 
     ``release_lines`` are tried in order (upstream: ``os_release_in_rootdir``,

@@ -1,23 +1,27 @@
 """RPM packages: the payload read with the rpm bindings, never installed and never handed to cpio."""
+from __future__ import annotations
 
 import contextlib
 import os
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from retrace_server.analysis.coredump import file_build_id
-from retrace_server.packaging.payload import UnpackError, refuse_below_symlink, safe_relative
+from retrace_server.elf import file_build_id
+from retrace_server.errors import system_module
+from retrace_server.packaging.payload import ManifestEntry, UnpackError, refuse_below_symlink, safe_relative
+
+if TYPE_CHECKING:
+    from collections.abc import Collection, Iterator
 
 _COPY_CHUNK = 1024 * 1024
 
 
-def _rpm():
-    import rpm
-
-    return rpm
+def _rpm() -> Any:
+    return system_module("rpm")
 
 
-def write_content(archive, target, mode):
+def write_content(archive: Any, target: Path, mode: int) -> None:
     """Copy the current payload file in chunks.
 
     Not ``archive.readto(fd)``: the rpm bindings keep a duplicate of that
@@ -32,7 +36,7 @@ def write_content(archive, target, mode):
 
 
 @contextlib.contextmanager
-def rpm_payload(rpm_path):
+def rpm_payload(rpm_path: Path) -> Iterator[Any]:
     """The rpm bindings' archive of ``rpm_path``'s payload; UnpackError when it cannot be read."""
     rpm = _rpm()
     transaction = rpm.TransactionSet()
@@ -54,15 +58,15 @@ def rpm_payload(rpm_path):
         os.close(fd)
 
 
-def unpack_rpm(rpm_path, target, memlimit=None):
+def unpack_rpm(rpm_path: Path, target: Path, memlimit: int | None = None) -> list[ManifestEntry]:
     """Extract ``rpm_path``'s payload into ``target``; returns the manifest entries.
 
     ``memlimit`` is not ours to give: librpm decodes the payload with its own limits (xz 100 MiB, zstd
     libzstd's 128 MiB window), below MaxDecoderMemory's default.
     """
-    entries = []
-    pending_links = {}
-    symlinks = set()
+    entries: list[ManifestEntry] = []
+    pending_links: dict[int, list[tuple[Path, str]]] = {}
+    symlinks: set[str] = set()
     target.mkdir()
     with rpm_payload(rpm_path) as archive:
         for entry in archive:
@@ -87,13 +91,13 @@ def unpack_rpm(rpm_path, target, memlimit=None):
                 else:
                     # Hard links: rpm sends the content with the last name.
                     pending_links.setdefault(entry.inode, []).append((destination, relative))
-        for waiting, waiting_relative in (pair for group in pending_links.values() for pair in group):
-            waiting.touch(mode=0o644)
-            entries.append((waiting_relative, "f", "", ""))
+        for empty, empty_relative in (pair for group in pending_links.values() for pair in group):
+            empty.touch(mode=0o644)
+            entries.append((empty_relative, "f", "", ""))
     return entries
 
 
-def extract_rpm_file(rpm_path, member, target, memlimit=None):
+def extract_rpm_file(rpm_path: Path, member: str, target: Path, memlimit: int | None = None) -> bool:
     """Write the regular file ``member`` (``usr/lib/...``) of ``rpm_path`` to ``target``; whether it was there.
 
     The payload is read up to that file only: a kernel-debuginfo package
@@ -107,7 +111,8 @@ def extract_rpm_file(rpm_path, member, target, memlimit=None):
     return False
 
 
-def extract_rpm_files(rpm_path, directory, names, target, memlimit=None):
+def extract_rpm_files(rpm_path: Path, directory: str, names: Collection[str], target: Path,
+                      memlimit: int | None = None) -> None:
     """Write every regular file under ``directory/`` whose name is in ``names`` flat into ``target``
     (the first of a name wins), in one pass over the payload."""
     with rpm_payload(rpm_path) as archive:

@@ -15,13 +15,23 @@ list each package's SHA256.  A worker checks a package's SHA256 against
 the index before unpacking it (``verify_checksum``); reposync checks the
 ``InRelease`` signature.
 """
+from __future__ import annotations
 
 import hashlib
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from retrace_server.errors import RetraceError
 from retrace_server.packaging.cache import cached_entry
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from retrace_server.config import Config
+    from retrace_server.packaging.payload import ManifestEntry
+    from retrace_server.packaging.release import ReleaseId
+    from retrace_server.packaging.repoindex import Package
 
 _TIMEOUT = 300
 
@@ -32,7 +42,7 @@ class SignatureError(RetraceError):
     category = "bad signature"
 
 
-def verify_checksum(path, package):
+def verify_checksum(path: Path, package: Package) -> None:
     """SignatureError unless the file's SHA256 is the one the release's index lists for ``package``."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -46,12 +56,12 @@ def verify_checksum(path, package):
 class Keyring:
     """The keys trusted for one release, imported into a private rpm database."""
 
-    def __init__(self, release, dbpath):
+    def __init__(self, release: ReleaseId | str, dbpath: Path) -> None:
         self.release = release
         self.dbpath = dbpath
 
     @classmethod
-    def for_release(cls, config, release):
+    def for_release(cls, config: Config, release: ReleaseId | str) -> Keyring | None:
         """The release's Keyring; None when RequireGPGCheck = 0.  SignatureError when it has no key."""
         paths = config.required_gpg_keys(release)
         if paths is None:
@@ -69,7 +79,7 @@ class Keyring:
         directory = Path(config.CacheDir) / "keyrings"
         directory.mkdir(parents=True, exist_ok=True)
 
-        def import_keys(tmp):
+        def import_keys(tmp: Path) -> list[ManifestEntry]:
             database = tmp / "root"
             database.mkdir()
             for path, _ in keys:
@@ -82,11 +92,11 @@ class Keyring:
         entry = cached_entry(directory / digest, directory / f"{digest}.lock", import_keys)
         return cls(release, entry.root)
 
-    def verify(self, package_path, name):
+    def verify(self, package_path: Path, name: str) -> None:
         """SignatureError unless ``package_path`` (shown as ``name``) is intact and signed by one of the keys."""
         self.verify_all([(package_path, name)])
 
-    def verify_all(self, packages):
+    def verify_all(self, packages: Iterable[tuple[Path, str]]) -> None:
         """``verify`` for many ``(path, name)`` pairs with one rpm process (each start costs ~15 ms)."""
         if not packages:
             return
@@ -108,9 +118,10 @@ class Keyring:
                                  f"{self.release} (rpm says: {said[:300]})")
 
 
-def _reports(text):
+def _reports(text: str) -> dict[str, list[str]]:
     """``{path: [its verbose lines]}`` of ``rpmkeys --checksig --verbose`` over several files."""
-    reports, current = {}, None
+    reports: dict[str, list[str]] = {}
+    current: list[str] | None = None
     for line in text.splitlines():
         if line and not line[0].isspace() and line.endswith(":"):
             current = reports.setdefault(line[:-1], [])
@@ -119,7 +130,7 @@ def _reports(text):
     return reports
 
 
-def _rpmkeys(arguments):
+def _rpmkeys(arguments: list[str]) -> subprocess.CompletedProcess[str]:
     """rpmkeys with ``arguments``; SignatureError with a sentence where rpm is not installed (a Debian server
     serving RPM releases needs the rpm package)."""
     try:

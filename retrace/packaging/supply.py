@@ -6,16 +6,27 @@ its mirror or (for a metadata-only release) downloaded within
 verified before a byte is unpacked, and the unpacked tree shared through
 the package cache by every task and process.
 """
+from __future__ import annotations
 
 import dataclasses
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from retrace_server.errors import RetraceError
 from retrace_server.packaging.cache import PackageCache
 from retrace_server.packaging.download import DOWNLOADS, DownloadError, download_packages, package_url
 from retrace_server.packaging.payload import UnpackError
 from retrace_server.packaging.signatures import Keyring, verify_checksum
+
+if TYPE_CHECKING:
+    import logging
+    from collections.abc import Callable, Iterable
+
+    from retrace_server.config import Config
+    from retrace_server.packaging.cache import CachedPackage
+    from retrace_server.packaging.repoindex import Package, RepoIndex
+    from retrace_server.stats import TaskRecord
 
 
 class PackageUnavailable(RetraceError):
@@ -33,20 +44,20 @@ class CacheCounts:
 class PackageSupply:
     """One job's packages: ``counts`` (a TaskRecord, or CacheCounts) learns the cache's hits and misses."""
 
-    def __init__(self, config, log, counts=None):
+    def __init__(self, config: Config, log: logging.Logger, counts: CacheCounts | TaskRecord | None = None) -> None:
         self.config, self.log = config, log
         self.counts = counts if counts is not None else CacheCounts()
         self.cache = PackageCache(config.CacheDir, config.decoder_memory_bytes)
-        self._keyrings = {}  # release -> Keyring (or None: RequireGPGCheck = 0)
-        self._verified = set()  # package files whose signatures this job has checked
-        self.downloads = {}  # pkgid -> file downloaded for a metadata-only release, until it is unpacked
+        self._keyrings: dict[str, Keyring | None] = {}  # None: RequireGPGCheck = 0
+        self._verified: set[Path] = set()  # package files whose signatures this job has checked
+        self.downloads: dict[str, Path] = {}  # pkgid -> file downloaded for a metadata-only release, until unpacked
 
-    def forget_downloads(self):
+    def forget_downloads(self) -> None:
         """Remove the packages downloaded for this job (the cache keeps their unpacked trees)."""
         for path in self.downloads.values():
             path.unlink(missing_ok=True)
 
-    def cached(self, package, index):
+    def cached(self, package: Package, index: RepoIndex) -> CachedPackage:
         """The package unpacked in the shared cache (by this task or an earlier one)."""
         package_path = self.package_file(index, package)
         try:
@@ -69,7 +80,7 @@ class PackageSupply:
             self.log.info("Reused %s from the package cache", package.nevra)
         return entry
 
-    def keyring(self, index):
+    def keyring(self, index: RepoIndex) -> Keyring | None:
         """The keys packages of the index's release must be signed with (None: RequireGPGCheck = 0), loaded once."""
         release = index.release_dir.name
         if release not in self._keyrings:
@@ -78,7 +89,7 @@ class PackageSupply:
                 self.log.warning("Package signatures are not checked (RequireGPGCheck = 0)")
         return self._keyrings[release]
 
-    def package_file(self, index, package):
+    def package_file(self, index: RepoIndex, package: Package) -> Path:
         """The package's file: in the mirror, or downloaded for a metadata-only release."""
         package_path = index.package_path(package)
         if package_path.is_file() or self.cache.holds(package.pkgid):
@@ -90,11 +101,12 @@ class PackageSupply:
         raise PackageUnavailable(f"{package.nevra} is in the metadata of {index.release_dir.name} but its file is missing "
                          "(the repository is being synchronised?); try again later", "repository error")
 
-    def download_missing(self, index, packages):
+    def download_missing(self, index: RepoIndex | None, packages: Iterable[Package]) -> None:
         """Download, in parallel and within DownloadDeadline, the packages a metadata-only release lacks."""
         if index is None:
             return
-        wanted, mirrors = [], set()
+        wanted: list[tuple[Package, str]] = []
+        mirrors: set[str] = set()
         for package in packages:
             path = index.package_path(package)
             found = None if package.pkgid in self.downloads or self.cache.holds(package.pkgid) or path.is_file() \
@@ -107,7 +119,7 @@ class PackageSupply:
         started = time.monotonic()
         results = download_packages(wanted, Path(self.config.CacheDir) / DOWNLOADS, self.config.DownloadDeadline)
         failures = [result for result in results.values() if isinstance(result, DownloadError)]
-        self.downloads.update({pkgid: path for pkgid, path in results.items() if not isinstance(path, Exception)})
+        self.downloads.update({pkgid: path for pkgid, path in results.items() if isinstance(path, Path)})
         size = sum(path.stat().st_size for pkgid, path in self.downloads.items() if pkgid in results)
         self.log.info("Downloaded %d of %d packages (%.1f MiB) from %s in %.3f s", len(wanted) - len(failures),
                       len(wanted), size / 1048576, ", ".join(sorted(mirrors)), time.monotonic() - started)
@@ -115,7 +127,7 @@ class PackageSupply:
             raise PackageUnavailable(failures[0].sentence + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""),
                              "repository error")
 
-    def _verifier(self, index, package, package_path):
+    def _verifier(self, index: RepoIndex, package: Package, package_path: Path) -> Callable[[Path], None] | None:
         """What proves a package before it is unpacked: an RPM's signature (unless this task checked it
         already), a Debian package's SHA256 against the index (apt signs the index, not the package)."""
         if package.format == "deb":
@@ -125,14 +137,14 @@ class PackageSupply:
             return None
         return lambda path: keyring.verify(path, package.nevra)
 
-    def verify_signatures(self, index, packages):
+    def verify_signatures(self, index: RepoIndex, packages: Iterable[Package]) -> None:
         """Check the signatures of the RPMs not unpacked yet, all with one rpm process."""
-        packages = [package for package in packages if package.format == "rpm"]
-        if not packages:
+        signed = [package for package in packages if package.format == "rpm"]
+        if not signed:
             return  # nothing signed by rpm (a release served by debuginfod only has no index)
         keyring = self.keyring(index)
         pending = [(self.downloads.get(package.pkgid) or index.package_path(package), package.nevra)
-                   for package in packages if not self.cache.holds(package.pkgid)]
+                   for package in signed if not self.cache.holds(package.pkgid)]
         if keyring is None or not pending:
             return
         started = time.monotonic()

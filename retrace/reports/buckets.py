@@ -12,6 +12,7 @@ bucket; ASLR, another build of the same source or another machine change
 addresses only.  Buckets live in SQLite beside the statistics
 (``problems.db`` in SaveDir), every report and retrace as one row.
 """
+from __future__ import annotations
 
 import contextlib
 import hashlib
@@ -20,6 +21,12 @@ import re
 import sqlite3
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from retrace_server.config import Config
 
 TOP_FRAMES = 5
 DB_NAME = "problems.db"
@@ -42,12 +49,12 @@ _MACHINERY = {
 _GDB_FRAME = re.compile(r"^#\d+\s+(?:0x[0-9a-f]+ in )?(?P<function>\S.*?) \(.*?(?: at \S+:(?P<line>\d+))?$", re.M)
 
 
-def _folded(function):
+def _folded(function: str) -> str:
     """``__GI_raise`` -> ``raise``: glibc's internal names for public functions."""
     return re.sub(r"^__GI_+", "", function) if function else function
 
 
-def normalized(functions):
+def normalized(functions: list[str]) -> list[str]:
     """The crash thread's function names (innermost first) that tell the bug: machinery skipped from the top."""
     names = [_folded(function) or "??" for function in functions]
     start = 0
@@ -58,13 +65,13 @@ def normalized(functions):
     return names[start:start + TOP_FRAMES]
 
 
-def signature(executable, functions):
+def signature(executable: str, functions: list[str]) -> tuple[str, str]:
     """``(bthash, the text it hashes)`` for a crash of ``executable`` with these crash-thread functions."""
     text = "\n".join([Path(executable).name, *normalized(functions)])
     return hashlib.sha1(text.encode("utf-8")).hexdigest(), text
 
 
-def stored_backtrace(text):
+def stored_backtrace(text: str) -> str:
     """``text`` cut at MAX_STORED_BACKTRACE (at a line), saying so."""
     if len(text) <= MAX_STORED_BACKTRACE:
         return text
@@ -72,7 +79,7 @@ def stored_backtrace(text):
     return text[:cut] + f"(the rest of the backtrace, {len(text) - cut} characters, is not kept)\n"
 
 
-def gdb_crash_thread(backtrace):
+def gdb_crash_thread(backtrace: str) -> str:
     """The crashing thread (``Thread 1``) of a retrace's gdb output: its header, frames and their locals."""
     start = backtrace.find("\nThread 1 ")
     if start < 0:
@@ -86,14 +93,14 @@ def gdb_crash_thread(backtrace):
     return "\n".join(kept) + "\n"
 
 
-def gdb_crash_thread_functions(backtrace):
+def gdb_crash_thread_functions(backtrace: str) -> list[str]:
     """The function names of the crashing thread's frames that have a source line, innermost first (all its
     frames when none has): see ``located_functions``."""
     frames = [(match["function"], bool(match["line"])) for match in _GDB_FRAME.finditer(gdb_crash_thread(backtrace))]
     return located_functions(frames)
 
 
-def located_functions(frames):
+def located_functions(frames: list[tuple[str, bool]]) -> list[str]:
     """``[(function, has a source line)]`` -> the functions that have one (all when none has).
 
     What a signature may rest on: a frame with a source line was read from
@@ -121,7 +128,7 @@ CREATE TABLE IF NOT EXISTS symbols (
 class BucketDB:
     """The buckets and their occurrences; one connection per use, WAL so that readers never wait."""
 
-    def __init__(self, path):
+    def __init__(self, path: Path) -> None:
         self.db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
@@ -130,16 +137,16 @@ class BucketDB:
             self.db.execute("ALTER TABLE buckets ADD COLUMN component TEXT")  # a database made before it
 
     @classmethod
-    def for_config(cls, config):
+    def for_config(cls, config: Config) -> BucketDB:
         return cls(Path(config.SaveDir) / DB_NAME)
 
-    def __enter__(self):
+    def __enter__(self) -> BucketDB:
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.db.close()
 
-    def bucket(self, bthash):
+    def bucket(self, bthash: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT bthash, executable, signature, backtrace, first_seen, last_seen, count, "
                               "full_task, component FROM buckets WHERE bthash = ?", (bthash,)).fetchone()
         if row is None:
@@ -148,8 +155,10 @@ class BucketDB:
                 "component")
         return dict(zip(keys, row))
 
-    def record(self, bthash, text, executable, backtrace, kind, package=None, version=None, release=None,
-               arch=None, task_id=None, when=None, component=None):
+    def record(self, bthash: str, text: str, executable: str, backtrace: str, kind: str, package: str | None = None,
+               version: str | None = None, release: str | None = None, arch: str | None = None,
+               task_id: str | None = None, when: float | None = None,
+               component: str | None = None) -> dict[str, Any] | None:
         """Count one report or retrace in its bucket; returns the bucket as it was before (None: new).
 
         ``executable`` is the program's file name, ``component`` its package's name as the release's index
@@ -176,7 +185,7 @@ class BucketDB:
         return before
 
     @contextlib.contextmanager
-    def _transaction(self):
+    def _transaction(self) -> Iterator[None]:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -185,31 +194,31 @@ class BucketDB:
             raise
         self.db.execute("COMMIT")
 
-    def symbols(self, keys):
+    def symbols(self, keys: set[tuple[str, int]]) -> dict[tuple[str, int], list[tuple[str, str, int]]]:
         """``{(build-id, offset): [(function, file, line), ...]}`` for the keys symbolized before (debuginfo
         of a build never changes, so neither does what an offset in it means)."""
-        by_build_id = {}
+        by_build_id: dict[str, set[int]] = {}
         for build_id, offset in keys:
             by_build_id.setdefault(build_id, set()).add(offset)
-        found = {}
+        found: dict[tuple[str, int], list[tuple[str, str, int]]] = {}
         for build_id, offsets in by_build_id.items():
-            offsets = sorted(offsets)
-            for start in range(0, len(offsets), 500):  # SQLite's limit on parameters
-                chunk = offsets[start:start + 500]
+            ordered = sorted(offsets)
+            for start in range(0, len(ordered), 500):  # SQLite's limit on parameters
+                chunk = ordered[start:start + 500]
                 rows = self.db.execute(f"SELECT offset, locations FROM symbols WHERE build_id = ? AND offset IN "
                                        f"({', '.join('?' * len(chunk))})", (build_id, *chunk))
                 for offset, locations in rows:
                     found[(build_id, offset)] = [tuple(location) for location in json.loads(locations)]
         return found
 
-    def remember_symbols(self, symbolized):
+    def remember_symbols(self, symbolized: dict[tuple[str, int], list[tuple[str, str, int]]]) -> None:
         """Keep ``{(build-id, offset): [(function, file, line), ...]}`` (the first MAX_NEW_SYMBOLS of them)."""
         rows = [(build_id, offset, json.dumps(locations))
                 for (build_id, offset), locations in list(symbolized.items())[:MAX_NEW_SYMBOLS]]
         with self._transaction():
             self.db.executemany("INSERT OR REPLACE INTO symbols VALUES (?, ?, ?)", rows)
 
-    def buckets(self, limit=100, offset=0):
+    def buckets(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         """Buckets by count, most first, with their releases, architectures and versions."""
         rows = self.db.execute(
             "SELECT b.bthash, b.executable, b.component, b.signature, b.first_seen, b.last_seen, b.count, "
@@ -221,13 +230,13 @@ class BucketDB:
                 "releases", "architectures", "versions")
         return [dict(zip(keys, row)) for row in rows]
 
-    def occurrences(self, bthash, limit=200):
+    def occurrences(self, bthash: str, limit: int = 200) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT time, kind, package, version, release, arch, task_id FROM occurrences "
                                "WHERE bthash = ? ORDER BY time DESC LIMIT ?", (bthash, limit)).fetchall()
         keys = ("time", "kind", "package", "version", "release", "arch", "task_id")
         return [dict(zip(keys, row)) for row in rows]
 
-    def per_day(self, bthash, days=30, now=None):
+    def per_day(self, bthash: str, days: int = 30, now: float | None = None) -> list[tuple[str, int]]:
         """``[(day, count)]`` of the last ``days`` days, oldest first."""
         now = now or time.time()
         start = int(now // 86400) - days + 1
@@ -237,25 +246,25 @@ class BucketDB:
         return [(time.strftime("%Y-%m-%d", time.gmtime(day * 86400)), counts.get(day, 0))
                 for day in range(start, start + days)]
 
-    def forget_before(self, when):
+    def forget_before(self, when: float) -> int:
         """Remove the occurrences older than ``when``; the buckets' counts and dates stay. Returns how many."""
         with self._transaction():
             return self.db.execute("DELETE FROM occurrences WHERE time < ?", (when,)).rowcount
 
-    def forget_buckets_before(self, when):
+    def forget_buckets_before(self, when: float) -> int:
         """Remove the buckets last seen before ``when`` with their occurrences; returns how many buckets."""
         with self._transaction():
             self.db.execute("DELETE FROM occurrences WHERE bthash IN (SELECT bthash FROM buckets WHERE last_seen < ?)",
                             (when,))
             return self.db.execute("DELETE FROM buckets WHERE last_seen < ?", (when,)).rowcount
 
-    def trim_symbols(self, keep=MAX_SYMBOLS):
+    def trim_symbols(self, keep: int = MAX_SYMBOLS) -> int:
         """Forget the oldest symbol-cache rows beyond ``keep``; returns how many."""
         with self._transaction():
             return self.db.execute("DELETE FROM symbols WHERE rowid <= (SELECT MAX(rowid) FROM symbols) - ?",
                                    (keep,)).rowcount
 
-    def vacuum(self):
+    def vacuum(self) -> bool:
         """Give the pages deleted rows left back to the file system, once they are a quarter of the file
         (VACUUM rewrites the whole database and holds writers back meanwhile); whether it ran."""
         free, pages = (self.db.execute(f"PRAGMA {name}").fetchone()[0] for name in ("freelist_count", "page_count"))
@@ -265,7 +274,7 @@ class BucketDB:
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # VACUUM wrote the whole database through the WAL
         return True
 
-    def totals(self):
+    def totals(self) -> dict[str, int]:
         reports, buckets = self.db.execute(
             "SELECT (SELECT COUNT(*) FROM occurrences WHERE kind = 'report'), (SELECT COUNT(*) FROM buckets)").fetchone()
         return {"reports": reports, "buckets": buckets}

@@ -5,36 +5,46 @@ and whether the server wants the core: for a new bucket, or one that has no
 full retrace yet, a core upload gives everyone the complete backtrace with
 variables; otherwise the symbolized frames are all there is to learn.
 """
+from __future__ import annotations
 
 import collections
 import concurrent.futures
 import dataclasses
 import logging
 import time
+from typing import TYPE_CHECKING, Any
 
 from retrace_server.analysis.symbolize import Location, Symbolized, debug_file, symbolize_module
 from retrace_server.errors import RetraceError, disk_full_explained
 from retrace_server.intake import storage
 from retrace_server.packaging.release import ReleaseId, supported_releases
-from retrace_server.packaging.repoindex import RepoIndex
+from retrace_server.packaging.repoindex import release_index
 from retrace_server.packaging.supply import PackageSupply
 from retrace_server.reports.buckets import BucketDB, located_functions, signature
 from retrace_server.reports.ureport import InvalidReport
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from retrace_server.config import Config
+    from retrace_server.packaging.repoindex import RepoIndex
+    from retrace_server.reports.ureport import Report, ReportThread
 
 log = logging.getLogger(__name__)
 _PARALLEL_MODULES = 4
 
 
-def _index(config, report):
+def _index(config: Config, report: Report) -> RepoIndex:
     release = ReleaseId.parse(report.release)
-    served = supported_releases(config.RepoDir)
-    if release is None or release not in served:
+    index = release_index(config.RepoDir, config.CacheDir, release) if release is not None else None
+    if index is None:
+        served = supported_releases(config.RepoDir)
         raise InvalidReport(f"Release {report.release} is not served by this server; it serves "
                             f"{', '.join(map(str, served)) or 'no release'}")
-    return RepoIndex.open(config.RepoDir / str(release), config.CacheDir)
+    return index
 
 
-def symbolicate(config, report, buckets, index):
+def symbolicate(config: Config, report: Report, buckets: BucketDB, index: RepoIndex) -> list[list[Symbolized]]:
     """``[[Symbolized, ...] per thread]`` of the report; InvalidReport when its crash thread cannot be read.
 
     What was symbolized before comes from the symbol cache (``buckets``);
@@ -44,15 +54,15 @@ def symbolicate(config, report, buckets, index):
                for thread in report.threads]
     known = buckets.symbols({(frame.build_id, frame.offset) for thread in threads for frame in thread
                              if frame.build_id})
-    by_build_id = collections.defaultdict(list)
+    by_build_id: dict[str, list[Symbolized]] = collections.defaultdict(list)
     for thread in threads:
         for frame in thread:
-            if (frame.build_id, frame.offset) in known:
-                frame.locations = [Location(*location) for location in known[(frame.build_id, frame.offset)]]
-            elif frame.build_id:
-                by_build_id[frame.build_id].append(frame)
-            else:
+            if frame.build_id is None:
                 frame.problem = "the report gives no build-id"
+            elif (frame.build_id, frame.offset) in known:
+                frame.locations = [Location(*location) for location in known[(frame.build_id, frame.offset)]]
+            else:
+                by_build_id[frame.build_id].append(frame)
     supply = PackageSupply(config, log)
     try:
         found = []
@@ -75,20 +85,20 @@ def symbolicate(config, report, buckets, index):
                 done.result()
     finally:
         supply.forget_downloads()
-    buckets.remember_symbols({(frame.build_id, frame.offset): [dataclasses.astuple(location) for location in
-                                                               frame.locations]
-                              for frames in by_build_id.values() for frame in frames if frame.locations})
+    buckets.remember_symbols({(build_id, frame.offset): [dataclasses.astuple(location) for location in frame.locations]
+                              for build_id, frames in by_build_id.items() for frame in frames if frame.locations})
     crash = threads[[thread.crash_thread for thread in report.threads].index(True)]
     past = [frame for frame in crash if frame.problem and frame.problem.startswith("offset ")]
     if past:
         raise InvalidReport(f"The crash thread's frame {crash.index(past[0])} is not in its module: {past[0].problem}")
     if not any(frame.locations for frame in crash):
+        build_ids = ", ".join(sorted({frame.build_id for frame in crash if frame.build_id}))
         raise InvalidReport(f"None of the crash thread's modules is known to this server (no debuginfo in "
-                            f"{report.release} for build-ids {', '.join(sorted({f.build_id for f in crash if f.build_id}))[:300]})")
+                            f"{report.release} for build-ids {build_ids[:300]})")
     return threads
 
 
-def functions(frames):
+def functions(frames: Iterable[Symbolized]) -> list[str]:
     """The crash thread's function names for its signature, as gdb lists frames (inlined callees before their
     callers), those with a source line only (``located_functions``)."""
     named = []
@@ -97,14 +107,14 @@ def functions(frames):
     return located_functions(named)
 
 
-def gdb_text(threads, report_threads):
+def gdb_text(threads: Sequence[Sequence[Symbolized]], report_threads: Sequence[ReportThread]) -> str:
     """The symbolized threads in gdb's ``bt`` format (ABRT and satyr read it); offsets stand for addresses."""
     lines = []
     for number, (frames, thread) in enumerate(zip(threads, report_threads), start=1):
         lines.append(f"Thread {number} ({'crashed' if thread.crash_thread else 'report'}):")
         depth = 0
         for frame in frames:
-            locations = frame.locations or [None]
+            locations: list[Location | None] = [*frame.locations] or [None]
             for position, location in enumerate(locations):
                 inlined = position < len(locations) - 1
                 address = "" if position else f"0x{frame.offset:016x} in "
@@ -118,7 +128,7 @@ def gdb_text(threads, report_threads):
     return "\n".join(lines)
 
 
-def frames_json(threads, report):
+def frames_json(threads: Sequence[Sequence[Symbolized]], report: Report) -> list[dict[str, Any]]:
     return [{"crash_thread": thread.crash_thread, "frames": [
         {"build_id": frame.build_id, "offset": frame.offset, "module": frame.module, "problem": frame.problem,
          "locations": [{"function": location.function, "file": location.file, "line": location.line}
@@ -126,7 +136,7 @@ def frames_json(threads, report):
         for frames, thread in zip(threads, report.threads)]
 
 
-def triage(config, report, now=None):
+def triage(config: Config, report: Report, now: float | None = None) -> dict[str, Any]:
     """Symbolize, bucket and count ``report``; the answer's fields (without URLs).
 
     The bucket keeps the crash thread only, and of the report's own words
@@ -150,6 +160,7 @@ def triage(config, report, now=None):
                     "report", report.package if component else None, report.version if component else None,
                     report.release, report.arch, when=now, component=component)
             after = buckets.bucket(bthash)
+            assert after is not None  # recorded just now
     finally:
         index.close()
     return {"known": before is not None, "bthash": bthash, "count": after["count"],

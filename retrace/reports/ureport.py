@@ -7,6 +7,7 @@ field is checked and capped here, so that nothing downstream (the
 symbolizer's argv, the database, the pages) sees a value it did not expect;
 each refusal is a sentence naming the field.
 """
+from __future__ import annotations
 
 import dataclasses
 import json
@@ -43,7 +44,7 @@ class ReportFrame:
 @dataclasses.dataclass(frozen=True)
 class ReportThread:
     crash_thread: bool
-    frames: tuple
+    frames: tuple[ReportFrame, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,64 +57,82 @@ class Report:
     signal: int
     package: str | None  # the affected package's name-version-release, as the crash data's ``package``
     version: str | None
-    threads: tuple
+    threads: tuple[ReportThread, ...]
     reason: str = ""
 
     @property
-    def crash_thread(self):
+    def crash_thread(self) -> ReportThread:
         return next(thread for thread in self.threads if thread.crash_thread)
 
     @property
-    def executable_name(self):
+    def executable_name(self) -> str:
         return self.executable.rsplit("/", 1)[-1]
 
     @property
-    def release(self):
+    def release(self) -> str:
         return f"{self.os_name}-{self.os_version}-{self.arch}".lower()
 
 
-def _get(mapping, key, kind, where, required=True):
+def _value(mapping: object, key: str, where: str, required: bool) -> object:
+    """The JSON value at ``key`` (None when absent); the report is untrusted, so anything may be there."""
     value = mapping.get(key) if isinstance(mapping, dict) else None
-    if value is None:
-        if required:
-            raise InvalidReport(f"The report has no {where}{key}")
-        return None
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+    if value is None and required:
+        raise InvalidReport(f"The report has no {where}{key}")
+    return value
+
+
+def _number(mapping: object, key: str, where: str) -> int:
+    value = _value(mapping, key, where, True)
+    if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidReport(f"The report's {where}{key} is not a whole number")
-    if kind is not int and not isinstance(value, kind):
-        raise InvalidReport(f"The report's {where}{key} is not a {kind.__name__}")
-    if kind is str and (len(value) > _TEXT_LIMIT or any(ord(char) < 0x20 for char in value)):
+    return value
+
+
+def _optional_text(mapping: object, key: str, where: str, required: bool = False) -> str | None:
+    value = _value(mapping, key, where, required)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidReport(f"The report's {where}{key} is not a str")
+    if len(value) > _TEXT_LIMIT or any(ord(char) < 0x20 for char in value):
         raise InvalidReport(f"The report's {where}{key} is longer than {_TEXT_LIMIT} characters or holds control "
                             "characters")
     return value
 
 
-def _word(value, pattern, what):
+def _text(mapping: object, key: str, where: str) -> str:
+    value = _optional_text(mapping, key, where, required=True)
+    assert value is not None  # required
+    return value
+
+
+def _word(value: str, pattern: re.Pattern[str], what: str) -> str:
     if not pattern.fullmatch(value):
         raise InvalidReport(f"The report's {what} '{value[:64]}' holds characters this server does not accept")
     return value
 
 
-def _frame(raw, thread_number, frame_number):
+def _frame(raw: object, thread_number: int, frame_number: int) -> ReportFrame:
     where = f"problem.stacktrace[{thread_number}].frames[{frame_number}]."
     if not isinstance(raw, dict):
         raise InvalidReport(f"The report's {where[:-1]} is not an object")
-    build_id = _get(raw, "build_id", str, where, required=False)
+    build_id = _optional_text(raw, "build_id", where)
     if build_id is not None and not _BUILD_ID.fullmatch(build_id):
         raise InvalidReport(f"The report's {where}build_id is not a hexadecimal build-id")
-    offset = _get(raw, "build_id_offset", int, where)
+    offset = _number(raw, "build_id_offset", where)
     if not 0 <= offset < 1 << 48:
         raise InvalidReport(f"The report's {where}build_id_offset {offset} is not an offset in a module")
-    function = _get(raw, "function_name", str, where, required=False)
-    return ReportFrame(build_id.lower() if build_id else None, offset, _get(raw, "file_name", str, where), function)
+    function = _optional_text(raw, "function_name", where)
+    return ReportFrame(build_id.lower() if build_id else None, offset, _text(raw, "file_name", where), function)
 
 
-def _threads(stacktrace):
+def _threads(stacktrace: object) -> tuple[ReportThread, ...]:
     if not isinstance(stacktrace, list) or not stacktrace:
         raise InvalidReport("The report's problem.stacktrace is not a list of threads")
     if len(stacktrace) > MAX_THREADS:
         raise InvalidReport(f"The report has {len(stacktrace)} threads; this server reads at most {MAX_THREADS}")
-    threads, total = [], 0
+    threads: list[ReportThread] = []
+    total = 0
     for number, raw in enumerate(stacktrace):
         frames = raw.get("frames") if isinstance(raw, dict) else None
         if not isinstance(frames, list) or not frames:
@@ -130,7 +149,7 @@ def _threads(stacktrace):
     return tuple(threads)
 
 
-def _affected(packages):
+def _affected(packages: object) -> tuple[str | None, str | None]:
     """``(name-version-release, version)`` of the package the report names as affected (or the first)."""
     if not isinstance(packages, list) or len(packages) > 1000:
         raise InvalidReport("The report's packages is not a list")
@@ -138,13 +157,13 @@ def _affected(packages):
                   packages[0] if packages else None)
     if chosen is None:
         return None, None
-    name = _word(_get(chosen, "name", str, "packages[]."), _WORD, "package name")
-    version = _word(_get(chosen, "version", str, "packages[]."), _WORD, "package version")
-    release = _word(_get(chosen, "release", str, "packages[]."), _WORD, "package release")
+    name = _word(_text(chosen, "name", "packages[]."), _WORD, "package name")
+    version = _word(_text(chosen, "version", "packages[]."), _WORD, "package version")
+    release = _word(_text(chosen, "release", "packages[]."), _WORD, "package release")
     return f"{name}-{version}-{release}", f"{version}-{release}"
 
 
-def _decompressed(data):
+def _decompressed(data: bytes) -> bytes:
     """A gzip-compressed report (retrace-client sends one) unpacked, at most MAX_BYTES of it."""
     try:
         reader = zlib.decompressobj(wbits=31)
@@ -158,7 +177,7 @@ def _decompressed(data):
     return plain
 
 
-def parse(data):
+def parse(data: bytes) -> Report:
     """The Report in ``data`` (the bytes of the form's ``file`` field, JSON or gzip-compressed JSON), or
     InvalidReport with a sentence."""
     if len(data) > MAX_BYTES:
@@ -181,20 +200,21 @@ def parse(data):
     kind = problem.get("type")
     if kind != "core":
         raise InvalidReport(f"This server reads reports of crashed programs (problem type 'core'), not {kind!r}")
-    signal = _get(problem, "signal", int, "problem.")
+    signal = _number(problem, "signal", "problem.")
     if not 0 <= signal <= 128:
         raise InvalidReport(f"The report's problem.signal {signal} is not a signal number")
-    executable = _get(problem, "executable", str, "problem.")
+    executable = _text(problem, "executable", "problem.")
     if not executable.startswith("/"):
         raise InvalidReport("The report's problem.executable is not an absolute path")
     _word(executable.rsplit("/", 1)[-1], _FILE_NAME, "executable's file name")
     package, version_text = _affected(document.get("packages", []))
     return Report(
-        os_name=_word(_get(os_info, "name", str, "os."), _WORD, "os.name"),
-        os_version=_word(_get(os_info, "version", str, "os."), _WORD, "os.version"),
-        arch=_word(_get(os_info, "architecture", str, "os."), _ARCH, "os.architecture"),
+        os_name=_word(_text(os_info, "name", "os."), _WORD, "os.name"),
+        os_version=_word(_text(os_info, "version", "os."), _WORD, "os.version"),
+        arch=_word(_text(os_info, "architecture", "os."), _ARCH, "os.architecture"),
         executable=executable,
-        component=_word(problem.get("component") or executable.rsplit("/", 1)[-1], _WORD, "problem.component"),
+        component=_word(_optional_text(problem, "component", "problem.") or executable.rsplit("/", 1)[-1], _WORD,
+                        "problem.component"),
         signal=signal, package=package, version=version_text,
         threads=_threads(problem.get("stacktrace")),
         reason=(document.get("reason") or "")[:_TEXT_LIMIT] if isinstance(document.get("reason"), str) else "",

@@ -6,13 +6,19 @@ carried over from upstream shows its case data.  Every value is checked
 when it is set, with a sentence for the engineer who typed it, and read
 back defensively: a hand-edited file never breaks a page.
 """
+from __future__ import annotations
 
 import dataclasses
 import re
 import time
+from typing import TYPE_CHECKING, Callable
 
 from retrace_server.errors import BadRequest
-from retrace_server.tasks.task import write_atomically
+from retrace_server.files import write_atomically
+
+if TYPE_CHECKING:
+    from retrace_server.config import Config
+    from retrace_server.tasks.task import IncomingTask, Task
 
 CASENO, BUGZILLANO, NOTIFY, NOTES = "caseno", "bugzillano", "notify", "notes"
 # The task was started from the manager (upstream's marker), and the manager URL its e-mails link to.
@@ -30,7 +36,7 @@ _ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]{1,63}
 _SEPARATORS = re.compile(r"[\s,;]+")
 
 
-def parse_caseno(text):
+def parse_caseno(text: str) -> int:
     text = (text or "").strip()
     if not text:
         raise BadRequest("The case number is empty; give the support case's number (digits only)")
@@ -39,11 +45,11 @@ def parse_caseno(text):
     return int(text)
 
 
-def _items(text):
+def _items(text: str) -> list[str]:
     return [item for item in _SEPARATORS.split(text or "") if item]
 
 
-def _listed(text, what, whats, most, fits, wrong):
+def _listed(text: str, what: str, whats: str, most: int, fits: Callable[[str], object], wrong: str) -> list[str]:
     """The distinct items of a comma, semicolon or space separated list, each checked by ``fits``."""
     items = _items(text)
     if not items:
@@ -56,26 +62,26 @@ def _listed(text, what, whats, most, fits, wrong):
     return list(dict.fromkeys(items))
 
 
-def parse_bugzillano(text):
+def parse_bugzillano(text: str) -> list[int]:
     """Bug numbers separated by commas, semicolons or spaces (upstream's form)."""
     return [int(bug) for bug in _listed(text, "bugzilla number", "bugzilla numbers", MAX_BUGS, _NUMBER.fullmatch,
                                         "a bugzilla number: use digits only")]
 
 
-def parse_emails(text):
+def parse_emails(text: str) -> list[str]:
     return _listed(text, "e-mail address", "e-mail addresses", MAX_ADDRESSES,
                    lambda address: len(address) <= 254 and _ADDRESS.fullmatch(address),
                    "an e-mail address this server sends to (name@domain)")
 
 
-def parse_notes(text):
+def parse_notes(text: str) -> str:
     text = (text or "").replace("\r\n", "\n")
     if len(text.encode("utf-8")) > MAX_NOTES:
         raise BadRequest(f"The notes are too long: at most {MAX_NOTES // 1024} KiB")
     return text
 
 
-def parse_keep_days(text):
+def parse_keep_days(text: str) -> int:
     text = (text or "").strip()
     if not text.isdigit() or not 1 <= int(text) <= MAX_KEEP_DAYS:
         raise BadRequest(f"Keep the task for 1 to {MAX_KEEP_DAYS} days, not '{text[:20]}'")
@@ -87,16 +93,16 @@ class CaseData:
     """A task's case data as read from its directory (absent values are None or empty)."""
 
     caseno: int | None = None
-    bugzillano: list = dataclasses.field(default_factory=list)
-    notify: list = dataclasses.field(default_factory=list)
+    bugzillano: list[int] = dataclasses.field(default_factory=list)
+    notify: list[str] = dataclasses.field(default_factory=list)
     notes: str = ""
     managed: bool = False
     url: str | None = None
     keep_until: float | None = None
 
     @classmethod
-    def read(cls, task):
-        def numbers(text):
+    def read(cls, task: Task) -> CaseData:
+        def numbers(text: str) -> list[int]:
             return [int(item) for item in _items(text) if _NUMBER.fullmatch(item)]
 
         caseno = numbers(task.read_text(CASENO, 64) or "")
@@ -112,28 +118,28 @@ class CaseData:
         )
 
 
-def set_caseno(task, caseno):
+def set_caseno(task: Task | IncomingTask, caseno: int) -> None:
     write_atomically(task.path / CASENO, f"{caseno}\n")
 
 
-def set_bugzillano(task, bugs):
+def set_bugzillano(task: Task | IncomingTask, bugs: list[int]) -> None:
     write_atomically(task.path / BUGZILLANO, "".join(f"{bug}\n" for bug in bugs))
 
 
-def set_notify(task, addresses):
+def set_notify(task: Task | IncomingTask, addresses: list[str]) -> None:
     write_atomically(task.path / NOTIFY, "".join(f"{address}\n" for address in addresses))
 
 
-def set_notes(task, notes):
+def set_notes(task: Task | IncomingTask, notes: str) -> None:
     write_atomically(task.path / NOTES, notes)
 
 
-def mark_managed(task, url):
+def mark_managed(task: Task, url: str) -> None:
     write_atomically(task.path / MANAGED, "1\n")
     write_atomically(task.path / URL, f"{url}\n")
 
 
-def keep_for(task, days, now=None):
+def keep_for(task: Task, days: int, now: float | None = None) -> int:
     """Keep the task at least ``days`` from now; an existing longer promise stands."""
     until = max(int((now or time.time()) + days * 86400), int(CaseData.read(task).keep_until or 0))
     write_atomically(task.path / KEEP_UNTIL, f"{until}\n")
@@ -151,12 +157,12 @@ class AgeRule:
     failed_only: bool = False
 
     @property
-    def cited(self):
+    def cited(self) -> str:
         """The key as cleanup's log cites it (an archive rule with its value)."""
         return f"{self.key} = {self.hours}" if self.action == "archive" else self.key
 
 
-def age_rules(config, status_failed):
+def age_rules(config: Config, status_failed: bool) -> list[AgeRule]:
     """The rules that remove a task of this outcome, in the order cleanup applies them: the page says when
     the first one comes, cleanup acts on the first one due."""
     delete_after = config.DeleteFailedTaskAfter if status_failed else config.DeleteTaskAfter
@@ -170,7 +176,7 @@ def age_rules(config, status_failed):
     return rules
 
 
-def expiry(task, config, status_failed):
+def expiry(task: Task, config: Config, status_failed: bool) -> tuple[float | None, str]:
     """``(epoch, why)``: when cleanup removes the task, or ``(None, why)`` when it never does by age."""
     rules = age_rules(config, status_failed)
     if not rules:
@@ -184,7 +190,7 @@ def expiry(task, config, status_failed):
     return by_age, f"{removed}{first.hours} h after its last change ({first.key})"
 
 
-def kept(task, now):
+def kept(task: Task, now: float) -> bool:
     """Whether an engineer asked to keep the task past ``now``."""
     keep = CaseData.read(task).keep_until
     return keep is not None and keep > now

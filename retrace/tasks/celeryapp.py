@@ -18,13 +18,24 @@ At-least-once delivery is made safe by the task's worker lock and final
 status: a delivery for a finished task, or one whose worker is alive
 elsewhere, does nothing.
 """
+from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-from retrace_server.analysis.coredump import core_arch
-from retrace_server.analysis.debuggers import HOST_ARCH
+from retrace_server.arch import HOST_ARCH
+from retrace_server.elf import core_arch
 from retrace_server.errors import RetraceError
-from retrace_server.tasks.task import write_atomically
+from retrace_server.files import write_atomically
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    import celery
+    import kombu
+
+    from retrace_server.config import Config
+    from retrace_server.tasks.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +45,21 @@ PUBLISHED = "published"
 _PUBLISH_TIMEOUT = 10
 
 
-def queue_name(arch):
+def queue_name(arch: str) -> str:
     return f"retrace.{arch}"
 
 
-def _queue(name, config, dead=False):
+def _queue(name: str, config: Config, dead: bool = False) -> kombu.Queue:
     from kombu import Queue
 
-    arguments = {"x-queue-type": "quorum"}
+    arguments: dict[str, str | int] = {"x-queue-type": "quorum"}
     if not dead:
         arguments.update({"x-delivery-limit": config.DeliveryLimit, "x-dead-letter-exchange": "",
                           "x-dead-letter-routing-key": DEAD_QUEUE})
     return Queue(name, routing_key=name, queue_arguments=arguments, durable=True)
 
 
-def make_app(config):
+def make_app(config: Config) -> celery.Celery:
     from celery import Celery
 
     app = Celery("retrace", broker=config.BrokerURL, set_as_current=False)
@@ -69,7 +80,7 @@ def make_app(config):
     return app
 
 
-def crash_arch(task):
+def crash_arch(task: Task) -> str:
     """The architecture queue a task goes to: its core's, else this host's."""
     try:
         return core_arch(task.crash_dir / "coredump")
@@ -77,11 +88,11 @@ def crash_arch(task):
         return HOST_ARCH
 
 
-def is_published(task):
+def is_published(task: Task) -> bool:
     return (task.path / PUBLISHED).exists()
 
 
-def publish(config, task):
+def publish(config: Config, task: Task) -> bool:
     """Put ``task`` on its architecture's queue; False (and the task stays unmarked) if the broker is away."""
     arch = crash_arch(task)
     app = make_app(config)
@@ -101,5 +112,5 @@ def publish(config, task):
     return True
 
 
-def worker_queues(config, arches):
+def worker_queues(config: Config, arches: Iterable[str]) -> list[kombu.Queue]:
     return [_queue(queue_name(arch), config) for arch in arches] + [_queue(DEAD_QUEUE, config, dead=True)]

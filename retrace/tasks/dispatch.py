@@ -16,22 +16,27 @@ dispatcher finds everything in the spool, which stays the only truth;
 worker command claims its task (lock, status) before it detaches, so when
 the command returns, the slot is visibly taken.
 """
+from __future__ import annotations
 
 import contextlib
 import logging
 import os
 import select
+import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Callable
 
 from retrace_server import locking
-from retrace_server.config import CONFIG_PATH_VARIABLE
-from retrace_server.stats import record_ended_task
+from retrace_server.config import CONFIG_PATH_VARIABLE, Config
+from retrace_server.stats import FAILURE, StatsDB, TaskRecord
 from retrace_server.tasks.notify import send_end_mail
-from retrace_server.tasks.task import iter_tasks, worker_alive
+from retrace_server.tasks.task import JOB_PID, Task, iter_tasks, worker_alive
 from retrace_server.tasks.taskqueue import queued_tasks
 
 log = logging.getLogger(__name__)
@@ -41,10 +46,12 @@ _DISPATCH_LOCK = ".dispatch.lock"
 SOCKET_NAME = ".dispatcher.sock"
 SCAN_SECONDS = 5.0
 _LAUNCH_TIMEOUT = 60
+# Starts a task's worker: (exit status, what it said), see ``run_worker_command``.
+Runner = Callable[[Task], tuple[int, str]]
 DEAD_WORKER_REASON = "the retrace worker stopped unexpectedly (it was killed or crashed) while: {stage}"
 
 
-def worker_command(environ):
+def worker_command(environ: Mapping[str, str]) -> list[str]:
     """The ``retrace-server-worker`` to run: named by the environment, else next to this Python."""
     named = environ.get(WORKER_VARIABLE)
     if named:
@@ -52,17 +59,24 @@ def worker_command(environ):
     return [str(Path(sys.executable).with_name("retrace-server-worker"))]
 
 
-def end_failed(config, task, reason, category):
+def end_failed(config: Config, task: Task, reason: str, category: str) -> None:
     """End ``task`` FINISHED_FAILURE with ``reason`` and count it in the statistics."""
     task.fail(reason)
+    started = task.timestamp("started_time")
+    queued = task.timestamp("queued_time")
+    now = time.time()
+    record = TaskRecord(task.task_id, FAILURE, started or now, round(now - started, 3) if started else 0.0,
+                        queue_wait=round(started - queued, 3) if started and queued else None,
+                        failure=reason, failure_category=category)
     try:
-        record_ended_task(config, task, reason, category)
+        with StatsDB.for_config(config) as stats:
+            stats.record_task(record)
     except (sqlite3.Error, OSError) as err:
         log.error("task %s: statistics not saved: %s", task.task_id, err)
     send_end_mail(config, task, False, reason, log, log)
 
 
-def dead_worker_reason(task, config):
+def dead_worker_reason(task: Task, config: Config) -> str | None:
     """Why a started task that is not final has no worker any more; None while it has one (or is final, or queued).
 
     Not with ``Dispatcher = celery``: there the broker redelivers a task
@@ -81,7 +95,7 @@ def dead_worker_reason(task, config):
     return DEAD_WORKER_REASON.format(stage=status.sentence)
 
 
-def fail_if_worker_died(task, config):
+def fail_if_worker_died(task: Task, config: Config) -> bool:
     """End a running task whose worker is gone; True when it did."""
     reason = dead_worker_reason(task, config)
     if reason is None:
@@ -90,7 +104,7 @@ def fail_if_worker_died(task, config):
     return True
 
 
-def running_tasks(config):
+def running_tasks(config: Config) -> list[Task]:
     """Tasks with a live worker; dead workers' tasks are failed on the way."""
     running = []
     for task in iter_tasks(config.SaveDir, config.TaskIdLength):
@@ -102,7 +116,7 @@ def running_tasks(config):
     return running
 
 
-def _publish_queued(config):
+def _publish_queued(config: Config) -> None:
     """Publish the queued tasks not yet on the broker; stop at the first failure
     (the broker is away: each further attempt would only add its timeout)."""
     from retrace_server.tasks.celeryapp import is_published, publish
@@ -113,7 +127,7 @@ def _publish_queued(config):
                 return
 
 
-def run_worker_command(task, config_path, environ):
+def run_worker_command(task: Task, config_path: Path, environ: Mapping[str, str]) -> tuple[int, str]:
     """Run the worker command for ``task`` as a new program; ``(exit status, what it said)``.
 
     It returns once the task is claimed (the worker detaches after that).
@@ -132,7 +146,7 @@ def run_worker_command(task, config_path, environ):
     return result.returncode, result.stderr.strip()
 
 
-def launch_worker(task, config, run):
+def launch_worker(task: Task, config: Config, run: Runner) -> None:
     """Start ``task``'s worker with ``run(task)`` (see ``run_worker_command``); a worker that cannot
     start ends its task failed, saying so."""
     try:
@@ -149,7 +163,8 @@ def launch_worker(task, config, run):
                        "server log", "worker did not start")
 
 
-def start_queued(config, config_path, environ=os.environ, run=None):
+def start_queued(config: Config, config_path: Path, environ: Mapping[str, str] = os.environ,
+                 run: Runner | None = None) -> None:
     """Start workers for the oldest queued tasks while worker slots are free.
 
     ``run(task)`` starts one (default: ``run_worker_command``).  With
@@ -159,18 +174,18 @@ def start_queued(config, config_path, environ=os.environ, run=None):
     if config.Dispatcher == "celery":
         _publish_queued(config)
         return
-    run = run or (lambda task: run_worker_command(task, config_path, environ))
+    start: Runner = run or (lambda task: run_worker_command(task, config_path, environ))
     with locking.exclusive(Path(config.SaveDir) / _DISPATCH_LOCK):
         free = config.MaxParallelTasks - len(running_tasks(config))
         for task in queued_tasks(config)[:max(0, free)]:
-            launch_worker(task, config, run)
+            launch_worker(task, config, start)
 
 
-def socket_path(config):
+def socket_path(config: Config) -> Path:
     return Path(config.SaveDir) / SOCKET_NAME
 
 
-def poke(config):
+def poke(config: Config) -> bool:
     """Tell the dispatcher the spool changed; False when no dispatcher listens (it will still scan)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
         sender.setblocking(False)
@@ -181,7 +196,8 @@ def poke(config):
     return True
 
 
-def serve(config, config_path, ready=lambda: None, run=None):
+def serve(config: Config, config_path: Path, ready: Callable[[], None] = lambda: None,
+          run: Runner | None = None) -> None:
     """The dispatcher's loop: a pass at start (after a crash, at once), then one per poke or scan interval.
 
     ``ready`` is called once the socket listens; ``run`` starts a worker (see
@@ -205,3 +221,25 @@ def serve(config, config_path, ready=lambda: None, run=None):
                     listener.recv(64)
                 except BlockingIOError:
                     break
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL process group ``pgid`` (its leader alone where the group holds a process we may not signal)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pgid, signal.SIGKILL)
+
+
+def kill_worker(task: Task, supervisor_pid: int | None) -> None:
+    """SIGKILL a task's supervisor group, then its job's (the job would otherwise record its own end)."""
+    try:
+        job = int((task.path / JOB_PID).read_text())
+    except (OSError, ValueError):
+        job = None
+    for group in (supervisor_pid, job):
+        if group is not None:
+            kill_group(group)

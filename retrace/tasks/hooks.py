@@ -12,6 +12,7 @@ word formatted with ``{hook_name}``, ``{taskid}`` and ``{task_results_dir}``
 times out or cannot start is logged to the administrator's log and never
 changes the task: hooks are the administrator's, the task is the user's.
 """
+from __future__ import annotations
 
 import configparser
 import contextlib
@@ -23,6 +24,11 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from retrace_server.config import Config
+    from retrace_server.tasks.task import Task
 
 _config_log = logging.getLogger("retrace.hooks")
 
@@ -40,10 +46,10 @@ _OUTPUT_SHOWN = 2000  # characters of a script's output in the log
 @dataclasses.dataclass(frozen=True)
 class Hooks:
     hook_dir: Path = DEFAULT_HOOK_DIR
-    sections: tuple = ()  # ((section name, {key: value}), ...)
+    sections: tuple[tuple[str, dict[str, str]], ...] = ()  # ((section name, {key: value}), ...)
 
     @classmethod
-    def load(cls, config_file):
+    def load(cls, config_file: Path) -> Hooks:
         """Upstream's hooks configuration: ``config_file`` and the ``hooks/*.conf`` beside it; none: defaults.
         A file that cannot be parsed is logged and left out (hooks never stop a task)."""
         parser = configparser.ConfigParser(interpolation=None)
@@ -57,7 +63,7 @@ class Hooks:
         return cls(Path(main.get("hookdir", DEFAULT_HOOK_DIR)),
                    tuple((name, dict(parser.items(name))) for name in parser.sections()))
 
-    def _setting(self, key, hook, script):
+    def _setting(self, key: str, hook: str, script: str) -> str | None:
         """The most specific value of ``key``: ``[hook.script]``, ``[hook]``, then ``[main]``."""
         sections = dict(self.sections)
         for name in (f"{hook}.{script}", hook, "main"):
@@ -65,7 +71,7 @@ class Hooks:
                 return sections[name][key]
         return None
 
-    def scripts(self, hook):
+    def scripts(self, hook: str) -> list[Path]:
         directory = self.hook_dir / hook
         try:
             entries = sorted(directory.iterdir())
@@ -73,17 +79,17 @@ class Hooks:
             return []
         return [entry for entry in entries if entry.is_file() and os.access(entry, os.X_OK)]
 
-    def run(self, hook, task, log):
+    def run(self, hook: str, task: Task, log: logging.Logger) -> None:
         """Every script of ``hook`` for ``task`` (a Task), one after the other; ``log``: the caller's
         administrator's log (the worker's, cleanup's, Apache's)."""
         assert hook in POINTS, hook
         for script in self.scripts(hook):
             try:
                 self._run_script(hook, script, task, log)
-            except Exception:  # noqa: BLE001 - a hook never changes how the task ends
+            except Exception:
                 log.exception("hook %s/%s for task %s: unexpected error", hook, script.name, task.task_id)
 
-    def _run_script(self, hook, script, task, log):
+    def _run_script(self, hook: str, script: Path, task: Task, log: logging.Logger) -> None:
         what = f"hook {hook}/{script.name} for task {task.task_id}"
         try:
             timeout = int(self._setting("timeout", hook, script.name) or DEFAULT_TIMEOUT)
@@ -118,14 +124,14 @@ class Hooks:
             log.info("%s: done in %.2f s%s", what, seconds, _said(output))
 
 
-def _said(output):
+def _said(output: bytes) -> str:
     text = output.decode("utf-8", "replace").strip()
     if not text:
         return ""
     return f"; it said: {text[:_OUTPUT_SHOWN]}" + (" ..." if len(text) > _OUTPUT_SHOWN else "")
 
 
-def delete_task(config, task, log):
+def delete_task(config: Config, task: Task, log: logging.Logger) -> None:
     """Delete ``task`` between upstream's pre_remove_task and post_remove_task hooks (cleanup, the API)."""
     hooks = Hooks.load(config.HookConfig)
     hooks.run("pre_remove_task", task, log)

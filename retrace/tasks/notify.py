@@ -6,17 +6,25 @@ goes through ``SMTPServer`` (a local MTA by default) without
 authentication; a dead or refusing server costs a line in the task log and
 the admin's log, never the task.
 """
+from __future__ import annotations
 
 import smtplib
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
+from typing import TYPE_CHECKING
 
 from retrace_server.tasks.casedata import CaseData
+
+if TYPE_CHECKING:
+    from logging import Logger
+
+    from retrace_server.config import Config
+    from retrace_server.tasks.task import Task
 
 _TIMEOUT = 30
 
 
-def compose(config, task, succeeded, reason):
+def compose(config: Config, task: Task, succeeded: bool, reason: str | None) -> EmailMessage | None:
     """The message for the task's end, or None when nobody is to be told."""
     data = CaseData.read(task)
     if not config.EmailNotify or not data.notify:
@@ -42,7 +50,8 @@ def compose(config, task, succeeded, reason):
     return message
 
 
-def send_end_mail(config, task, succeeded, reason, log, admin_log):
+def send_end_mail(config: Config, task: Task, succeeded: bool, reason: str | None, log: Logger,
+                  admin_log: Logger) -> None:
     """Mail the task's addresses that it ended; failures to send are logged only."""
     message = compose(config, task, succeeded, reason)
     if message is None:
@@ -60,7 +69,7 @@ def send_end_mail(config, task, succeeded, reason, log, admin_log):
     log.info("E-mail sent to %s", message["To"])
 
 
-def _why(err):
+def _why(err: Exception) -> str:
     if isinstance(err, ConnectionRefusedError):
         return "refused the connection"
     if isinstance(err, smtplib.SMTPRecipientsRefused):

@@ -7,6 +7,7 @@
 unpacked under ``<SaveDir>/.incoming/`` and renamed into place, so a
 rejected upload leaves nothing behind and a reader never sees half a task.
 """
+from __future__ import annotations
 
 import contextlib
 import enum
@@ -18,9 +19,14 @@ import string
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from retrace_server import locking
 from retrace_server.errors import Conflict, Forbidden, NotFound, RetraceError
+from retrace_server.files import write_atomically
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 INCOMING_DIR = ".incoming"
 TRASH_PREFIX = ".deleted-"
@@ -44,6 +50,11 @@ REMOTE_NAME = "remote"
 # Present: the task's log is kept at debug level (the manager's "Be more verbose", as --verbose).
 DEBUG_NAME = "debug"
 MD5_NAME = "md5sum"  # "<md5>  vmcore", as upstream (CalculateMd5)
+# Asked for by the manager's "Calculate md5" box; the result goes to MD5_NAME as for uploads.
+MD5_REQUESTED = "md5sum_requested"
+# What the manager's form said of a bare coredump (upstream's names), copied into crash/ when the
+# download did not bring its own.
+CUSTOM_FILES = {"custom_package": "package", "custom_executable": "executable", "custom_os_release": "os_release"}
 LOG_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 _LOCKLESS_GRACE_SECONDS = 60
 # What a run writes, and a restart removes.
@@ -66,11 +77,11 @@ class TaskStatus(enum.IntEnum):
     CALCULATING_MD5SUM = 10
 
     @property
-    def sentence(self):
+    def sentence(self) -> str:
         return _STATUS_SENTENCES[self]
 
     @property
-    def is_final(self):
+    def is_final(self) -> bool:
         return self in (TaskStatus.SUCCESS, TaskStatus.FAIL)
 
 
@@ -99,17 +110,17 @@ class TaskType(enum.IntEnum):
     VMCORE_INTERACTIVE = 4
 
     @property
-    def is_vmcore(self):
+    def is_vmcore(self) -> bool:
         return self in (TaskType.VMCORE, TaskType.VMCORE_INTERACTIVE)
 
     @property
-    def keeps_environment(self):
+    def keeps_environment(self) -> bool:
         """Whether the task keeps its core and the tree gdb or crash read it with (retrace-server-interact
         opens them) until cleanup expires it."""
         return self in (TaskType.DEBUG, TaskType.COREDUMP_INTERACTIVE, TaskType.VMCORE_INTERACTIVE)
 
 
-def wire_status(status):
+def wire_status(status: TaskStatus | None) -> str:
     """The ``X-Task-Status`` header for a status code (None: not started)."""
     if status == TaskStatus.SUCCESS:
         return "FINISHED_SUCCESS"
@@ -118,41 +129,25 @@ def wire_status(status):
     return "PENDING"
 
 
-def write_atomically(path, text):
-    """Replace ``path`` so that readers see the old or the new text, never half."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as tmp_file:
-            tmp_file.write(text)
-            tmp_file.flush()
-            os.fsync(tmp_file.fileno())
-        os.chmod(tmp, 0o640)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def format_log_line(level, message, when=None):
+def format_log_line(level: str, message: str, when: float | None = None) -> str:
     """A ``retrace_log`` line: ``[YYYY-MM-DD HH:MM:SS] [I] message`` (upstream's format)."""
     stamp = time.strftime(LOG_TIME_FORMAT, time.localtime(when))
     return f"[{stamp}] [{level}] {message}\n"
 
 
-def is_task_id(name, id_length):
+def is_task_id(name: str, id_length: int) -> bool:
     return len(name) == id_length and name.isascii() and name.isdigit()
 
 
 class Task:
     """One task directory; every spool read and write goes through here."""
 
-    def __init__(self, path):
+    def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.task_id = self.path.name
 
     @classmethod
-    def open(cls, save_dir, task_id, id_length):
+    def open(cls, save_dir: Path, task_id: str, id_length: int) -> Task:
         """The existing task ``task_id`` or NotFound; ids are digits only."""
         if not is_task_id(task_id, id_length):
             raise NotFound("There is no such task")
@@ -162,21 +157,21 @@ class Task:
         return cls(path)
 
     @property
-    def crash_dir(self):
+    def crash_dir(self) -> Path:
         return self.path / "crash"
 
     @property
-    def results_dir(self):
+    def results_dir(self) -> Path:
         return self.path / "results"
 
-    def _read(self, name, limit=4096):
+    def _read(self, name: str, limit: int = 4096) -> str | None:
         try:
             with open(self.path / name, "rb") as handle:
                 return handle.read(limit).decode("utf-8", errors="replace")
         except FileNotFoundError:
             return None
 
-    def check_password(self, given):
+    def check_password(self, given: str | None) -> None:
         """Raise Forbidden unless ``given`` is the task's password.
 
         Compared in constant time so that response timing tells an attacker
@@ -190,54 +185,54 @@ class Task:
             raise Forbidden("Invalid password")
 
     @property
-    def task_type(self):
+    def task_type(self) -> TaskType:
         text = self._read("type")
         return TaskType(int(text)) if text and text.strip().isdigit() else TaskType.COREDUMP
 
     @property
-    def status(self):
+    def status(self) -> TaskStatus | None:
         """The stored TaskStatus, or None while the task waits in the queue."""
         text = self._read("status")
         if text is None or not text.strip():
             return None
         return TaskStatus(int(text))
 
-    def set_status(self, status):
+    def set_status(self, status: TaskStatus) -> None:
         write_atomically(self.path / "status", str(int(status)))
 
-    def timestamp(self, name):
+    def timestamp(self, name: str) -> float | None:
         """``queued_time``, ``started_time`` or ``finished_time`` as a float, or None."""
         text = self._read(name)
         return float(text) if text else None
 
-    def mark_time(self, name, when=None):
+    def mark_time(self, name: str, when: float | int | None = None) -> None:
         write_atomically(self.path / name, str(int(when if when is not None else time.time())))
 
-    def append_log(self, level, message):
+    def append_log(self, level: str, message: str) -> None:
         with open(self.path / LOG_NAME, "a", encoding="utf-8") as handle:
             handle.write(format_log_line(level, message))
 
     @property
-    def failure_reason(self):
+    def failure_reason(self) -> str | None:
         """Why the task failed, as told to the user; None if it did not."""
         text = self._read(FAILURE_NAME)
         return text.strip() if text else None
 
-    def fail(self, reason):
+    def fail(self, reason: str) -> None:
         """End the task as FINISHED_FAILURE, saying why in the log and the status."""
         self.append_log("E", f"Task failed: {reason}")
         write_atomically(self.path / FAILURE_NAME, reason)
         self.mark_time("finished_time")
         self.set_status(TaskStatus.FAIL)
 
-    def succeed_by_hand(self, reason):
+    def succeed_by_hand(self, reason: str) -> None:
         """End the task as FINISHED_SUCCESS because an engineer says so (retrace-server-interact)."""
         self.append_log("I", f"Status set to success by hand: {reason}")
         (self.path / FAILURE_NAME).unlink(missing_ok=True)
         self.mark_time("finished_time")
         self.set_status(TaskStatus.SUCCESS)
 
-    def check_restartable(self):
+    def check_restartable(self) -> None:
         """Conflict when there is nothing to start again from: a coredump task's core is deleted when it
         ends, unless it was fetched from a source the manager can fetch again."""
         if not ((self.path / REMOTE_NAME).is_file()
@@ -245,7 +240,7 @@ class Task:
             raise Conflict("cannot be restarted: its coredump was deleted when it ended (only X-Task-Type 1, "
                            "debug, and 2, vmcore, tasks keep their dump)")
 
-    def forget_run(self):
+    def forget_run(self) -> None:
         """Forget the last run so that the task starts again from its crash data (a restart).  Without its
         status the task is queued again: whatever the next run needs must be written before."""
         self.check_restartable()
@@ -256,23 +251,23 @@ class Task:
         shutil.rmtree(self.path / "sysroot", ignore_errors=True)
 
     @property
-    def client_address(self):
+    def client_address(self) -> str | None:
         """The address the task was uploaded from (None: made by hand or before it was kept)."""
         text = self._read(CLIENT_NAME, 64)
         return text.strip() if text else None
 
-    def read_text(self, name, limit):
+    def read_text(self, name: str, limit: int) -> str | None:
         """A result file's text, at most ``limit`` bytes; None when absent."""
         return self._read(name, limit)
 
-    def delete(self):
+    def delete(self) -> None:
         """Remove the task; it vanishes from the spool at once, then is erased."""
         trash = self.path.with_name(f"{TRASH_PREFIX}{self.task_id}-{secrets.token_hex(4)}")
         os.rename(self.path, trash)
         shutil.rmtree(trash)
 
 
-def iter_tasks(save_dir, id_length):
+def iter_tasks(save_dir: Path, id_length: int) -> Iterator[Task]:
     """Every task directory in the spool (in no particular order)."""
     try:
         entries = list(os.scandir(save_dir))
@@ -292,7 +287,7 @@ class IncomingTask:
     crashed process (whose lock the kernel has released).
     """
 
-    def __init__(self, save_dir, client=None):
+    def __init__(self, save_dir: Path, client: str | None = None) -> None:
         self.save_dir = Path(save_dir)
         incoming = self.save_dir / INCOMING_DIR
         incoming.mkdir(mode=0o750, exist_ok=True)
@@ -303,18 +298,18 @@ class IncomingTask:
             (self.path / CLIENT_NAME).write_text(client)
         self.crash_dir = self.path / "crash"
         self.crash_dir.mkdir(mode=0o750)
-        self.committed = None
+        self.committed: Task | None = None
 
-    def __enter__(self):
+    def __enter__(self) -> IncomingTask:
         return self
 
-    def __exit__(self, *exc_info):
-        os.close(self._lock_fd)
+    def __exit__(self, *exc_info: object) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
         if self.committed is None:
             shutil.rmtree(self.path, ignore_errors=True)
-        return False
 
-    def commit(self, task_type, *, id_length, password_length):
+    def commit(self, task_type: TaskType | int, *, id_length: int, password_length: int) -> tuple[Task, str]:
         """Give the upload an id and password and move it into the spool.
 
         Returns ``(task, password)``.  The rename is what publishes the task;
@@ -337,17 +332,17 @@ class IncomingTask:
             os.unlink(target / _LOCK_NAME)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(target / RESERVED_NAME)
-            self.committed = Task(target)
-            return self.committed, password
+            self.committed = task = Task(target)
+            return task, password
         raise RetraceError("Unable to create new task")
 
 
-def worker_alive(task):
+def worker_alive(task: Task) -> bool:
     """Whether a worker process holds the task's lock right now."""
     return bool(locking.is_held(task.path / WORKER_LOCK))
 
 
-def count_live_uploads(save_dir, client=None):
+def count_live_uploads(save_dir: Path, client: str | None = None) -> int:
     """Uploads in flight (from ``client`` only, if given); directories of dead uploads are removed on the way."""
     incoming = Path(save_dir) / INCOMING_DIR
     try:
@@ -363,14 +358,14 @@ def count_live_uploads(save_dir, client=None):
     return live
 
 
-def _upload_client(path):
+def _upload_client(path: Path) -> str | None:
     try:
         return (path / CLIENT_NAME).read_text()
     except OSError:
         return None
 
 
-def is_live_upload(path):
+def is_live_upload(path: Path) -> bool:
     """Held lock: live.  Otherwise young means live too: between ``mkdtemp``
     and ``flock`` a starting upload holds no lock yet, and removing its
     directory then would fail the upload (seen under bursts of uploads while

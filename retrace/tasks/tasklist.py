@@ -10,6 +10,7 @@ the last ``_SETTLE_SECONDS`` is read again every time, because two changes
 within one tick of the file system's clock leave the same mtime (git's
 "racy" index entries).  ``docs/benchmarks.md`` measures both ways.
 """
+from __future__ import annotations
 
 import dataclasses
 import os
@@ -17,13 +18,17 @@ import stat
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from retrace_server.tasks.casedata import CASENO, MANAGED
 from retrace_server.tasks.task import REMOTE_NAME, TaskStatus, TaskType, is_task_id
 
+if TYPE_CHECKING:
+    from retrace_server.config import Config
+
 PER_PAGE = 50
 # Filter name -> which statuses it keeps (None: waiting in the queue).
-STATUS_FILTERS = {
+STATUS_FILTERS: dict[str, Callable[[TaskStatus | None], bool]] = {
     "running": lambda status: status is not None and not status.is_final,
     "queued": lambda status: status is None,
     "finished": lambda status: status == TaskStatus.SUCCESS,
@@ -32,7 +37,7 @@ STATUS_FILTERS = {
 _SUBJECT_FILES = ("crash/package", "kernelver", REMOTE_NAME)
 _SETTLE_SECONDS = 2.0
 # (SaveDir, task id) -> (the task directory's mtime in ns, its row)
-_ROWS = {}
+_ROWS: dict[tuple[str, str], tuple[int, TaskRow]] = {}
 _ROWS_LOCK = threading.Lock()
 
 
@@ -47,12 +52,12 @@ class TaskRow:
     size: int
     managed: bool
 
-    def matches(self, text):
+    def matches(self, text: str) -> bool:
         text = text.lower()
         return any(text in value.lower() for value in (self.task_id, self.caseno, self.subject))
 
 
-def _small(path, limit=512):
+def _small(path: Path, limit: int = 512) -> str:
     try:
         with open(path, "rb") as handle:
             return handle.read(limit).decode("utf-8", "replace").strip()
@@ -60,7 +65,7 @@ def _small(path, limit=512):
         return ""
 
 
-def _crash_size(path):
+def _crash_size(path: Path) -> int:
     try:
         return sum(entry.stat(follow_symlinks=False).st_size for entry in os.scandir(path)
                    if entry.is_file(follow_symlinks=False))
@@ -68,9 +73,9 @@ def _crash_size(path):
         return 0
 
 
-def read_row(path):
-    """The row of the task directory ``path``; a task being deleted meanwhile reads as empty values."""
-    path = Path(path)
+def read_row(directory: str | os.PathLike[str]) -> TaskRow:
+    """The row of the task directory; a task being deleted meanwhile reads as empty values."""
+    path = Path(directory)
     status_text, type_text, queued = _small(path / "status"), _small(path / "type"), _small(path / "queued_time")
     subject = next((text.splitlines()[0] for text in (_small(path / name) for name in _SUBJECT_FILES) if text), "")
     try:
@@ -91,13 +96,13 @@ def read_row(path):
 
 @dataclasses.dataclass
 class Listing:
-    rows: list
+    rows: list[TaskRow]
     total: int
     page: int
     pages: int
 
 
-def _rows(config):
+def _rows(config: Config) -> list[TaskRow]:
     """Every task's row, from the cache where its directory has not changed."""
     save_dir = str(config.SaveDir)
     settled = time.time() - _SETTLE_SECONDS
@@ -105,7 +110,8 @@ def _rows(config):
         entries = list(os.scandir(save_dir))
     except FileNotFoundError:
         return []
-    rows, seen = [], set()
+    rows: list[TaskRow] = []
+    seen = set()
     for entry in entries:
         if not is_task_id(entry.name, config.TaskIdLength):
             continue
@@ -132,9 +138,10 @@ def _rows(config):
     return rows
 
 
-def list_tasks(config, status=None, caseno=None, search=None, page=1, per_page=PER_PAGE):
+def list_tasks(config: Config, status: str | None = None, caseno: str | None = None, search: str | None = None,
+               page: int = 1, per_page: int = PER_PAGE) -> Listing:
     """Tasks newest first, kept by ``status`` (a STATUS_FILTERS key), case number and text; one page of them."""
-    keep = STATUS_FILTERS.get(status)
+    keep = STATUS_FILTERS.get(status or "")
     rows = [row for row in _rows(config)
             if (keep is None or keep(row.status)) and (not caseno or row.caseno == caseno)
             and (not search or row.matches(search))]

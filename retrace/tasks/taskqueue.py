@@ -6,13 +6,20 @@ the task directory existed during the upload).  ``/settings`` reports the
 same numbers, so an ABRT client refuses exactly when ``/create`` would
 answer 503 (see README, "Capacity").
 """
+from __future__ import annotations
 
 import contextlib
 import dataclasses
+from typing import TYPE_CHECKING
 
 from retrace_server import locking
 from retrace_server.errors import QueueFull, TooManyUploads
-from retrace_server.tasks.task import WORKER_HOST, IncomingTask, count_live_uploads, iter_tasks, worker_alive
+from retrace_server.tasks.task import WORKER_HOST, IncomingTask, Task, count_live_uploads, iter_tasks, worker_alive
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from retrace_server.config import Config
 
 _ADMISSION_LOCK = ".admission.lock"
 # What a client told to wait is asked to wait (Retry-After): about one short retrace.
@@ -26,11 +33,11 @@ class Occupancy:
     uploading: int
 
     @property
-    def total(self):
+    def total(self) -> int:
         return self.running + self.queued + self.uploading
 
 
-def occupancy(config):
+def occupancy(config: Config) -> Occupancy:
     """Count the spool's running, queued and uploading tasks right now.
 
     Uploads are counted before tasks: an upload that is committed (renamed
@@ -52,13 +59,13 @@ def occupancy(config):
     return Occupancy(running, queued, uploading)
 
 
-def running_by_host(config):
+def running_by_host(config: Config) -> dict[str, int]:
     """``{host: running tasks}`` (Dispatcher = celery: the host whose worker holds each task).
 
     A started task whose worker lock is free is not counted: its worker died
     and the broker is about to deliver it again, perhaps to another host.
     """
-    hosts = {}
+    hosts: dict[str, int] = {}
     for task in iter_tasks(config.SaveDir, config.TaskIdLength):
         status = task.status
         if status is not None and not status.is_final and worker_alive(task):
@@ -67,13 +74,13 @@ def running_by_host(config):
     return hosts
 
 
-def queued_tasks(config):
+def queued_tasks(config: Config) -> list[Task]:
     """Tasks waiting for a worker, oldest first."""
     waiting = [task for task in iter_tasks(config.SaveDir, config.TaskIdLength) if task.status is None]
     return sorted(waiting, key=lambda task: (task.timestamp("queued_time") or 0, task.task_id))
 
 
-def queue_position(task, config):
+def queue_position(task: Task, config: Config) -> int | None:
     """1-based place of ``task`` among the waiting tasks (None if not waiting)."""
     for position, waiting in enumerate(queued_tasks(config), start=1):
         if waiting.task_id == task.task_id:
@@ -81,7 +88,7 @@ def queue_position(task, config):
     return None
 
 
-def waiting_from(config, client):
+def waiting_from(config: Config, client: str | None) -> int:
     """Tasks from ``client`` (an address) that wait for a worker or are being uploaded."""
     queued = sum(1 for task in iter_tasks(config.SaveDir, config.TaskIdLength)
                  if task.status is None and task.client_address == client)
@@ -89,7 +96,7 @@ def waiting_from(config, client):
 
 
 @contextlib.contextmanager
-def admitted_upload(config, client, limit_queued=False):
+def admitted_upload(config: Config, client: str | None, limit_queued: bool = False) -> Iterator[IncomingTask]:
     """An IncomingTask holding a free slot, or QueueFull (TooManyUploads when ``client`` has its share).
 
     Counting and reserving happen under one lock, so concurrent uploads

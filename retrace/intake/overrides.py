@@ -11,15 +11,22 @@ with a sentence otherwise.  They are kept in the task directory as
 ``overrides.json``, so a redelivered run uses them too; a restart that names
 none clears them.
 """
+from __future__ import annotations
 
 import dataclasses
 import json
+from typing import TYPE_CHECKING
 
-from retrace_server.analysis.debuggers import HOST_ARCH, NoDebugger, served_architectures
+from retrace_server.analysis.debuggers import NoDebugger, served_architectures
 from retrace_server.analysis.vmcore import KERNEL_RELEASE
-from retrace_server.intake.crashdata import CRASH_FILES
-from retrace_server.packaging.release import ReleaseId, canonical_arch, served_releases
-from retrace_server.tasks.task import write_atomically
+from retrace_server.arch import HOST_ARCH, canonical_arch
+from retrace_server.files import write_atomically
+from retrace_server.intake.crashdata import broken_rule
+from retrace_server.packaging.release import ReleaseId, served_releases
+
+if TYPE_CHECKING:
+    from retrace_server.config import Config
+    from retrace_server.tasks.task import IncomingTask, Task, TaskType
 
 OVERRIDES_FILE = "overrides.json"
 _UTS_RELEASE_BYTES = 64  # the kernel's utsname release field holds 64 characters and a NUL
@@ -44,19 +51,17 @@ class Overrides:
     release: str | None = None
     package: str | None = None
 
-    def __bool__(self):
+    def __bool__(self) -> bool:
         return any(dataclasses.astuple(self))
 
-    def checked(self, task_type, config):
+    def checked(self, task_type: TaskType, config: Config) -> Overrides:
         """These overrides with the architecture canonical (i686 -> i386); InvalidOverride for one that is not
         a kernel release string, an architecture or a release this server serves, or not for this type."""
         for name, (for_vmcores, instead) in _TASK_KIND.items():
             if getattr(self, name) and task_type.is_vmcore != for_vmcores:
                 raise InvalidOverride(f"--{name} is for {'vmcore' if for_vmcores else 'coredump'} tasks; {instead}")
-        if self.package is not None:
-            limit, fits, rule = CRASH_FILES["package"]
-            if len(self.package) > limit or not fits(self.package):
-                raise InvalidOverride(f"--package {self.package!r} is not {rule}")
+        if self.package is not None and (rule := broken_rule("package", self.package)):
+            raise InvalidOverride(f"--package {self.package!r} is not {rule}")
         if self.kernelver is not None and (len(self.kernelver) > _UTS_RELEASE_BYTES
                                            or not KERNEL_RELEASE.fullmatch(self.kernelver)):
             raise InvalidOverride(f"--kernelver {self.kernelver!r} is not a kernel release string (what uname -r "
@@ -69,15 +74,15 @@ class Overrides:
                 raise InvalidOverride(f"--arch {self.arch!r}: this server does not retrace {kind} of that "
                                       f"architecture; it serves {', '.join(served)}")
         if self.release is not None:
-            release, served = ReleaseId.parse(self.release), served_releases(config)
+            release, releases = ReleaseId.parse(self.release), served_releases(config)
             if release is None:
                 raise InvalidOverride(f"--release {self.release!r} is not a release name like fedora-41-x86_64")
-            if release not in served:
+            if release not in releases:
                 raise InvalidOverride(f"--release {release} is not served here; this server serves "
-                                      f"{', '.join(map(str, served)) or 'no release'}")
+                                      f"{', '.join(map(str, releases)) or 'no release'}")
         return dataclasses.replace(self, arch=arch)
 
-    def save(self, task):
+    def save(self, task: Task | IncomingTask) -> None:
         """Keep these overrides for the task's runs; none removes what an earlier restart forced."""
         path = task.path / OVERRIDES_FILE
         if self:
@@ -86,7 +91,7 @@ class Overrides:
             path.unlink(missing_ok=True)
 
     @classmethod
-    def load(cls, task):
+    def load(cls, task: Task) -> Overrides:
         """The task's overrides (empty when none were given or the file is unreadable)."""
         try:
             fields = json.loads((task.path / OVERRIDES_FILE).read_text())
@@ -94,14 +99,14 @@ class Overrides:
         except (OSError, ValueError, TypeError, AttributeError):
             return cls()
 
-    def describe(self):
+    def describe(self) -> str:
         """``kernel 6.1.0-26-amd64, architecture x86_64``: for the task log."""
         named = (("kernel", self.kernelver), ("architecture", self.arch), ("release", self.release),
                  ("package", self.package))
         return ", ".join(f"{what} {value}" for what, value in named if value)
 
 
-def _served_architectures(config):
+def _served_architectures(config: Config) -> list[str]:
     try:
         return served_architectures(config)
     except NoDebugger as err:

@@ -13,9 +13,14 @@ from __future__ import annotations  # the client runs on Python 3.9 (RHEL 9): X 
 import bisect
 import dataclasses
 import struct
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable
 
 from retrace_server.errors import InvalidCrashData
 from retrace_server.paths import is_normal_absolute, shown
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Iterator
 
 ELF_MAGIC = b"\x7fELF"
 ET_CORE = 4
@@ -45,6 +50,12 @@ _MACHINES = {3: "i386", 62: "x86_64", 40: "armhfp", 183: "aarch64", 22: "s390x",
 _PRSTATUS_BYTES = {"x86_64": 336, "aarch64": 392, "s390x": 336, "ppc64le": 504, "i386": 144, "riscv64": 376}
 
 
+# ``read(offset, length)``: bytes of an ELF image, from a file or from a core's memory.
+Reader = Callable[[int, int], bytes]
+# A program header: ``(p_type, p_offset, p_vaddr, p_filesz, p_memsz)``.
+ProgramHeader = tuple[int, int, int, int, int]
+
+
 @dataclasses.dataclass(frozen=True)
 class Module:
     """A file mapped into the crashed process."""
@@ -57,21 +68,21 @@ class Module:
 @dataclasses.dataclass(frozen=True)
 class CoreInfo:
     arch: str
-    modules: tuple
+    modules: tuple[Module, ...]
     signal: int | None
     fault_address: int | None
 
-    def module_at(self, path):
+    def module_at(self, path: str) -> Module | None:
         return next((module for module in self.modules if module.path == path), None)
 
 
-def check_elf_core(path, name="coredump"):
+def check_elf_core(path: str | os.PathLike[str], name: str = "coredump") -> None:
     """InvalidCrashData unless ``path`` starts with the ELF header of a core file."""
     with open(path, "rb") as handle:
         check_elf_core_header(handle.read(20), name)
 
 
-def core_arch(path):
+def core_arch(path: str | os.PathLike[str]) -> str:
     """The architecture a core's ELF header names (20 bytes read); InvalidCrashData when it names none we know.
 
     What routing needs, without reading the core's notes: that belongs in a
@@ -83,7 +94,7 @@ def core_arch(path):
     return _architecture(struct.unpack(("<" if header[5] == 1 else ">") + "H", header[18:20])[0], _Elf(header))
 
 
-def check_elf_core_header(header, name="coredump"):
+def check_elf_core_header(header: bytes, name: str = "coredump") -> None:
     """InvalidCrashData unless ``header`` (the first 20 bytes or more) is the ELF header of a core file."""
     if len(header) < 20 or not header.startswith(ELF_MAGIC):
         raise InvalidCrashData(f"The '{name}' file is not an ELF core file (it has no ELF header)")
@@ -100,7 +111,7 @@ class _Elf:
     """Field layout of one ELF class and byte order, shared by the core and the
     ELF images found inside it."""
 
-    def __init__(self, ident):
+    def __init__(self, ident: bytes) -> None:
         self.is_64 = ident[4] == 2
         self.order = "<" if ident[5] == 1 else ">"
         self.word = "Q" if self.is_64 else "I"
@@ -112,7 +123,7 @@ class _Elf:
             self.header = struct.Struct(self.order + "16sHHIIIIIHHHHHH")
             self.phdr = struct.Struct(self.order + "IIIIIIII")
 
-    def program_header(self, data):
+    def program_header(self, data: bytes) -> ProgramHeader:
         """``(p_type, p_offset, p_vaddr, p_filesz, p_memsz)`` from raw bytes."""
         fields = self.phdr.unpack(data)
         if self.is_64:
@@ -121,7 +132,7 @@ class _Elf:
             p_type, offset, vaddr, _paddr, filesz, memsz, _flags, _align = fields
         return p_type, offset, vaddr, filesz, memsz
 
-    def notes(self, data):
+    def notes(self, data: bytes) -> Iterator[tuple[int, bytes, bytes]]:
         """``(type, name, desc)`` for every note in ``data``, stopping at damage."""
         position = 0
         while position + 12 <= len(data):
@@ -140,7 +151,7 @@ SHT_NOTE = 7
 PT_INTERP = 3
 
 
-def image_header(read):
+def image_header(read: Reader) -> tuple[_Elf, tuple[Any, ...]] | None:
     """``(_Elf, header fields)`` of the ELF image ``read`` sees; None when it is not one."""
     ident = read(0, 64)
     if len(ident) < 52 or not ident.startswith(ELF_MAGIC) or ident[4] not in (1, 2) or ident[5] not in (1, 2):
@@ -151,7 +162,7 @@ def image_header(read):
     return elf, elf.header.unpack_from(ident)
 
 
-def program_headers(read, elf, header):
+def program_headers(read: Reader, elf: _Elf, header: tuple[Any, ...]) -> list[ProgramHeader]:
     """The image's ``(p_type, p_offset, p_vaddr, p_filesz, p_memsz)`` list; empty when damaged."""
     phoff, phentsize, phnum = header[5], header[9], header[10]
     if phentsize != elf.phdr.size or phnum > 512:
@@ -160,14 +171,14 @@ def program_headers(read, elf, header):
     return [elf.program_header(table[i:i + phentsize]) for i in range(0, len(table) - phentsize + 1, phentsize)]
 
 
-def _build_id_note(elf, data):
+def _build_id_note(elf: _Elf, data: bytes) -> str | None:
     for note_type, name, desc in elf.notes(data):
         if note_type == NT_GNU_BUILD_ID and name == b"GNU" and desc:
             return desc.hex()
     return None
 
 
-def image_build_id(read, mapped):
+def image_build_id(read: Reader, mapped: bool) -> str | None:
     """The GNU build-id of one ELF image, read through ``read(offset, length)``.
 
     ``mapped``: the image as loaded in memory (notes found by address
@@ -181,15 +192,16 @@ def image_build_id(read, mapped):
     if mapped and first_load is None:
         return None
     notes = [h for h in headers if h[0] == PT_NOTE][:_MAX_IMAGE_NOTE_SEGMENTS]
+    load_shift = first_load[2] - first_load[1] if first_load is not None else 0
     for _p_type, offset, vaddr, filesz, _memsz in notes:
-        where = vaddr - (first_load[2] - first_load[1]) if mapped else offset
+        where = vaddr - load_shift if mapped else offset
         found = _build_id_note(image[0], read(where, min(filesz, 4096)))
         if found:
             return found
     return None
 
 
-def _sections(read):
+def _sections(read: Reader) -> Iterator[tuple[str, int, int, int]]:
     """``(name, sh_type, sh_offset, sh_size)`` of each section of an ELF file; none when it is damaged."""
     image = image_header(read)
     if image is None:
@@ -208,12 +220,14 @@ def _sections(read):
         yield name, fields[1], fields[4], fields[5]
 
 
-def _section_build_id(read):
+def _section_build_id(read: Reader) -> str | None:
     """The build-id from the note sections: in a separate debuginfo file
     (``objcopy --only-keep-debug``) the program headers still describe the
     original file's offsets, so only the section headers can be trusted."""
     image = image_header(read)
-    for _name, sh_type, sh_offset, sh_size in _sections(read) if image else ():
+    if image is None:
+        return None
+    for _name, sh_type, sh_offset, sh_size in _sections(read):
         if sh_type == SHT_NOTE:
             found = _build_id_note(image[0], read(sh_offset, min(sh_size, 4096)))
             if found:
@@ -221,7 +235,7 @@ def _section_build_id(read):
     return None
 
 
-def debug_alt_link(path):
+def debug_alt_link(path: str | os.PathLike[str]) -> tuple[str, str] | None:
     """``(file name, build-id)`` a debuginfo file's ``.gnu_debugaltlink`` names, or None.
 
     dwz moves what several debuginfo files share into one common file
@@ -242,23 +256,23 @@ def debug_alt_link(path):
     return None
 
 
-def file_reader(handle):
+def file_reader(handle: BinaryIO) -> Reader:
     """``read(offset, length)`` on an open file, the form the ELF readers take."""
-    def read(offset, length):
+    def read(offset: int, length: int) -> bytes:
         handle.seek(offset)
         return handle.read(length)
 
     return read
 
 
-def file_build_id(path):
+def file_build_id(path: str | os.PathLike[str]) -> str | None:
     """The GNU build-id of the ELF file at ``path`` (a program, library or debuginfo); None otherwise."""
     with open(path, "rb") as handle:
         read = file_reader(handle)
         return _section_build_id(read) or image_build_id(read, mapped=False)
 
 
-def program_interpreter(path):
+def program_interpreter(path: str | os.PathLike[str]) -> str | None:
     """The dynamic loader a program names (PT_INTERP, e.g. /lib64/ld-linux-x86-64.so.2), or None."""
     try:
         with open(path, "rb") as handle:
@@ -275,10 +289,10 @@ def program_interpreter(path):
 
 
 class _CoreReader:
-    def __init__(self, handle, size):
+    def __init__(self, handle: BinaryIO, size: int) -> None:
         self.handle = handle
         self.size = size
-        self._build_ids = {}
+        self._build_ids: dict[int, str | None] = {}
         ident = self.read(0, 64)
         self.elf = _Elf(ident)
         header = self.elf.header.unpack_from(ident)
@@ -301,13 +315,13 @@ class _CoreReader:
                 f"The coredump is truncated: it has {size} bytes, its headers describe {described}"
             )
 
-    def read(self, offset, length):
+    def read(self, offset: int, length: int) -> bytes:
         if offset < 0 or offset >= self.size:
             return b""
         self.handle.seek(offset)
         return self.handle.read(max(0, min(length, self.size - offset)))
 
-    def read_memory(self, address, length):
+    def read_memory(self, address: int, length: int) -> bytes:
         """Bytes of the crashed process's memory, or b"" where the core has none."""
         where = bisect.bisect_right(self.load_starts, address) - 1
         if where < 0:
@@ -317,7 +331,7 @@ class _CoreReader:
             return b""
         return self.read(offset + address - vaddr, min(length, vaddr + filesz - address))
 
-    def core_notes(self):
+    def core_notes(self) -> Iterator[tuple[int, bytes, bytes]]:
         """Every note of the core, within the caps; InvalidCrashData past them."""
         note_segments = [(offset, filesz) for p_type, offset, _v, filesz, _m in self.segments if p_type == PT_NOTE]
         if len(note_segments) > _MAX_NOTE_SEGMENTS:
@@ -337,7 +351,7 @@ class _CoreReader:
                     raise InvalidCrashData(f"The coredump has more than {_MAX_NOTES} notes")
                 yield note
 
-    def build_id_at(self, base):
+    def build_id_at(self, base: int) -> str | None:
         """The GNU build-id of the ELF image mapped at ``base``, if the core kept its headers.
 
         Remembered per address: a forged core may name one image under
@@ -348,7 +362,7 @@ class _CoreReader:
                 lambda offset, length: self.read_memory(base + offset, length), mapped=True)
         return self._build_ids[base]
 
-    def mapped_files(self, desc):
+    def mapped_files(self, desc: bytes) -> dict[str, int]:
         """``{path: lowest start address mapped at file offset 0}`` from NT_FILE."""
         word, size = self.elf.word, self.elf.word_size
         if len(desc) < 2 * size:
@@ -361,7 +375,7 @@ class _CoreReader:
             return {}
         ranges = [struct.unpack_from(self.elf.order + word * 3, desc, 2 * size + 3 * size * i) for i in range(count)]
         names = desc[table_end:].split(b"\0")
-        bases = {}
+        bases: dict[str, int] = {}
         for (start, _end, page_offset), name in zip(ranges, names):
             path = name.decode("utf-8", errors="replace")
             if not is_normal_absolute(path):
@@ -373,7 +387,7 @@ class _CoreReader:
                 bases[path] = start
         return bases
 
-    def siginfo(self, desc):
+    def siginfo(self, desc: bytes) -> tuple[int | None, int | None]:
         """``(signal, fault address)`` from an NT_SIGINFO note."""
         if len(desc) < 12:
             return None, None
@@ -385,7 +399,7 @@ class _CoreReader:
         return signo, address
 
 
-def _architecture(machine, elf):
+def _architecture(machine: int, elf: _Elf) -> str:
     arch = _MACHINES.get(machine)
     if arch == "ppc64" and elf.order == "<":
         return "ppc64le"
@@ -394,14 +408,17 @@ def _architecture(machine, elf):
     return arch
 
 
-def read_core(path):
+def read_core(path: str | os.PathLike[str]) -> CoreInfo:
     """A CoreInfo for the core at ``path``; InvalidCrashData when it is not a usable core."""
     check_elf_core(path)
     with open(path, "rb") as handle:
         size = handle.seek(0, 2)
         core = _CoreReader(handle, size)
         arch = _architecture(core.machine, core.elf)
-        bases, signal, fault_address, threads = {}, None, None, 0
+        bases: dict[str, int] = {}
+        signal: int | None = None
+        fault_address: int | None = None
+        threads = 0
         for note_type, name, desc in core.core_notes():
             if note_type == NT_FILE and name == b"CORE":
                 bases = core.mapped_files(desc)
