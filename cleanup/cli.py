@@ -1,24 +1,30 @@
 """``retrace-server-cleanup [--dry-run] [-v]``, hourly from cron or a systemd timer.
 
-Exit status: 0 done, 1 configuration error (the message says which key).
+Exit status: 0 done, 2 configuration error (the message says which key).
 Every action is logged to ``<LogDir>/cleanup.log`` (or syslog: ``LogTo``) and printed.
 """
+from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
+from typing import TYPE_CHECKING
 
-from retrace_server.cleanup.collector import Collector
-from retrace_server import add_version_argument
+from retrace_server import add_version_argument, service
 from retrace_server.adminlog import admin_handler
-from retrace_server.config import ConfigError, config_path, load_config
-from retrace_server.privileges import PrivilegeError, add_service_arguments, run_as_service_user
+from retrace_server.cleanup.collector import Collector
+from retrace_server.errors import ConfigError
+from retrace_server.privileges import add_service_arguments
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from retrace_server.config import Config
 
 PROG = "retrace-server-cleanup"
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Expire tasks, stop stuck workers, trim the package cache.")
     add_version_argument(parser)
     parser.add_argument("--dry-run", action="store_true", help="print what would be done; change nothing")
@@ -27,7 +33,7 @@ def build_parser():
     return parser
 
 
-def check_expiry_settings(config):
+def check_expiry_settings(config: Config) -> None:
     if 0 < config.DeleteTaskAfter < config.DeleteFailedTaskAfter:
         raise ConfigError(
             f"DeleteTaskAfter ({config.DeleteTaskAfter} h) is shorter than DeleteFailedTaskAfter "
@@ -35,7 +41,7 @@ def check_expiry_settings(config):
         )
 
 
-def make_log(config, verbose, dry_run):
+def make_log(config: Config, verbose: bool, dry_run: bool) -> logging.Logger:
     log = logging.getLogger("retrace.cleanup")
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False
@@ -47,16 +53,11 @@ def make_log(config, verbose, dry_run):
     return log
 
 
-def main(argv=None):
+@service.command(PROG)
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    path = config_path(os.environ, args.config)
-    try:
-        config = load_config(path)
-        check_expiry_settings(config)
-        run_as_service_user(args.user)
-    except (ConfigError, PrivilegeError) as err:
-        print(f"{PROG}: {err}", file=sys.stderr)
-        return 1
+    config, path = service.load(args)
+    check_expiry_settings(config)
     log = make_log(config, args.verbose, args.dry_run)
     Collector(config, path, log, dry_run=args.dry_run).run()
     return 0

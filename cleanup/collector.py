@@ -5,6 +5,7 @@ that their slots count as free when queued tasks are started and their
 tasks can expire in later runs; the cache is trimmed last, after tasks
 that held packages are gone.
 """
+from __future__ import annotations
 
 import contextlib
 import functools
@@ -13,19 +14,26 @@ import shutil
 import tarfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from retrace_server.environments.chroot import GdbRoots
 from retrace_server.packaging.cache import PackageCache, abandoned_partial_entries
-from retrace_server.packaging.download import DOWNLOADS
 from retrace_server.packaging.debuginfod import BuildIdCache
+from retrace_server.packaging.download import DOWNLOADS
 from retrace_server.packaging.kernel import KernelCache
-from retrace_server.reports.buckets import DB_NAME as BUCKETS_DB, BucketDB
+from retrace_server.reports.buckets import DB_NAME as BUCKETS_DB
+from retrace_server.reports.buckets import BucketDB
 from retrace_server.stats import StatsDB
-from retrace_server.tasks.dispatch import end_failed, fail_if_worker_died, start_queued
 from retrace_server.tasks import casedata
+from retrace_server.tasks.dispatch import end_failed, fail_if_worker_died, kill_worker, start_queued
 from retrace_server.tasks.hooks import delete_task
-from retrace_server.tasks.task import MD5_NAME, WORKER_LOCK, TaskStatus, iter_tasks, worker_alive
-from retrace_server.worker.supervisor import kill_worker
+from retrace_server.tasks.task import MD5_NAME, WORKER_LOCK, Task, TaskStatus, iter_tasks, worker_alive
+
+if TYPE_CHECKING:
+    import logging
+    from collections.abc import Callable
+
+    from retrace_server.config import Config
 
 HOUR = 3600
 _KILL_WAIT_SECONDS = 10
@@ -35,19 +43,20 @@ _ARCHIVE_SKIP = ("password", WORKER_LOCK)
 
 
 class Collector:
-    def __init__(self, config, config_path, log, dry_run=False, now=None):
+    def __init__(self, config: Config, config_path: Path, log: logging.Logger, dry_run: bool = False,
+                 now: float | None = None) -> None:
         self.config = config
         self.config_path = config_path
         self.log = log
         self.dry_run = dry_run
         self.now = now if now is not None else time.time()
 
-    def act(self, message):
+    def act(self, message: str) -> bool:
         """Log an action; returns whether to carry it out (not in a dry run)."""
         self.log.info("%s%s", "would: " if self.dry_run else "", message)
         return not self.dry_run
 
-    def run(self):
+    def run(self) -> None:
         self.stop_overdue_workers()
         self.end_orphans()
         if self.act("start queued tasks into free worker slots"):
@@ -62,10 +71,10 @@ class Collector:
 
     # -- workers ---------------------------------------------------------------
 
-    def _tasks(self):
+    def _tasks(self) -> list[Task]:
         return list(iter_tasks(self.config.SaveDir, self.config.TaskIdLength))
 
-    def stop_overdue_workers(self):
+    def stop_overdue_workers(self) -> None:
         limit = self.config.WorkerTimeLimit
         for task in self._tasks():
             status = task.status
@@ -86,7 +95,7 @@ class Collector:
             _wait_until_dead(task)
             end_failed(self.config, task, reason, "worker time limit")
 
-    def end_orphans(self):
+    def end_orphans(self) -> None:
         for task in self._tasks():
             status = task.status
             if status is None or status.is_final or worker_alive(task):
@@ -96,10 +105,10 @@ class Collector:
 
     # -- expiry ----------------------------------------------------------------
 
-    def _age_hours(self, task):
+    def _age_hours(self, task: Task) -> float:
         return (self.now - task.path.stat().st_mtime) / HOUR
 
-    def _rule(self, task, status):
+    def _rule(self, task: Task, status: TaskStatus | None) -> tuple[str, str] | None:
         """``("archive" | "delete", why)`` for an expired task, else None."""
         age = self._age_hours(task)
         for rule in casedata.age_rules(self.config, status == TaskStatus.FAIL):
@@ -107,7 +116,7 @@ class Collector:
                 return rule.action, f"{'failed, ' if rule.failed_only else ''}{age:.0f} h since its last activity ({rule.cited})"
         return None
 
-    def expire_tasks(self):
+    def expire_tasks(self) -> None:
         for task in self._tasks():
             status = task.status
             if (status is not None and not status.is_final) or worker_alive(task):
@@ -120,17 +129,18 @@ class Collector:
                 continue
             action, why = rule
             if action == "archive":
-                archive = Path(self.config.DropDir) / f"{task.task_id}-{time.strftime('%Y%m%d%H%M%S', time.localtime(self.now))}.tar.gz"
+                stamp = time.strftime("%Y%m%d%H%M%S", time.localtime(self.now))
+                archive = Path(self.config.DropDir) / f"{task.task_id}-{stamp}.tar.gz"
                 if self.act(f"task {task.task_id}: archive to {archive} and delete; {why}"):
                     _archive(task, archive)
                     delete_task(self.config, task, self.log)
             elif self.act(f"task {task.task_id}: delete; {why}"):
                 delete_task(self.config, task, self.log)
 
-    def link_identical_vmcores(self):
+    def link_identical_vmcores(self) -> None:
         """Store identical vmcores once (upstream's dedup): tasks whose ``md5sum`` and size agree get one file,
         hard-linked; the file goes when the last task holding it does."""
-        first = {}
+        first: dict[tuple[str, int], tuple[Task, Path, os.stat_result]] = {}
         for task in sorted(self._tasks(), key=lambda task: task.task_id):
             if (task.status is not None and not task.status.is_final) or worker_alive(task):
                 continue  # its worker may be stripping or reassembling the vmcore
@@ -151,7 +161,7 @@ class Collector:
                 os.link(kept[1], spare)
                 os.replace(spare, vmcore)
 
-    def forget_client_addresses(self):
+    def forget_client_addresses(self) -> None:
         """Refused clients' addresses go after StatsIPRetention hours, refusals or not."""
         if not (Path(self.config.SaveDir) / self.config.DBFile).exists():
             return
@@ -160,7 +170,7 @@ class Collector:
                 forgotten = stats.forget_addresses(self.config.StatsIPRetention, self.now)
             self.log.info("statistics: %d client addresses blanked", forgotten)
 
-    def prune_reports(self):
+    def prune_reports(self) -> None:
         """Each report and retrace's row goes after ReportRetention days (its bucket keeps counting it), a
         bucket no report reached for BucketRetention days goes whole, the symbol cache keeps its newest rows,
         and the freed pages go back to the disk."""
@@ -178,12 +188,12 @@ class Collector:
 
     # -- cache -----------------------------------------------------------------
 
-    def _cache_entries(self):
+    def _cache_entries(self) -> list[tuple[str, float, int, Callable[[], bool]]]:
         """``(description, last use, bytes, evict)`` of everything CacheDir holds for tasks."""
         cache_dir = Path(self.config.CacheDir)
         kinds = (("rpms", PackageCache, "package"), ("roots", GdbRoots, "gdb root"),
                  ("buildid", BuildIdCache, "debuginfod files of"), ("kernel", KernelCache, "vmlinux"))
-        found = []
+        found: list[tuple[str, float, int, Callable[[], bool]]] = []
         for directory, store_class, label in kinds:
             if (cache_dir / directory).is_dir():
                 store = store_class(cache_dir)
@@ -191,14 +201,14 @@ class Collector:
                           for name, last, size in store.entries()]
         return found
 
-    def sweep_partial_entries(self):
+    def sweep_partial_entries(self) -> None:
         """Remove cache entries a killed worker left half built (``.tmp-*`` with no builder alive)."""
         for directory in ("rpms", "roots", "buildid", "kernel"):
             for path in abandoned_partial_entries(Path(self.config.CacheDir) / directory, self.now):
                 if self.act(f"cache: remove {directory}/{path.name}, left half built by a worker that died"):
                     shutil.rmtree(path, ignore_errors=True)
 
-    def sweep_downloads(self):
+    def sweep_downloads(self) -> None:
         """Remove packages downloaded for a task whose worker died before it removed them: a download
         lives no longer than its task, and no task lives longer than WorkerTimeLimit."""
         directory = Path(self.config.CacheDir) / DOWNLOADS
@@ -216,7 +226,7 @@ class Collector:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
 
-    def trim_cache(self):
+    def trim_cache(self) -> None:
         """Evict the least recently used cache entries until CacheDir fits CacheSize and MinStorageLeft.
 
         Unpacked packages, gdb roots, debuginfod files and vmlinux files share the budget.
@@ -236,15 +246,14 @@ class Collector:
                 continue
             why = "over CacheSize" if over_budget else "below MinStorageLeft"
             idle_hours = (self.now - last_use) / HOUR
-            if self.act(f"cache: evict {name} ({size} bytes, unused for {idle_hours:.1f} h; {why})"):
-                if not evict():
-                    self.log.info("cache: %s is in use right now and stays", name)
-                    continue
+            if self.act(f"cache: evict {name} ({size} bytes, unused for {idle_hours:.1f} h; {why})") and not evict():
+                self.log.info("cache: %s is in use right now and stays", name)
+                continue
             total -= size
             free += size
 
 
-def _worker_pid(task):
+def _worker_pid(task: Task) -> int | None:
     try:
         text = (task.path / WORKER_LOCK).read_text().strip()
     except OSError:
@@ -252,13 +261,13 @@ def _worker_pid(task):
     return int(text) if text.isdigit() else None
 
 
-def _wait_until_dead(task):
+def _wait_until_dead(task: Task) -> None:
     deadline = time.monotonic() + _KILL_WAIT_SECONDS
     while worker_alive(task) and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
-def _archive(task, archive):
+def _archive(task: Task, archive: Path) -> None:
     archive.parent.mkdir(parents=True, exist_ok=True)
     partial = archive.with_name(archive.name + ".part")
     with tarfile.open(partial, "w:gz") as tar:

@@ -9,6 +9,8 @@ decoded while it is read, into the problem directory, never into memory
 whole.
 """
 
+from __future__ import annotations
+
 import base64
 import binascii
 import re
@@ -16,6 +18,12 @@ import shutil
 import tempfile
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from io import BufferedReader, BufferedWriter
+
+    from retrace_server.paths import StrPath
 
 _FIELD = re.compile(r"^([A-Za-z0-9_.-]+):(?: (.*))?$")
 _ARCHES = {"amd64": "x86_64", "arm64": "aarch64", "ppc64el": "ppc64le", "s390x": "s390x", "i386": "i386",
@@ -28,13 +36,15 @@ class ApportError(Exception):
     """The report cannot be used; the message says why."""
 
 
-def _fields(handle, core_out):
+def _fields(handle: BufferedReader, core_out: BufferedWriter) -> dict[str, str]:
     """The report's text fields; ``CoreDump`` is streamed into ``core_out`` as it is decoded."""
-    fields, current, inflater = {}, None, None
+    fields: dict[str, str] = {}
+    current: str | None = None
+    inflater = None
     for raw in handle:
         line = raw.rstrip(b"\n")
         if line.startswith(b" "):
-            if current == "CoreDump":
+            if current == "CoreDump" and inflater is not None:
                 try:
                     core_out.write(inflater.decompress(base64.b64decode(line.strip(), validate=True)))
                 except (binascii.Error, zlib.error) as err:
@@ -59,7 +69,7 @@ def _fields(handle, core_out):
     return fields
 
 
-def package_name_version(package_field):
+def package_name_version(package_field: str) -> str:
     """``binutils 2.40-2 [origin: Ubuntu]`` -> ``binutils-2.40-2``."""
     words = package_field.split()
     if len(words) < 2:
@@ -67,7 +77,7 @@ def package_name_version(package_field):
     return f"{words[0]}-{words[1]}"
 
 
-def problem_dir_from_apport(report):
+def problem_dir_from_apport(report: StrPath) -> tuple[Path, dict[str, str]]:
     """``(directory, fields)``: a problem directory in /var/tmp made from the report."""
     directory = Path(tempfile.mkdtemp(prefix="retrace-client-apport-", dir="/var/tmp"))
     try:

@@ -4,6 +4,8 @@ Exit status: 0 success, 1 the retrace failed (its log is printed), 2 usage
 or local input error, 3 the server refused (its sentence is printed).
 """
 
+from __future__ import annotations
+
 import argparse
 import contextlib
 import json
@@ -12,12 +14,28 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from retrace_server.client.crash import CrashInputError, from_apport, from_core, from_coredumpctl, from_problem_dir, from_vmcore
-from retrace_server.client.progress import MIB, ProgressFile, Reporter, human_size
-from retrace_server.client.server import XZ_TAR, ZSTD_TAR, RetraceServer, ServerRefused
 from retrace_server import __version__, add_version_argument
 from retrace_server.client import unwind
+from retrace_server.client.crash import (
+    CrashInputError,
+    from_apport,
+    from_core,
+    from_coredumpctl,
+    from_problem_dir,
+    from_vmcore,
+)
+from retrace_server.client.progress import MIB, ProgressFile, Reporter, human_size
+from retrace_server.client.server import XZ_TAR, ZSTD_TAR, RetraceServer, ServerRefused
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping, Sequence
+
+    import requests
+
+    from retrace_server.client.crash import Crash
+    from retrace_server.client.server import Settings, Status
 
 PROG = "retrace-client"
 EXIT_OK, EXIT_FAILED, EXIT_LOCAL, EXIT_REFUSED = 0, 1, 2, 3
@@ -30,7 +48,18 @@ class LocalError(Exception):
     """A usage or local input problem; exit status 2."""
 
 
-def build_parser():
+def _seconds(text: str) -> float:
+    """A delay given on the command line or in the environment (ABRT's own variable)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {text!r}") from None
+    if not 0 <= seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 3600 seconds, not {text}")
+    return seconds
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Get a symbolized backtrace of a crash from a retrace server.")
     add_version_argument(parser)
     parser.add_argument("operation", choices=("batch", "create", "report", "settings", *TASK_OPERATIONS))
@@ -48,8 +77,8 @@ def build_parser():
     parser.add_argument("--apport", metavar="FILE.crash", help="an Ubuntu apport report (/var/crash/*.crash)")
     parser.add_argument("--package", help="name-version-release of the crashed package (default: rpm -qf)")
     parser.add_argument("--os-release", help="release line, e.g. 'Fedora release 41 (Forty One)' (default: this system)")
-    parser.add_argument("-l", "--status-delay", type=float, default=float(os.environ.get("ABRT_STATUS_DELAY", 10)),
-                        help="seconds between status queries (default 10)")
+    parser.add_argument("-l", "--status-delay", type=_seconds, default=None,
+                        help="seconds between status queries (default: $ABRT_STATUS_DELAY or 10)")
     parser.add_argument("--no-pkgcheck", action="store_true", help="do not ask the server whether it knows the package")
     parser.add_argument("--headers", action="store_true", help="print response headers to stderr")
     parser.add_argument("-t", "--task", help="task id (status, backtrace, log, exploitable)")
@@ -62,7 +91,7 @@ def build_parser():
     return parser
 
 
-def load_crash(args):
+def load_crash(args: argparse.Namespace) -> Crash:
     forms = [form for form in (args.dir, args.core, args.coredumpctl, args.vmcore, args.apport) if form]
     if len(forms) != 1:
         raise LocalError("give the crash as exactly one of --dir DIR, --core FILE --executable PATH, "
@@ -85,19 +114,20 @@ def load_crash(args):
 _COMPRESSORS = {XZ_TAR: ["xz", "-2", "-"], ZSTD_TAR: ["zstd", "-3", "-q", "-c", "-"]}
 
 
-def archive_type(crash, settings):
+def archive_type(crash: Crash, settings: Settings) -> str:
     return ZSTD_TAR if crash.task_type == 2 and ZSTD_TAR in settings.supported_formats else XZ_TAR
 
 
 @contextlib.contextmanager
-def crash_archive(crash, content_type=XZ_TAR):
+def crash_archive(crash: Crash, content_type: str = XZ_TAR) -> Iterator[tuple[BinaryIO, int]]:
     """``tar cO --directory=D names | xz -2`` (or zstd) into an unnamed file in /var/tmp, as ABRT did."""
     with tempfile.TemporaryFile(dir="/var/tmp", prefix="retrace-client-archive-") as archive:
         # A problem directory goes as it is (a symlink in it is the server's to refuse).
         tar = subprocess.Popen(["tar", "chO" if crash.follow_symlinks else "cO", f"--directory={crash.directory}",
                                 "--", *crash.files], stdout=subprocess.PIPE)
         compressor = subprocess.run(_COMPRESSORS[content_type], stdin=tar.stdout, stdout=archive)
-        tar.stdout.close()
+        if tar.stdout is not None:
+            tar.stdout.close()
         if tar.wait() != 0 or compressor.returncode != 0:
             raise LocalError(f"cannot create the archive to upload (tar or {_COMPRESSORS[content_type][0]} failed)")
         size = archive.tell()
@@ -105,7 +135,7 @@ def crash_archive(crash, content_type=XZ_TAR):
         yield archive, size
 
 
-def confirm_large_upload(size, args):
+def confirm_large_upload(size: int, args: argparse.Namespace) -> None:
     if size <= ASK_ABOVE_BYTES or args.yes or not sys.stdin.isatty():
         return
     answer = input(f"You are going to upload {human_size(size)}. Continue? [y/N] ")
@@ -113,7 +143,7 @@ def confirm_large_upload(size, args):
         raise LocalError("upload cancelled")
 
 
-def check_settings(settings, crash):
+def check_settings(settings: Settings, crash: Crash) -> None:
     """Refuse locally, with upstream's sentences, what the server would refuse."""
     if settings.fully_occupied:
         raise ServerRefused("The server is fully occupied. Try again later.")
@@ -133,11 +163,12 @@ def check_settings(settings, crash):
         )
 
 
-def submit(server, crash, args, reporter):
+def submit(server: RetraceServer, crash: Crash, args: argparse.Namespace, reporter: Reporter) -> tuple[str, str]:
     reporter.say("Querying server settings")
     settings = server.settings()
     check_settings(settings, crash)
-    if not args.no_pkgcheck and crash.package and crash.release and not server.package_known(crash.package, crash.arch, crash.release):
+    package, arch, release = crash.package, crash.arch, crash.release
+    if not args.no_pkgcheck and package and arch and release and not server.package_known(package, arch, release):
         raise ServerRefused(
             f"Retrace server is unable to process package '{crash.package}.{crash.arch}'. "
             f"Is it a part of official '{crash.release}' repositories?"
@@ -157,7 +188,8 @@ def submit(server, crash, args, reporter):
     return task
 
 
-def wait_until_finished(server, task_id, password, delay, reporter, verbose=False):
+def wait_until_finished(server: RetraceServer, task_id: str, password: str, delay: float, reporter: Reporter,
+                        verbose: bool = False) -> Status:
     """Poll as ABRT did: sleep before each query, show the sentence when it changes."""
     previous = None
     started = time.monotonic()
@@ -171,14 +203,14 @@ def wait_until_finished(server, task_id, password, delay, reporter, verbose=Fals
             return status
 
 
-def exploitable_rating(text):
+def exploitable_rating(text: str | None) -> int | None:
     try:
-        return int(text.rsplit(":", 1)[1])
-    except (AttributeError, IndexError, ValueError):
+        return int(text.rsplit(":", 1)[1]) if text is not None else None
+    except (IndexError, ValueError):
         return None
 
 
-def upload_crash(server, args, reporter):
+def upload_crash(server: RetraceServer, args: argparse.Namespace, reporter: Reporter) -> tuple[str, str]:
     """Load the crash named on the command line and create a task from it: ``(id, password)``."""
     crash = load_crash(args)
     try:
@@ -187,15 +219,16 @@ def upload_crash(server, args, reporter):
         crash.discard()
 
 
-def batch(server, args, reporter):
+def batch(server: RetraceServer, args: argparse.Namespace, reporter: Reporter) -> int:
     return follow(server, args, reporter, *upload_crash(server, args, reporter))
 
 
-def follow(server, args, reporter, task_id, password):
+def follow(server: RetraceServer, args: argparse.Namespace, reporter: Reporter, task_id: str, password: str) -> int:
     """Wait for the task, then print (or save into the problem directory) its backtrace."""
     reporter.say(f"Retrace job #{task_id} started")
     status = wait_until_finished(server, task_id, password, args.status_delay, reporter, args.verbose)
-    result = {"task_id": task_id, "password": password, "status": status.state, "sentence": status.sentence}
+    result: dict[str, Any] = {"task_id": task_id, "password": password, "status": status.state,
+                              "sentence": status.sentence}
     if status.state != "FINISHED_SUCCESS":
         reporter.say("Retrace failed. Try again later and if the problem persists report this issue please.")
         result["log"] = server.result(task_id, password, "log") or ""
@@ -209,7 +242,7 @@ def follow(server, args, reporter, task_id, password):
         reporter.say(f"Exploitable rating (0-8 scale): {rating}")
     if args.dir:
         save(args.dir, "backtrace", result["backtrace"], reporter)
-        if rating is not None and rating >= EXPLOITABLE_SAVE_RATING:
+        if exploitable is not None and rating is not None and rating >= EXPLOITABLE_SAVE_RATING:
             save(args.dir, "exploitable", exploitable, reporter)
         emit(args, result, None)
     else:
@@ -217,7 +250,7 @@ def follow(server, args, reporter, task_id, password):
     return EXIT_OK
 
 
-def report(server, args, reporter):
+def report(server: RetraceServer, args: argparse.Namespace, reporter: Reporter) -> int:
     """A coreless report first; the core only when the server wants it and --no-core does not forbid it."""
     crash = load_crash(args)
     try:
@@ -241,7 +274,7 @@ def report(server, args, reporter):
     return EXIT_OK
 
 
-def save(directory, name, text, reporter):
+def save(directory: str, name: str, text: str, reporter: Reporter) -> None:
     path = os.path.join(directory, name)
     try:
         with open(path, "w", encoding="utf-8") as handle:
@@ -251,27 +284,27 @@ def save(directory, name, text, reporter):
     reporter.say(f"Saved {path}")
 
 
-def emit(args, result, text):
+def emit(args: argparse.Namespace, result: Mapping[str, Any], text: str | None) -> None:
     if args.json:
         print(json.dumps(result, indent=1, sort_keys=True))
     elif text is not None:
         sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
 
 
-def create(server, args, reporter):
+def create(server: RetraceServer, args: argparse.Namespace, reporter: Reporter) -> int:
     task_id, password = upload_crash(server, args, reporter)
     emit(args, {"task_id": task_id, "password": password}, f"Task Id: {task_id}\nTask Password: {password}")
     return EXIT_OK
 
 
-def settings(server, args, _reporter):
+def settings(server: RetraceServer, args: argparse.Namespace, _reporter: Reporter) -> int:
     current = server.settings()
     lines = [f"{key} {' '.join(value) if isinstance(value, tuple) else value}" for key, value in vars(current).items()]
     emit(args, vars(current), "\n".join(lines))
     return EXIT_OK
 
 
-def task_operation(server, args, _reporter):
+def task_operation(server: RetraceServer, args: argparse.Namespace, _reporter: Reporter) -> int:
     if not args.task or not args.password:
         raise LocalError(f"{args.operation} needs --task ID and --password PASSWORD")
     if args.operation == "status":
@@ -288,17 +321,24 @@ def task_operation(server, args, _reporter):
     return EXIT_OK
 
 
-OPERATIONS = {"batch": batch, "create": create, "report": report, "settings": settings, **{op: task_operation for op in TASK_OPERATIONS}}
+OPERATIONS = {"batch": batch, "create": create, "report": report, "settings": settings,
+              **dict.fromkeys(TASK_OPERATIONS, task_operation)}
 
 
-def print_headers(response):
+def print_headers(response: requests.Response) -> None:
     print(f"HTTP {response.status_code} {response.request.method} {response.url}", file=sys.stderr)
     for key, value in response.headers.items():
         print(f"{key}: {value}", file=sys.stderr)
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.status_delay is None:
+        try:
+            args.status_delay = _seconds(os.environ.get("ABRT_STATUS_DELAY", "10"))
+        except argparse.ArgumentTypeError as err:
+            parser.error(f"ABRT_STATUS_DELAY: {err}")
     reporter = Reporter()
     try:
         if not args.uri:
@@ -316,7 +356,7 @@ def main(argv=None):
         return refuse(args, reporter, "interrupted", EXIT_LOCAL)
 
 
-def refuse(args, reporter, sentence, status):
+def refuse(args: argparse.Namespace, reporter: Reporter, sentence: str, status: int) -> int:
     """Say why on stderr; with --json, a script reading stdout gets the same as ``{"error", "exit_status"}``."""
     reporter.say(f"{PROG}: {sentence}")
     if args.json:

@@ -18,11 +18,16 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from retrace_server.arch import canonical_arch
 from retrace_server.client.apport import ApportError, problem_dir_from_apport
-from retrace_server.analysis.coredump import read_core
+from retrace_server.elf import read_core
 from retrace_server.errors import InvalidCrashData
-from retrace_server.packaging.release import canonical_arch, release_from_line, release_from_os_release
+from retrace_server.packaging.release import release_from_line, release_from_os_release
+
+if TYPE_CHECKING:
+    from retrace_server.paths import StrPath
 
 REQUIRED = ("coredump", "executable", "package")
 # One of them names the release: ABRT on Debian leaves os_release empty and saves os_info.
@@ -39,44 +44,44 @@ class CrashInputError(Exception):
 @dataclasses.dataclass
 class Crash:
     directory: Path
-    files: list
-    package: str
-    arch: str
+    files: list[str]
+    package: str | None  # None: a vmcore (the server reads the kernel from it)
+    arch: str | None
     release: str | None  # e.g. fedora-41-x86_64, None when it cannot be told
     temporary: bool = False
     task_type: int = 0  # X-Task-Type: 0 a process coredump, 2 a kernel vmcore
     follow_symlinks: bool = False  # a vmcore is named by a symlink to the user's file
 
     @property
-    def unpacked_size(self):
+    def unpacked_size(self) -> int:
         return sum((self.directory / name).stat().st_size for name in self.files)
 
-    def discard(self):
+    def discard(self) -> None:
         if self.temporary:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def release_id(os_info, os_release_line, arch):
+def release_id(os_info: str | None, os_release_line: str | None, arch: str) -> str | None:
     """The server's release id: from os-release fields, else from the release line."""
     release = release_from_os_release(os_info or "", arch) or release_from_line(os_release_line or "", arch)
     return str(release) if release else None
 
 
-def _read(path):
+def _read(path: StrPath) -> str | None:
     try:
         return Path(path).read_text(errors="replace").strip()
     except OSError:
         return None
 
 
-def _core_arch(core):
+def _core_arch(core: StrPath) -> str:
     try:
         return read_core(core).arch
     except (InvalidCrashData, OSError) as err:
         raise CrashInputError(f"{core} is not a usable core file: {err}") from None
 
 
-def from_problem_dir(directory):
+def from_problem_dir(directory: StrPath) -> Crash:
     directory = Path(directory)
     if not directory.is_dir():
         raise CrashInputError(f"{directory} is not a directory")
@@ -92,7 +97,7 @@ def from_problem_dir(directory):
     return Crash(directory, files, _read(directory / "package"), arch, release)
 
 
-def from_apport(report):
+def from_apport(report: StrPath) -> Crash:
     """An Ubuntu apport report (``/var/crash/*.crash``): its core, executable, package and release."""
     try:
         directory, _fields = problem_dir_from_apport(report)
@@ -103,7 +108,7 @@ def from_apport(report):
     return crash
 
 
-def from_vmcore(path):
+def from_vmcore(path: StrPath) -> Crash:
     """A kernel vmcore (ELF, kdump-compressed or flattened): the server tells the kernel from the dump itself."""
     path = Path(path).resolve()
     if not path.is_file():
@@ -113,17 +118,17 @@ def from_vmcore(path):
     return Crash(directory, ["vmcore"], None, None, None, temporary=True, task_type=2, follow_symlinks=True)
 
 
-def _system_release_line():
+def _system_release_line() -> str | None:
     """The release line of RPM systems (``Fedora release 41 (Forty One)``); None elsewhere: the server
     reads os_info there."""
     return next((line for line in map(_read, _RELEASE_LINE_FILES) if line), None)
 
 
-def _system_os_info():
+def _system_os_info() -> str | None:
     return next((text for text in map(_read, _OS_RELEASE_FILES) if text), None)
 
 
-def _owning_package(executable):
+def _owning_package(executable: str) -> str:
     """``name-[epoch:]version[-release]`` of the package that owns ``executable``, from rpm or dpkg."""
     if shutil.which("rpm") and (package := _run_first_line(
             ["rpm", "-qf", "--qf", "%{NAME}-%|EPOCH?{%{EPOCH}:}|%{VERSION}-%{RELEASE}\\n", "--", executable])):
@@ -136,13 +141,13 @@ def _owning_package(executable):
                           "give --package NAME-VERSION")
 
 
-def _run_first_line(argv):
+def _run_first_line(argv: list[str]) -> str | None:
     result = subprocess.run(argv, capture_output=True, text=True)
     lines = result.stdout.strip().splitlines()
     return lines[0].strip() if result.returncode == 0 and lines else None
 
 
-def from_core(core, executable, package=None, os_release=None):
+def from_core(core: StrPath, executable: str, package: str | None = None, os_release: str | None = None) -> Crash:
     """A problem directory for a bare core of ``executable``."""
     core = Path(core)
     if not core.is_file():
@@ -184,7 +189,7 @@ _NO_CORE = {
 }
 
 
-def from_coredumpctl(match, package=None, os_release=None):
+def from_coredumpctl(match: str, package: str | None = None, os_release: str | None = None) -> Crash:
     """The newest crash systemd-coredump kept that matches ``match`` (a PID, a program's name or path).
 
     Read from ``coredumpctl --json`` (systemd 246 or newer), not from the

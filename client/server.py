@@ -6,13 +6,19 @@ sentence where it sent one), so that this client also works against an old
 upstream server.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import socket
+from typing import TYPE_CHECKING, Any
 
 import requests
 import urllib3
 
 from retrace_server.protocol import FAILURE_REASON, from_header_text
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sized
 
 XZ_TAR = "application/x-xz-compressed-tar"
 ZSTD_TAR = "application/x-zstd-compressed-tar"
@@ -30,13 +36,13 @@ class Settings:
     max_running_tasks: int
     max_packed_size: int  # MiB
     max_unpacked_size: int  # MiB
-    supported_formats: tuple
-    supported_releases: tuple
+    supported_formats: tuple[str, ...]
+    supported_releases: tuple[str, ...]
 
     @classmethod
-    def parse(cls, text):
+    def parse(cls, text: str) -> Settings:
         """Upstream's ``key value`` lines; keys case-insensitive, unknown keys ignored."""
-        values = {}
+        values: dict[str, str] = {}
         for line in text.splitlines():
             key, _, value = line.partition(" ")
             values[key.strip().lower()] = value.strip()
@@ -50,7 +56,7 @@ class Settings:
             raise ServerRefused("The server sent settings this client cannot read") from None
 
     @property
-    def fully_occupied(self):
+    def fully_occupied(self) -> bool:
         return self.running_tasks >= self.max_running_tasks
 
 
@@ -60,16 +66,16 @@ class Status:
     sentence: str
 
     @property
-    def finished(self):
+    def finished(self) -> bool:
         return self.state.startswith("FINISHED")
 
 
-def unreachable(err):
+def unreachable(err: BaseException) -> str:
     """Why a request failed, as a sentence: the cause at the bottom of requests' and urllib3's wrappers
     (whose reprs, ``HTTPSConnectionPool(host=..., port=...): Max retries exceeded ...``, tell a person
     nothing)."""
-    seen = set()
-    pending = [err]
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [err]
     while pending:
         cause = pending.pop(0)
         if cause is None or id(cause) in seen:
@@ -83,17 +89,18 @@ def unreachable(err):
             return cause.strerror[:1].lower() + cause.strerror[1:]
         pending += [cause.__cause__, cause.__context__, getattr(cause, "reason", None),
                     *(arg for arg in cause.args if isinstance(arg, BaseException))]
-    if isinstance(err, requests.exceptions.InvalidURL) or isinstance(err, requests.exceptions.MissingSchema):
+    if isinstance(err, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema)):
         return "that is not a URL"
     return f"the connection failed ({type(err).__name__})"
 
 
-def _body(response):
+def _body(response: requests.Response) -> str:
     return response.text.strip() or f"HTTP {response.status_code} without explanation"
 
 
 class RetraceServer:
-    def __init__(self, uri, verify=True, show_headers=None):
+    def __init__(self, uri: str, verify: bool | str = True,
+                 show_headers: Callable[[requests.Response], None] | None = None) -> None:
         self.uri = uri if "://" in uri else f"https://{uri}"
         self.uri = self.uri.rstrip("/")
         # Passed with every request: a session-wide verify loses to REQUESTS_CA_BUNDLE.
@@ -105,7 +112,7 @@ class RetraceServer:
         self.session.headers["Accept-Charset"] = "UTF-8"
         self.show_headers = show_headers
 
-    def _request(self, method, path, **kwargs):
+    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("timeout", _TIMEOUT)
         kwargs["verify"] = self.verify
         try:
@@ -124,22 +131,22 @@ class RetraceServer:
             self.show_headers(response)
         return response
 
-    def settings(self):
+    def settings(self) -> Settings:
         response = self._request("GET", "/settings")
         if response.status_code != 200 or not response.text.strip():
             raise ServerRefused(f"Unexpected HTTP response from server: {response.status_code}")
         return Settings.parse(response.text)
 
-    def package_known(self, nvr, arch, release):
+    def package_known(self, nvr: str, arch: str, release: str) -> bool:
         """True (302) or False (404) for /checkpackage."""
         response = self._request(
             "GET", "/checkpackage", headers={"X-Package-NVR": nvr, "X-Package-Arch": arch, "X-OS-Release": release}
         )
         if response.status_code in (302, 404):
-            return response.status_code == 302
+            return bool(response.status_code == 302)
         raise ServerRefused(f"Unexpected HTTP response from server: {response.status_code}\n{_body(response)}")
 
-    def create(self, archive, task_type=0, content_type=XZ_TAR):
+    def create(self, archive: Sized, task_type: int = 0, content_type: str = XZ_TAR) -> tuple[str, str]:
         """Upload ``archive`` (a file-like object with ``len()``); ``(task id, password)``."""
         response = self._request(
             "POST", "/create", data=archive, timeout=_UPLOAD_TIMEOUT,
@@ -160,7 +167,7 @@ class RetraceServer:
             )
         raise ServerRefused(f"Unexpected HTTP response from server: {response.status_code}\n{_body(response)}")
 
-    def report(self, document):
+    def report(self, document: bytes) -> tuple[Any, int]:
         """Send a uReport (bytes of JSON) as reporter-ureport does; ``(the answer, bytes sent)``."""
         boundary = "retrace-client-ureport"
         body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="ureport.json"\r\n'
@@ -174,7 +181,7 @@ class RetraceServer:
         except ValueError:
             raise ServerRefused("The server's answer to the report is not JSON") from None
 
-    def status(self, task_id, password):
+    def status(self, task_id: str, password: str) -> Status:
         response = self._request("GET", f"/{task_id}", headers={"X-Task-Password": password})
         state = response.headers.get("X-Task-Status")
         if response.status_code != 200 or not state:
@@ -183,11 +190,11 @@ class RetraceServer:
         reason = response.headers.get(FAILURE_REASON)
         return Status(state, f"{sentence}: {from_header_text(reason)}" if reason else sentence)
 
-    def result(self, task_id, password, name):
+    def result(self, task_id: str, password: str, name: str) -> str | None:
         """The text of ``backtrace``, ``log`` or ``exploitable``; None when the server has none (404)."""
         response = self._request("GET", f"/{task_id}/{name}", headers={"X-Task-Password": password})
         if response.status_code == 404:
             return None
         if response.status_code != 200:
             raise ServerRefused(f"Unexpected HTTP response from server: {response.status_code}\n{_body(response)}")
-        return response.text
+        return str(response.text)

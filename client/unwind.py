@@ -19,9 +19,16 @@ import os
 import re
 import shutil
 import subprocess
+from typing import TYPE_CHECKING, Any
 
-from retrace_server.analysis.coredump import read_core
+from retrace_server.elf import read_core
 from retrace_server.errors import InvalidCrashData
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from retrace_server.client.crash import Crash
+    from retrace_server.paths import StrPath
 
 # Frames sent: the crash thread's innermost CRASH_FRAMES (the bucket needs 5, a person reads a few dozen),
 # every other thread's innermost OTHER_FRAMES (what it was doing).
@@ -37,9 +44,10 @@ class UnwindError(Exception):
     """The crash cannot be unwound here; the message says why."""
 
 
-def parse_stack(text):
+def parse_stack(text: str) -> list[list[dict[str, str | int]]]:
     """``[[frame, ...] per thread]`` from ``eu-stack -q -b -m`` output; a frame is a uReport frame dict."""
-    threads, frame = [], None
+    threads: list[list[dict[str, str | int]]] = []
+    frame: dict[str, str | int] | None = None
     for line in text.splitlines():
         if _THREAD.match(line):
             threads.append([])
@@ -54,7 +62,7 @@ def parse_stack(text):
     return [[frame for frame in thread if "build_id_offset" in frame] for thread in threads]
 
 
-def unwind(core_path, executable=None):
+def unwind(core_path: StrPath, executable: str | None = None) -> list[list[dict[str, str | int]]]:
     """The threads of the core, crashing thread first, each a list of uReport frames."""
     program = shutil.which("eu-stack")
     if program is None:
@@ -72,7 +80,7 @@ def unwind(core_path, executable=None):
     return [thread if number == 0 else thread[:OTHER_FRAMES] for number, thread in enumerate(threads)]
 
 
-def _package_fields(nevra, arch):
+def _package_fields(nevra: str, arch: str) -> dict[str, str | int]:
     """``{name, epoch, version, release, architecture}`` of ``name-[epoch:]version-release``."""
     name, version, release = nevra.rsplit("-", 2)
     epoch = 0
@@ -83,7 +91,7 @@ def _package_fields(nevra, arch):
             "package_role": "affected"}
 
 
-def ureport(crash, executable, client_version):
+def ureport(crash: Crash, executable: str, client_version: str) -> dict[str, Any]:
     """The uReport (a dict) of ``crash`` (a client Crash: its problem directory and release)."""
     core_path = crash.directory / "coredump"
     try:
@@ -94,6 +102,8 @@ def ureport(crash, executable, client_version):
     if crash.release is None:
         raise UnwindError("cannot tell which release crashed; give --os-release")
     os_name, os_version, arch = crash.release.rsplit("-", 2)
+    if crash.package is None:
+        raise UnwindError("the crash names no package; give --package NAME-VERSION")
     try:
         packages = [_package_fields(crash.package, arch)]
     except ValueError:
@@ -115,7 +125,7 @@ def ureport(crash, executable, client_version):
     }
 
 
-def encode(report):
+def encode(report: Mapping[str, Any]) -> bytes:
     """The report as sent: compact JSON, gzip-compressed (a thread's frames repeat their module's build-id and
     name; the server reads plain JSON too, as reporter-ureport sends it)."""
     return gzip.compress(json.dumps(report, separators=(",", ":")).encode("utf-8"), mtime=0)

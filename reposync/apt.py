@@ -21,6 +21,7 @@ unless the sync is ``--metadata-only``: then ``RepoDir/<release>/mirror``
 names the mirror, and workers download what a crash needs
 (``retrace_server.packaging.download``).
 """
+from __future__ import annotations
 
 import dataclasses
 import os
@@ -28,7 +29,7 @@ import re
 import subprocess
 import tempfile
 from pathlib import Path
-
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import requests
@@ -37,6 +38,12 @@ from retrace_server.compression import open_compressed
 from retrace_server.packaging import apt
 from retrace_server.packaging.download import TooLarge, write_checked
 from retrace_server.paths import UnsafePath, inside
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Mapping
+
+    from retrace_server.packaging.release import ReleaseId
+    from retrace_server.paths import StrPath
 
 _TIMEOUT = (15, 120)
 _CHUNK = 1024 * 1024
@@ -55,20 +62,20 @@ class Refused(AptSyncError):
 
 @dataclasses.dataclass(frozen=True)
 class AptSource:
-    mirrors: tuple
-    suites: tuple
-    components: tuple
-    codenames: dict
+    mirrors: tuple[str, ...]
+    suites: tuple[str, ...]
+    components: tuple[str, ...]
+    codenames: dict[str, str]
     metadata_only: bool = False  # the indexes only, always (as --metadata-only)
 
     @classmethod
-    def from_items(cls, items):
+    def from_items(cls, items: dict[str, str]) -> AptSource:
         codenames = dict(pair.split(":", 1) for pair in items.get("codenames", "").split() if ":" in pair)
         return cls(tuple(items.get("mirrors", "").split()), tuple(items.get("suites", "$CODENAME").split()),
                    tuple(items.get("components", "main").split()), codenames,
                    items.get("metadata-only", "no").strip().lower() in ("yes", "true", "1", "on"))
 
-    def suite_names(self, release):
+    def suite_names(self, release: ReleaseId) -> list[str]:
         codename = self.codenames.get(release.version, release.version)
         names = [suite.replace("$CODENAME", codename).replace("$VER", release.version) for suite in self.suites]
         bad = [name for name in names if not _SUITE.fullmatch(name)]
@@ -81,11 +88,11 @@ class AptSource:
 class AptResult:
     added: int = 0
     bytes: int = 0
-    refused: list = dataclasses.field(default_factory=list)  # (file, why): checksums that do not match
-    failed: list = dataclasses.field(default_factory=list)  # files the mirror did not give
+    refused: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (file, why): checksums that differ
+    failed: list[str] = dataclasses.field(default_factory=list)  # files the mirror did not give
 
 
-def gpgv_verified(signed, keyrings, what):
+def gpgv_verified(signed: Path, keyrings: Iterable[StrPath], what: str) -> str:
     """The text gpgv verified in ``signed`` (an InRelease); Refused when no keyring's key signed it."""
     with tempfile.TemporaryDirectory(prefix="retrace-gpgv-") as scratch:
         arguments = []
@@ -109,11 +116,11 @@ def gpgv_verified(signed, keyrings, what):
 class AptMirror:
     """One mirror of an apt archive: HTTP(S), rsync, or a local directory (``file://`` or a path)."""
 
-    def __init__(self, url, session):
+    def __init__(self, url: str, session: requests.Session) -> None:
         self.url = url.rstrip("/") + "/"
         self.session = session
 
-    def fetch(self, relative, target, size=None, sha256=None):
+    def fetch(self, relative: str, target: Path, size: int | None = None, sha256: str | None = None) -> int:
         """``relative`` into ``target``, checked against ``size`` and ``sha256`` when given; bytes."""
         limit = size if size is not None else _MAX_RELEASE_BYTES
         try:
@@ -126,7 +133,7 @@ class AptMirror:
                           "served a different file")
         return received
 
-    def _chunks(self, relative):
+    def _chunks(self, relative: str) -> Iterator[bytes]:
         if self.url.startswith(("http://", "https://")):
             try:
                 with self.session.get(self.url + quote(relative), stream=True, timeout=_TIMEOUT) as response:
@@ -146,7 +153,7 @@ class AptMirror:
             raise AptSyncError(f"cannot read {relative} in {root}: {err}") from None
 
 
-    def _rsync_chunks(self, relative):
+    def _rsync_chunks(self, relative: str) -> Iterator[bytes]:
         """One file over rsync, into a private directory, then read like a local one."""
         with tempfile.TemporaryDirectory(prefix="retrace-rsync-") as scratch:
             copy = Path(scratch) / "file"
@@ -158,17 +165,17 @@ class AptMirror:
             yield from _file_chunks(copy)
 
 
-def _file_chunks(path):
+def _file_chunks(path: StrPath) -> Iterator[bytes]:
     with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):
             yield chunk
 
 
-def _release_checksums(text):
+def _release_checksums(text: str) -> dict[str, tuple[int, str]]:
     return {path: (int(size), sha256) for sha256, size, path in _RELEASE_SHA256.findall(text)}
 
 
-def _wanted_indexes(checksums, components, debarch):
+def _wanted_indexes(checksums: Mapping[str, object], components: Iterable[str], debarch: str) -> list[str]:
     """For each component, the first Packages compression the Release lists, and its Contents."""
     wanted = []
     for component in components:
@@ -182,7 +189,8 @@ def _wanted_indexes(checksums, components, debarch):
     return wanted
 
 
-def sync_indexes(mirror, suites, components, debarch, keyrings, staging, report):
+def sync_indexes(mirror: AptMirror, suites: Iterable[str], components: Iterable[str], debarch: str,
+                 keyrings: Iterable[StrPath] | None, staging: Path, report: Callable[[str], None]) -> list[Path]:
     """Every suite's verified InRelease and indexes into ``staging/dists``; the Packages files fetched."""
     packages_files = []
     for suite in suites:
@@ -205,7 +213,8 @@ def sync_indexes(mirror, suites, components, debarch, keyrings, staging, report)
     return packages_files
 
 
-def sync_pool(mirror, packages_files, debarch, target, staging, report):
+def sync_pool(mirror: AptMirror, packages_files: Iterable[Path], debarch: str, target: Path, staging: Path,
+              report: Callable[[str], None]) -> AptResult:
     """The packages the indexes list that ``target`` lacks, each checked against its stanza."""
     result = AptResult()
     for path in packages_files:

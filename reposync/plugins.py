@@ -12,13 +12,18 @@ and ``sslcacert`` give the TLS files the section's https mirrors want.
 A section with ``type = apt`` describes an apt archive instead
 (``retrace_server.reposync.apt``: mirrors, suites, components, codenames).
 """
+from __future__ import annotations
 
 import configparser
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from retrace_server.reposync.apt import AptSource
 from retrace_server.reposync.mirrors import TlsFiles
+
+if TYPE_CHECKING:
+    from retrace_server.paths import StrPath
 
 BUILT_IN = Path(__file__).resolve().parent / "distributions"
 SECTION_PREFIX = "reposync "
@@ -36,16 +41,26 @@ TLS_KEYS = {"sslclientcert": "client_cert", "sslclientkey": "client_key", "sslca
 @dataclasses.dataclass(frozen=True)
 class Repository:
     name: str
-    mirrors: tuple  # URL templates with $VER and $ARCH
+    mirrors: tuple[str, ...]  # URL templates with $VER and $ARCH
     tls: TlsFiles = TlsFiles()
 
-    def mirror_urls(self, version, arch):
+    def mirror_urls(self, version: str, arch: str) -> list[str]:
         return [mirror.replace("$VER", version).replace("$ARCH", arch) for mirror in self.mirrors]
 
 
-def _read_sections(path, plugins):
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.optionxform = str
+# A distribution's plugin: an apt source, or the repositories of an rpm-md release.
+Plugins = dict[str, "AptSource | tuple[Repository, ...]"]
+
+
+class _CaseKeeping(configparser.ConfigParser):
+    """Repository names are kept as written (ConfigParser lowers option names)."""
+
+    def optionxform(self, optionstr: str) -> str:
+        return optionstr
+
+
+def _read_sections(path: Path, plugins: Plugins) -> None:
+    parser = _CaseKeeping(interpolation=None)
     try:
         parser.read(path, encoding="utf-8")
     except configparser.Error as err:
@@ -67,9 +82,9 @@ def _read_sections(path, plugins):
         )
 
 
-def load_plugins(plugin_dir=None, config_path=None):
+def load_plugins(plugin_dir: StrPath | None = None, config_path: StrPath | None = None) -> Plugins:
     """``{distribution: (Repository, ...)}`` from built-ins, PluginDir and the config file."""
-    plugins = {}
+    plugins: Plugins = {}
     paths = sorted(BUILT_IN.glob("*.conf"))
     if plugin_dir is not None and Path(plugin_dir).is_dir():
         paths += sorted(Path(plugin_dir).glob("*.conf"))

@@ -6,6 +6,7 @@ createrepo_c into a staging directory and swapped with ``repodata/`` in one
 /settings) see the old metadata or the new, never none.  One sync per
 release at a time: an flock the kernel drops if the sync dies.
 """
+from __future__ import annotations
 
 import ctypes
 import dataclasses
@@ -15,21 +16,30 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import requests
 
-from retrace_server.reposync.apt import AptMirror, AptSource, AptSyncError, Refused, sync_indexes, sync_pool
-from retrace_server.reposync.mirrors import MIRROR_LISTS, MirrorError, RepoMirror, http_session, mirror_for
 from retrace_server import locking
-from retrace_server.packaging import apt as apt_index
+from retrace_server.arch import canonical_arch, debian_arch
+from retrace_server.errors import system_module
 from retrace_server.packaging.download import MIRROR_FILE
-from retrace_server.packaging.release import REPOSITORIES, ReleaseId, canonical_arch
+from retrace_server.packaging.release import REPOSITORIES, ReleaseId
 from retrace_server.packaging.repoindex import RepoIndex, RepositoryError
 from retrace_server.packaging.signatures import Keyring, SignatureError
+from retrace_server.reposync.apt import AptMirror, AptSource, AptSyncError, Refused, sync_indexes, sync_pool
+from retrace_server.reposync.mirrors import MIRROR_LISTS, MirrorError, RepoMirror, http_session, mirror_for
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from retrace_server.config import Config
+    from retrace_server.reposync.cli import Output
+    from retrace_server.reposync.plugins import Plugins, Repository
 
 EXIT_OK = 0
-EXIT_USAGE = 1
-EXIT_LOCKED = 2
+EXIT_LOCKED = 1
+EXIT_USAGE = 2  # a release, plugin or configuration this command cannot work with, as every command's
 EXIT_MIRRORS_FAILED = 3
 EXIT_CREATEREPO_FAILED = 4
 EXIT_PACKAGES_REFUSED = 5
@@ -42,7 +52,7 @@ _HREF = re.compile(r'href="([^"?/][^"?]*)"')
 class SyncError(Exception):
     """The sync cannot run; ``exit_code`` says how the command ends."""
 
-    def __init__(self, message, exit_code):
+    def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
 
@@ -53,18 +63,18 @@ class SyncSummary:
     added: int = 0
     bytes: int = 0
     removed: int = 0
-    failed_repositories: list = dataclasses.field(default_factory=list)
-    refused: list = dataclasses.field(default_factory=list)  # (file name, why): bad signatures
+    failed_repositories: list[str] = dataclasses.field(default_factory=list)
+    refused: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (file name, why): bad signatures
     metadata_updated: bool = False
     seconds: float = 0.0
 
     @property
-    def exit_code(self):
+    def exit_code(self) -> int:
         if self.failed_repositories:
             return EXIT_MIRRORS_FAILED
         return EXIT_PACKAGES_REFUSED if self.refused else EXIT_OK
 
-    def line(self):
+    def line(self) -> str:
         text = (
             f"{self.release}: {self.added} packages added ({self.bytes / 1048576:.1f} MiB), {self.removed} removed, "
             f"metadata {'updated' if self.metadata_updated else 'unchanged'}, {self.seconds:.1f} s"
@@ -76,7 +86,7 @@ class SyncSummary:
         return text
 
 
-def exchange_directories(first, second):
+def exchange_directories(first: Path, second: Path) -> None:
     """Atomically swap two directories (Linux renameat2); falls back to two renames."""
     libc = ctypes.CDLL(None, use_errno=True)
     renameat2 = getattr(libc, "renameat2", None)
@@ -90,20 +100,18 @@ def exchange_directories(first, second):
     os.rename(parked, first)
 
 
-def _rpm_header(path):
-    import rpm
-
+def _rpm_header(path: Path) -> Any:
+    rpm = system_module("rpm")
     transaction = rpm.TransactionSet()
     transaction.setVSFlags(rpm._RPMVSF_NOSIGNATURES | rpm._RPMVSF_NODIGESTS)
     with open(path, "rb") as handle:
         return transaction.hdrFromFdno(handle.fileno())
 
 
-def prune_rawhide(packages_dir, keep, report, dry_run=False):
+def prune_rawhide(packages_dir: Path, keep: int, report: Callable[[str], None], dry_run: bool = False) -> int:
     """Keep the ``keep`` newest versions of each package name and arch; returns how many went."""
-    import rpm
-
-    by_name = {}
+    rpm = system_module("rpm")
+    by_name: dict[tuple[str, str], list[tuple[tuple[str, str, str], Path]]] = {}
     for path in packages_dir.glob("*.rpm"):
         try:
             header = _rpm_header(path)
@@ -125,16 +133,14 @@ def prune_rawhide(packages_dir, keep, report, dry_run=False):
 class _LabelKey:
     """Sort key comparing ``(evr, path)`` pairs by rpm's own version order."""
 
-    def __init__(self, item):
+    def __init__(self, item: tuple[tuple[str, str, str], Path]) -> None:
         self.evr = item[0]
 
-    def __lt__(self, other):
-        import rpm
-
-        return rpm.labelCompare(self.evr, other.evr) < 0
+    def __lt__(self, other: _LabelKey) -> bool:
+        return bool(system_module("rpm").labelCompare(self.evr, other.evr) < 0)
 
 
-def write_metadata(target, staging, use_update, report):
+def write_metadata(target: Path, staging: Path, use_update: bool, report: Callable[[str], None]) -> None:
     """createrepo_c into ``staging`` and swap the result in; the old metadata is removed."""
     output = staging / "metadata"
     shutil.rmtree(output, ignore_errors=True)
@@ -155,14 +161,15 @@ def write_metadata(target, staging, use_update, report):
     report(f"  metadata written by createrepo_c{' --update' if '--update' in argv else ''}")
 
 
-def parse_release(distribution, version, arch):
+def parse_release(distribution: str, version: str, arch: str) -> ReleaseId:
     release = ReleaseId.parse(f"{distribution.lower()}-{version.lower()}-{canonical_arch(arch)}")
     if release is None:
         raise SyncError(f"'{distribution} {version} {arch}' is not a release (e.g. fedora 41 x86_64)", EXIT_USAGE)
     return release
 
 
-def sync_release(config, plugins, release, output, dry_run=False, session=None, metadata_only=False):
+def sync_release(config: Config, plugins: Plugins, release: ReleaseId, output: Output, dry_run: bool = False,
+                 session: requests.Session | None = None, metadata_only: bool = False) -> SyncSummary:
     """Sync one release from its plugin's mirrors; a SyncSummary (SyncError when it cannot run)."""
     repositories = plugins.get(release.distribution)
     if repositories is None:
@@ -234,7 +241,8 @@ def sync_release(config, plugins, release, output, dry_run=False, session=None, 
         os.close(lock_fd)
 
 
-def _sync_apt(config, source, release, target, staging, output, dry_run, metadata_only, session):
+def _sync_apt(config: Config, source: AptSource, release: ReleaseId, target: Path, staging: Path, output: Output,
+              dry_run: bool, metadata_only: bool, session: requests.Session) -> SyncSummary:
     """An apt release: the first mirror whose signed indexes verify, then (unless metadata-only) its packages."""
     summary = SyncSummary(str(release))
     metadata_only = metadata_only or source.metadata_only
@@ -246,7 +254,7 @@ def _sync_apt(config, source, release, target, staging, output, dry_run, metadat
         suites = source.suite_names(release)
     except AptSyncError as err:
         raise SyncError(str(err), EXIT_USAGE) from None
-    debarch = apt_index.debian_arch(release.arch)
+    debarch = debian_arch(release.arch)
     for url in source.mirrors:
         mirror = AptMirror(url, session)
         output.step(f"{', '.join(suites)}: {mirror.url}")
@@ -278,7 +286,8 @@ def _sync_apt(config, source, release, target, staging, output, dry_run, metadat
     return summary
 
 
-def _sync_rpm_metadata(config, repositories, release, target, staging, output, dry_run):
+def _sync_rpm_metadata(config: Config, repositories: Iterable[Repository], release: ReleaseId, target: Path,
+                       staging: Path, output: Output, dry_run: bool) -> SyncSummary:
     """Each repository's metadata from its first http(s) mirror that serves it, in ``repositories/<name>/``;
     workers download the packages a crash needs from that mirror.  A repository no mirror serves keeps the
     metadata of its last sync."""
@@ -307,7 +316,8 @@ def _sync_rpm_metadata(config, repositories, release, target, staging, output, d
     return summary
 
 
-def _fetch_rpm_metadata(repository, release, target, previous, output, dry_run):
+def _fetch_rpm_metadata(repository: Repository, release: ReleaseId, target: Path, previous: Path, output: Output,
+                        dry_run: bool) -> bool:
     """Whether one of the repository's http(s) mirrors gave its metadata into ``target``."""
     for url in repository.mirror_urls(release.version, release.arch):
         output.step(f"{repository.name}: {url} (metadata only)")
@@ -333,7 +343,7 @@ def _fetch_rpm_metadata(repository, release, target, previous, output, dry_run):
     return False
 
 
-def _install_indexes(staging, target, mirror_url, metadata_only):
+def _install_indexes(staging: Path, target: Path, mirror_url: str, metadata_only: bool) -> None:
     """Swap the new ``dists/`` in; a metadata-only release names its mirror for the workers."""
     if (target / "dists").is_dir():
         exchange_directories(staging / "dists", target / "dists")
@@ -349,10 +359,11 @@ def _install_indexes(staging, target, mirror_url, metadata_only):
 _FAILURES_SHOWN = 10
 
 
-def _sync_repository(repository, release, packages_dir, staging, resume_dir, output, dry_run, summary, keyring):
+def _sync_repository(repository: Repository, release: ReleaseId, packages_dir: Path, staging: Path,
+                     resume_dir: Path, output: Output, dry_run: bool, summary: SyncSummary, keyring: Keyring | None) -> None:
     """The repository's packages from its first mirror that has them all; what one mirror fails to give (a
     corrupt or missing file) is asked of the next."""
-    failed = []
+    failed: list[tuple[str, str]] = []
     for url in repository.mirror_urls(release.version, release.arch):
         output.step(f"{repository.name}: {url}")
         try:
@@ -376,9 +387,10 @@ def _sync_repository(repository, release, packages_dir, staging, resume_dir, out
     summary.failed_repositories.append(repository.name)
 
 
-def _refuse_unverified(packages_dir, names, keyring, report, summary):
+def _refuse_unverified(packages_dir: Path, names: Iterable[str], keyring: Keyring, report: Callable[[str], None],
+                       summary: SyncSummary) -> list[str]:
     """The new packages whose signatures verify; the others are deleted before any metadata names them."""
-    kept = []
+    kept: list[str] = []
     for name in names:
         try:
             keyring.verify(packages_dir / name, name)
@@ -391,7 +403,7 @@ def _refuse_unverified(packages_dir, names, keyring, report, summary):
     return kept
 
 
-def _prebuild_index(target, cache_dir, report):
+def _prebuild_index(target: Path, cache_dir: Path, report: Callable[[str], None]) -> None:
     """Index the new metadata now, so the first task after the sync does not pay for it."""
     try:
         RepoIndex.open(target, cache_dir).close()
@@ -400,9 +412,14 @@ def _prebuild_index(target, cache_dir, report):
         report(f"  the build-id index will be rebuilt by the first task ({err})")
 
 
-def discover_versions(plugins, distribution, arch, session=None):
+def discover_versions(plugins: Plugins, distribution: str, arch: str,
+                      session: requests.Session | None = None) -> list[str]:
     """Versions the first mirror of the distribution's first repository offers (``--discover``)."""
     repositories = plugins.get(distribution)
+    if isinstance(repositories, AptSource):
+        raise SyncError(f"--discover reads the version directories of rpm-md mirrors; '{distribution}' is an apt "
+                        "source, whose releases are its suites (give the version to sync, e.g. debian 12 x86_64)",
+                        EXIT_USAGE)
     if not repositories:
         raise SyncError(f"no plugin with repositories for '{distribution}'", EXIT_USAGE)
     # A directory listing is read: a metalink or mirrorlist names no directory of versions.
@@ -414,7 +431,7 @@ def discover_versions(plugins, distribution, arch, session=None):
     return sorted({name for name in names if name.isdigit() or name == "rawhide"}, key=lambda v: (not v.isdigit(), v.zfill(8)))
 
 
-def _list_directory(url, session):
+def _list_directory(url: str, session: requests.Session) -> list[str]:
     if url.startswith(("http://", "https://")):
         try:
             response = session.get(url, timeout=_LIST_TIMEOUT)

@@ -7,34 +7,44 @@ it (the dispatcher, an admin) sees the slot taken as soon as it returns.
 Then it forks into its own session with no inherited descriptors but the
 lock, which the kernel releases however the worker ends.
 """
+from __future__ import annotations
 
 import argparse
 import logging
 import os
 import sys
 import time
+from typing import TYPE_CHECKING, Any
 
-from retrace_server import add_version_argument, locking
-from retrace_server.adminlog import admin_handler
+from retrace_server import add_version_argument, locking, service
 from retrace_server.analysis.debuggers import NoDebugger, served_architectures
-from retrace_server.config import config_path, load_config
-from retrace_server.errors import ConfigError, Conflict, NotFound
-from retrace_server.privileges import PrivilegeError, add_service_arguments, run_as_service_user
+from retrace_server.errors import ConfigError, Conflict, NotFound, RetraceError
+from retrace_server.files import write_atomically
+from retrace_server.intake.overrides import InvalidOverride, Overrides
+from retrace_server.privileges import add_service_arguments
 from retrace_server.tasks.dispatch import poke
-from retrace_server.tasks.overrides import InvalidOverride, Overrides
-from retrace_server.tasks.task import DEBUG_NAME, LOG_NAME, LOG_TIME_FORMAT, WORKER_HOST, WORKER_LOCK, Task, TaskStatus, write_atomically
+from retrace_server.tasks.task import DEBUG_NAME, LOG_NAME, LOG_TIME_FORMAT, WORKER_HOST, WORKER_LOCK, Task, TaskStatus
 from retrace_server.worker.coredump import RetraceJob
 from retrace_server.worker.supervisor import supervise
 from retrace_server.worker.vmcore import VmcoreJob
 
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from pathlib import Path
+
+    from retrace_server.config import Config
+    from retrace_server.worker.job import Job
+
 PROG = "retrace-server-worker"
 
 
-class WorkerRefused(Exception):
-    """The worker will not run this task; the message says why (exit status 2)."""
+class WorkerRefused(RetraceError):
+    """The worker will not run this task; the sentence says why (exit status 2)."""
+
+    exit_code = 2
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Retrace one task: coredump in, backtrace out.")
     add_version_argument(parser)
     parser.add_argument("task_id", nargs="?")
@@ -57,7 +67,7 @@ def build_parser():
     return parser
 
 
-def claim(task):
+def claim(task: Task) -> int:
     """Take the task's worker lock; returns its descriptor, which must stay open."""
     fd = locking.try_exclusive(task.path / WORKER_LOCK)
     if fd is None:
@@ -65,32 +75,32 @@ def claim(task):
     return fd
 
 
-def record_pid(lock_fd):
+def record_pid(lock_fd: int) -> None:
     """Write the worker's pid into its lock file, for admins and cleanup."""
     os.ftruncate(lock_fd, 0)
     os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
 
 
-def make_job(config, task, logger):
+def make_job(config: Config, task: Task, logger: logging.Logger) -> Job[Any]:
     """The pipeline for the task's type: a kernel vmcore, or a process coredump."""
     job_class = VmcoreJob if task.task_type.is_vmcore else RetraceJob
     return job_class(config, task, logger)
 
 
-def run_supervised(config, task, verbose):
+def run_supervised(config: Config, task: Task, verbose: bool) -> bool:
     """The task's stages in a supervised child (``retrace_server.worker.supervisor``); True on success."""
 
-    def run_job():
+    def run_job() -> bool:
         # The manager's "debug" box asks for the same as --verbose (upstream's "Be more verbose").
         return make_job(config, task, task_logger(task, verbose or (task.path / DEBUG_NAME).is_file())).run()
 
-    def clean_up():
+    def clean_up() -> None:
         make_job(config, task, logging.getLogger("retrace.worker")).clean(succeeded=False)
 
     return supervise(config, task, run_job, clean_up)
 
 
-def reset(task):
+def reset(task: Task) -> None:
     """Forget a previous run, so that --restart starts from the crash data."""
     try:
         task.forget_run()
@@ -98,7 +108,7 @@ def reset(task):
         raise WorkerRefused(f"task {task.task_id} {err}") from None
 
 
-def task_logger(task, verbose):
+def task_logger(task: Task, verbose: bool) -> logging.Logger:
     logger = logging.getLogger(f"retrace.tasks.task.{task.task_id}")
     logger.propagate = False
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -108,13 +118,11 @@ def task_logger(task, verbose):
     return logger
 
 
-def setup_admin_log(config):
-    handler = admin_handler(config, "worker", "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("retrace").addHandler(handler)
-    logging.getLogger("retrace").setLevel(logging.INFO)
+def setup_admin_log(config: Config) -> None:
+    service.log_for_admin(config, "worker", "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
 
 
-def detach():
+def detach() -> bool:
     """Fork into a new session; the parent returns False and should exit."""
     if os.fork() != 0:
         return False
@@ -126,19 +134,8 @@ def detach():
     return True
 
 
-def load_as_service_user(args):
-    """``(config, its path)``, now running as the service user; WorkerRefused if either fails."""
-    path = config_path(os.environ, args.config)
-    try:
-        config = load_config(path)
-        run_as_service_user(args.user)
-    except (ConfigError, PrivilegeError) as err:
-        raise WorkerRefused(str(err)) from None
-    return config, path
-
-
-def prepare(args):
-    config, path = load_as_service_user(args)
+def prepare(args: argparse.Namespace) -> tuple[Config, Path, Task, int]:
+    config, path = service.load(args)
     try:
         task = Task.open(config.SaveDir, args.task_id, config.TaskIdLength)
         lock_fd = claim(task)
@@ -160,13 +157,13 @@ def prepare(args):
     return config, path, task, lock_fd
 
 
-def requested_overrides(args):
+def requested_overrides(args: argparse.Namespace) -> Overrides:
     if args.arch and len(args.arch) > 1:
         raise InvalidOverride("a task is retraced as one architecture: give --arch once")
     return Overrides(args.kernelver, args.arch[0] if args.arch else None, args.release, args.package)
 
 
-def claim_when_free(task, limit, poll=0.5):
+def claim_when_free(task: Task, limit: float, poll: float = 0.5) -> int | None:
     """The task's lock descriptor once no other worker holds it; None after ``limit`` seconds."""
     deadline = time.monotonic() + limit
     while True:
@@ -176,7 +173,7 @@ def claim_when_free(task, limit, poll=0.5):
         time.sleep(poll)
 
 
-def run_delivered(config, verbose):
+def run_delivered(config: Config, verbose: bool) -> Callable[[Task, str], str]:
     """For --serve: claim a delivered task and retrace it here (restarting a dead worker's task).
 
     A delivery for a task another worker holds waits for that worker
@@ -186,7 +183,7 @@ def run_delivered(config, verbose):
     unacknowledged until the task ends, here or there.
     """
 
-    def run(task, host):
+    def run(task: Task, host: str) -> str:
         lock_fd = claim_when_free(task, config.WorkerTimeLimit)
         if lock_fd is None:
             return f"a live worker still holds it after {config.WorkerTimeLimit} s (a repeated delivery)"
@@ -210,29 +207,24 @@ def run_delivered(config, verbose):
     return run
 
 
-def serve_main(args):
+def serve_main(args: argparse.Namespace) -> int:
     from retrace_server.worker.serve import serve
 
-    try:
-        config, path = load_as_service_user(args)
-    except WorkerRefused as err:
-        print(f"{PROG}: {err}", file=sys.stderr)
-        return 2
+    config, path = service.load(args)
     if config.Dispatcher != "celery" or not config.BrokerURL:
-        print(f"{PROG}: --serve needs Dispatcher = celery and a BrokerURL in {path}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"--serve needs Dispatcher = celery and a BrokerURL in {path}")
     setup_admin_log(config)
     try:
         arches = args.arch or served_architectures(config)
     except NoDebugger as err:
-        print(f"{PROG}: RetraceArchitectures in {path}: {err}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"RetraceArchitectures in {path}: {err}") from None
     serve(config, path, args.hostname, args.concurrency or config.MaxParallelTasks, arches,
           run_delivered(config, args.verbose))
     return 0
 
 
-def main(argv=None):
+@service.command(PROG)
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Crash data and backtraces are private: nothing the worker writes is world-readable.
     os.umask(0o027)
@@ -241,11 +233,7 @@ def main(argv=None):
     if not args.task_id:
         print(f"{PROG}: give a TASK_ID, or --serve", file=sys.stderr)
         return 2
-    try:
-        config, _path, task, lock_fd = prepare(args)
-    except WorkerRefused as err:
-        print(f"{PROG}: {err}", file=sys.stderr)
-        return 2
+    config, _path, task, lock_fd = prepare(args)
     task.mark_time("started_time")
     task.set_status(TaskStatus.ANALYZE)
     if not args.foreground and not detach():

@@ -2,6 +2,7 @@
 
     retrace-server-interact TASK gdb | crash | shell | printdir
     retrace-server-interact TASK set-success | set-fail [--reason TEXT]
+    retrace-server-interact TASK delete
 
 Upstream's actions.  ``gdb`` (a coredump task) and ``crash`` (a vmcore task)
 start the debugger exactly as the task's job ran it (``session.json``: the
@@ -13,32 +14,40 @@ paths the debugger sees.  The command is printed before it runs.  An admin
 command: run it as root or as the service user.  Exit status: the
 debugger's; 2 when the action cannot be taken (the reason is printed).
 """
+from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shlex
 import sys
+from typing import TYPE_CHECKING
 
-from retrace_server import add_version_argument
-from retrace_server.config import ConfigError
+from retrace_server import add_version_argument, service
 from retrace_server.environments.sandbox import SandboxTimeout, SandboxUnavailable, run_interactive
-from retrace_server.errors import NotFound
-from retrace_server.privileges import PrivilegeError, add_service_arguments
+from retrace_server.environments.session import Session
+from retrace_server.errors import ConfigError, NotFound
+from retrace_server.privileges import add_service_arguments
 from retrace_server.tasks.dispatch import end_failed
-from retrace_server.tasks.session import Session
-from retrace_server.tasks.task import Task, TaskStatus, worker_alive
-from retrace_server.worker.cli import WorkerRefused, load_as_service_user
+from retrace_server.tasks.hooks import delete_task
+from retrace_server.tasks.task import Task, worker_alive
+from retrace_server.worker.cli import WorkerRefused
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from retrace_server.config import Config
 
 PROG = "retrace-server-interact"
 SESSIONS = ("gdb", "crash", "shell")
-ACTIONS = (*SESSIONS, "printdir", "set-success", "set-fail")
+ACTIONS = (*SESSIONS, "printdir", "set-success", "set-fail", "delete")
 
 
 class Refused(Exception):
     """The action cannot be taken; the message says why."""
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Open a task's debugger, or end a task by hand.")
     add_version_argument(parser)
     parser.add_argument("task_id", metavar="TASK")
@@ -49,20 +58,21 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
+@service.command(PROG)
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config, _ = load_as_service_user(args)
+        config, _ = service.load(args)
         task = Task.open(config.SaveDir, args.task_id, config.TaskIdLength)
         return act(config, task, args)
     except NotFound:
         print(f"{PROG}: there is no task {args.task_id}", file=sys.stderr)
-    except (Refused, WorkerRefused, ConfigError, PrivilegeError, SandboxUnavailable) as err:
+    except (Refused, WorkerRefused, ConfigError, SandboxUnavailable) as err:
         print(f"{PROG}: {err}", file=sys.stderr)
     return 2
 
 
-def act(config, task, args):
+def act(config: Config, task: Task, args: argparse.Namespace) -> int:
     if args.action == "printdir":
         print(task.path)
         return 0
@@ -73,7 +83,13 @@ def act(config, task, args):
             end_failed(config, task, args.reason, "set by hand")
         else:
             task.succeed_by_hand(args.reason)
-        print(f"task {task.task_id}: {TaskStatus(task.status).name.lower()} ({args.reason})")
+        print(f"task {task.task_id}: {task.status.name.lower() if task.status else 'queued'} ({args.reason})")
+        return 0
+    if args.action == "delete":
+        if worker_alive(task):
+            raise Refused(f"task {task.task_id} has a running worker; let it end (or stop it) first")
+        delete_task(config, task, logging.getLogger(PROG))
+        print(f"task {task.task_id}: deleted")
         return 0
     session = usable_session(task, args.action)
     argv = ["bash", "--norc", "-i"] if args.action == "shell" else list(session.argv)
@@ -89,7 +105,7 @@ def act(config, task, args):
                       "stopped") from None
 
 
-def usable_session(task, action):
+def usable_session(task: Task, action: str) -> Session:
     """The task's Session, if ``action`` can open it now; Refused says precisely why not."""
     session = Session.load(task)
     if session is None:
@@ -102,9 +118,9 @@ def usable_session(task, action):
         if os.path.exists(path):  # follows links: a tree's link into an evicted cache entry does not exist
             continue
         if what in ("the coredump", "the vmcore") and not task.task_type.keeps_environment:
-            kind = 4 if what == "the vmcore" else 3
+            task_type = 4 if what == "the vmcore" else 3
             raise Refused(f"{what} of task {task.task_id} was deleted when the task ended: create the task as type "
-                          f"{kind} (X-Task-Type: {kind}) to keep it")
+                          f"{task_type} (X-Task-Type: {task_type}) to keep it")
         raise Refused(f"{what} of task {task.task_id} is gone (cleanup evicts unused cache entries); run "
                       f"'retrace-server-worker {task.task_id} --restart' to prepare it again")
     return session

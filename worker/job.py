@@ -7,20 +7,29 @@ and raises a RetraceError whose sentence tells the user what went wrong;
 to the admin's ``<LogDir>/worker.log`` only: the task log is shown to the
 client and must not reveal server paths.
 """
+from __future__ import annotations
 
+import abc
 import contextlib
 import logging
 import sqlite3
 import time
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from retrace_server.errors import RetraceError, disk_full_explained
 from retrace_server.intake import crashdata
+from retrace_server.intake.overrides import Overrides
 from retrace_server.stats import FAILURE, SUCCESS, StatsDB, TaskRecord
 from retrace_server.tasks import notify, taskqueue
 from retrace_server.tasks.hooks import Hooks
-from retrace_server.tasks.overrides import Overrides
 from retrace_server.tasks.task import TaskStatus
 from retrace_server.worker import fetch
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from retrace_server.config import Config
+    from retrace_server.tasks.task import Task
 
 admin_log = logging.getLogger("retrace.worker")
 
@@ -29,7 +38,11 @@ class TaskFailed(RetraceError):
     """A stage cannot go on; the sentence is the user's explanation."""
 
 
-class Job:
+# What a job's ANALYZE stage found, which its later stages take.
+CrashT = TypeVar("CrashT")
+
+
+class Job(abc.ABC, Generic[CrashT]):
     """The stages every task goes through, with upstream's statuses; subclasses fill them in.
 
     ``analyze`` returns what the later stages need; ``prepare`` and
@@ -37,7 +50,7 @@ class Job:
     failed (and, from the supervisor, when the job died).
     """
 
-    def __init__(self, config, task, log):
+    def __init__(self, config: Config, task: Task, log: logging.Logger) -> None:
         self.config = config
         self.task = task
         self.log = log
@@ -52,10 +65,28 @@ class Job:
             running_before=taskqueue.occupancy(config).running,
         )
 
+    # -- the stages -----------------------------------------------------------
+
+    @abc.abstractmethod
+    def analyze(self) -> CrashT:
+        """ANALYZE: what the crash is and what it needs, found and fetched."""
+
+    @abc.abstractmethod
+    def prepare(self, crash: CrashT) -> None:
+        """INIT: the environment the debugger runs in."""
+
+    @abc.abstractmethod
+    def backtrace(self, crash: CrashT) -> None:
+        """BACKTRACE: the debugger's results, written to the task."""
+
+    @abc.abstractmethod
+    def clean(self, succeeded: bool) -> None:
+        """CLEANUP: what the task no longer needs removed, whether or not it succeeded."""
+
     # -- driving -------------------------------------------------------------
 
     @contextlib.contextmanager
-    def stage(self, status):
+    def stage(self, status: TaskStatus) -> Iterator[None]:
         with disk_full_explained(f"The server ran out of disk space at '{status.sentence}'; "
                                  "try again later (the administrator needs to free space)"):
             self.task.set_status(status)
@@ -66,17 +97,17 @@ class Job:
         self.record.phases[status.name.lower()] = round(seconds, 4)
         self.log.info("%s: done in %.3f s", status.sentence, seconds)
 
-    def hook(self, point):
+    def hook(self, point: str) -> None:
         self.hooks.run(point, self.task, admin_log)
 
     @contextlib.contextmanager
-    def hooked(self, name):
+    def hooked(self, name: str) -> Iterator[None]:
         """Upstream's ``pre_<name>`` and ``post_<name>`` hooks around a stage (post only when it succeeded)."""
         self.hook(f"pre_{name}")
         yield
         self.hook(f"post_{name}")
 
-    def run(self):
+    def run(self) -> bool:
         """Run every stage; True on success.  The task always ends final."""
         if self.overrides:
             self.log.info("Forced by an administrator: %s", self.overrides.describe())
@@ -113,11 +144,11 @@ class Job:
         notify.send_end_mail(self.config, self.task, True, None, self.log, admin_log)
         return True
 
-    def finish_failed(self, reason, category):
+    def finish_failed(self, reason: str, category: str) -> None:
         try:
             with self.hooked("clean_task"):
                 self.clean(succeeded=False)
-        except Exception:  # noqa: BLE001 - cleaning up is best effort; recording the end is not
+        except Exception:
             admin_log.exception("task %s: cleaning up after the failure failed", self.task.task_id)
         self.record.status, self.record.failure, self.record.failure_category = FAILURE, reason, category
         self.save_stats()
@@ -125,7 +156,7 @@ class Job:
         self.hook("fail")
         notify.send_end_mail(self.config, self.task, False, reason, self.log, admin_log)
 
-    def without_server_paths(self, text):
+    def without_server_paths(self, text: str) -> str:
         """``text`` (a tool's message for the user) without the server's directories: files in the task read
         as the user named them, anything else as the kind of place it is in."""
         places = ((self.task.crash_dir, ""), (self.task.path, ""), (self.config.CacheDir, "cache"),
@@ -134,13 +165,13 @@ class Job:
             text = text.replace(f"{directory}/", f"{shown}/" if shown else "").replace(str(directory), shown or ".")
         return text
 
-    def crash_text(self, name):
+    def crash_text(self, name: str) -> str | None:
         path = self.task.crash_dir / name
         if not path.is_file():
             return None
         return crashdata.read_text_file(path, name)
 
-    def save_stats(self):
+    def save_stats(self) -> None:
         """Add the task to the statistics; a database problem is logged, never fatal."""
         self.record.duration = round(time.monotonic() - self.started, 3)
         self.record.running_after = taskqueue.occupancy(self.config).running

@@ -11,22 +11,27 @@ the stage and the cause (rq's pattern).  If the parent dies as well, the
 lock is released (the child dies with it) and the dispatcher ends the task
 (``retrace_server.tasks.dispatch``).
 """
+from __future__ import annotations
 
-import contextlib
 import ctypes
 import logging
 import os
 import signal
+from typing import TYPE_CHECKING, Callable, NoReturn
 
-from retrace_server.tasks.dispatch import end_failed
-from retrace_server.tasks.task import JOB_PID, TaskStatus, write_atomically
+from retrace_server.files import write_atomically
+from retrace_server.tasks.dispatch import end_failed, kill_group
+from retrace_server.tasks.task import JOB_PID, Task, TaskStatus
+
+if TYPE_CHECKING:
+    from retrace_server.config import Config
 
 admin_log = logging.getLogger("retrace.worker")
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG = 1
 
 
-def supervise(config, task, run_job, clean_up):
+def supervise(config: Config, task: Task, run_job: Callable[[], bool], clean_up: Callable[[], None]) -> bool:
     """Run ``run_job()`` (True on success) in a child; True when the task ended successfully.
 
     ``clean_up()`` removes a dead job's leftovers (its sysroot, partial files).
@@ -46,13 +51,13 @@ def supervise(config, task, run_job, clean_up):
     admin_log.error("task %s: %s", task.task_id, reason)
     try:
         clean_up()
-    except Exception:  # noqa: BLE001 - leftovers are cleanup's to catch; the end must be recorded
+    except Exception:
         admin_log.exception("task %s: removing the dead job's leftovers failed", task.task_id)
     end_failed(config, task, reason, "worker died")
     return False
 
 
-def _run_child(run_job, supervisor):
+def _run_child(run_job: Callable[[], bool], supervisor: int) -> NoReturn:
     """The child: its own process group, so that the parent can kill everything the job started,
     and killed with its parent, so that a job never outlives its supervisor (and its lock)."""
     os.setpgid(0, 0)
@@ -62,36 +67,14 @@ def _run_child(run_job, supervisor):
     code = 2
     try:
         code = 0 if run_job() else 1
-    except BaseException:  # noqa: BLE001 - the parent records the end; the trace is for the admin
+    except BaseException:
         admin_log.exception("the retrace job raised")
     finally:
         logging.shutdown()
         os._exit(code)
 
 
-def kill_group(pgid):
-    """SIGKILL process group ``pgid`` (its leader alone where the group holds a process we may not signal)."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    except PermissionError:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pgid, signal.SIGKILL)
-
-
-def kill_worker(task, supervisor_pid):
-    """SIGKILL a task's supervisor group, then its job's (the job would otherwise record its own end)."""
-    try:
-        job = int((task.path / JOB_PID).read_text())
-    except (OSError, ValueError):
-        job = None
-    for group in (supervisor_pid, job):
-        if group is not None:
-            kill_group(group)
-
-
-def _how_it_ended(wait_status):
+def _how_it_ended(wait_status: int) -> str:
     if os.WIFSIGNALED(wait_status):
         name = signal.Signals(os.WTERMSIG(wait_status)).name
         hint = " (out of memory?)" if name == "SIGKILL" else ""

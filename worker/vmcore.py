@@ -14,6 +14,7 @@ Its ``log`` becomes the task's backtrace (as upstream), ``sys``, ``bt`` and
 ``mod`` go to ``results/``.  The vmcore stays with the task (support
 teams come back to it), stripped by makedumpfile when VmcoreDumpLevel asks.
 """
+from __future__ import annotations
 
 import dataclasses
 import functools
@@ -21,22 +22,46 @@ import os
 import re
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from retrace_server.analysis import crash as crash_tool
-from retrace_server.analysis.coredump import file_build_id
 from retrace_server.analysis.vmcore import DumpFormat, KernelIdentity, dump_format, read_vmcoreinfo, search_text
+from retrace_server.elf import file_build_id
 from retrace_server.environments.sandbox import SandboxTimeout, run_sandboxed
+from retrace_server.environments.session import Session
+from retrace_server.files import write_atomically
 from retrace_server.packaging import formats
-from retrace_server.packaging.debuginfod import BuildIdCache, Settings as DebuginfodSettings, fetch_all
+from retrace_server.packaging.debuginfod import BuildIdCache, fetch_all
+from retrace_server.packaging.debuginfod import Settings as DebuginfodSettings
 from retrace_server.packaging.download import DOWNLOADS, DownloadError, download_packages
-from retrace_server.packaging.kernel import (KernelCache, KernelError, KernelPackage, debuginfo_packages,
-                                      extract_module_debuginfo, extract_vmlinux, find_debuginfo_package,
-                                      is_debian_kernel, kernel_arch, package_nevra, repository_releases)
+from retrace_server.packaging.kernel import (
+    KernelCache,
+    KernelError,
+    KernelPackage,
+    debuginfo_packages,
+    extract_module_debuginfo,
+    extract_vmlinux,
+    find_debuginfo_package,
+    is_debian_kernel,
+    kernel_arch,
+    package_nevra,
+    repository_releases,
+)
 from retrace_server.packaging.release import RELEASE_FILES, release_from_line, releases_from_dist_tag
 from retrace_server.packaging.signatures import Keyring, verify_checksum
-from retrace_server.tasks.session import Session
-from retrace_server.tasks.task import write_atomically
 from retrace_server.worker.job import Job, TaskFailed
+
+if TYPE_CHECKING:
+    import logging
+    from collections.abc import Callable, Iterable
+
+    from retrace_server.analysis.crash import CrashOutput
+    from retrace_server.config import Config
+    from retrace_server.environments.sandbox import Sandboxed
+    from retrace_server.packaging.kernel import KernelPackage
+    from retrace_server.packaging.release import ReleaseId
+    from retrace_server.paths import StrPath
+    from retrace_server.tasks.task import Task
 
 _PANIC = re.compile(r"^\s*PANIC: (.*)$", re.M)
 
@@ -48,24 +73,26 @@ class _Dump:
     path: Path
     format: DumpFormat
     kernel: KernelIdentity
+    kernel_release: str  # the kernel's, as analysis settled it (an identity may lack one)
     arch: str
-    releases: list  # ReleaseIds whose repositories may hold the kernel's debuginfo
+    releases: list[ReleaseId]  # whose repositories may hold the kernel's debuginfo
     vmlinux: Path | None = None
     cache_key: str | None = None  # the kernel cache entry (None: the vmlinux came from debuginfod)
     package: KernelPackage | None = None  # the kernel's debuginfo package, if a repository has it
 
 
-class VmcoreJob(Job):
-    def __init__(self, config, task, log):
+class VmcoreJob(Job["_Dump"]):
+    def __init__(self, config: Config, task: Task, log: logging.Logger) -> None:
         super().__init__(config, task, log)
         self.kernels = KernelCache(config.CacheDir)
-        self._downloaded = None  # the kernel debuginfo package fetched from a metadata-only release's mirror
+        self._downloaded: Path | None = None  # the kernel debuginfo package fetched from a metadata-only release's mirror
 
     @property
-    def _vmcore(self):
+    def _vmcore(self) -> Path:
         return self.task.crash_dir / "vmcore"
 
-    def _sandboxed(self, command, read_only, writable=(), stdin=None):
+    def _sandboxed(self, command: list[str], read_only: Iterable[StrPath], writable: Iterable[StrPath] = (),
+                   stdin: Path | None = None) -> Sandboxed:
         """A helper program (makedumpfile) on the untrusted dump, in the sandbox; its Sandboxed result."""
         try:
             return run_sandboxed(command, read_only, writable_paths=writable, stdin=stdin,
@@ -77,7 +104,7 @@ class VmcoreJob(Job):
 
     # -- analysis ----------------------------------------------------------------
 
-    def analyze(self):
+    def analyze(self) -> _Dump:
         path = self._vmcore
         if not path.is_file():
             raise TaskFailed("the task has no vmcore (it was deleted?)", "bad core")
@@ -87,22 +114,24 @@ class VmcoreJob(Job):
         if fmt is DumpFormat.FLATTENED:
             self._reassemble(path)
             fmt = dump_format(path)
-        kernel = self._forced(path, fmt) if self.overrides.kernelver else self._identify(path, fmt)
-        self.log.info("Kernel %s, build-id %s (from %s)", kernel.release, kernel.build_id or "unknown", kernel.source)
+        forced = self.overrides.kernelver
+        kernel = self._forced(path, fmt, forced) if forced else self._identify(path, fmt)
+        release = kernel.release
+        assert release is not None  # both name it or refuse the dump
+        self.log.info("Kernel %s, build-id %s (from %s)", release, kernel.build_id or "unknown", kernel.source)
         # Upstream's file: the manager lists and shows the kernel of each vmcore task.
-        write_atomically(self.task.path / "kernelver", kernel.release)
+        write_atomically(self.task.path / "kernelver", release)
         if kernel.build_id is None:
             self.log.warning("The dump records no BUILD-ID (a kernel older than 5.9?): the vmlinux cannot be verified")
-        arch = self.overrides.arch or kernel_arch(kernel.release)
+        arch = self.overrides.arch or kernel_arch(release)
         if arch is None:
-            raise TaskFailed(f"cannot tell the architecture of kernel {kernel.release} from its release string; "
+            raise TaskFailed(f"cannot tell the architecture of kernel {release} from its release string; "
                              "an administrator can name it: retrace-server-worker TASK --restart --arch ARCH",
                              "unsupported release")
-        self.record.package, self.record.package_version, self.record.arch = "kernel", kernel.release, arch
-        releases = self._releases(kernel.release, arch)
-        return _Dump(path, fmt, kernel, arch, releases)
+        self.record.package, self.record.package_version, self.record.arch = "kernel", release, arch
+        return _Dump(path, fmt, kernel, release, arch, self._releases(release, arch))
 
-    def _reassemble(self, path):
+    def _reassemble(self, path: Path) -> None:
         """Lay a flattened stream out as the kdump-compressed file it describes (``makedumpfile -R``)."""
         started = time.monotonic()
         target = path.with_name("vmcore.reassembled")
@@ -115,19 +144,18 @@ class VmcoreJob(Job):
         os.replace(target, path)
         self.log.info("Reassembled the flattened dump with makedumpfile -R in %.3f s", time.monotonic() - started)
 
-    def _forced(self, path, fmt):
+    def _forced(self, path: Path, fmt: DumpFormat, forced: str) -> KernelIdentity:
         """The kernel an administrator named (--kernelver), with the build-id the dump records for it, so
         that a vmlinux of another build is still refused."""
-        forced = self.overrides.kernelver
         read = read_vmcoreinfo(path)
         if read is not None and read.release != forced:
             self.log.warning("The dump's %s says kernel %s; using %s as forced", read.source, read.release, forced)
         read = _with_text_search(read, path, fmt, forced)
-        build_id = read.build_id if read is not None else None
-        return KernelIdentity(forced, build_id, "--kernelver" + (f", build-id from the dump's {read.source}"
-                                                                 if build_id else ""))
+        if read is None or read.build_id is None:
+            return KernelIdentity(forced, None, "--kernelver")
+        return KernelIdentity(forced, read.build_id, f"--kernelver, build-id from the dump's {read.source}")
 
-    def _identify(self, path, fmt):
+    def _identify(self, path: Path, fmt: DumpFormat) -> KernelIdentity:
         """The kernel release and build-id: VMCOREINFO, checked by crash --osrelease, else a text search."""
         kernel = read_vmcoreinfo(path)
         said = crash_tool.osrelease(self.config.KernelDebuggerPath, path, timeout=self.config.ProcessCommunicateTimeout,
@@ -144,7 +172,7 @@ class VmcoreJob(Job):
                 "'unknown' and no OSRELEASE= or 'Linux version' text was found in it", "bad core")
         return kernel
 
-    def _releases(self, kernel_release, arch):
+    def _releases(self, kernel_release: str, arch: str) -> list[ReleaseId]:
         """Releases to look in: the task's os_release, the kernel's dist tag, every Debian one for a Debian kernel."""
         candidates = []
         for name in RELEASE_FILES:
@@ -162,14 +190,14 @@ class VmcoreJob(Job):
 
     # -- preparation ---------------------------------------------------------------
 
-    def prepare(self, dump):
+    def prepare(self, dump: _Dump) -> None:
         found = dump.package = self._debuginfo_package(dump)
         if found is not None:
             self.record.release, self.record.packages = str(found.release), [package_nevra(found.path)]
-        key = self.kernels.key(dump.kernel.build_id, dump.kernel.release)
+        key = self.kernels.key(dump.kernel.build_id, dump.kernel_release)
         cached = self.kernels.cached(key)
         if cached is not None:
-            self.log.info("Reused the vmlinux of %s from the kernel cache", dump.kernel.release)
+            self.log.info("Reused the vmlinux of %s from the kernel cache", dump.kernel_release)
             dump.vmlinux, dump.cache_key = cached, key
             return
         if found is None:
@@ -177,7 +205,7 @@ class VmcoreJob(Job):
             return
         release, name, member, indexed = found.release, found.path.name, found.member, found.indexed
 
-        def fill(vmlinux):
+        def fill(vmlinux: Path) -> None:
             package = self._package_file(found)
             started = time.monotonic()
             # A Debian kernel package is trusted with its repository (apt signs indexes, not packages).
@@ -192,15 +220,15 @@ class VmcoreJob(Job):
             self.log.info("Extracted the vmlinux from %s of %s in %.3f s", name, release, time.monotonic() - started)
 
         entry = self.kernels.get(key, fill, on_wait=lambda: self.log.info(
-            "Waiting for another task that is extracting the vmlinux of %s", dump.kernel.release))
+            "Waiting for another task that is extracting the vmlinux of %s", dump.kernel_release))
         if not entry.unpacked:
-            self.log.info("Reused the vmlinux of %s, extracted meanwhile by another task", dump.kernel.release)
+            self.log.info("Reused the vmlinux of %s, extracted meanwhile by another task", dump.kernel_release)
         dump.vmlinux, dump.cache_key = entry.root / "vmlinux", key
 
-    def _package_file(self, found):
+    def _package_file(self, found: KernelPackage) -> Path:
         """The kernel debuginfo package's file; a metadata-only release's is downloaded once per task (it is
         read for the vmlinux, then for module debuginfo) and removed when the task ends."""
-        if found.url is None or found.path.is_file():
+        if found.url is None or found.indexed is None or found.path.is_file():
             return found.path
         if self._downloaded is None:
             started = time.monotonic()
@@ -213,10 +241,10 @@ class VmcoreJob(Job):
                           result.stat().st_size / 1048576, found.url, time.monotonic() - started)
         return self._downloaded
 
-    def _debuginfo_package(self, dump):
-        return find_debuginfo_package(self.config.RepoDir, dump.releases, dump.kernel.release, self.config.CacheDir)
+    def _debuginfo_package(self, dump: _Dump) -> KernelPackage | None:
+        return find_debuginfo_package(self.config.RepoDir, dump.releases, dump.kernel_release, self.config.CacheDir)
 
-    def _verify(self, vmlinux, kernel, origin):
+    def _verify(self, vmlinux: Path, kernel: KernelIdentity, origin: str) -> None:
         """KernelError unless the vmlinux is the very build that crashed."""
         if kernel.build_id is None:
             return
@@ -227,38 +255,39 @@ class VmcoreJob(Job):
                 f"the crashed kernel's is {kernel.build_id}); crash would show a wrong backtrace with it, so it "
                 "is not used")
 
-    def _from_debuginfod(self, dump):
+    def _from_debuginfod(self, dump: _Dump) -> Path:
         searched = " or ".join(sorted({pattern.split("_")[0].replace("*", "") for pattern, _ in
-                                       debuginfo_packages(dump.kernel.release)})) or "kernel debuginfo package"
+                                       debuginfo_packages(dump.kernel_release)})) or "kernel debuginfo package"
         where = ", ".join(map(str, dump.releases)) or "no repository (no release matches the kernel)"
+        releases: list[ReleaseId | None] = [*dump.releases] or [None]
         settings = next((settings for settings in (DebuginfodSettings.from_config(self.config, release)
-                                                   for release in dump.releases or [None]) if settings.urls), None)
-        urls = settings.urls if settings else []
-        if not urls or dump.kernel.build_id is None:
-            why = "no debuginfod server is configured" if not urls else "the dump has no BUILD-ID to ask debuginfod"
-            raise KernelError(f"no vmlinux for kernel {dump.kernel.release} (build-id "
+                                                   for release in releases) if settings.urls), None)
+        if settings is None or dump.kernel.build_id is None:
+            why = ("no debuginfod server is configured" if settings is None
+                   else "the dump has no BUILD-ID to ask debuginfod")
+            raise KernelError(f"no vmlinux for kernel {dump.kernel_release} (build-id "
                               f"{dump.kernel.build_id or 'unknown'}): {searched} is in none of {where}, and {why}")
         started = time.monotonic()
         fetched = fetch_all(settings, BuildIdCache(self.config.CacheDir), [(dump.kernel.build_id, "debuginfo")])
         result = fetched[(dump.kernel.build_id, "debuginfo")]
         if not result.path:
-            raise KernelError(f"no vmlinux for kernel {dump.kernel.release} (build-id {dump.kernel.build_id}): "
+            raise KernelError(f"no vmlinux for kernel {dump.kernel_release} (build-id {dump.kernel.build_id}): "
                               f"{searched} is in none of {where}, and debuginfod has none ({result.source})")
         self.log.info("Fetched the vmlinux from debuginfod %s in %.3f s", result.source, time.monotonic() - started)
         return result.path
 
     # -- analysis with crash -------------------------------------------------------
 
-    def _hide(self, dump):
-        def hide(text):
+    def _hide(self, dump: _Dump) -> Callable[[str], str]:
+        def hide(text: str) -> str:
             if dump.cache_key is not None:
                 text = text.replace(f"{self.kernels.modules_dir(dump.cache_key)}/", "")
-            text = text.replace(str(dump.vmlinux), f"vmlinux-{dump.kernel.release}")
+            text = text.replace(str(dump.vmlinux), f"vmlinux-{dump.kernel_release}")
             return self.without_server_paths(text.replace(str(dump.path), "vmcore"))
 
         return hide
 
-    def _module_dir(self, dump):
+    def _module_dir(self, dump: _Dump) -> tuple[Path | None, int]:
         """The cached module debuginfo files for ``mod -S`` and how many there are; None when there are none."""
         if dump.cache_key is None:
             return None, 0
@@ -266,25 +295,23 @@ class VmcoreJob(Job):
         count = sum(1 for path in directory.glob("*.ko*")) if directory.is_dir() else 0
         return (directory if count else None), count
 
-    def _run_crash(self, dump):
+    def _run_crash(self, dump: _Dump) -> CrashOutput:
+        vmlinux = dump.vmlinux
+        assert vmlinux is not None  # prepare found it
         # A cached kernel's whole entry is shown: module files added during the session appear in it.
-        readable = [dump.vmlinux.parent] if dump.cache_key is not None else []
+        readable = [vmlinux.parent] if dump.cache_key is not None else []
         module_dir, count = self._module_dir(dump)
         if count:
             self.log.info("crash loads module debuginfo with mod -S: %d files in the kernel cache", count)
         return crash_tool.analyse(
-            self.config.KernelDebuggerPath, dump.vmlinux, dump.path, timeout=self.config.ProcessCommunicateTimeout,
+            self.config.KernelDebuggerPath, vmlinux, dump.path, timeout=self.config.ProcessCommunicateTimeout,
             memory_bytes=self.config.gdb_memory_limit_bytes, hide=self._hide(dump), readable=readable,
             module_dir=module_dir, more_modules=lambda output: self._add_module_debuginfo(dump, output),
-            output_bytes=self.config.debugger_output_limit_bytes, extra_commands=self._admin_commands,
+            output_bytes=self.config.debugger_output_limit_bytes, extra_commands=self.config.crash_commands,
             extensions=self._extensions)
 
-    @property
-    def _admin_commands(self):
-        return crash_tool.admin_commands(self.config.CrashCommands)
-
     @functools.cached_property
-    def _extensions(self):
+    def _extensions(self) -> list[Path]:
         try:
             loadable, refused = crash_tool.find_extensions(self.config.CrashExtensions)
         except OSError as err:
@@ -296,7 +323,7 @@ class VmcoreJob(Job):
                              name)
         return loadable
 
-    def _log_extensions(self, output):
+    def _log_extensions(self, output: CrashOutput) -> None:
         for path in self._extensions:
             answer = output.sections.get(f"extend {path}", "")
             if crash_tool.extension_loaded(answer):
@@ -305,11 +332,13 @@ class VmcoreJob(Job):
                 self.log.warning("The crash extension %s was not loaded: %s", path.name,
                                  crash_tool.gist(answer.replace(str(path.parent) + "/", "")))
 
-    def _save_session(self, dump):
+    def _save_session(self, dump: _Dump) -> None:
         """What ``retrace-server-interact TASK crash`` runs: crash on this vmlinux and dump, with the
         administrator's extensions and the module debuginfo the kernel cache holds loaded first (``-i``)."""
-        arguments = ["--no_crashrc", str(dump.vmlinux), str(dump.path)]
-        readable = [dump.vmlinux.parent] if dump.cache_key is not None else [dump.vmlinux]
+        vmlinux = dump.vmlinux
+        assert vmlinux is not None  # prepare found it
+        arguments = ["--no_crashrc", str(vmlinux), str(dump.path)]
+        readable = [vmlinux.parent] if dump.cache_key is not None else [vmlinux]
         setup = crash_tool.session_setup(self._extensions, self._module_dir(dump)[0])
         if setup:
             init = self.task.path / "crash.init"
@@ -317,24 +346,25 @@ class VmcoreJob(Job):
             arguments[:0], readable = ["-i", str(init)], readable + [init]
         binds = crash_tool.crash_binds(self.config.KernelDebuggerPath, dump.path, *readable, extensions=self._extensions)
         Session("crash", (str(self.config.KernelDebuggerPath), *arguments), tuple(map(str, binds)),
-                ((str(dump.path), "the vmcore"), (str(dump.vmlinux), "the vmlinux in the kernel cache"))).save(self.task)
+                ((str(dump.path), "the vmcore"), (str(vmlinux), "the vmlinux in the kernel cache"))).save(self.task)
 
-    def _add_module_debuginfo(self, dump, output):
+    def _add_module_debuginfo(self, dump: _Dump, output: CrashOutput) -> Path | None:
         """Extract the debuginfo of loaded modules crash had none for (once per kernel).
 
         Returns the directory crash loads them from, or None when none came.
         """
-        if dump.cache_key is None or dump.package is None:
+        package = dump.package
+        if dump.cache_key is None or package is None:
             return None
         wanted = crash_tool.modules_without_debuginfo(output.sections.get("mod", ""))
         wanted -= self.kernels.missing_modules(dump.cache_key)
         if not wanted:
             return None
-        release, name = dump.package.release, dump.package.path.name
+        release, name = package.release, package.path.name
         started = time.monotonic()
         found = self.kernels.add_modules(
             dump.cache_key, wanted,
-            lambda target: extract_module_debuginfo(self._package_file(dump.package), dump.kernel.release, wanted,
+            lambda target: extract_module_debuginfo(self._package_file(package), dump.kernel_release, wanted,
                                                     target, self.config.decoder_memory_bytes),
             on_wait=lambda: self.log.info("Waiting for another task that is adding module debuginfo"))
         self.log.info("Module debuginfo: %d of %d loaded modules found in %s of %s in %.3f s%s", len(found),
@@ -342,7 +372,7 @@ class VmcoreJob(Job):
                       "; crash loads them (mod -S) and runs the commands again" if found else "")
         return self.kernels.modules_dir(dump.cache_key) if found else None
 
-    def backtrace(self, dump):
+    def backtrace(self, dump: _Dump) -> None:
         try:
             output = self._run_crash(dump)
         finally:  # a session helps most when the batch failed
@@ -360,7 +390,7 @@ class VmcoreJob(Job):
         header = ("crash could only read the kernel log (--minimal): the system summary and the backtrace are "
                   "missing\n\n" if output.minimal else "")
         write_atomically(self.task.path / "retrace_backtrace", header + output.kernel_log)
-        extra = [(crash_tool.result_name(command), command) for command in self._admin_commands]
+        extra = [(crash_tool.result_name(command), command) for command in self.config.crash_commands]
         for name, command in (("sys", "sys"), ("mod", "mod"), *extra):
             if output.sections.get(command, "").strip():
                 write_atomically(self.task.results_dir / name, output.sections[command])
@@ -372,7 +402,7 @@ class VmcoreJob(Job):
 
     # -- cleaning ------------------------------------------------------------------
 
-    def clean(self, succeeded):
+    def clean(self, succeeded: bool) -> None:
         """Remove temporary files (a downloaded kernel package too: the kernel cache keeps what it gave);
         after a success, strip the kept vmcore when VmcoreDumpLevel asks."""
         if not self.task.task_type.keeps_environment:
@@ -382,7 +412,7 @@ class VmcoreJob(Job):
         if self.config.VmcoreDumpLevel and succeeded and self._vmcore.is_file():
             self._strip()
 
-    def _strip(self):
+    def _strip(self) -> None:
         path = self._vmcore
         target = path.with_name("vmcore.stripped")
         target.unlink(missing_ok=True)
@@ -406,7 +436,8 @@ class VmcoreJob(Job):
                       self.config.VmcoreDumpLevel, time.monotonic() - started, before, after, saved)
 
 
-def _with_text_search(kernel, path, fmt, release):
+def _with_text_search(kernel: KernelIdentity | None, path: Path, fmt: DumpFormat,
+                      release: str | None) -> KernelIdentity | None:
     """``kernel`` (or None) completed by a text search of an ELF dump: its build-id when the search finds the
     same ``release``, the search's find when nothing else named the kernel."""
     if kernel is not None and kernel.build_id is not None:

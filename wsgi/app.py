@@ -1,13 +1,23 @@
 """The WSGI application: routing, and RetraceError -> HTTP in one place."""
+from __future__ import annotations
 
 import logging
 import re
+from typing import TYPE_CHECKING, Any, Callable
 
 from webob import Request
 
 from retrace_server.config import CONFIG_PATH_VARIABLE, load_config
 from retrace_server.errors import Forbidden, MethodNotAllowed, NotFound, RetraceError
 from retrace_server.wsgi import handlers, manager, problems
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
+
+    from webob import Response
+
+    from retrace_server.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -16,9 +26,12 @@ _TASK = r"/(?P<task_id>[0-9]+)"
 _MANAGED = r"/manager/(?P<task_id>[0-9]+)"
 _RESULT = r"/results/(?P<name>sys|bt|mod|crash-[a-z0-9-]{1,60})"
 
+# A handler: (config, request, the URL's named parts) -> a webob Response.
+Handler = Callable[..., Any]
+
 # (path pattern, handler, allowed methods, needs HTTPS when RequireHTTPS);
 # which routes check HTTPS follows upstream's scripts.
-ROUTES = [
+ROUTES: list[tuple[str, Handler, tuple[str, ...], bool]] = [
     (r"/", handlers.index, _READ, False),
     (r"/settings", handlers.settings, _READ, False),
     (r"/checkpackage", handlers.checkpackage, _READ, False),
@@ -51,10 +64,10 @@ ROUTES = [
 ]
 _COMPILED = [(re.compile(pattern), handler, methods, https) for pattern, handler, methods, https in ROUTES]
 
-_METHOD_SENTENCES = {("POST",): "You must use POST method"}
+_METHOD_SENTENCES: dict[tuple[str, ...], str] = {("POST",): "You must use POST method"}
 
 
-def route(path, method):
+def route(path: str, method: str) -> tuple[Handler, dict[str, str], bool]:
     """``(handler, url parts, needs_https)`` for a request, or NotFound / MethodNotAllowed."""
     for pattern, handler, methods, https in _COMPILED:
         match = pattern.fullmatch(path)
@@ -67,7 +80,7 @@ def route(path, method):
     raise NotFound("Invalid URL")
 
 
-def error_response(err):
+def error_response(err: RetraceError) -> Response:
     response = handlers.text_response(err.sentence, status=err.http_status)
     if isinstance(err, MethodNotAllowed):
         response.headers["Allow"] = ", ".join(err.allowed)
@@ -76,10 +89,10 @@ def error_response(err):
     return response
 
 
-def make_app(config):
+def make_app(config: Config) -> WSGIApplication:
     """The WSGI callable serving ``config``'s spool."""
 
-    def application(environ, start_response):
+    def application(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request = Request(environ)
         try:
             handler, parts, needs_https = route(request.path_info or "/", request.method)
@@ -95,7 +108,8 @@ def make_app(config):
             response = handlers.text_response(
                 "Internal server error; the administrator finds the details in the server log", status=500
             )
-        return response(environ, start_response)
+        answer: Iterable[bytes] = response(environ, start_response)
+        return answer
 
     return application
 
@@ -108,10 +122,10 @@ class LazyApplication:
     application is built on the first request (once per process).
     """
 
-    def __init__(self):
-        self._apps = {}
+    def __init__(self) -> None:
+        self._apps: dict[str | None, WSGIApplication] = {}
 
-    def __call__(self, environ, start_response):
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get(CONFIG_PATH_VARIABLE)
         app = self._apps.get(path)
         if app is None:
@@ -122,6 +136,7 @@ class LazyApplication:
                 response = handlers.text_response(
                     "The server is misconfigured; the administrator finds the details in the server log", status=500
                 )
-                return response(environ, start_response)
+                answer: Iterable[bytes] = response(environ, start_response)
+                return answer
             self._apps[path] = app
         return app(environ, start_response)

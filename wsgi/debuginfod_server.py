@@ -18,6 +18,7 @@ Apache reaches it as ``unix:<socket>|http://localhost/``.
 install, ``config/systemd/retrace-server-debuginfod.service`` runs this
 command.
 """
+from __future__ import annotations
 
 import argparse
 import os
@@ -26,11 +27,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from retrace_server import add_version_argument
-from retrace_server.config import ConfigError, config_path, load_config
+from retrace_server import add_version_argument, service
 from retrace_server.environments.sandbox import host_binds
-from retrace_server.privileges import append_stderr_to
+from retrace_server.privileges import CONFIG_HELP, append_stderr_to
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from retrace_server.config import Config
 
 PROG = "retrace-server-debuginfod"
 RESCAN_SECONDS = 300
@@ -38,24 +44,24 @@ DEFAULT_SOCKET = "/run/retrace-server/debuginfod.sock"
 READY_TIMEOUT = 30
 
 
-def state_dir(config):
+def state_dir(config: Config) -> Path:
     """debuginfod's own directory (its database, and ``tmp/`` for extracted files): the only place it writes."""
     return config.CacheDir / "debuginfod"
 
 
-def scratch_dir(config):
+def scratch_dir(config: Config) -> Path:
     """debuginfod's TMPDIR (its extracted-file cache): on the cache volume, not a tmpfs in memory."""
     return state_dir(config) / "tmp"
 
 
-def debuginfod_argv(config):
+def debuginfod_argv(config: Config) -> list[str]:
     return [
         "debuginfod", "-p", str(config.DebuginfodPort), "-d", str(state_dir(config) / "index.sqlite"),
         "-R", "-U", "-t", str(RESCAN_SECONDS), str(config.RepoDir),
     ]
 
 
-def relay_argv(socket_path, port):
+def relay_argv(socket_path: Path, port: int) -> list[str]:
     """socat: every connection to the Unix socket becomes one to debuginfod's port in the namespace.
 
     Mode 0666 because Apache's children (www-data or apache on a system
@@ -65,7 +71,7 @@ def relay_argv(socket_path, port):
     return ["socat", f"UNIX-LISTEN:{socket_path},fork,unlink-early,mode=0666", f"TCP:127.0.0.1:{port}"]
 
 
-def namespace_argv(config, config_file, socket_path):
+def namespace_argv(config: Config, config_file: Path, socket_path: Path) -> list[str]:
     """bwrap: a private network and pid namespace that sees only what debuginfod serves.
 
     It is reachable from outside (``/buildid/``), so it sees the system's
@@ -87,7 +93,8 @@ def namespace_argv(config, config_file, socket_path):
                    "--socket", str(socket_path), "--in-namespace"]
 
 
-def wait_until_connectable(address, process, family=socket.AF_INET, timeout=READY_TIMEOUT):
+def wait_until_connectable(address: str | tuple[str, int], process: subprocess.Popen[bytes],
+                           family: socket.AddressFamily = socket.AF_INET, timeout: float = READY_TIMEOUT) -> bool:
     """True once ``address`` accepts a connection; False if ``process`` ends or ``timeout`` passes first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -103,7 +110,7 @@ def wait_until_connectable(address, process, family=socket.AF_INET, timeout=READ
     return False
 
 
-def serve_in_namespace(config, socket_path):
+def serve_in_namespace(config: Config, socket_path: Path) -> int:
     """Run debuginfod and, once it listens, the relay; end both when either ends."""
     environment = {**os.environ, "TMPDIR": str(scratch_dir(config))}
     debuginfod = subprocess.Popen(debuginfod_argv(config), stdin=subprocess.DEVNULL, env=environment, cwd="/")
@@ -123,10 +130,10 @@ def serve_in_namespace(config, socket_path):
     return 1
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Serve RepoDir's packages by build-id with debuginfod.")
     add_version_argument(parser)
-    parser.add_argument("--config", help="configuration file (default: $RETRACE_SERVER_CONFIG_PATH or /etc/...)")
+    parser.add_argument("--config", help=CONFIG_HELP)
     parser.add_argument("--socket", default=DEFAULT_SOCKET,
                         help=f"the Unix socket Apache proxies /buildid/ to (default: {DEFAULT_SOCKET})")
     parser.add_argument("--log", help="append errors to this file (opened as the user this runs as, "
@@ -135,16 +142,12 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
+@service.command(PROG)
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.log:
         append_stderr_to(args.log)
-    config_file = config_path(os.environ, args.config)
-    try:
-        config = load_config(config_file)
-    except ConfigError as err:
-        print(f"{PROG}: {err}", file=sys.stderr)
-        return 1
+    config, config_file = service.load(args, switch_user=False)
     socket_path = Path(args.socket).absolute()
     if args.in_namespace:
         return serve_in_namespace(config, socket_path)
@@ -152,6 +155,7 @@ def main(argv=None):
         directory.mkdir(parents=True, exist_ok=True)
     argv = namespace_argv(config, Path(config_file).absolute(), socket_path)
     os.execvp(argv[0], argv)
+    return None
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Handlers raise RetraceError subclasses for every refusal; ``retrace_server.wsgi.
 turns them into responses in one place.  Texts and status codes follow
 upstream's scripts so that unmodified ABRT clients work.
 """
+from __future__ import annotations
 
 import contextlib
 import functools
@@ -12,21 +13,30 @@ import json
 import logging
 import re
 import sqlite3
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from webob import Response
 
+from retrace_server import intake
 from retrace_server.errors import Conflict, Forbidden, NotFound, QueueFull, TemporarilyUnavailable
+from retrace_server.files import write_atomically
 from retrace_server.intake import archive, crashdata, storage
 from retrace_server.packaging.packages import is_package_known
 from retrace_server.packaging.release import ReleaseId, served_releases, supported_releases
-from retrace_server.packaging.repoindex import RepoIndex
+from retrace_server.packaging.repoindex import release_index
+from retrace_server.protocol import FAILURE_REASON, header_text
 from retrace_server.stats import StatsDB
 from retrace_server.tasks import dispatch, taskqueue
-from retrace_server.protocol import FAILURE_REASON, header_text
 from retrace_server.tasks.hooks import delete_task
-from retrace_server.tasks.task import MD5_NAME, Task, TaskStatus, wire_status, write_atomically
+from retrace_server.tasks.task import MD5_NAME, Task, TaskStatus, wire_status
 from retrace_server.wsgi import metrics, statspage
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Mapping
+
+    from webob import Request
+
+    from retrace_server.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +48,19 @@ _NVR_HEADER = re.compile(r"[\w.+-]+([1-9][0-9]*:)?[a-zA-Z0-9.+~-]+", re.ASCII)
 _ARCH_HEADER = re.compile(r"\w+", re.ASCII)
 
 
-def text_response(text, status=200, **headers):
+def text_response(text: str, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     response = Response(status=status, content_type="text/plain", charset="utf-8", text=text)
-    response.headers.update(headers)
+    response.headers.update(headers or {})
     return response
 
 
-def _open_task(config, request, task_id):
+def _open_task(config: Config, request: Request, task_id: str) -> Task:
     task = Task.open(config.SaveDir, task_id, config.TaskIdLength)
     task.check_password(request.headers.get("X-Task-Password"))
     return task
 
 
-def settings(config, request):
+def settings(config: Config, request: Request) -> Response:
     """Server limits and capabilities in upstream's exact ``key value`` lines.
 
     ``running_tasks`` counts every slot in use (running, queued, uploading)
@@ -70,17 +80,17 @@ def settings(config, request):
     return text_response("\n".join(lines))
 
 
-def _required_header(request, name, pattern, what):
+def _required_header(request: Request, name: str, pattern: re.Pattern[str], what: str) -> str:
     value = request.headers.get(name)
     if value is None:
         raise Forbidden(f"Required header '{name}' not found")
     value = value.strip()
     if not pattern.fullmatch(value):
         raise Forbidden(f"{what} contains illegal characters")
-    return value
+    return str(value)
 
 
-def checkpackage(config, request):
+def checkpackage(config: Config, request: Request) -> Response:
     """302 (and deliberately no Location) when the package is known, else 404.
 
     A Location header would make the ABRT client's HTTP library follow the
@@ -102,11 +112,11 @@ def checkpackage(config, request):
     return Response(status=302 if known else 404, content_type="text/plain")
 
 
-def _indexed(config, releases, nvr):
+def _indexed(config: Config, releases: Iterable[ReleaseId], nvr: str) -> bool:
     """apt releases hold their packages in pool/<component>/<x>/<source>/: ask the release's index, when
     it is current (a request never builds one)."""
     for release in releases:
-        index = RepoIndex.current(Path(config.RepoDir) / str(release), config.CacheDir)
+        index = release_index(config.RepoDir, config.CacheDir, release, rebuild=False)
         if index is not None:
             try:
                 if index.holds_name_version(nvr):
@@ -116,7 +126,7 @@ def _indexed(config, releases, nvr):
     return False
 
 
-def create(config, request):
+def create(config: Config, request: Request) -> Response:
     """Accept a crash archive: check, stream, unpack, validate, queue."""
     fmt = archive.format_for(request.headers.get("Content-Type"))
     task_type = crashdata.parse_task_type(request.headers.get("X-Task-Type"), config.AllowInteractive,
@@ -127,18 +137,13 @@ def create(config, request):
     if "X-CoreFileDirectory" in request.headers:
         raise Forbidden("X-CoreFileDirectory header has been disabled by server administrator")
     storage.ensure_free(config.SaveDir, length, config.min_storage_left_bytes)
-    unpacked_cap = config.max_vmcore_unpacked_bytes if is_vmcore else config.max_unpacked_bytes
     with _refusals_counted(config, request), \
             taskqueue.admitted_upload(config, request.remote_addr, limit_queued=True) as incoming:
         reserve = functools.partial(storage.reserve, config.SaveDir, incoming.path,
                                     min_left_bytes=config.min_storage_left_bytes)
-        limits = archive.Limits(unpacked_cap, crashdata.size_caps(), reserve, crashdata.HEAD_CHECKS,
-                                config.decoder_memory_bytes)
-        digests = {"vmcore": None} if is_vmcore and config.CalculateMd5 else {}
-        sizes = archive.receive_archive(request.environ["wsgi.input"], length, fmt, incoming.crash_dir, limits,
-                                        digests, config.min_upload_rate_bytes)
-        archive.require_files(sizes, crashdata.REQUIRED_FILES[task_type])
-        crashdata.validate_crash_dir(incoming.crash_dir, sizes)
+        digests = {"vmcore": ""} if is_vmcore and config.CalculateMd5 else {}
+        sizes = intake.receive(config, task_type, incoming.crash_dir, reserve,
+                               body=(request.environ["wsgi.input"], length, fmt), digests=digests)
         if digests.get("vmcore"):
             write_atomically(incoming.path / MD5_NAME, f"{digests['vmcore']}  vmcore\n")
         task, password = incoming.commit(
@@ -152,7 +157,7 @@ def create(config, request):
 
 
 @contextlib.contextmanager
-def _refusals_counted(config, request):
+def _refusals_counted(config: Config, request: Request) -> Iterator[None]:
     """Count a "server full" refusal in the statistics (upstream's reportfull) and let it through."""
     try:
         yield
@@ -165,7 +170,7 @@ def _refusals_counted(config, request):
         raise
 
 
-def stats_page(config, request):
+def stats_page(config: Config, request: Request) -> Response:
     """Statistics for people (HTML with SVG charts) or scripts (``?format=json``)."""
     try:
         with StatsDB.for_config(config) as stats:
@@ -181,7 +186,7 @@ def stats_page(config, request):
     return Response(content_type="text/html", charset="utf-8", text=statspage.render(summary, now))
 
 
-def metrics_page(config, request):
+def metrics_page(config: Config, request: Request) -> Response:
     if not config.AllowMetrics:
         raise Forbidden("Metrics are not enabled for this server")
     body, content_type = metrics.exposition(config)
@@ -190,7 +195,7 @@ def metrics_page(config, request):
     return response
 
 
-def status(config, request, task_id):
+def status(config: Config, request: Request, task_id: str) -> Response:
     """The task's stage.  Read only: a task whose worker died reads as failed at once, and the
     dispatcher, poked, records it."""
     task = _open_task(config, request, task_id)
@@ -209,7 +214,7 @@ def status(config, request, task_id):
         sentence = current.sentence
     if reason:
         headers[FAILURE_REASON] = header_text(reason)
-    return text_response(sentence, **headers)
+    return text_response(sentence, headers=headers)
 
 
 # What the task's file routes serve (the API's and the manager's): the file, at most how much of it, the
@@ -221,42 +226,42 @@ TASK_FILES = {
 }
 
 
-def stored_file(task, name):
+def stored_file(task: Task, name: str) -> Response:
     """The task's TASK_FILES ``name`` as text, or NotFound with its sentence."""
     file_name, limit, missing = TASK_FILES[name]
     return _text_or(task, file_name, limit, missing)
 
 
-def stored_result(task, name):
+def stored_result(task: Task, name: str) -> Response:
     """A vmcore task's ``crash`` output: ``sys`` (system summary), ``bt`` (backtrace), ``mod`` (modules),
     ``crash-<command>``."""
     return _text_or(task, f"results/{name}", BACKTRACE_LIMIT, f"There is no '{name}' result for the specified task")
 
 
-def _text_or(task, file_name, limit, missing):
+def _text_or(task: Task, file_name: str, limit: int, missing: str) -> Response:
     text = task.read_text(file_name, limit)
     if text is None:
         raise NotFound(missing)
     return text_response(text)
 
 
-def backtrace(config, request, task_id):
+def backtrace(config: Config, request: Request, task_id: str) -> Response:
     return stored_file(_open_task(config, request, task_id), "backtrace")
 
 
-def task_log(config, request, task_id):
+def task_log(config: Config, request: Request, task_id: str) -> Response:
     return stored_file(_open_task(config, request, task_id), "log")
 
 
-def exploitable(config, request, task_id):
+def exploitable(config: Config, request: Request, task_id: str) -> Response:
     return stored_file(_open_task(config, request, task_id), "exploitable")
 
 
-def result(config, request, task_id, name):
+def result(config: Config, request: Request, task_id: str, name: str) -> Response:
     return stored_result(_open_task(config, request, task_id), name)
 
 
-def delete(config, request, task_id):
+def delete(config: Config, request: Request, task_id: str) -> Response:
     if not config.AllowAPIDelete:
         raise Forbidden("Manual deleting is disabled")
     task = _open_task(config, request, task_id)
@@ -291,14 +296,14 @@ The backtrace, log and vmcores are deleted {retention}.</p>
 """
 
 
-def index(config, request):
+def index(config: Config, request: Request) -> Response:
     now = taskqueue.occupancy(config)
     load = (
         f"The server is loaded for {100 * now.running // config.MaxParallelTasks}%: "
         f"running {now.running} of {config.MaxParallelTasks} jobs, {now.queued + now.uploading} waiting "
         f"(room for {config.MaxQueuedTasks} in the queue)."
     )
-    by_arch = {}
+    by_arch: dict[str, list[ReleaseId]] = {}
     for release in served_releases(config):
         by_arch.setdefault(release.arch, []).append(release)
     if by_arch:
@@ -313,8 +318,7 @@ def index(config, request):
         if config.RequireHTTPS
         else "This server also accepts uploads over plain HTTP; prefer HTTPS."
     )
-    retention = (
-        f"after {config.DeleteTaskAfter} hours of inactivity" if config.DeleteTaskAfter > 0 else "when the administrator removes them"
-    )
+    retention = (f"after {config.DeleteTaskAfter} hours of inactivity" if config.DeleteTaskAfter > 0
+                 else "when the administrator removes them")
     page = _INDEX_TEMPLATE.format(load=html.escape(load), releases=release_html, https=https, retention=html.escape(retention))
     return Response(content_type="text/html", charset="utf-8", text=page)

@@ -7,14 +7,15 @@ SIGTERM.  It refuses to start, with a sentence saying why, when the config
 is invalid, the port is taken or the service user cannot read what the
 daemon processes need (the ``/root`` is 0700 trap).
 """
+from __future__ import annotations
 
 import argparse
-import re
 import errno
 import grp
 import logging
 import os
 import pwd
+import re
 import select
 import shutil
 import signal
@@ -25,12 +26,22 @@ import sys
 import sysconfig
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from retrace_server import add_version_argument, wsgi
-from retrace_server.config import ConfigError, config_path as configured_path, load_config
+from retrace_server import add_version_argument, service, wsgi
+from retrace_server.config import Config, load_config
+from retrace_server.config import config_path as configured_path
 from retrace_server.environments.sandbox import sandbox_argv
+from retrace_server.errors import ConfigError
 from retrace_server.packaging.release import served_releases
-from retrace_server.wsgi.debuginfod_server import READY_TIMEOUT, state_dir as debuginfod_state_dir, wait_until_connectable
+from retrace_server.wsgi.debuginfod_server import READY_TIMEOUT, wait_until_connectable
+from retrace_server.wsgi.debuginfod_server import state_dir as debuginfod_state_dir
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+    from types import FrameType
+
+    from retrace_server.paths import StrPath
 
 PROG = "retrace-server-httpd"
 _APACHE_BINARIES = ("apache2", "httpd")
@@ -52,14 +63,14 @@ class LaunchError(Exception):
     """Why the server cannot start; printed as one sentence, exit code 2."""
 
 
-def parse_listen(text):
+def parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise LaunchError(f"--listen must look like HOST:PORT (e.g. 127.0.0.1:8443), not {text!r}")
     return host.strip("[]"), int(port)
 
 
-def check_port_free(host, port):
+def check_port_free(host: str, port: int) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -71,7 +82,7 @@ def check_port_free(host, port):
             raise LaunchError(f"cannot listen on {host}:{port}: {err.strerror}") from None
 
 
-def find_apache():
+def find_apache() -> str:
     for name in _APACHE_BINARIES:
         found = shutil.which(name, path=_SYSTEM_PATH)
         if found:
@@ -79,7 +90,7 @@ def find_apache():
     raise LaunchError("Apache httpd is not installed (no apache2 or httpd); run `make run` to install it")
 
 
-def find_module_dir():
+def find_module_dir() -> tuple[Path, str]:
     for directory in _MODULE_DIRS:
         for wsgi_module in _WSGI_MODULES:
             if Path(directory, wsgi_module).is_file():
@@ -87,7 +98,7 @@ def find_module_dir():
     raise LaunchError("mod_wsgi for Python 3 is not installed (libapache2-mod-wsgi-py3 or python3-mod_wsgi)")
 
 
-def default_retrace_conf():
+def default_retrace_conf() -> Path:
     """httpd/retrace.conf: installed under <prefix>/share, or in the checkout."""
     for candidate in (Path(sys.prefix, "share", "retrace-server", "retrace.conf"),
                       Path(__file__).resolve().parent.parent / "httpd" / "retrace.conf"):
@@ -96,7 +107,7 @@ def default_retrace_conf():
     raise LaunchError("cannot find httpd/retrace.conf; pass it with --httpd-conf")
 
 
-def error_log(config):
+def error_log(config: Config) -> str:
     """Apache's ErrorLog: a file in LogDir, or (LogTo = syslog) util-linux's logger on SyslogSocket, which
     Apache's own syslog support (always /dev/log) cannot be pointed at."""
     if config.LogTo == "file":
@@ -109,7 +120,7 @@ def error_log(config):
     return f'ErrorLog "||{logger} --socket {config.SyslogSocket} --tag retrace-server-httpd --priority daemon.notice"'
 
 
-def make_certificate(run_dir, host):
+def make_certificate(run_dir: Path, host: str) -> tuple[Path, Path]:
     cert, key = run_dir / "server.crt", run_dir / "server.key"
     alt_name = f"IP:{host}" if host.replace(".", "").isdigit() or ":" in host else f"DNS:{host}"
     argv = [
@@ -127,7 +138,7 @@ def make_certificate(run_dir, host):
     return cert, key
 
 
-def apache_log_dir(config):
+def apache_log_dir(config: Config) -> Path:
     """Where Apache writes its logs: ``LogDir/httpd``, owned by root.
 
     Apache opens its logs as root; inside a directory the service user owns,
@@ -136,7 +147,7 @@ def apache_log_dir(config):
     return config.LogDir / "httpd"
 
 
-def prepare_directories(config, user):
+def prepare_directories(config: Config, user: pwd.struct_passwd) -> None:
     """Create missing spool and log directories for the service user, and Apache's own log directory (as root)."""
     if os.geteuid() != 0:
         apache_log_dir(config).mkdir(parents=True, exist_ok=True)
@@ -149,7 +160,7 @@ def prepare_directories(config, user):
     root_owned_directory(apache_log_dir(config))
 
 
-def root_owned_directory(path):
+def root_owned_directory(path: Path) -> None:
     """Make ``path`` a real directory owned by root and writable by root alone, or LaunchError.
 
     Its parent belongs to the service user, who could have put a symlink or
@@ -170,7 +181,7 @@ def root_owned_directory(path):
                 os.unlink(entry.path)
 
 
-def check_service_user_access(user, paths):
+def check_service_user_access(user: pwd.struct_passwd, paths: Iterable[tuple[str, StrPath]]) -> None:
     """LaunchError listing what ``user`` cannot read or write among ``paths``.
 
     ``paths`` are ``(mode, path)`` with mode "r" or "w".  Checked in a child
@@ -195,17 +206,17 @@ def check_service_user_access(user, paths):
         )
 
 
-def worker_executable():
+def worker_executable() -> Path:
     """The retrace-server-worker installed next to this Python (the venv's)."""
     return Path(sys.executable).with_name("retrace-server-worker")
 
 
-def as_user(user):
+def as_user(user: pwd.struct_passwd) -> dict[str, Any]:
     """``subprocess`` arguments that run a child as ``user`` (a pwd entry); none when the launcher is not root."""
     return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if os.geteuid() == 0 else {}
 
 
-def check_gdb_sandbox(user):
+def check_gdb_sandbox(user: pwd.struct_passwd) -> None:
     """LaunchError unless the service user can start the sandbox gdb runs in.
 
     Without unprivileged user namespaces every retrace would fail; saying so
@@ -227,17 +238,18 @@ def check_gdb_sandbox(user):
 _APACHE_BODY_MAXIMUM = 2147483647
 
 
-def apache_body_limit(config):
+def apache_body_limit(config: Config) -> int:
     largest = config.largest_upload_bytes
     return largest if largest <= _APACHE_BODY_MAXIMUM else 0
 
 
-def debuginfod_socket(run_dir):
+def debuginfod_socket(run_dir: Path) -> Path:
     """The Unix socket the launcher's debuginfod listens on, in a directory the service user owns."""
     return run_dir / "debuginfod" / "debuginfod.sock"
 
 
-def apache_config(*, run_dir, host, port, user, group, config, config_path, retrace_conf, cert, key, module_dir, wsgi_module):
+def apache_config(*, run_dir: Path, host: str, port: int, user: str, group: str, config: Config, config_path: Path,
+                  retrace_conf: Path, cert: Path, key: Path, module_dir: Path, wsgi_module: str) -> str:
     listen_host = f"[{host}]" if ":" in host else host
     defines = {
         "RETRACE_WSGI_SCRIPT": Path(wsgi.__file__).resolve().parent / "retrace.wsgi",
@@ -304,7 +316,7 @@ def apache_config(*, run_dir, host, port, user, group, config, config_path, retr
     return "\n".join(lines) + "\n"
 
 
-def _error_log_tail(config, lines=15):
+def _error_log_tail(config: Config, lines: int = 15) -> str:
     try:
         text = (apache_log_dir(config) / "httpd_error.log").read_text(errors="replace")
     except OSError:
@@ -312,7 +324,7 @@ def _error_log_tail(config, lines=15):
     return "\n".join(text.splitlines()[-lines:])
 
 
-def serve(args):
+def serve(args: argparse.Namespace) -> int:
     config_path = configured_path(os.environ, args.config).resolve()
     try:
         config = load_config(config_path)
@@ -352,7 +364,7 @@ def serve(args):
         test = subprocess.run([apache, "-t", "-f", str(conf_file)], capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if test.returncode != 0:
             raise LaunchError(f"Apache rejects the generated configuration: {test.stderr.strip()}")
-        helpers = [start_dispatcher(config, config_path, user)]
+        helpers: list[subprocess.Popen[Any]] = [start_dispatcher(config, config_path, user)]
         try:
             if config.DebuginfodServe:
                 helpers.append(start_debuginfod(config, config_path, debuginfod_socket(run_dir), args.debuginfod_user))
@@ -365,7 +377,7 @@ def serve(args):
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def start_dispatcher(config, config_path, user):
+def start_dispatcher(config: Config, config_path: Path, user: pwd.struct_passwd) -> subprocess.Popen[str]:
     """retrace-server-dispatcher as the service user; LaunchError unless it says it listens."""
     process = subprocess.Popen(
         [sys.executable, "-m", "retrace_server.worker.dispatcher", "--config", str(config_path), "--user", user.pw_name,
@@ -373,6 +385,7 @@ def start_dispatcher(config, config_path, user):
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd="/",
         env={"PATH": _SYSTEM_PATH, "LANG": "C.UTF-8"}, **as_user(user),
     )
+    assert process.stdout is not None  # PIPE
     ready, _, _ = select.select([process.stdout], [], [], READY_TIMEOUT)
     line = process.stdout.readline() if ready else ""
     process.stdout.close()
@@ -383,7 +396,8 @@ def start_dispatcher(config, config_path, user):
     return process
 
 
-def start_debuginfod(config, config_path, socket_path, user_name):
+def start_debuginfod(config: Config, config_path: Path, socket_path: Path,
+                     user_name: str) -> subprocess.Popen[bytes]:
     """retrace-server-debuginfod under a user of its own; LaunchError unless its socket answers.
 
     debuginfod answers anyone through ``/buildid/``: it runs as
@@ -410,8 +424,8 @@ def start_debuginfod(config, config_path, socket_path, user_name):
         # Its directory lies in CacheDir, which only the service user may list: let it pass through.
         os.chmod(config.CacheDir, os.stat(config.CacheDir).st_mode | stat.S_IXOTH)
     process = subprocess.Popen(
-        [sys.executable, "-m", "retrace_server.wsgi.debuginfod_server", "--config", str(config_path), "--socket", str(socket_path),
-         "--log", str(own_dir / "debuginfod.log")],
+        [sys.executable, "-m", "retrace_server.wsgi.debuginfod_server", "--config", str(config_path),
+         "--socket", str(socket_path), "--log", str(own_dir / "debuginfod.log")],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/",
         **(as_user(user) if user is not None else {}),
     )
@@ -421,18 +435,18 @@ def start_debuginfod(config, config_path, socket_path, user_name):
     return process
 
 
-def own_tree(path, uid, gid):
+def own_tree(path: StrPath, uid: int, gid: int) -> None:
     """Give ``path`` and everything below it to ``uid``:``gid`` (a directory an older version made as another user)."""
     for directory, dirs, files in os.walk(path):
         for name in (directory, *(os.path.join(directory, entry) for entry in dirs + files)):
             os.chown(name, uid, gid, follow_symlinks=False)
 
 
-def run_apache(apache, conf_file, host, port, config, cert):
+def run_apache(apache: str, conf_file: Path, host: str, port: int, config: Config, cert: Path) -> int:
     process = subprocess.Popen([apache, "-f", str(conf_file), "-DFOREGROUND"], stdin=subprocess.DEVNULL)
     stopping = []
 
-    def stop(signum, _frame):
+    def stop(signum: int, _frame: FrameType | None) -> None:
         stopping.append(signum)
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -459,7 +473,7 @@ def run_apache(apache, conf_file, host, port, config, cert):
     return 1
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Run retrace-server under Apache httpd + mod_wsgi over HTTPS.")
     add_version_argument(parser)
     parser.add_argument("--config", help="retrace-server.conf to serve (default: $RETRACE_SERVER_CONFIG_PATH or "
@@ -474,7 +488,8 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
+@service.command(PROG)
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(format=f"{PROG}: %(levelname)s: %(message)s")
     if bool(args.cert) != bool(args.key):

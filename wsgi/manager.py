@@ -15,26 +15,48 @@ the manager to everyone.  Changes sent by a browser from another site are
 refused by their ``Origin``, ``Referer`` or ``Sec-Fetch-Site``; a script
 sends none of them and is let through.
 """
+from __future__ import annotations
 
 import hashlib
 import logging
 import time
 import urllib.parse
+from typing import TYPE_CHECKING, Any, Callable
 
 from webob import Response
 
+from retrace_server import intake
 from retrace_server.errors import BadRequest, Conflict, Forbidden, NotFound, UploadTooLarge
+from retrace_server.files import write_atomically
 from retrace_server.intake import archive, crashdata, imported, multipart, remote, storage
-from retrace_server.tasks import casedata, dispatch, taskqueue, tasklist
+from retrace_server.intake.overrides import InvalidOverride, Overrides
+from retrace_server.tasks import casedata, dispatch, tasklist, taskqueue
 from retrace_server.tasks.hooks import delete_task
-from retrace_server.tasks.overrides import InvalidOverride, Overrides
-from retrace_server.tasks.task import DEBUG_NAME, MD5_NAME, REMOTE_NAME, Task, TaskType, worker_alive, write_atomically
+from retrace_server.tasks.task import (
+    CUSTOM_FILES,
+    DEBUG_NAME,
+    MD5_NAME,
+    MD5_REQUESTED,
+    REMOTE_NAME,
+    Task,
+    TaskType,
+    worker_alive,
+)
 from retrace_server.wsgi import handlers, managerpages
-from retrace_server.worker.fetch import CUSTOM_FILES, MD5_REQUESTED
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
+
+    from webob import Request
+
+    from retrace_server.config import Config
+    from retrace_server.intake.remote import DropListing
+    from retrace_server.tasks.task import IncomingTask
 
 log = logging.getLogger(__name__)
 
-def authenticated_user(config, request, changes=False):
+def authenticated_user(config: Config, request: Request, changes: bool = False) -> str:
     """The authenticated user; refuses when the manager is off, unauthenticated, or a change is forged."""
     if not config.AllowTaskManager:
         raise Forbidden("Task manager was disabled by the server administrator")
@@ -44,10 +66,10 @@ def authenticated_user(config, request, changes=False):
                         "ManagerUserFile (or another Apache authentication, see httpd/retrace.conf)")
     if changes:
         _refuse_cross_site(request)
-    return user
+    return str(user)
 
 
-def _refuse_cross_site(request):
+def _refuse_cross_site(request: Request) -> None:
     sentence = ("This change was sent from another web site and is refused; make it from the task manager's "
                 "own pages")
     if request.headers.get("Sec-Fetch-Site", "").lower() in ("cross-site", "same-site"):
@@ -61,22 +83,22 @@ def _refuse_cross_site(request):
             raise Forbidden(sentence)
 
 
-def _see(request, path):
+def _see(request: Request, path: str) -> Response:
     return Response(status=303, location=f"{request.application_url}/manager{path}", content_type="text/plain")
 
 
-def _open(config, task_id):
+def _open(config: Config, task_id: str) -> Task:
     return Task.open(config.SaveDir, task_id, config.TaskIdLength)
 
 
-def _html(text):
+def _html(text: str) -> Response:
     return Response(content_type="text/html", charset="utf-8", text=text)
 
 
 # -- the list -------------------------------------------------------------------------
 
 
-def task_list(config, request):
+def task_list(config: Config, request: Request) -> Response:
     user = authenticated_user(config, request)
     query = request.GET
     status = query.get("status") if query.get("status") in tasklist.STATUS_FILTERS else None
@@ -86,7 +108,7 @@ def task_list(config, request):
     search = query.get("q", "").strip()[:200]
     page = query.get("page", "1")
     listing = tasklist.list_tasks(config, status, caseno or None, search or None, int(page) if page.isdigit() else 1)
-    drop = None
+    drop: DropListing | str | None = None
     if config.UseFTPTasks:
         try:
             drop = remote.FtpDrop(config).listing()
@@ -99,23 +121,24 @@ def task_list(config, request):
 # -- one task -------------------------------------------------------------------------
 
 
-def task_page(config, request, task_id):
+def task_page(config: Config, request: Request, task_id: str) -> Response:
     user = authenticated_user(config, request)
     task = _open(config, task_id)
     return _html(managerpages.task_page(config, task, user, _may_delete(config, user)))
 
 
-def task_file(config, request, task_id, name):
+def task_file(config: Config, request: Request, task_id: str, name: str) -> Response:
     authenticated_user(config, request)
     return handlers.stored_file(_open(config, task_id), name)
 
 
-def result(config, request, task_id, name):
+def result(config: Config, request: Request, task_id: str, name: str) -> Response:
     authenticated_user(config, request)
     return handlers.stored_result(_open(config, task_id), name)
 
 
-_FIELDS = {
+# A case field: how the form's text is checked, how its value is stored.
+_FIELDS: dict[str, tuple[Callable[[str], Any], Callable[[Task | IncomingTask, Any], None]]] = {
     "caseno": (casedata.parse_caseno, casedata.set_caseno),
     "bugzillano": (casedata.parse_bugzillano, casedata.set_bugzillano),
     "notify": (casedata.parse_emails, casedata.set_notify),
@@ -123,7 +146,7 @@ _FIELDS = {
 }
 
 
-def update_field(config, request, task_id, field):
+def update_field(config: Config, request: Request, task_id: str, field: str) -> Response:
     """``caseno``, ``bugzillano``, ``notify`` or ``savenotes`` (upstream's URL for the ``notes`` field)."""
     user = authenticated_user(config, request, changes=True)
     task = _open(config, task_id)
@@ -134,7 +157,7 @@ def update_field(config, request, task_id, field):
     return _see(request, f"/{task_id}")
 
 
-def keep(config, request, task_id):
+def keep(config: Config, request: Request, task_id: str) -> Response:
     user = authenticated_user(config, request, changes=True)
     task = _open(config, task_id)
     days = casedata.parse_keep_days(request.POST.get("days"))
@@ -143,7 +166,7 @@ def keep(config, request, task_id):
     return _see(request, f"/{task_id}")
 
 
-def _ended(task, doing):
+def _ended(task: Task, doing: str) -> None:
     status = task.status
     if (status is not None and not status.is_final) or worker_alive(task):
         raise Conflict(f"The task is still running; {doing} it after it has ended")
@@ -151,7 +174,7 @@ def _ended(task, doing):
         raise Conflict(f"The task is still waiting in the queue; {doing} it after it has ended")
 
 
-def restart(config, request, task_id):
+def restart(config: Config, request: Request, task_id: str) -> Response:
     """Run the task again, optionally with a kernel version, at debug level, with new case data."""
     user = authenticated_user(config, request, changes=True)
     task = _open(config, task_id)
@@ -175,11 +198,11 @@ def restart(config, request, task_id):
     return _see(request, f"/{task_id}")
 
 
-def _may_delete(config, user):
+def _may_delete(config: Config, user: str) -> bool:
     return not config.TaskManagerAuthDelete or user in config.TaskManagerDeleteUsers.split()
 
 
-def delete(config, request, task_id):
+def delete(config: Config, request: Request, task_id: str) -> Response:
     user = authenticated_user(config, request, changes=True)
     if not _may_delete(config, user):
         raise Forbidden(f"User '{user}' may not delete tasks on this server (TaskManagerDeleteUsers)")
@@ -195,7 +218,7 @@ def delete(config, request, task_id):
 # -- creating tasks -------------------------------------------------------------------
 
 
-def _overrides(form, task_type, config):
+def _overrides(form: Mapping[str, str], task_type: TaskType, config: Config) -> Overrides:
     kernelver = (form.get("kernelver") or "").strip()
     try:
         return Overrides(kernelver=kernelver or None).checked(task_type, config)
@@ -203,13 +226,13 @@ def _overrides(form, task_type, config):
         raise BadRequest(str(err).replace("--kernelver", "The kernel version")) from None
 
 
-def _case_updates(form):
+def _case_updates(form: Mapping[str, str]) -> dict[str, Any]:
     """The case data fields a form filled in, parsed (an empty field is left alone)."""
-    return {name: _FIELDS[name][0](form.get(field)) for name, field in
+    return {name: _FIELDS[name][0](form[field]) for name, field in
             (("caseno", "caseno"), ("bugzillano", "bugzillano"), ("notify", "notify")) if (form.get(field) or "").strip()}
 
 
-def _set_debug(task, form):
+def _set_debug(task: Task | IncomingTask, form: Mapping[str, str]) -> None:
     marker = task.path / DEBUG_NAME
     if _checked(form.get("debug"), False):
         write_atomically(marker, "1\n")
@@ -217,7 +240,7 @@ def _set_debug(task, form):
         marker.unlink(missing_ok=True)
 
 
-def _task_type(form, config):
+def _task_type(form: Mapping[str, str], config: Config) -> TaskType:
     kind = (form.get("task_type") or "vmcore").strip()
     if kind not in ("vmcore", "coredump"):
         raise BadRequest(f"task_type is 'vmcore' or 'coredump', not '{kind[:40]}'")
@@ -226,33 +249,35 @@ def _task_type(form, config):
     return TaskType.VMCORE_INTERACTIVE if kind == "vmcore" else TaskType.COREDUMP_INTERACTIVE
 
 
-def _custom_files(form, task_type):
+def _custom_files(form: Mapping[str, str], task_type: TaskType) -> dict[str, str]:
     """A bare coredump's package, executable and release, checked as if they came in an archive."""
     values = {}
     for custom, name in CUSTOM_FILES.items():
         value = (form.get(name) or "").strip()
         if not value or task_type.is_vmcore:
             continue
-        limit, fits, rule = crashdata.CRASH_FILES[name]
-        if len(value) > limit or not fits(value):
+        rule = crashdata.broken_rule(name, value)
+        if rule is not None:
             raise BadRequest(f"The {name.replace('_', ' ')} '{value[:80]}' is not {rule}")
         values[custom] = value
     return values
 
 
-def _checked_form(form, task_type, config):
+def _checked_form(form: Mapping[str, str], task_type: TaskType,
+                  config: Config) -> tuple[Overrides, dict[str, str], dict[str, Any]]:
     """``(overrides, custom files, case data)`` from a create form, each checked."""
     if form.get("vmem-check") or form.get("custom_vmem_url"):
         raise BadRequest("VMware snapshot memory files (vmem) are not supported; convert the snapshot to a vmcore")
     return _overrides(form, task_type, config), _custom_files(form, task_type), _case_updates(form)
 
 
-def _checked(value, default):
+def _checked(value: str | None, default: bool) -> bool:
     """A checkbox's value (upstream's CLI sends "on" or "off"); absent: ``default``."""
     return default if value is None else value in ("on", "md5sum", "debug", "1", "true")
 
 
-def _commit(config, request, incoming, task_type, form, overrides, updates):
+def _commit(config: Config, request: Request, incoming: IncomingTask, task_type: TaskType, form: Mapping[str, str],
+            overrides: Overrides, updates: Mapping[str, Any]) -> Task:
     """Publish the new task with what the form asked for; the worker may start it at once."""
     _set_debug(incoming, form)
     overrides.save(incoming)
@@ -263,12 +288,12 @@ def _commit(config, request, incoming, task_type, form, overrides, updates):
     return task
 
 
-def _create(config, request, source, form, user):
+def _create(config: Config, request: Request, source: remote.Source, form: Mapping[str, str], user: str) -> Response:
     """Check ``source`` now, then queue a task that fetches it; 303 to its page."""
     task_type = _task_type(form, config)
     overrides, custom, updates = _checked_form(form, task_type, config)
     size, head = remote.check(source, config)
-    cap = config.max_vmcore_unpacked_bytes if task_type.is_vmcore else config.max_unpacked_bytes
+    cap = config.unpacked_cap_bytes(task_type.is_vmcore)
     if size is not None and size > cap:
         raise UploadTooLarge(f"{source.shown} is {size} bytes; this server accepts at most {cap} bytes for this task type")
     if head is not None:
@@ -286,7 +311,7 @@ def _create(config, request, source, form, user):
     return _see(request, f"/{task.task_id}")
 
 
-def create_from_upload(config, request):
+def create_from_upload(config: Config, request: Request) -> Response:
     """``/manager/__upload__``: a core or vmcore (bare, compressed, or a tar) uploaded from the browser.
 
     The form's fields come before its file (the page puts them there), and
@@ -295,7 +320,7 @@ def create_from_upload(config, request):
     """
     user = authenticated_user(config, request, changes=True)
     boundary = multipart.boundary_of(request.headers.get("Content-Type"))
-    cap = config.max_vmcore_unpacked_bytes if config.AllowVMCoreTask else config.max_unpacked_bytes
+    cap = config.unpacked_cap_bytes(config.AllowVMCoreTask)  # the type is known once the form has been read
     length = archive.declared_length(request.content_length, cap + multipart.FIELD_LIMIT * multipart.MAX_PARTS)
     storage.ensure_free(config.SaveDir, length, config.min_storage_left_bytes)
     form, received = {}, None
@@ -311,21 +336,13 @@ def create_from_upload(config, request):
             raise BadRequest("Choose the core or vmcore file to upload")
         task_type = _task_type(form, config)
         overrides, custom, updates = _checked_form(form, task_type, config)
-        limits = archive.Limits(cap if task_type.is_vmcore else config.max_unpacked_bytes, crashdata.size_caps(),
-                                lambda nbytes: storage.reserve(config.SaveDir, incoming.path, nbytes,
-                                                               config.min_storage_left_bytes),
-                                crashdata.HEAD_CHECKS, config.decoder_memory_bytes)
         try:
-            sizes = imported.materialize(upload, incoming.crash_dir, limits, task_type.is_vmcore)
+            sizes = intake.receive(config, task_type, incoming.crash_dir,
+                                   lambda nbytes: storage.reserve(config.SaveDir, incoming.path, nbytes,
+                                                                  config.min_storage_left_bytes),
+                                   file=upload, custom={CUSTOM_FILES[name]: value for name, value in custom.items()})
         finally:
             upload.unlink(missing_ok=True)
-        for name, value in custom.items():
-            crash_name = CUSTOM_FILES[name]
-            if crash_name not in sizes:
-                write_atomically(incoming.crash_dir / crash_name, value)
-                sizes[crash_name] = len(value)
-        archive.require_files(sizes, crashdata.REQUIRED_FILES[task_type])
-        crashdata.validate_crash_dir(incoming.crash_dir, sizes)
         if _checked(form.get("md5sum"), config.CalculateMd5):
             write_atomically(incoming.path / MD5_NAME, f"{digest.hexdigest()}  {_e_name(received)}\n")
         task = _commit(config, request, incoming, task_type, form, overrides, updates)
@@ -335,12 +352,13 @@ def create_from_upload(config, request):
     return _see(request, f"/{task.task_id}")
 
 
-def _e_name(name):
+def _e_name(name: str) -> str:
     """An uploaded file's name for logs and the md5sum file: its last component, printable."""
     return "".join(char for char in name.replace("\\", "/").rsplit("/", 1)[-1] if char.isprintable())[:200] or "upload"
 
 
-def _receive(part, target, cap, digest, config, incoming):
+def _receive(part: multipart.Part, target: Path, cap: int, digest: hashlib._Hash, config: Config,
+             incoming: IncomingTask) -> str:
     written = 0
     with open(target, "xb") as handle:
         while chunk := part.read():
@@ -355,7 +373,7 @@ def _receive(part, target, cap, digest, config, incoming):
     return part.filename or "upload"
 
 
-def create_from_source(config, request):
+def create_from_source(config: Config, request: Request) -> Response:
     """``/manager/__custom__``: a task from an http(s)/ftp URL or a path under ImportDirs."""
     user = authenticated_user(config, request, changes=True)
     form = request.POST
@@ -367,14 +385,14 @@ _BROWSER_HEADERS = ("Sec-Fetch-Mode", "Sec-Fetch-Site", "Sec-Fetch-Dest", "Origi
                     "Upgrade-Insecure-Requests", "Cookie")
 
 
-def _scripted(request):
+def _scripted(request: Request) -> bool:
     """Whether a GET comes from a script holding credentials (upstream's CLI: Basic or Kerberos, which Apache
     checked and names in AUTH_TYPE), not from a browser following a link, which a page elsewhere can make it do."""
     authentication = request.environ.get("AUTH_TYPE", "").lower()
     return authentication in ("basic", "negotiate") and not any(name in request.headers for name in _BROWSER_HEADERS)
 
 
-def start(config, request, name):
+def start(config: Config, request: Request, name: str) -> Response:
     """``/manager/<file>/start``: a task from a file on the FTP drop.
 
     Upstream's CLI sends a GET, which starts the task; a browser's GET (a
@@ -392,7 +410,7 @@ def start(config, request, name):
     return _create(config, request, remote.Source("drop", name), form, user)
 
 
-def _poke(config, task):
+def _poke(config: Config, task: Task) -> None:
     if not dispatch.poke(config):
         log.error("task %s waits: no dispatcher listens on %s (is retrace-server-dispatcher running?)",
                   task.task_id, dispatch.socket_path(config))

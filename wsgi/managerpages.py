@@ -9,15 +9,26 @@ e-mail on one line whose first ``value="..."`` is the current value, or
 the button's own label (``Update case no.``) when there is none.
 Everything that came from a task (file names, notes, logs) is escaped.
 """
+from __future__ import annotations
 
 import html
 import time
 import urllib.parse
+from typing import TYPE_CHECKING
 
+from retrace_server.environments.session import Session
 from retrace_server.intake.remote import Source
 from retrace_server.tasks import casedata
 from retrace_server.tasks.task import MD5_NAME, REMOTE_NAME, TaskStatus, TaskType
 from retrace_server.wsgi.handlers import TASK_FILES
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+    from retrace_server.config import Config
+    from retrace_server.intake.remote import DropListing
+    from retrace_server.tasks.task import Task
+    from retrace_server.tasks.tasklist import Listing
 
 _e = html.escape
 
@@ -41,7 +52,7 @@ textarea{width:100%;height:8em}.failed{color:#a00}.ok{color:#070}section{margin-
 nav a{margin-right:1em}.muted{color:#666}"""
 
 
-def _page(title, body, user):
+def _page(title: str, body: str, user: str) -> str:
     # The <title> line stays alone with a space after "#N": upstream's CLI splits it to find the id.
     return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\">\n<title>{_e(title)} </title>\n"
             f"<style>{_STYLE}</style></head>\n<body>\n"
@@ -49,7 +60,7 @@ def _page(title, body, user):
             f"<span class=\"muted\">Signed in as {_e(user)}</span></nav>\n{body}\n</body></html>\n")
 
 
-def _size(nbytes):
+def _size(nbytes: float | None) -> str:
     if nbytes is None:
         return "unknown size"
     for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
@@ -59,7 +70,7 @@ def _size(nbytes):
     return ""
 
 
-def _age(seconds):
+def _age(seconds: float | None) -> str:
     if seconds is None:
         return ""
     for unit, length in (("d", 86400), ("h", 3600), ("min", 60)):
@@ -68,11 +79,11 @@ def _age(seconds):
     return f"{seconds:.0f} s"
 
 
-def _when(epoch):
+def _when(epoch: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) if epoch else ""
 
 
-def status_text(task):
+def status_text(task: Task) -> str:
     """The status as upstream's manager shows it (download progress appended)."""
     status = task.status
     if status is None:
@@ -87,7 +98,7 @@ def status_text(task):
 # -- the list ---------------------------------------------------------------------------
 
 
-def _filters_form(filters):
+def _filters_form(filters: Mapping[str, str]) -> str:
     options = "".join(f'<option value="{value}"{" selected" if filters["status"] == value else ""}>{label}</option>'
                       for value, label in _STATUS_LABELS.items())
     return (f'<form method="get" action="/manager" id="filters"><label>Status <select name="status">{options}</select>'
@@ -96,7 +107,7 @@ def _filters_form(filters):
             '<button type="submit">Filter</button></form>')
 
 
-def _rows(listing, now):
+def _rows(listing: Listing, now: float) -> str:
     if not listing.rows:
         return "<p>No tasks match.</p>"
     head = ("<tr><th>Task</th><th>Type</th><th>Status</th><th>Age</th><th>Case no.</th>"
@@ -114,7 +125,7 @@ def _rows(listing, now):
     return f'<table id="tasks">{head}{"".join(cells)}</table>'
 
 
-def _pager(listing, filters):
+def _pager(listing: Listing, filters: Mapping[str, str]) -> str:
     if listing.pages <= 1:
         return ""
     links = []
@@ -125,7 +136,7 @@ def _pager(listing, filters):
     return f'<p id="pages">Page {listing.page} of {listing.pages}. {" ".join(links)}</p>'
 
 
-def _type_fields(config):
+def _type_fields(config: Config) -> str:
     vmcore = '<option value="vmcore" selected>vmcore (kernel)</option>' if config.AllowVMCoreTask else ""
     return (f'<label>Type <select name="task_type">{vmcore}<option value="coredump">coredump (process)</option>'
             '</select></label> <label>Kernel version <input name="kernelver" size="28" '
@@ -138,7 +149,7 @@ def _type_fields(config):
             'Calculate the md5sum</label> <label><input type="checkbox" name="debug"> Be more verbose in the log</label>')
 
 
-def _create_forms(config):
+def _create_forms(config: Config) -> str:
     where = ["an http(s) or ftp URL"]
     if config.import_dirs:
         where.append("a path under " + ", ".join(_e(str(directory)) for directory in config.import_dirs))
@@ -151,7 +162,7 @@ def _create_forms(config):
             '<button type="submit">Upload and create task</button></form></section>')
 
 
-def _drop_section(config, drop):
+def _drop_section(config: Config, drop: DropListing | str | None) -> str:
     if drop is None:
         return ""
     if isinstance(drop, str):
@@ -167,7 +178,7 @@ def _drop_section(config, drop):
     return f'<section id="ftp"><h2>FTP drop</h2><table><tr><th>File</th><th>Size</th><th></th></tr>{rows}</table></section>'
 
 
-def confirm_start_page(name, query, user):
+def confirm_start_page(name: str, query: Iterable[tuple[str, str]], user: str) -> str:
     """What a browser that followed a link to ``/manager/<file>/start`` sees: a GET never starts a task for a
     browser, the button posts what the link carried."""
     hidden = "".join(f'<input type="hidden" name="{_e(key)}" value="{_e(value)}">' for key, value in query)
@@ -178,7 +189,8 @@ def confirm_start_page(name, query, user):
     return _page(f"Start a task from {name}", body, user)
 
 
-def list_page(config, listing, filters, drop, user):
+def list_page(config: Config, listing: Listing, filters: Mapping[str, str], drop: DropListing | str | None,
+              user: str) -> str:
     now = time.time()
     body = (f"<h1>Retrace Server task manager</h1>\n{_create_forms(config)}\n{_drop_section(config, drop)}\n"
             f'<section id="list"><h2>Tasks ({listing.total})</h2>{_filters_form(filters)}{_rows(listing, now)}'
@@ -189,21 +201,21 @@ def list_page(config, listing, filters, drop, user):
 # -- one task ---------------------------------------------------------------------------
 
 
-def _field_line(task_id, action, name, value, label):
+def _field_line(task_id: str, action: str, name: str, value: str | None, label: str) -> str:
     """One line; its first value= is the current value, or the button's label when there is none."""
     current = f' value="{_e(value)}"' if value else ""
     return (f'<form class="inline" method="post" action="/manager/{task_id}/{action}"><input type="text" '
             f'name="{name}" size="30"{current}> <input type="submit" value="{label}"></form>')
 
 
-def _case_link(config, caseno):
+def _case_link(config: Config, caseno: int | None) -> str:
     if not caseno or not config.CaseNumberURL:
         return ""
     url = config.CaseNumberURL.replace("{caseno}", str(caseno)).replace("%d", str(caseno))
     return f' <a href="{_e(url)}">case {caseno}</a>'
 
 
-def _results_links(task):
+def _results_links(task: Task) -> str:
     links = []
     for name, (what, _limit, _missing) in TASK_FILES.items():
         if (task.path / what).is_file():
@@ -215,14 +227,27 @@ def _results_links(task):
     return " ".join(links) or "none yet"
 
 
-def _retention(config, task):
+def _retention(config: Config, task: Task) -> str:
     when, why = casedata.expiry(task, config, task.status == TaskStatus.FAIL)
     kept = f"until {_when(when)} ({_e(why)})" if when else _e(why)
     return (f'{kept} <form class="inline" method="post" action="/manager/{task.task_id}/keep">'
             f'<input name="days" size="4" value="30"> days from now <input type="submit" value="Keep longer"></form>')
 
 
-def task_page(config, task, user, may_delete):
+def _interactive(task: Task) -> str:
+    """Upstream's instructions for a task that keeps its environment: the command that reopens it on the server."""
+    if not task.task_type.keeps_environment:
+        return ""
+    session = Session.load(task)
+    if session is None:
+        said = "Its debugger session is not ready yet: the worker has not reached the backtrace stage."
+    else:
+        said = (f"On the server, as root: <code>retrace-server-interact {task.task_id} {session.debugger}</code> "
+                f"(or <code>retrace-server-interact {task.task_id} shell</code>).")
+    return f'<section id="interactive"><h2>Interactive session</h2><p>{said}</p></section>'
+
+
+def task_page(config: Config, task: Task, user: str, may_delete: bool) -> str:
     tid = task.task_id
     data = casedata.CaseData.read(task)
     status = task.status
@@ -269,7 +294,7 @@ def task_page(config, task, user, may_delete):
             actions += (f'<section id="delete"><h2>Delete</h2><form method="post" action="/manager/{tid}/delete">'
                         '<label><input type="checkbox" name="sure" required> I am sure</label> '
                         '<button type="submit">Delete task</button></form></section>')
-    notes = (f'<section id="notes"><h2>Notes</h2><form method="post" action="/manager/{tid}/savenotes">'
+    notes = _interactive(task) + (f'<section id="notes"><h2>Notes</h2><form method="post" action="/manager/{tid}/savenotes">'
              f'<textarea name="notes">{_e(data.notes)}</textarea><br><input type="submit" value="Update notes">'
              "</form></section>")
     views = ""

@@ -4,11 +4,19 @@ The numbers are read fresh for every scrape (spool, statistics database,
 cache, disks) by a custom collector in a registry of its own, so that
 several daemon processes answer alike and nothing is kept in memory.
 """
+from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    UnknownMetricFamily,
+)
+from prometheus_client.registry import Collector
 
 from retrace_server.intake.storage import free_bytes
 from retrace_server.packaging.cache import PackageCache
@@ -16,29 +24,49 @@ from retrace_server.reports.buckets import BucketDB
 from retrace_server.stats import StatsDB
 from retrace_server.tasks.taskqueue import occupancy, running_by_host
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
+    from prometheus_client.metrics_core import Metric
+
+    from retrace_server.config import Config
+    from retrace_server.paths import StrPath
+
 # Seconds; a warm retrace phase takes milliseconds, a cold unpack or a big
 # gdb run minutes.
 PHASE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 
 
-def _histogram_buckets(samples):
+def _histogram_buckets(samples: Iterable[float]) -> list[tuple[str, int]]:
     ordered = sorted(samples)
     buckets = [(str(bound), sum(1 for value in ordered if value <= bound)) for bound in PHASE_BUCKETS]
     return buckets + [("+Inf", len(ordered))]
 
 
-def _free_bytes(path):
+def _free_bytes(path: StrPath) -> int:
     try:
         return free_bytes(path)
     except OSError:
         return 0
 
 
-class RetraceCollector:
-    def __init__(self, config):
+def _upstream_names(finished: dict[str, float], refusals: float) -> Iterator[Metric]:
+    """Upstream's two counters under its own sample names (no ``_total``; finished by result only), untyped, so
+    that dashboards made for upstream keep working beside this server's typed counters."""
+    upstream = UnknownMetricFamily("retrace_tasks_finished", "Retrace tasks finished (upstream's name)",
+                                   labels=["result"])
+    for result, count in sorted(finished.items()):
+        upstream.add_metric([result], count)
+    yield upstream
+    yield UnknownMetricFamily("retrace_tasks_overload", "Retrace jobs denied because of exceeded capacity "
+                              "(upstream's name)", value=refusals)
+
+
+class RetraceCollector(Collector):
+    def __init__(self, config: Config) -> None:
         self.config = config
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         config = self.config
         now = occupancy(config)
         yield GaugeMetricFamily("retrace_tasks_running", "Retrace workers running now", value=now.running)
@@ -54,13 +82,16 @@ class RetraceCollector:
                 "retrace_tasks_finished", "Retrace tasks finished, by result and failure reason",
                 labels=["result", "reason"],
             )
+            by_result: dict[str, float] = {}
             for result, reason, count in stats.finished_counts():
                 finished.add_metric([result, reason], count)
+                by_result[result] = by_result.get(result, 0) + count
             yield finished
+            refusals = stats.refusals()
             yield CounterMetricFamily(
-                "retrace_tasks_overload", "Uploads refused because all task slots were taken",
-                value=stats.refusals(),
+                "retrace_tasks_overload", "Uploads refused because all task slots were taken", value=refusals,
             )
+            yield from _upstream_names(by_result, refusals)
             phases = HistogramMetricFamily(
                 "retrace_phase_duration_seconds", "Time each task spent in each phase", labels=["phase"]
             )
@@ -90,7 +121,7 @@ class RetraceCollector:
                                 value=_free_bytes(config.CacheDir))
 
 
-def exposition(config):
+def exposition(config: Config) -> tuple[bytes, str]:
     """``(body bytes, content type)`` of one scrape."""
     registry = CollectorRegistry()
     registry.register(RetraceCollector(config))

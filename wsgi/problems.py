@@ -7,11 +7,13 @@ those, the answer carries what this server adds: ``core_wanted`` (send the
 core for a full retrace), ``count``, the symbolized ``backtrace`` in gdb's
 format and the ``frames`` as JSON.
 """
+from __future__ import annotations
 
 import html
 import json
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from webob import Response
 
@@ -22,12 +24,17 @@ from retrace_server.reports.buckets import BucketDB
 from retrace_server.reports.triage import triage
 from retrace_server.wsgi.manager import authenticated_user
 
+if TYPE_CHECKING:
+    from webob import Request
+
+    from retrace_server.config import Config
+
 log = logging.getLogger(__name__)
 _BTHASH_LENGTH = 40
 _e = html.escape
 
 
-def new_report(config, request):
+def new_report(config: Config, request: Request) -> Response:
     boundary = multipart.boundary_of(request.headers.get("Content-Type"))
     if request.content_length is None:
         raise BadRequest("Send the report with a Content-Length")
@@ -61,7 +68,7 @@ def new_report(config, request):
     return Response(status=202, content_type="application/json", charset="utf-8", text=json.dumps(body))
 
 
-def _when(epoch):
+def _when(epoch: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(epoch)) if epoch else ""
 
 
@@ -71,17 +78,17 @@ _STYLE = ("body{font-family:sans-serif;max-width:72em;margin:2em auto;line-heigh
           "pre{background:#f6f6f6;padding:.6em;overflow:auto;font-size:.85em}svg rect{fill:#4a7fb0}")
 
 
-def _page(title, body):
+def _page(title: str, body: str) -> Response:
     return Response(content_type="text/html", charset="utf-8", text=(
         f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8"><title>{_e(title)}</title>'
         f"<style>{_STYLE}</style></head>\n<body>\n<h1>{_e(title)}</h1>\n{body}\n</body></html>\n"))
 
 
-def _wants_json(request):
-    return request.GET.get("format") == "json"
+def _wants_json(request: Request) -> bool:
+    return bool(request.GET.get("format") == "json")
 
 
-def problems(config, request):
+def problems(config: Config, request: Request) -> Response:
     """Buckets by count: first and last seen, releases, architectures, versions (public)."""
     page = request.GET.get("page", "1")
     page = int(page) if page.isdigit() and int(page) > 0 else 1
@@ -109,7 +116,7 @@ def problems(config, request):
     return _page("Crash buckets", body)
 
 
-def _bucket(config, request, bthash):
+def _bucket(config: Config, request: Request, bthash: str) -> Response:
     if len(bthash) != _BTHASH_LENGTH or any(char not in "0123456789abcdef" for char in bthash):
         raise NotFound("There is no such bucket")
     with BucketDB.for_config(config) as buckets:
@@ -137,7 +144,7 @@ def _bucket(config, request, bthash):
     return _page(f"Bucket {bthash}", body)
 
 
-def bucket_page(config, request, bthash):
+def bucket_page(config: Config, request: Request, bthash: str) -> Response:
     """A bucket's backtrace and reports: public with ProblemsPublic = all, else in the task manager."""
     if config.ProblemsPublic != "all":
         raise Forbidden("A bucket's details are shown in the task manager (/manager/problems/...); this server keeps "
@@ -145,6 +152,6 @@ def bucket_page(config, request, bthash):
     return _bucket(config, request, bthash)
 
 
-def managed_bucket_page(config, request, bthash):
+def managed_bucket_page(config: Config, request: Request, bthash: str) -> Response:
     authenticated_user(config, request)
     return _bucket(config, request, bthash)

@@ -4,11 +4,16 @@ Nothing is loaded from elsewhere (no scripts, fonts or stylesheets), so the
 page works on a server without internet access and leaks no visitor to a
 third party.  Every number also comes as JSON (``?format=json``).
 """
+from __future__ import annotations
 
 import html
 import time
+from typing import TYPE_CHECKING, Any
 
 from retrace_server.tasks.task import TaskStatus
+
+if TYPE_CHECKING:
+    from retrace_server.tasks.taskqueue import Occupancy
 
 _PAGE = """<!DOCTYPE html>
 <html lang="en">
@@ -24,9 +29,12 @@ svg text{{font-family:sans-serif;font-size:12px}}section{{margin-bottom:2em}}
 <p>Generated {generated}.</p>
 <section id="totals"><h2>Totals</h2>
 <table>
-<tr><th>Retraced</th><th>Successful</th><th>Failed</th><th>Success rate</th><th>Running now</th><th>Queued now</th><th>Refused (server full)</th><th>First retrace</th></tr>
-<tr><td class="n big" id="total">{total}</td><td class="n" id="successful">{successful}</td><td class="n" id="failed">{failed}</td>
-<td class="n" id="success-rate">{success_rate}</td><td class="n" id="running">{running}</td><td class="n" id="queued">{queued}</td>
+<tr><th>Retraced</th><th>Successful</th><th>Failed</th><th>Success rate</th><th>Running now</th><th>Queued now</th>
+<th>Refused (server full)</th><th>First retrace</th></tr>
+<tr><td class="n big" id="total">{total}</td><td class="n" id="successful">{successful}</td>
+<td class="n" id="failed">{failed}</td>
+<td class="n" id="success-rate">{success_rate}</td><td class="n" id="running">{running}</td>
+<td class="n" id="queued">{queued}</td>
 <td class="n" id="refused">{refused}</td><td>{first}</td></tr>
 </table></section>
 <section id="per-day"><h2>Tasks per day (last {days} days)</h2>{per_day_chart}</section>
@@ -40,7 +48,7 @@ svg text{{font-family:sans-serif;font-size:12px}}section{{margin-bottom:2em}}
 """
 
 
-def _table(headers, rows, numeric_from=1):
+def _table(headers: list[str], rows: list[list[str | int]], numeric_from: int = 1) -> str:
     if not rows:
         return "<p>None yet.</p>"
     head = "".join(f'<th{" class=n" if i >= numeric_from else ""}>{html.escape(h)}</th>' for i, h in enumerate(headers))
@@ -53,17 +61,17 @@ def _table(headers, rows, numeric_from=1):
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def bar_chart(pairs, width=640, bar_height=22, label_width=230):
+def bar_chart(pairs: list[list[str | int]], width: int = 640, bar_height: int = 22, label_width: int = 230) -> str:
     """Horizontal bars, one per ``[label, count]``, labels and counts written beside them."""
     if not pairs:
         return "<p>None yet.</p>"
-    most = max(count for _, count in pairs) or 1
+    most = max(int(count) for _, count in pairs) or 1
     room = width - label_width - 50
     height = bar_height * len(pairs) + 4
     parts = [f'<svg class="bar-chart" role="img" width="{width}" height="{height}" viewBox="0 0 {width} {height}">']
     for row, (label, count) in enumerate(pairs):
         y = row * bar_height + 2
-        length = max(1, round(room * count / most))
+        length = max(1, round(room * int(count) / most))
         parts.append(
             f'<text x="{label_width - 6}" y="{y + 15}" text-anchor="end">{html.escape(str(label))}</text>'
             f'<rect class="bar" x="{label_width}" y="{y + 3}" width="{length}" height="{bar_height - 6}" fill="#3c6eb4">'
@@ -74,15 +82,15 @@ def bar_chart(pairs, width=640, bar_height=22, label_width=230):
     return "".join(parts)
 
 
-def day_chart(per_day, width=640, height=160):
+def day_chart(per_day: list[list[str | int]], width: int = 640, height: int = 160) -> str:
     """One column per day; the first and last dates and the busiest day's count on the axes."""
-    most = max((count for _, count in per_day), default=0) or 1
+    most = max((int(count) for _, count in per_day), default=0) or 1
     column = width / max(1, len(per_day))
     top, bottom = 18, height - 20
     parts = [f'<svg class="day-chart" role="img" width="{width}" height="{height}" viewBox="0 0 {width} {height}">',
              f'<text x="0" y="12">max {most}</text>']
     for index, (day, count) in enumerate(per_day):
-        bar = (bottom - top) * count / most
+        bar = (bottom - top) * int(count) / most
         parts.append(
             f'<rect class="day" x="{index * column + 1:.1f}" y="{bottom - bar:.1f}" width="{column - 2:.1f}" '
             f'height="{bar:.1f}" fill="#3c6eb4"><title>{day}: {count}</title></rect>'
@@ -94,14 +102,14 @@ def day_chart(per_day, width=640, height=160):
     return "".join(parts)
 
 
-def _phase_name(phase):
+def _phase_name(phase: str) -> str:
     try:
         return TaskStatus[phase.upper()].sentence
     except KeyError:
         return phase
 
 
-def render(summary, occupancy, now=None):
+def render(summary: dict[str, Any], occupancy: Occupancy, now: float | None = None) -> str:
     now = now if now is not None else time.time()
     rate = summary["success_rate"]
     first = summary["first_retrace"]
