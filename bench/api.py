@@ -1,6 +1,6 @@
 """Benchmark of the HTTP API through the real Apache + mod_wsgi over HTTPS.
 
-Run as root after `make setup`:  .venv/bin/python bench/api.py
+Run as root after `make setup`:  .venv/bin/python -m bench.api
 
 Measures, in one run on one machine:
   1. upload throughput of a ~200 MB archive (plain tar and xz -2), against
@@ -15,15 +15,12 @@ import os
 import re
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.workspace import Workspace  # noqa: E402
-from tests.fixtures.cores import crash_installed  # noqa: E402
-from tests.fixtures.distro import build_rpms  # noqa: E402
+from bench.workspace import Workspace
+from testkit.cores import crash_installed
+from testkit.distro import build_rpms
 
 MIB = 1024 * 1024
 ARCHIVE_MIB = 200
@@ -83,7 +80,8 @@ def start_discard_server(ws):
     script.write_text(_DISCARD_APP)
     retrace_conf = Path(__file__).resolve().parent.parent / "httpd" / "retrace.conf"
     include = ws.work / "discard.conf"
-    include.write_text(retrace_conf.read_text().replace("WSGIScriptAlias / ${RETRACE_WSGI_SCRIPT}", f"WSGIScriptAlias / {script}"))
+    include.write_text(retrace_conf.read_text().replace("WSGIScriptAlias / ${RETRACE_WSGI_SCRIPT}",
+                                                        f"WSGIScriptAlias / {script}"))
     return ws.server(ws.root("discard"), launcher_args=("--httpd-conf", str(include)), MaxPackedSize="400")
 
 

@@ -1,8 +1,8 @@
 """Benchmark: foreign cores retraced on this x86_64 host against bare gdb-multiarch, per architecture.
 
-Run as root after `make setup`:  .venv/bin/python bench/architectures.py
+Run as root after `make setup`:  .venv/bin/python -m bench.architectures
 
-For each of aarch64, s390x, ppc64le, i386 and riscv64: the crasher's kernel-written core (tests/fixtures/foreign.py:
+For each of aarch64, s390x, ppc64le, i386 and riscv64: the crasher's kernel-written core (testkit/foreign.py:
 the architecture's own Debian kernel under qemu-system, the real libc6 and libc6-dbg) and a real server
 whose one release is debian-<version>-<arch> (riscv64: trixie), in one run:
   1. warm retrace, upload -> FINISHED_SUCCESS as a polling client sees it (every package already
@@ -15,17 +15,14 @@ links the sysroot from the package cache, one symlink per file).
 
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.workspace import Workspace, bare_gdb_seconds  # noqa: E402
-from retrace_server.analysis.debuggers import gdb_for  # noqa: E402
-from tests.fixtures.debian import apt_release, debian_problem_dir, merged_usr_sysroot  # noqa: E402
-from tests.fixtures.foreign import foreign_crash  # noqa: E402
-from tests.integration.helpers import abrt_archive, timed_retrace  # noqa: E402
+from bench.workspace import Workspace, bare_gdb_seconds
+from retrace_server.analysis.debuggers import gdb_for
+from testkit.debian import apt_release, debian_problem_dir, merged_usr_sysroot
+from testkit.foreign import foreign_crash
+from testkit.helpers import abrt_archive, timed_retrace
 
 RUNS = 5
 FILES = ("coredump", "executable", "package", "os_info")

@@ -1,9 +1,9 @@
 """Benchmark: Dispatcher = celery with one and with two worker hosts.
 
-Run as root after `make setup`:  .venv/bin/python bench/cluster.py
+Run as root after `make setup`:  .venv/bin/python -m bench.cluster
 
 The real HTTPS API, a real RabbitMQ and `retrace-server-worker --serve`
-hosts in network namespaces (tests/fixtures/cluster.py), all on this
+hosts in network namespaces (testkit/cluster.py), all on this
 machine's 2 cores, sharing SaveDir.  Measured:
   1. dispatch latency: the upload request (which publishes the task with a
      broker confirm) and from its start to the task's first status (a
@@ -15,17 +15,13 @@ machine's 2 cores, sharing SaveDir.  Measured:
 import os
 import pwd
 import statistics
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.workspace import Workspace  # noqa: E402
-from tests.fixtures.cluster import Cluster  # noqa: E402
-from tests.integration.helpers import submit, wait_final  # noqa: E402
-from tests.integration.server import SERVICE_USER, write_config  # noqa: E402
+from bench.workspace import Workspace
+from testkit.cluster import Cluster
+from testkit.helpers import submit, wait_final
+from testkit.server import SERVICE_USER, write_config
 
 LATENCY_TASKS = 20
 BURST = 20

@@ -1,8 +1,8 @@
 """Benchmark: a Debian crash retraced from real Debian packages, cold and warm, against bare gdb.
 
-Run as root after `make setup`:  .venv/bin/python bench/debian.py
+Run as root after `make setup`:  .venv/bin/python -m bench.debian
 
-The crash of Debian's own x86_64-linux-gnu-strings (tests/fixtures/debian.py)
+The crash of Debian's own x86_64-linux-gnu-strings (testkit/debian.py)
 and an apt repository of the real packages from the Debian archive (binutils,
 libbinutils, libc6, zlib1g, libzstd1, and the -dbg packages of the first
 three: 25 MiB of .debs, 127 MiB unpacked), through the real server, in one run:
@@ -25,22 +25,28 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.workspace import Workspace, bare_gdb_seconds  # noqa: E402
-from retrace_server.packaging.repoindex import RepoIndex  # noqa: E402
-from tests.fixtures.debian import (BINARIES, DEBIAN_RELEASE, PROGRAM, apt_archive, apt_release,  # noqa: E402
-                                   crash_debian_program,
-                                   debian_debs, debian_problem_dir, merged_usr_sysroot, unpack_debs)
-from tests.fixtures.debuginfod import DEB_CACHE  # noqa: E402
-from tests.fixtures.signing import TEST_KEY  # noqa: E402
-from tests.integration.helpers import abrt_archive, timed_retrace  # noqa: E402
-from tests.integration.reposync_admin import REPOSYNC, serve_http  # noqa: E402
+from bench.workspace import Workspace, bare_gdb_seconds
+from retrace_server.packaging.repoindex import RepoIndex
+from testkit.debian import (
+    BINARIES,
+    DEBIAN_RELEASE,
+    PROGRAM,
+    apt_archive,
+    apt_release,
+    crash_debian_program,
+    debian_debs,
+    debian_problem_dir,
+    merged_usr_sysroot,
+    unpack_debs,
+)
+from testkit.debuginfod import DEB_CACHE
+from testkit.helpers import abrt_archive, timed_retrace
+from testkit.reposync_admin import REPOSYNC, serve_http
+from testkit.signing import TEST_KEY
 
 RUNS = 5
 DEBIAN_FILES = ("coredump", "executable", "package", "os_info")

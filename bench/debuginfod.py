@@ -1,6 +1,6 @@
 """Benchmark: retracing via packages (a mirror) against via debuginfod, cold and warm.
 
-Run as root after `make setup`:  .venv/bin/python bench/debuginfod.py
+Run as root after `make setup`:  .venv/bin/python -m bench.debuginfod
 
 Two crashes: the fixture crash, and `bigcrash`, which dies 2,500 frames deep
 inside a generated library with a few MB of debuginfo.  Two real servers
@@ -15,18 +15,14 @@ import os
 import re
 import shutil
 import statistics
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.workspace import Workspace  # noqa: E402
-from retrace_server.analysis.coredump import read_core  # noqa: E402
-from retrace_server.packaging.cache import tree_bytes  # noqa: E402
-from tests.fixtures.cores import crash_installed, make_problem_dir  # noqa: E402
-from tests.fixtures.debuginfod import Debuginfod  # noqa: E402
-from tests.fixtures.distro import BIGCRASH_PACKAGE, build_bigcrash, build_rpms, publish_release  # noqa: E402
-from tests.integration.helpers import abrt_archive, timed_retrace  # noqa: E402
+from bench.workspace import Workspace
+from retrace_server.elf import read_core
+from retrace_server.packaging.cache import tree_bytes
+from testkit.cores import crash_installed, make_problem_dir
+from testkit.debuginfod import Debuginfod
+from testkit.distro import BIGCRASH_PACKAGE, build_bigcrash, build_rpms, publish_release
+from testkit.helpers import abrt_archive, timed_retrace
 
 RELEASE_ID = "fedora-41-x86_64"
 WARM_RUNS = 3

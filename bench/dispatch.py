@@ -1,6 +1,6 @@
 """Benchmark: how soon a queued task starts once a worker slot frees.
 
-Run as root after `make setup`:  .venv/bin/python bench/dispatch.py
+Run as root after `make setup`:  .venv/bin/python -m bench.dispatch
 
 With MaxParallelTasks 1, HANDOFFS + 1 tasks are queued behind one that waits
 for a held package lock; the lock is released and the tasks run one after
@@ -24,10 +24,8 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.workspace import Workspace  # noqa: E402
-from tests.integration.helpers import package_lock_held, submit, wait_final  # noqa: E402
+from bench.workspace import Workspace
+from testkit.helpers import package_lock_held, submit, wait_final
 
 HANDOFFS = 20
 LAUNCHES = 10

@@ -1,6 +1,6 @@
 """Benchmark: per-task environment setup, RetraceEnvironment = chroot against sysroot.
 
-Run as root after `make setup`:  .venv/bin/python bench/environments.py
+Run as root after `make setup`:  .venv/bin/python -m bench.environments
 
 On the fixture crash with a repository that also holds a userland (glibc,
 bash and gdb repackaged from this host, as the tests use), through the real
@@ -14,16 +14,12 @@ The aim: a warm chroot setup under 2 s (upstream's mock: 73 s and more).
 
 import re
 import statistics
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.workspace import Workspace  # noqa: E402
-from tests.fixtures.cores import crash_installed, make_problem_dir  # noqa: E402
-from tests.fixtures.distro import build_rpms, publish_release  # noqa: E402
-from tests.fixtures.userland import build_userland_rpms  # noqa: E402
-from tests.integration.helpers import abrt_archive, timed_retrace  # noqa: E402
+from bench.workspace import Workspace
+from testkit.cores import crash_installed, make_problem_dir
+from testkit.distro import build_rpms, publish_release
+from testkit.helpers import abrt_archive, timed_retrace
+from testkit.userland import build_userland_rpms
 
 RELEASE_ID = "fedora-41-x86_64"
 WARM_RUNS = 10

@@ -1,7 +1,7 @@
 """Benchmark: from `retrace-server-interact TASK crash|gdb` to the debugger's prompt, against the same
 debugger started bare.
 
-Run as root after `make setup`:  .venv/bin/python bench/interact.py
+Run as root after `make setup`:  .venv/bin/python -m bench.interact
 
 A real server with AllowInteractive = 1 retraces, as interactive tasks, the kdump-compressed vmcore of the
 Debian cloud kernel panicked under QEMU (type 4; its -dbg package in the release) and the fixture crash
@@ -22,11 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.workspace import Workspace  # noqa: E402
-from tests.fixtures.vmcore import kernel_debs, make_vmcores, vmcore_upload  # noqa: E402
-from tests.integration.helpers import outcome, password_header, wait_final  # noqa: E402
+from bench.workspace import Workspace
+from testkit.helpers import outcome, password_header, wait_final
+from testkit.vmcore import kernel_debs, make_vmcores, vmcore_upload
 
 RUNS = 5
 INTERACT = Path(sys.executable).with_name("retrace-server-interact")

@@ -1,6 +1,6 @@
 """Benchmark of the task manager's list with 10,000 tasks in SaveDir, through the real Apache over HTTPS.
 
-Run as root after `make setup`:  .venv/bin/python bench/manager.py
+Run as root after `make setup`:  .venv/bin/python -m bench.manager
 
 The spool is the only truth (no index), so a listing reads every task
 directory.  Baseline, same run, same spool: ``GET /settings``, which also
@@ -13,15 +13,11 @@ of 7 requests each, after one warm-up.
 import random
 import statistics
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.workspace import Workspace  # noqa: E402
+from bench.workspace import Workspace
 
 TASKS = 10_000
 RUNS = 7

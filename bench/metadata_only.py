@@ -1,6 +1,6 @@
 """Benchmark: an RPM release mirrored in full against the same release kept as metadata only.
 
-Run as root after `make setup`:  .venv/bin/python bench/metadata_only.py
+Run as root after `make setup`:  .venv/bin/python -m bench.metadata_only
 
 One loopback HTTP mirror laid out as Fedora's: the binaries in one repository, their debuginfo in
 another (the fixture crasher and libcrash, and `bigcrash`, whose library has a few MB of debuginfo;
@@ -17,19 +17,15 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.debuginfod import bigcrash_problem  # noqa: E402
-from bench.workspace import RELEASE_ID, Workspace  # noqa: E402
-from retrace_server.packaging.cache import tree_bytes  # noqa: E402
-from tests.fixtures.cores import crash_installed, make_problem_dir  # noqa: E402
-from tests.fixtures.distro import build_bigcrash, build_rpms, is_debuginfo, publish_release  # noqa: E402
-from tests.integration.helpers import abrt_archive, timed_retrace  # noqa: E402
-from tests.integration.reposync_admin import REPOSYNC, serve_http  # noqa: E402
+from bench.debuginfod import bigcrash_problem
+from bench.workspace import RELEASE_ID, Workspace
+from retrace_server.packaging.cache import tree_bytes
+from testkit.cores import crash_installed, make_problem_dir
+from testkit.distro import build_bigcrash, build_rpms, is_debuginfo, publish_release
+from testkit.helpers import abrt_archive, timed_retrace
+from testkit.reposync_admin import REPOSYNC, serve_http
 
 RUNS = 5
 

@@ -1,7 +1,7 @@
 """Benchmark: RetraceEnvironment = mock, cold and warm, against sysroot on the same crash.
 
 Run as root where mock is installed (on Debian: docs/mock.md):
-    .venv/bin/python bench/mock.py
+    .venv/bin/python -m bench.mock
 
 One repository (the fixture crash packages plus the userland the tests
 use: glibc, bash, gdb repackaged from this host), two servers on it, in
@@ -17,17 +17,14 @@ times as the task log records them, and the ratios.
 import re
 import shutil
 import statistics
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.workspace import Workspace  # noqa: E402
-from retrace_server.environments.mock import find_mock, root_name  # noqa: E402
-from tests.fixtures.cores import crash_installed, make_problem_dir  # noqa: E402
-from tests.fixtures.distro import build_rpms, publish_release  # noqa: E402
-from tests.fixtures.userland import build_userland_rpms  # noqa: E402
-from tests.integration.helpers import abrt_archive, timed_retrace  # noqa: E402
+from bench.workspace import Workspace
+from retrace_server.environments.mock import find_mock, root_name
+from testkit.cores import crash_installed, make_problem_dir
+from testkit.distro import build_rpms, publish_release
+from testkit.helpers import abrt_archive, timed_retrace
+from testkit.userland import build_userland_rpms
 
 RELEASE_ID = "fedora-41-x86_64"
 WARM_RUNS = 5

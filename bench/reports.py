@@ -1,8 +1,8 @@
 """Benchmark: a coreless report of a large crash against the full warm retrace of the same crash.
 
-Run as root after `make setup`:  .venv/bin/python bench/reports.py
+Run as root after `make setup`:  .venv/bin/python -m bench.reports
 
-The crash: ``bigcrash threads`` (tests/fixtures/biglib): eight threads
+The crash: ``bigcrash threads`` (testkit/biglib): eight threads
 parked 1,500 frames deep in eight libraries, the main thread crashing 2,500
 frames deep in a ninth; ten modules with a few MB of debuginfo each, from
 signed RPMs in the fixture release, through the real Apache over HTTPS.
@@ -24,17 +24,14 @@ import statistics
 import sys
 import threading
 import time
-from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.workspace import RELEASE_ID, Workspace  # noqa: E402
-from retrace_server.client import unwind  # noqa: E402
-from tests.fixtures.cores import crash_installed, installed_tree, make_problem_dir, run_installed  # noqa: E402
-from tests.fixtures.distro import BIGCRASH_PACKAGE, build_bigcrash, publish_release  # noqa: E402
-from tests.integration.helpers import abrt_archive, timed_retrace  # noqa: E402
+from bench.workspace import RELEASE_ID, Workspace
+from retrace_server.client import unwind
+from testkit.cores import crash_installed, installed_tree, make_problem_dir, run_installed
+from testkit.distro import BIGCRASH_PACKAGE, build_bigcrash, publish_release
+from testkit.helpers import abrt_archive, timed_retrace
 
 RUNS = 10
 CLIENTS = 8

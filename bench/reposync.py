@@ -1,6 +1,6 @@
 """Benchmark: reposync's HTTP mirror (librepo, four downloads at once) against one download at a time.
 
-Run as root after `make setup`:  .venv/bin/python bench/reposync.py
+Run as root after `make setup`:  .venv/bin/python -m bench.reposync
 
 One repository of 24 packages of 2 MiB each (built by rpmbuild, stored uncompressed so that the bytes on
 the wire are the sizes), served by Apache on loopback twice: as it is, and with mod_ratelimit capping
@@ -17,19 +17,16 @@ import hashlib
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import requests
 
-import requests  # noqa: E402
-
-from retrace_server.packaging.repoindex import COMMON_NS, iter_elements  # noqa: E402
-from retrace_server.reposync.mirrors import RepoMirror  # noqa: E402
-from tests.integration.reposync_admin import ApacheMirror  # noqa: E402
+from retrace_server.packaging.repoindex import COMMON_NS, iter_elements
+from retrace_server.reposync.mirrors import RepoMirror
+from testkit.reposync_admin import ApacheMirror
 
 PACKAGES = 24
 PACKAGE_MIB = 2

@@ -1,6 +1,6 @@
 """Benchmark of a coredump retrace, end to end through the real server.
 
-Run as root after `make setup`:  .venv/bin/python bench/retrace.py
+Run as root after `make setup`:  .venv/bin/python -m bench.retrace
 
 On the fixture crash (crasher + libcrash, each with -debuginfo, built by
 rpmbuild; a real core from a private mount namespace), in one run:
@@ -20,18 +20,14 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.workspace import Workspace  # noqa: E402
-from retrace_server.analysis.gdb import exploitable_marker, gdb_argv  # noqa: E402
-from tests.fixtures.cores import crash_installed, make_problem_dir  # noqa: E402
-from tests.fixtures.distro import build_rpms, publish_release  # noqa: E402
-from tests.integration.helpers import abrt_archive, timed_retrace  # noqa: E402
+from bench.workspace import Workspace
+from retrace_server.analysis.gdb import exploitable_marker, gdb_argv
+from testkit.cores import crash_installed, make_problem_dir
+from testkit.distro import build_rpms, publish_release
+from testkit.helpers import abrt_archive, timed_retrace
 
 RELEASE_ID = "fedora-41-x86_64"
 COLD_RUNS = 5
@@ -69,8 +65,8 @@ def stage_medians(logs):
 
 def print_stages(label, logs):
     medians = stage_medians(logs)
-    print(f"worker stages, {label} (median): " + ", ".join(f"{stage} {seconds * 1000:.0f} ms" for stage, seconds in medians.items())
-          + f"; sum {sum(medians.values()) * 1000:.0f} ms")
+    stages = ", ".join(f"{stage} {seconds * 1000:.0f} ms" for stage, seconds in medians.items())
+    print(f"worker stages, {label} (median): {stages}; sum {sum(medians.values()) * 1000:.0f} ms")
 
 
 def unpack_baseline(rpms, target):
@@ -130,7 +126,8 @@ def main():
         package_bytes = sum(rpm.stat().st_size for rpm in rpms)
         print(f"fixture: {len(rpms)} packages, {package_bytes / 1024:.0f} KiB, core {core.stat().st_size / 1024:.0f} KiB, "
               f"upload {len(archive) / 1024:.0f} KiB (xz tar)")
-        print(f"cold end-to-end (upload -> FINISHED, packages not yet unpacked), median of {PAIRED_RUNS}: {cold_median * 1000:.0f} ms "
+        print(f"cold end-to-end (upload -> FINISHED, packages not yet unpacked), median of {PAIRED_RUNS}: "
+              f"{cold_median * 1000:.0f} ms "
               f"(min {min(cold) * 1000:.0f}, max {max(cold) * 1000:.0f})")
         print(f"warm end-to-end, median of {PAIRED_RUNS}: {warm_median * 1000:.0f} ms "
               f"(min {min(warm) * 1000:.0f}, max {max(warm) * 1000:.0f})")

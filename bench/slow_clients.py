@@ -1,6 +1,6 @@
 """Benchmark: what 80 slow clients from 80 addresses do to everyone else, through the real Apache + mod_wsgi.
 
-Run as root after `make setup`:  .venv/bin/python bench/slow_clients.py
+Run as root after `make setup`:  .venv/bin/python -m bench.slow_clients
 
 In one run, on one server with the fixture release:
   1. calm: GET /settings every 0.2 s (p50, max) and a normal ABRT batch (upload, poll every 0.2 s
@@ -21,15 +21,12 @@ import statistics
 import sys
 import threading
 import time
-from pathlib import Path
 
 import requests
 from requests.adapters import HTTPAdapter
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.workspace import Workspace  # noqa: E402
-from tests.integration.helpers import XZ_TAR  # noqa: E402
+from bench.workspace import Workspace
+from testkit.helpers import XZ_TAR
 
 SLOW_CLIENTS = 40
 RATE = 600

@@ -1,9 +1,9 @@
 """Benchmark of a kernel vmcore retrace (X-Task-Type 2), end to end through the real server.
 
-Run as root after `make setup`:  .venv/bin/python bench/vmcore.py
+Run as root after `make setup`:  .venv/bin/python -m bench.vmcore
 
 On a real kdump-compressed vmcore (a Debian cloud kernel panicked under
-QEMU, tests/fixtures/vmcore.py; makedumpfile -c -d 31, ~15 MB), in one run:
+QEMU, testkit/vmcore.py; makedumpfile -c -d 31, ~15 MB), in one run:
   1. upload -> FINISHED_SUCCESS as seen by a polling client, cold (the
      vmlinux is extracted from the real -dbg package, 283 MB .deb) and warm
      (vmlinux in the kernel cache); plus the worker's stage times;
@@ -16,17 +16,13 @@ QEMU, tests/fixtures/vmcore.py; makedumpfile -c -d 31, ~15 MB), in one run:
 import shutil
 import statistics
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.retrace import print_stages  # noqa: E402
-from bench.workspace import Workspace  # noqa: E402
-from retrace_server.analysis.crash import COMMANDS, Markers  # noqa: E402
-from tests.fixtures.vmcore import kernel_debs, make_vmcores  # noqa: E402
-from tests.integration.helpers import outcome, password_header, wait_final  # noqa: E402
+from bench.retrace import print_stages
+from bench.workspace import Workspace
+from retrace_server.analysis.crash import COMMANDS, Markers
+from testkit.helpers import outcome, password_header, wait_final
+from testkit.vmcore import kernel_debs, make_vmcores
 
 COLD_RUNS = 3
 WARM_RUNS = 5

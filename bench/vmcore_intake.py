@@ -1,8 +1,8 @@
 """Benchmark: a vmcore's md5 computed while it streams in, against a second pass over the stored file.
 
-Run as root after `make setup`:  .venv/bin/python bench/vmcore_intake.py
+Run as root after `make setup`:  .venv/bin/python -m bench.vmcore_intake
 
-The ELF vmcore of the Debian cloud kernel panicked under QEMU (256 MiB, tests/fixtures/vmcore.py), as a
+The ELF vmcore of the Debian cloud kernel panicked under QEMU (256 MiB, testkit/vmcore.py), as a
 zstd tar, uploaded to a real server (HTTPS, Apache, mod_wsgi) as X-Task-Type 2, median of 5: with
 CalculateMd5 = 0, with CalculateMd5 = 1 (md5 while streaming), and, for the second pass, md5 of the stored
 file read back from disk after the upload (page cache dropped first), as a separate step would.
@@ -11,14 +11,10 @@ file read back from disk after the upload (page cache dropped first), as a separ
 import hashlib
 import statistics
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.workspace import Workspace  # noqa: E402
-from tests.fixtures.vmcore import make_vmcores, vmcore_upload  # noqa: E402
+from bench.workspace import Workspace
+from testkit.vmcore import make_vmcores, vmcore_upload
 
 RUNS = 5
 

@@ -15,12 +15,10 @@ import time
 from pathlib import Path
 
 from retrace_server.analysis.gdb import exploitable_marker, gdb_argv
-from tests.fixtures.cores import crash_installed, make_problem_dir
-from tests.fixtures.distro import build_rpms, publish_release
-from tests.integration.helpers import abrt_archive
-from tests.integration.server import Server, make_certificate, make_root, remove_root
-
-RELEASE_ID = "fedora-41-x86_64"
+from testkit.cores import crash_installed, make_problem_dir
+from testkit.distro import RELEASE_ID, build_rpms, publish_release
+from testkit.helpers import abrt_archive
+from testkit.server import Server, make_certificate, make_root, remove_root
 
 
 class Workspace(contextlib.ExitStack):

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from retrace_server.protocol import FAILURE_REASON, from_header_text
-from tests.integration.server import SERVICE_USER
+from testkit.server import SERVICE_USER
 
 XZ_TAR = "application/x-xz-compressed-tar"
 ZSTD_TAR = "application/x-zstd-compressed-tar"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from retrace_server.packaging.repoindex import RepoIndex
 from retrace_server.wsgi.httpd import find_apache, find_module_dir
-from tests.integration.conftest import RELEASE_ID
-from tests.integration.server import free_port, make_root, write_config
+from testkit.distro import RELEASE_ID
+from testkit.server import free_port, make_root, write_config
 
 REPOSYNC = Path(sys.executable).with_name("retrace-server-reposync")
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import requests
 
-from tests.fixtures.signing import trusted_keys_section
 from retrace_server.wsgi.httpd import make_certificate as launcher_certificate
+from testkit.signing import trusted_keys_section
 
 SERVICE_USER = "retrace"
 _START_TIMEOUT = 60

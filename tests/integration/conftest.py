@@ -8,17 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.cores import crash_installed, make_problem_dir
-from tests.fixtures.distro import build_rpms, publish_release
-from tests.fixtures.userland import build_userland_rpms
-from tests.fixtures.vmcore import kernel_debs, make_vmcores, vmcore_upload
-from tests.fixtures.loopback import FileServer, FtpDrop, MailSink, world_readable_dir
-from tests.integration.helpers import abrt_archive, add_debian_repository, outcome, retrace
-from tests.integration.manager_client import (DROP_PASSWORD, DROP_USER, ENGINEER, ENGINEER_PASSWORD, Engineer,
-                                              manager_settings)
-from tests.integration.server import Server, make_certificate, make_root, remove_root
-
-RELEASE_ID = "fedora-41-x86_64"
+from testkit.cores import crash_installed, make_problem_dir
+from testkit.distro import RELEASE_ID, build_rpms, publish_release
+from testkit.helpers import abrt_archive, add_debian_repository, outcome, retrace
+from testkit.loopback import FileServer, FtpDrop, MailSink, world_readable_dir
+from testkit.server import Server, make_certificate, make_root, remove_root
+from testkit.userland import build_userland_rpms
+from testkit.vmcore import kernel_debs, make_vmcores, vmcore_upload
+from tests.integration.manager_client import (
+    DROP_PASSWORD,
+    DROP_USER,
+    ENGINEER,
+    ENGINEER_PASSWORD,
+    Engineer,
+    manager_settings,
+)
 
 
 @pytest.fixture(scope="session")
@@ -163,7 +167,7 @@ def deep_problem_dir(work_dir, fixture_rpms):
 @pytest.fixture
 def admin():
     """``make(mirrors, **settings)``: an Admin with its own RepoDir and config; removed at the end."""
-    from tests.integration.reposync_admin import Admin  # it imports this module's RELEASE_ID
+    from testkit.reposync_admin import Admin
 
     created = []
 
@@ -178,7 +182,7 @@ def admin():
 
 @pytest.fixture(scope="session")
 def vmcores(work_dir):
-    """Real vmcores of a Debian kernel panicked under QEMU (tests/fixtures/vmcore.py), made once."""
+    """Real vmcores of a Debian kernel panicked under QEMU (testkit/vmcore.py), made once."""
     return make_vmcores(work_dir / "vmcores")
 
 

@@ -50,7 +50,7 @@ def check_layout(files, unpacked, httpd_conf, unit_dir):
         assert program in files, f"{unit.name} starts {program}, which the package does not install"
     for cron_line in (ROOT / "config" / "retrace-server.cron").read_text().splitlines():
         if cron_line and not cron_line.startswith("#"):
-            assert cron_line.split()[6] in files
+            assert re.search(r"\|\| (\S+)", cron_line)[1] in files
     return python_path
 
 

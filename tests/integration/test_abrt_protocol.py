@@ -5,11 +5,20 @@ import re
 
 import pytest
 
-from tests.fixtures.cores import CRASH_PACKAGE
-from tests.integration.conftest import RELEASE_ID
-from tests.integration.helpers import (
-    XZ_TAR, abrt_archive, package_lock_held, parse_settings, password_header, problem_members, submit, tar_bytes,
-    wait_final, wait_for_log_line, xz,
+from testkit.cores import CRASH_PACKAGE
+from testkit.distro import RELEASE_ID
+from testkit.helpers import (
+    XZ_TAR,
+    abrt_archive,
+    package_lock_held,
+    parse_settings,
+    password_header,
+    problem_members,
+    submit,
+    tar_bytes,
+    wait_final,
+    wait_for_log_line,
+    xz,
 )
 
 

@@ -1,6 +1,6 @@
 """Foreign cores (aarch64, s390x, ppc64le, i386, riscv64) retraced on this x86_64 host through the real server.
 
-The cores are written by each architecture's own Debian kernel under qemu-system (tests/fixtures/foreign.py):
+The cores are written by each architecture's own Debian kernel under qemu-system (testkit/foreign.py):
 the crasher, cross-compiled and packaged with its -dbgsym, against the real libc6 and libc6-dbg of that
 architecture from the Debian archive, in a ``debian-<version>-<arch>`` apt repository (bookworm; riscv64:
 trixie).  The reference is gdb-multiarch with every package of the repository unpacked into one sysroot:
@@ -11,12 +11,12 @@ import re
 
 import pytest
 
-from tests.fixtures.cores import make_problem_dir
-from tests.fixtures.debian import apt_release, debian_problem_dir, local_gdb_output, thread_frames
-from tests.fixtures.distro import publish_release
-from tests.fixtures.foreign import as_rpms, foreign_crash
-from tests.fixtures.signing import TEST_KEY
-from tests.integration.helpers import outcome, submit, wait_final
+from testkit.cores import make_problem_dir
+from testkit.debian import apt_release, debian_problem_dir, local_gdb_output, thread_frames
+from testkit.distro import publish_release
+from testkit.foreign import as_rpms, foreign_crash
+from testkit.helpers import outcome, submit, wait_final
+from testkit.signing import TEST_KEY
 
 FILES = ("coredump", "executable", "package", "os_info")
 # The libc source file of a frame each mode must show: abort() and qsort() calling back into strcmp.

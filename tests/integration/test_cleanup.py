@@ -7,9 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from tests.integration.helpers import (kill_worker, outcome, package_lock_held, running, submit, wait_final,
-    wait_for_log_line)
-from tests.integration.server import write_config
+from testkit.helpers import kill_worker, outcome, package_lock_held, running, submit, wait_final, wait_for_log_line
+from testkit.server import write_config
 
 CLEANUP = Path(sys.executable).with_name("retrace-server-cleanup")
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.journal import coredump_entry, stored_core, with_journal, write_journal
-from tests.integration.helpers import package_lock_held
+from testkit.helpers import package_lock_held
+from testkit.journal import coredump_entry, stored_core, with_journal, write_journal
 
 CLIENT = Path(sys.executable).with_name("retrace-client")
 README = Path(__file__).resolve().parents[2] / "README.md"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.debootstrap import fresh_debian, in_root
+from testkit.debootstrap import fresh_debian, in_root
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,6 +1,6 @@
 """Dispatcher = celery: the real HTTPS API, a real RabbitMQ, real Celery workers on two "hosts".
 
-The hosts are network namespaces (tests/fixtures/cluster.py) sharing SaveDir
+The hosts are network namespaces (testkit/cluster.py) sharing SaveDir
 on the local filesystem, which stands in for the NFS mount of a real
 cluster; each host has its own package cache.  Deterministic by holding a
 package's cache lock on a host, as a task unpacking it would.
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.cluster import Cluster
-from tests.fixtures.debian import apt_release, debian_problem_dir
-from tests.fixtures.foreign import foreign_crash
-from tests.integration.helpers import outcome, package_lock_held, submit, wait_final, wait_for_log_line
-from tests.integration.server import SERVICE_USER, write_config
+from testkit.cluster import Cluster
+from testkit.debian import apt_release, debian_problem_dir
+from testkit.foreign import foreign_crash
+from testkit.helpers import outcome, package_lock_held, submit, wait_final, wait_for_log_line
+from testkit.server import SERVICE_USER, write_config
 
 HOSTS = ("w1", "w2")
 CLEANUP = Path(sys.executable).with_name("retrace-server-cleanup")

@@ -1,6 +1,6 @@
 """Debian crashes, retraced from real Debian packages in an apt repository, through the real server.
 
-The crash is Debian's own ``x86_64-linux-gnu-strings`` (tests/fixtures/debian.py); the
+The crash is Debian's own ``x86_64-linux-gnu-strings`` (testkit/debian.py); the
 packages are the real ones from the Debian archive, their debuginfo the real ``-dbg``
 packages of bookworm main.  The reference is a local gdb with every package of the
 repository unpacked into one sysroot.
@@ -17,15 +17,26 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.debian import (BINARIES, DEBIAN_RELEASE, PROGRAM, apport_report, apt_archive, apt_release,
-                                   crash_debian_program, deb_with_members, debian_debs, debian_problem_dir,
-                                   local_gdb_output, thread_frames)
-from retrace_server.analysis.coredump import read_core
-from tests.fixtures.debhelper import build_crasher_debs
-from tests.fixtures.debuginfod import Debuginfod
-from tests.fixtures.signing import OTHER_KEY, TEST_KEY
-from tests.integration.helpers import outcome, submit, wait_final
-from tests.integration.reposync_admin import REPOSYNC, serve_http, serve_rsync
+from retrace_server.elf import read_core
+from testkit.debhelper import build_crasher_debs
+from testkit.debian import (
+    BINARIES,
+    DEBIAN_RELEASE,
+    PROGRAM,
+    apport_report,
+    apt_archive,
+    apt_release,
+    crash_debian_program,
+    deb_with_members,
+    debian_debs,
+    debian_problem_dir,
+    local_gdb_output,
+    thread_frames,
+)
+from testkit.debuginfod import Debuginfod
+from testkit.helpers import outcome, submit, wait_final
+from testkit.reposync_admin import REPOSYNC, serve_http, serve_rsync
+from testkit.signing import OTHER_KEY, TEST_KEY
 from tests.integration.test_client import run_client
 
 # What ABRT on Debian sends: os_info where RPM systems have os_release.

@@ -2,6 +2,7 @@
 (tests/integration/distro_packages.py says what any package must hold), then installed by apt into a
 fresh Debian 12 made by debootstrap, where the installed server retraces a crash: the fresh-machine check."""
 
+import gzip
 import os
 import re
 import shutil
@@ -14,31 +15,77 @@ import pytest
 import requests
 
 from retrace_server import __version__
-from tests.fixtures.debootstrap import fresh_debian, in_root
-from tests.fixtures.signing import TEST_KEY
+from testkit.debootstrap import fresh_debian, in_root
+from testkit.helpers import submit, wait_final
+from testkit.server import free_port
+from testkit.signing import TEST_KEY
 from tests.integration.distro_packages import ROOT, check_commands_run, check_layout, source_tree_tar
-from tests.integration.helpers import submit, wait_final
-from tests.integration.server import free_port
 
 HTTPD_CONF = "/etc/apache2/conf-available/retrace-server.conf"
 
 
+def build_depends():
+    """debian/control's Build-Depends as package names (no versions or alternatives: ours have none)."""
+    control = (ROOT / "debian" / "control").read_text()
+    field = re.search(r"^Build-Depends:(.*(?:\n .*)*)", control, re.M)[1]
+    return [re.sub(r"\s*\(.*\)", "", entry).strip() for entry in field.replace("\n", " ").split(",") if entry.strip()]
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
+    """The .deb made by dpkg-buildpackage in a fresh bookworm that has only build-essential and the
+    Build-Depends (a missing one fails the build there, as on a buildd)."""
     top = tmp_path_factory.mktemp("dpkg-buildpackage")
-    tree = top / "retrace-server"  # dpkg-buildpackage writes the .deb into the tree's parent
-    tree.mkdir()
+    root = fresh_debian("bookworm", top / "build-root")
+    for argv in (["apt-get", "update", "-q"],
+                 ["apt-get", "install", "-y", "-q", "--no-install-recommends", "build-essential", *build_depends()]):
+        ran = subprocess.run(in_root(root, *argv), capture_output=True, text=True, timeout=1800)
+        assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    tree = root / "build" / "retrace-server"  # dpkg-buildpackage writes the .deb into the tree's parent
+    tree.mkdir(parents=True)
     subprocess.run(["tar", "-xf", str(source_tree_tar(top / "source.tar"))], cwd=tree, check=True)
-    ran = subprocess.run(["dpkg-buildpackage", "-us", "-uc", "-b"], cwd=tree, capture_output=True, text=True,
-                         timeout=600)
+    ran = subprocess.run(in_root(root, "sh", "-c", "cd /build/retrace-server && dpkg-buildpackage -us -uc -b"),
+                         capture_output=True, text=True, timeout=600)
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
     package = top / f"retrace-server_{__version__}_all.deb"
+    shutil.copy(root / "build" / package.name, package)
+    shutil.rmtree(root, ignore_errors=True)
     listing = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(package)], capture_output=True, check=True).stdout
     files = {name[1:].rstrip("/") for name in subprocess.run(["tar", "-t"], input=listing, capture_output=True,
                                                              check=True).stdout.decode().split()}
     unpacked = top / "unpacked"
     subprocess.run(["dpkg-deb", "-x", str(package), str(unpacked)], check=True)
     return files, unpacked
+
+
+def test_lintian_finds_nothing_but_what_the_overrides_explain(built):
+    """lintian -EvIL +pedantic (every tag, pedantic ones too); the accepted tags and why are in one place,
+    debian/retrace-server.lintian-overrides."""
+    package = next(built[1].parent.glob("retrace-server_*_all.deb"))
+    ran = subprocess.run(["lintian", "-EvIL", "+pedantic", "--fail-on", "none", str(package)], capture_output=True,
+                         text=True, timeout=600)
+    said = [line for line in (ran.stdout + ran.stderr).splitlines()
+            if re.match(r"[EWIPX]: ", line)]
+    assert said == [], "\n".join(said)
+    overrides = (ROOT / "debian" / "retrace-server.lintian-overrides").read_text().splitlines()
+    for number, line in enumerate(overrides):
+        if line.startswith("retrace-server:"):
+            assert any(previous.startswith("#") for previous in overrides[max(0, number - 3):number]), line
+
+
+def test_the_man_pages_are_reproducible_and_the_units_documentation_exists(built):
+    files, unpacked = built
+    for unit in sorted((unpacked / "lib" / "systemd" / "system").glob("*.service")):
+        for link in re.search(r"^Documentation=(.*)$", unit.read_text(), re.M)[1].split():
+            if link.startswith("file://"):
+                assert link.removeprefix("file://") in files, f"{unit.name}: {link} is not in the package"
+            else:
+                name, section = re.fullmatch(r"man:([\w.-]+)\((\d)\)", link).groups()
+                assert f"/usr/share/man/man{section}/{name}.{section}.gz" in files, f"{unit.name}: {link}"
+    changelog_date = re.search(r"^ -- .*>  (.*)$", (ROOT / "debian" / "changelog").read_text(), re.M)[1]
+    day = time.strftime("%Y-%m-%d", time.strptime(changelog_date[5:16], "%d %b %Y"))
+    assert f'"{day}"' in gzip.decompress((unpacked / "usr/share/man/man5/retrace-server.conf.5.gz").read_bytes()
+                                          ).decode().splitlines()[0], "dated by the changelog (SOURCE_DATE_EPOCH)"
 
 
 def test_the_changelog_s_version_is_the_code_s():

@@ -7,12 +7,11 @@ import time
 
 import pytest
 
-from retrace_server.analysis.coredump import read_core
-from tests.fixtures.cores import unpack
-from tests.fixtures.debuginfod import Debuginfod, SilentServer, free_port, libc_debs
-from tests.fixtures.distro import publish_release
-from tests.integration.conftest import RELEASE_ID
-from tests.integration.helpers import crashing_thread, submit, wait_final
+from retrace_server.elf import read_core
+from testkit.cores import unpack
+from testkit.debuginfod import Debuginfod, SilentServer, free_port, libc_debs
+from testkit.distro import RELEASE_ID, publish_release
+from testkit.helpers import crashing_thread, submit, wait_final
 
 
 def build_id_of(problem_dir, suffix):

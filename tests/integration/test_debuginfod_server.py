@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.debuginfod import free_port
-from tests.integration.server import SERVICE_USER
+from testkit.debuginfod import free_port
+from testkit.server import SERVICE_USER
 from tests.integration.test_debuginfod import build_id_of
-
 
 DEBUGINFOD_PORT = free_port()
 DEBUGINFOD_USER = "retrace-debuginfod"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from tests.integration.helpers import XZ_TAR, ZSTD_TAR, submit, wait_final
+from testkit.helpers import XZ_TAR, ZSTD_TAR, submit, wait_final
 
 MIB = 1024 * 1024
 HUGE = 40  # an LZMA2 property byte: 4 GiB - 1

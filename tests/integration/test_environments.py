@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from retrace_server.environments.mock import find_mock, root_name as mock_root_name
-from tests.fixtures.distro import publish_release
-from tests.integration.helpers import crashing_thread, outcome, submit, wait_final
-from tests.integration.server import SERVICE_USER
+from retrace_server.environments.mock import find_mock
+from retrace_server.environments.mock import root_name as mock_root_name
+from testkit.distro import publish_release
+from testkit.helpers import crashing_thread, outcome, submit, wait_final
+from testkit.server import SERVICE_USER
 
 
 def retraced(server, problem_dir, **headers):

@@ -14,9 +14,17 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.integration.helpers import (XZ_TAR, abrt_archive, kill_worker, outcome, package_lock_held, submit, wait_final,
-                                       wait_for_log_line)
-from tests.integration.server import Server, free_port
+from testkit.helpers import (
+    XZ_TAR,
+    abrt_archive,
+    kill_worker,
+    outcome,
+    package_lock_held,
+    submit,
+    wait_final,
+    wait_for_log_line,
+)
+from testkit.server import Server, free_port
 from tests.integration.test_retrace import rpm_named, tiny_file_system_at
 
 MIB = 1024 * 1024
@@ -119,18 +127,17 @@ def test_concurrent_uploads_cannot_together_overcommit_the_disk(start_server, pr
     """Each alone fits; together they do not.  Before, both were accepted and one hit ENOSPC half-written."""
     server = start_server(MinStorageLeft="0", MaxPackedSize="8", MaxUnpackedSize="8")
     first_body, second_body = core_member(problem_dir, 3 * MIB), core_member(problem_dir, 3 * MIB)
-    with tiny_file_system_at(server.save_dir, size="5m"):
-        with open_upload(server, len(first_body)) as first:
-            first.sendall(first_body[:2 * MIB])
-            deadline = time.monotonic() + 10
-            while not any((server.save_dir / ".incoming" / name / ".reserved").exists() for name in server.incoming()):
-                assert time.monotonic() < deadline, "the first upload never reserved its coredump"
-                time.sleep(0.05)
-            with open_upload(server, len(second_body)) as second:
-                second.sendall(second_body)
-                second_status, second_text = read_response(second, timeout=30)
-            first.sendall(first_body[2 * MIB:])
-            first_status, first_text = read_response(first, timeout=30)
+    with tiny_file_system_at(server.save_dir, size="5m"), open_upload(server, len(first_body)) as first:
+        first.sendall(first_body[:2 * MIB])
+        deadline = time.monotonic() + 10
+        while not any((server.save_dir / ".incoming" / name / ".reserved").exists() for name in server.incoming()):
+            assert time.monotonic() < deadline, "the first upload never reserved its coredump"
+            time.sleep(0.05)
+        with open_upload(server, len(second_body)) as second:
+            second.sendall(second_body)
+            second_status, second_text = read_response(second, timeout=30)
+        first.sendall(first_body[2 * MIB:])
+        first_status, first_text = read_response(first, timeout=30)
     assert second_status == 507 and "not enough storage space" in second_text
     # The first upload lacks the other crash files: refused for that, not for space.
     assert first_status == 403 and "Required file 'executable' is missing" in first_text

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import outcome, problem_members, submit, tar_bytes, wait_final, xz
+from testkit.helpers import outcome, problem_members, submit, tar_bytes, wait_final, xz
 from tests.integration.test_cleanup import cleanup, finished_task_idle_for
 
 WORKER_POINTS = ["pre_start", "start", "pre_prepare_debuginfo", "post_prepare_debuginfo", "pre_prepare_environment",

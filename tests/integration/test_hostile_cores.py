@@ -9,9 +9,9 @@ import secrets
 
 import pytest
 
-from retrace_server.analysis.coredump import read_core
-from tests.fixtures.debuginfod import Debuginfod, libc_debs
-from tests.integration.helpers import outcome, problem_members, submit, tar_bytes, wait_final, xz
+from retrace_server.elf import read_core
+from testkit.debuginfod import Debuginfod, libc_debs
+from testkit.helpers import outcome, problem_members, submit, tar_bytes, wait_final, xz
 
 LIBC = "/usr/lib/x86_64-linux-gnu/libc.so.6"
 

@@ -19,8 +19,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.integration.helpers import (
-    XZ_TAR, abrt_archive, package_lock_held, problem_members, regular, tar_bytes, xz,
+from testkit.helpers import (
+    XZ_TAR,
+    abrt_archive,
+    package_lock_held,
+    problem_members,
+    regular,
+    tar_bytes,
+    xz,
 )
 
 MIB = 1024 * 1024
@@ -318,13 +324,15 @@ def task(hostile_server, problem_dir):
 def test_unknown_task_is_404(hostile_server, task):
     task_id, password = task
     unknown = "1" + task_id[1:] if task_id[0] != "1" else "2" + task_id[1:]
-    send = lambda: hostile_server.get(f"/{unknown}", headers={"X-Task-Password": password})
+    def send():
+        return hostile_server.get(f"/{unknown}", headers={"X-Task-Password": password})
     expect_rejection(hostile_server, send, 404, "There is no such task")
 
 
 def test_wrong_password_is_403(hostile_server, task):
     task_id, password = task
-    send = lambda: hostile_server.get(f"/{task_id}", headers={"X-Task-Password": password[:-1] + "!"})
+    def send():
+        return hostile_server.get(f"/{task_id}", headers={"X-Task-Password": password[:-1] + "!"})
     expect_rejection(hostile_server, send, 403, "Invalid password")
 
 
@@ -346,7 +354,8 @@ def test_encoded_path_traversal_in_url_is_404(hostile_server, task):
 
 def test_delete_is_403_when_disabled(hostile_server, task):
     task_id, password = task
-    send = lambda: hostile_server.get(f"/{task_id}/delete", headers={"X-Task-Password": password})
+    def send():
+        return hostile_server.get(f"/{task_id}/delete", headers={"X-Task-Password": password})
     expect_rejection(hostile_server, send, 403, "Manual deleting is disabled")
     assert task_id in hostile_server.task_dirs()
 

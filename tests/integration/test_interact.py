@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.crash_extension import build_extension
-from tests.fixtures.vmcore import kernel_debs
-from tests.integration.helpers import add_debian_repository, outcome, submit, upload, wait_final
+from testkit.crash_extension import build_extension
+from testkit.helpers import add_debian_repository, outcome, submit, upload, wait_final
+from testkit.vmcore import kernel_debs
 
 INTERACT = Path(sys.executable).with_name("retrace-server-interact")
 WORKER = Path(sys.executable).with_name("retrace-server-worker")
@@ -149,6 +149,10 @@ def test_printdir_and_ending_a_task_by_hand(interactive_server, problem_dir):
     assert interactive_server.get(f"/{task_id}", headers=auth).headers["X-Task-Status"] == "FINISHED_SUCCESS"
     log = interactive_server.get(f"/{task_id}/log", headers=auth).text
     assert "Status set to success by hand: set by hand with retrace-server-interact" in log
+    deleted = subprocess.run(interact(interactive_server, task_id, "delete"), capture_output=True, text=True)
+    assert (deleted.returncode, deleted.stdout) == (0, f"task {task_id}: deleted\n"), deleted.stderr
+    assert not (interactive_server.save_dir / task_id).exists()
+    assert interactive_server.get(f"/{task_id}", headers=auth).status_code == 404
 
 
 def test_crash_opens_an_interactive_vmcore_task_with_its_module_debuginfo_and_extensions(

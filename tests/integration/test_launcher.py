@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.integration.server import Server, free_port, make_root, remove_root, write_config
+from testkit.server import Server, free_port, make_root, remove_root, write_config
 
 LAUNCHER = str(Path(sys.executable).with_name("retrace-server-httpd"))
 

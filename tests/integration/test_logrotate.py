@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.integration.helpers import submit, wait_final
+from testkit.helpers import submit, wait_final
 
 CLEANUP = Path(sys.executable).with_name("retrace-server-cleanup")
 LOGROTATE = Path(__file__).resolve().parents[2] / "config" / "retrace-server.logrotate"

@@ -13,17 +13,28 @@ import shutil
 import time
 import types
 
-
-from tests.fixtures.loopback import world_readable_dir
-from tests.fixtures.vmcore import kernel_debs
-from tests.integration.helpers import add_debian_repository
+from testkit.helpers import add_debian_repository
+from testkit.loopback import world_readable_dir
+from testkit.server import free_port
+from testkit.vmcore import kernel_debs
 from tests.integration.browser import chromium, screenshot, submit_and_wait
-from tests.integration.manager_client import (DROP_USER, ENGINEER, ENGINEER_PASSWORD, FINAL, READER, READER_PASSWORD,
-                                              Engineer, created, manager_settings, page_field, page_md5, page_status,
-                                              page_task_id, refused)
-from tests.integration.server import free_port
+from tests.integration.manager_client import (
+    DROP_USER,
+    ENGINEER,
+    ENGINEER_PASSWORD,
+    FINAL,
+    READER,
+    READER_PASSWORD,
+    Engineer,
+    created,
+    manager_settings,
+    page_field,
+    page_md5,
+    page_status,
+    page_task_id,
+    refused,
+)
 from tests.integration.test_cleanup import cleanup
-
 
 # -- access --------------------------------------------------------------------------------
 

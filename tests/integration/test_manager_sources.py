@@ -11,9 +11,16 @@ import time
 
 import pytest
 
-from tests.fixtures.loopback import ScriptedServer
-from tests.integration.manager_client import (ENGINEER, ENGINEER_PASSWORD, Engineer, created, manager_settings,
-                                              page_status, refused)
+from testkit.loopback import ScriptedServer
+from tests.integration.manager_client import (
+    ENGINEER,
+    ENGINEER_PASSWORD,
+    Engineer,
+    created,
+    manager_settings,
+    page_status,
+    refused,
+)
 from tests.integration.test_decoder_memory import REFUSAL, crash_tar, xz_declaring
 
 MIB = 1024 * 1024

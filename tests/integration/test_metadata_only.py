@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.distro import is_debuginfo, publish_release
-from tests.fixtures.signing import OTHER_KEY
-from tests.integration.conftest import RELEASE_ID
-from tests.integration.helpers import crashing_thread, outcome, submit, wait_final
-from tests.integration.reposync_admin import REPOSYNC, serve_http
+from testkit.distro import RELEASE_ID, is_debuginfo, publish_release
+from testkit.helpers import crashing_thread, outcome, submit, wait_final
+from testkit.reposync_admin import REPOSYNC, serve_http
+from testkit.signing import OTHER_KEY
 from tests.integration.test_signatures import resigned
 
 CRASHER_DEBUGINFO = "crasher-debuginfo-1.0-1.fc41.x86_64"
@@ -143,5 +142,5 @@ def test_a_full_mirror_is_not_turned_into_metadata_only_silently(start_server, s
     _, url = split_mirror
     server = start_server(extra_ini=f"[reposync fedora]\nfedora = {url}everything/\n")
     sync = reposync(server, "--metadata-only")
-    assert sync.returncode == 1
+    assert sync.returncode == 2, "a release this command cannot work with: exit status 2, as every usage error"
     assert "fedora-41-x86_64 is a full mirror here; remove RepoDir/fedora-41-x86_64 first" in sync.stderr

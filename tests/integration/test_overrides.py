@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.vmcore import MARKER, kernel_debs, vmcore_upload
-from tests.integration.helpers import outcome, submit, wait_final
-from tests.integration.helpers import add_debian_repository, retrace, text
+from testkit.helpers import add_debian_repository, outcome, retrace, submit, text, wait_final
+from testkit.vmcore import MARKER, kernel_debs, vmcore_upload
 from tests.integration.test_vmcore import neighbouring_build
 
 WORKER = Path(sys.executable).with_name("retrace-server-worker")

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.cores import crash_installed, installed_tree, make_problem_dir, run_installed
-from tests.fixtures.distro import BIGCRASH_PACKAGE, build_bigcrash, publish_release
-from tests.integration.conftest import RELEASE_ID
+from testkit.cores import crash_installed, installed_tree, make_problem_dir, run_installed
+from testkit.distro import BIGCRASH_PACKAGE, RELEASE_ID, build_bigcrash, publish_release
+from testkit.helpers import abrt_archive, crashing_thread, submit, wait_final
 from tests.integration.browser import chromium, screenshot
-from tests.integration.helpers import abrt_archive, crashing_thread, submit, wait_final
 from tests.integration.manager_client import ENGINEER, ENGINEER_PASSWORD, Engineer
 from tests.integration.test_cleanup import cleanup
 

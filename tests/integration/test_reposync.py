@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.distro import build_rpms, publish_release
-from tests.integration.conftest import RELEASE_ID
-from tests.integration.helpers import submit, wait_final
-from tests.integration.reposync_admin import REPOSYNC, serve_http, serve_rsync
-from tests.integration.server import write_config
+from testkit.distro import RELEASE_ID, build_rpms, publish_release
+from testkit.helpers import submit, wait_final
+from testkit.reposync_admin import REPOSYNC, serve_http, serve_rsync
+from testkit.server import write_config
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +119,7 @@ def test_a_sync_already_running_makes_the_second_stop(admin, http_mirror):
         os.chown(held.name, *owner(repo.repo_dir))
         fcntl.flock(held, fcntl.LOCK_EX)
         result = repo.sync()
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert "another reposync of fedora-41-x86_64 is running" in result.stderr
 
 
@@ -128,7 +127,7 @@ def test_two_syncs_at_once_leave_a_complete_repository(admin, http_mirror, fixtu
     repo = admin([http_mirror])
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(lambda _: repo.sync(), range(2)))
-    assert sorted(r.returncode for r in results)[0] == 0 and {r.returncode for r in results} <= {0, 2}
+    assert sorted(r.returncode for r in results)[0] == 0 and {r.returncode for r in results} <= {0, 1}
     assert repo.packages() == rpm_names(fixture_rpms) and len(repo.indexed_builds()) == 4
 
 
@@ -181,6 +180,14 @@ def test_all_syncs_every_configured_release_and_discover_lists_versions(admin, m
     assert repo.reposync("--discover", "fedora").stdout.split() == ["40", "41", "rawhide"]
 
 
+def test_all_with_no_release_configured_is_a_quiet_no_op_and_a_bad_id_is_named(admin, mirror_dir):
+    """The shipped cron file runs --all every 6 hours, also before an admin has chosen releases."""
+    quiet = admin([str(mirror_dir)], SyncReleases="").reposync("--all")
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+    bad = admin([str(mirror_dir)], SyncReleases="fedora-41-x86_64 fedora41").reposync("--all")
+    assert bad.returncode == 2 and "SyncReleases must list release ids such as fedora-41-x86_64" in bad.stderr
+
+
 def test_rawhide_keeps_only_the_newest_versions(admin, mirror_dir, newer_rpms):
     publish_release(mirror_dir.parent, mirror_dir.name, newer_rpms)
     repo = admin([str(mirror_dir)], KeepRawhideLatest="1")
@@ -218,5 +225,5 @@ def test_repo_dir_the_service_user_cannot_write_is_refused_with_advice(admin, ht
     repo = admin([http_mirror])
     os.chown(repo.repo_dir, 0, 0)
     result = repo.sync()
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "is not writable by this user" in result.stderr and "chown it to the service user" in result.stderr

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.distro import publish_release
-from tests.integration.conftest import RELEASE_ID
-from tests.integration.reposync_admin import ApacheMirror, Certificates, serve_http
+from testkit.distro import RELEASE_ID, publish_release
+from testkit.reposync_admin import ApacheMirror, Certificates, serve_http
 
 
 def rpm_names(rpms):
@@ -203,7 +202,7 @@ def test_without_the_client_certificate_the_mirror_fails_with_a_reason(admin, ap
 def test_tls_files_named_by_relative_path_are_refused(admin, good):
     repo = admin([str(good)], plugin_lines=["sslclientcert = entitlement/4242.pem"])
     result = repo.sync()
-    assert result.returncode == 1, "a usage error, as for any unreadable plugin"
+    assert result.returncode == 2, "a usage error, as for any unreadable plugin"
     assert "must name its TLS files by absolute path, not 'entitlement/4242.pem'" in result.stdout + result.stderr
 
 

@@ -15,10 +15,9 @@ import signal
 import subprocess
 import time
 
-from tests.fixtures.distro import publish_release
-from tests.integration.conftest import RELEASE_ID
-from tests.integration.helpers import outcome, package_lock_held, submit, wait_final, wait_for_log_line
-from tests.integration.server import SERVICE_USER
+from testkit.distro import RELEASE_ID, publish_release
+from testkit.helpers import outcome, package_lock_held, submit, wait_final, wait_for_log_line
+from testkit.server import SERVICE_USER
 
 
 def retrace(server, problem_dir):
@@ -80,7 +79,8 @@ def test_backtrace_and_log_reveal_no_server_paths(server, problem_dir):
     for name in ("backtrace", "log"):
         text = result(server, task_id, auth, name)
         assert str(server.root) not in text
-    assert re.search(r"^0x[0-9a-f]+\s+0x[0-9a-f]+\s+Yes\s+/usr/lib64/libcrash\.so\.1$", result(server, task_id, auth, "backtrace"), re.M)
+    assert re.search(r"^0x[0-9a-f]+\s+0x[0-9a-f]+\s+Yes\s+/usr/lib64/libcrash\.so\.1$",
+                     result(server, task_id, auth, "backtrace"), re.M)
 
 
 def test_multithreaded_crash_shows_every_thread_with_the_crashing_one_first(server, threads_problem_dir):

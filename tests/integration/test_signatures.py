@@ -5,11 +5,10 @@ import subprocess
 
 import pytest
 
-from tests.fixtures.distro import build_rpms, publish_release
-from tests.fixtures.signing import OTHER_KEY
-from tests.integration.conftest import RELEASE_ID
-from tests.integration.helpers import outcome, submit, wait_final
-from tests.integration.reposync_admin import serve_http
+from testkit.distro import RELEASE_ID, build_rpms, publish_release
+from testkit.helpers import outcome, submit, wait_final
+from testkit.reposync_admin import serve_http
+from testkit.signing import OTHER_KEY
 
 CRASHER = "crasher-1.0-1.fc41.x86_64"
 

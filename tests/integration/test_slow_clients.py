@@ -16,7 +16,7 @@ import time
 
 import requests
 
-from tests.integration.helpers import XZ_TAR, submit, wait_final
+from testkit.helpers import XZ_TAR, submit, wait_final
 
 MIB = 1024 * 1024
 

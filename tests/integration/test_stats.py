@@ -6,9 +6,8 @@ import sqlite3
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from testkit.helpers import package_lock_held, submit, wait_final
 from tests.integration.browser import chromium, screenshot
-from tests.integration.helpers import package_lock_held, submit, wait_final
-
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +57,15 @@ def test_stats_json_gives_the_same_numbers(stats_server):
 def test_metrics_pass_the_prometheus_parser(stats_server):
     response = stats_server.get("/metrics")
     assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/plain")
-    families = {family.name: family for family in text_string_to_metric_families(response.text)}
-    finished = {(s.labels["result"], s.labels["reason"]): s.value for s in families["retrace_tasks_finished"].samples
-                if s.name.endswith("_total")}
+    families = {(family.name, family.type): family for family in text_string_to_metric_families(response.text)}
+    finished = {(s.labels["result"], s.labels["reason"]): s.value
+                for s in families["retrace_tasks_finished", "counter"].samples if s.name.endswith("_total")}
     assert finished == {("success", ""): 2, ("fail", "unsupported release"): 1}
-    assert families["retrace_cache_bytes"].samples[0].value > 0
-    assert families["retrace_savedir_free_bytes"].samples[0].value > 0
-    assert any(s.labels.get("phase") == "backtrace" for s in families["retrace_phase_duration_seconds"].samples)
+    upstream = {s.labels["result"]: s.value for s in families["retrace_tasks_finished", "unknown"].samples}
+    assert upstream == {"success": 2, "fail": 1}, "upstream's dashboards read retrace_tasks_finished{result}"
+    assert families["retrace_cache_bytes", "gauge"].samples[0].value > 0
+    assert families["retrace_savedir_free_bytes", "gauge"].samples[0].value > 0
+    assert any(s.labels.get("phase") == "backtrace" for s in families["retrace_phase_duration_seconds", "histogram"].samples)
 
 
 def test_metrics_are_403_unless_enabled(server):

@@ -15,9 +15,9 @@ import time
 import pytest
 
 from retrace_server.tasks.task import TaskStatus
-from tests.integration.conftest import RELEASE_ID
-from tests.integration.helpers import kill_worker, lock_held, outcome, package_lock_held, running, submit, wait_final
-from tests.integration.server import SERVICE_USER
+from testkit.distro import RELEASE_ID
+from testkit.helpers import kill_worker, lock_held, outcome, package_lock_held, running, submit, wait_final
+from testkit.server import SERVICE_USER
 
 
 def crasher(fixture_rpms):

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.integration.helpers import kill_worker, package_lock_held, submit, wait_final, wait_for_log_line
+from testkit.helpers import kill_worker, package_lock_held, submit, wait_final, wait_for_log_line
 from tests.integration.test_cleanup import cleanup, crasher, finished_task_idle_for
 
 RSYSLOG_CONF = """\

@@ -1,27 +1,26 @@
 """Kernel vmcores (X-Task-Type 2) through the real HTTPS server, the real worker and the real ``crash``.
 
 The dumps are real: a Debian cloud kernel panicked under QEMU
-(tests/fixtures/vmcore.py); its -dbg package is the real one, in a
+(testkit/vmcore.py); its -dbg package is the real one, in a
 ``debian-12-x86_64`` repository directory as a mirror would hold it.
 """
 
 import hashlib
-import sqlite3
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.debian import apt_archive
-from tests.fixtures.debuginfod import Debuginfod
-from tests.fixtures.signing import TEST_KEY
-from tests.fixtures.crash_extension import build_extension
-from tests.fixtures.vmcore import (MARKER, exclude_pages, extract_vmlinux, kernel_debs, kernel_symbol_pages,
-                                   vmcore_upload)
-from tests.integration.helpers import DEBIAN_RELEASE, ZSTD_TAR, add_debian_repository, outcome, retrace, text
-from tests.integration.reposync_admin import REPOSYNC, serve_http
+from testkit.crash_extension import build_extension
+from testkit.debian import apt_archive
+from testkit.debuginfod import Debuginfod
+from testkit.helpers import DEBIAN_RELEASE, ZSTD_TAR, add_debian_repository, outcome, retrace, text
+from testkit.reposync_admin import REPOSYNC, serve_http
+from testkit.signing import TEST_KEY
+from testkit.vmcore import MARKER, exclude_pages, extract_vmlinux, kernel_debs, kernel_symbol_pages, vmcore_upload
 
 CLIENT = Path(sys.executable).with_name("retrace-client")
 CLEANUP = Path(sys.executable).with_name("retrace-server-cleanup")
@@ -98,7 +97,7 @@ def test_dump_without_vmcoreinfo_is_identified_by_the_text_search(kernel_server,
 
 
 def test_vmcores_have_their_own_size_caps(start_server, uploads, problem_dir):
-    from tests.integration.helpers import submit
+    from testkit.helpers import submit
 
     server = start_server(repository=False, MaxVmcorePackedSize="1", MaxVmcoreUnpackedSize="4",
                           MaxPackedSize="50", MaxUnpackedSize="8")

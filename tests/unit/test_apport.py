@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from retrace_server.client.apport import ApportError, package_name_version, problem_dir_from_apport
-from tests.fixtures.debian import apport_report
+from testkit.debian import apport_report
 
 
 def test_a_report_becomes_a_problem_directory_with_the_core_decoded(tmp_path):

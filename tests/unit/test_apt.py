@@ -6,7 +6,7 @@ import lzma
 
 import pytest
 
-from retrace_server.analysis.coredump import Module
+from retrace_server.elf import Module
 from retrace_server.packaging import apt
 from retrace_server.packaging.packages import resolve_modules
 from retrace_server.packaging.release import supported_releases

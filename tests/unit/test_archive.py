@@ -1,6 +1,6 @@
 import functools
-import hashlib
 import gzip
+import hashlib
 import io
 import lzma
 import os
@@ -10,8 +10,16 @@ import tarfile
 import pytest
 import zstandard
 
-from retrace_server.errors import (BadRequest, InvalidCrashData, LengthRequired, MaliciousArchive, MissingCrashFile,
-                            NotEnoughStorage, UnsupportedArchive, UploadTooLarge)
+from retrace_server.errors import (
+    BadRequest,
+    InvalidCrashData,
+    LengthRequired,
+    MaliciousArchive,
+    MissingCrashFile,
+    NotEnoughStorage,
+    UnsupportedArchive,
+    UploadTooLarge,
+)
 from retrace_server.intake import archive, storage
 from retrace_server.tasks.task import IncomingTask
 

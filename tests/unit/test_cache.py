@@ -83,7 +83,7 @@ def test_absolute_package_symlinks_resolve_inside_the_sysroot(tmp_path):
 
 
 def test_loader_is_linked_at_the_name_the_program_asks_for(tmp_path):
-    from retrace_server.analysis.coredump import Module, program_interpreter
+    from retrace_server.elf import Module, program_interpreter
     from retrace_server.environments.sysroot import link_program_interpreter
 
     root = tmp_path / "root"

@@ -4,7 +4,7 @@ from retrace_server.config import Config
 from retrace_server.tasks.celeryapp import DEAD_QUEUE, is_published, publish, queue_name, worker_queues
 from retrace_server.tasks.dispatch import fail_if_worker_died
 from retrace_server.tasks.task import IncomingTask, TaskStatus, TaskType
-from tests.fixtures.synthetic_core import synthetic_core
+from testkit.synthetic_core import synthetic_core
 
 
 def test_each_architecture_has_a_quorum_queue_with_a_delivery_limit_into_the_dead_letter_queue():

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
+from retrace_server import locking
 from retrace_server.cleanup.cli import check_expiry_settings
 from retrace_server.cleanup.collector import HOUR, Collector
-from retrace_server import locking
 from retrace_server.config import Config, ConfigError
 from retrace_server.packaging.cache import SIZE_FILE, PackageCache
 from retrace_server.tasks.task import WORKER_LOCK, IncomingTask, Task, TaskStatus, TaskType

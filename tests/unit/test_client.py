@@ -2,11 +2,12 @@ import io
 
 import pytest
 
+from retrace_server.client import cli
 from retrace_server.client.cli import exploitable_rating
 from retrace_server.client.crash import release_id
-from retrace_server.packaging.release import parse_os_release
 from retrace_server.client.progress import Reporter, human_size
 from retrace_server.client.server import ServerRefused, Settings
+from retrace_server.packaging.release import parse_os_release
 
 FEDORA_OS_RELEASE = """NAME="Fedora Linux"
 VERSION="41 (Workstation Edition)"
@@ -107,3 +108,18 @@ def test_small_uploads_yes_flag_and_no_terminal_never_ask(monkeypatch):
     confirm_large_upload(ASK_ABOVE_BYTES + 1, yes)
     monkeypatch.setattr("sys.stdin.isatty", lambda: False)
     confirm_large_upload(ASK_ABOVE_BYTES + 1, _Args())
+
+
+@pytest.mark.parametrize(("value", "said"), [("abc", "must be a number of seconds, not 'abc'"),
+                                             ("-1", "must be between 0 and 3600 seconds, not -1")])
+def test_a_bad_abrt_status_delay_is_a_usage_error_naming_the_variable(monkeypatch, capsys, value, said):
+    monkeypatch.setenv("ABRT_STATUS_DELAY", value)
+    with pytest.raises(SystemExit) as ended:
+        cli.main(["status", "--uri", "https://127.0.0.1:9", "-t", "1", "-p", "x"])
+    assert ended.value.code == 2
+    assert f"ABRT_STATUS_DELAY: {said}" in capsys.readouterr().err
+
+
+def test_the_status_delay_option_wins_over_the_environment(monkeypatch):
+    monkeypatch.setenv("ABRT_STATUS_DELAY", "abc")
+    assert cli.build_parser().parse_args(["status", "-l", "0.5"]).status_delay == 0.5

@@ -61,4 +61,4 @@ def test_annotations_written_x_or_y_are_not_evaluated_where_the_client_imports_t
 
 def test_the_list_of_client_modules_follows_imports():
     names = {str(path.relative_to(PACKAGE)) for path in client_modules()}
-    assert {"client/cli.py", "analysis/coredump.py", "packaging/release.py", "__init__.py"} <= names
+    assert {"client/cli.py", "elf.py", "packaging/release.py", "__init__.py"} <= names

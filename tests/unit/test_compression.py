@@ -10,8 +10,14 @@ import pytest
 import zstandard
 
 from retrace_server import compression
-from retrace_server.compression import (DecoderMemoryExceeded, lzma2_dictionary, open_compressed, size_text,
-                                        xz_declared_window, zstd_declared_window)
+from retrace_server.compression import (
+    DecoderMemoryExceeded,
+    lzma2_dictionary,
+    open_compressed,
+    size_text,
+    xz_declared_window,
+    zstd_declared_window,
+)
 from tests.integration.test_decoder_memory import xz_declaring, zstd_with_window
 
 DATA = os.urandom(50_000) + bytes(3_000_000)

@@ -1,4 +1,5 @@
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,8 @@ def test_task_slots_are_running_plus_queued():
 
 
 def test_wrong_type_names_key_and_file():
-    with pytest.raises(ConfigError, match=r"retrace-server.conf: MaxPackedSize must be a whole number, not 'lots'"):
+    with pytest.raises(ConfigError, match=r"retrace-server.conf, line \d+: MaxPackedSize must be a whole number, "
+                                          "not 'lots'"):
         parse("MaxPackedSize = lots\n")
 
 
@@ -68,7 +70,22 @@ def test_relative_path_is_an_error():
 def test_unknown_key_is_a_warning_not_an_error():
     config, warnings = parse("UseFTPTasks2 = 1\n")
     assert config == Config()
-    assert warnings == ["/etc/retrace-server/retrace-server.conf: unknown key UseFTPTasks2 in [retrace] is ignored"]
+    assert len(warnings) == 1
+    assert re.fullmatch(r"/etc/retrace-server/retrace-server.conf, line \d+: unknown key UseFTPTasks2 in \[retrace\] "
+                        "is ignored; did you mean UseFTPTasks\\?", warnings[0])
+
+
+@pytest.mark.parametrize(("written", "meant"), [("MaxParalelTasks", "MaxParallelTasks"),
+                                                 ("maxparalleltasks", "MaxParallelTasks"),
+                                                 ("GdbTimeOut", "GdbTimeout")])
+def test_an_unknown_key_close_to_a_known_one_is_named(written, meant):
+    _, warnings = parse_config(f"[retrace]\n# a comment\n{written} = 3\n", "f.conf")
+    assert warnings == [f"f.conf, line 3: unknown key {written} in [retrace] is ignored; did you mean {meant}?"]
+
+
+def test_a_bad_value_is_reported_on_its_line():
+    with pytest.raises(ConfigError, match=r"^f.conf, line 4: GdbTimeout must be a number, not 'soon'$"):
+        parse_config("[other]\nGdbTimeout = 1\n[retrace]\nGdbTimeout = soon\n", "f.conf")
 
 
 def test_an_upstream_key_this_server_does_not_implement_says_so_by_name():
@@ -95,15 +112,17 @@ def test_the_managers_upstream_keys_are_read_and_checked():
 
 
 def test_every_key_of_upstreams_configuration_is_implemented_or_explained():
-    upstream = ("AuthGroup RequireHTTPS AllowAPIDelete AllowInteractive AllowExternalDir AllowMetrics AllowTaskManager "
-                "AllowVMCoreTask AllowUsrCoreTask TaskManagerAuthDelete TaskManagerDeleteUsers CaseNumberURL "
-                "RequireGPGCheck MaxParallelTasks MaxPackedSize MaxUnpackedSize MinStorageLeft DeleteTaskAfter "
-                "DeleteFailedTaskAfter ArchiveTaskAfter DBFile LogDir RepoDir SaveDir DropDir UseCreaterepoUpdate "
-                "KeepRawhideLatest KernelChrootRepo KojiRoot UseFTPTasks FTPSSL FTPHost FTPUser FTPPass FTPDir "
-                "FTPBufferSize WgetKernelDebuginfos KernelDebuginfoURL VmcoreDumpLevel VmcoreDumpSavePercent "
-                "UseFafPackages FafLinkDir RetraceEnvironment EmailNotify EmailNotifyFrom BugzillaURL "
-                "BugzillaCredentials BugzillaStatus BugzillaProduct BugzillaComponent BugzillaTriggerWords "
-                "BugzillaRegExes BugzillaQueryLastChangeDelta ProcessCommunicateTimeout KernelDebuggerPath").split()
+    upstream = ["AuthGroup", "RequireHTTPS", "AllowAPIDelete", "AllowInteractive", "AllowExternalDir",
+                "AllowMetrics", "AllowTaskManager", "AllowVMCoreTask", "AllowUsrCoreTask", "TaskManagerAuthDelete",
+                "TaskManagerDeleteUsers", "CaseNumberURL", "RequireGPGCheck", "MaxParallelTasks", "MaxPackedSize",
+                "MaxUnpackedSize", "MinStorageLeft", "DeleteTaskAfter", "DeleteFailedTaskAfter", "ArchiveTaskAfter",
+                "DBFile", "LogDir", "RepoDir", "SaveDir", "DropDir", "UseCreaterepoUpdate", "KeepRawhideLatest",
+                "KernelChrootRepo", "KojiRoot", "UseFTPTasks", "FTPSSL", "FTPHost", "FTPUser", "FTPPass", "FTPDir",
+                "FTPBufferSize", "WgetKernelDebuginfos", "KernelDebuginfoURL", "VmcoreDumpLevel",
+                "VmcoreDumpSavePercent", "UseFafPackages", "FafLinkDir", "RetraceEnvironment", "EmailNotify",
+                "EmailNotifyFrom", "BugzillaURL", "BugzillaCredentials", "BugzillaStatus", "BugzillaProduct",
+                "BugzillaComponent", "BugzillaTriggerWords", "BugzillaRegExes", "BugzillaQueryLastChangeDelta",
+                "ProcessCommunicateTimeout", "KernelDebuggerPath"]
     implemented = {field.name for field in dataclasses.fields(Config)}
     assert [key for key in upstream if key not in implemented and key not in UPSTREAM_UNSUPPORTED] == []
 
@@ -113,9 +132,21 @@ def test_missing_section_is_an_error():
         parse_config("[other]\nx = 1\n", "f.conf")
 
 
-def test_broken_ini_is_an_error():
-    with pytest.raises(ConfigError, match="not a valid INI file"):
+def test_a_file_without_a_section_header_says_what_it_must_begin_with():
+    with pytest.raises(ConfigError, match=r"^f.conf, line 1: the file must begin with a \[retrace\] section, "
+                                          "not 'no section header'$"):
         parse_config("no section header\n", "f.conf")
+
+
+def test_a_line_that_is_not_ini_is_named_with_its_number():
+    with pytest.raises(ConfigError, match=r"^f.conf, line 3: not a valid INI line \(KEY = VALUE or \[SECTION\]\): "
+                                          "'MaxParallelTasks 3'$"):
+        parse_config("[retrace]\nGdbTimeout = 60\nMaxParallelTasks 3\n", "f.conf")
+
+
+def test_a_repeated_section_is_named_with_its_line():
+    with pytest.raises(ConfigError, match=r"^f.conf, line 3: not a valid INI file: section 'retrace' already exists$"):
+        parse_config("[retrace]\nGdbTimeout = 60\n[retrace]\n", "f.conf")
 
 
 def test_unreadable_file_names_the_path(tmp_path):

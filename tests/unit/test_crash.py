@@ -6,10 +6,19 @@ import sys
 
 import pytest
 
-from retrace_server.analysis.crash import (COMMANDS, CrashError, CrashOutput, Markers, _Session, admin_commands,
-                                    extension_loaded, find_extensions, modules_without_debuginfo, result_name,
-                                    session_setup)
-from retrace_server.config import parse_config
+from retrace_server.analysis.crash import (
+    COMMANDS,
+    CrashError,
+    CrashOutput,
+    Markers,
+    _Session,
+    extension_loaded,
+    find_extensions,
+    modules_without_debuginfo,
+    result_name,
+    session_setup,
+)
+from retrace_server.config import admin_commands, parse_config
 from retrace_server.errors import ConfigError
 
 

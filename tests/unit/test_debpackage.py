@@ -12,7 +12,7 @@ from retrace_server.packaging import formats
 from retrace_server.packaging.cache import CachedPackage, cached_entry
 from retrace_server.packaging.debpackage import extract_deb_file, extract_deb_files, unpack_deb
 from retrace_server.packaging.payload import UnpackError
-from tests.fixtures.debian import ar_archive
+from testkit.debian import ar_archive
 
 ELF_LIBRARY = "/lib/x86_64-linux-gnu/libz.so.1"
 

@@ -4,7 +4,8 @@ import shutil
 
 import pytest
 
-from retrace_server.analysis.debuggers import HOST_ARCH, NoDebugger, gdb_for, reads, runs_natively, served_architectures
+from retrace_server.analysis.debuggers import NoDebugger, gdb_for, reads, runs_natively, served_architectures
+from retrace_server.arch import HOST_ARCH
 from retrace_server.config import parse_config
 
 needs_multiarch = pytest.mark.skipif(shutil.which("gdb-multiarch") is None, reason="gdb-multiarch is not installed")

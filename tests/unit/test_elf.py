@@ -2,9 +2,9 @@ import subprocess
 
 import pytest
 
-from retrace_server.analysis.coredump import Module, check_elf_core, debug_alt_link, file_build_id, read_core
+from retrace_server.elf import Module, check_elf_core, debug_alt_link, file_build_id, read_core
 from retrace_server.errors import InvalidCrashData
-from tests.fixtures.synthetic_core import BUILD_ID, IMAGE_BASE, elf_image, synthetic_core
+from testkit.synthetic_core import BUILD_ID, IMAGE_BASE, elf_image, synthetic_core
 
 
 def elf(tmp_path, elf_type, byte_order=1):
@@ -143,7 +143,7 @@ def test_a_core_naming_one_image_under_twenty_thousand_names_is_read(tmp_path):
 
 
 def test_routing_reads_only_the_architecture_from_the_elf_header(core_file):
-    from retrace_server.analysis.coredump import core_arch
+    from retrace_server.elf import core_arch
     assert core_arch(core_file(note_segments=17, machine=183)) == "aarch64"
 
 

@@ -6,9 +6,10 @@ import sys
 
 import pytest
 
+from retrace_server.analysis.gdb import exploitable_marker, gdb_argv
 from retrace_server.config import Config
 from retrace_server.environments.chroot import ChrootError, dnf_argv, fakeroot_argv, manifest_of, root_key
-from retrace_server.environments.mock import CHROOT_CRASH_DIR, MockEnvironment, MockError, _run_step, find_mock
+from retrace_server.environments.mock import CHROOT_CRASH_DIR, MockError, MockRoot, _run_step, find_mock
 from retrace_server.environments.sandbox import prepare_mount_points
 from retrace_server.packaging.release import ReleaseId
 
@@ -27,7 +28,7 @@ def test_fakeroot_binds_writable_paths_last_and_hides_the_spool():
     argv = fakeroot_argv(["dnf"], writable=["/cache/roots/tmp"], hidden=["/spool"])
     assert argv[argv.index("--uid") + 1] == "0" and "--unshare-net" in argv
     assert argv.index("--tmpfs") < argv.index("--bind"), "no tmpfs may cover the root being built"
-    assert ["--tmpfs", "/spool"] == argv[argv.index("/spool") - 1:argv.index("/spool") + 1]
+    assert argv[argv.index("/spool") - 1:argv.index("/spool") + 1] == ["--tmpfs", "/spool"]
     assert argv[-2:] == ["--", "dnf"]
 
 
@@ -50,7 +51,7 @@ def test_mount_points_are_made_inside_the_root(tmp_path):
 
 def _mock(tmp_path, **settings):
     config = Config(CacheDir=tmp_path / "cache", **settings)
-    return MockEnvironment(config, tmp_path / "task", "123456789", RELEASE, "/repos/fedora-41-x86_64")
+    return MockRoot(config, tmp_path / "task", "123456789", RELEASE, "/repos/fedora-41-x86_64")
 
 
 def test_mock_config_enables_the_root_cache_and_installs_from_the_release_repository(tmp_path):
@@ -73,7 +74,7 @@ def test_mock_config_holds_nothing_of_a_task_so_the_root_cache_outlives_tasks(tm
     first = _mock(tmp_path)
     assert first.write_config() is True
     written = first.config_path.stat().st_mtime_ns
-    second = MockEnvironment(first.config, tmp_path / "other-task", "987654321", RELEASE, "/repos/fedora-41-x86_64")
+    second = MockRoot(first.config, tmp_path / "other-task", "987654321", RELEASE, "/repos/fedora-41-x86_64")
     assert second.write_config() is False and second.config_path.stat().st_mtime_ns == written
     assert "123456789" not in first.config_path.read_text() and "task" not in first.config_path.read_text()
 
@@ -91,7 +92,8 @@ def test_mock_roots_of_two_servers_on_one_host_do_not_share_a_cache(tmp_path):
 
 def test_mock_runs_gdb_in_argv_form_as_the_unprivileged_user_and_scrubs_at_the_end(tmp_path):
     mock = _mock(tmp_path)
-    steps = mock.commands("/usr/bin/mock", ["crasher-1.0-1.fc41.x86_64"], "/usr/bin/crasher")
+    argv = gdb_argv("/", "/usr/bin/crasher", f"{CHROOT_CRASH_DIR}/coredump", exploitable_marker())
+    steps = mock.commands("/usr/bin/mock", ["crasher-1.0-1.fc41.x86_64"], argv)
     assert [step for step, _ in steps] == ["init", "install", "gdb", "scrub"]
     for _, argv in steps:
         assert argv[:5] == ["/usr/bin/mock", "-r", str(mock.config_path), "--uniqueext", "123456789"]
@@ -156,8 +158,8 @@ def test_a_failing_mock_step_quotes_the_failed_command_from_mocks_root_log(tmp_p
     with pytest.raises(MockError) as failure:
         _run_step("install", command, 10, 1 << 20, tmp_path / "result" / "root.log")
     assert str(failure.value) == (
-        "mock's install step failed (exit status 30): Error: | Problem: conflicting requests | - nothing provides libcrash.so.1()(64bit) "
-        "needed by crasher-1.0-1.fc41.x86_64 | ERROR: Command failed:")
+        "mock's install step failed (exit status 30): Error: | Problem: conflicting requests | - nothing provides "
+        "libcrash.so.1()(64bit) needed by crasher-1.0-1.fc41.x86_64 | ERROR: Command failed:")
 
 
 def test_a_mock_step_past_its_time_is_terminated(tmp_path):

@@ -8,7 +8,7 @@ import zstandard
 
 from retrace_server.errors import InvalidCrashData, UploadTooLarge
 from retrace_server.intake import archive, crashdata, imported
-from tests.integration.helpers import regular, tar_bytes
+from testkit.helpers import regular, tar_bytes
 
 CORE = b"\x7fELF\x02\x01\x01" + bytes(9) + b"\x04\x00" + bytes(46) + b"core memory" * 1000
 KDUMP = b"KDUMP   " + bytes(56) + b"kernel memory" * 1000

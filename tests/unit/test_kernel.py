@@ -9,9 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from retrace_server.analysis.coredump import file_build_id
-from retrace_server.packaging.kernel import (KernelCache, debuginfo_packages, extract_module_debuginfo, extract_vmlinux,
-                                      find_debuginfo_package, kernel_arch, module_files, package_nevra)
+from retrace_server.elf import file_build_id
+from retrace_server.packaging.kernel import (
+    KernelCache,
+    debuginfo_packages,
+    extract_module_debuginfo,
+    extract_vmlinux,
+    find_debuginfo_package,
+    kernel_arch,
+    module_files,
+    package_nevra,
+)
 from retrace_server.packaging.release import ReleaseId
 
 

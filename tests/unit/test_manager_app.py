@@ -4,6 +4,7 @@ import pytest
 from webob import Request
 
 from retrace_server.config import Config
+from retrace_server.environments.session import Session
 from retrace_server.tasks import casedata, notify
 from retrace_server.tasks.task import MD5_NAME, IncomingTask, TaskStatus, TaskType
 from retrace_server.wsgi.app import make_app
@@ -86,3 +87,20 @@ def test_the_end_mail_says_what_happened_and_where_to_look(config):
     assert (mail["From"], mail["To"]) == ("r@example.com", "eng@example.com")
     body = mail.get_content()
     assert "Why it failed: no kernel debuginfo" in body and "Log: https://retrace.example.com/manager/1/log" in body
+
+
+def test_an_interactive_tasks_page_shows_the_command_that_reopens_it(config):
+    task = finished_task(config)
+    page = call(config, f"/manager/{task.task_id}").text
+    assert "Its debugger session is not ready yet" in page
+    Session("crash", ("crash", "vmlinux", "vmcore"), (), ()).save(task)
+    page = call(config, f"/manager/{task.task_id}").text
+    assert f"<code>retrace-server-interact {task.task_id} crash</code>" in page
+    assert f"<code>retrace-server-interact {task.task_id} shell</code>" in page
+
+
+def test_a_batch_tasks_page_offers_no_session(config):
+    with IncomingTask(config.SaveDir) as incoming:
+        task, _ = incoming.commit(TaskType.COREDUMP, id_length=config.TaskIdLength, password_length=32)
+    task.set_status(TaskStatus.SUCCESS)
+    assert 'id="interactive"' not in call(config, f"/manager/{task.task_id}").text

@@ -2,9 +2,9 @@
 
 import pytest
 
-from retrace_server.analysis.debuggers import HOST_ARCH
+from retrace_server.arch import HOST_ARCH
 from retrace_server.config import Config
-from retrace_server.tasks.overrides import InvalidOverride, Overrides
+from retrace_server.intake.overrides import InvalidOverride, Overrides
 from retrace_server.tasks.task import Task, TaskType
 
 

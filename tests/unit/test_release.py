@@ -1,6 +1,7 @@
 import pytest
 
-from retrace_server.packaging.release import ReleaseId, canonical_arch, detect_release, release_from_line, supported_releases
+from retrace_server.arch import canonical_arch
+from retrace_server.packaging.release import ReleaseId, detect_release, release_from_line, supported_releases
 
 
 def test_release_id_parses_distribution_version_arch():

@@ -58,9 +58,8 @@ def test_only_files_really_inside_the_import_directories_open(tmp_path):
         assert handle.read() == b"KDUMP"
     for path in (outside / "secret", imports / "escape", imports / "dir-escape" / "secret",
                  imports / ".." / "outside" / "secret", imports / "missing", outside / "missing"):
-        with pytest.raises(SourceError) as refused:
-            with remote.open_import(str(path), [imports]):
-                pass
+        with pytest.raises(SourceError) as refused, remote.open_import(str(path), [imports]):
+            pass
         assert str(refused.value) == f"There is no file {path} this server may import (ImportDirs: {imports})"
     with pytest.raises(SourceError, match="is not a regular file"):
         with remote.open_import(str(imports / "case"), [imports]):

@@ -5,7 +5,7 @@ import gzip
 import pytest
 import zstandard
 
-from retrace_server.analysis.coredump import Module
+from retrace_server.elf import Module
 from retrace_server.packaging.packages import resolve_modules
 from retrace_server.packaging.repoindex import RepoIndex, RepositoryError
 

@@ -1,5 +1,7 @@
 """Coreless reports: the uReport's checks, the signature's normalization, eu-stack and eu-addr2line output read."""
 
+from __future__ import annotations
+
 import gzip
 import json
 import shutil
@@ -51,6 +53,12 @@ def test_a_ureport_as_reporter_ureport_sends_it_reads_plain_or_gzipped():
     (json.dumps(dict(REPORT, os={"name": "fedora; rm", "version": "41", "architecture": "x86_64"})).encode(),
      "The report's os.name 'fedora; rm' holds characters this server does not accept"),
     (b"[]", "The report is not a JSON object"),
+    (with_problem(component=7), "The report's problem.component is not a str"),
+    (with_problem(signal="11"), "The report's problem.signal is not a whole number"),
+    (with_problem(stacktrace=[{"crash_thread": True, "frames": ["0x1145"]}]),
+     "The report's problem.stacktrace[0].frames[0] is not an object"),
+    (json.dumps(dict(REPORT, packages=[{"name": ["crasher"], "version": "1.0", "release": "1"}])).encode(),
+     "The report's packages[].name is not a str"),
     (gzip.compress(b"{")[:-6], "The report is gzip-compressed but corrupt"),
 ])
 def test_what_the_server_cannot_read_is_named(data, sentence):

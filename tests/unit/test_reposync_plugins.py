@@ -2,11 +2,11 @@
 
 import pytest
 
+from retrace_server.packaging.release import ReleaseId
 from retrace_server.reposync.apt import AptSource, AptSyncError
 from retrace_server.reposync.mirrors import TlsFiles, mirror_for
 from retrace_server.reposync.plugins import Repository, load_plugins
 from retrace_server.reposync.repository import SyncError, discover_versions
-from retrace_server.packaging.release import ReleaseId
 
 PLUGINS = """[reposync fedora]
 everything = https://mirror.example.org/fedora/$VER/$ARCH/os/
@@ -76,3 +76,9 @@ def test_discovering_versions_needs_a_directory_not_a_metalink():
     with pytest.raises(SyncError, match="has a \\$VER directory"):
         discover_versions({"fedora": (Repository("everything", ("metalink:https://x/?repo=f$VER",)),)}, "fedora",
                           "x86_64")
+
+
+def test_discovering_versions_of_an_apt_source_says_to_name_the_version():
+    apt = AptSource.from_items({"type": "apt", "mirrors": "https://deb.debian.org/debian"})
+    with pytest.raises(SyncError, match="'debian' is an apt source"):
+        discover_versions({"debian": apt}, "debian", "x86_64")

@@ -9,10 +9,10 @@ import pytest
 from webob import Request
 
 from retrace_server.config import Config
-from retrace_server.wsgi.app import make_app, route
+from retrace_server.errors import MethodNotAllowed, NotFound
 from retrace_server.protocol import from_header_text, header_text
 from retrace_server.wsgi import handlers
-from retrace_server.errors import MethodNotAllowed, NotFound
+from retrace_server.wsgi.app import make_app, route
 
 CORE = b"\x7fELF\x02\x01\x01" + bytes(9) + b"\x04\x00" + bytes(46)
 

@@ -1,6 +1,6 @@
 """The debugger session a job writes down for retrace-server-interact."""
 
-from retrace_server.tasks.session import SESSION_FILE, Session
+from retrace_server.environments.session import SESSION_FILE, Session
 
 
 class _Task:

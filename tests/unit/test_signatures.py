@@ -5,10 +5,10 @@ import subprocess
 
 import pytest
 
-from retrace_server.packaging import signatures
 from retrace_server.config import Config
+from retrace_server.packaging import signatures
 from retrace_server.packaging.signatures import Keyring, SignatureError
-from tests.fixtures.signing import OTHER_KEY, TEST_KEY
+from testkit.signing import OTHER_KEY, TEST_KEY
 
 SPEC = """Name: tiny
 Version: 1.0

@@ -114,14 +114,29 @@ def test_metrics_are_valid_prometheus_exposition(tmp_path):
         stats.record_task(failure("2", "gdb timeout"))
     body, content_type = exposition(config)
     assert content_type.startswith("text/plain")
-    families = {family.name: family for family in text_string_to_metric_families(body.decode())}
-    finished = {(s.labels["result"], s.labels["reason"]): s.value for s in families["retrace_tasks_finished"].samples
-                if s.name == "retrace_tasks_finished_total"}
+    families = {(family.name, family.type): family for family in text_string_to_metric_families(body.decode())}
+    finished = {(s.labels["result"], s.labels["reason"]): s.value
+                for s in families["retrace_tasks_finished", "counter"].samples if s.name == "retrace_tasks_finished_total"}
     assert finished == {("success", ""): 1, ("fail", "gdb timeout"): 1}
-    assert families["retrace_cache_hit_ratio"].samples[0].value == pytest.approx(0.75)
-    buckets = [s for s in families["retrace_phase_duration_seconds"].samples
+    assert families["retrace_cache_hit_ratio", "gauge"].samples[0].value == pytest.approx(0.75)
+    buckets = [s for s in families["retrace_phase_duration_seconds", "histogram"].samples
                if s.name.endswith("_bucket") and s.labels["phase"] == "backtrace"]
     assert [s.value for s in buckets if s.labels["le"] in ("0.05", "0.1", "+Inf")] == [0, 1, 1]
+
+
+def test_metrics_keep_upstreams_sample_names_for_its_dashboards(tmp_path):
+    config = Config(SaveDir=tmp_path, CacheDir=tmp_path / "cache", AllowMetrics=True)
+    with StatsDB.for_config(config) as stats:
+        stats.record_task(success("1"))
+        stats.record_task(failure("2", "gdb timeout"))
+        stats.record_task(failure("3", "missing package"))
+    body = exposition(config)[0].decode()
+    lines = body.splitlines()
+    assert 'retrace_tasks_finished{result="fail"} 2.0' in lines
+    assert 'retrace_tasks_finished{result="success"} 1.0' in lines
+    assert "retrace_tasks_overload 0.0" in lines
+    assert "retrace_tasks_running 0.0" in lines and any(line.startswith("retrace_savedir_free_bytes ") for line in lines)
+    assert list(text_string_to_metric_families(body))  # still one valid exposition
 
 
 def test_stats_page_draws_one_bar_per_top_package(db):

@@ -5,8 +5,17 @@ import time
 import pytest
 
 from retrace_server.errors import Forbidden, NotFound
-from retrace_server.tasks.task import (INCOMING_DIR, IncomingTask, Task, TaskStatus, TaskType, count_live_uploads, iter_tasks,
-                                wire_status, write_atomically)
+from retrace_server.files import write_atomically
+from retrace_server.tasks.task import (
+    INCOMING_DIR,
+    IncomingTask,
+    Task,
+    TaskStatus,
+    TaskType,
+    count_live_uploads,
+    iter_tasks,
+    wire_status,
+)
 
 
 def commit(save_dir, task_type=TaskType.COREDUMP):
@@ -32,10 +41,9 @@ def test_committed_task_dir_holds_no_upload_lock(tmp_path):
 
 
 def test_upload_left_without_commit_leaves_nothing(tmp_path):
-    with pytest.raises(RuntimeError):
-        with IncomingTask(tmp_path) as incoming:
-            (incoming.crash_dir / "coredump").write_bytes(b"core")
-            raise RuntimeError("rejected")
+    with pytest.raises(RuntimeError), IncomingTask(tmp_path) as incoming:
+        (incoming.crash_dir / "coredump").write_bytes(b"core")
+        raise RuntimeError("rejected")
     assert os.listdir(tmp_path / INCOMING_DIR) == []
     assert list(iter_tasks(tmp_path, 9)) == []
 

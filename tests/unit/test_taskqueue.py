@@ -58,17 +58,15 @@ def test_queue_is_oldest_first(tmp_path):
 def test_admission_refuses_when_every_slot_is_taken(tmp_path):
     config = config_for(tmp_path, MaxParallelTasks=1, MaxQueuedTasks=1)
     add_task(config)
-    with admitted_upload(config, "192.0.2.1"):
-        with pytest.raises(QueueFull, match="fully loaded"):
-            with admitted_upload(config, "192.0.2.1"):
-                pass
+    with admitted_upload(config, "192.0.2.1"), pytest.raises(QueueFull, match="fully loaded"):
+        with admitted_upload(config, "192.0.2.1"):
+            pass
 
 
 def test_admission_frees_the_slot_of_a_rejected_upload(tmp_path):
     config = config_for(tmp_path, MaxParallelTasks=1, MaxQueuedTasks=0)
-    with pytest.raises(ValueError):
-        with admitted_upload(config, "192.0.2.1"):
-            raise ValueError("bad archive")
+    with pytest.raises(ValueError), admitted_upload(config, "192.0.2.1"):
+        raise ValueError("bad archive")
     with admitted_upload(config, "192.0.2.1"):
         pass
 

@@ -10,8 +10,8 @@ import pytest
 
 from retrace_server import locking
 from retrace_server.tasks.task import WORKER_LOCK, IncomingTask, Task, TaskStatus, TaskType
-from tests.fixtures.synthetic_core import synthetic_core
 from retrace_server.worker.cli import claim_when_free
+from testkit.synthetic_core import synthetic_core
 
 
 @pytest.fixture
