@@ -10,7 +10,7 @@ CONFIG ?= $(VENV)/share/retrace-server/retrace-server.conf
 LISTEN ?= 127.0.0.1:8443
 PYTEST_ARGS ?=
 
-.PHONY: run test setup system-packages test-packages venv install service-user test-tools lint unit integration bench
+.PHONY: run test setup system-packages test-packages venv install service-user test-tools lint unit integration bench dist
 
 run: setup
 	$(VENV)/bin/retrace-server-httpd --config $(CONFIG) --listen $(LISTEN) --user $(SERVICE_USER)
@@ -56,6 +56,12 @@ install: venv
 # What only the suite uses, pinned: `make run` never installs it.
 test-tools: venv test-packages
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check "vermin==1.9.2" "ruff==0.17.6" "mypy==2.4.1"
+
+# The source tarball retrace-server.spec builds from (SOURCES/retrace-server-VERSION.tar.gz; MANIFEST.in says
+# what it holds).
+dist: venv
+	$(PYTHON) -m build --sdist --no-isolation --outdir dist .
+	rm -rf retrace_server.egg-info
 
 service-user:
 	id -u $(SERVICE_USER) >/dev/null 2>&1 || useradd --system --user-group \

@@ -1,5 +1,5 @@
-"""Everything is declared in pyproject.toml; this stays for the distributions' build
-tools (``setup.py install`` in retrace-server.spec, pybuild in debian/rules)."""
+"""Everything is declared in pyproject.toml; this stays for older tools that look for it
+(the packages build wheels: pybuild's pyproject plugin, the spec's pyproject macros)."""
 
 from setuptools import setup
 
