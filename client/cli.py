@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import lzma
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -115,7 +117,8 @@ _COMPRESSORS = {XZ_TAR: ["xz", "-2", "-"], ZSTD_TAR: ["zstd", "-3", "-q", "-c", 
 
 
 def archive_type(crash: Crash, settings: Settings) -> str:
-    return ZSTD_TAR if crash.task_type == 2 and ZSTD_TAR in settings.supported_formats else XZ_TAR
+    wants_zstd = crash.task_type == 2 and ZSTD_TAR in settings.supported_formats
+    return ZSTD_TAR if wants_zstd and shutil.which("zstd") else XZ_TAR
 
 
 @contextlib.contextmanager
@@ -125,10 +128,17 @@ def crash_archive(crash: Crash, content_type: str = XZ_TAR) -> Iterator[tuple[Bi
         # A problem directory goes as it is (a symlink in it is the server's to refuse).
         tar = subprocess.Popen(["tar", "chO" if crash.follow_symlinks else "cO", f"--directory={crash.directory}",
                                 "--", *crash.files], stdout=subprocess.PIPE)
-        compressor = subprocess.run(_COMPRESSORS[content_type], stdin=tar.stdout, stdout=archive)
-        if tar.stdout is not None:
-            tar.stdout.close()
-        if tar.wait() != 0 or compressor.returncode != 0:
+        assert tar.stdout is not None  # stdout=PIPE
+        if shutil.which(_COMPRESSORS[content_type][0]):
+            compressed = subprocess.run(_COMPRESSORS[content_type], stdin=tar.stdout, stdout=archive).returncode == 0
+        else:  # a minimal system without xz: the same stream from Python's lzma
+            compressor = lzma.LZMACompressor(preset=2)
+            while chunk := tar.stdout.read(1 << 20):
+                archive.write(compressor.compress(chunk))
+            archive.write(compressor.flush())
+            compressed = True
+        tar.stdout.close()
+        if tar.wait() != 0 or not compressed:
             raise LocalError(f"cannot create the archive to upload (tar or {_COMPRESSORS[content_type][0]} failed)")
         size = archive.tell()
         archive.seek(0)

@@ -133,12 +133,28 @@ def _owning_package(executable: str) -> str:
     if shutil.which("rpm") and (package := _run_first_line(
             ["rpm", "-qf", "--qf", "%{NAME}-%|EPOCH?{%{EPOCH}:}|%{VERSION}-%{RELEASE}\\n", "--", executable])):
         return package
-    if shutil.which("dpkg-query") and (owner := _run_first_line(["dpkg-query", "-S", "--", executable])):
-        name = owner.split(":", 1)[0] if ": " in owner else owner
-        if version := _run_first_line(["dpkg-query", "-W", "-f=${Version}\\n", "--", name.split(",")[0]]):
-            return f"{name.split(',')[0]}-{version}"
+    if shutil.which("dpkg-query"):
+        # dpkg's database keeps the path the package ships (/bin/sleep) where the system merged /usr and the
+        # kernel names /usr/bin/sleep: either spelling is the file.
+        for spelling in _merged_usr_spellings(executable):
+            if owner := _run_first_line(["dpkg-query", "-S", "--", spelling]):
+                name = owner.split(":", 1)[0] if ": " in owner else owner
+                if version := _run_first_line(["dpkg-query", "-W", "-f=${Version}\\n", "--", name.split(",")[0]]):
+                    return f"{name.split(',')[0]}-{version}"
     raise CrashInputError(f"{executable} is not owned by any package in the rpm or dpkg database; "
                           "give --package NAME-VERSION")
+
+
+_MERGED_TOPS = ("/bin/", "/sbin/", "/lib/", "/lib32/", "/lib64/", "/libx32/")
+
+
+def _merged_usr_spellings(path: str, root: str = "/") -> list[str]:
+    """``path``, then its twin across the /usr merge when this system merged it (``/bin`` a link to usr/bin)."""
+    top = next((top for top in _MERGED_TOPS if path.startswith((top, "/usr" + top))), None)
+    if top is None or not os.path.islink(os.path.join(root, top.strip("/"))):
+        return [path]
+    twin = path[len("/usr"):] if path.startswith("/usr/") else "/usr" + path
+    return [path, twin]
 
 
 def _run_first_line(argv: list[str]) -> str | None:

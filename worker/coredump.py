@@ -81,7 +81,11 @@ class RetraceJob(Job["_Crash"]):
         release = self._release(arch, package)
         debugger = self._debugger(arch)
         self.debuginfod = DebuginfodSettings.from_config(self.config, release)
-        exe_module = core.module_at(executable)
+        # Users (and dpkg's database) may name /bin/sleep where the kernel wrote /usr/bin/sleep (merged /usr).
+        exe_module = next(filter(None, map(core.module_at, usr_merge_variants(executable))), None)
+        if exe_module is not None and exe_module.path != executable:
+            self.log.info("The core maps the executable %s as %s (merged /usr)", executable, exe_module.path)
+            executable = exe_module.path
         if exe_module is None:
             raise TaskFailed(
                 f"the coredump does not map the executable {executable} named in the crash data", "bad crash data"

@@ -1,5 +1,6 @@
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -8,13 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from retrace_server import __version__
 from testkit.cores import crash_installed, make_problem_dir
+from testkit.debootstrap import fresh_debian, in_root
 from testkit.distro import RELEASE_ID, build_rpms, publish_release
 from testkit.helpers import abrt_archive, add_debian_repository, outcome, retrace
 from testkit.loopback import FileServer, FtpDrop, MailSink, world_readable_dir
 from testkit.server import Server, make_certificate, make_root, remove_root
 from testkit.userland import build_userland_rpms
 from testkit.vmcore import kernel_debs, make_vmcores, vmcore_upload
+from tests.integration.distro_packages import ROOT, source_tree_tar
 from tests.integration.manager_client import (
     DROP_PASSWORD,
     DROP_USER,
@@ -255,3 +259,32 @@ def manager(start_server, users, exports, loopback):
 @pytest.fixture
 def engineer(manager):
     return Engineer(manager, ENGINEER, ENGINEER_PASSWORD)
+
+
+def _build_depends():
+    """debian/control's Build-Depends as package names (no versions or alternatives: ours have none)."""
+    control = (ROOT / "debian" / "control").read_text()
+    field = re.search(r"^Build-Depends:(.*(?:\n .*)*)", control, re.M)[1]
+    return [re.sub(r"\s*\(.*\)", "", entry).strip() for entry in field.replace("\n", " ").split(",") if entry.strip()]
+
+
+@pytest.fixture(scope="session")
+def debian_package(tmp_path_factory):
+    """The .deb made by dpkg-buildpackage in a fresh bookworm that has only build-essential and the
+    Build-Depends (a missing one fails the build there, as on a buildd)."""
+    top = tmp_path_factory.mktemp("dpkg-buildpackage")
+    root = fresh_debian("bookworm", top / "build-root")
+    for argv in (["apt-get", "update", "-q"],
+                 ["apt-get", "install", "-y", "-q", "--no-install-recommends", "build-essential", *_build_depends()]):
+        ran = subprocess.run(in_root(root, *argv), capture_output=True, text=True, timeout=1800)
+        assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    tree = root / "build" / "retrace-server"  # dpkg-buildpackage writes the .deb into the tree's parent
+    tree.mkdir(parents=True)
+    subprocess.run(["tar", "-xf", str(source_tree_tar(top / "source.tar"))], cwd=tree, check=True)
+    ran = subprocess.run(in_root(root, "sh", "-c", "cd /build/retrace-server && dpkg-buildpackage -us -uc -b"),
+                         capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    package = top / f"retrace-server_{__version__}_all.deb"
+    shutil.copy(root / "build" / package.name, package)
+    shutil.rmtree(root, ignore_errors=True)
+    return package

@@ -19,37 +19,17 @@ from testkit.debootstrap import fresh_debian, in_root
 from testkit.helpers import submit, wait_final
 from testkit.server import free_port
 from testkit.signing import TEST_KEY
-from tests.integration.distro_packages import ROOT, check_commands_run, check_layout, source_tree_tar
+from tests.integration.distro_packages import ROOT, check_commands_run, check_layout
 
 HTTPD_CONF = "/etc/apache2/conf-available/retrace-server.conf"
 
 
-def build_depends():
-    """debian/control's Build-Depends as package names (no versions or alternatives: ours have none)."""
-    control = (ROOT / "debian" / "control").read_text()
-    field = re.search(r"^Build-Depends:(.*(?:\n .*)*)", control, re.M)[1]
-    return [re.sub(r"\s*\(.*\)", "", entry).strip() for entry in field.replace("\n", " ").split(",") if entry.strip()]
-
-
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """The .deb made by dpkg-buildpackage in a fresh bookworm that has only build-essential and the
-    Build-Depends (a missing one fails the build there, as on a buildd)."""
-    top = tmp_path_factory.mktemp("dpkg-buildpackage")
-    root = fresh_debian("bookworm", top / "build-root")
-    for argv in (["apt-get", "update", "-q"],
-                 ["apt-get", "install", "-y", "-q", "--no-install-recommends", "build-essential", *build_depends()]):
-        ran = subprocess.run(in_root(root, *argv), capture_output=True, text=True, timeout=1800)
-        assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
-    tree = root / "build" / "retrace-server"  # dpkg-buildpackage writes the .deb into the tree's parent
-    tree.mkdir(parents=True)
-    subprocess.run(["tar", "-xf", str(source_tree_tar(top / "source.tar"))], cwd=tree, check=True)
-    ran = subprocess.run(in_root(root, "sh", "-c", "cd /build/retrace-server && dpkg-buildpackage -us -uc -b"),
-                         capture_output=True, text=True, timeout=600)
-    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
-    package = top / f"retrace-server_{__version__}_all.deb"
-    shutil.copy(root / "build" / package.name, package)
-    shutil.rmtree(root, ignore_errors=True)
+def built(debian_package, tmp_path_factory):
+    """The .deb's file list and its files unpacked (built once for the session: conftest's debian_package)."""
+    top = tmp_path_factory.mktemp("deb-contents")
+    package = top / debian_package.name
+    shutil.copy(debian_package, package)
     listing = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(package)], capture_output=True, check=True).stdout
     files = {name[1:].rstrip("/") for name in subprocess.run(["tar", "-t"], input=listing, capture_output=True,
                                                              check=True).stdout.decode().split()}

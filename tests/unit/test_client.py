@@ -1,8 +1,11 @@
 import io
+import os
+import shutil
+import tarfile
 
 import pytest
 
-from retrace_server.client import cli
+from retrace_server.client import cli, crash
 from retrace_server.client.cli import exploitable_rating
 from retrace_server.client.crash import release_id
 from retrace_server.client.progress import Reporter, human_size
@@ -123,3 +126,38 @@ def test_a_bad_abrt_status_delay_is_a_usage_error_naming_the_variable(monkeypatc
 def test_the_status_delay_option_wins_over_the_environment(monkeypatch):
     monkeypatch.setenv("ABRT_STATUS_DELAY", "abc")
     assert cli.build_parser().parse_args(["status", "-l", "0.5"]).status_delay == 0.5
+
+
+def test_on_a_merged_usr_system_dpkg_is_asked_for_both_spellings(monkeypatch, tmp_path):
+    """dpkg's database names /bin/sleep; the core and the user say /usr/bin/sleep."""
+    (tmp_path / "usr" / "bin").mkdir(parents=True)
+    (tmp_path / "bin").symlink_to("usr/bin")
+    assert crash._merged_usr_spellings("/usr/bin/sleep", root=str(tmp_path)) == ["/usr/bin/sleep", "/bin/sleep"]
+    assert crash._merged_usr_spellings("/bin/sleep", root=str(tmp_path)) == ["/bin/sleep", "/usr/bin/sleep"]
+    (tmp_path / "bin").unlink()
+    (tmp_path / "bin").mkdir()
+    assert crash._merged_usr_spellings("/usr/bin/sleep", root=str(tmp_path)) == ["/usr/bin/sleep"]
+    assert crash._merged_usr_spellings("/opt/x/bin/y", root=str(tmp_path)) == ["/opt/x/bin/y"]
+
+
+def test_this_machines_own_program_is_found_in_dpkgs_database_by_the_path_the_kernel_writes():
+    """A stock Debian 12 (this machine): /bin -> usr/bin, and coreutils owns /bin/sleep in dpkg's database."""
+    if not (shutil.which("dpkg-query") and os.path.islink("/bin")):
+        pytest.skip("needs a merged-/usr Debian system")
+    assert crash._owning_package("/usr/bin/sleep").startswith("coreutils-")
+
+
+@pytest.mark.parametrize("xz_installed", [True, False])
+def test_the_archive_is_tar_xz_with_or_without_the_xz_program(monkeypatch, tmp_path, xz_installed):
+    """A minimal system (Debian's minbase) has no xz: the client compresses with Python's lzma instead."""
+    (tmp_path / "coredump").write_bytes(b"\x7fELF" + bytes(100_000))
+    (tmp_path / "executable").write_text("/usr/bin/sleep")
+    real_which = shutil.which
+    monkeypatch.setattr(cli.shutil, "which", lambda name: real_which(name) if xz_installed or name != "xz" else None)
+    crash_data = crash.Crash(tmp_path, ["coredump", "executable"], "coreutils-9.1-1", "x86_64", "debian-12-x86_64")
+    with cli.crash_archive(crash_data) as (archive, size):
+        data = archive.read()
+    assert size == len(data) and data.startswith(b"\xfd7zXZ")
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:xz") as unpacked:
+        assert sorted(unpacked.getnames()) == ["coredump", "executable"]
+        assert unpacked.extractfile("executable").read() == b"/usr/bin/sleep"

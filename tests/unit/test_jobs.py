@@ -309,3 +309,14 @@ class TestVmcoreJob:
         assert dump.vmlinux == kernels.cached(key) and dump.cache_key == key
         assert "Reused the vmlinux of 6.1.0-56-cloud-amd64 from the kernel cache" in (
             job.task.path.joinpath("retrace_log").read_text())
+
+
+@pytest.mark.skipif(HOST_ARCH != "x86_64", reason="the synthetic core is an x86_64 one")
+def test_an_executable_named_by_its_unmerged_path_is_the_file_the_core_maps(config):
+    """dpkg's database and users say /bin/crasher where the kernel wrote /usr/bin/crasher (merged /usr)."""
+    task = spooled_task(config, executable=b"/bin/crasher")
+    succeeded, environment, _ = run_job(config, task)
+    assert succeeded, task.path.joinpath("retrace_log").read_text()
+    assert environment.prepared.executable == "/usr/bin/crasher"
+    assert ("The core maps the executable /bin/crasher as /usr/bin/crasher (merged /usr)"
+            in task.path.joinpath("retrace_log").read_text())
