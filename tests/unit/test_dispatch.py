@@ -8,6 +8,7 @@ from retrace_server.config import Config
 from retrace_server.tasks import dispatch
 from retrace_server.tasks.dispatch import dead_worker_reason, fail_if_worker_died, poke, start_queued
 from retrace_server.tasks.task import WORKER_LOCK, IncomingTask, TaskStatus, TaskType, worker_alive
+from retrace_server.worker import dispatcher
 
 
 def add_task(save_dir, status=None):
@@ -126,3 +127,19 @@ def test_a_dead_worker_s_task_reads_as_failed_without_any_write(tmp_path):
     assert dead_worker_reason(task, Config(SaveDir=tmp_path)).endswith(
         "while: Preparing environment for backtrace generation")
     assert sorted(os.listdir(task.path)) == before and task.status == TaskStatus.INIT
+
+
+def test_the_dispatcher_says_what_it_does_in_each_mode(tmp_path, monkeypatch):
+    """Locally it starts at most MaxParallelTasks workers; with Celery the worker hosts run the tasks."""
+    monkeypatch.setattr(dispatcher.dispatch, "serve", lambda *args, **kwargs: None)
+    said = []
+    for mode in ("local", "celery"):
+        config = tmp_path / f"{mode}.conf"
+        config.write_text(f"[retrace]\nSaveDir = {tmp_path}\nLogDir = {tmp_path}\nDispatcher = {mode}\n"
+                          "MaxParallelTasks = 3\n")
+        with mock.patch.object(dispatcher.logging, "basicConfig"), \
+                mock.patch.object(dispatcher.logging.getLogger(dispatcher.PROG), "info") as info:
+            assert dispatcher.main(["--config", str(config), "--user", "root"]) == 0
+        said.append(info.call_args[0][0] % info.call_args[0][1:])
+    assert said[0].endswith("started: at most 3 workers at once")
+    assert said[1].endswith("started: publishing queued tasks to the broker (the worker hosts run them)")
