@@ -1,6 +1,5 @@
 """apt indexes read into the release index: Packages stanzas, Build-Ids, Contents, hostile input."""
 
-import gzip
 import io
 import lzma
 
@@ -11,6 +10,7 @@ from retrace_server.packaging import apt
 from retrace_server.packaging.packages import resolve_modules
 from retrace_server.packaging.release import supported_releases
 from retrace_server.packaging.repoindex import RepoIndex, RepositoryError
+from testkit.debian import flat_apt_index
 
 LIBC_ID = "0032733b6513f9afeb0e3f78e638ea24dc374a4d"
 PACKAGES = f"""Package: libc6
@@ -62,11 +62,7 @@ usr/share/doc/with space/file                           doc/zlib1g,libs/libc6
 
 @pytest.fixture
 def release(tmp_path):
-    directory = tmp_path / "repos" / "debian-12-x86_64"
-    directory.mkdir(parents=True)
-    (directory / "Packages.xz").write_bytes(lzma.compress(PACKAGES.encode()))
-    (directory / "Contents-amd64.gz").write_bytes(gzip.compress(CONTENTS.encode()))
-    return directory
+    return flat_apt_index(tmp_path / "repos" / "debian-12-x86_64", PACKAGES, CONTENTS)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ here instead of unpacking packages.
 """
 
 import dataclasses
-import gzip
 import json
 import lzma
 
@@ -26,6 +25,7 @@ from retrace_server.tasks.task import IncomingTask, TaskStatus, TaskType
 from retrace_server.worker.cli import task_logger
 from retrace_server.worker.coredump import RetraceJob
 from retrace_server.worker.vmcore import VmcoreJob
+from testkit.debian import flat_apt_index
 from testkit.synthetic_core import BUILD_ID, synthetic_core
 from tests.unit.test_vmcore import BUILD_ID as VMCORE_BUILD_ID
 from tests.unit.test_vmcore import kdump_image
@@ -118,10 +118,7 @@ class FakeSupply:
 
 @pytest.fixture
 def config(tmp_path):
-    release = tmp_path / "repos" / "debian-12-x86_64"
-    release.mkdir(parents=True)
-    (release / "Packages.xz").write_bytes(lzma.compress(PACKAGES.encode()))
-    (release / "Contents-amd64.gz").write_bytes(gzip.compress(CONTENTS.encode()))
+    flat_apt_index(tmp_path / "repos" / "debian-12-x86_64", PACKAGES, CONTENTS)
     (tmp_path / "spool").mkdir()
     return Config(SaveDir=tmp_path / "spool", RepoDir=tmp_path / "repos", CacheDir=tmp_path / "cache",
                   LogDir=tmp_path / "log", HookConfig=tmp_path / "no-hooks.conf", RetraceArchitectures=HOST_ARCH)
