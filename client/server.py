@@ -9,6 +9,7 @@ upstream server.
 from __future__ import annotations
 
 import dataclasses
+import json
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -95,7 +96,16 @@ def unreachable(err: BaseException) -> str:
 
 
 def _body(response: requests.Response) -> str:
-    return response.text.strip() or f"HTTP {response.status_code} without explanation"
+    """The server's sentence: the text, or the "error" of a JSON answer (FAF's shape, as /reports/ answers)."""
+    text = response.text.strip()
+    if text.startswith("{"):
+        try:
+            error = json.loads(text).get("error")
+        except (ValueError, AttributeError):
+            error = None
+        if isinstance(error, str) and error.strip():
+            return error.strip()
+    return text or f"HTTP {response.status_code} without explanation"
 
 
 class RetraceServer:

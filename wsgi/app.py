@@ -1,11 +1,12 @@
 """The WSGI application: routing, and RetraceError -> HTTP in one place."""
 from __future__ import annotations
 
+import json
 import logging
 import re
 from typing import TYPE_CHECKING, Any, Callable
 
-from webob import Request
+from webob import Request, Response
 
 from retrace_server.config import CONFIG_PATH_VARIABLE, load_config
 from retrace_server.errors import Forbidden, MethodNotAllowed, NotFound, RetraceError
@@ -14,8 +15,6 @@ from retrace_server.wsgi import handlers, manager, problems
 if TYPE_CHECKING:
     from collections.abc import Iterable
     from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
-
-    from webob import Response
 
     from retrace_server.config import Config
 
@@ -46,9 +45,12 @@ ROUTES: list[tuple[str, Handler, tuple[str, ...], bool]] = [
     (_TASK + r"/delete", handlers.delete, ("GET", "POST", "DELETE"), True),
     # Coreless reports and crash buckets (wsgi.problems); FAF's URL for reports.
     (r"/reports/new/?", problems.new_report, ("POST",), True),
+    (r"/reports/attach/?", problems.attach, ("POST",), True),
+    (r"/reports/bthash/(?P<bthash>[0-9a-f]{40})/?", problems.bthash_redirect, _READ, False),
     (r"/problems/?", problems.problems, _READ, False),
     (r"/problems/(?P<bthash>[0-9a-f]{1,64})", problems.bucket_page, _READ, False),
     (r"/manager/problems/(?P<bthash>[0-9a-f]{1,64})", problems.managed_bucket_page, _READ, True),
+    (r"/manager/problems/(?P<bthash>[0-9a-f]{40})/bugs", problems.add_bug, ("POST",), True),
     # The task manager (wsgi.manager), with upstream's URLs.
     (r"/manager/?", manager.task_list, _READ, True),
     (r"/manager/__custom__", manager.create_from_source, ("POST",), True),
@@ -65,6 +67,8 @@ ROUTES: list[tuple[str, Handler, tuple[str, ...], bool]] = [
 _COMPILED = [(re.compile(pattern), handler, methods, https) for pattern, handler, methods, https in ROUTES]
 
 _METHOD_SENTENCES: dict[tuple[str, ...], str] = {("POST",): "You must use POST method"}
+# Where the client is libreport's reporter-ureport, which shows a JSON answer's "error" and cannot parse text.
+_JSON_ERRORS = "/reports/"
 
 
 def route(path: str, method: str) -> tuple[Handler, dict[str, str], bool]:
@@ -80,8 +84,13 @@ def route(path: str, method: str) -> tuple[Handler, dict[str, str], bool]:
     raise NotFound("Invalid URL")
 
 
-def error_response(err: RetraceError) -> Response:
-    response = handlers.text_response(err.sentence, status=err.http_status)
+def error_response(err: RetraceError, as_json: bool = False) -> Response:
+    """The refusal as text, or as FAF's ``{"error": sentence}`` where libreport reads the answer (/reports/)."""
+    if as_json:
+        response = Response(status=err.http_status, content_type="application/json", charset="utf-8",
+                            text=json.dumps({"error": err.sentence}))
+    else:
+        response = handlers.text_response(err.sentence, status=err.http_status)
     if isinstance(err, MethodNotAllowed):
         response.headers["Allow"] = ", ".join(err.allowed)
     if err.retry_after is not None:
@@ -102,7 +111,7 @@ def make_app(config: Config) -> WSGIApplication:
         except RetraceError as err:
             if err.http_status >= 500 and err.http_status not in (503, 507):
                 log.error("%s %s failed: %s", request.method, request.path_info, err, exc_info=err.__cause__)
-            response = error_response(err)
+            response = error_response(err, as_json=(request.path_info or "").startswith(_JSON_ERRORS))
         except Exception:
             log.exception("%s %s crashed", request.method, request.path_info)
             response = handlers.text_response(

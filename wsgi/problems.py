@@ -12,12 +12,14 @@ from __future__ import annotations
 import html
 import json
 import logging
+import re
 import time
-from typing import TYPE_CHECKING
+import urllib.parse
+from typing import TYPE_CHECKING, Any
 
 from webob import Response
 
-from retrace_server.errors import BadRequest, Forbidden, NotFound
+from retrace_server.errors import BadRequest, Forbidden, NotFound, UploadTooLarge
 from retrace_server.intake import multipart
 from retrace_server.reports import ureport
 from retrace_server.reports.buckets import BucketDB
@@ -34,10 +36,12 @@ _BTHASH_LENGTH = 40
 _e = html.escape
 
 
-def new_report(config: Config, request: Request) -> Response:
+def _form_file(config: Config, request: Request, what: str) -> bytes:
+    """The multipart field ``file`` (how reporter-ureport sends a report and an attachment), at most
+    ureport.MAX_BYTES of it."""
     boundary = multipart.boundary_of(request.headers.get("Content-Type"))
     if request.content_length is None:
-        raise BadRequest("Send the report with a Content-Length")
+        raise BadRequest(f"Send the {what} with a Content-Length")
     data = None
     for part in multipart.parts(request.environ["wsgi.input"], request.content_length, boundary,
                                 config.min_upload_rate_bytes):
@@ -46,9 +50,15 @@ def new_report(config: Config, request: Request) -> Response:
             while chunk := part.read():
                 data += chunk
                 if len(data) > ureport.MAX_BYTES:
-                    raise ureport.InvalidReport(f"The report is larger than {ureport.MAX_BYTES} bytes")
+                    raise UploadTooLarge(f"The {what} is larger than {ureport.MAX_BYTES >> 20} MiB, the most this "
+                                         "server reads (send fewer frames)")
     if data is None:
-        raise BadRequest("The form has no 'file' field holding the uReport")
+        raise BadRequest(f"The form has no 'file' field holding the {what}")
+    return data
+
+
+def new_report(config: Config, request: Request) -> Response:
+    data = _form_file(config, request, "uReport")
     report = ureport.parse(data)
     answer = triage(config, report)
     url = f"{request.application_url}/problems/{answer['bthash']}"
@@ -61,11 +71,86 @@ def new_report(config: Config, request: Request) -> Response:
         message += ". Please send its core for a full backtrace (retrace-client does, unless --no-core)"
     log.info("report of %s (%s): bucket %s, %s in %.3f s", report.executable, report.release, answer["bthash"],
              "known" if answer["known"] else "new", answer["seconds"])
+    with BucketDB.for_config(config) as buckets:
+        bugs = buckets.attachments(answer["bthash"], BUG_KINDS)
     body = {"result": answer["known"], "bthash": answer["bthash"], "message": message,
-            "reported_to": [{"reporter": "Retrace Server", "type": "url", "value": url}],
+            "reported_to": [{"reporter": "Retrace Server", "type": "url", "value": url},
+                            *({"reporter": _tracker(bug), "type": "url", "value": _bug_url(bug)} for bug in bugs)],
             "core_wanted": answer["core_wanted"], "count": answer["count"], "backtrace": answer["backtrace"],
             "frames": answer["frames"], "seconds": answer["seconds"]}
     return Response(status=202, content_type="application/json", charset="utf-8", text=json.dumps(body))
+
+
+# What reporter-ureport attaches to a bucket (-b BUG, -e EMAIL, -o COMMENT, -l DATA -T TYPE) and what is kept of
+# it: bugs are shown with the bucket; e-mail addresses and comments only in the task manager.
+BUG_KINDS = ("RHBZ", "url")
+_ATTACHMENT_RULES = {
+    "RHBZ": (re.compile(r"[1-9][0-9]{0,9}"), "a Red Hat Bugzilla bug number"),
+    "url": (re.compile(r"https?://[!#-~]{1,2040}"), "an http or https URL (no spaces)"),
+    "email": (re.compile(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,190}\.[A-Za-z]{2,24}"), "an e-mail address"),
+    "comment": (re.compile(r"[^\x00-\x08\x0b-\x1f\x7f]{1,4096}"), "text of at most 4096 characters"),
+}
+
+
+def _tracker(bug: dict[str, Any]) -> str:
+    return "Bugzilla" if bug["type"] == "RHBZ" else urllib.parse.urlsplit(bug["value"]).hostname or "URL"
+
+
+def _bug_url(bug: dict[str, Any]) -> str:
+    return f"https://bugzilla.redhat.com/show_bug.cgi?id={bug['value']}" if bug["type"] == "RHBZ" else str(bug["value"])
+
+
+def attach(config: Config, request: Request) -> Response:
+    """``POST /reports/attach/`` (FAF's, libreport's reporter-ureport -a BTHASH with -b, -e, -o or -l/-T):
+    ``{"bthash", "type", "data"}`` in the form's ``file``; the answer is ``{"result": true}``."""
+    try:
+        document = json.loads(_form_file(config, request, "attachment"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise BadRequest("The attachment is not JSON") from None
+    if not isinstance(document, dict):
+        raise BadRequest("The attachment must be a JSON object with bthash, type and data")
+    bthash, kind, data = (document.get(key) for key in ("bthash", "type", "data"))
+    if not isinstance(bthash, str) or not re.fullmatch(r"[0-9a-f]{40}", bthash):
+        raise BadRequest("The attachment's bthash must be the 40 hexadecimal digits a report was answered with")
+    if kind not in _ATTACHMENT_RULES:
+        raise BadRequest(f"Attachments of type {str(kind)[:40]!r} are not kept here; this server keeps "
+                         f"{', '.join(_ATTACHMENT_RULES)}")
+    rule, described = _ATTACHMENT_RULES[kind]
+    if isinstance(data, int) and not isinstance(data, bool):
+        data = str(data)
+    if not isinstance(data, str) or not rule.fullmatch(data.strip()):
+        raise BadRequest(f"The data of a {kind} attachment must be {described}")
+    try:
+        with BucketDB.for_config(config) as buckets:
+            added = buckets.attach(bthash, kind, data.strip(), request.remote_user)
+    except KeyError:
+        raise NotFound(f"There is no crash bucket {bthash} on this server") from None
+    log.info("bucket %s: %s attachment %s", bthash, kind, "added" if added else "already there")
+    return Response(status=202, content_type="application/json", charset="utf-8", text=json.dumps({"result": True}))
+
+
+def add_bug(config: Config, request: Request, bthash: str) -> Response:
+    """The manager's form on a bucket's page: a bug an engineer filed for it (a URL of any tracker, or a Red Hat
+    Bugzilla number), kept with the engineer's name."""
+    user = authenticated_user(config, request, changes=True)
+    value = (request.POST.get("bug") or "").strip()
+    kind = "RHBZ" if value.isdigit() else "url"
+    if not _ATTACHMENT_RULES[kind][0].fullmatch(value):
+        raise BadRequest("A bug is an http or https URL (Bugzilla, Jira, GitLab...) or a Red Hat Bugzilla number")
+    try:
+        with BucketDB.for_config(config) as buckets:
+            buckets.attach(bthash, kind, value, user)
+    except KeyError:
+        raise NotFound("There is no such bucket") from None
+    log.info("bucket %s: bug %s attached by %s in the task manager", bthash, value, user)
+    return Response(status=303, location=f"{request.application_url}/manager/problems/{bthash}",
+                    content_type="text/plain")
+
+
+def bthash_redirect(config: Config, request: Request, bthash: str) -> Response:
+    """``/reports/bthash/<bthash>/``: the URL libreport keeps in reported_to, sent to the bucket's page."""
+    place = "/problems/" if config.ProblemsPublic == "all" else "/manager/problems/"
+    return Response(status=302, location=f"{request.application_url}{place}{bthash}")
 
 
 def _when(epoch: float | None) -> str:
@@ -92,12 +177,13 @@ def problems(config: Config, request: Request) -> Response:
     """Buckets by count: first and last seen, releases, architectures, versions (public)."""
     page = request.GET.get("page", "1")
     page = int(page) if page.isdigit() and int(page) > 0 else 1
+    has_bug = {"yes": True, "no": False}.get(request.GET.get("bug", ""))
     with BucketDB.for_config(config) as buckets:
-        rows, totals = buckets.buckets(limit=100, offset=(page - 1) * 100), buckets.totals()
+        rows, totals = buckets.buckets(limit=100, offset=(page - 1) * 100, has_bug=has_bug), buckets.totals()
     # The public list shows what the server derived, never a report's own words: the package name and
     # versions the release's index confirmed, releases it serves, counts and dates.
     shown = ("bthash", "component", "count", "first_seen", "last_seen", "full_task", "releases", "architectures",
-             "versions")
+             "versions", "bugs")
     rows = [{key: row[key] for key in shown} for row in rows]
     if _wants_json(request):
         return Response(content_type="application/json", charset="utf-8",
@@ -108,15 +194,18 @@ def problems(config: Config, request: Request) -> Response:
         f'<td>{_e(row["component"] or "unknown")}</td>'
         f'<td class="n">{row["count"]}</td><td>{_when(row["first_seen"])}</td><td>{_when(row["last_seen"])}</td>'
         f'<td>{_e(row["versions"] or "")}</td><td>{_e(row["releases"] or "")}</td><td>{_e(row["architectures"] or "")}'
-        f'</td><td>{"yes" if row["full_task"] else "no"}</td></tr>' for row in rows)
+        f'</td><td>{"yes" if row["full_task"] else "no"}</td><td class="n">{row["bugs"]}</td></tr>' for row in rows)
+    shown_filter = {True: "with a bug", False: "without a bug", None: "all"}[has_bug]
     body = (f'<p id="totals">{totals["reports"]} reports in {totals["buckets"]} buckets.</p>'
+            f'<p id="filter">Showing {shown_filter}: <a href="/problems">all</a> · <a href="/problems?bug=yes">with a '
+            'bug</a> · <a href="/problems?bug=no">without a bug</a></p>'
             '<table id="buckets"><tr><th>Bucket</th><th>Package</th><th>Count</th><th>First seen</th>'
-            '<th>Last seen</th><th>Versions</th><th>Releases</th><th>Architectures</th><th>Full retrace</th></tr>'
-            f"{table}</table>")
+            '<th>Last seen</th><th>Versions</th><th>Releases</th><th>Architectures</th><th>Full retrace</th>'
+            f"<th>Bugs</th></tr>{table}</table>")
     return _page("Crash buckets", body)
 
 
-def _bucket(config: Config, request: Request, bthash: str) -> Response:
+def _bucket(config: Config, request: Request, bthash: str, managed: bool = False) -> Response:
     if len(bthash) != _BTHASH_LENGTH or any(char not in "0123456789abcdef" for char in bthash):
         raise NotFound("There is no such bucket")
     with BucketDB.for_config(config) as buckets:
@@ -124,9 +213,11 @@ def _bucket(config: Config, request: Request, bthash: str) -> Response:
         if bucket is None:
             raise NotFound("There is no such bucket")
         occurrences, days = buckets.occurrences(bthash), buckets.per_day(bthash)
+        attachments = buckets.attachments(bthash, None if managed else BUG_KINDS)
     if _wants_json(request):
         return Response(content_type="application/json", charset="utf-8",
-                        text=json.dumps({**bucket, "occurrences": occurrences, "per_day": days}, indent=1))
+                        text=json.dumps({**bucket, "occurrences": occurrences, "per_day": days,
+                                         "attachments": attachments}, indent=1))
     most = max(count for _, count in days) or 1
     bars = "".join(f'<rect x="{index * 20}" y="{100 - 100 * count // most}" width="16" height="{100 * count // most}">'
                    f"<title>{day}: {count}</title></rect>" for index, (day, count) in enumerate(days))
@@ -135,8 +226,16 @@ def _bucket(config: Config, request: Request, bthash: str) -> Response:
         f'<td>{_e(row["release"] or "")}</td><td>{_e(row["arch"] or "")}</td><td>{_e(row["task_id"] or "")}</td></tr>'
         for row in occurrences)
     full = f'Full retrace: task {_e(bucket["full_task"])}.' if bucket["full_task"] else "No full retrace yet."
+    reported = "".join(
+        f'<li><a href="{_e(_bug_url(item))}" rel="noreferrer">{_e(_tracker(item))}: {_e(item["value"])}</a></li>'
+        if item["type"] in BUG_KINDS else f"<li>{_e(item['type'])}: {_e(item['value'])}</li>" for item in attachments)
+    reported = f'<h2>Reported as</h2><ul id="reported">{reported or "<li>nothing yet</li>"}</ul>'
+    if managed:
+        reported += (f'<form id="add-bug" method="post" action="/manager/problems/{bthash}/bugs"><label>Bug (URL or '
+                     'Red Hat Bugzilla number) <input name="bug" size="60" required></label> '
+                     '<button type="submit">Attach</button></form>')
     body = (f'<p>{_e(bucket["executable"])}: {bucket["count"]} times, first {_when(bucket["first_seen"])}, last '
-            f'{_when(bucket["last_seen"])}. {full}</p><h2>Signature</h2><pre id="signature">{_e(bucket["signature"])}'
+            f'{_when(bucket["last_seen"])}. {full}</p>{reported}<h2>Signature</h2><pre id="signature">{_e(bucket["signature"])}'
             f'</pre><h2>Per day (30 days)</h2><svg id="per-day" width="600" height="100">{bars}</svg>'
             f'<h2>Backtrace</h2><pre id="backtrace">{_e(bucket["backtrace"])}</pre><h2>Reports and retraces</h2>'
             f'<table id="occurrences"><tr><th>When (UTC)</th><th>Kind</th><th>Package</th><th>Release</th>'
@@ -154,4 +253,4 @@ def bucket_page(config: Config, request: Request, bthash: str) -> Response:
 
 def managed_bucket_page(config: Config, request: Request, bthash: str) -> Response:
     authenticated_user(config, request)
-    return _bucket(config, request, bthash)
+    return _bucket(config, request, bthash, managed=True)

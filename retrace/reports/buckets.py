@@ -120,6 +120,9 @@ CREATE TABLE IF NOT EXISTS occurrences (
     id INTEGER PRIMARY KEY, bthash TEXT NOT NULL REFERENCES buckets(bthash), time REAL NOT NULL,
     kind TEXT NOT NULL, package TEXT, version TEXT, release TEXT, arch TEXT, task_id TEXT);
 CREATE INDEX IF NOT EXISTS occurrences_bucket ON occurrences (bthash, time);
+CREATE TABLE IF NOT EXISTS attachments (
+    id INTEGER PRIMARY KEY, bthash TEXT NOT NULL REFERENCES buckets(bthash), type TEXT NOT NULL,
+    value TEXT NOT NULL, who TEXT, time REAL NOT NULL, UNIQUE (bthash, type, value));
 CREATE TABLE IF NOT EXISTS symbols (
     build_id TEXT NOT NULL, offset INTEGER NOT NULL, locations TEXT NOT NULL, PRIMARY KEY (build_id, offset));
 """
@@ -194,6 +197,22 @@ class BucketDB:
             raise
         self.db.execute("COMMIT")
 
+    def attach(self, bthash: str, kind: str, value: str, who: str | None = None, when: float | None = None) -> bool:
+        """Record what the bucket was reported as (a bug, an e-mail to notify, a comment); whether it is new
+        (the same attachment twice is kept once). KeyError when there is no such bucket."""
+        with self._transaction():
+            if self.bucket(bthash) is None:
+                raise KeyError(bthash)
+            return self.db.execute("INSERT OR IGNORE INTO attachments (bthash, type, value, who, time) "
+                                   "VALUES (?, ?, ?, ?, ?)",
+                                   (bthash, kind, value, who, when or time.time())).rowcount == 1
+
+    def attachments(self, bthash: str, kinds: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+        """The bucket's attachments, oldest first (only ``kinds`` when given)."""
+        rows = self.db.execute("SELECT type, value, who, time FROM attachments WHERE bthash = ? ORDER BY time, id",
+                               (bthash,)).fetchall()
+        return [dict(zip(("type", "value", "who", "time"), row)) for row in rows if kinds is None or row[0] in kinds]
+
     def symbols(self, keys: set[tuple[str, int]]) -> dict[tuple[str, int], list[tuple[str, str, int]]]:
         """``{(build-id, offset): [(function, file, line), ...]}`` for the keys symbolized before (debuginfo
         of a build never changes, so neither does what an offset in it means)."""
@@ -218,16 +237,19 @@ class BucketDB:
         with self._transaction():
             self.db.executemany("INSERT OR REPLACE INTO symbols VALUES (?, ?, ?)", rows)
 
-    def buckets(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
-        """Buckets by count, most first, with their releases, architectures and versions."""
+    def buckets(self, limit: int = 100, offset: int = 0, has_bug: bool | None = None) -> list[dict[str, Any]]:
+        """Buckets by count, most first, with their releases, architectures, versions and how many bugs they
+        were reported as (``has_bug``: only those with one, or without)."""
+        bugs = "(SELECT COUNT(*) FROM attachments a WHERE a.bthash = b.bthash AND a.type IN ('RHBZ', 'url'))"
+        where = "" if has_bug is None else f"WHERE {bugs} {'>' if has_bug else '='} 0 "
         rows = self.db.execute(
             "SELECT b.bthash, b.executable, b.component, b.signature, b.first_seen, b.last_seen, b.count, "
             "b.full_task, group_concat(DISTINCT o.release), group_concat(DISTINCT o.arch), "
-            "group_concat(DISTINCT o.version) "
-            "FROM buckets b LEFT JOIN occurrences o ON o.bthash = b.bthash GROUP BY b.bthash "
+            f"group_concat(DISTINCT o.version), {bugs} "
+            f"FROM buckets b LEFT JOIN occurrences o ON o.bthash = b.bthash {where}GROUP BY b.bthash "
             "ORDER BY b.count DESC, b.last_seen DESC LIMIT ? OFFSET ?", (limit, offset)).fetchall()
         keys = ("bthash", "executable", "component", "signature", "first_seen", "last_seen", "count", "full_task",
-                "releases", "architectures", "versions")
+                "releases", "architectures", "versions", "bugs")
         return [dict(zip(keys, row)) for row in rows]
 
     def occurrences(self, bthash: str, limit: int = 200) -> list[dict[str, Any]]:
@@ -252,10 +274,12 @@ class BucketDB:
             return self.db.execute("DELETE FROM occurrences WHERE time < ?", (when,)).rowcount
 
     def forget_buckets_before(self, when: float) -> int:
-        """Remove the buckets last seen before ``when`` with their occurrences; returns how many buckets."""
+        """Remove the buckets last seen before ``when`` with their occurrences and attachments; returns how many
+        buckets."""
         with self._transaction():
-            self.db.execute("DELETE FROM occurrences WHERE bthash IN (SELECT bthash FROM buckets WHERE last_seen < ?)",
-                            (when,))
+            for table in ("occurrences", "attachments"):
+                self.db.execute(f"DELETE FROM {table} WHERE bthash IN (SELECT bthash FROM buckets WHERE last_seen < ?)",
+                                (when,))
             return self.db.execute("DELETE FROM buckets WHERE last_seen < ?", (when,)).rowcount
 
     def trim_symbols(self, keep: int = MAX_SYMBOLS) -> int:

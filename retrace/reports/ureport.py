@@ -17,7 +17,8 @@ import zlib
 from retrace_server.errors import BadRequest, UploadTooLarge
 
 VERSION = 2
-MAX_BYTES = 1024 * 1024
+# The report itself (its JSON, unpacked); Apache lets 64 KiB more through for the form around it.
+MAX_BYTES = 2 * 1024 * 1024
 MAX_THREADS = 64
 MAX_FRAMES = 256  # per thread
 MAX_ALL_FRAMES = 4096

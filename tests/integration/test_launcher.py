@@ -34,7 +34,7 @@ def test_refuses_an_invalid_config_naming_key_and_file(tmp_path):
     config.write_text("[retrace]\nMaxPackedSize = -3\n")
     result = run_launcher("--config", str(config), "--listen", f"127.0.0.1:{free_port()}")
     assert result.returncode == 2
-    assert f"{config}: MaxPackedSize must be at least 1 MiB, not -3" in result.stderr
+    assert f"{config}, line 2: MaxPackedSize must be at least 1 MiB, not -3" in result.stderr
 
 
 def test_warns_about_unknown_keys_and_upstreams_unsupported_ones_by_name_and_still_starts(certificate):

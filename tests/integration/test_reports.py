@@ -172,7 +172,8 @@ def test_reports_the_server_cannot_read_are_refused_with_a_sentence_and_nothing_
     for data, status, sentence in cases:
         answer = post_report(reports_server, data)
         assert answer.status_code == status, (answer.status_code, answer.text)
-        assert answer.text.startswith(sentence), (answer.text, sentence)
+        # As libreport reads a refusal: JSON with the sentence under "error" (Apache's own 413 too).
+        assert answer.json()["error"].startswith(sentence), (answer.text, sentence)
     assert reports_server.get("/problems?format=json").json() == before
 
 
@@ -257,14 +258,14 @@ def test_new_buckets_keep_what_a_bucket_needs_not_every_thread_of_their_first_re
     assert grown < sum(map(len, reports)), (grown, sum(map(len, reports)))
     bucket = Engineer(server, None, None).get("/problems?format=json").json()["buckets"][0]
     assert set(bucket) == {"bthash", "component", "count", "first_seen", "last_seen", "full_task", "releases",
-                           "architectures", "versions"}
+                           "architectures", "versions", "bugs"}
 
 
 def test_a_report_is_507_when_storing_it_would_go_below_min_storage_left(start_server, installed, crashes):
     spool_free = shutil.disk_usage("/var/tmp").free // (1024 * 1024)
     server = start_server(MinStorageLeft=str(spool_free + 1024))
     answer = post_report(server, json.dumps(ureport_of(crashes("simple"), installed, server)).encode())
-    assert (answer.status_code, answer.text) == (507, "There is not enough storage space on the server")
+    assert (answer.status_code, answer.json()) == (507, {"error": "There is not enough storage space on the server"})
     assert Engineer(server, None, None).get("/problems?format=json").json()["buckets"] == []
 
 
@@ -280,7 +281,7 @@ def test_a_report_naming_a_package_the_index_does_not_hold_shows_no_words_of_its
     assert "<td>unknown</td>" in listing and "6.6.6" not in listing
     document["problem"]["executable"] = "/usr/bin/crasher<img src=x onerror=alert(1)>"
     refused = post_report(server, json.dumps(document).encode())
-    assert (refused.status_code, refused.text) == (
+    assert (refused.status_code, refused.json()["error"]) == (
         400, "The report's executable's file name 'crasher<img src=x onerror=alert(1)>' holds characters this server "
              "does not accept")
 
@@ -299,3 +300,57 @@ def test_cleanup_forgets_buckets_unseen_for_a_year_and_gives_their_space_back(st
     assert "40 buckets" in result.stdout + result.stderr, result.stdout
     buckets = Engineer(server, None, None).get("/problems?format=json").json()["buckets"]
     assert len(buckets) == 1 and database_bytes(server) < before
+
+
+def attach(server, document):
+    """``POST /reports/attach/`` as libreport's reporter-ureport -a sends it: the JSON in the form's ``file``."""
+    data = document if isinstance(document, bytes) else json.dumps(document).encode()
+    return Engineer(server, None, None).post("/reports/attach/", files={"file": ("attachment.json", data,
+                                                                                  "application/json")})
+
+
+def test_bugs_attached_to_a_bucket_come_back_in_reported_to_and_on_its_page(reports_server, installed, crashes):
+    bthash = report(reports_server, installed, crashes("simple"), "--no-core")[0]["bthash"]
+    for kind, data in (("RHBZ", 2345678), ("url", "https://gitlab.example.com/team/app/-/issues/7"),
+                       ("email", "reporter@example.com"), ("comment", "It crashes when I press Save"),
+                       ("RHBZ", "2345678")):
+        answer = attach(reports_server, {"bthash": bthash, "type": kind, "data": data})
+        assert (answer.status_code, answer.json()) == (202, {"result": True}), answer.text
+    refusals = [
+        ({"bthash": bthash, "type": "jira", "data": "X-1"}, 400,
+         "Attachments of type 'jira' are not kept here; this server keeps RHBZ, url, email, comment"),
+        ({"bthash": bthash, "type": "RHBZ", "data": "not a number"}, 400,
+         "The data of a RHBZ attachment must be a Red Hat Bugzilla bug number"),
+        ({"bthash": bthash, "type": "url", "data": "javascript:alert(1)"}, 400,
+         "The data of a url attachment must be an http or https URL (no spaces)"),
+        ({"bthash": "0" * 40, "type": "RHBZ", "data": "1"}, 404, f"There is no crash bucket {'0' * 40} on this server"),
+        ({"bthash": "../etc", "type": "RHBZ", "data": "1"}, 400, "The attachment's bthash must be the 40 hexadecimal"),
+        (b"[1, 2", 400, "The attachment is not JSON"),
+    ]
+    for document, status, sentence in refusals:
+        answer = attach(reports_server, document)
+        assert answer.status_code == status and answer.json()["error"].startswith(sentence), answer.text
+    again = report(reports_server, installed, crashes("simple"), "--no-core")[0]
+    assert again["bthash"] == bthash
+    assert {"reporter": "Bugzilla", "type": "url", "value": "https://bugzilla.redhat.com/show_bug.cgi?id=2345678"} \
+        in again["reported_to"]
+    assert {"reporter": "gitlab.example.com", "type": "url",
+            "value": "https://gitlab.example.com/team/app/-/issues/7"} in again["reported_to"]
+    assert "reporter@example.com" not in json.dumps(again), "e-mail addresses are never handed out"
+    stored = Engineer(reports_server, None, None).get(f"/reports/bthash/{bthash}/", allow_redirects=False)
+    assert stored.status_code == 302 and stored.headers["Location"].endswith(f"/manager/problems/{bthash}")
+    engineer = Engineer(reports_server, ENGINEER, ENGINEER_PASSWORD)
+    page = engineer.get(f"/manager/problems/{bthash}").text
+    assert 'href="https://bugzilla.redhat.com/show_bug.cgi?id=2345678"' in page
+    assert "reporter@example.com" in page and "It crashes when I press Save" in page
+    kinds = [item["type"] for item in engineer.get(f"/manager/problems/{bthash}?format=json").json()["attachments"]]
+    assert kinds == ["RHBZ", "url", "email", "comment"], "the same bug attached twice is kept once"
+    filed = engineer.post(f"/manager/problems/{bthash}/bugs", data={"bug": "https://jira.example.com/browse/APP-12"},
+                          allow_redirects=False)
+    assert filed.status_code == 303 and filed.headers["Location"].endswith(f"/manager/problems/{bthash}")
+    shown = engineer.get(f"/manager/problems/{bthash}?format=json").json()["attachments"][-1]
+    assert (shown["type"], shown["value"], shown["who"]) == ("url", "https://jira.example.com/browse/APP-12", ENGINEER)
+    assert engineer.post(f"/manager/problems/{bthash}/bugs", data={"bug": "see my mail"}).status_code == 400
+    with_bug = reports_server.get("/problems?bug=yes&format=json").json()["buckets"]
+    assert bthash in [row["bthash"] for row in with_bug] and all(row["bugs"] > 0 for row in with_bug)
+    assert bthash not in [row["bthash"] for row in reports_server.get("/problems?bug=no&format=json").json()["buckets"]]

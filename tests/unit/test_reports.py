@@ -161,3 +161,22 @@ def test_buckets_count_and_old_reports_are_forgotten_but_counted(tmp_path):
         assert db.buckets()[0]["count"] == 2 and db.totals() == {"reports": 0, "buckets": 1}
         db.remember_symbols({("ab" * 20, 16): [("main", "/src/a.c", 4)]})
         assert db.symbols({("ab" * 20, 16), ("ab" * 20, 17)}) == {("ab" * 20, 16): [("main", "/src/a.c", 4)]}
+
+
+def test_a_buckets_attachments_are_kept_once_each_and_go_with_it(tmp_path):
+    with buckets.BucketDB(tmp_path / "problems.db") as db:
+        db.record("a" * 40, "crasher\nmain", "/usr/bin/crasher", "#0 main", "report", when=1000.0)
+        assert db.attach("a" * 40, "RHBZ", "123", when=1001.0)
+        assert not db.attach("a" * 40, "RHBZ", "123", when=1002.0), "the same bug twice is kept once"
+        assert db.attach("a" * 40, "email", "x@example.com", who="alice", when=1003.0)
+        with pytest.raises(KeyError):
+            db.attach("b" * 40, "RHBZ", "1")
+        assert [item["value"] for item in db.attachments("a" * 40)] == ["123", "x@example.com"]
+        assert db.attachments("a" * 40, ("RHBZ", "url")) == [
+            {"type": "RHBZ", "value": "123", "who": None, "time": 1001.0}]
+        db.record("c" * 40, "crasher\nother", "/usr/bin/crasher", "#0 other", "report", when=1000.0)
+        assert [row["bthash"] for row in db.buckets(has_bug=True)] == ["a" * 40]
+        assert [row["bthash"] for row in db.buckets(has_bug=False)] == ["c" * 40]
+        assert {row["bthash"]: row["bugs"] for row in db.buckets()} == {"a" * 40: 1, "c" * 40: 0}
+        assert db.forget_buckets_before(2000.0) == 2
+        assert db.attachments("a" * 40) == []
