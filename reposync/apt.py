@@ -24,6 +24,7 @@ names the mirror, and workers download what a crash needs
 from __future__ import annotations
 
 import dataclasses
+import lzma
 import os
 import re
 import subprocess
@@ -245,3 +246,44 @@ def sync_pool(mirror: AptMirror, packages_files: Iterable[Path], debarch: str, t
                 os.replace(partial, destination)
                 result.added += 1
     return result
+
+
+# Where a release keeps the index entries of packages its mirror no longer lists, and the field that says since when.
+SUPERSEDED_DIR = "superseded"
+_SINCE = "Superseded-Since"
+_KEPT_FIELDS = ("Package", "Source", "Version", "Architecture", "Filename", "Size", "SHA256", "Build-Ids")
+
+
+def keep_superseded(release_dir: Path, staging: Path, keep_seconds: float, now: float) -> int:
+    """Carry the entries of ``release_dir``'s current indexes that the new ones in ``staging/dists`` dropped
+    into ``staging/dists/superseded/Packages.xz``, with the time they left (kept from an earlier sync), for
+    ``keep_seconds``; returns how many are kept.
+
+    Archives delete a package's entry (Debian at each point release) while machines one update behind still
+    crash with it: kept, a crash names a build the index knows, and a full mirror still has its file.
+    """
+    fresh: set[tuple[str, str, str]] = set()
+    for path in apt.index_files(staging)[0]:
+        with open_compressed(path) as stream:
+            fresh.update((fields.get("Package", ""), fields.get("Version", ""), fields.get("Architecture", ""))
+                         for fields in apt.stanzas(stream))
+    kept: dict[tuple[str, str, str], dict[str, str]] = {}
+    previous = apt.index_files(release_dir)[0] if (release_dir / "dists").is_dir() else []
+    for path in previous:
+        with open_compressed(path) as stream:
+            for fields in apt.stanzas(stream):
+                key = (fields.get("Package", ""), fields.get("Version", ""), fields.get("Architecture", ""))
+                if not all(key) or key in fresh or key in kept:
+                    continue
+                try:
+                    since = float(fields.get(_SINCE, now))
+                except ValueError:
+                    since = now
+                if now - since < keep_seconds:
+                    kept[key] = {**{name: fields[name] for name in _KEPT_FIELDS if name in fields}, _SINCE: str(int(since))}
+    if kept:
+        target = staging / "dists" / SUPERSEDED_DIR
+        target.mkdir(parents=True, exist_ok=True)
+        text = "\n".join("".join(f"{name}: {value}\n" for name, value in fields.items()) for fields in kept.values())
+        (target / "Packages.xz").write_bytes(lzma.compress(text.encode()))
+    return len(kept)

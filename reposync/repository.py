@@ -27,7 +27,15 @@ from retrace_server.packaging.download import MIRROR_FILE
 from retrace_server.packaging.release import REPOSITORIES, ReleaseId
 from retrace_server.packaging.repoindex import RepoIndex, RepositoryError
 from retrace_server.packaging.signatures import Keyring, SignatureError
-from retrace_server.reposync.apt import AptMirror, AptSource, AptSyncError, Refused, sync_indexes, sync_pool
+from retrace_server.reposync.apt import (
+    AptMirror,
+    AptSource,
+    AptSyncError,
+    Refused,
+    keep_superseded,
+    sync_indexes,
+    sync_pool,
+)
 from retrace_server.reposync.mirrors import MIRROR_LISTS, MirrorError, RepoMirror, http_session, mirror_for
 
 if TYPE_CHECKING:
@@ -276,6 +284,10 @@ def _sync_apt(config: Config, source: AptSource, release: ReleaseId, target: Pat
             summary.added, summary.bytes, summary.refused = pooled.added, pooled.bytes, summary.refused + pooled.refused
             summary.failed_repositories += pooled.failed
             output.step(f"  {pooled.added} new packages ({pooled.bytes / 1048576:.1f} MiB)")
+        superseded = keep_superseded(target, staging, config.KeepSupersededDays * 86400, time.time())
+        if superseded:
+            output.step(f"  {superseded} packages the mirror no longer lists are kept in the index "
+                        f"(KeepSupersededDays = {config.KeepSupersededDays})")
         _install_indexes(staging, target, mirror.url, metadata_only)
         summary.metadata_updated = True
         output.step("  indexes installed" + (" (metadata only: workers download packages from this mirror)"

@@ -148,6 +148,7 @@ class Config:
     WorkerTimeLimit: int = _key(3600, minimum=1, unit="seconds")
     CacheSize: int = _key(20480, minimum=1, unit="MiB")
     KeepRawhideLatest: int = _key(3, minimum=1)
+    KeepSupersededDays: int = _key(400, minimum=0, unit="days")
     UseCreaterepoUpdate: bool = _key(False)
     SyncReleases: str = _key("")
     PluginDir: Path = _key(Path("/etc/retrace-server/plugins"))

@@ -33,7 +33,7 @@ from testkit.debian import (
     local_gdb_output,
     thread_frames,
 )
-from testkit.debuginfod import Debuginfod
+from testkit.debuginfod import DEB_CACHE, Debuginfod, download_versions
 from testkit.helpers import outcome, submit, wait_final
 from testkit.reposync_admin import REPOSYNC, serve_http, serve_rsync
 from testkit.signing import OTHER_KEY, TEST_KEY
@@ -461,3 +461,47 @@ def test_a_hostile_package_payload_fails_the_task_naming_package_and_limit(
     assert status.headers["X-Task-Status"] == "FINISHED_FAILURE", log
     assert "crasher-dbgsym_1.0-1_amd64 cannot be unpacked: " in outcome(status) and refusal in outcome(status), \
         outcome(status)
+
+
+# This machine runs zlib1g one security update behind: the archive lists 1+deb12u1 in bookworm-security.
+ZLIB_BEHIND, ZLIB_NOW = "1:1.2.13.dfsg-1", "1:1.2.13.dfsg-1+deb12u1"
+
+
+def test_a_package_the_mirror_stopped_listing_stays_known_for_keep_superseded_days(start_server, work_dir):
+    """A mirror lists the version a machine runs, then only its update (a point release replaced it): after the
+    second sync the release still knows the machine's build, with its file in the full mirror's pool, for
+    KeepSupersededDays; with 0 it is forgotten."""
+    behind, now = download_versions(DEB_CACHE / "superseded", [("zlib1g", ZLIB_BEHIND), ("zlib1g", ZLIB_NOW)])
+    mirror = work_dir / "superseded-mirror"
+    apt_archive(mirror, [behind], key=TEST_KEY)
+    process, url = serve_http(mirror)
+    try:
+        server, sync = synced_server(start_server, url)
+        assert sync.returncode == 0, sync.stdout + sync.stderr
+
+        def check(version):
+            return server.get("/checkpackage", allow_redirects=False, headers={
+                "X-Package-NVR": f"zlib1g-{version}", "X-Package-Arch": "x86_64",
+                "X-OS-Release": DEBIAN_RELEASE}).status_code
+
+        def resync(setting=""):
+            config = server.config_path.read_text()
+            server.config_path.write_text(config.replace("[retrace]\n", f"[retrace]\n{setting}", 1))
+            return subprocess.run([str(REPOSYNC), "--config", str(server.config_path), "debian", "12", "x86_64"],
+                                  capture_output=True, text=True, timeout=600)
+
+        assert (check(ZLIB_BEHIND), check(ZLIB_NOW)) == (302, 404)
+        shutil.rmtree(mirror)
+        apt_archive(mirror, [now], key=TEST_KEY)
+        sync = resync()
+        assert sync.returncode == 0, sync.stdout + sync.stderr
+        assert "1 packages the mirror no longer lists are kept in the index (KeepSupersededDays = 400)" in sync.stdout
+        assert (check(ZLIB_BEHIND), check(ZLIB_NOW)) == (302, 302)
+        pool = server.root / "repos" / DEBIAN_RELEASE / "pool" / "main"
+        assert sorted(path.name for path in pool.glob("zlib1g_*.deb")) == sorted([behind.name, now.name])
+        sync = resync("KeepSupersededDays = 0\n")
+        assert sync.returncode == 0 and "no longer lists" not in sync.stdout, sync.stdout + sync.stderr
+        assert (check(ZLIB_BEHIND), check(ZLIB_NOW)) == (404, 302)
+    finally:
+        process.terminate()
+        process.wait()
