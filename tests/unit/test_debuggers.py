@@ -51,21 +51,22 @@ def test_the_debuggers_section_names_a_gdb_per_architecture():
     assert config.debugger("aarch64") == "/opt/gdb/bin/gdb" and config.debugger("s390x") is None
 
 
-def test_a_worker_host_serves_its_own_architecture_and_every_one_its_debuggers_read():
-    config, _ = parse_config("[retrace]\n", "test.conf")
+def test_a_worker_host_serves_its_own_architecture_and_every_one_its_debuggers_read(tmp_path):
+    config, _ = parse_config(f"[retrace]\nCacheDir = {tmp_path}\n", "test.conf")
     served = served_architectures(config)
     assert served[0] == HOST_ARCH
     if shutil.which("gdb-multiarch"):
         assert {"aarch64", "s390x", "ppc64le", "i386"} <= set(served)
 
 
-def test_retrace_architectures_lists_what_the_host_takes_and_refuses_one_it_cannot_read():
-    config, _ = parse_config("[retrace]\nRetraceArchitectures = x86_64 s390x\n[debuggers]\ns390x = gdb\n", "t.conf")
+def test_retrace_architectures_lists_what_the_host_takes_and_refuses_one_it_cannot_read(tmp_path):
+    config, _ = parse_config(f"[retrace]\nCacheDir = {tmp_path}\nRetraceArchitectures = x86_64 s390x\n"
+                             "[debuggers]\ns390x = gdb\n", "t.conf")
     if reads(shutil.which("gdb"), "s390x"):
         pytest.skip("this host's gdb reads s390x")
     with pytest.raises(NoDebugger, match="no debugger for s390x cores"):
         served_architectures(config)
-    config, _ = parse_config("[retrace]\nRetraceArchitectures = x86_64\n", "t.conf")
+    config, _ = parse_config(f"[retrace]\nCacheDir = {tmp_path}\nRetraceArchitectures = x86_64\n", "t.conf")
     assert served_architectures(config) == ["x86_64"]
 
 
