@@ -1,4 +1,4 @@
-"""``retrace-server-cleanup [--dry-run] [-v]``, hourly from cron or a systemd timer.
+"""``retrace-server-cleanup [--dry-run] [-v] [--rebucket]``, hourly from cron or a systemd timer.
 
 Exit status: 0 done, 2 configuration error (the message says which key).
 Every action is logged to ``<LogDir>/cleanup.log`` (or syslog: ``LogTo``) and printed.
@@ -15,6 +15,8 @@ from retrace_server.adminlog import admin_handler
 from retrace_server.cleanup.collector import Collector
 from retrace_server.errors import ConfigError
 from retrace_server.privileges import add_service_arguments
+from retrace_server.reports import rules
+from retrace_server.reports.buckets import BucketDB
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -29,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_version_argument(parser)
     parser.add_argument("--dry-run", action="store_true", help="print what would be done; change nothing")
     parser.add_argument("-v", "--verbose", action="store_true", help="also print what is left alone and why")
+    parser.add_argument("--rebucket", action="store_true",
+                        help="recompute every crash bucket's signature under the current SignatureRules (buckets "
+                             "merge or split; counts, reports and bugs move with them), then stop")
     add_service_arguments(parser)
     return parser
 
@@ -59,5 +64,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     config, path = service.load(args)
     check_expiry_settings(config)
     log = make_log(config, args.verbose, args.dry_run)
+    if args.rebucket:
+        return rebucket(config, log, args.dry_run)
     Collector(config, path, log, dry_run=args.dry_run).run()
+    return 0
+
+
+def rebucket(config: Config, log: logging.Logger, dry_run: bool) -> int:
+    """The stored buckets recomputed under the rules SignatureRules names now (ConfigError: a bad rules file)."""
+    current = rules.load(config.SignatureRules)
+    if dry_run:
+        log.info("would: recompute the crash buckets under %s", config.SignatureRules)
+        return 0
+    with BucketDB.for_config(config) as buckets:
+        before, after = buckets.rebucket(current)
+    log.info("rebucketed %d crash buckets under %s: %d now", before, config.SignatureRules, after)
     return 0

@@ -203,6 +203,7 @@ class Config:
     # Who sees what of /problems (crash buckets): "counts" shows the list to everyone and a bucket's backtrace
     # and reports only in the task manager (/manager/problems/...), "all" shows everything to everyone.
     ProblemsPublic: str = _key("counts", choices=("counts", "all"))
+    SignatureRules: Path = _key(Path("/etc/retrace-server/signature-rules.conf"))
     # How long each report's own row (time, version, release) is kept; buckets keep their counts.
     ReportRetention: int = _key(90, minimum=1, unit="days")
     # A bucket that no report or retrace reached for this long goes, with its backtrace.

@@ -16,6 +16,7 @@ from retrace_server.arch import HOST_ARCH
 from retrace_server.elf import CoreInfo, read_core
 from retrace_server.environments.base import Limits, Workload
 from retrace_server.environments.choice import environment_for
+from retrace_server.errors import ConfigError
 from retrace_server.files import write_atomically
 from retrace_server.packaging.debuginfod import BuildIdCache, fill_gaps, log_missing
 from retrace_server.packaging.debuginfod import Settings as DebuginfodSettings
@@ -29,6 +30,7 @@ from retrace_server.packaging.packages import (
 from retrace_server.packaging.release import RELEASE_FILES, ReleaseId, RepositoryFormat, detect_release, served_releases
 from retrace_server.packaging.repoindex import RepoIndex, release_index
 from retrace_server.packaging.supply import PackageSupply
+from retrace_server.reports import rules
 from retrace_server.reports.buckets import BucketDB, gdb_crash_thread, gdb_crash_thread_functions, signature
 from retrace_server.worker.job import Job, TaskFailed
 
@@ -244,7 +246,11 @@ class RetraceJob(Job["_Crash"]):
         functions = gdb_crash_thread_functions(backtrace)
         if not functions:
             return
-        bthash, text = signature(crash.executable, functions)
+        try:
+            bthash, text = signature(crash.executable, functions, rules.load(self.config.SignatureRules))
+        except ConfigError as err:
+            self.log.warning("Not counted in the crash buckets: %s", err.sentence)
+            return
         try:
             with BucketDB.for_config(self.config) as buckets:
                 package = self.record.package or ""

@@ -4,8 +4,8 @@ The signature is taken from the symbolized crash thread, innermost first:
 frames of the machinery every crash passes through (raise, abort, assert,
 the allocator's consistency checks) are skipped from the top, glibc's
 internal aliases are folded (``__GI_raise`` is ``raise``), arguments,
-addresses, files and lines are left out, and the first ``TOP_FRAMES``
-function names with the executable's name are hashed (SHA-1, hex, like
+addresses, files and lines are left out, and the first names the rules
+count (``retrace_server.reports.rules``) with the executable's name are hashed (SHA-1, hex, like
 FAF's ``bthash``).  A coreless report (symbolized here) and a full gdb
 retrace of the same crash give the same names, so they land in the same
 bucket; ASLR, another build of the same source or another machine change
@@ -23,12 +23,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from retrace_server.reports.rules import Rules, folded
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from retrace_server.config import Config
 
-TOP_FRAMES = 5
 DB_NAME = "problems.db"
 # What a bucket keeps of a backtrace (its crash thread): a report's 13 KB must not become a megabyte on disk.
 MAX_STORED_BACKTRACE = 64 * 1024
@@ -36,38 +37,20 @@ MAX_STORED_BACKTRACE = 64 * 1024
 MAX_NEW_SYMBOLS = 512
 # The symbol cache's rows at most; cleanup trims the oldest beyond it.
 MAX_SYMBOLS = 2_000_000
-# Entered on the way to a crash, by every crash of their kind: never what tells two bugs apart.
-_MACHINERY = {
-    "raise", "abort", "pthread_kill", "__pthread_kill_implementation", "__pthread_kill_internal", "__assert_fail",
-    "__assert_fail_base", "__assert_perror_fail", "__libc_message", "__libc_fatal", "__fortify_fail",
-    "__chk_fail", "__stack_chk_fail", "malloc_printerr", "_int_free", "_int_malloc", "_int_realloc", "free",
-    "malloc", "realloc", "calloc", "cfree", "__libc_free", "__libc_malloc", "__libc_realloc", "__libc_calloc",
-    "g_assertion_message", "g_assertion_message_expr", "g_log", "g_logv", "g_log_structured",
-    "std::terminate", "__cxa_throw", "__gnu_cxx::__verbose_terminate_handler", "std::__terminate",
-    "__cxxabiv1::__terminate", "__cxxabiv1::__unexpected", "__GI___libc_message", "sigabrt_handler",
-}
-_GDB_FRAME = re.compile(r"^#\d+\s+(?:0x[0-9a-f]+ in )?(?P<function>\S.*?) \(.*?(?: at \S+:(?P<line>\d+))?$", re.M)
+DEFAULT_RULES = Rules()
+# A frame line of gdb's backtrace, or of the one a report is stored as (its inlined frames say " [inlined]").
+_GDB_FRAME = re.compile(r"^#\d+\s+(?:0x[0-9a-f]+ in )?(?P<function>\S.*?) \(.*?(?: at \S+:(?P<line>\d+))?"
+                        r"(?: \[inlined\])?$", re.M)
 
 
-def _folded(function: str) -> str:
-    """``__GI_raise`` -> ``raise``: glibc's internal names for public functions."""
-    return re.sub(r"^__GI_+", "", function) if function else function
+def normalized(functions: list[str], rules: Rules = DEFAULT_RULES) -> list[str]:
+    """The crash thread's function names (innermost first) that tell the bug (``rules``: SignatureRules)."""
+    return rules.normalized([folded(function) or "??" for function in functions])
 
 
-def normalized(functions: list[str]) -> list[str]:
-    """The crash thread's function names (innermost first) that tell the bug: machinery skipped from the top."""
-    names = [_folded(function) or "??" for function in functions]
-    start = 0
-    while start < len(names) and (names[start] in _MACHINERY or _folded(names[start].lstrip("_")) in _MACHINERY):
-        start += 1
-    if start == len(names):
-        start = 0
-    return names[start:start + TOP_FRAMES]
-
-
-def signature(executable: str, functions: list[str]) -> tuple[str, str]:
+def signature(executable: str, functions: list[str], rules: Rules = DEFAULT_RULES) -> tuple[str, str]:
     """``(bthash, the text it hashes)`` for a crash of ``executable`` with these crash-thread functions."""
-    text = "\n".join([Path(executable).name, *normalized(functions)])
+    text = "\n".join([Path(executable).name, *normalized(functions, rules)])
     return hashlib.sha1(text.encode("utf-8")).hexdigest(), text
 
 
@@ -212,6 +195,42 @@ class BucketDB:
         rows = self.db.execute("SELECT type, value, who, time FROM attachments WHERE bthash = ? ORDER BY time, id",
                                (bthash,)).fetchall()
         return [dict(zip(("type", "value", "who", "time"), row)) for row in rows if kinds is None or row[0] in kinds]
+
+    def rebucket(self, rules: Rules) -> tuple[int, int]:
+        """Recompute every bucket's signature from its stored crash thread under ``rules``: buckets whose
+        signature changed move to the new bthash, merging where it exists (counts add up, occurrences and
+        attachments follow). Returns ``(buckets before, buckets after)``."""
+        with self._transaction():
+            rows = self.db.execute("SELECT bthash, executable, backtrace FROM buckets ORDER BY first_seen").fetchall()
+            for bthash, executable, backtrace in rows:
+                functions = gdb_crash_thread_functions("\n" + backtrace)
+                if not functions:
+                    continue
+                new, text = signature(executable, functions, rules)
+                if new == bthash:
+                    self.db.execute("UPDATE buckets SET signature = ? WHERE bthash = ?", (text, bthash))
+                    continue
+                if self.db.execute("SELECT 1 FROM buckets WHERE bthash = ?", (new,)).fetchone() is None:
+                    self.db.execute("INSERT INTO buckets SELECT ?, executable, ?, backtrace, first_seen, last_seen, "
+                                    "count, full_task, component FROM buckets WHERE bthash = ?", (new, text, bthash))
+                else:  # merged: counts add up, the dates widen, a full retrace's backtrace wins (as in record())
+                    old, into = self.bucket(bthash), self.bucket(new)
+                    assert old is not None and into is not None
+                    keep_old_backtrace = into["full_task"] is None and old["full_task"] is not None
+                    self.db.execute(
+                        "UPDATE buckets SET count = ?, first_seen = ?, last_seen = ?, full_task = ?, backtrace = ?, "
+                        "component = ? WHERE bthash = ?",
+                        (into["count"] + old["count"], min(into["first_seen"], old["first_seen"]),
+                         max(into["last_seen"], old["last_seen"]), into["full_task"] or old["full_task"],
+                         old["backtrace"] if keep_old_backtrace else into["backtrace"],
+                         into["component"] or old["component"], new))
+                self.db.execute("UPDATE occurrences SET bthash = ? WHERE bthash = ?", (new, bthash))
+                self.db.execute("INSERT OR IGNORE INTO attachments (bthash, type, value, who, time) "
+                                "SELECT ?, type, value, who, time FROM attachments WHERE bthash = ?", (new, bthash))
+                self.db.execute("DELETE FROM attachments WHERE bthash = ?", (bthash,))
+                self.db.execute("DELETE FROM buckets WHERE bthash = ?", (bthash,))
+            after = self.db.execute("SELECT COUNT(*) FROM buckets").fetchone()[0]
+        return len(rows), after
 
     def symbols(self, keys: set[tuple[str, int]]) -> dict[tuple[str, int], list[tuple[str, str, int]]]:
         """``{(build-id, offset): [(function, file, line), ...]}`` for the keys symbolized before (debuginfo

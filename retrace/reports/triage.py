@@ -20,6 +20,7 @@ from retrace_server.intake import storage
 from retrace_server.packaging.release import ReleaseId, supported_releases
 from retrace_server.packaging.repoindex import release_index
 from retrace_server.packaging.supply import PackageSupply
+from retrace_server.reports import rules
 from retrace_server.reports.buckets import BucketDB, located_functions, signature
 from retrace_server.reports.ureport import InvalidReport
 
@@ -150,7 +151,7 @@ def triage(config: Config, report: Report, now: float | None = None) -> dict[str
         with BucketDB.for_config(config) as buckets:
             threads = symbolicate(config, report, buckets, index)
             crash_number = [thread.crash_thread for thread in report.threads].index(True)
-            bthash, text = signature(report.executable, functions(threads[crash_number]))
+            bthash, text = signature(report.executable, functions(threads[crash_number]), rules.load(config.SignatureRules))
             backtrace = gdb_text(threads, report.threads)
             component = index.indexed_name(report.package) if report.package else None
             with disk_full_explained(storage.NO_STORAGE):

@@ -354,3 +354,24 @@ def test_bugs_attached_to_a_bucket_come_back_in_reported_to_and_on_its_page(repo
     with_bug = reports_server.get("/problems?bug=yes&format=json").json()["buckets"]
     assert bthash in [row["bthash"] for row in with_bug] and all(row["bugs"] > 0 for row in with_bug)
     assert bthash not in [row["bthash"] for row in reports_server.get("/problems?bug=no&format=json").json()["buckets"]]
+
+
+def test_after_a_rule_change_a_rebucket_and_new_reports_agree_on_the_bucket(start_server, installed, crashes,
+                                                                             work_dir):
+    """A triage team edits SignatureRules: `retrace-server-cleanup --rebucket` moves the stored bucket, with its
+    count, to the signature the new rules give, and the next report of the crash lands in it."""
+    rules_file = work_dir / "signature-rules-rebucket.conf"  # where the service user can read it
+    rules_file.unlink(missing_ok=True)
+    server = start_server(SignatureRules=str(rules_file))  # no file yet: the built-in rules
+    first = report(server, installed, crashes("simple"), "--no-core")[0]
+    rules_file.write_text("[core]\nframes = 1\n")
+    rules_file.chmod(0o644)
+    ran = cleanup(server, "--rebucket", SignatureRules=str(rules_file))
+    assert ran.returncode == 0 and "rebucketed 1 crash buckets" in ran.stdout, ran.stdout + ran.stderr
+    (moved,) = server.get("/problems?format=json").json()["buckets"]
+    assert moved["bthash"] != first["bthash"] and moved["count"] == 1
+    again = report(server, installed, crashes("simple"), "--no-core")[0]
+    assert (again["bthash"], again["result"], again["count"]) == (moved["bthash"], True, 2)
+    rules_file.write_text("[core]\nframes = 0\n")
+    refused = cleanup(server, "--rebucket", SignatureRules=str(rules_file))
+    assert refused.returncode == 2 and "frames must be a whole number from 1 to 32, not '0'" in refused.stderr
