@@ -22,7 +22,7 @@ from webob import Response
 from retrace_server.errors import BadRequest, Forbidden, NotFound, UploadTooLarge
 from retrace_server.intake import multipart
 from retrace_server.reports import ureport
-from retrace_server.reports.buckets import BucketDB
+from retrace_server.reports.buckets import BucketDB, View
 from retrace_server.reports.triage import triage
 from retrace_server.wsgi.manager import authenticated_user
 
@@ -173,35 +173,69 @@ def _wants_json(request: Request) -> bool:
     return bool(request.GET.get("format") == "json")
 
 
+_SORTS = ("total", "window", "growth")
+_VIEW_WORD = re.compile(r"[A-Za-z0-9._+~-]{1,128}")
+
+
+def _view(request: Request) -> View:
+    """The triage view the query asks for (release, component, arch, days, sort), or BadRequest naming the part."""
+    words: dict[str, str | None] = {}
+    for name in ("release", "component", "arch"):
+        value = request.GET.get(name, "").strip() or None
+        if value is not None and not _VIEW_WORD.fullmatch(value):
+            raise BadRequest(f"The {name} to show must be a name like fedora-41-x86_64, crasher or x86_64")
+        words[name] = value
+    days_text = request.GET.get("days", "7").strip()
+    if not days_text.isdigit() or not 1 <= int(days_text) <= 366:
+        raise BadRequest("days must be a whole number from 1 to 366")
+    sort = request.GET.get("sort", "total")
+    if sort not in _SORTS:
+        raise BadRequest(f"sort must be one of {', '.join(_SORTS)}")
+    return View(words["release"], words["component"], words["arch"], int(days_text), sort)
+
+
 def problems(config: Config, request: Request) -> Response:
     """Buckets by count: first and last seen, releases, architectures, versions (public)."""
     page = request.GET.get("page", "1")
     page = int(page) if page.isdigit() and int(page) > 0 else 1
     has_bug = {"yes": True, "no": False}.get(request.GET.get("bug", ""))
+    view = _view(request)
     with BucketDB.for_config(config) as buckets:
-        rows, totals = buckets.buckets(limit=100, offset=(page - 1) * 100, has_bug=has_bug), buckets.totals()
+        rows = buckets.buckets(limit=100, offset=(page - 1) * 100, has_bug=has_bug, view=view)
+        totals = buckets.totals()
     # The public list shows what the server derived, never a report's own words: the package name and
     # versions the release's index confirmed, releases it serves, counts and dates.
     shown = ("bthash", "component", "count", "first_seen", "last_seen", "full_task", "releases", "architectures",
-             "versions", "bugs")
+             "versions", "bugs", "recent", "before")
     rows = [{key: row[key] for key in shown} for row in rows]
     if _wants_json(request):
+        view_fields = {"release": view.release, "component": view.component, "arch": view.arch, "days": view.days,
+                       "sort": view.sort}
         return Response(content_type="application/json", charset="utf-8",
-                        text=json.dumps({**totals, "buckets": rows}, indent=1))
+                        text=json.dumps({**totals, "view": view_fields, "buckets": rows}, indent=1))
     details = "/problems/" if config.ProblemsPublic == "all" else "/manager/problems/"
     table = "".join(
         f'<tr><td><a href="{details}{row["bthash"]}">{row["bthash"][:12]}</a></td>'
         f'<td>{_e(row["component"] or "unknown")}</td>'
         f'<td class="n">{row["count"]}</td><td>{_when(row["first_seen"])}</td><td>{_when(row["last_seen"])}</td>'
         f'<td>{_e(row["versions"] or "")}</td><td>{_e(row["releases"] or "")}</td><td>{_e(row["architectures"] or "")}'
-        f'</td><td>{"yes" if row["full_task"] else "no"}</td><td class="n">{row["bugs"]}</td></tr>' for row in rows)
+        f'</td><td>{"yes" if row["full_task"] else "no"}</td><td class="n">{row["bugs"]}</td>'
+        f'<td class="n">{row["recent"]}</td><td class="n">{row["recent"] - row["before"]:+d}</td></tr>' for row in rows)
     shown_filter = {True: "with a bug", False: "without a bug", None: "all"}[has_bug]
-    body = (f'<p id="totals">{totals["reports"]} reports in {totals["buckets"]} buckets.</p>'
+    form = ('<form id="view" method="get" action="/problems">'
+            + "".join(f'<label>{label} <input name="{name}" size="18" value="{_e(value or "")}"></label> '
+                      for label, name, value in (("Release", "release", view.release),
+                                                 ("Component", "component", view.component),
+                                                 ("Architecture", "arch", view.arch)))
+            + f'<label>Days <input name="days" size="4" value="{view.days}"></label> <label>Sort <select name="sort">'
+            + "".join(f'<option{" selected" if view.sort == sort else ""}>{sort}</option>' for sort in _SORTS)
+            + '</select></label> <button type="submit">Show</button></form>')
+    body = (f'<p id="totals">{totals["reports"]} reports in {totals["buckets"]} buckets.</p>{form}'
             f'<p id="filter">Showing {shown_filter}: <a href="/problems">all</a> · <a href="/problems?bug=yes">with a '
             'bug</a> · <a href="/problems?bug=no">without a bug</a></p>'
             '<table id="buckets"><tr><th>Bucket</th><th>Package</th><th>Count</th><th>First seen</th>'
             '<th>Last seen</th><th>Versions</th><th>Releases</th><th>Architectures</th><th>Full retrace</th>'
-            f"<th>Bugs</th></tr>{table}</table>")
+            f"<th>Bugs</th><th>Last {view.days} days</th><th>Growth</th></tr>{table}</table>")
     return _page("Crash buckets", body)
 
 

@@ -15,6 +15,7 @@ addresses only.  Buckets live in SQLite beside the statistics
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import re
@@ -109,6 +110,20 @@ CREATE TABLE IF NOT EXISTS attachments (
 CREATE TABLE IF NOT EXISTS symbols (
     build_id TEXT NOT NULL, offset INTEGER NOT NULL, locations TEXT NOT NULL, PRIMARY KEY (build_id, offset));
 """
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+    """A triage view of the buckets: only a release's, a component's or an architecture's, counted over the last
+    ``days``, sorted by all reports (``total``), the window's (``window``) or its growth over the window before
+    (``growth``)."""
+
+    release: str | None = None
+    component: str | None = None
+    arch: str | None = None
+    days: int = 7
+    sort: str = "total"
+    now: float = dataclasses.field(default_factory=time.time)
 
 
 class BucketDB:
@@ -256,19 +271,40 @@ class BucketDB:
         with self._transaction():
             self.db.executemany("INSERT OR REPLACE INTO symbols VALUES (?, ?, ?)", rows)
 
-    def buckets(self, limit: int = 100, offset: int = 0, has_bug: bool | None = None) -> list[dict[str, Any]]:
-        """Buckets by count, most first, with their releases, architectures, versions and how many bugs they
-        were reported as (``has_bug``: only those with one, or without)."""
+    def buckets(self, limit: int = 100, offset: int = 0, has_bug: bool | None = None,
+                view: View | None = None) -> list[dict[str, Any]]:
+        """Buckets, most reported first, with their releases, architectures, versions, how many bugs they were
+        reported as (``has_bug``: only those with one, or without) and, for ``view``'s window, how many
+        reports and retraces came in it (``recent``) and in the window before (``before``)."""
+        view = view or View()
+        since = view.now - view.days * 86400
         bugs = "(SELECT COUNT(*) FROM attachments a WHERE a.bthash = b.bthash AND a.type IN ('RHBZ', 'url'))"
-        where = "" if has_bug is None else f"WHERE {bugs} {'>' if has_bug else '='} 0 "
+        window = ("(SELECT COUNT(*) FROM occurrences w WHERE w.bthash = b.bthash AND w.time >= ? AND w.time < ?"
+                  " AND (? IS NULL OR w.release = ?) AND (? IS NULL OR w.arch = ?))")
+        conditions, arguments = [], []
+        if has_bug is not None:
+            conditions.append(f"{bugs} {'>' if has_bug else '='} 0")
+        if view.component is not None:
+            conditions.append("b.component = ?")
+            arguments.append(view.component)
+        for column, value in (("release", view.release), ("arch", view.arch)):
+            if value is not None:
+                conditions.append(f"EXISTS (SELECT 1 FROM occurrences f WHERE f.bthash = b.bthash AND f.{column} = ?)")
+                arguments.append(value)
+        where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+        order = {"total": "b.count DESC", "window": "recent DESC, b.count DESC",
+                 "growth": "recent - before DESC, recent DESC"}[view.sort]
+        scope = (view.release, view.release, view.arch, view.arch)
         rows = self.db.execute(
             "SELECT b.bthash, b.executable, b.component, b.signature, b.first_seen, b.last_seen, b.count, "
             "b.full_task, group_concat(DISTINCT o.release), group_concat(DISTINCT o.arch), "
-            f"group_concat(DISTINCT o.version), {bugs} "
+            f"group_concat(DISTINCT o.version), {bugs}, {window} AS recent, {window} AS before "
             f"FROM buckets b LEFT JOIN occurrences o ON o.bthash = b.bthash {where}GROUP BY b.bthash "
-            "ORDER BY b.count DESC, b.last_seen DESC LIMIT ? OFFSET ?", (limit, offset)).fetchall()
+            f"ORDER BY {order}, b.last_seen DESC LIMIT ? OFFSET ?",
+            (since, view.now + 1, *scope, since - view.days * 86400, since, *scope, *arguments, limit, offset),
+        ).fetchall()
         keys = ("bthash", "executable", "component", "signature", "first_seen", "last_seen", "count", "full_task",
-                "releases", "architectures", "versions", "bugs")
+                "releases", "architectures", "versions", "bugs", "recent", "before")
         return [dict(zip(keys, row)) for row in rows]
 
     def occurrences(self, bthash: str, limit: int = 200) -> list[dict[str, Any]]:

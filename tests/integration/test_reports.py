@@ -375,3 +375,28 @@ def test_after_a_rule_change_a_rebucket_and_new_reports_agree_on_the_bucket(star
     rules_file.write_text("[core]\nframes = 0\n")
     refused = cleanup(server, "--rebucket", SignatureRules=str(rules_file))
     assert refused.returncode == 2 and "frames must be a whole number from 1 to 32, not '0'" in refused.stderr
+
+
+def test_triage_views_of_the_problems_list(reports_server, installed, crashes):
+    bthash = report(reports_server, installed, crashes("simple"), "--no-core")[0]["bthash"]
+
+    def view(query):
+        answer = reports_server.get(f"/problems?format=json&{query}")
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    week = view(f"release={RELEASE_ID}&component=crasher&arch=x86_64&days=7&sort=window")
+    assert week["view"] == {"release": RELEASE_ID, "component": "crasher", "arch": "x86_64", "days": 7,
+                            "sort": "window"}
+    row = next(row for row in week["buckets"] if row["bthash"] == bthash)
+    assert row["recent"] >= 1 and row["recent"] - row["before"] >= 1
+    assert view("release=debian-12-x86_64")["buckets"] == [] and view("component=nothing")["buckets"] == []
+    assert bthash in [row["bthash"] for row in view("sort=growth&days=1")["buckets"]]
+    for query, sentence in (("sort=loudest", "sort must be one of total, window, growth"),
+                            ("days=0", "days must be a whole number from 1 to 366"),
+                            ("release=%3Cscript%3E", "The release to show must be a name like fedora-41-x86_64")):
+        refused = reports_server.get(f"/problems?{query}")
+        assert (refused.status_code, refused.text) == (400, sentence + ("" if "must be a name" not in sentence else
+                                                                         ", crasher or x86_64"))
+    page = reports_server.get(f"/problems?release={RELEASE_ID}&sort=window").text
+    assert '<form id="view"' in page and f'value="{RELEASE_ID}"' in page and "<th>Last 7 days</th>" in page

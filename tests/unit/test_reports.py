@@ -180,3 +180,29 @@ def test_a_buckets_attachments_are_kept_once_each_and_go_with_it(tmp_path):
         assert {row["bthash"]: row["bugs"] for row in db.buckets()} == {"a" * 40: 1, "c" * 40: 0}
         assert db.forget_buckets_before(2000.0) == 2
         assert db.attachments("a" * 40) == []
+
+
+def test_triage_views_filter_by_release_component_and_arch_and_sort_by_the_window_or_its_growth(tmp_path):
+    day = 86400.0
+    now = 100 * day
+    with buckets.BucketDB(tmp_path / "problems.db") as db:
+        # "old": many reports long ago, one this week; "new": none before, three this week; "arm": another arch.
+        for when in [now - 30 * day] * 5 + [now - day]:
+            db.record("a" * 40, "app\nold", "app", "#0 old", "report", release="fedora-41-x86_64", arch="x86_64",
+                      when=when, component="app")
+        for when in (now - 10 * day, now - 2 * day, now - day, now - 3600):
+            db.record("b" * 40, "app\nnew", "app", "#0 new", "report", release="fedora-41-x86_64", arch="x86_64",
+                      when=when, component="app")
+        db.record("c" * 40, "lib\narm", "lib", "#0 arm", "report", release="fedora-42-aarch64", arch="aarch64",
+                  when=now - day, component="lib")
+
+        def shown(**view):
+            return [row["bthash"][0] for row in db.buckets(view=buckets.View(now=now, **view))]
+
+        assert shown() == ["a", "b", "c"], "by all reports"
+        assert shown(sort="window") == ["b", "a", "c"], "top crashers of the week"
+        assert shown(sort="growth", days=7)[0] == "b", "3 this week against 1 the week before"
+        assert shown(release="fedora-41-x86_64") == ["a", "b"] and shown(arch="aarch64") == ["c"]
+        assert shown(component="lib") == ["c"] and shown(component="nothing") == []
+        (new,) = [row for row in db.buckets(view=buckets.View(now=now)) if row["bthash"][0] == "b"]
+        assert (new["recent"], new["before"]) == (3, 1)
