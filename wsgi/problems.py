@@ -23,7 +23,7 @@ from retrace_server.errors import BadRequest, Forbidden, NotFound, UploadTooLarg
 from retrace_server.intake import multipart
 from retrace_server.reports import ureport
 from retrace_server.reports.buckets import BucketDB, View
-from retrace_server.reports.triage import triage
+from retrace_server.reports.triage import triage, triage_symbolic
 from retrace_server.wsgi.manager import authenticated_user
 
 if TYPE_CHECKING:
@@ -60,7 +60,10 @@ def _form_file(config: Config, request: Request, what: str) -> bytes:
 def new_report(config: Config, request: Request) -> Response:
     data = _form_file(config, request, "uReport")
     report = ureport.parse(data)
-    answer = triage(config, report)
+    if isinstance(report, ureport.SymbolicReport):
+        answer, what, where = triage_symbolic(config, report), report.headline, report.component
+    else:
+        answer, what, where = triage(config, report), f"signal {report.signal}", report.executable
     url = f"{request.application_url}/problems/{answer['bthash']}"
     if answer["known"]:
         message = (f"This crash is known: bucket {answer['bthash']}, seen {answer['count']} times; "
@@ -69,7 +72,7 @@ def new_report(config: Config, request: Request) -> Response:
         message = f"This crash is new here: bucket {answer['bthash']}"
     if answer["core_wanted"]:
         message += ". Please send its core for a full backtrace (retrace-client does, unless --no-core)"
-    log.info("report of %s (%s): bucket %s, %s in %.3f s", report.executable, report.release, answer["bthash"],
+    log.info("report of %s in %s (%s): bucket %s, %s in %.3f s", what, where, report.release, answer["bthash"],
              "known" if answer["known"] else "new", answer["seconds"])
     with BucketDB.for_config(config) as buckets:
         bugs = buckets.attachments(answer["bthash"], BUG_KINDS)
@@ -205,8 +208,8 @@ def problems(config: Config, request: Request) -> Response:
         totals = buckets.totals()
     # The public list shows what the server derived, never a report's own words: the package name and
     # versions the release's index confirmed, releases it serves, counts and dates.
-    shown = ("bthash", "component", "count", "first_seen", "last_seen", "full_task", "releases", "architectures",
-             "versions", "bugs", "recent", "before")
+    shown = ("bthash", "type", "component", "count", "first_seen", "last_seen", "full_task", "releases",
+             "architectures", "versions", "bugs", "recent", "before")
     rows = [{key: row[key] for key in shown} for row in rows]
     if _wants_json(request):
         view_fields = {"release": view.release, "component": view.component, "arch": view.arch, "days": view.days,
@@ -215,7 +218,7 @@ def problems(config: Config, request: Request) -> Response:
                         text=json.dumps({**totals, "view": view_fields, "buckets": rows}, indent=1))
     details = "/problems/" if config.ProblemsPublic == "all" else "/manager/problems/"
     table = "".join(
-        f'<tr><td><a href="{details}{row["bthash"]}">{row["bthash"][:12]}</a></td>'
+        f'<tr><td><a href="{details}{row["bthash"]}">{row["bthash"][:12]}</a></td><td>{_e(row["type"])}</td>'
         f'<td>{_e(row["component"] or "unknown")}</td>'
         f'<td class="n">{row["count"]}</td><td>{_when(row["first_seen"])}</td><td>{_when(row["last_seen"])}</td>'
         f'<td>{_e(row["versions"] or "")}</td><td>{_e(row["releases"] or "")}</td><td>{_e(row["architectures"] or "")}'
@@ -233,7 +236,7 @@ def problems(config: Config, request: Request) -> Response:
     body = (f'<p id="totals">{totals["reports"]} reports in {totals["buckets"]} buckets.</p>{form}'
             f'<p id="filter">Showing {shown_filter}: <a href="/problems">all</a> · <a href="/problems?bug=yes">with a '
             'bug</a> · <a href="/problems?bug=no">without a bug</a></p>'
-            '<table id="buckets"><tr><th>Bucket</th><th>Package</th><th>Count</th><th>First seen</th>'
+            '<table id="buckets"><tr><th>Bucket</th><th>Type</th><th>Package</th><th>Count</th><th>First seen</th>'
             '<th>Last seen</th><th>Versions</th><th>Releases</th><th>Architectures</th><th>Full retrace</th>'
             f"<th>Bugs</th><th>Last {view.days} days</th><th>Growth</th></tr>{table}</table>")
     return _page("Crash buckets", body)

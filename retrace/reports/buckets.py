@@ -99,7 +99,8 @@ def located_functions(frames: list[tuple[str, bool]]) -> list[str]:
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS buckets (
     bthash TEXT PRIMARY KEY, executable TEXT NOT NULL, signature TEXT NOT NULL, backtrace TEXT NOT NULL,
-    first_seen REAL NOT NULL, last_seen REAL NOT NULL, count INTEGER NOT NULL, full_task TEXT, component TEXT);
+    first_seen REAL NOT NULL, last_seen REAL NOT NULL, count INTEGER NOT NULL, full_task TEXT, component TEXT,
+    problem_type TEXT NOT NULL DEFAULT 'core');
 CREATE TABLE IF NOT EXISTS occurrences (
     id INTEGER PRIMARY KEY, bthash TEXT NOT NULL REFERENCES buckets(bthash), time REAL NOT NULL,
     kind TEXT NOT NULL, package TEXT, version TEXT, release TEXT, arch TEXT, task_id TEXT);
@@ -134,8 +135,11 @@ class BucketDB:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
-        if "component" not in {row[1] for row in self.db.execute("PRAGMA table_info(buckets)")}:
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(buckets)")}
+        if "component" not in columns:
             self.db.execute("ALTER TABLE buckets ADD COLUMN component TEXT")  # a database made before it
+        if "problem_type" not in columns:
+            self.db.execute("ALTER TABLE buckets ADD COLUMN problem_type TEXT NOT NULL DEFAULT 'core'")
 
     @classmethod
     def for_config(cls, config: Config) -> BucketDB:
@@ -149,17 +153,17 @@ class BucketDB:
 
     def bucket(self, bthash: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT bthash, executable, signature, backtrace, first_seen, last_seen, count, "
-                              "full_task, component FROM buckets WHERE bthash = ?", (bthash,)).fetchone()
+                              "full_task, component, problem_type FROM buckets WHERE bthash = ?", (bthash,)).fetchone()
         if row is None:
             return None
         keys = ("bthash", "executable", "signature", "backtrace", "first_seen", "last_seen", "count", "full_task",
-                "component")
+                "component", "problem_type")
         return dict(zip(keys, row))
 
     def record(self, bthash: str, text: str, executable: str, backtrace: str, kind: str, package: str | None = None,
                version: str | None = None, release: str | None = None, arch: str | None = None,
                task_id: str | None = None, when: float | None = None,
-               component: str | None = None) -> dict[str, Any] | None:
+               component: str | None = None, problem_type: str = "core") -> dict[str, Any] | None:
         """Count one report or retrace in its bucket; returns the bucket as it was before (None: new).
 
         ``executable`` is the program's file name, ``component`` its package's name as the release's index
@@ -170,9 +174,9 @@ class BucketDB:
         with self._transaction():
             before = self.bucket(bthash)
             if before is None:
-                self.db.execute("INSERT INTO buckets VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?)",
+                self.db.execute("INSERT INTO buckets VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
                                 (bthash, executable, text, backtrace, when, when,
-                                 task_id if kind == "retrace" else None, component))
+                                 task_id if kind == "retrace" else None, component, problem_type))
             else:
                 # A full retrace's backtrace (with variables) replaces a coreless one's.
                 self.db.execute("UPDATE buckets SET count = count + 1, last_seen = MAX(last_seen, ?), "
@@ -216,7 +220,10 @@ class BucketDB:
         signature changed move to the new bthash, merging where it exists (counts add up, occurrences and
         attachments follow). Returns ``(buckets before, buckets after)``."""
         with self._transaction():
-            rows = self.db.execute("SELECT bthash, executable, backtrace FROM buckets ORDER BY first_seen").fetchall()
+            before = self.db.execute("SELECT COUNT(*) FROM buckets").fetchone()[0]
+            # Python exceptions and oopses keep their frames as the client named them: they stay where they are.
+            rows = self.db.execute("SELECT bthash, executable, backtrace FROM buckets WHERE problem_type = 'core' "
+                                   "ORDER BY first_seen").fetchall()
             for bthash, executable, backtrace in rows:
                 functions = gdb_crash_thread_functions("\n" + backtrace)
                 if not functions:
@@ -227,7 +234,8 @@ class BucketDB:
                     continue
                 if self.db.execute("SELECT 1 FROM buckets WHERE bthash = ?", (new,)).fetchone() is None:
                     self.db.execute("INSERT INTO buckets SELECT ?, executable, ?, backtrace, first_seen, last_seen, "
-                                    "count, full_task, component FROM buckets WHERE bthash = ?", (new, text, bthash))
+                                    "count, full_task, component, problem_type FROM buckets WHERE bthash = ?",
+                                    (new, text, bthash))
                 else:  # merged: counts add up, the dates widen, a full retrace's backtrace wins (as in record())
                     old, into = self.bucket(bthash), self.bucket(new)
                     assert old is not None and into is not None
@@ -245,7 +253,7 @@ class BucketDB:
                 self.db.execute("DELETE FROM attachments WHERE bthash = ?", (bthash,))
                 self.db.execute("DELETE FROM buckets WHERE bthash = ?", (bthash,))
             after = self.db.execute("SELECT COUNT(*) FROM buckets").fetchone()[0]
-        return len(rows), after
+        return before, after
 
     def symbols(self, keys: set[tuple[str, int]]) -> dict[tuple[str, int], list[tuple[str, str, int]]]:
         """``{(build-id, offset): [(function, file, line), ...]}`` for the keys symbolized before (debuginfo
@@ -298,13 +306,13 @@ class BucketDB:
         rows = self.db.execute(
             "SELECT b.bthash, b.executable, b.component, b.signature, b.first_seen, b.last_seen, b.count, "
             "b.full_task, group_concat(DISTINCT o.release), group_concat(DISTINCT o.arch), "
-            f"group_concat(DISTINCT o.version), {bugs}, {window} AS recent, {window} AS before "
+            f"group_concat(DISTINCT o.version), {bugs}, {window} AS recent, {window} AS before, b.problem_type "
             f"FROM buckets b LEFT JOIN occurrences o ON o.bthash = b.bthash {where}GROUP BY b.bthash "
             f"ORDER BY {order}, b.last_seen DESC LIMIT ? OFFSET ?",
             (since, view.now + 1, *scope, since - view.days * 86400, since, *scope, *arguments, limit, offset),
         ).fetchall()
         keys = ("bthash", "executable", "component", "signature", "first_seen", "last_seen", "count", "full_task",
-                "releases", "architectures", "versions", "bugs", "recent", "before")
+                "releases", "architectures", "versions", "bugs", "recent", "before", "type")
         return [dict(zip(keys, row)) for row in rows]
 
     def occurrences(self, bthash: str, limit: int = 200) -> list[dict[str, Any]]:

@@ -1,6 +1,7 @@
 """The rules a crash bucket's signature follows, as configuration a triage team edits (``SignatureRules``).
 
-A signature is the crash thread's function names, innermost first: the
+A signature is the crash thread's function names, innermost first (per
+kind of crash: ``[core]``, ``[python]``, ``[kerneloops]``): the
 frames every crash of their kind passes through (raise, abort, the
 allocator's checks) are skipped from the top, a frame that means nothing
 without its caller (a wrapper such as ``xmalloc``) is kept but does not
@@ -20,7 +21,8 @@ from pathlib import Path
 
 from retrace_server.errors import ConfigError
 
-SECTION = "core"
+# The kinds of crash a bucket can hold, each with a section of the rules file.
+KINDS = ("core", "python", "kerneloops")
 _NAME = re.compile(r"[A-Za-z0-9_:.<>~*?\[\]$@-]{1,200}")
 _MAX_NAMES = 2000
 
@@ -35,6 +37,13 @@ DEFAULT_SKIP = (
     "__cxxabiv1::__terminate", "__cxxabiv1::__unexpected", "__GI___libc_message", "sigabrt_handler",
 )
 DEFAULT_FRAMES = 5
+# What every oops of its kind passes through on the way to the report: the bug is below it.
+DEFAULT_OOPS_SKIP = (
+    "dump_stack", "dump_stack_lvl", "show_stack", "panic", "__warn", "warn_slowpath_fmt", "report_bug", "handle_bug",
+    "exc_invalid_op", "asm_exc_invalid_op", "do_error_trap", "do_trap", "die", "__die", "oops_end",
+    "page_fault_oops", "kernelmode_fixup_or_oops", "__bad_area_nosemaphore", "bad_area_nosemaphore",
+    "do_user_addr_fault", "exc_page_fault", "asm_exc_page_fault", "no_context",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,20 +57,22 @@ class Rules:
 
     def normalized(self, names: list[str]) -> list[str]:
         """The names that tell the bug: machinery skipped from the top, ``frames`` of them counted."""
+        start, end = self.span(names)
+        return names[start:end]
+
+    def span(self, names: list[str]) -> tuple[int, int]:
+        """``(start, end)`` of the frames that tell the bug among ``names`` (innermost first)."""
         start = 0
         while start < len(names) and self.skips(names[start]):
             start += 1
         if start == len(names):
             start = 0  # a crash that is all machinery still has a signature
-        kept: list[str] = []
-        counted = 0
-        for name in names[start:]:
-            if counted == self.frames:
-                break
-            kept.append(name)
-            if not _matches(name, self.with_caller):
+        end, counted = start, 0
+        while end < len(names) and counted < self.frames:
+            if not _matches(names[end], self.with_caller):
                 counted += 1
-        return kept
+            end += 1
+        return start, end
 
 
 def folded(function: str) -> str:
@@ -74,19 +85,29 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
                for pattern in patterns)
 
 
-def parse(text: str, source: object) -> Rules:
-    """Rules from the INI text of a rules file, or ConfigError naming the file and the value."""
+def _defaults(kind: str) -> Rules:
+    return {"core": Rules(), "python": Rules(skip=()), "kerneloops": Rules(skip=DEFAULT_OOPS_SKIP)}[kind]
+
+
+def parse(text: str, source: object, kind: str = "core") -> Rules:
+    """The rules for ``kind`` from the INI text of a rules file (its section, else that kind's defaults), or
+    ConfigError naming the file and the value."""
     parser = configparser.ConfigParser(interpolation=None)
     try:
         parser.read_string(text, source=str(source))
     except configparser.Error as err:
         raise ConfigError(f"{source}: not a valid rules file: {err.message.splitlines()[0]}") from None
-    if not parser.has_section(SECTION):
-        raise ConfigError(f"{source}: has no [{SECTION}] section")
-    section = parser[SECTION]
+    stray = [name for name in parser.sections() if name not in KINDS]
+    if stray or not parser.sections():
+        raise ConfigError(f"{source}: has {f'a section [{stray[0]}]' if stray else 'no section'}; a rules file has "
+                          f"[{'], ['.join(KINDS)}]")
+    defaults = _defaults(kind)
+    if not parser.has_section(kind):
+        return defaults
+    section = parser[kind]
     unknown = set(section) - {"skip", "with_caller", "frames"}
     if unknown:
-        raise ConfigError(f"{source}: [{SECTION}] has no key {sorted(unknown)[0]} (it knows skip, with_caller, "
+        raise ConfigError(f"{source}: [{kind}] has no key {sorted(unknown)[0]} (it knows skip, with_caller, "
                           "frames)")
 
     def names(key: str, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -99,27 +120,28 @@ def parse(text: str, source: object) -> Rules:
                               f"not {(bad or words[-1])[:60]!r}")
         return words
 
-    frames_text = section.get("frames", str(DEFAULT_FRAMES)).strip()
+    frames_text = section.get("frames", str(defaults.frames)).strip()
     if not frames_text.isdigit() or not 1 <= int(frames_text) <= 32:
         raise ConfigError(f"{source}: frames must be a whole number from 1 to 32, not {frames_text!r}")
-    return Rules(names("skip", DEFAULT_SKIP), names("with_caller", ()), int(frames_text))
+    return Rules(names("skip", defaults.skip), names("with_caller", defaults.with_caller), int(frames_text))
 
 
-@functools.lru_cache(maxsize=4)
-def _load(path: str, mtime_ns: int) -> Rules:
+@functools.lru_cache(maxsize=12)
+def _load(path: str, mtime_ns: int, kind: str) -> Rules:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read the signature rules ({getattr(err, 'strerror', None) or err})") from None
-    return parse(text, path)
+    return parse(text, path, kind)
 
 
-def load(path: Path | str) -> Rules:
-    """The rules in ``path`` (read again when the file changes); the defaults when there is no such file."""
+def load(path: Path | str, kind: str = "core") -> Rules:
+    """The rules for ``kind`` in ``path`` (read again when the file changes); its defaults when there is no such
+    file."""
     try:
         mtime_ns = Path(path).stat().st_mtime_ns
     except FileNotFoundError:
-        return Rules()
+        return _defaults(kind)
     except OSError as err:
         raise ConfigError(f"{path}: cannot read the signature rules ({err.strerror})") from None
-    return _load(str(path), mtime_ns)
+    return _load(str(path), mtime_ns, kind)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import hashlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -29,13 +30,13 @@ if TYPE_CHECKING:
 
     from retrace_server.config import Config
     from retrace_server.packaging.repoindex import RepoIndex
-    from retrace_server.reports.ureport import Report, ReportThread
+    from retrace_server.reports.ureport import Report, ReportThread, SymbolicReport
 
 log = logging.getLogger(__name__)
 _PARALLEL_MODULES = 4
 
 
-def _index(config: Config, report: Report) -> RepoIndex:
+def _index(config: Config, report: Report | SymbolicReport) -> RepoIndex:
     release = ReleaseId.parse(report.release)
     index = release_index(config.RepoDir, config.CacheDir, release) if release is not None else None
     if index is None:
@@ -167,3 +168,51 @@ def triage(config: Config, report: Report, now: float | None = None) -> dict[str
     return {"known": before is not None, "bthash": bthash, "count": after["count"],
             "core_wanted": after["full_task"] is None, "backtrace": backtrace,
             "frames": frames_json(threads, report), "seconds": round(time.monotonic() - started, 4)}
+
+
+def symbolic_signature(report: SymbolicReport, rules_for_kind: rules.Rules) -> tuple[str, str]:
+    """``(bthash, text)`` of a Python exception (its type and the innermost frames' file and function) or a kernel
+    oops (its call trace's functions; modules and offsets left out, so any build of the same code agrees)."""
+    start, end = rules_for_kind.span([frame.function for frame in report.frames])
+    kept = report.frames[start:end]
+    if report.kind == "python":
+        lines = ["python", report.headline, *(f"{(frame.place or '').rsplit('/', 1)[-1]}:{frame.function}"
+                                              for frame in kept)]
+    else:
+        lines = ["kerneloops", *(frame.function for frame in kept)]
+    text = "\n".join(lines)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest(), text
+
+
+def symbolic_text(report: SymbolicReport) -> str:
+    """The frames as gdb would list them (the bucket page shows every kind alike)."""
+    lines = [f"Thread 1 ({report.headline}):"]
+    for number, frame in enumerate(report.frames):
+        if report.kind == "python":
+            where = f" at {frame.place}:{frame.line}" if frame.line is not None else f" at {frame.place}"
+        else:
+            where = f" [{frame.place}]" if frame.place else ""
+        lines.append(f"#{number:<2} {frame.function} (){where}")
+    return "\n".join(lines) + "\n"
+
+
+def triage_symbolic(config: Config, report: SymbolicReport) -> dict[str, Any]:
+    """Bucket and count a Python exception or a kernel oops (named by the client: nothing to symbolize)."""
+    started = time.monotonic()
+    storage.ensure_free(config.SaveDir, 0, config.min_storage_left_bytes)
+    index = _index(config, report)
+    try:
+        bthash, text = symbolic_signature(report, rules.load(config.SignatureRules, report.kind))
+        component = index.indexed_name(report.package) if report.package else None
+        backtrace = symbolic_text(report)
+        with BucketDB.for_config(config) as buckets, disk_full_explained(storage.NO_STORAGE):
+            before = buckets.record(bthash, text, report.kind, backtrace, "report",
+                                    report.package if component else None, report.version if component else None,
+                                    report.release, report.arch, component=component, problem_type=report.kind)
+            after = buckets.bucket(bthash)
+            assert after is not None  # recorded just now
+    finally:
+        index.close()
+    frames = [{"function": frame.function, "file": frame.place, "line": frame.line} for frame in report.frames]
+    return {"known": before is not None, "bthash": bthash, "count": after["count"], "core_wanted": False,
+            "backtrace": backtrace, "frames": frames, "seconds": round(time.monotonic() - started, 4)}

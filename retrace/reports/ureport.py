@@ -74,6 +74,91 @@ class Report:
         return f"{self.os_name}-{self.os_version}-{self.arch}".lower()
 
 
+@dataclasses.dataclass(frozen=True)
+class SymbolicFrame:
+    function: str
+    place: str | None  # the Python file, or the kernel module (None: built in)
+    line: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class SymbolicReport:
+    """A report whose frames the client already named: a Python exception or a kernel oops."""
+
+    kind: str  # "python" or "kerneloops"
+    os_name: str
+    os_version: str
+    arch: str
+    component: str
+    package: str | None
+    version: str | None
+    headline: str  # the exception's type, or "kernel oops"
+    frames: tuple[SymbolicFrame, ...]  # innermost first
+    reason: str = ""
+
+    @property
+    def release(self) -> str:
+        return f"{self.os_name}-{self.os_version}-{self.arch}".lower()
+
+
+# What becomes of the kinds FAF also takes and this server does not bucket.
+_NOT_READ = {"java": "Java exceptions", "ruby": "Ruby exceptions", "selinux": "SELinux denials"}
+_PY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,199}|<[a-z]{1,32}>")
+_KERNEL_FUNCTION = re.compile(r"[A-Za-z0-9_.$]{1,200}")
+
+
+def _symbolic_frames(raw: object, kind: str) -> tuple[SymbolicFrame, ...]:
+    key = "stacktrace" if kind == "python" else "frames"
+    if not isinstance(raw, list) or not raw:
+        raise InvalidReport(f"The report's problem.{key} is not a list of frames")
+    if len(raw) > MAX_FRAMES:
+        raise InvalidReport(f"The report has too many frames: at most {MAX_FRAMES} are read")
+    frames = []
+    for number, frame in enumerate(raw):
+        where = f"problem.{key}[{number}]."
+        if not isinstance(frame, dict):
+            raise InvalidReport(f"The report's {where[:-1]} is not an object")
+        if kind == "python":
+            function = _word(_text(frame, "function_name", where), _PY_NAME, f"{where}function_name")
+            place = _text(frame, "file_name", where)
+            line = frame.get("file_line")
+            if line is not None and (isinstance(line, bool) or not isinstance(line, int) or not 0 <= line < 1 << 31):
+                raise InvalidReport(f"The report's {where}file_line is not a line number")
+            frames.append(SymbolicFrame(function, place, line))
+        else:
+            if frame.get("reliable", True) is not True:
+                continue  # a guess the unwinder marked "?": not what the oops is
+            function = _word(_text(frame, "function_name", where), _KERNEL_FUNCTION, f"{where}function_name")
+            module = _optional_text(frame, "module_name", where)
+            frames.append(SymbolicFrame(function, _word(module, _WORD, f"{where}module_name") if module else None,
+                                        None))
+    if not frames:
+        raise InvalidReport("The report's oops has no reliable frame")
+    return tuple(frames)
+
+
+def _symbolic(document: dict[str, object], os_info: dict[str, object], problem: dict[str, object],
+              kind: str) -> SymbolicReport:
+    if kind == "python":
+        headline = _word(_text(problem, "exception_name", "problem."), _PY_NAME, "problem.exception_name")
+    else:
+        headline = "kernel oops"
+    frames = _symbolic_frames(problem.get("stacktrace" if kind == "python" else "frames"), kind)
+    package, version_text = _affected(document.get("packages", []))
+    default_component = "kernel" if kind == "kerneloops" else None
+    component = _optional_text(problem, "component", "problem.") or default_component
+    if component is None:
+        raise InvalidReport("The report has no problem.component")
+    reason = document.get("reason")
+    return SymbolicReport(
+        kind, _word(_text(os_info, "name", "os."), _WORD, "os.name"),
+        _word(_text(os_info, "version", "os."), _WORD, "os.version"),
+        _word(_text(os_info, "architecture", "os."), _ARCH, "os.architecture"),
+        _word(component, _WORD, "problem.component"), package, version_text, headline, frames,
+        reason[:_TEXT_LIMIT] if isinstance(reason, str) else "",
+    )
+
+
 def _value(mapping: object, key: str, where: str, required: bool) -> object:
     """The JSON value at ``key`` (None when absent); the report is untrusted, so anything may be there."""
     value = mapping.get(key) if isinstance(mapping, dict) else None
@@ -178,7 +263,7 @@ def _decompressed(data: bytes) -> bytes:
     return plain
 
 
-def parse(data: bytes) -> Report:
+def parse(data: bytes) -> Report | SymbolicReport:
     """The Report in ``data`` (the bytes of the form's ``file`` field, JSON or gzip-compressed JSON), or
     InvalidReport with a sentence."""
     if len(data) > MAX_BYTES:
@@ -199,8 +284,14 @@ def parse(data: bytes) -> Report:
     if not isinstance(os_info, dict) or not isinstance(problem, dict):
         raise InvalidReport("The report has no os or no problem object")
     kind = problem.get("type")
+    if kind in ("python", "kerneloops"):
+        return _symbolic(document, os_info, problem, str(kind))
+    if kind in _NOT_READ:
+        raise InvalidReport(f"This server buckets crashed programs (core), Python exceptions (python) and kernel "
+                            f"oopses (kerneloops), not {_NOT_READ[str(kind)]} ('{kind}')")
     if kind != "core":
-        raise InvalidReport(f"This server reads reports of crashed programs (problem type 'core'), not {kind!r}")
+        raise InvalidReport(f"This server reads reports of crashed programs (problem type 'core'), Python exceptions "
+                            f"('python') and kernel oopses ('kerneloops'), not {str(kind)[:40]!r}")
     signal = _number(problem, "signal", "problem.")
     if not 0 <= signal <= 128:
         raise InvalidReport(f"The report's problem.signal {signal} is not a signal number")

@@ -17,6 +17,7 @@ from testkit.helpers import abrt_archive, crashing_thread, submit, wait_final
 from tests.integration.browser import chromium, screenshot
 from tests.integration.manager_client import ENGINEER, ENGINEER_PASSWORD, Engineer
 from tests.integration.test_cleanup import cleanup
+from tests.unit.test_report_kinds import oops_report, python_report
 
 CLIENT = Path(sys.executable).with_name("retrace-client")
 _GDB_LOCATION = re.compile(r"^#\d+\s+(?:0x[0-9a-f]+ in )?(?P<function>\S+) \(.*\) at (?P<file>\S+):(?P<line>\d+)$")
@@ -165,8 +166,9 @@ def test_reports_the_server_cannot_read_are_refused_with_a_sentence_and_nothing_
                                         "fewer frames)"),
         (changed(stacktrace=[{"crash_thread": True, "frames": [crash_frames[0]] * 300}]), 400,
          "The report has too many frames: at most 256 per thread and 4096 in all are read"),
-        (changed(type="python"), 400, "This server reads reports of crashed programs (problem type 'core'), not "
-                                      "'python'"),
+        (changed(type="java"), 400, "This server buckets crashed programs (core), Python exceptions (python) and "
+                                    "kernel oopses (kerneloops), not Java exceptions ('java')"),
+        (changed(type="python"), 400, "The report has no problem.exception_name"),
         (changed(signal="11"), 400, "The report's problem.signal is not a whole number"),
     ]
     for data, status, sentence in cases:
@@ -258,7 +260,7 @@ def test_new_buckets_keep_what_a_bucket_needs_not_every_thread_of_their_first_re
     assert grown < sum(map(len, reports)), (grown, sum(map(len, reports)))
     bucket = Engineer(server, None, None).get("/problems?format=json").json()["buckets"][0]
     assert set(bucket) == {"bthash", "component", "count", "first_seen", "last_seen", "full_task", "releases",
-                           "architectures", "versions", "bugs"}
+                           "architectures", "versions", "bugs", "recent", "before", "type"}
 
 
 def test_a_report_is_507_when_storing_it_would_go_below_min_storage_left(start_server, installed, crashes):
@@ -400,3 +402,22 @@ def test_triage_views_of_the_problems_list(reports_server, installed, crashes):
                                                                          ", crasher or x86_64"))
     page = reports_server.get(f"/problems?release={RELEASE_ID}&sort=window").text
     assert '<form id="view"' in page and f'value="{RELEASE_ID}"' in page and "<th>Last 7 days</th>" in page
+
+
+def test_python_exceptions_and_kernel_oopses_get_buckets_of_their_own(reports_server):
+    """Documents written from FAF's format description, posted as reporter-ureport posts them."""
+    answers = {}
+    for name, document in (("python", python_report()), ("python again", python_report(line=5)),
+                           ("other exception", python_report(exception="KeyError")), ("oops", oops_report()),
+                           ("oops again", oops_report(offsets=(1, 2, 3)))):
+        answer = post_report(reports_server, json.dumps(document).encode())
+        assert answer.status_code == 202, answer.text
+        answers[name] = answer.json()
+    assert answers["python again"]["bthash"] == answers["python"]["bthash"] and answers["python again"]["result"]
+    assert answers["other exception"]["bthash"] != answers["python"]["bthash"]
+    assert answers["oops again"]["bthash"] == answers["oops"]["bthash"] and answers["oops again"]["count"] == 2
+    assert not answers["oops"]["core_wanted"] and "sysrq_handle_crash" in answers["oops"]["backtrace"]
+    listed = {row["bthash"]: row["type"] for row in reports_server.get("/problems?format=json").json()["buckets"]}
+    assert listed[answers["python"]["bthash"]] == "python" and listed[answers["oops"]["bthash"]] == "kerneloops"
+    refused = post_report(reports_server, json.dumps(dict(python_report(), problem={"type": "java"})).encode())
+    assert refused.status_code == 400 and "not Java exceptions ('java')" in refused.json()["error"]

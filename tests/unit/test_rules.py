@@ -39,7 +39,7 @@ def test_skip_patterns_and_frames_that_count_only_with_their_caller(tmp_path):
     ("[core]\nframes = 0\n", "frames must be a whole number from 1 to 32, not '0'"),
     ("[core]\nskipp = raise\n", r"\[core\] has no key skipp"),
     ("[core]\nskip = raise $(reboot)\n", "skip must list at most 2000 function names or patterns, not '\\$\\(reboot\\)'"),
-    ("[other]\n", r"has no \[core\] section"),
+    ("[other]\n", r"has a section \[other\]; a rules file has \[core\], \[python\], \[kerneloops\]"),
 ])
 def test_a_bad_rules_file_is_named_with_what_is_wrong(tmp_path, text, sentence):
     path = tmp_path / "rules.conf"
