@@ -49,7 +49,7 @@ def test_every_command_has_a_man_page_made_from_its_parser_that_groff_renders_cl
             for option in action.option_strings:
                 if action.help != argparse.SUPPRESS:
                     assert option.replace("-", "\\-") in text, f"{option} missing from {page.name}"
-        for heading in ("EXIT STATUS", "ENVIRONMENT", "EXAMPLES"):
+        for heading in ("EXIT STATUS", "ENVIRONMENT", "FILES", "EXAMPLES"):
             assert f".SH {heading}\n" in text, f"{page.name} has no {heading}"
         assert ".SH EXAMPLES\n.PP\n.nf\n" + command.replace("-", "\\-") in text, f"{page.name}: no example of it"
 
