@@ -23,7 +23,7 @@ import io
 import lzma
 import zlib
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Protocol
 
 import zstandard
 
@@ -201,7 +201,7 @@ class _ZstdFrames(io.RawIOBase):
 
     def __init__(self, raw: BinaryIO, memlimit: int) -> None:
         super().__init__()
-        buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(_Raw(raw), CHUNK_SIZE)
+        buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(RawReader(raw), CHUNK_SIZE)
         declared = zstd_declared_window(buffered.peek(18)[:18])
         if declared is not None and declared > memlimit:
             raise _refusal("zstd", declared, memlimit)
@@ -223,10 +223,17 @@ class _ZstdFrames(io.RawIOBase):
         return len(data)
 
 
-class _Raw(io.RawIOBase):
-    """Any ``read(size)`` object as a raw stream, so that it can be buffered."""
+class Readable(Protocol):
+    """Anything with ``read(size)``: a file, a request body, a decompressor's reader."""
 
-    def __init__(self, source: BinaryIO) -> None:
+    def read(self, size: int, /) -> bytes: ...
+
+
+class RawReader(io.RawIOBase):
+    """Any ``read(size)`` object as a raw stream, so that it can be buffered (the decompressors and the upload
+    sniffing read through one)."""
+
+    def __init__(self, source: Readable) -> None:
         super().__init__()
         self._source = source
 
@@ -279,7 +286,7 @@ class _Closing(io.BufferedReader):
     """A reader that closes the file under it too."""
 
     def __init__(self, reader: io.BufferedReader, handle: BinaryIO) -> None:
-        super().__init__(_Raw(reader), CHUNK_SIZE)
+        super().__init__(RawReader(reader), CHUNK_SIZE)
         self._under = (reader, handle)
 
     def close(self) -> None:

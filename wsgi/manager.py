@@ -83,7 +83,8 @@ def _refuse_cross_site(request: Request) -> None:
             raise Forbidden(sentence)
 
 
-def _see(request: Request, path: str) -> Response:
+def see_other(request: Request, path: str) -> Response:
+    """303 to a task manager page, the answer to a change made from one of its forms."""
     return Response(status=303, location=f"{request.application_url}/manager{path}", content_type="text/plain")
 
 
@@ -154,7 +155,7 @@ def update_field(config: Config, request: Request, task_id: str, field: str) -> 
     parse, store = _FIELDS[name]
     store(task, parse(request.POST.get(name)))
     log.info("task %s: %s set by %s", task_id, name, user)
-    return _see(request, f"/{task_id}")
+    return see_other(request, f"/{task_id}")
 
 
 def keep(config: Config, request: Request, task_id: str) -> Response:
@@ -163,7 +164,7 @@ def keep(config: Config, request: Request, task_id: str) -> Response:
     days = casedata.parse_keep_days(request.POST.get("days"))
     until = casedata.keep_for(task, days)
     log.info("task %s: kept until %s by %s", task_id, time.strftime("%Y-%m-%d", time.localtime(until)), user)
-    return _see(request, f"/{task_id}")
+    return see_other(request, f"/{task_id}")
 
 
 def _ended(task: Task, doing: str) -> None:
@@ -195,7 +196,7 @@ def restart(config: Config, request: Request, task_id: str) -> Response:
     task.forget_run()
     log.info("task %s restarted by %s%s", task_id, user, f" ({overrides.describe()})" if overrides else "")
     _poke(config, task)
-    return _see(request, f"/{task_id}")
+    return see_other(request, f"/{task_id}")
 
 
 def _may_delete(config: Config, user: str) -> bool:
@@ -212,7 +213,7 @@ def delete(config: Config, request: Request, task_id: str) -> Response:
         raise Conflict("The task is still running; delete it after it has ended")
     delete_task(config, task, log)
     log.info("task %s deleted by %s in the task manager", task_id, user)
-    return _see(request, "")
+    return see_other(request, "")
 
 
 # -- creating tasks -------------------------------------------------------------------
@@ -308,7 +309,7 @@ def _create(config: Config, request: Request, source: remote.Source, form: Mappi
         task = _commit(config, request, incoming, task_type, form, overrides, updates)
     log.info("task %s created by %s from %s", task.task_id, user, source.shown)
     _poke(config, task)
-    return _see(request, f"/{task.task_id}")
+    return see_other(request, f"/{task.task_id}")
 
 
 def create_from_upload(config: Config, request: Request) -> Response:
@@ -349,7 +350,7 @@ def create_from_upload(config: Config, request: Request) -> Response:
     log.info("task %s created by %s from an upload of %s (%d bytes)", task.task_id, user, _e_name(received),
              sum(sizes.values()))
     _poke(config, task)
-    return _see(request, f"/{task.task_id}")
+    return see_other(request, f"/{task.task_id}")
 
 
 def _e_name(name: str) -> str:
@@ -401,7 +402,7 @@ def start(config: Config, request: Request, name: str) -> Response:
     user = authenticated_user(config, request, changes=True)
     if name.isdigit() and len(name) == config.TaskIdLength:
         _open(config, name)
-        return _see(request, f"/{name}")  # our tasks start when created
+        return see_other(request, f"/{name}")  # our tasks start when created
     if not remote.is_drop_name(name):
         raise NotFound("There is no such file on the FTP drop")
     if request.method == "GET" and not _scripted(request):

@@ -24,7 +24,7 @@ from retrace_server.intake import multipart
 from retrace_server.reports import ureport
 from retrace_server.reports.buckets import BucketDB, View
 from retrace_server.reports.triage import triage, triage_symbolic
-from retrace_server.wsgi.manager import authenticated_user
+from retrace_server.wsgi.manager import authenticated_user, see_other
 
 if TYPE_CHECKING:
     from webob import Request
@@ -146,8 +146,7 @@ def add_bug(config: Config, request: Request, bthash: str) -> Response:
     except KeyError:
         raise NotFound("There is no such bucket") from None
     log.info("bucket %s: bug %s attached by %s in the task manager", bthash, value, user)
-    return Response(status=303, location=f"{request.application_url}/manager/problems/{bthash}",
-                    content_type="text/plain")
+    return see_other(request, f"/problems/{bthash}")
 
 
 def bthash_redirect(config: Config, request: Request, bthash: str) -> Response:

@@ -135,22 +135,6 @@ class Limits:
     decoder_memory: int = compression.DEFAULT_DECODER_MEMORY
 
 
-class _RawBody(io.RawIOBase):
-    """A RequestBody as a raw stream, for the buffered reader the decompressors read."""
-
-    def __init__(self, body: RequestBody) -> None:
-        super().__init__()
-        self.body = body
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.body.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
-
-
 def _display_name(name: str) -> str:
     """A member name safe to quote back: printable, short, never a path of ours."""
     shown = "".join(ch if ch.isprintable() else "?" for ch in name)[:64]
@@ -217,7 +201,7 @@ def _copy_member(source: IO[bytes], target_path: Path, size: int, check_head: He
     return written
 
 
-def _sniffed_type(buffered: io.BufferedReader[_RawBody]) -> str:
+def _sniffed_type(buffered: io.BufferedReader[compression.RawReader]) -> str:
     head = buffered.peek(_SNIFF_SIZE)[:_SNIFF_SIZE]
     if not head:
         raise BadRequest("The upload is empty")
@@ -229,7 +213,7 @@ def mime_type(head: bytes) -> str:
     return str(system_module("magic").from_buffer(head, mime=True))
 
 
-def _actual_format(declared: ArchiveFormat, buffered: io.BufferedReader[_RawBody]) -> ArchiveFormat:
+def _actual_format(declared: ArchiveFormat, buffered: io.BufferedReader[compression.RawReader]) -> ArchiveFormat:
     """The format the bytes are in, whichever archive type was declared: upstream unpacked with GNU tar,
     which finds the compression itself, and its own client sends a gzip-compressed tar as
     application/x-tar."""
@@ -289,7 +273,7 @@ def receive_archive(stream: BinaryIO, content_length: int, fmt: ArchiveFormat, c
     reset connection; the caller removes what was written.
     """
     body = RequestBody(stream, content_length, min_rate)
-    buffered = io.BufferedReader(_RawBody(body), CHUNK_SIZE)
+    buffered = io.BufferedReader(compression.RawReader(body), CHUNK_SIZE)
     try:
         actual = _actual_format(fmt, buffered)
         try:

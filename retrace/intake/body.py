@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Callable, Protocol
+from typing import Callable
 
+from retrace_server.compression import Readable
 from retrace_server.errors import BadRequest, RetraceError
 
 READ_SIZE = 64 * 1024
 WINDOW = 30.0
-
-
-class Readable(Protocol):
-    def read(self, size: int, /) -> bytes: ...
 
 
 class SlowUpload(RetraceError):

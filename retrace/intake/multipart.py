@@ -18,7 +18,7 @@ from retrace_server.intake.body import RequestBody
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from retrace_server.intake.body import Readable
+    from retrace_server.compression import Readable
 
 FIELD_LIMIT = 64 * 1024
 MAX_PARTS = 50

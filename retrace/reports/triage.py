@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -26,7 +27,7 @@ from retrace_server.reports.buckets import BucketDB, located_functions, signatur
 from retrace_server.reports.ureport import InvalidReport
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable, Iterator, Sequence
 
     from retrace_server.config import Config
     from retrace_server.packaging.repoindex import RepoIndex
@@ -36,14 +37,21 @@ log = logging.getLogger(__name__)
 _PARALLEL_MODULES = 4
 
 
-def _index(config: Config, report: Report | SymbolicReport) -> RepoIndex:
+@contextlib.contextmanager
+def _release_index(config: Config, report: Report | SymbolicReport) -> Iterator[RepoIndex]:
+    """The index of the report's release, open for the block, once the spool has room for the report;
+    InvalidReport when this server does not serve that release."""
+    storage.ensure_free(config.SaveDir, 0, config.min_storage_left_bytes)
     release = ReleaseId.parse(report.release)
     index = release_index(config.RepoDir, config.CacheDir, release) if release is not None else None
     if index is None:
         served = supported_releases(config.RepoDir)
         raise InvalidReport(f"Release {report.release} is not served by this server; it serves "
                             f"{', '.join(map(str, served)) or 'no release'}")
-    return index
+    try:
+        yield index
+    finally:
+        index.close()
 
 
 def symbolicate(config: Config, report: Report, buckets: BucketDB, index: RepoIndex) -> list[list[Symbolized]]:
@@ -146,25 +154,20 @@ def triage(config: Config, report: Report, now: float | None = None) -> dict[str
     when the index holds that build.
     """
     started = time.monotonic()
-    storage.ensure_free(config.SaveDir, 0, config.min_storage_left_bytes)
-    index = _index(config, report)
-    try:
-        with BucketDB.for_config(config) as buckets:
-            threads = symbolicate(config, report, buckets, index)
-            crash_number = [thread.crash_thread for thread in report.threads].index(True)
-            bthash, text = signature(report.executable, functions(threads[crash_number]), rules.load(config.SignatureRules))
-            backtrace = gdb_text(threads, report.threads)
-            component = index.indexed_name(report.package) if report.package else None
-            with disk_full_explained(storage.NO_STORAGE):
-                before = buckets.record(
-                    bthash, text, report.executable_name, gdb_text([threads[crash_number]],
-                                                                  [report.threads[crash_number]]),
-                    "report", report.package if component else None, report.version if component else None,
-                    report.release, report.arch, when=now, component=component)
-            after = buckets.bucket(bthash)
-            assert after is not None  # recorded just now
-    finally:
-        index.close()
+    with _release_index(config, report) as index, BucketDB.for_config(config) as buckets:
+        threads = symbolicate(config, report, buckets, index)
+        crash_number = [thread.crash_thread for thread in report.threads].index(True)
+        bthash, text = signature(report.executable, functions(threads[crash_number]), rules.load(config.SignatureRules))
+        backtrace = gdb_text(threads, report.threads)
+        component = index.indexed_name(report.package) if report.package else None
+        with disk_full_explained(storage.NO_STORAGE):
+            before = buckets.record(
+                bthash, text, report.executable_name, gdb_text([threads[crash_number]],
+                                                              [report.threads[crash_number]]),
+                "report", report.package if component else None, report.version if component else None,
+                report.release, report.arch, when=now, component=component)
+        after = buckets.bucket(bthash)
+        assert after is not None  # recorded just now
     return {"known": before is not None, "bthash": bthash, "count": after["count"],
             "core_wanted": after["full_task"] is None, "backtrace": backtrace,
             "frames": frames_json(threads, report), "seconds": round(time.monotonic() - started, 4)}
@@ -199,9 +202,7 @@ def symbolic_text(report: SymbolicReport) -> str:
 def triage_symbolic(config: Config, report: SymbolicReport) -> dict[str, Any]:
     """Bucket and count a Python exception or a kernel oops (named by the client: nothing to symbolize)."""
     started = time.monotonic()
-    storage.ensure_free(config.SaveDir, 0, config.min_storage_left_bytes)
-    index = _index(config, report)
-    try:
+    with _release_index(config, report) as index:
         bthash, text = symbolic_signature(report, rules.load(config.SignatureRules, report.kind))
         component = index.indexed_name(report.package) if report.package else None
         backtrace = symbolic_text(report)
@@ -211,8 +212,6 @@ def triage_symbolic(config: Config, report: SymbolicReport) -> dict[str, Any]:
                                     report.release, report.arch, component=component, problem_type=report.kind)
             after = buckets.bucket(bthash)
             assert after is not None  # recorded just now
-    finally:
-        index.close()
     frames = [{"function": frame.function, "file": frame.place, "line": frame.line} for frame in report.frames]
     return {"known": before is not None, "bthash": bthash, "count": after["count"], "core_wanted": False,
             "backtrace": backtrace, "frames": frames, "seconds": round(time.monotonic() - started, 4)}
