@@ -72,11 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def rebucket(config: Config, log: logging.Logger, dry_run: bool) -> int:
     """The stored buckets recomputed under the rules SignatureRules names now (ConfigError: a bad rules file)."""
-    current = rules.load(config.SignatureRules)
+    current = {kind: rules.load(config.SignatureRules, kind) for kind in rules.KINDS}
     if dry_run:
         log.info("would: recompute the crash buckets under %s", config.SignatureRules)
         return 0
     with BucketDB.for_config(config) as buckets:
-        before, after = buckets.rebucket(current)
+        before, after = buckets.rebucket(current.__getitem__)
     log.info("rebucketed %d crash buckets under %s: %d now", before, config.SignatureRules, after)
     return 0

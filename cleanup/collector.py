@@ -23,6 +23,7 @@ from retrace_server.packaging.download import DOWNLOADS
 from retrace_server.packaging.kernel import KernelCache
 from retrace_server.reports.buckets import DB_NAME as BUCKETS_DB
 from retrace_server.reports.buckets import BucketDB
+from retrace_server.reports.triage import resymbolize
 from retrace_server.stats import StatsDB
 from retrace_server.tasks import casedata
 from retrace_server.tasks.dispatch import end_failed, fail_if_worker_died, kill_worker, start_queued
@@ -68,6 +69,7 @@ class Collector:
         self.trim_cache()
         self.forget_client_addresses()
         self.prune_reports()
+        self.resymbolize_reports()
 
     # -- workers ---------------------------------------------------------------
 
@@ -185,6 +187,15 @@ class Collector:
                 buckets.vacuum()
             self.log.info("crash buckets: %d old reports, %d buckets and %d cached symbols forgotten", pruned, gone,
                           trimmed)
+
+    def resymbolize_reports(self) -> None:
+        """Reports symbolized in part are symbolized again: a reposync or a mirror's change may have brought the
+        debuginfo they missed (reposync itself does this for the release it synced)."""
+        if not (Path(self.config.SaveDir) / BUCKETS_DB).exists():
+            return
+        if self.act("crash buckets: symbolize again the reports symbolized in part"):
+            tried, moved = resymbolize(self.config)
+            self.log.info("crash buckets: %d reports symbolized in part tried again, %d moved", tried, moved)
 
     # -- cache -----------------------------------------------------------------
 

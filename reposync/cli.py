@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from retrace_server import add_version_argument, service
 from retrace_server.errors import ConfigError
 from retrace_server.packaging.release import ReleaseId
 from retrace_server.privileges import add_service_arguments
+from retrace_server.reports.buckets import DB_NAME as BUCKETS_DB
+from retrace_server.reports.triage import resymbolize
 from retrace_server.reposync.plugins import PluginError, load_plugins
 from retrace_server.reposync.repository import EXIT_USAGE, SyncError, discover_versions, parse_release, sync_release
 
@@ -99,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             output.step(summary.line())
             worst = max(worst, summary.exit_code)
+            if not args.dry_run and (Path(config.SaveDir) / BUCKETS_DB).exists():
+                tried, moved = resymbolize(config, str(release))
+                if tried:
+                    output.step(f"{release}: {tried} reports symbolized in part tried again, {moved} moved")
         return worst
     except (ConfigError, PluginError) as err:
         print(f"{PROG}: {err}", file=sys.stderr)

@@ -6,7 +6,6 @@ import dataclasses
 import os
 import re
 import shutil
-import sqlite3
 from typing import TYPE_CHECKING
 
 from retrace_server.analysis.debuggers import NoDebugger, gdb_for, runs_natively
@@ -16,7 +15,6 @@ from retrace_server.arch import HOST_ARCH
 from retrace_server.elf import CoreInfo, read_core
 from retrace_server.environments.base import Limits, Workload
 from retrace_server.environments.choice import environment_for
-from retrace_server.errors import ConfigError
 from retrace_server.files import write_atomically
 from retrace_server.packaging.debuginfod import BuildIdCache, fill_gaps, log_missing
 from retrace_server.packaging.debuginfod import Settings as DebuginfodSettings
@@ -30,8 +28,8 @@ from retrace_server.packaging.packages import (
 from retrace_server.packaging.release import RELEASE_FILES, ReleaseId, RepositoryFormat, detect_release, served_releases
 from retrace_server.packaging.repoindex import RepoIndex, release_index
 from retrace_server.packaging.supply import PackageSupply
-from retrace_server.reports import rules
-from retrace_server.reports.buckets import BucketDB, gdb_crash_thread, gdb_crash_thread_functions, signature
+from retrace_server.reports.buckets import gdb_crash_thread, gdb_crash_thread_functions
+from retrace_server.reports.stacks import Stack
 from retrace_server.worker.job import Job, TaskFailed
 
 if TYPE_CHECKING:
@@ -246,23 +244,11 @@ class RetraceJob(Job["_Crash"]):
         functions = gdb_crash_thread_functions(backtrace)
         if not functions:
             return
-        try:
-            bthash, text = signature(crash.executable, functions, rules.load(self.config.SignatureRules))
-        except ConfigError as err:
-            self.log.warning("Not counted in the crash buckets: %s", err.sentence)
-            return
-        try:
-            with BucketDB.for_config(self.config) as buckets:
-                package = self.record.package or ""
-                component = crash.index.indexed_name(package) if crash.index is not None and package else None
-                version = "-".join(package.rsplit("-", 2)[1:]) if component and package.count("-") >= 2 else None
-                buckets.record(bthash, text, os.path.basename(crash.executable), gdb_crash_thread(backtrace),
-                               "retrace", package if component else None, version, self.record.release,
-                               self.record.arch, self.task.task_id, component=component)
-        except sqlite3.Error as err:
-            self.log.warning("Not counted in the crash buckets: %s", err)
-            return
-        self.log.info("Crash bucket %s", bthash)
+        package = self.record.package or ""
+        component = crash.index.indexed_name(package) if crash.index is not None and package else None
+        version = "-".join(package.rsplit("-", 2)[1:]) if component and package.count("-") >= 2 else None
+        self.count_in_bucket(Stack.core(crash.executable, functions), gdb_crash_thread(backtrace), self.record.release,
+                             component, package if component else None, version)
 
     def clean(self, succeeded: bool) -> None:
         """Remove what the environment built and the crash data, unless the task keeps them (debug and

@@ -16,9 +16,11 @@ import sqlite3
 import time
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from retrace_server.errors import RetraceError, disk_full_explained
+from retrace_server.errors import ConfigError, RetraceError, disk_full_explained
 from retrace_server.intake import crashdata
 from retrace_server.intake.overrides import Overrides
+from retrace_server.reports import rules
+from retrace_server.reports.buckets import BucketDB
 from retrace_server.stats import FAILURE, SUCCESS, StatsDB, TaskRecord
 from retrace_server.tasks import notify, taskqueue
 from retrace_server.tasks.hooks import Hooks
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from retrace_server.config import Config
+    from retrace_server.reports.stacks import Stack
     from retrace_server.tasks.task import Task
 
 admin_log = logging.getLogger("retrace.worker")
@@ -170,6 +173,23 @@ class Job(abc.ABC, Generic[CrashT]):
         if not path.is_file():
             return None
         return crashdata.read_text_file(path, name)
+
+    def count_in_bucket(self, stack: Stack, backtrace: str, release: str | None, component: str | None = None,
+                        package: str | None = None, version: str | None = None) -> None:
+        """Count the retrace in its crash bucket (/problems), where reports of the same crash land too. A bad
+        rules file or an unwritable problems.db is a warning: the retrace itself succeeded."""
+        try:
+            signature_rules = rules.load(self.config.SignatureRules, stack.kind)
+            with BucketDB.for_config(self.config) as buckets:
+                bthash = buckets.record(stack, signature_rules, backtrace, "retrace", package, version, release,
+                                        self.record.arch, self.task.task_id, component=component).bthash
+        except ConfigError as err:
+            self.log.warning("Not counted in the crash buckets: %s", err.sentence)
+            return
+        except sqlite3.Error as err:
+            self.log.warning("Not counted in the crash buckets: %s", err)
+            return
+        self.log.info("Crash bucket %s", bthash)
 
     def save_stats(self) -> None:
         """Add the task to the statistics; a database problem is logged, never fatal."""

@@ -49,6 +49,8 @@ from retrace_server.packaging.kernel import (
 )
 from retrace_server.packaging.release import RELEASE_FILES, release_from_line, releases_from_dist_tag
 from retrace_server.packaging.signatures import Keyring, verify_checksum
+from retrace_server.reports.oops import call_trace, oops_text
+from retrace_server.reports.stacks import Stack
 from retrace_server.worker.job import Job, TaskFailed
 
 if TYPE_CHECKING:
@@ -390,6 +392,11 @@ class VmcoreJob(Job["_Dump"]):
         header = ("crash could only read the kernel log (--minimal): the system summary and the backtrace are "
                   "missing\n\n" if output.minimal else "")
         write_atomically(self.task.path / "retrace_backtrace", header + output.kernel_log)
+        frames = call_trace(output.kernel_log)
+        if frames:  # the oops's bucket, shared with kerneloops reports of it
+            stack = Stack("kerneloops", "kerneloops", tuple(frames))
+            self.count_in_bucket(stack, oops_text(frames), str(dump.releases[0]) if dump.releases else None,
+                                 "kernel")
         extra = [(crash_tool.result_name(command), command) for command in self.config.crash_commands]
         for name, command in (("sys", "sys"), ("mod", "mod"), *extra):
             if output.sections.get(command, "").strip():

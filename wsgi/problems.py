@@ -22,7 +22,8 @@ from webob import Response
 from retrace_server.errors import BadRequest, Forbidden, NotFound, UploadTooLarge
 from retrace_server.intake import multipart
 from retrace_server.reports import ureport
-from retrace_server.reports.buckets import BucketDB, View
+from retrace_server.reports.buckets import BUG_KINDS, BucketDB, View
+from retrace_server.reports.fixes import probable_fix
 from retrace_server.reports.triage import triage, triage_symbolic
 from retrace_server.wsgi.manager import authenticated_user, see_other
 
@@ -70,6 +71,10 @@ def new_report(config: Config, request: Request) -> Response:
                    f"its backtrace is at {url}")
     else:
         message = f"This crash is new here: bucket {answer['bthash']}"
+    if answer["missing_build_ids"]:
+        message += (f". Symbolized in part: this server has no debuginfo yet for build-id "
+                    f"{', '.join(answer['missing_build_ids'])}; the report is kept and symbolized again when the "
+                    f"release's packages change")
     if answer["core_wanted"]:
         message += ". Please send its core for a full backtrace (retrace-client does, unless --no-core)"
     log.info("report of %s in %s (%s): bucket %s, %s in %.3f s", what, where, report.release, answer["bthash"],
@@ -80,13 +85,13 @@ def new_report(config: Config, request: Request) -> Response:
             "reported_to": [{"reporter": "Retrace Server", "type": "url", "value": url},
                             *({"reporter": _tracker(bug), "type": "url", "value": _bug_url(bug)} for bug in bugs)],
             "core_wanted": answer["core_wanted"], "count": answer["count"], "backtrace": answer["backtrace"],
-            "frames": answer["frames"], "seconds": answer["seconds"]}
+            "frames": answer["frames"], "symbolized": "in part" if answer["missing_build_ids"] else "whole",
+            "missing_build_ids": answer["missing_build_ids"], "seconds": answer["seconds"]}
     return Response(status=202, content_type="application/json", charset="utf-8", text=json.dumps(body))
 
 
 # What reporter-ureport attaches to a bucket (-b BUG, -e EMAIL, -o COMMENT, -l DATA -T TYPE) and what is kept of
-# it: bugs are shown with the bucket; e-mail addresses and comments only in the task manager.
-BUG_KINDS = ("RHBZ", "url")
+# it: bugs (BUG_KINDS) are shown with the bucket; e-mail addresses and comments only in the task manager.
 _ATTACHMENT_RULES = {
     "RHBZ": (re.compile(r"[1-9][0-9]{0,9}"), "a Red Hat Bugzilla bug number"),
     "url": (re.compile(r"https?://[!#-~]{1,2040}"), "an http or https URL (no spaces)"),
@@ -179,13 +184,22 @@ _SORTS = ("total", "window", "growth")
 _VIEW_WORD = re.compile(r"[A-Za-z0-9._+~-]{1,128}")
 
 
+_VERSION = re.compile(r"[A-Za-z0-9._+~:-]{1,128}")
+
+
 def _view(request: Request) -> View:
-    """The triage view the query asks for (release, component, arch, days, sort), or BadRequest naming the part."""
+    """The triage view the query asks for (release, component, arch, version range, days, sort), or BadRequest
+    naming the part."""
     words: dict[str, str | None] = {}
     for name in ("release", "component", "arch"):
         value = request.GET.get(name, "").strip() or None
         if value is not None and not _VIEW_WORD.fullmatch(value):
             raise BadRequest(f"The {name} to show must be a name like fedora-41-x86_64, crasher or x86_64")
+        words[name] = value
+    for name in ("version_from", "version_to"):
+        value = request.GET.get(name, "").strip() or None
+        if value is not None and not _VERSION.fullmatch(value):
+            raise BadRequest(f"{name} must be a package version like 1.2-3.fc41 or 1:2.36-9+deb12u4")
         words[name] = value
     days_text = request.GET.get("days", "7").strip()
     if not days_text.isdigit() or not 1 <= int(days_text) <= 366:
@@ -193,7 +207,8 @@ def _view(request: Request) -> View:
     sort = request.GET.get("sort", "total")
     if sort not in _SORTS:
         raise BadRequest(f"sort must be one of {', '.join(_SORTS)}")
-    return View(words["release"], words["component"], words["arch"], int(days_text), sort)
+    return View(words["release"], words["component"], words["arch"], int(days_text), sort,
+                version_from=words["version_from"], version_to=words["version_to"])
 
 
 def problems(config: Config, request: Request) -> Response:
@@ -212,7 +227,7 @@ def problems(config: Config, request: Request) -> Response:
     rows = [{key: row[key] for key in shown} for row in rows]
     if _wants_json(request):
         view_fields = {"release": view.release, "component": view.component, "arch": view.arch, "days": view.days,
-                       "sort": view.sort}
+                       "sort": view.sort, "version_from": view.version_from, "version_to": view.version_to}
         return Response(content_type="application/json", charset="utf-8",
                         text=json.dumps({**totals, "view": view_fields, "buckets": rows}, indent=1))
     details = "/problems/" if config.ProblemsPublic == "all" else "/manager/problems/"
@@ -228,7 +243,9 @@ def problems(config: Config, request: Request) -> Response:
             + "".join(f'<label>{label} <input name="{name}" size="18" value="{_e(value or "")}"></label> '
                       for label, name, value in (("Release", "release", view.release),
                                                  ("Component", "component", view.component),
-                                                 ("Architecture", "arch", view.arch)))
+                                                 ("Architecture", "arch", view.arch),
+                                                 ("Versions from", "version_from", view.version_from),
+                                                 ("to", "version_to", view.version_to)))
             + f'<label>Days <input name="days" size="4" value="{view.days}"></label> <label>Sort <select name="sort">'
             + "".join(f'<option{" selected" if view.sort == sort else ""}>{sort}</option>' for sort in _SORTS)
             + '</select></label> <button type="submit">Show</button></form>')
@@ -250,10 +267,11 @@ def _bucket(config: Config, request: Request, bthash: str, managed: bool = False
             raise NotFound("There is no such bucket")
         occurrences, days = buckets.occurrences(bthash), buckets.per_day(bthash)
         attachments = buckets.attachments(bthash, None if managed else BUG_KINDS)
+        fix = probable_fix(config, buckets, bucket)
     if _wants_json(request):
         return Response(content_type="application/json", charset="utf-8",
                         text=json.dumps({**bucket, "occurrences": occurrences, "per_day": days,
-                                         "attachments": attachments}, indent=1))
+                                         "attachments": attachments, "probable_fix": fix}, indent=1))
     most = max(count for _, count in days) or 1
     bars = "".join(f'<rect x="{index * 20}" y="{100 - 100 * count // most}" width="16" height="{100 * count // most}">'
                    f"<title>{day}: {count}</title></rect>" for index, (day, count) in enumerate(days))
@@ -271,12 +289,26 @@ def _bucket(config: Config, request: Request, bthash: str, managed: bool = False
                      'Red Hat Bugzilla number) <input name="bug" size="60" required></label> '
                      '<button type="submit">Attach</button></form>')
     body = (f'<p>{_e(bucket["executable"])}: {bucket["count"]} times, first {_when(bucket["first_seen"])}, last '
-            f'{_when(bucket["last_seen"])}. {full}</p>{reported}<h2>Signature</h2><pre id="signature">{_e(bucket["signature"])}'
+            f'{_when(bucket["last_seen"])}. {full}</p>{reported}{_fix_section(bucket, fix)}'
+            f'<h2>Signature</h2><pre id="signature">{_e(bucket["signature"])}'
             f'</pre><h2>Per day (30 days)</h2><svg id="per-day" width="600" height="100">{bars}</svg>'
             f'<h2>Backtrace</h2><pre id="backtrace">{_e(bucket["backtrace"])}</pre><h2>Reports and retraces</h2>'
             f'<table id="occurrences"><tr><th>When (UTC)</th><th>Kind</th><th>Package</th><th>Release</th>'
             f"<th>Architecture</th><th>Task</th></tr>{rows}</table>")
     return _page(f"Bucket {bthash}", body)
+
+
+def _fix_section(bucket: dict[str, Any], fix: dict[str, Any]) -> str:
+    """The versions that crashed this way, the one that probably fixed it and each release's newest."""
+    if not fix["crashed"]:
+        return ""
+    crashed = ", ".join(f"{_e(version)} ({count})" for version, count in fix["crashed"].items())
+    verdict = (f'Probably fixed in {_e(bucket["component"])}-{_e(fix["probably_fixed_in"])}: crashes of that '
+               "version and later are reported, none of them in this bucket." if fix["probably_fixed_in"] else
+               "No newer version of the package is reported without this crash.")
+    newest = "".join(f"<li>{_e(release)}: {_e(version)}</li>" for release, version in fix["newest"].items())
+    return (f'<h2>Versions</h2><p id="crashed-versions">Crashed in {crashed}.</p><p id="probable-fix">{verdict}</p>'
+            + (f'<ul id="newest">{newest}</ul>' if newest else ""))
 
 
 def bucket_page(config: Config, request: Request, bthash: str) -> Response:

@@ -313,9 +313,10 @@ def _stored_digest(path: Path) -> str | None:
 class RepoIndex:
     """Read-only queries against one release's index."""
 
-    def __init__(self, release_dir: str | Path, db_path: Path, rebuilt: bool) -> None:
+    def __init__(self, release_dir: str | Path, db_path: Path, rebuilt: bool, digest: str) -> None:
         self.release_dir = Path(release_dir)
         self.rebuilt = rebuilt
+        self.digest = digest  # of the metadata it was built from: what changes when the release changes
         found = repository_format(self.release_dir)
         if found is None:
             raise RepositoryError(f"The repository of {self.release_dir.name} has no repodata/repomd.xml and no apt "
@@ -337,7 +338,7 @@ class RepoIndex:
                 if _stored_digest(target) != digest:
                     build_index(release_dir, target, digest)
                     rebuilt = True
-        return cls(release_dir, target, rebuilt)
+        return cls(release_dir, target, rebuilt, digest)
 
     @classmethod
     def current(cls, release_dir: str | Path, cache_dir: str | Path) -> RepoIndex | None:
@@ -348,7 +349,7 @@ class RepoIndex:
             digest = index_digest(release_dir)
         except RepositoryError:
             return None
-        return cls(release_dir, target, False) if _stored_digest(target) == digest else None
+        return cls(release_dir, target, False, digest) if _stored_digest(target) == digest else None
 
     def holds_name_version(self, text: str) -> bool:
         """Whether a package ``name-[epoch:]version[-release]`` (the name may hold dashes) is indexed; without
@@ -367,6 +368,10 @@ class RepoIndex:
             if row:
                 return name
         return None
+
+    def by_name(self, name: str) -> list[Package]:
+        """Every package of that name the index holds (every version and architecture)."""
+        return self._packages("WHERE p.name = ?", (name,))
 
     def by_file_name(self, pattern: str) -> list[Package]:
         """Packages whose file name fits the shell ``pattern`` (``linux-image-6.1.0-56-amd64-dbg_*.deb``)."""

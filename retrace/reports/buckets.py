@@ -1,22 +1,20 @@
 """Crash buckets: one signature per bug, however many machines, builds and address layouts report it.
 
-The signature is taken from the symbolized crash thread, innermost first:
-frames of the machinery every crash passes through (raise, abort, assert,
-the allocator's consistency checks) are skipped from the top, glibc's
-internal aliases are folded (``__GI_raise`` is ``raise``), arguments,
-addresses, files and lines are left out, and the first names the rules
-count (``retrace_server.reports.rules``) with the executable's name are hashed (SHA-1, hex, like
-FAF's ``bthash``).  A coreless report (symbolized here) and a full gdb
-retrace of the same crash give the same names, so they land in the same
-bucket; ASLR, another build of the same source or another machine change
-addresses only.  Buckets live in SQLite beside the statistics
-(``problems.db`` in SaveDir), every report and retrace as one row.
+How a signature is made is ``retrace_server.reports.stacks``; this module
+keeps the buckets in SQLite beside the statistics (``problems.db`` in
+SaveDir).  Every report and retrace is one row of ``occurrences`` (kept
+ReportRetention days); what the pages and views count is kept in
+aggregates written in the same transaction, so that a listing reads a page
+of buckets and a window of days, never every report: per bucket its count,
+dates, releases, architectures and versions; per stack and day the count
+by release, architecture and version (``daily``).  With a million reports
+in fifty thousand buckets, a first page, a bucket page and a new report
+each stay well under 100 ms (``bench/scale.py``).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import re
 import sqlite3
@@ -24,12 +22,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from retrace_server.reports.rules import Rules, folded
+from retrace_server.packaging.versions import compare_versions
+from retrace_server.reports.stacks import Stack
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from retrace_server.config import Config
+    from retrace_server.reports.rules import Rules
 
 DB_NAME = "problems.db"
 # What a bucket keeps of a backtrace (its crash thread): a report's 13 KB must not become a megabyte on disk.
@@ -38,21 +38,13 @@ MAX_STORED_BACKTRACE = 64 * 1024
 MAX_NEW_SYMBOLS = 512
 # The symbol cache's rows at most; cleanup trims the oldest beyond it.
 MAX_SYMBOLS = 2_000_000
-DEFAULT_RULES = Rules()
+# Reports kept to symbolize again at most (the newest): each one is tried whenever its release's index changes.
+MAX_PENDING = 100_000
+# Days of per-day counts kept: the longest view (366 days) and the window before it, for its growth.
+DAILY_DAYS = 2 * 366
 # A frame line of gdb's backtrace, or of the one a report is stored as (its inlined frames say " [inlined]").
 _GDB_FRAME = re.compile(r"^#\d+\s+(?:0x[0-9a-f]+ in )?(?P<function>\S.*?) \(.*?(?: at \S+:(?P<line>\d+))?"
                         r"(?: \[inlined\])?$", re.M)
-
-
-def normalized(functions: list[str], rules: Rules = DEFAULT_RULES) -> list[str]:
-    """The crash thread's function names (innermost first) that tell the bug (``rules``: SignatureRules)."""
-    return rules.normalized([folded(function) or "??" for function in functions])
-
-
-def signature(executable: str, functions: list[str], rules: Rules = DEFAULT_RULES) -> tuple[str, str]:
-    """``(bthash, the text it hashes)`` for a crash of ``executable`` with these crash-thread functions."""
-    text = "\n".join([Path(executable).name, *normalized(functions, rules)])
-    return hashlib.sha1(text.encode("utf-8")).hexdigest(), text
 
 
 def stored_backtrace(text: str) -> str:
@@ -100,24 +92,64 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS buckets (
     bthash TEXT PRIMARY KEY, executable TEXT NOT NULL, signature TEXT NOT NULL, backtrace TEXT NOT NULL,
     first_seen REAL NOT NULL, last_seen REAL NOT NULL, count INTEGER NOT NULL, full_task TEXT, component TEXT,
-    problem_type TEXT NOT NULL DEFAULT 'core');
+    problem_type TEXT NOT NULL DEFAULT 'core', releases TEXT NOT NULL DEFAULT ' ',
+    architectures TEXT NOT NULL DEFAULT ' ', versions TEXT NOT NULL DEFAULT ' ', bugs INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS stacks (
+    id INTEGER PRIMARY KEY, digest TEXT NOT NULL, bthash TEXT NOT NULL, stack TEXT NOT NULL, count INTEGER NOT NULL,
+    first_seen REAL NOT NULL, last_seen REAL NOT NULL, full_task TEXT, backtrace TEXT NOT NULL,
+    UNIQUE (digest, bthash));
+CREATE INDEX IF NOT EXISTS stacks_bucket ON stacks (bthash);
+CREATE TABLE IF NOT EXISTS daily (
+    stack INTEGER NOT NULL, day INTEGER NOT NULL, release TEXT NOT NULL, arch TEXT NOT NULL, version TEXT NOT NULL,
+    count INTEGER NOT NULL, PRIMARY KEY (stack, day, release, arch, version)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS daily_day ON daily (day);
 CREATE TABLE IF NOT EXISTS occurrences (
     id INTEGER PRIMARY KEY, bthash TEXT NOT NULL REFERENCES buckets(bthash), time REAL NOT NULL,
-    kind TEXT NOT NULL, package TEXT, version TEXT, release TEXT, arch TEXT, task_id TEXT);
+    kind TEXT NOT NULL, package TEXT, version TEXT, release TEXT, arch TEXT, task_id TEXT, stack INTEGER);
 CREATE INDEX IF NOT EXISTS occurrences_bucket ON occurrences (bthash, time);
+CREATE TABLE IF NOT EXISTS pending (
+    occurrence INTEGER PRIMARY KEY, release TEXT NOT NULL, report TEXT NOT NULL, index_digest TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS component_versions (
+    component TEXT NOT NULL, version TEXT NOT NULL, first_seen REAL NOT NULL, PRIMARY KEY (component, version));
 CREATE TABLE IF NOT EXISTS attachments (
     id INTEGER PRIMARY KEY, bthash TEXT NOT NULL REFERENCES buckets(bthash), type TEXT NOT NULL,
     value TEXT NOT NULL, who TEXT, time REAL NOT NULL, UNIQUE (bthash, type, value));
 CREATE TABLE IF NOT EXISTS symbols (
     build_id TEXT NOT NULL, offset INTEGER NOT NULL, locations TEXT NOT NULL, PRIMARY KEY (build_id, offset));
 """
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS buckets_count ON buckets (count DESC, last_seen DESC);
+CREATE INDEX IF NOT EXISTS buckets_component ON buckets (component, count DESC);
+"""
+# The layout this code writes (PRAGMA user_version); older databases are brought to it when opened.
+_LAYOUT = 2
+# Attachments that are bugs (the rest are e-mail addresses and comments).
+BUG_KINDS = ("RHBZ", "url")
+_BUCKET_KEYS = ("bthash", "executable", "signature", "backtrace", "first_seen", "last_seen", "count", "full_task",
+                "component", "problem_type", "releases", "architectures", "versions", "bugs")
+_SETS = ("releases", "architectures", "versions")
+
+
+def _day(when: float) -> int:
+    return int(when // 86400)
+
+
+def _words(text: str | None) -> list[str]:
+    """A bucket's set column (`` a b ``) as a list."""
+    return (text or "").split()
+
+
+def _in_range(versions: str, low: str | None, high: str | None) -> bool:
+    """Whether one of a bucket's versions is within ``[low, high]`` (the SQL function ``in_versions``)."""
+    return any((low is None or compare_versions(version, low) >= 0)
+               and (high is None or compare_versions(version, high) <= 0) for version in _words(versions))
 
 
 @dataclasses.dataclass(frozen=True)
 class View:
-    """A triage view of the buckets: only a release's, a component's or an architecture's, counted over the last
-    ``days``, sorted by all reports (``total``), the window's (``window``) or its growth over the window before
-    (``growth``)."""
+    """A triage view of the buckets: only a release's, a component's or an architecture's, with a version in
+    ``[version_from, version_to]``, counted over the last ``days`` (whole UTC days, today included), sorted by
+    all reports (``total``), the window's (``window``) or its growth over the window before (``growth``)."""
 
     release: str | None = None
     component: str | None = None
@@ -125,6 +157,18 @@ class View:
     days: int = 7
     sort: str = "total"
     now: float = dataclasses.field(default_factory=time.time)
+    version_from: str | None = None
+    version_to: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Recorded:
+    """Where a report or retrace was counted."""
+
+    bthash: str
+    signature: str
+    before: dict[str, Any] | None  # the bucket as it was (None: new)
+    occurrence: int
 
 
 class BucketDB:
@@ -134,12 +178,14 @@ class BucketDB:
         self.db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_SCHEMA)
-        columns = {row[1] for row in self.db.execute("PRAGMA table_info(buckets)")}
-        if "component" not in columns:
-            self.db.execute("ALTER TABLE buckets ADD COLUMN component TEXT")  # a database made before it
-        if "problem_type" not in columns:
-            self.db.execute("ALTER TABLE buckets ADD COLUMN problem_type TEXT NOT NULL DEFAULT 'core'")
+        self.db.create_function("in_versions", 3, _in_range, deterministic=True)
+        if self._layout() < _LAYOUT:
+            with self._transaction():  # one process upgrades; the others find it done
+                if self._layout() < _LAYOUT:
+                    self._upgrade()
+
+    def _layout(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
 
     @classmethod
     def for_config(cls, config: Config) -> BucketDB:
@@ -151,43 +197,41 @@ class BucketDB:
     def __exit__(self, *exc_info: object) -> None:
         self.db.close()
 
-    def bucket(self, bthash: str) -> dict[str, Any] | None:
-        row = self.db.execute("SELECT bthash, executable, signature, backtrace, first_seen, last_seen, count, "
-                              "full_task, component, problem_type FROM buckets WHERE bthash = ?", (bthash,)).fetchone()
-        if row is None:
-            return None
-        keys = ("bthash", "executable", "signature", "backtrace", "first_seen", "last_seen", "count", "full_task",
-                "component", "problem_type")
-        return dict(zip(keys, row))
-
-    def record(self, bthash: str, text: str, executable: str, backtrace: str, kind: str, package: str | None = None,
-               version: str | None = None, release: str | None = None, arch: str | None = None,
-               task_id: str | None = None, when: float | None = None,
-               component: str | None = None, problem_type: str = "core") -> dict[str, Any] | None:
-        """Count one report or retrace in its bucket; returns the bucket as it was before (None: new).
-
-        ``executable`` is the program's file name, ``component`` its package's name as the release's index
-        knows it (None: unknown); the backtrace is cut at MAX_STORED_BACKTRACE.
-        """
-        when = when or time.time()
-        backtrace = stored_backtrace(backtrace)
-        with self._transaction():
-            before = self.bucket(bthash)
-            if before is None:
-                self.db.execute("INSERT INTO buckets VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
-                                (bthash, executable, text, backtrace, when, when,
-                                 task_id if kind == "retrace" else None, component, problem_type))
-            else:
-                # A full retrace's backtrace (with variables) replaces a coreless one's.
-                self.db.execute("UPDATE buckets SET count = count + 1, last_seen = MAX(last_seen, ?), "
-                                "full_task = COALESCE(?, full_task), backtrace = CASE WHEN ? THEN ? ELSE backtrace END, "
-                                "component = COALESCE(component, ?) WHERE bthash = ?",
-                                (when, task_id if kind == "retrace" else None, kind == "retrace", backtrace,
-                                 component, bthash))
-            self.db.execute("INSERT INTO occurrences (bthash, time, kind, package, version, release, arch, task_id) "
-                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                            (bthash, when, kind, package, version, release, arch, task_id))
-        return before
+    def _upgrade(self) -> None:
+        """Create the tables, or bring a database of layout 1 (no stacks, no aggregates) to this one: each
+        bucket's stored crash thread becomes its one stack, its stored reports its days."""
+        exists = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'buckets'").fetchone() is not None
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(buckets)")} if exists else set()
+        if exists:
+            added = {"component": "TEXT", "problem_type": "TEXT NOT NULL DEFAULT 'core'",
+                     "releases": "TEXT NOT NULL DEFAULT ' '", "architectures": "TEXT NOT NULL DEFAULT ' '",
+                     "versions": "TEXT NOT NULL DEFAULT ' '", "bugs": "INTEGER NOT NULL DEFAULT 0"}
+            for column, declared in added.items():
+                if column not in columns:
+                    self.db.execute(f"ALTER TABLE buckets ADD COLUMN {column} {declared}")
+            if "stack" not in {row[1] for row in self.db.execute("PRAGMA table_info(occurrences)")}:
+                self.db.execute("ALTER TABLE occurrences ADD COLUMN stack INTEGER")
+        for statement in (_SCHEMA + _INDEXES).split(";"):
+            if statement.strip():
+                self.db.execute(statement)
+        if exists:
+            rows = self.db.execute("SELECT bthash, executable, signature, backtrace, count, first_seen, last_seen, "
+                                   "full_task, problem_type FROM buckets").fetchall()
+            for bthash, executable, text, backtrace, count, first, last, full_task, kind in rows:
+                stack = _legacy_stack(kind, executable, text, backtrace)
+                stack_id = self.db.execute(
+                    "INSERT INTO stacks (digest, bthash, stack, count, first_seen, last_seen, full_task, backtrace) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (stack.digest, bthash, stack.encoded(), count, first, last, full_task, backtrace)).lastrowid
+                self.db.execute("UPDATE occurrences SET stack = ? WHERE bthash = ?", (stack_id, bthash))
+                self.db.execute(
+                    "INSERT INTO daily SELECT stack, CAST(time / 86400 AS INTEGER) AS d, COALESCE(release, ''), "
+                    "COALESCE(arch, ''), COALESCE(version, ''), COUNT(*) FROM occurrences WHERE bthash = ? "
+                    "GROUP BY d, release, arch, version", (bthash,))
+                self.db.execute("UPDATE buckets SET bugs = (SELECT COUNT(*) FROM attachments a WHERE a.bthash = ? "
+                                f"AND a.type IN {BUG_KINDS}) WHERE bthash = ?", (bthash, bthash))
+                self._refresh(bthash, keep_count=True)
+        self.db.execute(f"PRAGMA user_version = {_LAYOUT}")
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -199,15 +243,137 @@ class BucketDB:
             raise
         self.db.execute("COMMIT")
 
+    def bucket(self, bthash: str) -> dict[str, Any] | None:
+        """The bucket's row; its releases, architectures and versions as lists."""
+        row = self.db.execute(f"SELECT {', '.join(_BUCKET_KEYS)} FROM buckets WHERE bthash = ?", (bthash,)).fetchone()
+        if row is None:
+            return None
+        found = dict(zip(_BUCKET_KEYS, row))
+        return {**found, **{key: _words(found[key]) for key in _SETS}}
+
+    # -- counting --------------------------------------------------------------
+
+    def record(self, stack: Stack, rules: Rules, backtrace: str, kind: str, package: str | None = None,
+               version: str | None = None, release: str | None = None, arch: str | None = None,
+               task_id: str | None = None, when: float | None = None, component: str | None = None) -> Recorded:
+        """Count one report or retrace of ``stack`` in the bucket ``rules`` sign it into.
+
+        ``component`` is the package's name as the release's index knows it
+        (None: unknown), ``version`` its version-release; the backtrace (the
+        crash thread) is cut at MAX_STORED_BACKTRACE.
+        """
+        with self._transaction():
+            return self._record(stack, rules, stored_backtrace(backtrace), kind, package, version, release, arch,
+                                task_id, when or time.time(), component)
+
+    def _record(self, stack: Stack, rules: Rules, backtrace: str, kind: str, package: str | None,
+                version: str | None, release: str | None, arch: str | None, task_id: str | None, when: float,
+                component: str | None) -> Recorded:
+        bthash, text = stack.signed(rules)
+        full_task = task_id if kind == "retrace" else None
+        before = self.bucket(bthash)
+        if before is None:
+            self.db.execute("INSERT INTO buckets (bthash, executable, signature, backtrace, first_seen, last_seen, "
+                            "count, full_task, component, problem_type) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
+                            (bthash, stack.executable, text, backtrace, when, when, full_task, component, stack.kind))
+        # A full retrace's backtrace (with variables) replaces a coreless one's.
+        self.db.execute("UPDATE buckets SET count = count + 1, first_seen = MIN(first_seen, ?), "
+                        "last_seen = MAX(last_seen, ?), full_task = COALESCE(?, full_task), "
+                        "backtrace = CASE WHEN ? THEN ? ELSE backtrace END, component = COALESCE(component, ?), "
+                        "releases = ?, architectures = ?, versions = ? WHERE bthash = ?",
+                        (when, when, full_task, full_task is not None, backtrace, component,
+                         *(_added(before, column, value) for column, value in
+                           (("releases", release), ("architectures", arch), ("versions", version))), bthash))
+        stack_id = self._count_stack(stack, bthash, when, full_task, backtrace)
+        self.db.execute("INSERT INTO daily VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT DO UPDATE SET count = count + 1",
+                        (stack_id, _day(when), release or "", arch or "", version or ""))
+        if component and version:
+            self.db.execute("INSERT OR IGNORE INTO component_versions VALUES (?, ?, ?)", (component, version, when))
+        occurrence = self.db.execute(
+            "INSERT INTO occurrences (bthash, time, kind, package, version, release, arch, task_id, stack) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (bthash, when, kind, package, version, release, arch, task_id, stack_id)).lastrowid
+        assert occurrence is not None
+        return Recorded(bthash, text, before, occurrence)
+
+    def _count_stack(self, stack: Stack, bthash: str, when: float, full_task: str | None, backtrace: str) -> int:
+        row = self.db.execute("SELECT id FROM stacks WHERE digest = ? AND bthash = ?", (stack.digest, bthash)).fetchone()
+        if row is None:
+            created = self.db.execute(
+                "INSERT INTO stacks (digest, bthash, stack, count, first_seen, last_seen, full_task, backtrace) "
+                "VALUES (?, ?, ?, 1, ?, ?, ?, ?)",
+                (stack.digest, bthash, stack.encoded(), when, when, full_task, backtrace)).lastrowid
+            assert created is not None
+            return created
+        self.db.execute("UPDATE stacks SET count = count + 1, first_seen = MIN(first_seen, ?), "
+                        "last_seen = MAX(last_seen, ?), full_task = COALESCE(?, full_task), "
+                        "backtrace = CASE WHEN ? THEN ? ELSE backtrace END WHERE id = ?",
+                        (when, when, full_task, full_task is not None, backtrace, row[0]))
+        return int(row[0])
+
+    def move(self, occurrence: int, stack: Stack, rules: Rules, backtrace: str) -> Recorded | None:
+        """Count a stored report again as ``stack`` (symbolized anew): out of its bucket, into the one ``rules``
+        sign the stack into. None when the report is no longer stored or its stack did not change."""
+        with self._transaction():
+            row = self.db.execute("SELECT bthash, time, kind, package, version, release, arch, task_id, stack "
+                                  "FROM occurrences WHERE id = ?", (occurrence,)).fetchone()
+            if row is None:
+                return None
+            old_bthash, when, kind, package, version, release, arch, task_id, old_stack = row
+            same = self.db.execute("SELECT digest FROM stacks WHERE id = ?", (old_stack,)).fetchone()
+            if same is not None and same[0] == stack.digest and stack.signed(rules)[0] == old_bthash:
+                return None  # symbolized no further than before
+            component = self.db.execute("SELECT component FROM buckets WHERE bthash = ?", (old_bthash,)).fetchone()
+            self.db.execute("UPDATE stacks SET count = count - 1 WHERE id = ?", (old_stack,))
+            self.db.execute("UPDATE daily SET count = count - 1 WHERE stack = ? AND day = ? AND release = ? AND "
+                            "arch = ? AND version = ?", (old_stack, _day(when), release or "", arch or "",
+                                                          version or ""))
+            self.db.execute("DELETE FROM daily WHERE stack = ? AND count <= 0", (old_stack,))
+            self.db.execute("DELETE FROM stacks WHERE id = ? AND count <= 0", (old_stack,))
+            self.db.execute("DELETE FROM occurrences WHERE id = ?", (occurrence,))
+            self.db.execute("UPDATE buckets SET count = count - 1 WHERE bthash = ?", (old_bthash,))
+            self._refresh(old_bthash)
+            recorded = self._record(stack, rules, stored_backtrace(backtrace), kind, package, version, release,
+                                    arch, task_id, when, component[0] if component else None)
+            self.db.execute("UPDATE pending SET occurrence = ? WHERE occurrence = ?", (recorded.occurrence, occurrence))
+            return recorded
+
+    def _refresh(self, bthash: str, keep_count: bool = False) -> None:
+        """A bucket's aggregates computed again from its stacks and days (after stacks moved); a bucket left
+        without a stack goes, with its attachments."""
+        stacks = self.db.execute("SELECT COALESCE(SUM(count), 0), MIN(first_seen), MAX(last_seen), MAX(full_task) "
+                                 "FROM stacks WHERE bthash = ?", (bthash,)).fetchone()
+        if not stacks[0] and not keep_count:
+            for table in ("attachments", "buckets"):
+                self.db.execute(f"DELETE FROM {table} WHERE bthash = ?", (bthash,))
+            return
+        sets = [" " + " ".join(sorted({value for (value,) in self.db.execute(
+            f"SELECT DISTINCT d.{column} FROM daily d JOIN stacks s ON s.id = d.stack WHERE s.bthash = ?",
+            (bthash,)) if value})) + " " for column in ("release", "arch", "version")]
+        full = self.db.execute("SELECT backtrace FROM stacks WHERE bthash = ? ORDER BY full_task IS NULL, count DESC "
+                               "LIMIT 1", (bthash,)).fetchone()
+        if keep_count:
+            self.db.execute("UPDATE buckets SET releases = ?, architectures = ?, versions = ? WHERE bthash = ?",
+                            (*sets, bthash))
+            return
+        self.db.execute("UPDATE buckets SET count = ?, first_seen = ?, last_seen = ?, full_task = ?, backtrace = ?, "
+                        "releases = ?, architectures = ?, versions = ? WHERE bthash = ?",
+                        (*stacks, full[0], *sets, bthash))
+
+    # -- attachments -------------------------------------------------------------
+
     def attach(self, bthash: str, kind: str, value: str, who: str | None = None, when: float | None = None) -> bool:
         """Record what the bucket was reported as (a bug, an e-mail to notify, a comment); whether it is new
         (the same attachment twice is kept once). KeyError when there is no such bucket."""
         with self._transaction():
             if self.bucket(bthash) is None:
                 raise KeyError(bthash)
-            return self.db.execute("INSERT OR IGNORE INTO attachments (bthash, type, value, who, time) "
-                                   "VALUES (?, ?, ?, ?, ?)",
-                                   (bthash, kind, value, who, when or time.time())).rowcount == 1
+            added = self.db.execute("INSERT OR IGNORE INTO attachments (bthash, type, value, who, time) "
+                                    "VALUES (?, ?, ?, ?, ?)",
+                                    (bthash, kind, value, who, when or time.time())).rowcount == 1
+            if added and kind in BUG_KINDS:
+                self.db.execute("UPDATE buckets SET bugs = bugs + 1 WHERE bthash = ?", (bthash,))
+            return added
 
     def attachments(self, bthash: str, kinds: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
         """The bucket's attachments, oldest first (only ``kinds`` when given)."""
@@ -215,45 +381,79 @@ class BucketDB:
                                (bthash,)).fetchall()
         return [dict(zip(("type", "value", "who", "time"), row)) for row in rows if kinds is None or row[0] in kinds]
 
-    def rebucket(self, rules: Rules) -> tuple[int, int]:
-        """Recompute every bucket's signature from its stored crash thread under ``rules``: buckets whose
-        signature changed move to the new bthash, merging where it exists (counts add up, occurrences and
-        attachments follow). Returns ``(buckets before, buckets after)``."""
+    # -- signature rules -----------------------------------------------------------
+
+    def rebucket(self, rules_for: Callable[[str], Rules]) -> tuple[int, int]:
+        """Sign every stack again under ``rules_for(kind)``: a stack whose bucket changed moves (its counts,
+        days and reports with it), buckets whose stacks now sign alike merge, a bucket whose stacks no longer
+        do splits; bug links and notes go with every part. Returns ``(buckets before, buckets after)``."""
         with self._transaction():
             before = self.db.execute("SELECT COUNT(*) FROM buckets").fetchone()[0]
-            # Python exceptions and oopses keep their frames as the client named them: they stay where they are.
-            rows = self.db.execute("SELECT bthash, executable, backtrace FROM buckets WHERE problem_type = 'core' "
-                                   "ORDER BY first_seen").fetchall()
-            for bthash, executable, backtrace in rows:
-                functions = gdb_crash_thread_functions("\n" + backtrace)
-                if not functions:
+            touched: set[str] = set()
+            rows = self.db.execute("SELECT id, digest, bthash, stack FROM stacks ORDER BY first_seen").fetchall()
+            for stack_id, digest, old, encoded in rows:
+                stack = Stack.decoded(encoded)
+                new, text = stack.signed(rules_for(stack.kind))
+                if new == old:
+                    self.db.execute("UPDATE buckets SET signature = ? WHERE bthash = ?", (text, old))
                     continue
-                new, text = signature(executable, functions, rules)
-                if new == bthash:
-                    self.db.execute("UPDATE buckets SET signature = ? WHERE bthash = ?", (text, bthash))
-                    continue
+                touched |= {old, new}
                 if self.db.execute("SELECT 1 FROM buckets WHERE bthash = ?", (new,)).fetchone() is None:
-                    self.db.execute("INSERT INTO buckets SELECT ?, executable, ?, backtrace, first_seen, last_seen, "
-                                    "count, full_task, component, problem_type FROM buckets WHERE bthash = ?",
-                                    (new, text, bthash))
-                else:  # merged: counts add up, the dates widen, a full retrace's backtrace wins (as in record())
-                    old, into = self.bucket(bthash), self.bucket(new)
-                    assert old is not None and into is not None
-                    keep_old_backtrace = into["full_task"] is None and old["full_task"] is not None
-                    self.db.execute(
-                        "UPDATE buckets SET count = ?, first_seen = ?, last_seen = ?, full_task = ?, backtrace = ?, "
-                        "component = ? WHERE bthash = ?",
-                        (into["count"] + old["count"], min(into["first_seen"], old["first_seen"]),
-                         max(into["last_seen"], old["last_seen"]), into["full_task"] or old["full_task"],
-                         old["backtrace"] if keep_old_backtrace else into["backtrace"],
-                         into["component"] or old["component"], new))
-                self.db.execute("UPDATE occurrences SET bthash = ? WHERE bthash = ?", (new, bthash))
+                    self.db.execute("INSERT INTO buckets (bthash, executable, signature, backtrace, first_seen, "
+                                    "last_seen, count, component, problem_type) SELECT ?, executable, ?, backtrace, "
+                                    "first_seen, last_seen, 0, component, problem_type FROM buckets WHERE bthash = ?",
+                                    (new, text, old))
                 self.db.execute("INSERT OR IGNORE INTO attachments (bthash, type, value, who, time) "
-                                "SELECT ?, type, value, who, time FROM attachments WHERE bthash = ?", (new, bthash))
-                self.db.execute("DELETE FROM attachments WHERE bthash = ?", (bthash,))
-                self.db.execute("DELETE FROM buckets WHERE bthash = ?", (bthash,))
+                                "SELECT ?, type, value, who, time FROM attachments WHERE bthash = ?", (new, old))
+                into = self.db.execute("SELECT id FROM stacks WHERE digest = ? AND bthash = ?", (digest, new)).fetchone()
+                if into is None:
+                    self.db.execute("UPDATE stacks SET bthash = ? WHERE id = ?", (new, stack_id))
+                else:  # the same stack, counted in both before a rule change: one row again
+                    self._merge_stacks(stack_id, into[0])
+                self.db.execute("UPDATE occurrences SET bthash = ? WHERE stack = ?", (new, into[0] if into else stack_id))
+            for bthash in touched:
+                self.db.execute("UPDATE buckets SET bugs = (SELECT COUNT(*) FROM attachments a WHERE a.bthash = ? AND "
+                                f"a.type IN {BUG_KINDS}) WHERE bthash = ?", (bthash, bthash))
+                self._refresh(bthash)
             after = self.db.execute("SELECT COUNT(*) FROM buckets").fetchone()[0]
         return before, after
+
+    def _merge_stacks(self, source: int, into: int) -> None:
+        self.db.execute("UPDATE stacks SET count = count + (SELECT count FROM stacks WHERE id = ?), "
+                        "first_seen = MIN(first_seen, (SELECT first_seen FROM stacks WHERE id = ?)), "
+                        "last_seen = MAX(last_seen, (SELECT last_seen FROM stacks WHERE id = ?)), "
+                        "full_task = COALESCE(full_task, (SELECT full_task FROM stacks WHERE id = ?)) WHERE id = ?",
+                        (source, source, source, source, into))
+        self.db.execute("INSERT INTO daily SELECT ?, day, release, arch, version, count FROM daily WHERE stack = ? "
+                        "ON CONFLICT DO UPDATE SET count = daily.count + excluded.count", (into, source))
+        self.db.execute("DELETE FROM daily WHERE stack = ?", (source,))
+        self.db.execute("UPDATE occurrences SET stack = ? WHERE stack = ?", (into, source))
+        self.db.execute("DELETE FROM stacks WHERE id = ?", (source,))
+
+    # -- reports symbolized in part ------------------------------------------------
+
+    def keep_pending(self, occurrence: int, release: str, report: dict[str, Any], index_digest: str) -> None:
+        """Keep a report whose crash thread could not all be symbolized from the release's index as it is now
+        (``index_digest``), to symbolize it again once the index changes."""
+        with self._transaction():
+            self.db.execute("INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?)",
+                            (occurrence, release, json.dumps(report, separators=(",", ":")), index_digest))
+
+    def pending(self, release: str | None = None) -> list[tuple[int, str, dict[str, Any], str]]:
+        """``[(occurrence, release, report, index digest)]`` kept to symbolize again (``release``'s only)."""
+        rows = self.db.execute("SELECT occurrence, release, report, index_digest FROM pending WHERE ? IS NULL OR "
+                               "release = ? ORDER BY occurrence", (release, release)).fetchall()
+        return [(occurrence, name, json.loads(report), digest) for occurrence, name, report, digest in rows]
+
+    def tried_pending(self, occurrence: int, index_digest: str | None) -> None:
+        """A kept report was symbolized again from the index ``index_digest``; None: it is whole now."""
+        with self._transaction():
+            if index_digest is None:
+                self.db.execute("DELETE FROM pending WHERE occurrence = ?", (occurrence,))
+            else:
+                self.db.execute("UPDATE pending SET index_digest = ? WHERE occurrence = ?", (index_digest, occurrence))
+
+    # -- symbol cache ----------------------------------------------------------------
 
     def symbols(self, keys: set[tuple[str, int]]) -> dict[tuple[str, int], list[tuple[str, str, int]]]:
         """``{(build-id, offset): [(function, file, line), ...]}`` for the keys symbolized before (debuginfo
@@ -279,41 +479,65 @@ class BucketDB:
         with self._transaction():
             self.db.executemany("INSERT OR REPLACE INTO symbols VALUES (?, ?, ?)", rows)
 
+    # -- views ---------------------------------------------------------------------
+
     def buckets(self, limit: int = 100, offset: int = 0, has_bug: bool | None = None,
                 view: View | None = None) -> list[dict[str, Any]]:
-        """Buckets, most reported first, with their releases, architectures, versions, how many bugs they were
-        reported as (``has_bug``: only those with one, or without) and, for ``view``'s window, how many
-        reports and retraces came in it (``recent``) and in the window before (``before``)."""
+        """Buckets of ``view`` (``has_bug``: only those reported as a bug, or only those not), with their
+        releases, architectures and versions, and how many reports and retraces came in the view's window
+        (``recent``) and in the window before (``before``)."""
         view = view or View()
-        since = view.now - view.days * 86400
-        bugs = "(SELECT COUNT(*) FROM attachments a WHERE a.bthash = b.bthash AND a.type IN ('RHBZ', 'url'))"
-        window = ("(SELECT COUNT(*) FROM occurrences w WHERE w.bthash = b.bthash AND w.time >= ? AND w.time < ?"
-                  " AND (? IS NULL OR w.release = ?) AND (? IS NULL OR w.arch = ?))")
-        conditions, arguments = [], []
+        today = _day(view.now)
+        since = today - view.days + 1
+        conditions: list[str] = []
+        arguments: list[str | None] = []
         if has_bug is not None:
-            conditions.append(f"{bugs} {'>' if has_bug else '='} 0")
+            conditions.append("b.bugs > 0" if has_bug else "b.bugs = 0")
         if view.component is not None:
             conditions.append("b.component = ?")
             arguments.append(view.component)
-        for column, value in (("release", view.release), ("arch", view.arch)):
+        for column, value in (("releases", view.release), ("architectures", view.arch)):
             if value is not None:
-                conditions.append(f"EXISTS (SELECT 1 FROM occurrences f WHERE f.bthash = b.bthash AND f.{column} = ?)")
-                arguments.append(value)
+                conditions.append(f"instr(b.{column}, ?) > 0")
+                arguments.append(f" {value} ")
+        if view.version_from is not None or view.version_to is not None:
+            conditions.append("in_versions(b.versions, ?, ?)")
+            arguments += [view.version_from, view.version_to]
         where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
-        order = {"total": "b.count DESC", "window": "recent DESC, b.count DESC",
-                 "growth": "recent - before DESC, recent DESC"}[view.sort]
-        scope = (view.release, view.release, view.arch, view.arch)
-        rows = self.db.execute(
-            "SELECT b.bthash, b.executable, b.component, b.signature, b.first_seen, b.last_seen, b.count, "
-            "b.full_task, group_concat(DISTINCT o.release), group_concat(DISTINCT o.arch), "
-            f"group_concat(DISTINCT o.version), {bugs}, {window} AS recent, {window} AS before, b.problem_type "
-            f"FROM buckets b LEFT JOIN occurrences o ON o.bthash = b.bthash {where}GROUP BY b.bthash "
-            f"ORDER BY {order}, b.last_seen DESC LIMIT ? OFFSET ?",
-            (since, view.now + 1, *scope, since - view.days * 86400, since, *scope, *arguments, limit, offset),
-        ).fetchall()
+        for number in range(len(arguments)):
+            where = where.replace("?", f":a{number}", 1)
+        parameters: dict[str, Any] = {
+            "since": since, "start": since - view.days, "today": today, "release": view.release, "arch": view.arch,
+            "limit": limit, "offset": offset, **{f"a{number}": value for number, value in enumerate(arguments)}}
+        window = ("SELECT s.bthash, SUM(CASE WHEN d.day >= :since THEN d.count ELSE 0 END) AS recent, "
+                  "SUM(CASE WHEN d.day < :since THEN d.count ELSE 0 END) AS before FROM daily d "
+                  "JOIN stacks s ON s.id = d.stack WHERE d.day >= :start AND d.day <= :today "
+                  "AND (:release IS NULL OR d.release = :release) AND (:arch IS NULL OR d.arch = :arch)")
+        columns = ("b.bthash, b.executable, b.component, b.signature, b.first_seen, b.last_seen, b.count, "
+                   "b.full_task, b.releases, b.architectures, b.versions, b.bugs")
+        if view.sort == "total":
+            # The page first (an index walk), then its window: never the whole table's days.
+            page = self.db.execute(f"SELECT {columns}, b.problem_type FROM buckets b {where}"
+                                   "ORDER BY b.count DESC, b.last_seen DESC LIMIT :limit OFFSET :offset",
+                                   parameters).fetchall()
+            shown = {f"h{number}": row[0] for number, row in enumerate(page)}
+            counts = {bthash: (recent, before) for bthash, recent, before in self.db.execute(
+                f"{window} AND s.bthash IN ({', '.join(':' + name for name in shown) or 'NULL'}) GROUP BY s.bthash",
+                {**parameters, **shown})}
+            rows = [(*row[:-1], *counts.get(row[0], (0, 0)), row[-1]) for row in page]
+        else:
+            order = {"window": "recent DESC, b.count DESC", "growth": "recent - before DESC, recent DESC"}[view.sort]
+            rows = self.db.execute(
+                f"WITH w AS ({window} GROUP BY s.bthash) SELECT {columns}, COALESCE(w.recent, 0) AS recent, "
+                f"COALESCE(w.before, 0) AS before, b.problem_type FROM buckets b LEFT JOIN w ON w.bthash = b.bthash "
+                f"{where}ORDER BY {order}, b.last_seen DESC LIMIT :limit OFFSET :offset", parameters).fetchall()
         keys = ("bthash", "executable", "component", "signature", "first_seen", "last_seen", "count", "full_task",
                 "releases", "architectures", "versions", "bugs", "recent", "before", "type")
-        return [dict(zip(keys, row)) for row in rows]
+        listed = [dict(zip(keys, row)) for row in rows]
+        for row in listed:
+            for key in ("releases", "architectures", "versions"):
+                row[key] = ",".join(_words(row[key])) or None
+        return listed
 
     def occurrences(self, bthash: str, limit: int = 200) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT time, kind, package, version, release, arch, task_id FROM occurrences "
@@ -323,26 +547,51 @@ class BucketDB:
 
     def per_day(self, bthash: str, days: int = 30, now: float | None = None) -> list[tuple[str, int]]:
         """``[(day, count)]`` of the last ``days`` days, oldest first."""
-        now = now or time.time()
-        start = int(now // 86400) - days + 1
+        start = _day(now or time.time()) - days + 1
         counts = dict(self.db.execute(
-            "SELECT CAST(time / 86400 AS INTEGER) AS day, COUNT(*) FROM occurrences WHERE bthash = ? AND time >= ? "
-            "GROUP BY day", (bthash, start * 86400)).fetchall())
+            "SELECT d.day, SUM(d.count) FROM daily d JOIN stacks s ON s.id = d.stack WHERE s.bthash = ? "
+            "AND d.day >= ? GROUP BY d.day", (bthash, start)).fetchall())
         return [(time.strftime("%Y-%m-%d", time.gmtime(day * 86400)), counts.get(day, 0))
                 for day in range(start, start + days)]
 
+    def versions(self, bthash: str) -> dict[str, int]:
+        """``{version: reports}`` of the bucket (those the release's index confirmed)."""
+        return dict(self.db.execute(
+            "SELECT d.version, SUM(d.count) FROM daily d JOIN stacks s ON s.id = d.stack WHERE s.bthash = ? "
+            "AND d.version != '' GROUP BY d.version", (bthash,)).fetchall())
+
+    def component_versions(self, component: str) -> list[str]:
+        """Every version of ``component`` any report or retrace named (confirmed by its release's index)."""
+        return [version for (version,) in self.db.execute(
+            "SELECT version FROM component_versions WHERE component = ?", (component,))]
+
+    def totals(self) -> dict[str, int]:
+        reports, buckets = self.db.execute(
+            "SELECT (SELECT COUNT(*) FROM occurrences WHERE kind = 'report'), (SELECT COUNT(*) FROM buckets)").fetchone()
+        return {"reports": reports, "buckets": buckets}
+
+    # -- cleanup -------------------------------------------------------------------
+
     def forget_before(self, when: float) -> int:
-        """Remove the occurrences older than ``when``; the buckets' counts and dates stay. Returns how many."""
+        """Remove the occurrences older than ``when`` (and the reports kept to symbolize again among them); the
+        buckets' counts and days stay. Returns how many."""
         with self._transaction():
+            self.db.execute("DELETE FROM pending WHERE occurrence IN (SELECT id FROM occurrences WHERE time < ?)",
+                            (when,))
+            self.db.execute("DELETE FROM daily WHERE day < ?", (_day(when) - DAILY_DAYS,))
+            self.db.execute("DELETE FROM pending WHERE occurrence IN (SELECT occurrence FROM pending ORDER BY "
+                            "occurrence DESC LIMIT -1 OFFSET ?)", (MAX_PENDING,))
             return self.db.execute("DELETE FROM occurrences WHERE time < ?", (when,)).rowcount
 
     def forget_buckets_before(self, when: float) -> int:
-        """Remove the buckets last seen before ``when`` with their occurrences and attachments; returns how many
-        buckets."""
+        """Remove the buckets last seen before ``when`` with everything kept of them; returns how many."""
         with self._transaction():
-            for table in ("occurrences", "attachments"):
-                self.db.execute(f"DELETE FROM {table} WHERE bthash IN (SELECT bthash FROM buckets WHERE last_seen < ?)",
-                                (when,))
+            old = "(SELECT bthash FROM buckets WHERE last_seen < ?)"
+            self.db.execute(f"DELETE FROM pending WHERE occurrence IN (SELECT id FROM occurrences WHERE bthash IN {old})",
+                            (when,))
+            self.db.execute(f"DELETE FROM daily WHERE stack IN (SELECT id FROM stacks WHERE bthash IN {old})", (when,))
+            for table in ("occurrences", "attachments", "stacks"):
+                self.db.execute(f"DELETE FROM {table} WHERE bthash IN {old}", (when,))
             return self.db.execute("DELETE FROM buckets WHERE last_seen < ?", (when,)).rowcount
 
     def trim_symbols(self, keep: int = MAX_SYMBOLS) -> int:
@@ -361,7 +610,22 @@ class BucketDB:
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # VACUUM wrote the whole database through the WAL
         return True
 
-    def totals(self) -> dict[str, int]:
-        reports, buckets = self.db.execute(
-            "SELECT (SELECT COUNT(*) FROM occurrences WHERE kind = 'report'), (SELECT COUNT(*) FROM buckets)").fetchone()
-        return {"reports": reports, "buckets": buckets}
+
+def _added(before: dict[str, Any] | None, column: str, value: str | None) -> str:
+    """A bucket's set column with ``value`` in it."""
+    words = list(before[column]) if before is not None else []
+    if value and value not in words:
+        words.append(value)
+    return " " + " ".join(words) + " " if words else " "
+
+
+def _legacy_stack(kind: str, executable: str, signature_text: str, backtrace: str) -> Stack:
+    """The stack of a bucket stored before stacks were kept: a core's from its stored crash thread, the other
+    kinds' from their signature's lines (all that is left of their frames)."""
+    if kind == "core":
+        return Stack.core(executable, gdb_crash_thread_functions("\n" + backtrace))
+    lines = signature_text.splitlines()
+    if kind == "python":
+        return Stack("python", "python", tuple((line.split(":", 1)[-1], line.split(":", 1)[0])
+                                               for line in lines[2:]), lines[1] if len(lines) > 1 else "")
+    return Stack(kind, kind, tuple((line, None) for line in lines[1:]))

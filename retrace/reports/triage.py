@@ -11,7 +11,6 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -23,18 +22,22 @@ from retrace_server.packaging.release import ReleaseId, supported_releases
 from retrace_server.packaging.repoindex import release_index
 from retrace_server.packaging.supply import PackageSupply
 from retrace_server.reports import rules
-from retrace_server.reports.buckets import BucketDB, located_functions, signature
-from retrace_server.reports.ureport import InvalidReport
+from retrace_server.reports.buckets import BucketDB, located_functions
+from retrace_server.reports.oops import oops_text
+from retrace_server.reports.stacks import Stack
+from retrace_server.reports.ureport import InvalidReport, Report, ReportFrame, ReportThread
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
 
     from retrace_server.config import Config
     from retrace_server.packaging.repoindex import RepoIndex
-    from retrace_server.reports.ureport import Report, ReportThread, SymbolicReport
+    from retrace_server.reports.ureport import SymbolicReport
 
 log = logging.getLogger(__name__)
 _PARALLEL_MODULES = 4
+# What a frame's problem says when its module's debuginfo is not (yet) in the release.
+_NO_DEBUGINFO = "no debuginfo for build-id"
 
 
 @contextlib.contextmanager
@@ -86,7 +89,7 @@ def symbolicate(config: Config, report: Report, buckets: BucketDB, index: RepoIn
                     log.error("debuginfo of %s unavailable: %s", build_id, err)
             if path is None:
                 for frame in frames:
-                    frame.problem = f"no debuginfo for build-id {build_id} in {report.release}"
+                    frame.problem = f"{_NO_DEBUGINFO} {build_id} in {report.release}"
             else:
                 found.append((frames, path))
         # One eu-addr2line per module, a few at once: each mostly waits on its own DWARF reading.
@@ -146,55 +149,102 @@ def frames_json(threads: Sequence[Sequence[Symbolized]], report: Report) -> list
         for frames, thread in zip(threads, report.threads)]
 
 
+def missing_build_ids(frames: Iterable[Symbolized]) -> list[str]:
+    """The build-ids of the crash thread's modules whose debuginfo the release does not hold (yet)."""
+    return sorted({frame.build_id for frame in frames
+                   if frame.build_id and frame.problem and frame.problem.startswith(_NO_DEBUGINFO)})
+
+
+def _kept(report: Report) -> dict[str, Any]:
+    """What is kept of a report symbolized in part to symbolize it again: its crash thread and its words."""
+    frames = [[frame.build_id, frame.offset, frame.file_name] for frame in report.crash_thread.frames]
+    return {"os": [report.os_name, report.os_version, report.arch], "executable": report.executable,
+            "component": report.component, "signal": report.signal, "package": report.package,
+            "version": report.version, "frames": frames}
+
+
+def _from_kept(kept: dict[str, Any]) -> Report:
+    frames = tuple(ReportFrame(build_id, offset, file_name) for build_id, offset, file_name in kept["frames"])
+    os_name, os_version, arch = kept["os"]
+    return Report(os_name, os_version, arch, kept["executable"], kept["component"], kept["signal"], kept["package"],
+                  kept["version"], (ReportThread(True, frames),))
+
+
 def triage(config: Config, report: Report, now: float | None = None) -> dict[str, Any]:
     """Symbolize, bucket and count ``report``; the answer's fields (without URLs).
 
     The bucket keeps the crash thread only, and of the report's own words
     only what the release's index confirms: the package's name and version
-    when the index holds that build.
+    when the index holds that build.  A report whose crash thread the
+    release's debuginfo covers in part is kept, to be symbolized again when
+    the release's packages change (``resymbolize``).
     """
     started = time.monotonic()
     with _release_index(config, report) as index, BucketDB.for_config(config) as buckets:
         threads = symbolicate(config, report, buckets, index)
         crash_number = [thread.crash_thread for thread in report.threads].index(True)
-        bthash, text = signature(report.executable, functions(threads[crash_number]), rules.load(config.SignatureRules))
-        backtrace = gdb_text(threads, report.threads)
+        stack = Stack.core(report.executable, functions(threads[crash_number]))
+        missing = missing_build_ids(threads[crash_number])
         component = index.indexed_name(report.package) if report.package else None
         with disk_full_explained(storage.NO_STORAGE):
-            before = buckets.record(
-                bthash, text, report.executable_name, gdb_text([threads[crash_number]],
-                                                              [report.threads[crash_number]]),
+            recorded = buckets.record(
+                stack, rules.load(config.SignatureRules), gdb_text([threads[crash_number]],
+                                                                   [report.threads[crash_number]]),
                 "report", report.package if component else None, report.version if component else None,
                 report.release, report.arch, when=now, component=component)
-        after = buckets.bucket(bthash)
+            if missing:
+                buckets.keep_pending(recorded.occurrence, report.release, _kept(report), index.digest)
+        after = buckets.bucket(recorded.bthash)
         assert after is not None  # recorded just now
-    return {"known": before is not None, "bthash": bthash, "count": after["count"],
-            "core_wanted": after["full_task"] is None, "backtrace": backtrace,
-            "frames": frames_json(threads, report), "seconds": round(time.monotonic() - started, 4)}
+    return {"known": recorded.before is not None, "bthash": recorded.bthash, "count": after["count"],
+            "core_wanted": after["full_task"] is None, "backtrace": gdb_text(threads, report.threads),
+            "frames": frames_json(threads, report), "missing_build_ids": missing,
+            "seconds": round(time.monotonic() - started, 4)}
 
 
-def symbolic_signature(report: SymbolicReport, rules_for_kind: rules.Rules) -> tuple[str, str]:
-    """``(bthash, text)`` of a Python exception (its type and the innermost frames' file and function) or a kernel
-    oops (its call trace's functions; modules and offsets left out, so any build of the same code agrees)."""
-    start, end = rules_for_kind.span([frame.function for frame in report.frames])
-    kept = report.frames[start:end]
-    if report.kind == "python":
-        lines = ["python", report.headline, *(f"{(frame.place or '').rsplit('/', 1)[-1]}:{frame.function}"
-                                              for frame in kept)]
-    else:
-        lines = ["kerneloops", *(frame.function for frame in kept)]
-    text = "\n".join(lines)
-    return hashlib.sha1(text.encode("utf-8")).hexdigest(), text
+def resymbolize(config: Config, release: str | None = None) -> tuple[int, int]:
+    """Symbolize again the reports kept in part (only ``release``'s when given) whose release's index changed
+    since they were last tried, each moving to the bucket its new frames sign into; a report whose crash thread
+    is whole now is no longer kept. Returns ``(tried, moved)``; a release this server no longer serves keeps
+    its reports waiting."""
+    tried = moved = 0
+    signature_rules = rules.load(config.SignatureRules)
+    with BucketDB.for_config(config) as buckets:
+        by_release: dict[str, list[tuple[int, Report, str]]] = collections.defaultdict(list)
+        for occurrence, name, kept, digest in buckets.pending(release):
+            by_release[name].append((occurrence, _from_kept(kept), digest))
+        for name, reports in by_release.items():
+            try:
+                with _release_index(config, reports[0][1]) as index:
+                    for occurrence, report, digest in reports:
+                        if digest == index.digest:
+                            continue  # nothing new to symbolize it with
+                        tried += 1
+                        (crash,) = symbolicate(config, report, buckets, index)
+                        stack = Stack.core(report.executable, functions(crash))
+                        recorded = buckets.move(occurrence, stack, signature_rules, gdb_text([crash], report.threads))
+                        moved += recorded is not None
+                        buckets.tried_pending(recorded.occurrence if recorded else occurrence,
+                                              index.digest if missing_build_ids(crash) else None)
+            except InvalidReport as err:
+                log.warning("reports of %s kept to symbolize again: %s", name, err.sentence)
+    return tried, moved
+
+
+def symbolic_stack(report: SymbolicReport) -> Stack:
+    """The stack of a Python exception (its type and frames with their files) or a kernel oops (its call trace's
+    functions; modules and offsets are not signed, so any build of the same code agrees)."""
+    return Stack(report.kind, report.kind, tuple((frame.function, frame.place) for frame in report.frames),
+                 report.headline if report.kind == "python" else "")
 
 
 def symbolic_text(report: SymbolicReport) -> str:
     """The frames as gdb would list them (the bucket page shows every kind alike)."""
+    if report.kind == "kerneloops":
+        return oops_text([(frame.function, frame.place) for frame in report.frames])
     lines = [f"Thread 1 ({report.headline}):"]
     for number, frame in enumerate(report.frames):
-        if report.kind == "python":
-            where = f" at {frame.place}:{frame.line}" if frame.line is not None else f" at {frame.place}"
-        else:
-            where = f" [{frame.place}]" if frame.place else ""
+        where = f" at {frame.place}:{frame.line}" if frame.line is not None else f" at {frame.place}"
         lines.append(f"#{number:<2} {frame.function} (){where}")
     return "\n".join(lines) + "\n"
 
@@ -203,15 +253,16 @@ def triage_symbolic(config: Config, report: SymbolicReport) -> dict[str, Any]:
     """Bucket and count a Python exception or a kernel oops (named by the client: nothing to symbolize)."""
     started = time.monotonic()
     with _release_index(config, report) as index:
-        bthash, text = symbolic_signature(report, rules.load(config.SignatureRules, report.kind))
         component = index.indexed_name(report.package) if report.package else None
         backtrace = symbolic_text(report)
         with BucketDB.for_config(config) as buckets, disk_full_explained(storage.NO_STORAGE):
-            before = buckets.record(bthash, text, report.kind, backtrace, "report",
-                                    report.package if component else None, report.version if component else None,
-                                    report.release, report.arch, component=component, problem_type=report.kind)
-            after = buckets.bucket(bthash)
+            recorded = buckets.record(symbolic_stack(report), rules.load(config.SignatureRules, report.kind),
+                                      backtrace, "report", report.package if component else None,
+                                      report.version if component else None, report.release, report.arch,
+                                      component=component)
+            after = buckets.bucket(recorded.bthash)
             assert after is not None  # recorded just now
     frames = [{"function": frame.function, "file": frame.place, "line": frame.line} for frame in report.frames]
-    return {"known": before is not None, "bthash": bthash, "count": after["count"], "core_wanted": False,
-            "backtrace": backtrace, "frames": frames, "seconds": round(time.monotonic() - started, 4)}
+    return {"known": recorded.before is not None, "bthash": recorded.bthash, "count": after["count"],
+            "core_wanted": False, "backtrace": backtrace, "frames": frames, "missing_build_ids": [],
+            "seconds": round(time.monotonic() - started, 4)}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from testkit.cores import crash_installed, installed_tree, make_problem_dir, run_installed
-from testkit.distro import BIGCRASH_PACKAGE, RELEASE_ID, build_bigcrash, publish_release
+from testkit.distro import BIGCRASH_PACKAGE, RELEASE_ID, build_bigcrash, build_rpms, publish_release
 from testkit.helpers import abrt_archive, crashing_thread, submit, wait_final
 from tests.integration.browser import chromium, screenshot
 from tests.integration.manager_client import ENGINEER, ENGINEER_PASSWORD, Engineer
@@ -387,16 +387,20 @@ def test_triage_views_of_the_problems_list(reports_server, installed, crashes):
         assert answer.status_code == 200, answer.text
         return answer.json()
 
-    week = view(f"release={RELEASE_ID}&component=crasher&arch=x86_64&days=7&sort=window")
+    week = view(f"release={RELEASE_ID}&component=crasher&arch=x86_64&days=7&sort=window&version_from=1.0-1.fc41")
     assert week["view"] == {"release": RELEASE_ID, "component": "crasher", "arch": "x86_64", "days": 7,
-                            "sort": "window"}
+                            "sort": "window", "version_from": "1.0-1.fc41", "version_to": None}
     row = next(row for row in week["buckets"] if row["bthash"] == bthash)
     assert row["recent"] >= 1 and row["recent"] - row["before"] >= 1
     assert view("release=debian-12-x86_64")["buckets"] == [] and view("component=nothing")["buckets"] == []
+    assert view("version_from=1.0.1")["buckets"] == [] and bthash in [
+        row["bthash"] for row in view("version_from=0.9&version_to=1.0-1.fc41")["buckets"]]
     assert bthash in [row["bthash"] for row in view("sort=growth&days=1")["buckets"]]
     for query, sentence in (("sort=loudest", "sort must be one of total, window, growth"),
                             ("days=0", "days must be a whole number from 1 to 366"),
-                            ("release=%3Cscript%3E", "The release to show must be a name like fedora-41-x86_64")):
+                            ("release=%3Cscript%3E", "The release to show must be a name like fedora-41-x86_64"),
+                            ("version_to=1.0%20or%201", "version_to must be a package version like 1.2-3.fc41 or "
+                                                         "1:2.36-9+deb12u4")):
         refused = reports_server.get(f"/problems?{query}")
         assert (refused.status_code, refused.text) == (400, sentence + ("" if "must be a name" not in sentence else
                                                                          ", crasher or x86_64"))
@@ -421,3 +425,53 @@ def test_python_exceptions_and_kernel_oopses_get_buckets_of_their_own(reports_se
     assert listed[answers["python"]["bthash"]] == "python" and listed[answers["oops"]["bthash"]] == "kerneloops"
     refused = post_report(reports_server, json.dumps(dict(python_report(), problem={"type": "java"})).encode())
     assert refused.status_code == 400 and "not Java exceptions ('java')" in refused.json()["error"]
+
+
+def test_a_report_symbolized_in_part_moves_to_its_bucket_once_the_debuginfo_arrives(start_server, installed, crashes,
+                                                                                   fixture_rpms, tmp_path):
+    """libcrash's debuginfo is not in the release yet: the report is counted with what could be symbolized and
+    kept; once the package is published, cleanup's pass symbolizes it again and it joins the whole crash's
+    bucket (the partial one is gone)."""
+    without = [rpm for rpm in fixture_rpms if not rpm.name.startswith("libcrash-debuginfo")]
+    server = start_server(repository=publish_release(tmp_path / "repos", RELEASE_ID, without))
+    partial = report(server, installed, crashes("simple"), "--no-core")[0]
+    # libcrash's debuginfo is missing, and this machine's libc's (never in the fixture release)
+    assert partial["symbolized"] == "in part" and len(partial["missing_build_ids"]) == 2, partial
+    assert "Symbolized in part: this server has no debuginfo yet for build-id" in partial["message"]
+    assert "crash_in_library" not in partial["backtrace"] and "main" in partial["backtrace"]
+    unchanged = cleanup(server)
+    assert "0 reports symbolized in part tried again, 0 moved" in unchanged.stdout + unchanged.stderr, (
+        "the release did not change: nothing to try")
+    publish_release(server.root / "repos", RELEASE_ID, fixture_rpms)
+    ran = cleanup(server)
+    assert ran.returncode == 0 and "1 reports symbolized in part tried again, 1 moved" in ran.stdout + ran.stderr, (
+        ran.stdout + ran.stderr)
+    (moved,) = server.get("/problems?format=json").json()["buckets"]
+    assert moved["bthash"] != partial["bthash"] and moved["count"] == 1
+    whole = report(server, installed, crashes("simple"), "--no-core")[0]
+    assert (whole["bthash"], whole["result"], whole["count"]) == (moved["bthash"], True, 2)
+    assert "crash_in_library" in whole["backtrace"] and len(whole["missing_build_ids"]) == 1
+
+
+def test_a_bucket_names_the_version_that_probably_fixed_it_and_each_release_s_newest(start_server, installed,
+                                                                                     crashes, fixture_rpms, work_dir,
+                                                                                     users):
+    """crasher 1.0 crashes in the library; 1.1's reports come only from another crash: 1.1 probably fixed it."""
+    newer = build_rpms(work_dir / "build-1.1-fixes", version="1.1")
+    release = publish_release(work_dir / "repos-1.0-and-1.1", RELEASE_ID, [*fixture_rpms, *newer])
+    server = start_server(repository=release, AllowTaskManager="1", ManagerUserFile=str(users))
+    old = post_report(server, json.dumps(ureport_of(crashes("simple"), installed, server)).encode()).json()
+    other = ureport_of(crashes("threads"), installed, server)
+    for package in other["packages"]:
+        if package["name"] == "crasher":
+            package["version"] = "1.1"
+    answer = post_report(server, json.dumps(other).encode()).json()
+    assert answer["bthash"] != old["bthash"]
+    engineer = Engineer(server, ENGINEER, ENGINEER_PASSWORD)
+    fix = engineer.get(f"/manager/problems/{old['bthash']}?format=json").json()["probable_fix"]
+    assert fix == {"crashed": {"1.0-1.fc41": 1}, "probably_fixed_in": "1.1-1.fc41",
+                   "newest": {RELEASE_ID: "1.1-1.fc41"}}
+    page = engineer.get(f"/manager/problems/{old['bthash']}").text
+    assert "Probably fixed in crasher-1.1-1.fc41" in page and "Crashed in 1.0-1.fc41 (1)." in page
+    assert engineer.get(f"/manager/problems/{answer['bthash']}?format=json").json()["probable_fix"][
+        "probably_fixed_in"] is None, "its own version is the newest reported"

@@ -6,6 +6,7 @@ The dumps are real: a Debian cloud kernel panicked under QEMU
 """
 
 import hashlib
+import json
 import shutil
 import sqlite3
 import subprocess
@@ -312,3 +313,38 @@ def test_md5_is_computed_while_the_vmcore_streams_in_and_cleanup_stores_identica
         cleanup.stdout + cleanup.stderr
     assert files[0].stat().st_ino == files[1].stat().st_ino and files[0].stat().st_nlink == 2
     assert files[2].stat().st_nlink == 1
+
+
+def oops_ureport(console_log):
+    """A kerneloops uReport of the oops on the guest's serial console, framed as satyr's koops parser frames
+    one (``? `` marks an unreliable frame), as abrt-oops would post it from a machine that survived."""
+    trace = console_log.split("Call Trace:", 1)[1].split("RIP: ", 1)[0]
+    frames = []
+    for line in trace.splitlines():
+        words = line.split("] ", 1)[-1].split()
+        if words and words[0] == "?":
+            reliable, words = False, words[1:]
+        else:
+            reliable = True
+        if words and "+0x" in words[0]:
+            name, offsets = words[0].split("+", 1)
+            offset, length = (int(part, 16) for part in offsets.split("/"))
+            frames.append({"address": 0, "reliable": reliable, "function_name": name, "function_offset": offset,
+                           "function_length": length})
+    return {"ureport_version": 2, "os": {"name": "debian", "version": "12", "architecture": "x86_64"},
+            "problem": {"type": "kerneloops", "component": "kernel", "raw_oops": trace[:2000], "frames": frames}}
+
+
+def test_a_vmcore_s_oops_and_a_posted_kerneloops_of_it_share_one_bucket(kernel_server, uploads, vmcores):
+    task, status = retrace(kernel_server, uploads["elf"])
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", text(kernel_server, task, "log")
+    (bucket,) = [row for row in kernel_server.get("/problems?format=json").json()["buckets"]
+                 if row["full_task"] == str(task)]
+    assert bucket["type"] == "kerneloops" and "Crash bucket " + bucket["bthash"] in text(kernel_server, task, "log")
+    console = (vmcores.elf.parent / "serial.log").read_text(errors="replace")
+    posted = kernel_server.post("/reports/new/", files={"file": (
+        "ureport.json", json.dumps(oops_ureport(console)).encode(), "application/json")})
+    assert posted.status_code == 202, posted.text
+    answer = posted.json()
+    assert (answer["bthash"], answer["result"], answer["count"]) == (bucket["bthash"], True, bucket["count"] + 1)
+    assert "sysrq_handle_crash" in answer["backtrace"] and "dump_stack_lvl" in answer["backtrace"]

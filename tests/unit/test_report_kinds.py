@@ -6,7 +6,7 @@ import json
 import pytest
 
 from retrace_server.reports import rules, ureport
-from retrace_server.reports.triage import symbolic_signature, symbolic_text
+from retrace_server.reports.triage import symbolic_stack, symbolic_text
 
 OS = {"name": "fedora", "version": "41", "architecture": "x86_64"}
 
@@ -44,7 +44,7 @@ def parsed(document):
 
 def bthash(document):
     report = parsed(document)
-    return symbolic_signature(report, rules.load("/nonexistent", report.kind))[0]
+    return symbolic_stack(report).signed(rules.load("/nonexistent", report.kind))[0]
 
 
 def test_a_python_exception_is_read_with_its_frames_innermost_first():
@@ -78,7 +78,7 @@ def test_an_oops_skips_the_machinery_of_reporting_it():
 
 def test_python_and_core_buckets_never_meet():
     report = parsed(python_report())
-    assert symbolic_signature(report, rules.Rules(skip=()))[1].startswith("python\nZeroDivisionError\nops.py:divide")
+    assert symbolic_stack(report).signed(rules.Rules(skip=()))[1].startswith("python\nZeroDivisionError\nops.py:divide")
 
 
 @pytest.mark.parametrize("change, sentence", [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import sqlite3
 import subprocess
 
 import pytest
@@ -12,7 +13,8 @@ import pytest
 from retrace_server.analysis import symbolize
 from retrace_server.client.unwind import parse_stack
 from retrace_server.errors import UploadTooLarge
-from retrace_server.reports import buckets, ureport
+from retrace_server.reports import buckets, rules, stacks, ureport
+from retrace_server.reports.stacks import Stack
 
 FRAME = {"build_id": "9fc7b115391028f3bec04961a252386648d34102", "build_id_offset": 0x1145,
          "file_name": "/usr/lib64/libcrash.so.1"}
@@ -75,11 +77,11 @@ def test_a_report_that_unpacks_too_large_is_refused():
 def test_the_signature_skips_the_machinery_and_ignores_what_changes_between_builds():
     abort_path = ["__pthread_kill_implementation", "__GI_raise", "__GI_abort", "__assert_fail_base", "__assert_fail",
                   "parse_header", "read_file", "main", "__libc_start_call_main"]
-    assert buckets.normalized(abort_path) == ["parse_header", "read_file", "main", "__libc_start_call_main"]
-    same, _ = buckets.signature("/usr/bin/tool", abort_path)
-    assert buckets.signature("/opt/other/tool", abort_path[1:])[0] == same
-    assert buckets.signature("/usr/bin/tool", ["read_file", "main"])[0] != same
-    assert buckets.normalized(["abort"]) == ["abort"], "a crash that is all machinery still has a signature"
+    assert stacks.normalized(abort_path) == ["parse_header", "read_file", "main", "__libc_start_call_main"]
+    same, _ = stacks.signature("/usr/bin/tool", abort_path)
+    assert stacks.signature("/opt/other/tool", abort_path[1:])[0] == same
+    assert stacks.signature("/usr/bin/tool", ["read_file", "main"])[0] != same
+    assert stacks.normalized(["abort"]) == ["abort"], "a crash that is all machinery still has a signature"
 
 
 def test_the_crash_thread_is_read_from_gdbs_output():
@@ -148,16 +150,23 @@ def test_a_build_id_link_out_of_the_package_tree_is_not_followed(tmp_path):
     assert shutil.which("eu-addr2line")
 
 
+def stack(*functions, executable="/usr/bin/crasher"):
+    return Stack.core(executable, list(functions))
+
+
+RULES = rules.Rules()
+
+
 def test_buckets_count_and_old_reports_are_forgotten_but_counted(tmp_path):
     with buckets.BucketDB(tmp_path / "problems.db") as db:
-        assert db.record("a" * 40, "crasher\nmain", "/usr/bin/crasher", "#0 main", "report", when=1000.0) is None
-        assert db.record("a" * 40, "crasher\nmain", "/usr/bin/crasher", "#0 main ()", "retrace", task_id="123",
-                         when=2000.0)["count"] == 1
-        bucket = db.bucket("a" * 40)
+        first = db.record(stack("main"), RULES, "#0 main", "report", when=1000.0)
+        assert first.before is None and first.signature == "crasher\nmain"
+        assert db.record(stack("main"), RULES, "#0 main ()", "retrace", task_id="123", when=2000.0).before["count"] == 1
+        bucket = db.bucket(first.bthash)
         assert (bucket["count"], bucket["full_task"], bucket["backtrace"], bucket["first_seen"]) == (
             2, "123", "#0 main ()", 1000.0)
         assert db.forget_before(1500.0) == 1
-        assert [row["kind"] for row in db.occurrences("a" * 40)] == ["retrace"]
+        assert [row["kind"] for row in db.occurrences(first.bthash)] == ["retrace"]
         assert db.buckets()[0]["count"] == 2 and db.totals() == {"reports": 0, "buckets": 1}
         db.remember_symbols({("ab" * 20, 16): [("main", "/src/a.c", 4)]})
         assert db.symbols({("ab" * 20, 16), ("ab" * 20, 17)}) == {("ab" * 20, 16): [("main", "/src/a.c", 4)]}
@@ -165,44 +174,100 @@ def test_buckets_count_and_old_reports_are_forgotten_but_counted(tmp_path):
 
 def test_a_buckets_attachments_are_kept_once_each_and_go_with_it(tmp_path):
     with buckets.BucketDB(tmp_path / "problems.db") as db:
-        db.record("a" * 40, "crasher\nmain", "/usr/bin/crasher", "#0 main", "report", when=1000.0)
-        assert db.attach("a" * 40, "RHBZ", "123", when=1001.0)
-        assert not db.attach("a" * 40, "RHBZ", "123", when=1002.0), "the same bug twice is kept once"
-        assert db.attach("a" * 40, "email", "x@example.com", who="alice", when=1003.0)
+        bthash = db.record(stack("main"), RULES, "#0 main", "report", when=1000.0).bthash
+        assert db.attach(bthash, "RHBZ", "123", when=1001.0)
+        assert not db.attach(bthash, "RHBZ", "123", when=1002.0), "the same bug twice is kept once"
+        assert db.attach(bthash, "email", "x@example.com", who="alice", when=1003.0)
         with pytest.raises(KeyError):
             db.attach("b" * 40, "RHBZ", "1")
-        assert [item["value"] for item in db.attachments("a" * 40)] == ["123", "x@example.com"]
-        assert db.attachments("a" * 40, ("RHBZ", "url")) == [
+        assert [item["value"] for item in db.attachments(bthash)] == ["123", "x@example.com"]
+        assert db.attachments(bthash, ("RHBZ", "url")) == [
             {"type": "RHBZ", "value": "123", "who": None, "time": 1001.0}]
-        db.record("c" * 40, "crasher\nother", "/usr/bin/crasher", "#0 other", "report", when=1000.0)
-        assert [row["bthash"] for row in db.buckets(has_bug=True)] == ["a" * 40]
-        assert [row["bthash"] for row in db.buckets(has_bug=False)] == ["c" * 40]
-        assert {row["bthash"]: row["bugs"] for row in db.buckets()} == {"a" * 40: 1, "c" * 40: 0}
+        other = db.record(stack("other"), RULES, "#0 other", "report", when=1000.0).bthash
+        assert [row["bthash"] for row in db.buckets(has_bug=True)] == [bthash]
+        assert [row["bthash"] for row in db.buckets(has_bug=False)] == [other]
+        assert {row["bthash"]: row["bugs"] for row in db.buckets()} == {bthash: 1, other: 0}
         assert db.forget_buckets_before(2000.0) == 2
-        assert db.attachments("a" * 40) == []
+        assert db.attachments(bthash) == []
 
 
-def test_triage_views_filter_by_release_component_and_arch_and_sort_by_the_window_or_its_growth(tmp_path):
+def test_triage_views_filter_by_release_component_arch_and_version_and_sort_by_the_window_or_its_growth(tmp_path):
     day = 86400.0
     now = 100 * day
     with buckets.BucketDB(tmp_path / "problems.db") as db:
         # "old": many reports long ago, one this week; "new": none before, three this week; "arm": another arch.
         for when in [now - 30 * day] * 5 + [now - day]:
-            db.record("a" * 40, "app\nold", "app", "#0 old", "report", release="fedora-41-x86_64", arch="x86_64",
-                      when=when, component="app")
-        for when in (now - 10 * day, now - 2 * day, now - day, now - 3600):
-            db.record("b" * 40, "app\nnew", "app", "#0 new", "report", release="fedora-41-x86_64", arch="x86_64",
-                      when=when, component="app")
-        db.record("c" * 40, "lib\narm", "lib", "#0 arm", "report", release="fedora-42-aarch64", arch="aarch64",
-                  when=now - day, component="lib")
+            old = db.record(stack("old", executable="app"), RULES, "#0 old", "report", release="fedora-41-x86_64",
+                            arch="x86_64", when=when, component="app", version="1.0-1.fc41").bthash
+        for when, version in ((now - 10 * day, "1.0-1.fc41"), (now - 2 * day, "1.2-1.fc41"), (now - day, "1.2-1.fc41"),
+                              (now - 3600, "1.10-1.fc41")):
+            new = db.record(stack("new", executable="app"), RULES, "#0 new", "report", release="fedora-41-x86_64",
+                            arch="x86_64", when=when, component="app", version=version).bthash
+        arm = db.record(stack("arm", executable="lib"), RULES, "#0 arm", "report", release="fedora-42-aarch64",
+                        arch="aarch64", when=now - day, component="lib").bthash
+        names = {old: "old", new: "new", arm: "arm"}
 
         def shown(**view):
-            return [row["bthash"][0] for row in db.buckets(view=buckets.View(now=now, **view))]
+            return [names[row["bthash"]] for row in db.buckets(view=buckets.View(now=now, **view))]
 
-        assert shown() == ["a", "b", "c"], "by all reports"
-        assert shown(sort="window") == ["b", "a", "c"], "top crashers of the week"
-        assert shown(sort="growth", days=7)[0] == "b", "3 this week against 1 the week before"
-        assert shown(release="fedora-41-x86_64") == ["a", "b"] and shown(arch="aarch64") == ["c"]
-        assert shown(component="lib") == ["c"] and shown(component="nothing") == []
-        (new,) = [row for row in db.buckets(view=buckets.View(now=now)) if row["bthash"][0] == "b"]
-        assert (new["recent"], new["before"]) == (3, 1)
+        assert shown() == ["old", "new", "arm"], "by all reports"
+        assert shown(sort="window") == ["new", "old", "arm"], "top crashers of the week"
+        assert shown(sort="growth", days=7)[0] == "new", "3 this week against 1 the week before"
+        assert shown(release="fedora-41-x86_64") == ["old", "new"] and shown(arch="aarch64") == ["arm"]
+        assert shown(component="lib") == ["arm"] and shown(component="nothing") == []
+        assert shown(version_from="1.2-1.fc41") == ["new"], "1.10 is newer than 1.2, and 1.0 older"
+        assert shown(version_from="1.1", version_to="1.3") == ["new"] and shown(version_to="1.0-1.fc41") == [
+            "old", "new"]
+        (listed,) = [row for row in db.buckets(view=buckets.View(now=now)) if row["bthash"] == new]
+        assert (listed["recent"], listed["before"]) == (3, 1)
+        assert listed["versions"] == "1.0-1.fc41,1.2-1.fc41,1.10-1.fc41" and listed["releases"] == "fedora-41-x86_64"
+        assert db.per_day(new, days=3, now=now) == [("1970-04-09", 1), ("1970-04-10", 2), ("1970-04-11", 0)]
+
+
+def test_a_database_of_the_first_layout_is_upgraded_with_its_buckets_days_and_bugs(tmp_path):
+    """problems.db as the previous release wrote it (buckets without stacks or aggregates) keeps working."""
+    path = tmp_path / "problems.db"
+    thread = "Thread 1 (crashed):\n#0  0x0000000000401000 in crash_here () at app.c:5\n#1  main () at app.c:9\n"
+    bthash, text = stacks.signature("app", ["crash_here", "main"])
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE buckets (bthash TEXT PRIMARY KEY, executable TEXT NOT NULL, signature TEXT NOT NULL, "
+        "backtrace TEXT NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL, count INTEGER NOT NULL, "
+        "full_task TEXT, component TEXT, problem_type TEXT NOT NULL DEFAULT 'core');"
+        "CREATE TABLE occurrences (id INTEGER PRIMARY KEY, bthash TEXT NOT NULL, time REAL NOT NULL, kind TEXT NOT "
+        "NULL, package TEXT, version TEXT, release TEXT, arch TEXT, task_id TEXT);"
+        "CREATE TABLE attachments (id INTEGER PRIMARY KEY, bthash TEXT NOT NULL, type TEXT NOT NULL, value TEXT NOT "
+        "NULL, who TEXT, time REAL NOT NULL, UNIQUE (bthash, type, value));")
+    old.execute("INSERT INTO buckets VALUES (?, 'app', ?, ?, 86400, 172800, 5, NULL, 'app', 'core')",
+                (bthash, text, thread))
+    old.executemany("INSERT INTO occurrences (bthash, time, kind, version, release, arch) VALUES "
+                    "(?, ?, 'report', '1.0-1', 'fedora-41-x86_64', 'x86_64')", [(bthash, 86400.0), (bthash, 172800.0)])
+    old.execute("INSERT INTO attachments (bthash, type, value, time) VALUES (?, 'RHBZ', '12', 1)", (bthash,))
+    old.commit()
+    old.close()
+    with buckets.BucketDB(path) as db:
+        (row,) = db.buckets(view=buckets.View(now=172800.0, days=2))
+        assert (row["count"], row["recent"], row["bugs"], row["versions"]) == (5, 2, 1, "1.0-1")
+        again = db.record(stack("crash_here", "main", executable="app"), RULES, thread, "report", when=172801.0)
+        assert again.bthash == bthash and db.bucket(bthash)["count"] == 6
+    with buckets.BucketDB(path) as db:  # opened again: upgraded once
+        assert db.bucket(bthash)["count"] == 6
+
+
+def test_a_report_symbolized_anew_moves_to_its_bucket_and_the_old_one_goes_when_empty(tmp_path):
+    with buckets.BucketDB(tmp_path / "problems.db") as db:
+        partial = db.record(stack("??", "main"), RULES, "#0 ?? ()", "report", when=1000.0, release="fedora-41-x86_64",
+                            version="1.0-1", component="crasher")
+        db.keep_pending(partial.occurrence, "fedora-41-x86_64", {"frames": []}, "digest-1")
+        assert [row[0] for row in db.pending("fedora-41-x86_64")] == [partial.occurrence]
+        assert db.move(partial.occurrence, stack("??", "main"), RULES, "#0 ?? ()") is None, "nothing new: stays"
+        moved = db.move(partial.occurrence, stack("crash_here", "main"), RULES, "#0 crash_here () at a.c:3")
+        assert moved is not None and moved.bthash != partial.bthash and db.bucket(partial.bthash) is None
+        bucket = db.bucket(moved.bthash)
+        assert (bucket["count"], bucket["first_seen"], bucket["versions"], bucket["component"]) == (
+            1, 1000.0, ["1.0-1"], "crasher")
+        assert [row[0] for row in db.pending()] == [moved.occurrence], "still kept, as itself"
+        db.tried_pending(moved.occurrence, "digest-2")
+        assert db.pending()[0][3] == "digest-2"
+        db.tried_pending(moved.occurrence, None)
+        assert db.pending() == []
