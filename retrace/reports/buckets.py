@@ -101,8 +101,9 @@ CREATE TABLE IF NOT EXISTS stacks (
 CREATE INDEX IF NOT EXISTS stacks_bucket ON stacks (bthash);
 CREATE TABLE IF NOT EXISTS daily (
     stack INTEGER NOT NULL, day INTEGER NOT NULL, release TEXT NOT NULL, arch TEXT NOT NULL, version TEXT NOT NULL,
-    count INTEGER NOT NULL, PRIMARY KEY (stack, day, release, arch, version)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS daily_day ON daily (day);
+    count INTEGER NOT NULL, bthash TEXT NOT NULL, PRIMARY KEY (stack, day, release, arch, version)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS daily_window ON daily (day, bthash, release, arch, count);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS occurrences (
     id INTEGER PRIMARY KEY, bthash TEXT NOT NULL REFERENCES buckets(bthash), time REAL NOT NULL,
     kind TEXT NOT NULL, package TEXT, version TEXT, release TEXT, arch TEXT, task_id TEXT, stack INTEGER);
@@ -226,11 +227,12 @@ class BucketDB:
                 self.db.execute("UPDATE occurrences SET stack = ? WHERE bthash = ?", (stack_id, bthash))
                 self.db.execute(
                     "INSERT INTO daily SELECT stack, CAST(time / 86400 AS INTEGER) AS d, COALESCE(release, ''), "
-                    "COALESCE(arch, ''), COALESCE(version, ''), COUNT(*) FROM occurrences WHERE bthash = ? "
+                    "COALESCE(arch, ''), COALESCE(version, ''), COUNT(*), bthash FROM occurrences WHERE bthash = ? "
                     "GROUP BY d, release, arch, version", (bthash,))
                 self.db.execute("UPDATE buckets SET bugs = (SELECT COUNT(*) FROM attachments a WHERE a.bthash = ? "
                                 f"AND a.type IN {BUG_KINDS}) WHERE bthash = ?", (bthash, bthash))
                 self._refresh(bthash, keep_count=True)
+            self.db.execute("INSERT INTO counters SELECT kind, COUNT(*) FROM occurrences GROUP BY kind")
         self.db.execute(f"PRAGMA user_version = {_LAYOUT}")
 
     @contextlib.contextmanager
@@ -268,7 +270,7 @@ class BucketDB:
 
     def _record(self, stack: Stack, rules: Rules, backtrace: str, kind: str, package: str | None,
                 version: str | None, release: str | None, arch: str | None, task_id: str | None, when: float,
-                component: str | None) -> Recorded:
+                component: str | None, moving: bool = False) -> Recorded:
         bthash, text = stack.signed(rules)
         full_task = task_id if kind == "retrace" else None
         before = self.bucket(bthash)
@@ -285,10 +287,12 @@ class BucketDB:
                          *(_added(before, column, value) for column, value in
                            (("releases", release), ("architectures", arch), ("versions", version))), bthash))
         stack_id = self._count_stack(stack, bthash, when, full_task, backtrace)
-        self.db.execute("INSERT INTO daily VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT DO UPDATE SET count = count + 1",
-                        (stack_id, _day(when), release or "", arch or "", version or ""))
+        self.db.execute("INSERT INTO daily VALUES (?, ?, ?, ?, ?, 1, ?) ON CONFLICT DO UPDATE SET count = count + 1",
+                        (stack_id, _day(when), release or "", arch or "", version or "", bthash))
         if component and version:
             self.db.execute("INSERT OR IGNORE INTO component_versions VALUES (?, ?, ?)", (component, version, when))
+        if not moving:
+            self.db.execute("INSERT INTO counters VALUES (?, 1) ON CONFLICT DO UPDATE SET value = value + 1", (kind,))
         occurrence = self.db.execute(
             "INSERT INTO occurrences (bthash, time, kind, package, version, release, arch, task_id, stack) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -334,7 +338,7 @@ class BucketDB:
             self.db.execute("UPDATE buckets SET count = count - 1 WHERE bthash = ?", (old_bthash,))
             self._refresh(old_bthash)
             recorded = self._record(stack, rules, stored_backtrace(backtrace), kind, package, version, release,
-                                    arch, task_id, when, component[0] if component else None)
+                                    arch, task_id, when, component[0] if component else None, moving=True)
             self.db.execute("UPDATE pending SET occurrence = ? WHERE occurrence = ?", (recorded.occurrence, occurrence))
             return recorded
 
@@ -408,6 +412,7 @@ class BucketDB:
                 into = self.db.execute("SELECT id FROM stacks WHERE digest = ? AND bthash = ?", (digest, new)).fetchone()
                 if into is None:
                     self.db.execute("UPDATE stacks SET bthash = ? WHERE id = ?", (new, stack_id))
+                    self.db.execute("UPDATE daily SET bthash = ? WHERE stack = ?", (new, stack_id))
                 else:  # the same stack, counted in both before a rule change: one row again
                     self._merge_stacks(stack_id, into[0])
                 self.db.execute("UPDATE occurrences SET bthash = ? WHERE stack = ?", (new, into[0] if into else stack_id))
@@ -424,8 +429,9 @@ class BucketDB:
                         "last_seen = MAX(last_seen, (SELECT last_seen FROM stacks WHERE id = ?)), "
                         "full_task = COALESCE(full_task, (SELECT full_task FROM stacks WHERE id = ?)) WHERE id = ?",
                         (source, source, source, source, into))
-        self.db.execute("INSERT INTO daily SELECT ?, day, release, arch, version, count FROM daily WHERE stack = ? "
-                        "ON CONFLICT DO UPDATE SET count = daily.count + excluded.count", (into, source))
+        self.db.execute("INSERT INTO daily SELECT ?, day, release, arch, version, count, (SELECT bthash FROM stacks "
+                        "WHERE id = ?) FROM daily WHERE stack = ? "
+                        "ON CONFLICT DO UPDATE SET count = daily.count + excluded.count", (into, into, source))
         self.db.execute("DELETE FROM daily WHERE stack = ?", (source,))
         self.db.execute("UPDATE occurrences SET stack = ? WHERE stack = ?", (into, source))
         self.db.execute("DELETE FROM stacks WHERE id = ?", (source,))
@@ -509,9 +515,10 @@ class BucketDB:
         parameters: dict[str, Any] = {
             "since": since, "start": since - view.days, "today": today, "release": view.release, "arch": view.arch,
             "limit": limit, "offset": offset, **{f"a{number}": value for number, value in enumerate(arguments)}}
-        window = ("SELECT s.bthash, SUM(CASE WHEN d.day >= :since THEN d.count ELSE 0 END) AS recent, "
+        # An index-only walk of the window's days (daily_window), whatever the number of reports before it.
+        window = ("SELECT d.bthash, SUM(CASE WHEN d.day >= :since THEN d.count ELSE 0 END) AS recent, "
                   "SUM(CASE WHEN d.day < :since THEN d.count ELSE 0 END) AS before FROM daily d "
-                  "JOIN stacks s ON s.id = d.stack WHERE d.day >= :start AND d.day <= :today "
+                  "WHERE d.day >= :start AND d.day <= :today "
                   "AND (:release IS NULL OR d.release = :release) AND (:arch IS NULL OR d.arch = :arch)")
         columns = ("b.bthash, b.executable, b.component, b.signature, b.first_seen, b.last_seen, b.count, "
                    "b.full_task, b.releases, b.architectures, b.versions, b.bugs")
@@ -522,13 +529,13 @@ class BucketDB:
                                    parameters).fetchall()
             shown = {f"h{number}": row[0] for number, row in enumerate(page)}
             counts = {bthash: (recent, before) for bthash, recent, before in self.db.execute(
-                f"{window} AND s.bthash IN ({', '.join(':' + name for name in shown) or 'NULL'}) GROUP BY s.bthash",
+                f"{window} AND d.bthash IN ({', '.join(':' + name for name in shown) or 'NULL'}) GROUP BY d.bthash",
                 {**parameters, **shown})}
             rows = [(*row[:-1], *counts.get(row[0], (0, 0)), row[-1]) for row in page]
         else:
             order = {"window": "recent DESC, b.count DESC", "growth": "recent - before DESC, recent DESC"}[view.sort]
             rows = self.db.execute(
-                f"WITH w AS ({window} GROUP BY s.bthash) SELECT {columns}, COALESCE(w.recent, 0) AS recent, "
+                f"WITH w AS ({window} GROUP BY d.bthash) SELECT {columns}, COALESCE(w.recent, 0) AS recent, "
                 f"COALESCE(w.before, 0) AS before, b.problem_type FROM buckets b LEFT JOIN w ON w.bthash = b.bthash "
                 f"{where}ORDER BY {order}, b.last_seen DESC LIMIT :limit OFFSET :offset", parameters).fetchall()
         keys = ("bthash", "executable", "component", "signature", "first_seen", "last_seen", "count", "full_task",
@@ -566,8 +573,10 @@ class BucketDB:
             "SELECT version FROM component_versions WHERE component = ?", (component,))]
 
     def totals(self) -> dict[str, int]:
+        """Reports ever received (a counter: cleanup forgetting old reports does not lower it) and buckets now."""
         reports, buckets = self.db.execute(
-            "SELECT (SELECT COUNT(*) FROM occurrences WHERE kind = 'report'), (SELECT COUNT(*) FROM buckets)").fetchone()
+            "SELECT (SELECT COALESCE(MAX(value), 0) FROM counters WHERE name = 'report'), "
+            "(SELECT COUNT(*) FROM buckets)").fetchone()
         return {"reports": reports, "buckets": buckets}
 
     # -- cleanup -------------------------------------------------------------------

@@ -10,11 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select
 
 from testkit.cores import crash_installed, installed_tree, make_problem_dir, run_installed
 from testkit.distro import BIGCRASH_PACKAGE, RELEASE_ID, build_bigcrash, build_rpms, publish_release
 from testkit.helpers import abrt_archive, crashing_thread, submit, wait_final
-from tests.integration.browser import chromium, screenshot
+from tests.integration.browser import chromium, screenshot, submit_and_wait
 from tests.integration.manager_client import ENGINEER, ENGINEER_PASSWORD, Engineer
 from tests.integration.test_cleanup import cleanup
 from tests.unit.test_report_kinds import oops_report, python_report
@@ -475,3 +477,23 @@ def test_a_bucket_names_the_version_that_probably_fixed_it_and_each_release_s_ne
     assert "Probably fixed in crasher-1.1-1.fc41" in page and "Crashed in 1.0-1.fc41 (1)." in page
     assert engineer.get(f"/manager/problems/{answer['bthash']}?format=json").json()["probable_fix"][
         "probably_fixed_in"] is None, "its own version is the newest reported"
+    with chromium(basic_auth=(ENGINEER, ENGINEER_PASSWORD), height=1400) as driver:
+        # A triager: the week's top crashers of crasher 1.1 and later, then the 1.0 bucket, where a bug is filed.
+        driver.get(server.url + "/problems")
+        for name, value in (("release", RELEASE_ID), ("component", "crasher"), ("version_from", "1.1")):
+            driver.find_element(By.NAME, name).send_keys(value)
+        Select(driver.find_element(By.NAME, "sort")).select_by_visible_text("window")
+        submit_and_wait(driver, driver.find_element(By.CSS_SELECTOR, "#view button"))
+        assert "sort=window" in driver.current_url and "version_from=1.1" in driver.current_url
+        listed = [link.text for link in driver.find_elements(By.CSS_SELECTOR, "#buckets a")]
+        assert listed == [answer["bthash"][:12]], "only the bucket 1.1 crashed in"
+        screenshot(driver, "problems-view.png")
+        driver.get(f"{server.url}/manager/problems/{old['bthash']}")
+        assert "Probably fixed in crasher-1.1-1.fc41" in driver.find_element(By.ID, "probable-fix").text
+        driver.find_element(By.NAME, "bug").send_keys("https://bugzilla.example.com/show_bug.cgi?id=4242")
+        submit_and_wait(driver, driver.find_element(By.CSS_SELECTOR, "#add-bug button"))
+        assert "bugzilla.example.com: https://bugzilla.example.com/show_bug.cgi?id=4242" in driver.find_element(
+            By.ID, "reported").text
+        screenshot(driver, "problem-bucket-fix-and-bug.png")
+        driver.get(server.url + "/problems?bug=yes")
+        assert [link.text for link in driver.find_elements(By.CSS_SELECTOR, "#buckets a")] == [old["bthash"][:12]]

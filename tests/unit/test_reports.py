@@ -167,7 +167,7 @@ def test_buckets_count_and_old_reports_are_forgotten_but_counted(tmp_path):
             2, "123", "#0 main ()", 1000.0)
         assert db.forget_before(1500.0) == 1
         assert [row["kind"] for row in db.occurrences(first.bthash)] == ["retrace"]
-        assert db.buckets()[0]["count"] == 2 and db.totals() == {"reports": 0, "buckets": 1}
+        assert db.buckets()[0]["count"] == 2 and db.totals() == {"reports": 1, "buckets": 1}, "reports ever: a counter"
         db.remember_symbols({("ab" * 20, 16): [("main", "/src/a.c", 4)]})
         assert db.symbols({("ab" * 20, 16), ("ab" * 20, 17)}) == {("ab" * 20, 16): [("main", "/src/a.c", 4)]}
 
