@@ -15,7 +15,10 @@ Measured in one run:
   4. bytes: the report as the client sends it (gzip-compressed JSON) against
      the xz-compressed core a retrace uploads (the threads fill a few MiB
      of heap each with data, as a real program's core holds data);
-  5. throughput: 8 clients posting reports at once for 30 s.
+  5. throughput: 8 clients posting reports at once for 30 s;
+  6. the other kinds (a Python exception, a kernel oops, documents of FAF's
+     format): their requests, median of 10, and throughput likewise, against
+     the core report's.
 """
 
 import concurrent.futures
@@ -47,6 +50,19 @@ def post(server, document):
     seconds = time.perf_counter() - started
     assert answer.status_code == 202, answer.text
     return seconds, answer.json()
+
+
+def symbolic_reports():
+    """A Python exception and a kernel oops of the fixture release, as reporter-ureport sends them."""
+    os_info = {"name": "fedora", "version": "41", "architecture": "x86_64"}
+    python = {"ureport_version": 2, "os": os_info, "problem": {
+        "type": "python", "component": "bigcrash", "exception_name": "ZeroDivisionError", "stacktrace": [
+            {"file_name": f"/usr/lib/python3.13/site-packages/big/level{depth}.py", "file_line": depth + 3,
+             "function_name": f"level_{depth}"} for depth in range(40)]}}
+    oops = {"ureport_version": 2, "os": os_info, "problem": {"type": "kerneloops", "component": "kernel", "frames": [
+        {"address": 0, "reliable": depth % 5 != 0, "function_name": f"kfunc_{depth}", "function_offset": 16,
+         "function_length": 64, "module_name": "ext4" if depth < 4 else None} for depth in range(40)]}}
+    return {"python": json.dumps(python).encode(), "kerneloops": json.dumps(oops).encode()}
 
 
 def throughput(server, document):
@@ -115,6 +131,13 @@ def main():
             print(f"report, {label}, median of {RUNS}: {request * 1000:.0f} ms request, {server_side * 1000:.0f} ms "
                   f"symbolizing and bucketing (ratio to the retrace {request / full:.4f})")
         print(f"throughput, {CLIENTS} clients for {THROUGHPUT_SECONDS} s: {per_minute:.0f} reports a minute")
+        core_request = statistics.median(seconds for seconds, _ in warm)
+        for kind, other in symbolic_reports().items():
+            runs = [post(server, other) for _ in range(RUNS)]
+            request = statistics.median(seconds for seconds, _ in runs)
+            print(f"{kind} report (40 frames), median of {RUNS}: {request * 1000:.0f} ms request (ratio to the warm "
+                  f"core report {request / core_request:.2f}); throughput {throughput(server, other):.0f} a minute "
+                  f"({CLIENTS} clients, {THROUGHPUT_SECONDS} s)")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ from selenium.webdriver.support.ui import Select
 from testkit.cores import crash_installed, installed_tree, make_problem_dir, run_installed
 from testkit.distro import BIGCRASH_PACKAGE, RELEASE_ID, build_bigcrash, build_rpms, publish_release
 from testkit.helpers import abrt_archive, crashing_thread, submit, wait_final
+from testkit.reposync_admin import REPOSYNC
+from testkit.server import write_config
 from tests.integration.browser import chromium, screenshot, submit_and_wait
 from tests.integration.manager_client import ENGINEER, ENGINEER_PASSWORD, Engineer
 from tests.integration.test_cleanup import cleanup
@@ -429,13 +432,34 @@ def test_python_exceptions_and_kernel_oopses_get_buckets_of_their_own(reports_se
     assert refused.status_code == 400 and "not Java exceptions ('java')" in refused.json()["error"]
 
 
-def test_a_report_symbolized_in_part_moves_to_its_bucket_once_the_debuginfo_arrives(start_server, installed, crashes,
-                                                                                   fixture_rpms, tmp_path):
-    """libcrash's debuginfo is not in the release yet: the report is counted with what could be symbolized and
-    kept; once the package is published, cleanup's pass symbolizes it again and it joins the whole crash's
-    bucket (the partial one is gone)."""
+@pytest.fixture
+def local_mirror():
+    """A directory a mirror publishes (world-readable: reposync reads a local mirror as the service user)."""
+    top = Path(tempfile.mkdtemp(prefix="retrace-mirror-", dir="/var/tmp"))
+    top.chmod(0o755)
+    yield top
+    shutil.rmtree(top)
+
+
+def test_a_report_symbolized_in_part_moves_to_its_bucket_once_reposync_brings_the_debuginfo(
+        start_server, installed, crashes, fixture_rpms, local_mirror):
+    """libcrash's debuginfo is not on the mirror yet: the report is counted with what could be symbolized and
+    kept; the reposync that brings the package symbolizes it again and it joins the whole crash's bucket (the
+    partial one is gone)."""
     without = [rpm for rpm in fixture_rpms if not rpm.name.startswith("libcrash-debuginfo")]
-    server = start_server(repository=publish_release(tmp_path / "repos", RELEASE_ID, without))
+    mirror = publish_release(local_mirror, "fedora", without)
+    server = start_server(repository=False)
+    (server.root / "plugins").mkdir()
+    (server.root / "plugins" / "fixture.conf").write_text(f"[reposync fedora]\neverything = {mirror}\n")
+    sync_config = write_config(server.root, name="reposync.conf", PluginDir=server.root / "plugins")
+
+    def reposync():
+        ran = subprocess.run([str(REPOSYNC), "--config", str(sync_config), "fedora", "41", "x86_64"],
+                             capture_output=True, text=True, timeout=300)
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        return ran.stdout
+
+    reposync()
     partial = report(server, installed, crashes("simple"), "--no-core")[0]
     # libcrash's debuginfo is missing, and this machine's libc's (never in the fixture release)
     assert partial["symbolized"] == "in part" and len(partial["missing_build_ids"]) == 2, partial
@@ -444,10 +468,8 @@ def test_a_report_symbolized_in_part_moves_to_its_bucket_once_the_debuginfo_arri
     unchanged = cleanup(server)
     assert "0 reports symbolized in part tried again, 0 moved" in unchanged.stdout + unchanged.stderr, (
         "the release did not change: nothing to try")
-    publish_release(server.root / "repos", RELEASE_ID, fixture_rpms)
-    ran = cleanup(server)
-    assert ran.returncode == 0 and "1 reports symbolized in part tried again, 1 moved" in ran.stdout + ran.stderr, (
-        ran.stdout + ran.stderr)
+    publish_release(mirror.parent, mirror.name, fixture_rpms)
+    assert f"{RELEASE_ID}: 1 reports symbolized in part tried again, 1 moved" in reposync()
     (moved,) = server.get("/problems?format=json").json()["buckets"]
     assert moved["bthash"] != partial["bthash"] and moved["count"] == 1
     whole = report(server, installed, crashes("simple"), "--no-core")[0]

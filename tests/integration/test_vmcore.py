@@ -7,6 +7,7 @@ The dumps are real: a Debian cloud kernel panicked under QEMU
 
 import hashlib
 import json
+import lzma
 import shutil
 import sqlite3
 import subprocess
@@ -335,11 +336,19 @@ def oops_ureport(console_log):
             "problem": {"type": "kerneloops", "component": "kernel", "raw_oops": trace[:2000], "frames": frames}}
 
 
-def test_a_vmcore_s_oops_and_a_posted_kerneloops_of_it_share_one_bucket(kernel_server, uploads, vmcores):
+def test_a_vmcore_s_oops_and_a_posted_kerneloops_of_it_share_one_bucket(warm_kernels, start_server, uploads, vmcores):
+    """A Debian release served with its apt index; one machine's kernel panicked and its vmcore was retraced,
+    another's survived the same oops and abrt-oops posted it."""
+    kernel_server = start_server(repository=False, kernels_from=warm_kernels)
+    add_debian_repository(kernel_server, kernel_debs().dbg)
+    release_dir = kernel_server.repo_dir / DEBIAN_RELEASE
+    index = subprocess.run(["dpkg-scanpackages", "--multiversion", "Packages", "/dev/null"], cwd=release_dir,
+                           capture_output=True, check=True).stdout
+    (release_dir / "Packages.xz").write_bytes(lzma.compress(index))
     task, status = retrace(kernel_server, uploads["elf"])
     assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", text(kernel_server, task, "log")
     (bucket,) = [row for row in kernel_server.get("/problems?format=json").json()["buckets"]
-                 if row["full_task"] == str(task)]
+                 if row["full_task"] == task[0]]
     assert bucket["type"] == "kerneloops" and "Crash bucket " + bucket["bthash"] in text(kernel_server, task, "log")
     console = (vmcores.elf.parent / "serial.log").read_text(errors="replace")
     posted = kernel_server.post("/reports/new/", files={"file": (
