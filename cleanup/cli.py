@@ -1,4 +1,4 @@
-"""``retrace-server-cleanup [--dry-run] [-v] [--rebucket]``, hourly from cron or a systemd timer.
+"""``retrace-server-cleanup [--dry-run] [-v] [--rebucket | --reindex]``, hourly from cron or a systemd timer.
 
 Exit status: 0 done, 2 configuration error (the message says which key).
 Every action is logged to ``<LogDir>/cleanup.log`` (or syslog: ``LogTo``) and printed.
@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rebucket", action="store_true",
                         help="recompute every crash bucket's signature under the current SignatureRules (buckets "
                              "merge or split; counts, reports and bugs move with them), then stop")
+    parser.add_argument("--reindex", action="store_true",
+                        help="make the spool's markers of tasks not yet ended agree with the task directories (a "
+                             "task made by hand is found), then stop")
     add_service_arguments(parser)
     return parser
 
@@ -66,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = make_log(config, args.verbose, args.dry_run)
     if args.rebucket:
         return rebucket(config, log, args.dry_run)
+    if args.reindex:
+        Collector(config, path, log, dry_run=args.dry_run).reindex()
+        return 0
     Collector(config, path, log, dry_run=args.dry_run).run()
     return 0
 

@@ -25,10 +25,18 @@ from retrace_server.reports.buckets import DB_NAME as BUCKETS_DB
 from retrace_server.reports.buckets import BucketDB
 from retrace_server.reports.triage import resymbolize
 from retrace_server.stats import StatsDB
-from retrace_server.tasks import casedata
+from retrace_server.tasks import casedata, tasklist
 from retrace_server.tasks.dispatch import end_failed, fail_if_worker_died, kill_worker, start_queued
 from retrace_server.tasks.hooks import delete_task
-from retrace_server.tasks.task import MD5_NAME, WORKER_LOCK, Task, TaskStatus, iter_tasks, worker_alive
+from retrace_server.tasks.task import (
+    MD5_NAME,
+    WORKER_LOCK,
+    Task,
+    TaskStatus,
+    iter_tasks,
+    reindex_active,
+    worker_alive,
+)
 
 if TYPE_CHECKING:
     import logging
@@ -58,6 +66,7 @@ class Collector:
         return not self.dry_run
 
     def run(self) -> None:
+        self.reindex()
         self.stop_overdue_workers()
         self.end_orphans()
         if self.act("start queued tasks into free worker slots"):
@@ -70,6 +79,18 @@ class Collector:
         self.forget_client_addresses()
         self.prune_reports()
         self.resymbolize_reports()
+
+    def reindex(self) -> None:
+        """The markers of tasks not yet ended made to agree with the spool (a task made by hand is found), and
+        this host's task index brought up to date, so that the manager's next page need not."""
+        if self.dry_run:
+            return
+        added, removed = reindex_active(self.config.SaveDir, self.config.TaskIdLength)
+        self.log.info("tasks not yet ended: %d markers added, %d removed", added, removed)
+        hours = tasklist.forget_changes_before(self.config.SaveDir, self.now)
+        with tasklist.TaskIndex(self.config) as index:
+            rows = index.refresh()
+        self.log.info("task index: %d rows read again, %d hours of changes forgotten", rows, hours)
 
     # -- workers ---------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from retrace_server import __version__, add_version_argument, service
 from retrace_server.adminlog import syslog_handler
 from retrace_server.privileges import add_service_arguments, append_stderr_to
 from retrace_server.tasks import dispatch
+from retrace_server.tasks.task import reindex_active
 from retrace_server.worker import cli as worker_cli
 
 if TYPE_CHECKING:
@@ -51,6 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # With LogTo = syslog the log records go there; standard error (--log) keeps what is not a record.
     handler = syslog_handler(config, "dispatcher") if config.LogTo == "syslog" else logging.StreamHandler(sys.stderr)
     logging.basicConfig(handlers=[handler], level=logging.INFO, format=f"{PROG}: %(levelname)s: %(message)s")
+    added, removed = reindex_active(config.SaveDir, config.TaskIdLength)
+    if added or removed:
+        logging.getLogger(PROG).info("the spool's tasks not yet ended: %d found without their marker, %d markers of "
+                                     "ended or deleted tasks removed", added, removed)
     if config.Dispatcher == "celery":
         logging.getLogger(PROG).info("%s started: publishing queued tasks to the broker (the worker hosts run them)",
                                      __version__)

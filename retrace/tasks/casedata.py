@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Callable
 
 from retrace_server.errors import BadRequest
 from retrace_server.files import write_atomically
+from retrace_server.tasks.task import Task, mark_changed
 
 if TYPE_CHECKING:
     from retrace_server.config import Config
-    from retrace_server.tasks.task import IncomingTask, Task
+    from retrace_server.tasks.task import IncomingTask
 
 CASENO, BUGZILLANO, NOTIFY, NOTES = "caseno", "bugzillano", "notify", "notes"
 # The task was started from the manager (upstream's marker), and the manager URL its e-mails link to.
@@ -120,6 +121,8 @@ class CaseData:
 
 def set_caseno(task: Task | IncomingTask, caseno: int) -> None:
     write_atomically(task.path / CASENO, f"{caseno}\n")
+    if isinstance(task, Task):  # an upload's case number is in its row once it is a task
+        mark_changed(task.path.parent, task.task_id)
 
 
 def set_bugzillano(task: Task | IncomingTask, bugs: list[int]) -> None:
@@ -137,6 +140,7 @@ def set_notes(task: Task | IncomingTask, notes: str) -> None:
 def mark_managed(task: Task, url: str) -> None:
     write_atomically(task.path / MANAGED, "1\n")
     write_atomically(task.path / URL, f"{url}\n")
+    mark_changed(task.path.parent, task.task_id)
 
 
 def keep_for(task: Task, days: int, now: float | None = None) -> int:

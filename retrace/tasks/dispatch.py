@@ -36,7 +36,7 @@ from retrace_server import locking
 from retrace_server.config import CONFIG_PATH_VARIABLE, Config
 from retrace_server.stats import FAILURE, StatsDB, TaskRecord
 from retrace_server.tasks.notify import send_end_mail
-from retrace_server.tasks.task import JOB_PID, Task, iter_tasks, worker_alive
+from retrace_server.tasks.task import JOB_PID, Task, active_tasks, worker_alive
 from retrace_server.tasks.taskqueue import queued_tasks
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def fail_if_worker_died(task: Task, config: Config) -> bool:
 def running_tasks(config: Config) -> list[Task]:
     """Tasks with a live worker; dead workers' tasks are failed on the way."""
     running = []
-    for task in iter_tasks(config.SaveDir, config.TaskIdLength):
+    for task in active_tasks(config.SaveDir, config.TaskIdLength):
         status = task.status
         if status is None or status.is_final:
             continue

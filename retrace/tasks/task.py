@@ -29,6 +29,13 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 INCOMING_DIR = ".incoming"
+# One empty file per task that has not ended (queued or running), named by its id: what admission, /settings,
+# the dispatcher and the pages count, so that their cost follows the work in progress, not the spool's size.
+ACTIVE_DIR = ".active"
+# Ended tasks whose rows changed, one directory per hour (hours since the epoch): what each host's task index
+# reads to stay current without walking the spool.
+CHANGED_DIR = ".changed"
+CHANGED_DIR_FORMAT = "{:08d}"
 TRASH_PREFIX = ".deleted-"
 _LOCK_NAME = ".upload.lock"
 # Bytes an upload has announced and not yet written (retrace.intake.storage).
@@ -199,6 +206,10 @@ class Task:
 
     def set_status(self, status: TaskStatus) -> None:
         write_atomically(self.path / "status", str(int(status)))
+        if status.is_final:
+            mark_ended(self.path.parent, self.task_id)
+        else:
+            mark_active(self.path.parent, self.task_id)
 
     def timestamp(self, name: str) -> float | None:
         """``queued_time``, ``started_time`` or ``finished_time`` as a float, or None."""
@@ -249,6 +260,7 @@ class Task:
         shutil.rmtree(self.results_dir, ignore_errors=True)
         self.results_dir.mkdir(mode=0o750)
         shutil.rmtree(self.path / "sysroot", ignore_errors=True)
+        mark_active(self.path.parent, self.task_id)
 
     @property
     def client_address(self) -> str | None:
@@ -264,6 +276,8 @@ class Task:
         """Remove the task; it vanishes from the spool at once, then is erased."""
         trash = self.path.with_name(f"{TRASH_PREFIX}{self.task_id}-{secrets.token_hex(4)}")
         os.rename(self.path, trash)
+        mark_ended(self.path.parent, self.task_id)
+        mark_changed(self.path.parent, self.task_id)
         shutil.rmtree(trash)
 
 
@@ -276,6 +290,66 @@ def iter_tasks(save_dir: Path, id_length: int) -> Iterator[Task]:
     for entry in entries:
         if is_task_id(entry.name, id_length) and entry.is_dir(follow_symlinks=False):
             yield Task(entry.path)
+
+
+def mark_active(save_dir: Path, task_id: str) -> None:
+    """The task has not ended: it is counted (an empty file; on a shared spool create and unlink are atomic)."""
+    active = Path(save_dir) / ACTIVE_DIR
+    active.mkdir(mode=0o750, exist_ok=True)
+    os.close(os.open(active / task_id, os.O_WRONLY | os.O_CREAT, 0o640))
+
+
+def mark_ended(save_dir: Path, task_id: str) -> None:
+    (Path(save_dir) / ACTIVE_DIR / task_id).unlink(missing_ok=True)
+
+
+def mark_changed(save_dir: Path, task_id: str, when: float | None = None) -> None:
+    """An ended task's row changed (a case number, a deletion): named in this hour's directory of
+    ``.changed/``, where every host's task index finds it (tasklist)."""
+    hour = CHANGED_DIR_FORMAT.format(int((when or time.time()) // 3600))
+    directory = Path(save_dir) / CHANGED_DIR / hour
+    directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+    os.close(os.open(directory / task_id, os.O_WRONLY | os.O_CREAT, 0o640))
+
+
+def active_tasks(save_dir: Path, id_length: int) -> Iterator[Task]:
+    """The tasks that have not ended (queued or running), read from their markers; the spool wins: a marker
+    whose task ended or is gone is removed on the way."""
+    try:
+        names = os.listdir(Path(save_dir) / ACTIVE_DIR)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if not is_task_id(name, id_length):
+            continue
+        task = Task(Path(save_dir) / name)
+        try:
+            status = task.status
+            exists = task.path.is_dir()
+        except (OSError, ValueError):
+            status, exists = None, False
+        if not exists or (status is not None and status.is_final):
+            mark_ended(save_dir, name)
+            continue
+        yield task
+
+
+def reindex_active(save_dir: Path, id_length: int) -> tuple[int, int]:
+    """Markers made to agree with the spool (a task made by hand, a crash between a commit and its marker, a
+    marker left by a deleted directory): one walk of SaveDir. Returns ``(markers added, markers removed)``."""
+    added = 0
+    active = Path(save_dir) / ACTIVE_DIR
+    marked = set(os.listdir(active)) if active.is_dir() else set()
+    for task in iter_tasks(save_dir, id_length):
+        try:
+            status = task.status
+        except (OSError, ValueError):
+            continue
+        if (status is None or not status.is_final) and task.task_id not in marked:
+            mark_active(save_dir, task.task_id)
+            added += 1
+    remaining = sum(1 for _ in active_tasks(save_dir, id_length))  # drops the markers of ended tasks
+    return added, len(marked) + added - remaining
 
 
 class IncomingTask:
@@ -332,6 +406,9 @@ class IncomingTask:
             os.unlink(target / _LOCK_NAME)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(target / RESERVED_NAME)
+            # After the rename: a crash between the two leaves a task without its marker, which the next
+            # reindex (the dispatcher's start, every cleanup pass) finds; never a marker of someone else's task.
+            mark_active(self.save_dir, task_id)
             self.committed = task = Task(target)
             return task, password
         raise RetraceError("Unable to create new task")

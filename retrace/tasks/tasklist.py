@@ -1,29 +1,43 @@
-"""The manager's task list: every task in SaveDir as a row, filtered, searched and paged.
+"""The manager's task list: every task in SaveDir as a row, filtered, searched and paged, from an index.
 
-The spool stays the only truth (no index to drift from it), so a row is
-read from its task directory: a handful of small files, the crash
-directory's sizes.  Reading 10,000 of them takes seconds, so each process
-keeps the rows it read, keyed by the task directory's mtime: every change
-the row shows (status, case number, the kernel found) replaces a file in
-that directory, which moves its mtime.  A row whose directory changed in
-the last ``_SETTLE_SECONDS`` is read again every time, because two changes
-within one tick of the file system's clock leave the same mtime (git's
-"racy" index entries).  ``docs/benchmarks.md`` measures both ways.
+The spool stays the truth (upstream's layout, read by admins and upstream's
+tools); the index beside it only remembers what the spool said, so that a
+list page reads 50 rows, not 100,000 directories.  It is SQLite, local to
+each host that answers requests (``CacheDir/tasks.sqlite``): SQLite's
+locking is not safe on the NFS or CephFS a shared spool lives on.  Every
+host learns what changed from the spool itself: ``.active/`` names the
+tasks not yet ended, whose rows are read again at each refresh; a task
+that ends leaves it, and its row is read once more; ``.changed/<hour>/``
+names ended tasks whose rows changed since (a case number, a deletion).
+An index missing, unreadable or last refreshed before the oldest hour kept
+(cleanup keeps ``CHANGED_KEEP_HOURS``) is built again from the whole spool;
+an unreadable one is set aside with a line in the admin log.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
-import stat
-import threading
+import sqlite3
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from retrace_server.tasks.casedata import CASENO, MANAGED
-from retrace_server.tasks.task import REMOTE_NAME, TaskStatus, TaskType, is_task_id
+from retrace_server.tasks.task import (
+    ACTIVE_DIR,
+    CHANGED_DIR,
+    CHANGED_DIR_FORMAT,
+    REMOTE_NAME,
+    TaskStatus,
+    TaskType,
+    is_task_id,
+)
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
     from retrace_server.config import Config
 
 PER_PAGE = 50
@@ -34,11 +48,26 @@ STATUS_FILTERS: dict[str, Callable[[TaskStatus | None], bool]] = {
     "finished": lambda status: status == TaskStatus.SUCCESS,
     "failed": lambda status: status == TaskStatus.FAIL,
 }
+_STATUS_SQL = {
+    "running": f"status IS NOT NULL AND status NOT IN ({int(TaskStatus.SUCCESS)}, {int(TaskStatus.FAIL)})",
+    "queued": "status IS NULL",
+    "finished": f"status = {int(TaskStatus.SUCCESS)}",
+    "failed": f"status = {int(TaskStatus.FAIL)}",
+}
 _SUBJECT_FILES = ("crash/package", "kernelver", REMOTE_NAME)
-_SETTLE_SECONDS = 2.0
-# (SaveDir, task id) -> (the task directory's mtime in ns, its row)
-_ROWS: dict[tuple[str, str], tuple[int, TaskRow]] = {}
-_ROWS_LOCK = threading.Lock()
+INDEX_NAME = "tasks.sqlite"
+# Hours of .changed/ cleanup keeps: an index refreshed less recently is built again.
+CHANGED_KEEP_HOURS = 48
+_LAYOUT = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY, type INTEGER NOT NULL, status INTEGER, queued_time REAL, caseno TEXT NOT NULL,
+    subject TEXT NOT NULL, size INTEGER NOT NULL, managed INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS tasks_queued ON tasks (queued_time DESC, task_id DESC);
+CREATE INDEX IF NOT EXISTS tasks_caseno ON tasks (caseno);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)
+"""
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -102,50 +131,160 @@ class Listing:
     pages: int
 
 
-def _rows(config: Config) -> list[TaskRow]:
-    """Every task's row, from the cache where its directory has not changed."""
-    save_dir = str(config.SaveDir)
-    settled = time.time() - _SETTLE_SECONDS
+class TaskIndex:
+    """This host's index of the spool's tasks (see the module's docstring)."""
+
+    def __init__(self, config: Config) -> None:
+        self.save_dir = Path(config.SaveDir)
+        self.id_length = config.TaskIdLength
+        self.path = Path(config.CacheDir) / INDEX_NAME
+        self.db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(2):
+            try:
+                db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                if db.execute("PRAGMA user_version").fetchone()[0] != _LAYOUT:
+                    for statement in _SCHEMA.split(";"):
+                        db.execute(statement)
+                    db.execute(f"PRAGMA user_version = {_LAYOUT}")
+                db.execute("SELECT COUNT(*) FROM meta").fetchone()
+                return db
+            except sqlite3.DatabaseError as err:
+                if attempt:
+                    raise
+                aside = self.path.with_name(f"{INDEX_NAME}.broken-{int(time.time())}")
+                log.error("the task index %s is unreadable (%s); set aside as %s and built again from the "
+                                "spool", self.path, err, aside.name)
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(self.path, aside)
+                for suffix in ("-wal", "-shm"):
+                    Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> TaskIndex:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def refresh(self, full: bool = False) -> int:
+        """Read again the rows the spool says may have changed (all of them when ``full``, when the index is
+        new or was last refreshed before the oldest hour of .changed/ kept); returns how many."""
+        started = time.time()
+        self.db.execute("BEGIN IMMEDIATE")  # one refresh at a time; readers go on reading
+        try:
+            last_text = self.db.execute("SELECT value FROM meta WHERE key = 'refreshed'").fetchone()
+            last = float(last_text[0]) if last_text else None
+            if full or last is None or started - last > (CHANGED_KEEP_HOURS - 1) * 3600:
+                self.db.execute("DELETE FROM tasks")
+                names: Iterable[str] = (name for name in os.listdir(self.save_dir) if is_task_id(name, self.id_length))
+            else:
+                names = self._changed_since(last)
+            count = 0
+            for name in names:
+                self._read(name)
+                count += 1
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('refreshed', ?)", (repr(started),))
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+        return count
+
+    def _changed_since(self, last: float) -> set[str]:
+        """Tasks not ended, tasks the index holds as not ended (they may have ended since), and those named in
+        .changed/ since ``last`` (from the hour before it: a marker made while the last refresh ran)."""
+        names = {name for name in _listing(self.save_dir / ACTIVE_DIR) if is_task_id(name, self.id_length)}
+        names |= {task_id for (task_id,) in self.db.execute(
+            f"SELECT task_id FROM tasks WHERE {_STATUS_SQL['running']} OR {_STATUS_SQL['queued']}")}
+        first_hour = CHANGED_DIR_FORMAT.format(int(last // 3600) - 1)
+        for hour in sorted(_listing(self.save_dir / CHANGED_DIR)):
+            if hour >= first_hour:
+                names |= {name for name in _listing(self.save_dir / CHANGED_DIR / hour)
+                          if is_task_id(name, self.id_length)}
+        return names
+
+    def _read(self, task_id: str) -> None:
+        path = self.save_dir / task_id
+        if not path.is_dir():
+            self.db.execute("DELETE FROM tasks WHERE task_id = ?", (task_id,))
+            return
+        row = read_row(path)
+        self.db.execute("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (row.task_id, int(row.task_type), None if row.status is None else int(row.status),
+                         row.queued_time, row.caseno, row.subject, row.size, int(row.managed)))
+
+    def rows(self, status: str | None = None, caseno: str | None = None, search: str | None = None,
+             limit: int = PER_PAGE, offset: int = 0) -> tuple[list[TaskRow], int]:
+        """``(rows of the page, how many match)``, newest first."""
+        conditions, arguments = [], []
+        if status in _STATUS_SQL:
+            conditions.append(_STATUS_SQL[status])
+        if caseno:
+            conditions.append("caseno = ?")
+            arguments.append(caseno)
+        if search:
+            conditions.append("(instr(lower(task_id), ?) OR instr(lower(caseno), ?) OR instr(lower(subject), ?))")
+            arguments += [search.lower()] * 3
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        total = self.db.execute(f"SELECT COUNT(*) FROM tasks {where}", arguments).fetchone()[0]
+        found = self.db.execute(
+            "SELECT task_id, type, status, queued_time, caseno, subject, size, managed FROM tasks "
+            f"{where} ORDER BY COALESCE(queued_time, 0) DESC, task_id DESC LIMIT ? OFFSET ?",
+            (*arguments, limit, offset)).fetchall()
+        return [TaskRow(task_id, _task_type(kind), None if state is None else TaskStatus(state), queued, case,
+                        subject, size, bool(managed))
+                for task_id, kind, state, queued, case, subject, size, managed in found], total
+
+
+def _listing(directory: Path) -> list[str]:
     try:
-        entries = list(os.scandir(save_dir))
+        return os.listdir(directory)
     except FileNotFoundError:
         return []
-    rows: list[TaskRow] = []
-    seen = set()
-    for entry in entries:
-        if not is_task_id(entry.name, config.TaskIdLength):
-            continue
-        try:
-            info = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        if not stat.S_ISDIR(info.st_mode):
-            continue
-        key = (save_dir, entry.name)
-        seen.add(key)
-        cached = _ROWS.get(key)
-        if cached is not None and cached[0] == info.st_mtime_ns:
-            rows.append(cached[1])
-            continue
-        row = read_row(entry.path)
-        if info.st_mtime < settled:
-            with _ROWS_LOCK:
-                _ROWS[key] = (info.st_mtime_ns, row)
-        rows.append(row)
-    with _ROWS_LOCK:
-        for key in [key for key in _ROWS if key[0] == save_dir and key not in seen]:
-            del _ROWS[key]
-    return rows
+
+
+def _task_type(value: int) -> TaskType:
+    try:
+        return TaskType(value)
+    except ValueError:
+        return TaskType.COREDUMP
+
+
+def forget_changes_before(save_dir: Path, now: float | None = None) -> int:
+    """Remove the hours of .changed/ older than CHANGED_KEEP_HOURS (cleanup); returns how many."""
+    oldest = CHANGED_DIR_FORMAT.format(int((now or time.time()) // 3600) - CHANGED_KEEP_HOURS)
+    removed = 0
+    for hour in _listing(Path(save_dir) / CHANGED_DIR):
+        if hour < oldest:
+            for name in _listing(Path(save_dir) / CHANGED_DIR / hour):
+                (Path(save_dir) / CHANGED_DIR / hour / name).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                (Path(save_dir) / CHANGED_DIR / hour).rmdir()
+            removed += 1
+    return removed
+
+
+@contextlib.contextmanager
+def task_index(config: Config) -> Iterator[TaskIndex]:
+    """This host's index, refreshed from what the spool says changed."""
+    with TaskIndex(config) as index:
+        index.refresh()
+        yield index
 
 
 def list_tasks(config: Config, status: str | None = None, caseno: str | None = None, search: str | None = None,
                page: int = 1, per_page: int = PER_PAGE) -> Listing:
     """Tasks newest first, kept by ``status`` (a STATUS_FILTERS key), case number and text; one page of them."""
-    keep = STATUS_FILTERS.get(status or "")
-    rows = [row for row in _rows(config)
-            if (keep is None or keep(row.status)) and (not caseno or row.caseno == caseno)
-            and (not search or row.matches(search))]
-    rows.sort(key=lambda row: (row.queued_time or 0, row.task_id), reverse=True)
-    pages = max(1, -(-len(rows) // per_page))
-    page = min(max(1, page), pages)
-    return Listing(rows[(page - 1) * per_page:page * per_page], len(rows), page, pages)
+    with task_index(config) as index:
+        total = index.rows(status, caseno, search, limit=0)[1]
+        pages = max(1, -(-total // per_page))
+        page = min(max(1, page), pages)
+        rows, _ = index.rows(status, caseno, search, limit=per_page, offset=(page - 1) * per_page)
+    return Listing(rows, total, page, pages)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from retrace_server import locking
 from retrace_server.errors import QueueFull, TooManyUploads
-from retrace_server.tasks.task import WORKER_HOST, IncomingTask, Task, count_live_uploads, iter_tasks, worker_alive
+from retrace_server.tasks.task import WORKER_HOST, IncomingTask, Task, active_tasks, count_live_uploads, worker_alive
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -38,7 +38,8 @@ class Occupancy:
 
 
 def occupancy(config: Config) -> Occupancy:
-    """Count the spool's running, queued and uploading tasks right now.
+    """Count the spool's running, queued and uploading tasks right now (from the tasks not yet ended: the
+    cost follows the work in progress, not the tasks kept).
 
     Uploads are counted before tasks: an upload that is committed (renamed
     from ``.incoming/`` into the spool) between the two scans is then
@@ -50,7 +51,7 @@ def occupancy(config: Config) -> Occupancy:
     """
     uploading = count_live_uploads(config.SaveDir)
     running = queued = 0
-    for task in iter_tasks(config.SaveDir, config.TaskIdLength):
+    for task in active_tasks(config.SaveDir, config.TaskIdLength):
         status = task.status
         if status is None:
             queued += 1
@@ -66,7 +67,7 @@ def running_by_host(config: Config) -> dict[str, int]:
     and the broker is about to deliver it again, perhaps to another host.
     """
     hosts: dict[str, int] = {}
-    for task in iter_tasks(config.SaveDir, config.TaskIdLength):
+    for task in active_tasks(config.SaveDir, config.TaskIdLength):
         status = task.status
         if status is not None and not status.is_final and worker_alive(task):
             host = task.read_text(WORKER_HOST, 256) or "local"
@@ -76,7 +77,7 @@ def running_by_host(config: Config) -> dict[str, int]:
 
 def queued_tasks(config: Config) -> list[Task]:
     """Tasks waiting for a worker, oldest first."""
-    waiting = [task for task in iter_tasks(config.SaveDir, config.TaskIdLength) if task.status is None]
+    waiting = [task for task in active_tasks(config.SaveDir, config.TaskIdLength) if task.status is None]
     return sorted(waiting, key=lambda task: (task.timestamp("queued_time") or 0, task.task_id))
 
 
@@ -90,7 +91,7 @@ def queue_position(task: Task, config: Config) -> int | None:
 
 def waiting_from(config: Config, client: str | None) -> int:
     """Tasks from ``client`` (an address) that wait for a worker or are being uploaded."""
-    queued = sum(1 for task in iter_tasks(config.SaveDir, config.TaskIdLength)
+    queued = sum(1 for task in active_tasks(config.SaveDir, config.TaskIdLength)
                  if task.status is None and task.client_address == client)
     return queued + count_live_uploads(config.SaveDir, client)
 

@@ -19,8 +19,9 @@ import pytest
 from testkit.cluster import Cluster
 from testkit.debian import apt_release, debian_problem_dir
 from testkit.foreign import foreign_crash
-from testkit.helpers import outcome, package_lock_held, submit, wait_final, wait_for_log_line
+from testkit.helpers import outcome, package_lock_held, parse_settings, submit, wait_final, wait_for_log_line
 from testkit.server import SERVICE_USER, write_config
+from tests.integration.manager_client import ENGINEER, ENGINEER_PASSWORD, Engineer
 
 HOSTS = ("w1", "w2")
 CLEANUP = Path(sys.executable).with_name("retrace-server-cleanup")
@@ -201,3 +202,31 @@ def test_stats_and_metrics_count_running_tasks_per_host(cluster, problem_dir, fi
         assert {sample.labels["host"]: sample.value for sample in by_host.samples} == {"w1": 1, "w2": 1}
     for task in tasks:
         assert finished(cluster, task).headers["X-Task-Status"] == "FINISHED_SUCCESS"
+
+
+def test_two_api_hosts_on_one_spool_agree_on_counts_and_the_task_list(cluster, start_server, problem_dir, users):
+    """Two more API hosts (each its own Apache and CacheDir, so its own task index) on the cluster's SaveDir:
+    what one host accepts, edits or deletes, the other counts and lists."""
+    hosts = [start_server(Dispatcher="celery", BrokerURL=cluster.broker_url, SaveDir=str(cluster.server.save_dir),
+                          AllowTaskManager="1", ManagerUserFile=str(users), TaskManagerDeleteUsers=ENGINEER)
+             for _ in range(2)]
+    engineers = [Engineer(host, ENGINEER, ENGINEER_PASSWORD) for host in hosts]
+    for engineer in engineers:  # each index built from the shared spool before the upload
+        assert engineer.get("/manager").status_code == 200
+    cluster.stop_broker()  # nothing is published: the task waits, queued
+    try:
+        task_id, auth = submit(hosts[0], problem_dir)
+        assert [parse_settings(host.get("/settings").text)["running_tasks"] for host in hosts] == ["1", "1"]
+        assert all(f"/manager/{task_id}" in engineer.get("/manager?status=queued").text for engineer in engineers)
+    finally:
+        cluster.start_broker(first=False)
+    cleanup = subprocess.run([str(CLEANUP), "--config", str(cluster.server.config_path)], capture_output=True,
+                             text=True, timeout=120)
+    assert cleanup.returncode == 0, cleanup.stderr
+    assert wait_final(hosts[1], task_id, auth, timeout=120).headers["X-Task-Status"] == "FINISHED_SUCCESS"
+    assert all(f"/manager/{task_id}" in engineer.get("/manager?status=finished").text for engineer in engineers)
+    assert engineers[0].set_field(task_id, "caseno", "31415").status_code in (200, 303)
+    assert f"/manager/{task_id}" in engineers[1].get("/manager?case=31415").text, "an ended task's edit"
+    assert engineers[1].post(f"/manager/{task_id}/delete", allow_redirects=False).status_code == 303
+    assert f"/manager/{task_id}" not in engineers[0].get("/manager").text
+    assert [parse_settings(host.get("/settings").text)["running_tasks"] for host in hosts] == ["0", "0"]

@@ -10,10 +10,12 @@ import hashlib
 import html
 import os
 import shutil
+import subprocess
 import time
 import types
+from pathlib import Path
 
-from testkit.helpers import add_debian_repository
+from testkit.helpers import add_debian_repository, submit, wait_final
 from testkit.loopback import world_readable_dir
 from testkit.server import free_port
 from testkit.vmcore import kernel_debs
@@ -376,3 +378,33 @@ def test_an_engineer_works_a_task_in_chromium(manager, loopback):
         assert f'href="/manager/{task_id}"' not in driver.page_source
         screenshot(driver, "manager-list.png")
     assert task_id not in manager.task_dirs()
+
+
+# -- the task index --------------------------------------------------------------------------
+
+def test_the_list_follows_the_spool_through_a_lost_and_a_corrupt_index_and_tasks_made_by_hand(manager, engineer,
+                                                                                            problem_dir):
+    """The index is this host's memory of the spool: lost, it is read again; unreadable, it is set aside with a
+    line in the server's log and read again (never a 500); a task an admin makes with mkdir is listed once
+    cleanup's pass (or `retrace-server-cleanup --reindex`) has found it."""
+    task_id, auth = submit(manager, problem_dir)
+    assert wait_final(manager, task_id, auth).headers["X-Task-Status"] == "FINISHED_SUCCESS"
+    assert f"/manager/{task_id}" in engineer.get("/manager").text
+    index = manager.root / "cache" / "tasks.sqlite"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{index}{suffix}").unlink(missing_ok=True)
+    assert f"/manager/{task_id}" in engineer.get("/manager").text
+    for suffix in ("-wal", "-shm"):
+        Path(f"{index}{suffix}").unlink(missing_ok=True)
+    index.write_bytes(b"not SQLite" * 1000)
+    listed = engineer.get("/manager")
+    assert listed.status_code == 200 and f"/manager/{task_id}" in listed.text
+    assert "the task index" in manager.error_log() and "is unreadable" in manager.error_log()
+    by_hand = manager.save_dir / "987654321"
+    shutil.copytree(manager.save_dir / task_id, by_hand)
+    (by_hand / "status").unlink()  # queued, as upstream's tools leave a task they made
+    owner = (manager.save_dir / task_id).stat()
+    subprocess.run(["chown", "-R", f"{owner.st_uid}:{owner.st_gid}", str(by_hand)], check=True)  # the service user
+    reindexed = cleanup(manager, "--reindex")
+    assert reindexed.returncode == 0 and "tasks not yet ended: 1 markers added" in reindexed.stdout + reindexed.stderr
+    assert "/manager/987654321" in engineer.get("/manager?status=queued").text

@@ -2,6 +2,7 @@
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -27,7 +28,8 @@ def add(config, status, caseno=None, package="bash-5.2-1.fc41", queued=0.0):
 
 @pytest.fixture
 def config(tmp_path):
-    return Config(SaveDir=tmp_path)
+    (tmp_path / "spool").mkdir()
+    return Config(SaveDir=tmp_path / "spool", CacheDir=tmp_path / "cache")
 
 
 def test_filters_search_and_newest_first(config):
@@ -54,10 +56,57 @@ def test_pages_of_fifty(config):
     assert tasklist.list_tasks(config, page=99).page == 3
 
 
-def test_a_cached_row_follows_its_task_directory(config):
+def test_a_row_follows_its_task_through_the_spool_s_markers(config):
     task = add(config, TaskStatus.BACKTRACE)
     assert tasklist.list_tasks(config).rows[0].status == TaskStatus.BACKTRACE
     task.set_status(TaskStatus.SUCCESS)  # a new file in the directory: its mtime moves
     assert tasklist.list_tasks(config).rows[0].status == TaskStatus.SUCCESS
     task.delete()
     assert tasklist.list_tasks(config).rows == []
+
+
+def test_an_ended_task_s_edits_and_deletion_reach_every_host_s_index(config, tmp_path):
+    """Two API hosts on one spool, each with its index in its own CacheDir."""
+    other_host = Config(SaveDir=config.SaveDir, CacheDir=tmp_path / "other-cache")
+    ended = add(config, TaskStatus.SUCCESS)
+    for host in (config, other_host):
+        assert tasklist.list_tasks(host, caseno="42").rows == []
+    casedata.set_caseno(ended, 42)
+    for host in (config, other_host):
+        assert [row.task_id for row in tasklist.list_tasks(host, caseno="42").rows] == [ended.task_id]
+    ended.delete()
+    for host in (config, other_host):
+        assert tasklist.list_tasks(host).rows == []
+
+
+def test_a_task_made_by_hand_is_listed_once_found_and_a_lost_index_is_built_again(config):
+    add(config, TaskStatus.SUCCESS)
+    assert tasklist.list_tasks(config).total == 1
+    (config.SaveDir / "123456789").mkdir()  # by hand: no marker until the next reindex
+    (config.SaveDir / "123456789" / "status").write_text(str(int(TaskStatus.SUCCESS)))
+    (config.CacheDir / tasklist.INDEX_NAME).unlink()
+    assert tasklist.list_tasks(config).total == 2, "built again from the whole spool"
+
+
+def test_an_unreadable_index_is_set_aside_with_a_line_for_the_admin(config, caplog):
+    add(config, TaskStatus.SUCCESS)
+    assert tasklist.list_tasks(config).total == 1
+    index = config.CacheDir / tasklist.INDEX_NAME
+    for suffix in ("-wal", "-shm"):
+        Path(f"{index}{suffix}").unlink(missing_ok=True)
+    index.write_bytes(b"this is not a database" * 100)
+    assert tasklist.list_tasks(config).total == 1
+    assert "is unreadable" in caplog.text and list(config.CacheDir.glob("tasks.sqlite.broken-*"))
+
+
+def test_changes_older_than_the_hours_kept_are_forgotten_and_a_stale_index_reads_the_whole_spool(config):
+    ended = add(config, TaskStatus.SUCCESS, caseno=5)  # a change of an ended task: this hour's directory
+    assert tasklist.list_tasks(config).total == 1
+    now = time.time()
+    assert tasklist.forget_changes_before(config.SaveDir, now) == 0
+    assert tasklist.forget_changes_before(config.SaveDir, now + (tasklist.CHANGED_KEEP_HOURS + 1) * 3600) == 1
+    assert os.listdir(config.SaveDir / ".changed") == []
+    with tasklist.TaskIndex(config) as index:
+        index.db.execute("UPDATE meta SET value = ? WHERE key = 'refreshed'", (repr(now - 49 * 3600),))
+    (ended.path / "caseno").write_text("77\n")  # behind the markers' back: only a whole read sees it
+    assert [row.caseno for row in tasklist.list_tasks(config).rows] == ["77"]

@@ -1,11 +1,21 @@
 import os
+import shutil
 
 import pytest
 
 from retrace_server import locking
 from retrace_server.config import Config
 from retrace_server.errors import QueueFull, TooManyUploads
-from retrace_server.tasks.task import WORKER_HOST, WORKER_LOCK, IncomingTask, TaskStatus, TaskType
+from retrace_server.tasks.task import (
+    ACTIVE_DIR,
+    WORKER_HOST,
+    WORKER_LOCK,
+    IncomingTask,
+    TaskStatus,
+    TaskType,
+    active_tasks,
+    reindex_active,
+)
 from retrace_server.tasks.taskqueue import admitted_upload, occupancy, queue_position, queued_tasks, running_by_host
 
 
@@ -100,3 +110,35 @@ def test_running_by_host_counts_only_tasks_whose_worker_is_alive(tmp_path):
         assert running_by_host(config) == {"w1": 1}
     finally:
         os.close(lock)
+
+
+def test_the_counts_read_the_tasks_not_yet_ended_whatever_the_spool_keeps(tmp_path):
+    """Ended tasks have no marker in .active/: the counts never open their directories."""
+    config = config_for(tmp_path)
+    queued, ended = add_task(config), add_task(config, TaskStatus.SUCCESS)
+    assert sorted(os.listdir(tmp_path / ACTIVE_DIR)) == [queued.task_id]
+    (ended.path / "status").chmod(0)  # a walk of the spool would read it
+    assert [task.task_id for task in active_tasks(tmp_path, config.TaskIdLength)] == [queued.task_id]
+    queued.set_status(TaskStatus.FAIL)
+    assert os.listdir(tmp_path / ACTIVE_DIR) == [] and occupancy(config).total == 0
+
+
+def test_the_spool_wins_over_the_markers_and_a_reindex_finds_tasks_made_by_hand(tmp_path):
+    config = config_for(tmp_path)
+    restarted = add_task(config, TaskStatus.FAIL)
+    restarted.crash_dir.mkdir(exist_ok=True)
+    (restarted.crash_dir / "vmcore").write_bytes(b"kept")
+    restarted.forget_run()
+    assert [task.task_id for task in queued_tasks(config)] == [restarted.task_id], "a restart queues it again"
+    by_hand = tmp_path / "123456789"
+    by_hand.mkdir()  # upstream's tools and admins make tasks with mkdir
+    gone = add_task(config)
+    shutil.rmtree(gone.path)
+    ended_elsewhere = add_task(config)
+    (ended_elsewhere.path / "status").write_text(str(int(TaskStatus.SUCCESS)))  # by another host's old code
+    assert occupancy(config).queued == 1, "markers of a deleted task and of an ended one are dropped"
+    assert reindex_active(tmp_path, config.TaskIdLength) == (1, 0)
+    assert {task.task_id for task in queued_tasks(config)} == {restarted.task_id, "123456789"}
+    deleted = add_task(config)
+    deleted.delete()
+    assert deleted.task_id not in os.listdir(tmp_path / ACTIVE_DIR)
