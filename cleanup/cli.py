@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "merge or split; counts, reports and bugs move with them), then stop")
     parser.add_argument("--reindex", action="store_true",
                         help="make the spool's markers of tasks not yet ended agree with the task directories (a "
-                             "task made by hand is found), then stop")
+                             "task made by hand is found) and build this host's task index from every task directory, "
+                             "then stop")
     add_service_arguments(parser)
     return parser
 
@@ -70,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.rebucket:
         return rebucket(config, log, args.dry_run)
     if args.reindex:
-        Collector(config, path, log, dry_run=args.dry_run).reindex()
+        Collector(config, path, log, dry_run=args.dry_run).reindex(full=True)
         return 0
     Collector(config, path, log, dry_run=args.dry_run).run()
     return 0

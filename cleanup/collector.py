@@ -80,16 +80,17 @@ class Collector:
         self.prune_reports()
         self.resymbolize_reports()
 
-    def reindex(self) -> None:
+    def reindex(self, full: bool = False) -> None:
         """The markers of tasks not yet ended made to agree with the spool (a task made by hand is found), and
-        this host's task index brought up to date, so that the manager's next page need not."""
+        this host's task index brought up to date, so that the manager's next page need not (``full``: read
+        from every task directory, ``--reindex``)."""
         if self.dry_run:
             return
         added, removed = reindex_active(self.config.SaveDir, self.config.TaskIdLength)
         self.log.info("tasks not yet ended: %d markers added, %d removed", added, removed)
         hours = tasklist.forget_changes_before(self.config.SaveDir, self.now)
         with tasklist.TaskIndex(self.config) as index:
-            rows = index.refresh()
+            rows = index.refresh(full)
         self.log.info("task index: %d rows read again, %d hours of changes forgotten", rows, hours)
 
     # -- workers ---------------------------------------------------------------

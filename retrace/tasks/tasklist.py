@@ -58,11 +58,17 @@ _SUBJECT_FILES = ("crash/package", "kernelver", REMOTE_NAME)
 INDEX_NAME = "tasks.sqlite"
 # Hours of .changed/ cleanup keeps: an index refreshed less recently is built again.
 CHANGED_KEEP_HOURS = 48
-_LAYOUT = 1
+_LAYOUT = 3
+# Search words shorter than a trigram are looked for row by row.
+_TRIGRAM = 3
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (
-    task_id TEXT PRIMARY KEY, type INTEGER NOT NULL, status INTEGER, queued_time REAL, caseno TEXT NOT NULL,
-    subject TEXT NOT NULL, size INTEGER NOT NULL, managed INTEGER NOT NULL);
+DROP TABLE IF EXISTS tasks;
+DROP TABLE IF EXISTS words;
+CREATE TABLE tasks (
+    id INTEGER PRIMARY KEY, task_id TEXT NOT NULL, type INTEGER NOT NULL, status INTEGER, queued_time REAL, caseno TEXT NOT NULL,
+    subject TEXT NOT NULL, size INTEGER NOT NULL, managed INTEGER NOT NULL, ended INTEGER NOT NULL);
+CREATE INDEX tasks_not_ended ON tasks (id) WHERE ended = 0;
+CREATE VIRTUAL TABLE words USING fts5(text, tokenize='trigram');
 CREATE INDEX IF NOT EXISTS tasks_queued ON tasks (queued_time DESC, task_id DESC);
 CREATE INDEX IF NOT EXISTS tasks_caseno ON tasks (caseno);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)
@@ -149,6 +155,7 @@ class TaskIndex:
                 if db.execute("PRAGMA user_version").fetchone()[0] != _LAYOUT:
                     for statement in _SCHEMA.split(";"):
                         db.execute(statement)
+                    db.execute("DELETE FROM meta")  # built anew: read from the whole spool
                     db.execute(f"PRAGMA user_version = {_LAYOUT}")
                 db.execute("SELECT COUNT(*) FROM meta").fetchone()
                 return db
@@ -183,6 +190,7 @@ class TaskIndex:
             last = float(last_text[0]) if last_text else None
             if full or last is None or started - last > (CHANGED_KEEP_HOURS - 1) * 3600:
                 self.db.execute("DELETE FROM tasks")
+                self.db.execute("DELETE FROM words")
                 names: Iterable[str] = (name for name in os.listdir(self.save_dir) if is_task_id(name, self.id_length))
             else:
                 names = self._changed_since(last)
@@ -201,8 +209,7 @@ class TaskIndex:
         """Tasks not ended, tasks the index holds as not ended (they may have ended since), and those named in
         .changed/ since ``last`` (from the hour before it: a marker made while the last refresh ran)."""
         names = {name for name in _listing(self.save_dir / ACTIVE_DIR) if is_task_id(name, self.id_length)}
-        names |= {task_id for (task_id,) in self.db.execute(
-            f"SELECT task_id FROM tasks WHERE {_STATUS_SQL['running']} OR {_STATUS_SQL['queued']}")}
+        names |= {task_id for (task_id,) in self.db.execute("SELECT task_id FROM tasks WHERE ended = 0")}
         first_hour = CHANGED_DIR_FORMAT.format(int(last // 3600) - 1)
         for hour in sorted(_listing(self.save_dir / CHANGED_DIR)):
             if hour >= first_hour:
@@ -212,13 +219,17 @@ class TaskIndex:
 
     def _read(self, task_id: str) -> None:
         path = self.save_dir / task_id
+        self.db.execute("DELETE FROM words WHERE rowid = ?", (int(task_id),))  # ids are digits, at most 18
         if not path.is_dir():
-            self.db.execute("DELETE FROM tasks WHERE task_id = ?", (task_id,))
+            self.db.execute("DELETE FROM tasks WHERE id = ?", (int(task_id),))
             return
         row = read_row(path)
-        self.db.execute("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (row.task_id, int(row.task_type), None if row.status is None else int(row.status),
-                         row.queued_time, row.caseno, row.subject, row.size, int(row.managed)))
+        self.db.execute("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (int(row.task_id), row.task_id, int(row.task_type), None if row.status is None else int(row.status),
+                         row.queued_time, row.caseno, row.subject, row.size, int(row.managed),
+                         int(row.status is not None and row.status.is_final)))
+        self.db.execute("INSERT INTO words (rowid, text) VALUES (?, ?)",
+                        (int(task_id), f"{row.task_id}\n{row.caseno}\n{row.subject}"))
 
     def rows(self, status: str | None = None, caseno: str | None = None, search: str | None = None,
              limit: int = PER_PAGE, offset: int = 0) -> tuple[list[TaskRow], int]:
@@ -229,14 +240,17 @@ class TaskIndex:
         if caseno:
             conditions.append("caseno = ?")
             arguments.append(caseno)
-        if search:
+        if search and len(search) >= _TRIGRAM:  # a trigram index: any substring of three characters or more
+            conditions.append("id IN (SELECT rowid FROM words WHERE words MATCH ?)")
+            arguments.append('"' + search.replace('"', '""') + '"')
+        elif search:
             conditions.append("(instr(lower(task_id), ?) OR instr(lower(caseno), ?) OR instr(lower(subject), ?))")
             arguments += [search.lower()] * 3
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         total = self.db.execute(f"SELECT COUNT(*) FROM tasks {where}", arguments).fetchone()[0]
         found = self.db.execute(
             "SELECT task_id, type, status, queued_time, caseno, subject, size, managed FROM tasks "
-            f"{where} ORDER BY COALESCE(queued_time, 0) DESC, task_id DESC LIMIT ? OFFSET ?",
+            f"{where} ORDER BY queued_time DESC, task_id DESC LIMIT ? OFFSET ?",  # tasks_queued; NULL last
             (*arguments, limit, offset)).fetchall()
         return [TaskRow(task_id, _task_type(kind), None if state is None else TaskStatus(state), queued, case,
                         subject, size, bool(managed))

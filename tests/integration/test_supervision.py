@@ -7,6 +7,7 @@ process and its supervisor, get SIGKILL.
 """
 
 import contextlib
+import os
 import pwd
 import subprocess
 import sys
@@ -127,3 +128,6 @@ def test_a_killed_task_ends_failed_with_its_stage_named(request, supervised_serv
     log = server.get(f"/{task_id}/log", headers=auth).text
     assert f"while: {stage}" in log
     assert wait_final(server, *queued).headers["X-Task-Status"] == "FINISHED_SUCCESS", "the queued task was lost"
+    active = server.save_dir / ".active"
+    assert task_id not in os.listdir(active) and queued[0] not in os.listdir(active), "both ended: counted no more"
+    assert "running_tasks 0" in server.get("/settings").text
