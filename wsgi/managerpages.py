@@ -133,7 +133,8 @@ def _pager(listing: Listing, filters: Mapping[str, str]) -> str:
         if 1 <= page <= listing.pages:
             query = urllib.parse.urlencode({**{k: v for k, v in filters.items() if v}, "page": page})
             links.append(f'<a href="/manager?{_e(query)}">{"Previous" if page < listing.page else "Next"} page</a>')
-    return f'<p id="pages">Page {listing.page} of {listing.pages}. {" ".join(links)}</p>'
+    narrow = " More tasks match than are shown here: narrow the search." if listing.more else ""
+    return f'<p id="pages">Page {listing.page} of {listing.pages}.{narrow} {" ".join(links)}</p>'
 
 
 def _type_fields(config: Config) -> str:
@@ -192,8 +193,9 @@ def confirm_start_page(name: str, query: Iterable[tuple[str, str]], user: str) -
 def list_page(config: Config, listing: Listing, filters: Mapping[str, str], drop: DropListing | str | None,
               user: str) -> str:
     now = time.time()
+    counted = f"{'more than ' if listing.more else ''}{listing.total}"
     body = (f"<h1>Retrace Server task manager</h1>\n{_create_forms(config)}\n{_drop_section(config, drop)}\n"
-            f'<section id="list"><h2>Tasks ({listing.total})</h2>{_filters_form(filters)}{_rows(listing, now)}'
+            f'<section id="list"><h2>Tasks ({counted})</h2>{_filters_form(filters)}{_rows(listing, now)}'
             f"{_pager(listing, filters)}</section>")
     return _page("Retrace Server task manager", body, user)
 

@@ -208,6 +208,7 @@ class Task:
         write_atomically(self.path / "status", str(int(status)))
         if status.is_final:
             mark_ended(self.path.parent, self.task_id)
+            mark_changed(self.path.parent, self.task_id)  # ended between two looks of an index: read once more
         else:
             mark_active(self.path.parent, self.task_id)
 
@@ -309,7 +310,7 @@ def mark_changed(save_dir: Path, task_id: str, when: float | None = None) -> Non
     hour = CHANGED_DIR_FORMAT.format(int((when or time.time()) // 3600))
     directory = Path(save_dir) / CHANGED_DIR / hour
     directory.mkdir(mode=0o750, parents=True, exist_ok=True)
-    os.close(os.open(directory / task_id, os.O_WRONLY | os.O_CREAT, 0o640))
+    (directory / task_id).touch(mode=0o640)  # its mtime says when: an index reads the changes since it last looked
 
 
 def active_tasks(save_dir: Path, id_length: int) -> Iterator[Task]:

@@ -56,6 +56,11 @@ _STATUS_SQL = {
 }
 _SUBJECT_FILES = ("crash/package", "kernelver", REMOTE_NAME)
 INDEX_NAME = "tasks.sqlite"
+# How far back of its last look a refresh reads changes: hosts' clocks and a change made while it looked.
+_CLOCK_SLACK_SECONDS = 120
+# A text search matching more tasks than this is not counted to the end (a search matching every task would
+# cost a count and a sort of them all); its pages stop there.
+SEARCH_COUNT_CAP = 1000
 # Hours of .changed/ cleanup keeps: an index refreshed less recently is built again.
 CHANGED_KEEP_HOURS = 48
 _LAYOUT = 3
@@ -132,9 +137,10 @@ def read_row(directory: str | os.PathLike[str]) -> TaskRow:
 @dataclasses.dataclass
 class Listing:
     rows: list[TaskRow]
-    total: int
+    total: int  # with ``more``: at least this many
     page: int
     pages: int
+    more: bool = False
 
 
 class TaskIndex:
@@ -206,15 +212,16 @@ class TaskIndex:
         return count
 
     def _changed_since(self, last: float) -> set[str]:
-        """Tasks not ended, tasks the index holds as not ended (they may have ended since), and those named in
-        .changed/ since ``last`` (from the hour before it: a marker made while the last refresh ran)."""
+        """Tasks not ended, tasks the index holds as not ended, and those named in .changed/ since ``last`` (a
+        little before it: another host's clock, a change made while the last refresh ran)."""
         names = {name for name in _listing(self.save_dir / ACTIVE_DIR) if is_task_id(name, self.id_length)}
         names |= {task_id for (task_id,) in self.db.execute("SELECT task_id FROM tasks WHERE ended = 0")}
-        first_hour = CHANGED_DIR_FORMAT.format(int(last // 3600) - 1)
+        since = last - _CLOCK_SLACK_SECONDS
+        first_hour = CHANGED_DIR_FORMAT.format(int(since // 3600))
         for hour in sorted(_listing(self.save_dir / CHANGED_DIR)):
             if hour >= first_hour:
-                names |= {name for name in _listing(self.save_dir / CHANGED_DIR / hour)
-                          if is_task_id(name, self.id_length)}
+                names |= {entry.name for entry in _entries(self.save_dir / CHANGED_DIR / hour)
+                          if is_task_id(entry.name, self.id_length) and _mtime(entry) >= since}
         return names
 
     def _read(self, task_id: str) -> None:
@@ -231,30 +238,60 @@ class TaskIndex:
         self.db.execute("INSERT INTO words (rowid, text) VALUES (?, ?)",
                         (int(task_id), f"{row.task_id}\n{row.caseno}\n{row.subject}"))
 
-    def rows(self, status: str | None = None, caseno: str | None = None, search: str | None = None,
-             limit: int = PER_PAGE, offset: int = 0) -> tuple[list[TaskRow], int]:
-        """``(rows of the page, how many match)``, newest first."""
+    def matches(self, search: str) -> int:
+        """How many tasks the text search matches, counted up to SEARCH_COUNT_CAP + 1 (the trigram index)."""
+        return int(self.db.execute("SELECT COUNT(*) FROM (SELECT rowid FROM words WHERE words MATCH ? LIMIT ?)",
+                                   (_phrase(search), SEARCH_COUNT_CAP + 1)).fetchone()[0])
+
+    def where(self, status: str | None, caseno: str | None, search: str | None,
+              dense: bool = False) -> tuple[str, list[str]]:
+        """The SQL condition of the filters and its arguments; ``dense``: the search matches so many tasks
+        that reading the newest rows in order and testing each finds a page sooner than the index."""
         conditions, arguments = [], []
         if status in _STATUS_SQL:
             conditions.append(_STATUS_SQL[status])
         if caseno:
             conditions.append("caseno = ?")
             arguments.append(caseno)
-        if search and len(search) >= _TRIGRAM:  # a trigram index: any substring of three characters or more
+        if search and len(search) >= _TRIGRAM and not dense:  # the trigram index: substrings of 3 or more
             conditions.append("id IN (SELECT rowid FROM words WHERE words MATCH ?)")
-            arguments.append('"' + search.replace('"', '""') + '"')
+            arguments.append(_phrase(search))
         elif search:
             conditions.append("(instr(lower(task_id), ?) OR instr(lower(caseno), ?) OR instr(lower(subject), ?))")
             arguments += [search.lower()] * 3
-        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        total = self.db.execute(f"SELECT COUNT(*) FROM tasks {where}", arguments).fetchone()[0]
+        return (f"WHERE {' AND '.join(conditions)}" if conditions else ""), arguments
+
+    def count(self, where: str, arguments: list[str]) -> int:
+        return int(self.db.execute(f"SELECT COUNT(*) FROM tasks {where}", arguments).fetchone()[0])
+
+    def page(self, where: str, arguments: list[str], limit: int = PER_PAGE, offset: int = 0) -> list[TaskRow]:
+        """The rows of one page, newest first."""
         found = self.db.execute(
             "SELECT task_id, type, status, queued_time, caseno, subject, size, managed FROM tasks "
             f"{where} ORDER BY queued_time DESC, task_id DESC LIMIT ? OFFSET ?",  # tasks_queued; NULL last
             (*arguments, limit, offset)).fetchall()
         return [TaskRow(task_id, _task_type(kind), None if state is None else TaskStatus(state), queued, case,
                         subject, size, bool(managed))
-                for task_id, kind, state, queued, case, subject, size, managed in found], total
+                for task_id, kind, state, queued, case, subject, size, managed in found]
+
+
+def _phrase(search: str) -> str:
+    """The search as one FTS5 phrase: the user's quotes are text, not syntax."""
+    return '"' + search.replace('"', '""') + '"'
+
+
+def _entries(directory: Path) -> list[os.DirEntry[str]]:
+    try:
+        return list(os.scandir(directory))
+    except FileNotFoundError:
+        return []
+
+
+def _mtime(entry: os.DirEntry[str]) -> float:
+    try:
+        return entry.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def _listing(directory: Path) -> list[str]:
@@ -295,10 +332,17 @@ def task_index(config: Config) -> Iterator[TaskIndex]:
 
 def list_tasks(config: Config, status: str | None = None, caseno: str | None = None, search: str | None = None,
                page: int = 1, per_page: int = PER_PAGE) -> Listing:
-    """Tasks newest first, kept by ``status`` (a STATUS_FILTERS key), case number and text; one page of them."""
+    """Tasks newest first, kept by ``status`` (a STATUS_FILTERS key), case number and text; one page of them.
+
+    A search matching more than SEARCH_COUNT_CAP tasks is not counted to
+    the end (``more``): its pages stop at the cap, and the engineer is asked
+    to narrow it.
+    """
     with task_index(config) as index:
-        total = index.rows(status, caseno, search, limit=0)[1]
+        dense = bool(search) and len(search or "") >= _TRIGRAM and index.matches(search or "") > SEARCH_COUNT_CAP
+        where, arguments = index.where(status, caseno, search, dense)
+        total = SEARCH_COUNT_CAP if dense else index.count(where, arguments)
         pages = max(1, -(-total // per_page))
         page = min(max(1, page), pages)
-        rows, _ = index.rows(status, caseno, search, limit=per_page, offset=(page - 1) * per_page)
-    return Listing(rows, total, page, pages)
+        rows = index.page(where, arguments, limit=per_page, offset=(page - 1) * per_page)
+    return Listing(rows, total, page, pages, more=dense)

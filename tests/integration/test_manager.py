@@ -389,15 +389,15 @@ def test_the_list_follows_the_spool_through_a_lost_and_a_corrupt_index_and_tasks
     cleanup's pass (or `retrace-server-cleanup --reindex`) has found it."""
     task_id, auth = submit(manager, problem_dir)
     assert wait_final(manager, task_id, auth).headers["X-Task-Status"] == "FINISHED_SUCCESS"
-    assert f"/manager/{task_id}" in engineer.get("/manager").text
+    assert f"/manager/{task_id}" in engineer.get(f"/manager?q={task_id}").text
     index = manager.root / "cache" / "tasks.sqlite"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{index}{suffix}").unlink(missing_ok=True)
-    assert f"/manager/{task_id}" in engineer.get("/manager").text
+    assert f"/manager/{task_id}" in engineer.get(f"/manager?q={task_id}").text
     for suffix in ("-wal", "-shm"):
         Path(f"{index}{suffix}").unlink(missing_ok=True)
     index.write_bytes(b"not SQLite" * 1000)
-    listed = engineer.get("/manager")
+    listed = engineer.get(f"/manager?q={task_id}")
     assert listed.status_code == 200 and f"/manager/{task_id}" in listed.text
     assert "the task index" in manager.error_log() and "is unreadable" in manager.error_log()
     by_hand = manager.save_dir / "987654321"
@@ -407,4 +407,4 @@ def test_the_list_follows_the_spool_through_a_lost_and_a_corrupt_index_and_tasks
     subprocess.run(["chown", "-R", f"{owner.st_uid}:{owner.st_gid}", str(by_hand)], check=True)  # the service user
     reindexed = cleanup(manager, "--reindex")
     assert reindexed.returncode == 0 and "tasks not yet ended: 1 markers added" in reindexed.stdout + reindexed.stderr
-    assert "/manager/987654321" in engineer.get("/manager?status=queued").text
+    assert "/manager/987654321" in engineer.get("/manager?status=queued&q=987654321").text

@@ -110,3 +110,19 @@ def test_changes_older_than_the_hours_kept_are_forgotten_and_a_stale_index_reads
         index.db.execute("UPDATE meta SET value = ? WHERE key = 'refreshed'", (repr(now - 49 * 3600),))
     (ended.path / "caseno").write_text("77\n")  # behind the markers' back: only a whole read sees it
     assert [row.caseno for row in tasklist.list_tasks(config).rows] == ["77"]
+
+
+def test_a_search_matching_more_tasks_than_are_counted_shows_the_newest_and_asks_to_narrow_it(config, monkeypatch):
+    monkeypatch.setattr(tasklist, "SEARCH_COUNT_CAP", 3)
+    tasks = [add(config, TaskStatus.SUCCESS, queued=number) for number in range(5)]
+    listing = tasklist.list_tasks(config, search="bash", per_page=2)
+    assert (listing.more, listing.total, listing.pages) == (True, 3, 2)
+    assert [row.task_id for row in listing.rows] == [tasks[4].task_id, tasks[3].task_id], "newest first"
+    few = tasklist.list_tasks(config, search=tasks[0].task_id)
+    assert (few.more, few.total, [row.task_id for row in few.rows]) == (False, 1, [tasks[0].task_id])
+
+
+def test_a_task_that_starts_and_ends_between_two_looks_is_listed(config):
+    assert tasklist.list_tasks(config).rows == []  # the index is built, empty
+    quick = add(config, TaskStatus.SUCCESS)
+    assert [row.task_id for row in tasklist.list_tasks(config).rows] == [quick.task_id]
