@@ -7,7 +7,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from selenium.webdriver.support.ui import Select
 from testkit.cores import crash_installed, installed_tree, make_problem_dir, run_installed
 from testkit.distro import BIGCRASH_PACKAGE, RELEASE_ID, build_bigcrash, build_rpms, publish_release
 from testkit.helpers import abrt_archive, crashing_thread, submit, wait_final
+from testkit.loopback import world_readable_dir
 from testkit.reposync_admin import REPOSYNC
 from testkit.server import write_config
 from tests.integration.browser import chromium, screenshot, submit_and_wait
@@ -432,22 +432,14 @@ def test_python_exceptions_and_kernel_oopses_get_buckets_of_their_own(reports_se
     assert refused.status_code == 400 and "not Java exceptions ('java')" in refused.json()["error"]
 
 
-@pytest.fixture
-def local_mirror():
-    """A directory a mirror publishes (world-readable: reposync reads a local mirror as the service user)."""
-    top = Path(tempfile.mkdtemp(prefix="retrace-mirror-", dir="/var/tmp"))
-    top.chmod(0o755)
-    yield top
-    shutil.rmtree(top)
-
-
 def test_a_report_symbolized_in_part_moves_to_its_bucket_once_reposync_brings_the_debuginfo(
-        start_server, installed, crashes, fixture_rpms, local_mirror):
+        start_server, installed, crashes, fixture_rpms, work_dir):
     """libcrash's debuginfo is not on the mirror yet: the report is counted with what could be symbolized and
     kept; the reposync that brings the package symbolizes it again and it joins the whole crash's bucket (the
     partial one is gone)."""
     without = [rpm for rpm in fixture_rpms if not rpm.name.startswith("libcrash-debuginfo")]
-    mirror = publish_release(local_mirror, "fedora", without)
+    # world-readable, under the session's work directory: reposync reads a local mirror as the service user
+    mirror = publish_release(world_readable_dir(work_dir / "mirror-without-libcrash-debuginfo"), "fedora", without)
     server = start_server(repository=False)
     (server.root / "plugins").mkdir()
     (server.root / "plugins" / "fixture.conf").write_text(f"[reposync fedora]\neverything = {mirror}\n")
