@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from webob import Response
 
-from retrace_server.errors import BadRequest, Forbidden, NotFound, UploadTooLarge
+from retrace_server.errors import (
+    BadRequest,
+    ConfigError,
+    Forbidden,
+    NotFound,
+    TemporarilyUnavailable,
+    UploadTooLarge,
+)
 from retrace_server.intake import multipart
 from retrace_server.reports import ureport
 from retrace_server.reports.buckets import BUG_KINDS, BucketDB, View
@@ -61,10 +68,16 @@ def _form_file(config: Config, request: Request, what: str) -> bytes:
 def new_report(config: Config, request: Request) -> Response:
     data = _form_file(config, request, "uReport")
     report = ureport.parse(data)
-    if isinstance(report, ureport.SymbolicReport):
-        answer, what, where = triage_symbolic(config, report), report.headline, report.component
-    else:
-        answer, what, where = triage(config, report), f"signal {report.signal}", report.executable
+    try:
+        if isinstance(report, ureport.SymbolicReport):
+            answer, what, where = triage_symbolic(config, report), report.headline, report.component
+        else:
+            answer, what, where = triage(config, report), f"signal {report.signal}", report.executable
+    except ConfigError as err:  # the rules file an admin is editing: their log says which and why
+        log.error("report refused: %s", err.sentence)
+        raise TemporarilyUnavailable("This server cannot read its crash signature rules right now; its "
+                                     "administrator finds why in the server's log. Try again later",
+                                     retry_after=600) from None
     url = f"{request.application_url}/problems/{answer['bthash']}"
     if answer["known"]:
         message = (f"This crash is known: bucket {answer['bthash']}, seen {answer['count']} times; "

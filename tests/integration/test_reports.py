@@ -511,3 +511,15 @@ def test_a_bucket_names_the_version_that_probably_fixed_it_and_each_release_s_ne
         screenshot(driver, "problem-bucket-fix-and-bug.png")
         driver.get(server.url + "/problems?bug=yes")
         assert [link.text for link in driver.find_elements(By.CSS_SELECTOR, "#buckets a")] == [old["bthash"][:12]]
+
+
+def test_a_report_while_the_signature_rules_are_broken_is_told_to_come_back_without_a_server_path(start_server,
+                                                                                                  work_dir):
+    rules_file = work_dir / "signature-rules-broken.conf"
+    rules_file.write_text("[python]\nframes = many\n")
+    rules_file.chmod(0o644)
+    server = start_server(SignatureRules=str(rules_file))
+    answer = post_report(server, json.dumps(python_report()).encode())
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "600", answer.text
+    assert answer.json()["error"].startswith("This server cannot read its crash signature rules right now")
+    assert str(work_dir) not in answer.text and "frames must be a whole number" in server.error_log()
