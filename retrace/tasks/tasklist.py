@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from retrace_server.errors import TemporarilyUnavailable
 from retrace_server.tasks.casedata import CASENO, MANAGED
 from retrace_server.tasks.task import (
     ACTIVE_DIR,
@@ -56,6 +57,8 @@ _STATUS_SQL = {
 }
 _SUBJECT_FILES = ("crash/package", "kernelver", REMOTE_NAME)
 INDEX_NAME = "tasks.sqlite"
+# How long a request waits for another process's refresh of the index.
+_BUSY_SECONDS = 60
 # How far back of its last look a refresh reads changes: hosts' clocks and a change made while it looked.
 _CLOCK_SLACK_SECONDS = 120
 # A text search matching more tasks than this is not counted to the end (a search matching every task would
@@ -154,28 +157,37 @@ class TaskIndex:
 
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for attempt in range(2):
-            try:
-                db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
-                db.execute("PRAGMA journal_mode=WAL")
+        try:
+            return self._connect()
+        except sqlite3.OperationalError as err:  # locked, or the disk: not the file's fault
+            raise _busy(err) from None
+        except sqlite3.DatabaseError as err:
+            aside = self.path.with_name(f"{INDEX_NAME}.broken-{int(time.time())}")
+            log.error("the task index %s is unreadable (%s); set aside as %s and built again from the spool",
+                      self.path, err, aside.name)
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(self.path, aside)
+            for suffix in ("-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        return self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), timeout=_BUSY_SECONDS, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            if db.execute("PRAGMA user_version").fetchone()[0] != _LAYOUT:
+                db.execute("BEGIN IMMEDIATE")  # one process lays the tables out; the others find them done
                 if db.execute("PRAGMA user_version").fetchone()[0] != _LAYOUT:
                     for statement in _SCHEMA.split(";"):
                         db.execute(statement)
                     db.execute("DELETE FROM meta")  # built anew: read from the whole spool
                     db.execute(f"PRAGMA user_version = {_LAYOUT}")
-                db.execute("SELECT COUNT(*) FROM meta").fetchone()
-                return db
-            except sqlite3.DatabaseError as err:
-                if attempt:
-                    raise
-                aside = self.path.with_name(f"{INDEX_NAME}.broken-{int(time.time())}")
-                log.error("the task index %s is unreadable (%s); set aside as %s and built again from the "
-                                "spool", self.path, err, aside.name)
-                with contextlib.suppress(FileNotFoundError):
-                    os.replace(self.path, aside)
-                for suffix in ("-wal", "-shm"):
-                    Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-        raise AssertionError("unreachable")
+                db.execute("COMMIT")
+            db.execute("SELECT COUNT(*) FROM meta").fetchone()
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def close(self) -> None:
         self.db.close()
@@ -275,6 +287,10 @@ class TaskIndex:
                 for task_id, kind, state, queued, case, subject, size, managed in found]
 
 
+def _busy(err: sqlite3.OperationalError) -> TemporarilyUnavailable:
+    return TemporarilyUnavailable(f"The task list cannot be read right now ({err}); try again in a moment")
+
+
 def _phrase(search: str) -> str:
     """The search as one FTS5 phrase: the user's quotes are text, not syntax."""
     return '"' + search.replace('"', '""') + '"'
@@ -326,7 +342,10 @@ def forget_changes_before(save_dir: Path, now: float | None = None) -> int:
 def task_index(config: Config) -> Iterator[TaskIndex]:
     """This host's index, refreshed from what the spool says changed."""
     with TaskIndex(config) as index:
-        index.refresh()
+        try:
+            index.refresh()
+        except sqlite3.OperationalError as err:  # another process's refresh held it longer than a request waits
+            raise _busy(err) from None
         yield index
 
 

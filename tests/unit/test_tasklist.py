@@ -1,12 +1,14 @@
 """The manager's list: filters, search, paging, newest first, and rows that follow the spool."""
 
 import os
+import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 
 from retrace_server.config import Config
+from retrace_server.errors import TemporarilyUnavailable
 from retrace_server.tasks import casedata, tasklist
 from retrace_server.tasks.task import IncomingTask, TaskStatus, TaskType
 
@@ -126,3 +128,18 @@ def test_a_task_that_starts_and_ends_between_two_looks_is_listed(config):
     assert tasklist.list_tasks(config).rows == []  # the index is built, empty
     quick = add(config, TaskStatus.SUCCESS)
     assert [row.task_id for row in tasklist.list_tasks(config).rows] == [quick.task_id]
+
+
+def test_a_busy_index_is_a_503_and_is_not_taken_for_a_broken_one(config, monkeypatch):
+    add(config, TaskStatus.SUCCESS)
+    assert tasklist.list_tasks(config).total == 1
+    monkeypatch.setattr(tasklist, "_BUSY_SECONDS", 0.1)
+    holder = sqlite3.connect(config.CacheDir / tasklist.INDEX_NAME, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(TemporarilyUnavailable, match="The task list cannot be read right now"):
+            tasklist.list_tasks(config)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert not list(config.CacheDir.glob("tasks.sqlite.broken-*")) and tasklist.list_tasks(config).total == 1
