@@ -217,8 +217,10 @@ def prepare_mount_points(root: StrPath, paths: Iterable[StrPath]) -> None:
 
 def start_sandboxed(command: list[str], read_only_paths: Iterable[StrPath], *, cpu_seconds: int, memory_bytes: int,
                     stdin: int | IO[bytes] = subprocess.DEVNULL, root: StrPath | None = None,
-                    writable_paths: Iterable[StrPath] = ()) -> subprocess.Popen[bytes]:
-    """Start ``command`` in the sandbox, in a process group of its own; its Popen (output and errors merged).
+                    writable_paths: Iterable[StrPath] = (),
+                    stderr: int | IO[bytes] = subprocess.STDOUT) -> subprocess.Popen[bytes]:
+    """Start ``command`` in the sandbox, in a process group of its own; its Popen (output and errors merged,
+    unless ``stderr`` says where the errors go: a program whose output is data).
 
     For a debugger driven batch by batch (``retrace_server.analysis.crash``); the caller
     owns the timeout and kills the group when it passes.
@@ -227,7 +229,7 @@ def start_sandboxed(command: list[str], read_only_paths: Iterable[StrPath], *, c
     try:
         return subprocess.Popen(
             sandbox_argv(command, read_only_paths, root, writable_paths, seccomp_fd=filter_fd), stdin=stdin,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+            stdout=subprocess.PIPE, stderr=stderr, start_new_session=True, close_fds=True,
             pass_fds=(filter_fd,),
             preexec_fn=_limits(memory_bytes, cpu_seconds, None if writable_paths else _MAX_FILE_BYTES),
         )

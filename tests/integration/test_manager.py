@@ -408,3 +408,31 @@ def test_the_list_follows_the_spool_through_a_lost_and_a_corrupt_index_and_tasks
     reindexed = cleanup(manager, "--reindex")
     assert reindexed.returncode == 0 and "tasks not yet ended: 1 markers added" in reindexed.stdout + reindexed.stderr
     assert "/manager/987654321" in engineer.get("/manager?status=queued&q=987654321").text
+
+
+def test_what_customers_send_a_problem_tar_in_a_7z_in_a_zip_and_a_bzip2_core_are_imported(engineer, loopback, exports,
+                                                                                           problem_dir, tmp_path):
+    """Made by the real 7z, zip and bzip2, served by the loopback web server, imported through the manager."""
+    work = world_readable_dir(tmp_path / "customer")
+    (work / "problem.tar.xz").write_bytes((exports.http / "problem.tar.xz").read_bytes())
+    subprocess.run(["7z", "a", "-bd", "case.7z", "problem.tar.xz"], cwd=work, check=True, capture_output=True)
+    subprocess.run(["zip", "-q", "case-4242.zip", "case.7z"], cwd=work, check=True)
+    shutil.copy(work / "case-4242.zip", exports.http / "case-4242.zip")
+    (exports.http / "case-4242.zip").chmod(0o644)
+    task_id = created(engineer.create(f"{loopback.http.url}/case-4242.zip"))
+    assert engineer.wait_final(task_id) == "Retrace job finished successfully"
+    assert "crash_in_library (depth=0" in engineer.get(f"/manager/{task_id}/backtrace").text
+    core = work / "coredump"
+    shutil.copy(problem_dir / "coredump", core)
+    subprocess.run(["bzip2", str(core)], check=True)
+    shutil.copy(work / "coredump.bz2", exports.http / "core.bz2")
+    (exports.http / "core.bz2").chmod(0o644)
+    bare = {name: (problem_dir / name).read_text().strip() for name in ("executable", "package")}
+    task_id = created(engineer.create(f"{loopback.http.url}/core.bz2", **bare))
+    assert engineer.wait_final(task_id) == "Retrace job finished successfully"
+    (exports.http / "notes.zip").write_bytes((work / "case-4242.zip").read_bytes()[:200])  # cut short
+    (exports.http / "notes.zip").chmod(0o644)
+    task_id = created(engineer.create(f"{loopback.http.url}/notes.zip"))
+    assert engineer.wait_final(task_id) == "Retrace job failed"
+    said = engineer.get(f"/manager/{task_id}/log").text
+    assert "The zip file could not be read" in said and str(engineer.server.save_dir) not in said

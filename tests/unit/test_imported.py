@@ -1,12 +1,15 @@
 """Whatever form a customer's crash comes in, it becomes crash/ files, recognized by its bytes."""
 
 import gzip
+import io
 import lzma
+import subprocess
+import zipfile
 
 import pytest
 import zstandard
 
-from retrace_server.errors import InvalidCrashData, UploadTooLarge
+from retrace_server.errors import InvalidCrashData, MaliciousArchive, UploadTooLarge
 from retrace_server.intake import archive, crashdata, imported
 from testkit.helpers import regular, tar_bytes
 
@@ -88,3 +91,77 @@ def test_the_head_check_lets_archives_and_dumps_through_and_names_the_rest():
         imported.check_head(head[:8192], is_vmcore)
     with pytest.raises(InvalidCrashData, match="The file is empty, or not a vmcore"):
         imported.check_head(b"<!DOCTYPE html><html><body>404</body></html>", is_vmcore=True)
+
+
+# -- what customers wrap crashes in, made by the real tools ---------------------------------------------------
+
+def made(tmp_path, command, output, **files):
+    """Run a real archiver (``command`` then the file names) over ``files`` written to a work directory."""
+    work = tmp_path / f"make-{output}"
+    work.mkdir()
+    for name, data in files.items():
+        (work / name).write_bytes(data)
+    subprocess.run([*command, output, *files], cwd=work, check=True, capture_output=True)
+    return (work / output).read_bytes()
+
+
+def test_a_zip_of_a_problem_directory_s_files_is_unpacked_with_the_uploads_rules(tmp_path):
+    data = made(tmp_path, ["zip", "-q"], "problem.zip", coredump=CORE, executable=b"/usr/bin/crasher",
+                package=b"crasher-1.0-1.fc41")
+    sizes, crash_dir = materialize(tmp_path, data, is_vmcore=False)
+    assert sizes == {"coredump": len(CORE), "executable": 16, "package": 18}
+    assert (crash_dir / "coredump").read_bytes() == CORE
+
+
+@pytest.mark.parametrize("tool, output", [(["7z", "a", "-bd"], "vmcore.7z"), (["zip", "-q"], "vmcore.zip")])
+def test_a_vmcore_in_a_7z_or_a_zip_becomes_crash_vmcore(tmp_path, tool, output):
+    sizes, crash_dir = materialize(tmp_path, made(tmp_path, tool, output, vmcore=KDUMP), is_vmcore=True)
+    assert sizes == {"vmcore": len(KDUMP)} and (crash_dir / "vmcore").read_bytes() == KDUMP
+
+
+@pytest.mark.parametrize("tool", ["bzip2", "lzop"])
+def test_a_bzip2_or_lzop_compressed_core_becomes_crash_coredump(tmp_path, tool):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "core").write_bytes(CORE)
+    subprocess.run([tool, "-k", "core"], cwd=work, check=True, capture_output=True)
+    compressed = next(path for path in work.iterdir() if path.name != "core").read_bytes()
+    sizes, crash_dir = materialize(tmp_path, compressed, is_vmcore=False)
+    assert sizes == {"coredump": len(CORE)} and (crash_dir / "coredump").read_bytes() == CORE
+
+
+def test_a_vmcore_in_a_tar_in_a_zip_in_a_gzip_is_taken_out_layer_by_layer(tmp_path):
+    inner = made(tmp_path, ["zip", "-q"], "case.zip", **{"case-4242.tar": tar_of(vmcore=KDUMP)})
+    sizes, crash_dir = materialize(tmp_path, gzip.compress(inner), is_vmcore=True)
+    assert sizes == {"vmcore": len(KDUMP)} and (crash_dir / "vmcore").read_bytes() == KDUMP
+    assert [path.name for path in tmp_path.iterdir() if "layers" in path.name] == [], "the layers are gone"
+
+
+def test_more_than_three_layers_are_refused(tmp_path):
+    data = tar_of(vmcore=KDUMP)
+    name = "case.tar"
+    for level in range(4):
+        data = made(tmp_path, ["zip", "-q"], f"level{level}.zip", **{name: data})
+        name = f"level{level}.zip"
+    with pytest.raises(InvalidCrashData, match="nests archives and compressed files more than 3 deep"):
+        materialize(tmp_path, data, is_vmcore=True)
+
+
+def test_wrapped_archives_keep_the_uploads_path_rules_and_caps(tmp_path):
+    escaping = io.BytesIO()
+    with zipfile.ZipFile(escaping, "w") as archive_file:
+        archive_file.writestr("../coredump", CORE)
+    (tmp_path / "a").mkdir()
+    with pytest.raises(MaliciousArchive, match="Paths with '..' are not allowed"):
+        materialize(tmp_path / "a", escaping.getvalue(), is_vmcore=False)
+    bomb = made(tmp_path, ["zip", "-q"], "bomb.zip", vmcore=KDUMP + bytes(20 * 10 ** 6))
+    (tmp_path / "b").mkdir()
+    with pytest.raises(UploadTooLarge, match="more than 10000000 bytes"):
+        materialize(tmp_path / "b", bomb, is_vmcore=True)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "vmcore").write_bytes(KDUMP)
+    subprocess.run(["zip", "-q", "-P", "secret", "locked.zip", "vmcore"], cwd=locked, check=True)
+    (tmp_path / "c").mkdir()
+    with pytest.raises(InvalidCrashData, match="The zip file could not be read: it is encrypted; ask for it without a"):
+        materialize(tmp_path / "c", (locked / "locked.zip").read_bytes(), is_vmcore=True)
