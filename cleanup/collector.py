@@ -33,7 +33,9 @@ from retrace_server.tasks.task import (
     WORKER_LOCK,
     Task,
     TaskStatus,
-    iter_tasks,
+    TaskType,
+    active_tasks,
+    mark_active,
     reindex_active,
     worker_alive,
 )
@@ -86,21 +88,37 @@ class Collector:
         from every task directory, ``--reindex``)."""
         if self.dry_run:
             return
-        added, removed = reindex_active(self.config.SaveDir, self.config.TaskIdLength)
-        self.log.info("tasks not yet ended: %d markers added, %d removed", added, removed)
+        if full:
+            added, removed = reindex_active(self.config.SaveDir, self.config.TaskIdLength)
+            self.log.info("tasks not yet ended: %d markers added, %d removed", added, removed)
         hours = tasklist.forget_changes_before(self.config.SaveDir, self.now)
         with tasklist.TaskIndex(self.config) as index:
             rows = index.refresh(full)
-        self.log.info("task index: %d rows read again, %d hours of changes forgotten", rows, hours)
+            adopted = index.adopt()
+            for task_id in adopted:  # made by hand: a queued or running one is counted from now on
+                task = Task(Path(self.config.SaveDir) / task_id)
+                with contextlib.suppress(OSError, ValueError):
+                    if task.status is None or not task.status.is_final:
+                        mark_active(self.config.SaveDir, task_id)
+        self.log.info("task index: %d rows read again, %d tasks found without the index, %d hours of changes "
+                      "forgotten", rows, len(adopted), hours)
 
     # -- workers ---------------------------------------------------------------
 
-    def _tasks(self) -> list[Task]:
-        return list(iter_tasks(self.config.SaveDir, self.config.TaskIdLength))
+    def _active(self) -> list[Task]:
+        return list(active_tasks(self.config.SaveDir, self.config.TaskIdLength))
+
+    def _ended(self, last_change_before: float | None = None,
+               types: tuple[TaskType, ...] | None = None) -> list[Task]:
+        """Ended tasks from the task index (brought up to date first), those whose directory is there."""
+        with tasklist.task_index(self.config) as index:
+            names = index.ended(last_change_before, types)
+        tasks = [Task(Path(self.config.SaveDir) / name) for name in names]
+        return [task for task in tasks if task.path.is_dir()]
 
     def stop_overdue_workers(self) -> None:
         limit = self.config.WorkerTimeLimit
-        for task in self._tasks():
+        for task in self._active():
             status = task.status
             started = task.timestamp("started_time")
             if status is None or status.is_final or started is None or not worker_alive(task):
@@ -120,7 +138,7 @@ class Collector:
             end_failed(self.config, task, reason, "worker time limit")
 
     def end_orphans(self) -> None:
-        for task in self._tasks():
+        for task in self._active():
             status = task.status
             if status is None or status.is_final or worker_alive(task):
                 continue
@@ -141,7 +159,13 @@ class Collector:
         return None
 
     def expire_tasks(self) -> None:
-        for task in self._tasks():
+        rules = casedata.age_rules(self.config, True) + casedata.age_rules(self.config, False)
+        if not rules:
+            return
+        youngest = min(rule.hours for rule in rules)
+        # Ended tasks old enough (the index), and queued ones nobody started (the markers).
+        waiting = [task for task in self._active() if task.status is None]
+        for task in self._ended(self.now - youngest * HOUR) + waiting:
             status = task.status
             if (status is not None and not status.is_final) or worker_alive(task):
                 continue
@@ -165,7 +189,8 @@ class Collector:
         """Store identical vmcores once (upstream's dedup): tasks whose ``md5sum`` and size agree get one file,
         hard-linked; the file goes when the last task holding it does."""
         first: dict[tuple[str, int], tuple[Task, Path, os.stat_result]] = {}
-        for task in sorted(self._tasks(), key=lambda task: task.task_id):
+        for task in sorted(self._ended(types=(TaskType.VMCORE, TaskType.VMCORE_INTERACTIVE)),
+                           key=lambda task: task.task_id):
             if (task.status is not None and not task.status.is_final) or worker_alive(task):
                 continue  # its worker may be stripping or reassembling the vmcore
             vmcore, md5 = task.crash_dir / "vmcore", task.read_text(MD5_NAME, 200)

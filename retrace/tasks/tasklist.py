@@ -66,7 +66,7 @@ _CLOCK_SLACK_SECONDS = 120
 SEARCH_COUNT_CAP = 1000
 # Hours of .changed/ cleanup keeps: an index refreshed less recently is built again.
 CHANGED_KEEP_HOURS = 48
-_LAYOUT = 3
+_LAYOUT = 4
 # Search words shorter than a trigram are looked for row by row.
 _TRIGRAM = 3
 _SCHEMA = """
@@ -74,8 +74,10 @@ DROP TABLE IF EXISTS tasks;
 DROP TABLE IF EXISTS words;
 CREATE TABLE tasks (
     id INTEGER PRIMARY KEY, task_id TEXT NOT NULL, type INTEGER NOT NULL, status INTEGER, queued_time REAL, caseno TEXT NOT NULL,
-    subject TEXT NOT NULL, size INTEGER NOT NULL, managed INTEGER NOT NULL, ended INTEGER NOT NULL);
+    subject TEXT NOT NULL, size INTEGER NOT NULL, managed INTEGER NOT NULL, ended INTEGER NOT NULL,
+    mtime REAL NOT NULL);
 CREATE INDEX tasks_not_ended ON tasks (id) WHERE ended = 0;
+CREATE INDEX tasks_ended_by_age ON tasks (mtime) WHERE ended = 1;
 CREATE VIRTUAL TABLE words USING fts5(text, tokenize='trigram');
 CREATE INDEX IF NOT EXISTS tasks_queued ON tasks (queued_time DESC, task_id DESC);
 CREATE INDEX IF NOT EXISTS tasks_caseno ON tasks (caseno);
@@ -242,13 +244,45 @@ class TaskIndex:
         if not path.is_dir():
             self.db.execute("DELETE FROM tasks WHERE id = ?", (int(task_id),))
             return
+        try:
+            mtime = path.stat().st_mtime  # read first: a change while the row is read leaves it older, never newer
+        except FileNotFoundError:
+            return
         row = read_row(path)
-        self.db.execute("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        self.db.execute("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (int(row.task_id), row.task_id, int(row.task_type), None if row.status is None else int(row.status),
                          row.queued_time, row.caseno, row.subject, row.size, int(row.managed),
-                         int(row.status is not None and row.status.is_final)))
+                         int(row.status is not None and row.status.is_final), mtime))
         self.db.execute("INSERT INTO words (rowid, text) VALUES (?, ?)",
                         (int(task_id), f"{row.task_id}\n{row.caseno}\n{row.subject}"))
+
+    def adopt(self) -> list[str]:
+        """Rows for task directories the index does not know (made by hand, or by a host whose marker was lost
+        in a crash), none for those gone behind its back: one listing of SaveDir, no file read for the rest.
+        Returns the ids adopted."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            present = {name for name in os.listdir(self.save_dir) if is_task_id(name, self.id_length)}
+            known = {task_id for (task_id,) in self.db.execute("SELECT task_id FROM tasks")}
+            for name in sorted((present - known) | (known - present)):
+                self._read(name)
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+        return sorted(present - known)
+
+    def ended(self, last_change_before: float | None = None, types: tuple[TaskType, ...] | None = None) -> list[str]:
+        """Ids of the ended tasks (whose directory changed last before ``last_change_before``; of ``types``),
+        oldest first: cleanup's candidates, which it checks against the spool before it acts."""
+        conditions, arguments = ["ended = 1"], []
+        if last_change_before is not None:
+            conditions.append("mtime < ?")
+            arguments.append(last_change_before)
+        if types is not None:
+            conditions.append(f"type IN ({', '.join(str(int(kind)) for kind in types)})")
+        return [task_id for (task_id,) in self.db.execute(
+            f"SELECT task_id FROM tasks WHERE {' AND '.join(conditions)} ORDER BY mtime", arguments)]
 
     def matches(self, search: str) -> int:
         """How many tasks the text search matches, counted up to SEARCH_COUNT_CAP + 1 (the trigram index)."""

@@ -219,3 +219,20 @@ def test_a_download_left_by_a_dead_worker_goes_and_a_running_tasks_stays(config,
     collector(config, caplog).sweep_downloads()
     assert sorted(path.name for path in downloads.iterdir()) == ["new.456.deb"]
     assert "downloaded by a worker that died" in caplog.text
+
+
+def test_a_pass_adopts_tasks_made_by_hand_and_expires_from_the_index(config, caplog):
+    """An admin's mkdir: the hourly pass lists SaveDir once, reads only what its index does not know."""
+    pass_ = collector(config, caplog)
+    pass_.reindex()
+    old_by_hand, queued_by_hand = config.SaveDir / "123456789", config.SaveDir / "223456789"
+    for directory in (old_by_hand, queued_by_hand):
+        directory.mkdir()
+    (old_by_hand / "status").write_text(str(int(TaskStatus.FAIL)))
+    stamp = NOW - 200 * HOUR
+    os.utime(old_by_hand, (stamp, stamp))
+    pass_.reindex()
+    assert "2 tasks found without the index" in caplog.text
+    assert os.listdir(config.SaveDir / ".active") == ["223456789"], "the queued one is counted from now on"
+    pass_.expire_tasks()
+    assert not old_by_hand.exists() and queued_by_hand.exists()
