@@ -35,6 +35,7 @@ from retrace_server.tasks.task import (
     TaskStatus,
     TaskType,
     active_tasks,
+    iter_tasks,
     mark_active,
     reindex_active,
     worker_alive,
@@ -110,7 +111,12 @@ class Collector:
 
     def _ended(self, last_change_before: float | None = None,
                types: tuple[TaskType, ...] | None = None) -> list[Task]:
-        """Ended tasks from the task index (brought up to date first), those whose directory is there."""
+        """Ended tasks from the task index (brought up to date first), those whose directory is there; a dry run,
+        which writes nothing, not even the index, reads the spool itself."""
+        if self.dry_run:
+            return [task for task in iter_tasks(self.config.SaveDir, self.config.TaskIdLength)
+                    if _ended_task(task) and (types is None or task.task_type in types)
+                    and (last_change_before is None or task.path.stat().st_mtime < last_change_before)]
         with tasklist.task_index(self.config) as index:
             names = index.ended(last_change_before, types)
         tasks = [Task(Path(self.config.SaveDir) / name) for name in names]
@@ -331,3 +337,11 @@ def _archive(task: Task, archive: Path) -> None:
     with tarfile.open(partial, "w:gz") as tar:
         tar.add(task.path, arcname=task.task_id, filter=lambda info: None if Path(info.name).name in _ARCHIVE_SKIP else info)
     os.replace(partial, archive)
+
+
+def _ended_task(task: Task) -> bool:
+    try:
+        status = task.status
+    except (OSError, ValueError):
+        return False
+    return status is not None and status.is_final
