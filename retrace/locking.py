@@ -1,4 +1,4 @@
-"""File locks (``flock``) for everything processes share on disk.
+"""File locks (``flock``) for everything processes share on disk, and SQLite's write lock.
 
 A lock held by a process is released by the kernel however the process
 ends, so "is this lock held?" is also "is its owner still alive?": that is
@@ -14,11 +14,25 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
+    import sqlite3
     from collections.abc import Iterator
 
 # A probe holds its shared lock for microseconds; 200 x 1 ms outlasts any burst of them.
 _PROBE_RETRIES = 200
 _PROBE_PAUSE = 0.001
+
+
+@contextlib.contextmanager
+def sqlite_write(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction on ``db`` (opened with ``isolation_level=None``), its lock taken at once so that
+    concurrent writers queue up instead of failing half-way; rolled back on any exception."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 @contextlib.contextmanager

@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from collections.abc import Iterator
+from retrace_server import locking
 
+if TYPE_CHECKING:
     from retrace_server.config import Config
 
 _BUSY_TIMEOUT_SECONDS = 30
@@ -125,16 +125,9 @@ class StatsDB:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """One write transaction, taken at once so that concurrent writers queue up."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+        return locking.sqlite_write(self.db)
 
     def _migrate(self) -> None:
         """Bring the schema up to date; a current database costs one read, no write lock

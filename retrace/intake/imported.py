@@ -16,9 +16,8 @@ import os
 import shutil
 from typing import TYPE_CHECKING, BinaryIO
 
-from retrace_server.errors import InvalidCrashData, UploadTooLarge, disk_full_explained
+from retrace_server.errors import InvalidCrashData, UploadTooLarge
 from retrace_server.intake import archive, crashdata, layers
-from retrace_server.intake.storage import NO_STORAGE
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -119,17 +118,5 @@ def _wrapped_by(head: bytes) -> str | None:
 
 
 def _decompress_into(stream: BinaryIO, target: Path, limits: archive.Limits) -> int:
-    written = 0
-    try:
-        with disk_full_explained(NO_STORAGE), open(target, "xb") as out:
-            while chunk := stream.read(archive.CHUNK_SIZE):
-                written += len(chunk)
-                if written > limits.max_unpacked_bytes:
-                    raise UploadTooLarge(f"The file decompresses to more than {limits.max_unpacked_bytes} bytes, "
-                                         "the server's limit")
-                limits.reserve(len(chunk))
-                out.write(chunk)
-    except archive.DECOMPRESSION_ERRORS as err:
-        raise InvalidCrashData(f"The compressed file is corrupt or truncated ({archive.describe_error(err)})") from None
-    os.chmod(target, 0o640)
-    return written
+    return layers.write_capped(stream, target, limits, "The file decompresses", "The compressed file",
+                               archive.DECOMPRESSION_ERRORS)

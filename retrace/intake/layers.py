@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import os
 import subprocess
 import tarfile
 import time
@@ -24,6 +25,7 @@ from typing import IO, TYPE_CHECKING, BinaryIO
 
 from retrace_server.environments.sandbox import SandboxUnavailable, kill_group, start_sandboxed
 from retrace_server.errors import InvalidCrashData, UploadTooLarge, disk_full_explained
+from retrace_server.intake import archive
 from retrace_server.intake.storage import NO_STORAGE
 
 if TYPE_CHECKING:
@@ -42,7 +44,8 @@ ARCHIVES = ("zip", "7z", "rar")
 # A layer's program may run this long (CPU seconds) and hold the decoder's memory plus this much.
 _CPU_SECONDS = 1800
 _PROGRAM_MEMORY = 256 * 1024 * 1024
-_CHUNK = 1024 * 1024
+# What a layer's reader raises on bad data (bz2: OSError without an errno, EOFError; a pipe: ValueError).
+_LAYER_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, ValueError)
 _MESSAGE_BYTES = 4096
 
 
@@ -61,16 +64,16 @@ def unwrap(kind: str, path: Path, staging: Path, limits: Limits, allowed: set[st
     target = staging / f"layer-{sum(1 for entry in staging.iterdir() if entry.name.startswith('layer-')) + 1}"
     if kind == "bzip2":
         with bz2.open(path, "rb") as stream:
-            _write_capped(stream, target, limits, f"The {kind} file")
+            _write_layer(stream, target, limits, f"The {kind} file")
         return target
     if kind == "lzop":
         with _sandboxed(["lzop", "-dc", "--", str(path)], path, staging, limits, kind) as stream:
-            _write_capped(stream, target, limits, "The lzop file")
+            _write_layer(stream, target, limits, "The lzop file")
         return target
     # An encrypted archive: bsdtar asks for a passphrase, reads none (there is no terminal) and gives up.
     command = ["bsdtar", "-cf", "-", "--format", "pax", f"@{path}"]
     with _sandboxed(command, path, staging, limits, kind) as stream:
-        _write_capped(stream, target, limits, f"The {kind} archive")
+        _write_layer(stream, target, limits, f"The {kind} archive")
     return _single_inner_file(target, staging, limits, allowed) or target
 
 
@@ -84,7 +87,7 @@ def _single_inner_file(tar_path: Path, staging: Path, limits: Limits, allowed: s
             source = tar.extractfile(members[0])
             assert source is not None  # a regular file
             inner = staging / f"{tar_path.name}-inner"
-            _write_capped(source, inner, limits, "The archive's file")
+            _write_layer(source, inner, limits, "The archive's file")
     except tarfile.TarError as err:
         raise InvalidCrashData(f"The archive could not be read ({str(err)[:200]})") from None
     tar_path.unlink()
@@ -132,20 +135,31 @@ def _wait(process: subprocess.Popen[bytes]) -> None:
         time.sleep(0.01)
 
 
-def _write_capped(stream: BinaryIO | IO[bytes], target: Path, limits: Limits, what: str) -> int:
-    """Copy ``stream`` into ``target`` within the unpacked-size cap, claiming disk as it goes."""
+def write_capped(stream: BinaryIO | IO[bytes], target: Path, limits: Limits, grows: str, broken: str,
+                 errors: tuple[type[BaseException], ...]) -> int:
+    """Copy ``stream`` into ``target`` within the unpacked-size cap, claiming disk as it goes; returns the bytes.
+
+    Over the cap: UploadTooLarge saying "``grows`` to more than N bytes";
+    one of ``errors`` while reading: InvalidCrashData saying "``broken`` is
+    corrupt or truncated" (an OSError with an errno is the disk's, not the
+    data's, and goes on as it is).
+    """
     written = 0
     try:
         with disk_full_explained(NO_STORAGE), open(target, "xb") as out:
-            while chunk := stream.read(_CHUNK):
+            while chunk := stream.read(archive.CHUNK_SIZE):
                 written += len(chunk)
                 if written > limits.max_unpacked_bytes:
-                    raise UploadTooLarge(f"{what} unpacks to more than {limits.max_unpacked_bytes} bytes, the "
-                                         "server's limit")
+                    raise UploadTooLarge(f"{grows} to more than {limits.max_unpacked_bytes} bytes, the server's limit")
                 limits.reserve(len(chunk))
                 out.write(chunk)
-    except (OSError, EOFError, ValueError) as err:
-        if getattr(err, "errno", None) is not None:  # the disk's, not the data's
+    except errors as err:
+        if isinstance(err, OSError) and err.errno is not None:
             raise
-        raise InvalidCrashData(f"{what} is corrupt or truncated ({str(err)[:200]})") from None
+        raise InvalidCrashData(f"{broken} is corrupt or truncated ({archive.describe_error(err)})") from None
+    os.chmod(target, 0o640)
     return written
+
+
+def _write_layer(stream: BinaryIO | IO[bytes], target: Path, limits: Limits, what: str) -> int:
+    return write_capped(stream, target, limits, f"{what} unpacks", what, _LAYER_ERRORS)

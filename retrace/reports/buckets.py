@@ -9,7 +9,7 @@ of buckets and a window of days, never every report: per bucket its count,
 dates, releases, architectures and versions; per stack and day the count
 by release, architecture and version (``daily``).  With a million reports
 in fifty thousand buckets, a first page, a bucket page and a new report
-each stay well under 100 ms (``bench/scale.py``).
+each stay well under 100 ms (``bench/problems.py``).
 """
 from __future__ import annotations
 
@@ -22,11 +22,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from retrace_server import locking
 from retrace_server.packaging.versions import compare_versions
 from retrace_server.reports.stacks import Stack
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
     from retrace_server.config import Config
     from retrace_server.reports.rules import Rules
@@ -229,21 +230,13 @@ class BucketDB:
                     "INSERT INTO daily SELECT stack, CAST(time / 86400 AS INTEGER) AS d, COALESCE(release, ''), "
                     "COALESCE(arch, ''), COALESCE(version, ''), COUNT(*), bthash FROM occurrences WHERE bthash = ? "
                     "GROUP BY d, release, arch, version", (bthash,))
-                self.db.execute("UPDATE buckets SET bugs = (SELECT COUNT(*) FROM attachments a WHERE a.bthash = ? "
-                                f"AND a.type IN {BUG_KINDS}) WHERE bthash = ?", (bthash, bthash))
+                self._count_bugs(bthash)
                 self._refresh(bthash, keep_count=True)
             self.db.execute("INSERT INTO counters SELECT kind, COUNT(*) FROM occurrences GROUP BY kind")
         self.db.execute(f"PRAGMA user_version = {_LAYOUT}")
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+    def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return locking.sqlite_write(self.db)
 
     def bucket(self, bthash: str) -> dict[str, Any] | None:
         """The bucket's row; its releases, architectures and versions as lists."""
@@ -335,12 +328,16 @@ class BucketDB:
             self.db.execute("DELETE FROM daily WHERE stack = ? AND count <= 0", (old_stack,))
             self.db.execute("DELETE FROM stacks WHERE id = ? AND count <= 0", (old_stack,))
             self.db.execute("DELETE FROM occurrences WHERE id = ?", (occurrence,))
-            self.db.execute("UPDATE buckets SET count = count - 1 WHERE bthash = ?", (old_bthash,))
-            self._refresh(old_bthash)
+            self._refresh(old_bthash)  # its count, dates and sets from the stacks left
             recorded = self._record(stack, rules, stored_backtrace(backtrace), kind, package, version, release,
                                     arch, task_id, when, component[0] if component else None, moving=True)
             self.db.execute("UPDATE pending SET occurrence = ? WHERE occurrence = ?", (recorded.occurrence, occurrence))
             return recorded
+
+    def _count_bugs(self, bthash: str) -> None:
+        """The bucket's bug count from its attachments (after they moved with its stacks)."""
+        self.db.execute(f"UPDATE buckets SET bugs = (SELECT COUNT(*) FROM attachments a WHERE a.bthash = ? AND "
+                        f"a.type IN {BUG_KINDS}) WHERE bthash = ?", (bthash, bthash))
 
     def _refresh(self, bthash: str, keep_count: bool = False) -> None:
         """A bucket's aggregates computed again from its stacks and days (after stacks moved); a bucket left
@@ -417,8 +414,7 @@ class BucketDB:
                     self._merge_stacks(stack_id, into[0])
                 self.db.execute("UPDATE occurrences SET bthash = ? WHERE stack = ?", (new, into[0] if into else stack_id))
             for bthash in touched:
-                self.db.execute("UPDATE buckets SET bugs = (SELECT COUNT(*) FROM attachments a WHERE a.bthash = ? AND "
-                                f"a.type IN {BUG_KINDS}) WHERE bthash = ?", (bthash, bthash))
+                self._count_bugs(bthash)
                 self._refresh(bthash)
             after = self.db.execute("SELECT COUNT(*) FROM buckets").fetchone()[0]
         return before, after

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from retrace_server import locking
 from retrace_server.errors import TemporarilyUnavailable
 from retrace_server.tasks.casedata import CASENO, MANAGED
 from retrace_server.tasks.task import (
@@ -178,13 +179,12 @@ class TaskIndex:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             if db.execute("PRAGMA user_version").fetchone()[0] != _LAYOUT:
-                db.execute("BEGIN IMMEDIATE")  # one process lays the tables out; the others find them done
-                if db.execute("PRAGMA user_version").fetchone()[0] != _LAYOUT:
-                    for statement in _SCHEMA.split(";"):
-                        db.execute(statement)
-                    db.execute("DELETE FROM meta")  # built anew: read from the whole spool
-                    db.execute(f"PRAGMA user_version = {_LAYOUT}")
-                db.execute("COMMIT")
+                with locking.sqlite_write(db):  # one process lays the tables out; the others find them done
+                    if db.execute("PRAGMA user_version").fetchone()[0] != _LAYOUT:
+                        for statement in _SCHEMA.split(";"):
+                            db.execute(statement)
+                        db.execute("DELETE FROM meta")  # built anew: read from the whole spool
+                        db.execute(f"PRAGMA user_version = {_LAYOUT}")
             db.execute("SELECT COUNT(*) FROM meta").fetchone()
         except BaseException:
             db.close()
@@ -204,8 +204,7 @@ class TaskIndex:
         """Read again the rows the spool says may have changed (all of them when ``full``, when the index is
         new or was last refreshed before the oldest hour of .changed/ kept); returns how many."""
         started = time.time()
-        self.db.execute("BEGIN IMMEDIATE")  # one refresh at a time; readers go on reading
-        try:
+        with locking.sqlite_write(self.db):  # one refresh at a time; readers go on reading
             last_text = self.db.execute("SELECT value FROM meta WHERE key = 'refreshed'").fetchone()
             last = float(last_text[0]) if last_text else None
             if full or last is None or started - last > (CHANGED_KEEP_HOURS - 1) * 3600:
@@ -219,10 +218,6 @@ class TaskIndex:
                 self._read(name)
                 count += 1
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('refreshed', ?)", (repr(started),))
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
         return count
 
     def _changed_since(self, last: float) -> set[str]:
@@ -260,16 +255,11 @@ class TaskIndex:
         """Rows for task directories the index does not know (made by hand, or by a host whose marker was lost
         in a crash), none for those gone behind its back: one listing of SaveDir, no file read for the rest.
         Returns the ids adopted."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with locking.sqlite_write(self.db):
             present = {name for name in os.listdir(self.save_dir) if is_task_id(name, self.id_length)}
             known = {task_id for (task_id,) in self.db.execute("SELECT task_id FROM tasks")}
             for name in sorted((present - known) | (known - present)):
                 self._read(name)
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
         return sorted(present - known)
 
     def ended(self, last_change_before: float | None = None, types: tuple[TaskType, ...] | None = None) -> list[str]:
