@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from retrace_server.analysis.debuggers import NoDebugger, gdb_for, runs_natively
 from retrace_server.analysis.exploitable import rate
 from retrace_server.analysis.gdb import USABLE_FRAME, retrace, session_argv
+from retrace_server.analysis.python import find_extension, interpreters, results_text
 from retrace_server.arch import HOST_ARCH
 from retrace_server.elf import CoreInfo, read_core
 from retrace_server.environments.base import Limits, Workload
@@ -223,21 +224,45 @@ class RetraceJob(Job["_Crash"]):
     def backtrace(self, crash: _Crash) -> None:
         assert crash.work is not None  # prepare gave it
         work = crash.work
-        session = self.environment.session(work, session_argv(self.environment, work))
+        script = self._python_extension(crash, work)
+        session = self.environment.session(work, session_argv(self.environment, work, script))
         if session is not None:
             session.save(self.task)
         limits = Limits(self.config.GdbTimeout, self.config.gdb_memory_limit_bytes,
                         self.config.debugger_output_limit_bytes)
-        result = retrace(self.environment, work, limits, self.without_server_paths)
+        result = retrace(self.environment, work, limits, self.without_server_paths, script)
         threads = len(_THREAD_HEADER.findall(result.backtrace))
         frames = len(USABLE_FRAME.findall(result.backtrace))
         self.log.info("gdb finished in %.3f s: %d threads, %d frames", result.seconds, threads, frames)
+        if script:
+            self.log.info("Python tracebacks: %d threads run Python", len(result.python))
+            if result.python:
+                write_atomically(self.task.results_dir / "py-bt", results_text(result.python))
         write_atomically(self.task.path / "retrace_backtrace", _missing_header(crash.resolution) + result.backtrace)
         rating = rate(crash.core.signal, crash.core.fault_address, result.exploitable_section, result.backtrace,
                       crash.core.arch)
         write_atomically(self.task.results_dir / "exploitable", rating.report())
         self.log.info("Exploitable rating %d: %s", rating.value, rating.reason)
         self._bucket(crash, result.backtrace)
+
+    def _python_extension(self, crash: _Crash, work: Workload) -> str | None:
+        """CPython's gdb extension from the task's verified packages, when the core runs the interpreter."""
+        running = interpreters(work.modules)
+        if not running:
+            return None
+        if not self.environment.unpacks:
+            self.log.info("The core runs CPython (%s); RetraceEnvironment = %s installs the packages itself, so its "
+                          "gdb extension is not looked for and there are no Python frames", running[0],
+                          self.environment.name)
+            return None
+        extension = find_extension(work.trees, work.modules)
+        if extension is None:
+            self.log.info("The core runs CPython (%s); no package of the task ships its gdb extension (Debian's "
+                          "python3.X-dbg, Fedora's python3-debuginfo), so there are no Python frames", running[0])
+            return None
+        package = next((p.nevra for p in crash.resolution.packages if p.pkgid == extension.pkgid), extension.pkgid)
+        self.log.info("Python frames through %s from %s", extension.path, package)
+        return extension.path
 
     def _bucket(self, crash: _Crash, backtrace: str) -> None:
         """Count the retrace in its crash bucket (/problems), where coreless reports of the crash land too."""

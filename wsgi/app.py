@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 _READ = ("GET", "HEAD")
 _TASK = r"/(?P<task_id>[0-9]+)"
 _MANAGED = r"/manager/(?P<task_id>[0-9]+)"
-_RESULT = r"/results/(?P<name>sys|bt|mod|crash-[a-z0-9-]{1,60})"
+_RESULT = r"/results/(?P<name>sys|bt|mod|py-bt|crash-[a-z0-9-]{1,60})"
 
 # A handler: (config, request, the URL's named parts) -> a webob Response.
 Handler = Callable[..., Any]

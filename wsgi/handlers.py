@@ -234,7 +234,7 @@ def stored_file(task: Task, name: str) -> Response:
 
 def stored_result(task: Task, name: str) -> Response:
     """A vmcore task's ``crash`` output: ``sys`` (system summary), ``bt`` (backtrace), ``mod`` (modules),
-    ``crash-<command>``."""
+    ``crash-<command>``; a crashed CPython's ``py-bt`` (every Python thread's traceback)."""
     return _text_or(task, f"results/{name}", BACKTRACE_LIMIT, f"There is no '{name}' result for the specified task")
 
 

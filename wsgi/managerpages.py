@@ -224,7 +224,7 @@ def _results_links(task: Task) -> str:
             links.append(f'<a href="/manager/{task.task_id}/{name}">{name}</a>')
     if task.results_dir.is_dir():
         for entry in sorted(task.results_dir.iterdir()):
-            if entry.name in ("sys", "bt", "mod") or entry.name.startswith("crash-"):
+            if entry.name in ("sys", "bt", "mod", "py-bt") or entry.name.startswith("crash-"):
                 links.append(f'<a href="/manager/{task.task_id}/results/{_e(entry.name)}">{_e(entry.name)}</a>')
     return " ".join(links) or "none yet"
 

@@ -4,9 +4,11 @@ The commands follow upstream's ``gdb.sh`` (section 4.4 of the upstream
 notes): every thread in ascending order, so the crashing thread (thread 1
 in a kernel core) comes first, then shared libraries, the abort and GLib
 assertion messages, registers and the disassembly around the crash.
-Upstream's Python sections (py-bt) and ``abrt-exploitable`` are left out:
-the rating is computed by ``retrace_server.analysis.exploitable`` from the section after
-the ``== EXPLOITABLE ==`` marker.
+Upstream's ``abrt-exploitable`` is left out: the rating is computed by
+``retrace_server.analysis.exploitable`` from the section after the
+``== EXPLOITABLE ==`` marker.  A crashed CPython gets every thread's
+``py-bt`` after that section, through the interpreter's own extension
+(``retrace_server.analysis.python``).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import re
 import secrets
 from typing import TYPE_CHECKING
 
+from retrace_server.analysis import python
 from retrace_server.environments.sandbox import SandboxOutputLimit, SandboxTimeout
 from retrace_server.errors import RetraceError
 
@@ -36,6 +39,11 @@ def exploitable_marker() -> str:
     return f"== EXPLOITABLE {secrets.token_hex(8)} =="
 
 
+def threads_end(marker: str) -> str:
+    """The line after the threads' stacks (where a thread's Python traceback goes), taken out again."""
+    return marker.replace("EXPLOITABLE", "THREADS END")
+
+
 class GdbError(RetraceError):
     """gdb failed, hung or said nothing useful."""
 
@@ -45,9 +53,10 @@ class GdbError(RetraceError):
 
 @dataclasses.dataclass(frozen=True)
 class GdbResult:
-    backtrace: str
+    backtrace: str  # with each Python thread's traceback under its C frames
     exploitable_section: str
     seconds: float
+    python: dict[int, list[str]] = dataclasses.field(default_factory=dict)  # thread number: py-bt lines
 
 
 def session_commands(sysroot: str, executable: str, core: str) -> list[str]:
@@ -64,14 +73,23 @@ def session_commands(sysroot: str, executable: str, core: str) -> list[str]:
     return [*where, f"file {str(sysroot).rstrip('/')}{executable}", f"core-file {core}"]
 
 
-def batch_commands(sysroot: str, executable: str, core: str, marker: str) -> list[str]:
-    """The ``-ex`` commands, in order (each fails on its own, as in upstream)."""
+def batch_commands(sysroot: str, executable: str, core: str, marker: str,
+                   python_extension: tuple[str, str] | None = None) -> list[str]:
+    """The ``-ex`` commands, in order (each fails on its own, as in upstream).
+
+    ``python_extension``: CPython's gdb extension (its path on the crashed
+    machine, found by ``retrace_server.analysis.python``) and the marker of
+    the ``py-bt`` section it adds at the end.
+    """
+    script, python_marker = python_extension or ("", "")
     return [
         "set pagination off",
         "set width 0",
         "set confirm off",
+        *(python.load_commands(f"{sysroot.rstrip('/')}{script}") if script else []),
         *session_commands(sysroot, executable, core),
         "thread apply all -ascending backtrace full 2048",
+        f"echo {threads_end(marker)}\\n",
         "info sharedlib",
         "print (char*)__abort_msg",
         "print (char*)__glib_assert_msg",
@@ -79,10 +97,12 @@ def batch_commands(sysroot: str, executable: str, core: str, marker: str) -> lis
         "disassemble",
         f"echo {marker}\\n",
         "x/i $pc",
+        *(python.traceback_commands(python_marker) if script else []),
     ]
 
 
-def gdb_argv(sysroot: str, executable: str, core: str, marker: str, gdb: str = "gdb") -> list[str]:
+def gdb_argv(sysroot: str, executable: str, core: str, marker: str, gdb: str = "gdb",
+             python_extension: tuple[str, str] | None = None) -> list[str]:
     """The argv of ``gdb`` (retrace.analysis.debuggers picks it); ``-iex`` lines run before anything is loaded.
 
     Auto-loading is off: a debuginfo package could ship gdb scripts, and
@@ -90,36 +110,43 @@ def gdb_argv(sysroot: str, executable: str, core: str, marker: str, gdb: str = "
     may use is in the sysroot.
     """
     argv = [gdb, "-batch", *_SAFE_START]
-    for command in batch_commands(sysroot, executable, core, marker):
+    for command in batch_commands(sysroot, executable, core, marker, python_extension):
         argv += ["-ex", command]
     return argv
 
 
-def interactive_argv(sysroot: str, executable: str, core: str, gdb: str = "gdb") -> list[str]:
-    """gdb for a person (retrace-server-interact): the core loaded as the batch loads it, then a prompt."""
+def interactive_argv(sysroot: str, executable: str, core: str, gdb: str = "gdb",
+                     python_script: str | None = None) -> list[str]:
+    """gdb for a person (retrace-server-interact): the core loaded as the batch loads it (with CPython's
+    extension, so ``py-bt`` works), then a prompt."""
     argv = [gdb, "-q", *_SAFE_START]
-    for command in session_commands(sysroot, executable, core):
+    load = python.load_commands(f"{sysroot.rstrip('/')}{python_script}") if python_script else []
+    for command in [*load, *session_commands(sysroot, executable, core)]:
         argv += ["-ex", command]
     return argv
 
 
-def session_argv(environment: Environment, work: Workload) -> list[str]:
+def session_argv(environment: Environment, work: Workload, python_script: str | None = None) -> list[str]:
     """gdb for a person on what ``environment`` prepared, the core loaded as the batch loads it."""
     view = environment.view(work)
-    return interactive_argv(view.sysroot, work.executable, view.core, view.gdb)
+    return interactive_argv(view.sysroot, work.executable, view.core, view.gdb, python_script)
 
 
-def retrace(environment: Environment, work: Workload, limits: Limits, hide: Callable[[str], str] = str) -> GdbResult:
+def retrace(environment: Environment, work: Workload, limits: Limits, hide: Callable[[str], str] = str,
+            python_script: str | None = None) -> GdbResult:
     """Run the batch script in ``environment`` (``retrace_server.environments.base``); the backtrace and the
-    exploitable section.
+    exploitable section, and with ``python_script`` (CPython's extension, ``retrace_server.analysis.python``)
+    the Python tracebacks.
 
     ``hide`` rewrites gdb's output before anyone sees it, after the
     environment's own paths went: server paths read as on the crashed machine.
     """
     marker = exploitable_marker()
+    extension = (python_script, python.new_marker()) if python_script else None
     view = environment.view(work)
     try:
-        ran = environment.run(gdb_argv(view.sysroot, work.executable, view.core, marker, view.gdb), work, limits)
+        ran = environment.run(gdb_argv(view.sysroot, work.executable, view.core, marker, view.gdb, extension),
+                              work, limits)
     except SandboxTimeout:
         raise GdbError(f"gdb did not finish within {limits.timeout:g} s (GdbTimeout) and was stopped",
                        "gdb timeout") from None
@@ -131,10 +158,10 @@ def retrace(environment: Environment, work: Workload, limits: Limits, hide: Call
     if ran.killed_by:
         raise GdbError(f"gdb was killed by {ran.killed_by} (memory limit {limits.memory_bytes >> 20} MiB?); "
                        f"gdb said: {gist(text)}")
-    return interpret_output(text, ran.seconds, marker)
+    return interpret_output(text, ran.seconds, marker, extension[1] if extension else None)
 
 
-def interpret_output(text: str, seconds: float, marker: str) -> GdbResult:
+def interpret_output(text: str, seconds: float, marker: str, python_marker: str | None = None) -> GdbResult:
     """The GdbResult of the batch script's output, or GdbError when it holds no usable stack."""
     backtrace, _, exploitable = text.partition(marker)
     if not USABLE_FRAME.search(backtrace):
@@ -142,7 +169,13 @@ def interpret_output(text: str, seconds: float, marker: str) -> GdbResult:
             f"gdb output is unusable: it holds no stack frame with an address; gdb said: {gist(backtrace)}",
             "gdb output unusable",
         )
-    return GdbResult(backtrace.rstrip() + "\n", exploitable.strip(), seconds)
+    tracebacks: dict[int, list[str]] = {}
+    if python_marker and python_marker in exploitable:
+        start = exploitable.index(python_marker)
+        exploitable, tracebacks = exploitable[:start], python.parse_tracebacks(exploitable[start:], python_marker)
+    threads, _, rest = backtrace.partition(threads_end(marker) + "\n")
+    backtrace = python.with_tracebacks(threads, tracebacks) + rest
+    return GdbResult(backtrace.rstrip() + "\n", exploitable.strip(), seconds, tracebacks)
 
 
 def gist(text: str, warnings: int = 3, lines: int = 3) -> str:

@@ -23,14 +23,20 @@ from testkit.debian import (
     BINARIES,
     DEBIAN_RELEASE,
     PROGRAM,
+    PYTHON,
     apport_report,
     apt_archive,
     apt_release,
+    archive_version,
     crash_debian_program,
+    crash_python,
     deb_with_members,
     debian_debs,
     debian_problem_dir,
     local_gdb_output,
+    local_python_tracebacks,
+    python_debs,
+    python_frames,
     thread_frames,
 )
 from testkit.debuginfod import DEB_CACHE, Debuginfod, download_versions
@@ -505,3 +511,60 @@ def test_a_package_the_mirror_stopped_listing_stays_known_for_keep_superseded_da
     finally:
         process.terminate()
         process.wait()
+
+
+# A script several calls deep that ends its interpreter with SIGSEGV, a second thread waiting meanwhile.
+PYTHON_SCRIPT = """\
+import signal
+import threading
+started = threading.Event()
+def waiting_worker():
+    started.set()
+    threading.Event().wait()
+def leaf(depth):
+    signal.pthread_kill(threading.get_ident(), signal.SIGSEGV)
+def middle(depth):
+    return leaf(depth + 1)
+def outer():
+    return middle(1)
+threading.Thread(target=waiting_worker, daemon=True).start()
+started.wait()
+outer()
+"""
+
+
+def script_line(text):
+    return PYTHON_SCRIPT.splitlines().index(text) + 1
+
+
+def test_a_crashed_python_interpreter_shows_each_threads_python_frames_as_a_local_gdbs_py_bt(
+        start_server, work_dir, debs, tmp_path):
+    """The archive's python3.11 (not this host's) crashed in place; its release holds python3.11-dbg."""
+    interpreter = python_debs()
+    version = archive_version("python3.11-dbg")
+    repository = apt_release(work_dir / "apt-python" / DEBIAN_RELEASE,
+                             [*interpreter.values(), debs["libc6"], debs["libc6-dbg"], debs["zlib1g"]])
+    core = crash_python(interpreter["python3.11-minimal"], work_dir, PYTHON_SCRIPT)
+    problem = debian_problem_dir(work_dir / "problem-python", core, PYTHON, f"python3.11-minimal-{version}")
+    server = start_server(repository=repository, release_id=DEBIAN_RELEASE)
+    task_id, auth = submit(server, problem, names=DEBIAN_FILES)
+    status = wait_final(server, task_id, auth)
+    log = server.get(f"/{task_id}/log", headers=auth).text
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", log
+    assert (f"Python frames through /usr/share/gdb/auto-load{PYTHON}-gdb.py from python3.11-dbg" in log), log
+    assert "Python tracebacks: 2 threads run Python" in log
+    backtrace = server.get(f"/{task_id}/backtrace", headers=auth).text
+    frames = python_frames(backtrace)
+    script = str(next((work_dir).glob("python-script-*/crash.py")))
+    assert frames[1] == [f'  File "{script}", line {script_line(line)}, in {function}' for line, function in (
+        ("    signal.pthread_kill(threading.get_ident(), signal.SIGSEGV)", "leaf"),
+        ("    return leaf(depth + 1)", "middle"), ("    return middle(1)", "outer"), ("outer()", "<module>"))]
+    assert any(f'line {script_line("    threading.Event().wait()")}, in waiting_worker' in line for line in frames[2])
+    assert "Python traceback (most recent call first):" in backtrace
+    c_frames = thread_frames(backtrace)[1]
+    assert any(function == "_PyEval_EvalFrameDefault" for function, _ in c_frames), "C frames stay"
+    results = server.get(f"/{task_id}/results/py-bt", headers=auth)
+    assert results.status_code == 200 and python_frames(results.text) == frames
+    assert frames == local_python_tracebacks([*interpreter.values(), debs["libc6"], debs["libc6-dbg"]], core,
+                                             tmp_path / "sysroot")
+    assert "    signal.pthread_kill" not in backtrace, "no source line is read from the server's files"
