@@ -6,7 +6,9 @@ PATH`` and ``--coredumpctl MATCH`` build one in a private temporary
 directory: the core, the executable's path, the owning package from the rpm
 or dpkg database and the release from the system's release files (the
 whole os-release as ``os_info``, as ABRT saves it on Debian), each
-overridable (``--package``, ``--os-release``).
+overridable (``--package``, ``--os-release``), and a ``dso_list`` as ABRT
+writes it: every file the core maps with the package that owns it here,
+so the server knows each library's exact version.
 """
 
 from __future__ import annotations  # the client runs on Python 3.9 (RHEL 9): X | None in annotations
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
 REQUIRED = ("coredump", "executable", "package")
 # One of them names the release: ABRT on Debian leaves os_release empty and saves os_info.
 RELEASE_FILES = ("os_release", "os_info")
-OPTIONAL = ("rootdir", "os_release_in_rootdir")
+OPTIONAL = ("rootdir", "os_release_in_rootdir", "dso_list")
 _OS_RELEASE_FILES = ("/etc/os-release", "/usr/lib/os-release")
 _RELEASE_LINE_FILES = ("/etc/system-release", "/etc/redhat-release")
 
@@ -130,19 +132,67 @@ def _system_os_info() -> str | None:
 
 def _owning_package(executable: str) -> str:
     """``name-[epoch:]version[-release]`` of the package that owns ``executable``, from rpm or dpkg."""
-    if shutil.which("rpm") and (package := _run_first_line(
-            ["rpm", "-qf", "--qf", "%{NAME}-%|EPOCH?{%{EPOCH}:}|%{VERSION}-%{RELEASE}\\n", "--", executable])):
-        return package
+    package = owning_packages([executable], with_arch=False).get(executable)
+    if package is None:
+        raise CrashInputError(f"{executable} is not owned by any package in the rpm or dpkg database; "
+                              "give --package NAME-VERSION")
+    return package
+
+
+def owning_packages(paths: list[str], with_arch: bool = True) -> dict[str, str]:
+    """``{path: name-[epoch:]version[-release][.arch]}`` of the paths a package owns, from rpm or dpkg (one
+    query for all of them)."""
+    if not paths:
+        return {}
+    if shutil.which("rpm"):
+        arch = ".%{ARCH}" if with_arch else ""
+        result = subprocess.run(["rpm", "-qf", "--qf", f"%{{NAME}}-%|EPOCH?{{%{{EPOCH}}:}}|%{{VERSION}}-%{{RELEASE}}{arch}\\n",
+                                 "--", *paths], capture_output=True, text=True)
+        lines = result.stdout.splitlines()
+        if len(lines) == len(paths):
+            owned = {path: line.strip() for path, line in zip(paths, lines) if " " not in line.strip()}
+            if owned:
+                return owned
     if shutil.which("dpkg-query"):
-        # dpkg's database keeps the path the package ships (/bin/sleep) where the system merged /usr and the
-        # kernel names /usr/bin/sleep: either spelling is the file.
-        for spelling in _merged_usr_spellings(executable):
-            if owner := _run_first_line(["dpkg-query", "-S", "--", spelling]):
-                name = owner.split(":", 1)[0] if ": " in owner else owner
-                if version := _run_first_line(["dpkg-query", "-W", "-f=${Version}\\n", "--", name.split(",")[0]]):
-                    return f"{name.split(',')[0]}-{version}"
-    raise CrashInputError(f"{executable} is not owned by any package in the rpm or dpkg database; "
-                          "give --package NAME-VERSION")
+        return _dpkg_owners(paths, with_arch)
+    return {}
+
+
+def _dpkg_owners(paths: list[str], with_arch: bool) -> dict[str, str]:
+    """dpkg's owners; its database keeps the path a package ships (/bin/sleep) where the system merged /usr
+    and the kernel names /usr/bin/sleep: either spelling is the file."""
+    spellings: dict[str, list[str]] = {}
+    for path in paths:
+        for spelling in _merged_usr_spellings(path):
+            spellings.setdefault(spelling, []).append(path)
+    searched = subprocess.run(["dpkg-query", "-S", "--", *spellings], capture_output=True, text=True).stdout
+    names: dict[str, str] = {}
+    for line in searched.splitlines():
+        owner, sep, spelling = line.partition(": ")
+        if sep and spelling.strip() in spellings and "diversion" not in owner:
+            for path in spellings[spelling.strip()]:
+                names.setdefault(path, owner.split(",")[0].strip())
+    if not names:
+        return {}
+    shown = subprocess.run(["dpkg-query", "-W", "-f=${binary:Package} ${Package} ${Version} ${Architecture}\\n", "--",
+                            *sorted(set(names.values()))], capture_output=True, text=True).stdout
+    versions: dict[str, str] = {}
+    for line in shown.splitlines():
+        fields = line.split()
+        if len(fields) == 4:
+            qualified, name, version, arch = fields
+            versions[qualified] = versions.setdefault(name, f"{name}-{version}" + (f".{arch}" if with_arch else ""))
+    return {path: versions[name] for path, name in names.items() if name in versions}
+
+
+def dso_list(core: StrPath) -> str:
+    """ABRT's dso_list for ``core``: each mapped file, with its owning package where one owns it here."""
+    try:
+        paths = sorted({module.path for module in read_core(core).modules})
+    except (InvalidCrashData, OSError):
+        return ""
+    owners = owning_packages(paths)
+    return "".join(f"{path} {owners[path]}\n" if path in owners else f"{path}\n" for path in paths)
 
 
 _MERGED_TOPS = ("/bin/", "/sbin/", "/lib/", "/lib32/", "/lib64/", "/libx32/")
@@ -188,10 +238,13 @@ def from_core(core: StrPath, executable: str, package: str | None = None, os_rel
         for name, text in releases.items():
             if text:
                 (directory / name).write_text(text)
+        mapped = dso_list(core)
+        if mapped:
+            (directory / "dso_list").write_text(mapped)
     except OSError as err:
         shutil.rmtree(directory, ignore_errors=True)
         raise CrashInputError(f"cannot prepare the crash for upload: {err}") from None
-    files = [*REQUIRED, *(name for name, text in releases.items() if text)]
+    files = [*REQUIRED, *(name for name, text in releases.items() if text), *(["dso_list"] if mapped else [])]
     return Crash(directory, files, package, arch, release_id(os_info, os_release, arch), temporary=True)
 
 

@@ -17,11 +17,13 @@ from retrace_server.elf import CoreInfo, read_core
 from retrace_server.environments.base import Limits, Workload
 from retrace_server.environments.choice import environment_for
 from retrace_server.files import write_atomically
+from retrace_server.intake.crashdata import parse_dso_list
 from retrace_server.packaging.debuginfod import BuildIdCache, fill_gaps, log_missing
 from retrace_server.packaging.debuginfod import Settings as DebuginfodSettings
 from retrace_server.packaging.packages import (
     Resolution,
     Unresolved,
+    names_package,
     resolve_modules,
     unresolved_everything,
     usr_merge_variants,
@@ -100,9 +102,14 @@ class RetraceJob(Job["_Crash"]):
         else:
             self.log.info("%s has no mirror here; every file comes from debuginfod", release)
             resolution = unresolved_everything(modules, f"no mirror of {release}")
-        crash = _Crash(core, core_path, executable, release, index, resolution, exe_module, debugger)
+        owners = parse_dso_list(self.crash_text("dso_list") or "")
+        if owners:
+            self.log.info("dso_list names the packages of %d mapped files", len(owners))
+        if package:
+            owners[exe_module.path] = package
+        crash = _Crash(core, core_path, executable, release, index, resolution, exe_module, debugger, owners)
         if not self.debuginfod.urls:
-            self._check_executable(crash)
+            self._check_executable(crash, bool(resolution.packages or resolution.unverified))
         for unresolved in resolution.unresolved:
             log_missing(self.log, unresolved)
         self.log.info("Packages needed: %s", " ".join(p.nevra for p in resolution.packages) or "none")
@@ -124,13 +131,17 @@ class RetraceJob(Job["_Crash"]):
             self.log.info("Debugger for %s cores: %s", arch, os.path.basename(gdb))
         return gdb
 
-    def _check_executable(self, crash: _Crash) -> None:
-        """TaskFailed unless the crashed executable itself can be given to gdb."""
+    def _check_executable(self, crash: _Crash, something_else: bool) -> None:
+        """Whether the crashed executable itself can be given to gdb: without it the backtrace is partial (the
+        frames gdb unwinds through the libraries it has); with nothing else either, TaskFailed."""
         exe_problem = next(
             (u for u in crash.resolution.unresolved if u.path == crash.executable and not u.binary_found), None
         )
-        if exe_problem is not None:
+        if exe_problem is None:
+            return
+        if not something_else:
             raise _no_executable_package(self.record.release, crash.exe_module, self.record.package, exe_problem.problem)
+        crash.executable_missing = exe_problem
 
     def _executable(self) -> str:
         """The crashed executable's path as mapped (upstream strips ``rootdir``)."""
@@ -163,7 +174,11 @@ class RetraceJob(Job["_Crash"]):
     def _verify_candidates(self, crash: _Crash, index: RepoIndex, module: Module,
                            candidates: Sequence[Package]) -> list[CachedPackage]:
         """The cached candidate whose file at the module's path has the module's build-id, with the debug
-        package of its build where the index names one by name and version (Ubuntu's ddebs)."""
+        package of its build where the index names one by name and version (Ubuntu's ddebs); the version the
+        crashed machine had (dso_list, the crash's package) is tried first."""
+        named = crash.owner_of(module.path)
+        if named:
+            candidates = sorted(candidates, key=lambda candidate: not names_package(named, candidate))
         for package in candidates:
             entry = self.supply.cached(package, index)
             if entry.build_id_of(usr_merge_variants(module.path)) != module.build_id:
@@ -180,8 +195,6 @@ class RetraceJob(Job["_Crash"]):
             crash.resolution.note_source(module.path, "debuginfo", debuginfo.nevra)
             return [entry, self.supply.cached(debuginfo, index)]
         problem = f"no package in the repository ({len(candidates)} own the path, none with this build-id)"
-        if module.path == crash.executable:
-            raise _no_executable_package(self.record.release, module, self.record.package, problem)
         crash.resolution.unresolved.append(Unresolved(module.path, module.build_id, problem))
         log_missing(self.log, crash.resolution.unresolved[-1])
         return []
@@ -204,8 +217,14 @@ class RetraceJob(Job["_Crash"]):
                 cache = BuildIdCache(self.config.CacheDir)
                 work.placements = fill_gaps(self.debuginfod, cache, crash.resolution, self.log)
                 work.extra_read_only.append(cache.root)
-            self._check_executable(crash)
+            self._check_executable(crash, bool(work.trees or work.placements))
             self.record.missing = [(u.path, u.build_id) for u in crash.resolution.unresolved if u.build_id]
+        if crash.executable_missing is not None:
+            work.executable_missing = True
+            self.log.warning("The backtrace will be partial: no source has the crashed executable %s (%s, build-id "
+                             "%s: %s); gdb unwinds with the %d packages it has", crash.executable,
+                             crash.owner_of(crash.executable) or "package unknown", crash.exe_module.build_id or
+                             "unknown", crash.executable_missing.problem, len(crash.resolution.packages))
         self.record.packages = work.packages = [package.nevra for package in crash.resolution.packages]
         self.environment.prepare(work)
 
@@ -238,7 +257,7 @@ class RetraceJob(Job["_Crash"]):
             self.log.info("Python tracebacks: %d threads run Python", len(result.python))
             if result.python:
                 write_atomically(self.task.results_dir / "py-bt", results_text(result.python))
-        write_atomically(self.task.path / "retrace_backtrace", _missing_header(crash.resolution) + result.backtrace)
+        write_atomically(self.task.path / "retrace_backtrace", _missing_header(crash) + result.backtrace)
         rating = rate(crash.core.signal, crash.core.fault_address, result.exploitable_section, result.backtrace,
                       crash.core.arch)
         write_atomically(self.task.results_dir / "exploitable", rating.report())
@@ -267,8 +286,8 @@ class RetraceJob(Job["_Crash"]):
     def _bucket(self, crash: _Crash, backtrace: str) -> None:
         """Count the retrace in its crash bucket (/problems), where coreless reports of the crash land too."""
         functions = gdb_crash_thread_functions(backtrace)
-        if not functions:
-            return
+        if not functions or crash.executable_missing is not None:
+            return  # a partial stack would make a bucket of its own
         package = self.record.package or ""
         component = crash.index.indexed_name(package) if crash.index is not None and package else None
         version = "-".join(package.rsplit("-", 2)[1:]) if component and package.count("-") >= 2 else None
@@ -298,7 +317,12 @@ class _Crash:
     resolution: Resolution
     exe_module: Module
     debugger: str  # the gdb that reads this core's architecture
+    owners: dict[str, str]  # mapped path: its package on the crashed machine (dso_list, the crash's package)
     work: Workload | None = None  # what the environment was given (from prepare on)
+    executable_missing: Unresolved | None = None  # why no source had the program (the backtrace is partial)
+
+    def owner_of(self, path: str) -> str | None:
+        return next((self.owners[variant] for variant in usr_merge_variants(path) if variant in self.owners), None)
 
 
 def _no_executable_package(release: str | None, module: Module, package: str | None, problem: str) -> TaskFailed:
@@ -309,9 +333,16 @@ def _no_executable_package(release: str | None, module: Module, package: str | N
     )
 
 
-def _missing_header(resolution: Resolution) -> str:
-    """The lines above the backtrace: where each file came from, and what gdb could not be given."""
+def _missing_header(crash: _Crash) -> str:
+    """The lines above the backtrace: whether it is partial, where each file came from, and what gdb could not
+    be given (with its package on the crashed machine, when the crash data names it)."""
+    resolution = crash.resolution
     lines = []
+    if crash.executable_missing is not None:
+        lines += [f"Partial backtrace: no source has the crashed executable {crash.executable} "
+                  f"({crash.owner_of(crash.executable) or 'package unknown'}, build-id "
+                  f"{crash.exe_module.build_id or 'unknown'}); its frames have no names and gdb may stop "
+                  "unwinding in them.", ""]
     if resolution.sources:
         lines.append("Files given to gdb (binary; debuginfo):")
         for path, sources in resolution.sources.items():
@@ -322,6 +353,8 @@ def _missing_header(resolution: Resolution) -> str:
             f"Missing debuginfo or binaries for {len(resolution.unresolved)} mapped files; their frames may lack names:"
         )
         for unresolved in resolution.unresolved:
-            lines.append(f"  {unresolved.path} (build-id {unresolved.build_id or 'unknown'}): {unresolved.problem}")
+            owner = crash.owner_of(unresolved.path)
+            lines.append(f"  {unresolved.path} ({f'{owner}, ' if owner else ''}build-id "
+                         f"{unresolved.build_id or 'unknown'}): {unresolved.problem}")
         lines.append("")
     return "\n".join(lines) + ("\n" if lines else "")

@@ -59,21 +59,25 @@ class GdbResult:
     python: dict[int, list[str]] = dataclasses.field(default_factory=dict)  # thread number: py-bt lines
 
 
-def session_commands(sysroot: str, executable: str, core: str) -> list[str]:
+def session_commands(sysroot: str, executable: str | None, core: str) -> list[str]:
     """The ``-ex`` commands that load the core with its program and libraries, for a batch or a person.
 
     ``sysroot`` "/" means gdb runs inside the crashed release's root, where
-    every file is at its own path and gdb's defaults are right.
+    every file is at its own path and gdb's defaults are right.  Without
+    the program (``executable`` None: no source had it) gdb still finds
+    the libraries through the core's link map once asked to load them.
     """
     where = [] if sysroot == "/" else [
         f"set sysroot {sysroot}",
         f"set debug-file-directory {sysroot}/usr/lib/debug",
         f"set substitute-path /usr/src/debug {sysroot}/usr/src/debug",
     ]
+    if executable is None:
+        return [*where, f"core-file {core}", "sharedlibrary"]
     return [*where, f"file {str(sysroot).rstrip('/')}{executable}", f"core-file {core}"]
 
 
-def batch_commands(sysroot: str, executable: str, core: str, marker: str,
+def batch_commands(sysroot: str, executable: str | None, core: str, marker: str,
                    python_extension: tuple[str, str] | None = None) -> list[str]:
     """The ``-ex`` commands, in order (each fails on its own, as in upstream).
 
@@ -101,7 +105,7 @@ def batch_commands(sysroot: str, executable: str, core: str, marker: str,
     ]
 
 
-def gdb_argv(sysroot: str, executable: str, core: str, marker: str, gdb: str = "gdb",
+def gdb_argv(sysroot: str, executable: str | None, core: str, marker: str, gdb: str = "gdb",
              python_extension: tuple[str, str] | None = None) -> list[str]:
     """The argv of ``gdb`` (retrace.analysis.debuggers picks it); ``-iex`` lines run before anything is loaded.
 
@@ -115,7 +119,7 @@ def gdb_argv(sysroot: str, executable: str, core: str, marker: str, gdb: str = "
     return argv
 
 
-def interactive_argv(sysroot: str, executable: str, core: str, gdb: str = "gdb",
+def interactive_argv(sysroot: str, executable: str | None, core: str, gdb: str = "gdb",
                      python_script: str | None = None) -> list[str]:
     """gdb for a person (retrace-server-interact): the core loaded as the batch loads it (with CPython's
     extension, so ``py-bt`` works), then a prompt."""
@@ -129,7 +133,7 @@ def interactive_argv(sysroot: str, executable: str, core: str, gdb: str = "gdb",
 def session_argv(environment: Environment, work: Workload, python_script: str | None = None) -> list[str]:
     """gdb for a person on what ``environment`` prepared, the core loaded as the batch loads it."""
     view = environment.view(work)
-    return interactive_argv(view.sysroot, work.executable, view.core, view.gdb, python_script)
+    return interactive_argv(view.sysroot, work.program, view.core, view.gdb, python_script)
 
 
 def retrace(environment: Environment, work: Workload, limits: Limits, hide: Callable[[str], str] = str,
@@ -145,7 +149,7 @@ def retrace(environment: Environment, work: Workload, limits: Limits, hide: Call
     extension = (python_script, python.new_marker()) if python_script else None
     view = environment.view(work)
     try:
-        ran = environment.run(gdb_argv(view.sysroot, work.executable, view.core, marker, view.gdb, extension),
+        ran = environment.run(gdb_argv(view.sysroot, work.program, view.core, marker, view.gdb, extension),
                               work, limits)
     except SandboxTimeout:
         raise GdbError(f"gdb did not finish within {limits.timeout:g} s (GdbTimeout) and was stopped",

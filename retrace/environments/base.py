@@ -46,6 +46,13 @@ class Workload:
     placements: list[tuple[str, Path]] = dataclasses.field(default_factory=list)  # (path in the tree, file)
     modules: Sequence[Module] = ()  # what the core maps (the program interpreter is found among them)
     extra_read_only: list[Path] = dataclasses.field(default_factory=list)  # caches the placements point into
+    # No source had the crashed program: gdb reads the core and the libraries alone (a partial backtrace).
+    executable_missing: bool = False
+
+    @property
+    def program(self) -> str | None:
+        """The program gdb is given, None when it is missing."""
+        return None if self.executable_missing else self.executable
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,6 +26,10 @@ _NEVR = re.compile(r"[A-Za-z0-9._+~^-]+-([0-9]+:)?[A-Za-z0-9._+~^]+(-[A-Za-z0-9.
 _RELEASE_TEXT = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._,:()/+-]*", re.ASCII)
 _PACKAGE_LIST = re.compile(r"[A-Za-z0-9._+~^:-]+(\s+[A-Za-z0-9._+~^:-]+)*", re.ASCII)
 _OS_RELEASE_LINE = re.compile(r"#[ -~]*|[A-Z][A-Z0-9_]*=[^\x00-\x1f\x7f`$\\]*", re.ASCII)
+# ABRT's dso_list line: a mapped file, then (when a package owns it) its NEVRA, "(vendor)" and install time.
+_DSO_LINE = re.compile(r"(?P<path>/[A-Za-z0-9._+,:@%=~/-]*)(?: (?P<package>[A-Za-z0-9._+~^:-]+)(?: \([ -'*-~]*\))?"
+                       r"(?: [0-9]+)?)?", re.ASCII)
+DSO_LIST_LINES = 20_000
 
 _PATH_RULE = "an absolute path of letters, digits and ._+,:@%=~/- without '..'"
 _RELEASE_RULE = "a release line such as 'Fedora release 41 (Forty One)'"
@@ -33,6 +37,27 @@ _RELEASE_RULE = "a release line such as 'Fedora release 41 (Forty One)'"
 
 def _is_os_release(text: str) -> bool:
     return all(_OS_RELEASE_LINE.fullmatch(line.strip()) for line in text.splitlines() if line.strip())
+
+
+def _is_dso_list(text: str) -> bool:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return len(lines) <= DSO_LIST_LINES and all(
+        (match := _DSO_LINE.fullmatch(line)) and ".." not in match["path"].split("/") for line in lines)
+
+
+def parse_dso_list(text: str) -> dict[str, str]:
+    """``{mapped path: package name-version-release(.arch)}`` of a dso_list checked at intake (files no package
+    owns left out).
+
+    ABRT writes the file into every problem directory (``abrt-action-list-dsos``):
+    the exact package each library came from on the crashed machine.
+    """
+    owners: dict[str, str] = {}
+    for line in text.splitlines():
+        match = _DSO_LINE.fullmatch(line.strip())
+        if match and match["package"]:
+            owners[match["path"]] = match["package"]
+    return owners
 
 
 def _is_path(text: str) -> bool:
@@ -58,6 +83,9 @@ CRASH_FILES = {
     "os_info": CrashFile(4096, _is_os_release, "an os-release file: KEY=value lines such as 'ID=debian'"),
     "rootdir": CrashFile(256, _is_path, _PATH_RULE),
     "packages": CrashFile(1024 * 1024, _PACKAGE_LIST.fullmatch, "package names separated by white space"),
+    "dso_list": CrashFile(2 * 1024 * 1024, _is_dso_list,
+                          f"at most {DSO_LIST_LINES:,} lines, each a mapped file's absolute path, optionally followed "
+                          "by its package's name-version-release, '(vendor)' and install time, as ABRT writes them"),
 }
 
 

@@ -61,6 +61,15 @@ def usr_merge_variants(path: str) -> list[str]:
     return variants
 
 
+def names_package(text: str, package: Package) -> bool:
+    """Whether ``name-[epoch:]version[-release][.arch]`` (a dso_list's or a crash's package) is ``package``."""
+    version = f"{package.version}-{package.release}" if package.release else package.version
+    forms = {f"{package.name}-{version}"}
+    if package.epoch not in ("", "0"):
+        forms.add(f"{package.name}-{package.epoch}:{version}")
+    return bool({text, text.rsplit(".", 1)[0]} & forms)
+
+
 @dataclasses.dataclass(frozen=True)
 class Unresolved:
     """A mapped file we could not fully supply, and why (shown to the user).

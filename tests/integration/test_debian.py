@@ -28,6 +28,7 @@ from testkit.debian import (
     apt_archive,
     apt_release,
     archive_version,
+    archive_versions,
     crash_debian_program,
     crash_python,
     deb_with_members,
@@ -35,11 +36,12 @@ from testkit.debian import (
     debian_problem_dir,
     local_gdb_output,
     local_python_tracebacks,
+    merged_usr_sysroot,
     python_debs,
     python_frames,
     thread_frames,
 )
-from testkit.debuginfod import DEB_CACHE, Debuginfod, download_versions
+from testkit.debuginfod import DEB_CACHE, Debuginfod, download_versions, installed_version
 from testkit.helpers import outcome, submit, wait_final
 from testkit.reposync_admin import REPOSYNC, serve_http, serve_rsync
 from testkit.signing import OTHER_KEY, TEST_KEY
@@ -544,7 +546,7 @@ def test_a_crashed_python_interpreter_shows_each_threads_python_frames_as_a_loca
     version = archive_version("python3.11-dbg")
     repository = apt_release(work_dir / "apt-python" / DEBIAN_RELEASE,
                              [*interpreter.values(), debs["libc6"], debs["libc6-dbg"], debs["zlib1g"]])
-    core = crash_python(interpreter["python3.11-minimal"], work_dir, PYTHON_SCRIPT)
+    core = crash_python([interpreter["python3.11-minimal"]], work_dir, PYTHON_SCRIPT)
     problem = debian_problem_dir(work_dir / "problem-python", core, PYTHON, f"python3.11-minimal-{version}")
     server = start_server(repository=repository, release_id=DEBIAN_RELEASE)
     task_id, auth = submit(server, problem, names=DEBIAN_FILES)
@@ -555,7 +557,7 @@ def test_a_crashed_python_interpreter_shows_each_threads_python_frames_as_a_loca
     assert "Python tracebacks: 2 threads run Python" in log
     backtrace = server.get(f"/{task_id}/backtrace", headers=auth).text
     frames = python_frames(backtrace)
-    script = str(next((work_dir).glob("python-script-*/crash.py")))
+    script = re.search(r'File "(/\S+/crash\.py)"', backtrace)[1]
     assert frames[1] == [f'  File "{script}", line {script_line(line)}, in {function}' for line, function in (
         ("    signal.pthread_kill(threading.get_ident(), signal.SIGSEGV)", "leaf"),
         ("    return leaf(depth + 1)", "middle"), ("    return middle(1)", "outer"), ("outer()", "<module>"))]
@@ -568,3 +570,34 @@ def test_a_crashed_python_interpreter_shows_each_threads_python_frames_as_a_loca
     assert frames == local_python_tracebacks([*interpreter.values(), debs["libc6"], debs["libc6-dbg"]], core,
                                              tmp_path / "sysroot")
     assert "    signal.pthread_kill" not in backtrace, "no source line is read from the server's files"
+
+
+def test_this_hosts_own_python_unknown_to_every_source_gives_a_partial_backtrace_naming_each_missing_build(
+        start_server, work_dir, debs, tmp_path):
+    """This machine's /usr/bin/python3.11 is an update the archive no longer serves: crashed in place and
+    sent by retrace-client (which adds the dso_list ABRT would), the libraries' frames still come back."""
+    installed = installed_version("python3.11-minimal")
+    other = next(version for version in archive_versions("python3.11-dbg") if version != installed)
+    interpreter = python_debs(other)
+    release = [*interpreter.values(), debs["libc6"], debs["libc6-dbg"], debs["zlib1g"]]
+    server = start_server(repository=apt_release(work_dir / "apt-python-other" / DEBIAN_RELEASE, release),
+                          release_id=DEBIAN_RELEASE)
+    core = crash_python([], work_dir, PYTHON_SCRIPT)
+    result = run_client(server, "batch", "--core", str(core), "--executable", PYTHON, "--no-pkgcheck")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    exe_build_id = next(module.build_id for module in read_core(core).modules if module.path == PYTHON)
+    assert (f"Partial backtrace: no source has the crashed executable {PYTHON} (python3.11-minimal-{installed}, "
+            f"build-id {exe_build_id})") in result.stdout
+    expat = installed_version("libexpat1")
+    assert re.search(rf"/usr/lib/x86_64-linux-gnu/libexpat\.so\.\S+ \(libexpat1-{re.escape(expat)}\.amd64, build-id "
+                     r"[0-9a-f]{40}\): no package in the repository", result.stdout), result.stdout[:3000]
+    frames = thread_frames(result.stdout)[1]
+    assert re.search(r"pthread_kill", frames[0][0]) and re.search(r"pthread_kill\.c:\d+", frames[0][1] or ""), frames
+    sysroot = tmp_path / "sysroot"
+    merged_usr_sysroot([deb for deb in release if "python3.11-minimal" not in deb.name], sysroot)
+    local = subprocess.run(
+        ["gdb", "-batch", "-nx", "-iex", "set debuginfod enabled off", "-iex", "set auto-load off",
+         "-ex", f"set sysroot {sysroot}", "-ex", f"set debug-file-directory {sysroot}/usr/lib/debug",
+         "-ex", f"core-file {core}", "-ex", "sharedlibrary", "-ex", "thread apply all -ascending backtrace"],
+        capture_output=True, text=True, check=True).stdout
+    assert frames == thread_frames(local)[1], "the frames a local gdb unwinds with the same files"

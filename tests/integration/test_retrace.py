@@ -152,9 +152,22 @@ def test_truncated_core_fails_and_says_it_is_truncated(server, problem_dir, tmp_
     assert "coredump is truncated" in log
 
 
-def test_executable_without_package_fails_naming_its_build_id(start_server, work_dir, fixture_rpms, problem_dir):
+def test_an_executable_no_package_has_gives_a_partial_backtrace_with_the_libraries_frames(
+        start_server, work_dir, fixture_rpms, problem_dir):
     without = [rpm for rpm in fixture_rpms if not rpm.name.startswith("crasher-")]
     repository = publish_release(work_dir / "repos-without-crasher", RELEASE_ID, without)
+    backtrace = successful_backtrace(start_server(repository=repository), problem_dir)
+    assert re.search(r"^Partial backtrace: no source has the crashed executable /usr/bin/crasher "
+                     r"\(crasher-1\.0-1\.fc41, build-id [0-9a-f]{40}\)", backtrace), backtrace[:2000]
+    assert re.search(r"/usr/bin/crasher \(crasher-1\.0-1\.fc41, build-id [0-9a-f]{40}\): no package in the "
+                     r"repository", backtrace)
+    assert re.search(r"#0 .*crash_in_library \(depth=0, .* at \S*libcrash\.c:\d+", backtrace), backtrace[1500:5000]
+
+
+def test_a_crash_nothing_of_which_is_in_the_repository_fails_naming_the_executables_build(
+        start_server, work_dir, fixture_rpms, problem_dir):
+    unrelated = [rpm for rpm in fixture_rpms if rpm.name.startswith("libcrash-debuginfo")]
+    repository = publish_release(work_dir / "repos-unrelated", RELEASE_ID, unrelated)
     status, _ = failure(start_server(repository=repository), problem_dir)
     assert re.search(r"no package of fedora-41-x86_64 provides the crashing executable /usr/bin/crasher "
                      r"\(build-id [0-9a-f]{40}: no package in the repository\)", status), status

@@ -1,5 +1,6 @@
 import io
 import os
+import re
 import shutil
 import tarfile
 
@@ -161,3 +162,19 @@ def test_the_archive_is_tar_xz_with_or_without_the_xz_program(monkeypatch, tmp_p
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:xz") as unpacked:
         assert sorted(unpacked.getnames()) == ["coredump", "executable"]
         assert unpacked.extractfile("executable").read() == b"/usr/bin/sleep"
+
+
+def test_the_dso_list_names_each_mapped_file_with_the_package_owning_it_here(tmp_path):
+    """As abrt-action-list-dsos writes it: owned files with their package, the others alone."""
+    from testkit.synthetic_core import synthetic_core
+
+    if not (shutil.which("dpkg-query") and os.path.islink("/bin")):
+        pytest.skip("needs a merged-/usr Debian system")
+    core = tmp_path / "core"
+    core.write_bytes(synthetic_core(paths=("/usr/bin/sleep", "/opt/built-here/prog")))
+    lines = crash.dso_list(core).splitlines()
+    assert lines[0] == "/opt/built-here/prog"
+    assert re.fullmatch(r"/usr/bin/sleep coreutils-[^ ]+\.amd64", lines[1]), lines
+    owners = crash.owning_packages(["/usr/bin/sleep", "/bin/sleep", "/nonexistent"], with_arch=False)
+    assert owners["/usr/bin/sleep"] == owners["/bin/sleep"] == crash._owning_package("/usr/bin/sleep")
+    assert "/nonexistent" not in owners

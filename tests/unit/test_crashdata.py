@@ -1,7 +1,13 @@
 import pytest
 
 from retrace_server.errors import BadRequest, Conflict, Forbidden, InvalidCrashData
-from retrace_server.intake.crashdata import parse_task_type, validate_crash_dir
+from retrace_server.intake.crashdata import (
+    DSO_LIST_LINES,
+    broken_rule,
+    parse_dso_list,
+    parse_task_type,
+    validate_crash_dir,
+)
 from retrace_server.tasks.task import TaskType
 
 CORE_HEADER = b"\x7fELF\x02\x01\x01" + bytes(9) + b"\x04\x00" + bytes(46)
@@ -102,3 +108,30 @@ def test_vmcore_in_each_dump_format_is_accepted(tmp_path):
     for head in (b"KDUMP   \x06\x00\x00\x00", b"makedumpfile\x00\x00\x00\x00", CORE_HEADER):
         (tmp_path / "vmcore").write_bytes(head.ljust(64, b"\0"))
         validate_crash_dir(tmp_path, {"vmcore": 1})
+
+
+# Lines as abrt-action-list-dsos writes them (satyr's test of its parser uses these).
+ABRT_DSO_LIST = """\
+/lib64/libbz2.so.1.0.4 bzip2-libs-1.0.5-7.el6_0.x86_64 (Scientific Linux) 1342032228
+/usr/lib64/libunwind-coredump.so.0.0.0 libunwind-1.1-1.fc19.x86_64 (None) 1350312182
+/usr/lib/x86_64-linux-gnu/libz.so.1.2.13 zlib1g-1:1.2.13.dfsg-1.amd64
+/opt/vendor/libunpackaged.so
+"""
+
+
+def test_a_dso_list_names_each_mapped_files_package_and_leaves_out_the_unowned():
+    assert broken_rule("dso_list", ABRT_DSO_LIST.strip()) is None
+    assert parse_dso_list(ABRT_DSO_LIST) == {
+        "/lib64/libbz2.so.1.0.4": "bzip2-libs-1.0.5-7.el6_0.x86_64",
+        "/usr/lib64/libunwind-coredump.so.0.0.0": "libunwind-1.1-1.fc19.x86_64",
+        "/usr/lib/x86_64-linux-gnu/libz.so.1.2.13": "zlib1g-1:1.2.13.dfsg-1.amd64"}
+
+
+@pytest.mark.parametrize("text", ["/usr/lib/libx.so $(id)", "lib/relative.so x-1-1", "/usr/lib/../../etc/x x-1-1",
+                                  "/usr/lib/x.so x-1-1 (vendor) (twice)"])
+def test_a_dso_list_line_that_is_not_abrts_is_refused_with_the_rule(text):
+    assert "mapped file's absolute path" in broken_rule("dso_list", text)
+
+
+def test_a_dso_list_is_capped_in_lines():
+    assert broken_rule("dso_list", "/x\n" * (DSO_LIST_LINES + 1)) is not None

@@ -1,3 +1,5 @@
+import dataclasses
+
 from retrace_server.packaging.packages import is_package_known, strip_epoch
 from retrace_server.packaging.release import ReleaseId
 
@@ -43,3 +45,14 @@ def test_package_of_other_version_is_unknown(tmp_path):
 def test_no_release_means_unknown(tmp_path):
     _touch(tmp_path / "fedora-41-x86_64" / "Packages" / "bash-5.2-3.fc41.x86_64.rpm")
     assert not is_package_known(tmp_path, [], "bash-5.2-3.fc41", "x86_64")
+
+
+def test_a_package_is_named_as_a_dso_list_or_the_crash_data_name_it():
+    from retrace_server.packaging.packages import names_package
+    from retrace_server.packaging.repoindex import Package
+
+    older = Package("x", "libfoo1", "0", "1.0", "1", "amd64", "foo", "pool/a.deb", 1, "deb")
+    assert names_package("libfoo1-1.0-1.amd64", older) and names_package("libfoo1-1.0-1", older)
+    assert not names_package("libfoo1-1.0-2", older) and not names_package("libfoo-1.0-1", older)
+    epoch = dataclasses.replace(older, epoch="1")
+    assert names_package("libfoo1-1:1.0-1.amd64", epoch) and names_package("libfoo1-1.0-1", epoch)
