@@ -126,10 +126,10 @@ class AptMirror:
         limit = size if size is not None else _MAX_RELEASE_BYTES
         try:
             with open(target, "wb") as out:
-                received, digest = write_checked(self._chunks(relative), out, limit)
+                received, digests = write_checked(self._chunks(relative), out, limit)
         except TooLarge:
             raise Refused(f"{self.url}{relative} is larger than the {limit} bytes its index lists") from None
-        if (size is not None and received != size) or (sha256 and digest != sha256):
+        if (size is not None and received != size) or (sha256 and digests["sha256"] != sha256):
             raise Refused(f"{self.url}{relative} does not match the size and SHA256 its index lists; the mirror "
                           "served a different file")
         return received

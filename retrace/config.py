@@ -177,6 +177,15 @@ class Config:
         default=(), metadata={"section": "gpgkeys"})
     # The [debuggers] section: architecture -> the gdb that reads its cores (retrace.analysis.debuggers).
     debuggers_by_arch: tuple[tuple[str, str], ...] = dataclasses.field(default=(), metadata={"section": "debuggers"})
+    # The [history] section: release id, <dist>-<version> or <dist> -> its history sources in the order they
+    # are tried, each (kind, URL) (retrace_server.packaging.history); upstream's KojiRoot adds a Koji tree
+    # for every RPM release.
+    history_by_release: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = dataclasses.field(
+        default=(), metadata={"section": "history"})
+    KojiRoot: str = _key("")
+    # Where a vmcore's kernel debuginfo is fetched when no release has it: $VERSION, $RELEASE and $ARCH of
+    # the dump's kernel are put in (upstream's key).
+    KernelDebuginfoURL: str = _key("")
     # The task manager (/manager) for support engineers.  Apache authenticates its users (httpd/retrace.conf):
     # ManagerUserFile names an htpasswd file for Basic authentication, empty leaves it to the Apache config.
     AllowTaskManager: bool = _key(False)
@@ -287,6 +296,17 @@ class Config:
                 return [Path(path) for path in keys[name]]
         return []
 
+    def history_sources(self, release: object) -> list[tuple[str, str]]:
+        """``[(kind, URL)]`` tried for ``release`` when a build is in no synced index: its own [history] line,
+        else its ``<dist>-<version>`` line, else its ``<dist>`` line; then KojiRoot for RPM distributions."""
+        lines = dict(self.history_by_release)
+        full = str(release)
+        found = next((list(lines[name]) for name in (full, full.rsplit("-", 1)[0], full.split("-", 1)[0])
+                      if name in lines), [])
+        if self.KojiRoot and full.split("-", 1)[0] not in _APT_DISTRIBUTIONS:
+            found.append(("koji", self.KojiRoot.rstrip("/")))
+        return found
+
     def debugger(self, arch: str) -> str | None:
         """The gdb the [debuggers] section names for ``arch`` cores, or None."""
         return dict(self.debuggers_by_arch).get(arch)
@@ -326,6 +346,10 @@ _FIELDS = {field.name: field for field in dataclasses.fields(Config) if "section
 DEBUGINFOD_SECTION = "debuginfod"
 GPGKEYS_SECTION = "gpgkeys"
 DEBUGGERS_SECTION = "debuggers"
+HISTORY_SECTION = "history"
+HISTORY_KINDS = ("snapshot", "koji")
+# Distributions whose archives are apt ones: KojiRoot is for the others.
+_APT_DISTRIBUTIONS = ("debian", "ubuntu")
 
 
 def admin_commands(text: str) -> tuple[str, ...]:
@@ -363,7 +387,7 @@ UPSTREAM_UNSUPPORTED = {
     "AuthGroup": "Apache authenticates here (httpd/retrace.conf), not a group in this file",
     "AllowExternalDir": "tasks on an external directory are not offered",
     "AllowUsrCoreTask": "coredump tasks are always accepted",
-    **dict.fromkeys(("KernelChrootRepo", "KojiRoot", "WgetKernelDebuginfos", "KernelDebuginfoURL"), _KERNEL),
+    **dict.fromkeys(("KernelChrootRepo", "WgetKernelDebuginfos"), _KERNEL),
     **dict.fromkeys(("UseFafPackages", "FafLinkDir"), _FAF),
     **dict.fromkeys(("BugzillaURL", "BugzillaCredentials", "BugzillaStatus", "BugzillaProduct", "BugzillaComponent",
                      "BugzillaTriggerWords", "BugzillaRegExes", "BugzillaQueryLastChangeDelta"),
@@ -449,6 +473,9 @@ def parse_config(text: str, source: object) -> tuple[Config, list[str]]:
     if parser.has_section(GPGKEYS_SECTION):
         values["gpg_keys_by_release"] = tuple(
             (release, tuple(paths.split())) for release, paths in parser.items(GPGKEYS_SECTION))
+    if parser.has_section(HISTORY_SECTION):
+        values["history_by_release"] = tuple(
+            (release, _history_line(release, text, source)) for release, text in parser.items(HISTORY_SECTION))
     if parser.has_section(DEBUGGERS_SECTION):
         values["debuggers_by_arch"] = tuple((arch, program.strip()) for arch, program in parser.items(DEBUGGERS_SECTION))
     if values.get("CrashCommands"):
@@ -462,6 +489,22 @@ def parse_config(text: str, source: object) -> tuple[Config, list[str]]:
     if values.get("ManagerUserFile") and not values["ManagerUserFile"].startswith("/"):
         raise ConfigError(f"{source}: ManagerUserFile must be an absolute path, not {values['ManagerUserFile']!r}")
     return Config(**values), warnings
+
+
+def _history_line(release: str, text: str, source: object) -> tuple[tuple[str, str], ...]:
+    """``snapshot https://snapshot.debian.org koji https://...``: (kind, URL) pairs, in order."""
+    words = text.split()
+    pairs = tuple(zip(words[::2], (url.rstrip("/") for url in words[1::2])))
+    for kind, url in pairs:
+        if kind not in HISTORY_KINDS or not (url.startswith(("http://", "https://")) or
+                                             (kind == "koji" and url.startswith("/"))):
+            break
+    else:
+        if len(words) % 2 == 0 and pairs:
+            return pairs
+    raise ConfigError(f"{source}: [{HISTORY_SECTION}] {release} must list history sources as KIND URL pairs, "
+                      f"KIND one of {', '.join(HISTORY_KINDS)} and URL http(s)://... (a Koji tree may be a local "
+                      f"directory), not {text!r}")
 
 
 def config_path(environ: Mapping[str, str] = os.environ, explicit: str | os.PathLike[str] | None = None) -> Path:

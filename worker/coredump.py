@@ -18,8 +18,10 @@ from retrace_server.environments.base import Limits, Workload
 from retrace_server.environments.choice import environment_for
 from retrace_server.files import write_atomically
 from retrace_server.intake.crashdata import parse_dso_list
+from retrace_server.packaging.backfill import Backfill
 from retrace_server.packaging.debuginfod import BuildIdCache, fill_gaps, log_missing
 from retrace_server.packaging.debuginfod import Settings as DebuginfodSettings
+from retrace_server.packaging.history import sources_for
 from retrace_server.packaging.packages import (
     Resolution,
     Unresolved,
@@ -108,8 +110,11 @@ class RetraceJob(Job["_Crash"]):
         if package:
             owners[exe_module.path] = package
         crash = _Crash(core, core_path, executable, release, index, resolution, exe_module, debugger, owners)
-        if not self.debuginfod.urls:
-            self._check_executable(crash, bool(resolution.packages or resolution.unverified))
+        self.supply.history = sources_for(self.config, release)
+        if self.supply.history:
+            self.log.info("History sources: %s", ", ".join(map(str, self.supply.history)))
+        if not self.debuginfod.urls and not self.supply.history:
+            self._check_executable(crash, bool(self._libraries_given(crash) or resolution.unverified))
         for unresolved in resolution.unresolved:
             log_missing(self.log, unresolved)
         self.log.info("Packages needed: %s", " ".join(p.nevra for p in resolution.packages) or "none")
@@ -142,6 +147,11 @@ class RetraceJob(Job["_Crash"]):
         if not something_else:
             raise _no_executable_package(self.record.release, crash.exe_module, self.record.package, exe_problem.problem)
         crash.executable_missing = exe_problem
+
+    @staticmethod
+    def _libraries_given(crash: _Crash) -> bool:
+        """Whether gdb gets the binary of some mapped file besides the program: else it has nothing to unwind."""
+        return any(path != crash.executable and "binary" in sources for path, sources in crash.resolution.sources.items())
 
     def _executable(self) -> str:
         """The crashed executable's path as mapped (upstream strips ``rootdir``)."""
@@ -213,11 +223,12 @@ class RetraceJob(Job["_Crash"]):
                 work.trees = [self.supply.cached(package, index) for package in crash.resolution.packages]
                 for module, candidates in crash.resolution.unverified:
                     work.trees += self._verify_candidates(crash, index, module, candidates)
+            work.trees += self._backfill(crash).fill(crash.resolution)
             if self.debuginfod.urls:
                 cache = BuildIdCache(self.config.CacheDir)
                 work.placements = fill_gaps(self.debuginfod, cache, crash.resolution, self.log)
                 work.extra_read_only.append(cache.root)
-            self._check_executable(crash, bool(work.trees or work.placements))
+            self._check_executable(crash, self._libraries_given(crash))
             self.record.missing = [(u.path, u.build_id) for u in crash.resolution.unresolved if u.build_id]
         if crash.executable_missing is not None:
             work.executable_missing = True
@@ -227,6 +238,18 @@ class RetraceJob(Job["_Crash"]):
                              "unknown", crash.executable_missing.problem, len(crash.resolution.packages))
         self.record.packages = work.packages = [package.nevra for package in crash.resolution.packages]
         self.environment.prepare(work)
+
+    def _backfill(self, crash: _Crash) -> Backfill:
+        """What the history sources may still give, by the packages the crash names (retrace.packaging.backfill)."""
+        index = crash.index
+        package_format = "deb" if index is not None and index.format is RepositoryFormat.APT else "rpm"
+
+        def source_of(name: str) -> str | None:
+            known = index.by_name(name) if index is not None else []
+            source = known[0].sourcerpm if known else ""
+            return source.rsplit("-", 2)[0] if source.endswith(".src.rpm") else source or None
+
+        return Backfill(self.supply, crash.release.arch, package_format, crash.owner_of, source_of, self.log)
 
     def _check_full_rpm_mirror(self, index: RepoIndex | None) -> None:
         """chroot and mock install gdb with dnf from the release's own RPM repository on this host."""

@@ -23,6 +23,7 @@ import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from retrace_server.analysis import crash as crash_tool
 from retrace_server.analysis.vmcore import DumpFormat, KernelIdentity, dump_format, read_vmcoreinfo, search_text
@@ -33,7 +34,15 @@ from retrace_server.files import write_atomically
 from retrace_server.packaging import formats
 from retrace_server.packaging.debuginfod import BuildIdCache, fetch_all
 from retrace_server.packaging.debuginfod import Settings as DebuginfodSettings
-from retrace_server.packaging.download import DOWNLOADS, DownloadError, download_packages
+from retrace_server.packaging.download import (
+    DOWNLOADS,
+    UNKNOWN_SIZE_CAP,
+    DownloadError,
+    download_packages,
+    fetch_file,
+    read_capped,
+    requests_module,
+)
 from retrace_server.packaging.kernel import (
     KernelCache,
     KernelError,
@@ -44,6 +53,8 @@ from retrace_server.packaging.kernel import (
     find_debuginfo_package,
     is_debian_kernel,
     kernel_arch,
+    kernel_url_directory,
+    listed_package,
     package_nevra,
     repository_releases,
 )
@@ -62,6 +73,7 @@ if TYPE_CHECKING:
     from retrace_server.environments.sandbox import Sandboxed
     from retrace_server.packaging.kernel import KernelPackage
     from retrace_server.packaging.release import ReleaseId
+    from retrace_server.packaging.repoindex import Package
     from retrace_server.paths import StrPath
     from retrace_server.tasks.task import Task
 
@@ -193,9 +205,11 @@ class VmcoreJob(Job["_Dump"]):
     # -- preparation ---------------------------------------------------------------
 
     def prepare(self, dump: _Dump) -> None:
-        found = dump.package = self._debuginfo_package(dump)
+        found = dump.package = self._debuginfo_package(dump) or self._from_kernel_url(dump)
         if found is not None:
-            self.record.release, self.record.packages = str(found.release), [package_nevra(found.path)]
+            self.record.packages = [package_nevra(found.path)]
+            if found.release is not None:
+                self.record.release = str(found.release)
         key = self.kernels.key(dump.kernel.build_id, dump.kernel_release)
         cached = self.kernels.cached(key)
         if cached is not None:
@@ -210,8 +224,10 @@ class VmcoreJob(Job["_Dump"]):
         def fill(vmlinux: Path) -> None:
             package = self._package_file(found)
             started = time.monotonic()
-            # A Debian kernel package is trusted with its repository (apt signs indexes, not packages).
-            keyring = Keyring.for_release(self.config, release) if formats.of_file(package) is formats.RPM else None
+            # A Debian kernel package is trusted with its repository (apt signs indexes, not packages); one from
+            # KernelDebuginfoURL by the vmlinux's build-id alone (Koji's packages are unsigned).
+            keyring = (Keyring.for_release(self.config, release)
+                       if formats.of_file(package) is formats.RPM and release is not None else None)
             if keyring is not None:
                 keyring.verify(package, name)
             if indexed is not None:
@@ -219,7 +235,8 @@ class VmcoreJob(Job["_Dump"]):
             if not extract_vmlinux(package, member, vmlinux, self.config.decoder_memory_bytes):
                 raise KernelError(f"{name} of {release} holds no /{member}")
             self._verify(vmlinux, dump.kernel, f"{name} of {release}")
-            self.log.info("Extracted the vmlinux from %s of %s in %.3f s", name, release, time.monotonic() - started)
+            self.log.info("Extracted the vmlinux from %s of %s in %.3f s", name, release or found.url,
+                          time.monotonic() - started)
 
         entry = self.kernels.get(key, fill, on_wait=lambda: self.log.info(
             "Waiting for another task that is extracting the vmlinux of %s", dump.kernel_release))
@@ -230,18 +247,60 @@ class VmcoreJob(Job["_Dump"]):
     def _package_file(self, found: KernelPackage) -> Path:
         """The kernel debuginfo package's file; a metadata-only release's is downloaded once per task (it is
         read for the vmlinux, then for module debuginfo) and removed when the task ends."""
-        if found.url is None or found.indexed is None or found.path.is_file():
+        if found.url is None or found.path.is_file():
             return found.path
         if self._downloaded is None:
             started = time.monotonic()
-            result = download_packages([(found.indexed, found.url)], Path(self.config.CacheDir) / DOWNLOADS,
-                                       self.config.DownloadDeadline)[found.indexed.pkgid]
+            result = self._download(found.indexed, found.url, found.path.name)
             if isinstance(result, DownloadError):
                 raise TaskFailed(result.sentence, "repository error")
             self._downloaded = result
             self.log.info("Downloaded %s (%.1f MiB) from %s in %.3f s", found.path.name,
                           result.stat().st_size / 1048576, found.url, time.monotonic() - started)
         return self._downloaded
+
+    def _download(self, indexed: Package | None, url: str, name: str) -> Path | DownloadError:
+        """A package of a metadata-only release (held to its index's SHA256), or one from KernelDebuginfoURL."""
+        directory = Path(self.config.CacheDir) / DOWNLOADS
+        if indexed is not None:
+            return download_packages([(indexed, url)], directory, self.config.DownloadDeadline)[indexed.pkgid]
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / f".kernel-{os.getpid()}-{name}"
+        try:
+            fetch_file(requests_module().Session(), url, target, UNKNOWN_SIZE_CAP,
+                       time.monotonic() + self.config.DownloadDeadline, name, "KernelDebuginfoURL",
+                       "a package may have")
+        except DownloadError as err:
+            target.unlink(missing_ok=True)
+            return err
+        return target
+
+    def _from_kernel_url(self, dump: _Dump) -> KernelPackage | None:
+        """The kernel's debuginfo package where KernelDebuginfoURL (upstream's template) lists it, when no
+        release has it; only a dump that records its build-id can prove a package from there."""
+        template = self.config.KernelDebuginfoURL
+        directory = kernel_url_directory(template, dump.kernel_release) if template else None
+        if directory is None:
+            return None
+        if dump.kernel.build_id is None:
+            self.log.warning("KernelDebuginfoURL is not asked: the dump records no build-id that could prove a "
+                             "package from there")
+            return None
+        try:
+            listing = read_capped(requests_module().Session(), directory, 4 << 20, self.config.DownloadDeadline,
+                                  "KernelDebuginfoURL")
+        except DownloadError as err:
+            self.log.warning("%s", err.sentence)
+            return None
+        picked = listed_package((listing or b"").decode("utf-8", "replace"), dump.kernel_release)
+        if picked is None:
+            self.log.info("KernelDebuginfoURL %s lists no debuginfo package of kernel %s", directory,
+                          dump.kernel_release)
+            return None
+        name, member = picked
+        self.log.info("The kernel's debuginfo package from KernelDebuginfoURL: %s%s", directory, name)
+        return KernelPackage(None, Path(self.config.CacheDir) / DOWNLOADS / name, member, None,
+                             directory + quote(name))
 
     def _debuginfo_package(self, dump: _Dump) -> KernelPackage | None:
         return find_debuginfo_package(self.config.RepoDir, dump.releases, dump.kernel_release, self.config.CacheDir)

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING
 from webob import Response
 
 from retrace_server import intake
-from retrace_server.errors import Conflict, Forbidden, NotFound, QueueFull, TemporarilyUnavailable
+from retrace_server.errors import Conflict, Forbidden, NotFound, QueueFull, RetraceError, TemporarilyUnavailable
 from retrace_server.files import write_atomically
 from retrace_server.intake import archive, crashdata, storage
+from retrace_server.packaging.history import sources_for, wanted_of
 from retrace_server.packaging.packages import is_package_known
 from retrace_server.packaging.release import ReleaseId, served_releases, supported_releases
 from retrace_server.packaging.repoindex import release_index
@@ -109,7 +110,27 @@ def checkpackage(config: Config, request: Request) -> Response:
             return Response(status=302, content_type="text/plain", headers={"X-Retrace-Package-Check": "debuginfod"})
         releases = [release for release in releases if release == wanted]
     known = is_package_known(config.RepoDir, releases, nvr, arch) or _indexed(config, releases, nvr)
+    if not known and _in_history(config, releases, nvr):
+        return Response(status=302, content_type="text/plain", headers={"X-Retrace-Package-Check": "history"})
     return Response(status=302 if known else 404, content_type="text/plain")
+
+
+# How long /checkpackage waits for one history source: the client waits for the answer.
+_HISTORY_CHECK_SECONDS = 10.0
+
+
+def _in_history(config: Config, releases: Iterable[ReleaseId], nvr: str) -> bool:
+    """Whether a history source of one of ``releases`` serves ``nvr`` (a build the mirror no longer lists:
+    the worker will fetch it from there)."""
+    for release in releases:
+        for source in sources_for(config, release):
+            source.deadline = _HISTORY_CHECK_SECONDS
+            try:
+                if any(source.binary(wanted) for wanted in wanted_of(nvr, release.arch, source.format)):
+                    return True
+            except RetraceError as err:
+                log.warning("/checkpackage could not ask %s about %s: %s", source, nvr, err.sentence)
+    return False
 
 
 def _indexed(config: Config, releases: Iterable[ReleaseId], nvr: str) -> bool:

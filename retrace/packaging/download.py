@@ -34,7 +34,7 @@ DOWNLOADS = "downloads"  # under CacheDir
 _CHUNK = 1024 * 1024
 _PARALLEL = 8
 # An index that gives no size: nothing a crash needs is bigger.
-_UNKNOWN_SIZE_CAP = 4 << 30
+UNKNOWN_SIZE_CAP = 4 << 30
 
 
 class DownloadError(RetraceError):
@@ -63,7 +63,7 @@ def package_url(release_dir: Path, package_path: Path) -> tuple[str, str] | None
     return None
 
 
-def _requests() -> Any:
+def requests_module() -> Any:
     import requests
 
     return requests
@@ -73,27 +73,30 @@ class TooLarge(Exception):
     """More bytes arrived than the index lists."""
 
 
-def write_checked(chunks: Iterable[bytes], handle: BinaryIO, limit: int) -> tuple[int, str]:
-    """Write ``chunks`` to ``handle`` while counting and hashing them; ``(bytes, SHA256 hex)``.
+def write_checked(chunks: Iterable[bytes], handle: BinaryIO, limit: int) -> tuple[int, dict[str, str]]:
+    """Write ``chunks`` to ``handle`` while counting and hashing them; ``(bytes, {"sha256": hex, "sha1": hex})``
+    (apt and rpm-md indexes list SHA256, Debian's snapshot service names files by SHA1).
 
     TooLarge as soon as more than ``limit`` bytes arrive: a mirror's answer is
     untrusted, and the index that gave the size is what it is held to.
     """
-    digest = hashlib.sha256()
+    digests = {"sha256": hashlib.sha256(), "sha1": hashlib.sha1(usedforsecurity=False)}
     received = 0
     for chunk in chunks:
         received += len(chunk)
         if received > limit:
             raise TooLarge()
-        digest.update(chunk)
+        for digest in digests.values():
+            digest.update(chunk)
         handle.write(chunk)
-    return received, digest.hexdigest()
+    return received, {name: digest.hexdigest() for name, digest in digests.items()}
 
 
-def _fetch(session: Any, url: str, package: Package, target: Path, deadline: float) -> None:
-    """Stream ``url`` into ``target``, checking size and SHA256 against ``package``; DownloadError says why."""
-    requests = _requests()
-    limit = package.size or _UNKNOWN_SIZE_CAP
+def fetch_file(session: Any, url: str, target: Path, limit: int, deadline: float, what: str,
+               server: str = "mirror", limit_from: str = "the index lists") -> tuple[int, dict[str, str]]:
+    """Stream ``url`` into the new file ``target``, at most ``limit`` bytes (which ``limit_from`` set), by
+    ``deadline`` (monotonic); ``(bytes, digests)``, or DownloadError with a sentence about ``what``."""
+    requests = requests_module()
 
     def chunks(response: Any) -> Iterator[bytes]:
         for chunk in response.iter_content(_CHUNK):
@@ -104,17 +107,42 @@ def _fetch(session: Any, url: str, package: Package, target: Path, deadline: flo
     try:
         with session.get(url, stream=True, timeout=(10, max(1.0, deadline - time.monotonic()))) as response:
             if response.status_code != 200:
-                raise DownloadError(f"mirror {url} answered HTTP {response.status_code} for {package.nevra}")
+                raise DownloadError(f"{server} {url} answered HTTP {response.status_code} for {what}")
             with open(target, "xb") as handle:
-                received, sha256 = write_checked(chunks(response), handle, limit)
+                return write_checked(chunks(response), handle, limit)
     except TooLarge:
-        raise DownloadError(f"mirror {url} sent more than the {limit} bytes the index lists for {package.nevra}; "
+        raise DownloadError(f"{server} {url} sent more than the {limit} bytes {limit_from} for {what}; "
                             "it was not used") from None
     except requests.Timeout:
-        raise DownloadError(f"mirror {url} did not answer for {package.nevra} within the download deadline") from None
+        raise DownloadError(f"{server} {url} did not answer for {what} within the download deadline") from None
     except requests.RequestException as err:
-        raise DownloadError(f"mirror {url} cannot be reached for {package.nevra} ({type(err).__name__})") from None
-    if (package.size and received != package.size) or sha256 != package.pkgid:
+        raise DownloadError(f"{server} {url} cannot be reached for {what} ({type(err).__name__})") from None
+
+
+def read_capped(session: Any, url: str, cap: int, timeout: float, server: str) -> bytes | None:
+    """The body at ``url`` (None for a 404), DownloadError past ``cap`` bytes or on any other answer."""
+    requests = requests_module()
+    try:
+        with session.get(url, stream=True, timeout=(10, timeout)) as response:
+            if response.status_code == 404:
+                return None
+            if response.status_code != 200:
+                raise DownloadError(f"{server} answered HTTP {response.status_code} for {url}")
+            body = bytearray()
+            for chunk in response.iter_content(65536):
+                body += chunk
+                if len(body) > cap:
+                    raise DownloadError(f"{server} answered more than {cap >> 10} KiB for {url}; it was not read")
+            return bytes(body)
+    except requests.RequestException as err:
+        raise DownloadError(f"{server} cannot be reached ({type(err).__name__})") from None
+
+
+def _fetch(session: Any, url: str, package: Package, target: Path, deadline: float) -> None:
+    """Stream ``url`` into ``target``, checking size and SHA256 against ``package``; DownloadError says why."""
+    limit = package.size or UNKNOWN_SIZE_CAP
+    received, digests = fetch_file(session, url, target, limit, deadline, package.nevra)
+    if (package.size and received != package.size) or digests["sha256"] != package.pkgid:
         raise DownloadError(f"mirror {url} served a different file than the index lists for {package.nevra} "
                             "(size or SHA256 differ); it was not used")
 
@@ -124,7 +152,7 @@ def download_packages(wanted: Iterable[tuple[Package, str]], directory: Path, de
     """Download ``wanted`` (``[(package, URL)]``) into ``directory``; ``{pkgid: path or DownloadError}``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    session = session or _requests().Session()
+    session = session or requests_module().Session()
     deadline = time.monotonic() + deadline_seconds
 
     def one(package: Package, url: str) -> Path:

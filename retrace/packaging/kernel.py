@@ -23,6 +23,7 @@ that no later task searches the package for them again.
 """
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import shutil
@@ -30,6 +31,7 @@ import tempfile
 import typing
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 from retrace_server import locking
 from retrace_server.arch import canonical_arch
@@ -103,13 +105,61 @@ def repository_releases(repo_dir: str | Path) -> list[ReleaseId]:
 class KernelPackage(typing.NamedTuple):
     """A kernel debuginfo package found in a release.  ``indexed`` is its index entry, whose SHA256 the
     file must have; ``url`` where its mirror serves it when the release keeps metadata only (``path`` is
-    then where the file would be, and the worker downloads it)."""
+    then where the file would be, and the worker downloads it).  ``release`` None: it came from
+    KernelDebuginfoURL, outside every release, and only the vmlinux's build-id proves it."""
 
-    release: ReleaseId
+    release: ReleaseId | None
     path: Path
     member: str
     indexed: Package | None = None
     url: str | None = None
+
+
+_URL_FIELD = re.compile(r"[A-Za-z0-9._+~-]+")
+
+
+def kernel_url_fields(release: str) -> dict[str, str] | None:
+    """``$BASENAME $VERSION $RELEASE $ARCH`` of a kernel release string for KernelDebuginfoURL (upstream's
+    template): Fedora's 6.5.6-300.fc39.x86_64 is kernel, 6.5.6, 300.fc39, x86_64 (kernel-rt for a real-time
+    kernel); Debian's 6.1.0-57-cloud-amd64 is linux, 6.1.0, 57-cloud, amd64."""
+    rpm = _RPM_ARCH.search(release)
+    if rpm is not None:
+        base = release[:rpm.start()]
+        version, _, package_release = base.partition("-")
+        basename = "kernel-rt" if rpm[2] == "rt" or ".rt" in base else "kernel"
+        fields = {"BASENAME": basename, "VERSION": version, "RELEASE": package_release, "ARCH": rpm[1]}
+    elif (debian := _DEBIAN_FLAVOUR.search(release)) is not None:
+        version, _, abi = release[:debian.start()].partition("-")
+        fields = {"BASENAME": "linux", "VERSION": version, "RELEASE": abi, "ARCH": debian[1]}
+    else:
+        return None
+    return fields if all(_URL_FIELD.fullmatch(value) for value in fields.values()) else None
+
+
+def kernel_url_directory(template: str, release: str) -> str | None:
+    """KernelDebuginfoURL with the kernel's fields put in (a directory: it ends with /), or None."""
+    fields = kernel_url_fields(release)
+    if fields is None:
+        return None
+    for name, value in sorted(fields.items(), key=lambda item: -len(item[0])):
+        template = template.replace(f"${name}", value)
+    return template if template.endswith("/") else template + "/"
+
+
+_HREF = re.compile(r"""href=["']?([^"' >]+)""", re.I)
+
+
+def listed_package(listing: str, release: str) -> tuple[str, str] | None:
+    """``(file name, member)`` of the kernel's debuginfo package among a directory listing's links, the
+    newest name first; RPM names are exact, so an RPM is also tried when the listing does not link it."""
+    names = {unquote(link.rsplit("/", 1)[-1]) for link in _HREF.findall(listing)}
+    for pattern, member in debuginfo_packages(release):
+        found = sorted((name for name in names if fnmatch.fnmatchcase(name, pattern)), reverse=True)
+        if found:
+            return found[0], member
+        if not any(char in pattern for char in "*?["):
+            return pattern, member
+    return None
 
 
 def find_debuginfo_package(repo_dir: str | Path, releases: Iterable[ReleaseId], kernel_release: str,

@@ -9,14 +9,18 @@ the package cache by every task and process.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from retrace_server.errors import RetraceError
+from retrace_server.packaging.apt import split_version
 from retrace_server.packaging.cache import PackageCache
 from retrace_server.packaging.download import DOWNLOADS, DownloadError, download_packages, package_url
+from retrace_server.packaging.history import HistorySource, Located, Wanted
 from retrace_server.packaging.payload import UnpackError
+from retrace_server.packaging.repoindex import Package
 from retrace_server.packaging.signatures import Keyring, verify_checksum
 
 if TYPE_CHECKING:
@@ -25,7 +29,7 @@ if TYPE_CHECKING:
 
     from retrace_server.config import Config
     from retrace_server.packaging.cache import CachedPackage
-    from retrace_server.packaging.repoindex import Package, RepoIndex
+    from retrace_server.packaging.repoindex import RepoIndex
     from retrace_server.stats import TaskRecord
 
 
@@ -51,6 +55,8 @@ class PackageSupply:
         self._keyrings: dict[str, Keyring | None] = {}  # None: RequireGPGCheck = 0
         self._verified: set[Path] = set()  # package files whose signatures this job has checked
         self.downloads: dict[str, Path] = {}  # pkgid -> file downloaded for a metadata-only release, until unpacked
+        # Where builds the mirror no longer serves are fetched (retrace_server.packaging.history), set by the job.
+        self.history: list[HistorySource] = []
 
     def forget_downloads(self) -> None:
         """Remove the packages downloaded for this job (the cache keeps their unpacked trees)."""
@@ -60,11 +66,16 @@ class PackageSupply:
     def cached(self, package: Package, index: RepoIndex) -> CachedPackage:
         """The package unpacked in the shared cache (by this task or an earlier one)."""
         package_path = self.package_file(index, package)
+        return self.cached_file(package, package_path, self._verifier(index, package, package_path))
+
+    def cached_file(self, package: Package, package_path: Path,
+                    verify: Callable[[Path], None] | None) -> CachedPackage:
+        """``package``'s file at ``package_path`` unpacked in the shared cache, ``verify`` checking it first."""
         try:
             entry = self.cache.get(
                 package.pkgid, package_path,
                 on_wait=lambda: self.log.info("Waiting for another task that is unpacking %s", package.nevra),
-                verify=self._verifier(index, package, package_path),
+                verify=verify,
             )
         except UnpackError as err:
             # The sentence may name a downloaded file by its temporary name: the package's own name leads.
@@ -120,12 +131,60 @@ class PackageSupply:
         results = download_packages(wanted, Path(self.config.CacheDir) / DOWNLOADS, self.config.DownloadDeadline)
         failures = [result for result in results.values() if isinstance(result, DownloadError)]
         self.downloads.update({pkgid: path for pkgid, path in results.items() if isinstance(path, Path)})
+        failures = [failure for package, _ in wanted if isinstance(failure := results[package.pkgid], DownloadError)
+                    and not self._from_history(package, index, failure)]
         size = sum(path.stat().st_size for pkgid, path in self.downloads.items() if pkgid in results)
         self.log.info("Downloaded %d of %d packages (%.1f MiB) from %s in %.3f s", len(wanted) - len(failures),
                       len(wanted), size / 1048576, ", ".join(sorted(mirrors)), time.monotonic() - started)
         if failures:
             raise PackageUnavailable(failures[0].sentence + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""),
                              "repository error")
+
+    def _from_history(self, package: Package, index: RepoIndex, failure: DownloadError) -> bool:
+        """Whether a history source gave the file the mirror could not (a superseded build the archive
+        deleted), with the index's SHA256: the index vouches for it, the source only carries it."""
+        if not self.history:
+            return False
+        version = f"{package.version}-{package.release}" if package.release else package.version
+        epoch = f"{package.epoch}:" if package.epoch not in ("", "0") else ""
+        wanted = Wanted(package.name, epoch + version if package.format == "deb" else version,
+                        index.release_dir.name.rsplit("-", 1)[-1])
+        self.log.info("%s; asking the history sources", failure.sentence)
+        for source in (source for source in self.history if source.format == package.format):
+            try:
+                located = source.binary(wanted)
+                if located is None:
+                    continue
+                fetched = self.fetch_history(source, located)
+            except DownloadError as err:
+                self.log.warning("%s", err.sentence)
+                continue
+            if fetched.pkgid == package.pkgid:
+                self.downloads[package.pkgid] = self.downloads.pop(fetched.pkgid)
+                self.log.info("Downloaded %s from %s", package.nevra, source)
+                return True
+            self.log.warning("%s served %s with a SHA256 other than the index lists; it was not used", source,
+                             package.nevra)
+            self.downloads.pop(fetched.pkgid).unlink(missing_ok=True)
+        return False
+
+    def fetch_history(self, source: HistorySource, located: Located) -> Package:
+        """Download ``located`` from ``source`` (its file kept in ``downloads`` until the job ends); the
+        Package it is, named by its SHA256."""
+        directory = Path(self.config.CacheDir) / DOWNLOADS
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / f".history-{os.getpid()}-{len(self.downloads)}-{located.file_name}"
+        try:
+            size, digests = source.download(located, target)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+        package = history_package(located, digests["sha256"], size, source.format)
+        if package.pkgid in self.downloads:
+            target.unlink()
+        else:
+            self.downloads[package.pkgid] = target
+        return package
 
     def _verifier(self, index: RepoIndex, package: Package, package_path: Path) -> Callable[[Path], None] | None:
         """What proves a package before it is unpacked: an RPM's signature (unless this task checked it
@@ -151,3 +210,17 @@ class PackageSupply:
         keyring.verify_all(pending)
         self._verified.update(path for path, _ in pending)
         self.log.info("Signatures of %d packages verified in %.3f s", len(pending), time.monotonic() - started)
+
+
+def history_package(located: Located, sha256: str, size: int, package_format: str) -> Package:
+    """The Package a history source's file is: its name and version as asked, its architecture from the file
+    name, its checksum as computed while it downloaded."""
+    stem = located.file_name.rsplit(".", 1)[0]
+    if package_format == "deb":
+        epoch, version, release = split_version(located.version)
+        arch = stem.rsplit("_", 1)[-1]
+    else:
+        epoch, (version, _, release) = "0", located.version.split(":", 1)[-1].rpartition("-")
+        arch = stem.rsplit(".", 1)[-1]
+    return Package(sha256, located.name, epoch, version, release, arch, "", f"history/{located.file_name}", size,
+                   package_format)

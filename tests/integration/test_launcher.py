@@ -38,11 +38,11 @@ def test_refuses_an_invalid_config_naming_key_and_file(tmp_path):
 
 
 def test_warns_about_unknown_keys_and_upstreams_unsupported_ones_by_name_and_still_starts(certificate):
-    server = Server(make_root(), *certificate, KojiRoot="/mnt/koji", NoSuchKey="1")
+    server = Server(make_root(), *certificate, KernelChrootRepo="http://x/", NoSuchKey="1")
     try:
         assert server.get("/settings").status_code == 200
         assert "unknown key NoSuchKey" in server.launcher_output()
-        assert "KojiRoot is upstream's and is ignored here: kernel debuginfo comes from" in server.launcher_output()
+        assert "KernelChrootRepo is upstream's and is ignored here: kernel debuginfo comes from" in server.launcher_output()
     finally:
         server.stop()
         remove_root(server.root)

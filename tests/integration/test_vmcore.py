@@ -16,10 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from retrace_server.packaging.kernel import kernel_url_fields
 from testkit.crash_extension import build_extension
 from testkit.debian import apt_archive
 from testkit.debuginfod import Debuginfod
 from testkit.helpers import DEBIAN_RELEASE, ZSTD_TAR, add_debian_repository, outcome, retrace, text
+from testkit.loopback import FileServer
 from testkit.reposync_admin import REPOSYNC, serve_http
 from testkit.signing import TEST_KEY
 from testkit.vmcore import MARKER, exclude_pages, extract_vmlinux, kernel_debs, kernel_symbol_pages, vmcore_upload
@@ -161,6 +163,31 @@ def test_a_metadata_only_release_downloads_the_kernel_debuginfo_package_from_its
     log = text(server, task, "log")
     assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", log
     assert f"Downloaded linux-image-{vmcores.release}-dbg_" in log and f"from {url}pool/main/" in log
+    assert "Module debuginfo: 3 of 3 loaded modules found" in log
+    assert "sysrq_handle_crash" in text(server, task, "results/bt")
+    assert not list((server.cache_dir / "downloads").iterdir()), "the package is removed once read"
+
+
+def test_a_kernel_no_release_has_comes_from_kernel_debuginfo_url(start_server, uploads, vmcores, work_dir):
+    """Upstream's KernelDebuginfoURL: a directory per kernel ($BASENAME/$VERSION/$RELEASE/$ARCH, as Koji lays
+    out kernels), here a loopback HTTP tree holding the real -dbg package; no release, no debuginfod."""
+    fields = kernel_url_fields(vmcores.release)
+    tree = work_dir / "kernel-debuginfo-url"
+    place = tree.joinpath(fields["BASENAME"], fields["VERSION"], fields["RELEASE"], fields["ARCH"])
+    place.mkdir(parents=True, exist_ok=True)
+    package = kernel_debs().dbg
+    if not (place / package.name).exists():
+        (place / package.name).symlink_to(package)
+    files = FileServer(tree)
+    try:
+        server = start_server(repository=False, KernelDebuginfoURL=f"{files.url}/$BASENAME/$VERSION/$RELEASE/$ARCH/")
+        task, status = retrace(server, uploads["kdump"])
+    finally:
+        files.close()
+    log = text(server, task, "log")
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", log
+    assert (f"The kernel's debuginfo package from KernelDebuginfoURL: {files.url}/linux/{fields['VERSION']}/"
+            f"{fields['RELEASE']}/{fields['ARCH']}/{package.name}") in log
     assert "Module debuginfo: 3 of 3 loaded modules found" in log
     assert "sysrq_handle_crash" in text(server, task, "results/bt")
     assert not list((server.cache_dir / "downloads").iterdir()), "the package is removed once read"

@@ -89,10 +89,10 @@ def test_a_bad_value_is_reported_on_its_line():
 
 
 def test_an_upstream_key_this_server_does_not_implement_says_so_by_name():
-    config, warnings = parse("KojiRoot = /mnt/koji\nUseFafPackages = 1\n")
+    config, warnings = parse("KernelChrootRepo = http://x/\nUseFafPackages = 1\n")
     assert config == Config()
     assert warnings == [
-        "/etc/retrace-server/retrace-server.conf: KojiRoot is upstream's and is ignored here: kernel debuginfo comes "
+        "/etc/retrace-server/retrace-server.conf: KernelChrootRepo is upstream's and is ignored here: kernel debuginfo comes "
         "from the release's repositories and the [debuginfod] servers here, and vmcores' kernels from the kernel cache",
         "/etc/retrace-server/retrace-server.conf: UseFafPackages is upstream's and is ignored here: packages come from "
         "RepoDir and the [debuginfod] servers, not from FAF's store"]
