@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 from retrace_server.analysis.symbolize import Location, Symbolized, debug_file, symbolize_module
 from retrace_server.errors import RetraceError, disk_full_explained
 from retrace_server.intake import storage
-from retrace_server.packaging.release import ReleaseId, supported_releases
+from retrace_server.packaging.debuginfod import BuildIdCache, fetch_all
+from retrace_server.packaging.debuginfod import Settings as DebuginfodSettings
+from retrace_server.packaging.release import ReleaseId, served_releases
 from retrace_server.packaging.repoindex import release_index
 from retrace_server.packaging.supply import PackageSupply
 from retrace_server.reports import rules
@@ -29,6 +31,7 @@ from retrace_server.reports.ureport import InvalidReport, Report, ReportFrame, R
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
+    from pathlib import Path
 
     from retrace_server.config import Config
     from retrace_server.packaging.repoindex import RepoIndex
@@ -41,14 +44,17 @@ _NO_DEBUGINFO = "no debuginfo for build-id"
 
 
 @contextlib.contextmanager
-def _release_index(config: Config, report: Report | SymbolicReport) -> Iterator[RepoIndex]:
-    """The index of the report's release, open for the block, once the spool has room for the report;
-    InvalidReport when this server does not serve that release."""
+def _release_index(config: Config, report: Report | SymbolicReport) -> Iterator[RepoIndex | None]:
+    """The index of the report's release, open for the block, once the spool has room for the report (None
+    for a release served by debuginfod alone); InvalidReport when this server does not serve that release."""
     storage.ensure_free(config.SaveDir, 0, config.min_storage_left_bytes)
     release = ReleaseId.parse(report.release)
     index = release_index(config.RepoDir, config.CacheDir, release) if release is not None else None
     if index is None:
-        served = supported_releases(config.RepoDir)
+        if release is not None and str(release) in config.debuginfod_releases:
+            yield None
+            return
+        served = served_releases(config)
         raise InvalidReport(f"Release {report.release} is not served by this server; it serves "
                             f"{', '.join(map(str, served)) or 'no release'}")
     try:
@@ -57,11 +63,14 @@ def _release_index(config: Config, report: Report | SymbolicReport) -> Iterator[
         index.close()
 
 
-def symbolicate(config: Config, report: Report, buckets: BucketDB, index: RepoIndex) -> list[list[Symbolized]]:
+def symbolicate(config: Config, report: Report, buckets: BucketDB,
+                index: RepoIndex | None) -> list[list[Symbolized]]:
     """``[[Symbolized, ...] per thread]`` of the report; InvalidReport when its crash thread cannot be read.
 
     What was symbolized before comes from the symbol cache (``buckets``);
-    the rest from the debuginfo, and is remembered.
+    the rest from the debuginfo, and is remembered: the release's packages,
+    then its debuginfod servers (all of it for a release served by
+    debuginfod alone, ``index`` None).
     """
     threads = [[Symbolized(frame.build_id, frame.offset, frame.file_name) for frame in thread.frames]
                for thread in report.threads]
@@ -78,23 +87,24 @@ def symbolicate(config: Config, report: Report, buckets: BucketDB, index: RepoIn
                 by_build_id[frame.build_id].append(frame)
     supply = PackageSupply(config, log)
     try:
-        found = []
-        for build_id, frames in by_build_id.items():
-            packages = index.by_build_id(build_id, "debuginfo")
-            path = None
+        found: dict[str, Path] = {}
+        for build_id in by_build_id:
+            packages = index.by_build_id(build_id, "debuginfo") if index is not None else []
             if packages:
+                assert index is not None
                 try:
-                    path = debug_file(supply.cached(packages[0], index), build_id)
+                    if (path := debug_file(supply.cached(packages[0], index), build_id)) is not None:
+                        found[build_id] = path
                 except RetraceError as err:
                     log.error("debuginfo of %s unavailable: %s", build_id, err)
-            if path is None:
+        found.update(_from_debuginfod(config, report.release, [bid for bid in by_build_id if bid not in found]))
+        for build_id, frames in by_build_id.items():
+            if build_id not in found:
                 for frame in frames:
                     frame.problem = f"{_NO_DEBUGINFO} {build_id} in {report.release}"
-            else:
-                found.append((frames, path))
         # One eu-addr2line per module, a few at once: each mostly waits on its own DWARF reading.
         with concurrent.futures.ThreadPoolExecutor(_PARALLEL_MODULES) as pool:
-            for done in [pool.submit(symbolize_module, frames, path) for frames, path in found]:
+            for done in [pool.submit(symbolize_module, by_build_id[build_id], path) for build_id, path in found.items()]:
                 done.result()
     finally:
         supply.forget_downloads()
@@ -109,6 +119,16 @@ def symbolicate(config: Config, report: Report, buckets: BucketDB, index: RepoIn
         raise InvalidReport(f"None of the crash thread's modules is known to this server (no debuginfo in "
                             f"{report.release} for build-ids {build_ids[:300]})")
     return threads
+
+
+def _from_debuginfod(config: Config, release: str, build_ids: list[str]) -> dict[str, Path]:
+    """``{build-id: debuginfo file}`` the release's debuginfod servers have, fetched in parallel within
+    DebuginfodDeadline into the shared build-id cache (which remembers misses for DebuginfodMissTTL)."""
+    settings = DebuginfodSettings.from_config(config, release)
+    if not build_ids or not settings.urls:
+        return {}
+    fetched = fetch_all(settings, BuildIdCache(config.CacheDir), [(build_id, "debuginfo") for build_id in build_ids])
+    return {build_id: path for build_id in build_ids if (path := fetched[(build_id, "debuginfo")].path) is not None}
 
 
 def functions(frames: Iterable[Symbolized]) -> list[str]:
@@ -185,14 +205,14 @@ def triage(config: Config, report: Report, now: float | None = None) -> dict[str
         crash_number = [thread.crash_thread for thread in report.threads].index(True)
         stack = Stack.core(report.executable, functions(threads[crash_number]))
         missing = missing_build_ids(threads[crash_number])
-        component = index.indexed_name(report.package) if report.package else None
+        component = index.indexed_name(report.package) if report.package and index is not None else None
         with disk_full_explained(storage.NO_STORAGE):
             recorded = buckets.record(
                 stack, rules.load(config.SignatureRules), gdb_text([threads[crash_number]],
                                                                    [report.threads[crash_number]]),
                 "report", report.package if component else None, report.version if component else None,
                 report.release, report.arch, when=now, component=component)
-            if missing:
+            if missing and index is not None:  # debuginfod alone: its misses expire, the next report asks again
                 buckets.keep_pending(recorded.occurrence, report.release, _kept(report), index.digest)
         after = buckets.bucket(recorded.bthash)
         assert after is not None  # recorded just now
@@ -217,7 +237,7 @@ def resymbolize(config: Config, release: str | None = None) -> tuple[int, int]:
             try:
                 with _release_index(config, reports[0][1]) as index:
                     for occurrence, report, digest in reports:
-                        if digest == index.digest:
+                        if index is None or digest == index.digest:
                             continue  # nothing new to symbolize it with
                         tried += 1
                         (crash,) = symbolicate(config, report, buckets, index)
@@ -253,7 +273,7 @@ def triage_symbolic(config: Config, report: SymbolicReport) -> dict[str, Any]:
     """Bucket and count a Python exception or a kernel oops (named by the client: nothing to symbolize)."""
     started = time.monotonic()
     with _release_index(config, report) as index:
-        component = index.indexed_name(report.package) if report.package else None
+        component = index.indexed_name(report.package) if report.package and index is not None else None
         backtrace = symbolic_text(report)
         with BucketDB.for_config(config) as buckets, disk_full_explained(storage.NO_STORAGE):
             recorded = buckets.record(symbolic_stack(report), rules.load(config.SignatureRules, report.kind),

@@ -14,6 +14,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
 from testkit.cores import crash_installed, installed_tree, make_problem_dir, run_installed
+from testkit.debuginfod import Debuginfod
 from testkit.distro import BIGCRASH_PACKAGE, RELEASE_ID, build_bigcrash, build_rpms, publish_release
 from testkit.helpers import abrt_archive, crashing_thread, submit, wait_final
 from testkit.loopback import world_readable_dir
@@ -22,6 +23,7 @@ from testkit.server import write_config
 from tests.integration.browser import chromium, screenshot, submit_and_wait
 from tests.integration.manager_client import ENGINEER, ENGINEER_PASSWORD, Engineer
 from tests.integration.test_cleanup import cleanup
+from tests.integration.test_debuginfod import build_id_of
 from tests.unit.test_report_kinds import oops_report, python_report
 
 CLIENT = Path(sys.executable).with_name("retrace-client")
@@ -99,6 +101,22 @@ def test_a_coreless_report_gives_the_functions_and_lines_of_the_full_retrace(rep
         first = answer["frames"][0]["frames"][0]["locations"]
         assert [location["function"] for location in first] == ["store_inline", "crash_inlined"]
         assert "crash_inlined () at" in answer["backtrace"] and "store_inline () at" in answer["backtrace"]
+
+
+def test_a_release_served_by_debuginfod_alone_symbolizes_a_report_as_its_mirror_does(
+        start_server, reports_server, installed, crashes, release_dir):
+    """No mirror and no index: the report's build-ids go to the release's debuginfod servers (a real
+    elfutils debuginfod over the fixture's RPMs), and the frames are the mirrored release's."""
+    problem = crashes("simple")
+    debuginfod = Debuginfod([release_dir / "Packages"], build_id_of(problem, "/crasher"))
+    try:
+        alone = start_server(repository=False, DebuginfodURLs=debuginfod.url, DebuginfodReleases=RELEASE_ID)
+        answer, _ = report(alone, installed, problem, "--no-core")
+    finally:
+        debuginfod.stop()
+    mirrored, _ = report(reports_server, installed, problem, "--no-core")
+    assert located(answer["frames"]) == located(mirrored["frames"]) != []
+    assert answer["missing_build_ids"] == mirrored["missing_build_ids"]
 
 
 def test_one_crash_run_five_times_under_aslr_is_one_bucket_and_another_site_is_another(reports_server, installed,
