@@ -31,6 +31,7 @@ from retrace_server.elf import file_build_id
 from retrace_server.environments.sandbox import SandboxTimeout, run_sandboxed
 from retrace_server.environments.session import Session
 from retrace_server.files import write_atomically
+from retrace_server.intake.crashdata import SPLIT_PARTS
 from retrace_server.packaging import formats
 from retrace_server.packaging.debuginfod import BuildIdCache, fetch_all
 from retrace_server.packaging.debuginfod import Settings as DebuginfodSettings
@@ -120,6 +121,9 @@ class VmcoreJob(Job["_Dump"]):
 
     def analyze(self) -> _Dump:
         path = self._vmcore
+        parts = [self.task.crash_dir / name for name in SPLIT_PARTS if (self.task.crash_dir / name).is_file()]
+        if parts and not path.is_file():
+            self._join_split(parts, path)
         if not path.is_file():
             raise TaskFailed("the task has no vmcore (it was deleted?)", "bad core")
         fmt = dump_format(path)
@@ -144,6 +148,23 @@ class VmcoreJob(Job["_Dump"]):
                              "unsupported release")
         self.record.package, self.record.package_version, self.record.arch = "kernel", release, arch
         return _Dump(path, fmt, kernel, release, arch, self._releases(release, arch))
+
+    def _join_split(self, parts: list[Path], path: Path) -> None:
+        """One kdump-compressed vmcore of the files makedumpfile --split wrote (``--reassemble``)."""
+        started = time.monotonic()
+        target = path.with_name("vmcore.reassembled")
+        target.unlink(missing_ok=True)
+        ran = self._sandboxed(["makedumpfile", "--reassemble", *map(str, parts), str(target)], parts,
+                              writable=[path.parent])
+        if ran.returncode != 0 or not target.is_file():
+            target.unlink(missing_ok=True)
+            raise TaskFailed(f"the {len(parts)} parts of the split vmcore cannot be reassembled: makedumpfile "
+                             f"said: {crash_tool.gist(self.without_server_paths(ran.text))}", "bad core")
+        os.replace(target, path)
+        for part in parts:
+            part.unlink()
+        self.log.info("Reassembled the vmcore from its %d split parts with makedumpfile --reassemble in %.3f s",
+                      len(parts), time.monotonic() - started)
 
     def _reassemble(self, path: Path) -> None:
         """Lay a flattened stream out as the kdump-compressed file it describes (``makedumpfile -R``)."""

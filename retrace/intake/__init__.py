@@ -57,6 +57,6 @@ def receive(config: Config, task_type: TaskType, crash_dir: Path, reserve: Calla
         if name not in sizes and not task_type.is_vmcore:
             write_atomically(crash_dir / name, value)
             sizes[name] = len(value)
-    archive.require_files(sizes, crashdata.REQUIRED_FILES[task_type])
+    archive.require_files(sizes, crashdata.required_files(task_type, sizes))
     crashdata.validate_crash_dir(crash_dir, sizes)
     return sizes

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
-from retrace_server.analysis.vmcore import dump_format_of
+from retrace_server.analysis.vmcore import DumpFormat, dump_format_of
 from retrace_server.elf import check_elf_core_header
 from retrace_server.errors import BadRequest, Conflict, Forbidden, InvalidCrashData
 from retrace_server.tasks.task import TaskType
@@ -71,9 +71,14 @@ class CrashFile(NamedTuple):
 
 
 _BINARY = CrashFile(None, None, "a binary file")
+# The files of a vmcore makedumpfile --split wrote (kdump-compressed, each a range of pages), in their order;
+# the worker reassembles them into ``vmcore``.
+MAX_SPLIT_PARTS = 32
+SPLIT_PARTS = tuple(f"vmcore.{number}" for number in range(1, MAX_SPLIT_PARTS + 1))
 CRASH_FILES = {
     "coredump": _BINARY,
     "vmcore": _BINARY,
+    **dict.fromkeys(SPLIT_PARTS, _BINARY),
     "executable": CrashFile(512, _is_path, _PATH_RULE),
     "package": CrashFile(128, _NEVR.fullmatch,
                          "a package name-version-release such as 'bash-5.2.26-3.fc41' or 'bash-5.2.15-2+b7'"),
@@ -110,7 +115,37 @@ REQUIRED_FILES = {
 # checks them as the file starts to stream in, so a gigabyte that is not a
 # core is refused before it is written.
 HEAD_SIZE = 64
-HEAD_CHECKS: dict[str, HeadCheck] = {"coredump": check_elf_core_header, "vmcore": dump_format_of}
+def _split_part_head(head: bytes, name: str) -> None:
+    if dump_format_of(head, name) is not DumpFormat.KDUMP:
+        raise InvalidCrashData(f"The '{name}' file is not kdump-compressed; the parts of a split vmcore are the "
+                               "files makedumpfile --split writes")
+
+
+HEAD_CHECKS: dict[str, HeadCheck] = {"coredump": check_elf_core_header, "vmcore": dump_format_of,
+                                     **dict.fromkeys(SPLIT_PARTS, _split_part_head)}
+
+
+def split_parts(names: Iterable[str]) -> list[str]:
+    """The split vmcore's parts among ``names``, in order; InvalidCrashData unless they are vmcore.1 to
+    vmcore.N (N >= 2) without a whole ``vmcore`` beside them."""
+    parts = [name for name in SPLIT_PARTS if name in names]
+    if not parts:
+        return []
+    if "vmcore" in names:
+        raise InvalidCrashData("The upload holds a 'vmcore' and parts of a split one (vmcore.1, ...); send one or "
+                               "the other")
+    if len(parts) < 2 or parts != list(SPLIT_PARTS[:len(parts)]):
+        raise InvalidCrashData(f"A split vmcore's parts must be vmcore.1 to vmcore.N, N at least 2, each once; "
+                               f"this upload holds {', '.join(parts)}")
+    return parts
+
+
+def required_files(task_type: TaskType, names: Iterable[str]) -> tuple[str, ...]:
+    """The files ``task_type`` needs: a vmcore task's ``vmcore`` may come as the parts of a split one."""
+    required = REQUIRED_FILES[task_type]
+    if task_type.is_vmcore and split_parts(list(names)):
+        return tuple(name for name in required if name != "vmcore")
+    return required
 
 
 def parse_task_type(header: str | None, allow_interactive: bool, allow_vmcore: bool) -> TaskType:

@@ -193,6 +193,40 @@ def test_a_kernel_no_release_has_comes_from_kernel_debuginfo_url(start_server, u
     assert not list((server.cache_dir / "downloads").iterdir()), "the package is removed once read"
 
 
+@pytest.fixture(scope="module")
+def split_parts(vmcores, work_dir):
+    """The dump as makedumpfile --split writes it for a big machine: three kdump-compressed files."""
+    directory = work_dir / "split-vmcore"
+    directory.mkdir(exist_ok=True)
+    parts = [directory / f"vmcore.{number}" for number in (1, 2, 3)]
+    if not all(part.is_file() for part in parts):
+        subprocess.run(["makedumpfile", "--split", "-c", "-d", "31", str(vmcores.elf_proc), *map(str, parts)],
+                       check=True, capture_output=True)
+    return parts
+
+
+def test_a_split_vmcore_is_reassembled_and_retraced(kernel_server, split_parts, work_dir):
+    archive = work_dir / "split-vmcore.tar.zst"
+    subprocess.run(["tar", "--zstd", "-cf", str(archive), "-C", str(split_parts[0].parent),
+                    *(part.name for part in split_parts)], check=True)
+    task, status = retrace(kernel_server, archive)
+    log = text(kernel_server, task, "log")
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", log
+    assert "Reassembled the vmcore from its 3 split parts with makedumpfile --reassemble" in log
+    assert "sysrq_handle_crash" in text(kernel_server, task, "results/bt")
+
+
+def test_split_vmcore_parts_out_of_order_are_refused_with_a_sentence(kernel_server, split_parts, work_dir):
+    archive = work_dir / "split-vmcore-gap.tar.zst"
+    subprocess.run(["tar", "--zstd", "-cf", str(archive), "-C", str(split_parts[0].parent), "vmcore.1", "vmcore.3"],
+                   check=True)
+    with open(archive, "rb") as body:
+        response = kernel_server.post("/create", data=body, headers={"Content-Type": ZSTD_TAR, "X-Task-Type": "2"})
+    assert response.status_code == 400
+    assert "A split vmcore's parts must be vmcore.1 to vmcore.N" in response.text and "/" not in response.text.split(
+        "holds")[1]
+
+
 def neighbouring_build(directory, release):
     """A -dbg package of kernel ``release`` whose vmlinux is another build (another build-id), in ``directory``."""
     root = directory / "root"

@@ -3,9 +3,12 @@ import pytest
 from retrace_server.errors import BadRequest, Conflict, Forbidden, InvalidCrashData
 from retrace_server.intake.crashdata import (
     DSO_LIST_LINES,
+    HEAD_CHECKS,
     broken_rule,
     parse_dso_list,
     parse_task_type,
+    required_files,
+    split_parts,
     validate_crash_dir,
 )
 from retrace_server.tasks.task import TaskType
@@ -135,3 +138,18 @@ def test_a_dso_list_line_that_is_not_abrts_is_refused_with_the_rule(text):
 
 def test_a_dso_list_is_capped_in_lines():
     assert broken_rule("dso_list", "/x\n" * (DSO_LIST_LINES + 1)) is not None
+
+
+def test_a_split_vmcore_is_vmcore_1_to_n_and_stands_for_vmcore():
+    assert split_parts(["vmcore.2", "vmcore.1", "vmcore.3"]) == ["vmcore.1", "vmcore.2", "vmcore.3"]
+    assert required_files(TaskType.VMCORE, ["vmcore.1", "vmcore.2"]) == ()
+    assert required_files(TaskType.VMCORE, []) == ("vmcore",)
+    for names in (["vmcore.1"], ["vmcore.1", "vmcore.3"], ["vmcore", "vmcore.1", "vmcore.2"]):
+        with pytest.raises(InvalidCrashData):
+            split_parts(names)
+
+
+def test_a_split_part_must_be_kdump_compressed():
+    with pytest.raises(InvalidCrashData, match="not kdump-compressed"):
+        HEAD_CHECKS["vmcore.2"](b"\x7fELF\x02\x01\x01" + bytes(9) + b"\x04\x00" + bytes(46), "vmcore.2")
+    HEAD_CHECKS["vmcore.2"](b"KDUMP   " + bytes(56), "vmcore.2")
