@@ -30,7 +30,14 @@ from retrace_server.packaging.packages import (
     unresolved_everything,
     usr_merge_variants,
 )
-from retrace_server.packaging.release import RELEASE_FILES, ReleaseId, RepositoryFormat, detect_release, served_releases
+from retrace_server.packaging.release import (
+    RELEASE_FILES,
+    ReleaseId,
+    RepositoryFormat,
+    detect_release,
+    merges_usr,
+    served_releases,
+)
 from retrace_server.packaging.repoindex import RepoIndex, release_index
 from retrace_server.packaging.supply import PackageSupply
 from retrace_server.reports.buckets import gdb_crash_thread, gdb_crash_thread_functions
@@ -87,7 +94,8 @@ class RetraceJob(Job["_Crash"]):
         debugger = self._debugger(arch)
         self.debuginfod = DebuginfodSettings.from_config(self.config, release)
         # Users (and dpkg's database) may name /bin/sleep where the kernel wrote /usr/bin/sleep (merged /usr).
-        exe_module = next(filter(None, map(core.module_at, usr_merge_variants(executable))), None)
+        merged = merges_usr(release)
+        exe_module = next(filter(None, map(core.module_at, usr_merge_variants(executable, merged))), None)
         if exe_module is not None and exe_module.path != executable:
             self.log.info("The core maps the executable %s as %s (merged /usr)", executable, exe_module.path)
             executable = exe_module.path
@@ -109,7 +117,7 @@ class RetraceJob(Job["_Crash"]):
             self.log.info("dso_list names the packages of %d mapped files", len(owners))
         if package:
             owners[exe_module.path] = package
-        crash = _Crash(core, core_path, executable, release, index, resolution, exe_module, debugger, owners)
+        crash = _Crash(core, core_path, executable, release, index, resolution, exe_module, debugger, owners, merged)
         self.supply.history = sources_for(self.config, release)
         if self.supply.history:
             self.log.info("History sources: %s", ", ".join(map(str, self.supply.history)))
@@ -191,7 +199,7 @@ class RetraceJob(Job["_Crash"]):
             candidates = sorted(candidates, key=lambda candidate: not names_package(named, candidate))
         for package in candidates:
             entry = self.supply.cached(package, index)
-            if entry.build_id_of(usr_merge_variants(module.path)) != module.build_id:
+            if entry.build_id_of(usr_merge_variants(module.path, crash.merged)) != module.build_id:
                 continue
             self.log.info("Matched %s to %s by its build-id", module.path, package.nevra)
             crash.resolution.add(package)
@@ -249,7 +257,8 @@ class RetraceJob(Job["_Crash"]):
             source = known[0].sourcerpm if known else ""
             return source.rsplit("-", 2)[0] if source.endswith(".src.rpm") else source or None
 
-        return Backfill(self.supply, crash.release.arch, package_format, crash.owner_of, source_of, self.log)
+        return Backfill(self.supply, crash.release.arch, package_format, crash.owner_of, source_of, self.log,
+                        crash.merged)
 
     def _check_full_rpm_mirror(self, index: RepoIndex | None) -> None:
         """chroot and mock install gdb with dnf from the release's own RPM repository on this host."""
@@ -341,11 +350,13 @@ class _Crash:
     exe_module: Module
     debugger: str  # the gdb that reads this core's architecture
     owners: dict[str, str]  # mapped path: its package on the crashed machine (dso_list, the crash's package)
+    merged: bool  # the release merged /usr: /bin/x is /usr/bin/x (release.merges_usr)
     work: Workload | None = None  # what the environment was given (from prepare on)
     executable_missing: Unresolved | None = None  # why no source had the program (the backtrace is partial)
 
     def owner_of(self, path: str) -> str | None:
-        return next((self.owners[variant] for variant in usr_merge_variants(path) if variant in self.owners), None)
+        return next((self.owners[variant] for variant in usr_merge_variants(path, self.merged)
+                     if variant in self.owners), None)
 
 
 def _no_executable_package(release: str | None, module: Module, package: str | None, problem: str) -> TaskFailed:

@@ -197,7 +197,7 @@ class ChrootEnvironment(SysrootEnvironment):
             self.log.info("Reused the gdb root of %s", release)
         return entry
 
-    def _complete(self, work: Workload) -> int:
+    def _complete(self, work: Workload, merged: bool) -> int:
         prepare_mount_points(self.tree, self.read_only_paths(work))
         return 0
 

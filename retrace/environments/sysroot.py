@@ -23,6 +23,7 @@ from retrace_server.environments.base import Environment, Limits, View, Workload
 from retrace_server.environments.sandbox import Sandboxed, require_sandbox, run_sandboxed
 from retrace_server.environments.session import Session
 from retrace_server.packaging.cache import PackageCache
+from retrace_server.packaging.release import merges_usr
 from retrace_server.paths import UnsafePath, clamped_link_target, inside
 
 if TYPE_CHECKING:
@@ -35,8 +36,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def assemble_sysroot(root: StrPath, cached_packages: Iterable[CachedPackage]) -> tuple[int, float]:
-    """Build ``root`` from CachedPackages (the first package wins a file both hold).
+def assemble_sysroot(root: StrPath, cached_packages: Iterable[CachedPackage], merged: bool = True) -> tuple[int, float]:
+    """Build ``root`` from CachedPackages (the first package wins a file both hold), as a merged-/usr root
+    unless the release did not merge /usr (``release.merges_usr``: there /bin/x and /usr/bin/x differ).
 
     Returns ``(files linked, seconds)``.
     """
@@ -48,7 +50,7 @@ def assemble_sysroot(root: StrPath, cached_packages: Iterable[CachedPackage]) ->
     for package in cached_packages:
         source_root = str(package.root)
         for packaged, kind, link_target, _build_id in package.manifest():
-            relative = merged_usr_path(packaged, kind)
+            relative = merged_usr_path(packaged, kind) if merged else packaged
             destination = inside(root, relative)
             if kind == "d":
                 if relative not in made_dirs:
@@ -165,18 +167,21 @@ class SysrootEnvironment(Environment):
 
     def prepare(self, work: Workload) -> int:
         shutil.rmtree(self.tree, ignore_errors=True)
-        linked, seconds = assemble_sysroot(self.tree, self._trees(work))
+        merged = merges_usr(work.release)
+        linked, seconds = assemble_sysroot(self.tree, self._trees(work), merged)
         linked += place_files(self.tree, work.placements)
-        linked += self._complete(work)
+        linked += self._complete(work, merged)
         self.log.info("Assembled the %s: %d files linked in %.3f s", self.name, linked, seconds)
         return linked
 
     def _trees(self, work: Workload) -> list[CachedPackage]:
         return list(work.trees)
 
-    def _complete(self, work: Workload) -> int:
-        """What the packages leave out: merged-/usr links and the loader at the path the program names."""
-        add_merged_usr_links(self.tree)
+    def _complete(self, work: Workload, merged: bool) -> int:
+        """What the packages leave out: merged-/usr links (where the release merged /usr) and the loader at the
+        path the program names."""
+        if merged:
+            add_merged_usr_links(self.tree)
         interpreter = program_interpreter(self.tree / work.executable.lstrip("/"))
         return int(link_program_interpreter(self.tree, interpreter, work.modules))
 

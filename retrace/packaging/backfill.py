@@ -39,6 +39,7 @@ class Backfill:
     owner_of: Callable[[str], str | None]
     source_of: Callable[[str], str | None]
     log: logging.Logger
+    merged: bool = True  # the release merged /usr: a package may ship the file under the other spelling
 
     def fill(self, resolution: Resolution) -> list[CachedPackage]:
         """The trees that supply what ``resolution`` still misses; its unresolved list is updated."""
@@ -98,7 +99,7 @@ class Backfill:
     def _use_binary(self, source: HistorySource, located: Located, missing: Unresolved, resolution: Resolution,
                     trees: list[CachedPackage]) -> bool:
         entry, package = self._unpacked(source, located)
-        build_id = entry.build_id_of(usr_merge_variants(missing.path))
+        build_id = entry.build_id_of(usr_merge_variants(missing.path, self.merged))
         if build_id != missing.build_id:
             self.log.warning("%s served %s, whose %s has build-id %s, not the core's %s; it was not used", source,
                              package.nevra, missing.path, build_id or "none", missing.build_id)

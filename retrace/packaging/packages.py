@@ -51,9 +51,12 @@ def build_id_debug_path(build_id: str) -> str:
     return f"/usr/lib/debug/.build-id/{build_id[:2]}/{build_id[2:]}.debug"
 
 
-def usr_merge_variants(path: str) -> list[str]:
-    """``path`` and its twin across the /lib -> /usr/lib merge (packages use either)."""
+def usr_merge_variants(path: str, merged: bool = True) -> list[str]:
+    """``path`` and its twin across the /lib -> /usr/lib merge (packages use either), on a release that
+    ``merged`` /usr (``release.merges_usr``); elsewhere the two are different files."""
     variants = [path]
+    if not merged:
+        return variants
     if not path.startswith("/usr/"):
         variants.append("/usr" + path)
     elif path.startswith(("/usr/lib", "/usr/bin", "/usr/sbin")):

@@ -42,6 +42,23 @@ class ReleaseId:
         return cls(match["distribution"], match["version"], match["arch"])
 
 
+# The first version of each distribution whose every installation has /bin, /sbin and /lib* as links into
+# /usr (Debian 12 requires it; Ubuntu since 21.04; Fedora since 17; RHEL and its rebuilds since 7).  Older
+# ones (RHEL 6, Debian 11 upgraded without usrmerge) keep /bin/x and /usr/bin/x apart.
+_MERGED_USR_SINCE = {"debian": 12, "ubuntu": 21, "fedora": 17, "rhel": 7, "centos": 7, "almalinux": 8, "rocky": 8,
+                     "ol": 7}
+
+
+def merges_usr(release: ReleaseId | str | None) -> bool:
+    """Whether ``release`` (``debian-11-x86_64``) has merged /usr; a distribution or version this table does
+    not know (rawhide, Arch) is taken as merged, as every current distribution is."""
+    parsed = release if isinstance(release, ReleaseId) else ReleaseId.parse(str(release or ""))
+    if parsed is None or parsed.distribution not in _MERGED_USR_SINCE:
+        return True
+    major = re.match(r"\d+", parsed.version)
+    return major is None or int(major[0]) >= _MERGED_USR_SINCE[parsed.distribution]
+
+
 def served_releases(config: Config) -> list[ReleaseId]:
     """Releases this server retraces: mirrored ones, and those served by debuginfod alone."""
     releases = set(supported_releases(config.RepoDir))

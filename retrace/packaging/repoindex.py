@@ -27,7 +27,13 @@ from retrace_server.compression import CORRUPT_DATA, DecoderMemoryExceeded, open
 from retrace_server.errors import RetraceError
 from retrace_server.packaging import apt
 from retrace_server.packaging.packages import usr_merge_variants
-from retrace_server.packaging.release import ReleaseId, RepositoryFormat, repository_format, rpm_repositories
+from retrace_server.packaging.release import (
+    ReleaseId,
+    RepositoryFormat,
+    merges_usr,
+    repository_format,
+    rpm_repositories,
+)
 from retrace_server.paths import UnsafePath, inside, shown
 
 if TYPE_CHECKING:
@@ -410,7 +416,7 @@ class RepoIndex:
 
     def owners(self, path: str) -> list[Package]:
         """Packages that own ``path``, also across the /lib -> /usr/lib merge."""
-        candidates = usr_merge_variants(path)
+        candidates = usr_merge_variants(path, merges_usr(self.release_dir.name))
         marks = ", ".join("?" for _ in candidates)
         return self._packages(f"JOIN files f ON f.package = p.id WHERE f.path IN ({marks})", tuple(candidates))
 

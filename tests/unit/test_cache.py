@@ -108,3 +108,23 @@ def test_loader_is_linked_at_the_name_the_program_asks_for(tmp_path):
 def test_a_sysroot_is_merged_usr_whatever_the_package_ships(packaged, kind, placed):
     """Debian's libc6 still ships /lib/x86_64-linux-gnu; a core may name either path."""
     assert merged_usr_path(packaged, kind) == placed
+
+
+def test_a_release_that_did_not_merge_usr_keeps_bin_and_usr_bin_apart(tmp_path):
+    """RHEL 6 ships /bin/sh and may ship another file at /usr/bin/sh: two files there, one on a merged release."""
+    from retrace_server.packaging.packages import usr_merge_variants
+    from retrace_server.packaging.release import merges_usr
+
+    old = cached(tmp_path, "old", [["bin/tool", "f", "", ""], ["lib64/libold.so.1", "f", "", ""]])
+    other = cached(tmp_path, "other", [["usr/bin/tool", "f", "", ""]])
+    assemble_sysroot(tmp_path / "unmerged", [old, other], merged=False)
+    assert (tmp_path / "unmerged/bin/tool").read_text() == "old" and not (tmp_path / "unmerged/bin").is_symlink()
+    assert (tmp_path / "unmerged/usr/bin/tool").read_text() == "other"
+    assemble_sysroot(tmp_path / "merged", [old, other])
+    assert (tmp_path / "merged/usr/bin/tool").read_text() == "old", "one file: the first package's"
+    assert [merges_usr(release) for release in ("rhel-6-x86_64", "debian-11-x86_64", "debian-12-x86_64",
+                                                "fedora-41-x86_64", "centos-7-x86_64", "ubuntu-22.04-x86_64",
+                                                "fedora-rawhide-x86_64", "arch-rolling-x86_64")] == [
+        False, False, True, True, True, True, True, True]
+    assert usr_merge_variants("/bin/tool", merged=False) == ["/bin/tool"]
+    assert usr_merge_variants("/bin/tool") == ["/bin/tool", "/usr/bin/tool"]
