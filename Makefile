@@ -81,6 +81,7 @@ bench: setup test-tools
 	$(PYTHON) -m bench.reposync
 	$(PYTHON) -m bench.debian
 	$(PYTHON) -m bench.corpus
+	$(PYTHON) -m bench.long_poll
 	$(PYTHON) -m bench.metadata_only
 	$(PYTHON) -m bench.architectures
 	$(PYTHON) -m bench.interact

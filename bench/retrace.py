@@ -98,13 +98,20 @@ def burst(server, archive):
     return time.monotonic() - started, durations
 
 
+def fixture_crash(ws):
+    """``(rpms, core, server root, problem directory)``: the fixture's packages built, crashed, published in a
+    release of a server root in the workspace."""
+    rpms = build_rpms(ws.work / "build")
+    core = crash_installed(rpms, ws.work, "simple")
+    root = ws.root("server")
+    publish_release(root / "repos", RELEASE_ID, rpms)
+    return rpms, core, root, make_problem_dir(ws.work / "problem", core)
+
+
 def main():
     with Workspace("retrace") as ws:
-        rpms = build_rpms(ws.work / "build")
-        core = crash_installed(rpms, ws.work, "simple")
-        root = ws.root("server")
-        publish_release(root / "repos", RELEASE_ID, rpms)
-        archive = abrt_archive(make_problem_dir(ws.work / "problem", core))
+        rpms, core, root, problem = fixture_crash(ws)
+        archive = abrt_archive(problem)
         server = ws.server(root, MaxParallelTasks="2", MaxQueuedTasks="20", MaxUploadsPerClient="100")
 
         first, cold, cold_logs, warm_logs = [], [], [], []

@@ -198,14 +198,23 @@ def submit(server: RetraceServer, crash: Crash, args: argparse.Namespace, report
     return task
 
 
+# How long a status poll asks the server to hold its answer until the task's stage changes (a long poll).
+LONG_POLL_SECONDS = 30
+
+
 def wait_until_finished(server: RetraceServer, task_id: str, password: str, delay: float, reporter: Reporter,
                         verbose: bool = False) -> Status:
-    """Poll as ABRT did: sleep before each query, show the sentence when it changes."""
+    """Poll as ABRT did, showing the sentence when it changes, but as a long poll: each query asks the server
+    to answer when the stage changes (X-Wait); after a query the server did not hold (upstream's, or one whose
+    waiting slots are taken) the next comes after ``delay``, as ABRT slept between queries."""
     previous = None
     started = time.monotonic()
+    waited = True  # the first query goes at once: a server that holds it answers when the stage changes
     while True:
-        time.sleep(delay)
-        status = server.status(task_id, password)
+        if not waited:
+            time.sleep(delay)
+        status = server.status(task_id, password, LONG_POLL_SECONDS)
+        waited = status.waited
         reporter.status(status.sentence, verbose or status.sentence != previous, time.monotonic() - started)
         previous = status.sentence
         if status.finished:

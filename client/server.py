@@ -65,6 +65,7 @@ class Settings:
 class Status:
     state: str  # PENDING, FINISHED_SUCCESS or FINISHED_FAILURE
     sentence: str
+    waited: bool = False  # the server held the poll until the stage changed (X-Wait): poll again at once
 
     @property
     def finished(self) -> bool:
@@ -191,14 +192,18 @@ class RetraceServer:
         except ValueError:
             raise ServerRefused("The server's answer to the report is not JSON") from None
 
-    def status(self, task_id: str, password: str) -> Status:
-        response = self._request("GET", f"/{task_id}", headers={"X-Task-Password": password})
+    def status(self, task_id: str, password: str, wait: int = 0) -> Status:
+        """The task's status; with ``wait`` the server (ours; upstream's answers at once) holds the answer up to
+        that many seconds until the stage changes."""
+        headers = {"X-Task-Password": password, **({"X-Wait": str(wait)} if wait else {})}
+        response = self._request("GET", f"/{task_id}", headers=headers)
         state = response.headers.get("X-Task-Status")
         if response.status_code != 200 or not state:
             raise ServerRefused(f"Unexpected HTTP response from server: {response.status_code}\n{_body(response)}")
         sentence = response.text.strip()
         reason = response.headers.get(FAILURE_REASON)
-        return Status(state, f"{sentence}: {from_header_text(reason)}" if reason else sentence)
+        return Status(state, f"{sentence}: {from_header_text(reason)}" if reason else sentence,
+                      response.headers.get("X-Task-Waited") == "1")
 
     def result(self, task_id: str, password: str, name: str) -> str | None:
         """The text of ``backtrace``, ``log`` or ``exploitable``; None when the server has none (404)."""

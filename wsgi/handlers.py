@@ -13,12 +13,22 @@ import json
 import logging
 import re
 import sqlite3
+import threading
+import time
 from typing import TYPE_CHECKING
 
 from webob import Response
 
 from retrace_server import intake
-from retrace_server.errors import Conflict, Forbidden, NotFound, QueueFull, RetraceError, TemporarilyUnavailable
+from retrace_server.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    QueueFull,
+    RetraceError,
+    TemporarilyUnavailable,
+)
 from retrace_server.files import write_atomically
 from retrace_server.intake import archive, crashdata, storage
 from retrace_server.packaging.history import sources_for, wanted_of
@@ -216,10 +226,50 @@ def metrics_page(config: Config, request: Request) -> Response:
     return response
 
 
+# A status poll may ask to be held until the task's stage changes (X-Wait: seconds), at most this long; a
+# process holds at most _MAX_WAITERS such polls at once (its other threads answer at once), and looks at the
+# stage every _WAIT_STEP seconds.
+MAX_WAIT_SECONDS = 30
+_MAX_WAITERS = 5
+_WAIT_STEP = 0.02
+_waiters = threading.BoundedSemaphore(_MAX_WAITERS)
+
+
+def _wait_seconds(request: Request) -> float:
+    text = request.headers.get("X-Wait")
+    if text is None:
+        return 0.0
+    if not text.strip().isdigit():
+        raise BadRequest("X-Wait must be a whole number of seconds (how long to hold the answer until the task's "
+                         f"stage changes, at most {MAX_WAIT_SECONDS})")
+    return float(min(int(text.strip()), MAX_WAIT_SECONDS))
+
+
+def _held_until_changed(config: Config, task: Task, seconds: float) -> bool:
+    """Hold the poll while the task's stage stays what it was, for at most ``seconds`` (never for a task that
+    ended or whose worker died); whether it was held at all (False: every waiting slot was taken)."""
+    if not _waiters.acquire(blocking=False):
+        return False
+    try:
+        first = task.status
+        deadline = time.monotonic() + seconds
+        while (first is None or not first.is_final) and task.status == first and time.monotonic() < deadline:
+            if dispatch.dead_worker_reason(task, config) is not None:
+                break
+            time.sleep(_WAIT_STEP)
+        return True
+    finally:
+        _waiters.release()
+
+
 def status(config: Config, request: Request, task_id: str) -> Response:
     """The task's stage.  Read only: a task whose worker died reads as failed at once, and the
-    dispatcher, poked, records it."""
+    dispatcher, poked, records it.  With ``X-Wait: N`` (our client's long poll) the answer waits up to N
+    seconds for the stage to change and says ``X-Task-Waited: 1`` when it did wait; upstream's clients
+    never send it and are answered at once."""
     task = _open_task(config, request, task_id)
+    wait = _wait_seconds(request)
+    held = _held_until_changed(config, task, wait) if wait else False
     current = task.status
     reason = task.failure_reason if current == TaskStatus.FAIL else None
     died = dispatch.dead_worker_reason(task, config)
@@ -235,6 +285,8 @@ def status(config: Config, request: Request, task_id: str) -> Response:
         sentence = current.sentence
     if reason:
         headers[FAILURE_REASON] = header_text(reason)
+    if held:
+        headers["X-Task-Waited"] = "1"
     return text_response(sentence, headers=headers)
 
 

@@ -55,6 +55,14 @@ def test_batch_dir_prints_upstream_progress_and_saves_the_backtrace(server, cras
     assert not (crash_dir / "exploitable").exists(), "saved only from rating 4 up, as ABRT did"
 
 
+def test_the_client_long_polls_so_a_long_status_delay_does_not_hold_it_back(server, crash_dir):
+    """ABRT_STATUS_DELAY (here 600 s) is only the pause after a poll the server did not hold: ours holds each
+    until the stage changes, so the batch ends well within the two minutes run_client allows."""
+    result = run_client(server, "batch", "--dir", str(crash_dir), "--status-delay", "600")
+    assert result.returncode == 0, result.stderr
+    assert_in_order(result.stderr, UPSTREAM_PROGRESS)
+
+
 def test_batch_core_and_executable_prints_the_backtrace(server, problem_dir):
     result = run_client(
         server, "batch", "--core", str(problem_dir / "coredump"), "--executable", "/usr/bin/crasher",

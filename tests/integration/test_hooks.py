@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from retrace_server.tasks.task import TaskStatus
 from testkit.helpers import outcome, problem_members, submit, tar_bytes, wait_final, xz
 from tests.integration.test_cleanup import cleanup, finished_task_idle_for
 
@@ -111,3 +112,25 @@ def test_a_hook_configuration_that_names_an_unknown_placeholder_skips_that_hook_
     assert "start" not in [hook for hook, *_ in hooks.calls()]
     assert (f"hook start/50-record for task {task_id}: not run, its configuration is wrong (KeyError: 'password')"
             in (server.log_dir / "worker.log").read_text())
+
+
+def test_a_status_poll_with_x_wait_is_held_until_the_stage_changes(start_server, problem_dir, hooks):
+    """Our client's long poll (X-Wait), seen while a hook holds the task at INIT."""
+    hooks.add("pre_retrace", "05-slow", "#!/bin/sh\nsleep 1\n")  # the task stays a while at INIT
+    server = start_server(HookConfig=str(hooks.file))
+    task_id, auth = submit(server, problem_dir)
+    for _ in range(1200):
+        plain = server.get(f"/{task_id}", headers=auth)
+        if plain.text == TaskStatus.INIT.sentence:
+            break
+        time.sleep(0.01)
+    else:
+        pytest.fail("the task was never seen preparing its environment")
+    held = server.get(f"/{task_id}", headers={**auth, "X-Wait": "30"})
+    assert held.headers.get("X-Task-Waited") == "1" and "X-Task-Waited" not in plain.headers
+    assert held.text != plain.text, "answered when the stage changed"
+    assert wait_final(server, task_id, auth).headers["X-Task-Status"] == "FINISHED_SUCCESS"
+    ended = server.get(f"/{task_id}", headers={**auth, "X-Wait": "30"})
+    assert ended.headers["X-Task-Status"] == "FINISHED_SUCCESS", "an ended task is never held"
+    bad = server.get(f"/{task_id}", headers={**auth, "X-Wait": "soon"})
+    assert bad.status_code == 400 and "X-Wait must be a whole number of seconds" in bad.text

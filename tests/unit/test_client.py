@@ -178,3 +178,23 @@ def test_the_dso_list_names_each_mapped_file_with_the_package_owning_it_here(tmp
     owners = crash.owning_packages(["/usr/bin/sleep", "/bin/sleep", "/nonexistent"], with_arch=False)
     assert owners["/usr/bin/sleep"] == owners["/bin/sleep"] == crash._owning_package("/usr/bin/sleep")
     assert "/nonexistent" not in owners
+
+
+def test_the_client_sleeps_only_after_a_poll_the_server_did_not_hold(monkeypatch):
+    """Long polls (X-Wait) follow each other at once; after an answer the server did not hold (upstream's)
+    the client waits the status delay, as ABRT did."""
+    from retrace_server.client.server import Status
+
+    answers = iter([Status("PENDING", "Analyzing crash data", waited=True),
+                    Status("PENDING", "Generating backtrace", waited=False),
+                    Status("FINISHED_SUCCESS", "Retrace job finished successfully", waited=True)])
+    asked, slept = [], []
+
+    class Server:
+        def status(self, task_id, password, wait=0):
+            asked.append(wait)
+            return next(answers)
+
+    monkeypatch.setattr(cli.time, "sleep", slept.append)
+    status = cli.wait_until_finished(Server(), "1", "p", 7.0, Reporter(io.StringIO(), live=False))
+    assert status.finished and asked == [cli.LONG_POLL_SECONDS] * 3 and slept == [7.0]
