@@ -223,6 +223,15 @@ class RetraceJob(Job["_Crash"]):
             self._check_full_rpm_mirror(crash.index)
         crash.work = work = Workload(crash.executable, crash.core_path, crash.debugger, crash.release, crash.index,
                                      modules=crash.core.modules)
+        with self.part("init.packages"):
+            self._supply_packages(crash, work)
+        self.record.packages = work.packages = [package.nevra for package in crash.resolution.packages]
+        with self.part("init.environment"):
+            self.environment.prepare(work)
+
+    def _supply_packages(self, crash: _Crash, work: Workload) -> None:
+        """Every package the environment needs unpacked in the cache (or fetched from history or debuginfod),
+        what is still missing decided (a partial backtrace, or TaskFailed)."""
         if self.environment.unpacks:
             if crash.index is not None:  # else every file comes from debuginfod
                 index = crash.index
@@ -244,8 +253,6 @@ class RetraceJob(Job["_Crash"]):
                              "%s: %s); gdb unwinds with the %d packages it has", crash.executable,
                              crash.owner_of(crash.executable) or "package unknown", crash.exe_module.build_id or
                              "unknown", crash.executable_missing.problem, len(crash.resolution.packages))
-        self.record.packages = work.packages = [package.nevra for package in crash.resolution.packages]
-        self.environment.prepare(work)
 
     def _backfill(self, crash: _Crash) -> Backfill:
         """What the history sources may still give, by the packages the crash names (retrace.packaging.backfill)."""
@@ -281,7 +288,8 @@ class RetraceJob(Job["_Crash"]):
             session.save(self.task)
         limits = Limits(self.config.GdbTimeout, self.config.gdb_memory_limit_bytes,
                         self.config.debugger_output_limit_bytes)
-        result = retrace(self.environment, work, limits, self.without_server_paths, script)
+        with self.part("backtrace.gdb"):
+            result = retrace(self.environment, work, limits, self.without_server_paths, script)
         threads = len(_THREAD_HEADER.findall(result.backtrace))
         frames = len(USABLE_FRAME.findall(result.backtrace))
         self.log.info("gdb finished in %.3f s: %d threads, %d frames", result.seconds, threads, frames)
@@ -294,7 +302,8 @@ class RetraceJob(Job["_Crash"]):
                       crash.core.arch)
         write_atomically(self.task.results_dir / "exploitable", rating.report())
         self.log.info("Exploitable rating %d: %s", rating.value, rating.reason)
-        self._bucket(crash, result.backtrace)
+        with self.part("backtrace.buckets"):
+            self._bucket(crash, result.backtrace)
 
     def _python_extension(self, crash: _Crash, work: Workload) -> str | None:
         """CPython's gdb extension from the task's verified packages, when the core runs the interpreter."""

@@ -100,6 +100,16 @@ class Job(abc.ABC, Generic[CrashT]):
         self.record.phases[status.name.lower()] = round(seconds, 4)
         self.log.info("%s: done in %.3f s", status.sentence, seconds)
 
+    @contextlib.contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        """Time one part of a stage (``init.packages``, ``backtrace.gdb``): into the statistics, hence /metrics'
+        ``retrace_phase_duration_seconds``, and the task log at debug level, so a regression shows where."""
+        began = time.monotonic()
+        yield
+        seconds = time.monotonic() - began
+        self.record.phases[name] = round(seconds, 4)
+        self.log.debug("Timing: %s %.3f s", name, seconds)
+
     def hook(self, point: str) -> None:
         self.hooks.run(point, self.task, admin_log)
 

@@ -65,7 +65,8 @@ def test_metrics_pass_the_prometheus_parser(stats_server):
     assert upstream == {"success": 2, "fail": 1}, "upstream's dashboards read retrace_tasks_finished{result}"
     assert families["retrace_cache_bytes", "gauge"].samples[0].value > 0
     assert families["retrace_savedir_free_bytes", "gauge"].samples[0].value > 0
-    assert any(s.labels.get("phase") == "backtrace" for s in families["retrace_phase_duration_seconds", "histogram"].samples)
+    phases = {s.labels.get("phase") for s in families["retrace_phase_duration_seconds", "histogram"].samples}
+    assert {"backtrace", "init.packages", "init.environment", "backtrace.gdb", "backtrace.buckets"} <= phases, phases
 
 
 def test_metrics_are_403_unless_enabled(server):

@@ -179,6 +179,15 @@ class TestCoredumpJob:
         positions = [log.index(f"{sentence}: done in") for sentence in stages]
         assert positions == sorted(positions)
 
+    def test_the_parts_of_a_stage_are_timed_into_the_statistics_that_metrics_shows(self, config):
+        from retrace_server.stats import StatsDB
+
+        run_job(config, spooled_task(config))
+        with StatsDB.for_config(config) as stats:
+            phases = set(stats.phase_samples())
+        assert {"analyze", "init", "init.packages", "init.environment", "backtrace", "backtrace.gdb",
+                "backtrace.buckets", "cleanup"} <= phases, phases
+
     def test_a_package_the_supply_cannot_give_fails_the_task_with_its_sentence_and_cleans_up(self, config):
         task = spooled_task(config)
         supply = FakeSupply(config.CacheDir / "fake-packages", unavailable="crasher_1.0-1_amd64 is gone")
