@@ -14,13 +14,13 @@ library's debuginfo, and the reverse.
 """
 
 import dataclasses
+import functools
 import re
 import subprocess
 from pathlib import Path
 
 from testkit.debian import (
     PYTHON,
-    archive_version,
     crash_debian_program,
     crash_python,
     debian_debs,
@@ -115,9 +115,19 @@ def program_debs(program):
     if program.name == "strings":
         debs = debian_debs()
         return [debs[name] for name in program.binaries], [debs[name] for name in program.debug]
-    wanted = [(name, archive_version(name)) for name in (*program.binaries, *program.debug)]
+    versions = archive_versions_now()
+    wanted = [(name, versions[name]) for name in (*program.binaries, *program.debug)]
     debs = download_versions(CORPUS_CACHE, wanted)
     return debs[:len(program.binaries)], debs[len(program.binaries):]
+
+
+@functools.cache
+def archive_versions_now():
+    """``{package: the version apt would install}`` of every corpus package, from one apt-cache run."""
+    names = sorted({name for program in PROGRAMS for name in (*program.binaries, *program.debug)})
+    shown = subprocess.run(["apt-cache", "show", "--no-all-versions", *names], capture_output=True, text=True,
+                           check=True).stdout
+    return dict(re.findall(r"^Package: (\S+)\n(?:.+\n)*?Version: (\S+)$", shown, re.M))
 
 
 def crash(program, work_dir):
@@ -145,7 +155,14 @@ def host_packages(core, provided):
     found = []
     for name, installed in wanted:
         try:
-            found += download_versions(CORPUS_CACHE / "host", [(name, installed_version(installed))])
+            version = installed_version(installed)
         except subprocess.CalledProcessError:
+            continue  # not a package name (a name-version read at the wrong dash)
+        gone = CORPUS_CACHE / "host" / f"not-in-the-archive-{name}_{version.replace(':', '%3a')}"
+        if gone.exists():
             continue
+        try:
+            found += download_versions(CORPUS_CACHE / "host", [(name, version)])
+        except subprocess.CalledProcessError:
+            gone.touch()  # asked once: the archive no longer serves this host's version
     return found

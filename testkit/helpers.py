@@ -91,16 +91,32 @@ def submit(server, problem_dir, names=ABRT_FILES, archive=None, **headers):
     return response.headers["X-Task-Id"], password_header(response)
 
 
-def wait_final(server, task_id, auth, timeout=90, poll=0.05):
-    """Poll the status like abrt-retrace-client until the task ends; the last response."""
+def wait_final(server, task_id, auth, timeout=90, poll=0.05, settled=True):
+    """Poll the status like abrt-retrace-client until the task ends; the last response.  ``settled``: also
+    until the worker is done after its answer (cleaning, the crash bucket, statistics), which a test then
+    reads."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         response = server.get(f"/{task_id}", headers=auth)
         assert response.status_code == 200, response.text
         if response.headers["X-Task-Status"] in FINAL_STATUSES:
+            if settled:
+                wait_settled(server, task_id, auth, deadline)
             return response
         time.sleep(poll)
     raise AssertionError(f"task {task_id} did not finish in {timeout} s: {response.text}")
+
+
+def wait_settled(server, task_id, auth, deadline, poll=0.02):
+    """Until the task log says the worker finished what follows a success (``After the answer:``); a task no
+    worker answered (ended by an engineer, failed) has nothing to wait for."""
+    while time.monotonic() < deadline:
+        log = server.get(f"/{task_id}/log", headers=auth)
+        if log.status_code != 200 or "Retrace job finished successfully" not in log.text \
+                or "After the answer: " in log.text:
+            return
+        time.sleep(poll)
+    raise AssertionError(f"task {task_id}: the worker did not finish after its answer")
 
 
 def outcome(response):
@@ -114,8 +130,9 @@ def timed_retrace(server, archive, poll=0.01):
     """``(seconds from upload to FINISHED_SUCCESS, task log)``; RuntimeError if the task failed."""
     started = time.monotonic()
     task_id, auth = submit(server, None, archive=archive)
-    status = wait_final(server, task_id, auth, poll=poll)
+    status = wait_final(server, task_id, auth, poll=poll, settled=False)
     seconds = time.monotonic() - started
+    wait_settled(server, task_id, auth, time.monotonic() + 90)
     log = server.get(f"/{task_id}/log", headers=auth).text
     if status.headers["X-Task-Status"] != "FINISHED_SUCCESS":
         raise RuntimeError(f"task {task_id} failed: {outcome(status)}\n{log}")

@@ -302,8 +302,11 @@ class RetraceJob(Job["_Crash"]):
                       crash.core.arch)
         write_atomically(self.task.results_dir / "exploitable", rating.report())
         self.log.info("Exploitable rating %d: %s", rating.value, rating.reason)
-        with self.part("backtrace.buckets"):
-            self._bucket(crash, result.backtrace)
+        crash.backtrace = result.backtrace
+
+    def count(self, crash: _Crash) -> None:
+        if crash.backtrace is not None:
+            self._bucket(crash, crash.backtrace)
 
     def _python_extension(self, crash: _Crash, work: Workload) -> str | None:
         """CPython's gdb extension from the task's verified packages, when the core runs the interpreter."""
@@ -362,6 +365,7 @@ class _Crash:
     merged: bool  # the release merged /usr: /bin/x is /usr/bin/x (release.merges_usr)
     work: Workload | None = None  # what the environment was given (from prepare on)
     executable_missing: Unresolved | None = None  # why no source had the program (the backtrace is partial)
+    backtrace: str | None = None  # gdb's, once it ran (its crash thread signs the bucket)
 
     def owner_of(self, path: str) -> str | None:
         return next((self.owners[variant] for variant in usr_merge_variants(path, self.merged)

@@ -86,13 +86,18 @@ class Job(abc.ABC, Generic[CrashT]):
     def clean(self, succeeded: bool) -> None:
         """CLEANUP: what the task no longer needs removed, whether or not it succeeded."""
 
+    def count(self, crash: CrashT) -> None:
+        """The retrace counted in its crash bucket, once the answer is out (``run``)."""
+
     # -- driving -------------------------------------------------------------
 
     @contextlib.contextmanager
-    def stage(self, status: TaskStatus) -> Iterator[None]:
+    def stage(self, status: TaskStatus, announce: bool = True) -> Iterator[None]:
+        """One stage, timed and logged; ``announce``: its status is the task's (not after the task ended)."""
         with disk_full_explained(f"The server ran out of disk space at '{status.sentence}'; "
                                  "try again later (the administrator needs to free space)"):
-            self.task.set_status(status)
+            if announce:
+                self.task.set_status(status)
             self.log.info("%s", status.sentence)
             began = time.monotonic()
             yield
@@ -121,7 +126,13 @@ class Job(abc.ABC, Generic[CrashT]):
         self.hook(f"post_{name}")
 
     def run(self) -> bool:
-        """Run every stage; True on success.  The task always ends final."""
+        """Run every stage; True on success.  The task always ends final.
+
+        The answer comes first: the task is FINISHED_SUCCESS as soon as its
+        backtrace and results are stored; cleaning, the crash bucket and the
+        statistics follow (``after_answer``), and nothing that goes wrong
+        there changes the answer.
+        """
         if self.overrides:
             self.log.info("Forced by an administrator: %s", self.overrides.describe())
         self.hook("pre_start")
@@ -135,10 +146,6 @@ class Job(abc.ABC, Generic[CrashT]):
                 self.prepare(crash)
             with self.hooked("retrace"), self.stage(TaskStatus.BACKTRACE):
                 self.backtrace(crash)
-            with self.hooked("clean_task"), self.stage(TaskStatus.CLEANUP):
-                self.clean(succeeded=True)
-            with self.stage(TaskStatus.STATS):
-                self.save_stats()
         except RetraceError as err:
             self.finish_failed(self.without_server_paths(err.sentence), err.category)
             return False
@@ -153,9 +160,29 @@ class Job(abc.ABC, Generic[CrashT]):
         self.task.mark_time("finished_time")
         self.task.set_status(TaskStatus.SUCCESS)
         self.log.info("Retrace job finished successfully in %.3f s", time.monotonic() - self.started)
+        self.after_answer(crash)
+        return True
+
+    def after_answer(self, crash: CrashT) -> None:
+        """The crash bucket, cleaning, the statistics, the success hook and the end mail of a task that already
+        answered FINISHED_SUCCESS: an error is logged (the task log, worker.log) and leaves the answer as it
+        is; the last log line says the worker is done."""
+        began = time.monotonic()
+        try:
+            with self.part("stats.buckets"):  # first: the next report of this crash learns it has a retrace
+                self.count(crash)
+            with self.hooked("clean_task"), self.stage(TaskStatus.CLEANUP, announce=False):
+                self.clean(succeeded=True)
+            with self.stage(TaskStatus.STATS, announce=False):
+                self.save_stats()
+        except Exception as err:
+            admin_log.exception("task %s: after its answer", self.task.task_id)
+            sentence = err.sentence if isinstance(err, RetraceError) else type(err).__name__
+            self.log.warning("After the answer, cleaning or counting failed (%s); the retrace stands",
+                             self.without_server_paths(sentence))
         self.hook("success")
         notify.send_end_mail(self.config, self.task, True, None, self.log, admin_log)
-        return True
+        self.log.info("After the answer: cleaned and counted in %.3f s", time.monotonic() - began)
 
     def finish_failed(self, reason: str, category: str) -> None:
         try:

@@ -45,16 +45,24 @@ def supervise(config: Config, task: Task, run_job: Callable[[], bool], clean_up:
     kill_group(child)
     status = task.status
     if status is not None and status.is_final:
+        if wait_status != 0:  # it died after its answer: the answer stands, its leftovers go
+            admin_log.warning("task %s: the retrace job %s after its answer", task.task_id,
+                              _how_it_ended(wait_status))
+            _clean_up(clean_up, task)
         return status == TaskStatus.SUCCESS
     stage = status.sentence if status is not None else TaskStatus.ANALYZE.sentence
     reason = f"the retrace job {_how_it_ended(wait_status)} while: {stage}"
     admin_log.error("task %s: %s", task.task_id, reason)
+    _clean_up(clean_up, task)
+    end_failed(config, task, reason, "worker died")
+    return False
+
+
+def _clean_up(clean_up: Callable[[], None], task: Task) -> None:
     try:
         clean_up()
     except Exception:
         admin_log.exception("task %s: removing the dead job's leftovers failed", task.task_id)
-    end_failed(config, task, reason, "worker died")
-    return False
 
 
 def _run_child(run_job: Callable[[], bool], supervisor: int) -> NoReturn:

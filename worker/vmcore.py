@@ -94,6 +94,7 @@ class _Dump:
     vmlinux: Path | None = None
     cache_key: str | None = None  # the kernel cache entry (None: the vmlinux came from debuginfod)
     package: KernelPackage | None = None  # the kernel's debuginfo package, if a repository has it
+    oops: list[tuple[str, str | None]] = dataclasses.field(default_factory=list)  # its call trace, once crash ran
 
 
 class VmcoreJob(Job["_Dump"]):
@@ -472,11 +473,7 @@ class VmcoreJob(Job["_Dump"]):
         header = ("crash could only read the kernel log (--minimal): the system summary and the backtrace are "
                   "missing\n\n" if output.minimal else "")
         write_atomically(self.task.path / "retrace_backtrace", header + output.kernel_log)
-        frames = call_trace(output.kernel_log)
-        if frames:  # the oops's bucket, shared with kerneloops reports of it
-            stack = Stack("kerneloops", "kerneloops", tuple(frames))
-            self.count_in_bucket(stack, oops_text(frames), str(dump.releases[0]) if dump.releases else None,
-                                 "kernel")
+        dump.oops = call_trace(output.kernel_log)
         extra = [(crash_tool.result_name(command), command) for command in self.config.crash_commands]
         for name, command in (("sys", "sys"), ("mod", "mod"), *extra):
             if output.sections.get(command, "").strip():
@@ -486,6 +483,13 @@ class VmcoreJob(Job["_Dump"]):
         panic = _PANIC.search(output.sections.get("sys", ""))
         self.log.info("crash finished in %.3f s: %d lines of kernel log%s", output.seconds,
                       output.kernel_log.count("\n"), f", {panic[0].strip()}" if panic else "")
+
+    def count(self, dump: _Dump) -> None:
+        """The oops's bucket, shared with kerneloops reports of it."""
+        if dump.oops:
+            stack = Stack("kerneloops", "kerneloops", tuple(dump.oops))
+            self.count_in_bucket(stack, oops_text(dump.oops), str(dump.releases[0]) if dump.releases else None,
+                                 "kernel")
 
     # -- cleaning ------------------------------------------------------------------
 

@@ -58,13 +58,14 @@ def unique(debs):
 @pytest.fixture(scope="module")
 def corpus_servers(start_server, work_dir, crashed):
     """``{"full": server, "metadata-only": server}``: one release of every corpus package, as an apt repository
-    and as a metadata-only release synced from a signed mirror of it."""
+    and as a metadata-only release synced from a signed mirror of it; each takes the whole corpus at once."""
     debs = unique(deb for one in crashed.values() for deb in one.debs)
+    capacity = {"MaxParallelTasks": "2", "MaxQueuedTasks": "20", "MaxUploadsPerClient": "100"}
     full = start_server(repository=apt_release(work_dir / "corpus-release" / DEBIAN_RELEASE, debs),
-                        release_id=DEBIAN_RELEASE, lifetime="module")
+                        release_id=DEBIAN_RELEASE, lifetime="module", **capacity)
     TEST_KEY.ensure()
     process, url = serve_http(apt_archive(work_dir / "corpus-mirror", debs, key=TEST_KEY))
-    metadata_only = start_server(repository=False, lifetime="module", extra_ini=(
+    metadata_only = start_server(repository=False, lifetime="module", **capacity, extra_ini=(
         f"[gpgkeys]\ndebian = {TEST_KEY.public}\n[reposync debian]\ntype = apt\nmirrors = {url}\n"
         "suites = $CODENAME\ncomponents = main\ncodenames = 12:bookworm\n"))
     sync = subprocess.run([str(REPOSYNC), "--config", str(metadata_only.config_path), "debian", "12", "x86_64",
@@ -73,6 +74,25 @@ def corpus_servers(start_server, work_dir, crashed):
     yield {"full": full, "metadata-only": metadata_only}
     process.terminate()
     process.wait()
+
+
+@pytest.fixture(scope="module")
+def retraced(corpus_servers, crashed, work_dir):
+    """``{(where, name): (log, backtrace or None)}``: every crash sent to both servers at once (they retrace
+    two at a time), then each followed to its end."""
+    submitted = {}
+    for where, server in corpus_servers.items():
+        for name, one in crashed.items():
+            problem = debian_problem_dir(work_dir / f"corpus-problem-{where}-{name}", one.core,
+                                         one.program.executable, one.package)
+            submitted[(where, name)] = (server, *submit(server, problem, names=DEBIAN_FILES))
+    results = {}
+    for key, (server, task_id, auth) in submitted.items():
+        status = wait_final(server, task_id, auth, timeout=600)
+        log = server.get(f"/{task_id}/log", headers=auth).text
+        succeeded = status.headers["X-Task-Status"] == "FINISHED_SUCCESS"
+        results[key] = (log, server.get(f"/{task_id}/backtrace", headers=auth).text if succeeded else None)
+    return results
 
 
 def test_the_corpus_is_ten_real_programs_in_c_and_cpp_with_more_than_one_thread_and_deep_stacks(reference):
@@ -84,19 +104,12 @@ def test_the_corpus_is_ten_real_programs_in_c_and_cpp_with_more_than_one_thread_
 
 @pytest.mark.parametrize("where", ["full", "metadata-only"])
 @pytest.mark.parametrize("name", [program.name for program in PROGRAMS])
-def test_every_threads_frames_equal_a_local_gdb_with_the_same_packages(corpus_servers, crashed, reference, tmp_path,
-                                                                       name, where):
-    one = crashed[name]
-    problem = debian_problem_dir(tmp_path / "problem", one.core, one.program.executable, one.package)
-    server = corpus_servers[where]
-    task_id, auth = submit(server, problem, names=DEBIAN_FILES)
-    status = wait_final(server, task_id, auth)
-    log = server.get(f"/{task_id}/log", headers=auth).text
-    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", log
-    backtrace = server.get(f"/{task_id}/backtrace", headers=auth).text
+def test_every_threads_frames_equal_a_local_gdb_with_the_same_packages(retraced, crashed, reference, name, where):
+    log, backtrace = retraced[(where, name)]
+    assert backtrace is not None, log
     assert "Partial backtrace" not in backtrace
     assert thread_frames(backtrace) == reference(name)
     with_lines = [line for frames in reference(name).values() for _, line in frames if line]
     assert with_lines, f"the -dbg packages give {name} file:line"
     needed = re.search(r"Packages needed: (.*)", log)[1].split()
-    assert any(deb.name.removesuffix(".deb").replace("%3a", ":") in needed for deb in one.debug), needed
+    assert any(deb.name.removesuffix(".deb").replace("%3a", ":") in needed for deb in crashed[name].debug), needed

@@ -66,7 +66,7 @@ def test_metrics_pass_the_prometheus_parser(stats_server):
     assert families["retrace_cache_bytes", "gauge"].samples[0].value > 0
     assert families["retrace_savedir_free_bytes", "gauge"].samples[0].value > 0
     phases = {s.labels.get("phase") for s in families["retrace_phase_duration_seconds", "histogram"].samples}
-    assert {"backtrace", "init.packages", "init.environment", "backtrace.gdb", "backtrace.buckets"} <= phases, phases
+    assert {"backtrace", "init.packages", "init.environment", "backtrace.gdb", "stats.buckets"} <= phases, phases
 
 
 def test_metrics_are_403_unless_enabled(server):

@@ -61,7 +61,6 @@ STAGES = {
     "Preparing environment for backtrace generation": (
         lambda server, rpms: package_lock_held(server, crasher(rpms)), "problem_dir"),
     "Generating backtrace": (lambda server, rpms: contextlib.nullcontext(), "deep_problem_dir"),
-    "Saving crash statistics": (lambda server, rpms: statistics_locked(server), "problem_dir"),
 }
 STATUS_CODES = {status.sentence: str(int(status)) for status in TaskStatus}
 
@@ -94,9 +93,6 @@ def supervised_server(start_server):
 def test_a_killed_task_ends_failed_with_its_stage_named(request, supervised_server, fixture_rpms, stage, killed):
     server = supervised_server
     hold, problem = STAGES[stage]
-    if stage == "Saving crash statistics":
-        server.get("/stats")  # the database exists before it is locked
-        assert (server.save_dir / "stats.db").exists(), "no statistics database"
     if stage == "Analyzing crash data":
         for built in (server.cache_dir / "index").glob("*.sqlite"):
             built.unlink()  # the next task builds the index again, under the held lock
@@ -131,3 +127,26 @@ def test_a_killed_task_ends_failed_with_its_stage_named(request, supervised_serv
     active = server.save_dir / ".active"
     assert task_id not in os.listdir(active) and queued[0] not in os.listdir(active), "both ended: counted no more"
     assert "running_tasks 0" in server.get("/settings").text
+
+
+@pytest.mark.parametrize("killed", ["job", "supervisor"])
+def test_a_worker_killed_after_its_answer_leaves_the_task_finished_successfully(supervised_server, problem_dir,
+                                                                                killed):
+    """The answer comes first: a worker that dies while it saves statistics (held here by a lock) has already
+    marked the task FINISHED_SUCCESS with its backtrace; the task stays so, and the queue goes on."""
+    server = supervised_server
+    server.get("/stats")  # the database exists before it is locked
+    with statistics_locked(server):
+        task_id, auth = submit(server, problem_dir)
+        wait_for_stage(server, task_id, TaskStatus.SUCCESS.sentence)
+        queued = submit(server, problem_dir)
+        job = int((server.save_dir / task_id / "job_pid").read_text())
+        kill_worker(server, task_id, supervisor=killed == "supervisor", job=killed == "job")
+        wait_until_gone(job)
+    status = wait_final(server, task_id, auth, settled=False)
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", outcome(status)
+    assert "crash_in_library" in server.get(f"/{task_id}/backtrace", headers=auth).text
+    if killed == "job":
+        assert not (server.save_dir / task_id / "sysroot").exists(), "the supervisor removed the dead job's root"
+    assert wait_final(server, *queued).headers["X-Task-Status"] == "FINISHED_SUCCESS", "the queued task was lost"
+

@@ -186,7 +186,33 @@ class TestCoredumpJob:
         with StatsDB.for_config(config) as stats:
             phases = set(stats.phase_samples())
         assert {"analyze", "init", "init.packages", "init.environment", "backtrace", "backtrace.gdb",
-                "backtrace.buckets", "cleanup"} <= phases, phases
+                "stats.buckets", "cleanup"} <= phases, phases
+
+    def test_the_answer_comes_first_then_cleaning_and_counting(self, config):
+        seen = []
+
+        class Watching(FakeEnvironment):
+            def clean(self, keep):
+                seen.append(task.status)
+                super().clean(keep)
+
+        task = spooled_task(config)
+        succeeded, _, _ = run_job(config, task, environment_class=Watching)
+        assert succeeded and seen == [TaskStatus.SUCCESS], "FINISHED_SUCCESS before the sysroot is removed"
+        log = task.path.joinpath("retrace_log").read_text()
+        assert log.index("Retrace job finished successfully") < log.index("Saving crash statistics: done")
+        assert "After the answer: cleaned and counted in" in log.splitlines()[-1]
+
+    def test_a_failure_after_the_answer_is_logged_and_leaves_the_answer(self, config):
+        class Broken(FakeEnvironment):
+            def clean(self, keep):
+                raise OSError("the sysroot is busy")
+
+        task = spooled_task(config)
+        succeeded, _, _ = run_job(config, task, environment_class=Broken)
+        assert succeeded and task.status is TaskStatus.SUCCESS
+        log = task.path.joinpath("retrace_log").read_text()
+        assert "After the answer, cleaning or counting failed (OSError); the retrace stands" in log
 
     def test_a_package_the_supply_cannot_give_fails_the_task_with_its_sentence_and_cleans_up(self, config):
         task = spooled_task(config)
