@@ -85,7 +85,6 @@ class Located:
     url: str  # or an absolute path in a local tree
     size: int | None  # what the source lists, else None
     sha1: str | None  # what the source names the file by, checked while it downloads
-    source: str  # "snapshot https://snapshot.debian.org", for the log and the backtrace's header
 
 
 class HistorySource(abc.ABC):
@@ -165,7 +164,7 @@ class Snapshot(HistorySource):
                 continue
             size = info.get("size")
             return Located(wanted.name, wanted.version, str(info["name"]), f"{self.url}/file/{entry['hash']}",
-                           size if isinstance(size, int) and size > 0 else None, entry["hash"], str(self))
+                           size if isinstance(size, int) and size > 0 else None, entry["hash"])
         return None
 
     def debug(self, wanted: Wanted) -> Iterator[Located]:
@@ -208,7 +207,7 @@ class Koji(HistorySource):
                 file_name = f"{name}-{version}-{release}.{arch}.rpm"
                 where = f"{self.url}/packages/{source}/{version}/{release}/{arch}/{file_name}"
                 if self._exists(where):
-                    return Located(name, wanted.version, file_name, where, None, None, str(self))
+                    return Located(name, wanted.version, file_name, where, None, None)
         return None
 
     def _exists(self, where: str) -> bool:
