@@ -44,8 +44,20 @@ def screenshot(driver, name):
 def submit_and_wait(driver, button, timeout=30):
     """Click a form's submit ``button`` and wait until the browser has left its page: a click returns before
     the next page loads, and reading the old page then would test nothing."""
-    from selenium.webdriver.support import expected_conditions
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
+    def left(_driver):
+        try:
+            button.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as err:
+            # Chromium's word, while the next page replaces the document, for a node of the page it left.
+            if "does not belong to the document" in str(err):
+                return True
+            raise
+        return False
+
     button.click()
-    WebDriverWait(driver, timeout).until(expected_conditions.staleness_of(button))
+    WebDriverWait(driver, timeout).until(left)
