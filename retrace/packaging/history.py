@@ -154,10 +154,11 @@ class Snapshot(HistorySource):
         if not isinstance(answer, dict):
             return None
         arches = (debian_arch(wanted.arch), "all")
-        files = [entry for entry in answer.get("result") or [] if isinstance(entry, dict)
+        files = [entry for entry in _list(answer.get("result")) if isinstance(entry, dict)
                  and entry.get("architecture") in arches and _HEX40.fullmatch(str(entry.get("hash", "")))]
+        fileinfo = answer.get("fileinfo")
         for entry in sorted(files, key=lambda entry: arches.index(entry["architecture"])):
-            infos = (answer.get("fileinfo") or {}).get(entry["hash"]) or []
+            infos = _list(fileinfo.get(entry["hash"]) if isinstance(fileinfo, dict) else None)
             info = next((info for info in infos if isinstance(info, dict)
                          and _FILE_NAME.fullmatch(str(info.get("name", "")))), None)
             if info is None:
@@ -179,17 +180,22 @@ class Snapshot(HistorySource):
     def _source_debug_packages(self, wanted: Wanted) -> list[str]:
         """The ``-dbg`` binaries of ``wanted``'s source at its version, those sharing most of its name first."""
         versions = self._json(f"/mr/binary/{quote(wanted.name, safe='')}/")
-        entry = next((entry for entry in (versions or {}).get("result") or [] if isinstance(entry, dict)
-                      and entry.get("binary_version") == wanted.version), None)
+        entry = next((entry for entry in _list(versions.get("result") if isinstance(versions, dict) else None)
+                      if isinstance(entry, dict) and entry.get("binary_version") == wanted.version), None)
         if entry is None or not _NAME.fullmatch(str(entry.get("source", ""))) \
                 or not _VERSION.fullmatch(str(entry.get("version", ""))):
             return []
         listed = self._json(f"/mr/package/{quote(entry['source'], safe='')}/{quote(entry['version'], safe='')}"
                             "/binpackages")
-        names = [str(binary.get("name", "")) for binary in (listed or {}).get("result") or []
-                 if isinstance(binary, dict)]
+        names = [str(binary.get("name", "")) for binary in
+                 _list(listed.get("result") if isinstance(listed, dict) else None) if isinstance(binary, dict)]
         debug = [name for name in names if name.endswith("-dbg") and _NAME.fullmatch(name)]
         return sorted(debug, key=lambda name: -len(os.path.commonprefix([name, wanted.name])))
+
+
+def _list(value: Any) -> list[Any]:
+    """``value`` when an answer gave a list where one belongs, else nothing (answers are untrusted)."""
+    return value if isinstance(value, list) else []
 
 
 class Koji(HistorySource):

@@ -91,7 +91,9 @@ def test_snapshot_gives_the_file_of_the_releases_architecture_by_its_sha1():
 @pytest.mark.parametrize("answer", [
     {"result": [{"architecture": "amd64", "hash": "../../etc/passwd"}], "fileinfo": {}},
     {"result": [{"architecture": "amd64", "hash": SHA1}], "fileinfo": {SHA1: [{"name": "../x.deb"}]}},
-    {"result": "nonsense"}, ["a", "list"], None])
+    {"result": "nonsense"}, ["a", "list"], None,
+    {"result": [{"architecture": "amd64", "hash": SHA1}], "fileinfo": ["not", "a", "mapping"]},
+    {"result": [{"architecture": "amd64", "hash": SHA1}], "fileinfo": {SHA1: "not a list"}}])
 def test_a_snapshot_answer_that_names_nothing_usable_gives_nothing(answer):
     assert snapshot({BINFILES: answer}).binary(Wanted("libfoo1", "1.0-1", "x86_64")) is None
 
@@ -126,3 +128,11 @@ def test_koji_keeps_a_build_under_its_source_version_release_and_architecture(tm
     assert koji.binary(wanted).url == str(place / "libcrash-1.0-1.fc41.x86_64.rpm")
     assert [located.file_name for located in list(koji.debug(wanted))] == ["libcrash-debuginfo-1.0-1.fc41.x86_64.rpm"]
     assert koji.binary(Wanted("libcrash", "1.0-2.fc41", "x86_64", source="crasher")) is None
+
+
+@pytest.mark.parametrize("versions, binpackages", [(["a list"], None), ({"result": "text"}, None),
+                                                    ({"result": [{"binary_version": "1.0-1", "source": "foo",
+                                                                  "version": "1.0-1"}]}, {"result": {"x": 1}})])
+def test_snapshot_answers_of_the_wrong_shape_name_no_debug_package(versions, binpackages):
+    source = snapshot({"/mr/binary/libfoo1/": versions, "/mr/package/foo/1.0-1/binpackages": binpackages})
+    assert list(source.debug(Wanted("libfoo1", "1.0-1", "x86_64"))) == []
