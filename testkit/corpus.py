@@ -21,6 +21,7 @@ from pathlib import Path
 
 from testkit.debian import (
     PYTHON,
+    PYTHON_SCRIPT,
     crash_debian_program,
     crash_python,
     debian_debs,
@@ -32,23 +33,6 @@ from testkit.debuginfod import DEB_CACHE, download_versions, installed_version
 # luaV_execute...); at the bottom it waits for its input.
 LUA_DEEP = ("local function f(n) if n == 0 then return io.read() end "
             "return (string.gsub('x', 'x', function() return f(n - 1) end)) end f(40)")
-PYTHON_TWO_THREADS = """\
-import signal
-import threading
-started = threading.Event()
-def waiting_worker():
-    started.set()
-    threading.Event().wait()
-def leaf(depth):
-    signal.pthread_kill(threading.get_ident(), signal.SIGSEGV)
-def middle(depth):
-    return leaf(depth + 1)
-def outer():
-    return middle(1)
-threading.Thread(target=waiting_worker, daemon=True).start()
-started.wait()
-outer()
-"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +118,7 @@ def crash(program, work_dir):
     """Crash ``program`` once; the Crashed, with this host's packages of the libraries it also mapped."""
     binaries, debug = program_debs(program)
     if program.name == "python":
-        core = crash_python(binaries, work_dir, PYTHON_TWO_THREADS)
+        core = crash_python(binaries, work_dir, PYTHON_SCRIPT)
     else:
         core = crash_debian_program(binaries, work_dir, program.executable, *program.arguments, keep=program.keep)
     version = re.match(r"[^_]+_([^_]+)_", binaries[0].name)[1].replace("%3a", ":")

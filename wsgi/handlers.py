@@ -133,8 +133,7 @@ def _in_history(config: Config, releases: Iterable[ReleaseId], nvr: str) -> bool
     """Whether a history source of one of ``releases`` serves ``nvr`` (a build the mirror no longer lists:
     the worker will fetch it from there)."""
     for release in releases:
-        for source in sources_for(config, release):
-            source.deadline = _HISTORY_CHECK_SECONDS
+        for source in sources_for(config, release, _HISTORY_CHECK_SECONDS):
             try:
                 if any(source.binary(wanted) for wanted in wanted_of(nvr, release.arch, source.format)):
                     return True

@@ -237,10 +237,10 @@ class Koji(HistorySource):
 SOURCES: dict[str, type[HistorySource]] = {"snapshot": Snapshot, "koji": Koji}
 
 
-def sources_for(config: Config, release: object, package_format: str | None = None) -> list[HistorySource]:
-    """The history sources of ``release`` (of ``package_format``'s family when given), in order."""
-    sources = [SOURCES[kind](url, config.DownloadDeadline) for kind, url in config.history_sources(release)]
-    return [source for source in sources if package_format is None or source.format == package_format]
+def sources_for(config: Config, release: object, deadline: float | None = None) -> list[HistorySource]:
+    """The history sources of ``release``, in order, each waiting at most ``deadline`` (DownloadDeadline)."""
+    wait = config.DownloadDeadline if deadline is None else deadline
+    return [SOURCES[kind](url, wait) for kind, url in config.history_sources(release)]
 
 
 def wanted_of(owner: str, arch: str, package_format: str) -> list[Wanted]:

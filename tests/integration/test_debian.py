@@ -24,6 +24,7 @@ from testkit.debian import (
     DEBIAN_RELEASE,
     PROGRAM,
     PYTHON,
+    PYTHON_SCRIPT,
     apport_report,
     apt_archive,
     apt_release,
@@ -97,6 +98,13 @@ def retrace(server, problem_dir):
     backtrace = server.get(f"/{task_id}/backtrace", headers=auth).text if status.headers[
         "X-Task-Status"] == "FINISHED_SUCCESS" else ""
     return status, log, backtrace
+
+
+def retraced(server, problem_dir):
+    """``(backtrace, log)`` of a task expected to succeed."""
+    status, log, backtrace = retrace(server, problem_dir)
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", log
+    return backtrace, log
 
 
 def crashing_thread_frames(text):
@@ -515,24 +523,6 @@ def test_a_package_the_mirror_stopped_listing_stays_known_for_keep_superseded_da
         process.wait()
 
 
-# A script several calls deep that ends its interpreter with SIGSEGV, a second thread waiting meanwhile.
-PYTHON_SCRIPT = """\
-import signal
-import threading
-started = threading.Event()
-def waiting_worker():
-    started.set()
-    threading.Event().wait()
-def leaf(depth):
-    signal.pthread_kill(threading.get_ident(), signal.SIGSEGV)
-def middle(depth):
-    return leaf(depth + 1)
-def outer():
-    return middle(1)
-threading.Thread(target=waiting_worker, daemon=True).start()
-started.wait()
-outer()
-"""
 
 
 def script_line(text):

@@ -16,6 +16,7 @@ import pytest
 from testkit.debian import (
     DEBIAN_RELEASE,
     PYTHON,
+    PYTHON_SCRIPT,
     apt_archive,
     apt_release,
     archive_versions,
@@ -33,7 +34,7 @@ from testkit.history import SnapshotServer, koji_tree
 from testkit.loopback import FileServer
 from testkit.reposync_admin import REPOSYNC, serve_http
 from testkit.signing import TEST_KEY
-from tests.integration.test_debian import DEBIAN_FILES, PYTHON_SCRIPT
+from tests.integration.test_debian import retraced
 from tests.integration.test_retrace import successful_backtrace
 
 pytestmark = pytest.mark.skipif(len(archive_versions("python3.11-dbg")) < 2,
@@ -59,14 +60,6 @@ def behind_problem(work_dir, builds):
     core = crash_python([behind["python3.11-minimal"]], work_dir, PYTHON_SCRIPT)
     version = re.match(r"python3\.11-minimal_(.+)_amd64\.deb", behind["python3.11-minimal"].name)[1]
     return debian_problem_dir(work_dir / "problem-python-behind", core, PYTHON, f"python3.11-minimal-{version}")
-
-
-def retraced(server, problem):
-    task_id, auth = submit(server, problem, names=DEBIAN_FILES)
-    status = wait_final(server, task_id, auth)
-    log = server.get(f"/{task_id}/log", headers=auth).text
-    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", log
-    return server.get(f"/{task_id}/backtrace", headers=auth).text, log
 
 
 def assert_like_local_gdb(backtrace, debs, problem, tmp_path):

@@ -15,10 +15,9 @@ from testkit.debian import (
     local_gdb_output,
     thread_frames,
 )
-from testkit.helpers import submit, wait_final
 from testkit.trixie import PROGRAM as SLEEP
 from testkit.trixie import TRIXIE_RELEASE, crash_in_trixie, trixie_debs, trixie_root
-from tests.integration.test_debian import BINARIES, DEBIAN_FILES
+from tests.integration.test_debian import BINARIES, retraced
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +36,6 @@ def two_releases(start_server, work_dir, root):
     apt_release(work_dir / "two-trixie", trixie_debs(root).values())
     shutil.copytree(work_dir / "two-trixie", server.repo_dir / TRIXIE_RELEASE)
     return server
-
-
-def retraced(server, problem):
-    task_id, auth = submit(server, problem, names=DEBIAN_FILES)
-    status = wait_final(server, task_id, auth)
-    log = server.get(f"/{task_id}/log", headers=auth).text
-    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", log
-    return server.get(f"/{task_id}/backtrace", headers=auth).text, log
 
 
 def test_settings_list_both_releases(two_releases):
