@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from retrace_server.environments.chroot import GdbRoots
+from retrace_server.environments.sysroot import SharedTrees
 from retrace_server.packaging.cache import PackageCache, abandoned_partial_entries
 from retrace_server.packaging.debuginfod import BuildIdCache
 from retrace_server.packaging.download import DOWNLOADS
@@ -255,7 +256,7 @@ class Collector:
     def _cache_entries(self) -> list[tuple[str, float, int, Callable[[], bool]]]:
         """``(description, last use, bytes, evict)`` of everything CacheDir holds for tasks."""
         cache_dir = Path(self.config.CacheDir)
-        kinds = (("rpms", PackageCache, "package"), ("roots", GdbRoots, "gdb root"),
+        kinds = (("rpms", PackageCache, "package"), ("roots", GdbRoots, "gdb root"), ("sysroots", SharedTrees, "sysroot"),
                  ("buildid", BuildIdCache, "debuginfod files of"), ("kernel", KernelCache, "vmlinux"))
         found: list[tuple[str, float, int, Callable[[], bool]]] = []
         for directory, store_class, label in kinds:
@@ -267,7 +268,7 @@ class Collector:
 
     def sweep_partial_entries(self) -> None:
         """Remove cache entries a killed worker left half built (``.tmp-*`` with no builder alive)."""
-        for directory in ("rpms", "roots", "buildid", "kernel"):
+        for directory in ("rpms", "roots", "sysroots", "buildid", "kernel"):
             for path in abandoned_partial_entries(Path(self.config.CacheDir) / directory, self.now):
                 if self.act(f"cache: remove {directory}/{path.name}, left half built by a worker that died"):
                     shutil.rmtree(path, ignore_errors=True)

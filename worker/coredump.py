@@ -222,7 +222,8 @@ class RetraceJob(Job["_Crash"]):
         if self.environment.needs_full_rpm_mirror:
             self._check_full_rpm_mirror(crash.index)
         crash.work = work = Workload(crash.executable, crash.core_path, crash.debugger, crash.release, crash.index,
-                                     modules=crash.core.modules)
+                                     modules=crash.core.modules,
+                                     keeps_tree=self.task.task_type.keeps_environment)
         with self.part("init.packages"):
             self._supply_packages(crash, work)
         self.record.packages = work.packages = [package.nevra for package in crash.resolution.packages]

@@ -48,6 +48,8 @@ class Workload:
     extra_read_only: list[Path] = dataclasses.field(default_factory=list)  # caches the placements point into
     # No source had the crashed program: gdb reads the core and the libraries alone (a partial backtrace).
     executable_missing: bool = False
+    # The task keeps its tree for a person's session (debug and interactive tasks): it is the task's own.
+    keeps_tree: bool = False
 
     @property
     def program(self) -> str | None:
@@ -115,4 +117,4 @@ def hide_cache_paths(text: str, cache_dir: Path) -> str:
     or a gdb root's file at its path on the crashed machine."""
     cache = re.escape(str(cache_dir))
     text = re.sub(cache + r"/buildid/\w+/(\w+)/(executable|debuginfo)", r"debuginfod:\1/\2", text)
-    return re.sub(cache + r"/(rpms/[0-9A-Za-z]+|roots/[^/\s]+)/root", "", text)
+    return re.sub(cache + r"/(rpms/[0-9A-Za-z]+|roots/[^/\s]+|sysroots/[0-9a-f]+)/root", "", text)

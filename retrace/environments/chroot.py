@@ -177,6 +177,7 @@ class ChrootEnvironment(SysrootEnvironment):
     name = "chroot"
     native_only = True
     needs_full_rpm_mirror = True
+    shares_trees = False
 
     def _trees(self, work: Workload) -> list[CachedPackage]:
         return [*work.trees, self._gdb_root(work)]
@@ -197,8 +198,8 @@ class ChrootEnvironment(SysrootEnvironment):
             self.log.info("Reused the gdb root of %s", release)
         return entry
 
-    def _complete(self, work: Workload, merged: bool) -> int:
-        prepare_mount_points(self.tree, self.read_only_paths(work))
+    def _complete(self, root: Path, work: Workload, merged: bool) -> int:
+        prepare_mount_points(root, self.read_only_paths(work))
         return 0
 
     def view(self, work: Workload) -> View:

@@ -1,7 +1,11 @@
-"""``RetraceEnvironment = sysroot``: the host's gdb on a task's tree, the crashed machine's files from the cache.
+"""``RetraceEnvironment = sysroot``: the host's gdb on a tree of the crashed machine's files from the cache.
 
 The tree is made of directories and symlinks: a regular file is a symlink to its copy in the package cache,
 so assembling a root costs one ``symlink`` per file and no data is copied.
+Tasks whose crashes need the same files share one tree (``SharedTrees``):
+a program that crashes again on a release costs its tree once, not once
+per report.  A task that keeps its tree for a person's session (debug and
+interactive tasks) gets its own, which no cache cleanup can take away.
 The package's own symlinks are recreated inside the root, with targets
 made relative and clamped to the root (``retrace_server.paths``), so they resolve
 among the task's packages and never to the host's files.  Every name joined
@@ -11,26 +15,30 @@ through ``retrace_server.paths.inside``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from retrace_server.elf import program_interpreter
 from retrace_server.environments.base import Environment, Limits, View, Workload, hide_cache_paths
 from retrace_server.environments.sandbox import Sandboxed, require_sandbox, run_sandboxed
 from retrace_server.environments.session import Session
-from retrace_server.packaging.cache import PackageCache
+from retrace_server.packaging.cache import PackageCache, cache_entries, cached_entry, evict_entry
 from retrace_server.packaging.release import merges_usr
 from retrace_server.paths import UnsafePath, clamped_link_target, inside
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
 
+    from retrace_server.config import Config
     from retrace_server.elf import Module
     from retrace_server.packaging.cache import CachedPackage
+    from retrace_server.packaging.payload import ManifestEntry
     from retrace_server.paths import StrPath
 
 log = logging.getLogger(__name__)
@@ -156,34 +164,105 @@ def add_merged_usr_links(root: StrPath) -> None:
             os.symlink(target, link)
 
 
+class SharedTrees:
+    """Trees shared by the tasks whose crashes need the same files, in ``<CacheDir>/sysroots/<key>/root``.
+
+    An entry of the same shape as a cached package (built in a temporary
+    directory and renamed, under its lock; its manifest's mtime is its last
+    use), so it is never seen half built, never changes once there, and the
+    cleanup evicts it as it evicts packages: only when unused for longer
+    than any task runs.  Its key is everything the tree is made of
+    (``tree_key``), so a tree is reused only for exactly the same files.
+    """
+
+    def __init__(self, cache_dir: StrPath) -> None:
+        self.trees_dir = self.directory(cache_dir)
+        self.trees_dir.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def directory(cache_dir: StrPath) -> Path:
+        return Path(cache_dir) / "sysroots"
+
+    def get(self, key: str, build: Callable[[Path], object], on_wait: Callable[[], None] = lambda: None,
+            ) -> CachedPackage:
+        """The tree for ``key``, made by ``build(root)`` first if no task made it yet."""
+        def make(tmp: Path) -> list[ManifestEntry]:
+            build(tmp / "root")
+            return []
+
+        return cached_entry(self.trees_dir / key, self.trees_dir / f"{key}.lock", make, on_wait)
+
+    def entries(self) -> list[tuple[str, float, int]]:
+        return cache_entries(self.trees_dir)
+
+    def evict(self, key: str) -> bool:
+        return evict_entry(self.trees_dir / key, self.trees_dir / f"{key}.lock")
+
+
+# Part of every tree's key: a change to how trees are assembled must not reuse trees made the old way.
+_TREE_LAYOUT = 1
+
+
+def tree_key(work: Workload, trees: Iterable[CachedPackage], merged: bool) -> str:
+    """What a shared tree is made of, hashed: the packages' cache entries (named by their checksums), the
+    placed files, the program (its loader is linked by the name it asks for) and the mapped files."""
+    made_of = [_TREE_LAYOUT, merged, work.executable, sorted(module.path for module in work.modules),
+               [str(tree.path) for tree in trees], [(path, str(target)) for path, target in work.placements]]
+    return hashlib.sha256(json.dumps(made_of).encode()).hexdigest()[:40]
+
+
 class SysrootEnvironment(Environment):
-    """The host's gdb for the core's architecture (gdb-multiarch for a foreign one) on ``<task>/sysroot``."""
+    """The host's gdb for the core's architecture (gdb-multiarch for a foreign one) on a shared tree, or on
+    ``<task>/sysroot`` for a task that keeps it."""
 
     name = "sysroot"
+    # The chroot environment's tree is its gdb's root, with mount points for one task's core: never shared.
+    shares_trees: ClassVar[bool] = True
+
+    def __init__(self, config: Config, task_path: Path, task_id: str, log: logging.Logger) -> None:
+        super().__init__(config, task_path, task_id, log)
+        self._shared: Path | None = None  # the shared tree this task reads, once prepared
 
     @property
     def tree(self) -> Path:
-        return self.task_path / "sysroot"
+        return self._shared if self._shared is not None else self.task_path / "sysroot"
 
     def prepare(self, work: Workload) -> int:
-        shutil.rmtree(self.tree, ignore_errors=True)
         merged = merges_usr(work.release)
-        linked, seconds = assemble_sysroot(self.tree, self._trees(work), merged)
-        linked += place_files(self.tree, work.placements)
-        linked += self._complete(work, merged)
-        self.log.info("Assembled the %s: %d files linked in %.3f s", self.name, linked, seconds)
-        return linked
+        trees = self._trees(work)
+        if not self.shares_trees or work.keeps_tree:
+            started = time.monotonic()
+            shutil.rmtree(self.tree, ignore_errors=True)
+            linked = self._build(self.tree, work, trees, merged)
+            self.log.info("Assembled the %s: %d files linked in %.3f s", self.name, linked, time.monotonic() - started)
+            return linked
+        counted: list[int] = []
+        entry = SharedTrees(self.config.CacheDir).get(
+            tree_key(work, trees, merged), lambda root: counted.append(self._build(root, work, trees, merged)),
+            on_wait=lambda: self.log.info("Waiting for another task assembling the same %s", self.name))
+        self._shared = entry.root
+        if entry.unpacked:
+            self.log.info("Assembled the %s (shared with later tasks needing the same files): %d files linked in "
+                          "%.3f s", self.name, counted[0], entry.seconds)
+            return counted[0]
+        self.log.info("Reused the %s an earlier task assembled from the same files", self.name)
+        return 0
+
+    def _build(self, root: Path, work: Workload, trees: list[CachedPackage], merged: bool) -> int:
+        linked, _seconds = assemble_sysroot(root, trees, merged)
+        linked += place_files(root, work.placements)
+        return linked + self._complete(root, work, merged)
 
     def _trees(self, work: Workload) -> list[CachedPackage]:
         return list(work.trees)
 
-    def _complete(self, work: Workload, merged: bool) -> int:
+    def _complete(self, root: Path, work: Workload, merged: bool) -> int:
         """What the packages leave out: merged-/usr links (where the release merged /usr) and the loader at the
         path the program names."""
         if merged:
-            add_merged_usr_links(self.tree)
-        interpreter = program_interpreter(self.tree / work.executable.lstrip("/"))
-        return int(link_program_interpreter(self.tree, interpreter, work.modules))
+            add_merged_usr_links(root)
+        interpreter = program_interpreter(root / work.executable.lstrip("/"))
+        return int(link_program_interpreter(root, interpreter, work.modules))
 
     def view(self, work: Workload) -> View:
         return View(str(self.tree), str(work.core), work.debugger)
@@ -212,5 +291,6 @@ class SysrootEnvironment(Environment):
         return hide_cache_paths(text.replace(str(self.tree), ""), self.config.CacheDir)
 
     def clean(self, keep: bool) -> None:
-        if not keep:
+        """A shared tree stays for the next task (the cache's cleanup evicts it); the task's own goes."""
+        if not keep and self._shared is None:
             shutil.rmtree(self.tree, ignore_errors=True)

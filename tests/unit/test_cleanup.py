@@ -181,6 +181,19 @@ def test_cached_vmlinux_shares_the_cache_budget(config, caplog):
     assert not vmlinux.exists() and "cache: evict vmlinux 3b43fad5" in caplog.text
 
 
+def test_shared_sysroots_share_the_cache_budget_and_stay_while_a_task_may_read_them(config, caplog):
+    config = Config(**{**vars(config), "CacheSize": 1})
+    idle, recent = (config.CacheDir / "sysroots" / key for key in ("0a1b", "2c3d"))
+    for tree, idle_seconds in ((idle, 9 * HOUR), (recent, 60)):
+        (tree / "root").mkdir(parents=True)
+        (tree / "manifest.json").write_text("[]")
+        (tree / SIZE_FILE).write_text(str(2 * MIB))
+        os.utime(tree / "manifest.json", (NOW - idle_seconds, NOW - idle_seconds))
+    collector(config, caplog).trim_cache()
+    assert not idle.exists() and "cache: evict sysroot 0a1b" in caplog.text
+    assert recent.exists(), "a tree used within WorkerTimeLimit may be read by a running task"
+
+
 def test_refused_clients_addresses_are_forgotten_even_without_new_refusals(config, caplog):
     from retrace_server.stats import StatsDB
 
