@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from retrace_server.analysis.indexes import GdbIndexes
 from retrace_server.environments.chroot import GdbRoots
 from retrace_server.environments.sysroot import SharedTrees
 from retrace_server.packaging.cache import PackageCache, abandoned_partial_entries
@@ -257,7 +258,8 @@ class Collector:
         """``(description, last use, bytes, evict)`` of everything CacheDir holds for tasks."""
         cache_dir = Path(self.config.CacheDir)
         kinds = (("rpms", PackageCache, "package"), ("roots", GdbRoots, "gdb root"), ("sysroots", SharedTrees, "sysroot"),
-                 ("buildid", BuildIdCache, "debuginfod files of"), ("kernel", KernelCache, "vmlinux"))
+                 ("gdb-index", GdbIndexes, "gdb index of"), ("buildid", BuildIdCache, "debuginfod files of"),
+                 ("kernel", KernelCache, "vmlinux"))
         found: list[tuple[str, float, int, Callable[[], bool]]] = []
         for directory, store_class, label in kinds:
             if (cache_dir / directory).is_dir():
@@ -268,7 +270,7 @@ class Collector:
 
     def sweep_partial_entries(self) -> None:
         """Remove cache entries a killed worker left half built (``.tmp-*`` with no builder alive)."""
-        for directory in ("rpms", "roots", "sysroots", "buildid", "kernel"):
+        for directory in ("rpms", "roots", "sysroots", "gdb-index", "buildid", "kernel"):
             for path in abandoned_partial_entries(Path(self.config.CacheDir) / directory, self.now):
                 if self.act(f"cache: remove {directory}/{path.name}, left half built by a worker that died"):
                     shutil.rmtree(path, ignore_errors=True)

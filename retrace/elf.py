@@ -272,6 +272,14 @@ def file_build_id(path: str | os.PathLike[str]) -> str | None:
         return _section_build_id(read) or image_build_id(read, mapped=False)
 
 
+def needs_gdb_index(path: str | os.PathLike[str]) -> bool:
+    """Whether the ELF file at ``path`` has DWARF (``.debug_info``) but no index gdb reads (``.gdb_index``,
+    ``.debug_names``): gdb then reads all its DWARF before the first frame."""
+    with open(path, "rb") as handle:
+        names = {name for name, *_ in _sections(file_reader(handle))}
+    return ".debug_info" in names and not names & {".gdb_index", ".debug_names"}
+
+
 def program_interpreter(path: str | os.PathLike[str]) -> str | None:
     """The dynamic loader a program names (PT_INTERP, e.g. /lib64/ld-linux-x86-64.so.2), or None."""
     try:

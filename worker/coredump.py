@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from retrace_server.analysis.debuggers import NoDebugger, gdb_for, runs_natively
 from retrace_server.analysis.exploitable import rate
 from retrace_server.analysis.gdb import USABLE_FRAME, retrace, session_argv
+from retrace_server.analysis.indexes import GdbIndexes, debug_files
 from retrace_server.analysis.python import find_extension, interpreters, results_text
 from retrace_server.arch import HOST_ARCH
 from retrace_server.elf import CoreInfo, read_core
@@ -227,8 +228,28 @@ class RetraceJob(Job["_Crash"]):
         with self.part("init.packages"):
             self._supply_packages(crash, work)
         self.record.packages = work.packages = [package.nevra for package in crash.resolution.packages]
+        self._read_indexes(crash, work)
         with self.part("init.environment"):
             self.environment.prepare(work)
+
+    def _read_indexes(self, crash: _Crash, work: Workload) -> None:
+        """gdb reads the prebuilt indexes of the debug files (``retrace_server.analysis.indexes``) when all of
+        them have one; the ones missing are built after the answer (``improve``)."""
+        if not self.environment.unpacks:
+            return
+        crash.debug_files = debug_files(work.modules, work.trees, work.placements)
+        indexes = GdbIndexes(self.config.CacheDir)
+        work.gdb_settings = indexes.read_commands(crash.debug_files)
+        if work.gdb_settings:
+            work.extra_read_only.append(indexes.root)
+            self.log.info("gdb reads the prebuilt indexes of the %d debug files", len(crash.debug_files))
+
+    def improve(self, crash: _Crash) -> None:
+        """The gdb indexes of the debug files this crash needed that have none, for the next retrace."""
+        missing = GdbIndexes(self.config.CacheDir).missing(crash.debug_files)
+        if missing:
+            built = GdbIndexes(self.config.CacheDir).build(missing, self.log)
+            self.log.info("Built the gdb indexes of %d of %d debug files for later retraces", built, len(missing))
 
     def _supply_packages(self, crash: _Crash, work: Workload) -> None:
         """Every package the environment needs unpacked in the cache (or fetched from history or debuginfod),
@@ -367,6 +388,7 @@ class _Crash:
     work: Workload | None = None  # what the environment was given (from prepare on)
     executable_missing: Unresolved | None = None  # why no source had the program (the backtrace is partial)
     backtrace: str | None = None  # gdb's, once it ran (its crash thread signs the bucket)
+    debug_files: dict[str, Path] = dataclasses.field(default_factory=dict)  # build-id: what gdb reads for it
 
     def owner_of(self, path: str) -> str | None:
         return next((self.owners[variant] for variant in usr_merge_variants(path, self.merged)

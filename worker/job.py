@@ -89,6 +89,9 @@ class Job(abc.ABC, Generic[CrashT]):
     def count(self, crash: CrashT) -> None:
         """The retrace counted in its crash bucket, once the answer is out (``run``)."""
 
+    def improve(self, crash: CrashT) -> None:
+        """What makes the next retrace of such a crash faster, once the answer is out (``run``)."""
+
     # -- driving -------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -173,6 +176,8 @@ class Job(abc.ABC, Generic[CrashT]):
                 self.count(crash)
             with self.hooked("clean_task"), self.stage(TaskStatus.CLEANUP, announce=False):
                 self.clean(succeeded=True)
+            with self.part("after.indexes"):
+                self.improve(crash)
             with self.stage(TaskStatus.STATS, announce=False):
                 self.save_stats()
         except Exception as err:

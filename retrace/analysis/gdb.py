@@ -22,7 +22,7 @@ from retrace_server.environments.sandbox import SandboxOutputLimit, SandboxTimeo
 from retrace_server.errors import RetraceError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from retrace_server.environments.base import Environment, Limits, Workload
 
@@ -106,14 +106,17 @@ def batch_commands(sysroot: str, executable: str | None, core: str, marker: str,
 
 
 def gdb_argv(sysroot: str, executable: str | None, core: str, marker: str, gdb: str = "gdb",
-             python_extension: tuple[str, str] | None = None) -> list[str]:
+             python_extension: tuple[str, str] | None = None, before_loading: Sequence[str] = ()) -> list[str]:
     """The argv of ``gdb`` (retrace.analysis.debuggers picks it); ``-iex`` lines run before anything is loaded.
 
     Auto-loading is off: a debuginfo package could ship gdb scripts, and
     they would run with gdb's rights.  debuginfod is off: everything gdb
-    may use is in the sysroot.
+    may use is in the sysroot.  ``before_loading``: more settings for then
+    (where the debug files' indexes are, ``retrace_server.analysis.indexes``).
     """
     argv = [gdb, "-batch", *_SAFE_START]
+    for command in before_loading:
+        argv += ["-iex", command]
     for command in batch_commands(sysroot, executable, core, marker, python_extension):
         argv += ["-ex", command]
     return argv
@@ -149,8 +152,8 @@ def retrace(environment: Environment, work: Workload, limits: Limits, hide: Call
     extension = (python_script, python.new_marker()) if python_script else None
     view = environment.view(work)
     try:
-        ran = environment.run(gdb_argv(view.sysroot, work.program, view.core, marker, view.gdb, extension),
-                              work, limits)
+        ran = environment.run(gdb_argv(view.sysroot, work.program, view.core, marker, view.gdb, extension,
+                                       work.gdb_settings), work, limits)
     except SandboxTimeout:
         raise GdbError(f"gdb did not finish within {limits.timeout:g} s (GdbTimeout) and was stopped",
                        "gdb timeout") from None

@@ -50,6 +50,8 @@ class Workload:
     executable_missing: bool = False
     # The task keeps its tree for a person's session (debug and interactive tasks): it is the task's own.
     keeps_tree: bool = False
+    # gdb's settings before anything is loaded (where the debug files' prebuilt indexes are).
+    gdb_settings: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def program(self) -> str | None:
