@@ -131,6 +131,28 @@ def test_a_debian_crash_is_retraced_from_its_apt_repository_with_the_dbg_package
     assert re.search(r" at \S*read\.c:\d+", backtrace), "libc6-dbg gives libc's lines"
 
 
+def test_the_same_crash_again_reuses_its_tree_and_reads_the_gdb_indexes_built_after_the_first_answer(
+        start_server, debian_repository, debian_problem, debs):
+    """Debian's -dbg files ship without a gdb index: the first task answers, then indexes the ones it read;
+    the second reads those indexes and the first task's tree, and says the same."""
+    server = start_server(repository=debian_repository, release_id=DEBIAN_RELEASE)
+    first, first_log = retraced(server, debian_problem)
+    assert "Assembled the sysroot (shared with later tasks needing the same files)" in first_log
+    built = re.search(r"Built the gdb indexes of (\d+) of (\d+) debug files for later retraces", first_log)
+    assert built and int(built[1]) >= 2, first_log
+    assert "reads the prebuilt indexes" not in first_log
+    build_ids = {module.build_id for module in read_core(debian_problem / "coredump").modules}
+    indexes = sorted((server.cache_dir / "gdb-index").glob("*.gdb-index"))
+    assert len(indexes) == int(built[1]) and {index.name.removesuffix(".gdb-index") for index in indexes} <= build_ids
+
+    second, second_log = retraced(server, debian_problem)
+    assert "Reused the sysroot an earlier task assembled from the same files" in second_log
+    assert f"gdb reads the prebuilt indexes of the {built[2]} debug files" in second_log, second_log
+    assert "Built the gdb indexes" not in second_log
+    assert second == first and "gdb-index" not in second and str(server.cache_dir) not in second
+    assert len(list((server.cache_dir / "sysroots").glob("*/root"))) == 1
+
+
 def test_the_frames_equal_a_local_gdb_with_every_package_unpacked(debian_server, debian_problem, debs, tmp_path):
     _, _, backtrace = retrace(debian_server, debian_problem)
     assert crashing_thread_frames(backtrace) == local_gdb_frames(debs.values(), debian_problem / "coredump",
