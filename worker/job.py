@@ -161,8 +161,9 @@ class Job(abc.ABC, Generic[CrashT]):
             )
             return False
         self.task.mark_time("finished_time")
-        self.task.set_status(TaskStatus.SUCCESS)
+        # Logged first: whoever sees FINISHED_SUCCESS finds the line, and knows the worker's last line follows.
         self.log.info("Retrace job finished successfully in %.3f s", time.monotonic() - self.started)
+        self.task.set_status(TaskStatus.SUCCESS)
         self.after_answer(crash)
         return True
 
