@@ -48,6 +48,7 @@ from retrace_server.packaging.kernel import (
     KernelCache,
     KernelError,
     KernelPackage,
+    KernelPass,
     debuginfo_packages,
     extract_module_debuginfo,
     extract_vmlinux,
@@ -102,6 +103,7 @@ class VmcoreJob(Job["_Dump"]):
         super().__init__(config, task, log)
         self.kernels = KernelCache(config.CacheDir)
         self._downloaded: Path | None = None  # the kernel debuginfo package fetched from a metadata-only release's mirror
+        self._pass: KernelPass | None = None  # the pass over a new kernel's package, still taking module files
 
     @property
     def _vmcore(self) -> Path:
@@ -254,7 +256,10 @@ class VmcoreJob(Job["_Dump"]):
                 keyring.verify(package, name)
             if indexed is not None:
                 verify_checksum(package, indexed)
-            if not extract_vmlinux(package, member, vmlinux, self.config.decoder_memory_bytes):
+            self._pass = KernelPass(package, member, dump.kernel_release, self.kernels.kernels_dir,
+                                    self.config.decoder_memory_bytes)
+            if not (self._pass.vmlinux(vmlinux)
+                    or extract_vmlinux(package, member, vmlinux, self.config.decoder_memory_bytes)):
                 raise KernelError(f"{name} of {release} holds no /{member}")
             self._verify(vmlinux, dump.kernel, f"{name} of {release}")
             self.log.info("Extracted the vmlinux from %s of %s in %.3f s", name, release or found.url,
@@ -445,13 +450,21 @@ class VmcoreJob(Job["_Dump"]):
             return None
         release, name = package.release, package.path.name
         started = time.monotonic()
-        found = self.kernels.add_modules(
-            dump.cache_key, wanted,
-            lambda target: extract_module_debuginfo(self._package_file(package), dump.kernel_release, wanted,
-                                                    target, self.config.decoder_memory_bytes),
-            on_wait=lambda: self.log.info("Waiting for another task that is adding module debuginfo"))
-        self.log.info("Module debuginfo: %d of %d loaded modules found in %s of %s in %.3f s%s", len(found),
-                      len(wanted), name, release, time.monotonic() - started,
+        how = "read again for them"
+
+        def fill(target: Path) -> set[str]:
+            nonlocal how
+            taken = self._pass.modules(wanted, target) if self._pass is not None else None
+            if taken is not None:
+                how = "taken in the pass that extracted the vmlinux"
+                return taken
+            return extract_module_debuginfo(self._package_file(package), dump.kernel_release, wanted, target,
+                                            self.config.decoder_memory_bytes)
+
+        found = self.kernels.add_modules(dump.cache_key, wanted, fill, on_wait=lambda: self.log.info(
+            "Waiting for another task that is adding module debuginfo"))
+        self.log.info("Module debuginfo: %d of %d loaded modules found in %s of %s (%s) in %.3f s%s", len(found),
+                      len(wanted), name, release, how, time.monotonic() - started,
                       "; crash loads them (mod -S) and runs the commands again" if found else "")
         return self.kernels.modules_dir(dump.cache_key) if found else None
 
@@ -496,6 +509,8 @@ class VmcoreJob(Job["_Dump"]):
     def clean(self, succeeded: bool) -> None:
         """Remove temporary files (a downloaded kernel package too: the kernel cache keeps what it gave);
         after a success, strip the kept vmcore when VmcoreDumpLevel asks."""
+        if self._pass is not None:
+            self._pass.close()
         if not self.task.task_type.keeps_environment:
             self.task.crash_dir.joinpath("vmcore.reassembled").unlink(missing_ok=True)
         if self._downloaded is not None:

@@ -25,7 +25,7 @@ from retrace_server.elf import file_build_id
 from retrace_server.packaging.payload import ManifestEntry, UnpackError, refuse_below_symlink, safe_relative
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterator
+    from collections.abc import Callable, Collection, Iterator
 
 _AR_MAGIC = b"!<arch>\n"
 _AR_HEADER = 60
@@ -191,6 +191,16 @@ def extract_deb_file(deb_path: Path, member: str, target: Path,
         else:
             return False
     raise UnpackError(f"{Path(deb_path).name} hard-links {followed[0]!r} through more than {MAX_LINK_CHAIN} links")
+
+
+def extract_deb_each(deb_path: Path, place: Callable[[str], Path | None], written: Callable[[str], None],
+                     memlimit: int = compression.DEFAULT_DECODER_MEMORY) -> None:
+    """One pass over the data: each regular file for which ``place(relative name)`` names a new file is written
+    there, and ``written(relative name)`` told once it is whole (hard links are not followed)."""
+    for relative, info, tar in _members(deb_path, memlimit):
+        if info.isreg() and (destination := place(relative)) is not None:
+            _write(tar, info, destination, deb_path)
+            written(relative)
 
 
 def extract_deb_files(deb_path: Path, directory: str, names: Collection[str], target: Path,

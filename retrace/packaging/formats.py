@@ -17,7 +17,7 @@ from retrace_server.packaging import debpackage, rpmpackage
 from retrace_server.packaging.payload import ManifestEntry, UnpackError
 
 if TYPE_CHECKING:
-    from collections.abc import Collection
+    from collections.abc import Callable, Collection
 
 
 class _Unpack(Protocol):
@@ -33,6 +33,11 @@ class _ExtractFiles(Protocol):
         ...
 
 
+class _ExtractEach(Protocol):
+    def __call__(self, package: Path, place: Callable[[str], Path | None], written: Callable[[str], None],
+                 memlimit: int, /) -> None: ...
+
+
 @dataclasses.dataclass(frozen=True)
 class PackageFormat:
     """A format's readers; each takes memlimit, what the payload's decoder may hold (MaxDecoderMemory;
@@ -46,12 +51,14 @@ class PackageFormat:
     extract_file: _ExtractFile
     # The files under a directory with the given names, flat into a target directory.
     extract_files: _ExtractFiles
+    # One pass: each regular file where place(name) says, written(name) told as each is whole.
+    extract_each: _ExtractEach
 
 
 RPM = PackageFormat("rpm", (".rpm",), rpmpackage.unpack_rpm, rpmpackage.extract_rpm_file,
-                    rpmpackage.extract_rpm_files)
+                    rpmpackage.extract_rpm_files, rpmpackage.extract_rpm_each)
 DEB = PackageFormat("deb", (".deb", ".ddeb", ".udeb"), debpackage.unpack_deb, debpackage.extract_deb_file,
-                    debpackage.extract_deb_files)
+                    debpackage.extract_deb_files, debpackage.extract_deb_each)
 FORMATS = (RPM, DEB)
 
 
@@ -75,3 +82,8 @@ def extract_file(path: Path, member: str, target: Path, memlimit: int = DEFAULT_
 def extract_files(path: Path, directory: str, names: Collection[str], target: Path,
                   memlimit: int = DEFAULT_DECODER_MEMORY) -> None:
     of_file(path).extract_files(path, directory, names, target, memlimit)
+
+
+def extract_each(path: Path, place: Callable[[str], Path | None], written: Callable[[str], None],
+                 memlimit: int = DEFAULT_DECODER_MEMORY) -> None:
+    of_file(path).extract_each(path, place, written, memlimit)

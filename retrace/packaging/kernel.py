@@ -15,11 +15,13 @@ A vmlinux of the same release string but another build (a rebuilt package)
 only makes ``crash`` warn, and its backtrace is wrong, so the build-id the
 dump records must be the vmlinux's, or the vmlinux is refused.
 
-Module debuginfo (``.ko`` on Debian, ``.ko.debug`` on Fedora) is taken
-later, and only for the modules a dump has loaded: ``crash``'s ``mod`` names
+Module debuginfo (``.ko`` on Debian, ``.ko.debug`` on Fedora) joins the
+entry only for the modules a dump has loaded: ``crash``'s ``mod`` names
 them, their files join the kernel's entry (``root/modules/``, flat, which is
 what ``mod -S`` searches), and modules the package lacks are remembered so
-that no later task searches the package for them again.
+that no later task searches the package for them again.  The first dump of
+a kernel has them from the pass that took its vmlinux (``KernelPass``); a
+later dump that loaded others reads the package again for those.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import typing
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -241,6 +244,100 @@ def extract_module_debuginfo(package: Path, release: str, names: Iterable[str], 
     directory = f"usr/lib/debug/lib/modules/{release}"
     formats.extract_files(package, directory, set(files), target, memlimit)
     return {files[path.name] for path in target.iterdir() if path.name in files}
+
+
+class KernelPass:
+    """One pass over a kernel debuginfo package for a dump of a new kernel: the vmlinux, then in the same
+    pass, in a thread of its own while crash reads that vmlinux, every module's debuginfo file into a
+    directory beside the kernel entries (``.tmp-modules-*``, locked, so the cleanup's sweep leaves it).
+
+    Which modules the dump loaded is known only once crash has read the
+    dump; taking them in a second pass over the package read it all again
+    (hundreds of MB of xz) after crash's first batch, where this pass
+    decompresses while crash works.  ``modules`` moves the loaded ones into
+    the kernel's entry; ``close`` stops the pass and removes the rest.
+    """
+
+    def __init__(self, package: Path, member: str, kernel_release: str, kernels_dir: Path,
+                 memlimit: int = DEFAULT_DECODER_MEMORY) -> None:
+        self.package, self.member, self.memlimit = package, member, memlimit
+        self.directory = f"usr/lib/debug/lib/modules/{kernel_release}/"
+        self.suffix = ".ko" if formats.of_file(package) is formats.DEB else ".ko.debug"
+        self.modules_tmp = Path(tempfile.mkdtemp(dir=kernels_dir, prefix=".tmp-modules-"))
+        self._building = locking.try_exclusive(self.modules_tmp / ".building")
+        (self.modules_tmp / "modules").mkdir()
+        self._vmlinux: Path | None = None
+        self._vmlinux_written = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None  # what ended the pass early
+
+    def vmlinux(self, target: Path) -> bool:
+        """Start the pass and wait until the vmlinux is at ``target``; False when the pass ended without it
+        (the package lacks it, or holds it as a hard link: ``extract_vmlinux`` follows those)."""
+        self._vmlinux = target
+        self._thread = threading.Thread(target=self._run, name="kernel-package-pass", daemon=True)
+        self._thread.start()
+        while not self._vmlinux_written.wait(0.05):
+            if not self._thread.is_alive():
+                break
+        if not self._vmlinux_written.is_set() and isinstance(self.error, RetraceError):
+            raise self.error
+        return self._vmlinux_written.is_set()
+
+    def _run(self) -> None:
+        try:
+            formats.extract_each(self.package, self._place, self._written, self.memlimit)
+        except _Stopped:
+            pass
+        except BaseException as err:  # told to the task by vmlinux() or modules()
+            self.error = err
+
+    def _place(self, relative: str) -> Path | None:
+        if self._stop.is_set():
+            raise _Stopped
+        if relative == self.member and not self._vmlinux_written.is_set():
+            return self._vmlinux
+        name = relative.rsplit("/", 1)[-1]
+        if (relative.startswith(self.directory) and name.endswith(self.suffix)
+                and _MODULE_NAME.fullmatch(name.removesuffix(self.suffix))):
+            destination = self.modules_tmp / "modules" / name
+            return None if destination.exists() else destination
+        return None
+
+    def _written(self, relative: str) -> None:
+        if relative == self.member:
+            self._vmlinux_written.set()
+
+    def modules(self, names: Iterable[str], target: Path) -> set[str] | None:
+        """Wait for the pass to end, then move the files of modules ``names`` into ``target``; the names
+        found, or None when the pass failed (the caller reads the package again)."""
+        if self._thread is None:
+            return None
+        self._thread.join()
+        if self.error is not None:
+            return None
+        files = module_files(self.package, names)
+        found = set()
+        for file_name, module in files.items():
+            source = self.modules_tmp / "modules" / file_name
+            if source.is_file() and not (target / file_name).exists():
+                os.replace(source, target / file_name)
+                found.add(module)
+        return found
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._building is not None:
+            os.close(self._building)
+            self._building = None
+        shutil.rmtree(self.modules_tmp, ignore_errors=True)
+
+
+class _Stopped(Exception):
+    """The pass is no longer wanted (the task ended)."""
 
 
 class KernelCache:

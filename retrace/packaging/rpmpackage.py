@@ -12,7 +12,7 @@ from retrace_server.errors import system_module
 from retrace_server.packaging.payload import ManifestEntry, UnpackError, refuse_below_symlink, safe_relative
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterator
+    from collections.abc import Callable, Collection, Iterator
 
 _COPY_CHUNK = 1024 * 1024
 
@@ -109,6 +109,18 @@ def extract_rpm_file(rpm_path: Path, member: str, target: Path, memlimit: int | 
                 write_content(archive, target, entry.mode)
                 return True
     return False
+
+
+def extract_rpm_each(rpm_path: Path, place: Callable[[str], Path | None], written: Callable[[str], None],
+                     memlimit: int | None = None) -> None:
+    """One pass over the payload: each regular file for which ``place(relative name)`` names a new file is
+    written there, and ``written(relative name)`` told once it is whole."""
+    with rpm_payload(rpm_path) as archive:
+        for entry in archive:
+            relative = safe_relative(entry.name)
+            if stat.S_ISREG(entry.mode) and archive.hascontent() and (destination := place(relative)) is not None:
+                write_content(archive, destination, entry.mode)
+                written(relative)
 
 
 def extract_rpm_files(rpm_path: Path, directory: str, names: Collection[str], target: Path,

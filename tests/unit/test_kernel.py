@@ -12,6 +12,7 @@ import pytest
 from retrace_server.elf import file_build_id
 from retrace_server.packaging.kernel import (
     KernelCache,
+    KernelPass,
     debuginfo_packages,
     extract_module_debuginfo,
     extract_vmlinux,
@@ -183,3 +184,34 @@ def test_module_debuginfo_joins_the_entry_and_misses_are_remembered(tmp_path):
     assert cache.missing_modules("abc123") == {"out_of_tree"}
     size = int((cache.entry_path("abc123") / "size").read_text())
     assert size == Path("/usr/bin/true").stat().st_size + len(b"debug") + len("out_of_tree\n")
+
+
+def test_one_pass_gives_the_vmlinux_first_then_the_loaded_modules_and_leaves_nothing(kernel_debuginfo_rpm, tmp_path):
+    rpm_path, release = kernel_debuginfo_rpm
+    (_, member), = debuginfo_packages(release)
+    (tmp_path / "kernel").mkdir()
+    one_pass = KernelPass(rpm_path, member, release, tmp_path / "kernel")
+    try:
+        assert one_pass.vmlinux(tmp_path / "vmlinux")
+        assert file_build_id(tmp_path / "vmlinux") == file_build_id("/usr/bin/true")
+        (tmp_path / "modules").mkdir()
+        assert one_pass.modules({"pvpanic_pci", "absent"}, tmp_path / "modules") == {"pvpanic_pci"}
+        assert [path.name for path in (tmp_path / "modules").iterdir()] == ["pvpanic-pci.ko.debug"]
+    finally:
+        one_pass.close()
+    assert list((tmp_path / "kernel").iterdir()) == [], "the modules no dump loaded went with the pass"
+
+
+def test_a_pass_over_a_package_without_the_vmlinux_says_so_and_close_ends_it(kernel_debuginfo_rpm, tmp_path):
+    rpm_path, _ = kernel_debuginfo_rpm
+    one_pass = KernelPass(rpm_path, "usr/lib/debug/lib/modules/other/vmlinux", "other", tmp_path)
+    assert not one_pass.vmlinux(tmp_path / "vmlinux") and not (tmp_path / "vmlinux").exists()
+    one_pass.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_pass_never_started_gives_no_modules(kernel_debuginfo_rpm, tmp_path):
+    rpm_path, release = kernel_debuginfo_rpm
+    one_pass = KernelPass(rpm_path, "vmlinux", release, tmp_path)
+    assert one_pass.modules({"pvpanic_pci"}, tmp_path) is None
+    one_pass.close()
