@@ -13,6 +13,8 @@ QEMU, testkit/vmcore.py; makedumpfile -c -d 31, ~15 MB), in one run:
      `dpkg-deb --fsys-tarfile | tar x` of the whole -dbg package.
 """
 
+import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -21,11 +23,11 @@ import time
 from bench.retrace import print_stages
 from bench.workspace import Workspace
 from retrace_server.analysis.crash import COMMANDS, Markers
-from testkit.helpers import outcome, password_header, wait_final
+from testkit.helpers import outcome, password_header, wait_final, wait_settled
 from testkit.vmcore import kernel_debs, make_vmcores
 
-COLD_RUNS = 3
-WARM_RUNS = 5
+COLD_RUNS = int(os.environ.get("COLD_RUNS", 3))
+WARM_RUNS = int(os.environ.get("WARM_RUNS", 5))
 FLOOR_RUNS = 5
 
 
@@ -46,8 +48,9 @@ def retrace_once(server, archive):
                                                                "X-Task-Type": "2"})
     assert response.status_code == 201, response.text
     task_id, auth = response.headers["X-Task-Id"], password_header(response)
-    status = wait_final(server, task_id, auth, timeout=600, poll=0.05)
+    status = wait_final(server, task_id, auth, timeout=600, poll=0.05, settled=False)
     seconds = time.monotonic() - started
+    wait_settled(server, task_id, auth, time.monotonic() + 600)  # the next run starts on a quiet server
     log = server.get(f"/{task_id}/log", headers=auth).text
     if status.headers["X-Task-Status"] != "FINISHED_SUCCESS":
         raise RuntimeError(f"task {task_id} failed: {outcome(status)}\n{log}")
@@ -112,6 +115,11 @@ def main():
         print(f"ratio cold / (full unpack + bare crash): {cold_median / (unpack + floor_median):.2f}")
         print_stages("cold", cold_logs)
         print_stages("warm", warm_logs)
+        median_cold = cold_logs[cold.index(cold_median)] if cold_median in cold else cold_logs[0]
+        print("the median cold task's own timings:")
+        for line in median_cold.splitlines():
+            if re.search(r"Extracted the vmlinux|Module debuginfo|crash finished|Reused the vmlinux", line):
+                print("  " + line.split("] ", 2)[-1])
 
 
 if __name__ == "__main__":

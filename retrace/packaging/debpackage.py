@@ -33,6 +33,8 @@ _AR_HEADER = 60
 _DATA_MEMBERS = {"data.tar": None, "data.tar.xz": compression.xz_reader, "data.tar.gz": compression.gzip_reader,
                  "data.tar.bz2": compression.bzip2_reader, "data.tar.zst": compression.zstd_reader}
 _COPY_CHUNK = 1024 * 1024
+# A data.tar.xz this large is decoded two blocks at a time when xz -T wrote it in blocks (a kernel's -dbg).
+_PARALLEL_XZ = 32 * 1024 * 1024
 # A real package has three members; anything long past that is not a package.
 _MAX_AR_MEMBERS = 16
 PAYLOAD_RATIO = 200
@@ -75,14 +77,18 @@ def _data_member(handle: BinaryIO, name: str) -> tuple[str, int]:
     raise UnpackError(f"{name} holds no data.tar member; it is not a Debian package")
 
 
-def _open_data(handle: BinaryIO, name: str, memlimit: int) -> tuple[tarfile.TarFile, int]:
-    """The data tarball as a tar stream, and its packed size."""
+def _open_data(handle: BinaryIO, name: str, memlimit: int) -> tuple[tarfile.TarFile, int, BinaryIO]:
+    """The data tarball as a tar stream, its packed size and the decoded stream (to close: a parallel
+    decoder has threads)."""
     member, size = _data_member(handle, name)
-    stream = io.BufferedReader(_Range(handle, size), _COPY_CHUNK)
     decoder = _DATA_MEMBERS[member]
     with _read_errors(name, "cannot be read"):
+        parallel = (compression.parallel_xz_reader(handle, handle.tell(), size, memlimit)
+                    if member == "data.tar.xz" and size >= _PARALLEL_XZ else None)
+        stream = io.BufferedReader(_Range(handle, size), _COPY_CHUNK)
         guarded = tarstream.guarded_tarinfo(lambda what: UnpackError(f"the data of {name} has {what}"))
-        return tarfile.open(fileobj=decoder(stream, memlimit) if decoder else stream, mode="r|", tarinfo=guarded), size
+        data = parallel or (decoder(stream, memlimit) if decoder else stream)
+        return tarfile.open(fileobj=data, mode="r|", tarinfo=guarded), size, data
 
 
 @contextlib.contextmanager
@@ -104,8 +110,9 @@ def _members(deb_path: Path, memlimit: int) -> Iterator[tuple[str, tarfile.TarIn
     in depth against a mirror and an index that both lie.
     """
     name = Path(deb_path).name
-    with open(deb_path, "rb") as handle:
-        tar, packed = _open_data(handle, name, memlimit)
+    with open(deb_path, "rb") as handle, contextlib.ExitStack() as stack:
+        tar, packed, data = _open_data(handle, name, memlimit)
+        stack.callback(data.close)
         cap, unpacked = max(MIN_PAYLOAD_CAP, PAYLOAD_RATIO * packed), 0
         with _read_errors(name, "is damaged"):
             for info in tar:

@@ -56,6 +56,8 @@ def test_module_debuginfo_is_extracted_once_for_the_modules_the_dump_loaded(star
     first, _ = retrace(server, uploads["kdump"])
     log = text(server, first, "log")
     assert f"Module debuginfo: 3 of 3 loaded modules found in linux-image-{vmcores.release}-dbg" in log
+    assert "(taken in the pass that extracted the vmlinux)" in log, "the package was read once"
+    assert not list((server.cache_dir / "kernel").glob(".tmp-*")), "the modules the dump did not load are gone"
     modules = text(server, first, "results/mod")
     assert "pvpanic-pci.ko" in modules and "qemu_fw_cfg.ko" in modules and "(not loaded)" not in modules
     second, _ = retrace(server, uploads["elf"])

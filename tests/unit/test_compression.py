@@ -5,12 +5,14 @@ import gzip
 import io
 import lzma
 import os
+import subprocess
 
 import pytest
 import zstandard
 
 from retrace_server import compression
 from retrace_server.compression import (
+    DEFAULT_DECODER_MEMORY,
     DecoderMemoryExceeded,
     lzma2_dictionary,
     open_compressed,
@@ -89,3 +91,42 @@ def test_index_files_are_read_through_the_decoder_their_suffix_names(tmp_path, s
     path.write_bytes(compress(DATA))
     with open_compressed(path) as stream:
         assert stream.read() == DATA
+
+
+def xz_in_blocks(tmp_path, data, *options):
+    """``data`` compressed by the real xz with ``options`` (``-T2 --block-size=...`` writes blocks)."""
+    plain = tmp_path / "plain"
+    plain.write_bytes(data)
+    subprocess.run(["xz", "-k", "-f", *options, str(plain)], check=True)
+    return (tmp_path / "plain.xz").read_bytes()
+
+
+def parallel(blob, memlimit=DEFAULT_DECODER_MEMORY):
+    handle = io.BytesIO(b"ar header" + blob + b"next member")
+    return compression.parallel_xz_reader(handle, len(b"ar header"), len(blob), memlimit)
+
+
+def test_an_xz_file_in_blocks_is_decoded_two_blocks_at_a_time_to_the_same_bytes(tmp_path):
+    data = os.urandom(1 << 20) * 3 + b"x" * (3 << 20)
+    reader = parallel(xz_in_blocks(tmp_path, data, "-T2", "--block-size=1MiB"))
+    assert reader is not None and reader.read() == data
+    reader.close()
+
+
+@pytest.mark.parametrize("options", [("-T1",), ("-T2", "--block-size=1MiB", "--lzma2=dict=192MiB")])
+def test_one_block_or_windows_beyond_each_decoder_s_share_are_left_to_the_streaming_decoder(tmp_path, options):
+    assert parallel(xz_in_blocks(tmp_path, b"y" * (3 << 20), *options)) is None
+
+
+def test_two_concatenated_streams_are_left_to_the_streaming_decoder(tmp_path):
+    blob = xz_in_blocks(tmp_path, b"a" * (2 << 20), "-T2", "--block-size=1MiB")
+    assert parallel(blob + blob) is None
+
+
+def test_a_damaged_block_is_an_error_of_the_data_not_wrong_bytes(tmp_path):
+    blob = bytearray(xz_in_blocks(tmp_path, os.urandom(3 << 20), "-T2", "--block-size=1MiB"))
+    blob[(1 << 20) + 4096] ^= 0xFF  # inside the second block's data
+    reader = parallel(bytes(blob))
+    with pytest.raises(compression.CORRUPT_DATA):
+        reader.read()
+    reader.close()
