@@ -465,7 +465,7 @@ class VmcoreJob(Job["_Dump"]):
             "Waiting for another task that is adding module debuginfo"))
         self.log.info("Module debuginfo: %d of %d loaded modules found in %s of %s (%s) in %.3f s%s", len(found),
                       len(wanted), name, release, how, time.monotonic() - started,
-                      "; crash loads them (mod -S) and runs the commands again" if found else "")
+                      "; crash loads them (mod -S) before its commands" if found else "")
         return self.kernels.modules_dir(dump.cache_key) if found else None
 
     def backtrace(self, dump: _Dump) -> None:

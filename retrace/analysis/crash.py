@@ -251,10 +251,10 @@ def analyse(crash_path: StrPath, vmlinux: StrPath, vmcore: StrPath, *, timeout: 
     fails too (extensions need the full session).
 
     With ``module_dir`` (debuginfo files of modules), ``mod -S`` loads them
-    first.  ``more_modules(output)`` may then bring the files of modules the
-    first batch showed without debuginfo and return their directory (inside
-    ``readable``, which the sandbox shows): the same session loads them and
-    runs the batch again.
+    first.  The session then lists the modules (``mod``), and
+    ``more_modules(output)`` may bring the files of those without debuginfo
+    and return their directory (inside ``readable``, which the sandbox
+    shows): the same session loads them before it runs the batch, once.
     """
     require_sandbox(str(crash_path))
     binds = crash_binds(crash_path, vmlinux, vmcore, *readable, *([module_dir] if module_dir else []),
@@ -263,18 +263,17 @@ def analyse(crash_path: StrPath, vmlinux: StrPath, vmcore: StrPath, *, timeout: 
     batch = COMMANDS + tuple(extra_commands)
     failures: list[str] = []
     for load, options in (("full", []), ("zero_excluded", ["--zero_excluded"])):
-        commands = session_setup(extensions, module_dir) + batch
         with _session(crash_path, options + common, binds, timeout=timeout, memory_bytes=memory_bytes,
                       output_bytes=output_bytes) as session:
             split = session.markers.split
-            text = hide(session.batch(commands))
+            text = hide(session.batch((*session_setup(extensions, module_dir), "mod")))
             preamble, sections = split(text)
-            if sections.get("log", "").strip():
+            if sections.get("mod", "").strip():
                 directory = more_modules(CrashOutput(sections, preamble, load, session.seconds))
-                if directory is not None:
-                    _, with_modules = split(hide(session.batch((f"mod -S {directory}",) + batch)))
-                    if with_modules.get("log", "").strip():  # the session setup (extend) ran in the first batch
-                        sections = {**sections, **with_modules}
+                text = hide(session.batch(((f"mod -S {directory}",) if directory is not None else ()) + batch))
+                _, answered = split(text)
+                sections = {**sections, **answered}  # the session setup (extend) ran in the first batch
+            if sections.get("log", "").strip():
                 notes = "".join(f"\n{failure}" for failure in failures)
                 return CrashOutput(sections, preamble + notes, load, session.seconds)
         failures.append(f"The {load.replace('_', ' ')} load failed: {gist(text)}")
