@@ -259,7 +259,7 @@ class RetraceJob(Job["_Crash"]):
                 index = crash.index
                 self.supply.download_missing(index, crash.resolution.packages)
                 self.supply.verify_signatures(index, crash.resolution.packages)
-                work.trees = [self.supply.cached(package, index) for package in crash.resolution.packages]
+                work.trees = self.supply.cached_all(crash.resolution.packages, index)
                 for module, candidates in crash.resolution.unverified:
                     work.trees += self._verify_candidates(crash, index, module, candidates)
             work.trees += self._backfill(crash).fill(crash.resolution)

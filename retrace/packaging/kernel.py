@@ -254,8 +254,9 @@ class KernelPass:
     Which modules the dump loaded is known only once crash has read the
     dump; taking them in a second pass over the package read it all again
     (hundreds of MB of xz) after crash's first batch, where this pass
-    decompresses while crash works.  ``modules`` moves the loaded ones into
-    the kernel's entry; ``close`` stops the pass and removes the rest.
+    decompresses while crash works, and writes only the loaded ones once
+    crash named them.  ``modules`` moves those into the kernel's entry;
+    ``close`` stops the pass and removes the rest.
     """
 
     def __init__(self, package: Path, member: str, kernel_release: str, kernels_dir: Path,
@@ -270,6 +271,7 @@ class KernelPass:
         self._vmlinux_written = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._wanted: set[str] | None = None  # the module files the dump needs, once crash said
         self.error: BaseException | None = None  # what ended the pass early
 
     def vmlinux(self, target: Path) -> bool:
@@ -299,7 +301,8 @@ class KernelPass:
         if relative == self.member and not self._vmlinux_written.is_set():
             return self._vmlinux
         name = relative.rsplit("/", 1)[-1]
-        if (relative.startswith(self.directory) and name.endswith(self.suffix)
+        wanted = self._wanted
+        if (relative.startswith(self.directory) and name.endswith(self.suffix) and (wanted is None or name in wanted)
                 and _MODULE_NAME.fullmatch(name.removesuffix(self.suffix))):
             destination = self.modules_tmp / "modules" / name
             return None if destination.exists() else destination
@@ -314,10 +317,11 @@ class KernelPass:
         found, or None when the pass failed (the caller reads the package again)."""
         if self._thread is None:
             return None
+        files = module_files(self.package, names)
+        self._wanted = set(files)  # from now on the pass writes only these
         self._thread.join()
         if self.error is not None:
             return None
-        files = module_files(self.package, names)
         found = set()
         for file_name, module in files.items():
             source = self.modules_tmp / "modules" / file_name

@@ -8,8 +8,10 @@ the package cache by every task and process.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +33,10 @@ if TYPE_CHECKING:
     from retrace_server.packaging.cache import CachedPackage
     from retrace_server.packaging.repoindex import RepoIndex
     from retrace_server.stats import TaskRecord
+
+
+# Packages a task unpacks at once (cached_all).
+_UNPACKERS = 2
 
 
 class PackageUnavailable(RetraceError):
@@ -57,6 +63,7 @@ class PackageSupply:
         self.downloads: dict[str, Path] = {}  # pkgid -> file downloaded for a metadata-only release, until unpacked
         # Where builds the mirror no longer serves are fetched (retrace_server.packaging.history), set by the job.
         self.history: list[HistorySource] = []
+        self._counting = threading.Lock()  # cached_all unpacks on two threads
 
     def forget_downloads(self) -> None:
         """Remove the packages downloaded for this job (the cache keeps their unpacked trees)."""
@@ -67,6 +74,12 @@ class PackageSupply:
         """The package unpacked in the shared cache (by this task or an earlier one)."""
         package_path = self.package_file(index, package)
         return self.cached_file(package, package_path, self._verifier(index, package, package_path))
+
+    def cached_all(self, packages: Iterable[Package], index: RepoIndex) -> list[CachedPackage]:
+        """``cached`` of each package, in their order, two unpacking at a time: their decoders run outside
+        the GIL, so a task's packages unpack in about the time of the larger half."""
+        with concurrent.futures.ThreadPoolExecutor(_UNPACKERS, thread_name_prefix="unpack") as pool:
+            return list(pool.map(lambda package: self.cached(package, index), packages))
 
     def cached_file(self, package: Package, package_path: Path,
                     verify: Callable[[Path], None] | None) -> CachedPackage:
@@ -80,11 +93,14 @@ class PackageSupply:
         except UnpackError as err:
             # The sentence may name a downloaded file by its temporary name: the package's own name leads.
             raise PackageUnavailable(f"{package.nevra} cannot be unpacked: {err.sentence}", err.category) from None
+        with self._counting:
+            if entry.unpacked:
+                self.counts.cache_misses += 1
+            else:
+                self.counts.cache_hits += 1
         if entry.unpacked:
-            self.counts.cache_misses += 1
             self.log.info("Unpacked %s in %.3f s", package.nevra, entry.seconds)
             return entry
-        self.counts.cache_hits += 1
         if entry.waited:
             self.log.info("Reused %s, unpacked meanwhile by another task (waited %.3f s)", package.nevra, entry.seconds)
         else:

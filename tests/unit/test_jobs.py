@@ -104,6 +104,9 @@ class FakeSupply:
             (entry / MANIFEST).write_text(json.dumps(files))
         return CachedPackage(entry, unpacked=False, seconds=0.0, waited=False)
 
+    def cached_all(self, packages, index):
+        return [self.cached(package, index) for package in packages]
+
     def download_missing(self, index, packages):
         if self.unavailable:
             raise PackageUnavailable(self.unavailable, "repository error")
