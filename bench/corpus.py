@@ -67,7 +67,7 @@ def main():
             timed_retrace(server, archive)  # the release index is built once
             for directory in ("rpms", "sysroots", "gdb-index"):
                 shutil.rmtree(server.cache_dir / directory, ignore_errors=True)
-            cold = timed_retrace(server, archive)[0]
+            cold = stages(*timed_retrace(server, archive))
             before = median_run(server, archive, forget=("sysroots", "gdb-index"))
             timed_retrace(server, archive)  # the tree of this package set, its indexes built after the answer
             warm = median_run(server, archive)
@@ -79,18 +79,22 @@ def main():
         print(f"{'program':14} {'debs':>4} {'bare gdb':>9} {'before':>7} {'warm':>6} {'cold':>6} {'unpack':>7} "
               f"{'before/bare':>11} {'warm/bare':>9} {'cold/(unpack+bare)':>18}")
         for name, count, bare, before, warm, cold, unpack in rows:
-            print(f"{name:14} {count:4d} {bare:8.2f}s {before['total']:6.2f}s {warm['total']:5.2f}s {cold:5.2f}s "
+            print(f"{name:14} {count:4d} {bare:8.2f}s {before['total']:6.2f}s {warm['total']:5.2f}s {cold['total']:5.2f}s "
                   f"{unpack:6.2f}s {before['total'] / bare:11.2f} {warm['total'] / bare:9.2f} "
-                  f"{cold / (unpack + bare):18.2f}")
+                  f"{cold['total'] / (unpack + bare):18.2f}")
         print("\nstages of the median warm retrace, before -> after (seconds)")
         print(f"{'program':14} " + " ".join(f"{name:>13}" for name in ("analysis", "environment", "gdb", "rest")))
         for name, _count, _bare, before, warm, _cold, _unpack in rows:
             print(f"{name:14} " + " ".join(f"{before[stage]:5.3f}->{warm[stage]:5.3f}"
                                            for stage in ("analysis", "environment", "gdb", "rest")))
+        print("\nstages of the cold retrace (seconds; environment: unpacking and the tree)")
+        print(f"{'program':14} " + " ".join(f"{name:>11}" for name in ("analysis", "environment", "gdb", "rest")))
+        for name, _count, _bare, _before, _warm, cold, _unpack in rows:
+            print(f"{name:14} " + " ".join(f"{cold[stage]:11.3f}" for stage in ("analysis", "environment", "gdb", "rest")))
         median = statistics.median
         print(f"median ratios: warm before / bare gdb {median(row[3]['total'] / row[2] for row in rows):.2f}; "
               f"warm / bare gdb {median(row[4]['total'] / row[2] for row in rows):.2f}; "
-              f"cold / (dpkg-deb -x + bare gdb) {median(row[5] / (row[6] + row[2]) for row in rows):.2f}")
+              f"cold / (dpkg-deb -x + bare gdb) {median(row[5]['total'] / (row[6] + row[2]) for row in rows):.2f}")
 
 
 if __name__ == "__main__":
