@@ -152,7 +152,9 @@ def link_program_interpreter(root: StrPath, interpreter: str | None, modules: It
     for module in modules:
         mapped = inside(root, module.path)
         if os.path.basename(module.path) == name and os.path.exists(mapped):
-            return bool(place_files(root, [(interpreter, mapped)]))
+            # Relative: a shared tree is built elsewhere and renamed into place.
+            target = os.path.relpath(mapped, os.path.dirname(inside(root, interpreter)))
+            return bool(place_files(root, [(interpreter, target)]))
     return False
 
 

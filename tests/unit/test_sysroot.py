@@ -3,6 +3,7 @@
 import logging
 import os
 import tarfile
+from pathlib import Path
 
 from retrace_server.config import Config
 from retrace_server.elf import Module
@@ -88,3 +89,16 @@ def test_a_shared_tree_is_evicted_like_a_cached_package(tmp_path):
     [(key, _last_use, size)] = trees.entries()
     assert env.tree == trees.directory(tmp_path / "cache") / key / "root" and size > 0
     assert trees.evict(key) and not env.tree.exists() and trees.entries() == []
+
+
+def test_the_loader_linked_by_the_name_the_program_asks_for_still_resolves_in_the_renamed_shared_tree(tmp_path):
+    """A program names /lib64/ld-linux-x86-64.so.2; a core maps the loader at its /usr/lib path, the only one the
+    packages (or debuginfod) give: the link is made while the tree is a temporary directory."""
+    loader = "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+    program = cached_package(tmp_path, "program", [entry("./usr/bin/crasher", content=Path("/usr/bin/true").read_bytes())])
+    libc = cached_package(tmp_path, "libc", [entry("." + loader, content=b"the loader")])
+    env = environment(tmp_path, "1")
+    work = workload(tmp_path, [program, libc])
+    work.modules = [*work.modules, Module(loader, 0x7F0000000000, "cd" * 20)]
+    env.prepare(work)
+    assert (env.tree / "lib64" / "ld-linux-x86-64.so.2").read_bytes() == b"the loader"
