@@ -296,7 +296,8 @@ class Collector:
     def trim_cache(self) -> None:
         """Evict the least recently used cache entries until CacheDir fits CacheSize and MinStorageLeft.
 
-        Unpacked packages, gdb roots, debuginfod files and vmlinux files share the budget.
+        Unpacked packages, shared sysroots, gdb indexes, gdb roots, debuginfod files and vmlinux files share
+        the budget.
         An entry used within WorkerTimeLimit may belong to a running task
         (no task runs longer), so it stays whatever the budget says.
         """
