@@ -134,7 +134,7 @@ def test_a_debian_crash_is_retraced_from_its_apt_repository_with_the_dbg_package
 def test_the_same_crash_again_reuses_its_tree_and_reads_the_gdb_indexes_built_after_the_first_answer(
         start_server, debian_repository, debian_problem, debs):
     """Debian's -dbg files ship without a gdb index: the first task answers, then indexes the ones it read;
-    the second reads those indexes and the first task's tree, and says the same."""
+    the second reads those indexes and the first task's tree, and gives the same frames."""
     server = start_server(repository=debian_repository, release_id=DEBIAN_RELEASE)
     first, first_log = retraced(server, debian_problem)
     assert "Assembled the sysroot (shared with later tasks needing the same files)" in first_log
@@ -149,7 +149,9 @@ def test_the_same_crash_again_reuses_its_tree_and_reads_the_gdb_indexes_built_af
     assert "Reused the sysroot an earlier task assembled from the same files" in second_log
     assert f"gdb reads the prebuilt indexes of the {built[2]} debug files" in second_log, second_log
     assert "Built the gdb indexes" not in second_log
-    assert second == first and "gdb-index" not in second and str(server.cache_dir) not in second
+    assert thread_frames(first)[1] and thread_frames(second) == thread_frames(first), second  # (gdb's warnings
+    # about file times differ: the first task unpacked the program after its core was written)
+    assert "gdb-index" not in second and str(server.cache_dir) not in second
     assert len(list((server.cache_dir / "sysroots").glob("*/root"))) == 1
 
 
