@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from retrace_server import locking
 from retrace_server.elf import debug_alt_link, needs_gdb_index
 from retrace_server.environments.sandbox import SandboxOutputLimit, SandboxTimeout, SandboxUnavailable, run_sandboxed
+from retrace_server.packaging.packages import build_id_debug_path
 
 if TYPE_CHECKING:
     import logging
@@ -56,11 +57,11 @@ def debug_files(modules: Iterable[Module], trees: Iterable[CachedPackage],
         for path, kind, _target, build_id in tree.manifest():
             if kind == "f" and build_id in wanted and build_id not in found and path.startswith(_DEBUG_DIR):
                 found[build_id] = tree.root / path
-    for path, target in placements:
-        name = os.path.basename(path)
-        build_id = os.path.basename(os.path.dirname(path)) + name.removesuffix(".debug")
-        if path.startswith(_DEBUG_DIR) and name.endswith(".debug") and build_id in wanted:
-            found.setdefault(build_id, Path(target))
+    placed = dict(placements)
+    for build_id in wanted - found.keys():
+        target = placed.get(build_id_debug_path(build_id))
+        if target is not None:
+            found[build_id] = Path(target)
     return found
 
 

@@ -82,6 +82,20 @@ def test_crash_inside_libc_gets_libc_names_and_lines_from_debuginfod(start_serve
     assert re.search(r"^0x\w+\s+0x\w+\s+Yes\s+/lib64/ld-linux-x86-64\.so\.2$", backtrace, re.M), "loader by its PT_INTERP name"
 
 
+def test_debug_files_from_debuginfod_get_their_gdb_indexes_too(start_server, full_debuginfod, libc_problem_dir):
+    """libc6-dbg's debug file comes from debuginfod without an index: the first task indexes it after its
+    answer, the second reads it."""
+    only_debuginfod = start_server(repository=False, DebuginfodURLs=full_debuginfod.url, DebuginfodReleases=RELEASE_ID)
+    status, first, log = retrace(only_debuginfod, libc_problem_dir)
+    assert status.headers["X-Task-Status"] == "FINISHED_SUCCESS", log
+    built = re.search(r"Built the gdb indexes of (\d+) of (\d+) debug files", log)
+    assert built and int(built[1]) >= 1, log
+    assert len(list((only_debuginfod.cache_dir / "gdb-index").glob("*.gdb-index"))) == int(built[1])
+    status, second, log = retrace(only_debuginfod, libc_problem_dir)
+    assert f"gdb reads the prebuilt indexes of the {built[2]} debug files" in log, log
+    assert re.search(r"in msort_with_tmp \(.*\) at \S*msort\.c:\d+", second), second
+
+
 def test_mirror_gap_is_filled_from_debuginfod_and_the_header_names_each_source(start_server, work_dir, fixture_rpms,
                                                                                rpm_debuginfod, problem_dir):
     without = [rpm for rpm in fixture_rpms if not rpm.name.startswith("libcrash-debuginfo-")]

@@ -8,6 +8,7 @@ import pytest
 from retrace_server.analysis.indexes import GdbIndexes, debug_files
 from retrace_server.elf import Module, file_build_id, needs_gdb_index
 from retrace_server.packaging.cache import CachedPackage, cached_entry
+from retrace_server.packaging.packages import build_id_debug_path
 
 LOG = logging.getLogger("test")
 
@@ -52,7 +53,7 @@ def test_the_debug_files_of_the_mapped_files_are_found_in_the_task_s_packages(de
     package, build_id = package_with(tmp_path, debug_file)
     modules = [Module("/usr/bin/p", 0x1000, build_id), Module("/usr/lib/libother.so", 0x2000, "cd" * 20)]
     placed = tmp_path / "from-debuginfod"
-    placements = [(f"usr/lib/debug/.build-id/cd/{'cd' * 19}.debug", placed)]
+    placements = [(build_id_debug_path("cd" * 20), placed)]  # as debuginfod.fill_gaps places a debug file
     assert debug_files(modules, [package], placements) == {
         build_id: package.root / f"usr/lib/debug/.build-id/{build_id[:2]}/{build_id[2:]}.debug", "cd" * 20: placed}
 
