@@ -246,9 +246,10 @@ class RetraceJob(Job["_Crash"]):
 
     def improve(self, crash: _Crash) -> None:
         """The gdb indexes of the debug files this crash needed that have none, for the next retrace."""
-        missing = GdbIndexes(self.config.CacheDir).missing(crash.debug_files)
+        indexes = GdbIndexes(self.config.CacheDir)
+        missing = indexes.missing(crash.debug_files)
         if missing:
-            built = GdbIndexes(self.config.CacheDir).build(missing, self.log)
+            built = indexes.build(missing, self.log)
             self.log.info("Built the gdb indexes of %d of %d debug files for later retraces", built, len(missing))
 
     def _supply_packages(self, crash: _Crash, work: Workload) -> None:

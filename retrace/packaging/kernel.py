@@ -268,7 +268,8 @@ class KernelPass:
         self._building = locking.try_exclusive(self.modules_tmp / ".building")
         (self.modules_tmp / "modules").mkdir()
         self._vmlinux: Path | None = None
-        self._vmlinux_written = threading.Event()
+        self._vmlinux_written = False
+        self._vmlinux_known = threading.Event()  # set once the vmlinux is whole, or the pass ended without it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._wanted: set[str] | None = None  # the module files the dump needs, once crash said
@@ -280,12 +281,10 @@ class KernelPass:
         self._vmlinux = target
         self._thread = threading.Thread(target=self._run, name="kernel-package-pass", daemon=True)
         self._thread.start()
-        while not self._vmlinux_written.wait(0.05):
-            if not self._thread.is_alive():
-                break
-        if not self._vmlinux_written.is_set() and isinstance(self.error, RetraceError):
+        self._vmlinux_known.wait()
+        if not self._vmlinux_written and isinstance(self.error, RetraceError):
             raise self.error
-        return self._vmlinux_written.is_set()
+        return self._vmlinux_written
 
     def _run(self) -> None:
         try:
@@ -294,11 +293,13 @@ class KernelPass:
             pass
         except BaseException as err:  # told to the task by vmlinux() or modules()
             self.error = err
+        finally:
+            self._vmlinux_known.set()
 
     def _place(self, relative: str) -> Path | None:
         if self._stop.is_set():
             raise _Stopped
-        if relative == self.member and not self._vmlinux_written.is_set():
+        if relative == self.member and not self._vmlinux_written:
             return self._vmlinux
         name = relative.rsplit("/", 1)[-1]
         wanted = self._wanted
@@ -310,7 +311,8 @@ class KernelPass:
 
     def _written(self, relative: str) -> None:
         if relative == self.member:
-            self._vmlinux_written.set()
+            self._vmlinux_written = True
+            self._vmlinux_known.set()
 
     def modules(self, names: Iterable[str], target: Path) -> set[str] | None:
         """Wait for the pass to end, then move the files of modules ``names`` into ``target``; the names
