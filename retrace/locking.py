@@ -23,16 +23,30 @@ _PROBE_PAUSE = 0.001
 
 
 @contextlib.contextmanager
-def sqlite_write(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def sqlite_write(db: sqlite3.Connection, queue: str | None = None) -> Iterator[sqlite3.Connection]:
     """One write transaction on ``db`` (opened with ``isolation_level=None``), its lock taken at once so that
-    concurrent writers queue up instead of failing half-way; rolled back on any exception."""
-    db.execute("BEGIN IMMEDIATE")
+    concurrent writers queue up instead of failing half-way; rolled back on any exception.
+
+    ``queue`` names a lock file the writers of a busy database wait on, each woken the moment the one before
+    it commits. Without it they wait in SQLite's busy handler, which sleeps 1, 2, 5 ... 100 ms between tries:
+    with 20 threads recording reports, the slowest 1 % of writes waited 0.1-0.4 s for a lock held 0.4 ms.
+    """
+    fd = None
+    if queue is not None:
+        # Read-only and world-readable: whichever process creates it, every other can still wait on it.
+        fd = os.open(queue, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
     try:
-        yield db
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 @contextlib.contextmanager

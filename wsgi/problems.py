@@ -68,11 +68,12 @@ def _form_file(config: Config, request: Request, what: str) -> bytes:
 def new_report(config: Config, request: Request) -> Response:
     data = _form_file(config, request, "uReport")
     report = ureport.parse(data)
+    buckets = BucketDB.kept_open(config)
     try:
         if isinstance(report, ureport.SymbolicReport):
-            answer, what, where = triage_symbolic(config, report), report.headline, report.component
+            answer, what, where = triage_symbolic(config, report, buckets), report.headline, report.component
         else:
-            answer, what, where = triage(config, report), f"signal {report.signal}", report.executable
+            answer, what, where = triage(config, report, buckets), f"signal {report.signal}", report.executable
     except ConfigError as err:  # the rules file an admin is editing: their log says which and why
         log.error("report refused: %s", err.sentence)
         raise TemporarilyUnavailable("This server cannot read its crash signature rules right now; its "
@@ -92,15 +93,16 @@ def new_report(config: Config, request: Request) -> Response:
         message += ". Please send its core for a full backtrace (retrace-client does, unless --no-core)"
     log.info("report of %s in %s (%s): bucket %s, %s in %.3f s", what, where, report.release, answer["bthash"],
              "known" if answer["known"] else "new", answer["seconds"])
-    with BucketDB.for_config(config) as buckets:
-        bugs = buckets.attachments(answer["bthash"], BUG_KINDS)
+    bugs = buckets.attachments(answer["bthash"], BUG_KINDS)
     body = {"result": answer["known"], "bthash": answer["bthash"], "message": message,
             "reported_to": [{"reporter": "Retrace Server", "type": "url", "value": url},
                             *({"reporter": _tracker(bug), "type": "url", "value": _bug_url(bug)} for bug in bugs)],
-            "core_wanted": answer["core_wanted"], "count": answer["count"], "backtrace": answer["backtrace"],
-            "frames": answer["frames"], "symbolized": "in part" if answer["missing_build_ids"] else "whole",
+            "core_wanted": answer["core_wanted"], "count": answer["count"],
+            "symbolized": "in part" if answer["missing_build_ids"] else "whole",
             "missing_build_ids": answer["missing_build_ids"], "seconds": answer["seconds"]}
-    return Response(status=202, content_type="application/json", charset="utf-8", text=json.dumps(body))
+    # The backtrace and frames come rendered as JSON members (an identical report's are rendered once).
+    text = f"{json.dumps(body)[:-1]}, {answer['rendered']}}}"
+    return Response(status=202, content_type="application/json", charset="utf-8", text=text)
 
 
 # What reporter-ureport attaches to a bucket (-b BUG, -e EMAIL, -o COMMENT, -l DATA -T TYPE) and what is kept of

@@ -18,7 +18,7 @@ import re
 import struct
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from retrace_server.errors import RetraceError
 from retrace_server.packaging.packages import build_id_debug_path
@@ -33,8 +33,9 @@ _PT_LOAD = 1
 _PRETTY = re.compile(r"^(?:0x[0-9a-f]+: | \(inlined by\) )(?P<function>.*?)(?: at (?P<file>.*?):(?P<line>[0-9]+)(?::[0-9]+)?)?$")
 
 
-@dataclasses.dataclass
-class Location:
+class Location(NamedTuple):
+    """A place in the source (a tuple: the symbol cache keeps and reads many thousands of them)."""
+
     function: str | None
     file: str | None
     line: int | None

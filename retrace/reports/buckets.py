@@ -13,11 +13,14 @@ each stay well under 100 ms (``bench/problems.py``).
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
+import os
 import re
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +44,10 @@ MAX_NEW_SYMBOLS = 512
 MAX_SYMBOLS = 2_000_000
 # Reports kept to symbolize again at most (the newest): each one is tried whenever its release's index changes.
 MAX_PENDING = 100_000
+# What the symbol cache says of an offset, innermost first: (function, source file, line).
+Place = tuple[str | None, str | None, int | None]
+# Symbol-cache rows a web process also keeps in memory (a few hundred bytes each).
+MEMORY_SYMBOLS = 65_536
 # Days of per-day counts kept: the longest view (366 days) and the window before it, for its growth.
 DAILY_DAYS = 2 * 366
 # A frame line of gdb's backtrace, or of the one a report is stored as (its inlined frames say " [inlined]").
@@ -173,13 +180,56 @@ class Recorded:
     occurrence: int
 
 
+class _SymbolMemory:
+    """The symbol cache's rows a process read or wrote last, shared by its threads: a known crash's report is
+    symbolized without a query (and without decoding a JSON text per frame, which cost more than the query).
+    Kept per database path, and forgotten when the file there is replaced (kept_open notices)."""
+
+    def __init__(self, capacity: int = MEMORY_SYMBOLS) -> None:
+        self._rows: collections.OrderedDict[tuple[str, str, int], list[Place]] = \
+            collections.OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def get(self, file: str, keys: set[tuple[str, int]]) -> dict[tuple[str, int], list[Place]]:
+        found = {}
+        with self._lock:
+            for key in keys:
+                row = self._rows.get((file, *key))
+                if row is not None:
+                    self._rows.move_to_end((file, *key))
+                    found[key] = row
+        return found
+
+    def put(self, file: str, rows: dict[tuple[str, int], list[Place]]) -> None:
+        with self._lock:
+            for key, locations in rows.items():
+                self._rows[(file, *key)] = locations
+            while len(self._rows) > self._capacity:
+                self._rows.popitem(last=False)
+
+    def forget(self, file: str) -> None:
+        with self._lock:
+            for key in [key for key in self._rows if key[0] == file]:
+                del self._rows[key]
+
+
+_MEMORY = _SymbolMemory()
+# Each thread's connections kept open by kept_open(), per database path.
+_KEPT = threading.local()
+
+
 class BucketDB:
-    """The buckets and their occurrences; one connection per use, WAL so that readers never wait."""
+    """The buckets and their occurrences; one connection per use (or per thread, kept_open), WAL so that
+    readers never wait."""
 
     def __init__(self, path: Path) -> None:
+        self.kept = False
         self.db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        self.file = str(path)
+        self.inode = os.stat(path).st_ino
         self.db.create_function("in_versions", 3, _in_range, deterministic=True)
         if self._layout() < _LAYOUT:
             with self._transaction():  # one process upgrades; the others find it done
@@ -193,11 +243,36 @@ class BucketDB:
     def for_config(cls, config: Config) -> BucketDB:
         return cls(Path(config.SaveDir) / DB_NAME)
 
+    @classmethod
+    def kept_open(cls, config: Config) -> BucketDB:
+        """This thread's connection to the config's problems.db, kept open for its next requests: opening one
+        (and the checkpoint SQLite runs when the last one closes) cost more than a known crash's whole report.
+        Opened anew when the file was replaced or removed since (a restored backup, a new spool)."""
+        path = Path(config.SaveDir) / DB_NAME
+        kept: dict[str, BucketDB] = _KEPT.__dict__.setdefault("connections", {})
+        found = kept.pop(str(path), None)
+        if found is not None:
+            try:
+                current = os.stat(path).st_ino == found.inode
+            except FileNotFoundError:
+                current = False
+            if current and not found.db.in_transaction:
+                kept[str(path)] = found
+                return found
+            found.db.close()
+            if not current:
+                _MEMORY.forget(str(path))
+        opened = cls(path)
+        opened.kept = True
+        kept[str(path)] = opened
+        return opened
+
     def __enter__(self) -> BucketDB:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.db.close()
+        if not self.kept:
+            self.db.close()
 
     def _upgrade(self) -> None:
         """Create the tables, or bring a database of layout 1 (no stacks, no aggregates) to this one: each
@@ -236,7 +311,7 @@ class BucketDB:
         self.db.execute(f"PRAGMA user_version = {_LAYOUT}")
 
     def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        return locking.sqlite_write(self.db)
+        return locking.sqlite_write(self.db, f"{self.file}.lock")
 
     def bucket(self, bthash: str) -> dict[str, Any] | None:
         """The bucket's row; its releases, architectures and versions as lists."""
@@ -457,13 +532,14 @@ class BucketDB:
 
     # -- symbol cache ----------------------------------------------------------------
 
-    def symbols(self, keys: set[tuple[str, int]]) -> dict[tuple[str, int], list[tuple[str, str, int]]]:
+    def symbols(self, keys: set[tuple[str, int]]) -> dict[tuple[str, int], list[Place]]:
         """``{(build-id, offset): [(function, file, line), ...]}`` for the keys symbolized before (debuginfo
         of a build never changes, so neither does what an offset in it means)."""
+        remembered = _MEMORY.get(self.file, keys)
         by_build_id: dict[str, set[int]] = {}
-        for build_id, offset in keys:
+        for build_id, offset in keys - remembered.keys():
             by_build_id.setdefault(build_id, set()).add(offset)
-        found: dict[tuple[str, int], list[tuple[str, str, int]]] = {}
+        found: dict[tuple[str, int], list[Place]] = {}
         for build_id, offsets in by_build_id.items():
             ordered = sorted(offsets)
             for start in range(0, len(ordered), 500):  # SQLite's limit on parameters
@@ -472,14 +548,18 @@ class BucketDB:
                                        f"({', '.join('?' * len(chunk))})", (build_id, *chunk))
                 for offset, locations in rows:
                     found[(build_id, offset)] = [tuple(location) for location in json.loads(locations)]
-        return found
+        _MEMORY.put(self.file, found)
+        return {**remembered, **found}
 
-    def remember_symbols(self, symbolized: dict[tuple[str, int], list[tuple[str, str, int]]]) -> None:
+    def remember_symbols(self, symbolized: dict[tuple[str, int], list[Place]]) -> None:
         """Keep ``{(build-id, offset): [(function, file, line), ...]}`` (the first MAX_NEW_SYMBOLS of them)."""
-        rows = [(build_id, offset, json.dumps(locations))
-                for (build_id, offset), locations in list(symbolized.items())[:MAX_NEW_SYMBOLS]]
+        kept = dict(list(symbolized.items())[:MAX_NEW_SYMBOLS])
+        if not kept:
+            return
         with self._transaction():
-            self.db.executemany("INSERT OR REPLACE INTO symbols VALUES (?, ?, ?)", rows)
+            self.db.executemany("INSERT OR REPLACE INTO symbols VALUES (?, ?, ?)",
+                                [(build_id, offset, json.dumps(locations)) for (build_id, offset), locations in kept.items()])
+        _MEMORY.put(self.file, kept)
 
     # -- views ---------------------------------------------------------------------
 

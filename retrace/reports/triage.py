@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import contextlib
 import dataclasses
+import json
 import logging
+import threading
 import time
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from retrace_server.analysis.symbolize import Location, Symbolized, debug_file, symbolize_module
 from retrace_server.errors import RetraceError, disk_full_explained
 from retrace_server.intake import storage
 from retrace_server.packaging.debuginfod import BuildIdCache, fetch_all
 from retrace_server.packaging.debuginfod import Settings as DebuginfodSettings
-from retrace_server.packaging.release import ReleaseId, served_releases
-from retrace_server.packaging.repoindex import release_index
+from retrace_server.packaging.release import ReleaseId, repository_format, served_releases
+from retrace_server.packaging.repoindex import index_digest, release_index
 from retrace_server.packaging.supply import PackageSupply
 from retrace_server.reports import rules
 from retrace_server.reports.buckets import BucketDB, located_functions
@@ -30,47 +32,113 @@ from retrace_server.reports.stacks import Stack
 from retrace_server.reports.ureport import InvalidReport, Report, ReportFrame, ReportThread
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
-    from pathlib import Path
+    from collections.abc import Hashable, Iterable, Sequence
 
     from retrace_server.config import Config
-    from retrace_server.packaging.repoindex import RepoIndex
+    from retrace_server.packaging.repoindex import Package, RepoIndex
     from retrace_server.reports.ureport import SymbolicReport
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 _PARALLEL_MODULES = 4
 # What a frame's problem says when its module's debuginfo is not (yet) in the release.
 _NO_DEBUGINFO = "no debuginfo for build-id"
 
 
-@contextlib.contextmanager
-def _release_index(config: Config, report: Report | SymbolicReport) -> Iterator[RepoIndex | None]:
-    """The index of the report's release, open for the block, once the spool has room for the report (None
-    for a release served by debuginfod alone); InvalidReport when this server does not serve that release."""
-    storage.ensure_free(config.SaveDir, 0, config.min_storage_left_bytes)
-    release = ReleaseId.parse(report.release)
-    index = release_index(config.RepoDir, config.CacheDir, release) if release is not None else None
-    if index is None:
-        if release is not None and str(release) in config.debuginfod_releases:
-            yield None
-            return
-        served = served_releases(config)
-        raise InvalidReport(f"Release {report.release} is not served by this server; it serves "
-                            f"{', '.join(map(str, served)) or 'no release'}")
-    try:
-        yield index
-    finally:
-        index.close()
+# What the report path learnt of release indexes, per process, keyed by (release directory, index digest, ...):
+# an index changes only with its digest. A package's name in the index (None: not indexed); the debuginfo
+# packages of a build-id (most often none: a module the release does not build, asked again by every report).
+_INDEXED_NAMES: dict[tuple[str, str, str], str | None] = {}
+_DEBUGINFO_PACKAGES: dict[tuple[str, str, str], list[Package]] = {}
+_LEARNT_KEPT = 4096
+
+
+class ReportRelease:
+    """The release a report names: refused at once unless this server serves it; its package index opened only
+    when a frame or the package's name needs it (a known crash of a known package needs neither: answering
+    it from the symbol cache alone is what lets a server take tens of thousands of reports a minute)."""
+
+    def __init__(self, config: Config, report: Report | SymbolicReport) -> None:
+        storage.ensure_free(config.SaveDir, 0, config.min_storage_left_bytes)
+        self.config = config
+        self.name = report.release
+        self.id = ReleaseId.parse(report.release)
+        self.directory = Path(config.RepoDir) / str(self.id) if self.id is not None else None
+        self.indexed = self.directory is not None and repository_format(self.directory) is not None
+        if not self.indexed and not (self.id is not None and str(self.id) in config.debuginfod_releases):
+            served = served_releases(config)
+            raise InvalidReport(f"Release {report.release} is not served by this server; it serves "
+                                f"{', '.join(map(str, served)) or 'no release'}")
+        self._index: RepoIndex | None = None
+        self._digest: str | None = None
+
+    def index(self) -> RepoIndex | None:
+        """The release's package index, opened (and rebuilt when its metadata changed) on first use; None for a
+        release served by debuginfod alone."""
+        if self._index is None and self.indexed:
+            assert self.id is not None
+            self._index = release_index(self.config.RepoDir, self.config.CacheDir, self.id)
+            self._digest = self._index.digest if self._index is not None else None
+        return self._index
+
+    @property
+    def digest(self) -> str | None:
+        """What changes when the release's packages do (None: served by debuginfod alone)."""
+        if self._digest is None and self.indexed:
+            assert self.directory is not None
+            self._digest = index_digest(self.directory)
+        return self._digest
+
+    def indexed_name(self, package: str) -> str | None:
+        """The name of ``package`` (name-version-release) as the release's index holds it, else None."""
+        if self.digest is None or self.directory is None:
+            return None
+        return self._learnt(_INDEXED_NAMES, (str(self.directory), self.digest, package),
+                            lambda index: index.indexed_name(package), None)
+
+    def debuginfo_packages(self, build_id: str) -> list[Package]:
+        """The release's debuginfo packages holding ``build_id`` (none for a release served by debuginfod
+        alone)."""
+        if self.digest is None or self.directory is None:
+            return []
+        return self._learnt(_DEBUGINFO_PACKAGES, (str(self.directory), self.digest, build_id),
+                            lambda index: index.by_build_id(build_id, "debuginfo"), [])
+
+    def _learnt(self, learnt: dict[tuple[str, str, str], T], key: tuple[str, str, str],
+                ask: Callable[[RepoIndex], T], unindexed: T) -> T:
+        """``learnt[key]``, asked of the index the first time (the dictionary is emptied when it is full)."""
+        try:
+            return learnt[key]
+        except KeyError:
+            pass
+        index = self.index()
+        value = ask(index) if index is not None else unindexed
+        if len(learnt) >= _LEARNT_KEPT:
+            learnt.clear()
+        learnt[key] = value
+        return value
+
+    def close(self) -> None:
+        if self._index is not None:
+            self._index.close()
+
+    def __enter__(self) -> ReportRelease:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def symbolicate(config: Config, report: Report, buckets: BucketDB,
-                index: RepoIndex | None) -> list[list[Symbolized]]:
-    """``[[Symbolized, ...] per thread]`` of the report; InvalidReport when its crash thread cannot be read.
+                release: ReportRelease) -> tuple[list[list[Symbolized]], bool]:
+    """``([[Symbolized, ...] per thread], settled)`` of the report; InvalidReport when its crash thread cannot be
+    read. Settled: the same frames would symbolize the same while the release's index stays as it is (no
+    debuginfo failed to unpack, no debuginfod miss that expires).
 
     What was symbolized before comes from the symbol cache (``buckets``);
     the rest from the debuginfo, and is remembered: the release's packages,
     then its debuginfod servers (all of it for a release served by
-    debuginfod alone, ``index`` None).
+    debuginfod alone).
     """
     threads = [[Symbolized(frame.build_id, frame.offset, frame.file_name) for frame in thread.frames]
                for thread in report.threads]
@@ -86,20 +154,22 @@ def symbolicate(config: Config, report: Report, buckets: BucketDB,
             else:
                 by_build_id[frame.build_id].append(frame)
     supply = PackageSupply(config, log)
+    settled = True
     try:
         found: dict[str, Path] = {}
         for build_id in by_build_id:
-            packages = index.by_build_id(build_id, "debuginfo") if index is not None else []
-            if packages:
-                assert index is not None
+            packages = release.debuginfo_packages(build_id)
+            if packages and (index := release.index()) is not None:
                 try:
                     if (path := debug_file(supply.cached(packages[0], index), build_id)) is not None:
                         found[build_id] = path
                 except RetraceError as err:
                     log.error("debuginfo of %s unavailable: %s", build_id, err)
+                    settled = False
         found.update(_from_debuginfod(config, report.release, [bid for bid in by_build_id if bid not in found]))
         for build_id, frames in by_build_id.items():
             if build_id not in found:
+                settled = settled and not DebuginfodSettings.from_config(config, report.release).urls
                 for frame in frames:
                     frame.problem = f"{_NO_DEBUGINFO} {build_id} in {report.release}"
         # One eu-addr2line per module, a few at once: each mostly waits on its own DWARF reading.
@@ -108,7 +178,7 @@ def symbolicate(config: Config, report: Report, buckets: BucketDB,
                 done.result()
     finally:
         supply.forget_downloads()
-    buckets.remember_symbols({(build_id, frame.offset): [dataclasses.astuple(location) for location in frame.locations]
+    buckets.remember_symbols({(build_id, frame.offset): list(frame.locations)
                               for build_id, frames in by_build_id.items() for frame in frames if frame.locations})
     crash = threads[[thread.crash_thread for thread in report.threads].index(True)]
     past = [frame for frame in crash if frame.problem and frame.problem.startswith("offset ")]
@@ -118,7 +188,7 @@ def symbolicate(config: Config, report: Report, buckets: BucketDB,
         build_ids = ", ".join(sorted({frame.build_id for frame in crash if frame.build_id}))
         raise InvalidReport(f"None of the crash thread's modules is known to this server (no debuginfo in "
                             f"{report.release} for build-ids {build_ids[:300]})")
-    return threads
+    return threads, settled
 
 
 def _from_debuginfod(config: Config, release: str, build_ids: list[str]) -> dict[str, Path]:
@@ -190,7 +260,63 @@ def _from_kept(kept: dict[str, Any]) -> Report:
                   kept["version"], (ReportThread(True, frames),))
 
 
-def triage(config: Config, report: Report, now: float | None = None) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class Symbolization:
+    """A report's frames symbolized and rendered: what its bucket is signed from and keeps, and the answer's
+    ``backtrace`` and ``frames`` members already as JSON."""
+
+    functions: tuple[str, ...]  # the crash thread's, for its signature
+    crash_text: str  # the crash thread in gdb's format
+    missing: tuple[str, ...]  # build-ids of the crash thread without debuginfo in the release
+    rendered: str
+
+
+class _Symbolizations:
+    """The symbolizations of the reports a process answered last, by their release (and its index's digest) and
+    frames. The same build crashing at the same place sends the same frames from every machine, and that is
+    most of what a busy server receives: rendering 200 frames again, their gdb text and JSON, was half of such
+    a report's time."""
+
+    def __init__(self, capacity: int = 256) -> None:
+        self._kept: collections.OrderedDict[Hashable, Symbolization] = collections.OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Symbolization | None:
+        with self._lock:
+            found = self._kept.get(key)
+            if found is not None:
+                self._kept.move_to_end(key)
+            return found
+
+    def put(self, key: Hashable, symbolization: Symbolization) -> None:
+        with self._lock:
+            self._kept[key] = symbolization
+            while len(self._kept) > self._capacity:
+                self._kept.popitem(last=False)
+
+
+_SYMBOLIZATIONS = _Symbolizations()
+
+
+def symbolization(config: Config, report: Report, buckets: BucketDB, release: ReportRelease) -> Symbolization:
+    """The report's frames symbolized (``symbolicate``) and rendered, or an identical report's, answered by this
+    process while the release's index stayed the same and its symbolization was settled."""
+    key = (release.name, release.digest, tuple((thread.crash_thread, thread.frames) for thread in report.threads))
+    if (known := _SYMBOLIZATIONS.get(key)) is not None:
+        return known
+    threads, settled = symbolicate(config, report, buckets, release)
+    crash_number = [thread.crash_thread for thread in report.threads].index(True)
+    made = Symbolization(
+        tuple(functions(threads[crash_number])), gdb_text([threads[crash_number]], [report.threads[crash_number]]),
+        tuple(missing_build_ids(threads[crash_number])),
+        json.dumps({"backtrace": gdb_text(threads, report.threads), "frames": frames_json(threads, report)})[1:-1])
+    if settled:
+        _SYMBOLIZATIONS.put(key, made)
+    return made
+
+
+def triage(config: Config, report: Report, buckets: BucketDB, now: float | None = None) -> dict[str, Any]:
     """Symbolize, bucket and count ``report``; the answer's fields (without URLs).
 
     The bucket keeps the crash thread only, and of the report's own words
@@ -200,26 +326,21 @@ def triage(config: Config, report: Report, now: float | None = None) -> dict[str
     the release's packages change (``resymbolize``).
     """
     started = time.monotonic()
-    with _release_index(config, report) as index, BucketDB.for_config(config) as buckets:
-        threads = symbolicate(config, report, buckets, index)
-        crash_number = [thread.crash_thread for thread in report.threads].index(True)
-        stack = Stack.core(report.executable, functions(threads[crash_number]))
-        missing = missing_build_ids(threads[crash_number])
-        component = index.indexed_name(report.package) if report.package and index is not None else None
+    with ReportRelease(config, report) as release:
+        symbolized = symbolization(config, report, buckets, release)
+        component = release.indexed_name(report.package) if report.package else None
         with disk_full_explained(storage.NO_STORAGE):
             recorded = buckets.record(
-                stack, rules.load(config.SignatureRules), gdb_text([threads[crash_number]],
-                                                                   [report.threads[crash_number]]),
-                "report", report.package if component else None, report.version if component else None,
-                report.release, report.arch, when=now, component=component)
-            if missing and index is not None:  # debuginfod alone: its misses expire, the next report asks again
-                buckets.keep_pending(recorded.occurrence, report.release, _kept(report), index.digest)
+                Stack.core(report.executable, list(symbolized.functions)), rules.load(config.SignatureRules),
+                symbolized.crash_text, "report", report.package if component else None,
+                report.version if component else None, report.release, report.arch, when=now, component=component)
+            if symbolized.missing and release.digest is not None:  # debuginfod alone: its misses expire
+                buckets.keep_pending(recorded.occurrence, report.release, _kept(report), release.digest)
         after = buckets.bucket(recorded.bthash)
         assert after is not None  # recorded just now
     return {"known": recorded.before is not None, "bthash": recorded.bthash, "count": after["count"],
-            "core_wanted": after["full_task"] is None, "backtrace": gdb_text(threads, report.threads),
-            "frames": frames_json(threads, report), "missing_build_ids": missing,
-            "seconds": round(time.monotonic() - started, 4)}
+            "core_wanted": after["full_task"] is None, "rendered": symbolized.rendered,
+            "missing_build_ids": list(symbolized.missing), "seconds": round(time.monotonic() - started, 4)}
 
 
 def resymbolize(config: Config, release: str | None = None) -> tuple[int, int]:
@@ -235,17 +356,17 @@ def resymbolize(config: Config, release: str | None = None) -> tuple[int, int]:
             by_release[name].append((occurrence, _from_kept(kept), digest))
         for name, reports in by_release.items():
             try:
-                with _release_index(config, reports[0][1]) as index:
+                with ReportRelease(config, reports[0][1]) as served:
                     for occurrence, report, digest in reports:
-                        if index is None or digest == index.digest:
+                        if served.digest is None or digest == served.digest:
                             continue  # nothing new to symbolize it with
                         tried += 1
-                        (crash,) = symbolicate(config, report, buckets, index)
+                        (crash,), _ = symbolicate(config, report, buckets, served)
                         stack = Stack.core(report.executable, functions(crash))
                         recorded = buckets.move(occurrence, stack, signature_rules, gdb_text([crash], report.threads))
                         moved += recorded is not None
                         buckets.tried_pending(recorded.occurrence if recorded else occurrence,
-                                              index.digest if missing_build_ids(crash) else None)
+                                              served.digest if missing_build_ids(crash) else None)
             except InvalidReport as err:
                 log.warning("reports of %s kept to symbolize again: %s", name, err.sentence)
     return tried, moved
@@ -269,13 +390,13 @@ def symbolic_text(report: SymbolicReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def triage_symbolic(config: Config, report: SymbolicReport) -> dict[str, Any]:
+def triage_symbolic(config: Config, report: SymbolicReport, buckets: BucketDB) -> dict[str, Any]:
     """Bucket and count a Python exception or a kernel oops (named by the client: nothing to symbolize)."""
     started = time.monotonic()
-    with _release_index(config, report) as index:
-        component = index.indexed_name(report.package) if report.package and index is not None else None
+    with ReportRelease(config, report) as release:
+        component = release.indexed_name(report.package) if report.package else None
         backtrace = symbolic_text(report)
-        with BucketDB.for_config(config) as buckets, disk_full_explained(storage.NO_STORAGE):
+        with disk_full_explained(storage.NO_STORAGE):
             recorded = buckets.record(symbolic_stack(report), rules.load(config.SignatureRules, report.kind),
                                       backtrace, "report", report.package if component else None,
                                       report.version if component else None, report.release, report.arch,
@@ -284,5 +405,5 @@ def triage_symbolic(config: Config, report: SymbolicReport) -> dict[str, Any]:
             assert after is not None  # recorded just now
     frames = [{"function": frame.function, "file": frame.place, "line": frame.line} for frame in report.frames]
     return {"known": recorded.before is not None, "bthash": recorded.bthash, "count": after["count"],
-            "core_wanted": False, "backtrace": backtrace, "frames": frames, "missing_build_ids": [],
-            "seconds": round(time.monotonic() - started, 4)}
+            "core_wanted": False, "rendered": json.dumps({"backtrace": backtrace, "frames": frames})[1:-1],
+            "missing_build_ids": [], "seconds": round(time.monotonic() - started, 4)}

@@ -1,5 +1,6 @@
 import fcntl
 import os
+import sqlite3
 import threading
 import time
 
@@ -44,3 +45,31 @@ def test_probe_does_not_take_the_lock_it_looks_at(tmp_path):
     fd = locking.try_exclusive(path)
     assert fd is not None
     os.close(fd)
+
+
+def test_sqlite_writers_with_a_queue_wait_on_it_and_write_the_moment_it_is_free(tmp_path):
+    path = tmp_path / "problems.db"
+    setup = sqlite3.connect(path, isolation_level=None)
+    setup.execute("PRAGMA journal_mode=WAL")
+    queue = str(tmp_path / "problems.db.lock")
+    with locking.sqlite_write(setup, queue):
+        setup.execute("CREATE TABLE t (x)")
+    assert os.stat(queue).st_mode & 0o044 == 0o044, "any other process of the server can wait on it"
+    turn = os.open(queue, os.O_RDONLY)
+    fcntl.flock(turn, fcntl.LOCK_EX)  # another writer's turn
+    wrote = []
+
+    def writer():
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        with locking.sqlite_write(db, queue):
+            db.execute("INSERT INTO t VALUES (1)")
+        wrote.append(time.monotonic())
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    time.sleep(0.2)
+    assert wrote == [] and setup.execute("SELECT COUNT(*) FROM t").fetchone() == (0,), "it waits its turn"
+    released = time.monotonic()
+    os.close(turn)
+    thread.join()
+    assert wrote[0] >= released and setup.execute("SELECT COUNT(*) FROM t").fetchone() == (1,)
