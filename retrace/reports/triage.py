@@ -277,9 +277,12 @@ class _Symbolizations:
     most of what a busy server receives: rendering 200 frames again, their gdb text and JSON, was half of such
     a report's time."""
 
-    def __init__(self, capacity: int = 256) -> None:
+    def __init__(self, capacity: int = 256, capacity_bytes: int = 32 << 20) -> None:
         self._kept: collections.OrderedDict[Hashable, Symbolization] = collections.OrderedDict()
         self._capacity = capacity
+        # A report may carry 4,096 frames (a megabyte rendered): the bytes kept are capped too.
+        self._capacity_bytes = capacity_bytes
+        self._bytes = 0
         self._lock = threading.Lock()
 
     def get(self, key: Hashable) -> Symbolization | None:
@@ -291,9 +294,16 @@ class _Symbolizations:
 
     def put(self, key: Hashable, symbolization: Symbolization) -> None:
         with self._lock:
+            if (replaced := self._kept.pop(key, None)) is not None:
+                self._bytes -= _size(replaced)
             self._kept[key] = symbolization
-            while len(self._kept) > self._capacity:
-                self._kept.popitem(last=False)
+            self._bytes += _size(symbolization)
+            while len(self._kept) > self._capacity or self._bytes > self._capacity_bytes:
+                self._bytes -= _size(self._kept.popitem(last=False)[1])
+
+
+def _size(symbolization: Symbolization) -> int:
+    return len(symbolization.rendered) + len(symbolization.crash_text)
 
 
 _SYMBOLIZATIONS = _Symbolizations()

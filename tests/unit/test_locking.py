@@ -52,8 +52,12 @@ def test_sqlite_writers_with_a_queue_wait_on_it_and_write_the_moment_it_is_free(
     setup = sqlite3.connect(path, isolation_level=None)
     setup.execute("PRAGMA journal_mode=WAL")
     queue = str(tmp_path / "problems.db.lock")
-    with locking.sqlite_write(setup, queue):
-        setup.execute("CREATE TABLE t (x)")
+    previous = os.umask(0o077)  # the umask of the process that creates it would keep it private
+    try:
+        with locking.sqlite_write(setup, queue):
+            setup.execute("CREATE TABLE t (x)")
+    finally:
+        os.umask(previous)
     assert os.stat(queue).st_mode & 0o044 == 0o044, "any other process of the server can wait on it"
     turn = os.open(queue, os.O_RDONLY)
     fcntl.flock(turn, fcntl.LOCK_EX)  # another writer's turn
@@ -73,3 +77,10 @@ def test_sqlite_writers_with_a_queue_wait_on_it_and_write_the_moment_it_is_free(
     os.close(turn)
     thread.join()
     assert wrote[0] >= released and setup.execute("SELECT COUNT(*) FROM t").fetchone() == (1,)
+
+
+def test_a_queue_file_that_cannot_be_opened_leaves_the_writer_to_sqlites_own_waiting(tmp_path):
+    db = sqlite3.connect(tmp_path / "problems.db", isolation_level=None)
+    with locking.sqlite_write(db, str(tmp_path / "no such directory" / "problems.db.lock")):
+        db.execute("CREATE TABLE t (x)")
+    assert db.execute("SELECT COUNT(*) FROM t").fetchone() == (0,)
