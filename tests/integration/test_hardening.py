@@ -3,6 +3,7 @@
 import contextlib
 import io
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -106,6 +107,27 @@ def test_slow_uploads_cannot_starve_status_polls_and_settings(start_server, prob
         for path, headers in (("/settings", {}), (f"/{task_id}", auth)):
             answer = requests.get(server.url + path, headers=headers, verify=str(server.cert), timeout=10)
             assert answer.status_code == 200
+
+
+def test_an_xz_upload_is_decompressed_and_written_while_its_body_still_streams(start_server, problem_dir, tmp_path):
+    """The core is on disk as its bytes arrive, so a task's wait after the last byte is the archive's tail, not
+    the decompression of the whole core."""
+    server = start_server()
+    larger = tmp_path / "problem"
+    shutil.copytree(problem_dir, larger)
+    with open(larger / "coredump", "ab") as core:
+        core.write(os.urandom(4 * MIB))  # does not compress: the body is as long as the core
+    body = abrt_archive(larger)
+    with open_upload(server, len(body), XZ_TAR) as upload:
+        upload.sendall(body[:len(body) // 2])
+        deadline = time.monotonic() + 30
+        while (written := sum(path.stat().st_size for path in (server.save_dir / ".incoming").glob("*/crash/coredump"))
+               ) < MIB:
+            assert time.monotonic() < deadline, f"half the body sent, {written} bytes of the core written"
+            time.sleep(0.05)
+        upload.sendall(body[len(body) // 2:])
+        status, text = read_response(upload, timeout=60)
+    assert status == 201, text
 
 
 def test_one_address_cannot_hold_more_than_its_share_of_uploads(start_server, problem_dir):
