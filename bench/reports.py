@@ -16,7 +16,9 @@ Measured in one run:
      the xz-compressed core a retrace uploads (the threads fill a few MiB
      of heap each with data, as a real program's core holds data);
   5. throughput: 8 client processes posting reports at once for 30 s, each over
-     a keep-alive connection, with the median and 99th percentile of a request;
+     a keep-alive connection, with the median and 99th percentile of a request:
+     the same report, then the same frames in 288 combinations (symbols known,
+     each one's rendering not);
   6. the other kinds (a Python exception, a kernel oops, documents of FAF's
      format): their requests, median of 10, and throughput likewise, against
      the core report's;
@@ -67,6 +69,22 @@ def shifted(report, by):
     return report
 
 
+def same_frames_anew(report):
+    """Reports of ``report``'s frames, each of them already symbolized, in combinations the server has not
+    rendered: each thread cut short at its outer end (0-31 frames), the threads in another order (9 ways).
+    288 of them, more than a process keeps rendered, posted in turn."""
+    variants = []
+    for cut in range(32):
+        for turn in range(9):
+            document = json.loads(json.dumps(report))
+            threads = document["problem"]["stacktrace"]
+            for thread in threads:
+                thread["frames"] = thread["frames"][:max(1, len(thread["frames"]) - cut)]
+            document["problem"]["stacktrace"] = threads[turn:] + threads[:turn]
+            variants.append(unwind.encode(document))
+    return variants
+
+
 def symbolic_reports():
     """A Python exception and a kernel oops of the fixture release, as reporter-ureport sends them."""
     os_info = {"name": "fedora", "version": "41", "architecture": "x86_64"}
@@ -80,9 +98,9 @@ def symbolic_reports():
     return {"python": json.dumps(python).encode(), "kerneloops": json.dumps(oops).encode()}
 
 
-def _client(url, cert, body, content_type, stop_at, ready):
-    """One client process: posts ``body`` over one keep-alive HTTPS connection until ``stop_at``; the seconds
-    each request took."""
+def _client(url, cert, bodies, content_type, stop_at, ready):
+    """One client process: posts ``bodies`` in turn over one keep-alive HTTPS connection until ``stop_at``; the
+    seconds each request took."""
     parts = urllib.parse.urlsplit(url)
     context = ssl.create_default_context(cafile=cert)
     connection = http.client.HTTPSConnection(parts.hostname, parts.port, context=context, timeout=300)
@@ -90,7 +108,7 @@ def _client(url, cert, body, content_type, stop_at, ready):
     times = []
     while time.time() < stop_at:
         begun = time.perf_counter()
-        connection.request("POST", "/reports/new/", body, {"Content-Type": content_type})
+        connection.request("POST", "/reports/new/", bodies[len(times) % len(bodies)], {"Content-Type": content_type})
         answer = connection.getresponse()
         text = answer.read()
         assert answer.status == 202, text
@@ -99,21 +117,24 @@ def _client(url, cert, body, content_type, stop_at, ready):
     return times
 
 
-def throughput(server, document, seconds=THROUGHPUT_SECONDS):
-    """``CLIENTS`` processes posting ``document`` as reporter-ureport does, each over a keep-alive connection, for
-    ``seconds``: ``(reports a minute, p50 seconds, p99 seconds)``. Processes, not threads: 8 threads of one Python
-    client share one core and measured the client."""
+def throughput(server, *documents, seconds=THROUGHPUT_SECONDS):
+    """``CLIENTS`` processes posting ``documents`` as reporter-ureport does (each client in turn, from its own
+    place in the list), each over a keep-alive connection, for ``seconds``: ``(reports a minute, p50 seconds,
+    p99 seconds)``. Processes, not threads: 8 threads of one Python client share one core and measured the
+    client."""
     boundary = "retrace-bench-boundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"ureport.json\"\r\n"
-            "Content-Type: application/json\r\n\r\n").encode() + document + f"\r\n--{boundary}--\r\n".encode()
+    bodies = [(f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"ureport.json\"\r\n"
+               "Content-Type: application/json\r\n\r\n").encode() + document + f"\r\n--{boundary}--\r\n".encode()
+              for document in documents]
     context = multiprocessing.get_context("fork")
     with context.Manager() as manager:
         ready = manager.Event()
         with concurrent.futures.ProcessPoolExecutor(CLIENTS, mp_context=context) as pool:
             stop_at = time.time() + seconds + 1
-            futures = [pool.submit(_client, server.url, str(server.cert), body,
+            step = max(1, len(bodies) // CLIENTS)
+            futures = [pool.submit(_client, server.url, str(server.cert), bodies[number * step:] + bodies[:number * step],
                                    f"multipart/form-data; boundary={boundary}", stop_at, ready)
-                       for _ in range(CLIENTS)]
+                       for number in range(CLIENTS)]
             time.sleep(1)
             ready.set()
             begun = time.monotonic()
@@ -169,6 +190,9 @@ def main():
             print(f"report, {label}, median of {RUNS}: {request * 1000:.0f} ms request, {server_side * 1000:.0f} ms "
                   f"symbolizing and bucketing (ratio to the retrace {request / full:.4f})")
         print(f"throughput, {CLIENTS} client processes for {THROUGHPUT_SECONDS} s: {shown(core_load)}")
+        anew = same_frames_anew(json.loads(plain))
+        print(f"the same frames in {len(anew)} combinations (symbols cached, rendering not), {CLIENTS} clients: "
+              f"{shown(throughput(server, *anew))}")
         core_request = statistics.median(seconds for seconds, _ in warm)
         for kind, other in symbolic_reports().items():
             runs = [post(server, other) for _ in range(RUNS)]

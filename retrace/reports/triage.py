@@ -278,9 +278,9 @@ class _Symbolizations:
     a report's time."""
 
     def __init__(self, capacity: int = 256, capacity_bytes: int = 32 << 20) -> None:
-        self._kept: collections.OrderedDict[Hashable, Symbolization] = collections.OrderedDict()
+        self._kept: collections.OrderedDict[Hashable, tuple[Symbolization, int]] = collections.OrderedDict()
         self._capacity = capacity
-        # A report may carry 4,096 frames (a megabyte rendered): the bytes kept are capped too.
+        # A report may carry 4,096 frames (a megabyte rendered, as much again as its key): bytes are capped too.
         self._capacity_bytes = capacity_bytes
         self._bytes = 0
         self._lock = threading.Lock()
@@ -288,24 +288,25 @@ class _Symbolizations:
     def get(self, key: Hashable) -> Symbolization | None:
         with self._lock:
             found = self._kept.get(key)
-            if found is not None:
-                self._kept.move_to_end(key)
-            return found
+            if found is None:
+                return None
+            self._kept.move_to_end(key)
+            return found[0]
 
-    def put(self, key: Hashable, symbolization: Symbolization) -> None:
+    def put(self, key: Hashable, symbolization: Symbolization, frames: int) -> None:
+        """Keep ``symbolization`` of a report of ``frames`` frames (its key holds them all)."""
+        size = len(symbolization.rendered) + len(symbolization.crash_text) + _KEY_BYTES_PER_FRAME * frames
         with self._lock:
             if (replaced := self._kept.pop(key, None)) is not None:
-                self._bytes -= _size(replaced)
-            self._kept[key] = symbolization
-            self._bytes += _size(symbolization)
+                self._bytes -= replaced[1]
+            self._kept[key] = (symbolization, size)
+            self._bytes += size
             while len(self._kept) > self._capacity or self._bytes > self._capacity_bytes:
-                self._bytes -= _size(self._kept.popitem(last=False)[1])
+                self._bytes -= self._kept.popitem(last=False)[1][1]
 
 
-def _size(symbolization: Symbolization) -> int:
-    return len(symbolization.rendered) + len(symbolization.crash_text)
-
-
+# What a frame weighs in a key: its tuple, build-id and file name.
+_KEY_BYTES_PER_FRAME = 256
 _SYMBOLIZATIONS = _Symbolizations()
 
 
@@ -322,7 +323,7 @@ def symbolization(config: Config, report: Report, buckets: BucketDB, release: Re
         tuple(missing_build_ids(threads[crash_number])),
         json.dumps({"backtrace": gdb_text(threads, report.threads), "frames": frames_json(threads, report)})[1:-1])
     if settled:
-        _SYMBOLIZATIONS.put(key, made)
+        _SYMBOLIZATIONS.put(key, made, sum(len(thread.frames) for thread in report.threads))
     return made
 
 

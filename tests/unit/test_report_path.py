@@ -156,11 +156,11 @@ def test_the_kept_symbolizations_are_capped_in_number_and_in_bytes():
     def made(size):
         return triage.Symbolization(("main",), "", (), "x" * size)
 
-    kept = triage._Symbolizations(capacity=3, capacity_bytes=1000)
+    kept = triage._Symbolizations(capacity=3, capacity_bytes=triage._KEY_BYTES_PER_FRAME + 1000)
     for number in range(5):
-        kept.put(number, made(10))
+        kept.put(number, made(10), frames=0)
     assert [kept.get(number) is not None for number in range(5)] == [False, False, True, True, True]
-    kept.put("large", made(900))
+    kept.put("large", made(900), frames=0)
     assert kept.get("large") is not None and kept.get(2) is None and kept.get(4) is not None
-    kept.put("larger", made(995))
+    kept.put("larger", made(995), frames=1)
     assert [kept.get(key) is not None for key in (3, 4, "large", "larger")] == [False, False, False, True]
