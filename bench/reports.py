@@ -17,8 +17,8 @@ Measured in one run:
      of heap each with data, as a real program's core holds data);
   5. throughput: 8 client processes posting reports at once for 30 s, each over
      a keep-alive connection, with the median and 99th percentile of a request:
-     the same report, then the same frames in 288 combinations (symbols known,
-     each one's rendering not);
+     the same report, then the same frames in 288 combinations of the same size
+     (symbols known, each one's rendering not);
   6. the other kinds (a Python exception, a kernel oops, documents of FAF's
      format): their requests, median of 10, and throughput likewise, against
      the core report's;
@@ -70,18 +70,21 @@ def shifted(report, by):
 
 
 def same_frames_anew(report):
-    """Reports of ``report``'s frames, each of them already symbolized, in combinations the server has not
-    rendered: each thread cut short at its outer end (0-31 frames), the threads in another order (9 ways).
-    288 of them, more than a process keeps rendered, posted in turn."""
+    """Reports of ``report``'s frames, each of them already symbolized and as many, in combinations the server
+    has not rendered: the other threads' frames rotated (16 ways) and reversed or not, the threads in another
+    order (9 ways); the crash thread as it is. 288 of them, more than a process keeps rendered, posted in turn."""
     variants = []
-    for cut in range(32):
-        for turn in range(9):
-            document = json.loads(json.dumps(report))
-            threads = document["problem"]["stacktrace"]
-            for thread in threads:
-                thread["frames"] = thread["frames"][:max(1, len(thread["frames"]) - cut)]
-            document["problem"]["stacktrace"] = threads[turn:] + threads[:turn]
-            variants.append(unwind.encode(document))
+    for turn in range(9):
+        for rotation in range(16):
+            for backwards in (False, True):
+                document = json.loads(json.dumps(report))
+                threads = document["problem"]["stacktrace"]
+                for thread in threads:
+                    if not thread.get("crash_thread"):
+                        frames = thread["frames"][rotation:] + thread["frames"][:rotation]
+                        thread["frames"] = frames[::-1] if backwards else frames
+                document["problem"]["stacktrace"] = threads[turn:] + threads[:turn]
+                variants.append(unwind.encode(document))
     return variants
 
 
