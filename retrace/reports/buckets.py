@@ -13,7 +13,6 @@ each stay well under 100 ms (``bench/problems.py``).
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import json
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retrace_server import locking
+from retrace_server.lru import LRU
 from retrace_server.packaging.versions import compare_versions
 from retrace_server.reports.stacks import Stack
 
@@ -180,41 +180,10 @@ class Recorded:
     occurrence: int
 
 
-class _SymbolMemory:
-    """The symbol cache's rows a process read or wrote last, shared by its threads: a known crash's report is
-    symbolized without a query (and without decoding a JSON text per frame, which cost more than the query).
-    Kept per database path, and forgotten when the file there is replaced (kept_open notices)."""
-
-    def __init__(self, capacity: int = MEMORY_SYMBOLS) -> None:
-        self._rows: collections.OrderedDict[tuple[str, str, int], list[Place]] = \
-            collections.OrderedDict()
-        self._capacity = capacity
-        self._lock = threading.Lock()
-
-    def get(self, file: str, keys: set[tuple[str, int]]) -> dict[tuple[str, int], list[Place]]:
-        found = {}
-        with self._lock:
-            for key in keys:
-                row = self._rows.get((file, *key))
-                if row is not None:
-                    self._rows.move_to_end((file, *key))
-                    found[key] = row
-        return found
-
-    def put(self, file: str, rows: dict[tuple[str, int], list[Place]]) -> None:
-        with self._lock:
-            for key, locations in rows.items():
-                self._rows[(file, *key)] = locations
-            while len(self._rows) > self._capacity:
-                self._rows.popitem(last=False)
-
-    def forget(self, file: str) -> None:
-        with self._lock:
-            for key in [key for key in self._rows if key[0] == file]:
-                del self._rows[key]
-
-
-_MEMORY = _SymbolMemory()
+# The symbol cache's rows a process read or wrote last, shared by its threads, by (database path, build-id,
+# offset): a known crash's report is symbolized without a query (and without decoding a JSON text per frame,
+# which cost more than the query). Forgotten for a path when the file there is replaced (kept_open notices).
+_MEMORY: LRU[tuple[str, str, int], list[Place]] = LRU(MEMORY_SYMBOLS)
 # Each thread's connections kept open by kept_open(), per database path.
 _KEPT = threading.local()
 
@@ -261,7 +230,7 @@ class BucketDB:
                 return found
             found.db.close()
             if not current:
-                _MEMORY.forget(str(path))
+                _MEMORY.forget(lambda key: key[0] == str(path))
         opened = cls(path)
         opened.kept = True
         kept[str(path)] = opened
@@ -535,7 +504,8 @@ class BucketDB:
     def symbols(self, keys: set[tuple[str, int]]) -> dict[tuple[str, int], list[Place]]:
         """``{(build-id, offset): [(function, file, line), ...]}`` for the keys symbolized before (debuginfo
         of a build never changes, so neither does what an offset in it means)."""
-        remembered = _MEMORY.get(self.file, keys)
+        remembered = {(build_id, offset): locations for (_, build_id, offset), locations
+                      in _MEMORY.get_many((self.file, *key) for key in keys).items()}
         by_build_id: dict[str, set[int]] = {}
         for build_id, offset in keys - remembered.keys():
             by_build_id.setdefault(build_id, set()).add(offset)
@@ -548,7 +518,7 @@ class BucketDB:
                                        f"({', '.join('?' * len(chunk))})", (build_id, *chunk))
                 for offset, locations in rows:
                     found[(build_id, offset)] = [tuple(location) for location in json.loads(locations)]
-        _MEMORY.put(self.file, found)
+        _MEMORY.put_many(((self.file, *key), locations) for key, locations in found.items())
         return {**remembered, **found}
 
     def remember_symbols(self, symbolized: dict[tuple[str, int], list[Place]]) -> None:
@@ -559,7 +529,7 @@ class BucketDB:
         with self._transaction():
             self.db.executemany("INSERT OR REPLACE INTO symbols VALUES (?, ?, ?)",
                                 [(build_id, offset, json.dumps(locations)) for (build_id, offset), locations in kept.items()])
-        _MEMORY.put(self.file, kept)
+        _MEMORY.put_many(((self.file, *key), locations) for key, locations in kept.items())
 
     # -- views ---------------------------------------------------------------------
 

@@ -12,7 +12,6 @@ import concurrent.futures
 import dataclasses
 import json
 import logging
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 from retrace_server.analysis.symbolize import Location, Symbolized, debug_file, symbolize_module
 from retrace_server.errors import RetraceError, disk_full_explained
 from retrace_server.intake import storage
+from retrace_server.lru import LRU
 from retrace_server.packaging.debuginfod import BuildIdCache, fetch_all
 from retrace_server.packaging.debuginfod import Settings as DebuginfodSettings
 from retrace_server.packaging.release import ReleaseId, repository_format, served_releases
@@ -48,9 +48,8 @@ _NO_DEBUGINFO = "no debuginfo for build-id"
 # What the report path learnt of release indexes, per process, keyed by (release directory, index digest, ...):
 # an index changes only with its digest. A package's name in the index (None: not indexed); the debuginfo
 # packages of a build-id (most often none: a module the release does not build, asked again by every report).
-_INDEXED_NAMES: dict[tuple[str, str, str], str | None] = {}
-_DEBUGINFO_PACKAGES: dict[tuple[str, str, str], list[Package]] = {}
-_LEARNT_KEPT = 4096
+_INDEXED_NAMES: LRU[tuple[str, str, str], str | None] = LRU(4096)
+_DEBUGINFO_PACKAGES: LRU[tuple[str, str, str], list[Package]] = LRU(4096)
 
 
 class ReportRelease:
@@ -104,19 +103,13 @@ class ReportRelease:
         return self._learnt(_DEBUGINFO_PACKAGES, (str(self.directory), self.digest, build_id),
                             lambda index: index.by_build_id(build_id, "debuginfo"), [])
 
-    def _learnt(self, learnt: dict[tuple[str, str, str], T], key: tuple[str, str, str],
+    def _learnt(self, learnt: LRU[tuple[str, str, str], T], key: tuple[str, str, str],
                 ask: Callable[[RepoIndex], T], unindexed: T) -> T:
-        """``learnt[key]``, asked of the index the first time (the dictionary is emptied when it is full)."""
-        try:
-            return learnt[key]
-        except KeyError:
-            pass
-        index = self.index()
-        value = ask(index) if index is not None else unindexed
-        if len(learnt) >= _LEARNT_KEPT:
-            learnt.clear()
-        learnt[key] = value
-        return value
+        """``learnt[key]``, asked of the index the first time."""
+        def asked() -> T:
+            index = self.index()
+            return ask(index) if index is not None else unindexed
+        return learnt.get_or(key, asked)
 
     def close(self) -> None:
         if self._index is not None:
@@ -166,10 +159,11 @@ def symbolicate(config: Config, report: Report, buckets: BucketDB,
                 except RetraceError as err:
                     log.error("debuginfo of %s unavailable: %s", build_id, err)
                     settled = False
-        found.update(_from_debuginfod(config, report.release, [bid for bid in by_build_id if bid not in found]))
+        debuginfod = DebuginfodSettings.from_config(config, report.release)
+        found.update(_from_debuginfod(config, debuginfod, [bid for bid in by_build_id if bid not in found]))
         for build_id, frames in by_build_id.items():
             if build_id not in found:
-                settled = settled and not DebuginfodSettings.from_config(config, report.release).urls
+                settled = settled and not debuginfod.urls  # its misses expire
                 for frame in frames:
                     frame.problem = f"{_NO_DEBUGINFO} {build_id} in {report.release}"
         # One eu-addr2line per module, a few at once: each mostly waits on its own DWARF reading.
@@ -191,10 +185,9 @@ def symbolicate(config: Config, report: Report, buckets: BucketDB,
     return threads, settled
 
 
-def _from_debuginfod(config: Config, release: str, build_ids: list[str]) -> dict[str, Path]:
+def _from_debuginfod(config: Config, settings: DebuginfodSettings, build_ids: list[str]) -> dict[str, Path]:
     """``{build-id: debuginfo file}`` the release's debuginfod servers have, fetched in parallel within
     DebuginfodDeadline into the shared build-id cache (which remembers misses for DebuginfodMissTTL)."""
-    settings = DebuginfodSettings.from_config(config, release)
     if not build_ids or not settings.urls:
         return {}
     fetched = fetch_all(settings, BuildIdCache(config.CacheDir), [(build_id, "debuginfo") for build_id in build_ids])
@@ -271,43 +264,14 @@ class Symbolization:
     rendered: str
 
 
-class _Symbolizations:
-    """The symbolizations of the reports a process answered last, by their release (and its index's digest) and
-    frames. The same build crashing at the same place sends the same frames from every machine, and that is
-    most of what a busy server receives: rendering 200 frames again, their gdb text and JSON, was half of such
-    a report's time."""
-
-    def __init__(self, capacity: int = 256, capacity_bytes: int = 32 << 20) -> None:
-        self._kept: collections.OrderedDict[Hashable, tuple[Symbolization, int]] = collections.OrderedDict()
-        self._capacity = capacity
-        # A report may carry 4,096 frames (a megabyte rendered, as much again as its key): bytes are capped too.
-        self._capacity_bytes = capacity_bytes
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def get(self, key: Hashable) -> Symbolization | None:
-        with self._lock:
-            found = self._kept.get(key)
-            if found is None:
-                return None
-            self._kept.move_to_end(key)
-            return found[0]
-
-    def put(self, key: Hashable, symbolization: Symbolization, frames: int) -> None:
-        """Keep ``symbolization`` of a report of ``frames`` frames (its key holds them all)."""
-        size = len(symbolization.rendered) + len(symbolization.crash_text) + _KEY_BYTES_PER_FRAME * frames
-        with self._lock:
-            if (replaced := self._kept.pop(key, None)) is not None:
-                self._bytes -= replaced[1]
-            self._kept[key] = (symbolization, size)
-            self._bytes += size
-            while len(self._kept) > self._capacity or self._bytes > self._capacity_bytes:
-                self._bytes -= self._kept.popitem(last=False)[1][1]
-
-
+# The symbolizations of the reports a process answered last, by their release (and its index's digest) and
+# frames. The same build crashing at the same place sends the same frames from every machine, and that is
+# most of what a busy server receives: rendering 200 frames again, their gdb text and JSON, was half of such a
+# report's time. A report may carry 4,096 frames (a megabyte rendered, as much again as its key): the bytes
+# kept are capped too.
+_SYMBOLIZATIONS: LRU[Hashable, Symbolization] = LRU(256, weight=32 << 20)
 # What a frame weighs in a key: its tuple, build-id and file name.
 _KEY_BYTES_PER_FRAME = 256
-_SYMBOLIZATIONS = _Symbolizations()
 
 
 def symbolization(config: Config, report: Report, buckets: BucketDB, release: ReportRelease) -> Symbolization:
@@ -323,7 +287,8 @@ def symbolization(config: Config, report: Report, buckets: BucketDB, release: Re
         tuple(missing_build_ids(threads[crash_number])),
         json.dumps({"backtrace": gdb_text(threads, report.threads), "frames": frames_json(threads, report)})[1:-1])
     if settled:
-        _SYMBOLIZATIONS.put(key, made, sum(len(thread.frames) for thread in report.threads))
+        frames = sum(len(thread.frames) for thread in report.threads)
+        _SYMBOLIZATIONS.put(key, made, len(made.rendered) + len(made.crash_text) + _KEY_BYTES_PER_FRAME * frames)
     return made
 
 

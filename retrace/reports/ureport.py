@@ -29,8 +29,7 @@ _ARCH = re.compile(r"[A-Za-z0-9_]{1,32}")
 # An executable's file name, as buckets keep and show it.
 _FILE_NAME = re.compile(r"[A-Za-z0-9_.+~@:-]{1,128}")
 _TEXT_LIMIT = 512
-_CONTROL = re.compile(r"[\x00-\x1f]")
-# A text _optional_text takes.
+# A text the report's fields may hold.
 _PLAIN = re.compile(rf"[^\x00-\x1f]{{0,{_TEXT_LIMIT}}}")
 
 
@@ -185,7 +184,7 @@ def _optional_text(mapping: object, key: str, where: str, required: bool = False
         return None
     if not isinstance(value, str):
         raise InvalidReport(f"The report's {where}{key} is not a str")
-    if len(value) > _TEXT_LIMIT or _CONTROL.search(value):
+    if not _PLAIN.fullmatch(value):
         raise InvalidReport(f"The report's {where}{key} is longer than {_TEXT_LIMIT} characters or holds control "
                             "characters")
     return value

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from retrace_server.config import Config
+from retrace_server.lru import LRU
 from retrace_server.reports import buckets, triage, ureport
 from testkit.debian import flat_apt_index
 
@@ -67,7 +68,7 @@ def opened(monkeypatch):
         return real(repo_dir, cache_dir, release, **options)
 
     monkeypatch.setattr(triage, "release_index", counted)
-    monkeypatch.setattr(triage, "_SYMBOLIZATIONS", triage._Symbolizations())
+    monkeypatch.setattr(triage, "_SYMBOLIZATIONS", LRU(256, weight=32 << 20))
     return opened
 
 
@@ -150,17 +151,3 @@ def test_reports_from_many_threads_are_each_counted_once(config):
     with buckets.BucketDB.for_config(config) as db:
         assert [bucket["count"] for bucket in db.buckets()] == [200]
         assert db.totals()["reports"] == 200
-
-
-def test_the_kept_symbolizations_are_capped_in_number_and_in_bytes():
-    def made(size):
-        return triage.Symbolization(("main",), "", (), "x" * size)
-
-    kept = triage._Symbolizations(capacity=3, capacity_bytes=triage._KEY_BYTES_PER_FRAME + 1000)
-    for number in range(5):
-        kept.put(number, made(10), frames=0)
-    assert [kept.get(number) is not None for number in range(5)] == [False, False, True, True, True]
-    kept.put("large", made(900), frames=0)
-    assert kept.get("large") is not None and kept.get(2) is None and kept.get(4) is not None
-    kept.put("larger", made(995), frames=1)
-    assert [kept.get(key) is not None for key in (3, 4, "large", "larger")] == [False, False, False, True]
