@@ -125,9 +125,11 @@ def archive_type(crash: Crash, settings: Settings) -> str:
 def crash_archive(crash: Crash, content_type: str = XZ_TAR) -> Iterator[tuple[BinaryIO, int]]:
     """``tar cO --directory=D names | xz -2`` (or zstd) into an unnamed file in /var/tmp, as ABRT did."""
     with tempfile.TemporaryFile(dir="/var/tmp", prefix="retrace-client-archive-") as archive:
-        # A problem directory goes as it is (a symlink in it is the server's to refuse).
+        # A problem directory goes as it is (a symlink in it is the server's to refuse).  The dump goes last:
+        # the release and package files before it let the server unpack the core's packages while it uploads.
+        names = sorted(crash.files, key=lambda name: name in ("coredump", "vmcore"))
         tar = subprocess.Popen(["tar", "chO" if crash.follow_symlinks else "cO", f"--directory={crash.directory}",
-                                "--", *crash.files], stdout=subprocess.PIPE)
+                                "--", *names], stdout=subprocess.PIPE)
         assert tar.stdout is not None  # stdout=PIPE
         if shutil.which(_COMPRESSORS[content_type][0]):
             compressed = subprocess.run(_COMPRESSORS[content_type], stdin=tar.stdout, stdout=archive).returncode == 0

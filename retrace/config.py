@@ -126,6 +126,10 @@ class Config:
     # The slowest a request body may come, averaged over its whole length (Apache) and over every 30 s (the
     # application); slower ones are cut with 408 so that trickling clients cannot hold the threads.  0: no floor.
     MinUploadRate: int = _key(8, minimum=0, maximum=1024 * 1024, unit="KiB/s")
+    # A coredump larger than PrefetchAbove has its packages unpacked while it uploads (Dispatcher = local): the
+    # dispatcher follows the core as it is written, from its notes and the build-ids in its memory.
+    PrefetchPackages: bool = _key(True)
+    PrefetchAbove: int = _key(4, minimum=0, maximum=1024 * 1024, unit="MiB")
     AllowVMCoreTask: bool = _key(True)
     # The md5 of every uploaded vmcore, computed while it streams in (the task's md5sum file); cleanup then
     # stores identical vmcores once.

@@ -13,7 +13,7 @@ from __future__ import annotations  # the client runs on Python 3.9 (RHEL 9): X 
 import bisect
 import dataclasses
 import struct
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Protocol
 
 from retrace_server.errors import InvalidCrashData
 from retrace_server.paths import is_normal_absolute, shown
@@ -52,6 +52,14 @@ _PRSTATUS_BYTES = {"x86_64": 336, "aarch64": 392, "s390x": 336, "ppc64le": 504, 
 
 # ``read(offset, length)``: bytes of an ELF image, from a file or from a core's memory.
 Reader = Callable[[int, int], bytes]
+class CoreSource(Protocol):
+    """What the core reader reads through: an open file, or one an upload is still writing."""
+
+    def seek(self, offset: int, whence: int = ..., /) -> int: ...
+
+    def read(self, length: int = ..., /) -> bytes: ...
+
+
 # A program header: ``(p_type, p_offset, p_vaddr, p_filesz, p_memsz)``.
 ProgramHeader = tuple[int, int, int, int, int]
 
@@ -74,12 +82,6 @@ class CoreInfo:
 
     def module_at(self, path: str) -> Module | None:
         return next((module for module in self.modules if module.path == path), None)
-
-
-def check_elf_core(path: str | os.PathLike[str], name: str = "coredump") -> None:
-    """InvalidCrashData unless ``path`` starts with the ELF header of a core file."""
-    with open(path, "rb") as handle:
-        check_elf_core_header(handle.read(20), name)
 
 
 def core_arch(path: str | os.PathLike[str]) -> str:
@@ -297,7 +299,7 @@ def program_interpreter(path: str | os.PathLike[str]) -> str | None:
 
 
 class _CoreReader:
-    def __init__(self, handle: BinaryIO, size: int) -> None:
+    def __init__(self, handle: CoreSource, size: int) -> None:
         self.handle = handle
         self.size = size
         self._build_ids: dict[int, str | None] = {}
@@ -416,36 +418,57 @@ def _architecture(machine: int, elf: _Elf) -> str:
     return arch
 
 
+@dataclasses.dataclass(frozen=True)
+class CoreMap:
+    """What a core's headers and notes say, before any mapped file's build-id is read.
+
+    They come first in a core, so a reader following an upload knows the
+    mapped files from its first bytes; ``build_id_at(start)`` then reads a
+    file's headers from the core's memory (further on, in address order).
+    """
+
+    arch: str
+    bases: tuple[tuple[str, int], ...]  # (path, lowest start mapped at file offset 0), by address
+    signal: int | None
+    fault_address: int | None
+    build_id_at: Callable[[int], str | None]
+
+
+def core_map(handle: CoreSource, size: int) -> CoreMap:
+    """The CoreMap of the ``size``-byte core ``handle`` reads; InvalidCrashData when it is not a usable core."""
+    handle.seek(0)
+    check_elf_core_header(handle.read(20))
+    core = _CoreReader(handle, size)
+    arch = _architecture(core.machine, core.elf)
+    bases: dict[str, int] = {}
+    signal: int | None = None
+    fault_address: int | None = None
+    threads = 0
+    for note_type, name, desc in core.core_notes():
+        if note_type == NT_FILE and name == b"CORE":
+            bases = core.mapped_files(desc)
+        elif note_type == NT_SIGINFO and name == b"CORE":
+            signal, fault_address = core.siginfo(desc)
+        elif note_type == NT_PRSTATUS and name == b"CORE":
+            threads += 1
+            if len(desc) != _PRSTATUS_BYTES.get(arch, len(desc)):
+                raise InvalidCrashData(
+                    f"The coredump's ELF header says it is an {arch} core, but its thread registers are not "
+                    f"{arch}'s ({len(desc)} bytes, not {_PRSTATUS_BYTES[arch]}): it is damaged or altered")
+    if not threads:
+        raise InvalidCrashData("The coredump holds no thread registers (it is truncated, or was not written by "
+                               "the Linux kernel)")
+    if not bases:
+        raise InvalidCrashData(
+            "The coredump lists no mapped files (it is truncated, or was not written by the Linux kernel)"
+        )
+    return CoreMap(arch, tuple(sorted(bases.items(), key=lambda item: item[1])), signal, fault_address,
+                   core.build_id_at)
+
+
 def read_core(path: str | os.PathLike[str]) -> CoreInfo:
     """A CoreInfo for the core at ``path``; InvalidCrashData when it is not a usable core."""
-    check_elf_core(path)
     with open(path, "rb") as handle:
-        size = handle.seek(0, 2)
-        core = _CoreReader(handle, size)
-        arch = _architecture(core.machine, core.elf)
-        bases: dict[str, int] = {}
-        signal: int | None = None
-        fault_address: int | None = None
-        threads = 0
-        for note_type, name, desc in core.core_notes():
-            if note_type == NT_FILE and name == b"CORE":
-                bases = core.mapped_files(desc)
-            elif note_type == NT_SIGINFO and name == b"CORE":
-                signal, fault_address = core.siginfo(desc)
-            elif note_type == NT_PRSTATUS and name == b"CORE":
-                threads += 1
-                if len(desc) != _PRSTATUS_BYTES.get(arch, len(desc)):
-                    raise InvalidCrashData(
-                        f"The coredump's ELF header says it is an {arch} core, but its thread registers are not "
-                        f"{arch}'s ({len(desc)} bytes, not {_PRSTATUS_BYTES[arch]}): it is damaged or altered")
-        if not threads:
-            raise InvalidCrashData("The coredump holds no thread registers (it is truncated, or was not written by "
-                                   "the Linux kernel)")
-        if not bases:
-            raise InvalidCrashData(
-                "The coredump lists no mapped files (it is truncated, or was not written by the Linux kernel)"
-            )
-        modules = tuple(
-            Module(path, start, core.build_id_at(start)) for path, start in sorted(bases.items(), key=lambda item: item[1])
-        )
-        return CoreInfo(arch, modules, signal, fault_address)
+        mapped = core_map(handle, handle.seek(0, 2))
+        modules = tuple(Module(path, start, mapped.build_id_at(start)) for path, start in mapped.bases)
+        return CoreInfo(mapped.arch, modules, mapped.signal, mapped.fault_address)

@@ -15,23 +15,28 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from retrace_server import __version__, add_version_argument, service
+from retrace_server import __version__, add_version_argument, locking, service
 from retrace_server.adminlog import syslog_handler
+from retrace_server.packaging.prefetch import prefetch
 from retrace_server.privileges import add_service_arguments, append_stderr_to
 from retrace_server.tasks import dispatch
-from retrace_server.tasks.task import reindex_active
+from retrace_server.tasks.task import is_live_upload, reindex_active
 from retrace_server.worker import cli as worker_cli
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from pathlib import Path
 
+    from retrace_server.config import Config
     from retrace_server.tasks.task import Task
 
 PROG = "retrace-server-dispatcher"
+_PREFETCH_SLOTS = ".prefetch"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,8 +68,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(PROG).info("%s started: at most %d workers at once", __version__, config.MaxParallelTasks)
     dispatch.serve(config, path, ready=lambda: print(f"{PROG}: listening on {dispatch.socket_path(config)}",
                                                      flush=True),
-                   run=lambda task: run_worker_in_fork(task, path))
+                   run=lambda task: run_worker_in_fork(task, path),
+                   prefetch=lambda crash_dir, size: prefetch_in_fork(config, crash_dir, size))
     return 0
+
+
+def prefetch_in_fork(config: Config, crash_dir: Path, size: int) -> None:
+    """``prefetch_packages`` in a grandchild: the dispatcher waits only for the child, which exits at once,
+    and goes on dispatching while the core uploads."""
+    child = os.fork()
+    if child == 0:
+        try:
+            if os.fork() == 0:
+                prefetch_packages(config, crash_dir, size)
+        except BaseException:
+            logging.getLogger(PROG).exception("the prefetch for upload %s failed", crash_dir.parent.name)
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+
+
+def prefetch_packages(config: Config, crash_dir: Path, size: int) -> None:
+    """Unpack the packages of the core an upload is writing to ``crash_dir``, in one of MaxParallelTasks
+    prefetch slots (an flock each, freed however the process ends), for at most WorkerTimeLimit."""
+    log = logging.getLogger(PROG)
+    upload = crash_dir.parent
+    slots = Path(config.SaveDir) / _PREFETCH_SLOTS
+    slots.mkdir(mode=0o750, exist_ok=True)
+    slot = next(filter(None, (locking.try_exclusive(slots / f"{n}.lock") for n in range(config.MaxParallelTasks))),
+                None)
+    if slot is None:
+        log.info("upload %s: its core's packages are not prefetched, %d prefetches run already", upload.name,
+                 config.MaxParallelTasks)
+        return
+    signal.alarm(config.WorkerTimeLimit)
+    started = time.monotonic()
+    quiet = logging.getLogger(f"{PROG}.prefetch")
+    quiet.setLevel(logging.WARNING)  # a line per package belongs in the task's log, which the worker writes
+    result = prefetch(config, crash_dir, size, lambda: is_live_upload(upload), quiet, config.WorkerTimeLimit)
+    log.info("upload %s (a %d-byte core): %s, in %.2f s", upload.name, size, result.summary(),
+             time.monotonic() - started)
 
 
 def run_worker_in_fork(task: Task, config_path: Path) -> tuple[int, str]:

@@ -173,7 +173,8 @@ def create(config: Config, request: Request) -> Response:
                                     min_left_bytes=config.min_storage_left_bytes)
         digests = {"vmcore": ""} if is_vmcore and config.CalculateMd5 else {}
         sizes = intake.receive(config, task_type, incoming.crash_dir, reserve,
-                               body=(request.environ["wsgi.input"], length, fmt), digests=digests)
+                               body=(request.environ["wsgi.input"], length, fmt), digests=digests,
+                               started=dispatch.prefetch_trigger(config, task_type, incoming.path))
         if digests.get("vmcore"):
             write_atomically(incoming.path / MD5_NAME, f"{digests['vmcore']}  vmcore\n")
         task, password = incoming.commit(

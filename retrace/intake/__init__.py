@@ -25,26 +25,30 @@ if TYPE_CHECKING:
 Body = tuple[BinaryIO, int, archive.ArchiveFormat]
 
 
-def limits_for(config: Config, task_type: TaskType, reserve: Callable[[int], None]) -> archive.Limits:
+def limits_for(config: Config, task_type: TaskType, reserve: Callable[[int], None],
+               started: Callable[[str, int], None] | None = None) -> archive.Limits:
     """What one task's crash data may be: its type's unpacked cap, the crash files' names and caps, their
-    first bytes' checks, what a decoder may hold; ``reserve(nbytes)`` claims disk for the next file."""
+    first bytes' checks, what a decoder may hold; ``reserve(nbytes)`` claims disk for the next file,
+    ``started(name, size)`` hears that a file's first bytes are on disk."""
     return archive.Limits(config.unpacked_cap_bytes(task_type.is_vmcore), crashdata.size_caps(), reserve,
-                          crashdata.HEAD_CHECKS, config.decoder_memory_bytes)
+                          crashdata.HEAD_CHECKS, config.decoder_memory_bytes, started)
 
 
 def receive(config: Config, task_type: TaskType, crash_dir: Path, reserve: Callable[[int], None], *,
             body: Body | None = None, file: Path | None = None, custom: Mapping[str, str] | None = None,
-            digests: dict[str, str] | None = None) -> dict[str, int]:
+            digests: dict[str, str] | None = None, started: Callable[[str, int], None] | None = None
+            ) -> dict[str, int]:
     """Write ``crash_dir`` from an upload's ``body`` (a tar, read as it streams) or a ``file`` on this host
     (a dump, a compressed dump or a tar, told by its bytes); returns ``{file name: size}``.
 
     ``custom`` (crash file name -> text) is what the manager's form said of
     a bare core, for the files the data did not bring; ``digests`` get the
-    md5 of the names they hold while those stream in.  Refusals are
+    md5 of the names they hold while those stream in; ``started(name, size)``
+    hears each file of a body begin (``limits_for``).  Refusals are
     RetraceErrors with the user's sentence; the caller removes what was
     written.
     """
-    limits = limits_for(config, task_type, reserve)
+    limits = limits_for(config, task_type, reserve, started)
     if body is not None:
         stream, length, declared = body
         sizes = archive.receive_archive(stream, length, declared, crash_dir, limits, digests,

@@ -133,6 +133,8 @@ class Limits:
     head_checks: dict[str, HeadCheck] = dataclasses.field(default_factory=dict)
     # What a decompressor may hold (MaxDecoderMemory): xz and zstd headers that declare more are refused.
     decoder_memory: int = compression.DEFAULT_DECODER_MEMORY
+    # started(name, declared size): a crash file's first bytes are on disk, the rest is still to come.
+    started: Callable[[str, int], None] | None = None
 
 
 def _display_name(name: str) -> str:
@@ -178,11 +180,12 @@ def _member_name(member: tarfile.TarInfo) -> str:
 
 
 def _copy_member(source: IO[bytes], target_path: Path, size: int, check_head: HeadCheck | None = None,
-                 digest: hashlib._Hash | None = None) -> int:
+                 digest: hashlib._Hash | None = None, started: Callable[[str, int], None] | None = None) -> int:
     """Write exactly ``size`` bytes; ``x`` mode never overwrites or follows links.
 
     ``check_head(first bytes, name)`` runs on the first chunk, before the file is created; ``digest``
-    (a hashlib object) sees every chunk as it is written, so no second pass reads the file again.
+    (a hashlib object) sees every chunk as it is written, so no second pass reads the file again;
+    ``started(name, size)`` runs once the first chunk is on disk.
     """
     chunk = source.read(min(CHUNK_SIZE, size))
     if check_head is not None:
@@ -195,6 +198,9 @@ def _copy_member(source: IO[bytes], target_path: Path, size: int, check_head: He
             target.write(chunk)
             if digest is not None:
                 digest.update(chunk)
+            if started is not None and not written:
+                target.flush()
+                started(target_path.name, size)
             written += len(chunk)
             chunk = source.read(min(CHUNK_SIZE, size - written)) if written < size else b""
     os.chmod(target_path, 0o640)
@@ -252,7 +258,8 @@ def _unpack_members(stream: IO[bytes], crash_dir: Path, limits: Limits, digests:
             digest = hashlib.md5(usedforsecurity=False) if name in digests else None
             source = tar.extractfile(member)
             assert source is not None  # a regular file's (_member_name)
-            sizes[name] = _copy_member(source, crash_dir / name, member.size, limits.head_checks.get(name), digest)
+            sizes[name] = _copy_member(source, crash_dir / name, member.size, limits.head_checks.get(name), digest,
+                                       limits.started)
             if digest is not None:
                 digests[name] = digest.hexdigest()
             limits.reserve(0)

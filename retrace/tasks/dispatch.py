@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import select
 import signal
 import socket
@@ -36,7 +37,7 @@ from retrace_server import locking
 from retrace_server.config import CONFIG_PATH_VARIABLE, Config
 from retrace_server.stats import FAILURE, StatsDB, TaskRecord
 from retrace_server.tasks.notify import send_end_mail
-from retrace_server.tasks.task import JOB_PID, Task, active_tasks, worker_alive
+from retrace_server.tasks.task import INCOMING_DIR, JOB_PID, Task, TaskType, active_tasks, is_live_upload, worker_alive
 from retrace_server.tasks.taskqueue import queued_tasks
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,9 @@ SCAN_SECONDS = 5.0
 _LAUNCH_TIMEOUT = 60
 # Starts a task's worker: (exit status, what it said), see ``run_worker_command``.
 Runner = Callable[[Task], tuple[int, str]]
+# "prefetch <upload directory> <core size>": an upload's coredump has begun (prefetch_trigger).
+_PREFETCH = "prefetch "
+_PREFETCH_REQUEST = re.compile(rb"prefetch (tmp[A-Za-z0-9_]{1,32}) ([1-9][0-9]{0,15})")
 DEAD_WORKER_REASON = "the retrace worker stopped unexpectedly (it was killed or crashed) while: {stage}"
 
 
@@ -187,21 +191,54 @@ def socket_path(config: Config) -> Path:
 
 def poke(config: Config) -> bool:
     """Tell the dispatcher the spool changed; False when no dispatcher listens (it will still scan)."""
+    return _send(config, b"!")
+
+
+def _send(config: Config, datagram: bytes) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
         sender.setblocking(False)
         try:
-            sender.sendto(b"!", str(socket_path(config)))
+            sender.sendto(datagram, str(socket_path(config)))
         except OSError:
             return False
     return True
 
 
+def prefetch_trigger(config: Config, task_type: TaskType, upload_dir: Path) -> Callable[[str, int], None] | None:
+    """What an upload calls as each crash file starts (its name, declared size): for a coredump larger than
+    PrefetchAbove, it asks the dispatcher to unpack the core's packages while the rest arrives
+    (``retrace_server.packaging.prefetch``).  None where nobody here would: with Celery the worker hosts
+    unpack."""
+    if not config.PrefetchPackages or task_type.is_vmcore or config.Dispatcher != "local":
+        return None
+
+    def started(name: str, size: int) -> None:
+        if name == "coredump" and size >= config.PrefetchAbove * 1024 * 1024:
+            _send(config, f"{_PREFETCH}{upload_dir.name} {size}".encode())
+
+    return started
+
+
+def prefetch_request(config: Config, datagram: bytes) -> tuple[Path, int] | None:
+    """``(upload directory, core size)`` of a prefetch request, or None for anything else: the socket is
+    the service user's, but a request still names only a live upload's directory, and a size it may have."""
+    match = _PREFETCH_REQUEST.fullmatch(datagram)
+    if match is None:
+        return None
+    upload_dir = Path(config.SaveDir) / INCOMING_DIR / match[1].decode()
+    size = int(match[2])
+    if not 0 < size <= config.unpacked_cap_bytes(False) or not is_live_upload(upload_dir):
+        return None
+    return upload_dir / "crash", size
+
+
 def serve(config: Config, config_path: Path, ready: Callable[[], None] = lambda: None,
-          run: Runner | None = None) -> None:
+          run: Runner | None = None, prefetch: Callable[[Path, int], None] = lambda _dir, _size: None) -> None:
     """The dispatcher's loop: a pass at start (after a crash, at once), then one per poke or scan interval.
 
     ``ready`` is called once the socket listens; ``run`` starts a worker (see
-    ``start_queued``).  Runs until killed.
+    ``start_queued``); ``prefetch(crash directory, core size)`` starts the
+    prefetch an upload asked for.  Runs until killed.
     """
     path = socket_path(config)
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
@@ -218,9 +255,11 @@ def serve(config: Config, config_path: Path, ready: Callable[[], None] = lambda:
             readable, _, _ = select.select([listener], [], [], SCAN_SECONDS)
             while readable:
                 try:
-                    listener.recv(64)
+                    datagram = listener.recv(256)
                 except BlockingIOError:
                     break
+                if (request := prefetch_request(config, datagram)) is not None:
+                    prefetch(*request)
 
 
 def kill_group(pgid: int) -> None:

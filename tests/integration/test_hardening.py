@@ -45,6 +45,12 @@ def open_upload(server, length, content_type="application/x-tar", **headers):
 
 def read_response(tls, timeout):
     """``(status, body)`` of the answer on ``tls``, waiting at most ``timeout`` seconds."""
+    status, _headers, body = read_answer(tls, timeout)
+    return status, body
+
+
+def read_answer(tls, timeout):
+    """``(status, {lower-case header: value}, body)`` of the answer on ``tls``, waiting at most ``timeout`` s."""
     tls.settimeout(timeout)
     chunks = []
     try:
@@ -55,7 +61,9 @@ def read_response(tls, timeout):
     except (ssl.SSLError, ConnectionResetError, socket.timeout):
         pass
     head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
-    return (int(head.split(b" ", 2)[1]) if head else 0), body.decode(errors="replace")
+    lines = head.decode(errors="replace").split("\r\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    return (int(lines[0].split(" ", 2)[1]) if head else 0), headers, body.decode(errors="replace")
 
 
 def _complete(data):

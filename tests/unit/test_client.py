@@ -164,6 +164,17 @@ def test_the_archive_is_tar_xz_with_or_without_the_xz_program(monkeypatch, tmp_p
         assert unpacked.extractfile("executable").read() == b"/usr/bin/sleep"
 
 
+def test_the_archive_sends_the_core_after_the_files_naming_its_release(tmp_path):
+    """The server unpacks a core's packages while the core uploads, once it knows the release."""
+    (tmp_path / "coredump").write_bytes(b"\x7fELF" + bytes(1000))
+    for name, text in (("executable", "/usr/bin/sleep"), ("package", "coreutils-9.1-1"), ("os_release", "Debian 12")):
+        (tmp_path / name).write_text(text)
+    crash_data = crash.Crash(tmp_path, ["coredump", "executable", "package", "os_release"], "coreutils-9.1-1",
+                             "x86_64", "debian-12-x86_64")
+    with cli.crash_archive(crash_data) as (archive, _size), tarfile.open(fileobj=archive, mode="r:xz") as unpacked:
+        assert unpacked.getnames() == ["executable", "package", "os_release", "coredump"]
+
+
 def test_the_dso_list_names_each_mapped_file_with_the_package_owning_it_here(tmp_path):
     """As abrt-action-list-dsos writes it: owned files with their package, the others alone."""
     from testkit.synthetic_core import synthetic_core

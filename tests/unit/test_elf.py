@@ -2,7 +2,7 @@ import subprocess
 
 import pytest
 
-from retrace_server.elf import Module, check_elf_core, debug_alt_link, file_build_id, read_core
+from retrace_server.elf import Module, check_elf_core_header, debug_alt_link, file_build_id, read_core
 from retrace_server.errors import InvalidCrashData
 from testkit.synthetic_core import BUILD_ID, IMAGE_BASE, elf_image, synthetic_core
 
@@ -16,27 +16,27 @@ def elf(tmp_path, elf_type, byte_order=1):
 
 
 def test_core_file_of_either_byte_order_passes(tmp_path):
-    check_elf_core(elf(tmp_path, 4))
-    check_elf_core(elf(tmp_path, 4, byte_order=2))
+    check_elf_core_header(elf(tmp_path, 4).read_bytes())
+    check_elf_core_header(elf(tmp_path, 4, byte_order=2).read_bytes())
 
 
 def test_executable_is_not_a_core(tmp_path):
     with pytest.raises(InvalidCrashData, match="type DYN"):
-        check_elf_core(elf(tmp_path, 3))
+        check_elf_core_header(elf(tmp_path, 3).read_bytes())
 
 
 def test_text_is_not_a_core(tmp_path):
     path = tmp_path / "coredump"
     path.write_text("hello world, this is not ELF")
     with pytest.raises(InvalidCrashData, match="no ELF header"):
-        check_elf_core(path)
+        check_elf_core_header(path.read_bytes())
 
 
 def test_empty_file_is_not_a_core(tmp_path):
     path = tmp_path / "coredump"
     path.write_bytes(b"")
     with pytest.raises(InvalidCrashData):
-        check_elf_core(path)
+        check_elf_core_header(path.read_bytes())
 
 
 # --- read_core on synthetic cores ----------------------------------------------

@@ -1,0 +1,251 @@
+"""A coredump's packages unpacked while the core still uploads.
+
+A large core takes seconds to minutes to arrive, but what its retrace
+needs is known from its first bytes: the kernel writes the notes (every
+mapped file's path) at the start of a core, and each mapped file's
+headers (its build-id) in the first page of its memory, in address order.
+So the dispatcher starts ``prefetch`` as soon as an upload's ``coredump``
+begins: it reads the file as it is written, waiting for bytes not yet
+there, names the packages as their paths and build-ids appear, and
+unpacks them into the shared package cache, where the task's worker
+finds them (or waits, under the package's lock, for the one still being
+unpacked).  It is an early guess made on untrusted bytes, so it never
+decides anything: packages are the release index's own, verified before a
+byte is unpacked as the worker verifies them, and whatever it cannot do it
+logs and leaves to the worker, which resolves everything again from the
+whole core.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+import time
+from typing import TYPE_CHECKING
+
+from retrace_server.elf import Module, core_map
+from retrace_server.errors import RetraceError
+from retrace_server.packaging.packages import resolve_modules
+from retrace_server.packaging.release import RELEASE_FILES, ReleaseId, detect_release, served_releases
+from retrace_server.packaging.repoindex import release_index
+from retrace_server.packaging.supply import PackageSupply
+
+if TYPE_CHECKING:
+    import logging
+    from collections.abc import Callable, Iterable
+    from pathlib import Path
+
+    from retrace_server.config import Config
+    from retrace_server.elf import CoreMap
+    from retrace_server.packaging.repoindex import Package, RepoIndex
+
+# A real crash maps a few hundred files at most; a forged core may name thousands.
+MAX_PACKAGES = 256
+# Build-ids read (from the start of the core) to tell which served release a core without a release file is of.
+_GUESS_MODULES = 4
+_POLL_SECONDS = 0.05
+_TEXT_CAP = 4096  # the crash files that name a release are smaller (retrace_server.intake.crashdata)
+
+
+class UploadEnded(RetraceError):
+    """The upload stopped (refused, cut, or dead) before the bytes a read waits for arrived."""
+
+    category = "upload ended"
+
+
+class GrowingFile:
+    """A file an upload is still writing, read at offsets as its bytes land: enough of ``BinaryIO`` for the
+    core reader.  ``size`` is what the archive declared for it; ``still_uploading()`` says whether to wait."""
+
+    def __init__(self, fd: int, size: int, still_uploading: Callable[[], bool], deadline: float) -> None:
+        self.fd, self.size, self.still_uploading, self.deadline = fd, size, still_uploading, deadline
+        self.position = 0
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self.position = offset if whence == os.SEEK_SET else self.size + offset
+        return self.position
+
+    def read(self, length: int = -1) -> bytes:
+        end = self.size if length < 0 else min(self.size, self.position + length)
+        self._wait_for(end)
+        data = os.pread(self.fd, max(0, end - self.position), self.position)
+        self.position += len(data)
+        return data
+
+    def _wait_for(self, end: int) -> None:
+        while os.fstat(self.fd).st_size < end:
+            # Checked before the size is read again: an upload that ended after writing its last byte still
+            # gets its bytes read.
+            uploading = self.still_uploading() and time.monotonic() < self.deadline
+            if os.fstat(self.fd).st_size >= end:
+                return
+            if not uploading:
+                raise UploadEnded(f"the upload ended {os.fstat(self.fd).st_size} bytes into the core's {self.size}")
+            time.sleep(_POLL_SECONDS)
+
+
+@dataclasses.dataclass
+class Prefetched:
+    """What one prefetch did, for the dispatcher's log."""
+
+    release: ReleaseId | None = None
+    how: str = ""
+    packages: list[Package] = dataclasses.field(default_factory=list)
+    unpacked: int = 0
+    failed: int = 0
+    stopped: str = ""  # why it stopped naming packages early (the upload ended, the core is unusable)
+
+    def summary(self) -> str:
+        if self.release is None:
+            return f"nothing prefetched: {self.how}"
+        text = (f"{len(self.packages)} packages of {self.release} ({self.how}), {self.unpacked} unpacked, "
+                f"{len(self.packages) - self.unpacked - self.failed} already cached")
+        if self.failed:
+            text += f", {self.failed} failed (the worker will say why)"
+        return text + (f"; stopped early: {self.stopped}" if self.stopped else "")
+
+
+def _crash_text(crash_dir: Path, name: str) -> str:
+    """A small crash file the archive brought before the core, or "" (never waits: later files come too late)."""
+    try:
+        with open(crash_dir / name, "rb") as handle:
+            return handle.read(_TEXT_CAP).decode("utf-8", errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def named_release(crash_dir: Path, arch: str, served: list[ReleaseId]) -> tuple[ReleaseId | None, str] | None:
+    """The served release the crash files uploaded before the core name, as the worker will read them; None
+    when none came before it."""
+    lines = [(name, text) for name in RELEASE_FILES if (text := _crash_text(crash_dir, name))]
+    package = _crash_text(crash_dir, "package")
+    if not lines and not package:
+        return None
+    release, how = detect_release(lines, package, arch, served)
+    return (release, how) if release in served else (None, f"{how}, which is not a release served here")
+
+
+def guessed_release(mapped: CoreMap, indexes: dict[ReleaseId, RepoIndex]) -> tuple[ReleaseId | None, str]:
+    """The release among ``indexes`` whose packages hold the build-id of one of the first mapped files.
+
+    A build-id names one build, so a release that lists it is the crash's;
+    several that list the same build (a package shared between releases)
+    give the same package, so the first of them does.
+    """
+    for path, start in mapped.bases[:_GUESS_MODULES]:
+        build_id = mapped.build_id_at(start)
+        if build_id is None:
+            continue
+        for release, index in indexes.items():
+            if index.by_build_id(build_id, "debuginfo") or index.by_build_id(build_id, "binary"):
+                return release, f"its index lists the build-id of {path}"
+    return None, f"no {mapped.arch} release served here lists the build-id of the core's first mapped files"
+
+
+def owned_packages(index: RepoIndex, paths: Iterable[str]) -> list[Package]:
+    """Packages named by paths alone (the notes, before any build-id): a path exactly one package of the
+    release owns gives that package and its debug package.  A path several versions own waits for its
+    build-id."""
+    found: list[Package] = []
+    for path in paths:
+        owners = index.owners(path)
+        if len(owners) == 1:
+            found.append(owners[0])
+            debug = index.debug_package_of(owners[0])
+            if debug is not None:
+                found.append(debug)
+    return found
+
+
+class _Unpacker:
+    """Packages unpacked two at a time as they are named, each once, at most MAX_PACKAGES."""
+
+    def __init__(self, supply: PackageSupply, index: RepoIndex, result: Prefetched, log: logging.Logger) -> None:
+        self.supply, self.index, self.result, self.log = supply, index, result, log
+        self.pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="prefetch")
+        self.futures: list[concurrent.futures.Future[None]] = []
+
+    def add(self, packages: Iterable[Package]) -> None:
+        for package in packages:
+            if len(self.result.packages) >= MAX_PACKAGES:
+                return
+            if all(known.pkgid != package.pkgid for known in self.result.packages):
+                self.result.packages.append(package)
+                self.futures.append(self.pool.submit(self._unpack, package))
+
+    def _unpack(self, package: Package) -> None:
+        try:
+            self.supply.cached(package, self.index)
+        except (RetraceError, OSError) as err:
+            self.result.failed += 1
+            self.log.warning("%s not prefetched: %s", package.nevra, err)
+
+    def finish(self) -> None:
+        concurrent.futures.wait(self.futures)
+        self.pool.shutdown()
+        self.result.unpacked = self.supply.counts.cache_misses
+
+
+def prefetch(config: Config, crash_dir: Path, size: int, still_uploading: Callable[[], bool],
+             log: logging.Logger, seconds: float = 3600.0) -> Prefetched:
+    """Unpack the packages of the ``size``-byte core being written to ``crash_dir/coredump``; what it did.
+
+    Waits for the core's bytes while ``still_uploading()`` and for at most
+    ``seconds``; returns once every package it named is in the cache.
+    """
+    result = Prefetched()
+    try:
+        fd = os.open(crash_dir / "coredump", os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as err:
+        result.how = f"the core cannot be read ({err.strerror})"
+        return result
+    supply = PackageSupply(config, log)
+    try:
+        core = GrowingFile(fd, size, still_uploading, time.monotonic() + seconds)
+        try:
+            mapped = core_map(core, size)
+        except RetraceError as err:
+            result.how = str(err)
+            return result
+        _choose_release(config, crash_dir, mapped, result)
+        if result.release is None:
+            return result
+        index = release_index(config.RepoDir, config.CacheDir, result.release)
+        if index is None:
+            result.how += "; it has no mirror here"
+            result.release = None
+            return result
+        unpacker = _Unpacker(supply, index, result, log)
+        try:
+            unpacker.add(owned_packages(index, (path for path, _start in mapped.bases)))
+            for path, start in mapped.bases:
+                module = Module(path, start, mapped.build_id_at(start))
+                unpacker.add(resolve_modules(index, [module]).packages)
+        except RetraceError as err:
+            result.stopped = str(err)
+        finally:
+            unpacker.finish()
+            index.close()
+    finally:
+        os.close(fd)
+        supply.forget_downloads()
+    return result
+
+
+def _choose_release(config: Config, crash_dir: Path, mapped: CoreMap, result: Prefetched) -> None:
+    """The release named before the core, else the only one of its architecture, else the one whose index
+    lists its first build-ids (indexes built as a task would, when the metadata changed)."""
+    served = [release for release in served_releases(config) if release.arch == mapped.arch]
+    named = named_release(crash_dir, mapped.arch, served)
+    if named is not None:
+        result.release, result.how = named
+    elif len(served) == 1:
+        result.release, result.how = served[0], f"no release named before the core; the only {mapped.arch} one served"
+    else:
+        indexes = {release: index for release in served
+                   if (index := release_index(config.RepoDir, config.CacheDir, release)) is not None}
+        try:
+            result.release, result.how = guessed_release(mapped, indexes)
+        finally:
+            for index in indexes.values():
+                index.close()

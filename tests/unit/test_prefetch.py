@@ -1,0 +1,129 @@
+"""A coredump's packages named while the core still uploads (retrace_server.packaging.prefetch), and the
+dispatcher's request for it (retrace_server.tasks.dispatch)."""
+
+import os
+import threading
+import time
+
+import pytest
+
+from retrace_server.config import Config
+from retrace_server.elf import core_map, read_core
+from retrace_server.packaging.prefetch import GrowingFile, UploadEnded, guessed_release, named_release
+from retrace_server.packaging.release import ReleaseId
+from retrace_server.tasks import dispatch
+from retrace_server.tasks.task import IncomingTask, TaskType
+from testkit.synthetic_core import BUILD_ID, synthetic_core
+
+FEDORA = ReleaseId("fedora", "41", "x86_64")
+DEBIAN = ReleaseId("debian", "12", "x86_64")
+
+
+def written_slowly(path, data, pieces=8, pause=0.05):
+    """A thread writing ``data`` to ``path`` a piece at a time, as an upload does."""
+    def write():
+        with open(path, "ab", buffering=0) as target:
+            step = -(-len(data) // pieces)
+            for start in range(0, len(data), step):
+                time.sleep(pause)
+                target.write(data[start:start + step])
+    path.write_bytes(b"")
+    thread = threading.Thread(target=write)
+    thread.start()
+    return thread
+
+
+def test_a_core_read_while_it_is_written_says_what_the_whole_core_says(tmp_path):
+    data = synthetic_core(paths=("/usr/bin/crasher", "/usr/lib64/libcrash.so"))
+    path = tmp_path / "coredump"
+    writer = written_slowly(path, data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        mapped = core_map(GrowingFile(fd, len(data), writer.is_alive, time.monotonic() + 30), len(data))
+        build_ids = [mapped.build_id_at(start) for _path, start in mapped.bases]
+    finally:
+        os.close(fd)
+        writer.join()
+    whole = read_core(path)
+    assert [(module.path, module.start) for module in whole.modules] == list(mapped.bases)
+    assert build_ids == [module.build_id for module in whole.modules]
+    assert mapped.arch == "x86_64" and build_ids[0] == BUILD_ID.hex()
+
+
+def test_a_read_past_what_an_ended_upload_wrote_stops_instead_of_waiting(tmp_path):
+    data = synthetic_core()
+    path = tmp_path / "coredump"
+    path.write_bytes(data[:200])  # the headers, not the notes
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(UploadEnded, match="the upload ended 200 bytes into the core's"):
+            core_map(GrowingFile(fd, len(data), lambda: False, time.monotonic() + 30), len(data))
+        with pytest.raises(UploadEnded):  # nor past the deadline of one that still uploads
+            core_map(GrowingFile(fd, len(data), lambda: True, time.monotonic() + 0.2), len(data))
+    finally:
+        os.close(fd)
+
+
+def test_the_release_is_read_from_the_files_that_came_before_the_core(tmp_path):
+    (tmp_path / "os_release").write_text("Fedora release 41 (Forty One)\n")
+    assert named_release(tmp_path, "x86_64", [DEBIAN, FEDORA])[0] == FEDORA
+    assert named_release(tmp_path, "x86_64", [DEBIAN]) == (  # named, but not served here: no guess either
+        None, "from os_release 'Fedora release 41 (Forty One)', which is not a release served here")
+    (tmp_path / "os_release").unlink()
+    assert named_release(tmp_path, "x86_64", [DEBIAN, FEDORA]) is None
+
+
+class Index:
+    """A release index that lists some build-ids."""
+
+    def __init__(self, *build_ids):
+        self.build_ids = build_ids
+
+    def by_build_id(self, build_id, kind):
+        return ["a package"] if kind == "debuginfo" and build_id in self.build_ids else []
+
+
+def test_without_a_release_file_the_release_is_the_one_whose_index_lists_the_core_s_build_ids(tmp_path):
+    path = tmp_path / "coredump"
+    path.write_bytes(synthetic_core(paths=("/usr/bin/crasher",)))
+    with open(path, "rb") as handle:
+        mapped = core_map(handle, path.stat().st_size)
+        release, how = guessed_release(mapped, {DEBIAN: Index("00" * 20), FEDORA: Index(BUILD_ID.hex())})
+        assert (release, how) == (FEDORA, "its index lists the build-id of /usr/bin/crasher")
+        release, how = guessed_release(mapped, {DEBIAN: Index(), FEDORA: Index()})
+        assert release is None and "no x86_64 release served here lists the build-id" in how
+
+
+@pytest.fixture
+def config(tmp_path):
+    return Config(SaveDir=tmp_path / "spool")
+
+
+def request(config, upload, size):
+    return dispatch.prefetch_request(config, f"prefetch {upload} {size}".encode())
+
+
+def test_a_prefetch_request_names_a_live_upload_and_a_size_it_may_have(config):
+    config.SaveDir.mkdir()
+    with IncomingTask(config.SaveDir) as upload:
+        name = upload.path.name
+        assert request(config, name, 5 << 20) == (upload.path / "crash", 5 << 20)
+        assert request(config, name, config.max_unpacked_bytes + 1) is None
+        assert request(config, name, 0) is None
+        assert request(config, "../" + name, 1) is None
+        assert request(config, "tmpnosuchupload", 1) is None
+        assert dispatch.prefetch_request(config, b"!") is None
+    assert request(config, name, 5 << 20) is None  # it ended
+
+
+def test_only_a_large_enough_coredump_upload_asks_for_a_prefetch(config, monkeypatch):
+    sent = []
+    monkeypatch.setattr(dispatch, "_send", lambda _config, datagram: sent.append(datagram))
+    started = dispatch.prefetch_trigger(config, TaskType.COREDUMP, config.SaveDir / ".incoming" / "tmpabc")
+    started("executable", 30)
+    started("coredump", (4 << 20) - 1)
+    started("coredump", 4 << 20)
+    assert sent == [f"prefetch tmpabc {4 << 20}".encode()]
+    assert dispatch.prefetch_trigger(config, TaskType.VMCORE, config.SaveDir) is None
+    for off in ({"PrefetchPackages": False}, {"Dispatcher": "celery"}):
+        assert dispatch.prefetch_trigger(Config(**off), TaskType.COREDUMP, config.SaveDir) is None
