@@ -114,11 +114,12 @@ def archive_versions_now():
     return dict(re.findall(r"^Package: (\S+)\n(?:.+\n)*?Version: (\S+)$", shown, re.M))
 
 
-def crash(program, work_dir):
-    """Crash ``program`` once; the Crashed, with this host's packages of the libraries it also mapped."""
+def crash(program, work_dir, python_script=PYTHON_SCRIPT):
+    """Crash ``program`` once (python: running ``python_script``); the Crashed, with this host's packages of
+    the libraries it also mapped."""
     binaries, debug = program_debs(program)
     if program.name == "python":
-        core = crash_python(binaries, work_dir, PYTHON_SCRIPT)
+        core = crash_python(binaries, work_dir, python_script)
     else:
         core = crash_debian_program(binaries, work_dir, program.executable, *program.arguments, keep=program.keep)
     version = re.match(r"[^_]+_([^_]+)_", binaries[0].name)[1].replace("%3a", ":")
