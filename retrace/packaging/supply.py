@@ -87,8 +87,8 @@ class PackageSupply:
         try:
             entry = self.cache.get(
                 package.pkgid, package_path,
-                on_wait=lambda: self.log.info("Waiting for %s, which another task (or this upload's prefetch) is "
-                                              "unpacking", package.nevra),
+                on_wait=lambda: self.log.info("Waiting for another task that is unpacking %s (or for the prefetch "
+                                              "while this task uploaded)", package.nevra),
                 verify=verify,
             )
         except UnpackError as err:

@@ -205,7 +205,7 @@ def test_two_tasks_needing_the_same_packages_both_succeed_and_unpack_each_once(s
     with package_lock_held(server, rpm_named(fixture_rpms, "crasher-1.0")):
         tasks = [submit(server, problem_dir) for _ in range(2)]
         for task_id, auth in tasks:
-            wait_for_log_line(server, task_id, auth, "Waiting for crasher-1.0")
+            wait_for_log_line(server, task_id, auth, "Waiting for another task that is unpacking crasher-1.0")
     statuses = [wait_final(server, task_id, auth) for task_id, auth in tasks]
     logs = [result(server, task_id, auth, "log") for task_id, auth in tasks]
     assert [s.headers["X-Task-Status"] for s in statuses] == ["FINISHED_SUCCESS"] * 2, logs
