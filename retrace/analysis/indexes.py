@@ -33,7 +33,7 @@ from retrace_server.packaging.packages import build_id_debug_path
 
 if TYPE_CHECKING:
     import logging
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
     from retrace_server.elf import Module
     from retrace_server.packaging.cache import CachedPackage
@@ -97,10 +97,13 @@ class GdbIndexes:
                 os.utime(index)
         return [f"set index-cache directory {self.root}", "set index-cache enabled on"]
 
-    def build(self, files: Mapping[str, Path], log: logging.Logger) -> int:
-        """Index each of ``files`` that has none yet (see the module's docstring); how many were built."""
+    def build(self, files: Mapping[str, Path], log: logging.Logger, go_on: Callable[[], bool] = lambda: True) -> int:
+        """Index each of ``files`` that has none yet (see the module's docstring), while ``go_on()``; how many
+        were built."""
         built = 0
         for build_id, path in self.missing(files).items():
+            if not go_on():
+                break
             self.root.mkdir(parents=True, exist_ok=True)
             try:
                 needed = needs_gdb_index(path) and debug_alt_link(path) is None

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
     from retrace_server.config import Config
     from retrace_server.elf import CoreMap
+    from retrace_server.packaging.cache import CachedPackage
     from retrace_server.packaging.repoindex import Package, RepoIndex
 
 # A real crash maps a few hundred files at most; a forged core may name thousands.
@@ -91,6 +92,8 @@ class Prefetched:
     release: ReleaseId | None = None
     how: str = ""
     packages: list[Package] = dataclasses.field(default_factory=list)
+    trees: list[CachedPackage] = dataclasses.field(default_factory=list)  # the packages now in the cache
+    modules: list[Module] = dataclasses.field(default_factory=list)  # the mapped files whose build-ids it read
     unpacked: int = 0
     failed: int = 0
     stopped: str = ""  # why it stopped naming packages early (the upload ended, the core is unusable)
@@ -175,7 +178,7 @@ class _Unpacker:
 
     def _unpack(self, package: Package) -> None:
         try:
-            self.supply.cached(package, self.index)
+            self.result.trees.append(self.supply.cached(package, self.index))
         except (RetraceError, OSError) as err:
             self.result.failed += 1
             self.log.warning("%s not prefetched: %s", package.nevra, err)
@@ -220,6 +223,7 @@ def prefetch(config: Config, crash_dir: Path, size: int, still_uploading: Callab
             unpacker.add(owned_packages(index, (path for path, _start in mapped.bases)))
             for path, start in mapped.bases:
                 module = Module(path, start, mapped.build_id_at(start))
+                result.modules.append(module)
                 unpacker.add(resolve_modules(index, [module]).packages)
         except RetraceError as err:
             result.stopped = str(err)

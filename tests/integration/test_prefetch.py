@@ -25,16 +25,20 @@ def cached(server, rpms):
     return sorted(name for name, pkgid in pkgids.items() if (server.cache_dir / "rpms" / pkgid / "manifest.json").exists())
 
 
-def upload_holding_the_tail(server, body, rpms, timeout=60):
-    """Send ``body`` but its last HELD bytes; once every one of ``rpms`` is unpacked in the server's cache,
-    the rest.  ``(task id, auth headers)`` of the task it became."""
+def indexes(server):
+    return sorted(path.name for path in (server.cache_dir / "gdb-index").glob("*.gdb-index"))
+
+
+def upload_holding_the_tail(server, body, rpms, gdb_indexes=0, timeout=60):
+    """Send ``body`` but its last HELD bytes; once every one of ``rpms`` is unpacked in the server's cache
+    (and ``gdb_indexes`` indexes are built), the rest.  ``(task id, auth headers)`` of the task it became."""
     with open_upload(server, len(body)) as upload:
         upload.sendall(body[:-HELD])
         deadline = time.monotonic() + timeout
-        while len(cached(server, rpms)) < len(rpms):
+        while len(cached(server, rpms)) < len(rpms) or len(indexes(server)) < gdb_indexes:
             assert time.monotonic() < deadline, (
-                f"the upload waits, only {cached(server, rpms)} are unpacked; the dispatcher said:\n"
-                + (server.log_dir / "dispatcher.log").read_text())
+                f"the upload waits, only {cached(server, rpms)} are unpacked, indexes {indexes(server)}; the "
+                "dispatcher said:\n" + (server.log_dir / "dispatcher.log").read_text())
             time.sleep(0.05)
         upload.sendall(body[-HELD:])
         status, headers, text = read_answer(upload, timeout=60)
@@ -59,11 +63,13 @@ def test_with_the_release_sent_before_the_core_its_packages_are_unpacked_while_i
     server = start_server(PrefetchAbove="0", MinUploadRate="0")
     body = tar_bytes(problem_members(problem_dir, ("executable", "package", "os_release", "coredump"),
                                      coredump=padded_core(problem_dir)))
-    task_id, auth = upload_holding_the_tail(server, body, fixture_rpms)
-    retraced_from_the_cache(server, task_id, auth, fixture_rpms)
+    task_id, auth = upload_holding_the_tail(server, body, fixture_rpms, gdb_indexes=2)
+    log = retraced_from_the_cache(server, task_id, auth, fixture_rpms)
+    # The first task's gdb reads the indexes of crasher's and libcrash's debug files: built during the upload.
+    assert "gdb reads the prebuilt indexes of the 2 debug files" in log, log
     said = (server.log_dir / "dispatcher.log").read_text()
     assert f"4 packages of fedora-41-x86_64 (from os_release '{(problem_dir / 'os_release').read_text().strip()}')" \
-           ", 4 unpacked, 0 already cached" in said, said
+           ", 4 unpacked, 0 already cached; 2 gdb indexes built" in said, said
 
 
 def test_with_the_core_first_the_release_is_the_one_whose_index_lists_its_build_ids(

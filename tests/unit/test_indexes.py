@@ -96,3 +96,10 @@ def test_an_evicted_index_is_built_again(debug_file, tmp_path):
     files = {file_build_id(debug_file): debug_file}
     indexes.build(files, LOG)
     assert indexes.evict(file_build_id(debug_file)) and indexes.missing(files) == files
+
+
+def test_building_stops_when_told_to_and_leaves_the_rest_to_the_task(debug_file, tmp_path):
+    """The prefetch builds indexes only while the core still uploads."""
+    indexes = GdbIndexes(tmp_path / "cache")
+    files = {file_build_id(debug_file): debug_file}
+    assert indexes.build(files, LOG, go_on=lambda: False) == 0 and indexes.missing(files) == files
