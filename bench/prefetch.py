@@ -101,7 +101,8 @@ def main():
             print(f"{rate:10.1f} {upload:6.2f}s {after:10.2f}s {during:13.2f}s {warm:5.2f}s "
                   f"{during / after:14.2f} {during / warm:13.2f}")
         said = (servers["prefetch"].log_dir / "dispatcher.log").read_text().splitlines()
-        print("the dispatcher's last prefetch:", next(line for line in reversed(said) if "-byte core)" in line))
+        print("the dispatcher's prefetches (the first before the benchmark, then by rate):",
+              *(line.split("INFO: ", 1)[-1] for line in said if "-byte core)" in line), sep="\n")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from retrace_server import __version__, add_version_argument, locking, service
 from retrace_server.adminlog import syslog_handler
 from retrace_server.analysis.indexes import GdbIndexes, debug_files
-from retrace_server.packaging.prefetch import prefetch
+from retrace_server.packaging.prefetch import Prefetched, prefetch
 from retrace_server.privileges import add_service_arguments, append_stderr_to
 from retrace_server.tasks import dispatch
 from retrace_server.tasks.task import is_live_upload, reindex_active
@@ -106,13 +106,19 @@ def prefetch_packages(config: Config, crash_dir: Path, size: int) -> None:
     started = time.monotonic()
     quiet = logging.getLogger(f"{PROG}.prefetch")
     quiet.setLevel(logging.WARNING)  # a line per package belongs in the task's log, which the worker writes
-    result = prefetch(config, crash_dir, size, lambda: is_live_upload(upload), quiet, config.WorkerTimeLimit)
-    # While the rest still uploads, the gdb indexes the first task would build after its answer (not after: a
-    # gdb building them then would take the cores from the task's own).
-    indexed = GdbIndexes(config.CacheDir).build(debug_files(result.modules, result.trees), quiet,
-                                                go_on=lambda: is_live_upload(upload))
+    indexes, indexed = GdbIndexes(config.CacheDir), []
+
+    def index(result: Prefetched) -> None:
+        """While the rest still uploads, the gdb indexes the first task would build after its answer (not
+        after: a gdb building them then would take the cores from the task's own)."""
+        indexed.append(indexes.build(debug_files(result.modules, result.trees), quiet,
+                                     go_on=lambda: is_live_upload(upload)))
+
+    result = prefetch(config, crash_dir, size, lambda: is_live_upload(upload), quiet, config.WorkerTimeLimit,
+                      meanwhile=index)
+    index(result)
     log.info("upload %s (a %d-byte core): %s; %d gdb indexes built; in %.2f s", upload.name, size,
-             result.summary(), indexed, time.monotonic() - started)
+             result.summary(), sum(indexed), time.monotonic() - started)
 
 
 def run_worker_in_fork(task: Task, config_path: Path) -> tuple[int, str]:

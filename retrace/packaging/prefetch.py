@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 
 from retrace_server.elf import Module, core_map
 from retrace_server.errors import RetraceError
-from retrace_server.packaging.packages import resolve_modules
-from retrace_server.packaging.release import RELEASE_FILES, ReleaseId, detect_release, served_releases
+from retrace_server.packaging.packages import resolve_modules, usr_merge_variants
+from retrace_server.packaging.release import RELEASE_FILES, ReleaseId, detect_release, merges_usr, served_releases
 from retrace_server.packaging.repoindex import release_index
 from retrace_server.packaging.supply import PackageSupply
 
@@ -183,18 +183,39 @@ class _Unpacker:
             self.result.failed += 1
             self.log.warning("%s not prefetched: %s", package.nevra, err)
 
-    def finish(self) -> None:
+    def wait(self) -> None:
         concurrent.futures.wait(self.futures)
-        self.pool.shutdown()
         self.result.unpacked = self.supply.counts.cache_misses
+
+    def finish(self) -> None:
+        self.wait()
+        self.pool.shutdown()
+
+
+def packaged_modules(bases: Iterable[tuple[str, int]], trees: Iterable[CachedPackage], merged: bool) -> list[Module]:
+    """The mapped files with the build-id of the file at their path in the unpacked packages: known long
+    before the core's memory brings the files' own (a library's headers come after the program's heap)."""
+    wanted = {variant.lstrip("/"): (path, start) for path, start in bases for variant in usr_merge_variants(path, merged)}
+    found: dict[str, Module] = {}
+    for tree in trees:
+        for entry_path, kind, _target, build_id in tree.manifest():
+            mapped = wanted.get(entry_path)
+            if kind == "f" and build_id and mapped is not None and mapped[0] not in found:
+                found[mapped[0]] = Module(*mapped, build_id)
+    return sorted(found.values(), key=lambda module: module.start)
 
 
 def prefetch(config: Config, crash_dir: Path, size: int, still_uploading: Callable[[], bool],
-             log: logging.Logger, seconds: float = 3600.0) -> Prefetched:
+             log: logging.Logger, seconds: float = 3600.0,
+             meanwhile: Callable[[Prefetched], None] = lambda _result: None) -> Prefetched:
     """Unpack the packages of the ``size``-byte core being written to ``crash_dir/coredump``; what it did.
 
     Waits for the core's bytes while ``still_uploading()`` and for at most
-    ``seconds``; returns once every package it named is in the cache.
+    ``seconds``; returns once every package it named is in the cache.  In
+    order: the packages its notes name by path, then the debug packages of
+    the build-ids those packages hold at the mapped paths, ``meanwhile(what
+    it did so far)``, then the packages of the build-ids the core's memory
+    brings (a build other than the release's, a path several packages own).
     """
     result = Prefetched()
     try:
@@ -221,9 +242,14 @@ def prefetch(config: Config, crash_dir: Path, size: int, still_uploading: Callab
         unpacker = _Unpacker(supply, index, result, log)
         try:
             unpacker.add(owned_packages(index, (path for path, _start in mapped.bases)))
-            for path, start in mapped.bases:
-                module = Module(path, start, mapped.build_id_at(start))
-                result.modules.append(module)
+            unpacker.wait()
+            result.modules = packaged_modules(mapped.bases, result.trees, merges_usr(result.release))
+            unpacker.add(resolve_modules(index, result.modules).packages)
+            unpacker.wait()
+            meanwhile(result)
+            read = [Module(path, start, mapped.build_id_at(start)) for path, start in mapped.bases]
+            result.modules = read
+            for module in read:
                 unpacker.add(resolve_modules(index, [module]).packages)
         except RetraceError as err:
             result.stopped = str(err)

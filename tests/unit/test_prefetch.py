@@ -8,8 +8,14 @@ import time
 import pytest
 
 from retrace_server.config import Config
-from retrace_server.elf import core_map, read_core
-from retrace_server.packaging.prefetch import GrowingFile, UploadEnded, guessed_release, named_release
+from retrace_server.elf import Module, core_map, read_core
+from retrace_server.packaging.prefetch import (
+    GrowingFile,
+    UploadEnded,
+    guessed_release,
+    named_release,
+    packaged_modules,
+)
 from retrace_server.packaging.release import ReleaseId
 from retrace_server.tasks import dispatch
 from retrace_server.tasks.task import IncomingTask, TaskType
@@ -127,3 +133,25 @@ def test_only_a_large_enough_coredump_upload_asks_for_a_prefetch(config, monkeyp
     assert dispatch.prefetch_trigger(config, TaskType.VMCORE, config.SaveDir) is None
     for off in ({"PrefetchPackages": False}, {"Dispatcher": "celery"}):
         assert dispatch.prefetch_trigger(Config(**off), TaskType.COREDUMP, config.SaveDir) is None
+
+
+class Tree:
+    """An unpacked package as its manifest lists it: (path, kind, link target, build-id)."""
+
+    def __init__(self, *entries):
+        self.entries = [list(entry) for entry in entries]
+
+    def manifest(self):
+        return self.entries
+
+
+def test_the_unpacked_packages_tell_the_build_ids_before_the_core_s_memory_does():
+    """A library's headers come after the program's heap in a core; the package holding its path has them."""
+    libc = Tree(("lib/x86_64-linux-gnu/libc.so.6", "f", "", "aa" * 20), ("usr/share/doc/libc6", "d", "", ""))
+    program = Tree(("usr/bin/python3.11", "f", "", "bb" * 20), ("usr/bin/python3", "l", "python3.11", ""))
+    bases = [("/usr/bin/python3.11", 0x1000), ("/usr/lib/x86_64-linux-gnu/libc.so.6", 0x7F00),
+             ("/usr/lib/x86_64-linux-gnu/libnowhere.so", 0x8000)]
+    found = packaged_modules(bases, [libc, program], merged=True)
+    assert found == [Module("/usr/bin/python3.11", 0x1000, "bb" * 20),
+                     Module("/usr/lib/x86_64-linux-gnu/libc.so.6", 0x7F00, "aa" * 20)]
+    assert packaged_modules(bases, [libc], merged=False) == [], "/lib and /usr/lib are two places there"
