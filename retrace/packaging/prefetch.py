@@ -40,8 +40,9 @@ if TYPE_CHECKING:
     from retrace_server.packaging.cache import CachedPackage
     from retrace_server.packaging.repoindex import Package, RepoIndex
 
-# A real crash maps a few hundred files at most; a forged core may name thousands.
+# A real crash maps a few hundred files at most; a forged core may name thousands (the worker reads them all).
 MAX_PACKAGES = 256
+MAX_MAPPED_FILES = 1024
 # Build-ids read (from the start of the core) to tell which served release a core without a release file is of.
 _GUESS_MODULES = 4
 _POLL_SECONDS = 0.05
@@ -240,16 +241,18 @@ def prefetch(config: Config, crash_dir: Path, size: int, still_uploading: Callab
             result.release = None
             return result
         unpacker = _Unpacker(supply, index, result, log)
+        bases = mapped.bases[:MAX_MAPPED_FILES]
         try:
-            unpacker.add(owned_packages(index, (path for path, _start in mapped.bases)))
+            unpacker.add(owned_packages(index, (path for path, _start in bases)))
             unpacker.wait()
-            result.modules = packaged_modules(mapped.bases, result.trees, merges_usr(result.release))
+            result.modules = packaged_modules(bases, result.trees, merges_usr(result.release))
             unpacker.add(resolve_modules(index, result.modules).packages)
             unpacker.wait()
             meanwhile(result)
-            read = [Module(path, start, mapped.build_id_at(start)) for path, start in mapped.bases]
-            result.modules = read
-            for module in read:
+            result.modules = []
+            for path, start in bases:  # each as its bytes land
+                module = Module(path, start, mapped.build_id_at(start))
+                result.modules.append(module)
                 unpacker.add(resolve_modules(index, [module]).packages)
         except RetraceError as err:
             result.stopped = str(err)
