@@ -221,6 +221,9 @@ def prefetch(config: Config, crash_dir: Path, size: int, still_uploading: Callab
     result = Prefetched()
     try:
         fd = os.open(crash_dir / "coredump", os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        result.how = "the upload had ended (stored as a task, or refused) before the prefetch began"
+        return result
     except OSError as err:
         result.how = f"the core cannot be read ({err.strerror})"
         return result

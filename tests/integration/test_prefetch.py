@@ -6,8 +6,9 @@ import hashlib
 import shutil
 import time
 
+from retrace_server import locking
 from testkit.distro import publish_release
-from testkit.helpers import problem_members, tar_bytes, timed_retrace, wait_final
+from testkit.helpers import outcome, problem_members, tar_bytes, timed_retrace, wait_final
 from tests.integration.test_hardening import MIB, open_upload, read_answer
 
 # Past the core: what the test holds back until the packages are in the cache.  The tar reader takes the
@@ -97,3 +98,57 @@ def test_a_core_below_prefetch_above_is_left_to_the_worker(start_server, fixture
     _seconds, log = timed_retrace(server, body)
     assert "Reused " not in log and log.count("Unpacked ") == len(fixture_rpms), log
     assert "-byte core)" not in (server.log_dir / "dispatcher.log").read_text()
+
+
+def dispatcher_said(server, text, timeout=60):
+    """The dispatcher's log once it holds ``text``."""
+    deadline = time.monotonic() + timeout
+    while text not in (said := (server.log_dir / "dispatcher.log").read_text()):
+        assert time.monotonic() < deadline, f"the dispatcher never said {text!r}:\n{said}"
+        time.sleep(0.05)
+    return said
+
+
+def test_a_forged_core_is_not_prefetched_and_its_task_fails_saying_why(start_server, problem_dir):
+    """A mapped file's name climbing out of any tree: refused by the prefetch as the worker refuses it."""
+    server = start_server(PrefetchAbove="0", MinUploadRate="0")
+    libc = b"/usr/lib/x86_64-linux-gnu/libc.so.6\0"
+    forged = padded_core(problem_dir).replace(libc, b"/../../../../../../../tmp/x/libc.so\0")
+    assert len(forged) == len(padded_core(problem_dir))  # the same length: the notes stay whole
+    body = tar_bytes(problem_members(problem_dir, ("executable", "package", "os_release", "coredump"),
+                                     coredump=forged))
+    with open_upload(server, len(body)) as upload:
+        upload.sendall(body[:-HELD])
+        said = dispatcher_said(server, "-byte core): nothing prefetched")
+        upload.sendall(body[-HELD:])
+        status, headers, text = read_answer(upload, timeout=60)
+    assert status == 201, text
+    assert ("nothing prefetched: The coredump maps a file named '/../../../../../../../tmp/x/libc.so', which is "
+            "not a plain absolute path") in said, said
+    task_id, auth = headers["x-task-id"], {"X-Task-Password": headers["x-task-password"]}
+    status = wait_final(server, task_id, auth)
+    assert status.headers["X-Task-Status"] == "FINISHED_FAILURE"
+    assert "maps a file named '/../../../../../../../tmp/x/libc.so'" in outcome(status)
+    assert not list((server.cache_dir / "rpms").glob("*/manifest.json"))
+
+
+def test_an_upload_cut_in_the_middle_of_its_core_ends_its_prefetch(start_server, fixture_rpms, deep_problem_dir):
+    """The deep core's libraries come after sixteen threads' stacks: once the packages their paths name are
+    in, the prefetch waits for the libraries' own headers until the upload is gone, and stops, freeing its
+    slot."""
+    server = start_server(PrefetchAbove="0", MaxPackedSize="64", MaxUnpackedSize="512")
+    core = (deep_problem_dir / "coredump").read_bytes()
+    assert len(core) > 3 * MIB
+    body = tar_bytes(problem_members(deep_problem_dir, ("executable", "package", "os_release", "coredump")))
+    core_start = body.index(core[:4096])
+    with open_upload(server, len(body)) as upload:
+        upload.sendall(body[:core_start + 2 * MIB + MIB // 2])
+        deadline = time.monotonic() + 60
+        while len(cached(server, fixture_rpms)) < len(fixture_rpms):
+            assert time.monotonic() < deadline, cached(server, fixture_rpms)
+            time.sleep(0.05)
+        assert "-byte core)" not in (server.log_dir / "dispatcher.log").read_text()
+    said = dispatcher_said(server, "stopped early: the upload ended")
+    assert "packages of fedora-41-x86_64 (from os_release" in said, said
+    assert not server.incoming()
+    assert not locking.is_held(server.save_dir / ".prefetch" / "0.lock")
