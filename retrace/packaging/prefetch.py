@@ -20,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import os
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -97,15 +98,18 @@ class Prefetched:
     modules: list[Module] = dataclasses.field(default_factory=list)  # the mapped files whose build-ids it read
     unpacked: int = 0
     failed: int = 0
+    skipped: int = 0  # not begun when the upload ended: left to the worker, if it became a task
     stopped: str = ""  # why it stopped naming packages early (the upload ended, the core is unusable)
 
     def summary(self) -> str:
         if self.release is None:
             return f"nothing prefetched: {self.how}"
         text = (f"{len(self.packages)} packages of {self.release} ({self.how}), {self.unpacked} unpacked, "
-                f"{len(self.packages) - self.unpacked - self.failed} already cached")
+                f"{len(self.packages) - self.unpacked - self.failed - self.skipped} already cached")
         if self.failed:
             text += f", {self.failed} failed (the worker will say why)"
+        if self.skipped:
+            text += f", {self.skipped} not begun before the upload ended"
         return text + (f"; stopped early: {self.stopped}" if self.stopped else "")
 
 
@@ -162,10 +166,14 @@ def owned_packages(index: RepoIndex, paths: Iterable[str]) -> list[Package]:
 
 
 class _Unpacker:
-    """Packages unpacked two at a time as they are named, each once, at most MAX_PACKAGES."""
+    """Packages unpacked two at a time as they are named, each once, at most MAX_PACKAGES; one not begun
+    when the upload ends is left alone (an upload cut short leaves no work behind it; a task does its own)."""
 
-    def __init__(self, supply: PackageSupply, index: RepoIndex, result: Prefetched, log: logging.Logger) -> None:
+    def __init__(self, supply: PackageSupply, index: RepoIndex, result: Prefetched, log: logging.Logger,
+                 still_uploading: Callable[[], bool]) -> None:
         self.supply, self.index, self.result, self.log = supply, index, result, log
+        self.still_uploading = still_uploading
+        self.counting = threading.Lock()
         self.pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="prefetch")
         self.futures: list[concurrent.futures.Future[None]] = []
 
@@ -178,10 +186,15 @@ class _Unpacker:
                 self.futures.append(self.pool.submit(self._unpack, package))
 
     def _unpack(self, package: Package) -> None:
+        if not self.still_uploading():
+            with self.counting:
+                self.result.skipped += 1
+            return
         try:
             self.result.trees.append(self.supply.cached(package, self.index))
         except (RetraceError, OSError) as err:
-            self.result.failed += 1
+            with self.counting:
+                self.result.failed += 1
             self.log.warning("%s not prefetched: %s", package.nevra, err)
 
     def wait(self) -> None:
@@ -243,7 +256,7 @@ def prefetch(config: Config, crash_dir: Path, size: int, still_uploading: Callab
             result.how += "; it has no mirror here"
             result.release = None
             return result
-        unpacker = _Unpacker(supply, index, result, log)
+        unpacker = _Unpacker(supply, index, result, log, still_uploading)
         bases = mapped.bases[:MAX_MAPPED_FILES]
         try:
             unpacker.add(owned_packages(index, (path for path, _start in bases)))

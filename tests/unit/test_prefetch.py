@@ -1,9 +1,11 @@
 """A coredump's packages named while the core still uploads (retrace_server.packaging.prefetch), and the
 dispatcher's request for it (retrace_server.tasks.dispatch)."""
 
+import logging
 import os
 import threading
 import time
+from typing import NamedTuple
 
 import pytest
 
@@ -11,12 +13,15 @@ from retrace_server.config import Config
 from retrace_server.elf import Module, core_map, read_core
 from retrace_server.packaging.prefetch import (
     GrowingFile,
+    Prefetched,
     UploadEnded,
+    _Unpacker,
     guessed_release,
     named_release,
     packaged_modules,
 )
 from retrace_server.packaging.release import ReleaseId
+from retrace_server.packaging.supply import CacheCounts
 from retrace_server.tasks import dispatch
 from retrace_server.tasks.task import IncomingTask, TaskType
 from testkit.synthetic_core import BUILD_ID, synthetic_core
@@ -155,3 +160,37 @@ def test_the_unpacked_packages_tell_the_build_ids_before_the_core_s_memory_does(
     assert found == [Module("/usr/bin/python3.11", 0x1000, "bb" * 20),
                      Module("/usr/lib/x86_64-linux-gnu/libc.so.6", 0x7F00, "aa" * 20)]
     assert packaged_modules(bases, [libc], merged=False) == [], "/lib and /usr/lib are two places there"
+
+
+class Package(NamedTuple):
+    pkgid: int
+    name: str
+
+
+class Supply:
+    """A package supply that records what it was asked to unpack."""
+
+    def __init__(self):
+        self.asked = []
+        self.counts = CacheCounts()
+
+    def cached(self, package, _index):
+        self.asked.append(package)
+        self.counts.cache_misses += 1
+        return package
+
+
+def test_packages_not_begun_when_the_upload_ends_are_left_alone():
+    """An upload cut short leaves no work behind it: only what was under way finishes."""
+    uploading = [True]
+    supply, result = Supply(), Prefetched()
+    unpacker = _Unpacker(supply, None, result, logging.getLogger("test"), lambda: uploading[0])
+    crasher, libcrash, libc6, libc6_dbg = (Package(pkgid, name) for pkgid, name in enumerate(
+        ("crasher", "libcrash", "libc6", "libc6-dbg")))
+    unpacker.add([crasher, libcrash])
+    unpacker.wait()
+    uploading[0] = False
+    unpacker.add([libc6, libc6_dbg, crasher])  # crasher: named once only
+    unpacker.finish()
+    assert supply.asked == [crasher, libcrash] and result.packages == [crasher, libcrash, libc6, libc6_dbg]
+    assert (result.unpacked, result.skipped) == (2, 2)
