@@ -248,10 +248,14 @@ def prefetch(config: Config, crash_dir: Path, size: int, still_uploading: Callab
         except RetraceError as err:
             result.how = str(err)
             return result
-        _choose_release(config, crash_dir, mapped, result)
+        try:
+            _choose_release(config, crash_dir, mapped, result)
+            index = release_index(config.RepoDir, config.CacheDir, result.release) if result.release else None
+        except RetraceError as err:  # a repository being synchronised, metadata that cannot be read
+            result.how, result.release = f"{result.how}; {err}" if result.how else str(err), None
+            return result
         if result.release is None:
             return result
-        index = release_index(config.RepoDir, config.CacheDir, result.release)
         if index is None:
             result.how += "; it has no mirror here"
             result.release = None

@@ -19,6 +19,7 @@ from retrace_server.packaging.prefetch import (
     guessed_release,
     named_release,
     packaged_modules,
+    prefetch,
 )
 from retrace_server.packaging.release import ReleaseId
 from retrace_server.packaging.supply import CacheCounts
@@ -194,3 +195,19 @@ def test_packages_not_begun_when_the_upload_ends_are_left_alone():
     unpacker.finish()
     assert supply.asked == [crasher, libcrash] and result.packages == [crasher, libcrash, libc6, libc6_dbg]
     assert (result.unpacked, result.skipped) == (2, 2)
+
+
+def test_a_release_whose_metadata_cannot_be_read_is_not_prefetched_from(tmp_path):
+    """A repository being synchronised: the prefetch says why in its line, the worker will say it to the user."""
+    (tmp_path / "repos" / "fedora-41-x86_64" / "repodata").mkdir(parents=True)
+    (tmp_path / "repos" / "fedora-41-x86_64" / "repodata" / "repomd.xml").write_text("<repomd")
+    crash = tmp_path / "crash"
+    crash.mkdir()
+    (crash / "os_release").write_text("Fedora release 41 (Forty One)\n")
+    core = synthetic_core()
+    (crash / "coredump").write_bytes(core)
+    config = Config(SaveDir=tmp_path / "spool", RepoDir=tmp_path / "repos", CacheDir=tmp_path / "cache")
+    result = prefetch(config, crash, len(core), lambda: False, logging.getLogger("test"))
+    assert result.release is None and result.packages == []
+    assert result.summary().startswith("nothing prefetched: from os_release 'Fedora release 41 (Forty One)'; The "
+                                       "repository of fedora-41-x86_64 has no readable repodata/repomd.xml")
