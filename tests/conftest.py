@@ -6,6 +6,7 @@ tested by its old copy, which is refused here with the command that fixes it.
 """
 
 import hashlib
+import os
 import sys
 from pathlib import Path
 
@@ -47,3 +48,14 @@ def pytest_sessionfinish(session):
         session.config.get_terminal_writer().line(
             f"a test imported the checkout's {', '.join(reached)} instead of retrace_server.*", red=True)
         session.exitstatus = 1
+
+
+@pytest.fixture(autouse=True)
+def _umask_kept():
+    """A command run in-process (the worker's, the dispatcher's ``main``) sets the service's umask (027) for
+    the whole process; the next test would then make shared fixtures (the cached signing keys) that the
+    service user cannot read."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    yield
+    os.umask(umask)
