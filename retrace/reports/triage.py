@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from retrace_server.analysis.symbolize import Location, Symbolized, debug_file, symbolize_module
 from retrace_server.errors import RetraceError, disk_full_explained
@@ -203,75 +203,33 @@ def functions(frames: Iterable[Symbolized]) -> list[str]:
     return located_functions(named)
 
 
-class _FrameText(NamedTuple):
-    """One frame rendered: its lines in gdb's ``bt`` format without their ``#depth``, and its JSON."""
-
-    lines: tuple[str, ...]
-    json: str
-
-
-# Frames rendered, by what they show. Reports of one program name the same frames in other orders and
-# combinations (other threads, other depths): rendering each frame again was a quarter of such a report's time.
-_FRAME_TEXTS: LRU[tuple[Any, ...], _FrameText] = LRU(32768)
-
-
-def _frame_key(frame: Symbolized) -> tuple[Any, ...]:
-    return (frame.build_id, frame.offset, frame.module, frame.problem, *frame.locations)
-
-
-def _render(frame: Symbolized) -> _FrameText:
-    lines = []
-    locations: list[Location | None] = [*frame.locations] or [None]
-    for position, location in enumerate(locations):
-        inlined = position < len(locations) - 1
-        address = "" if position else f"0x{frame.offset:016x} in "
-        if location is None or location.function is None:
-            lines.append(f"{address}?? () from {frame.module}")
-        else:
-            where = f" at {location.file}:{location.line}" if location.file and location.line else ""
-            lines.append(f"{address}{location.function} (){where}{' [inlined]' if inlined else ''}")
-    return _FrameText(tuple(lines), json.dumps(
-        {"build_id": frame.build_id, "offset": frame.offset, "module": frame.module, "problem": frame.problem,
-         "locations": [{"function": location.function, "file": location.file, "line": location.line}
-                       for location in frame.locations]}))
-
-
-def _frame_texts(threads: Sequence[Sequence[Symbolized]]) -> list[list[_FrameText]]:
-    """Each frame's rendering, kept or made (one lock for all the kept ones)."""
-    keys = [[_frame_key(frame) for frame in frames] for frames in threads]
-    kept = _FRAME_TEXTS.get_many(key for thread in keys for key in thread)
-    made = {key: _render(frame) for frames, thread in zip(threads, keys)
-            for frame, key in zip(frames, thread) if key not in kept}
-    _FRAME_TEXTS.put_many(made.items())
-    return [[kept.get(key) or made[key] for key in thread] for thread in keys]
-
-
 def gdb_text(threads: Sequence[Sequence[Symbolized]], report_threads: Sequence[ReportThread]) -> str:
     """The symbolized threads in gdb's ``bt`` format (ABRT and satyr read it); offsets stand for addresses."""
-    return _gdb_text(_frame_texts(threads), report_threads)
-
-
-def _gdb_text(texts: Sequence[Sequence[_FrameText]], report_threads: Sequence[ReportThread]) -> str:
     lines = []
-    for number, (frames, thread) in enumerate(zip(texts, report_threads), start=1):
+    for number, (frames, thread) in enumerate(zip(threads, report_threads), start=1):
         lines.append(f"Thread {number} ({'crashed' if thread.crash_thread else 'report'}):")
         depth = 0
         for frame in frames:
-            for line in frame.lines:
-                lines.append(f"#{depth:<2} {line}")
+            locations: list[Location | None] = [*frame.locations] or [None]
+            for position, location in enumerate(locations):
+                inlined = position < len(locations) - 1
+                address = "" if position else f"0x{frame.offset:016x} in "
+                if location is None or location.function is None:
+                    lines.append(f"#{depth:<2} {address}?? () from {frame.module}")
+                else:
+                    where = f" at {location.file}:{location.line}" if location.file and location.line else ""
+                    lines.append(f"#{depth:<2} {address}{location.function} (){where}{' [inlined]' if inlined else ''}")
                 depth += 1
         lines.append("")
     return "\n".join(lines)
 
 
-def answer_members(threads: Sequence[Sequence[Symbolized]], report: Report) -> str:
-    """The answer's ``backtrace`` and ``frames`` members as JSON text (``"backtrace": ..., "frames": [...]``),
-    from each frame's kept rendering."""
-    texts = _frame_texts(threads)
-    frames = ", ".join(f'{{"crash_thread": {json.dumps(thread.crash_thread)}, "frames": ['
-                       f'{", ".join(frame.json for frame in thread_texts)}]}}'
-                       for thread_texts, thread in zip(texts, report.threads))
-    return f'"backtrace": {json.dumps(_gdb_text(texts, report.threads))}, "frames": [{frames}]'
+def frames_json(threads: Sequence[Sequence[Symbolized]], report: Report) -> list[dict[str, Any]]:
+    return [{"crash_thread": thread.crash_thread, "frames": [
+        {"build_id": frame.build_id, "offset": frame.offset, "module": frame.module, "problem": frame.problem,
+         "locations": [{"function": location.function, "file": location.file, "line": location.line}
+                       for location in frame.locations]} for frame in frames]}
+        for frames, thread in zip(threads, report.threads)]
 
 
 def missing_build_ids(frames: Iterable[Symbolized]) -> list[str]:
@@ -327,7 +285,7 @@ def symbolization(config: Config, report: Report, buckets: BucketDB, release: Re
     made = Symbolization(
         tuple(functions(threads[crash_number])), gdb_text([threads[crash_number]], [report.threads[crash_number]]),
         tuple(missing_build_ids(threads[crash_number])),
-        answer_members(threads, report))
+        json.dumps({"backtrace": gdb_text(threads, report.threads), "frames": frames_json(threads, report)})[1:-1])
     if settled:
         frames = sum(len(thread.frames) for thread in report.threads)
         _SYMBOLIZATIONS.put(key, made, len(made.rendered) + len(made.crash_text) + _KEY_BYTES_PER_FRAME * frames)

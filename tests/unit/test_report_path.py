@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from retrace_server.analysis.symbolize import Location, Symbolized
 from retrace_server.config import Config
 from retrace_server.lru import LRU
 from retrace_server.reports import buckets, triage, ureport
@@ -152,41 +151,3 @@ def test_reports_from_many_threads_are_each_counted_once(config):
     with buckets.BucketDB.for_config(config) as db:
         assert [bucket["count"] for bucket in db.buckets()] == [200]
         assert db.totals()["reports"] == 200
-
-
-def rendered_frames(*specs):
-    """Symbolized frames from ``(offset, [(function, file, line), ...], problem)``."""
-    return [Symbolized("ab" * 20, offset, "/usr/lib64/libcrash.so", [Location(*place) for place in places], problem)
-            for offset, places, problem in specs]
-
-
-def test_the_answer_renders_each_frame_once_in_whatever_combination_it_comes(monkeypatch):
-    """The same frames in another order, thread or depth come from their kept renderings, and the answer is
-    the JSON it always was."""
-    monkeypatch.setattr(triage, "_FRAME_TEXTS", LRU(100))
-    inlined = (0x1010, [("inner", "lib.c", 7), ("outer", "lib.c", 12)], None)
-    plain = (0x1020, [("crash_here", "lib.c", 3)], None)
-    unknown = (0x1030, [], "no debuginfo for build-id " + "ab" * 20 + " in fedora-41-x86_64")
-    first = [rendered_frames(inlined, plain, unknown)]
-    report = ureport.Report("fedora", "41", "x86_64", "/usr/bin/crasher", None, 11, None, None, (
-        ureport.ReportThread(True, ()),))
-    members = triage.answer_members(first, report)
-    expected = {"backtrace": triage.gdb_text(first, report.threads), "frames": [{"crash_thread": True, "frames": [
-        {"build_id": frame.build_id, "offset": frame.offset, "module": frame.module, "problem": frame.problem,
-         "locations": [{"function": place.function, "file": place.file, "line": place.line}
-                       for place in frame.locations]} for frame in first[0]]}]}
-    assert members == json.dumps(expected)[1:-1]
-    assert json.loads(f"{{{members}}}")["backtrace"].splitlines() == [
-        "Thread 1 (crashed):",
-        "#0  0x0000000000001010 in inner () at lib.c:7 [inlined]",
-        "#1  outer () at lib.c:12",
-        "#2  0x0000000000001020 in crash_here () at lib.c:3",
-        "#3  0x0000000000001030 in ?? () from /usr/lib64/libcrash.so"]
-    rendered = []
-    monkeypatch.setattr(triage, "_render", lambda frame: rendered.append(frame))
-    again = [rendered_frames(unknown, plain), rendered_frames(plain, inlined)]
-    two = ureport.Report("fedora", "41", "x86_64", "/usr/bin/crasher", None, 11, None, None, (
-        ureport.ReportThread(False, ()), ureport.ReportThread(True, ())))
-    text = json.loads(f"{{{triage.answer_members(again, two)}}}")["backtrace"]
-    assert rendered == [] and "Thread 2 (crashed):\n#0  0x0000000000001020 in crash_here () at lib.c:3\n" \
-                                "#1  0x0000000000001010 in inner () at lib.c:7 [inlined]\n#2  outer ()" in text
