@@ -235,6 +235,10 @@ class Config:
         return self.MaxUnpackedSize * MIB
 
     @property
+    def prefetch_above_bytes(self) -> int:
+        return self.PrefetchAbove * MIB
+
+    @property
     def max_vmcore_packed_bytes(self) -> int:
         return self.MaxVmcorePackedSize * MIB
 

@@ -96,8 +96,8 @@ def prefetch_packages(config: Config, crash_dir: Path, size: int) -> None:
     upload = crash_dir.parent
     slots = Path(config.SaveDir) / _PREFETCH_SLOTS
     slots.mkdir(mode=0o750, exist_ok=True)
-    slot = next(filter(None, (locking.try_exclusive(slots / f"{n}.lock") for n in range(config.MaxParallelTasks))),
-                None)
+    claims = (locking.try_exclusive(slots / f"{n}.lock") for n in range(config.MaxParallelTasks))
+    slot = next((fd for fd in claims if fd is not None), None)
     if slot is None:
         log.info("upload %s: its core's packages are not prefetched, %d prefetches run already", upload.name,
                  config.MaxParallelTasks)
@@ -108,13 +108,16 @@ def prefetch_packages(config: Config, crash_dir: Path, size: int) -> None:
     quiet.setLevel(logging.WARNING)  # a line per package belongs in the task's log, which the worker writes
     indexes, indexed = GdbIndexes(config.CacheDir), []
 
+    def uploading() -> bool:
+        return is_live_upload(upload)
+
     def index(result: Prefetched) -> None:
         """While the rest still uploads, the gdb indexes the first task would build after its answer (not
         after: a gdb building them then would take the cores from the task's own)."""
         indexed.append(indexes.build(debug_files(result.modules, result.trees), quiet,
-                                     go_on=lambda: is_live_upload(upload)))
+                                     go_on=uploading))
 
-    result = prefetch(config, crash_dir, size, lambda: is_live_upload(upload), quiet, config.WorkerTimeLimit,
+    result = prefetch(config, crash_dir, size, uploading, quiet, config.WorkerTimeLimit,
                       meanwhile=index)
     index(result)
     log.info("upload %s (a %d-byte core): %s; %d gdb indexes built; in %.2f s", upload.name, size,

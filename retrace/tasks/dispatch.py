@@ -213,7 +213,7 @@ def prefetch_trigger(config: Config, task_type: TaskType, upload_dir: Path) -> C
         return None
 
     def started(name: str, size: int) -> None:
-        if name == "coredump" and size >= config.PrefetchAbove * 1024 * 1024:
+        if name == "coredump" and size >= config.prefetch_above_bytes:
             _send(config, f"{_PREFETCH}{upload_dir.name} {size}".encode())
 
     return started
