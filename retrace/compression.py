@@ -22,6 +22,8 @@ import concurrent.futures
 import gzip
 import io
 import lzma
+import queue
+import threading
 import zlib
 from pathlib import Path
 from typing import BinaryIO, Callable, Protocol
@@ -322,6 +324,71 @@ class _ParallelXz(io.RawIOBase):
             future.cancel()
         self._pool.shutdown(wait=True)
         super().close()
+
+
+class _ReadAhead(io.RawIOBase):
+    """A decoder run one step ahead in a thread of its own, so that decoding (liblzma lets go of the GIL) and
+    what the reader does with the bytes (a package's files written) overlap on two cores, as dpkg-deb's
+    decompressor process and its tar do.
+
+    At most ``depth`` chunks wait decoded; an error the decoder raises is raised to the reader at the place
+    in the stream it happened; closing stops the thread before the next chunk.
+    """
+
+    def __init__(self, source: BinaryIO, depth: int) -> None:
+        super().__init__()
+        self._source = source
+        self._chunks: queue.Queue[bytes | BaseException] = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._current = memoryview(b"")
+        self._ended = False
+        self._thread = threading.Thread(target=self._decode, name="read-ahead", daemon=True)
+        self._thread.start()
+
+    def _decode(self) -> None:
+        while not self._stop.is_set():
+            try:
+                chunk: bytes | BaseException = self._source.read(CHUNK_SIZE)
+            except BaseException as err:  # raised again in the reader's thread
+                chunk = err
+            while not self._stop.is_set():
+                try:
+                    self._chunks.put(chunk, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if not chunk or isinstance(chunk, BaseException):
+                return
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if not self._current:
+            if self._ended:
+                return 0
+            chunk = self._chunks.get()
+            if isinstance(chunk, BaseException):
+                self._ended = True
+                raise chunk
+            if not chunk:
+                self._ended = True
+                return 0
+            self._current = memoryview(chunk)
+        size = min(len(buffer), len(self._current))
+        buffer[:size] = self._current[:size]
+        self._current = self._current[size:]
+        return size
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        super().close()
+
+
+def read_ahead(source: BinaryIO, depth: int = 4) -> io.BufferedReader:
+    """``source`` (a decoder) decoded up to ``depth`` chunks ahead of its reader, in a thread (``_ReadAhead``)."""
+    return io.BufferedReader(_ReadAhead(source, depth), CHUNK_SIZE)
 
 
 def parallel_xz_reader(handle: BinaryIO, start: int, size: int, memlimit: int = DEFAULT_DECODER_MEMORY,

@@ -87,7 +87,7 @@ def _open_data(handle: BinaryIO, name: str, memlimit: int) -> tuple[tarfile.TarF
                     if member == "data.tar.xz" and size >= _PARALLEL_XZ else None)
         stream = io.BufferedReader(_Range(handle, size), _COPY_CHUNK)
         guarded = tarstream.guarded_tarinfo(lambda what: UnpackError(f"the data of {name} has {what}"))
-        data = parallel or (decoder(stream, memlimit) if decoder else stream)
+        data = parallel or (compression.read_ahead(decoder(stream, memlimit)) if decoder else stream)
         return tarfile.open(fileobj=data, mode="r|", tarinfo=guarded), size, data
 
 
@@ -147,14 +147,19 @@ def unpack_deb(deb_path: Path, target: Path, memlimit: int = compression.DEFAULT
     entries: list[ManifestEntry] = []
     files: dict[str, str] = {}
     symlinks: set[str] = set()
+    made: set[Path] = {target}
     target.mkdir()
     name = Path(deb_path).name
     for relative, info, tar in _members(deb_path, memlimit):
         refuse_below_symlink(relative, symlinks, deb_path)
         destination = target / relative
-        destination.parent.mkdir(parents=True, exist_ok=True)
+        if destination.parent not in made:  # one mkdir per directory: each costs a system call even when there
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            made.add(destination.parent)
         if info.isdir():
-            destination.mkdir(exist_ok=True)
+            if destination not in made:
+                destination.mkdir(exist_ok=True)
+                made.add(destination)
             entries.append((relative, "d", "", ""))
         elif info.issym():
             os.symlink(info.linkname, destination)

@@ -130,3 +130,32 @@ def test_a_damaged_block_is_an_error_of_the_data_not_wrong_bytes(tmp_path):
     with pytest.raises(compression.CORRUPT_DATA):
         reader.read()
     reader.close()
+
+
+def test_a_decoder_read_ahead_in_its_thread_gives_the_same_bytes_and_its_errors_where_they_happen():
+    data = os.urandom(3 << 20)
+    reader = compression.read_ahead(compression.xz_reader(io.BytesIO(lzma.compress(data))))
+    assert reader.read(5) == data[:5] and reader.read() == data[5:] and reader.read() == b""
+    reader.close()
+    damaged = bytearray(lzma.compress(data))
+    damaged[len(damaged) // 2] ^= 0xFF
+    reader = compression.read_ahead(compression.xz_reader(io.BytesIO(bytes(damaged))))
+    assert reader.read(1 << 20) == data[:1 << 20], "the bytes before the damage come first"
+    with pytest.raises(compression.CORRUPT_DATA):
+        reader.read()
+    reader.close()
+
+
+def test_a_read_ahead_closed_early_stops_its_thread_with_at_most_its_depth_decoded():
+    reads = []
+
+    class Endless(io.RawIOBase):
+        def readinto(self, buffer):
+            reads.append(len(buffer))
+            buffer[:] = bytes(len(buffer))
+            return len(buffer)
+
+    reader = compression.read_ahead(Endless(), depth=2)
+    reader.read(10)
+    reader.close()
+    assert len(reads) <= 2 + 2, "the chunk read, the two waiting, and the one the thread holds"
