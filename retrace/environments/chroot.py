@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from retrace_server.environments.base import View, Workload
-from retrace_server.environments.sandbox import prepare_mount_points
-from retrace_server.environments.sysroot import SysrootEnvironment
+from retrace_server.environments.sysroot import SysrootEnvironment, real_directory
 from retrace_server.errors import RetraceError
 from retrace_server.packaging.cache import CachedPackage, PackageCache, cache_entries, cached_entry, evict_entry
 
@@ -79,6 +78,20 @@ def manifest_of(root: StrPath) -> list[ManifestEntry]:
             elif os.path.isfile(path):
                 entries.append((relative, "f", "", ""))
     return entries
+
+
+def prepare_mount_points(root: StrPath, paths: Iterable[StrPath]) -> None:
+    """Create, inside a root bubblewrap will mount read-only, where ``paths`` get mounted: real directories,
+    never a folded one (bubblewrap would follow its link out of the root, and a directory made through it
+    would land in the package cache)."""
+    for name in ("proc", "dev", "tmp"):
+        real_directory(root, name)
+    for path in map(str, paths):
+        if os.path.isdir(path):
+            real_directory(root, path)
+        else:
+            directory = real_directory(root, os.path.dirname(path))
+            open(os.path.join(directory, os.path.basename(path)), "a").close()
 
 
 def dnf_argv(root: Path, cache: Path, release_dir: Path, version: str, packages: Iterable[str],

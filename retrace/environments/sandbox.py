@@ -113,7 +113,7 @@ def sandbox_argv(command: list[str], read_only_paths: Iterable[StrPath], root: S
 
     Without ``root`` the host's /usr provides gdb; with it, ``root`` is
     mounted read-only as ``/`` (it must hold the mount points of /proc,
-    /dev, /tmp and of ``read_only_paths``: see ``prepare_mount_points``).
+    /dev, /tmp and of ``read_only_paths``: see ``chroot.prepare_mount_points``).
     ``seccomp_fd``: an inherited descriptor holding the filter (``seccomp_filter``).
     """
     system = ["--ro-bind", str(root), "/"] if root is not None else host_binds()
@@ -200,19 +200,6 @@ def require_sandbox(program: str) -> None:
     for needed in ("bwrap", program):
         if shutil.which(needed) is None:
             raise SandboxUnavailable(f"{needed} is not installed on the retrace server")
-
-
-def prepare_mount_points(root: StrPath, paths: Iterable[StrPath]) -> None:
-    """Create, inside a root bubblewrap will mount read-only, where ``paths`` get mounted."""
-    for name in ("proc", "dev", "tmp"):
-        os.makedirs(os.path.join(root, name), exist_ok=True)
-    for path in map(str, paths):
-        target = os.path.join(root, path.lstrip("/"))
-        if os.path.isdir(path):
-            os.makedirs(target, exist_ok=True)
-        else:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            open(target, "a").close()
 
 
 def start_sandboxed(command: list[str], read_only_paths: Iterable[StrPath], *, cpu_seconds: int, memory_bytes: int,

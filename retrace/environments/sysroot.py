@@ -30,10 +30,10 @@ from retrace_server.environments.sandbox import Sandboxed, require_sandbox, run_
 from retrace_server.environments.session import Session
 from retrace_server.packaging.cache import PackageCache, cache_entries, cached_entry, evict_entry
 from retrace_server.packaging.release import merges_usr
-from retrace_server.paths import UnsafePath, clamped_link_target, inside
+from retrace_server.paths import UnsafePath, clamped_link_target, inside, shown
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
     from retrace_server.config import Config
     from retrace_server.elf import Module
@@ -48,17 +48,28 @@ def assemble_sysroot(root: StrPath, cached_packages: Iterable[CachedPackage], me
     """Build ``root`` from CachedPackages (the first package wins a file both hold), as a merged-/usr root
     unless the release did not merge /usr (``release.merges_usr``: there /bin/x and /usr/bin/x differ).
 
-    Returns ``(files linked, seconds)``.
+    A directory whose whole content one package brings, with no symlink in
+    it or on its way, is one symlink to the package's own directory
+    (``_folded``): libc6-dbg's 450 debug files are 250 links instead of 450
+    links and 170 directories, and every link and directory made costs half
+    a millisecond on a busy disk.  Returns ``(links made, seconds)``.
     """
     started = time.monotonic()
     root = Path(root)
     root.mkdir(mode=0o755)
+    manifests = [(str(package.root), package.manifest()) for package in cached_packages]
+    folded = _folded(manifests, merged)
     made_dirs: set[str] = set()
     linked = 0
-    for package in cached_packages:
-        source_root = str(package.root)
-        for packaged, kind, link_target, _build_id in package.manifest():
+    for source_root, manifest in manifests:
+        for packaged, kind, link_target, _build_id in manifest:
             relative = merged_usr_path(packaged, kind) if merged else packaged
+            fold = _folded_above(relative, folded)
+            if fold is not None:
+                relative, kind = fold, "folded"
+                if relative in made_dirs:
+                    continue
+                made_dirs.add(relative)
             destination = inside(root, relative)
             if kind == "d":
                 if relative not in made_dirs:
@@ -70,7 +81,9 @@ def assemble_sysroot(root: StrPath, cached_packages: Iterable[CachedPackage], me
                 os.makedirs(os.path.join(root, parent), exist_ok=True)
                 made_dirs.add(parent)
             try:
-                if kind == "f":
+                if kind == "folded":
+                    target = os.path.join(source_root, folded[relative])
+                elif kind == "f":
                     target = os.path.join(source_root, packaged)
                 else:
                     target = clamped_link_target(_resolved_in(root, parent, relative), link_target)
@@ -82,6 +95,57 @@ def assemble_sysroot(root: StrPath, cached_packages: Iterable[CachedPackage], me
                 continue
             linked += 1
     return linked, time.monotonic() - started
+
+
+def _folded(manifests: Sequence[tuple[str, Sequence[Sequence[str]]]], merged: bool) -> dict[str, str]:
+    """``{directory in the tree: the package's directory it is a link to}``, outermost only.
+
+    A directory is folded when every entry below it comes from one package
+    and one directory of it (merged /usr joins ``lib/x`` and ``usr/lib/x``
+    of a package: not folded), when no package has a symlink in it, at it
+    or above it (a link is recreated clamped, never reached through the
+    cache, and a path through another package's link lands elsewhere),
+    and when no package puts a file where it is.  What the tree shows is
+    then exactly what linking each file shows.
+    """
+    owners: dict[str, set[tuple[int, str]]] = {}
+    unfoldable: set[str] = {""}
+    links: set[str] = set()
+    for number, (_source_root, manifest) in enumerate(manifests):
+        for packaged, kind, _target, _build_id in manifest:
+            relative = merged_usr_path(packaged, kind) if merged else packaged
+            shift = len(relative) - len(packaged)  # "usr/" prepended by merged /usr
+            if kind == "l":
+                links.add(relative)
+            if kind != "d":
+                unfoldable.add(relative)
+            directory = relative if kind == "d" else os.path.dirname(relative)
+            while directory:
+                if kind == "l" or len(directory) <= shift:
+                    unfoldable.add(directory)
+                else:
+                    owners.setdefault(directory, set()).add((number, directory[shift:]))
+                directory = os.path.dirname(directory)
+    folded: dict[str, str] = {}
+    for directory in sorted(owners):
+        sources = owners[directory]
+        if len(sources) != 1 or directory in unfoldable or _folded_above(directory, folded) is not None:
+            continue
+        if any(ancestor in links for ancestor in _ancestors(directory)):
+            continue
+        folded[directory] = next(iter(sources))[1]
+    return folded
+
+
+def _ancestors(relative: str) -> Iterator[str]:
+    while relative:
+        yield relative
+        relative = os.path.dirname(relative)
+
+
+def _folded_above(relative: str, folded: Mapping[str, str]) -> str | None:
+    """The folded directory ``relative`` is or lies in, if any."""
+    return next((ancestor for ancestor in _ancestors(relative) if ancestor in folded), None) if folded else None
 
 
 def _resolved_in(root: StrPath, parent: str, relative: str) -> str:
@@ -122,8 +186,8 @@ def place_files(root: StrPath, placements: Iterable[tuple[str, StrPath]]) -> int
     for path, target in placements:
         try:
             destination = inside(root, path)
-            os.makedirs(os.path.dirname(destination), exist_ok=True)
-            os.symlink(target, destination)
+            parent = real_directory(root, os.path.dirname(path.lstrip("/")))
+            os.symlink(target, os.path.join(parent, os.path.basename(destination)))
         except FileExistsError:
             continue
         except (UnsafePath, NotADirectoryError) as err:
@@ -131,6 +195,53 @@ def place_files(root: StrPath, placements: Iterable[tuple[str, StrPath]]) -> int
             continue
         placed += 1
     return placed
+
+
+def real_directory(root: StrPath, relative: str) -> str:
+    """The directory ``relative`` (a checked path) of the tree as a real directory, made if missing.
+
+    A folded directory on the way, or at its end (an absolute link into
+    the package cache), is unfolded first, so that nothing is ever written
+    into a package's tree; a package's own link on the way (relative,
+    clamped when the tree was made) is followed as the kernel would, and
+    may not leave the tree.
+    """
+    parts, hops = [part for part in relative.split("/") if part], 0
+    done: list[str] = []
+    while parts:
+        part = parts.pop(0)
+        path = os.path.join(root, *done, part)
+        if not os.path.islink(path):
+            done.append(part)
+            continue
+        target = os.readlink(path)
+        if os.path.isabs(target):
+            if not os.path.isdir(path):
+                raise NotADirectoryError(f"'{shown(relative)}' lies below a file")
+            _unfold(path, target)
+            done.append(part)
+            continue
+        hops += 1
+        landed = os.path.normpath(os.path.join(*done, target))
+        if hops > _MAX_LINK_HOPS or landed == ".." or landed.startswith("../"):
+            raise UnsafePath(f"'{shown(relative)}' lies below a link that leaves the tree")
+        parts, done = [*([] if landed == "." else landed.split("/")), *parts], []
+    directory = os.path.join(root, *done)
+    os.makedirs(directory, exist_ok=True)
+    return directory
+
+
+def _unfold(path: str, target: str) -> None:
+    """The folded directory at ``path`` made a real one: a link per entry of the package's directory (its
+    subdirectories folded in turn), which shows the same files."""
+    os.unlink(path)
+    os.mkdir(path, 0o755)
+    for entry in os.scandir(target):
+        os.symlink(os.path.join(target, entry.name), os.path.join(path, entry.name))
+
+
+# As the kernel's limit on links followed in one lookup.
+_MAX_LINK_HOPS = 40
 
 
 # gdb opens shared libraries by their link-map names (/lib/x86_64-linux-gnu/
@@ -202,7 +313,7 @@ class SharedTrees:
 
 
 # Part of every tree's key: a change to how trees are assembled must not reuse trees made the old way.
-_TREE_LAYOUT = 1
+_TREE_LAYOUT = 2
 
 
 def tree_key(work: Workload, trees: Iterable[CachedPackage], merged: bool) -> str:

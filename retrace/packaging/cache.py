@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -205,9 +206,10 @@ def evict_entry(path: Path, lock_path: Path) -> bool:
 
 
 def tree_bytes(root: Path) -> int:
-    """Bytes of every file under ``root`` (symlinks count as themselves)."""
+    """Bytes of every file under ``root`` (symlinks count as themselves, those to directories too)."""
     total = 0
-    for directory, _dirs, files in os.walk(root):
-        for name in files:
-            total += os.lstat(os.path.join(directory, name)).st_size
+    for directory, dirs, files in os.walk(root):
+        for name in (*files, *dirs):
+            status = os.lstat(os.path.join(directory, name))
+            total += 0 if stat.S_ISDIR(status.st_mode) else status.st_size
     return total

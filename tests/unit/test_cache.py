@@ -118,7 +118,8 @@ def test_a_release_that_did_not_merge_usr_keeps_bin_and_usr_bin_apart(tmp_path):
     old = cached(tmp_path, "old", [["bin/tool", "f", "", ""], ["lib64/libold.so.1", "f", "", ""]])
     other = cached(tmp_path, "other", [["usr/bin/tool", "f", "", ""]])
     assemble_sysroot(tmp_path / "unmerged", [old, other], merged=False)
-    assert (tmp_path / "unmerged/bin/tool").read_text() == "old" and not (tmp_path / "unmerged/bin").is_symlink()
+    assert (tmp_path / "unmerged/bin/tool").read_text() == "old"
+    assert not (tmp_path / "unmerged/bin").samefile(tmp_path / "unmerged/usr/bin")
     assert (tmp_path / "unmerged/usr/bin/tool").read_text() == "other"
     assemble_sysroot(tmp_path / "merged", [old, other])
     assert (tmp_path / "merged/usr/bin/tool").read_text() == "old", "one file: the first package's"
@@ -128,3 +129,82 @@ def test_a_release_that_did_not_merge_usr_keeps_bin_and_usr_bin_apart(tmp_path):
         False, False, True, True, True, True, True, True]
     assert usr_merge_variants("/bin/tool", merged=False) == ["/bin/tool"]
     assert usr_merge_variants("/bin/tool") == ["/bin/tool", "/usr/bin/tool"]
+
+
+def cache_listing(package):
+    return sorted(str(path.relative_to(package.root)) for path in package.root.rglob("*"))
+
+
+def test_a_directory_one_package_brings_whole_is_one_link_to_it(tmp_path):
+    """libc6-dbg's debug files: a link per build-id directory, not one per file and a directory each."""
+    program = cached(tmp_path, "program", [["usr/bin/crasher", "f", "", ""],
+                                           ["usr/lib/debug/.build-id/aa/1.debug", "f", "", ""]])
+    debug = cached(tmp_path, "debug", [["usr/lib/debug/.build-id/bb/2.debug", "f", "", ""],
+                                       ["usr/lib/debug/.build-id/bb/3.debug", "f", "", ""],
+                                       ["usr/lib/debug/.build-id/cc/4.debug", "f", "", ""],
+                                       ["usr/share/doc/libc6-dbg", "d", "", ""]])
+    root = tmp_path / "sysroot"
+    linked, _ = assemble_sysroot(root, [program, debug])
+    build_ids = root / "usr/lib/debug/.build-id"
+    assert not build_ids.is_symlink(), "both packages have files there"
+    assert os.readlink(build_ids / "bb") == str(debug.root / "usr/lib/debug/.build-id/bb")
+    assert os.readlink(root / "usr/share") == str(debug.root / "usr/share")
+    assert os.readlink(root / "usr/bin") == str(program.root / "usr/bin")
+    assert linked == 5, "usr/bin, aa, bb, cc and usr/share"
+    assert [(build_ids / name).read_text() for name in ("aa/1.debug", "bb/2.debug", "bb/3.debug", "cc/4.debug")] == [
+        "program", "debug", "debug", "debug"]
+
+
+def test_a_directory_with_a_package_link_in_it_or_above_it_is_not_folded(tmp_path):
+    """A package's links are recreated clamped to the tree, never read from the cache."""
+    package = cached(tmp_path, "p", [["usr/lib64/libz.so.1.3", "f", "", ""],
+                                     ["usr/lib64/libz.so.1", "l", "/usr/lib64/libz.so.1.3", ""],
+                                     ["usr/share/x", "l", ".", ""], ["usr/share/x/x/y/file", "f", "", ""]])
+    root = tmp_path / "sysroot"
+    assemble_sysroot(root, [package])
+    assert not (root / "usr/lib64").is_symlink() and os.readlink(root / "usr/lib64/libz.so.1") == "libz.so.1.3"
+    assert not (root / "usr").is_symlink() and not (root / "usr/share/x/y").is_symlink()
+
+
+def test_lib_and_usr_lib_of_one_package_still_merge(tmp_path):
+    package = cached(tmp_path, "libc6", [["lib/x86_64-linux-gnu/libc.so.6", "f", "", ""],
+                                         ["usr/lib/x86_64-linux-gnu/gconv/UTF-16.so", "f", "", ""]])
+    root = tmp_path / "sysroot"
+    assemble_sysroot(root, [package])
+    multiarch = root / "usr/lib/x86_64-linux-gnu"
+    assert not multiarch.is_symlink() and sorted(os.listdir(multiarch)) == ["gconv", "libc.so.6"]
+    assert os.readlink(multiarch / "gconv") == str(package.root / "usr/lib/x86_64-linux-gnu/gconv")
+
+
+def test_a_file_placed_in_a_folded_directory_unfolds_it_and_never_enters_the_package_cache(tmp_path):
+    from retrace_server.environments.sysroot import place_files
+
+    package = cached(tmp_path, "p", [["usr/bin/crasher", "f", "", ""], ["usr/lib/debug/.build-id/aa/1.debug", "f", "", ""]])
+    before = cache_listing(package)
+    root = tmp_path / "sysroot"
+    assemble_sysroot(root, [package])
+    assert (root / "usr").is_symlink()
+    (tmp_path / "found").write_text("debuginfod's")
+    assert place_files(root, [("/usr/lib/debug/.build-id/bb/2.debug", tmp_path / "found")]) == 1
+    assert cache_listing(package) == before
+    assert (root / "usr/lib/debug/.build-id/bb/2.debug").read_text() == "debuginfod's"
+    assert (root / "usr/lib/debug/.build-id/aa/1.debug").read_text() == "p"
+    assert (root / "usr/bin").is_symlink() and (root / "usr/bin/crasher").read_text() == "p"
+
+
+def test_a_file_placed_through_a_package_link_unfolds_where_the_link_leads(tmp_path):
+    from retrace_server.environments.sysroot import place_files
+
+    links = cached(tmp_path, "links", [["lib64", "l", "usr/lib64", ""], ["up", "l", "../..", ""]])
+    loader = cached(tmp_path, "loader", [["usr/lib64/libother.so", "f", "", ""]])
+    before = cache_listing(loader)
+    root = tmp_path / "sysroot"
+    assemble_sysroot(root, [links, loader])
+    assert (root / "usr").is_symlink()
+    (tmp_path / "ld.so").write_text("the loader")
+    assert place_files(root, [("/lib64/ld-linux-x86-64.so.2", tmp_path / "ld.so")]) == 1
+    assert cache_listing(loader) == before
+    assert (root / "usr/lib64/ld-linux-x86-64.so.2").read_text() == "the loader"
+    assert (root / "usr/lib64/libother.so").read_text() == "loader"
+    assert place_files(root, [("/up/escaped", tmp_path / "ld.so")]) == 1
+    assert (root / "escaped").exists() and not (tmp_path / "escaped").exists(), "../.. was clamped to the tree"

@@ -1,5 +1,6 @@
 """The chroot and mock environments' generated commands and files (real runs: tests/integration)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -8,9 +9,17 @@ import pytest
 
 from retrace_server.analysis.gdb import exploitable_marker, gdb_argv
 from retrace_server.config import Config
-from retrace_server.environments.chroot import ChrootError, dnf_argv, fakeroot_argv, manifest_of, root_key
+from retrace_server.environments.chroot import (
+    ChrootError,
+    dnf_argv,
+    fakeroot_argv,
+    manifest_of,
+    prepare_mount_points,
+    root_key,
+)
 from retrace_server.environments.mock import CHROOT_CRASH_DIR, MockError, MockRoot, _run_step, find_mock
-from retrace_server.environments.sandbox import prepare_mount_points
+from retrace_server.environments.sysroot import assemble_sysroot
+from retrace_server.packaging.cache import CachedPackage
 from retrace_server.packaging.release import ReleaseId
 
 RELEASE = ReleaseId("fedora", "41", "x86_64")
@@ -47,6 +56,28 @@ def test_mount_points_are_made_inside_the_root(tmp_path):
     prepare_mount_points(tmp_path / "root", [tmp_path / "task", core])
     assert (tmp_path / "root" / "proc").is_dir() and (tmp_path / "root" / "tmp").is_dir()
     assert (tmp_path / "root" / str(core).lstrip("/")).is_file()
+
+
+def test_mount_points_in_a_folded_tree_are_real_directories_and_the_gdb_root_stays_as_installed(tmp_path):
+    """bubblewrap would follow a folded directory's link out of the root; a directory made through it would
+    land in the cached gdb root."""
+    gdb_root = tmp_path / "roots" / "fedora" / "root"
+    for directory in ("proc", "tmp", "var/cache/dnf", "usr/bin"):
+        (gdb_root / directory).mkdir(parents=True)
+    (gdb_root / "usr/bin/gdb").write_text("gdb")
+    (gdb_root.parent / "manifest.json").write_text(json.dumps(manifest_of(gdb_root)))
+    before = sorted(gdb_root.rglob("*"))
+    root = tmp_path / "tree"
+    assemble_sysroot(root, [CachedPackage(gdb_root.parent, False, 0, False)])
+    assert (root / "var").is_symlink() and (root / "proc").is_symlink()
+    core = tmp_path / "task" / "coredump"
+    core.parent.mkdir()
+    core.write_text("core")
+    prepare_mount_points(root, [tmp_path / "cache", core])
+    assert not (root / "proc").is_symlink() and (root / "proc").is_dir()
+    assert not (root / str(tmp_path).lstrip("/")).is_symlink() and (root / str(core).lstrip("/")).is_file()
+    assert sorted(gdb_root.rglob("*")) == before
+    assert (root / "usr/bin/gdb").read_text() == "gdb"
 
 
 def _mock(tmp_path, **settings):

@@ -45,7 +45,7 @@ def test_tasks_needing_the_same_files_read_one_tree_which_outlives_them(tmp_path
     assert os.path.realpath(first.tree / "usr/bin/crasher") == str(crasher.root / "usr/bin/crasher")
     assert first.read_only_paths(workload(tmp_path, [crasher]))[2] == first.tree
     first.clean(keep=False)
-    assert (second.tree / "usr/bin/crasher").is_symlink(), "cleaning a task leaves the shared tree"
+    assert (second.tree / "usr/bin/crasher").exists(), "cleaning a task leaves the shared tree"
     assert not (tmp_path / "1" / "sysroot").exists()
 
 
@@ -67,7 +67,7 @@ def test_a_task_that_keeps_its_tree_builds_its_own(tmp_path):
     crasher = cached_package(tmp_path, "crasher", [entry("./usr/bin/crasher")])
     env = environment(tmp_path, "1")
     env.prepare(workload(tmp_path, [crasher], keeps_tree=True))
-    assert env.tree == tmp_path / "1" / "sysroot" and (env.tree / "usr/bin/crasher").is_symlink()
+    assert env.tree == tmp_path / "1" / "sysroot" and (env.tree / "usr/bin/crasher").exists()
     assert not SharedTrees.directory(tmp_path / "cache").exists()
     env.clean(keep=False)
     assert not env.tree.exists()
