@@ -176,8 +176,10 @@ class Recorded:
 
     bthash: str
     signature: str
-    before: dict[str, Any] | None  # the bucket as it was (None: new)
+    before: dict[str, Any] | None  # the bucket's count, full_task and sets as they were (None: new)
     occurrence: int
+    count: int  # the bucket's, this one included
+    full_task: str | None  # the bucket's full retrace, if any
 
 
 # The symbol cache's rows a process read or wrote last, shared by its threads, by (database path, build-id,
@@ -310,19 +312,20 @@ class BucketDB:
                 component: str | None, moving: bool = False) -> Recorded:
         bthash, text = stack.signed(rules)
         full_task = task_id if kind == "retrace" else None
-        before = self.bucket(bthash)
+        before = self._state(bthash)
         if before is None:
             self.db.execute("INSERT INTO buckets (bthash, executable, signature, backtrace, first_seen, last_seen, "
                             "count, full_task, component, problem_type) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
                             (bthash, stack.executable, text, backtrace, when, when, full_task, component, stack.kind))
         # A full retrace's backtrace (with variables) replaces a coreless one's.
-        self.db.execute("UPDATE buckets SET count = count + 1, first_seen = MIN(first_seen, ?), "
-                        "last_seen = MAX(last_seen, ?), full_task = COALESCE(?, full_task), "
-                        "backtrace = CASE WHEN ? THEN ? ELSE backtrace END, component = COALESCE(component, ?), "
-                        "releases = ?, architectures = ?, versions = ? WHERE bthash = ?",
-                        (when, when, full_task, full_task is not None, backtrace, component,
-                         *(_added(before, column, value) for column, value in
-                           (("releases", release), ("architectures", arch), ("versions", version))), bthash))
+        count, bucket_task = self.db.execute(
+            "UPDATE buckets SET count = count + 1, first_seen = MIN(first_seen, ?), "
+            "last_seen = MAX(last_seen, ?), full_task = COALESCE(?, full_task), "
+            "backtrace = CASE WHEN ? THEN ? ELSE backtrace END, component = COALESCE(component, ?), "
+            "releases = ?, architectures = ?, versions = ? WHERE bthash = ? RETURNING count, full_task",
+            (when, when, full_task, full_task is not None, backtrace, component,
+             *(_added(before, column, value) for column, value in
+               (("releases", release), ("architectures", arch), ("versions", version))), bthash)).fetchone()
         stack_id = self._count_stack(stack, bthash, when, full_task, backtrace)
         self.db.execute("INSERT INTO daily VALUES (?, ?, ?, ?, ?, 1, ?) ON CONFLICT DO UPDATE SET count = count + 1",
                         (stack_id, _day(when), release or "", arch or "", version or "", bthash))
@@ -335,7 +338,16 @@ class BucketDB:
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (bthash, when, kind, package, version, release, arch, task_id, stack_id)).lastrowid
         assert occurrence is not None
-        return Recorded(bthash, text, before, occurrence)
+        return Recorded(bthash, text, before, occurrence, count, bucket_task)
+
+    def _state(self, bthash: str) -> dict[str, Any] | None:
+        """What counting a report in the bucket needs of it: not its stored backtrace (64 KiB, read for nothing
+        twice a report before)."""
+        row = self.db.execute("SELECT count, full_task, releases, architectures, versions FROM buckets "
+                              "WHERE bthash = ?", (bthash,)).fetchone()
+        if row is None:
+            return None
+        return {"count": row[0], "full_task": row[1], **{key: _words(text) for key, text in zip(_SETS, row[2:])}}
 
     def _count_stack(self, stack: Stack, bthash: str, when: float, full_task: str | None, backtrace: str) -> int:
         row = self.db.execute("SELECT id FROM stacks WHERE digest = ? AND bthash = ?", (stack.digest, bthash)).fetchone()

@@ -312,10 +312,8 @@ def triage(config: Config, report: Report, buckets: BucketDB, now: float | None 
                 report.version if component else None, report.release, report.arch, when=now, component=component)
             if symbolized.missing and release.digest is not None:  # debuginfod alone: its misses expire
                 buckets.keep_pending(recorded.occurrence, report.release, _kept(report), release.digest)
-        after = buckets.bucket(recorded.bthash)
-        assert after is not None  # recorded just now
-    return {"known": recorded.before is not None, "bthash": recorded.bthash, "count": after["count"],
-            "core_wanted": after["full_task"] is None, "rendered": symbolized.rendered,
+    return {"known": recorded.before is not None, "bthash": recorded.bthash, "count": recorded.count,
+            "core_wanted": recorded.full_task is None, "rendered": symbolized.rendered,
             "missing_build_ids": list(symbolized.missing), "seconds": round(time.monotonic() - started, 4)}
 
 
@@ -377,9 +375,7 @@ def triage_symbolic(config: Config, report: SymbolicReport, buckets: BucketDB) -
                                       backtrace, "report", report.package if component else None,
                                       report.version if component else None, report.release, report.arch,
                                       component=component)
-            after = buckets.bucket(recorded.bthash)
-            assert after is not None  # recorded just now
     frames = [{"function": frame.function, "file": frame.place, "line": frame.line} for frame in report.frames]
-    return {"known": recorded.before is not None, "bthash": recorded.bthash, "count": after["count"],
+    return {"known": recorded.before is not None, "bthash": recorded.bthash, "count": recorded.count,
             "core_wanted": False, "rendered": json.dumps({"backtrace": backtrace, "frames": frames})[1:-1],
             "missing_build_ids": [], "seconds": round(time.monotonic() - started, 4)}
