@@ -1,7 +1,8 @@
 """``RetraceEnvironment = sysroot``: the host's gdb on a tree of the crashed machine's files from the cache.
 
 The tree is made of directories and symlinks: a regular file is a symlink to its copy in the package cache,
-so assembling a root costs one ``symlink`` per file and no data is copied.
+and a directory one package brings whole is one symlink to the package's own (``assemble_sysroot``), so
+assembling a root costs a ``symlink`` per file or folded directory and no data is copied.
 Tasks whose crashes need the same files share one tree (``SharedTrees``):
 a program that crashes again on a release costs its tree once, not once
 per report.  A task that keeps its tree for a person's session (debug and
