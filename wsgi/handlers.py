@@ -33,7 +33,13 @@ from retrace_server.files import write_atomically
 from retrace_server.intake import archive, crashdata, storage
 from retrace_server.packaging.history import sources_for, wanted_of
 from retrace_server.packaging.packages import is_package_known
-from retrace_server.packaging.release import ReleaseId, served_releases, supported_releases
+from retrace_server.packaging.release import (
+    ReleaseId,
+    RepositoryFormat,
+    repository_format,
+    served_releases,
+    supported_releases,
+)
 from retrace_server.packaging.repoindex import release_index
 from retrace_server.protocol import FAILURE_REASON, header_text
 from retrace_server.stats import StatsDB
@@ -119,9 +125,14 @@ def checkpackage(config: Config, request: Request) -> Response:
             # No mirror to look in: debuginfod answers by build-id, whatever the package.
             return Response(status=302, content_type="text/plain", headers={"X-Retrace-Package-Check": "debuginfod"})
         releases = [release for release in releases if release == wanted]
-    known = is_package_known(config.RepoDir, releases, nvr, arch) or _indexed(config, releases, nvr)
+    indexed = _indexed(config, releases, nvr)
+    known = is_package_known(config.RepoDir, releases, nvr, arch) or indexed is True
     if not known and _in_history(config, releases, nvr):
         return Response(status=302, content_type="text/plain", headers={"X-Retrace-Package-Check": "history"})
+    if not known and indexed is None:
+        # A mirror no task has indexed yet (copied by hand, not by reposync): the first task builds its index.
+        # A "no" would stop a client whose package is there, with a sentence that blames the package.
+        return Response(status=302, content_type="text/plain", headers={"X-Retrace-Package-Check": "unindexed"})
     return Response(status=302 if known else 404, content_type="text/plain")
 
 
@@ -142,18 +153,22 @@ def _in_history(config: Config, releases: Iterable[ReleaseId], nvr: str) -> bool
     return False
 
 
-def _indexed(config: Config, releases: Iterable[ReleaseId], nvr: str) -> bool:
+def _indexed(config: Config, releases: Iterable[ReleaseId], nvr: str) -> bool | None:
     """apt releases hold their packages in pool/<component>/<x>/<source>/: ask the release's index, when
-    it is current (a request never builds one)."""
+    it is current (a request never builds one). None: a release that only its index can tell of (apt, rpm-md
+    metadata only; a full RPM mirror's files are looked at) has no current index, so nothing can be said."""
+    untold = False
     for release in releases:
         index = release_index(config.RepoDir, config.CacheDir, release, rebuild=False)
-        if index is not None:
-            try:
-                if index.holds_name_version(nvr):
-                    return True
-            finally:
-                index.close()
-    return False
+        if index is None:
+            untold = untold or repository_format(config.RepoDir / str(release)) not in (None, RepositoryFormat.RPM_MD)
+            continue
+        try:
+            if index.holds_name_version(nvr):
+                return True
+        finally:
+            index.close()
+    return None if untold else False
 
 
 def create(config: Config, request: Request) -> Response:

@@ -340,15 +340,26 @@ def test_an_ubuntu_style_index_without_build_ids_finds_the_dbgsym_packages_by_na
     assert "/usr/bin/crasher: crasher_1.0-1_amd64; crasher-dbgsym_1.0-1_amd64" in backtrace
 
 
-def test_checkpackage_knows_the_packages_of_an_apt_release(debian_server, debian_problem):
-    retrace(debian_server, debian_problem)  # the release index is built by the first task
+def test_checkpackage_of_an_apt_release_says_no_only_once_its_index_is_built(
+        start_server, debian_repository, debian_problem, tmp_path):
+    """A mirror an admin copied in by hand, not synced: no index until the first task builds one. Until then
+    the server cannot tell, and a "no" would make the real client stop the user's first crash with a sentence
+    blaming a package the mirror has."""
+    server = start_server(repository=debian_repository, release_id=DEBIAN_RELEASE)
 
     def check(nvr):
-        return debian_server.get("/checkpackage", allow_redirects=False, headers={
-            "X-Package-NVR": nvr, "X-Package-Arch": "x86_64", "X-OS-Release": DEBIAN_RELEASE}).status_code
+        return server.get("/checkpackage", allow_redirects=False, headers={
+            "X-Package-NVR": nvr, "X-Package-Arch": "x86_64", "X-OS-Release": DEBIAN_RELEASE})
 
-    assert check("binutils-x86-64-linux-gnu-2.40-2") == 302 and check("zlib1g-1:1.2.13.dfsg-1") == 302
-    assert check("binutils-x86-64-linux-gnu-2.40-1") == 404
+    for nvr in ("binutils-x86-64-linux-gnu-2.40-2", "binutils-x86-64-linux-gnu-2.40-1"):
+        answer = check(nvr)
+        assert answer.status_code == 302 and answer.headers["X-Retrace-Package-Check"] == "unindexed", nvr
+    result = run_client(server, "batch", "--dir", str(shutil.copytree(debian_problem, tmp_path / "problem")))
+    assert result.returncode == 0 and "Retrace job finished successfully" in result.stderr, result.stderr
+    answers = [check(nvr) for nvr in ("binutils-x86-64-linux-gnu-2.40-2", "zlib1g-1:1.2.13.dfsg-1")]
+    assert [answer.status_code for answer in answers] == [302, 302]
+    assert not any("X-Retrace-Package-Check" in answer.headers for answer in answers)
+    assert check("binutils-x86-64-linux-gnu-2.40-1").status_code == 404
 
 
 def test_a_package_whose_bytes_differ_from_its_index_is_refused_naming_it(start_server, debian_repository,
