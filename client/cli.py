@@ -280,6 +280,11 @@ def report(server: RetraceServer, args: argparse.Namespace, reporter: Reporter) 
         executable = (crash.directory / "executable").read_text().strip()
         try:
             document = unwind.encode(unwind.ureport(crash, executable, __version__))
+        except unwind.FilesChanged as err:
+            if args.no_core:
+                raise LocalError(f"No coreless report: {err}") from None
+            reporter.say(f"No coreless report: {err}; sending the core instead")
+            return follow(server, args, reporter, *submit(server, crash, args, reporter))
         except unwind.UnwindError as err:
             raise LocalError(str(err)) from None
         answer, sent = server.report(document)

@@ -21,13 +21,14 @@ import shutil
 import subprocess
 from typing import TYPE_CHECKING, Any
 
-from retrace_server.elf import read_core
+from retrace_server.elf import file_build_id, read_core
 from retrace_server.errors import InvalidCrashData
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from retrace_server.client.crash import Crash
+    from retrace_server.elf import CoreInfo
     from retrace_server.paths import StrPath
 
 # Frames sent: the crash thread's innermost CRASH_FRAMES (the bucket needs 5, a person reads a few dozen),
@@ -42,6 +43,28 @@ _BUILD_ID = re.compile(r"^\s+\[(?P<build_id>[0-9a-f]+)\]@0x(?P<base>[0-9a-f]+)\+
 
 class UnwindError(Exception):
     """The crash cannot be unwound here; the message says why."""
+
+
+class FilesChanged(UnwindError):
+    """A file the crashed process mapped is another build on this machine now (updated since the crash):
+    unwinding with its call frame information, and offsets into it, would name other functions than those
+    that ran. The core itself holds what the server needs."""
+
+
+def changed_files(core: CoreInfo) -> list[str]:
+    """The mapped files whose copy here has another build-id than the core records for them (a file the
+    core gives no build-id of, or that is gone, is left to eu-stack, which then stops unwinding there)."""
+    changed = []
+    for module in core.modules:
+        if module.build_id is None or not os.path.isfile(module.path):
+            continue
+        try:
+            here = file_build_id(module.path)
+        except OSError:
+            continue
+        if here is not None and here != module.build_id:
+            changed.append(module.path)
+    return changed
 
 
 def parse_stack(text: str) -> list[list[dict[str, str | int]]]:
@@ -98,6 +121,11 @@ def ureport(crash: Crash, executable: str, client_version: str) -> dict[str, Any
         core = read_core(core_path)
     except InvalidCrashData as err:
         raise UnwindError(str(err)) from None
+    changed = changed_files(core)
+    if changed:
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise FilesChanged(f"{changed[0]}{more} on this machine is another build than the one that crashed "
+                           "(updated since?): unwound here, the report would name other functions")
     threads = unwind(core_path, executable if executable and os.path.exists(executable) else None)
     if crash.release is None:
         raise UnwindError("cannot tell which release crashed; give --os-release")

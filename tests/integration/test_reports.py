@@ -226,6 +226,30 @@ def test_the_problems_pages_show_counts_to_everyone_and_details_in_the_manager(r
         screenshot(driver, "problem-bucket.png")
 
 
+def test_a_program_updated_since_its_crash_is_not_unwound_here_its_core_goes_instead(
+        reports_server, installed, crashes, tmp_path):
+    """The crashed build is gone from the machine (a package update came between the crash and the report):
+    eu-stack would unwind with the new build's call frame information, and the server would name the new
+    build's functions at the old build's offsets. The client sees the build-ids differ and sends the core."""
+    problem = crashes("simple")
+    updated = Path(shutil.copytree(installed, tmp_path / "updated", symlinks=True))
+    (updated / "usr/bin/crasher").unlink()
+    shutil.copy("/usr/bin/true", updated / "usr/bin/crasher")
+    ran = run_installed(updated, str(CLIENT), "report", "--uri", reports_server.url, "--cafile", str(reports_server.cert),
+                        "--dir", str(problem), "--status-delay", "0.2", timeout=300)
+    assert ran.returncode == 0, ran.stderr
+    assert ("No coreless report: /usr/bin/crasher on this machine is another build than the one that crashed "
+            "(updated since?): unwound here, the report would name other functions; sending the core instead"
+            in ran.stderr), ran.stderr
+    assert "Retrace job finished successfully" in ran.stderr, ran.stderr
+    assert "crash_in_library" in (problem / "backtrace").read_text(), "the full retrace's, saved beside the core"
+    refused = run_installed(updated, str(CLIENT), "report", "--uri", reports_server.url, "--cafile",
+                            str(reports_server.cert), "--dir", str(problem), "--no-core", timeout=300)
+    assert refused.returncode == 2 and "retrace-client: No coreless report: /usr/bin/crasher" in refused.stderr
+    answer, _ = report(reports_server, installed, problem, "--no-core")
+    assert answer["result"] is True, "with the crashed build installed, the report goes, into the retrace's bucket"
+
+
 def test_the_client_says_why_it_cannot_report(reports_server, tmp_path):
     vmcore = tmp_path / "vmcore"
     vmcore.write_bytes(b"KDUMP   " + bytes(8192))

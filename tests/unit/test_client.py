@@ -209,3 +209,15 @@ def test_the_client_sleeps_only_after_a_poll_the_server_did_not_hold(monkeypatch
     monkeypatch.setattr(cli.time, "sleep", slept.append)
     status = cli.wait_until_finished(Server(), "1", "p", 7.0, Reporter(io.StringIO(), live=False))
     assert status.finished and asked == [cli.LONG_POLL_SECONDS] * 3 and slept == [7.0]
+
+
+def test_a_mapped_file_that_is_another_build_here_than_in_the_core_is_named():
+    """What a package update between the crash and the report leaves: same path, another build-id."""
+    from retrace_server.client.unwind import changed_files
+    from retrace_server.elf import CoreInfo, Module, file_build_id
+
+    here = file_build_id("/usr/bin/true")
+    core = CoreInfo("x86_64", (Module("/usr/bin/true", 0x1000, here), Module("/usr/bin/env", 0x2000, "ab" * 20),
+                               Module("/usr/bin/cat", 0x3000, None), Module("/gone/lib.so", 0x4000, "cd" * 20)),
+                    11, None)
+    assert changed_files(core) == ["/usr/bin/env"], "the same build, no build-id in the core, a file gone: not named"
