@@ -2,11 +2,12 @@
 
 The debuginfo comes from where a retrace gets it: the release's mirror (a
 debuginfo package found by build-id in the package index, proven and
-unpacked once into the shared package cache, ``PackageSupply``).  elfutils'
-``eu-addr2line`` reads the DWARF: one run per module for all of its frames,
-inlined callers included (``--pretty-print``: ``(inlined by)`` lines), each
-in the sandbox-free form it has, since it only reads files the cache has
-proven.  An offset is relative to the module's lowest mapped page, as
+unpacked once into the shared package cache, ``PackageSupply``).  binutils'
+``addr2line`` (elfutils' ``eu-addr2line`` where binutils is missing) reads
+the DWARF: one run per module for all of its frames, inlined callers
+included (``--pretty-print``: ``(inlined by)`` lines), each in the
+sandbox-free form it has, since it only reads files the cache has proven.
+An offset is relative to the module's lowest mapped page, as
 ``eu-stack -b`` and satyr print it; the file's own addresses start at its
 first loadable segment's page.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -30,7 +32,9 @@ _PAGE = 4096
 _TIMEOUT = 60
 _OUTPUT_LIMIT = 4 * 1024 * 1024
 _PT_LOAD = 1
-_PRETTY = re.compile(r"^(?:0x[0-9a-f]+: | \(inlined by\) )(?P<function>.*?)(?: at (?P<file>.*?):(?P<line>[0-9]+)(?::[0-9]+)?)?$")
+# binutils ends a line with " (discriminator N)" where the line table has several blocks on one line.
+_PRETTY = re.compile(r"^(?:0x[0-9a-f]+: | \(inlined by\) )(?P<function>.*?)"
+                     r"(?: at (?P<file>.*?):(?P<line>[0-9]+)(?::[0-9]+)?(?: \(discriminator [0-9]+\))?)?$")
 
 
 class Location(NamedTuple):
@@ -105,8 +109,24 @@ def debug_file(entry: CachedPackage, build_id: str) -> Path | None:
     return real
 
 
-def addr2line(path: Path, addresses: list[int], program: str = "eu-addr2line") -> list[list[Location]]:
+def symbolizer() -> str:
+    """binutils' ``addr2line`` where installed, else ``eu-addr2line``.
+
+    A report must name the frames the full retrace's gdb names, or the two
+    land in different buckets and every report of a known crash asks for
+    its core again. elfutils 0.188 (Debian 12) finds neither the function
+    nor its inlined callers in LTO-built DWARF: for Debian's python3.11 it
+    names the ELF symbol ``signal_pthread_kill.lto_priv.0`` where gdb and
+    binutils show ``signal_pthread_kill_impl`` inlined in
+    ``signal_pthread_kill``. Both take the same options and print the same
+    form; binutils reads any architecture's ELF files.
+    """
+    return "addr2line" if shutil.which("addr2line") else "eu-addr2line"
+
+
+def addr2line(path: Path, addresses: list[int], program: str | None = None) -> list[list[Location]]:
     """``[[Location, ...] per address]``: the function and line, then the callers it was inlined into."""
+    program = program or symbolizer()
     argv = [program, "-e", str(path), "--pretty-print", "-f", "-i", "-C", "-a", *(hex(a) for a in addresses)]
     try:
         ran = subprocess.run(argv, capture_output=True, timeout=_TIMEOUT, stdin=subprocess.DEVNULL,
@@ -127,7 +147,7 @@ def addr2line(path: Path, addresses: list[int], program: str = "eu-addr2line") -
         elif results:
             results[-1].append(location)
     if len(results) != len(addresses):
-        raise RetraceError(f"eu-addr2line did not read the debuginfo of {Path(path).name} "
+        raise RetraceError(f"{program} did not read the debuginfo of {Path(path).name} "
                            f"({ran.stderr.decode('utf-8', 'replace').strip()[:200] or 'no output'})")
     return results
 

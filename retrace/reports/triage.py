@@ -166,7 +166,7 @@ def symbolicate(config: Config, report: Report, buckets: BucketDB,
                 settled = settled and not debuginfod.urls  # its misses expire
                 for frame in frames:
                     frame.problem = f"{_NO_DEBUGINFO} {build_id} in {report.release}"
-        # One eu-addr2line per module, a few at once: each mostly waits on its own DWARF reading.
+        # One addr2line per module, a few at once: each mostly waits on its own DWARF reading.
         with concurrent.futures.ThreadPoolExecutor(_PARALLEL_MODULES) as pool:
             for done in [pool.submit(symbolize_module, by_build_id[build_id], path) for build_id, path in found.items()]:
                 done.result()

@@ -9,11 +9,13 @@ sysroot of the same packages, from a full apt mirror and from a
 metadata-only release synced from it.
 """
 
+import json
 import re
 import subprocess
 
 import pytest
 
+from testkit.cores import run_installed
 from testkit.corpus import PROGRAMS, crash
 from testkit.debian import (
     DEBIAN_RELEASE,
@@ -22,11 +24,13 @@ from testkit.debian import (
     debian_problem_dir,
     local_gdb_output,
     thread_frames,
+    unpack_debs,
 )
 from testkit.helpers import submit, wait_final
 from testkit.reposync_admin import REPOSYNC, serve_http
 from testkit.signing import TEST_KEY
 from tests.integration.test_debian import DEBIAN_FILES
+from tests.integration.test_reports import CLIENT
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +117,24 @@ def test_every_threads_frames_equal_a_local_gdb_with_the_same_packages(retraced,
     assert with_lines, f"the -dbg packages give {name} file:line"
     needed = re.search(r"Packages needed: (.*)", log)[1].split()
     assert any(deb.name.removesuffix(".deb").replace("%3a", ":") in needed for deb in crashed[name].debug), needed
+
+
+def test_a_coreless_report_of_the_lto_built_python_names_its_frames_and_inlined_callers_as_gdb_does(
+        corpus_servers, crashed, reference, work_dir):
+    """Debian builds python3.11 with LTO. The report, unwound where the crashed build is installed, names the
+    interpreter's frames as gdb does, inlined callers included (elfutils 0.188's eu-addr2line named the ELF
+    symbol signal_pthread_kill.lto_priv.0 and no inlined caller: the report and the retrace parted ways)."""
+    one = crashed["python"]
+    staged = work_dir / "corpus-installed-python"
+    unpack_debs(one.binaries, staged)
+    problem = debian_problem_dir(work_dir / "corpus-report-python", one.core, one.program.executable, one.package)
+    server = corpus_servers["full"]
+    ran = run_installed(staged, str(CLIENT), "report", "--uri", server.url, "--cafile", str(server.cert), "--dir",
+                        str(problem), "--json", "--no-core", timeout=300)
+    assert ran.returncode == 0, ran.stderr
+    crash_thread = next(thread for thread in json.loads(ran.stdout)["frames"] if thread["crash_thread"])
+    reported = [location["function"] for frame in crash_thread["frames"] for location in frame["locations"]]
+    gdb = [function for function, _ in reference("python")[1]]
+    assert "signal_pthread_kill_impl" in reported, reported
+    start, at = reported.index("signal_pthread_kill_impl"), gdb.index("signal_pthread_kill_impl")
+    assert reported[start:start + 10] == gdb[at:at + 10]

@@ -121,11 +121,14 @@ def library(tmp_path_factory):
     return directory / "lib.so"
 
 
-def test_eu_addr2line_gives_the_function_its_line_and_the_inlined_callers(library):
+@pytest.mark.parametrize("program", ["addr2line", "eu-addr2line"])
+def test_addr2line_gives_the_function_its_line_and_the_inlined_callers(library, program):
+    """binutils' (the one used) and elfutils' (without binutils) print the same form."""
+    assert symbolize.symbolizer() == "addr2line"
     first, end = symbolize.load_layout(library)
     symbols = subprocess.run(["nm", str(library)], capture_output=True, text=True, check=True).stdout
     outer = int(next(line.split()[0] for line in symbols.splitlines() if line.endswith(" outer")), 16)
-    found = symbolize.addr2line(library, list(range(outer, outer + 16)))
+    found = symbolize.addr2line(library, list(range(outer, outer + 16)), program)
     assert [("inner", 1), ("outer", 3)] in [[(location.function, location.line) for location in locations]
                                             for locations in found]
     frame = symbolize.Symbolized("ab" * 20, end + 0x1000, "/usr/lib64/lib.so")
@@ -271,3 +274,12 @@ def test_a_report_symbolized_anew_moves_to_its_bucket_and_the_old_one_goes_when_
         assert db.pending()[0][3] == "digest-2"
         db.tried_pending(moved.occurrence, None)
         assert db.pending() == []
+
+
+def test_a_line_binutils_marks_with_a_discriminator_is_still_a_line(tmp_path):
+    fake = tmp_path / "addr2line"
+    fake.write_text("#!/bin/sh\necho '0x0000000000001149: crash_in_library at /src/lib.c:11975 (discriminator 1)'\n"
+                    "echo ' (inlined by) caller at /src/main.c:7'\n")
+    fake.chmod(0o755)
+    [found] = symbolize.addr2line(tmp_path / "lib.so", [0x1149], str(fake))
+    assert found == [symbolize.Location("crash_in_library", "/src/lib.c", 11975), symbolize.Location("caller", "/src/main.c", 7)]
