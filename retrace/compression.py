@@ -265,7 +265,30 @@ def _varint_bytes(value: int) -> bytes:
     return bytes(out)
 
 
-class _ParallelXz(io.RawIOBase):
+class _Chunked(io.RawIOBase):
+    """A raw stream of the whole chunks ``_next_chunk`` decodes (``b""`` at the end), handed out in the
+    sizes the reader asks for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._current = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def _next_chunk(self) -> bytes:
+        raise NotImplementedError
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if not self._current:
+            self._current = memoryview(self._next_chunk())
+        size = min(len(buffer), len(self._current))
+        buffer[:size] = self._current[:size]
+        self._current = self._current[size:]
+        return size
+
+
+class _ParallelXz(_Chunked):
     """The blocks of one .xz stream decoded ``threads`` at a time (liblzma lets go of the GIL), in order.
 
     What ``xz -T0 -d`` does for files ``xz -T`` wrote (dpkg-deb's are): a
@@ -282,10 +305,6 @@ class _ParallelXz(io.RawIOBase):
         self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="xz")
         self._ahead: list[concurrent.futures.Future[bytes]] = []
         self._threads = threads
-        self._current = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
 
     def _submit(self) -> None:
         while len(self._ahead) <= self._threads:
@@ -307,17 +326,13 @@ class _ParallelXz(io.RawIOBase):
             raise EOFError("an xz block does not decode to the size its index gives")
         return out
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        if not self._current:
-            self._submit()
-            if not self._ahead:
-                return 0
-            self._current = memoryview(self._ahead.pop(0).result())
-            self._submit()
-        size = min(len(buffer), len(self._current))
-        buffer[:size] = self._current[:size]
-        self._current = self._current[size:]
-        return size
+    def _next_chunk(self) -> bytes:
+        self._submit()
+        if not self._ahead:
+            return b""
+        chunk = self._ahead.pop(0).result()
+        self._submit()
+        return chunk
 
     def close(self) -> None:
         for future in self._ahead:
@@ -326,7 +341,7 @@ class _ParallelXz(io.RawIOBase):
         super().close()
 
 
-class _ReadAhead(io.RawIOBase):
+class _ReadAhead(_Chunked):
     """A decoder run one step ahead in a thread of its own, so that decoding (liblzma lets go of the GIL) and
     what the reader does with the bytes (a package's files written) overlap on two cores, as dpkg-deb's
     decompressor process and its tar do.
@@ -340,7 +355,6 @@ class _ReadAhead(io.RawIOBase):
         self._source = source
         self._chunks: queue.Queue[bytes | BaseException] = queue.Queue(depth)
         self._stop = threading.Event()
-        self._current = memoryview(b"")
         self._ended = False
         self._thread = threading.Thread(target=self._decode, name="read-ahead", daemon=True)
         self._thread.start()
@@ -360,25 +374,14 @@ class _ReadAhead(io.RawIOBase):
             if not chunk or isinstance(chunk, BaseException):
                 return
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        if not self._current:
-            if self._ended:
-                return 0
-            chunk = self._chunks.get()
-            if isinstance(chunk, BaseException):
-                self._ended = True
-                raise chunk
-            if not chunk:
-                self._ended = True
-                return 0
-            self._current = memoryview(chunk)
-        size = min(len(buffer), len(self._current))
-        buffer[:size] = self._current[:size]
-        self._current = self._current[size:]
-        return size
+    def _next_chunk(self) -> bytes:
+        if self._ended:
+            return b""
+        chunk = self._chunks.get()
+        self._ended = not chunk or isinstance(chunk, BaseException)
+        if isinstance(chunk, BaseException):
+            raise chunk
+        return chunk
 
     def close(self) -> None:
         self._stop.set()
