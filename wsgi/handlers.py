@@ -125,11 +125,11 @@ def checkpackage(config: Config, request: Request) -> Response:
             # No mirror to look in: debuginfod answers by build-id, whatever the package.
             return Response(status=302, content_type="text/plain", headers={"X-Retrace-Package-Check": "debuginfod"})
         releases = [release for release in releases if release == wanted]
-    indexed = _indexed(config, releases, nvr)
-    known = is_package_known(config.RepoDir, releases, nvr, arch) or indexed is True
+    # True, False, or None: an index that could tell is not built yet (the files of a full mirror answer first).
+    known = is_package_known(config.RepoDir, releases, nvr, arch) or _indexed(config, releases, nvr)
     if not known and _in_history(config, releases, nvr):
         return Response(status=302, content_type="text/plain", headers={"X-Retrace-Package-Check": "history"})
-    if not known and indexed is None:
+    if known is None:
         # A mirror no task has indexed yet (copied by hand, not by reposync): the first task builds its index.
         # A "no" would stop a client whose package is there, with a sentence that blames the package.
         return Response(status=302, content_type="text/plain", headers={"X-Retrace-Package-Check": "unindexed"})
