@@ -30,7 +30,7 @@ from retrace_server.packaging.versions import compare_versions
 from retrace_server.reports.stacks import Stack
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from retrace_server.config import Config
     from retrace_server.reports.rules import Rules
@@ -137,6 +137,8 @@ BUG_KINDS = ("RHBZ", "url")
 _BUCKET_KEYS = ("bthash", "executable", "signature", "backtrace", "first_seen", "last_seen", "count", "full_task",
                 "component", "problem_type", "releases", "architectures", "versions", "bugs")
 _SETS = ("releases", "architectures", "versions")
+# What counting a report in a bucket reads of it: not its stored backtrace (up to 64 KiB).
+_COUNTING_KEYS = ("count", "full_task", *_SETS)
 
 
 def _day(when: float) -> int:
@@ -284,12 +286,13 @@ class BucketDB:
     def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         return locking.sqlite_write(self.db, f"{self.file}.lock")
 
-    def bucket(self, bthash: str) -> dict[str, Any] | None:
-        """The bucket's row; its releases, architectures and versions as lists."""
-        row = self.db.execute(f"SELECT {', '.join(_BUCKET_KEYS)} FROM buckets WHERE bthash = ?", (bthash,)).fetchone()
+    def bucket(self, bthash: str, keys: Sequence[str] = _BUCKET_KEYS) -> dict[str, Any] | None:
+        """The bucket's row (its ``keys``, which hold the sets); its releases, architectures and versions as
+        lists."""
+        row = self.db.execute(f"SELECT {', '.join(keys)} FROM buckets WHERE bthash = ?", (bthash,)).fetchone()
         if row is None:
             return None
-        found = dict(zip(_BUCKET_KEYS, row))
+        found = dict(zip(keys, row))
         return {**found, **{key: _words(found[key]) for key in _SETS}}
 
     # -- counting --------------------------------------------------------------
@@ -312,7 +315,7 @@ class BucketDB:
                 component: str | None, moving: bool = False) -> Recorded:
         bthash, text = stack.signed(rules)
         full_task = task_id if kind == "retrace" else None
-        before = self._state(bthash)
+        before = self.bucket(bthash, _COUNTING_KEYS)
         if before is None:
             self.db.execute("INSERT INTO buckets (bthash, executable, signature, backtrace, first_seen, last_seen, "
                             "count, full_task, component, problem_type) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
@@ -339,15 +342,6 @@ class BucketDB:
             (bthash, when, kind, package, version, release, arch, task_id, stack_id)).lastrowid
         assert occurrence is not None
         return Recorded(bthash, text, before, occurrence, count, bucket_task)
-
-    def _state(self, bthash: str) -> dict[str, Any] | None:
-        """What counting a report in the bucket needs of it: not its stored backtrace (64 KiB, read for nothing
-        twice a report before)."""
-        row = self.db.execute("SELECT count, full_task, releases, architectures, versions FROM buckets "
-                              "WHERE bthash = ?", (bthash,)).fetchone()
-        if row is None:
-            return None
-        return {"count": row[0], "full_task": row[1], **{key: _words(text) for key, text in zip(_SETS, row[2:])}}
 
     def _count_stack(self, stack: Stack, bthash: str, when: float, full_task: str | None, backtrace: str) -> int:
         row = self.db.execute("SELECT id FROM stacks WHERE digest = ? AND bthash = ?", (stack.digest, bthash)).fetchone()
